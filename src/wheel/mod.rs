@@ -1,1 +1,542 @@
-//! Hierarchical timer wheel (being written).
+//! A hierarchical timer wheel, generic over its payload.
+//!
+//! Time is counted in ticks of a fixed resolution (1 ms by default) from zero
+//! of CLOCK_MONOTONIC. The wheel has [`NUM_LEVELS`] levels of 64 slots: a
+//! slot of level `l` spans `64^l` ticks, so the top level reaches `2^42`
+//! ticks ahead (139 years at 1 ms). An entry sits on the level of the highest
+//! base-64 digit where its tick differs from the wheel's current tick; when
+//! the wheel reaches a slot of a higher level, it *cascades* the slot: each
+//! entry moves down to the level where it now belongs. Deadlines beyond the
+//! top level, and [`NEVER`], wait in overflow lists.
+//!
+//! When the wheel reaches a tick, the entries of that tick move to the *due
+//! list*, sorted by exact deadline then insertion order. `advance` pops that
+//! list while the head is due, so a timer never fires before its deadline,
+//! equal deadlines fire FIFO, and deadlines inside one tick keep their order.
+//!
+//! Files, one idea each: `level.rs` one level and its occupancy bitmap,
+//! `due.rs` the sorted due list, `overflow.rs` far and `NEVER` deadlines,
+//! `list.rs` the index-linked FIFO lists, `entry.rs` and `slab.rs` the entry
+//! storage and [`TimerKey`], `tick.rs` nanoseconds to ticks, `clock.rs` the
+//! one clock.
+
+mod clock;
+mod due;
+mod entry;
+mod level;
+mod list;
+mod overflow;
+mod slab;
+mod tick;
+
+use std::cell::Cell;
+use std::fmt;
+
+pub use clock::now_monotonic_ns;
+pub use slab::TimerKey;
+
+use due::{DueList, Pending};
+use entry::{Entry, Location};
+use level::{Expiration, Level, SLOT_BITS, SLOT_MASK};
+use overflow::{migration_tick, within_reach, Overflow};
+use slab::Slab;
+use tick::{first_ns_of, tick_of};
+
+/// Number of levels. Seven levels of 64 slots reach `2^42` ticks: 139 years
+/// at the default 1 ms tick (13.9 years at the finest, 100 µs).
+pub const NUM_LEVELS: usize = 7;
+
+/// The deadline that never comes (`u64::MAX`, Python's `inf`). Such a timer
+/// never fires but can be cancelled.
+pub const NEVER: u64 = u64::MAX;
+
+/// Default resolution: 1 ms.
+pub const DEFAULT_TICK_NS: u64 = 1_000_000;
+
+/// Finest accepted resolution: 100 µs.
+pub const MIN_TICK_NS: u64 = 100_000;
+
+/// Coarsest accepted resolution: 100 ms.
+pub const MAX_TICK_NS: u64 = 100_000_000;
+
+/// A higher-level slot with at most this many entries is "sparse":
+/// `next_deadline` reads their exact minimum instead of returning the slot
+/// start, so a sleeping loop is not woken just to cascade.
+const SPARSE_SLOT: usize = 8;
+
+/// A fired timer, as `advance` hands it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired<T> {
+    /// The key the timer had; it is stale from now on.
+    pub key: TimerKey,
+    /// The exact deadline it was inserted with (always `<=` the `now` of the
+    /// `advance` that returned it).
+    pub deadline: u64,
+    /// The payload.
+    pub value: T,
+}
+
+/// Counters since the wheel was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WheelStats {
+    /// Calls to `insert`.
+    pub inserted: u64,
+    /// Successful calls to `cancel` (stale and garbage keys not counted).
+    pub cancelled: u64,
+    /// Timers handed out by `advance`.
+    pub fired: u64,
+    /// Entry moves from a higher-level slot down the wheel, or from the far
+    /// overflow list into the levels. Bookkeeping cost, not firings.
+    pub cascaded: u64,
+    /// Calls to `advance` that were spurious wake-ups: `next_deadline` had
+    /// been called since the previous `advance`, the last value it returned
+    /// was `<= now`, and yet no timer was due (nothing moved into `out` and
+    /// `false` returned). Happens when `next_deadline` returned the start of a
+    /// dense higher slot to cascade, or when the earliest timer was
+    /// cancelled in between.
+    pub spurious_advances: u64,
+    /// Live timers (`len()`).
+    pub live: u64,
+}
+
+/// Why a wheel could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WheelError {
+    /// The resolution is outside `MIN_TICK_NS..=MAX_TICK_NS`.
+    TickOutOfRange {
+        /// The rejected resolution.
+        tick_ns: u64,
+    },
+}
+
+impl fmt::Display for WheelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WheelError::TickOutOfRange { tick_ns } => write!(
+                f,
+                "timer wheel tick of {tick_ns} ns is outside {MIN_TICK_NS}..={MAX_TICK_NS} ns"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WheelError {}
+
+/// The timer wheel. See the module documentation.
+///
+/// Invariant: every live entry with a tick `<= elapsed` is in `due`; every
+/// other one is in a level slot or in `overflow`.
+#[derive(Debug)]
+pub struct Wheel<T> {
+    /// Nanoseconds per tick. Every deadline is rounded up to it for
+    /// placement.
+    tick_ns: u64,
+
+    /// The latest `now` given to `advance` (or the start time). A smaller
+    /// `now` is clamped to it: the wheel's time never runs backwards.
+    now: u64,
+
+    /// The tick the wheel has been processed through: `tick_of(now)` between
+    /// calls. The slot digits of this value are the "current" slots.
+    elapsed: u64,
+
+    /// The levels, finest first. Boxed to keep `Wheel` cheap to move (they
+    /// are 3.6 KiB).
+    levels: Box<[Level; NUM_LEVELS]>,
+
+    /// Entries whose tick has been reached, in firing order.
+    due: DueList,
+
+    /// Deadlines beyond the top level, and `NEVER`.
+    overflow: Overflow,
+
+    /// Storage of all entries; lists link them by slab index.
+    slab: Slab<T>,
+
+    /// Insertion counter, stored in each entry to break deadline ties FIFO.
+    next_seq: u64,
+
+    /// Reused buffer of entries on their way into the due list, so a slot
+    /// can be sorted before merging without allocating per tick.
+    batch: Vec<Pending>,
+
+    /// The last value `next_deadline` returned since the previous `advance`,
+    /// to count spurious advances. A `Cell` because `next_deadline` takes
+    /// `&self`.
+    armed: Cell<Option<u64>>,
+
+    /// Counters; `live` is filled in by `stats()`.
+    stats: WheelStats,
+}
+
+impl<T> Wheel<T> {
+    /// An empty wheel at 1 ms resolution whose time starts at `start_ns`
+    /// (CLOCK_MONOTONIC, see [`now_monotonic_ns`]).
+    pub fn new(start_ns: u64) -> Self {
+        match Self::with_tick(DEFAULT_TICK_NS, start_ns) {
+            Ok(wheel) => wheel,
+            Err(e) => unreachable!("default tick rejected: {e}"),
+        }
+    }
+
+    /// An empty wheel with a resolution of `tick_ns` nanoseconds (100 µs to
+    /// 100 ms) whose time starts at `start_ns`.
+    pub fn with_tick(tick_ns: u64, start_ns: u64) -> Result<Self, WheelError> {
+        if !(MIN_TICK_NS..=MAX_TICK_NS).contains(&tick_ns) {
+            return Err(WheelError::TickOutOfRange { tick_ns });
+        }
+        Ok(Wheel {
+            tick_ns,
+            now: start_ns,
+            elapsed: tick_of(start_ns, tick_ns),
+            levels: Box::new(std::array::from_fn(Level::new)),
+            due: DueList::default(),
+            overflow: Overflow::new(),
+            slab: Slab::new(),
+            next_seq: 0,
+            batch: Vec::new(),
+            armed: Cell::new(None),
+            stats: WheelStats::default(),
+        })
+    }
+
+    /// The resolution in nanoseconds.
+    pub fn tick_ns(&self) -> u64 {
+        self.tick_ns
+    }
+
+    /// The wheel's current time: the latest `now` seen.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Number of live timers (including `NEVER` ones).
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// True when no timer is live.
+    pub fn is_empty(&self) -> bool {
+        self.slab.len() == 0
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> WheelStats {
+        WheelStats {
+            live: self.slab.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Makes room for `additional` more live timers without reallocating.
+    pub fn reserve(&mut self, additional: usize) {
+        self.slab.reserve(additional);
+    }
+
+    /// Schedules `value` at `deadline_ns` (CLOCK_MONOTONIC nanoseconds;
+    /// [`NEVER`] for never). A deadline at or before the wheel's time comes
+    /// out on the next `advance`.
+    ///
+    /// # Panics
+    /// If `u32::MAX - 1` timers are live.
+    #[inline]
+    pub fn insert(&mut self, deadline_ns: u64, value: T) -> TimerKey {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.stats.inserted += 1;
+        let key = self.slab.insert(Entry::new(deadline_ns, seq, value));
+        if self.place(key.index()) == Location::Due {
+            self.flush_batch();
+        }
+        key
+    }
+
+    /// Cancels the timer `key` names and returns its payload, freeing its
+    /// memory at once. `None`, and nothing changes, when the key is stale
+    /// (fired, cancelled, slot reused) or garbage.
+    #[inline]
+    pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
+        let index = self.slab.find(key)?;
+        match self.slab.entry(index).location {
+            Location::Slot { level, slot } => {
+                self.levels[level as usize].remove(&mut self.slab, slot as usize, index)
+            }
+            Location::Due => self.due.remove(&mut self.slab, index),
+            location @ (Location::Far | Location::Never) => {
+                self.overflow.remove(&mut self.slab, index, location)
+            }
+        }
+        self.stats.cancelled += 1;
+        Some(self.slab.remove(index).value)
+    }
+
+    /// True while `key` names a live timer.
+    pub fn contains(&self, key: TimerKey) -> bool {
+        self.slab.find(key).is_some()
+    }
+
+    /// The exact deadline of the live timer `key` names.
+    pub fn deadline(&self, key: TimerKey) -> Option<u64> {
+        self.slab.find(key).map(|i| self.slab.entry(i).deadline)
+    }
+
+    /// When to call `advance` next; `None` when no timer can ever fire.
+    ///
+    /// Exact (the earliest deadline of all timers) when that timer is due,
+    /// on level 0, in a sparse (at most 8 entries) higher slot, or in the far
+    /// overflow list. When the next slot is a dense higher one, returns the
+    /// first instant of that slot instead: earlier than every deadline in it,
+    /// and the time its cascade is needed. Never later than the true
+    /// earliest deadline.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let next = self.peek_next_deadline();
+        self.armed.set(next);
+        next
+    }
+
+    /// Moves up to `max` timers due at `now_ns` into `out`, in (deadline,
+    /// insertion) order, and returns true when more are due. A `now_ns`
+    /// earlier than a previous one is clamped to it.
+    pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Expired<T>>, max: usize) -> bool {
+        let now = now_ns.max(self.now);
+        self.now = now;
+        self.process_until(tick_of(now, self.tick_ns));
+
+        let mut fired = 0;
+        while fired < max {
+            let Some(index) = self.due.pop_due(&mut self.slab, now) else {
+                break;
+            };
+            let entry = self.slab.remove(index);
+            debug_assert!(
+                entry.deadline <= now,
+                "firing entry {index} early: deadline {} > now {now}",
+                entry.deadline
+            );
+            out.push(Expired {
+                key: TimerKey::new(index, entry.generation),
+                deadline: entry.deadline,
+                value: entry.value,
+            });
+            fired += 1;
+        }
+        self.stats.fired += fired as u64;
+
+        let more = self
+            .due
+            .first_deadline(&self.slab)
+            .is_some_and(|deadline| deadline <= now);
+        if let Some(armed) = self.armed.take() {
+            if fired == 0 && !more && armed <= now {
+                self.stats.spurious_advances += 1;
+            }
+        }
+        more
+    }
+
+    /// `next_deadline` without recording the answer.
+    fn peek_next_deadline(&self) -> Option<u64> {
+        if let Some(deadline) = self.due.first_deadline(&self.slab) {
+            return Some(deadline);
+        }
+        if let Some(exp) = self.next_expiration() {
+            let limit = if exp.level == 0 {
+                usize::MAX
+            } else {
+                SPARSE_SLOT
+            };
+            let exact = self.slot_min_deadline(exp, limit);
+            return Some(exact.unwrap_or_else(|| first_ns_of(exp.tick, self.tick_ns)));
+        }
+        self.overflow.far_min()
+    }
+
+    /// The earliest deadline in the slot of `exp`, or `None` if the slot has
+    /// more than `limit` entries.
+    fn slot_min_deadline(&self, exp: Expiration, limit: usize) -> Option<u64> {
+        let mut drain = self.levels[exp.level].slot(exp.slot).drain();
+        let mut min = u64::MAX;
+        let mut seen = 0;
+        while let Some(index) = drain.next(&self.slab) {
+            seen += 1;
+            if seen > limit {
+                return None;
+            }
+            min = min.min(self.slab.entry(index).deadline);
+        }
+        debug_assert!(seen > 0, "expiration {exp:?} points at an empty slot");
+        Some(min)
+    }
+
+    /// The next slot to process: the first one of the lowest non-empty level
+    /// (every entry of a level is earlier than every entry of the levels
+    /// above it).
+    #[inline]
+    fn next_expiration(&self) -> Option<Expiration> {
+        self.levels
+            .iter()
+            .find_map(|level| level.next_expiration(self.elapsed))
+    }
+
+    /// Processes, in time order, every slot and far migration up to tick
+    /// `target`, then sets `elapsed` to it. Afterwards every entry with a
+    /// tick `<= target` is in the due list.
+    fn process_until(&mut self, target: u64) {
+        loop {
+            let slot = self.next_expiration().filter(|exp| exp.tick <= target);
+            let migrate = self
+                .overflow
+                .far_min()
+                .map(|deadline| migration_tick(tick_of(deadline, self.tick_ns)))
+                .filter(|&tick| tick <= target);
+            match (slot, migrate) {
+                (Some(exp), Some(tick)) if tick < exp.tick => self.migrate_far(tick),
+                (Some(exp), _) => self.process_slot(exp),
+                (None, Some(tick)) => self.migrate_far(tick),
+                (None, None) => break,
+            }
+        }
+        self.elapsed = self.elapsed.max(target);
+    }
+
+    /// Empties one slot: a level-0 slot goes to the due list, a higher one is
+    /// cascaded (each entry placed again from the slot's start tick).
+    fn process_slot(&mut self, exp: Expiration) {
+        debug_assert!(
+            exp.tick > self.elapsed,
+            "processing {exp:?} at or before elapsed {}",
+            self.elapsed
+        );
+        self.elapsed = self.elapsed.max(exp.tick);
+        let mut drain = self.levels[exp.level].take_slot(exp.slot).drain();
+        if exp.level == 0 {
+            while let Some(index) = drain.next(&self.slab) {
+                let entry = self.slab.entry(index);
+                debug_assert_eq!(
+                    tick_of(entry.deadline, self.tick_ns),
+                    exp.tick,
+                    "entry {index} (deadline {}) in level-0 slot {exp:?}",
+                    entry.deadline
+                );
+                self.batch.push((entry.deadline, entry.seq, index));
+            }
+        } else {
+            while let Some(index) = drain.next(&self.slab) {
+                self.stats.cascaded += 1;
+                let placed = self.place(index);
+                debug_assert!(
+                    match placed {
+                        Location::Slot { level, .. } => (level as usize) < exp.level,
+                        other => other == Location::Due,
+                    },
+                    "entry {index} cascaded from {exp:?} to {placed:?} (elapsed {})",
+                    self.elapsed
+                );
+            }
+        }
+        self.flush_batch();
+    }
+
+    /// Moves the far entries now within the top level's reach into the
+    /// levels, from tick `tick` (the migration tick of the earliest one).
+    fn migrate_far(&mut self, tick: u64) {
+        debug_assert!(
+            tick > self.elapsed,
+            "far migration at {tick} at or before elapsed {}",
+            self.elapsed
+        );
+        self.elapsed = self.elapsed.max(tick);
+        let mut drain = self.overflow.take_far().drain();
+        while let Some(index) = drain.next(&self.slab) {
+            if self.place(index) != Location::Far {
+                self.stats.cascaded += 1;
+            }
+        }
+        self.flush_batch();
+    }
+
+    /// Links entry `index` where its deadline belongs, relative to `elapsed`,
+    /// and says where. An entry bound for the due list only joins `batch`:
+    /// the caller must `flush_batch`.
+    #[inline]
+    fn place(&mut self, index: u32) -> Location {
+        let deadline = self.slab.entry(index).deadline;
+        if deadline == NEVER {
+            self.overflow.push_never(&mut self.slab, index);
+            return Location::Never;
+        }
+        let when = tick_of(deadline, self.tick_ns);
+        if when <= self.elapsed {
+            let seq = self.slab.entry(index).seq;
+            self.batch.push((deadline, seq, index));
+            Location::Due
+        } else if within_reach(self.elapsed, when) {
+            let level = level_for(self.elapsed, when);
+            let slot = level::slot_for(when, level);
+            self.levels[level].push(&mut self.slab, slot, index);
+            Location::Slot {
+                level: level as u8,
+                slot: slot as u8,
+            }
+        } else {
+            self.overflow.push_far(&mut self.slab, index);
+            Location::Far
+        }
+    }
+
+    /// Sorts `batch` and merges it into the due list.
+    fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        if !self.batch.is_sorted() {
+            self.batch.sort_unstable();
+        }
+        self.due.merge(&mut self.slab, &self.batch);
+        self.batch.clear();
+    }
+}
+
+/// The level for tick `when` seen from tick `elapsed` (`when > elapsed`,
+/// within reach): the level of the highest base-64 digit where they differ.
+/// Past the top level (a top-level slot that wrapped around) it is the top
+/// level.
+#[inline]
+fn level_for(elapsed: u64, when: u64) -> usize {
+    // OR-ing in the slot mask maps "differ only in digit 0" to level 0.
+    let masked = (elapsed ^ when) | SLOT_MASK;
+    let significant = (u64::BITS - 1 - masked.leading_zeros()) as usize;
+    (significant / SLOT_BITS as usize).min(NUM_LEVELS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_for_picks_the_highest_differing_digit() {
+        assert_eq!(level_for(0, 1), 0);
+        assert_eq!(level_for(0, 63), 0);
+        assert_eq!(level_for(0, 64), 1);
+        assert_eq!(level_for(63, 64), 1);
+        assert_eq!(level_for(64, 127), 0);
+        assert_eq!(level_for(0, 4095), 1);
+        assert_eq!(level_for(4095, 4096), 2);
+        assert_eq!(level_for(0, (1 << 36) - 1), 5);
+        assert_eq!(level_for(0, 1 << 36), 6);
+        // Wrapped top slot: digit 7 differs, still the top level.
+        assert_eq!(level_for((1 << 42) - 1, (1 << 42) + 5), 6);
+    }
+
+    #[test]
+    fn tick_range_is_checked() {
+        assert!(Wheel::<()>::with_tick(MIN_TICK_NS, 0).is_ok());
+        assert!(Wheel::<()>::with_tick(MAX_TICK_NS, 0).is_ok());
+        for tick_ns in [0, 1, MIN_TICK_NS - 1, MAX_TICK_NS + 1, u64::MAX] {
+            assert_eq!(
+                Wheel::<()>::with_tick(tick_ns, 0).err(),
+                Some(WheelError::TickOutOfRange { tick_ns })
+            );
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! One timer as the wheel stores it: its deadline, its payload, and the links
+//! that chain it into exactly one list (a slot, the due list or an overflow
+//! list).
+
+use super::list::NIL;
+
+/// Which list an entry is linked into.
+///
+/// Cancelling needs it: an entry is removed from its list in O(1) through its
+/// `prev`/`next` links, but the list's head, tail and (for a slot) the
+/// level's occupancy bit live outside the entry, so the entry must say which
+/// list owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// Slot `slot` of level `level` of the wheel.
+    Slot { level: u8, slot: u8 },
+    /// The due list: the tick of the deadline has been reached.
+    Due,
+    /// The overflow list of finite deadlines beyond the top level's reach.
+    Far,
+    /// The overflow list of `NEVER` deadlines.
+    Never,
+}
+
+/// A live timer.
+///
+/// Kept small on purpose (40 bytes with a `u64` payload, see the test below):
+/// a loop may hold a million of them, and the wheel walks them when it
+/// cascades a slot.
+#[derive(Debug)]
+pub(crate) struct Entry<T> {
+    /// The exact deadline in CLOCK_MONOTONIC nanoseconds. The wheel places the
+    /// entry by its tick, but the never-early check and the firing order use
+    /// this exact value.
+    pub(crate) deadline: u64,
+
+    /// Insertion number, unique per wheel. Breaks ties between equal
+    /// deadlines so they fire in insertion order, whatever path (cascade,
+    /// overflow, straight to the due list) each entry took.
+    pub(crate) seq: u64,
+
+    /// The caller's payload, handed back when the timer fires or is cancelled.
+    pub(crate) value: T,
+
+    /// Previous entry in the same list, or `NIL`. Makes removal O(1).
+    pub(crate) prev: u32,
+
+    /// Next entry in the same list, or `NIL`. Lists are FIFO: new entries go
+    /// to the tail.
+    pub(crate) next: u32,
+
+    /// Generation of the slab slot this entry occupies. A key is valid only
+    /// while its generation matches, which makes stale keys inert.
+    pub(crate) generation: u32,
+
+    /// The list that currently links this entry; see [`Location`].
+    pub(crate) location: Location,
+}
+
+impl<T> Entry<T> {
+    /// A fresh, unlinked entry. The slab fills in `generation`, the wheel
+    /// `location` (via the list it pushes the entry on).
+    pub(crate) fn new(deadline: u64, seq: u64, value: T) -> Self {
+        Entry {
+            deadline,
+            seq,
+            value,
+            prev: NIL,
+            next: NIL,
+            generation: 0,
+            location: Location::Due,
+        }
+    }
+
+    /// The firing order: by deadline, then by insertion.
+    #[inline]
+    pub(crate) fn order_key(&self) -> (u64, u64) {
+        (self.deadline, self.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_is_small() {
+        // 8 deadline + 8 seq + 8 payload + 3 * 4 links/generation + location.
+        assert_eq!(std::mem::size_of::<Entry<u64>>(), 40);
+        assert_eq!(std::mem::size_of::<Location>(), 3);
+    }
+
+    #[test]
+    fn order_key_is_deadline_then_seq() {
+        let a = Entry::new(5, 2, ());
+        let b = Entry::new(5, 3, ());
+        let c = Entry::new(4, 9, ());
+        assert!(a.order_key() < b.order_key());
+        assert!(c.order_key() < a.order_key());
+    }
+}

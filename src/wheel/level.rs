@@ -1,0 +1,238 @@
+//! One level of the wheel: 64 slots and the bitmap of the occupied ones.
+//!
+//! Level `l` looks at bits `6l .. 6l + 6` of a tick: a slot of level `l` spans
+//! `64^l` ticks and the whole level `64^(l+1)`. An entry sits in the level
+//! where its tick first differs from the wheel's current tick (see
+//! `level_for` in `mod.rs`), so within a level every entry is ahead of the
+//! current slot, and the next slot to process is found by rotating the bitmap
+//! to the current slot and counting trailing zeros.
+
+use super::entry::Location;
+use super::list::List;
+use super::slab::Slab;
+
+/// Slots per level. Being a power of 2 is what turns slot lookups into shifts
+/// and masks and the occupancy set into one `u64`.
+pub(crate) const SLOTS: usize = 64;
+
+/// `log2(SLOTS)`: how many bits of a tick one level consumes.
+pub(crate) const SLOT_BITS: u32 = 6;
+
+/// Mask of one level's digit.
+pub(crate) const SLOT_MASK: u64 = SLOTS as u64 - 1;
+
+/// One level of 64 slots.
+#[derive(Debug)]
+pub(crate) struct Level {
+    /// This level's number, 0 being the finest. Fixes which bits of a tick
+    /// select the slot and how many ticks a slot spans.
+    level: usize,
+
+    /// Bit `s` is set iff `slots[s]` is not empty. Finding the next entry is
+    /// then a rotate and a `trailing_zeros` instead of a scan of 64 lists;
+    /// kept in step by every push and remove.
+    occupied: u64,
+
+    /// The entries, by slot, each slot in insertion (FIFO) order.
+    slots: [List; SLOTS],
+}
+
+/// A slot that must be processed next, and from which tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Expiration {
+    /// The level of the slot.
+    pub(crate) level: usize,
+    /// The slot within the level.
+    pub(crate) slot: usize,
+    /// The first tick the slot covers: no entry in it has an earlier tick.
+    pub(crate) tick: u64,
+}
+
+impl Level {
+    pub(crate) fn new(level: usize) -> Self {
+        Level {
+            level,
+            occupied: 0,
+            slots: [List::EMPTY; SLOTS],
+        }
+    }
+
+    /// The first occupied slot at or after the slot of `elapsed` (wrapping),
+    /// with the tick it starts at.
+    #[inline]
+    pub(crate) fn next_expiration(&self, elapsed: u64) -> Option<Expiration> {
+        let now_slot = slot_for(elapsed, self.level);
+        let distance = slots_until_occupied(self.occupied, now_slot)?;
+        debug_assert!(
+            distance > 0,
+            "level {} holds entries in its current slot {now_slot} (elapsed {elapsed}, occupied {:#018x})",
+            self.level,
+            self.occupied
+        );
+        let tick = slot_start(elapsed, self.level, distance);
+        debug_assert!(
+            tick - elapsed < level_range(self.level),
+            "level {} slot {distance} past elapsed {elapsed} starts at {tick}, beyond the level",
+            self.level
+        );
+        Some(Expiration {
+            level: self.level,
+            slot: (now_slot + distance as usize) % SLOTS,
+            tick,
+        })
+    }
+
+    /// The list of `slot`, for peeking.
+    #[inline]
+    pub(crate) fn slot(&self, slot: usize) -> &List {
+        &self.slots[slot]
+    }
+
+    /// Appends entry `index` to `slot`.
+    #[inline]
+    pub(crate) fn push<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32) {
+        let location = Location::Slot {
+            level: self.level as u8,
+            slot: slot as u8,
+        };
+        self.slots[slot].push_back(slab, index, location);
+        self.occupied |= 1 << slot;
+    }
+
+    /// Unlinks entry `index` from `slot`.
+    #[inline]
+    pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32) {
+        let list = &mut self.slots[slot];
+        list.remove(slab, index);
+        if list.is_empty() {
+            self.occupied &= !(1 << slot);
+        }
+    }
+
+    /// Empties `slot` and returns its entries, still linked, in FIFO order.
+    #[inline]
+    pub(crate) fn take_slot(&mut self, slot: usize) -> List {
+        self.occupied &= !(1 << slot);
+        self.slots[slot].take()
+    }
+}
+
+/// Ticks spanned by one slot of `level`.
+#[inline]
+pub(crate) const fn slot_range(level: usize) -> u64 {
+    1 << (SLOT_BITS as usize * level)
+}
+
+/// Ticks spanned by the whole of `level`.
+#[inline]
+pub(crate) const fn level_range(level: usize) -> u64 {
+    slot_range(level + 1)
+}
+
+/// The slot of `level` that holds tick `when`: its base-64 digit number
+/// `level`.
+#[inline]
+pub(crate) const fn slot_for(when: u64, level: usize) -> usize {
+    ((when >> (SLOT_BITS as usize * level)) & SLOT_MASK) as usize
+}
+
+/// How many slots past `from` (0 to 63, wrapping) the first set bit of
+/// `occupied` is, or `None` if no bit is set.
+#[inline]
+pub(crate) fn slots_until_occupied(occupied: u64, from: usize) -> Option<u32> {
+    if occupied == 0 {
+        return None;
+    }
+    Some(occupied.rotate_right(from as u32).trailing_zeros())
+}
+
+/// The first tick of the slot of `level` that is `distance` slots after the
+/// slot of `elapsed`. Counting whole slots forward from `elapsed` (rather
+/// than placing the slot number inside the current level range) is what
+/// makes a slot that wrapped past 63 land in the next range.
+#[inline]
+pub(crate) const fn slot_start(elapsed: u64, level: usize, distance: u32) -> u64 {
+    let width = slot_range(level);
+    (elapsed & !(width - 1)) + distance as u64 * width
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_range_is_a_power_of_64() {
+        assert_eq!(slot_range(0), 1);
+        assert_eq!(slot_range(1), 64);
+        assert_eq!(slot_range(2), 4096);
+        assert_eq!(slot_range(6), 1 << 36);
+    }
+
+    #[test]
+    fn level_range_is_64_slots() {
+        for level in 0..7 {
+            assert_eq!(level_range(level), 64 * slot_range(level));
+        }
+        assert_eq!(level_range(6), 1 << 42);
+    }
+
+    #[test]
+    fn slot_for_takes_the_level_digit() {
+        assert_eq!(slot_for(0, 0), 0);
+        assert_eq!(slot_for(63, 0), 63);
+        assert_eq!(slot_for(64, 0), 0);
+        assert_eq!(slot_for(64, 1), 1);
+        assert_eq!(slot_for(4095, 1), 63);
+        assert_eq!(slot_for(4096, 1), 0);
+        assert_eq!(slot_for(4096, 2), 1);
+        assert_eq!(slot_for(5 << 36, 6), 5);
+        assert_eq!(slot_for(64 << 36, 6), 0);
+    }
+
+    #[test]
+    fn slots_until_occupied_wraps() {
+        assert_eq!(slots_until_occupied(0, 5), None);
+        assert_eq!(slots_until_occupied(1 << 7, 5), Some(2));
+        assert_eq!(slots_until_occupied(1 << 5, 5), Some(0));
+        // Slot 1 seen from slot 62: 62 -> 63 -> 0 -> 1.
+        assert_eq!(slots_until_occupied(1 << 1, 62), Some(3));
+        // The nearest of several.
+        assert_eq!(slots_until_occupied(1 << 2 | 1 << 40, 30), Some(10));
+    }
+
+    #[test]
+    fn slot_start_counts_whole_slots_forward() {
+        assert_eq!(slot_start(10, 0, 3), 13);
+        assert_eq!(slot_start(100, 1, 1), 128);
+        // Wrapping at level 1: elapsed in slot 63 of its range, target 2 slots on.
+        assert_eq!(slot_start(4095, 1, 2), 4096 + 64);
+        // Top level wrap.
+        assert_eq!(slot_start((1 << 42) - 1, 6, 1), 1 << 42);
+    }
+
+    #[test]
+    fn level_tracks_occupancy_and_next_expiration() {
+        use super::super::entry::Entry;
+        let mut slab = Slab::new();
+        let a = slab.insert(Entry::new(0, 0, ())).index();
+        let b = slab.insert(Entry::new(0, 1, ())).index();
+        let mut level = Level::new(1);
+        assert_eq!(level.next_expiration(0), None);
+        level.push(&mut slab, 3, a);
+        level.push(&mut slab, 3, b);
+        assert_eq!(slab.entry(a).location, Location::Slot { level: 1, slot: 3 });
+        assert_eq!(
+            level.next_expiration(70),
+            Some(Expiration {
+                level: 1,
+                slot: 3,
+                tick: 192
+            })
+        );
+        level.remove(&mut slab, 3, a);
+        assert_eq!(level.next_expiration(70).map(|e| e.slot), Some(3));
+        let taken = level.take_slot(3);
+        assert_eq!(taken.head(), b);
+        assert_eq!(level.next_expiration(70), None);
+    }
+}

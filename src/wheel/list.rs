@@ -1,0 +1,231 @@
+//! A FIFO doubly-linked list of slab entries, linked by `u32` indices.
+//!
+//! The links live in the entries (see `Entry::prev`/`next`), so a list is just
+//! its two ends and costs nothing per element. Every wheel slot, the due list
+//! and the overflow lists are one of these.
+
+use super::entry::{Entry, Location};
+use super::slab::Slab;
+
+/// The "no entry" index. Never a valid slab index.
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// The two ends of a list; the elements are chained through the slab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct List {
+    /// Oldest entry, or `NIL`. Popping and draining start here.
+    head: u32,
+    /// Newest entry, or `NIL`. Pushing appends here, which keeps insertion
+    /// order.
+    tail: u32,
+}
+
+impl Default for List {
+    fn default() -> Self {
+        List::EMPTY
+    }
+}
+
+impl List {
+    pub(crate) const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+    };
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head == NIL
+    }
+
+    /// The oldest entry, or `NIL`.
+    #[inline]
+    pub(crate) fn head(&self) -> u32 {
+        self.head
+    }
+
+    /// The newest entry, or `NIL`.
+    #[inline]
+    pub(crate) fn tail(&self) -> u32 {
+        self.tail
+    }
+
+    /// Appends `index` and records `location` in the entry.
+    #[inline]
+    pub(crate) fn push_back<T>(&mut self, slab: &mut Slab<T>, index: u32, location: Location) {
+        let tail = self.tail;
+        let entry = slab.entry_mut(index);
+        entry.prev = tail;
+        entry.next = NIL;
+        entry.location = location;
+        if tail == NIL {
+            self.head = index;
+        } else {
+            slab.entry_mut(tail).next = index;
+        }
+        self.tail = index;
+    }
+
+    /// Inserts `index` right after `after` (`NIL`: at the head) and records
+    /// `location` in the entry.
+    #[inline]
+    pub(crate) fn insert_after<T>(
+        &mut self,
+        slab: &mut Slab<T>,
+        after: u32,
+        index: u32,
+        location: Location,
+    ) {
+        let next = if after == NIL {
+            self.head
+        } else {
+            slab.entry(after).next
+        };
+        let entry = slab.entry_mut(index);
+        entry.prev = after;
+        entry.next = next;
+        entry.location = location;
+        if after == NIL {
+            self.head = index;
+        } else {
+            slab.entry_mut(after).next = index;
+        }
+        if next == NIL {
+            self.tail = index;
+        } else {
+            slab.entry_mut(next).prev = index;
+        }
+    }
+
+    /// Unlinks `index`, which must be in this list.
+    #[inline]
+    pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, index: u32) {
+        let Entry { prev, next, .. } = *slab.entry(index);
+        if prev == NIL {
+            debug_assert_eq!(
+                self.head, index,
+                "entry {index} has no prev but is not the head"
+            );
+            self.head = next;
+        } else {
+            slab.entry_mut(prev).next = next;
+        }
+        if next == NIL {
+            debug_assert_eq!(
+                self.tail, index,
+                "entry {index} has no next but is not the tail"
+            );
+            self.tail = prev;
+        } else {
+            slab.entry_mut(next).prev = prev;
+        }
+    }
+
+    /// Empties the list and returns what it held. The entries keep their
+    /// links, so the caller can walk the returned list with [`Drain`].
+    #[inline]
+    pub(crate) fn take(&mut self) -> List {
+        std::mem::replace(self, List::EMPTY)
+    }
+
+    /// Walks the list from head to tail; the current entry may be relinked
+    /// elsewhere (its `next` is read before it is yielded).
+    #[inline]
+    pub(crate) fn drain(self) -> Drain {
+        Drain { next: self.head }
+    }
+}
+
+/// Cursor over a list that was [`take`](List::take)n: yields each index once,
+/// reading the successor before the caller relinks the entry.
+pub(crate) struct Drain {
+    /// The entry to yield next, or `NIL` when done.
+    next: u32,
+}
+
+impl Drain {
+    #[inline]
+    pub(crate) fn next<T>(&mut self, slab: &Slab<T>) -> Option<u32> {
+        let index = self.next;
+        if index == NIL {
+            return None;
+        }
+        self.next = slab.entry(index).next;
+        Some(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(list: &List, slab: &Slab<u64>) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut drain = list.drain();
+        while let Some(i) = drain.next(slab) {
+            out.push(slab.entry(i).value);
+        }
+        out
+    }
+
+    fn slab_with(n: u64) -> (Slab<u64>, Vec<u32>) {
+        let mut slab = Slab::new();
+        let ids = (0..n)
+            .map(|v| slab.insert(Entry::new(v, v, v)).index())
+            .collect();
+        (slab, ids)
+    }
+
+    #[test]
+    fn push_back_keeps_fifo_order() {
+        let (mut slab, ids) = slab_with(3);
+        let mut list = List::EMPTY;
+        for &i in &ids {
+            list.push_back(&mut slab, i, Location::Due);
+        }
+        assert_eq!(collect(&list, &slab), [0, 1, 2]);
+        assert_eq!(list.head(), ids[0]);
+        assert_eq!(list.tail(), ids[2]);
+    }
+
+    #[test]
+    fn remove_head_middle_tail() {
+        let (mut slab, ids) = slab_with(4);
+        let mut list = List::EMPTY;
+        for &i in &ids {
+            list.push_back(&mut slab, i, Location::Far);
+        }
+        list.remove(&mut slab, ids[1]);
+        assert_eq!(collect(&list, &slab), [0, 2, 3]);
+        list.remove(&mut slab, ids[0]);
+        assert_eq!(collect(&list, &slab), [2, 3]);
+        list.remove(&mut slab, ids[3]);
+        assert_eq!(collect(&list, &slab), [2]);
+        list.remove(&mut slab, ids[2]);
+        assert!(list.is_empty());
+        assert_eq!(list.tail(), NIL);
+    }
+
+    #[test]
+    fn insert_after_head_middle_and_tail() {
+        let (mut slab, ids) = slab_with(4);
+        let mut list = List::EMPTY;
+        list.insert_after(&mut slab, NIL, ids[1], Location::Due);
+        list.insert_after(&mut slab, NIL, ids[0], Location::Due);
+        list.insert_after(&mut slab, ids[1], ids[3], Location::Due);
+        list.insert_after(&mut slab, ids[1], ids[2], Location::Due);
+        assert_eq!(collect(&list, &slab), [0, 1, 2, 3]);
+        assert_eq!(list.tail(), ids[3]);
+        assert_eq!(slab.entry(ids[3]).prev, ids[2]);
+    }
+
+    #[test]
+    fn take_leaves_the_list_empty() {
+        let (mut slab, ids) = slab_with(2);
+        let mut list = List::EMPTY;
+        list.push_back(&mut slab, ids[0], Location::Never);
+        list.push_back(&mut slab, ids[1], Location::Never);
+        let taken = list.take();
+        assert!(list.is_empty());
+        assert_eq!(collect(&taken, &slab), [0, 1]);
+    }
+}

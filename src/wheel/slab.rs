@@ -1,0 +1,267 @@
+//! Storage of the entries, and the keys that name them.
+//!
+//! A `Vec` of slots with an intrusive free list: inserting reuses the most
+//! recently freed slot, removing returns the slot at once. Each slot carries a
+//! generation that is bumped when the slot is freed, so a [`TimerKey`] of a
+//! fired or cancelled timer never matches the timer that reuses its slot.
+
+use super::entry::Entry;
+use super::list::NIL;
+
+/// The handle of a timer: the slab index and the generation of the slot.
+///
+/// `Copy` and 8 bytes, so the loop can pass it to Python as one integer
+/// ([`to_u64`](Self::to_u64) / [`from_u64`](Self::from_u64)). Any `u64` is
+/// accepted back: a key that does not name a live timer is simply not found.
+/// Generations start at 1 and skip 0, so `0` and `u64::MAX` never name a
+/// timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerKey {
+    /// Index of the slot in the slab.
+    index: u32,
+    /// Generation the slot had when the timer was inserted.
+    generation: u32,
+}
+
+impl TimerKey {
+    /// The key of the entry at `index` with `generation`.
+    #[inline]
+    pub(crate) fn new(index: u32, generation: u32) -> Self {
+        TimerKey { index, generation }
+    }
+
+    /// Packs the key into one integer: generation in the high half, index in
+    /// the low half.
+    #[inline]
+    pub fn to_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    /// The inverse of [`to_u64`](Self::to_u64). Never fails; a garbage value
+    /// gives a key that matches no timer.
+    #[inline]
+    pub fn from_u64(raw: u64) -> Self {
+        TimerKey {
+            index: raw as u32,
+            generation: (raw >> 32) as u32,
+        }
+    }
+
+    /// The slab index.
+    #[inline]
+    pub fn index(self) -> u32 {
+        self.index
+    }
+
+    /// The slot generation.
+    #[inline]
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+/// One slab slot.
+#[derive(Debug)]
+enum Slot<T> {
+    /// Holds a live timer; its generation is in the entry.
+    Occupied(Entry<T>),
+    /// Free. `generation` is the one the next occupant gets; `next_free`
+    /// chains the free list (`NIL` ends it).
+    Vacant { generation: u32, next_free: u32 },
+}
+
+/// The generation after `generation`, skipping 0 so that a zero key is never
+/// valid.
+#[inline]
+fn next_generation(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    }
+}
+
+/// Largest number of slots: `NIL` (`u32::MAX`) must stay unused as an index.
+const MAX_SLOTS: usize = NIL as usize;
+
+/// Entries by index, with a free list.
+#[derive(Debug)]
+pub(crate) struct Slab<T> {
+    /// The slots; an index never moves, so keys and list links stay valid.
+    slots: Vec<Slot<T>>,
+    /// Most recently freed slot, or `NIL`. LIFO reuse keeps the hot part of
+    /// `slots` small and cached.
+    free_head: u32,
+    /// Number of occupied slots, for `Wheel::len`.
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    pub(crate) fn new() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free_head: NIL,
+            len: 0,
+        }
+    }
+
+    /// Number of live entries.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Makes room for `additional` more entries without reallocating.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let free = self.slots.len() - self.len;
+        self.slots.reserve(additional.saturating_sub(free));
+    }
+
+    /// Stores `entry` and returns its key.
+    ///
+    /// # Panics
+    /// If `u32::MAX - 1` entries are already live (160 GiB of timers).
+    #[inline]
+    pub(crate) fn insert(&mut self, mut entry: Entry<T>) -> TimerKey {
+        let index = self.free_head;
+        if index == NIL {
+            assert!(
+                self.slots.len() < MAX_SLOTS,
+                "timer slab full ({} entries)",
+                self.slots.len()
+            );
+            let index = self.slots.len() as u32;
+            entry.generation = 1;
+            self.slots.push(Slot::Occupied(entry));
+            self.len += 1;
+            return TimerKey {
+                index,
+                generation: 1,
+            };
+        }
+        let slot = &mut self.slots[index as usize];
+        let Slot::Vacant {
+            generation,
+            next_free,
+        } = *slot
+        else {
+            unreachable!("free list head {index} is occupied");
+        };
+        self.free_head = next_free;
+        entry.generation = generation;
+        *slot = Slot::Occupied(entry);
+        self.len += 1;
+        TimerKey { index, generation }
+    }
+
+    /// The index of the live entry `key` names, if any. Any key is safe here.
+    #[inline]
+    pub(crate) fn find(&self, key: TimerKey) -> Option<u32> {
+        match self.slots.get(key.index as usize) {
+            Some(Slot::Occupied(entry)) if entry.generation == key.generation => Some(key.index),
+            _ => None,
+        }
+    }
+
+    /// The live entry at `index`. Only for indices taken from a list or from
+    /// [`find`](Self::find): a vacant slot here is a wheel bug.
+    #[inline]
+    pub(crate) fn entry(&self, index: u32) -> &Entry<T> {
+        match &self.slots[index as usize] {
+            Slot::Occupied(entry) => entry,
+            Slot::Vacant { generation, .. } => {
+                unreachable!("slab index {index} is vacant (next generation {generation})")
+            }
+        }
+    }
+
+    /// Mutable form of [`entry`](Self::entry).
+    #[inline]
+    pub(crate) fn entry_mut(&mut self, index: u32) -> &mut Entry<T> {
+        match &mut self.slots[index as usize] {
+            Slot::Occupied(entry) => entry,
+            Slot::Vacant { generation, .. } => {
+                unreachable!("slab index {index} is vacant (next generation {generation})")
+            }
+        }
+    }
+
+    /// Frees the slot at `index` and returns its entry. The caller must have
+    /// unlinked the entry from its list.
+    #[inline]
+    pub(crate) fn remove(&mut self, index: u32) -> Entry<T> {
+        let slot = &mut self.slots[index as usize];
+        let generation = match slot {
+            Slot::Occupied(entry) => next_generation(entry.generation),
+            Slot::Vacant { generation, .. } => {
+                unreachable!("removing vacant slab index {index} (next generation {generation})")
+            }
+        };
+        let vacant = Slot::Vacant {
+            generation,
+            next_free: self.free_head,
+        };
+        let Slot::Occupied(entry) = std::mem::replace(slot, vacant) else {
+            unreachable!("slot {index} checked occupied above");
+        };
+        self.free_head = index;
+        self.len -= 1;
+        entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(deadline: u64) -> Entry<u64> {
+        Entry::new(deadline, 0, deadline)
+    }
+
+    #[test]
+    fn key_round_trips_through_u64() {
+        let key = TimerKey {
+            index: 7,
+            generation: 0xdead_beef,
+        };
+        assert_eq!(key.to_u64(), 0xdead_beef_0000_0007);
+        assert_eq!(TimerKey::from_u64(key.to_u64()), key);
+        assert_eq!(TimerKey::from_u64(u64::MAX).index(), u32::MAX);
+    }
+
+    #[test]
+    fn next_generation_skips_zero() {
+        assert_eq!(next_generation(1), 2);
+        assert_eq!(next_generation(u32::MAX), 1);
+    }
+
+    #[test]
+    fn slot_size_with_u64_payload() {
+        // The vacant variant hides in the niche of `Location`: no tag word.
+        assert_eq!(std::mem::size_of::<Slot<u64>>(), 40);
+    }
+
+    #[test]
+    fn freed_slot_is_reused_with_a_new_generation() {
+        let mut slab = Slab::new();
+        let a = slab.insert(entry(1));
+        assert_eq!(a.generation(), 1);
+        assert_eq!(slab.find(a), Some(a.index()));
+        assert_eq!(slab.remove(a.index()).value, 1);
+        assert_eq!(slab.find(a), None);
+        let b = slab.insert(entry(2));
+        assert_eq!(b.index(), a.index());
+        assert_eq!(b.generation(), 2);
+        assert_eq!(slab.find(a), None);
+        assert_eq!(slab.find(b), Some(b.index()));
+        assert_eq!(slab.len(), 1);
+    }
+
+    #[test]
+    fn garbage_keys_find_nothing() {
+        let mut slab = Slab::new();
+        slab.insert(entry(1));
+        for raw in [0, u64::MAX, 1 << 32 | 5, 0xffff_ffff] {
+            assert_eq!(slab.find(TimerKey::from_u64(raw)), None, "key {raw:#x}");
+        }
+    }
+}
