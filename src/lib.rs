@@ -1,7 +1,7 @@
 //! Core of erlang_python.
 //!
 //! - [`wheel`]: a hierarchical timer wheel, pure Rust, generic over its payload.
-//! - [`io`]: the per-loop native core (pending queue, fd registry, wait/wake).
-//! - [`py`]: the embedded interpreter and the Python-facing native module.
+//! - [`py`]: the embedded interpreter and the threads that run Python.
 
+pub mod py;
 pub mod wheel;

@@ -1,0 +1,48 @@
+# erlang_python: one entry point for cargo, rebar3 and pytest.
+#   make run    install what is missing, build, run the example inside a BEAM node
+#   make test   install what is missing, build, run every test and lint
+PYTHON ?= python3
+export PYO3_PYTHON := $(shell command -v $(PYTHON))
+NIF_SO := erlang/priv/py_nif.so
+CLI := bin/erlang-python
+
+.PHONY: all setup build nif erlang run test test-rust test-erlang test-python lint clean
+
+all: build
+
+setup:
+	PYTHON=$(PYTHON) scripts/setup.sh
+
+build: setup nif erlang
+
+nif:
+	cargo build --release -p py_nif
+	mkdir -p erlang/priv
+	cp target/release/libpy_nif.so $(NIF_SO).tmp && mv $(NIF_SO).tmp $(NIF_SO)
+
+erlang:
+	cd erlang && rebar3 compile
+
+run: build
+	$(CLI) examples/hello_asyncio.py
+
+test: build lint test-rust test-erlang test-python
+
+test-rust:
+	cargo test --workspace
+
+test-erlang:
+	cd erlang && rebar3 eunit && rebar3 ct
+
+test-python:
+	$(CLI) -m pytest tests/python -q -p no:cacheprovider
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	.venv/bin/ruff check python tests examples
+	.venv/bin/ruff format --check python tests examples
+
+clean:
+	cargo clean
+	rm -rf erlang/_build $(NIF_SO)

@@ -1,0 +1,66 @@
+%% @doc The erlang_python application: starts CPython (once per VM) with the
+%% configured paths, then the supervisor tree.
+-module(erlang_python_app).
+-behaviour(application).
+
+-export([start/2, prep_stop/1, stop/1]).
+
+-spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
+start(_Type, _Args) ->
+    case py_nif:init(init_options()) of
+        ok -> erlang_python_sup:start_link();
+        {error, Reason} -> {error, {python_init_failed, Reason}}
+    end.
+
+%% Wake every Python thread waiting on Erlang before the tree goes away, so
+%% that stopping never waits on Python (LESSONS 7).
+-spec prep_stop(term()) -> term().
+prep_stop(State) ->
+    ok = py_nif:set_callback_server(undefined),
+    State.
+
+-spec stop(term()) -> ok.
+stop(_State) ->
+    ok.
+
+init_options() ->
+    Venv = venv(),
+    #{paths => [bin(P) || P <- [python_dir() | env(python_paths, [])] ++ site_packages(Venv)],
+      executable => executable(Venv),
+      max_workers => env(max_workers, 32)}.
+
+python_dir() ->
+    filename:join(code:priv_dir(erlang_python), "python").
+
+venv() ->
+    case env(venv, undefined) of
+        undefined ->
+            case os:getenv("ERLANG_PYTHON_VENV") of
+                false -> undefined;
+                "" -> undefined;
+                Dir -> Dir
+            end;
+        Dir ->
+            Dir
+    end.
+
+site_packages(undefined) -> [];
+site_packages(Venv) -> filelib:wildcard(filename:join([Venv, "lib", "python3*", "site-packages"])).
+
+executable(Venv) ->
+    case {env(executable, undefined), Venv} of
+        {undefined, undefined} -> nil;
+        {undefined, _} ->
+            Python = filename:join([Venv, "bin", "python"]),
+            case filelib:is_file(Python) of
+                true -> bin(Python);
+                false -> nil
+            end;
+        {Path, _} -> bin(Path)
+    end.
+
+env(Key, Default) ->
+    application:get_env(erlang_python, Key, Default).
+
+bin(Value) when is_binary(Value) -> Value;
+bin(Value) -> unicode:characters_to_binary(Value).

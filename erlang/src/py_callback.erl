@@ -1,0 +1,79 @@
+%% @doc Runs the Erlang functions that Python calls with `erlang.call/2+', and
+%% relays `erlang.send' to pids on other nodes. Each call runs in a process of
+%% its own, so a slow function never blocks the others.
+-module(py_callback).
+-behaviour(gen_server).
+
+-export([start_link/0, register/2, unregister/1]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-define(TABLE, py_callbacks).
+
+-record(state, {
+    %% ETS table Name => Fun, owned here so registrations live as long as the
+    %% application; readers look it up without a server round trip.
+    table :: ets:tid() | atom()
+}).
+
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+-spec register(atom() | binary(), function()) -> ok.
+register(Name, Fun) ->
+    gen_server:call(?MODULE, {register, to_key(Name), Fun}).
+
+-spec unregister(atom() | binary()) -> ok.
+unregister(Name) ->
+    gen_server:call(?MODULE, {unregister, to_key(Name)}).
+
+-spec init([]) -> {ok, #state{}}.
+init([]) ->
+    process_flag(trap_exit, true),
+    Table = ets:new(?TABLE, [named_table, protected, {read_concurrency, true}]),
+    ok = py_nif:set_callback_server(self()),
+    {ok, #state{table = Table}}.
+
+-spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+handle_call({register, Name, Fun}, _From, State) ->
+    true = ets:insert(?TABLE, {Name, Fun}),
+    {reply, ok, State};
+handle_call({unregister, Name}, _From, State) ->
+    true = ets:delete(?TABLE, Name),
+    {reply, ok, State};
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_request}, State}.
+
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+-spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info({py_callback, Name, Args, Reply}, State) when is_binary(Name) ->
+    _ = spawn(fun() -> py_nif:callback_reply(Reply, run(Name, Args)) end),
+    {noreply, State};
+handle_info({py_callback, Pid, Message}, State) when is_pid(Pid) ->
+    Pid ! Message,
+    {noreply, State};
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+-spec terminate(term(), #state{}) -> ok.
+terminate(_Reason, _State) ->
+    py_nif:set_callback_server(undefined).
+
+run(Name, Args) ->
+    case ets:lookup(?TABLE, Name) of
+        [{_, Fun}] ->
+            try
+                {ok, apply(Fun, Args)}
+            catch
+                Class:Reason ->
+                    {error, iolist_to_binary(io_lib:format("~p:~p", [Class, Reason]))}
+            end;
+        [] ->
+            {error, <<"no Erlang function registered as ", Name/binary>>}
+    end.
+
+to_key(Name) when is_atom(Name) -> atom_to_binary(Name, utf8);
+to_key(Name) when is_binary(Name) -> Name.

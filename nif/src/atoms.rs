@@ -1,0 +1,18 @@
+//! Atoms the NIF returns or matches.
+
+rustler::atoms! {
+    ok,
+    error,
+    true_ = "true",
+    false_ = "false",
+    none,
+    inf,
+    neg_inf = "-inf",
+    nan,
+    py_result,
+    py_callback,
+    timeout,
+    closed,
+    not_initialized,
+    cancelled,
+}

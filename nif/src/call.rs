@@ -1,0 +1,212 @@
+//! `py:call`, `py:eval`, `py:exec`: the NIFs copy their arguments into a
+//! process-independent env, queue a job on the worker pool and return at once.
+//! The worker sends `{py_result, Ref, {ok, Term} | {error, Reason}}` to the
+//! caller when Python is done.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use rustler::env::{OwnedEnv, SavedTerm};
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term, TermType};
+
+use crate::atoms;
+use crate::convert::{py_to_term, term_to_py};
+use crate::errors::error_result;
+use crate::job::{CancelAction, Job};
+use crate::namespace;
+
+/// What a job does with its data term.
+enum Work {
+    /// data = `{Args, Kwargs}`.
+    Call { module: String, function: String },
+    /// data = `Locals` map or `none`.
+    Eval { code: String },
+    /// data unused.
+    Exec { code: String },
+}
+
+/// Text arguments (module, function, code) may be atoms, binaries or iolists.
+fn decode_text(term: Term<'_>) -> NifResult<String> {
+    if term.get_type() == TermType::Atom {
+        return term.atom_to_string();
+    }
+    let binary = if term.is_binary() {
+        Binary::from_term(term)?
+    } else {
+        Binary::from_iolist(term)?
+    };
+    std::str::from_utf8(binary.as_slice())
+        .map(str::to_owned)
+        .map_err(|_| rustler::Error::BadArg)
+}
+
+/// `call(CallerPid, Ref, Module, Function, Args, Kwargs)` -> `{ok, Job}`.
+#[rustler::nif]
+fn call<'a>(
+    env: Env<'a>,
+    caller: LocalPid,
+    reference: Term<'a>,
+    module: Term<'a>,
+    function: Term<'a>,
+    positional: Term<'a>,
+    kwargs: Term<'a>,
+) -> NifResult<Term<'a>> {
+    if !positional.is_list() || !kwargs.is_map() {
+        return Err(rustler::Error::BadArg);
+    }
+    let work = Work::Call {
+        module: decode_text(module)?,
+        function: decode_text(function)?,
+    };
+    let data = (positional, kwargs).encode(env);
+    submit(env, caller, reference, work, data)
+}
+
+/// `eval(CallerPid, Ref, Code, Locals)` -> `{ok, Job}`.
+#[rustler::nif]
+fn eval<'a>(
+    env: Env<'a>,
+    caller: LocalPid,
+    reference: Term<'a>,
+    code: Term<'a>,
+    locals: Term<'a>,
+) -> NifResult<Term<'a>> {
+    if !locals.is_map() {
+        return Err(rustler::Error::BadArg);
+    }
+    let work = Work::Eval {
+        code: decode_text(code)?,
+    };
+    namespace::watch(env, caller);
+    submit(env, caller, reference, work, locals)
+}
+
+/// `exec(CallerPid, Ref, Code)` -> `{ok, Job}`.
+#[rustler::nif]
+fn exec<'a>(
+    env: Env<'a>,
+    caller: LocalPid,
+    reference: Term<'a>,
+    code: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let work = Work::Exec {
+        code: decode_text(code)?,
+    };
+    namespace::watch(env, caller);
+    submit(env, caller, reference, work, atoms::none().encode(env))
+}
+
+/// `cancel(Job)` -> `ok`: the caller no longer wants the result. A queued job
+/// never runs; a running one gets a `TimeoutError` at its next bytecode.
+#[rustler::nif]
+fn cancel(job: ResourceArc<Job>) -> Atom {
+    if let CancelAction::Interrupt = job.request_cancel() {
+        // The interrupt needs the GIL, which may be busy for long: never wait
+        // for it on a scheduler.
+        std::thread::spawn(move || Python::attach(|py| job.interrupt(py)));
+    }
+    atoms::ok()
+}
+
+/// `namespace_count()` -> how many per-process namespaces are alive.
+#[rustler::nif]
+fn namespace_count() -> usize {
+    namespace::count()
+}
+
+fn submit<'a>(
+    env: Env<'a>,
+    caller: LocalPid,
+    reference: Term<'a>,
+    work: Work,
+    data: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let Some(pool) = crate::runtime::pool() else {
+        return Ok((atoms::error(), atoms::not_initialized()).encode(env));
+    };
+    let job = ResourceArc::new(Job::new());
+    let owned = OwnedEnv::new();
+    let saved_ref = owned.save(reference);
+    let saved_data = owned.save(data);
+    let worker_job = job.clone();
+    pool.submit(Box::new(move || {
+        run(worker_job, owned, caller, saved_ref, saved_data, work)
+    }));
+    Ok((atoms::ok(), job).encode(env))
+}
+
+fn run(
+    job: ResourceArc<Job>,
+    mut owned: OwnedEnv,
+    caller: LocalPid,
+    saved_ref: SavedTerm,
+    saved_data: SavedTerm,
+    work: Work,
+) {
+    if !job.start() {
+        return;
+    }
+    let (message, send) = Python::attach(|py| {
+        let message = owned.run(|env| {
+            let result = match execute(py, env, caller, &work, saved_data.load(env)) {
+                Ok(term) => (atoms::ok(), term).encode(env),
+                Err(error) => error_result(env, py, &error),
+            };
+            owned.save((atoms::py_result(), saved_ref.load(env), result))
+        });
+        (message, job.finish(py))
+    });
+    if send {
+        // A dead caller is not an error: nobody is waiting any more.
+        let _ = owned.send_and_clear(&caller, |env| message.load(env));
+    }
+}
+
+fn execute<'a>(
+    py: Python<'_>,
+    env: Env<'a>,
+    caller: LocalPid,
+    work: &Work,
+    data: Term<'a>,
+) -> PyResult<Term<'a>> {
+    match work {
+        Work::Call { module, function } => {
+            let (args, kwargs): (Term, Term) = data
+                .decode()
+                .map_err(|_| pyo3::exceptions::PyValueError::new_err("bad call arguments"))?;
+            let target = resolve(py, module, function)?;
+            let args = term_to_py(py, args)?.cast_into::<PyList>()?;
+            let kwargs = term_to_py(py, kwargs)?.cast_into::<PyDict>()?;
+            let result = target.call(PyTuple::new(py, args.iter())?, Some(&kwargs))?;
+            py_to_term(env, &result)
+        }
+        Work::Eval { code } => {
+            let globals = namespace::globals(py, caller)?;
+            let locals = term_to_py(py, data)?;
+            let builtins = py.import("builtins")?;
+            let compiled = builtins.call_method1("compile", (code, "<erlang>", "eval"))?;
+            let result = builtins.call_method1("eval", (compiled, globals, locals))?;
+            py_to_term(env, &result)
+        }
+        Work::Exec { code } => {
+            let globals = namespace::globals(py, caller)?;
+            let builtins = py.import("builtins")?;
+            let compiled = builtins.call_method1("compile", (code, "<erlang>", "exec"))?;
+            builtins.call_method1("exec", (compiled, globals))?;
+            Ok(atoms::none().encode(env))
+        }
+    }
+}
+
+/// `module` imported, then `function` looked up as a dotted attribute path
+/// (`"Path.home"` works on module `pathlib`).
+fn resolve<'py>(py: Python<'py>, module: &str, function: &str) -> PyResult<Bound<'py, PyAny>> {
+    let module = match module {
+        "__builtins__" | "__builtin__" => "builtins",
+        other => other,
+    };
+    let mut target = py.import(module)?.into_any();
+    for part in function.split('.') {
+        target = target.getattr(part)?;
+    }
+    Ok(target)
+}

@@ -1,0 +1,243 @@
+//! Erlang terms <-> Python objects. The table of rules is in the README
+//! ("Type conversion"); this file is its only implementation.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
+    PyTuple,
+};
+use rustler::types::map::MapIterator;
+use rustler::types::tuple::{get_tuple, make_tuple};
+use rustler::{Atom, BigInt, Binary, Encoder, Env, NewBinary, Term, TermType};
+
+use crate::atoms;
+use crate::opaque::{OpaqueTerm, Pid, Ref};
+
+/// Deeper structures are refused rather than risking the thread's stack.
+pub const MAX_DEPTH: usize = 1000;
+
+/// Converts an Erlang term into a new Python object.
+pub fn term_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyAny>> {
+    to_py(py, term, 0)
+}
+
+/// Converts a Python object into a term of `env`.
+pub fn py_to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>) -> PyResult<Term<'a>> {
+    to_term(env, obj, 0)
+}
+
+fn too_deep() -> PyErr {
+    PyValueError::new_err(format!("structure nested deeper than {MAX_DEPTH} levels"))
+}
+
+fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    match term.get_type() {
+        TermType::Integer => match term.decode::<i64>() {
+            Ok(small) => Ok(small.into_pyobject(py)?.into_any()),
+            Err(_) => {
+                let big: BigInt = term
+                    .decode()
+                    .map_err(|_| PyValueError::new_err("undecodable integer"))?;
+                big_to_py(py, &big)
+            }
+        },
+        TermType::Float => {
+            let value: f64 = term
+                .decode()
+                .map_err(|_| PyValueError::new_err("undecodable float"))?;
+            Ok(PyFloat::new(py, value).into_any())
+        }
+        TermType::Atom => atom_to_py(py, term),
+        TermType::Binary => {
+            let binary: Binary = term.decode().map_err(|_| {
+                PyTypeError::new_err("bitstrings that are not binaries cannot be converted")
+            })?;
+            let bytes = binary.as_slice();
+            Ok(match std::str::from_utf8(bytes) {
+                Ok(text) => PyString::new(py, text).into_any(),
+                Err(_) => PyBytes::new(py, bytes).into_any(),
+            })
+        }
+        TermType::List => {
+            let list = PyList::empty(py);
+            let mut rest = term;
+            while !rest.is_empty_list() {
+                let (head, tail) = rest
+                    .list_get_cell()
+                    .map_err(|_| PyTypeError::new_err("improper lists cannot be converted"))?;
+                list.append(to_py(py, head, depth + 1)?)?;
+                rest = tail;
+            }
+            Ok(list.into_any())
+        }
+        TermType::Tuple => {
+            let elements = get_tuple(term).map_err(|_| PyTypeError::new_err("bad tuple"))?;
+            let items = elements
+                .into_iter()
+                .map(|element| to_py(py, element, depth + 1))
+                .collect::<PyResult<Vec<_>>>()?;
+            Ok(PyTuple::new(py, items)?.into_any())
+        }
+        TermType::Map => {
+            let dict = PyDict::new(py);
+            let entries = MapIterator::new(term).ok_or_else(|| PyTypeError::new_err("bad map"))?;
+            for (key, value) in entries {
+                let key = to_py(py, key, depth + 1)?;
+                let key = if key.is_instance_of::<PyList>() {
+                    // Lists are unhashable; an Erlang list key becomes a tuple.
+                    PyTuple::new(py, key.cast_into::<PyList>()?.iter())?.into_any()
+                } else {
+                    key
+                };
+                dict.set_item(key, to_py(py, value, depth + 1)?)?;
+            }
+            Ok(dict.into_any())
+        }
+        TermType::Pid => Ok(Bound::new(py, Pid::from_term(term))?.into_any()),
+        TermType::Ref => Ok(Bound::new(py, Ref::from_term(term))?.into_any()),
+        TermType::Fun | TermType::Port | TermType::Unknown => {
+            Ok(Bound::new(py, OpaqueTerm::from_term(term))?.into_any())
+        }
+    }
+}
+
+fn atom_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyAny>> {
+    let name = term
+        .atom_to_string()
+        .map_err(|_| PyValueError::new_err("undecodable atom"))?;
+    Ok(match name.as_str() {
+        "true" => PyBool::new(py, true).to_owned().into_any(),
+        "false" => PyBool::new(py, false).to_owned().into_any(),
+        "none" => py.None().into_bound(py),
+        "inf" => PyFloat::new(py, f64::INFINITY).into_any(),
+        "-inf" => PyFloat::new(py, f64::NEG_INFINITY).into_any(),
+        "nan" => PyFloat::new(py, f64::NAN).into_any(),
+        _ => PyString::new(py, &name).into_any(),
+    })
+}
+
+fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Term<'a>> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    if obj.is_none() {
+        return Ok(atoms::none().encode(env));
+    }
+    // bool before int: bool is a subclass of int.
+    if let Ok(flag) = obj.cast::<PyBool>() {
+        return Ok(flag.is_true().encode(env));
+    }
+    if let Ok(text) = obj.cast::<PyString>() {
+        let text = text.to_str()?;
+        return Ok(binary_term(env, text.as_bytes()));
+    }
+    if let Ok(int) = obj.cast::<PyInt>() {
+        return Ok(match int.extract::<i64>() {
+            Ok(small) => small.encode(env),
+            Err(_) => py_to_big(int)?.encode(env),
+        });
+    }
+    if let Ok(float) = obj.cast::<PyFloat>() {
+        let value = float.value();
+        return Ok(if value.is_nan() {
+            atoms::nan().encode(env)
+        } else if value == f64::INFINITY {
+            atoms::inf().encode(env)
+        } else if value == f64::NEG_INFINITY {
+            atoms::neg_inf().encode(env)
+        } else {
+            value.encode(env)
+        });
+    }
+    if let Ok(bytes) = obj.cast::<PyBytes>() {
+        return Ok(binary_term(env, bytes.as_bytes()));
+    }
+    if let Ok(bytes) = obj.cast::<PyByteArray>() {
+        return Ok(binary_term(env, &bytes.to_vec()));
+    }
+    if let Ok(list) = obj.cast::<PyList>() {
+        let items = list
+            .iter()
+            .map(|item| to_term(env, &item, depth + 1))
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(items.encode(env));
+    }
+    if let Ok(tuple) = obj.cast::<PyTuple>() {
+        let items = tuple
+            .iter()
+            .map(|item| to_term(env, &item, depth + 1))
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(make_tuple(env, &items));
+    }
+    if let Ok(dict) = obj.cast::<PyDict>() {
+        let mut keys = Vec::with_capacity(dict.len());
+        let mut values = Vec::with_capacity(dict.len());
+        for (key, value) in dict.iter() {
+            keys.push(to_term(env, &key, depth + 1)?);
+            values.push(to_term(env, &value, depth + 1)?);
+        }
+        return Term::map_from_term_arrays(env, &keys, &values)
+            .map_err(|_| PyValueError::new_err("dict keys collide as Erlang terms"));
+    }
+    if obj.is_instance_of::<PySet>() || obj.is_instance_of::<PyFrozenSet>() {
+        let items = obj
+            .try_iter()?
+            .map(|item| to_term(env, &item?, depth + 1))
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(items.encode(env));
+    }
+    if let Ok(pid) = obj.cast::<Pid>() {
+        return pid.get().to_term(env);
+    }
+    if let Ok(reference) = obj.cast::<Ref>() {
+        return reference.get().to_term(env);
+    }
+    if let Ok(opaque) = obj.cast::<OpaqueTerm>() {
+        return opaque.get().to_term(env);
+    }
+    Err(PyTypeError::new_err(format!(
+        "cannot convert {} to an Erlang term",
+        obj.get_type().name()?
+    )))
+}
+
+/// Integers beyond i64 cross as little-endian two's complement bytes: rustler
+/// and pyo3 use different num-bigint majors, Python's `int` speaks bytes.
+fn big_to_py<'py>(py: Python<'py>, big: &BigInt) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("signed", true)?;
+    py.get_type::<PyInt>().call_method(
+        "from_bytes",
+        (PyBytes::new(py, &big.to_signed_bytes_le()), "little"),
+        Some(&kwargs),
+    )
+}
+
+fn py_to_big(int: &Bound<'_, PyInt>) -> PyResult<BigInt> {
+    let bits: usize = int.call_method0("bit_length")?.extract()?;
+    let kwargs = PyDict::new(int.py());
+    kwargs.set_item("signed", true)?;
+    let bytes = int.call_method("to_bytes", (bits / 8 + 1, "little"), Some(&kwargs))?;
+    Ok(BigInt::from_signed_bytes_le(
+        bytes.cast::<PyBytes>()?.as_bytes(),
+    ))
+}
+
+/// A fresh binary term holding `bytes`.
+pub fn binary_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut binary = NewBinary::new(env, bytes.len());
+    binary.as_mut_slice().copy_from_slice(bytes);
+    Term::from(binary)
+}
+
+/// An atom for `name`, or the binary `name` when it cannot be an atom.
+pub fn atom_or_binary<'a>(env: Env<'a>, name: &str) -> Term<'a> {
+    match Atom::from_str(env, name) {
+        Ok(atom) => atom.encode(env),
+        Err(_) => binary_term(env, name.as_bytes()),
+    }
+}

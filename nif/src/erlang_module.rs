@@ -1,0 +1,196 @@
+//! The Python module `_erlang` (wrapped by `python/erlang.py`): Python code
+//! calling back into the node. `call` runs a function registered with
+//! `py:register_function/2`; `send` sends a message to a pid.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyModule, PyTuple};
+use rustler::env::{OwnedEnv, SavedTerm};
+use rustler::{Atom, Env, LocalPid, ResourceArc, Term};
+
+use crate::atoms;
+use crate::convert::{binary_term, py_to_term, term_to_py};
+use crate::opaque::{OpaqueTerm, Pid, Ref};
+
+pyo3::create_exception!(
+    erlang,
+    ErlangError,
+    pyo3::exceptions::PyException,
+    "An error raised by an Erlang function called from Python."
+);
+
+/// The `py_callback` server that runs registered functions and relays sends.
+static CALLBACK_SERVER: Mutex<Option<LocalPid>> = Mutex::new(None);
+
+/// False while the application is stopped: waits end, new calls fail fast.
+static ACCEPTING: AtomicBool = AtomicBool::new(false);
+
+/// How often a waiting `erlang.call` checks for shutdown.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+pub fn set_accepting_callbacks(accepting: bool) {
+    ACCEPTING.store(accepting, Ordering::SeqCst);
+}
+
+/// The reply slot of one `erlang.call`: Erlang fills it, Python waits on it.
+pub struct CallbackReply {
+    reply: Mutex<Option<(OwnedEnv, SavedTerm)>>,
+    ready: Condvar,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for CallbackReply {}
+
+/// `set_callback_server(Pid | undefined)` -> `ok`.
+#[rustler::nif]
+fn set_callback_server(server: Term<'_>) -> Atom {
+    let pid = server.decode::<LocalPid>().ok();
+    set_accepting_callbacks(pid.is_some());
+    *CALLBACK_SERVER.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+    atoms::ok()
+}
+
+/// `callback_reply(Reply, Result)` -> `ok`: hands `Result` to the waiting
+/// Python thread.
+#[rustler::nif]
+fn callback_reply(reply: ResourceArc<CallbackReply>, result: Term<'_>) -> Atom {
+    let owned = OwnedEnv::new();
+    let saved = owned.save(result);
+    *reply.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some((owned, saved));
+    reply.ready.notify_all();
+    atoms::ok()
+}
+
+fn callback_server() -> PyResult<LocalPid> {
+    if !ACCEPTING.load(Ordering::SeqCst) {
+        return Err(PyRuntimeError::new_err("erlang_python is not running"));
+    }
+    CALLBACK_SERVER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .ok_or_else(|| PyRuntimeError::new_err("erlang_python is not running"))
+}
+
+fn ensure_foreign_thread() -> PyResult<()> {
+    if rustler::thread::is_scheduler_thread() {
+        return Err(PyRuntimeError::new_err(
+            "erlang.call/send cannot run on an Erlang scheduler thread",
+        ));
+    }
+    Ok(())
+}
+
+/// `erlang.call(name, *args)`: runs the Erlang function registered as `name`
+/// and returns its result. Erlang errors raise `erlang.ErlangError`.
+#[pyfunction]
+#[pyo3(signature = (name, *args))]
+fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
+    ensure_foreign_thread()?;
+    let server = callback_server()?;
+    let reply = ResourceArc::new(CallbackReply {
+        reply: Mutex::new(None),
+        ready: Condvar::new(),
+    });
+    let mut message_env = OwnedEnv::new();
+    let message = message_env.run(|env| -> PyResult<SavedTerm> {
+        let args = args
+            .iter()
+            .map(|arg| py_to_term(env, &arg))
+            .collect::<PyResult<Vec<_>>>()?;
+        let message = (
+            atoms::py_callback(),
+            binary_term(env, name.as_bytes()),
+            args,
+            reply.clone(),
+        );
+        Ok(message_env.save(message))
+    })?;
+    message_env
+        .send_and_clear(&server, |env| message.load(env))
+        .map_err(|_| PyRuntimeError::new_err("erlang_python is not running"))?;
+
+    let answer = py.detach(|| wait_for_reply(&reply));
+    let Some((owned, saved)) = answer else {
+        return Err(PyRuntimeError::new_err(
+            "erlang_python stopped while waiting for an Erlang reply",
+        ));
+    };
+    owned.run(|env| decode_reply(py, env, saved.load(env)))
+}
+
+fn wait_for_reply(reply: &CallbackReply) -> Option<(OwnedEnv, SavedTerm)> {
+    let mut slot = reply.reply.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if let Some(answer) = slot.take() {
+            return Some(answer);
+        }
+        if !ACCEPTING.load(Ordering::SeqCst) {
+            return None;
+        }
+        slot = reply
+            .ready
+            .wait_timeout(slot, SHUTDOWN_POLL)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// `{ok, Value}` -> Value; `{error, Text}` -> raise ErlangError(Text).
+fn decode_reply(py: Python<'_>, _env: Env<'_>, result: Term<'_>) -> PyResult<Py<PyAny>> {
+    let (tag, value): (Atom, Term) = result
+        .decode()
+        .map_err(|_| PyRuntimeError::new_err("malformed reply from Erlang"))?;
+    let value = term_to_py(py, value)?;
+    if tag == atoms::ok() {
+        Ok(value.unbind())
+    } else {
+        Err(ErlangError::new_err(value.unbind()))
+    }
+}
+
+/// `erlang.send(pid, term)`: sends `term` to the process `pid`.
+#[pyfunction]
+fn send(pid: &Bound<'_, PyAny>, term: &Bound<'_, PyAny>) -> PyResult<()> {
+    ensure_foreign_thread()?;
+    let pid = pid
+        .cast::<Pid>()
+        .map_err(|_| PyTypeError::new_err("erlang.send needs an erlang.Pid"))?;
+    let mut owned = OwnedEnv::new();
+    let (target, message) = owned.run(|env| -> PyResult<_> {
+        let pid_term = pid.get().to_term(env)?;
+        let message = py_to_term(env, term)?;
+        Ok(match pid_term.decode::<LocalPid>() {
+            Ok(local) => (Some(local), owned.save(message)),
+            // A pid of another node: the callback server relays it.
+            Err(_) => (None, owned.save((atoms::py_callback(), pid_term, message))),
+        })
+    })?;
+    let recipient = match target {
+        Some(local) => local,
+        None => callback_server()?,
+    };
+    // Sending to a dead process is not an error in Erlang either.
+    let _ = owned.send_and_clear(&recipient, |env| message.load(env));
+    Ok(())
+}
+
+/// Creates `_erlang` and puts it in `sys.modules`. Idempotent.
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let modules = py.import("sys")?.getattr("modules")?;
+    if modules.contains("_erlang")? {
+        return Ok(());
+    }
+    let module = PyModule::new(py, "_erlang")?;
+    module.add_function(wrap_pyfunction!(call, &module)?)?;
+    module.add_function(wrap_pyfunction!(send, &module)?)?;
+    module.add_class::<Pid>()?;
+    module.add_class::<Ref>()?;
+    module.add_class::<OpaqueTerm>()?;
+    module.add("ErlangError", py.get_type::<ErlangError>())?;
+    modules.set_item("_erlang", module)?;
+    Ok(())
+}

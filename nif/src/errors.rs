@@ -1,0 +1,41 @@
+//! Python exceptions as Erlang terms: `{ExceptionName, Message, Traceback}`.
+
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+use rustler::{Encoder, Env, Term};
+
+use crate::atoms;
+use crate::convert::{atom_or_binary, binary_term};
+
+/// `{error, {'ValueError', <<"message">>, <<"Traceback ...">>}}`.
+pub fn error_result<'a>(env: Env<'a>, py: Python<'_>, error: &PyErr) -> Term<'a> {
+    (atoms::error(), exception_term(env, py, error)).encode(env)
+}
+
+/// `{'ValueError', <<"message">>, <<"Traceback ...">>}`.
+pub fn exception_term<'a>(env: Env<'a>, py: Python<'_>, error: &PyErr) -> Term<'a> {
+    let name = error
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".to_owned());
+    let message = error
+        .value(py)
+        .str()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let traceback = format_traceback(py, error).unwrap_or_default();
+    (
+        atom_or_binary(env, &name),
+        binary_term(env, message.as_bytes()),
+        binary_term(env, traceback.as_bytes()),
+    )
+        .encode(env)
+}
+
+fn format_traceback(py: Python<'_>, error: &PyErr) -> PyResult<String> {
+    let traceback = py.import("traceback")?;
+    let lines = traceback.call_method1("format_exception", (error.value(py),))?;
+    let text = PyString::new(py, "").call_method1("join", (lines,))?;
+    Ok(text.extract::<String>()?)
+}

@@ -1,0 +1,103 @@
+//! One Python call submitted from Erlang: its life cycle, and cancellation
+//! when the caller gave up waiting (`py:call/5` timeout).
+
+use std::os::raw::{c_long, c_ulong};
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+
+/// Where a job is. Transitions happen under the job's lock; the ones that
+/// touch the Python thread state also hold the GIL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobState {
+    Queued,
+    /// Running on the Python thread with this `threading.get_ident()`.
+    Running(c_ulong),
+    /// The caller gave up; an interrupt for this thread is on its way.
+    CancelRequested(c_ulong),
+    /// A `TimeoutError` was injected into this thread.
+    Interrupted(c_ulong),
+    /// Cancelled before it started: it will never run.
+    Cancelled,
+    Done,
+}
+
+/// The Erlang handle of a submitted call (`py_nif:cancel/1` takes it).
+pub struct Job {
+    state: Mutex<JobState>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for Job {}
+
+/// What `Job::request_cancel` asks the caller to do next.
+pub enum CancelAction {
+    Nothing,
+    /// The job is running: interrupt it from a thread that may take the GIL.
+    Interrupt,
+}
+
+impl Job {
+    pub fn new() -> Job {
+        Job {
+            state: Mutex::new(JobState::Queued),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by the worker before running; false when cancelled meanwhile.
+    pub fn start(&self) -> bool {
+        let mut state = self.lock();
+        if *state != JobState::Queued {
+            return false;
+        }
+        // SAFETY: reads the calling thread's identifier; no state is touched.
+        *state = JobState::Running(unsafe { pyo3::ffi::PyThread_get_thread_ident() });
+        true
+    }
+
+    /// Called by the worker, GIL held, after the Python work. Returns whether
+    /// the result should still be sent. Clears an interrupt that arrived too
+    /// late to fire, so it cannot hit the thread's next job.
+    pub fn finish(&self, _py: Python<'_>) -> bool {
+        let mut state = self.lock();
+        let send = matches!(*state, JobState::Running(_));
+        if let JobState::Interrupted(thread) = *state {
+            // SAFETY: GIL held; a NULL exception clears the pending one.
+            unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as c_long, std::ptr::null_mut()) };
+        }
+        *state = JobState::Done;
+        send
+    }
+
+    pub fn request_cancel(&self) -> CancelAction {
+        let mut state = self.lock();
+        match *state {
+            JobState::Queued => {
+                *state = JobState::Cancelled;
+                CancelAction::Nothing
+            }
+            JobState::Running(thread) => {
+                *state = JobState::CancelRequested(thread);
+                CancelAction::Interrupt
+            }
+            _ => CancelAction::Nothing,
+        }
+    }
+
+    /// Raises `TimeoutError` inside the job's thread at its next bytecode, if
+    /// the job is still running. A job blocked in C (a `time.sleep`) sees it
+    /// when it returns to Python.
+    pub fn interrupt(&self, py: Python<'_>) {
+        let mut state = self.lock();
+        if let JobState::CancelRequested(thread) = *state {
+            let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
+            // SAFETY: GIL held; `exception` is a live type object for the call.
+            unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as c_long, exception.as_ptr()) };
+            *state = JobState::Interrupted(thread);
+        }
+    }
+}

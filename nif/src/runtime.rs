@@ -1,0 +1,93 @@
+//! The process-wide Python runtime: interpreter start-up and the worker pool
+//! that runs every Python job off the Erlang schedulers.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use erlang_python::py::interpreter::{self, InterpreterConfig};
+use erlang_python::py::pool::Pool;
+use pyo3::prelude::*;
+use rustler::{Encoder, Env, NifResult, Term};
+
+use crate::atoms;
+
+/// Default for `max_workers` when the application env says nothing.
+const DEFAULT_MAX_WORKERS: usize = 32;
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// The worker pool, once `init/1` has run.
+pub fn pool() -> Option<&'static Pool> {
+    POOL.get()
+}
+
+/// Runs once on every worker thread: give it a Python thread state that lives
+/// as long as the thread, so each job's `Python::attach` is cheap (no thread
+/// state created and destroyed per job).
+fn adopt_python_thread() {
+    // SAFETY: the interpreter is initialised before any worker starts
+    // (`init` creates the pool after `interpreter::initialize`). Ensure creates
+    // this thread's state and takes the GIL; SaveThread releases the GIL and
+    // keeps the state bound to the thread for its whole life.
+    unsafe {
+        pyo3::ffi::PyGILState_Ensure();
+        pyo3::ffi::PyEval_SaveThread();
+    }
+}
+
+#[derive(rustler::NifMap)]
+struct InitOptions {
+    paths: Vec<String>,
+    executable: Option<String>,
+    max_workers: usize,
+}
+
+/// `init(#{paths := [binary()], executable := binary() | nil, max_workers := pos_integer()})`
+/// -> `ok | {error, Reason}`. Starts CPython once; later calls add paths and
+/// raise the worker limit.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
+    let config = InterpreterConfig {
+        paths: options.paths.into_iter().map(PathBuf::from).collect(),
+        executable: options.executable.map(PathBuf::from),
+    };
+    if let Err(reason) = interpreter::initialize(&config) {
+        return Ok((atoms::error(), reason).encode(env));
+    }
+    if let Err(reason) = Python::attach(crate::erlang_module::install) {
+        return Ok((atoms::error(), reason.to_string()).encode(env));
+    }
+    let max_workers = if options.max_workers == 0 {
+        DEFAULT_MAX_WORKERS
+    } else {
+        options.max_workers
+    };
+    let pool = POOL.get_or_init(|| Pool::new("py-worker", max_workers, adopt_python_thread));
+    pool.set_max_threads(max_workers);
+    crate::erlang_module::set_accepting_callbacks(true);
+    Ok(atoms::ok().encode(env))
+}
+
+/// `python_version()` -> the running interpreter's `sys.version` as a binary.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn python_version(env: Env<'_>) -> Term<'_> {
+    if !interpreter::is_initialized() {
+        return (atoms::error(), atoms::not_initialized()).encode(env);
+    }
+    let version = Python::version_str().to_owned();
+    (atoms::ok(), version).encode(env)
+}
+
+/// `pool_stats()` -> `#{threads, idle, queued, max_threads}`.
+#[rustler::nif]
+fn pool_stats(env: Env<'_>) -> Term<'_> {
+    let Some(pool) = pool() else {
+        return (atoms::error(), atoms::not_initialized()).encode(env);
+    };
+    let stats = pool.stats();
+    let keys = ["threads", "idle", "queued", "max_threads"]
+        .map(|k| rustler::Atom::from_str(env, k).unwrap().encode(env));
+    let values =
+        [stats.threads, stats.idle, stats.queued, stats.max_threads].map(|v| v.encode(env));
+    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| atoms::error().encode(env))
+}

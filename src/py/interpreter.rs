@@ -1,0 +1,106 @@
+//! Start-up of CPython inside a host process that loaded us with local symbol
+//! scope (the BEAM loads NIFs that way).
+
+use std::ffi::{c_void, CStr, CString};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+/// What the host wants the interpreter to look like.
+#[derive(Debug, Clone, Default)]
+pub struct InterpreterConfig {
+    /// Folders put in front of `sys.path` (our `python/` sources, a venv's
+    /// site-packages), in this order.
+    pub paths: Vec<PathBuf>,
+    /// The Python interpreter `sys.executable` should name; `None` uses the one
+    /// this crate was built against.
+    pub executable: Option<PathBuf>,
+}
+
+/// Serialises start-up: `initialize` may be called again (an application
+/// restart) and must then only add what is new.
+static STARTUP: Mutex<bool> = Mutex::new(false);
+
+/// Initialises CPython once (signal handlers off, GIL released afterwards) and
+/// applies `config`. Calling it again keeps the running interpreter and only
+/// adds paths that are not on `sys.path` yet.
+pub fn initialize(config: &InterpreterConfig) -> Result<(), String> {
+    let mut started = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
+    if !*started {
+        promote_libpython_to_global_scope()?;
+        // pyo3: Py_InitializeEx(0) (the BEAM owns signals), then releases the GIL.
+        Python::initialize();
+        *started = true;
+    }
+    Python::attach(|py| apply_config(py, config)).map_err(|e| format!("python start-up: {e}"))
+}
+
+/// True once `initialize` has succeeded in this process.
+pub fn is_initialized() -> bool {
+    *STARTUP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn apply_config(py: Python<'_>, config: &InterpreterConfig) -> PyResult<()> {
+    let sys = py.import("sys")?;
+    let path = sys.getattr("path")?.cast_into::<PyList>()?;
+    for (position, folder) in config.paths.iter().enumerate() {
+        let folder = folder.to_string_lossy();
+        if !path.contains(folder.as_ref())? {
+            path.insert(position, folder.as_ref())?;
+        }
+    }
+    if let Some(executable) = config.executable.clone().or_else(build_executable) {
+        sys.setattr("executable", executable.to_string_lossy().as_ref())?;
+    }
+    // Embedded interpreters start without argv; argparse and friends expect one.
+    if !sys.hasattr("argv")? {
+        sys.setattr("argv", PyList::new(py, ["erlang_python"])?)?;
+    }
+    Ok(())
+}
+
+fn build_executable() -> Option<PathBuf> {
+    option_env!("ERLANG_PYTHON_BUILD_EXECUTABLE").map(PathBuf::from)
+}
+
+/// The BEAM dlopens NIFs with RTLD_LOCAL, so libpython's symbols are invisible
+/// to the extension modules CPython loads later (`_asyncio`, `_ssl`, `math`):
+/// they fail with "undefined symbol". Re-opening the already loaded libpython
+/// with RTLD_GLOBAL makes its symbols global (LESSONS 1).
+fn promote_libpython_to_global_scope() -> Result<(), String> {
+    let loaded_from = loaded_libpython_path()?;
+    let c_path = CString::new(loaded_from.clone()).map_err(|e| e.to_string())?;
+    // SAFETY: RTLD_NOLOAD only bumps the reference count of an object that is
+    // already mapped (libpython, which we are linked against), so no
+    // initialisers run; the handle is kept for the life of the process.
+    let handle = unsafe {
+        libc::dlopen(
+            c_path.as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_GLOBAL | libc::RTLD_NOLOAD,
+        )
+    };
+    if handle.is_null() {
+        return Err(format!("cannot re-open {loaded_from} with global scope"));
+    }
+    Ok(())
+}
+
+/// The file libpython was actually loaded from (which may differ from what the
+/// build saw if RUNPATH were missing), found from one of its own symbols.
+fn loaded_libpython_path() -> Result<String, String> {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    let symbol = pyo3::ffi::Py_InitializeEx as *const c_void;
+    // SAFETY: dladdr only reads the loader's tables and writes into `info`,
+    // which is zero-initialised and large enough for a Dl_info.
+    let found = unsafe { libc::dladdr(symbol, info.as_mut_ptr()) };
+    // SAFETY: dladdr returned non-zero, so it filled `info`.
+    let info = unsafe { info.assume_init() };
+    if found == 0 || info.dli_fname.is_null() {
+        return Err("cannot find the loaded libpython (dladdr failed)".into());
+    }
+    // SAFETY: dli_fname is a NUL-terminated string owned by the loader.
+    let name = unsafe { CStr::from_ptr(info.dli_fname) };
+    Ok(name.to_string_lossy().into_owned())
+}

@@ -1,0 +1,5 @@
+//! The embedded CPython: start-up of the interpreter inside the BEAM and the
+//! threads that run Python off the Erlang schedulers.
+
+pub mod interpreter;
+pub mod pool;

@@ -1,0 +1,201 @@
+//! Threads of our own that run Python jobs, so that Python never runs on an
+//! Erlang scheduler (LESSONS 6, 7d). The pool grows on demand up to a limit:
+//! a call that runs for minutes holds one thread, the others keep serving.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+
+/// One unit of work. It takes the GIL itself when it needs Python.
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Deep term conversions recurse; give every worker room for them.
+const WORKER_STACK_BYTES: usize = 16 * 1024 * 1024;
+
+/// A growable pool of named worker threads fed from one FIFO queue.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Queue and thread accounting, under one lock so that "should we spawn"
+    /// is decided on a consistent view.
+    state: Mutex<State>,
+    /// Signalled once per submitted job.
+    work_ready: Condvar,
+    /// Most threads the pool may own; can be raised while running.
+    max_threads: AtomicUsize,
+    /// Thread name prefix, so a stuck thread is recognisable in `gdb`/`top`.
+    name: String,
+    /// Runs once on each new thread before its first job (Python thread state).
+    thread_setup: fn(),
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    /// Threads started so far (they never exit).
+    threads: usize,
+    /// Threads waiting for work right now.
+    idle: usize,
+}
+
+/// A snapshot of the pool, for stats and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub threads: usize,
+    pub idle: usize,
+    pub queued: usize,
+    pub max_threads: usize,
+}
+
+impl Pool {
+    /// A pool that starts no thread until the first job arrives.
+    pub fn new(name: &str, max_threads: usize, thread_setup: fn()) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                work_ready: Condvar::new(),
+                max_threads: AtomicUsize::new(max_threads.max(1)),
+                name: name.to_owned(),
+                thread_setup,
+            }),
+        }
+    }
+
+    /// Queues `job`; starts a thread when every existing one is busy and the
+    /// limit allows. Jobs beyond the limit wait in FIFO order.
+    pub fn submit(&self, job: Job) {
+        let mut state = self.inner.lock_state();
+        state.queue.push_back(job);
+        let max = self.inner.max_threads.load(Ordering::Relaxed);
+        if state.queue.len() > state.idle && state.threads < max {
+            state.threads += 1;
+            let index = state.threads;
+            drop(state);
+            self.spawn_worker(index);
+        } else {
+            drop(state);
+        }
+        self.inner.work_ready.notify_one();
+    }
+
+    /// Changes the thread limit; threads above a lowered limit stay.
+    pub fn set_max_threads(&self, max_threads: usize) {
+        self.inner
+            .max_threads
+            .store(max_threads.max(1), Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let state = self.inner.lock_state();
+        PoolStats {
+            threads: state.threads,
+            idle: state.idle,
+            queued: state.queue.len(),
+            max_threads: self.inner.max_threads.load(Ordering::Relaxed),
+        }
+    }
+
+    fn spawn_worker(&self, index: usize) {
+        let inner = Arc::clone(&self.inner);
+        let spawned = thread::Builder::new()
+            .name(format!("{}-{index}", inner.name))
+            .stack_size(WORKER_STACK_BYTES)
+            .spawn(move || inner.run_worker());
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start a worker thread");
+            self.inner.lock_state().threads -= 1;
+        }
+    }
+}
+
+impl Inner {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run_worker(&self) {
+        (self.thread_setup)();
+        loop {
+            let job = {
+                let mut state = self.lock_state();
+                loop {
+                    if let Some(job) = state.queue.pop_front() {
+                        break job;
+                    }
+                    state.idle += 1;
+                    state = self
+                        .work_ready
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner());
+                    state.idle -= 1;
+                }
+            };
+            // A panicking job must not take the thread (and its queue) with it.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                tracing::error!(pool = %self.name, "a job panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    fn no_setup() {}
+
+    #[test]
+    fn runs_jobs_in_parallel_up_to_the_limit() {
+        use std::sync::atomic::AtomicUsize;
+        let pool = Pool::new("test", 4, no_setup);
+        let running = Arc::new(AtomicUsize::new(0));
+        let (done, finished) = mpsc::channel();
+        for _ in 0..4 {
+            let (done, running) = (done.clone(), Arc::clone(&running));
+            pool.submit(Box::new(move || {
+                running.fetch_add(1, Ordering::SeqCst);
+                // Each job waits until all four run at once (or gives up).
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while running.load(Ordering::SeqCst) < 4 && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                done.send(running.load(Ordering::SeqCst)).unwrap();
+            }));
+        }
+        for _ in 0..4 {
+            assert_eq!(finished.recv_timeout(Duration::from_secs(30)).unwrap(), 4);
+        }
+        assert_eq!(pool.stats().threads, 4);
+    }
+
+    #[test]
+    fn never_exceeds_the_limit_and_keeps_fifo_order() {
+        let pool = Pool::new("test", 1, no_setup);
+        let (done, finished) = mpsc::channel();
+        for i in 0..50 {
+            let done = done.clone();
+            pool.submit(Box::new(move || done.send(i).unwrap()));
+        }
+        let order: Vec<i32> = (0..50)
+            .map(|_| finished.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(order, (0..50).collect::<Vec<_>>());
+        assert_eq!(pool.stats().threads, 1);
+    }
+
+    #[test]
+    fn a_panicking_job_does_not_kill_the_worker() {
+        let pool = Pool::new("test", 1, no_setup);
+        pool.submit(Box::new(|| panic!("boom")));
+        let (done, finished) = mpsc::channel();
+        pool.submit(Box::new(move || done.send(7).unwrap()));
+        assert_eq!(finished.recv_timeout(Duration::from_secs(10)).unwrap(), 7);
+        assert_eq!(pool.stats().threads, 1);
+    }
+}
