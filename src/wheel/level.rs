@@ -35,7 +35,22 @@ pub(crate) struct Level {
 
     /// The entries, by slot, each slot in insertion (FIFO) order.
     slots: [List; SLOTS],
+
+    /// Earliest deadline in each slot: `EMPTY_MIN` for an empty slot,
+    /// `UNKNOWN_MIN` once that earliest entry was cancelled. Lets
+    /// `next_deadline` give the exact next deadline without walking the slot,
+    /// so a sleeping loop wakes when a timer is due rather than when a slot
+    /// needs cascading.
+    mins: [u64; SLOTS],
 }
+
+/// `Level::mins` of an empty slot.
+const EMPTY_MIN: u64 = u64::MAX;
+
+/// `Level::mins` of a slot whose earliest entry was cancelled: the minimum
+/// is unknown until the slot is emptied. No entry in a slot has deadline 0
+/// (its tick would be 0, never after the wheel's current tick), so 0 is free.
+const UNKNOWN_MIN: u64 = 0;
 
 /// A slot that must be processed next, and from which tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +69,7 @@ impl Level {
             level,
             occupied: 0,
             slots: [List::EMPTY; SLOTS],
+            mins: [EMPTY_MIN; SLOTS],
         }
     }
 
@@ -88,24 +104,44 @@ impl Level {
         &self.slots[slot]
     }
 
-    /// Appends entry `index` to `slot`.
+    /// The earliest deadline in `slot`, if known (see `mins`).
     #[inline]
-    pub(crate) fn push<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32) {
+    pub(crate) fn slot_min(&self, slot: usize) -> Option<u64> {
+        match self.mins[slot] {
+            UNKNOWN_MIN | EMPTY_MIN => None,
+            min => Some(min),
+        }
+    }
+
+    /// Appends entry `index`, whose deadline is `deadline`, to `slot`.
+    #[inline]
+    pub(crate) fn push<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32, deadline: u64) {
+        debug_assert_ne!(
+            deadline, UNKNOWN_MIN,
+            "entry {index} with deadline 0 pushed on level {} slot {slot}",
+            self.level
+        );
         let location = Location::Slot {
             level: self.level as u8,
             slot: slot as u8,
         };
         self.slots[slot].push_back(slab, index, location);
         self.occupied |= 1 << slot;
+        // An unknown minimum (0) stays unknown.
+        self.mins[slot] = self.mins[slot].min(deadline);
     }
 
     /// Unlinks entry `index` from `slot`.
     #[inline]
     pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32) {
+        let deadline = slab.entry(index).deadline;
         let list = &mut self.slots[slot];
         list.remove(slab, index);
         if list.is_empty() {
             self.occupied &= !(1 << slot);
+            self.mins[slot] = EMPTY_MIN;
+        } else if deadline == self.mins[slot] {
+            self.mins[slot] = UNKNOWN_MIN;
         }
     }
 
@@ -113,6 +149,7 @@ impl Level {
     #[inline]
     pub(crate) fn take_slot(&mut self, slot: usize) -> List {
         self.occupied &= !(1 << slot);
+        self.mins[slot] = EMPTY_MIN;
         self.slots[slot].take()
     }
 }
@@ -214,12 +251,14 @@ mod tests {
     fn level_tracks_occupancy_and_next_expiration() {
         use super::super::entry::Entry;
         let mut slab = Slab::new();
-        let a = slab.insert(Entry::new(0, 0, ())).index();
-        let b = slab.insert(Entry::new(0, 1, ())).index();
+        let a = slab.insert(Entry::new(200, 0, ())).index();
+        let b = slab.insert(Entry::new(210, 1, ())).index();
         let mut level = Level::new(1);
         assert_eq!(level.next_expiration(0), None);
-        level.push(&mut slab, 3, a);
-        level.push(&mut slab, 3, b);
+        assert_eq!(level.slot_min(3), None);
+        level.push(&mut slab, 3, a, 200);
+        level.push(&mut slab, 3, b, 210);
+        assert_eq!(level.slot_min(3), Some(200));
         assert_eq!(slab.entry(a).location, Location::Slot { level: 1, slot: 3 });
         assert_eq!(
             level.next_expiration(70),
@@ -231,8 +270,42 @@ mod tests {
         );
         level.remove(&mut slab, 3, a);
         assert_eq!(level.next_expiration(70).map(|e| e.slot), Some(3));
+        // The earliest entry left: its successor's deadline is not tracked.
+        assert_eq!(level.slot_min(3), None);
         let taken = level.take_slot(3);
         assert_eq!(taken.head(), b);
         assert_eq!(level.next_expiration(70), None);
+    }
+}
+
+#[cfg(test)]
+mod slot_min_tests {
+    use super::super::entry::Entry;
+    use super::*;
+
+    #[test]
+    fn slot_min_survives_cancelling_a_later_entry_and_resets_when_empty() {
+        let mut slab = Slab::new();
+        let mut level = Level::new(0);
+        let ids: Vec<u32> = [30, 10, 20]
+            .into_iter()
+            .map(|d| {
+                let i = slab.insert(Entry::new(d, d, ())).index();
+                level.push(&mut slab, 5, i, d);
+                i
+            })
+            .collect();
+        assert_eq!(level.slot_min(5), Some(10));
+        level.remove(&mut slab, 5, ids[0]);
+        assert_eq!(level.slot_min(5), Some(10));
+        level.remove(&mut slab, 5, ids[1]);
+        assert_eq!(level.slot_min(5), None, "unknown after the min left");
+        let i = slab.insert(Entry::new(5, 5, ())).index();
+        level.push(&mut slab, 5, i, 5);
+        assert_eq!(level.slot_min(5), None, "stays unknown");
+        level.take_slot(5);
+        assert_eq!(level.slot_min(5), None);
+        level.push(&mut slab, 5, ids[2], 20);
+        assert_eq!(level.slot_min(5), Some(20), "known again once emptied");
     }
 }

@@ -59,9 +59,10 @@ pub const MIN_TICK_NS: u64 = 100_000;
 /// Coarsest accepted resolution: 100 ms.
 pub const MAX_TICK_NS: u64 = 100_000_000;
 
-/// A higher-level slot with at most this many entries is "sparse":
-/// `next_deadline` reads their exact minimum instead of returning the slot
-/// start, so a sleeping loop is not woken just to cascade.
+/// A higher-level slot with at most this many entries is "sparse": when its
+/// tracked minimum was invalidated by a cancel, `next_deadline` reads the
+/// exact minimum of its entries instead of returning the slot start, so a
+/// sleeping loop is not woken just to cascade.
 const SPARSE_SLOT: usize = 8;
 
 /// A fired timer, as `advance` hands it out.
@@ -283,11 +284,13 @@ impl<T> Wheel<T> {
     /// When to call `advance` next; `None` when no timer can ever fire.
     ///
     /// Exact (the earliest deadline of all timers) when that timer is due,
-    /// on level 0, in a sparse (at most 8 entries) higher slot, or in the far
-    /// overflow list. When the next slot is a dense higher one, returns the
-    /// first instant of that slot instead: earlier than every deadline in it,
-    /// and the time its cascade is needed. Never later than the true
-    /// earliest deadline.
+    /// on level 0, or in the far overflow list. In a higher slot it is exact
+    /// too while the slot's tracked minimum is valid (no cancel has removed
+    /// the slot's earliest entry since it filled) or the slot is sparse (at
+    /// most 8 entries, read directly). Otherwise it is the first instant of
+    /// that slot: earlier than every deadline in it, and the time its cascade
+    /// is needed. Never later than the true earliest deadline. O(1) unless a
+    /// cancel invalidated the slot's minimum.
     pub fn next_deadline(&self) -> Option<u64> {
         let next = self.peek_next_deadline();
         self.armed.set(next);
@@ -340,6 +343,9 @@ impl<T> Wheel<T> {
             return Some(deadline);
         }
         if let Some(exp) = self.next_expiration() {
+            if let Some(min) = self.levels[exp.level].slot_min(exp.slot) {
+                return Some(min);
+            }
             let limit = if exp.level == 0 {
                 usize::MAX
             } else {
@@ -438,11 +444,13 @@ impl<T> Wheel<T> {
     }
 
     /// Moves the far entries now within the top level's reach into the
-    /// levels, from tick `tick` (the migration tick of the earliest one).
+    /// levels, from tick `tick` (the migration tick of the earliest one). The
+    /// tick may equal `elapsed` when a top-level slot starting at the same
+    /// tick was processed just before.
     fn migrate_far(&mut self, tick: u64) {
         debug_assert!(
-            tick > self.elapsed,
-            "far migration at {tick} at or before elapsed {}",
+            tick >= self.elapsed,
+            "far migration at {tick} before elapsed {}",
             self.elapsed
         );
         self.elapsed = self.elapsed.max(tick);
@@ -473,7 +481,7 @@ impl<T> Wheel<T> {
         } else if within_reach(self.elapsed, when) {
             let level = level_for(self.elapsed, when);
             let slot = level::slot_for(when, level);
-            self.levels[level].push(&mut self.slab, slot, index);
+            self.levels[level].push(&mut self.slab, slot, index, deadline);
             Location::Slot {
                 level: level as u8,
                 slot: slot as u8,
