@@ -1,0 +1,480 @@
+//! One loop's native state and the wait of its owning thread.
+//!
+//! Everything sits behind one mutex: the wheel, the pending queue, the fd
+//! registry and the flags that say what the serving Erlang process owes. The
+//! owner waits on a condvar (the GIL released by the Python layer); the
+//! serving process, `call_soon_threadsafe`, `stop` and `close` wake it.
+
+use std::os::fd::RawFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::pending::PendingQueue;
+use super::registry::{FdRegistry, Readiness};
+use super::{Event, EventKind, LoopHost, LoopStats, SelectRequest, Wake};
+use crate::wheel::{now_monotonic_ns, Expired, TimerKey, Wheel, WheelError};
+
+/// Timers moved into the pending queue per advance, so one call never holds
+/// the lock for long; the rest follow on the next round.
+const ADVANCE_BATCH: usize = 4096;
+
+/// Why a wait or a call on the loop failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitError {
+    /// The loop was closed (`close`, `event_loop_destroy`).
+    Closed,
+    /// The Erlang process serving the loop died: no timer or fd event can
+    /// arrive any more.
+    ServerDown,
+}
+
+impl std::fmt::Display for WaitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitError::Closed => write!(f, "the event loop is closed"),
+            WaitError::ServerDown => {
+                write!(f, "the Erlang process serving this event loop died")
+            }
+        }
+    }
+}
+
+impl std::error::Error for WaitError {}
+
+/// The outcome of `wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waited {
+    /// More events were ready than `max`.
+    pub more: bool,
+    /// A `wakeup` (thread-safe call, stop) was requested.
+    pub woken: bool,
+}
+
+pub struct LoopCore {
+    state: Mutex<State>,
+    /// Signalled when an event is queued, a wake-up is requested, or the loop
+    /// closes or loses its server.
+    ready: Condvar,
+    host: Arc<dyn LoopHost>,
+}
+
+struct State {
+    /// Timers; payload = the caller's callback id.
+    wheel: Wheel<u64>,
+    pending: PendingQueue,
+    fds: FdRegistry,
+    /// Select calls owed to the serving process.
+    selects: Vec<SelectRequest>,
+    /// An `apply_selects` wake is out and not served yet: don't send another.
+    selects_signalled: bool,
+    /// Fds whose events the owner took: re-armed at its next wait.
+    rearm: Vec<RawFd>,
+    /// The deadline the Erlang timer is armed for, if any.
+    armed_deadline: Option<u64>,
+    /// A serving process exists (timers are armed only then).
+    served: bool,
+    server_down: bool,
+    wakeup_requested: bool,
+    closed: bool,
+    stats: LoopStats,
+    /// Scratch for `advance`, kept to avoid an allocation per tick.
+    expired: Vec<Expired<u64>>,
+}
+
+impl LoopCore {
+    /// A loop with a wheel of `tick_ns` resolution.
+    pub fn new(tick_ns: u64, host: Arc<dyn LoopHost>) -> Result<LoopCore, WheelError> {
+        Ok(LoopCore {
+            state: Mutex::new(State {
+                wheel: Wheel::with_tick(tick_ns, now_monotonic_ns())?,
+                pending: PendingQueue::default(),
+                fds: FdRegistry::default(),
+                selects: Vec::new(),
+                selects_signalled: false,
+                rearm: Vec::new(),
+                armed_deadline: None,
+                served: false,
+                server_down: false,
+                wakeup_requested: false,
+                closed: false,
+                stats: LoopStats::default(),
+                expired: Vec::new(),
+            }),
+            ready: Condvar::new(),
+            host,
+        })
+    }
+
+    pub fn host(&self) -> &Arc<dyn LoopHost> {
+        &self.host
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The loop's clock: CLOCK_MONOTONIC in ns, shared with the wheel.
+    pub fn now_ns() -> u64 {
+        now_monotonic_ns()
+    }
+
+    // ---- timers ----
+
+    /// Schedules a timer at `deadline_ns` (`u64::MAX` = never) that reports
+    /// `id`; returns its key (for `cancel_timer`) and what to tell the server.
+    pub fn insert_timer(&self, deadline_ns: u64, id: u64) -> Result<(u64, Wake), WaitError> {
+        let mut state = self.lock();
+        state.check_open()?;
+        let key = state.wheel.insert(deadline_ns, id).to_u64();
+        state.stats.timers_inserted += 1;
+        let wake = state.arm_timer(now_monotonic_ns());
+        Ok((key, wake))
+    }
+
+    /// Cancels a timer. Stale, fired, unknown or garbage keys: false, no effect.
+    pub fn cancel_timer(&self, key: u64) -> bool {
+        let mut state = self.lock();
+        let cancelled = state.wheel.cancel(TimerKey::from_u64(key)).is_some();
+        if cancelled {
+            state.stats.timers_cancelled += 1;
+        }
+        cancelled
+    }
+
+    /// The serving process's timer fired: queue the due timers, wake the
+    /// owner, and say when to fire next.
+    pub fn tick(&self) -> Wake {
+        let mut state = self.lock();
+        state.stats.ticks += 1;
+        state.armed_deadline = None;
+        let now = now_monotonic_ns();
+        let fired = state.advance(now);
+        if fired == 0 {
+            state.stats.spurious_ticks += 1;
+        } else {
+            self.ready.notify_all();
+        }
+        state.arm_timer(now)
+    }
+
+    // ---- fds ----
+
+    /// Watches `fd` for `kind` (Read/Write), reporting `id`. Replaces the
+    /// previous id of that direction.
+    pub fn add_interest(&self, fd: RawFd, kind: EventKind, id: u64) -> std::io::Result<Wake> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(std::io::Error::other(WaitError::Closed));
+        }
+        let host = Arc::clone(&self.host);
+        let request = state
+            .fds
+            .add_interest(fd, kind, id, |token| host.open_fd(fd, token))?;
+        state.stats.fds = state.fds.len() as u64;
+        Ok(state.owe_selects(request))
+    }
+
+    /// Stops watching `fd` for `kind`. Returns whether it was watched.
+    pub fn remove_interest(&self, fd: RawFd, kind: EventKind) -> (bool, Wake) {
+        let mut state = self.lock();
+        let (had, stop) = state.fds.remove_interest(fd, kind);
+        if had {
+            state
+                .pending
+                .retain(|event| !(event.kind == kind && event.key == fd as u64));
+        }
+        state.stats.fds = state.fds.len() as u64;
+        let wake = state.owe_selects(stop);
+        (had, wake)
+    }
+
+    /// The callback ids watching `fd`: (read, write).
+    pub fn interest(&self, fd: RawFd) -> (Option<u64>, Option<u64>) {
+        let state = self.lock();
+        state
+            .fds
+            .get(fd)
+            .map_or((None, None), |entry| (entry.read_id, entry.write_id))
+    }
+
+    /// Readiness of `kind` for the registration `token`, reported by the
+    /// serving process.
+    pub fn fd_ready(&self, token: u64, kind: EventKind) {
+        let mut state = self.lock();
+        match state.fds.ready(token, kind) {
+            Readiness::Ready { fd, id } => {
+                state.pending.push(Event {
+                    kind,
+                    id,
+                    key: fd as u64,
+                });
+                state.stats.fd_events += 1;
+                self.ready.notify_all();
+            }
+            Readiness::Coalesced => state.stats.events_coalesced += 1,
+            Readiness::Stale => state.stats.stale_events += 1,
+        }
+    }
+
+    /// The select calls owed; called by the serving process, which makes them.
+    pub fn take_select_requests(&self) -> Vec<SelectRequest> {
+        let mut state = self.lock();
+        state.selects_signalled = false;
+        std::mem::take(&mut state.selects)
+    }
+
+    // ---- waiting ----
+
+    /// Work to do before a wait: queue timers already due, re-arm fds whose
+    /// events were taken. Returns what to tell the server.
+    pub fn prepare_wait(&self) -> Wake {
+        let mut state = self.lock();
+        if state.closed {
+            return Wake::default();
+        }
+        let now = now_monotonic_ns();
+        state.advance(now);
+        let mut wake = Wake::default();
+        for fd in std::mem::take(&mut state.rearm) {
+            if let Some(request) = state.fds.rearm(fd) {
+                wake = wake.merge(state.owe_selects(Some(request)));
+            }
+        }
+        wake.merge(state.arm_timer(now))
+    }
+
+    /// Waits until an event is queued, a wake-up is requested, or `timeout`
+    /// passes (`None` = no limit), then moves up to `max` events into `out`.
+    /// Call `prepare_wait` first. Never call with the GIL held.
+    pub fn wait(
+        &self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Event>,
+        max: usize,
+    ) -> Result<Waited, WaitError> {
+        let give_up = timeout.map(|t| Instant::now() + t);
+        let mut state = self.lock();
+        let mut slept = false;
+        loop {
+            state.check_open()?;
+            if !state.pending.is_empty() || state.wakeup_requested {
+                break;
+            }
+            let now = Instant::now();
+            let mut limit = give_up.map(|g| g.saturating_duration_since(now));
+            if limit == Some(Duration::ZERO) {
+                break;
+            }
+            if !state.served {
+                // No Erlang timer will wake us: bound the sleep by the wheel.
+                if let Some(deadline) = state.wheel.next_deadline() {
+                    let until = Duration::from_nanos(deadline.saturating_sub(now_monotonic_ns()));
+                    limit = Some(limit.map_or(until, |l| l.min(until)));
+                    if until.is_zero() {
+                        state.advance(now_monotonic_ns());
+                        continue;
+                    }
+                }
+            }
+            slept = true;
+            state = match limit {
+                None => self.ready.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(limit) => {
+                    self.ready
+                        .wait_timeout(state, limit)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+            if !state.served && state.advance(now_monotonic_ns()) > 0 {
+                break;
+            }
+        }
+        let woken = std::mem::take(&mut state.wakeup_requested);
+        let before = out.len();
+        let more = state.drain(out, max);
+        if slept {
+            state.stats.wakeups += 1;
+            if out.len() == before && !woken && give_up.is_none_or(|g| Instant::now() < g) {
+                state.stats.spurious_wakeups += 1;
+            }
+        }
+        Ok(Waited { more, woken })
+    }
+
+    /// Drains up to `max` events without waiting.
+    pub fn take_pending(&self, out: &mut Vec<Event>, max: usize) -> bool {
+        self.lock().drain(out, max)
+    }
+
+    /// How many events are queued.
+    pub fn pending_len(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Wakes the waiting thread (thread-safe callbacks, stop).
+    pub fn wakeup(&self) {
+        self.lock().wakeup_requested = true;
+        self.ready.notify_all();
+    }
+
+    // ---- life cycle ----
+
+    /// A serving process now exists; returns what it must do at once
+    /// (timers inserted before it came, selects owed).
+    pub fn set_served(&self) -> Wake {
+        let mut state = self.lock();
+        state.served = true;
+        state.server_down = false;
+        state.armed_deadline = None;
+        let mut wake = state.arm_timer(now_monotonic_ns());
+        if !state.selects.is_empty() {
+            state.selects_signalled = true;
+            wake.apply_selects = true;
+        }
+        wake
+    }
+
+    /// The serving process died: waiters fail with `ServerDown`.
+    pub fn server_down(&self) {
+        let mut state = self.lock();
+        state.server_down = true;
+        self.ready.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Closes the loop: every fd select is stopped, queued events dropped,
+    /// waiters fail with `Closed`. Idempotent (a second close returns an
+    /// empty wake).
+    pub fn close(&self) -> Wake {
+        let mut state = self.lock();
+        if state.closed {
+            return Wake::default();
+        }
+        state.closed = true;
+        let stops = state.fds.remove_all();
+        state.selects.extend(stops);
+        state.pending.retain(|_| false);
+        state.stats.fds = 0;
+        self.ready.notify_all();
+        Wake {
+            arm_timer_ms: None,
+            apply_selects: !state.selects.is_empty(),
+            closed: true,
+        }
+    }
+
+    pub fn stats(&self) -> LoopStats {
+        let state = self.lock();
+        let wheel = state.wheel.stats();
+        LoopStats {
+            timers_fired: wheel.fired,
+            pending: state.pending.len() as u64,
+            live_timers: wheel.live,
+            ..state.stats
+        }
+    }
+}
+
+impl State {
+    fn check_open(&self) -> Result<(), WaitError> {
+        if self.closed {
+            Err(WaitError::Closed)
+        } else if self.server_down {
+            Err(WaitError::ServerDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues every timer due at `now`; returns how many.
+    fn advance(&mut self, now: u64) -> usize {
+        let mut fired = 0;
+        loop {
+            let mut expired = std::mem::take(&mut self.expired);
+            let more = self.wheel.advance(now, &mut expired, ADVANCE_BATCH);
+            fired += expired.len();
+            for timer in expired.drain(..) {
+                self.pending.push(Event {
+                    kind: EventKind::Timer,
+                    id: timer.value,
+                    key: timer.key.to_u64(),
+                });
+            }
+            self.expired = expired;
+            if !more {
+                return fired;
+            }
+        }
+    }
+
+    /// Arms the Erlang timer when the earliest deadline is earlier than the
+    /// armed one (LESSONS 12: only real deadlines, never a periodic tick).
+    fn arm_timer(&mut self, now: u64) -> Wake {
+        if !self.served || self.closed {
+            return Wake::default();
+        }
+        let Some(next) = self.wheel.next_deadline() else {
+            return Wake::default();
+        };
+        if self.armed_deadline.is_some_and(|armed| armed <= next) {
+            return Wake::default();
+        }
+        self.armed_deadline = Some(next);
+        self.stats.timer_arms += 1;
+        Wake {
+            arm_timer_ms: Some(delay_ms(next, now)),
+            ..Wake::default()
+        }
+    }
+
+    /// Records select requests; asks for one `apply_selects` at a time.
+    fn owe_selects(&mut self, request: Option<SelectRequest>) -> Wake {
+        let Some(request) = request else {
+            return Wake::default();
+        };
+        self.selects.push(request);
+        if self.selects_signalled || !self.served {
+            return Wake::default();
+        }
+        self.selects_signalled = true;
+        Wake {
+            apply_selects: true,
+            ..Wake::default()
+        }
+    }
+
+    /// Moves up to `max` queued events into `out`, dropping fd events whose
+    /// interest changed meanwhile, and marks their fds for re-arming.
+    fn drain(&mut self, out: &mut Vec<Event>, max: usize) -> bool {
+        let start = out.len();
+        let more = self.pending.drain_into(out, max);
+        let mut kept = start;
+        for index in start..out.len() {
+            let event = out[index];
+            if event.kind != EventKind::Timer {
+                let fd = event.key as RawFd;
+                if !self.fds.taken(fd, event.kind, event.id) {
+                    continue;
+                }
+                self.rearm.push(fd);
+            }
+            out[kept] = event;
+            kept += 1;
+        }
+        out.truncate(kept);
+        more
+    }
+}
+
+/// Milliseconds from `now` until `deadline`, rounded up so the Erlang timer
+/// never fires before the deadline (LESSONS 8).
+fn delay_ms(deadline: u64, now: u64) -> u64 {
+    deadline.saturating_sub(now).div_ceil(1_000_000)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+use super::*;
+use crate::io::{SelectHandle, SelectOp};
+use std::sync::Mutex as StdMutex;
+use std::thread;
+
+/// A host that records what the loop asks of Erlang.
+#[derive(Default)]
+struct FakeHost {
+    delivered: StdMutex<Vec<Wake>>,
+}
+
+impl LoopHost for FakeHost {
+    fn open_fd(&self, _fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
+        Ok(Arc::new(token))
+    }
+
+    fn deliver(&self, wake: Wake) {
+        self.delivered.lock().unwrap().push(wake);
+    }
+}
+
+fn new_loop() -> (Arc<LoopCore>, Arc<FakeHost>) {
+    let host = Arc::new(FakeHost::default());
+    let core = LoopCore::new(1_000_000, host.clone()).unwrap();
+    (Arc::new(core), host)
+}
+
+fn ms(n: u64) -> u64 {
+    n * 1_000_000
+}
+
+#[test]
+fn a_timer_is_armed_once_for_the_earliest_deadline() {
+    let (core, _) = new_loop();
+    assert!(core.set_served().is_empty());
+    let now = now_monotonic_ns();
+    let (_, first) = core.insert_timer(now + ms(50), 1).unwrap();
+    let delay = first.arm_timer_ms.expect("first timer arms");
+    assert!((1..=51).contains(&delay), "delay {delay}");
+    // A later deadline does not re-arm; an earlier one does.
+    let (_, later) = core.insert_timer(now + ms(80), 2).unwrap();
+    assert!(later.is_empty());
+    let (_, earlier) = core.insert_timer(now + ms(10), 3).unwrap();
+    assert!(earlier.arm_timer_ms.is_some());
+    assert_eq!(core.stats().timer_arms, 2);
+}
+
+#[test]
+fn nothing_is_armed_without_timers_or_without_a_server() {
+    let (core, _) = new_loop();
+    let (_, wake) = core.insert_timer(now_monotonic_ns() + ms(5), 1).unwrap();
+    assert!(wake.is_empty(), "no server yet");
+    // The server arrives: the existing timer gets armed then.
+    assert!(core.set_served().arm_timer_ms.is_some());
+}
+
+#[test]
+fn tick_queues_due_timers_and_wait_returns_them_never_early() {
+    let (core, _) = new_loop();
+    core.set_served();
+    let deadline = now_monotonic_ns() + ms(20);
+    let (key, _) = core.insert_timer(deadline, 42).unwrap();
+    // An early tick (Erlang's clock is not ours) fires nothing.
+    core.tick();
+    assert_eq!(core.pending_len(), 0);
+    assert_eq!(core.stats().spurious_ticks, 1);
+    while now_monotonic_ns() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let next = core.tick();
+    assert!(next.arm_timer_ms.is_none(), "no timer left to arm");
+    let mut out = Vec::new();
+    core.wait(Some(Duration::ZERO), &mut out, 16).unwrap();
+    assert_eq!(
+        out,
+        [Event {
+            kind: EventKind::Timer,
+            id: 42,
+            key
+        }]
+    );
+    assert!(now_monotonic_ns() >= deadline);
+    assert!(!core.cancel_timer(key), "cancel after fire is a no-op");
+}
+
+#[test]
+fn without_a_server_wait_sleeps_until_the_next_deadline() {
+    let (core, _) = new_loop();
+    let deadline = now_monotonic_ns() + ms(30);
+    core.insert_timer(deadline, 7).unwrap();
+    let mut out = Vec::new();
+    core.prepare_wait();
+    core.wait(Some(Duration::from_secs(30)), &mut out, 16)
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(now_monotonic_ns() >= deadline, "fired early");
+}
+
+#[test]
+fn cancelled_timers_never_fire_and_free_at_once() {
+    let (core, _) = new_loop();
+    let (key, _) = core.insert_timer(now_monotonic_ns(), 1).unwrap();
+    assert!(core.cancel_timer(key));
+    assert!(!core.cancel_timer(key), "double cancel is a no-op");
+    assert!(!core.cancel_timer(u64::MAX), "garbage key is a no-op");
+    assert_eq!(core.stats().live_timers, 0);
+    core.prepare_wait();
+    let mut out = Vec::new();
+    core.wait(Some(Duration::ZERO), &mut out, 16).unwrap();
+    assert!(out.is_empty());
+}
+
+#[test]
+fn wakeup_from_another_thread_ends_an_unbounded_wait() {
+    let (core, _) = new_loop();
+    core.set_served();
+    let waker = Arc::clone(&core);
+    let handle = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        waker.wakeup();
+    });
+    let mut out = Vec::new();
+    let waited = core.wait(None, &mut out, 16).unwrap();
+    assert!(waited.woken);
+    assert!(out.is_empty());
+    handle.join().unwrap();
+    // The flag was cleared: the next zero-timeout wait reports no wake-up.
+    assert!(!core.wait(Some(Duration::ZERO), &mut out, 16).unwrap().woken);
+}
+
+#[test]
+fn close_and_server_death_end_waits_with_a_clear_error() {
+    let (core, _) = new_loop();
+    core.set_served();
+    let closer = Arc::clone(&core);
+    let handle = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        closer.server_down();
+    });
+    let mut out = Vec::new();
+    assert_eq!(core.wait(None, &mut out, 16), Err(WaitError::ServerDown));
+    handle.join().unwrap();
+
+    let (core, _) = new_loop();
+    assert!(core.close().closed);
+    assert!(core.close().is_empty(), "close is idempotent");
+    assert_eq!(core.wait(None, &mut out, 16), Err(WaitError::Closed));
+    assert_eq!(core.insert_timer(0, 1), Err(WaitError::Closed));
+    assert!(core.add_interest(3, EventKind::Read, 1).is_err());
+}
+
+fn token_of(request: &SelectRequest) -> u64 {
+    *request.handle.downcast_ref::<u64>().unwrap()
+}
+
+#[test]
+fn fd_readiness_flows_through_the_queue_and_rearms_after_being_taken() {
+    let (core, _) = new_loop();
+    core.set_served();
+    let wake = core.add_interest(9, EventKind::Read, 100).unwrap();
+    assert!(wake.apply_selects);
+    // A second request while the first is unserved asks for nothing more.
+    assert!(
+        !core
+            .add_interest(9, EventKind::Write, 101)
+            .unwrap()
+            .apply_selects
+    );
+    let requests = core.take_select_requests();
+    assert_eq!(requests.len(), 2);
+    let token = token_of(&requests[0]);
+    assert_eq!(
+        requests[0].op,
+        SelectOp::Arm {
+            read: true,
+            write: false
+        }
+    );
+
+    core.fd_ready(token, EventKind::Read);
+    core.fd_ready(token, EventKind::Read);
+    assert_eq!(core.stats().events_coalesced, 1);
+    let mut out = Vec::new();
+    core.wait(Some(Duration::ZERO), &mut out, 16).unwrap();
+    assert_eq!(
+        out,
+        [Event {
+            kind: EventKind::Read,
+            id: 100,
+            key: 9
+        }]
+    );
+    // The next wait re-arms the read side (level-triggered like a selector).
+    assert!(core.prepare_wait().apply_selects);
+    let rearmed = core.take_select_requests();
+    assert_eq!(rearmed.len(), 1);
+    assert_eq!(
+        rearmed[0].op,
+        SelectOp::Arm {
+            read: true,
+            write: false
+        }
+    );
+}
+
+#[test]
+fn removing_interest_drops_a_queued_event_and_stops_the_select() {
+    let (core, _) = new_loop();
+    core.set_served();
+    core.add_interest(4, EventKind::Read, 1).unwrap();
+    let token = token_of(&core.take_select_requests()[0]);
+    core.fd_ready(token, EventKind::Read);
+    let (had, wake) = core.remove_interest(4, EventKind::Read);
+    assert!(had && wake.apply_selects);
+    assert_eq!(core.take_select_requests()[0].op, SelectOp::Stop);
+    let mut out = Vec::new();
+    core.wait(Some(Duration::ZERO), &mut out, 16).unwrap();
+    assert!(out.is_empty(), "a removed reader's event must not run");
+    // Readiness arriving after the removal is stale.
+    core.fd_ready(token, EventKind::Read);
+    assert_eq!(core.stats().stale_events, 1);
+    // Re-adding the same fd number selects again (fresh registration).
+    core.add_interest(4, EventKind::Read, 2).unwrap();
+    let fresh = core.take_select_requests();
+    assert_ne!(token_of(&fresh[0]), token);
+}
+
+#[test]
+fn two_loops_never_see_each_others_events() {
+    let (a, _) = new_loop();
+    let (b, _) = new_loop();
+    let now = now_monotonic_ns();
+    for id in 0..100 {
+        a.insert_timer(now + ms(1), id).unwrap();
+        b.insert_timer(now + ms(1), 1000 + id).unwrap();
+    }
+    let collect = |core: Arc<LoopCore>| {
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            while out.len() < 100 {
+                core.prepare_wait();
+                core.wait(Some(Duration::from_secs(10)), &mut out, 1000)
+                    .unwrap();
+            }
+            out
+        })
+    };
+    let (from_a, from_b) = (collect(a).join().unwrap(), collect(b).join().unwrap());
+    assert!(from_a.iter().all(|e| e.id < 1000) && from_a.len() == 100);
+    assert!(from_b.iter().all(|e| e.id >= 1000) && from_b.len() == 100);
+}
