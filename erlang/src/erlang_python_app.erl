@@ -27,7 +27,8 @@ init_options() ->
     Venv = venv(),
     #{paths => [bin(P) || P <- [python_dir() | env(python_paths, [])] ++ site_packages(Venv)],
       executable => executable(Venv),
-      max_workers => env(max_workers, 32)}.
+      max_workers => env(max_workers, 32),
+      wheel_resolution_us => env(wheel_resolution_us, 1000)}.
 
 python_dir() ->
     filename:join(code:priv_dir(erlang_python), "python").

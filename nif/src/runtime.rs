@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use erlang_python::py::interpreter::{self, InterpreterConfig};
 use erlang_python::py::pool::Pool;
+use erlang_python::wheel::{MAX_TICK_NS, MIN_TICK_NS};
 use pyo3::prelude::*;
 use rustler::{Encoder, Env, NifResult, Term};
 
@@ -40,6 +41,7 @@ struct InitOptions {
     paths: Vec<String>,
     executable: Option<String>,
     max_workers: usize,
+    wheel_resolution_us: u64,
 }
 
 /// `init(#{paths := [binary()], executable := binary() | nil, max_workers := pos_integer()})`
@@ -47,6 +49,16 @@ struct InitOptions {
 /// raise the worker limit.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
+    let tick_ns = options.wheel_resolution_us.saturating_mul(1000);
+    if !(MIN_TICK_NS..=MAX_TICK_NS).contains(&tick_ns) {
+        let reason = format!(
+            "wheel_resolution_us must be {}..={}",
+            MIN_TICK_NS / 1000,
+            MAX_TICK_NS / 1000
+        );
+        return Ok((atoms::error(), reason).encode(env));
+    }
+    crate::event_loop::set_tick_ns(tick_ns);
     let config = InterpreterConfig {
         paths: options.paths.into_iter().map(PathBuf::from).collect(),
         executable: options.executable.map(PathBuf::from),
@@ -54,7 +66,11 @@ fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
     if let Err(reason) = interpreter::initialize(&config) {
         return Ok((atoms::error(), reason).encode(env));
     }
-    if let Err(reason) = Python::attach(crate::erlang_module::install) {
+    let installed = Python::attach(|py| {
+        crate::erlang_module::install(py)?;
+        erlang_python::py::native_loop::install(py)
+    });
+    if let Err(reason) = installed {
         return Ok((atoms::error(), reason.to_string()).encode(env));
     }
     let max_workers = if options.max_workers == 0 {
