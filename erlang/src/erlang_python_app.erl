@@ -8,8 +8,14 @@
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
     case py_nif:init(init_options()) of
-        ok -> erlang_python_sup:start_link();
-        {error, Reason} -> {error, {python_init_failed, Reason}}
+        ok ->
+            {ok, Sup} = erlang_python_sup:start_link(),
+            case install_policy(env(install_event_loop_policy, true)) of
+                ok -> {ok, Sup};
+                {error, Reason} -> {error, {event_loop_policy, Reason}}
+            end;
+        {error, Reason} ->
+            {error, {python_init_failed, Reason}}
     end.
 
 %% Wake every Python thread waiting on Erlang before the tree goes away, so
@@ -21,6 +27,15 @@ prep_stop(State) ->
 
 -spec stop(term()) -> ok.
 stop(_State) ->
+    ok.
+
+%% Makes plain `asyncio.run' inside the node use ErlangEventLoop.
+install_policy(true) ->
+    case py:call(erlang_loop, install, []) of
+        {ok, none} -> ok;
+        {error, _} = Error -> Error
+    end;
+install_policy(false) ->
     ok.
 
 init_options() ->

@@ -1,4 +1,12 @@
 %% @doc Top supervisor of erlang_python.
+%%
+%% ```
+%% erlang_python_sup (one_for_one)
+%% ├── py_callback           Erlang functions called from Python
+%% ├── py_event_worker_sup   one py_event_worker per isolated loop
+%% ├── py_event_default      the py_event_worker shared by default loops
+%% └── py_event_loops        places new Python loops on a worker
+%% '''
 -module(erlang_python_sup).
 -behaviour(supervisor).
 
@@ -11,6 +19,11 @@ start_link() ->
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
     Children = [
-        #{id => py_callback, start => {py_callback, start_link, []}}
+        #{id => py_callback, start => {py_callback, start_link, []}},
+        #{id => py_event_worker_sup, start => {py_event_worker_sup, start_link, []},
+          type => supervisor},
+        #{id => py_event_default,
+          start => {py_event_worker, start_link, [py_event_default, []]}},
+        #{id => py_event_loops, start => {py_event_loops, start_link, []}}
     ],
     {ok, {#{strategy => one_for_one, intensity => 5, period => 10}, Children}}.

@@ -4,16 +4,34 @@
 
 -export([init/1, python_version/0, pool_stats/0,
          call/6, eval/4, exec/3, cancel/1, namespace_count/0,
-         set_callback_server/1, callback_reply/2]).
+         set_callback_server/1, callback_reply/2,
+         %% event loops, low level
+         event_loop_new/0, event_loop_set_router/2, event_loop_destroy/1,
+         event_loop_wakeup/1, loop_id/1, loop_stats/1,
+         add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
+         call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
+         %% used by py_event_worker / py_event_loops
+         loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1]).
 
 -on_load(load/0).
 
 -nifs([init/1, python_version/0, pool_stats/0,
        call/6, eval/4, exec/3, cancel/1, namespace_count/0,
-       set_callback_server/1, callback_reply/2]).
+       set_callback_server/1, callback_reply/2,
+       event_loop_new/0, event_loop_set_router/2, event_loop_destroy/1,
+       event_loop_wakeup/1, loop_id/1, loop_stats/1,
+       add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
+       call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
+       loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1]).
 
 -type job() :: reference().
--export_type([job/0]).
+-type loop_ref() :: reference().
+%% A native event loop (a NIF resource).
+-type fd_ref() :: {integer(), pos_integer()}.
+%% One fd registration of a loop: `{Fd, RegistrationToken}'.
+-type callback_id() :: non_neg_integer().
+-type loop_signal() :: {arm, non_neg_integer()} | selects | closed.
+-export_type([job/0, loop_ref/0, fd_ref/0, callback_id/0, loop_signal/0]).
 
 -spec load() -> ok | {error, term()}.
 load() ->
@@ -28,7 +46,8 @@ load() ->
 -define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE})).
 
 -spec init(#{paths := [binary()], executable := binary() | nil,
-             max_workers := non_neg_integer()}) -> ok | {error, term()}.
+             max_workers := non_neg_integer(),
+             wheel_resolution_us := pos_integer()}) -> ok | {error, term()}.
 init(_Options) -> ?NOT_LOADED.
 
 -spec python_version() -> {ok, binary()} | {error, not_initialized}.
@@ -58,3 +77,60 @@ set_callback_server(_Pid) -> ?NOT_LOADED.
 
 -spec callback_reply(reference(), {ok, term()} | {error, binary()}) -> ok.
 callback_reply(_Reply, _Result) -> ?NOT_LOADED.
+
+%% Event loops (see the README, "Low-level event loop API").
+
+-spec event_loop_new() -> {ok, loop_ref()} | {error, term()}.
+event_loop_new() -> ?NOT_LOADED.
+
+-spec event_loop_set_router(loop_ref(), pid()) -> ok | {error, closed | noproc}.
+event_loop_set_router(_Loop, _Pid) -> ?NOT_LOADED.
+
+-spec event_loop_destroy(loop_ref()) -> ok.
+event_loop_destroy(_Loop) -> ?NOT_LOADED.
+
+-spec event_loop_wakeup(loop_ref()) -> ok.
+event_loop_wakeup(_Loop) -> ?NOT_LOADED.
+
+-spec loop_id(loop_ref()) -> pos_integer().
+loop_id(_Loop) -> ?NOT_LOADED.
+
+-spec loop_stats(loop_ref()) -> #{atom() => non_neg_integer()}.
+loop_stats(_Loop) -> ?NOT_LOADED.
+
+-spec add_reader(loop_ref(), integer(), callback_id()) -> {ok, fd_ref()} | {error, term()}.
+add_reader(_Loop, _Fd, _CallbackId) -> ?NOT_LOADED.
+
+-spec remove_reader(loop_ref(), fd_ref()) -> ok | {error, not_found | closed}.
+remove_reader(_Loop, _FdRef) -> ?NOT_LOADED.
+
+-spec add_writer(loop_ref(), integer(), callback_id()) -> {ok, fd_ref()} | {error, term()}.
+add_writer(_Loop, _Fd, _CallbackId) -> ?NOT_LOADED.
+
+-spec remove_writer(loop_ref(), fd_ref()) -> ok | {error, not_found | closed}.
+remove_writer(_Loop, _FdRef) -> ?NOT_LOADED.
+
+-spec call_later(loop_ref(), non_neg_integer(), callback_id()) ->
+          {ok, non_neg_integer()} | {error, closed | server_down}.
+call_later(_Loop, _DelayMs, _CallbackId) -> ?NOT_LOADED.
+
+-spec cancel_timer(loop_ref(), non_neg_integer()) -> ok | {error, not_found}.
+cancel_timer(_Loop, _TimerRef) -> ?NOT_LOADED.
+
+-spec poll_events(loop_ref(), non_neg_integer()) -> non_neg_integer() | {error, term()}.
+poll_events(_Loop, _TimeoutMs) -> ?NOT_LOADED.
+
+-spec get_pending(loop_ref()) -> [{callback_id(), read | write | timer}] | {error, closed}.
+get_pending(_Loop) -> ?NOT_LOADED.
+
+-spec loop_apply_selects(loop_ref()) -> ok.
+loop_apply_selects(_Loop) -> ?NOT_LOADED.
+
+-spec loop_fd_ready(loop_ref(), reference(), read | write) -> ok.
+loop_fd_ready(_Loop, _FdResource, _Direction) -> ?NOT_LOADED.
+
+-spec loop_tick(loop_ref()) -> [loop_signal()].
+loop_tick(_Loop) -> ?NOT_LOADED.
+
+-spec set_loop_placer(pid() | undefined) -> ok.
+set_loop_placer(_Pid) -> ?NOT_LOADED.

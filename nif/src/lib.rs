@@ -6,9 +6,16 @@ mod call;
 mod convert;
 mod erlang_module;
 mod errors;
+mod event_loop;
+mod fd_resource;
 mod job;
 mod namespace;
 mod opaque;
 mod runtime;
 
-rustler::init!("py_nif");
+fn load(env: rustler::Env, _info: rustler::Term) -> bool {
+    erlang_python::py::native_loop::set_factory(event_loop::python_loop_factory);
+    fd_resource::register(env)
+}
+
+rustler::init!("py_nif", load = load);

@@ -252,28 +252,63 @@ impl LoopCore {
         out: &mut Vec<Event>,
         max: usize,
     ) -> Result<Waited, WaitError> {
+        let (mut state, slept, timed_out) = self.block(timeout)?;
+        let woken = std::mem::take(&mut state.wakeup_requested);
+        let before = out.len();
+        let more = state.drain(out, max);
+        if slept {
+            state.stats.wakeups += 1;
+            if out.len() == before && !woken && !timed_out {
+                state.stats.spurious_wakeups += 1;
+            }
+        }
+        Ok(Waited { more, woken })
+    }
+
+    /// Like `wait` but leaves the events queued: returns how many there are
+    /// (the low-level `poll_events`). A wake-up request is consumed.
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<usize, WaitError> {
+        let (mut state, slept, _) = self.block(timeout)?;
+        state.wakeup_requested = false;
+        if slept {
+            state.stats.wakeups += 1;
+        }
+        Ok(state.pending.len())
+    }
+
+    /// Sleeps on the condvar until there is something for the owner or the
+    /// timeout passes. Returns the locked state, whether it slept, and
+    /// whether the timeout ended the wait.
+    fn block(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<(MutexGuard<'_, State>, bool, bool), WaitError> {
         let give_up = timeout.map(|t| Instant::now() + t);
         let mut state = self.lock();
         let mut slept = false;
         loop {
             state.check_open()?;
             if !state.pending.is_empty() || state.wakeup_requested {
-                break;
+                return Ok((state, slept, false));
             }
             let now = Instant::now();
             let mut limit = give_up.map(|g| g.saturating_duration_since(now));
             if limit == Some(Duration::ZERO) {
-                break;
+                return Ok((state, slept, true));
             }
             if !state.served {
                 // No Erlang timer will wake us: bound the sleep by the wheel.
                 if let Some(deadline) = state.wheel.next_deadline() {
                     let until = Duration::from_nanos(deadline.saturating_sub(now_monotonic_ns()));
-                    limit = Some(limit.map_or(until, |l| l.min(until)));
                     if until.is_zero() {
                         state.advance(now_monotonic_ns());
-                        continue;
+                        if state.pending.is_empty() {
+                            // A cascade point, not a timer: look again.
+                            continue;
+                        }
+                        return Ok((state, slept, false));
                     }
+                    limit = Some(limit.map_or(until, |l| l.min(until)));
                 }
             }
             slept = true;
@@ -286,20 +321,30 @@ impl LoopCore {
                         .0
                 }
             };
-            if !state.served && state.advance(now_monotonic_ns()) > 0 {
-                break;
-            }
         }
-        let woken = std::mem::take(&mut state.wakeup_requested);
-        let before = out.len();
-        let more = state.drain(out, max);
-        if slept {
-            state.stats.wakeups += 1;
-            if out.len() == before && !woken && give_up.is_none_or(|g| Instant::now() < g) {
-                state.stats.spurious_wakeups += 1;
+    }
+
+    /// Waits up to `timeout` for a serving process to attach; true if one did.
+    pub fn wait_served(&self, timeout: Duration) -> bool {
+        let give_up = Instant::now() + timeout;
+        let mut state = self.lock();
+        while !state.served && !state.closed {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
             }
+            state = self
+                .ready
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        Ok(Waited { more, woken })
+        state.served
+    }
+
+    /// The current registration token of `fd`, if it is watched.
+    pub fn registration_token(&self, fd: RawFd) -> Option<u64> {
+        self.lock().fds.get(fd).map(|entry| entry.token)
     }
 
     /// Drains up to `max` events without waiting.
@@ -327,6 +372,7 @@ impl LoopCore {
         state.served = true;
         state.server_down = false;
         state.armed_deadline = None;
+        self.ready.notify_all();
         let mut wake = state.arm_timer(now_monotonic_ns());
         if !state.selects.is_empty() {
             state.selects_signalled = true;

@@ -2,4 +2,5 @@
 //! threads that run Python off the Erlang schedulers.
 
 pub mod interpreter;
+pub mod native_loop;
 pub mod pool;

@@ -1,0 +1,45 @@
+%% @doc Places the event loops that Python creates on a worker: default loops
+%% on the shared worker `py_event_default', isolated ones (`isolated=True')
+%% on a worker of their own under `py_event_worker_sup'.
+-module(py_event_loops).
+-behaviour(gen_server).
+
+-export([start_link/0]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-record(state, {}).
+
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+-spec init([]) -> {ok, #state{}}.
+init([]) ->
+    process_flag(trap_exit, true),
+    ok = py_nif:set_loop_placer(self()),
+    {ok, #state{}}.
+
+-spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_request}, State}.
+
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+-spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info({py_loop_new, Loop, false}, State) ->
+    ok = py_event_worker:adopt(py_event_default, Loop),
+    {noreply, State};
+handle_info({py_loop_new, Loop, true}, State) ->
+    case supervisor:start_child(py_event_worker_sup, [[Loop]]) of
+        {ok, _Pid} -> ok;
+        {error, Reason} -> logger:error("cannot start an event loop worker: ~p", [Reason])
+    end,
+    {noreply, State};
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+-spec terminate(term(), #state{}) -> ok.
+terminate(_Reason, _State) ->
+    py_nif:set_loop_placer(undefined).

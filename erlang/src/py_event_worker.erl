@@ -1,0 +1,119 @@
+%% @doc Serves native event loops: owns their `enif_select' calls (LESSONS 18)
+%% and their one Erlang timer each, armed only for the wheel's next deadline
+%% (no periodic tick). One worker may serve many loops (the shared default
+%% worker) or one (an isolated loop's own worker).
+-module(py_event_worker).
+-behaviour(gen_server).
+
+-export([start_link/1, start_link/2, adopt/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-record(loop, {
+    %% The LoopRef resource; kept so the loop outlives its Python owner until
+    %% it is closed.
+    ref :: py_nif:loop_ref(),
+    %% The armed `erlang:start_timer/3' reference, or `undefined'.
+    timer :: reference() | undefined
+}).
+
+-record(state, {
+    %% Loops served, by the integer id the NIF puts in its messages.
+    loops = #{} :: #{pos_integer() => #loop{}}
+}).
+
+%% @doc A worker serving `Loops' (LoopRefs), not registered.
+-spec start_link([py_nif:loop_ref()]) -> {ok, pid()} | {error, term()}.
+start_link(Loops) ->
+    gen_server:start_link(?MODULE, Loops, []).
+
+%% @doc A worker registered as `Name' serving `Loops'.
+-spec start_link(atom(), [py_nif:loop_ref()]) -> {ok, pid()} | {error, term()}.
+start_link(Name, Loops) ->
+    gen_server:start_link({local, Name}, ?MODULE, Loops, []).
+
+%% @doc Makes `Worker' serve `Loop' too.
+-spec adopt(pid() | atom(), py_nif:loop_ref()) -> ok.
+adopt(Worker, Loop) ->
+    gen_server:cast(Worker, {adopt, Loop}).
+
+-spec init([py_nif:loop_ref()]) -> {ok, #state{}}.
+init(Loops) ->
+    {ok, lists:foldl(fun serve/2, #state{}, Loops)}.
+
+-spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+handle_call(loops, _From, State) ->
+    {reply, maps:keys(State#state.loops), State};
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_request}, State}.
+
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast({adopt, Loop}, State) ->
+    {noreply, serve(Loop, State)};
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+-spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info({py_loop, Id, Signals}, State) ->
+    {noreply, signals(Id, Signals, State)};
+handle_info({timeout, Timer, {py_tick, Id}}, State) ->
+    case State#state.loops of
+        #{Id := #loop{ref = Ref, timer = Timer} = Loop} ->
+            Loops = (State#state.loops)#{Id := Loop#loop{timer = undefined}},
+            {noreply, signals(Id, py_nif:loop_tick(Ref), State#state{loops = Loops})};
+        _ ->
+            %% A timer cancelled too late to stop its message.
+            {noreply, State}
+    end;
+handle_info({select, FdResource, Id, Ready}, State) ->
+    case State#state.loops of
+        #{Id := #loop{ref = Ref}} ->
+            ok = py_nif:loop_fd_ready(Ref, FdResource, direction(Ready));
+        _ ->
+            ok
+    end,
+    {noreply, State};
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+-spec terminate(term(), #state{}) -> ok.
+terminate(_Reason, _State) ->
+    ok.
+
+%% Internal
+
+serve(Ref, State) ->
+    Id = py_nif:loop_id(Ref),
+    Loops = (State#state.loops)#{Id => #loop{ref = Ref}},
+    %% May send us {py_loop, Id, ...} at once (timers or fds added before).
+    _ = py_nif:event_loop_set_router(Ref, self()),
+    State#state{loops = Loops}.
+
+signals(Id, Signals, State) ->
+    lists:foldl(fun(Signal, Acc) -> signal(Id, Signal, Acc) end, State, order(Signals)).
+
+%% Selects before close, so a closing loop's fds leave the poll set.
+order(Signals) ->
+    [S || S <- Signals, S =:= selects] ++ [S || S <- Signals, S =/= selects].
+
+signal(Id, Signal, State = #state{loops = Loops}) ->
+    case Loops of
+        #{Id := Loop} -> apply_signal(Id, Signal, Loop, State);
+        _ -> State
+    end.
+
+apply_signal(_Id, selects, #loop{ref = Ref}, State) ->
+    ok = py_nif:loop_apply_selects(Ref),
+    State;
+apply_signal(Id, {arm, Ms}, Loop, State) ->
+    cancel(Loop#loop.timer),
+    Timer = erlang:start_timer(Ms, self(), {py_tick, Id}),
+    State#state{loops = (State#state.loops)#{Id := Loop#loop{timer = Timer}}};
+apply_signal(Id, closed, Loop, State) ->
+    cancel(Loop#loop.timer),
+    State#state{loops = maps:remove(Id, State#state.loops)}.
+
+cancel(undefined) -> ok;
+cancel(Timer) -> _ = erlang:cancel_timer(Timer, [{async, true}, {info, false}]), ok.
+
+direction(ready_input) -> read;
+direction(ready_output) -> write.

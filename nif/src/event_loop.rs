@@ -1,0 +1,462 @@
+//! The loop resource (`LoopRef`), its Erlang host, and the low-level NIF API
+//! of event loops. The core (`erlang_python::io::LoopCore`) decides; this
+//! file converts terms and sends the messages the core asks for.
+//!
+//! Messages to the serving process (`py_event_worker`):
+//! `{py_loop, LoopId, [{arm, Ms} | selects | closed]}`; fd readiness comes as
+//! `{select, FdResource, LoopId, ready_input | ready_output}`.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use erlang_python::io::{Event, EventKind, LoopCore, LoopHost, SelectHandle, WaitError, Wake};
+use erlang_python::py::native_loop::NativeLoop;
+use erlang_python::wheel::DEFAULT_TICK_NS;
+use rustler::env::OwnedEnv;
+use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
+
+use crate::{atoms, fd_resource};
+
+rustler::atoms! {
+    py_loop,
+    py_loop_new,
+    arm,
+    selects,
+    read,
+    write,
+    timer,
+    not_found,
+    server_down,
+    noproc,
+    ebadf,
+}
+
+static NEXT_LOOP_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Wheel resolution of new loops (app env `wheel_resolution_us`).
+static TICK_NS: AtomicU64 = AtomicU64::new(DEFAULT_TICK_NS);
+
+/// The `py_event_loops` server that gives Python-created loops a worker.
+static LOOP_PLACER: Mutex<Option<LocalPid>> = Mutex::new(None);
+
+/// How long a new Python loop waits for its Erlang worker.
+const SERVED_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn set_tick_ns(tick_ns: u64) {
+    TICK_NS.store(tick_ns, Ordering::Relaxed);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The Erlang side of one loop, as its core sees it.
+struct NifHost {
+    loop_id: u64,
+    /// The process serving the loop (selects and its timer).
+    server: Mutex<Option<LocalPid>>,
+}
+
+impl LoopHost for NifHost {
+    fn open_fd(&self, fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
+        fd_resource::open(fd, token)
+    }
+
+    fn deliver(&self, wake: Wake) {
+        let Some(server) = *lock(&self.server) else {
+            return;
+        };
+        if rustler::thread::is_scheduler_thread() {
+            tracing::error!(
+                loop_id = self.loop_id,
+                "wake delivered from a scheduler thread"
+            );
+            return;
+        }
+        let mut env = OwnedEnv::new();
+        let _ = env.send_and_clear(&server, |env| wake_message(env, self.loop_id, wake));
+    }
+}
+
+/// `LoopRef`: one native loop.
+pub struct LoopResource {
+    core: Arc<LoopCore>,
+    host: Arc<NifHost>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for LoopResource {
+    const IMPLEMENTS_DOWN: bool = true;
+
+    fn down<'a>(&'a self, _env: Env<'a>, pid: LocalPid, _monitor: Monitor) {
+        if *lock(&self.host.server) == Some(pid) {
+            self.core.server_down();
+        }
+    }
+}
+
+impl LoopResource {
+    fn new() -> Result<LoopResource, String> {
+        let loop_id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
+        let host = Arc::new(NifHost {
+            loop_id,
+            server: Mutex::new(None),
+        });
+        let core = LoopCore::new(TICK_NS.load(Ordering::Relaxed), host.clone())
+            .map_err(|e| e.to_string())?;
+        Ok(LoopResource {
+            core: Arc::new(core),
+            host,
+        })
+    }
+
+    fn open(&self) -> Result<&LoopCore, Atom> {
+        if self.core.is_closed() {
+            Err(atoms::closed())
+        } else {
+            Ok(&self.core)
+        }
+    }
+}
+
+fn signals<'a>(env: Env<'a>, wake: Wake) -> Term<'a> {
+    let mut list = Vec::with_capacity(3);
+    if wake.closed {
+        list.push(atoms::closed().encode(env));
+    }
+    if wake.apply_selects {
+        list.push(selects().encode(env));
+    }
+    if let Some(ms) = wake.arm_timer_ms {
+        list.push((arm(), ms).encode(env));
+    }
+    list.encode(env)
+}
+
+fn wake_message<'a>(env: Env<'a>, loop_id: u64, wake: Wake) -> Term<'a> {
+    (py_loop(), loop_id, signals(env, wake)).encode(env)
+}
+
+/// Sends `wake` to the loop's server from a NIF (with the caller's env).
+fn deliver_from_nif(env: Env<'_>, resource: &LoopResource, wake: Wake) {
+    if wake.is_empty() {
+        return;
+    }
+    if let Some(server) = *lock(&resource.host.server) {
+        let _ = env.send(&server, wake_message(env, resource.host.loop_id, wake));
+    }
+}
+
+fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
+    (atoms::error(), reason).encode(env)
+}
+
+fn wait_error_atom(error: WaitError) -> Atom {
+    match error {
+        WaitError::Closed => atoms::closed(),
+        WaitError::ServerDown => server_down(),
+    }
+}
+
+// ---- Python-created loops ----
+
+/// The factory behind `_erlang_loop.new_loop`: a loop resource, placed on an
+/// Erlang worker by `py_event_loops` (shared for default loops, its own for
+/// isolated ones). Runs on a Python thread with the GIL released.
+pub fn python_loop_factory(isolated: bool) -> Result<NativeLoop, String> {
+    let placer = lock(&LOOP_PLACER).ok_or("erlang_python is not running")?;
+    let resource = ResourceArc::new(LoopResource::new()?);
+    let mut env = OwnedEnv::new();
+    env.send_and_clear(&placer, |env| {
+        (py_loop_new(), resource.clone(), isolated).encode(env)
+    })
+    .map_err(|_| "erlang_python is not running".to_owned())?;
+    if !resource.core.wait_served(SERVED_TIMEOUT) {
+        resource.core.close();
+        return Err("no Erlang worker took the event loop".into());
+    }
+    let core = Arc::clone(&resource.core);
+    let loop_id = resource.host.loop_id;
+    Ok(NativeLoop::new(core, Box::new(resource), loop_id, isolated))
+}
+
+/// `set_loop_placer(Pid | undefined)` -> `ok`.
+#[rustler::nif]
+fn set_loop_placer(placer: Term<'_>) -> Atom {
+    *lock(&LOOP_PLACER) = placer.decode::<LocalPid>().ok();
+    atoms::ok()
+}
+
+// ---- the low-level API ----
+
+/// `event_loop_new()` -> `{ok, LoopRef}`.
+#[rustler::nif]
+fn event_loop_new(env: Env<'_>) -> Term<'_> {
+    match LoopResource::new() {
+        Ok(resource) => (atoms::ok(), ResourceArc::new(resource)).encode(env),
+        Err(reason) => error(env, reason),
+    }
+}
+
+/// `event_loop_set_router(LoopRef, Pid)` -> `ok`: `Pid` now serves the loop
+/// (its selects and its timer); the loop is told if it dies.
+#[rustler::nif]
+fn event_loop_set_router<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<LoopResource>,
+    server: LocalPid,
+) -> Term<'a> {
+    if let Err(reason) = resource.open() {
+        return error(env, reason);
+    }
+    *lock(&resource.host.server) = Some(server);
+    if resource.monitor(Some(env), &server).is_none() {
+        resource.core.server_down();
+        return error(env, noproc());
+    }
+    let wake = resource.core.set_served();
+    deliver_from_nif(env, &resource, wake);
+    atoms::ok().encode(env)
+}
+
+/// `loop_id(LoopRef)` -> the integer that names the loop in messages.
+#[rustler::nif]
+fn loop_id(resource: ResourceArc<LoopResource>) -> u64 {
+    resource.host.loop_id
+}
+
+/// `loop_apply_selects(LoopRef)` -> `ok`: makes the select calls the loop
+/// owes, with the calling (serving) process as their owner.
+#[rustler::nif]
+fn loop_apply_selects<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
+    let owner = env.pid();
+    let reference = resource.host.loop_id.encode(env);
+    for request in resource.core.take_select_requests() {
+        if let Some(handle) = fd_resource::downcast(&request.handle) {
+            let result = handle.select(env, request.op, owner.as_c_arg(), reference);
+            if result < 0 {
+                tracing::warn!(result, token = handle.token(), "enif_select failed");
+            }
+        }
+    }
+    atoms::ok().encode(env)
+}
+
+/// `loop_fd_ready(LoopRef, FdResource, read | write)` -> `ok`.
+#[rustler::nif]
+fn loop_fd_ready<'a>(
+    resource: ResourceArc<LoopResource>,
+    fd: Term<'a>,
+    direction: Atom,
+) -> NifResult<Atom> {
+    let handle = fd_resource::from_term(fd).ok_or(rustler::Error::BadArg)?;
+    let kind = direction_kind(direction)?;
+    resource.core.fd_ready(handle.token(), kind);
+    Ok(atoms::ok())
+}
+
+/// `loop_tick(LoopRef)` -> signals (`[{arm, Ms}]` or `[]`): the loop's timer
+/// fired; due timers are queued and the next deadline comes back.
+#[rustler::nif]
+fn loop_tick<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
+    if resource.core.is_closed() {
+        return Vec::<Term>::new().encode(env);
+    }
+    signals(env, resource.core.tick())
+}
+
+fn direction_kind(direction: Atom) -> NifResult<EventKind> {
+    if direction == read() {
+        Ok(EventKind::Read)
+    } else if direction == write() {
+        Ok(EventKind::Write)
+    } else {
+        Err(rustler::Error::BadArg)
+    }
+}
+
+fn add_interest<'a>(
+    env: Env<'a>,
+    resource: &LoopResource,
+    fd: RawFd,
+    kind: EventKind,
+    callback_id: u64,
+) -> Term<'a> {
+    let core = match resource.open() {
+        Ok(core) => core,
+        Err(reason) => return error(env, reason),
+    };
+    match core.add_interest(fd, kind, callback_id) {
+        Ok(wake) => {
+            deliver_from_nif(env, resource, wake);
+            let token = core.registration_token(fd).unwrap_or(0);
+            (atoms::ok(), (fd, token)).encode(env)
+        }
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EBADF) => error(env, ebadf()),
+            _ => error(env, e.to_string()),
+        },
+    }
+}
+
+fn remove_interest<'a>(
+    env: Env<'a>,
+    resource: &LoopResource,
+    fd_ref: Term<'a>,
+    kind: EventKind,
+) -> NifResult<Term<'a>> {
+    let (fd, token): (RawFd, u64) = fd_ref.decode()?;
+    let core = match resource.open() {
+        Ok(core) => core,
+        Err(reason) => return Ok(error(env, reason)),
+    };
+    // A stale FdRef (its fd re-registered since) must not touch the new one.
+    if core.registration_token(fd) != Some(token) {
+        return Ok(error(env, not_found()));
+    }
+    let (had, wake) = core.remove_interest(fd, kind);
+    deliver_from_nif(env, resource, wake);
+    Ok(if had {
+        atoms::ok().encode(env)
+    } else {
+        error(env, not_found())
+    })
+}
+
+/// `add_reader(LoopRef, Fd, CallbackId)` -> `{ok, FdRef} | {error, Reason}`.
+#[rustler::nif]
+fn add_reader<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<LoopResource>,
+    fd: RawFd,
+    callback_id: u64,
+) -> Term<'a> {
+    add_interest(env, &resource, fd, EventKind::Read, callback_id)
+}
+
+/// `add_writer(LoopRef, Fd, CallbackId)` -> `{ok, FdRef} | {error, Reason}`.
+#[rustler::nif]
+fn add_writer<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<LoopResource>,
+    fd: RawFd,
+    callback_id: u64,
+) -> Term<'a> {
+    add_interest(env, &resource, fd, EventKind::Write, callback_id)
+}
+
+/// `remove_reader(LoopRef, FdRef)` -> `ok | {error, not_found | closed}`.
+#[rustler::nif]
+fn remove_reader<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<LoopResource>,
+    fd_ref: Term<'a>,
+) -> NifResult<Term<'a>> {
+    remove_interest(env, &resource, fd_ref, EventKind::Read)
+}
+
+/// `remove_writer(LoopRef, FdRef)` -> `ok | {error, not_found | closed}`.
+#[rustler::nif]
+fn remove_writer<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<LoopResource>,
+    fd_ref: Term<'a>,
+) -> NifResult<Term<'a>> {
+    remove_interest(env, &resource, fd_ref, EventKind::Write)
+}
+
+/// `call_later(LoopRef, DelayMs, CallbackId)` -> `{ok, TimerRef}`: a timer in
+/// the loop's wheel; `{CallbackId, timer}` is queued when it fires.
+#[rustler::nif]
+fn call_later<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<LoopResource>,
+    delay_ms: u64,
+    callback_id: u64,
+) -> Term<'a> {
+    let deadline = LoopCore::now_ns().saturating_add(delay_ms.saturating_mul(1_000_000));
+    match resource.core.insert_timer(deadline, callback_id) {
+        Ok((key, wake)) => {
+            deliver_from_nif(env, &resource, wake);
+            (atoms::ok(), key).encode(env)
+        }
+        Err(e) => error(env, wait_error_atom(e)),
+    }
+}
+
+/// `cancel_timer(LoopRef, TimerRef)` -> `ok | {error, not_found}`. Stale,
+/// fired and unknown refs are harmless.
+#[rustler::nif]
+fn cancel_timer<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, key: u64) -> Term<'a> {
+    if resource.core.cancel_timer(key) {
+        atoms::ok().encode(env)
+    } else {
+        error(env, not_found())
+    }
+}
+
+/// `poll_events(LoopRef, TimeoutMs)` -> `N | {error, closed}`: waits at most
+/// `TimeoutMs` for events, returns at once when one is queued.
+#[rustler::nif(schedule = "DirtyIo")]
+fn poll_events<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, timeout_ms: u64) -> Term<'a> {
+    if let Err(reason) = resource.open() {
+        return error(env, reason);
+    }
+    deliver_from_nif(env, &resource, resource.core.prepare_wait());
+    match resource.core.poll(Some(Duration::from_millis(timeout_ms))) {
+        Ok(count) => count.encode(env),
+        Err(e) => error(env, wait_error_atom(e)),
+    }
+}
+
+/// `event_loop_wakeup(LoopRef)` -> `ok`.
+#[rustler::nif]
+fn event_loop_wakeup(resource: ResourceArc<LoopResource>) -> Atom {
+    resource.core.wakeup();
+    atoms::ok()
+}
+
+/// `get_pending(LoopRef)` -> `[{CallbackId, read | write | timer}]`, oldest
+/// first; drains the queue.
+#[rustler::nif]
+fn get_pending<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
+    if let Err(reason) = resource.open() {
+        return error(env, reason);
+    }
+    let mut events: Vec<Event> = Vec::new();
+    while resource.core.take_pending(&mut events, usize::MAX) {}
+    let list: Vec<Term> = events
+        .iter()
+        .map(|event| {
+            let kind = match event.kind {
+                EventKind::Read => read(),
+                EventKind::Write => write(),
+                EventKind::Timer => timer(),
+            };
+            (event.id, kind).encode(env)
+        })
+        .collect();
+    list.encode(env)
+}
+
+/// `event_loop_destroy(LoopRef)` -> `ok`: closes the loop (idempotent).
+#[rustler::nif]
+fn event_loop_destroy<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
+    let wake = resource.core.close();
+    deliver_from_nif(env, &resource, wake);
+    atoms::ok().encode(env)
+}
+
+/// `loop_stats(LoopRef)` -> a map of the loop's counters.
+#[rustler::nif]
+fn loop_stats<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> NifResult<Term<'a>> {
+    let fields = resource.core.stats().fields();
+    let keys: Vec<Term> = fields
+        .iter()
+        .map(|(name, _)| rustler::Atom::from_str(env, name).map(|a| a.encode(env)))
+        .collect::<NifResult<_>>()?;
+    let values: Vec<Term> = fields.iter().map(|(_, value)| value.encode(env)).collect();
+    Term::map_from_term_arrays(env, &keys, &values)
+}

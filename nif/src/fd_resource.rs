@@ -1,0 +1,218 @@
+//! The `enif_select` resource of one watched fd.
+//!
+//! rustler registers resources without a `stop` callback, and a select
+//! resource needs one (LESSONS 17: close an fd only once the BEAM has taken it
+//! out of its poll set). So this type is registered by hand.
+//!
+//! The resource owns a `dup` of the caller's fd. Python may close its own fd
+//! whenever it likes and the OS may hand the number out again at once: our
+//! duplicate keeps a different number until the stop callback closes it, so a
+//! reused number never meets a stale poll-set entry.
+
+use std::os::fd::RawFd;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Arc;
+
+use erlang_python::io::{SelectHandle, SelectOp};
+use rustler::sys::{
+    enif_alloc_resource, enif_get_resource, enif_keep_resource, enif_open_resource_type_x,
+    enif_release_resource, enif_select, ErlNifEnv, ErlNifEvent, ErlNifPid, ErlNifResourceDtor,
+    ErlNifResourceFlags, ErlNifResourceStop, ErlNifResourceType, ErlNifResourceTypeInit,
+    ERL_NIF_SELECT_READ, ERL_NIF_SELECT_STOP, ERL_NIF_SELECT_WRITE,
+};
+use rustler::{Env, Term};
+
+static FD_RESOURCE_TYPE: AtomicPtr<ErlNifResourceType> = AtomicPtr::new(ptr::null_mut());
+
+/// The C-side object of one resource.
+struct FdResource {
+    /// Our duplicate of the watched fd; -1 once closed.
+    fd: RawFd,
+    /// The registration token in the loop's registry.
+    token: u64,
+    /// `enif_select` was called at least once: closing must wait for stop.
+    selected: AtomicBool,
+    /// The duplicate was closed (by stop, or by the destructor).
+    closed: AtomicBool,
+}
+
+impl FdResource {
+    fn close_once(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            // SAFETY: `fd` is our own duplicate, closed exactly once here.
+            unsafe { libc::close(self.fd) };
+        }
+    }
+}
+
+/// Registers the resource type; called from the NIF `load`.
+pub fn register(env: Env<'_>) -> bool {
+    let init = ErlNifResourceTypeInit {
+        dtor: fd_destructor as *const ErlNifResourceDtor,
+        stop: fd_stop as *const ErlNifResourceStop,
+        down: ptr::null(),
+    };
+    let mut tried = ErlNifResourceFlags::ERL_NIF_RT_CREATE;
+    // SAFETY: called from `load` with its env; the name is NUL-terminated and
+    // `init` outlives the call (the VM copies it).
+    let resource_type = unsafe {
+        enif_open_resource_type_x(
+            env.as_c_arg(),
+            c"py_fd".as_ptr(),
+            &init,
+            ErlNifResourceFlags::ERL_NIF_RT_CREATE,
+            &mut tried,
+        )
+    };
+    FD_RESOURCE_TYPE.store(resource_type as *mut _, Ordering::Release);
+    !resource_type.is_null()
+}
+
+unsafe extern "C" fn fd_destructor(_env: *mut ErlNifEnv, object: *mut std::ffi::c_void) {
+    // SAFETY: the VM hands us our object once, after its last reference.
+    let resource = unsafe { &*(object as *const FdResource) };
+    // The VM holds a reference while the fd is selected, so reaching the
+    // destructor means the fd left the poll set (or never entered it).
+    resource.close_once();
+    // SAFETY: the object was written with ptr::write and is dropped once here.
+    unsafe { ptr::drop_in_place(object as *mut FdResource) };
+}
+
+unsafe extern "C" fn fd_stop(
+    _env: *mut ErlNifEnv,
+    object: *mut std::ffi::c_void,
+    _event: ErlNifEvent,
+    _is_direct_call: std::ffi::c_int,
+) {
+    // SAFETY: the VM passes a live object of our type.
+    let resource = unsafe { &*(object as *const FdResource) };
+    resource.close_once();
+}
+
+/// One counted reference to an fd resource, usable from any thread.
+pub struct FdHandle {
+    object: *mut FdResource,
+}
+
+// SAFETY: the object is immutable apart from atomics, and the VM's resource
+// reference counting is thread-safe.
+unsafe impl Send for FdHandle {}
+// SAFETY: as above.
+unsafe impl Sync for FdHandle {}
+
+impl Drop for FdHandle {
+    fn drop(&mut self) {
+        // SAFETY: we hold one reference, released exactly once.
+        unsafe { enif_release_resource(self.object as *mut _) };
+    }
+}
+
+impl FdHandle {
+    fn resource(&self) -> &FdResource {
+        // SAFETY: our reference keeps the object alive.
+        unsafe { &*self.object }
+    }
+
+    pub fn token(&self) -> u64 {
+        self.resource().token
+    }
+
+    /// Makes `op` with the calling process's env (`pid` receives the
+    /// `{select, Resource, Ref, ready_input | ready_output}` messages).
+    /// Returns the raw `enif_select` result (negative on failure).
+    pub fn select(&self, env: Env<'_>, op: SelectOp, pid: &ErlNifPid, reference: Term<'_>) -> i32 {
+        let resource = self.resource();
+        if resource.closed.load(Ordering::Acquire) {
+            return -1;
+        }
+        let flags = match op {
+            SelectOp::Arm { read, write } => {
+                resource.selected.store(true, Ordering::Release);
+                (if read { ERL_NIF_SELECT_READ } else { 0 })
+                    | (if write { ERL_NIF_SELECT_WRITE } else { 0 })
+            }
+            SelectOp::Stop => {
+                if !resource.selected.load(Ordering::Acquire) {
+                    resource.close_once();
+                    return 0;
+                }
+                ERL_NIF_SELECT_STOP
+            }
+        };
+        // SAFETY: called in a NIF of the serving process with its env; the
+        // object is a live resource of our type; the fd is ours and open.
+        unsafe {
+            enif_select(
+                env.as_c_arg(),
+                resource.fd,
+                flags,
+                self.object as *mut _,
+                pid,
+                reference.as_c_arg(),
+            )
+        }
+    }
+}
+
+/// A new resource owning a duplicate of `fd`.
+pub fn open(fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
+    let resource_type = FD_RESOURCE_TYPE.load(Ordering::Acquire);
+    if resource_type.is_null() {
+        return Err(std::io::Error::other("py_nif is not loaded"));
+    }
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC only reads `fd`; a bad fd gives -1 and errno.
+    let duplicate = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if duplicate < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the type is registered; the size is our struct's.
+    let object = unsafe { enif_alloc_resource(resource_type, std::mem::size_of::<FdResource>()) }
+        as *mut FdResource;
+    // SAFETY: freshly allocated, suitably sized memory (the VM aligns resource
+    // memory for any type), written once before any use.
+    unsafe {
+        ptr::write(
+            object,
+            FdResource {
+                fd: duplicate,
+                token,
+                selected: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+            },
+        )
+    };
+    Ok(Arc::new(FdHandle { object }))
+}
+
+/// The handle behind a resource term (for readiness messages), or `None`
+/// for any other term.
+pub fn from_term(term: Term<'_>) -> Option<FdHandle> {
+    let resource_type = FD_RESOURCE_TYPE.load(Ordering::Acquire);
+    let mut object: *const std::ffi::c_void = ptr::null();
+    // SAFETY: enif_get_resource checks the term's type before writing `object`.
+    let found = unsafe {
+        enif_get_resource(
+            term.get_env().as_c_arg(),
+            term.as_c_arg(),
+            resource_type,
+            &mut object,
+        )
+    };
+    if found == 0 {
+        return None;
+    }
+    // SAFETY: a live object; the new handle takes its own reference.
+    unsafe { enif_keep_resource(object) };
+    Some(FdHandle {
+        object: object as *mut FdResource,
+    })
+}
+
+/// The `FdHandle` inside a core select handle.
+pub fn downcast(handle: &SelectHandle) -> Option<&FdHandle> {
+    handle.downcast_ref::<FdHandle>()
+}

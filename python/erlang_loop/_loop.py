@@ -1,0 +1,163 @@
+"""``ErlangEventLoop``: the stdlib's selector loop with its clock, timers,
+self-pipe and poll replaced by the native loop (Rust timer wheel, BEAM
+``enif_select``, one Erlang timer armed for the next deadline)."""
+
+from __future__ import annotations
+
+import math
+from asyncio import events, unix_events
+from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
+from asyncio.log import logger
+from collections.abc import Callable
+from contextvars import Context
+from typing import Any
+
+import _erlang_loop
+
+from ._selector import _ErlangSelector
+
+
+class _ErlangTimerHandle(events.TimerHandle):
+    """A TimerHandle that knows its key in the native wheel."""
+
+    __slots__ = ("_key",)
+
+    _key: int
+
+
+class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]
+    """An asyncio event loop driven by the BEAM.
+
+    ``isolated=False`` (default): the loop is served by the application's
+    shared Erlang worker; ``_loop_handle`` is None. ``isolated=True``: the loop
+    gets an Erlang worker of its own; ``_loop_handle`` is its native loop.
+    Either way the loop has its own timers and event queue: events never cross
+    between loops.
+    """
+
+    def __init__(self, isolated: bool = False) -> None:
+        self._native = _erlang_loop.new_loop(isolated)
+        self._loop_handle = self._native if isolated else None
+        self._timers: dict[int, _ErlangTimerHandle] = {}
+        super().__init__(selector=_ErlangSelector(self._native))
+
+    # -- the self-pipe is the native wake-up --
+
+    def _make_self_pipe(self) -> None:
+        pass
+
+    def _close_self_pipe(self) -> None:
+        pass
+
+    def _write_to_self(self) -> None:
+        self._native.wakeup()
+
+    # -- timers go to the wheel --
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: Context | None = None,
+    ) -> events.TimerHandle:
+        if math.isnan(when):
+            raise ValueError("when must not be NaN")
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_at")
+        timer = _ErlangTimerHandle(when, callback, args, self, context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        key = self._native.insert_timer(when)
+        timer._key = key
+        timer._scheduled = True
+        self._timers[key] = timer
+        return timer
+
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: Context | None = None,
+    ) -> events.TimerHandle:
+        if delay is None:
+            raise TypeError("delay must not be None")
+        if math.isnan(delay):
+            raise ValueError("delay must not be NaN")
+        timer = self.call_at(self.time() + delay, callback, *args, context=context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        return timer
+
+    def _timer_handle_cancelled(self, handle: events.TimerHandle) -> None:
+        if isinstance(handle, _ErlangTimerHandle) and handle._scheduled:
+            handle._scheduled = False
+            self._native.cancel_timer(handle._key)
+            self._timers.pop(handle._key, None)
+
+    # -- one iteration, in CPython's order --
+
+    def _run_once(self) -> None:
+        ready = self._ready
+        timeout = 0 if (ready or self._stopping) else None
+        selector = self._selector
+        event_list = selector.select(timeout)
+        self._process_events(event_list)
+        timers = self._timers
+        for key in selector.fired_timers:
+            handle = timers.pop(key, None)
+            if handle is not None:
+                handle._scheduled = False
+                ready.append(handle)
+        ntodo = len(ready)
+        for _ in range(ntodo):
+            handle = ready.popleft()
+            if handle._cancelled:
+                continue
+            if self._debug:
+                try:
+                    self._current_handle = handle
+                    t0 = self.time()
+                    handle._run()
+                    dt = self.time() - t0
+                    if dt >= self.slow_callback_duration:
+                        logger.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
+                finally:
+                    self._current_handle = None
+            else:
+                handle._run()
+        handle = None  # Needed to break cycles when an exception occurs.
+
+    def close(self) -> None:
+        super().close()
+        for handle in self._timers.values():
+            handle._scheduled = False
+        self._timers.clear()
+
+    # -- signals belong to the BEAM --
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+        raise NotImplementedError(
+            "signal handlers are not supported inside the BEAM: the VM owns process signals"
+        )
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        raise NotImplementedError(
+            "signal handlers are not supported inside the BEAM: the VM owns process signals"
+        )
+
+    # -- erlang_python extras --
+
+    def stats(self) -> dict[str, int]:
+        """The native loop's counters (timers, wake-ups, fd events, ...)."""
+        return self._native.stats()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()} "
+            f"isolated={self._loop_handle is not None}>"
+        )

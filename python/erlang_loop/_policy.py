@@ -1,0 +1,60 @@
+"""The policy that gives every thread an ``ErlangEventLoop``. Which thread is
+Python's "main thread" inside the BEAM is an accident of start-up, so nothing
+here depends on it (LESSONS 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from asyncio import unix_events
+
+from ._loop import ErlangEventLoop
+
+_T = TypeVar("_T")
+
+
+class ErlangEventLoopPolicy(unix_events._UnixDefaultEventLoopPolicy):  # type: ignore[name-defined,misc]
+    """Creates ``ErlangEventLoop`` on every thread, on demand."""
+
+    _loop_factory = ErlangEventLoop
+
+    def get_event_loop(self) -> asyncio.AbstractEventLoop:
+        local = self._local
+        if local._loop is None:
+            self.set_event_loop(self.new_event_loop())
+        assert local._loop is not None
+        return local._loop  # type: ignore[no-any-return]
+
+    def new_event_loop(self) -> ErlangEventLoop:
+        return ErlangEventLoop()
+
+
+_policy_lock = threading.Lock()
+_policy: ErlangEventLoopPolicy | None = None
+
+
+def get_event_loop_policy() -> ErlangEventLoopPolicy:
+    """The process-wide ``ErlangEventLoopPolicy`` (created once)."""
+    global _policy
+    with _policy_lock:
+        if _policy is None:
+            _policy = ErlangEventLoopPolicy()
+        return _policy
+
+
+def install() -> None:
+    """Makes ``asyncio.run`` and ``asyncio.get_event_loop`` use ErlangEventLoop."""
+    asyncio.set_event_loop_policy(get_event_loop_policy())
+
+
+def new_event_loop() -> ErlangEventLoop:
+    return ErlangEventLoop()
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
+    """Runs ``main`` on a new ErlangEventLoop, like ``asyncio.run``."""
+    with asyncio.Runner(loop_factory=new_event_loop, debug=debug) as runner:
+        return runner.run(main)

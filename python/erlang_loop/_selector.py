@@ -1,0 +1,51 @@
+"""The loop's selector: fd registrations live in Python (as in the stdlib
+selectors), readiness comes from the BEAM's ``enif_select`` through the
+native loop, never from a Python-side poll."""
+
+from __future__ import annotations
+
+import selectors
+from typing import Any
+
+from _erlang_loop import NativeLoop
+
+
+class _ErlangSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined,misc]
+    """A selector whose ``select`` waits on the native loop (GIL released).
+
+    Timers fired by the same wait are kept in :attr:`fired_timers` for the
+    loop to pick up right after the I/O step, as asyncio orders them."""
+
+    def __init__(self, native: NativeLoop) -> None:
+        super().__init__()
+        self._native = native
+        self.fired_timers: list[int] = []
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key = super().register(fileobj, events, data)
+        try:
+            self._native.set_interest(key.fd, events)
+        except BaseException:
+            super().unregister(fileobj)
+            raise
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key = super().unregister(fileobj)
+        self._native.set_interest(key.fd, 0)
+        return key
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        fd_events, timers = self._native.wait(timeout)
+        self.fired_timers = timers
+        ready = []
+        fd_to_key = self._fd_to_key
+        for fd, mask in fd_events:
+            key = fd_to_key.get(fd)
+            if key is not None:
+                ready.append((key, mask & key.events))
+        return ready
+
+    def close(self) -> None:
+        self._native.close()
+        super().close()

@@ -1,0 +1,238 @@
+//! `_erlang_loop.NativeLoop`: the Python face of one loop core. The asyncio
+//! loop (`python/erlang_loop`) keeps its callbacks in Python and asks this
+//! object for timers, fd interest and the wait for events (GIL released).
+
+use std::any::Any;
+use std::os::fd::RawFd;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyModule, PyTuple};
+
+use crate::io::{Event, EventKind, LoopCore, WaitError, Wake};
+use crate::wheel::NEVER;
+
+/// `selectors.EVENT_READ` / `EVENT_WRITE`.
+const EVENT_READ: u8 = 1;
+const EVENT_WRITE: u8 = 2;
+
+/// Most events handed to Python per wait; the rest wait for the next round.
+const MAX_EVENTS_PER_WAIT: usize = 4096;
+
+/// Creates a loop with its Erlang side (set by the NIF at load).
+pub type LoopFactory = fn(isolated: bool) -> Result<NativeLoop, String>;
+
+static FACTORY: OnceLock<LoopFactory> = OnceLock::new();
+
+/// Installs the NIF's loop factory (once per process).
+pub fn set_factory(factory: LoopFactory) {
+    let _ = FACTORY.set(factory);
+}
+
+/// One native loop, shared by its Python loop and its Erlang server.
+#[pyclass(module = "_erlang_loop", name = "NativeLoop", frozen)]
+pub struct NativeLoop {
+    core: Arc<LoopCore>,
+    /// The host's object for this loop (the NIF resource), kept alive for as
+    /// long as Python holds the loop.
+    _host_object: Box<dyn Any + Send + Sync>,
+    loop_id: u64,
+    isolated: bool,
+}
+
+impl NativeLoop {
+    pub fn new(
+        core: Arc<LoopCore>,
+        host_object: Box<dyn Any + Send + Sync>,
+        loop_id: u64,
+        isolated: bool,
+    ) -> NativeLoop {
+        NativeLoop {
+            core,
+            _host_object: host_object,
+            loop_id,
+            isolated,
+        }
+    }
+
+    fn deliver(&self, wake: Wake) {
+        if !wake.is_empty() {
+            self.core.host().deliver(wake);
+        }
+    }
+}
+
+fn wait_error(error: WaitError) -> PyErr {
+    PyRuntimeError::new_err(error.to_string())
+}
+
+/// A `when` in loop seconds as wheel nanoseconds, rounded up (never early).
+fn deadline_ns(when: f64) -> PyResult<u64> {
+    if when.is_nan() {
+        return Err(PyValueError::new_err("timer deadline is NaN"));
+    }
+    if when <= 0.0 {
+        return Ok(0);
+    }
+    let nanos = (when * 1e9).ceil();
+    // One more ns absorbs the float rounding of `time()` = ns / 1e9.
+    Ok(if nanos >= (NEVER - 1) as f64 {
+        NEVER
+    } else {
+        nanos as u64 + 1
+    })
+}
+
+#[pymethods]
+impl NativeLoop {
+    /// CLOCK_MONOTONIC in seconds: the clock of `loop.time()` and the wheel.
+    #[staticmethod]
+    fn time() -> f64 {
+        LoopCore::now_ns() as f64 / 1e9
+    }
+
+    #[getter]
+    fn loop_id(&self) -> u64 {
+        self.loop_id
+    }
+
+    #[getter]
+    fn isolated(&self) -> bool {
+        self.isolated
+    }
+
+    /// Schedules a timer at `when` (loop seconds; `inf` = never); returns its key.
+    fn insert_timer(&self, when: f64) -> PyResult<u64> {
+        let (key, wake) = self
+            .core
+            .insert_timer(deadline_ns(when)?, 0)
+            .map_err(wait_error)?;
+        self.deliver(wake);
+        Ok(key)
+    }
+
+    /// Cancels a timer; False for fired, cancelled or unknown keys.
+    fn cancel_timer(&self, key: u64) -> bool {
+        self.core.cancel_timer(key)
+    }
+
+    /// Watches `fd` for reading (`events` & 1) and/or writing (`events` & 2),
+    /// and stops watching the directions not asked for.
+    fn set_interest(&self, fd: RawFd, events: u8) -> PyResult<()> {
+        for (bit, kind) in [
+            (EVENT_READ, EventKind::Read),
+            (EVENT_WRITE, EventKind::Write),
+        ] {
+            if events & bit != 0 {
+                let wake = self.core.add_interest(fd, kind, fd as u64).map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(_) => PyErr::from(e),
+                        None => PyRuntimeError::new_err(e.to_string()),
+                    }
+                })?;
+                self.deliver(wake);
+            } else {
+                let (_, wake) = self.core.remove_interest(fd, kind);
+                self.deliver(wake);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for events (GIL released): `timeout` None = until one comes,
+    /// 0 = just look. Returns `([(fd, mask), ...], [timer_key, ...])`.
+    #[pyo3(signature = (timeout=None))]
+    fn wait<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let timeout = match timeout {
+            None => None,
+            Some(t) if t.is_nan() => return Err(PyValueError::new_err("timeout is NaN")),
+            Some(t) if t <= 0.0 => Some(Duration::ZERO),
+            Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
+        };
+        self.deliver(self.core.prepare_wait());
+        let core = &self.core;
+        let mut events: Vec<Event> = Vec::new();
+        let waited = if timeout == Some(Duration::ZERO) {
+            core.wait(timeout, &mut events, MAX_EVENTS_PER_WAIT)
+        } else {
+            py.detach(|| core.wait(timeout, &mut events, MAX_EVENTS_PER_WAIT))
+        };
+        waited.map_err(wait_error)?;
+        let fd_events = PyList::empty(py);
+        let timers = PyList::empty(py);
+        let mut masks: Vec<(RawFd, u8)> = Vec::new();
+        for event in &events {
+            match event.kind {
+                EventKind::Timer => timers.append(event.key)?,
+                EventKind::Read | EventKind::Write => {
+                    let bit = if event.kind == EventKind::Read {
+                        EVENT_READ
+                    } else {
+                        EVENT_WRITE
+                    };
+                    let fd = event.key as RawFd;
+                    match masks.iter_mut().find(|(seen, _)| *seen == fd) {
+                        Some((_, mask)) => *mask |= bit,
+                        None => masks.push((fd, bit)),
+                    }
+                }
+            }
+        }
+        for (fd, mask) in masks {
+            fd_events.append(PyTuple::new(py, [fd as i64, mask as i64])?)?;
+        }
+        Ok((fd_events, timers))
+    }
+
+    /// Wakes the waiting thread (thread-safe).
+    fn wakeup(&self) {
+        self.core.wakeup();
+    }
+
+    /// Closes the native loop: fd selects stop, waiters fail. Idempotent.
+    fn close(&self) {
+        self.deliver(self.core.close());
+    }
+
+    fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// The loop's counters.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (name, value) in self.core.stats().fields() {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+}
+
+/// `_erlang_loop.new_loop(isolated)`: a native loop with its Erlang server.
+#[pyfunction]
+fn new_loop(py: Python<'_>, isolated: bool) -> PyResult<NativeLoop> {
+    let factory = FACTORY
+        .get()
+        .ok_or_else(|| PyRuntimeError::new_err("erlang_python is not running"))?;
+    py.detach(|| factory(isolated))
+        .map_err(PyRuntimeError::new_err)
+}
+
+/// Creates `_erlang_loop` and puts it in `sys.modules`. Idempotent.
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let modules = py.import("sys")?.getattr("modules")?;
+    if modules.contains("_erlang_loop")? {
+        return Ok(());
+    }
+    let module = PyModule::new(py, "_erlang_loop")?;
+    module.add_class::<NativeLoop>()?;
+    module.add_function(wrap_pyfunction!(new_loop, &module)?)?;
+    modules.set_item("_erlang_loop", module)?;
+    Ok(())
+}
