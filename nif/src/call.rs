@@ -9,7 +9,7 @@ use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term, TermType};
 
 use crate::atoms;
-use crate::convert::{py_to_term, term_to_py};
+use crate::convert::{atom_text, py_to_term, term_to_py};
 use crate::errors::error_result;
 use crate::job::{CancelAction, Job};
 use crate::namespace;
@@ -27,7 +27,7 @@ enum Work {
 /// Text arguments (module, function, code) may be atoms, binaries or iolists.
 fn decode_text(term: Term<'_>) -> NifResult<String> {
     if term.get_type() == TermType::Atom {
-        return term.atom_to_string();
+        return atom_text(term).ok_or(rustler::Error::BadArg);
     }
     let binary = if term.is_binary() {
         Binary::from_term(term)?
@@ -145,7 +145,7 @@ fn run(
     if !job.start() {
         return;
     }
-    let (message, send) = Python::attach(|py| {
+    Python::attach(|py| {
         let message = owned.run(|env| {
             let result = match execute(py, env, caller, &work, saved_data.load(env)) {
                 Ok(term) => (atoms::ok(), term).encode(env),
@@ -153,12 +153,13 @@ fn run(
             };
             owned.save((atoms::py_result(), saved_ref.load(env), result))
         });
-        (message, job.finish(py))
+        // Sent under the job's lock (see `Job::finish`): a cancel that
+        // returned before this point means the result is never sent.
+        job.finish(py, || {
+            // A dead caller is not an error: nobody is waiting any more.
+            let _ = owned.send_and_clear(&caller, |env| message.load(env));
+        });
     });
-    if send {
-        // A dead caller is not an error: nobody is waiting any more.
-        let _ = owned.send_and_clear(&caller, |env| message.load(env));
-    }
 }
 
 fn execute<'a>(

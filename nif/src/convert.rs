@@ -106,9 +106,7 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'
 }
 
 fn atom_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyAny>> {
-    let name = term
-        .atom_to_string()
-        .map_err(|_| PyValueError::new_err("undecodable atom"))?;
+    let name = atom_text(term).ok_or_else(|| PyValueError::new_err("undecodable atom"))?;
     Ok(match name.as_str() {
         "true" => PyBool::new(py, true).to_owned().into_any(),
         "false" => PyBool::new(py, false).to_owned().into_any(),
@@ -118,6 +116,29 @@ fn atom_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyAny
         "nan" => PyFloat::new(py, f64::NAN).into_any(),
         _ => PyString::new(py, &name).into_any(),
     })
+}
+
+/// The text of an atom, whatever its characters. Before NIF 2.17 (OTP 26)
+/// rustler reads atoms as Latin-1 only; any other atom (`'日本'`) is read from
+/// its external format, where OTP writes atoms as UTF-8.
+pub fn atom_text(term: Term<'_>) -> Option<String> {
+    if let Ok(text) = term.atom_to_string() {
+        return Some(text);
+    }
+    if term.get_type() != TermType::Atom {
+        return None;
+    }
+    let external = term.to_binary();
+    let text = match external.as_slice() {
+        // VERSION_MAGIC, SMALL_ATOM_UTF8_EXT, Len:8, Text
+        [131, 119, len, rest @ ..] => rest.get(..usize::from(*len))?,
+        // VERSION_MAGIC, ATOM_UTF8_EXT, Len:16, Text
+        [131, 118, high, low, rest @ ..] => {
+            rest.get(..usize::from(u16::from_be_bytes([*high, *low])))?
+        }
+        _ => return None,
+    };
+    std::str::from_utf8(text).ok().map(str::to_owned)
 }
 
 fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Term<'a>> {

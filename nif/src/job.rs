@@ -59,18 +59,23 @@ impl Job {
         true
     }
 
-    /// Called by the worker, GIL held, after the Python work. Returns whether
-    /// the result should still be sent. Clears an interrupt that arrived too
-    /// late to fire, so it cannot hit the thread's next job.
-    pub fn finish(&self, _py: Python<'_>) -> bool {
+    /// Called by the worker, GIL held, after the Python work: `deliver` sends
+    /// the result unless the caller gave up meanwhile. The send happens under
+    /// the job's lock, so once `request_cancel` has returned the result is
+    /// either in the caller's mailbox already or will never be sent; the
+    /// caller can then drop a late result with a `receive ... after 0`.
+    /// Clears an interrupt that arrived too late to fire, so it cannot hit the
+    /// thread's next job.
+    pub fn finish(&self, _py: Python<'_>, deliver: impl FnOnce()) {
         let mut state = self.lock();
-        let send = matches!(*state, JobState::Running(_));
         if let JobState::Interrupted(thread) = *state {
             // SAFETY: GIL held; a NULL exception clears the pending one.
             unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as c_long, std::ptr::null_mut()) };
         }
+        if matches!(*state, JobState::Running(_)) {
+            deliver();
+        }
         *state = JobState::Done;
-        send
     }
 
     pub fn request_cancel(&self) -> CancelAction {
