@@ -35,7 +35,12 @@ pub fn exception_term<'a>(env: Env<'a>, py: Python<'_>, error: &PyErr) -> Term<'
 
 fn format_traceback(py: Python<'_>, error: &PyErr) -> PyResult<String> {
     let traceback = py.import("traceback")?;
-    let lines = traceback.call_method1("format_exception", (error.value(py),))?;
+    // The traceback travels with the PyErr: before Python 3.12 an exception
+    // that no `except` caught has no `__traceback__` of its own.
+    let lines = traceback.call_method1(
+        "format_exception",
+        (error.get_type(py), error.value(py), error.traceback(py)),
+    )?;
     let text = PyString::new(py, "").call_method1("join", (lines,))?;
-    Ok(text.extract::<String>()?)
+    text.extract::<String>()
 }
