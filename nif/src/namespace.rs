@@ -55,7 +55,11 @@ pub fn watch(env: Env<'_>, pid: LocalPid) {
     }
 }
 
-/// The globals of `pid`, created on first use.
+/// The globals of `pid`, created on first use. A process that is not watched
+/// (it died before its job ran: its `DOWN` came and went) gets a throwaway
+/// dict: storing it would leak it, as no `DOWN` will ever drop it. The check
+/// and the insert happen under the GIL, which the drop in `down` needs too,
+/// so a `DOWN` racing with this call still drops what we insert.
 pub fn globals<'py>(py: Python<'py>, pid: LocalPid) -> PyResult<Bound<'py, PyDict>> {
     if let Some(existing) = lock(&NAMESPACES).get(&pid) {
         return Ok(existing.bind(py).clone());
@@ -63,7 +67,9 @@ pub fn globals<'py>(py: Python<'py>, pid: LocalPid) -> PyResult<Bound<'py, PyDic
     let fresh = PyDict::new(py);
     fresh.set_item("__builtins__", py.import("builtins")?)?;
     fresh.set_item("__name__", "__erlang__")?;
-    lock(&NAMESPACES).insert(pid, fresh.clone().unbind());
+    if lock(&WATCHED).contains_key(&pid) {
+        lock(&NAMESPACES).insert(pid, fresh.clone().unbind());
+    }
     Ok(fresh)
 }
 
