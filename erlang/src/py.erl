@@ -42,7 +42,7 @@ call(Module, Function, Args, Kwargs) ->
 -spec call(name(), name(), list(), map(), timeout()) -> {ok, term()} | py_error().
 call(Module, Function, Args, Kwargs, Timeout) ->
     Ref = make_ref(),
-    submitted(py_nif:call(self(), Ref, Module, Function, Args, Kwargs), Ref, Timeout).
+    submitted(py_nif:call(self(), Ref, text(Module), text(Function), Args, Kwargs), Ref, Timeout).
 
 %% @equiv call_async(Module, Function, Args, #{})
 -spec call_async(name(), name(), list()) -> async_ref() | py_error().
@@ -54,7 +54,7 @@ call_async(Module, Function, Args) ->
 -spec call_async(name(), name(), list(), map()) -> async_ref() | py_error().
 call_async(Module, Function, Args, Kwargs) ->
     Ref = make_ref(),
-    case py_nif:call(self(), Ref, Module, Function, Args, Kwargs) of
+    case py_nif:call(self(), Ref, text(Module), text(Function), Args, Kwargs) of
         {ok, Job} -> {py_async, Ref, Job};
         {error, _} = Error -> Error
     end.
@@ -78,7 +78,7 @@ eval(Expression) ->
 -spec eval(code(), map()) -> {ok, term()} | py_error().
 eval(Expression, Locals) ->
     Ref = make_ref(),
-    submitted(py_nif:eval(self(), Ref, Expression, Locals), Ref, default_timeout()).
+    submitted(py_nif:eval(self(), Ref, text(Expression), Locals), Ref, default_timeout()).
 
 %% @doc Runs Python statements in the caller's namespace.
 -spec exec(code()) -> ok | py_error().
@@ -88,7 +88,7 @@ exec(Code) ->
 -spec exec(code(), timeout()) -> ok | py_error().
 exec(Code, Timeout) ->
     Ref = make_ref(),
-    case submitted(py_nif:exec(self(), Ref, Code), Ref, Timeout) of
+    case submitted(py_nif:exec(self(), Ref, text(Code)), Ref, Timeout) of
         {ok, none} -> ok;
         Error -> Error
     end.
@@ -124,6 +124,19 @@ wait(Ref, Job, Timeout) ->
         receive {py_result, Ref, _} -> ok after 0 -> ok end,
         {error, timeout}
     end.
+
+%% A string is a list of characters, not of bytes: hand the NIF its UTF-8
+%% encoding (`"'\x{20ac}'"' would otherwise be refused). Anything that is not
+%% a string is passed on for the NIF to accept or refuse with `badarg'.
+text(Text) when is_list(Text) ->
+    try unicode:characters_to_binary(Text) of
+        Binary when is_binary(Binary) -> Binary;
+        _ -> Text
+    catch
+        error:badarg -> Text
+    end;
+text(Text) ->
+    Text.
 
 default_timeout() ->
     application:get_env(erlang_python, call_timeout, infinity).
