@@ -4,6 +4,8 @@ Returns the exit status instead of exiting (the VM owns the process)."""
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import runpy
 import sys
@@ -13,6 +15,7 @@ USAGE = "usage: erlang-python (SCRIPT | -m MODULE | -c CODE) [ARG ...]"
 
 
 def main(argv: list[str]) -> int:
+    _utf8_stdio()
     try:
         return _run(argv)
     finally:
@@ -22,6 +25,22 @@ def main(argv: list[str]) -> int:
                 stream.flush()
             except Exception:  # noqa: BLE001 - a closed stream must not hide the status
                 pass
+
+
+def _utf8_stdio() -> None:
+    """Under the C locale CPython runs in UTF-8 mode (PEP 538, 540); the
+    embedded interpreter keeps ASCII stdio, where any non-ASCII text raises
+    UnicodeEncodeError. Give the program the stdio ``python3`` would."""
+    for name, errors in (
+        ("stdin", "surrogateescape"),
+        ("stdout", "surrogateescape"),
+        ("stderr", "backslashreplace"),
+    ):
+        stream = getattr(sys, name, None)
+        if not isinstance(stream, io.TextIOWrapper):
+            continue
+        if codecs.lookup(stream.encoding).name == "ascii":
+            stream.reconfigure(encoding="utf-8", errors=errors)
 
 
 def _run(argv: list[str]) -> int:
