@@ -32,7 +32,7 @@ test-rust:
 	cargo test --workspace
 
 test-erlang:
-	cd erlang && rebar3 eunit && rebar3 ct
+	cd erlang && rebar3 eunit && ERLANG_PYTHON_ROOT=$(CURDIR) rebar3 ct
 
 test-python:
 	$(CLI) -m pytest tests/python -q -p no:cacheprovider

@@ -1,0 +1,758 @@
+%% Tests of the embedding: py API, conversions, errors, bad input, concurrency,
+%% timeouts, namespaces, callbacks into Erlang, the interpreter we run, and
+%% stopping the application while Python is stuck.
+-module(py_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, groups/0, suite/0,
+         init_per_suite/1, end_per_suite/1,
+         init_per_testcase/2, end_per_testcase/2]).
+-export([call_stdlib/1, version/1,
+         convert_integers/1, convert_floats/1, convert_special_atoms/1,
+         convert_other_atoms/1, convert_binaries/1, convert_containers/1,
+         convert_map_keys/1, convert_python_only_types/1,
+         convert_pids_and_refs/1, convert_funs_and_ports/1,
+         convert_deep_nesting/1,
+         python_exception/1, python_exception_traceback/1, syntax_error/1,
+         missing_module/1, unconvertible_result/1,
+         bad_arguments/1, unicode_code_strings/1,
+         concurrent_calls/1, long_call_does_not_block/1,
+         timeout_sleep/1, timeout_busy_loop/1, timeout_race_leaves_no_message/1,
+         call_async_await/1, await_timeout/1,
+         namespace_per_process/1, namespace_dropped_on_exit/1,
+         namespace_not_leaked_by_short_lived_callers/1,
+         register_function/1, erlang_function_crash/1, unregistered_function/1,
+         nested_call/1, erlang_send/1, erlang_send_from_python_thread/1,
+         interpreter_is_the_built_one/1, extension_modules_load/1,
+         sys_executable_is_python/1,
+         stop_while_python_is_stuck/1]).
+
+-define(APP, erlang_python).
+
+-spec suite() -> [tuple()].
+suite() ->
+    [{timetrap, {seconds, 60}}].
+
+-spec all() -> [{group, atom()}].
+all() ->
+    [{group, embedding}, {group, stop}].
+
+-spec groups() -> [{atom(), list(), [atom()]}].
+groups() ->
+    [{embedding, [],
+      [call_stdlib, version,
+       convert_integers, convert_floats, convert_special_atoms,
+       convert_other_atoms, convert_binaries, convert_containers,
+       convert_map_keys, convert_python_only_types,
+       convert_pids_and_refs, convert_funs_and_ports, convert_deep_nesting,
+       python_exception, python_exception_traceback, syntax_error,
+       missing_module, unconvertible_result,
+       bad_arguments, unicode_code_strings,
+       concurrent_calls, long_call_does_not_block,
+       timeout_sleep, timeout_busy_loop, timeout_race_leaves_no_message,
+       call_async_await, await_timeout,
+       namespace_per_process, namespace_dropped_on_exit,
+       namespace_not_leaked_by_short_lived_callers,
+       register_function, erlang_function_crash, unregistered_function,
+       nested_call, erlang_send, erlang_send_from_python_thread,
+       interpreter_is_the_built_one, extension_modules_load,
+       sys_executable_is_python]},
+     %% Last: stops and restarts the application.
+     {stop, [], [stop_while_python_is_stuck]}].
+
+-spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
+init_per_suite(Config) ->
+    {ok, _} = application:ensure_all_started(?APP),
+    Config.
+
+-spec end_per_suite(ct_suite:ct_config()) -> ok.
+end_per_suite(_Config) ->
+    ok.
+
+-spec init_per_testcase(atom(), ct_suite:ct_config()) -> ct_suite:ct_config().
+init_per_testcase(_Case, Config) ->
+    flush_results(),
+    Config.
+
+-spec end_per_testcase(atom(), ct_suite:ct_config()) -> ok.
+end_per_testcase(_Case, _Config) ->
+    ok.
+
+%%--------------------------------------------------------------------
+%% Calls
+
+-spec call_stdlib(ct_suite:ct_config()) -> term().
+call_stdlib(_Config) ->
+    ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])),
+    ?assertEqual({ok, 3}, py:call(builtins, len, [[a, b, c]])),
+    ?assertEqual({ok, [3, 2, 1]},
+                 py:call(builtins, sorted, [[2, 3, 1]], #{<<"reverse">> => true})),
+    ?assertEqual({ok, [3, 2, 1]}, py:call(builtins, sorted, [[2, 3, 1]], #{reverse => true})),
+    ?assertEqual({ok, <<"a/b">>}, py:call(os, <<"path.join">>, [<<"a">>, <<"b">>])),
+    ?assertEqual({ok, <<"a/b">>}, py:call('os.path', join, [<<"a">>, <<"b">>])),
+    ?assertEqual({ok, <<"a/b">>}, py:call("os", "path.join", [<<"a">>, <<"b">>])),
+    ?assertMatch({error, {'AttributeError', _, _}}, py:call(math, no_such_function, [])).
+
+-spec version(ct_suite:ct_config()) -> term().
+version(_Config) ->
+    Version = py:version(),
+    ?assert(is_binary(Version)),
+    ?assertMatch(<<"3.", _/binary>>, Version),
+    ?assertEqual({ok, Version}, py:eval(<<"__import__('sys').version">>)).
+
+%%--------------------------------------------------------------------
+%% Conversions
+
+-spec convert_integers(ct_suite:ct_config()) -> term().
+convert_integers(_Config) ->
+    Ints = [0, 1, -1, 42, -42, 1 bsl 59, 1 bsl 62, (1 bsl 63) - 1, -(1 bsl 63),
+            1 bsl 63, -(1 bsl 63) - 1, (1 bsl 64) - 1, 1 bsl 64, -(1 bsl 64),
+            1 bsl 200, -(1 bsl 200), -(1 bsl 200) + 1, 3 bsl 1000],
+    [?assertEqual({ok, I}, roundtrip(I)) || I <- Ints],
+    [?assertEqual({ok, <<"int">>}, py_type(I)) || I <- Ints],
+    %% Python computes with the value it received.
+    ?assertEqual({ok, 1 bsl 201}, py:eval(<<"x * 2">>, #{<<"x">> => 1 bsl 200})),
+    ?assertEqual({ok, -(1 bsl 200)}, py:eval(<<"-2**200">>)),
+    ?assertEqual({ok, <<"-1606938044258990275541962092341162602522202993782792835301376">>},
+                 py:eval(<<"str(x)">>, #{<<"x">> => -(1 bsl 200)})).
+
+-spec convert_floats(ct_suite:ct_config()) -> term().
+convert_floats(_Config) ->
+    [?assertEqual({ok, F}, roundtrip(F)) || F <- [0.0, 1.5, -2.25, 1.0e300, -1.0e-300, 0.1]],
+    ?assertEqual({ok, <<"float">>}, py_type(1.5)),
+    ?assertEqual({ok, 0.30000000000000004}, py:eval(<<"0.1 + 0.2">>)).
+
+-spec convert_special_atoms(ct_suite:ct_config()) -> term().
+convert_special_atoms(_Config) ->
+    %% Erlang -> Python
+    ?assertEqual({ok, [<<"bool">>, <<"bool">>, <<"NoneType">>,
+                       <<"float">>, <<"float">>, <<"float">>]},
+                 py:eval(<<"[type(v).__name__ for v in x]">>,
+                         #{<<"x">> => [true, false, none, inf, '-inf', nan]})),
+    ?assertEqual({ok, true},
+                 py:eval(<<"x[0] is True and x[1] is False and x[2] is None">>,
+                         #{<<"x">> => [true, false, none]})),
+    ?assertEqual({ok, true},
+                 py:eval(<<"x[0] == float('inf') and x[1] == -float('inf')"
+                           " and __import__('math').isnan(x[2])">>,
+                         #{<<"x">> => [inf, '-inf', nan]})),
+    %% Python -> Erlang
+    ?assertEqual({ok, {true, false, none, inf, '-inf', nan}},
+                 py:eval(<<"(True, False, None, float('inf'), float('-inf'), float('nan'))">>)),
+    %% Both ways
+    [?assertEqual({ok, A}, roundtrip(A)) || A <- [true, false, none, inf, '-inf', nan]].
+
+-spec convert_other_atoms(ct_suite:ct_config()) -> term().
+convert_other_atoms(_Config) ->
+    ?assertEqual({ok, <<"hello">>}, roundtrip(hello)),
+    ?assertEqual({ok, <<"str">>}, py_type(hello)),
+    ?assertEqual({ok, <<"undefined">>}, roundtrip(undefined)),
+    ?assertEqual({ok, <<"h\x{e9}llo"/utf8>>}, roundtrip('h\x{e9}llo')),
+    %% Atoms beyond Latin-1 are atoms too.
+    ?assertEqual({ok, <<"\x{65e5}\x{672c}"/utf8>>}, roundtrip('\x{65e5}\x{672c}')),
+    ?assertEqual({ok, 2}, py:eval(<<"len(x)">>, #{<<"x">> => '\x{65e5}\x{672c}'})).
+
+-spec convert_binaries(ct_suite:ct_config()) -> term().
+convert_binaries(_Config) ->
+    Texts = [<<>>, <<"hello">>, <<"h\x{e9}llo \x{20ac} \x{1f600}"/utf8>>],
+    [?assertEqual({ok, T}, roundtrip(T)) || T <- Texts],
+    [?assertEqual({ok, <<"str">>}, py_type(T)) || T <- Texts],
+    ?assertEqual({ok, 7}, py:eval(<<"len(x)">>, #{<<"x">> => <<"h\x{e9}llo \x{20ac}"/utf8>>})),
+    %% Not UTF-8: bytes in Python, the same binary back.
+    Invalid = [<<255>>, <<"abc", 200, 201>>, <<16#c3>>, <<0, 255, 254, 253>>],
+    [?assertEqual({ok, B}, roundtrip(B)) || B <- Invalid],
+    [?assertEqual({ok, <<"bytes">>}, py_type(B)) || B <- Invalid],
+    ?assertEqual({ok, <<"abc">>}, py:eval(<<"b'abc'">>)),
+    ?assertEqual({ok, <<1, 2, 3>>}, py:eval(<<"bytearray([1, 2, 3])">>)),
+    %% A bitstring that is not a binary has no Python equivalent.
+    ?assertMatch({error, {'TypeError', _, _}}, roundtrip(<<1:3>>)).
+
+-spec convert_containers(ct_suite:ct_config()) -> term().
+convert_containers(_Config) ->
+    Terms = [[], [1, 2, 3], {}, {1}, {1, <<"two">>, 3.0}, #{},
+             #{<<"a">> => 1, <<"b">> => [1, {2, 3}]},
+             #{<<"outer">> => #{<<"inner">> => #{<<"deep">> => [#{}, {[]}]}}},
+             [[[]], {{}}, [{[#{}]}]],
+             #{1 => <<"one">>, 2.5 => two, {1, 2} => [x]}],
+    Expected = fun(#{1 := _} = M) -> M#{2.5 := <<"two">>, {1, 2} := [<<"x">>]};
+                  (T) -> T
+               end,
+    [?assertEqual({ok, Expected(T)}, roundtrip(T)) || T <- Terms],
+    ?assertEqual({ok, <<"list">>}, py_type([1])),
+    ?assertEqual({ok, <<"tuple">>}, py_type({1})),
+    ?assertEqual({ok, <<"dict">>}, py_type(#{})),
+    ?assertEqual({ok, [1, {2, 3}, #{<<"k">> => [none]}]}, py:eval(<<"[1, (2, 3), {'k': [None]}]">>)),
+    %% Improper lists cannot cross.
+    ?assertMatch({error, {'TypeError', _, _}}, roundtrip([1 | 2])).
+
+-spec convert_map_keys(ct_suite:ct_config()) -> term().
+convert_map_keys(_Config) ->
+    %% Lists are unhashable in Python: a list key becomes a tuple.
+    ?assertEqual({ok, #{{1, 2} => 3}}, roundtrip(#{[1, 2] => 3})),
+    ?assertEqual({ok, <<"tuple">>},
+                 py:eval(<<"type(next(iter(x))).__name__">>, #{<<"x">> => #{[1, 2] => 3}})),
+    ?assertEqual({ok, #{<<"a">> => 1}}, roundtrip(#{a => 1})),
+    %% Two Python keys that are the same Erlang term are refused, not merged.
+    ?assertMatch({error, {'ValueError', _, _}}, py:eval(<<"{'a': 1, b'a': 2}">>)).
+
+-spec convert_python_only_types(ct_suite:ct_config()) -> term().
+convert_python_only_types(_Config) ->
+    ?assertEqual({ok, [1]}, py:eval(<<"{1}">>)),
+    ?assertEqual({ok, [1]}, py:eval(<<"frozenset([1])">>)),
+    ?assertEqual({ok, true}, py:eval(<<"sorted(x) == [1, 2, 3]">>,
+                                     #{<<"x">> => [3, 1, 2]})).
+
+-spec convert_pids_and_refs(ct_suite:ct_config()) -> term().
+convert_pids_and_refs(_Config) ->
+    Self = self(),
+    Ref = make_ref(),
+    Other = spawn(fun() -> ok end),
+    [?assertEqual({ok, T}, roundtrip(T)) || T <- [Self, Ref, Other, [Self, {Ref}]]],
+    {ok, Back} = roundtrip(#{<<"pid">> => Self, <<"ref">> => Ref}),
+    ?assert(maps:get(<<"pid">>, Back) =:= Self),
+    ?assert(maps:get(<<"ref">>, Back) =:= Ref),
+    ?assertEqual({ok, [<<"Pid">>, <<"Ref">>]},
+                 py:eval(<<"[type(v).__name__ for v in x]">>, #{<<"x">> => [Self, Ref]})),
+    ?assertEqual({ok, true},
+                 py:eval(<<"isinstance(x[0], __import__('erlang').Pid)"
+                           " and isinstance(x[1], __import__('erlang').Ref)">>,
+                         #{<<"x">> => [Self, Ref]})),
+    %% Equal and hashable in Python: the same pid twice is one dict key.
+    ?assertEqual({ok, true}, py:eval(<<"a == b and hash(a) == hash(b) and len({a, b}) == 1">>,
+                                     #{<<"a">> => Self, <<"b">> => Self})),
+    ?assertEqual({ok, false}, py:eval(<<"a == b">>, #{<<"a">> => Self, <<"b">> => Other})),
+    %% Kept in Python across calls, still the same value.
+    ok = py:exec(<<"import erlang">>),
+    {ok, none} = py:eval(<<"globals().__setitem__('kept', x)">>, #{<<"x">> => {Self, Ref}}),
+    ?assertEqual({ok, {Self, Ref}}, py:eval(<<"kept">>)).
+
+-spec convert_funs_and_ports(ct_suite:ct_config()) -> term().
+convert_funs_and_ports(_Config) ->
+    Fun = fun(X) -> X + 1 end,
+    {ok, Back} = roundtrip(Fun),
+    ?assert(Back =:= Fun),
+    ?assertEqual(2, Back(1)),
+    ?assertEqual({ok, <<"OpaqueTerm">>}, py_type(Fun)),
+    External = fun lists:reverse/1,
+    ?assertEqual({ok, External}, roundtrip(External)),
+    Port = open_port({spawn, "cat"}, []),
+    try
+        ?assertEqual({ok, Port}, roundtrip(Port))
+    after
+        port_close(Port)
+    end.
+
+-spec convert_deep_nesting(ct_suite:ct_config()) -> term().
+convert_deep_nesting(_Config) ->
+    %% Erlang -> Python: refused with an error, no crash.
+    [?assertMatch({error, {'ValueError', _, _}}, roundtrip(nest(list, N)))
+     || N <- [1001, 2000, 100000]],
+    ?assertMatch({error, {'ValueError', _, _}}, roundtrip(nest(tuple, 5000))),
+    ?assertMatch({error, {'ValueError', _, _}}, roundtrip(nest(map, 5000))),
+    %% 1000 levels are fine.
+    Ok = nest(list, 999),
+    ?assertEqual({ok, Ok}, roundtrip(Ok)),
+    %% Python -> Erlang.
+    ok = py:exec(<<"deep = []\nfor _ in range(100000):\n    deep = [deep]\n">>),
+    ?assertMatch({error, {'ValueError', _, _}}, py:eval(<<"deep">>)),
+    ok = py:exec(<<"loop = []\nloop.append(loop)\n">>),
+    ?assertMatch({error, {'ValueError', _, _}}, py:eval(<<"loop">>)),
+    ok = py:exec(<<"del deep, loop">>),
+    %% The VM and the workers are fine afterwards.
+    ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4])).
+
+%%--------------------------------------------------------------------
+%% Errors
+
+-spec python_exception(ct_suite:ct_config()) -> term().
+python_exception(_Config) ->
+    {error, {'ValueError', Message, Traceback}} = py:call(builtins, int, [<<"x">>]),
+    ?assertMatch({_, _}, binary:match(Message, <<"invalid literal">>)),
+    ?assert(is_binary(Traceback)),
+    ?assertMatch({_, _}, binary:match(Traceback, <<"ValueError">>)),
+    ?assertMatch({error, {'ZeroDivisionError', _, _}}, py:eval(<<"1 / 0">>)),
+    ?assertMatch({error, {'KeyError', _, _}}, py:eval(<<"{}['k']">>)),
+    ?assertMatch({error, {'NameError', _, _}}, py:eval(<<"name_that_is_not_defined">>)),
+    ?assertEqual({error, {'MyError', <<"custom">>}},
+                 strip_traceback(py:exec(<<"class MyError(Exception): pass\n"
+                                           "raise MyError('custom')\n">>))).
+
+-spec python_exception_traceback(ct_suite:ct_config()) -> term().
+python_exception_traceback(_Config) ->
+    %% The traceback has the frames of the Python code that raised, even for
+    %% an exception no `except' ever saw.
+    {error, {'ValueError', <<"boom">>, Traceback}} =
+        py:exec(<<"def inner():\n    raise ValueError('boom')\n"
+                  "def outer():\n    inner()\n"
+                  "outer()\n">>),
+    [?assertMatch({_, _}, binary:match(Traceback, Part))
+     || Part <- [<<"Traceback (most recent call last)">>, <<"in outer">>,
+                 <<"in inner">>, <<"ValueError: boom">>]].
+
+-spec syntax_error(ct_suite:ct_config()) -> term().
+syntax_error(_Config) ->
+    ?assertMatch({error, {'SyntaxError', _, _}}, py:exec(<<"def (:">>)),
+    ?assertMatch({error, {'SyntaxError', _, _}}, py:eval(<<"1 +">>)),
+    ?assertMatch({error, {'SyntaxError', _, _}}, py:eval(<<"x = 1">>)),
+    ?assertMatch({error, {'IndentationError', _, _}}, py:exec(<<"if True:\npass">>)).
+
+-spec missing_module(ct_suite:ct_config()) -> term().
+missing_module(_Config) ->
+    ?assertMatch({error, {'ModuleNotFoundError', _, _}},
+                 py:call(no_such_module_here, f, [])),
+    ?assertMatch({error, {'ModuleNotFoundError', _, _}},
+                 py:exec(<<"import no_such_module_here">>)).
+
+-spec unconvertible_result(ct_suite:ct_config()) -> term().
+unconvertible_result(_Config) ->
+    ?assertMatch({error, {'TypeError', _, _}}, py:eval(<<"object()">>)),
+    ?assertMatch({error, {'TypeError', _, _}}, py:call(builtins, object, [])),
+    ?assertMatch({error, {'TypeError', _, _}}, py:eval(<<"[1, 2, object()]">>)),
+    ?assertMatch({error, {'TypeError', _, _}}, py:eval(<<"lambda: 1">>)),
+    ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4])).
+
+%%--------------------------------------------------------------------
+%% Bad input
+
+-spec bad_arguments(ct_suite:ct_config()) -> term().
+bad_arguments(_Config) ->
+    Ref = make_ref(),
+    ?assertError(badarg, py_nif:call(not_a_pid, Ref, math, sqrt, [1], #{})),
+    ?assertError(badarg, py_nif:call(self(), Ref, math, sqrt, not_a_list, #{})),
+    ?assertError(badarg, py_nif:call(self(), Ref, math, sqrt, [1], not_a_map)),
+    ?assertError(badarg, py_nif:call(self(), Ref, 42, sqrt, [1], #{})),
+    ?assertError(badarg, py_nif:call(self(), Ref, math, {sqrt}, [1], #{})),
+    ?assertError(badarg, py_nif:eval(not_a_pid, Ref, <<"1">>, #{})),
+    ?assertError(badarg, py_nif:eval(self(), Ref, 42, #{})),
+    ?assertError(badarg, py_nif:eval(self(), Ref, <<"1">>, [])),
+    ?assertError(badarg, py_nif:exec(self(), Ref, 42)),
+    ?assertError(badarg, py_nif:exec(self(), Ref, <<255, 254>>)),
+    ?assertError(badarg, py_nif:cancel(make_ref())),
+    ?assertError(badarg, py_nif:cancel(not_a_job)),
+    ?assertError(badarg, py_nif:init(not_a_map)),
+    ?assertError(badarg, py_nif:callback_reply(make_ref(), {ok, 1})),
+    ?assertError(badarg, py:call(math, sqrt, not_a_list)),
+    ?assertError(badarg, py:call(math, sqrt, [1], not_a_map)),
+    ?assertError(badarg, py:call(42, sqrt, [1])),
+    ?assertError(badarg, py:call_async(math, sqrt, not_a_list)),
+    ?assertError(badarg, py:eval(42)),
+    ?assertError(badarg, py:eval(<<"1">>, not_a_map)),
+    ?assertError(badarg, py:exec(42)),
+    ?assertError(badarg, py:eval(<<"'", 255, "'">>)),
+    ?assertError(badarg, py:exec(<<"x = '", 16#c3, "'">>)),
+    ?assertError(badarg, py:eval(<<1:3>>)),
+    ?assertError(badarg, py:eval([foo])),
+    %% Nothing was submitted, and everything still works.
+    ?assertEqual([], py_results()),
+    ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4])),
+    ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>)).
+
+-spec unicode_code_strings(ct_suite:ct_config()) -> term().
+unicode_code_strings(_Config) ->
+    %% A string is a list of characters: "'\x{20ac}'" is Python's '\u20ac'.
+    ?assertEqual({ok, <<"\x{20ac}"/utf8>>}, py:eval("'\x{20ac}'")),
+    ?assertEqual({ok, <<"\x{fc}"/utf8>>}, py:eval("'\x{fc}'")),
+    ?assertEqual({ok, 1}, py:eval("len('\x{65e5}')")),
+    ok = py:exec("caf\x{e9} = 'cr\x{e8}me'"),
+    ?assertEqual({ok, <<"cr\x{e8}me"/utf8>>}, py:eval(<<"caf\x{e9}"/utf8>>)),
+    ?assertEqual({ok, 2}, py:eval(["1", <<" + 1">>])).
+
+%%--------------------------------------------------------------------
+%% Concurrency and timeouts
+
+-spec concurrent_calls(ct_suite:ct_config()) -> term().
+concurrent_calls(_Config) ->
+    Parent = self(),
+    T0 = erlang:monotonic_time(millisecond),
+    Pids = [spawn_link(fun() -> Parent ! {done, self(), py:call(time, sleep, [1])} end)
+            || _ <- lists:seq(1, 4)],
+    Results = [receive {done, Pid, Result} -> Result after 30000 -> timeout end
+               || Pid <- Pids],
+    Elapsed = erlang:monotonic_time(millisecond) - T0,
+    ?assertEqual([{ok, none} || _ <- Pids], Results),
+    ct:log("4 x time.sleep(1) at once: ~b ms", [Elapsed]),
+    ?assert(Elapsed < 1900).
+
+-spec long_call_does_not_block(ct_suite:ct_config()) -> term().
+long_call_does_not_block(_Config) ->
+    Long = sleeping_call(30),
+    [?assertEqual({ok, float(N)}, py:call(math, sqrt, [N * N], #{}, 10000))
+     || N <- lists:seq(1, 20)],
+    ?assertEqual({ok, 5}, py:eval(<<"2 + 3">>)),
+    ?assertEqual({error, timeout}, py:await(Long, 100)).
+
+-spec timeout_sleep(ct_suite:ct_config()) -> term().
+timeout_sleep(_Config) ->
+    Busy = busy_workers(),
+    T0 = erlang:monotonic_time(millisecond),
+    ?assertEqual({error, timeout}, py:call(time, sleep, [5], #{}, 100)),
+    Elapsed = erlang:monotonic_time(millisecond) - T0,
+    ct:log("timeout after ~b ms", [Elapsed]),
+    ?assert(Elapsed < 4000),
+    %% The sleep cannot be interrupted in C: once it has returned and its
+    %% worker is idle again, its result must not have reached us.
+    wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    ?assertEqual([], py_results()).
+
+-spec timeout_busy_loop(ct_suite:ct_config()) -> term().
+timeout_busy_loop(_Config) ->
+    Busy = busy_workers(),
+    ?assertEqual({error, timeout}, py:exec(<<"while True:\n    pass\n">>, 100)),
+    ?assertEqual({error, timeout},
+                 py:call(builtins, exec, [<<"while True: pass">>, #{}], #{}, 100)),
+    %% The TimeoutError injected by the cancel ends both loops.
+    wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    ?assertEqual([], py_results()),
+    %% No interrupt left over for the next jobs of those workers.
+    [?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])) || _ <- lists:seq(1, 50)].
+
+-spec timeout_race_leaves_no_message(ct_suite:ct_config()) -> term().
+timeout_race_leaves_no_message(_Config) ->
+    %% Timeouts that land just as the call finishes: each result is either
+    %% returned or dropped, never left in the mailbox.
+    Busy = busy_workers(),
+    Results = [py:call(time, sleep, [0.001], #{}, T) || _ <- lists:seq(1, 600), T <- [0, 1, 2]],
+    ?assertEqual([], [R || R <- Results, R =/= {ok, none}, R =/= {error, timeout}]),
+    ct:log("~b of ~b calls timed out",
+           [length([R || R <- Results, R =:= {error, timeout}]), length(Results)]),
+    wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    ?assertEqual([], py_results()),
+    [?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])) || _ <- lists:seq(1, 50)].
+
+-spec call_async_await(ct_suite:ct_config()) -> term().
+call_async_await(_Config) ->
+    A = py:call_async(math, sqrt, [9]),
+    B = py:call_async(builtins, sorted, [[1, 3, 2]], #{<<"reverse">> => true}),
+    C = py:call_async(time, sleep, [0.2]),
+    ?assertEqual({ok, none}, py:await(C, 10000)),
+    ?assertEqual({ok, [3, 2, 1]}, py:await(B)),
+    ?assertEqual({ok, 3.0}, py:await(A)),
+    ?assertMatch({error, {'ValueError', _, _}}, py:await(py:call_async(builtins, int, [<<"x">>]))),
+    ?assertEqual([], py_results()).
+
+-spec await_timeout(ct_suite:ct_config()) -> term().
+await_timeout(_Config) ->
+    Busy = busy_workers(),
+    Slow = py:call_async(builtins, exec, [<<"while True: pass">>, #{}]),
+    ?assertEqual({error, timeout}, py:await(Slow, 50)),
+    %% The cancel interrupted the loop: its worker is free again.
+    wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    ?assertEqual([], py_results()).
+
+%%--------------------------------------------------------------------
+%% Namespaces
+
+-spec namespace_per_process(ct_suite:ct_config()) -> term().
+namespace_per_process(_Config) ->
+    ok = py:exec(<<"x = 41">>),
+    ?assertEqual({ok, 42}, py:eval(<<"x + 1">>)),
+    %% Locals shadow the namespace for one call only.
+    ?assertEqual({ok, 2}, py:eval(<<"x + 1">>, #{<<"x">> => 1})),
+    ?assertEqual({ok, 42}, py:eval(<<"x + 1">>)),
+    Other = in_process(fun() -> py:eval(<<"x">>) end),
+    ?assertMatch({error, {'NameError', _, _}}, Other),
+    ?assertEqual(ok, in_process(fun() -> py:exec(<<"x = 'other'">>) end)),
+    ?assertEqual({ok, 41}, py:eval(<<"x">>)).
+
+-spec namespace_dropped_on_exit(ct_suite:ct_config()) -> term().
+namespace_dropped_on_exit(_Config) ->
+    ok = py:exec(<<"mine = 1">>),
+    Before = settled_namespace_count(),
+    Parent = self(),
+    Owner = spawn(fun() ->
+                          Parent ! {executed, self(), py:exec(<<"owned = 1">>)},
+                          receive stop -> ok end
+                  end),
+    receive {executed, Owner, Result} -> ?assertEqual(ok, Result)
+    after 10000 -> ct:fail(exec_timeout)
+    end,
+    ?assertEqual(Before + 1, py_nif:namespace_count()),
+    exit(Owner, kill),
+    wait_until(fun() -> py_nif:namespace_count() =:= Before end, 10000),
+    %% Ours survives.
+    ?assertEqual({ok, 1}, py:eval(<<"mine">>)).
+
+-spec namespace_not_leaked_by_short_lived_callers(ct_suite:ct_config()) -> term().
+namespace_not_leaked_by_short_lived_callers(_Config) ->
+    ok = py:exec(<<"mine = 1">>),
+    Before = settled_namespace_count(),
+    Busy = busy_workers(),
+    %% Each process submits a job in its namespace and dies at once, so the
+    %% job often runs after its owner's DOWN.
+    Pids = [spawn(fun() -> {ok, _} = py_nif:exec(self(), make_ref(), <<"import time; time.sleep(0.005)">>) end)
+            || _ <- lists:seq(1, 300)],
+    [wait_dead(Pid) || Pid <- Pids],
+    wait_until(fun() -> busy_workers() =< Busy andalso queued() =:= 0 end, 30000),
+    wait_until(fun() -> py_nif:namespace_count() =:= Before end, 10000).
+
+%%--------------------------------------------------------------------
+%% Python calling Erlang
+
+-spec register_function(ct_suite:ct_config()) -> term().
+register_function(_Config) ->
+    ok = py:register_function(add, fun(A, B) -> A + B end),
+    ?assertEqual({ok, 3}, py:eval(<<"__import__('erlang').call('add', 1, 2)">>)),
+    ?assertEqual({ok, 1 bsl 100 + 1},
+                 py:eval(<<"__import__('erlang').call('add', 2**100, 1)">>)),
+    ok = py:register_function(<<"echo">>, fun(X) -> X end),
+    Term = #{<<"k">> => [1, 2.5, {<<"t">>, none}], <<"pid">> => self()},
+    ?assertEqual({ok, Term}, py:eval(<<"__import__('erlang').call('echo', x)">>, #{<<"x">> => Term})),
+    ok = py:unregister_function(add),
+    ?assertMatch({error, {'ErlangError', _, _}},
+                 py:eval(<<"__import__('erlang').call('add', 1, 2)">>)).
+
+-spec erlang_function_crash(ct_suite:ct_config()) -> term().
+erlang_function_crash(_Config) ->
+    ok = py:register_function(crash, fun() -> error(boom) end),
+    ok = py:register_function(badmatch, fun(X) -> 1 = X end),
+    ok = py:register_function(thrown, fun() -> throw(ball) end),
+    ?assertMatch({error, {'ErlangError', _, _}}, py:eval(<<"__import__('erlang').call('crash')">>)),
+    ?assertMatch({error, {'ErlangError', _, _}}, py:eval(<<"__import__('erlang').call('badmatch', 2)">>)),
+    ?assertMatch({error, {'ErlangError', _, _}}, py:eval(<<"__import__('erlang').call('thrown')">>)),
+    %% Wrong arity is a crash too.
+    ?assertMatch({error, {'ErlangError', _, _}}, py:eval(<<"__import__('erlang').call('crash', 1)">>)),
+    %% Python can catch it as erlang.ErlangError, with the reason in the text.
+    ok = py:exec(<<"import erlang\n"
+                   "try:\n"
+                   "    erlang.call('crash')\n"
+                   "    caught = None\n"
+                   "except erlang.ErlangError as e:\n"
+                   "    caught = str(e)\n">>),
+    {ok, Caught} = py:eval(<<"caught">>),
+    ?assertMatch({_, _}, binary:match(Caught, <<"boom">>)).
+
+-spec unregistered_function(ct_suite:ct_config()) -> term().
+unregistered_function(_Config) ->
+    {error, {'ErlangError', Message, _}} =
+        py:eval(<<"__import__('erlang').call('never_registered_anywhere')">>),
+    ?assertMatch({_, _}, binary:match(Message, <<"never_registered_anywhere">>)).
+
+-spec nested_call(ct_suite:ct_config()) -> term().
+nested_call(_Config) ->
+    ok = py:register_function(py_sqrt, fun(X) -> {ok, V} = py:call(math, sqrt, [X]), V end),
+    ?assertEqual({ok, 3.0}, py:eval(<<"__import__('erlang').call('py_sqrt', 9)">>)),
+    %% Erlang -> Python -> Erlang -> Python -> Erlang.
+    ok = py:register_function(inc, fun(X) -> X + 1 end),
+    ok = py:register_function(twice, fun(X) ->
+                                             {ok, Y} = py:eval(<<"__import__('erlang').call('inc', x) * 2">>,
+                                                               #{<<"x">> => X}),
+                                             Y
+                                     end),
+    ?assertEqual({ok, 22}, py:eval(<<"__import__('erlang').call('twice', 10)">>)).
+
+-spec erlang_send(ct_suite:ct_config()) -> term().
+erlang_send(_Config) ->
+    Self = self(),
+    ?assertEqual({ok, none},
+                 py:eval(<<"__import__('erlang').send(p, ('hello', p, [1, 2.5, None]))">>,
+                         #{<<"p">> => Self})),
+    receive
+        {<<"hello">>, Pid, [1, 2.5, none]} -> ?assert(Pid =:= Self)
+    after 10000 -> ct:fail(no_message)
+    end,
+    ?assertMatch({error, {'TypeError', _, _}},
+                 py:eval(<<"__import__('erlang').send(42, 'x')">>)),
+    %% Sending to a dead process is no error, as in Erlang.
+    Dead = spawn(fun() -> ok end),
+    wait_dead(Dead),
+    ?assertEqual({ok, none}, py:eval(<<"__import__('erlang').send(p, 1)">>, #{<<"p">> => Dead})).
+
+-spec erlang_send_from_python_thread(ct_suite:ct_config()) -> term().
+erlang_send_from_python_thread(_Config) ->
+    ok = py:exec(<<"import erlang, threading\n"
+                   "def _send(p):\n"
+                   "    erlang.send(p, ('from_thread', threading.current_thread().name))\n"
+                   "def start(p):\n"
+                   "    t = threading.Thread(target=_send, args=(p,), name='sender')\n"
+                   "    t.start()\n"
+                   "    t.join()\n">>),
+    ?assertEqual({ok, none}, py:eval(<<"start(p)">>, #{<<"p">> => self()})),
+    receive {<<"from_thread">>, <<"sender">>} -> ok
+    after 10000 -> ct:fail(no_message)
+    end.
+
+%%--------------------------------------------------------------------
+%% The interpreter
+
+-spec interpreter_is_the_built_one(ct_suite:ct_config()) -> term().
+interpreter_is_the_built_one(_Config) ->
+    Expected = string:trim(os:cmd("python3 -c 'import sys;print(sys.version.split()[0])'")),
+    ct:log("python3 on PATH: ~ts; embedded: ~ts", [Expected, py:version()]),
+    ?assertMatch([$3, $. | _], Expected),
+    [Running | _] = string:split(py:version(), <<" ">>),
+    ?assertEqual(list_to_binary(Expected), Running),
+    {ok, Prefix} = py:eval(<<"__import__('sys').prefix">>),
+    {ok, BasePrefix} = py:eval(<<"__import__('sys').base_prefix">>),
+    ExpectedPrefix = string:trim(os:cmd("python3 -c 'import sys;print(sys.base_prefix)'")),
+    ct:log("sys.prefix: ~ts; python3 on PATH: ~ts", [Prefix, ExpectedPrefix]),
+    ?assertEqual(list_to_binary(ExpectedPrefix), BasePrefix),
+    %% Debian's libpython (prefix /usr) must not win over the one we built
+    %% against, unless that one is Debian's.
+    ExpectedPrefix =/= "/usr" andalso ?assertNotEqual(<<"/usr">>, Prefix),
+    {ok, Argv} = py:eval(<<"__import__('sys').argv">>),
+    ?assert(is_list(Argv)).
+
+-spec extension_modules_load(ct_suite:ct_config()) -> term().
+extension_modules_load(_Config) ->
+    %% Extension modules that only load if libpython's symbols are global.
+    ?assertEqual(ok, py:exec(<<"import _asyncio, _ssl, math, _ctypes, _socket, select">>)),
+    ?assertEqual({ok, 1.0}, py:call(math, cos, [0])),
+    ?assertMatch({ok, _}, py:eval(<<"__import__('ssl').OPENSSL_VERSION">>)),
+    ?assertEqual({ok, 42}, py:eval(<<"__import__('ctypes').c_int(42).value">>)),
+    ?assertEqual({ok, 3}, py:eval(<<"__import__('asyncio').run(__import__('asyncio').sleep(0, 3))">>)).
+
+-spec sys_executable_is_python(ct_suite:ct_config()) -> term().
+sys_executable_is_python(_Config) ->
+    {ok, Executable} = py:eval(<<"__import__('sys').executable">>),
+    ct:log("sys.executable: ~ts", [Executable]),
+    Path = binary_to_list(Executable),
+    ?assert(filelib:is_regular(Path)),
+    ?assertEqual(nomatch, string:find(filename:basename(Path), "beam")),
+    %% It runs as a Python interpreter of the same version.
+    Version = string:trim(os:cmd("'" ++ Path ++ "' -c 'import sys;print(sys.version.split()[0])'")),
+    [Running | _] = string:split(py:version(), <<" ">>),
+    ?assertEqual(Running, list_to_binary(Version)),
+    ?assertEqual({ok, <<"1\n">>},
+                 py:eval(<<"__import__('subprocess').run([__import__('sys').executable, '-c', 'print(1)'],"
+                           " capture_output=True, check=True, timeout=60).stdout.decode()">>)).
+
+%%--------------------------------------------------------------------
+%% Stopping
+
+-spec stop_while_python_is_stuck(ct_suite:ct_config()) -> term().
+stop_while_python_is_stuck(_Config) ->
+    Parent = self(),
+    Stuck = sleeping_call(60),
+    %% An erlang.call waiting on an Erlang function that never answers.
+    ok = py:register_function(hang, fun() ->
+                                            Parent ! hanging,
+                                            receive never -> ok after 60000 -> ok end
+                                    end),
+    Waiter = spawn(fun() -> Parent ! {waiter, py:eval(<<"__import__('erlang').call('hang')">>)} end),
+    receive hanging -> ok after 10000 -> ct:fail(hang_not_called) end,
+    T0 = erlang:monotonic_time(millisecond),
+    Stopper = spawn(fun() -> Parent ! {stopped, application:stop(?APP)} end),
+    receive {stopped, Stopped} -> ?assertEqual(ok, Stopped)
+    after 5000 ->
+            exit(Stopper, kill),
+            ct:fail(application_stop_hangs)
+    end,
+    ct:log("application:stop took ~b ms", [erlang:monotonic_time(millisecond) - T0]),
+    %% The Python thread waiting on Erlang was woken with an error.
+    receive {waiter, WaiterResult} -> ?assertMatch({error, {'RuntimeError', _, _}}, WaiterResult)
+    after 10000 -> exit(Waiter, kill), ct:fail(erlang_call_not_woken)
+    end,
+    %% Start again: everything works, callbacks included.
+    {ok, _} = application:ensure_all_started(?APP),
+    ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4])),
+    ok = py:register_function(add, fun(A, B) -> A + B end),
+    ?assertEqual({ok, 3}, py:eval(<<"__import__('erlang').call('add', 1, 2)">>)),
+    ?assertEqual({error, timeout}, py:await(Stuck, 0)).
+
+%%--------------------------------------------------------------------
+%% Helpers
+
+-spec roundtrip(term()) -> {ok, term()} | py:py_error().
+roundtrip(Term) ->
+    py:eval(<<"x">>, #{<<"x">> => Term}).
+
+-spec py_type(term()) -> {ok, term()} | py:py_error().
+py_type(Term) ->
+    py:eval(<<"type(x).__name__">>, #{<<"x">> => Term}).
+
+-spec strip_traceback(term()) -> term().
+strip_traceback({error, {Type, Message, Traceback}}) when is_binary(Traceback) ->
+    {error, {Type, Message}};
+strip_traceback(Other) ->
+    Other.
+
+-spec nest(list | tuple | map, non_neg_integer()) -> term().
+nest(_Kind, 0) -> [];
+nest(list, N) -> [nest(list, N - 1)];
+nest(tuple, N) -> {nest(tuple, N - 1)};
+nest(map, N) -> #{<<"k">> => nest(map, N - 1)}.
+
+-spec in_process(fun(() -> T)) -> T.
+in_process(Fun) ->
+    Parent = self(),
+    {Pid, Monitor} = spawn_monitor(fun() -> Parent ! {in_process, self(), Fun()} end),
+    receive
+        {in_process, Pid, Result} ->
+            erlang:demonitor(Monitor, [flush]),
+            Result;
+        {'DOWN', Monitor, process, Pid, Reason} ->
+            ct:fail({in_process_died, Reason})
+    after 30000 ->
+            ct:fail(in_process_timeout)
+    end.
+
+%% An async call that sleeps in Python, returned once it really runs.
+-spec sleeping_call(number()) -> py:async_ref().
+sleeping_call(Seconds) ->
+    Code = <<"import erlang, time\nerlang.send(p, 'sleeping')\ntime.sleep(s)\n">>,
+    Call = py:call_async(builtins, exec, [Code, #{<<"p">> => self(), <<"s">> => Seconds}]),
+    receive <<"sleeping">> -> Call
+    after 10000 -> ct:fail(sleeping_call_not_started)
+    end.
+
+%% The namespace count once the drops of earlier test processes are done.
+-spec settled_namespace_count() -> non_neg_integer().
+settled_namespace_count() ->
+    wait_until(fun() -> queued() =:= 0 end, 10000),
+    First = py_nif:namespace_count(),
+    {ok, _} = py:call(math, sqrt, [1]),
+    case py_nif:namespace_count() of
+        First -> First;
+        _ -> settled_namespace_count()
+    end.
+
+-spec busy_workers() -> non_neg_integer().
+busy_workers() ->
+    #{threads := Threads, idle := Idle} = py_nif:pool_stats(),
+    Threads - Idle.
+
+-spec queued() -> non_neg_integer().
+queued() ->
+    maps:get(queued, py_nif:pool_stats()).
+
+-spec wait_dead(pid()) -> ok.
+wait_dead(Pid) ->
+    Monitor = erlang:monitor(process, Pid),
+    receive {'DOWN', Monitor, process, Pid, _} -> ok
+    after 30000 -> ct:fail({still_alive, Pid})
+    end.
+
+%% Polls Condition until it holds; fails after TimeoutMs.
+-spec wait_until(fun(() -> boolean()), pos_integer()) -> ok.
+wait_until(Condition, TimeoutMs) ->
+    Deadline = erlang:monotonic_time(millisecond) + TimeoutMs,
+    wait_until_deadline(Condition, Deadline, TimeoutMs).
+
+-spec wait_until_deadline(fun(() -> boolean()), integer(), pos_integer()) -> ok.
+wait_until_deadline(Condition, Deadline, TimeoutMs) ->
+    case Condition() of
+        true ->
+            ok;
+        false ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> ct:fail({condition_not_met_within_ms, TimeoutMs});
+                false ->
+                    timer:sleep(20),
+                    wait_until_deadline(Condition, Deadline, TimeoutMs)
+            end
+    end.
+
+%% Result messages of py calls sitting in our mailbox.
+-spec py_results() -> [{py_result, reference(), term()}].
+py_results() ->
+    receive
+        {py_result, _, _} = Message -> [Message | py_results()]
+    after 0 -> []
+    end.
+
+-spec flush_results() -> ok.
+flush_results() ->
+    _ = py_results(),
+    ok.

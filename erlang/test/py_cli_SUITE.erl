@@ -1,0 +1,175 @@
+%% Tests of bin/erlang-python: each case runs it as an OS process.
+-module(py_cli_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, suite/0, init_per_suite/1, end_per_suite/1]).
+-export([exit_status/1, clean_exit/1, uncaught_exception/1, dash_c/1,
+         argv_forwarded/1, c_locale/1, dash_m/1, script_path_and_main/1, usage/1]).
+
+%% A run of the CLI boots a VM and Python: give it room on a loaded machine.
+-define(RUN_TIMEOUT_MS, 60000).
+
+-spec suite() -> [tuple()].
+suite() ->
+    [{timetrap, {seconds, 120}}].
+
+-spec all() -> [atom()].
+all() ->
+    [exit_status, clean_exit, uncaught_exception, dash_c, argv_forwarded, c_locale,
+     dash_m, script_path_and_main, usage].
+
+-spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
+init_per_suite(Config) ->
+    Root = repo_root(),
+    Cli = filename:join([Root, "bin", "erlang-python"]),
+    ?assert(filelib:is_regular(Cli)),
+    [{cli, Cli} | Config].
+
+-spec end_per_suite(ct_suite:ct_config()) -> ok.
+end_per_suite(_Config) ->
+    ok.
+
+%%--------------------------------------------------------------------
+
+-spec exit_status(ct_suite:ct_config()) -> term().
+exit_status(Config) ->
+    Script = write_script(Config, "exit3.py", "import sys\nprint('before exit')\nsys.exit(3)\n"),
+    {Status, Out, _Err} = run(Config, [Script]),
+    ?assertEqual(3, Status),
+    ?assertEqual(<<"before exit\n">>, Out),
+    ?assertMatch({3, _, _}, run(Config, ["-c", "raise SystemExit(3)"])).
+
+-spec clean_exit(ct_suite:ct_config()) -> term().
+clean_exit(Config) ->
+    ?assertMatch({0, <<>>, _}, run(Config, ["-c", "pass"])),
+    ?assertMatch({0, _, _}, run(Config, ["-c", "import sys; sys.exit(0)"])),
+    %% A message as the exit code goes to stderr, with status 1.
+    {1, _, Err} = run(Config, ["-c", "import sys; sys.exit('bad thing')"]),
+    ?assertMatch({_, _}, binary:match(Err, <<"bad thing">>)).
+
+-spec uncaught_exception(ct_suite:ct_config()) -> term().
+uncaught_exception(Config) ->
+    Script = write_script(Config, "raises.py",
+                          "def fail():\n    raise ZeroDivisionError('on purpose')\nfail()\n"),
+    {Status, Out, Err} = run(Config, [Script]),
+    ct:log("stderr:~n~ts", [Err]),
+    ?assertNotEqual(0, Status),
+    ?assertEqual(<<>>, Out),
+    [?assertMatch({_, _}, binary:match(Err, Part))
+     || Part <- [<<"Traceback (most recent call last)">>, <<"in fail">>,
+                 <<"ZeroDivisionError: on purpose">>]].
+
+-spec dash_c(ct_suite:ct_config()) -> term().
+dash_c(Config) ->
+    ?assertMatch({0, <<"42\n">>, _}, run(Config, ["-c", "print(42)"])),
+    %% stdout written without a newline is flushed before the VM halts.
+    ?assertMatch({0, <<"no newline">>, _},
+                 run(Config, ["-c", "import sys; sys.stdout.write('no newline')"])).
+
+-spec argv_forwarded(ct_suite:ct_config()) -> term().
+argv_forwarded(Config) ->
+    {0, Out, _} = run(Config, ["-c", "import sys; print(sys.argv)", "a", "b c", "-x", "--"]),
+    ?assertEqual(<<"['-c', 'a', 'b c', '-x', '--']\n">>, Out),
+    Script = write_script(Config, "argv.py", "import sys\nprint(sys.argv[1:])\n"),
+    %% Arguments are bytes for the OS: pass UTF-8 as a shell would.
+    ?assertMatch({0, <<"['one', '2', '\x{e9}\x{20ac}']\n"/utf8>>, _},
+                 run(Config, [Script, "one", "2", <<"\x{e9}\x{20ac}"/utf8>>])).
+
+-spec c_locale(ct_suite:ct_config()) -> term().
+c_locale(Config) ->
+    %% Under the C locale python3 still reads UTF-8 arguments and prints
+    %% non-ASCII text (PEP 538, 540); so must we.
+    Env = [{"LANG", "C"}, {"LC_ALL", "C"}, {"LC_CTYPE", false}],
+    Code = "import sys; print(sys.argv[1], len(sys.argv[1]))",
+    ?assertMatch({0, <<"\x{e9}\x{20ac} 2\n"/utf8>>, _},
+                 run(Config, ["-c", Code, <<"\x{e9}\x{20ac}"/utf8>>], #{env => Env})).
+
+-spec dash_m(ct_suite:ct_config()) -> term().
+dash_m(Config) ->
+    Dir = ?config(priv_dir, Config),
+    ok = file:write_file(filename:join(Dir, "cli_mod_for_test.py"),
+                         <<"import sys\n"
+                           "if __name__ == '__main__':\n"
+                           "    print(sys.argv[1:])\n"
+                           "    sys.exit(int(sys.argv[1]))\n">>),
+    %% -m finds modules in the working directory, as python -m does.
+    ?assertMatch({5, <<"['5', 'x']\n">>, _}, run(Config, ["-m", "cli_mod_for_test", "5", "x"], #{cwd => Dir})),
+    {Status, _, Err} = run(Config, ["-m", "no_such_module_for_cli_test"], #{cwd => Dir}),
+    ?assertNotEqual(0, Status),
+    ?assertMatch({_, _}, binary:match(Err, <<"no_such_module_for_cli_test">>)).
+
+-spec script_path_and_main(ct_suite:ct_config()) -> term().
+script_path_and_main(Config) ->
+    Dir = filename:join(?config(priv_dir, Config), "pkg"),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    ok = file:write_file(filename:join(Dir, "helper_for_cli_test.py"), <<"VALUE = 7\n">>),
+    Script = filename:join(Dir, "main.py"),
+    ok = file:write_file(Script, <<"import helper_for_cli_test\n"
+                                   "print(__name__, helper_for_cli_test.VALUE)\n">>),
+    %% The script's folder is on sys.path; it runs as __main__.
+    ?assertMatch({0, <<"__main__ 7\n">>, _}, run(Config, [Script])).
+
+-spec usage(ct_suite:ct_config()) -> term().
+usage(Config) ->
+    {Status, _, Err} = run(Config, []),
+    ?assertEqual(2, Status),
+    ?assertMatch({_, _}, binary:match(Err, <<"usage">>)).
+
+%%--------------------------------------------------------------------
+%% Helpers
+
+%% The checkout: $ERLANG_PYTHON_ROOT (set by the Makefile), else the folder
+%% that holds erlang/_build, found from where this application's code is.
+-spec repo_root() -> file:filename().
+repo_root() ->
+    case os:getenv("ERLANG_PYTHON_ROOT") of
+        Root when is_list(Root), Root =/= "" ->
+            Root;
+        _ ->
+            Parts = filename:split(filename:absname(code:which(py))),
+            {Before, ["_build" | _]} = lists:splitwith(fun(P) -> P =/= "_build" end, Parts),
+            %% Before ends with the erlang/ folder.
+            filename:join(lists:droplast(Before))
+    end.
+
+-spec write_script(ct_suite:ct_config(), string(), string()) -> file:filename().
+write_script(Config, Name, Text) ->
+    Path = filename:join(?config(priv_dir, Config), Name),
+    ok = file:write_file(Path, Text),
+    Path.
+
+-spec run(ct_suite:ct_config(), [string() | binary()]) -> {integer(), binary(), binary()}.
+run(Config, Args) ->
+    run(Config, Args, #{}).
+
+%% Runs the CLI: {ExitStatus, Stdout, Stderr}. Options: cwd (default: the
+%% case's priv_dir), env (changes to the environment, as open_port takes them).
+-spec run(ct_suite:ct_config(), [string() | binary()], map()) -> {integer(), binary(), binary()}.
+run(Config, Args, Options) ->
+    Cwd = maps:get(cwd, Options, ?config(priv_dir, Config)),
+    Env = maps:get(env, Options, []),
+    ErrFile = filename:join(?config(priv_dir, Config),
+                            "stderr-" ++ integer_to_list(erlang:unique_integer([positive]))),
+    %% sh sends stderr to a file, so that stdout and stderr stay apart.
+    Port = open_port({spawn_executable, "/bin/sh"},
+                     [exit_status, binary, stream, {cd, Cwd}, {env, Env},
+                      {args, ["-c", "err=$1; shift; exec \"$@\" 2>\"$err\" </dev/null",
+                              "sh", ErrFile, ?config(cli, Config) | Args]}]),
+    Deadline = erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS,
+    {Status, Out} = collect(Port, Deadline, []),
+    {ok, Err} = file:read_file(ErrFile),
+    ct:log("erlang-python ~p~nstatus ~b~nstdout:~n~ts~nstderr:~n~ts", [Args, Status, Out, Err]),
+    {Status, Out, Err}.
+
+-spec collect(port(), integer(), iolist()) -> {integer(), binary()}.
+collect(Port, Deadline, Acc) ->
+    Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
+    receive
+        {Port, {data, Data}} -> collect(Port, Deadline, [Acc, Data]);
+        {Port, {exit_status, Status}} -> {Status, iolist_to_binary(Acc)}
+    after Left ->
+            catch port_close(Port),
+            ct:fail({cli_did_not_exit, iolist_to_binary(Acc)})
+    end.
