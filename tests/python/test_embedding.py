@@ -1,0 +1,138 @@
+"""The embedded interpreter seen from Python: run by ``bin/erlang-python -m
+pytest``, so every test here runs inside a BEAM node."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import threading
+from types import ModuleType
+
+import erlang
+import pytest
+
+EXTENSION_MODULES = ["_asyncio", "_ssl", "math", "_ctypes", "_socket", "select"]
+
+
+def _python3(code: str) -> str:
+    """Output of ``python3 -c code``: the interpreter on PATH."""
+    done = subprocess.run(
+        ["python3", "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
+def test_runs_inside_the_vm() -> None:
+    # Only the embedding provides `_erlang`; a plain python3 cannot import it.
+    assert "_erlang" in sys.modules
+    assert erlang.call is sys.modules["_erlang"].call
+
+
+def test_interpreter_is_python3_on_path() -> None:
+    # Not Debian's libpython picked by its soname (LESSONS 7a).
+    expected = _python3("import sys; print(sys.version.split()[0])")
+    assert sys.version.split()[0] == expected
+    assert sys.base_prefix == _python3("import sys; print(sys.base_prefix)")
+
+
+@pytest.mark.parametrize("name", EXTENSION_MODULES)
+def test_extension_module_loads(name: str) -> None:
+    # These fail with "undefined symbol" unless libpython is global (LESSONS 1).
+    module: ModuleType = importlib.import_module(name)
+    assert module.__name__ == name
+
+
+def test_extension_modules_work() -> None:
+    import ctypes
+    import math
+    import ssl
+
+    assert math.isclose(math.cos(0.0), 1.0)
+    assert ctypes.c_int(42).value == 42
+    assert ssl.OPENSSL_VERSION
+
+
+def test_threading_main_thread_exists() -> None:
+    main = threading.main_thread()
+    assert isinstance(main, threading.Thread)
+    assert threading.current_thread() is not None
+
+
+def test_threads_run_python() -> None:
+    results: list[int] = []
+
+    def work(n: int) -> None:
+        results.append(sum(range(n)))
+
+    threads = [threading.Thread(target=work, args=(1000,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [499500] * 4
+
+
+def test_sys_argv_exists() -> None:
+    assert isinstance(sys.argv, list)
+    assert sys.argv
+    assert all(isinstance(arg, str) for arg in sys.argv)
+
+
+def test_sys_executable_is_a_python_interpreter() -> None:
+    # Inside the VM sys.executable must not be beam.smp (LESSONS 7d').
+    assert "beam" not in sys.executable
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; print(sys.version.split()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == sys.version.split()[0]
+
+
+def test_subprocess_of_sys_executable() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "print(1)"], capture_output=True, check=True, timeout=60
+    )
+    assert done.stdout == b"1\n"
+
+
+def test_erlang_classes_exist() -> None:
+    for cls in (erlang.Pid, erlang.Ref, erlang.OpaqueTerm):
+        assert isinstance(cls, type)
+        assert cls.__module__ == "erlang"
+    assert issubclass(erlang.ErlangError, Exception)
+
+
+def test_erlang_call_of_unregistered_name_raises() -> None:
+    with pytest.raises(erlang.ErlangError, match="no_function_registered_by_this_name"):
+        erlang.call("no_function_registered_by_this_name", 1, 2)
+
+
+def test_erlang_call_from_a_thread_raises_too() -> None:
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            erlang.call("no_function_registered_by_this_name")
+        except BaseException as error:  # noqa: BLE001 - inspected below
+            errors.append(error)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=60)
+    assert len(errors) == 1
+    assert isinstance(errors[0], erlang.ErlangError)
+
+
+@pytest.mark.parametrize("target", [1, "pid", None, b"<0.1.0>", object()])
+def test_erlang_send_needs_a_pid(target: object) -> None:
+    with pytest.raises(TypeError):
+        erlang.send(target, "message")
+
+
+def test_erlang_call_with_unconvertible_argument_raises_type_error() -> None:
+    with pytest.raises(TypeError):
+        erlang.call("no_function_registered_by_this_name", object())
