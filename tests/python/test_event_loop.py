@@ -1,0 +1,1178 @@
+"""ErlangEventLoop inside the BEAM: policy and usage forms, ordering, timers,
+life cycle, handlers, executors, fds, sockets and fd leaks.
+
+Run with ``bin/erlang-python -m pytest tests/python/test_event_loop.py``.
+Time-based checks wait for events with generous deadlines (LESSONS 30); the
+only timing thresholds are the spec ones (gather of sleeps, idle wake-ups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import gc
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+import erlang_loop
+from erlang_loop import ErlangEventLoop
+
+T = TypeVar("T")
+
+# A generous bound for anything that should happen "soon" (LESSONS 30).
+DEADLINE = 10.0
+
+
+@pytest.fixture(params=[False, True], ids=["default", "isolated"])
+def loop(request: pytest.FixtureRequest) -> Iterator[ErlangEventLoop]:
+    """A fresh loop (served by the shared worker, or by its own), closed after."""
+    new = ErlangEventLoop(isolated=request.param)
+    try:
+        yield new
+    finally:
+        if not new.is_closed():
+            new.close()
+
+
+@pytest.fixture
+def default_loop() -> Iterator[ErlangEventLoop]:
+    new = ErlangEventLoop()
+    try:
+        yield new
+    finally:
+        if not new.is_closed():
+            new.close()
+
+
+def run(
+    loop: asyncio.AbstractEventLoop, coro: Awaitable[T], timeout: float = DEADLINE
+) -> T:
+    """Runs ``coro`` on ``loop``, failing instead of hanging past ``timeout``."""
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+def run_until(
+    loop: asyncio.AbstractEventLoop, done: Callable[[], bool], timeout: float = DEADLINE
+) -> None:
+    """Runs ``loop`` until ``done()`` holds (checked every 1 ms of loop time)."""
+
+    async def poll() -> None:
+        while not done():
+            await asyncio.sleep(0.001)
+
+    run(loop, poll(), timeout)
+
+
+def spin(seconds: float) -> None:
+    """Busy-waits (holding the loop thread) for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+# ---------------------------------------------------------------- policy and usage
+
+
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    await asyncio.sleep(0.001)
+    return asyncio.get_running_loop()
+
+
+def test_policy_is_installed_and_asyncio_run_uses_erlang_loop() -> None:
+    assert isinstance(
+        asyncio.get_event_loop_policy(), erlang_loop.ErlangEventLoopPolicy
+    )
+    used = asyncio.run(_running_loop())
+    assert isinstance(used, ErlangEventLoop)
+    assert used.is_closed()
+
+
+def test_usage_set_event_loop_and_run_until_complete() -> None:
+    loop = erlang_loop.ErlangEventLoop()
+    asyncio.set_event_loop(loop)
+    try:
+        used = loop.run_until_complete(_running_loop())
+        assert used is loop
+        assert asyncio.get_event_loop() is loop
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_usage_set_event_loop_policy_and_asyncio_run() -> None:
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(erlang_loop.get_event_loop_policy())
+    try:
+        used = asyncio.run(_running_loop())
+        assert isinstance(used, ErlangEventLoop)
+    finally:
+        asyncio.set_event_loop_policy(previous)
+
+
+def test_usage_erlang_loop_run() -> None:
+    used = erlang_loop.run(_running_loop())
+    assert isinstance(used, ErlangEventLoop)
+    assert used.is_closed()
+    assert erlang_loop.run(asyncio.sleep(0, "result")) == "result"
+
+
+def test_usage_erlang_loop_run_debug() -> None:
+    async def debug_flag() -> bool:
+        return asyncio.get_running_loop().get_debug()
+
+    assert erlang_loop.run(debug_flag(), debug=True) is True
+
+
+def test_loop_handle_is_none_for_default_loops_only() -> None:
+    default = ErlangEventLoop()
+    isolated = ErlangEventLoop(isolated=True)
+    try:
+        assert default._loop_handle is None
+        assert isolated._loop_handle is not None
+        assert run(default, _running_loop()) is default
+        assert run(isolated, _running_loop()) is isolated
+    finally:
+        default.close()
+        isolated.close()
+
+
+def test_is_running_and_is_closed(loop: ErlangEventLoop) -> None:
+    assert not loop.is_running()
+    assert not loop.is_closed()
+
+    async def inside() -> bool:
+        return loop.is_running()
+
+    assert run(loop, inside()) is True
+    assert not loop.is_running()
+    loop.close()
+    assert loop.is_closed()
+    assert not loop.is_running()
+
+
+# ---------------------------------------------------------------- ordering
+
+
+def test_call_soon_is_fifo(loop: ErlangEventLoop) -> None:
+    seen: list[int] = []
+    for i in range(500):
+        loop.call_soon(seen.append, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == list(range(500))
+
+
+def test_call_soon_from_a_callback_runs_after_the_current_batch(
+    loop: ErlangEventLoop,
+) -> None:
+    seen: list[str] = []
+
+    def first() -> None:
+        seen.append("first")
+        loop.call_soon(seen.append, "scheduled by first")
+
+    loop.call_soon(first)
+    loop.call_soon(seen.append, "second")
+    loop.call_soon(loop.call_soon, loop.stop)
+    loop.run_forever()
+    assert seen == ["first", "second", "scheduled by first"]
+
+
+def test_timers_due_together_fire_in_deadline_order_then_fifo(
+    loop: ErlangEventLoop,
+) -> None:
+    """Timers that all become due while the loop is blocked fire sorted by
+    deadline, and in scheduling order for equal deadlines (LESSONS 14)."""
+    fired: list[tuple[float, int]] = []
+    rng = random.Random(7)
+    base = loop.time() + 0.03
+    # Distinct deadlines spread over several wheel ticks and inside one tick,
+    # plus groups of equal deadlines.
+    whens = [base + rng.uniform(0.0, 0.02) for _ in range(200)]
+    whens += [base + 0.005] * 20 + [base + 0.0101] * 20 + [base] * 20
+    rng.shuffle(whens)
+    for seq, when in enumerate(whens):
+        loop.call_at(when, fired.append, (when, seq))
+    # Block the loop until every deadline has passed, so all come due at once.
+    last = max(whens)
+    loop.call_soon(lambda: spin(max(0.0, last - loop.time()) + 0.005))
+    run_until(loop, lambda: len(fired) == len(whens))
+    assert fired == sorted(fired)
+
+
+def test_timers_at_different_times_fire_in_deadline_order(
+    loop: ErlangEventLoop,
+) -> None:
+    fired: list[float] = []
+    rng = random.Random(11)
+    whens = [loop.time() + rng.uniform(0.0, 0.05) for _ in range(300)]
+    for when in whens:
+        loop.call_at(when, fired.append, when)
+    run_until(loop, lambda: len(fired) == len(whens))
+    assert fired == sorted(whens)
+
+
+def test_io_callbacks_run_before_timers_due_in_the_same_iteration(
+    loop: ErlangEventLoop,
+) -> None:
+    """CPython's order within one iteration: I/O first, then due timers."""
+    order: list[str] = []
+    rsock, wsock = socket.socketpair()
+    try:
+        rsock.setblocking(False)
+
+        def on_read() -> None:
+            rsock.recv(100)
+            loop.remove_reader(rsock)
+            order.append("io")
+
+        def block_until_both_ready() -> None:
+            # Both the fd event (queued by the Erlang worker) and the timer are
+            # ready before the next iteration starts.
+            give_up = time.monotonic() + DEADLINE
+            while time.monotonic() < give_up:
+                if (
+                    loop.stats()["fd_events"] > fd_events
+                    and loop.time() >= timer.when()
+                ):
+                    return
+            raise AssertionError("the fd event never arrived")
+
+        loop.add_reader(rsock, on_read)
+        fd_events = loop.stats()["fd_events"]
+        wsock.send(b"x")
+        timer = loop.call_later(0.001, order.append, "timer")
+        loop.call_soon(block_until_both_ready)
+        run_until(loop, lambda: len(order) == 2)
+        assert order == ["io", "timer"]
+    finally:
+        rsock.close()
+        wsock.close()
+
+
+def test_call_soon_runs_before_a_zero_delay_timer(loop: ErlangEventLoop) -> None:
+    order: list[str] = []
+    loop.call_later(0, order.append, "timer")
+    loop.call_soon(order.append, "soon")
+    run_until(loop, lambda: len(order) == 2)
+    assert order == ["soon", "timer"]
+
+
+# ---------------------------------------------------------------- timers
+
+
+def test_call_at_when_is_exactly_the_float_asked(loop: ErlangEventLoop) -> None:
+    for when in (
+        loop.time() + 0.123456789,
+        1e-9,
+        12345.678901234,
+        loop.time() + 3600.5,
+    ):
+        handle = loop.call_at(when, lambda: None)
+        assert isinstance(handle, asyncio.TimerHandle)
+        assert handle.when() == when
+        handle.cancel()
+
+
+def test_call_later_when_is_time_plus_delay(loop: ErlangEventLoop) -> None:
+    before = loop.time()
+    handle = loop.call_later(0.25, lambda: None)
+    after = loop.time()
+    assert isinstance(handle, asyncio.TimerHandle)
+    assert before + 0.25 <= handle.when() <= after + 0.25
+    handle.cancel()
+
+
+def test_cancel_before_firing(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    base = loop.stats()
+    handle = loop.call_later(0.02, ran.append, "cancelled")
+    assert loop.stats()["live_timers"] == base["live_timers"] + 1
+    handle.cancel()
+    assert handle.cancelled()
+    stats = loop.stats()
+    assert stats["live_timers"] == base["live_timers"]
+    assert stats["timers_cancelled"] == base["timers_cancelled"] + 1
+    # A later timer fires: the cancelled one, due earlier, would have run first.
+    loop.call_later(0.05, ran.append, "later")
+    run_until(loop, lambda: bool(ran))
+    assert ran == ["later"]
+
+
+def test_cancel_after_firing_and_double_cancel_are_harmless(
+    loop: ErlangEventLoop,
+) -> None:
+    ran: list[str] = []
+    first = loop.call_later(0.001, ran.append, "first")
+    run_until(loop, lambda: ran == ["first"])
+    cancelled = loop.stats()["timers_cancelled"]
+    first.cancel()
+    first.cancel()
+    assert loop.stats()["timers_cancelled"] == cancelled
+    assert loop.stats()["live_timers"] == 0
+
+    # A stale handle never cancels the timer that reuses its slot (LESSONS 10, 23).
+    second = loop.call_later(0.001, ran.append, "second")
+    first.cancel()
+    run_until(loop, lambda: len(ran) == 2)
+    assert ran == ["first", "second"]
+
+    cancelled = loop.stats()["timers_cancelled"]
+    third = loop.call_later(10, ran.append, "third")
+    third.cancel()
+    third.cancel()
+    assert loop.stats()["timers_cancelled"] == cancelled + 1
+    assert loop.stats()["live_timers"] == 0
+    second.cancel()
+
+
+def test_nan_delay_or_deadline_raises_value_error(loop: ErlangEventLoop) -> None:
+    with pytest.raises(ValueError):
+        loop.call_later(float("nan"), lambda: None)
+    with pytest.raises(ValueError):
+        loop.call_at(float("nan"), lambda: None)
+    assert loop.stats()["live_timers"] == 0
+
+
+def test_infinite_delay_never_fires_and_cancels(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    never = loop.call_later(float("inf"), ran.append, "inf")
+    assert never.when() == math.inf
+    assert loop.stats()["live_timers"] == 1
+    loop.call_later(0.05, ran.append, "soon")
+    run_until(loop, lambda: bool(ran))
+    assert ran == ["soon"]
+    never.cancel()
+    assert loop.stats()["live_timers"] == 0
+
+
+def test_far_deadlines_stay_scheduled(loop: ErlangEventLoop) -> None:
+    handles = [
+        loop.call_later(delay, lambda: None) for delay in (86400.0, 86400.0 * 365, 1e12)
+    ]
+    ran: list[int] = []
+    loop.call_later(0.01, ran.append, 1)
+    run_until(loop, lambda: bool(ran))
+    assert loop.stats()["live_timers"] == len(handles)
+    for handle in handles:
+        handle.cancel()
+    assert loop.stats()["live_timers"] == 0
+
+
+def test_thousands_of_random_timers_never_fire_early(loop: ErlangEventLoop) -> None:
+    """LESSONS 8: no timer callback and no sleep ever returns before its deadline."""
+    rng = random.Random(1234)
+    early: list[tuple[float, float]] = []
+    done: list[int] = []
+
+    def check(handle_box: list[asyncio.TimerHandle]) -> None:
+        now = loop.time()
+        if now < handle_box[0].when():
+            early.append((now, handle_box[0].when()))
+        done.append(1)
+
+    async def sleeper(delay: float) -> None:
+        start = loop.time()
+        await asyncio.sleep(delay)
+        now = loop.time()
+        if now < start + delay:
+            early.append((now, start + delay))
+        done.append(1)
+
+    async def main() -> None:
+        tasks = []
+        for i in range(3000):
+            delay = rng.uniform(0.0, 0.02)
+            if i % 2:
+                box: list[asyncio.TimerHandle] = []
+                box.append(loop.call_later(delay, check, box))
+            else:
+                tasks.append(asyncio.ensure_future(sleeper(delay)))
+            if i % 100 == 0:
+                # Schedule from inside a running loop too, at varied clock phases.
+                await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        while len(done) < 3000:
+            await asyncio.sleep(0.001)
+
+    run(loop, main(), timeout=20)
+    assert early == []
+    assert len(done) == 3000
+
+
+def test_sequential_short_sleeps_never_return_early(loop: ErlangEventLoop) -> None:
+    async def main() -> list[tuple[float, float]]:
+        early = []
+        for _ in range(200):
+            start = loop.time()
+            await asyncio.sleep(0.001)
+            now = loop.time()
+            if now < start + 0.001:
+                early.append((start, now))
+        return early
+
+    assert run(loop, main(), timeout=20) == []
+
+
+def test_gather_of_three_sleeps_is_concurrent(loop: ErlangEventLoop) -> None:
+    """LESSONS 26: sleeps yield to the loop, so three 50 ms sleeps overlap."""
+
+    async def main() -> float:
+        start = loop.time()
+        await asyncio.gather(*(asyncio.sleep(0.05) for _ in range(3)))
+        return loop.time() - start
+
+    elapsed = run(loop, main())
+    assert 0.05 <= elapsed < 0.15
+
+
+def test_timers_fired_counter(loop: ErlangEventLoop) -> None:
+    before = loop.stats()
+    ran: list[int] = []
+    for i in range(10):
+        loop.call_later(0.001 * i, ran.append, i)
+    run_until(loop, lambda: len(ran) == 10)
+    after = loop.stats()
+    assert after["timers_inserted"] - before["timers_inserted"] >= 10
+    assert after["timers_fired"] - before["timers_fired"] >= 10
+
+
+# ---------------------------------------------------------------- wake-ups
+
+
+def test_idle_loop_with_far_timers_barely_wakes(loop: ErlangEventLoop) -> None:
+    """LESSONS 12: 10,000 timers an hour away and nothing to do for 3 s cost
+    at most a handful of wake-ups and Erlang timer ticks."""
+    far = [loop.call_later(3600 + i * 0.001, lambda: None) for i in range(10_000)]
+
+    async def idle() -> tuple[dict[str, int], dict[str, int]]:
+        await asyncio.sleep(0)
+        before = loop.stats()
+        done = loop.create_future()
+        loop.call_later(3.0, done.set_result, None)
+        await done
+        return before, loop.stats()
+
+    before, after = run(loop, idle())
+    assert after["wakeups"] - before["wakeups"] <= 5, (before, after)
+    assert after["ticks"] - before["ticks"] <= 5, (before, after)
+    assert after["live_timers"] == before["live_timers"] >= 10_000
+    cancelled = loop.stats()["timers_cancelled"]
+    for handle in far:
+        handle.cancel()
+    stats = loop.stats()
+    assert stats["live_timers"] == 0
+    assert stats["timers_cancelled"] - cancelled == 10_000
+
+
+def test_stop_from_a_callback(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    loop.call_soon(ran.append, "before")
+    loop.call_soon(loop.stop)
+    loop.call_later(0.5, ran.append, "timer")
+    loop.run_forever()
+    assert ran == ["before"]
+    assert not loop.is_running()
+
+
+def test_stop_from_a_timer_wakes_the_loop(loop: ErlangEventLoop) -> None:
+    loop.call_later(0.01, loop.stop)
+    start = time.monotonic()
+    loop.run_forever()
+    assert time.monotonic() - start < DEADLINE
+
+
+def test_run_forever_stop_and_run_again(loop: ErlangEventLoop) -> None:
+    ran: list[int] = []
+    loop.call_soon(ran.append, 1)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    # Scheduled while stopped: runs at the next start.
+    loop.call_soon(ran.append, 2)
+    loop.call_later(0.01, ran.append, 3)
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    assert ran == [1, 2, 3]
+    assert run(loop, asyncio.sleep(0.001, "again")) == "again"
+
+
+def test_stop_before_run_forever_runs_one_iteration(loop: ErlangEventLoop) -> None:
+    ran: list[int] = []
+    loop.call_soon(ran.append, 1)
+    loop.stop()
+    loop.run_forever()
+    assert ran == [1]
+
+
+def test_nested_run_is_refused(loop: ErlangEventLoop) -> None:
+    async def inner() -> None:
+        pass
+
+    async def outer() -> list[str]:
+        errors = []
+        coro = inner()
+        try:
+            loop.run_until_complete(coro)
+        except RuntimeError as error:
+            errors.append(str(error))
+        finally:
+            coro.close()
+        try:
+            loop.run_forever()
+        except RuntimeError as error:
+            errors.append(str(error))
+        return errors
+
+    errors = run(loop, outer())
+    assert len(errors) == 2
+    assert all("running" in message for message in errors)
+    # The loop is still usable afterwards.
+    assert run(loop, asyncio.sleep(0, 5)) == 5
+
+
+def test_close_of_a_running_loop_raises(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        with pytest.raises(RuntimeError):
+            loop.close()
+
+    run(loop, main())
+    assert not loop.is_closed()
+
+
+def test_methods_after_close_raise(loop: ErlangEventLoop) -> None:
+    loop.close()
+    loop.close()  # idempotent
+    calls: list[Callable[[], object]] = [
+        lambda: loop.call_soon(lambda: None),
+        lambda: loop.call_later(0.1, lambda: None),
+        lambda: loop.call_at(loop.time() + 0.1, lambda: None),
+        lambda: loop.call_soon_threadsafe(lambda: None),
+        loop.run_forever,
+        lambda: loop.run_in_executor(None, lambda: None),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError):
+            call()
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        loop.run_until_complete(coro)
+    coro.close()
+    rsock, wsock = socket.socketpair()
+    try:
+        with pytest.raises(RuntimeError):
+            loop.add_reader(rsock, lambda: None)
+        with pytest.raises(RuntimeError):
+            loop.add_writer(wsock, lambda: None)
+    finally:
+        rsock.close()
+        wsock.close()
+
+
+def test_close_drops_pending_timers(loop: ErlangEventLoop) -> None:
+    handle = loop.call_later(0.01, lambda: None)
+    loop.close()
+    assert loop.is_closed()
+    handle.cancel()  # harmless after close
+
+
+# ---------------------------------------------------------------- tasks and futures
+
+
+def test_create_task_with_name_and_context(loop: ErlangEventLoop) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    context = contextvars.copy_context()
+    context.run(var.set, "in context")
+
+    async def read_var() -> str:
+        await asyncio.sleep(0)
+        return var.get()
+
+    async def main() -> tuple[str, str, str]:
+        named = loop.create_task(read_var(), name="the-task", context=context)
+        plain = loop.create_task(read_var())
+        return named.get_name(), await named, await plain
+
+    name, in_context, plain = run(loop, main())
+    assert name == "the-task"
+    assert in_context == "in context"
+    assert plain == "unset"
+
+
+def test_call_soon_and_call_later_with_context(loop: ErlangEventLoop) -> None:
+    var: contextvars.ContextVar[int] = contextvars.ContextVar("n", default=0)
+    context = contextvars.copy_context()
+    context.run(var.set, 42)
+    seen: list[int] = []
+    loop.call_soon(lambda: seen.append(var.get()), context=context)
+    loop.call_later(0.001, lambda: seen.append(var.get()), context=context)
+    run_until(loop, lambda: len(seen) == 2)
+    assert seen == [42, 42]
+
+
+def test_task_factory_get_and_set(loop: ErlangEventLoop) -> None:
+    made: list[asyncio.Task[Any]] = []
+
+    def factory(
+        the_loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        **kwargs: Any,
+    ) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=the_loop, **kwargs)
+        made.append(task)
+        return task
+
+    assert loop.get_task_factory() is None
+    loop.set_task_factory(factory)
+    assert loop.get_task_factory() is factory
+
+    async def main() -> int:
+        return await loop.create_task(asyncio.sleep(0, 3), name="made")
+
+    assert run(loop, main()) == 3
+    assert "made" in [task.get_name() for task in made]
+    loop.set_task_factory(None)
+    assert loop.get_task_factory() is None
+    with pytest.raises(TypeError):
+        loop.set_task_factory(42)  # type: ignore[arg-type]
+
+
+def test_create_future(loop: ErlangEventLoop) -> None:
+    future = loop.create_future()
+    assert isinstance(future, asyncio.Future)
+    assert future.get_loop() is loop
+    loop.call_later(0.001, future.set_result, "value")
+    assert run(loop, future) == "value"
+
+
+# ---------------------------------------------------------------- exceptions and debug
+
+
+def test_exception_in_callback_reaches_custom_handler(loop: ErlangEventLoop) -> None:
+    contexts: list[dict[str, Any]] = []
+
+    def handler(the_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        assert the_loop is loop
+        contexts.append(context)
+
+    assert loop.get_exception_handler() is None
+    loop.set_exception_handler(handler)
+    assert loop.get_exception_handler() is handler
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    loop.call_soon(boom)
+    loop.call_later(0.001, boom)
+    run_until(loop, lambda: len(contexts) == 2)
+    for context in contexts:
+        assert {"message", "exception", "handle"} <= context.keys()
+        assert isinstance(context["exception"], ValueError)
+        assert isinstance(context["handle"], asyncio.Handle)
+    assert isinstance(contexts[1]["handle"], asyncio.TimerHandle)
+
+    loop.call_exception_handler({"message": "by hand", "custom": 1})
+    assert contexts[-1] == {"message": "by hand", "custom": 1}
+
+    loop.set_exception_handler(None)
+    assert loop.get_exception_handler() is None
+    with pytest.raises(TypeError):
+        loop.set_exception_handler(42)  # type: ignore[arg-type]
+
+
+def test_default_exception_handler_logs(
+    loop: ErlangEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom() -> None:
+        raise KeyError("logged")
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_soon(boom)
+        run(loop, asyncio.sleep(0.001))
+        loop.default_exception_handler({"message": "direct call"})
+    messages = [
+        record.getMessage() for record in caplog.records if record.name == "asyncio"
+    ]
+    assert any("Exception in callback" in message for message in messages)
+    assert any("direct call" in message for message in messages)
+
+
+def test_debug_mode_warns_about_slow_callbacks(
+    loop: ErlangEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop.set_debug(True)
+    assert loop.get_debug()
+    loop.slow_callback_duration = 0.01
+
+    def slow() -> None:
+        spin(0.05)
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.call_soon(slow)
+        loop.call_later(0.001, slow)
+        run(loop, asyncio.sleep(0.01))
+    slow_warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "asyncio"
+        and "Executing" in record.getMessage()
+        and "took" in record.getMessage()
+    ]
+    assert len(slow_warnings) >= 2, slow_warnings
+    assert all("slow" in message for message in slow_warnings[:2])
+
+
+def test_debug_mode_refuses_calls_from_another_thread(loop: ErlangEventLoop) -> None:
+    loop.set_debug(True)
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        def other() -> None:
+            try:
+                loop.call_soon(lambda: None)
+            except RuntimeError as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        await loop.run_in_executor(None, thread.join, DEADLINE)
+
+    run(loop, main())
+    assert len(errors) == 1
+
+
+# ---------------------------------------------------------------- async generators
+
+
+def test_shutdown_asyncgens_finalises_unfinished_generators(
+    loop: ErlangEventLoop,
+) -> None:
+    finalised: list[str] = []
+
+    async def agen() -> Any:
+        try:
+            for i in range(10):
+                yield i
+                await asyncio.sleep(0)
+        finally:
+            finalised.append("finally")
+
+    gen = agen()
+
+    async def take_one() -> int:
+        return await gen.__anext__()
+
+    assert run(loop, take_one()) == 0
+    assert finalised == []
+    run(loop, loop.shutdown_asyncgens())
+    assert finalised == ["finally"]
+    assert gen.ag_running is False
+
+
+def test_asyncio_run_finalises_unfinished_generators() -> None:
+    finalised: list[str] = []
+
+    async def agen() -> Any:
+        try:
+            while True:
+                yield 1
+        finally:
+            finalised.append("finally")
+
+    async def main() -> Any:
+        gen = agen()
+        await gen.__anext__()
+        return gen  # still referenced: only shutdown_asyncgens closes it
+
+    gen = asyncio.run(main())
+    assert finalised == ["finally"]
+    del gen
+
+
+def test_garbage_collected_asyncgen_is_finalised_on_the_loop(
+    loop: ErlangEventLoop,
+) -> None:
+    finalised: list[str] = []
+
+    async def agen() -> Any:
+        try:
+            while True:
+                yield 1
+        finally:
+            finalised.append("finally")
+
+    async def main() -> None:
+        gen = agen()
+        await gen.__anext__()
+        del gen
+        gc.collect()
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    run(loop, main())
+    assert finalised == ["finally"]
+
+
+# ---------------------------------------------------------------- executors and DNS
+
+
+def test_run_in_default_executor(loop: ErlangEventLoop) -> None:
+    async def main() -> tuple[int, int]:
+        value = await loop.run_in_executor(None, pow, 2, 10)
+        ident = await loop.run_in_executor(None, threading.get_ident)
+        return value, ident
+
+    value, ident = run(loop, main())
+    assert value == 1024
+    assert ident != threading.get_ident()
+    run(loop, loop.shutdown_default_executor())
+
+
+def test_run_in_custom_executor_and_set_default_executor(loop: ErlangEventLoop) -> None:
+    custom = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="custom"
+    )
+    default = concurrent.futures.ThreadPoolExecutor(
+        max_workers=2, thread_name_prefix="chosen"
+    )
+    try:
+
+        def thread_name() -> str:
+            return threading.current_thread().name
+
+        async def main() -> tuple[str, str]:
+            in_custom = await loop.run_in_executor(custom, thread_name)
+            loop.set_default_executor(default)
+            in_default = await loop.run_in_executor(None, thread_name)
+            return in_custom, in_default
+
+        in_custom, in_default = run(loop, main())
+        assert in_custom.startswith("custom")
+        assert in_default.startswith("chosen")
+        run(loop, loop.shutdown_default_executor())
+        with pytest.raises(RuntimeError):
+            default.submit(lambda: None)
+    finally:
+        custom.shutdown(wait=True)
+        default.shutdown(wait=True)
+
+
+def test_getaddrinfo_and_getnameinfo(loop: ErlangEventLoop) -> None:
+    async def main() -> tuple[list[Any], tuple[str, str]]:
+        infos = await loop.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+        name = await loop.getnameinfo(("127.0.0.1", 80))
+        return infos, name
+
+    infos, name = run(loop, main())
+    assert infos
+    for family, type_, _proto, _canon, address in infos:
+        assert family in (socket.AF_INET, socket.AF_INET6)
+        assert type_ == socket.SOCK_STREAM
+        assert address[1] == 80
+    host, port = name
+    assert isinstance(host, str) and host
+    assert port in ("80", "http")
+    run(loop, loop.shutdown_default_executor())
+
+
+# ---------------------------------------------------------------- fds
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_reader_is_level_triggered_and_stops_after_remove(
+    loop: ErlangEventLoop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    rsock, wsock = pair
+    calls: list[int] = []
+    before = loop.stats()["fd_events"]
+    loop.add_reader(rsock, lambda: calls.append(1))
+    wsock.send(b"data")
+    # Never read: the fd stays readable, the callback keeps coming.
+    run_until(loop, lambda: len(calls) >= 5)
+    assert loop.stats()["fd_events"] - before >= 5
+    assert loop.remove_reader(rsock) is True
+    assert loop.remove_reader(rsock) is False
+    stopped_at = len(calls)
+    # Some loop iterations with the data still there: no more calls.
+    run(loop, asyncio.sleep(0.05))
+    for _ in range(20):
+        run(loop, asyncio.sleep(0))
+    assert len(calls) == stopped_at
+    assert loop.stats()["fds"] == 0
+
+
+def test_reader_fires_on_data_only(
+    loop: ErlangEventLoop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    rsock, wsock = pair
+    received: list[bytes] = []
+
+    def on_read() -> None:
+        received.append(rsock.recv(100))
+
+    loop.add_reader(rsock, on_read)
+    run(loop, asyncio.sleep(0.05))
+    assert received == []
+    for chunk in (b"one", b"two", b"three"):
+        wsock.send(chunk)
+        run_until(loop, lambda: bool(received) and received[-1] == chunk)
+    assert received == [b"one", b"two", b"three"]
+    assert loop.remove_reader(rsock) is True
+
+
+def test_writer_fires_and_remove_returns_bool(
+    loop: ErlangEventLoop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    _, wsock = pair
+    calls: list[int] = []
+    assert loop.remove_writer(wsock) is False
+    loop.add_writer(wsock, lambda: calls.append(1))
+    run_until(loop, lambda: len(calls) >= 3)  # a writable socket stays writable
+    assert loop.remove_writer(wsock) is True
+    assert loop.remove_writer(wsock) is False
+    stopped_at = len(calls)
+    for _ in range(20):
+        run(loop, asyncio.sleep(0))
+    assert len(calls) == stopped_at
+
+
+def test_reader_and_writer_on_the_same_fd(
+    loop: ErlangEventLoop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    rsock, wsock = pair
+    events: list[str] = []
+
+    def on_read() -> None:
+        rsock.recv(100)
+        events.append("read")
+        loop.remove_reader(rsock)
+
+    def on_write() -> None:
+        events.append("write")
+        loop.remove_writer(rsock)
+
+    loop.add_reader(rsock, on_read)
+    loop.add_writer(rsock, on_write)
+    assert loop.stats()["fds"] == 1
+    run_until(loop, lambda: "write" in events)
+    assert "read" not in events
+    wsock.send(b"x")
+    run_until(loop, lambda: "read" in events)
+    assert sorted(events) == ["read", "write"]
+    assert loop.stats()["fds"] == 0
+
+
+def test_replacing_a_reader_callback(
+    loop: ErlangEventLoop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    rsock, wsock = pair
+    seen: list[str] = []
+    loop.add_reader(rsock, seen.append, "old")
+    loop.add_reader(rsock, seen.append, "new")
+    wsock.send(b"x")
+    run_until(loop, lambda: bool(seen))
+    assert set(seen) == {"new"}
+    assert loop.remove_reader(rsock) is True
+
+
+def test_fd_number_reused_after_close(loop: ErlangEventLoop) -> None:
+    """LESSONS 17: an fd closed after remove_reader and a new socket that gets
+    the same number work at once, with the old callback never called."""
+    old_r, old_w = socket.socketpair()
+    old_calls: list[int] = []
+    loop.add_reader(old_r, lambda: old_calls.append(1))
+    old_w.send(b"x")
+    run_until(loop, lambda: bool(old_calls))
+    number = old_r.fileno()
+    assert loop.remove_reader(old_r) is True
+    old_r.close()
+    old_w.close()
+    calls_at_close = len(old_calls)
+
+    new_r, new_w = socket.socketpair()
+    try:
+        assert new_r.fileno() == number  # the OS hands out the lowest free fd
+        new_calls: list[bytes] = []
+        loop.add_reader(new_r, lambda: new_calls.append(new_r.recv(100)))
+        run(loop, asyncio.sleep(0.02))
+        assert new_calls == []
+        new_w.send(b"fresh")
+        run_until(loop, lambda: bool(new_calls))
+        assert new_calls == [b"fresh"]
+        assert len(old_calls) == calls_at_close
+        assert loop.remove_reader(new_r) is True
+    finally:
+        new_r.close()
+        new_w.close()
+
+
+def test_many_fds_at_once(loop: ErlangEventLoop) -> None:
+    pairs = [socket.socketpair() for _ in range(50)]
+    try:
+        got: dict[int, bytes] = {}
+        for i, (r, _) in enumerate(pairs):
+            r.setblocking(False)
+
+            def on_read(index: int = i, sock: socket.socket = r) -> None:
+                got[index] = sock.recv(100)
+                loop.remove_reader(sock)
+
+            loop.add_reader(r, on_read)
+        assert loop.stats()["fds"] == 50
+        for i, (_, w) in enumerate(pairs):
+            w.send(str(i).encode())
+        run_until(loop, lambda: len(got) == 50)
+        assert got == {i: str(i).encode() for i in range(50)}
+        assert loop.stats()["fds"] == 0
+    finally:
+        for r, w in pairs:
+            r.close()
+            w.close()
+
+
+# ---------------------------------------------------------------- sockets
+
+
+def test_sock_methods_echo_over_loopback(loop: ErlangEventLoop) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setblocking(False)
+
+    async def serve() -> None:
+        conn, _ = await loop.sock_accept(listener)
+        with conn:
+            conn.setblocking(False)
+            while data := await loop.sock_recv(conn, 1024):
+                await loop.sock_sendall(conn, data)
+
+    async def main() -> list[bytes]:
+        server = asyncio.ensure_future(serve())
+        await loop.sock_connect(client, listener.getsockname())
+        replies = []
+        for message in (b"hello", b"erlang", b"x" * 100_000):
+            await loop.sock_sendall(client, message)
+            reply = b""
+            while len(reply) < len(message):
+                chunk = await loop.sock_recv(client, 65536)
+                assert chunk
+                reply += chunk
+            replies.append(reply)
+        client.shutdown(socket.SHUT_WR)
+        await server
+        return replies
+
+    try:
+        assert run(loop, main()) == [b"hello", b"erlang", b"x" * 100_000]
+    finally:
+        client.close()
+        listener.close()
+
+
+def test_streams_echo_over_loopback(loop: ErlangEventLoop) -> None:
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while line := await reader.readline():
+            writer.write(line.upper())
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> list[bytes]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        replies = []
+        for message in (b"one\n", b"two\n", b"three\n"):
+            writer.write(message)
+            await writer.drain()
+            replies.append(await reader.readline())
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return replies
+
+    assert run(loop, main()) == [b"ONE\n", b"TWO\n", b"THREE\n"]
+
+
+# ---------------------------------------------------------------- leaks
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _use_a_loop(isolated: bool) -> None:
+    loop = ErlangEventLoop(isolated=isolated)
+    try:
+
+        async def handle(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            writer.write(await reader.read(100))
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        async def main() -> bytes:
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"ping")
+            reply = await reader.read(100)
+            writer.close()
+            await writer.wait_closed()
+            server.close()
+            await server.wait_closed()
+            # A raw reader too, removed before the socket closes.
+            a, b = socket.socketpair()
+            with a, b:
+                got = loop.create_future()
+                loop.add_reader(a, lambda: got.done() or got.set_result(a.recv(10)))
+                b.send(b"!")
+                reply += await got
+                loop.remove_reader(a)
+            return reply
+
+        assert run(loop, main()) == b"ping!"
+    finally:
+        loop.close()
+
+
+def test_no_fd_leak_after_many_loops() -> None:
+    _use_a_loop(False)  # warm up (imports, first worker)
+    _use_a_loop(True)
+    gc.collect()
+    baseline = _open_fds()
+    for i in range(20):
+        _use_a_loop(isolated=bool(i % 2))
+    gc.collect()
+    # Select stops are asynchronous (LESSONS 30): give the BEAM a moment.
+    give_up = time.monotonic() + 5.0
+    while _open_fds() > baseline and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert _open_fds() <= baseline

@@ -1,0 +1,360 @@
+"""ErlangEventLoop and threads: loops on non-main threads (LESSONS 5),
+wake-ups from other threads, and isolation of loops running side by side
+(LESSONS 11, 21).
+
+Every wait is bounded (thread joins, ``wait_for``) so a bug fails the test
+instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+import erlang_loop
+from erlang_loop import ErlangEventLoop
+
+T = TypeVar("T")
+
+DEADLINE = 10.0
+
+
+def run(
+    loop: asyncio.AbstractEventLoop, coro: Awaitable[T], timeout: float = DEADLINE
+) -> T:
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+def in_threads(
+    targets: list[Callable[[], Any]], timeout: float = 2 * DEADLINE
+) -> list[Any]:
+    """Runs each target in its own (daemon) thread at the same time; returns
+    their results in order, re-raising the first exception."""
+    results: list[Any] = [None] * len(targets)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(targets))
+
+    def body(index: int, target: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout)
+            results[index] = target()
+        except BaseException as error:  # noqa: BLE001 - reported to the test
+            errors.append(error)
+
+    threads = [
+        threading.Thread(
+            target=body, args=(i, target), daemon=True, name=f"loop-thread-{i}"
+        )
+        for i, target in enumerate(targets)
+    ]
+    for thread in threads:
+        thread.start()
+    give_up = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, give_up - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "a loop thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+# ---------------------------------------------------------------- loops on other threads
+
+
+def test_policy_new_event_loop_on_a_non_main_thread() -> None:
+    def make() -> tuple[type, type, bool]:
+        policy = asyncio.get_event_loop_policy()
+        loop = policy.new_event_loop()
+        try:
+            from_asyncio = asyncio.new_event_loop()
+            from_asyncio.close()
+            return type(loop), type(from_asyncio), run(loop, asyncio.sleep(0.001, True))
+        finally:
+            loop.close()
+
+    made, from_asyncio, ran = in_threads([make])[0]
+    assert made is ErlangEventLoop
+    assert from_asyncio is ErlangEventLoop
+    assert ran is True
+
+
+def test_policy_get_event_loop_creates_one_on_a_non_main_thread() -> None:
+    """The stdlib policy only creates a loop on ``threading.main_thread()``;
+    inside the BEAM that thread means nothing (LESSONS 5)."""
+
+    def get() -> tuple[type, bool]:
+        policy = asyncio.get_event_loop_policy()
+        loop = policy.get_event_loop()
+        try:
+            same = policy.get_event_loop() is loop
+            return type(loop), same
+        finally:
+            policy.set_event_loop(None)
+            loop.close()
+
+    kind, same = in_threads([get])[0]
+    assert kind is ErlangEventLoop
+    assert same
+
+
+def test_asyncio_run_on_several_threads_at_once() -> None:
+    async def main() -> tuple[type, int]:
+        await asyncio.sleep(0.01)
+        return type(asyncio.get_running_loop()), threading.get_ident()
+
+    results = in_threads([lambda: asyncio.run(main()) for _ in range(4)])
+    assert all(kind is ErlangEventLoop for kind, _ in results)
+    assert len({ident for _, ident in results}) == 4
+
+
+def test_isolated_loops_on_several_threads() -> None:
+    """The seed's multi-threaded form: each thread makes an isolated loop,
+    sets it as its loop and runs a coroutine to completion."""
+
+    async def main(n: int) -> tuple[int, ErlangEventLoop]:
+        total = 0
+        for i in range(5):
+            await asyncio.sleep(0.002)
+            total += i * n
+        return total, asyncio.get_running_loop()  # type: ignore[return-value]
+
+    def thread_main(n: int) -> tuple[int, ErlangEventLoop, bool]:
+        loop = erlang_loop.ErlangEventLoop(isolated=True)
+        asyncio.set_event_loop(loop)
+        try:
+            total, used = loop.run_until_complete(main(n))
+            return total, used, loop._loop_handle is not None
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    results = in_threads([lambda n=n: thread_main(n) for n in range(4)])
+    assert [total for total, _, _ in results] == [10 * n for n in range(4)]
+    loops = [used for _, used, _ in results]
+    assert len({id(loop) for loop in loops}) == 4
+    assert all(isolated for _, _, isolated in results)
+    assert all(loop.is_closed() for loop in loops)
+
+
+# ---------------------------------------------------------------- wake-ups from other threads
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["default", "isolated"])
+def test_call_soon_threadsafe_wakes_an_idle_loop(isolated: bool) -> None:
+    """The loop waits with no timer and no fd of its own: only the wake-up of
+    ``call_soon_threadsafe`` can end the wait. A socket watchdog ends the test
+    (as a failure) if the wake-up is lost, instead of hanging."""
+    loop = ErlangEventLoop(isolated=isolated)
+    watch_r, watch_w = socket.socketpair()
+    try:
+        woken = loop.create_future()
+        sent_at: list[float] = []
+        ran_at: list[float] = []
+        states: list[dict[str, int]] = []
+
+        def on_wake() -> None:
+            ran_at.append(time.monotonic())
+            if not woken.done():
+                woken.set_result("threadsafe")
+
+        def on_watchdog() -> None:
+            watch_r.recv(10)
+            if not woken.done():
+                woken.set_result("watchdog")
+
+        def poke() -> None:
+            # Let the loop settle into its idle wait first.
+            time.sleep(0.2)
+            states.append(loop.stats())
+            sent_at.append(time.monotonic())
+            loop.call_soon_threadsafe(on_wake)
+            if not ran_at:
+                time.sleep(5.0)
+            if not ran_at:
+                watch_w.send(b"!")
+
+        async def main() -> str:
+            assert loop.stats()["live_timers"] == 0
+            thread = threading.Thread(target=poke, daemon=True)
+            thread.start()
+            return await woken
+
+        loop.add_reader(watch_r, on_watchdog)
+        result = loop.run_until_complete(main())
+        assert result == "threadsafe"
+        assert ran_at[0] - sent_at[0] < 2.0
+        stats = loop.stats()
+        assert stats["wakeups"] > states[0]["wakeups"]
+        assert stats["live_timers"] == 0
+        loop.remove_reader(watch_r)
+    finally:
+        loop.close()
+        watch_r.close()
+        watch_w.close()
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["default", "isolated"])
+def test_call_soon_threadsafe_from_many_threads(isolated: bool) -> None:
+    loop = ErlangEventLoop(isolated=isolated)
+    try:
+        received: list[tuple[int, int]] = []
+        done = loop.create_future()
+        per_thread, threads = 500, 4
+
+        def receive(item: tuple[int, int]) -> None:
+            received.append(item)
+            if len(received) == per_thread * threads and not done.done():
+                done.set_result(None)
+
+        def producer(n: int) -> Callable[[], None]:
+            def body() -> None:
+                for i in range(per_thread):
+                    loop.call_soon_threadsafe(receive, (n, i))
+                    if i % 50 == 0:
+                        time.sleep(0.001)
+
+            return body
+
+        async def main() -> None:
+            workers = threading.Thread(
+                target=in_threads,
+                args=([producer(n) for n in range(threads)],),
+                daemon=True,
+            )
+            workers.start()
+            await done
+            await loop.run_in_executor(None, workers.join, DEADLINE)
+
+        run(loop, main())
+        assert len(received) == per_thread * threads
+        for n in range(threads):
+            # Each producer's callbacks run in the order it scheduled them.
+            assert [i for m, i in received if m == n] == list(range(per_thread))
+    finally:
+        loop.close()
+
+
+def test_stop_from_another_thread_via_call_soon_threadsafe() -> None:
+    loop = ErlangEventLoop()
+    try:
+        timer = threading.Timer(0.05, loop.call_soon_threadsafe, args=(loop.stop,))
+        timer.start()
+        start = time.monotonic()
+        loop.run_forever()
+        assert time.monotonic() - start < DEADLINE
+        timer.join(DEADLINE)
+    finally:
+        loop.close()
+
+
+# ---------------------------------------------------------------- isolation
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [(False, True), (False, False), (True, True)],
+    ids=["default+isolated", "default+default", "isolated+isolated"],
+)
+def test_loops_on_two_threads_never_see_each_others_timers(
+    kinds: tuple[bool, bool],
+) -> None:
+    """LESSONS 11, 21: two loops running at the same time, each with 100
+    timers of random short delays: each runs exactly its own 100 callbacks,
+    on its own thread, under its own running loop."""
+    count = 100
+
+    def thread_main(
+        tag: int, isolated: bool
+    ) -> tuple[list[int], list[tuple[int, int, Any]], dict[str, int]]:
+        loop = ErlangEventLoop(isolated=isolated)
+        rng = random.Random(tag)
+        seen: list[int] = []
+        foreign: list[tuple[int, int, Any]] = []
+        me = threading.get_ident()
+        try:
+
+            def callback(owner: int, index: int) -> None:
+                if (
+                    owner != tag
+                    or threading.get_ident() != me
+                    or asyncio.get_running_loop() is not loop
+                ):
+                    foreign.append((owner, index, asyncio.get_running_loop()))
+                seen.append(index)
+
+            async def main() -> None:
+                for i in range(count):
+                    loop.call_later(rng.uniform(0.0, 0.03), callback, tag, i)
+                    if i % 10 == 0:
+                        await asyncio.sleep(0)
+                while len(seen) < count:
+                    await asyncio.sleep(0.005)
+                # Anything stray would arrive now.
+                await asyncio.sleep(0.05)
+
+            run(loop, main())
+            return seen, foreign, loop.stats()
+        finally:
+            loop.close()
+
+    results = in_threads(
+        [
+            lambda tag=tag, iso=iso: thread_main(tag, iso)
+            for tag, iso in enumerate(kinds)
+        ]
+    )
+    for seen, foreign, _stats in results:
+        assert foreign == []
+        assert sorted(seen) == list(range(count))
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [(False, True), (False, False)],
+    ids=["default+isolated", "default+default"],
+)
+def test_loops_on_two_threads_never_see_each_others_fds(
+    kinds: tuple[bool, bool],
+) -> None:
+    """Fd readiness goes to the loop that watches the fd, even when both loops
+    share one Erlang worker."""
+    rounds = 50
+
+    def thread_main(isolated: bool) -> list[bytes]:
+        loop = ErlangEventLoop(isolated=isolated)
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        got: list[bytes] = []
+        try:
+
+            async def main() -> None:
+                for i in range(rounds):
+                    arrived = loop.create_future()
+
+                    def on_read(future: asyncio.Future[None] = arrived) -> None:
+                        got.append(rsock.recv(100))
+                        if not future.done():
+                            future.set_result(None)
+
+                    loop.add_reader(rsock, on_read)
+                    wsock.send(str(i).encode())
+                    await arrived
+                    loop.remove_reader(rsock)
+
+            run(loop, main())
+            return got
+        finally:
+            loop.close()
+            rsock.close()
+            wsock.close()
+
+    results = in_threads([lambda iso=iso: thread_main(iso) for iso in kinds])
+    for got in results:
+        assert got == [str(i).encode() for i in range(rounds)]
