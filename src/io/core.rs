@@ -516,10 +516,19 @@ impl State {
     }
 }
 
+/// The longest delay the Erlang timer is armed for (about 49 days).
+/// `erlang:start_timer/3` refuses delays beyond about 2^43 ms and the serving
+/// process would crash; a farther deadline is armed for this long, and the
+/// spurious tick then re-arms it (LESSONS 13).
+pub const MAX_ARM_MS: u64 = 1 << 32;
+
 /// Milliseconds from `now` until `deadline`, rounded up so the Erlang timer
-/// never fires before the deadline (LESSONS 8).
+/// never fires before the deadline (LESSONS 8), at most [`MAX_ARM_MS`].
 fn delay_ms(deadline: u64, now: u64) -> u64 {
-    deadline.saturating_sub(now).div_ceil(1_000_000)
+    deadline
+        .saturating_sub(now)
+        .div_ceil(1_000_000)
+        .min(MAX_ARM_MS)
 }
 
 #[cfg(test)]

@@ -46,6 +46,21 @@ fn a_timer_is_armed_once_for_the_earliest_deadline() {
 }
 
 #[test]
+fn far_deadlines_arm_a_bounded_erlang_timer() {
+    let (core, _) = new_loop();
+    core.set_served();
+    let now = now_monotonic_ns();
+    // Centuries away, but below NEVER: beyond what erlang:start_timer takes.
+    let far = now + (u64::MAX - now) / 2;
+    let (key, wake) = core.insert_timer(far, 1).unwrap();
+    assert_eq!(wake.arm_timer_ms, Some(MAX_ARM_MS));
+    // The bounded timer fires early: nothing is queued, it is armed again.
+    assert_eq!(core.tick().arm_timer_ms, Some(MAX_ARM_MS));
+    assert_eq!(core.pending_len(), 0);
+    assert!(core.cancel_timer(key));
+}
+
+#[test]
 fn nothing_is_armed_without_timers_or_without_a_server() {
     let (core, _) = new_loop();
     let (_, wake) = core.insert_timer(now_monotonic_ns() + ms(5), 1).unwrap();
