@@ -145,20 +145,24 @@ fn run(
     if !job.start() {
         return;
     }
-    Python::attach(|py| {
-        let message = owned.run(|env| {
-            let result = match execute(py, env, caller, &work, saved_data.load(env)) {
-                Ok(term) => (atoms::ok(), term).encode(env),
-                Err(error) => error_result(env, py, &error),
-            };
-            owned.save((atoms::py_result(), saved_ref.load(env), result))
-        });
-        // Sent under the job's lock (see `Job::finish`): a cancel that
-        // returned before this point means the result is never sent.
-        job.finish(py, || {
-            // A dead caller is not an error: nobody is waiting any more.
-            let _ = owned.send_and_clear(&caller, |env| message.load(env));
-        });
+    // Current job of this thread: a wait inside it (`erlang.call`) ends when
+    // the caller gives up.
+    crate::job::run_as_current(&job, || {
+        Python::attach(|py| {
+            let message = owned.run(|env| {
+                let result = match execute(py, env, caller, &work, saved_data.load(env)) {
+                    Ok(term) => (atoms::ok(), term).encode(env),
+                    Err(error) => error_result(env, py, &error),
+                };
+                owned.save((atoms::py_result(), saved_ref.load(env), result))
+            });
+            // Sent under the job's lock (see `Job::finish`): a cancel that
+            // returned before this point means the result is never sent.
+            job.finish(py, || {
+                // A dead caller is not an error: nobody is waiting any more.
+                let _ = owned.send_and_clear(&caller, |env| message.load(env));
+            });
+        })
     });
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyModule, PyTuple};
 use rustler::env::{OwnedEnv, SavedTerm};
@@ -29,7 +29,7 @@ static CALLBACK_SERVER: Mutex<Option<LocalPid>> = Mutex::new(None);
 /// False while the application is stopped: waits end, new calls fail fast.
 static ACCEPTING: AtomicBool = AtomicBool::new(false);
 
-/// How often a waiting `erlang.call` checks for shutdown.
+/// How often a waiting `erlang.call` checks for shutdown and cancellation.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
 pub fn set_accepting_callbacks(accepting: bool) {
@@ -113,23 +113,39 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
         .send_and_clear(&server, |env| message.load(env))
         .map_err(|_| PyRuntimeError::new_err("erlang_python is not running"))?;
 
-    let answer = py.detach(|| wait_for_reply(&reply));
-    let Some((owned, saved)) = answer else {
-        return Err(PyRuntimeError::new_err(
+    match py.detach(|| wait_for_reply(&reply)) {
+        Wait::Reply(owned, saved) => owned.run(|env| decode_reply(py, env, saved.load(env))),
+        Wait::Stopped => Err(PyRuntimeError::new_err(
             "erlang_python stopped while waiting for an Erlang reply",
-        ));
-    };
-    owned.run(|env| decode_reply(py, env, saved.load(env)))
+        )),
+        // The interrupt of a timed-out job cannot reach a thread blocked
+        // here, so the wait itself gives up.
+        Wait::Cancelled => Err(PyTimeoutError::new_err(
+            "the Erlang caller gave up waiting while erlang.call was running",
+        )),
+    }
 }
 
-fn wait_for_reply(reply: &CallbackReply) -> Option<(OwnedEnv, SavedTerm)> {
+/// How a wait for an Erlang reply ended.
+enum Wait {
+    Reply(OwnedEnv, SavedTerm),
+    /// The application stopped.
+    Stopped,
+    /// The job running this code timed out.
+    Cancelled,
+}
+
+fn wait_for_reply(reply: &CallbackReply) -> Wait {
     let mut slot = reply.reply.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        if let Some(answer) = slot.take() {
-            return Some(answer);
+        if let Some((owned, saved)) = slot.take() {
+            return Wait::Reply(owned, saved);
         }
         if !ACCEPTING.load(Ordering::SeqCst) {
-            return None;
+            return Wait::Stopped;
+        }
+        if crate::job::current_job_cancelled() {
+            return Wait::Cancelled;
         }
         slot = reply
             .ready

@@ -1,10 +1,12 @@
 //! One Python call submitted from Erlang: its life cycle, and cancellation
 //! when the caller gave up waiting (`py:call/5` timeout).
 
+use std::cell::RefCell;
 use std::os::raw::{c_long, c_ulong};
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
+use rustler::ResourceArc;
 
 /// Where a job is. Transitions happen under the job's lock; the ones that
 /// touch the Python thread state also hold the GIL.
@@ -93,6 +95,15 @@ impl Job {
         }
     }
 
+    /// True once the caller gave up on the job (timeout): waits inside it
+    /// that no interrupt can reach (`erlang.call`) should end.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            *self.lock(),
+            JobState::CancelRequested(_) | JobState::Interrupted(_) | JobState::Cancelled
+        )
+    }
+
     /// Raises `TimeoutError` inside the job's thread at its next bytecode, if
     /// the job is still running. A job blocked in C (a `time.sleep`) sees it
     /// when it returns to Python.
@@ -105,4 +116,36 @@ impl Job {
             *state = JobState::Interrupted(thread);
         }
     }
+}
+
+thread_local! {
+    /// The job this worker thread is running.
+    static CURRENT: RefCell<Option<ResourceArc<Job>>> = const { RefCell::new(None) };
+}
+
+/// Clears `CURRENT` when the job ends, even by a panic.
+struct CurrentGuard;
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|current| current.borrow_mut().take());
+    }
+}
+
+/// Runs `work` with `job` as the current job of this thread.
+pub fn run_as_current<R>(job: &ResourceArc<Job>, work: impl FnOnce() -> R) -> R {
+    CURRENT.with(|current| *current.borrow_mut() = Some(job.clone()));
+    let _guard = CurrentGuard;
+    work()
+}
+
+/// True when this thread runs a job whose caller gave up. A thread that runs
+/// no job (a Python thread of the user's) is never cancelled.
+pub fn current_job_cancelled() -> bool {
+    CURRENT.with(|current| {
+        current
+            .borrow()
+            .as_ref()
+            .is_some_and(|job| job.is_cancelled())
+    })
 }
