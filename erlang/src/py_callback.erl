@@ -50,7 +50,7 @@ handle_cast(_Msg, State) ->
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({py_callback, Name, Args, Reply}, State) when is_binary(Name) ->
-    _ = spawn(fun() -> py_nif:callback_reply(Reply, run(Name, Args)) end),
+    _ = spawn(fun() -> py_nif:callback_reply(Reply, run_monitored(Name, Args)) end),
     {noreply, State};
 handle_info({py_callback, Pid, Message}, State) when is_pid(Pid) ->
     Pid ! Message,
@@ -61,6 +61,19 @@ handle_info(_Info, State) ->
 -spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, _State) ->
     py_nif:set_callback_server(undefined).
+
+%% Runs the function in a process of its own and watches it: the Python
+%% thread waiting in `erlang.call' gets an answer even when that process is
+%% killed (`exit(self(), kill)', a linked process dying, `exit/2' from
+%% elsewhere), which no `catch' sees.
+run_monitored(Name, Args) ->
+    {Pid, Monitor} = spawn_monitor(fun() -> exit({?MODULE, run(Name, Args)}) end),
+    receive
+        {'DOWN', Monitor, process, Pid, {?MODULE, Result}} ->
+            Result;
+        {'DOWN', Monitor, process, Pid, Reason} ->
+            {error, iolist_to_binary(io_lib:format("exit:~p", [Reason]))}
+    end.
 
 run(Name, Args) ->
     case ets:lookup(?TABLE, Name) of
