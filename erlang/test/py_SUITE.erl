@@ -24,6 +24,7 @@
          namespace_per_process/1, namespace_dropped_on_exit/1,
          namespace_not_leaked_by_short_lived_callers/1,
          register_function/1, erlang_function_crash/1, unregistered_function/1,
+         erlang_function_killed/1, timeout_inside_erlang_call/1,
          nested_call/1, erlang_send/1, erlang_send_from_python_thread/1,
          interpreter_is_the_built_one/1, extension_modules_load/1,
          sys_executable_is_python/1,
@@ -56,7 +57,7 @@ groups() ->
        namespace_per_process, namespace_dropped_on_exit,
        namespace_not_leaked_by_short_lived_callers,
        register_function, erlang_function_crash, unregistered_function,
-       nested_call, erlang_send, erlang_send_from_python_thread,
+       erlang_function_killed, timeout_inside_erlang_call, nested_call, erlang_send, erlang_send_from_python_thread,
        interpreter_is_the_built_one, extension_modules_load,
        sys_executable_is_python]},
      %% Last: stops and restarts the application.
@@ -528,6 +529,40 @@ unregistered_function(_Config) ->
     {error, {'ErlangError', Message, _}} =
         py:eval(<<"__import__('erlang').call('never_registered_anywhere')">>),
     ?assertMatch({_, _}, binary:match(Message, <<"never_registered_anywhere">>)).
+
+-spec erlang_function_killed(ct_suite:ct_config()) -> term().
+erlang_function_killed(_Config) ->
+    %% Exits that no catch sees still answer the waiting Python thread.
+    ok = py:register_function(suicide, fun() -> exit(self(), kill) end),
+    ok = py:register_function(linked_crash, fun() ->
+                                                     spawn_link(fun() -> exit(crashed) end),
+                                                     receive after 60000 -> ok end
+                                             end),
+    Call = fun(Name) ->
+                   Code = <<"__import__('erlang').call('", Name/binary, "')">>,
+                   py:call(builtins, eval, [Code, #{}], #{}, 20000)
+           end,
+    {error, {'ErlangError', Killed, _}} = Call(<<"suicide">>),
+    ?assertMatch({_, _}, binary:match(Killed, <<"killed">>)),
+    {error, {'ErlangError', Crashed, _}} = Call(<<"linked_crash">>),
+    ?assertMatch({_, _}, binary:match(Crashed, <<"crashed">>)).
+
+-spec timeout_inside_erlang_call(ct_suite:ct_config()) -> term().
+timeout_inside_erlang_call(_Config) ->
+    %% A call that times out while Python waits in erlang.call (GIL released,
+    %% out of reach of the TimeoutError interrupt) still frees its worker.
+    Parent = self(),
+    ok = py:register_function(slow, fun() ->
+                                            Parent ! slow_called,
+                                            receive after 60000 -> ok end
+                                    end),
+    Busy = busy_workers(),
+    Code = <<"__import__('erlang').call('slow')">>,
+    ?assertEqual({error, timeout}, py:call(builtins, eval, [Code, #{}], #{}, 500)),
+    receive slow_called -> ok after 10000 -> ct:fail(slow_not_called) end,
+    wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    ?assertEqual([], py_results()),
+    ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
 
 -spec nested_call(ct_suite:ct_config()) -> term().
 nested_call(_Config) ->
