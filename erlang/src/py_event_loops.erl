@@ -1,6 +1,7 @@
 %% @doc Places the event loops that Python creates on a worker: default loops
 %% on the shared worker `py_event_default', isolated ones (`isolated=True')
-%% on a worker of their own under `py_event_worker_sup'.
+%% on a worker of their own under `py_event_worker_sup'. It also arms the
+%% Erlang timers of `py_event_loop._erlang_sleep' (blocking sleeps).
 -module(py_event_loops).
 -behaviour(gen_server).
 
@@ -36,6 +37,15 @@ handle_info({py_loop_new, Loop, true}, State) ->
         {ok, _Pid} -> ok;
         {error, Reason} -> logger:error("cannot start an event loop worker: ~p", [Reason])
     end,
+    {noreply, State};
+handle_info({py_sleep, Ms, Wait}, State) when Ms =< 16#FFFFFFFF ->
+    _ = erlang:send_after(Ms, self(), {py_sleep_done, Wait}),
+    {noreply, State};
+handle_info({py_sleep, _TooFar, _Wait}, State) ->
+    %% Beyond Erlang's timer range: the sleeper wakes on its own deadline.
+    {noreply, State};
+handle_info({py_sleep_done, Wait}, State) ->
+    ok = py_nif:sleep_done(Wait),
     {noreply, State};
 handle_info(_Info, State) ->
     {noreply, State}.

@@ -11,7 +11,8 @@
          add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
          call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
          %% used by py_event_worker / py_event_loops
-         loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1]).
+         loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
+         sleep_done/1]).
 
 -on_load(load/0).
 
@@ -22,7 +23,8 @@
        event_loop_wakeup/1, loop_id/1, loop_stats/1,
        add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
        call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
-       loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1]).
+       loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
+       sleep_done/1]).
 
 -type job() :: reference().
 -type loop_ref() :: reference().
@@ -134,3 +136,6 @@ loop_tick(_Loop) -> ?NOT_LOADED.
 
 -spec set_loop_placer(pid() | undefined) -> ok.
 set_loop_placer(_Pid) -> ?NOT_LOADED.
+
+-spec sleep_done(reference()) -> ok.
+sleep_done(_Wait) -> ?NOT_LOADED.

@@ -182,6 +182,11 @@ pub fn python_loop_factory(isolated: bool) -> Result<NativeLoop, String> {
     Ok(NativeLoop::new(core, Box::new(resource), loop_id, isolated))
 }
 
+/// The `py_event_loops` server, if the application runs.
+pub fn placer() -> Option<LocalPid> {
+    *lock(&LOOP_PLACER)
+}
+
 /// `set_loop_placer(Pid | undefined)` -> `ok`.
 #[rustler::nif]
 fn set_loop_placer(placer: Term<'_>) -> Atom {

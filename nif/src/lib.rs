@@ -12,6 +12,7 @@ mod job;
 mod namespace;
 mod opaque;
 mod runtime;
+mod sleep;
 
 fn load(env: rustler::Env, _info: rustler::Term) -> bool {
     erlang_python::py::native_loop::set_factory(event_loop::python_loop_factory);
