@@ -5,7 +5,7 @@ self-pipe and poll replaced by the native loop (Rust timer wheel, BEAM
 from __future__ import annotations
 
 import math
-from asyncio import events, unix_events
+from asyncio import Future, events, unix_events
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
 from asyncio.log import logger
 from collections.abc import Callable
@@ -39,6 +39,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         self._native = _erlang_loop.new_loop(isolated)
         self._loop_handle = self._native if isolated else None
         self._timers: dict[int, _ErlangTimerHandle] = {}
+        # Futures of erlang_asyncio.sleep, by wheel key: no TimerHandle needed.
+        self._sleepers: dict[int, Future[Any]] = {}
         super().__init__(selector=_ErlangSelector(self._native))
 
     # -- the self-pipe is the native wake-up --
@@ -92,6 +94,19 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             del timer._source_traceback[-1]
         return timer
 
+    def _sleep_future(self, delay: float) -> tuple[int, Future[Any]]:
+        """A future resolved `delay` seconds from now straight from the wheel
+        (the erlang_asyncio.sleep fast path), and its wheel key."""
+        self._check_closed()
+        future = self.create_future()
+        key = self._native.insert_timer(self.time() + delay)
+        self._sleepers[key] = future
+        return key, future
+
+    def _cancel_sleep(self, key: int) -> None:
+        if self._sleepers.pop(key, None) is not None:
+            self._native.cancel_timer(key)
+
     def _timer_handle_cancelled(self, handle: events.TimerHandle) -> None:
         if isinstance(handle, _ErlangTimerHandle) and handle._scheduled:
             handle._scheduled = False
@@ -112,6 +127,10 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             if handle is not None:
                 handle._scheduled = False
                 ready.append(handle)
+            else:
+                sleeper = self._sleepers.pop(key, None)
+                if sleeper is not None and not sleeper.done():
+                    sleeper.set_result(None)
         ntodo = len(ready)
         for _ in range(ntodo):
             handle = ready.popleft()
@@ -136,6 +155,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         for handle in self._timers.values():
             handle._scheduled = False
         self._timers.clear()
+        self._sleepers.clear()
 
     # -- signals belong to the BEAM --
 

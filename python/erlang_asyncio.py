@@ -1,0 +1,87 @@
+"""asyncio's high-level API, with a faster ``sleep`` on ErlangEventLoop.
+
+Everything here has the name and behaviour of its asyncio counterpart.
+``sleep`` puts a bare entry in the loop's timer wheel and resolves a future
+when it fires (no ``TimerHandle``, no extra callback); cancelling the
+sleeping task removes the entry. On any other loop it is ``asyncio.sleep``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from asyncio import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    CancelledError,
+    TimeoutError,
+    create_task,
+    ensure_future,
+    gather,
+    get_running_loop,
+    new_event_loop,
+    set_event_loop,
+    shield,
+    timeout,
+    wait,
+    wait_for,
+)
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from erlang_loop import ErlangEventLoop
+from erlang_loop import run as _run
+
+_T = TypeVar("_T")
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "CancelledError",
+    "TimeoutError",
+    "create_task",
+    "ensure_future",
+    "gather",
+    "get_event_loop",
+    "get_running_loop",
+    "new_event_loop",
+    "run",
+    "set_event_loop",
+    "shield",
+    "sleep",
+    "timeout",
+    "wait",
+    "wait_for",
+]
+
+
+async def sleep(delay: float, result: _T | None = None) -> _T | None:
+    """Suspends the task for ``delay`` seconds, then returns ``result``."""
+    if math.isnan(delay):
+        raise ValueError("delay must not be NaN")
+    loop = get_running_loop()
+    if delay <= 0 or not isinstance(loop, ErlangEventLoop):
+        return await asyncio.sleep(delay, result)
+    key, future = loop._sleep_future(delay)
+    try:
+        await future
+    finally:
+        if not future.done() or future.cancelled():
+            loop._cancel_sleep(key)
+    return result
+
+
+def get_event_loop() -> asyncio.AbstractEventLoop:
+    """The running loop, else the policy's loop for this thread (an
+    ErlangEventLoop inside the node), created on demand on any thread."""
+    try:
+        return get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop_policy().get_event_loop()
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
+    """Runs ``main`` on a new ErlangEventLoop, like ``asyncio.run``."""
+    return _run(main, debug=debug)
