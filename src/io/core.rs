@@ -366,9 +366,15 @@ impl LoopCore {
     // ---- life cycle ----
 
     /// A serving process now exists; returns what it must do at once
-    /// (timers inserted before it came, selects owed).
+    /// (timers inserted before it came, selects owed). When it replaces an
+    /// earlier one (which died), the selects that one made are void: every
+    /// watched fd is selected again by the new one.
     pub fn set_served(&self) -> Wake {
         let mut state = self.lock();
+        if state.served {
+            let requests = state.fds.reselect_all();
+            state.selects.extend(requests);
+        }
         state.served = true;
         state.server_down = false;
         state.armed_deadline = None;

@@ -203,6 +203,23 @@ impl FdRegistry {
         entry.interest(kind) == Some(id)
     }
 
+    /// Every select this registry needs when a new process takes over the
+    /// loop: the one-shot selects armed by the previous (dead) process will
+    /// never report.
+    pub fn reselect_all(&mut self) -> Vec<SelectRequest> {
+        self.by_fd
+            .values_mut()
+            .filter_map(|entry| {
+                entry.armed_read = false;
+                entry.armed_write = false;
+                entry.arm_needed().map(|op| SelectRequest {
+                    handle: entry.handle.clone(),
+                    op,
+                })
+            })
+            .collect()
+    }
+
     /// The select `fd` needs again after its events were taken (level
     /// triggered: if the fd is still ready, a new event comes).
     pub fn rearm(&mut self, fd: RawFd) -> Option<SelectRequest> {

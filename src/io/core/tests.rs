@@ -169,6 +169,38 @@ fn token_of(request: &SelectRequest) -> u64 {
 }
 
 #[test]
+fn a_new_server_selects_every_watched_fd_again() {
+    let (core, _) = new_loop();
+    core.set_served();
+    core.add_interest(5, EventKind::Read, 1).unwrap();
+    core.add_interest(6, EventKind::Write, 2).unwrap();
+    assert_eq!(core.take_select_requests().len(), 2);
+    // The serving process dies with its selects; a new one takes over.
+    core.server_down();
+    let wake = core.set_served();
+    assert!(wake.apply_selects);
+    let mut ops: Vec<SelectOp> = core
+        .take_select_requests()
+        .iter()
+        .map(|request| request.op)
+        .collect();
+    ops.sort_by_key(|op| format!("{op:?}"));
+    assert_eq!(
+        ops,
+        [
+            SelectOp::Arm {
+                read: false,
+                write: true
+            },
+            SelectOp::Arm {
+                read: true,
+                write: false
+            }
+        ]
+    );
+}
+
+#[test]
 fn fd_readiness_flows_through_the_queue_and_rearms_after_being_taken() {
     let (core, _) = new_loop();
     core.set_served();
