@@ -86,13 +86,7 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'
             let dict = PyDict::new(py);
             let entries = MapIterator::new(term).ok_or_else(|| PyTypeError::new_err("bad map"))?;
             for (key, value) in entries {
-                let key = to_py(py, key, depth + 1)?;
-                let key = if key.is_instance_of::<PyList>() {
-                    // Lists are unhashable; an Erlang list key becomes a tuple.
-                    PyTuple::new(py, key.cast_into::<PyList>()?.iter())?.into_any()
-                } else {
-                    key
-                };
+                let key = to_py_key(py, key, depth + 1)?;
                 dict.set_item(key, to_py(py, value, depth + 1)?)?;
             }
             Ok(dict.into_any())
@@ -103,6 +97,35 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'
             Ok(Bound::new(py, OpaqueTerm::from_term(term))?.into_any())
         }
     }
+}
+
+/// A map key. Lists are unhashable: a list in a key, at any depth inside
+/// lists and tuples (`#{{"name", 1} => V}`), becomes a tuple.
+fn to_py_key<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    let elements = match term.get_type() {
+        TermType::Tuple => get_tuple(term).map_err(|_| PyTypeError::new_err("bad tuple"))?,
+        TermType::List => {
+            let mut elements = Vec::new();
+            let mut rest = term;
+            while !rest.is_empty_list() {
+                let (head, tail) = rest
+                    .list_get_cell()
+                    .map_err(|_| PyTypeError::new_err("improper lists cannot be converted"))?;
+                elements.push(head);
+                rest = tail;
+            }
+            elements
+        }
+        _ => return to_py(py, term, depth),
+    };
+    let items = elements
+        .into_iter()
+        .map(|element| to_py_key(py, element, depth + 1))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(PyTuple::new(py, items)?.into_any())
 }
 
 fn atom_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyAny>> {
@@ -255,10 +278,28 @@ pub fn binary_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     Term::from(binary)
 }
 
-/// An atom for `name`, or the binary `name` when it cannot be an atom.
+/// An atom for `name`, or the binary `name` when it cannot be an atom (more
+/// than 255 characters).
 pub fn atom_or_binary<'a>(env: Env<'a>, name: &str) -> Term<'a> {
-    match Atom::from_str(env, name) {
-        Ok(atom) => atom.encode(env),
-        Err(_) => binary_term(env, name.as_bytes()),
+    if let Ok(atom) = Atom::from_str(env, name) {
+        return atom.encode(env);
     }
+    // Before NIF 2.17 (OTP 26) rustler makes Latin-1 atoms only; any other
+    // name is read as an atom from its external format (ATOM_UTF8_EXT).
+    if let Ok(length) = u16::try_from(name.len()) {
+        if name.chars().count() <= 255 {
+            let mut external = vec![131, 118];
+            external.extend_from_slice(&length.to_be_bytes());
+            external.extend_from_slice(name.as_bytes());
+            // SAFETY: `external` is a well-formed ATOM_UTF8_EXT: valid UTF-8
+            // of at most 255 characters, its byte length in front. (The
+            // checked variant refuses to create atoms.)
+            if let Some((term, _)) = unsafe { env.binary_to_term_trusted(&external) } {
+                if term.is_atom() {
+                    return term;
+                }
+            }
+        }
+    }
+    binary_term(env, name.as_bytes())
 }
