@@ -195,6 +195,12 @@ convert_map_keys(_Config) ->
     ?assertEqual({ok, <<"tuple">>},
                  py:eval(<<"type(next(iter(x))).__name__">>, #{<<"x">> => #{[1, 2] => 3}})),
     ?assertEqual({ok, #{<<"a">> => 1}}, roundtrip(#{a => 1})),
+    %% Lists anywhere inside a key too: strings in tuple keys are common.
+    ?assertEqual({ok, #{{{97, 98}, 1} => <<"x">>}}, roundtrip(#{{"ab", 1} => x})),
+    ?assertEqual({ok, #{{{1}, 2} => 3}}, roundtrip(#{[[1], 2] => 3})),
+    ?assertEqual({ok, #{{1, {}} => 3}}, roundtrip(#{{1, []} => 3})),
+    %% A map key has no hashable Python form.
+    ?assertMatch({error, {'TypeError', _, _}}, roundtrip(#{#{} => 1})),
     %% Two Python keys that are the same Erlang term are refused, not merged.
     ?assertMatch({error, {'ValueError', _, _}}, py:eval(<<"{'a': 1, b'a': 2}">>)).
 
@@ -278,7 +284,11 @@ python_exception(_Config) ->
     ?assertMatch({error, {'NameError', _, _}}, py:eval(<<"name_that_is_not_defined">>)),
     ?assertEqual({error, {'MyError', <<"custom">>}},
                  strip_traceback(py:exec(<<"class MyError(Exception): pass\n"
-                                           "raise MyError('custom')\n">>))).
+                                           "raise MyError('custom')\n">>))),
+    %% Exception names beyond Latin-1 are atoms too.
+    ?assertEqual({error, {'\x{41e}\x{448}', <<"x">>}},
+                 strip_traceback(py:exec(<<"class \x{41e}\x{448}(Exception): pass\n"
+                                           "raise \x{41e}\x{448}('x')\n"/utf8>>))).
 
 -spec python_exception_traceback(ct_suite:ct_config()) -> term().
 python_exception_traceback(_Config) ->
