@@ -95,7 +95,8 @@ fn loaded_libpython_path() -> Result<String, String> {
     // SAFETY: dladdr only reads the loader's tables and writes into `info`,
     // which is zero-initialised and large enough for a Dl_info.
     let found = unsafe { libc::dladdr(symbol, info.as_mut_ptr()) };
-    // SAFETY: dladdr returned non-zero, so it filled `info`.
+    // SAFETY: an all-zero Dl_info is a valid value (null pointers), and
+    // dladdr only ever writes valid pointers into it.
     let info = unsafe { info.assume_init() };
     if found == 0 || info.dli_fname.is_null() {
         return Err("cannot find the loaded libpython (dladdr failed)".into());
