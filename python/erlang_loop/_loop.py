@@ -17,6 +17,10 @@ import _erlang_loop
 from ._selector import _ErlangSelector
 
 
+def _deadline_and_seq(item: tuple[float, int, object]) -> tuple[float, int]:
+    return item[0], item[1]
+
+
 class _ErlangTimerHandle(events.TimerHandle):
     """A TimerHandle that knows its key in the native wheel."""
 
@@ -39,8 +43,9 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         self._native = _erlang_loop.new_loop(isolated)
         self._loop_handle = self._native if isolated else None
         self._timers: dict[int, _ErlangTimerHandle] = {}
-        # Futures of erlang_asyncio.sleep, by wheel key: no TimerHandle needed.
-        self._sleepers: dict[int, Future[Any]] = {}
+        # Deadlines and futures of erlang_asyncio.sleep, by wheel key: no
+        # TimerHandle needed.
+        self._sleepers: dict[int, tuple[float, Future[Any]]] = {}
         super().__init__(selector=_ErlangSelector(self._native))
 
     # -- the self-pipe is the native wake-up --
@@ -99,8 +104,9 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         (the erlang_asyncio.sleep fast path), and its wheel key."""
         self._check_closed()
         future = self.create_future()
-        key = self._native.insert_timer(self.time() + delay)
-        self._sleepers[key] = future
+        when = self.time() + delay
+        key = self._native.insert_timer(when)
+        self._sleepers[key] = (when, future)
         return key, future
 
     def _cancel_sleep(self, key: int) -> None:
@@ -121,16 +127,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         selector = self._selector
         event_list = selector.select(timeout)
         self._process_events(event_list)
-        timers = self._timers
-        for key in selector.fired_timers:
-            handle = timers.pop(key, None)
-            if handle is not None:
-                handle._scheduled = False
-                ready.append(handle)
-            else:
-                sleeper = self._sleepers.pop(key, None)
-                if sleeper is not None and not sleeper.done():
-                    sleeper.set_result(None)
+        if selector.fired_timers:
+            self._ready_fired_timers(selector.fired_timers)
         ntodo = len(ready)
         for _ in range(ntodo):
             handle = ready.popleft()
@@ -149,6 +147,32 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             else:
                 handle._run()
         handle = None  # Needed to break cycles when an exception occurs.
+
+    def _ready_fired_timers(self, keys: list[int]) -> None:
+        """Makes the timers the wheel fired ready in deadline order, FIFO for
+        equal deadlines, as CPython's heap does. The wheel reports them in the
+        order they were queued, and a timer scheduled with a past deadline
+        after an Erlang tick queued later ones must still run first."""
+        timers = self._timers
+        sleepers = self._sleepers
+        due: list[tuple[float, int, events.TimerHandle | Future[Any]]] = []
+        for seq, key in enumerate(keys):
+            handle = timers.pop(key, None)
+            if handle is not None:
+                handle._scheduled = False
+                due.append((handle._when, seq, handle))
+            else:
+                sleeper = sleepers.pop(key, None)
+                if sleeper is not None:
+                    due.append((sleeper[0], seq, sleeper[1]))
+        if len(due) > 1:
+            due.sort(key=_deadline_and_seq)
+        ready = self._ready
+        for _, _, item in due:
+            if isinstance(item, events.Handle):
+                ready.append(item)
+            elif not item.done():
+                item.set_result(None)
 
     def close(self) -> None:
         super().close()

@@ -54,9 +54,7 @@ def default_loop() -> Iterator[ErlangEventLoop]:
             new.close()
 
 
-def run(
-    loop: asyncio.AbstractEventLoop, coro: Awaitable[T], timeout: float = DEADLINE
-) -> T:
+def run(loop: asyncio.AbstractEventLoop, coro: Awaitable[T], timeout: float = DEADLINE) -> T:
     """Runs ``coro`` on ``loop``, failing instead of hanging past ``timeout``."""
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
@@ -89,9 +87,7 @@ async def _running_loop() -> asyncio.AbstractEventLoop:
 
 
 def test_policy_is_installed_and_asyncio_run_uses_erlang_loop() -> None:
-    assert isinstance(
-        asyncio.get_event_loop_policy(), erlang_loop.ErlangEventLoopPolicy
-    )
+    assert isinstance(asyncio.get_event_loop_policy(), erlang_loop.ErlangEventLoopPolicy)
     used = asyncio.run(_running_loop())
     assert isinstance(used, ErlangEventLoop)
     assert used.is_closed()
@@ -210,6 +206,29 @@ def test_timers_due_together_fire_in_deadline_order_then_fifo(
     assert fired == sorted(fired)
 
 
+def test_timer_scheduled_in_the_past_runs_before_an_already_due_later_one(
+    loop: ErlangEventLoop,
+) -> None:
+    """CPython pops every due timer from its heap in deadline order. A timer
+    scheduled with a past deadline after a later-deadline timer came due (and
+    was queued by the Erlang tick) still runs first; one with an equal
+    deadline runs after it (FIFO)."""
+    order: list[str] = []
+    fired_before = loop.stats()["timers_fired"]
+    x = loop.call_later(0.01, order.append, "X")
+
+    def block_until_x_is_queued() -> None:
+        give_up = time.monotonic() + DEADLINE
+        while loop.stats()["timers_fired"] == fired_before:
+            assert time.monotonic() < give_up, "the Erlang tick never came"
+        loop.call_at(x.when(), order.append, "X2")
+        loop.call_at(x.when() - 0.005, order.append, "Y")
+
+    loop.call_soon(block_until_x_is_queued)
+    run_until(loop, lambda: len(order) == 3)
+    assert order == ["Y", "X", "X2"]
+
+
 def test_timers_at_different_times_fire_in_deadline_order(
     loop: ErlangEventLoop,
 ) -> None:
@@ -241,10 +260,7 @@ def test_io_callbacks_run_before_timers_due_in_the_same_iteration(
             # ready before the next iteration starts.
             give_up = time.monotonic() + DEADLINE
             while time.monotonic() < give_up:
-                if (
-                    loop.stats()["fd_events"] > fd_events
-                    and loop.time() >= timer.when()
-                ):
+                if loop.stats()["fd_events"] > fd_events and loop.time() >= timer.when():
                     return
             raise AssertionError("the fd event never arrived")
 
@@ -357,9 +373,7 @@ def test_infinite_delay_never_fires_and_cancels(loop: ErlangEventLoop) -> None:
 
 
 def test_far_deadlines_stay_scheduled(loop: ErlangEventLoop) -> None:
-    handles = [
-        loop.call_later(delay, lambda: None) for delay in (86400.0, 86400.0 * 365, 1e12)
-    ]
+    handles = [loop.call_later(delay, lambda: None) for delay in (86400.0, 86400.0 * 365, 1e12)]
     ran: list[int] = []
     loop.call_later(0.01, ran.append, 1)
     run_until(loop, lambda: bool(ran))
@@ -699,9 +713,7 @@ def test_default_exception_handler_logs(
         loop.call_soon(boom)
         run(loop, asyncio.sleep(0.001))
         loop.default_exception_handler({"message": "direct call"})
-    messages = [
-        record.getMessage() for record in caplog.records if record.name == "asyncio"
-    ]
+    messages = [record.getMessage() for record in caplog.records if record.name == "asyncio"]
     assert any("Exception in callback" in message for message in messages)
     assert any("direct call" in message for message in messages)
 
@@ -838,12 +850,8 @@ def test_run_in_default_executor(loop: ErlangEventLoop) -> None:
 
 
 def test_run_in_custom_executor_and_set_default_executor(loop: ErlangEventLoop) -> None:
-    custom = concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="custom"
-    )
-    default = concurrent.futures.ThreadPoolExecutor(
-        max_workers=2, thread_name_prefix="chosen"
-    )
+    custom = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="custom")
+    default = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="chosen")
     try:
 
         def thread_name() -> str:
@@ -935,7 +943,7 @@ def test_reader_fires_on_data_only(
     assert received == []
     for chunk in (b"one", b"two", b"three"):
         wsock.send(chunk)
-        run_until(loop, lambda: bool(received) and received[-1] == chunk)
+        run_until(loop, lambda chunk=chunk: bool(received) and received[-1] == chunk)
     assert received == [b"one", b"two", b"three"]
     assert loop.remove_reader(rsock) is True
 
@@ -1092,9 +1100,7 @@ def test_sock_methods_echo_over_loopback(loop: ErlangEventLoop) -> None:
 
 
 def test_streams_echo_over_loopback(loop: ErlangEventLoop) -> None:
-    async def handle(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
             writer.write(line.upper())
             await writer.drain()
@@ -1130,9 +1136,7 @@ def _use_a_loop(isolated: bool) -> None:
     loop = ErlangEventLoop(isolated=isolated)
     try:
 
-        async def handle(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writer.write(await reader.read(100))
             await writer.drain()
             writer.close()

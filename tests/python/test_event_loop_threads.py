@@ -26,15 +26,11 @@ T = TypeVar("T")
 DEADLINE = 10.0
 
 
-def run(
-    loop: asyncio.AbstractEventLoop, coro: Awaitable[T], timeout: float = DEADLINE
-) -> T:
+def run(loop: asyncio.AbstractEventLoop, coro: Awaitable[T], timeout: float = DEADLINE) -> T:
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
-def in_threads(
-    targets: list[Callable[[], Any]], timeout: float = 2 * DEADLINE
-) -> list[Any]:
+def in_threads(targets: list[Callable[[], Any]], timeout: float = 2 * DEADLINE) -> list[Any]:
     """Runs each target in its own (daemon) thread at the same time; returns
     their results in order, re-raising the first exception."""
     results: list[Any] = [None] * len(targets)
@@ -49,9 +45,7 @@ def in_threads(
             errors.append(error)
 
     threads = [
-        threading.Thread(
-            target=body, args=(i, target), daemon=True, name=f"loop-thread-{i}"
-        )
+        threading.Thread(target=body, args=(i, target), daemon=True, name=f"loop-thread-{i}")
         for i, target in enumerate(targets)
     ]
     for thread in threads:
@@ -305,10 +299,7 @@ def test_loops_on_two_threads_never_see_each_others_timers(
             loop.close()
 
     results = in_threads(
-        [
-            lambda tag=tag, iso=iso: thread_main(tag, iso)
-            for tag, iso in enumerate(kinds)
-        ]
+        [lambda tag=tag, iso=iso: thread_main(tag, iso) for tag, iso in enumerate(kinds)]
     )
     for seen, foreign, _stats in results:
         assert foreign == []
