@@ -6,7 +6,7 @@
 
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1]).
 -export([exit_status/1, clean_exit/1, uncaught_exception/1, dash_c/1,
-         argv_forwarded/1, c_locale/1, dash_m/1, script_path_and_main/1, usage/1]).
+         argv_forwarded/1, c_locale/1, not_started/1, dash_m/1, script_path_and_main/1, usage/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -18,7 +18,7 @@ suite() ->
 -spec all() -> [atom()].
 all() ->
     [exit_status, clean_exit, uncaught_exception, dash_c, argv_forwarded, c_locale,
-     dash_m, script_path_and_main, usage].
+     dash_m, script_path_and_main, usage, not_started].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -55,7 +55,7 @@ uncaught_exception(Config) ->
                           "def fail():\n    raise ZeroDivisionError('on purpose')\nfail()\n"),
     {Status, Out, Err} = run(Config, [Script]),
     ct:log("stderr:~n~ts", [Err]),
-    ?assertNotEqual(0, Status),
+    ?assertEqual(1, Status),
     ?assertEqual(<<>>, Out),
     [?assertMatch({_, _}, binary:match(Err, Part))
      || Part <- [<<"Traceback (most recent call last)">>, <<"in fail">>,
@@ -117,8 +117,30 @@ usage(Config) ->
     ?assertEqual(2, Status),
     ?assertMatch({_, _}, binary:match(Err, <<"usage">>)).
 
+-spec not_started(ct_suite:ct_config()) -> term().
+not_started(_Config) ->
+    %% A fresh node with the NIF loaded but the application not started.
+    Ebin = filename:dirname(code:which(py)),
+    Code = "io:format(\"~p~n\", [{py:call(math, sqrt, [4]), py:eval(<<\"1\">>), "
+           "py:exec(<<\"x = 1\">>), py:version(), py_nif:pool_stats()}]), halt().",
+    Port = open_port({spawn_executable, os:find_executable("erl")},
+                     [exit_status, binary, stream, stderr_to_stdout,
+                      {args, ["-noshell", "-pa", Ebin, "-eval", Code]}]),
+    {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
+    ct:log("status ~b:~n~ts", [Status, Out]),
+    ?assertEqual(0, Status),
+    NotInit = {error, not_initialized},
+    ?assertEqual({NotInit, NotInit, NotInit, NotInit, NotInit}, parse(Out)).
+
 %%--------------------------------------------------------------------
 %% Helpers
+
+-spec parse(binary()) -> term().
+parse(Text) ->
+    {ok, Tokens, _} = erl_scan:string(binary_to_list(Text) ++ "."),
+    {ok, Term} = erl_parse:parse_term(Tokens),
+    Term.
+
 
 %% The checkout: $ERLANG_PYTHON_ROOT (set by the Makefile), else the folder
 %% that holds erlang/_build, found from where this application's code is.
