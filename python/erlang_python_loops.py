@@ -1,0 +1,298 @@
+"""Long-lived asyncio loops driven from Erlang: the Python half of ``py_asyncio``.
+
+Each ``py_asyncio_loop`` gen_server (the *server*) owns one :class:`_LoopThread`:
+a ``threading.Thread`` of its own running ``run_forever`` on an
+``ErlangEventLoop(isolated=True)``. The worker pool is for short calls
+(LESSONS 6), so the server only ever makes three short calls from it:
+
+- ``start(server, tag)`` starts the thread and returns once the loop runs;
+- ``dispatch(server, ops)`` hands a batch of operations to the loop thread
+  with ``call_soon_threadsafe`` and returns at once;
+- ``stop(server, timeout)`` stops the loop as ``asyncio.Runner`` closes one
+  (tasks cancelled, async generators and the default executor shut down, loop
+  closed) and joins the thread, never longer than ``timeout``.
+
+An operation is ``("submit", key, module, function, args)``,
+``("cancel", key)`` or ``("message", term)``; ``key`` is the server's integer
+name for a task. The loop thread reports with
+``erlang.send(server, (tag, key, status, value))`` (``status`` is ``"ok"``,
+``"error"`` or ``"cancelled"``) and, if it ends without being asked to, with
+``(tag, "exit", reason)``. Python cannot make atoms: the server turns these
+into ``{py_result, Ref, ...}`` for the caller. ``tag`` is a reference only
+the server knows, so a user's message never passes for a report.
+
+``receive`` and ``current_pid`` (``erlang.receive``/``erlang.self``) give
+coroutines on such a loop the server's mailbox: every message sent to the
+server that is not part of its protocol lands in the loop's ``asyncio.Queue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+import math
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from _erlang import Pid, Ref, send
+from erlang_loop import ErlangEventLoop
+
+__all__ = ["current_pid", "dispatch", "receive", "start", "stop"]
+
+#: Running loop threads by the pid of their server.
+_runners: dict[Pid, _LoopThread] = {}
+_runners_lock = threading.Lock()
+
+#: ``runner``: the _LoopThread of the current thread, on loop threads only.
+_current = threading.local()
+
+
+def _error_info(error: BaseException) -> tuple[str, str, str]:
+    """``(ExceptionName, Message, Traceback)``, as py:call reports errors."""
+    return (type(error).__name__, str(error), "".join(traceback.format_exception(error)))
+
+
+def _resolve(module: str, function: str) -> Callable[..., Any]:
+    """``module.function``; ``function`` may be a dotted path, as in py:call."""
+    target: Any = importlib.import_module(module)
+    for part in function.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{module}.{function} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+class _LoopThread:
+    """One long-lived loop, its thread, and the tasks the server submitted."""
+
+    def __init__(self, server: Pid, tag: Ref) -> None:
+        #: The py_asyncio_loop gen_server: reports go there, ``erlang.self()``.
+        self.server = server
+        #: Marks our reports to the server.
+        self.tag = tag
+        self.loop = ErlangEventLoop(isolated=True)
+        #: Messages forwarded by the server, for ``erlang.receive``.
+        self.mailbox: asyncio.Queue[Any] = asyncio.Queue()
+        #: Submitted tasks not finished yet, by key; touched on the loop thread only.
+        self.tasks: dict[int, asyncio.Future[Any]] = {}
+        #: Set once ``run_forever`` runs (or the thread ended before that).
+        self.started = threading.Event()
+        self.running = False
+        #: ``stop()`` asked for the end: no "exit" report then.
+        self.stopping = False
+        #: The loop thread is shutting down: submissions are refused.
+        self.closing = False
+        #: How long each shutdown step may take (set by ``stop``).
+        self.grace = 1.0
+        self.thread = threading.Thread(
+            target=self._main, name=f"py_asyncio loop {server!r}", daemon=True
+        )
+
+    # -- the loop thread --
+
+    def _main(self) -> None:
+        loop = self.loop
+        _current.runner = self
+        asyncio.set_event_loop(loop)
+        reason = "normal"
+        try:
+            loop.call_soon(self._running)
+            loop.run_forever()
+        except BaseException as error:  # noqa: BLE001 - reported to the server
+            reason = "".join(traceback.format_exception(error))
+        finally:
+            self.closing = True
+            self.started.set()
+            self._shutdown()
+            asyncio.set_event_loop(None)
+            _current.runner = None
+            with _runners_lock:
+                if _runners.get(self.server) is self:
+                    del _runners[self.server]
+            if not self.stopping:
+                self._send_quietly((self.tag, "exit", reason))
+
+    def _running(self) -> None:
+        self.running = True
+        self.started.set()
+
+    def _shutdown(self) -> None:
+        """What asyncio.Runner.close does, each step bounded by ``grace``."""
+        loop = self.loop
+        try:
+            tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=self.grace))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), self.grace))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), self.grace))
+        except BaseException:  # noqa: BLE001 - a broken loop still gets closed
+            pass
+        finally:
+            # Tasks that ignored their cancellation: their callers are told anyway.
+            for key in list(self.tasks):
+                del self.tasks[key]
+                self._report(key, "cancelled", None)
+            loop.close()
+
+    def apply(self, ops: list[tuple[Any, ...]]) -> None:
+        """Runs a batch of operations; on the loop thread."""
+        for op in ops:
+            kind = op[0]
+            if kind == "submit":
+                self._start_task(op[1], op[2], op[3])
+            elif kind == "cancel":
+                task = self.tasks.get(op[1])
+                if task is not None:
+                    task.cancel()
+            elif kind == "message":
+                self.mailbox.put_nowait(op[1])
+
+    def _start_task(self, key: int, target: Callable[..., Any], args: list[Any]) -> None:
+        if self.closing:
+            self._report(key, "cancelled", None)
+            return
+        try:
+            result = target(*args)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result, loop=self.loop)
+            else:
+                self._report(key, "ok", result)
+                return
+        except BaseException as error:  # noqa: BLE001 - reported to the caller
+            self._report(key, "error", _error_info(error))
+            return
+        self.tasks[key] = task
+        task.add_done_callback(functools.partial(self._task_done, key))
+
+    def _task_done(self, key: int, task: asyncio.Future[Any]) -> None:
+        if self.tasks.pop(key, None) is None:
+            return
+        if task.cancelled():
+            self._report(key, "cancelled", None)
+            return
+        error = task.exception()
+        if error is None:
+            self._report(key, "ok", task.result())
+        else:
+            self._report(key, "error", _error_info(error))
+
+    # -- reports, from any thread --
+
+    def _report(self, key: int, status: str, value: Any) -> None:
+        try:
+            send(self.server, (self.tag, key, status, value))
+        except Exception as error:  # noqa: BLE001 - e.g. a result Erlang cannot hold
+            self._send_quietly((self.tag, key, "error", _error_info(error)))
+
+    def _send_quietly(self, message: tuple[Any, ...]) -> None:
+        try:
+            send(self.server, message)
+        except Exception:  # noqa: BLE001 - the node is going away
+            pass
+
+    # -- the server's side --
+
+    def stop(self, timeout: float) -> str:
+        self.stopping = True
+        self.grace = max(timeout / 4, 0.01)
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:
+            pass  # already closed
+        self.thread.join(timeout)
+        return "timeout" if self.thread.is_alive() else "ok"
+
+
+def start(server: Pid, tag: Ref, timeout: float = 10.0) -> str:
+    """Starts the loop thread of ``server``; returns ``"ok"`` once it runs."""
+    runner = _LoopThread(server, tag)
+    with _runners_lock:
+        if server in _runners:
+            runner.loop.close()
+            raise RuntimeError(f"{server!r} already has a loop")
+        _runners[server] = runner
+    runner.stopping = True  # no "exit" report unless the start succeeds
+    runner.thread.start()
+    if not runner.started.wait(timeout) or not runner.running:
+        runner.stop(timeout)
+        with _runners_lock:
+            _runners.pop(server, None)
+        raise RuntimeError("the loop thread did not start")
+    runner.stopping = False
+    return "ok"
+
+
+def dispatch(server: Pid, ops: list[tuple[Any, ...]]) -> str:
+    """Hands ``ops`` to the loop thread of ``server``. Returns ``"ok"``, or
+    ``"closed"`` when that loop is gone (its submissions never ran)."""
+    with _runners_lock:
+        runner = _runners.get(server)
+    if runner is None:
+        return "closed"
+    batch: list[tuple[Any, ...]] = []
+    for op in ops:
+        if op[0] == "submit":
+            # Imports happen here, on the pool thread, not on the loop.
+            _, key, module, function, args = op
+            try:
+                batch.append(("submit", key, _resolve(module, function), args))
+            except Exception as error:  # noqa: BLE001 - reported to the caller
+                runner._report(key, "error", _error_info(error))
+        else:
+            batch.append(op)
+    try:
+        runner.loop.call_soon_threadsafe(runner.apply, batch)
+    except RuntimeError:
+        return "closed"
+    return "ok"
+
+
+def stop(server: Pid, timeout: float) -> str:
+    """Stops the loop of ``server``: ``"ok"``, ``"timeout"`` (the thread is
+    stuck and left behind) or ``"unknown"`` (no such loop, or stopped)."""
+    with _runners_lock:
+        runner = _runners.pop(server, None)
+    if runner is None:
+        return "unknown"
+    return runner.stop(timeout)
+
+
+def _this_loop(what: str) -> _LoopThread:
+    runner: _LoopThread | None = getattr(_current, "runner", None)
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if runner is None or running is not runner.loop:
+        raise RuntimeError(
+            f"{what} works only on a loop started by py_asyncio:start_loop/1 "
+            "(code submitted with py_asyncio:submit/4 or call/5)"
+        )
+    return runner
+
+
+async def receive(timeout: float | None = None) -> Any:
+    """The next message sent to this loop's server (``erlang.self()``)."""
+    mailbox = _this_loop("erlang.receive").mailbox
+    if timeout is None:
+        return await mailbox.get()
+    if math.isnan(timeout):
+        raise ValueError("timeout must not be NaN")
+    if timeout <= 0:
+        try:
+            return mailbox.get_nowait()
+        except asyncio.QueueEmpty:
+            raise TimeoutError("no message") from None
+    async with asyncio.timeout(timeout):
+        return await mailbox.get()
+
+
+def current_pid() -> Pid:
+    """The pid whose messages ``receive`` returns: this loop's server."""
+    return _this_loop("erlang.self").server
