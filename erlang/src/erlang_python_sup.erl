@@ -5,7 +5,8 @@
 %% ├── py_callback           Erlang functions called from Python
 %% ├── py_event_worker_sup   one py_event_worker per isolated loop
 %% ├── py_event_default      the py_event_worker shared by default loops
-%% └── py_event_loops        places new Python loops on a worker
+%% ├── py_event_loops        places new Python loops on a worker
+%% └── py_asyncio_sup        one py_asyncio_loop per long-lived loop (py_asyncio)
 %% '''
 -module(erlang_python_sup).
 -behaviour(supervisor).
@@ -24,6 +25,9 @@ init([]) ->
           type => supervisor},
         #{id => py_event_default,
           start => {py_event_worker, start_link, [py_event_default, []]}},
-        #{id => py_event_loops, start => {py_event_loops, start_link, []}}
+        #{id => py_event_loops, start => {py_event_loops, start_link, []}},
+        %% Last: its loops stop first, while the workers serving them still run.
+        #{id => py_asyncio_sup, start => {py_asyncio_sup, start_link, []},
+          type => supervisor}
     ],
     {ok, {#{strategy => one_for_one, intensity => 5, period => 10}, Children}}.

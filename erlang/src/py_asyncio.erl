@@ -1,0 +1,129 @@
+%% @doc Long-lived asyncio loops driven from Erlang.
+%%
+%% A loop is a `py_asyncio_loop' process that owns a Python thread running
+%% `run_forever' on an `ErlangEventLoop(isolated=True)'. Erlang processes,
+%% on this node or another, submit coroutines to it and get each result as a
+%% message:
+%%
+%% ```
+%% {ok, Loop} = py_asyncio:start_loop(#{name => my_loop}),
+%% Ref = py_asyncio:submit(my_loop, erlang_asyncio, sleep, [0.01, 42]),
+%% receive {py_result, Ref, {ok, 42}} -> ok end,
+%% {ok, 42} = py_asyncio:call(my_loop, erlang_asyncio, sleep, [0.01, 42], 1000),
+%% ok = py_asyncio:stop_loop(my_loop).
+%% '''
+%%
+%% A result is `{ok, Term}', `{error, {ExceptionName, Message, Traceback}}'
+%% (as `py:call'), or `{error, cancelled}' when the task was cancelled
+%% (`cancel/2', `stop_loop/1'). A caller that dies has its tasks cancelled.
+%% Messages sent to the loop process that are not part of its protocol are
+%% for the coroutines: `await erlang.receive(Timeout)' returns them, and
+%% `erlang.self()' is the loop process.
+-module(py_asyncio).
+
+-export([start_loop/1, stop_loop/1, child_spec/1,
+         submit/4, call/4, call/5, cancel/2]).
+
+-type loop() :: pid() | atom() | {atom(), node()}.
+%% A loop process, its local name, or `{Name, Node}' for a named loop on
+%% another node.
+-type options() :: #{name => atom(),
+                     stop_timeout => non_neg_integer(),
+                     id => term(),
+                     restart => supervisor:restart()}.
+%% `name': register the loop locally. `stop_timeout' (ms, default 5000, at
+%% most 20000): how long stopping may wait for Python (tasks, the thread).
+%% `id', `restart': for `child_spec/1' only (default `py_asyncio_loop',
+%% `transient').
+-type result() :: {ok, term()}
+                | {error, {atom() | binary(), binary(), binary()}
+                        | cancelled | timeout | {loop_down, term()}}.
+-export_type([loop/0, options/0, result/0]).
+
+%% @doc Starts a loop under `py_asyncio_sup' (stopped with the application).
+-spec start_loop(options()) -> {ok, pid()} | {error, term()}.
+start_loop(Opts) when is_map(Opts) ->
+    ok = py_asyncio_loop:check_options(Opts),
+    supervisor:start_child(py_asyncio_sup, [Opts]).
+
+%% @doc Stops a loop: its tasks are cancelled (their callers get
+%% `{error, cancelled}'), its async generators and default executor shut down,
+%% the Python loop closed and its thread joined. Never waits for Python longer
+%% than the loop's `stop_timeout'. A loop under your own supervisor is stopped
+%% for good only if its restart type is `transient' or `temporary'.
+-spec stop_loop(loop()) -> ok | {error, not_found}.
+stop_loop(Loop) ->
+    try gen_server:stop(Loop, normal, infinity)
+    catch
+        exit:noproc -> {error, not_found};
+        exit:{noproc, _} -> {error, not_found}
+    end.
+
+%% @doc A child spec that runs a loop under your own supervisor.
+-spec child_spec(options()) -> supervisor:child_spec().
+child_spec(Opts) when is_map(Opts) ->
+    ok = py_asyncio_loop:check_options(Opts),
+    #{id => maps:get(id, Opts, py_asyncio_loop),
+      start => {py_asyncio_loop, start_link, [Opts]},
+      restart => maps:get(restart, Opts, transient),
+      shutdown => py_asyncio_loop:shutdown_time(Opts),
+      type => worker,
+      modules => [py_asyncio_loop]}.
+
+%% @doc Schedules `Module.Function(*Args)' on the loop and returns at once.
+%% `Function' is usually a coroutine function (a plain function's result is
+%% fine too) and may be a dotted path. The caller later receives
+%% `{py_result, Ref, result()}'. Like `erlang:send/2', this never fails: if
+%% the loop does not exist no answer comes (`call/5' watches the loop).
+-spec submit(loop(), py:name(), py:name(), list()) -> reference().
+submit(Loop, Module, Function, Args) when is_list(Args) ->
+    Ref = make_ref(),
+    gen_server:cast(Loop, {submit, self(), Ref, text(Module), text(Function), Args}),
+    Ref.
+
+%% @equiv call(Loop, Module, Function, Args, infinity)
+-spec call(loop(), py:name(), py:name(), list()) -> result().
+call(Loop, Module, Function, Args) ->
+    call(Loop, Module, Function, Args, infinity).
+
+%% @doc Submits and waits for the result. On timeout the task is cancelled
+%% and `{error, timeout}' returned, with no message left behind. If the loop
+%% goes away meanwhile: `{error, {loop_down, Reason}}'.
+-spec call(loop(), py:name(), py:name(), list(), timeout()) -> result().
+call(Loop, Module, Function, Args, Timeout) ->
+    Monitor = erlang:monitor(process, Loop),
+    Ref = submit(Loop, Module, Function, Args),
+    receive
+        {py_result, Ref, Result} ->
+            erlang:demonitor(Monitor, [flush]),
+            Result;
+        {'DOWN', Monitor, process, _, Reason} ->
+            {error, {loop_down, Reason}}
+    after Timeout ->
+        %% Synchronous, so that any result sent before is in our mailbox now
+        %% and none can follow.
+        _ = catch gen_server:call(Loop, {cancel_quietly, Ref}, 5000),
+        erlang:demonitor(Monitor, [flush]),
+        receive {py_result, Ref, _} -> ok after 0 -> ok end,
+        {error, timeout}
+    end.
+
+%% @doc Cancels the task `Ref' (from `submit/4'); its caller gets
+%% `{py_result, Ref, {error, cancelled}}' unless it had finished already (or
+%% the coroutine chose to return despite the cancellation).
+-spec cancel(loop(), reference()) -> ok.
+cancel(Loop, Ref) when is_reference(Ref) ->
+    gen_server:cast(Loop, {cancel, Ref}).
+
+%% Internal
+
+%% A string is characters: hand Python its UTF-8 text, as `py' does.
+text(Text) when is_list(Text) ->
+    case unicode:characters_to_binary(Text) of
+        Binary when is_binary(Binary) -> Binary;
+        _ -> error(badarg)
+    end;
+text(Text) when is_atom(Text); is_binary(Text) ->
+    Text;
+text(_) ->
+    error(badarg).
