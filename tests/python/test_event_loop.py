@@ -19,6 +19,8 @@ import random
 import socket
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -439,15 +441,25 @@ def test_sequential_short_sleeps_never_return_early(loop: ErlangEventLoop) -> No
 
 
 def test_gather_of_three_sleeps_is_concurrent(loop: ErlangEventLoop) -> None:
-    """LESSONS 26: sleeps yield to the loop, so three 50 ms sleeps overlap."""
+    """LESSONS 26: sleeps yield to the loop, so three 50 ms sleeps overlap.
+
+    Sleeps that blocked the loop would take 150 ms every time; the best of
+    three tries keeps a loaded machine's late Erlang timers (hundreds of ms
+    seen with every core busy) from failing a correct loop."""
 
     async def main() -> float:
         start = loop.time()
         await asyncio.gather(*(asyncio.sleep(0.05) for _ in range(3)))
         return loop.time() - start
 
-    elapsed = run(loop, main())
-    assert 0.05 <= elapsed < 0.15
+    tries = []
+    for _ in range(3):
+        elapsed = run(loop, main())
+        assert elapsed >= 0.05
+        tries.append(elapsed)
+        if elapsed < 0.15:
+            break
+    assert min(tries) < 0.15, tries
 
 
 def test_timers_fired_counter(loop: ErlangEventLoop) -> None:
@@ -1034,6 +1046,32 @@ def test_fd_number_reused_after_close(loop: ErlangEventLoop) -> None:
         new_w.close()
 
 
+def test_add_reader_on_a_closed_fd_raises_and_leaves_nothing(loop: ErlangEventLoop) -> None:
+    a, b = socket.socketpair()
+    number = a.fileno()
+    a.close()
+    b.close()
+    with pytest.raises(OSError):
+        loop.add_reader(number, lambda: None)
+    assert loop.remove_reader(number) is False
+    assert loop.stats()["fds"] == 0
+
+
+def test_a_loop_can_move_between_threads(loop: ErlangEventLoop) -> None:
+    """Run on one thread, then another, then back (never two at once)."""
+    results: list[str] = []
+
+    def elsewhere() -> None:
+        results.append(run(loop, asyncio.sleep(0.005, "other thread")))
+
+    assert run(loop, asyncio.sleep(0.005, "here")) == "here"
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join(DEADLINE)
+    assert results == ["other thread"]
+    assert run(loop, asyncio.sleep(0.005, "back")) == "back"
+
+
 def test_many_fds_at_once(loop: ErlangEventLoop) -> None:
     pairs = [socket.socketpair() for _ in range(50)]
     try:
@@ -1167,6 +1205,15 @@ def _use_a_loop(isolated: bool) -> None:
         loop.close()
 
 
+def _wait_for_fd_count(baseline: int, timeout: float = 5.0) -> int:
+    """The open fd count once it is back to ``baseline`` (or after
+    ``timeout``): select stops are asynchronous (LESSONS 30)."""
+    give_up = time.monotonic() + timeout
+    while _open_fds() > baseline and time.monotonic() < give_up:
+        time.sleep(0.05)
+    return _open_fds()
+
+
 def test_no_fd_leak_after_many_loops() -> None:
     _use_a_loop(False)  # warm up (imports, first worker)
     _use_a_loop(True)
@@ -1175,8 +1222,55 @@ def test_no_fd_leak_after_many_loops() -> None:
     for i in range(20):
         _use_a_loop(isolated=bool(i % 2))
     gc.collect()
-    # Select stops are asynchronous (LESSONS 30): give the BEAM a moment.
-    give_up = time.monotonic() + 5.0
-    while _open_fds() > baseline and time.monotonic() < give_up:
-        time.sleep(0.05)
-    assert _open_fds() <= baseline
+    assert _wait_for_fd_count(baseline) <= baseline
+
+
+def _loop_with_watched_sockets(isolated: bool) -> tuple[ErlangEventLoop, list[socket.socket]]:
+    """A loop that watched a socketpair (read and write), still registered."""
+    loop = ErlangEventLoop(isolated=isolated)
+    a, b = socket.socketpair()
+    seen = loop.create_future()
+    loop.add_reader(a, lambda: seen.done() or seen.set_result(a.recv(10)))
+    loop.add_writer(b, lambda: None)
+    b.send(b"x")
+    assert run(loop, seen) == b"x"
+    assert loop.stats()["fds"] == 2
+    return loop, [a, b]
+
+
+def test_no_fd_leak_when_a_loop_closes_with_fds_still_watched() -> None:
+    """close() stops every select; the BEAM's duplicates of the fds go."""
+    _loop_with_watched_sockets(False)[0].close()
+    gc.collect()
+    baseline = _open_fds()
+    sockets: list[socket.socket] = []
+    for i in range(10):
+        loop, pair = _loop_with_watched_sockets(isolated=bool(i % 2))
+        loop.close()
+        assert loop.stats()["fds"] == 0
+        sockets += pair
+    for sock in sockets:
+        sock.close()
+    gc.collect()
+    assert _wait_for_fd_count(baseline) <= baseline
+
+
+def test_no_fd_leak_when_an_unclosed_loop_is_garbage_collected() -> None:
+    """asyncio closes a forgotten loop when it is collected (with a
+    ResourceWarning); its selects must go with it."""
+    gc.collect()
+    baseline = _open_fds()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        for i in range(10):
+            loop, pair = _loop_with_watched_sockets(isolated=bool(i % 2))
+            loop.call_later(3600, lambda: None)
+            collected = weakref.ref(loop)
+            del loop
+            gc.collect()
+            assert collected() is None
+            # Our fds close; the loop's duplicates must go with the loop.
+            for sock in pair:
+                sock.close()
+        gc.collect()
+    assert _wait_for_fd_count(baseline) <= baseline
