@@ -1,0 +1,894 @@
+%% Tests of the low-level event loop API (py_nif event_loop_*, call_later,
+%% add_reader, poll_events, get_pending, ...) and of the Erlang processes that
+%% serve loops (py_event_router / py_event_worker): timer order and accuracy,
+%% cancel, wake-ups, fd readiness (coalesced, never dropped), isolation of
+%% loops, destroy, bad arguments, fd leaks, dead workers, stats, idleness.
+%%
+%% Every wait has a generous deadline (LESSONS 30): a test waits for the event
+%% it expects, and asserts the absence of an event only where a bug is the
+%% only way to see one.
+-module(py_event_loop_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, suite/0,
+         init_per_suite/1, end_per_suite/1,
+         init_per_testcase/2, end_per_testcase/2]).
+-export([timers_in_deadline_order/1, timers_never_fire_early/1,
+         timers_before_router/1,
+         cancel_timer/1, poll_events_wakes/1,
+         reader_and_writer/1, readiness_coalesced_not_dropped/1,
+         two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
+         far_timers/1,
+         no_leaked_fds/1, worker_dies/1, python_worker_dies/1,
+         loop_stats/1, idle_loop_does_not_tick/1,
+         dead_worker_leaks_no_fds/1]).
+
+-define(APP, erlang_python).
+-define(LOCALHOST, {127, 0, 0, 1}).
+
+-spec suite() -> [tuple()].
+suite() ->
+    [{timetrap, {seconds, 30}}].
+
+-spec all() -> [atom()].
+all() ->
+    [timers_in_deadline_order, timers_never_fire_early, timers_before_router,
+     cancel_timer, poll_events_wakes,
+     reader_and_writer, readiness_coalesced_not_dropped,
+     two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
+     no_leaked_fds, worker_dies, python_worker_dies,
+     loop_stats, idle_loop_does_not_tick,
+     dead_worker_leaks_no_fds].
+
+-spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
+init_per_suite(Config) ->
+    {ok, _} = application:ensure_all_started(?APP),
+    Config.
+
+-spec end_per_suite(ct_suite:ct_config()) -> ok.
+end_per_suite(_Config) ->
+    ok.
+
+-spec init_per_testcase(atom(), ct_suite:ct_config()) ->
+          ct_suite:ct_config() | {skip, string()}.
+init_per_testcase(dead_worker_leaks_no_fds, Config) ->
+    case os:getenv("PY_RUN_KNOWN_BUGS") of
+        false ->
+            {skip, "known bug: the fds selected by a dead worker are never stopped "
+                   "(set PY_RUN_KNOWN_BUGS=1 to run)"};
+        _ ->
+            erase(loops),
+            Config
+    end;
+init_per_testcase(_Case, Config) ->
+    erase(loops),
+    Config.
+
+%% Loops (and their routers) made by a case are destroyed and stopped here,
+%% whether it passed or not.
+-spec end_per_testcase(atom(), ct_suite:ct_config()) -> ok.
+end_per_testcase(_Case, _Config) ->
+    case get(loops) of
+        undefined -> ok;
+        Loops -> [catch stop_loop(Loop) || {Loop, _} <- maps:values(Loops)]
+    end,
+    erase(loops),
+    ok.
+
+%%--------------------------------------------------------------------
+%% Timers
+
+%% Three timers come out in deadline order, whatever their insertion order;
+%% equal delays come out in insertion order (LESSONS 14).
+-spec timers_in_deadline_order(ct_suite:ct_config()) -> term().
+timers_in_deadline_order(_Config) ->
+    Loop = new_loop(),
+    {ok, _} = py_nif:call_later(Loop, 30, 30),
+    {ok, _} = py_nif:call_later(Loop, 10, 10),
+    {ok, _} = py_nif:call_later(Loop, 20, 20),
+    ?assertEqual([{10, timer}, {20, timer}, {30, timer}], collect(Loop, 3, 5000)),
+    %% Equal delays: FIFO.
+    Ids = lists:seq(101, 110),
+    [{ok, _} = py_nif:call_later(Loop, 25, Id) || Id <- Ids],
+    ?assertEqual([{Id, timer} || Id <- Ids], collect(Loop, length(Ids), 5000)),
+    %% A zero delay is due at once, and before a later one.
+    {ok, _} = py_nif:call_later(Loop, 15, 2),
+    {ok, _} = py_nif:call_later(Loop, 0, 1),
+    ?assertEqual([{1, timer}, {2, timer}], collect(Loop, 2, 5000)),
+    %% Many equal delays, more than one advance batch: still FIFO, none lost.
+    Many = lists:seq(1, 10000),
+    [{ok, _} = py_nif:call_later(Loop, 20, Id) || Id <- Many],
+    ?assertEqual([{Id, timer} || Id <- Many], collect(Loop, length(Many), 10000)),
+    ?assertEqual([], collect(Loop, 1, 100)),
+    stop_loop(Loop).
+
+%% A timer is never available before its delay has passed (LESSONS 8),
+%% checked by polling without blocking from the moment it is scheduled.
+-spec timers_never_fire_early(ct_suite:ct_config()) -> term().
+timers_never_fire_early(_Config) ->
+    Loop = new_loop(),
+    {ok, _} = py_nif:call_later(Loop, 50, 50),
+    ?assertEqual(0, py_nif:poll_events(Loop, 0)),
+    ?assertEqual([], py_nif:get_pending(Loop)),
+    ?assertEqual([{50, timer}], collect(Loop, 1, 5000)),
+    Elapsed = [{Delay, first_event_after(Loop, Delay)} || Delay <- [1, 2, 3, 5, 10, 25, 50]],
+    ct:log("delay ms -> first seen after us: ~p", [Elapsed]),
+    %% Erlang monotonic time may be slewed by up to 1% against CLOCK_MONOTONIC.
+    [?assert(Us >= Delay * 990, {fired_early, Delay, Us}) || {Delay, Us} <- Elapsed],
+    %% Not early, but not absurdly late either.
+    [?assert(Us < Delay * 1000 + 2000000, {late, Delay, Us}) || {Delay, Us} <- Elapsed],
+    stop_loop(Loop).
+
+%% Microseconds from just before `call_later(Delay)' to the first poll that
+%% saw the event; polls without blocking so an early event would be seen.
+first_event_after(Loop, Delay) ->
+    T0 = erlang:monotonic_time(microsecond),
+    {ok, _} = py_nif:call_later(Loop, Delay, Delay),
+    Seen = spin_until_pending(Loop, T0 + 5000000),
+    ?assertEqual([{Delay, timer}], py_nif:get_pending(Loop)),
+    Seen - T0.
+
+spin_until_pending(Loop, Deadline) ->
+    N = py_nif:poll_events(Loop, 0),
+    Now = erlang:monotonic_time(microsecond),
+    if
+        is_integer(N), N > 0 -> Now;
+        Now > Deadline -> error(no_event);
+        true -> spin_until_pending(Loop, Deadline)
+    end.
+
+%% Timers scheduled before a router serves the loop fire once one does; and a
+%% loop without any router still fires its timers in poll_events.
+-spec timers_before_router(ct_suite:ct_config()) -> term().
+timers_before_router(_Config) ->
+    {ok, Loop} = py_nif:event_loop_new(),
+    {ok, _} = py_nif:call_later(Loop, 20, 1),
+    ?assertEqual([{1, timer}], collect(Loop, 1, 5000)),
+    {ok, _} = py_nif:call_later(Loop, 10, 2),
+    %% A reader added before the router: selected once the router comes.
+    Tx = sender(),
+    {S, Fd, Port} = udp(),
+    {ok, FdRef} = py_nif:add_reader(Loop, Fd, 3),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"x">>),
+    {ok, Router} = py_event_router:start_link(Loop),
+    remember(Loop, Router),
+    Events = read_and_timer(Loop, S, now_ms() + 5000, []),
+    ?assertEqual([{2, timer}, {3, read}], lists:sort(Events)),
+    ?assertEqual(ok, py_nif:remove_reader(Loop, FdRef)),
+    ok = gen_udp:close(S),
+    ok = gen_udp:close(Tx),
+    stop_loop(Loop).
+
+%% Events until both `{2, timer}' and `{3, read}' came; each datagram is read
+%% as soon as its event is seen (so it is not reported again).
+read_and_timer(Loop, S, Deadline, Acc) ->
+    Done = lists:member({2, timer}, Acc) andalso lists:member({3, read}, Acc),
+    case Done orelse now_ms() > Deadline of
+        true ->
+            Acc;
+        false ->
+            New = collect(Loop, 1, 500),
+            [{ok, _} = gen_udp:recv(S, 0, 1000) || {3, read} <- New],
+            read_and_timer(Loop, S, Deadline, Acc ++ New)
+    end.
+
+%% Cancel before firing: never delivered. Cancel after fire, twice, of a
+%% reused slot or of a garbage key: `{error, not_found}', nothing else moves.
+-spec cancel_timer(ct_suite:ct_config()) -> term().
+cancel_timer(_Config) ->
+    Loop = new_loop(),
+    {ok, T1} = py_nif:call_later(Loop, 30, 1),
+    ?assertEqual(ok, py_nif:cancel_timer(Loop, T1)),
+    {ok, T2} = py_nif:call_later(Loop, 60, 2),
+    ?assertEqual([{2, timer}], collect(Loop, 1, 5000)),
+    ?assertEqual([], collect(Loop, 1, 100)),
+    ?assertEqual({error, not_found}, py_nif:cancel_timer(Loop, T2)),
+    ?assertEqual({error, not_found}, py_nif:cancel_timer(Loop, T1)),
+    ?assertEqual({error, not_found}, py_nif:cancel_timer(Loop, T1)),
+    %% Slots of fired and cancelled timers get reused: stale keys must not
+    %% cancel the new timers.
+    Keys = [element(2, {ok, _} = py_nif:call_later(Loop, 20, Id)) || Id <- [3, 4, 5]],
+    ?assertEqual({error, not_found}, py_nif:cancel_timer(Loop, T1)),
+    ?assertEqual({error, not_found}, py_nif:cancel_timer(Loop, T2)),
+    [?assertNotEqual(K, T) || K <- Keys, T <- [T1, T2]],
+    ?assertEqual([{3, timer}, {4, timer}, {5, timer}], collect(Loop, 3, 5000)),
+    [?assertEqual({error, not_found}, py_nif:cancel_timer(Loop, Garbage))
+     || Garbage <- [0, 1, 123456789, 1 bsl 32, (1 bsl 32) + 1, (1 bsl 64) - 1]],
+    %% Cancel one of several timers: the others still fire.
+    {ok, _} = py_nif:call_later(Loop, 20, 6),
+    {ok, T7} = py_nif:call_later(Loop, 20, 7),
+    {ok, _} = py_nif:call_later(Loop, 20, 8),
+    ?assertEqual(ok, py_nif:cancel_timer(Loop, T7)),
+    ?assertEqual([{6, timer}, {8, timer}], collect(Loop, 2, 5000)),
+    ?assertEqual([], collect(Loop, 1, 100)),
+    ?assertMatch(#{live_timers := 0, timers_cancelled := 2}, py_nif:loop_stats(Loop)),
+    stop_loop(Loop).
+
+%% poll_events returns as soon as an event is queued, returns 0 after its
+%% timeout when nothing happens, and event_loop_wakeup ends it early.
+-spec poll_events_wakes(ct_suite:ct_config()) -> term().
+poll_events_wakes(_Config) ->
+    Loop = new_loop(),
+    {ok, _} = py_nif:call_later(Loop, 20, 1),
+    {N, Early} = timed(fun() -> py_nif:poll_events(Loop, 5000) end),
+    ?assertEqual(1, N),
+    ?assert(Early < 2500, {returned_after_ms, Early}),
+    ?assertEqual([{1, timer}], py_nif:get_pending(Loop)),
+    %% Nothing happens: 0, after the timeout.
+    {Zero, Waited} = timed(fun() -> py_nif:poll_events(Loop, 50) end),
+    ?assertEqual(0, Zero),
+    ?assert(Waited >= 49, {returned_after_ms, Waited}),
+    ?assert(Waited < 3000, {returned_after_ms, Waited}),
+    ?assertEqual(0, py_nif:poll_events(Loop, 0)),
+    %% A wake-up from another process ends a long poll.
+    _ = spawn_link(fun() -> timer:sleep(100), ok = py_nif:event_loop_wakeup(Loop) end),
+    {Woken, WokenAfter} = timed(fun() -> py_nif:poll_events(Loop, 20000) end),
+    ?assertEqual(0, Woken),
+    ?assert(WokenAfter < 10000, {returned_after_ms, WokenAfter}),
+    %% The wake-up was consumed: the next poll waits again.
+    {Again, AgainAfter} = timed(fun() -> py_nif:poll_events(Loop, 50) end),
+    ?assertEqual(0, Again),
+    ?assert(AgainAfter >= 49, {returned_after_ms, AgainAfter}),
+    ?assertEqual([], py_nif:get_pending(Loop)),
+    stop_loop(Loop).
+
+%%--------------------------------------------------------------------
+%% File descriptors
+
+%% add_reader on a UDP socket reports `{Id, read}' once data arrives;
+%% remove_reader works once; a stale FdRef never removes a newer
+%% registration; add_writer reports `{Id, write}'.
+-spec reader_and_writer(ct_suite:ct_config()) -> term().
+reader_and_writer(_Config) ->
+    Loop = new_loop(),
+    Tx = sender(),
+    {S, Fd, Port} = udp(),
+    {ok, Ref1} = py_nif:add_reader(Loop, Fd, 11),
+    %% Nothing to read yet.
+    ?assertEqual([], collect(Loop, 1, 100)),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"a">>),
+    ?assertEqual([{11, read}], collect(Loop, 1, 5000)),
+    ?assertEqual(ok, py_nif:remove_reader(Loop, Ref1)),
+    ?assertEqual({error, not_found}, py_nif:remove_reader(Loop, Ref1)),
+    %% Re-registered: "a" is still unread, so the new id is told at once.
+    {ok, Ref2} = py_nif:add_reader(Loop, Fd, 12),
+    ?assertNotEqual(Ref1, Ref2),
+    ?assertEqual([{12, read}], collect(Loop, 1, 5000)),
+    %% The stale FdRef names the same fd but not this registration.
+    ?assertEqual({error, not_found}, py_nif:remove_reader(Loop, Ref1)),
+    ?assertEqual({error, not_found}, py_nif:remove_writer(Loop, Ref1)),
+    %% A second add_reader on the fd replaces the callback id, same FdRef.
+    ?assertEqual({ok, Ref2}, py_nif:add_reader(Loop, Fd, 14)),
+    ?assertEqual([{14, read}], collect(Loop, 1, 5000)),
+    ?assertEqual({ok, Ref2}, py_nif:add_reader(Loop, Fd, 12)),
+    ?assertEqual([{12, read}], collect(Loop, 1, 5000)),
+    {ok, {_, _, <<"a">>}} = gen_udp:recv(S, 0, 1000),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"b">>),
+    ?assertEqual([{12, read}], collect(Loop, 1, 5000)),
+    {ok, {_, _, <<"b">>}} = gen_udp:recv(S, 0, 1000),
+    ?assertEqual(ok, py_nif:remove_reader(Loop, Ref2)),
+    %% The fd number is reused by the OS for a new socket: the old FdRef
+    %% still removes nothing.
+    ok = gen_udp:close(S),
+    {S2, Fd2, Port2} = udp(),
+    ct:log("fd ~p reused: ~p", [Fd, Fd2 =:= Fd]),
+    {ok, Ref3} = py_nif:add_reader(Loop, Fd2, 13),
+    ?assertEqual({error, not_found}, py_nif:remove_reader(Loop, Ref2)),
+    ?assertEqual({error, not_found}, py_nif:remove_reader(Loop, Ref1)),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port2, <<"c">>),
+    ?assertEqual([{13, read}], collect(Loop, 1, 5000)),
+    {ok, {_, _, <<"c">>}} = gen_udp:recv(S2, 0, 1000),
+    %% A writer on the same fd shares its registration (LESSONS 16).
+    {ok, Ref4} = py_nif:add_writer(Loop, Fd2, 21),
+    ?assertEqual(Ref3, Ref4),
+    ?assertEqual([{21, write}], collect(Loop, 1, 5000)),
+    ?assertEqual(ok, py_nif:remove_writer(Loop, Ref4)),
+    ?assertEqual({error, not_found}, py_nif:remove_writer(Loop, Ref4)),
+    %% The reader is still there, and no write event follows the removal.
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port2, <<"d">>),
+    ?assertEqual([{13, read}], collect(Loop, 1, 5000)),
+    ?assertEqual(ok, py_nif:remove_reader(Loop, Ref3)),
+    ?assertEqual({error, not_found}, py_nif:remove_reader(Loop, Ref3)),
+    ?assertEqual([], collect(Loop, 1, 100)),
+    %% A writer alone.
+    {ok, Ref5} = py_nif:add_writer(Loop, Fd2, 22),
+    ?assertEqual([{22, write}], collect(Loop, 1, 5000)),
+    ?assertEqual(ok, py_nif:remove_writer(Loop, Ref5)),
+    ?assertMatch(#{fds := 0}, py_nif:loop_stats(Loop)),
+    ok = gen_udp:close(S2),
+    ok = gen_udp:close(Tx),
+    stop_loop(Loop).
+
+%% Readiness is coalesced while an event is queued (one event for two
+%% datagrams), is level-triggered after the event is taken (unread data gives
+%% a new event), and new data after draining gives a new event (LESSONS 20).
+-spec readiness_coalesced_not_dropped(ct_suite:ct_config()) -> term().
+readiness_coalesced_not_dropped(_Config) ->
+    Loop = new_loop(),
+    Tx = sender(),
+    {S, Fd, Port} = udp(),
+    {ok, Ref} = py_nif:add_reader(Loop, Fd, 31),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"a">>),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"b">>),
+    ok = wait_pending(Loop, 1, 5000),
+    %% Give a duplicate every chance to show up.
+    timer:sleep(50),
+    ?assertEqual(1, py_nif:poll_events(Loop, 0)),
+    ?assertEqual([{31, read}], py_nif:get_pending(Loop)),
+    %% Taken but not read: the fd is still readable, the next poll re-arms
+    %% and a new event comes.
+    ?assertEqual([{31, read}], collect(Loop, 1, 5000)),
+    {ok, {_, _, <<"a">>}} = gen_udp:recv(S, 0, 1000),
+    {ok, {_, _, <<"b">>}} = gen_udp:recv(S, 0, 1000),
+    %% Nothing readable any more: no event.
+    ?assertEqual([], collect(Loop, 1, 100)),
+    %% New data: a new event.
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"c">>),
+    ?assertEqual([{31, read}], collect(Loop, 1, 5000)),
+    {ok, {_, _, <<"c">>}} = gen_udp:recv(S, 0, 1000),
+    %% And again, many times: none is lost.
+    lists:foreach(
+      fun(I) ->
+              ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<I>>),
+              ?assertEqual([{31, read}], collect(Loop, 1, 5000)),
+              {ok, {_, _, <<I>>}} = gen_udp:recv(S, 0, 1000)
+      end, lists:seq(1, 50)),
+    ?assertMatch(#{fd_events := 53}, py_nif:loop_stats(Loop)),
+    ?assertEqual(ok, py_nif:remove_reader(Loop, Ref)),
+    ok = gen_udp:close(S),
+    ok = gen_udp:close(Tx),
+    stop_loop(Loop).
+
+%%--------------------------------------------------------------------
+%% Several loops
+
+%% Two loops with their own routers, 100 timers each: each loop gets exactly
+%% its own ids (LESSONS 11, 21). Then two loops on one worker, with the same
+%% ids in both: still each gets its own.
+-spec two_loops_isolated(ct_suite:ct_config()) -> term().
+two_loops_isolated(_Config) ->
+    L1 = new_loop(),
+    L2 = new_loop(),
+    Ids1 = lists:seq(1, 100),
+    Ids2 = lists:seq(1001, 1100),
+    lists:foreach(
+      fun({I1, I2}) ->
+              {ok, _} = py_nif:call_later(L1, rand:uniform(50), I1),
+              {ok, _} = py_nif:call_later(L2, rand:uniform(50), I2)
+      end, lists:zip(Ids1, Ids2)),
+    check_own_timers(L1, Ids1),
+    check_own_timers(L2, Ids2),
+    %% One worker serving two loops, the same callback ids in both.
+    {ok, L3} = py_nif:event_loop_new(),
+    {ok, L4} = py_nif:event_loop_new(),
+    {ok, Worker} = py_event_worker:start_link([L3, L4]),
+    remember(L3, Worker),
+    remember(L4, Worker),
+    Ids = lists:seq(1, 50),
+    [{ok, _} = py_nif:call_later(L, rand:uniform(30), I) || I <- Ids, L <- [L3, L4]],
+    check_own_timers(L3, Ids),
+    check_own_timers(L4, Ids),
+    [stop_loop(L) || L <- [L1, L2, L3, L4]],
+    ok.
+
+check_own_timers(Loop, Ids) ->
+    Events = collect(Loop, length(Ids), 10000),
+    ?assertEqual(length(Ids), length(Events)),
+    ?assertEqual(Ids, lists:sort([I || {I, timer} <- Events])),
+    ?assertEqual([], collect(Loop, 1, 100)).
+
+%% After event_loop_destroy(L1): calls on L1 return `{error, closed}' (a
+%% blocked poll too), L2 keeps working, and a second destroy is harmless.
+-spec destroy_one_loop(ct_suite:ct_config()) -> term().
+destroy_one_loop(_Config) ->
+    L1 = new_loop(),
+    L2 = new_loop(),
+    {S, Fd, _Port} = udp(),
+    {ok, FdRef} = py_nif:add_reader(L1, Fd, 1),
+    {ok, T1} = py_nif:call_later(L1, 50, 1),
+    {ok, _} = py_nif:call_later(L2, 50, 2),
+    %% A poll blocked on L1 ends with {error, closed} when L1 is destroyed.
+    Self = self(),
+    Poller = spawn_link(fun() -> Self ! {polled, self(), py_nif:poll_events(L1, 20000)} end),
+    timer:sleep(20),
+    ?assertEqual(ok, py_nif:event_loop_destroy(L1)),
+    receive
+        {polled, Poller, Polled} -> ?assertEqual({error, closed}, Polled)
+    after 10000 ->
+        error(blocked_poll_not_woken_by_destroy)
+    end,
+    ?assertEqual({error, closed}, py_nif:call_later(L1, 10, 3)),
+    ?assertEqual({error, closed}, py_nif:add_reader(L1, Fd, 4)),
+    ?assertEqual({error, closed}, py_nif:add_writer(L1, Fd, 4)),
+    ?assertEqual({error, closed}, py_nif:remove_reader(L1, FdRef)),
+    ?assertEqual({error, closed}, py_nif:poll_events(L1, 100)),
+    ?assertEqual({error, closed}, py_nif:poll_events(L1, 0)),
+    ?assertEqual({error, closed}, py_nif:get_pending(L1)),
+    ?assertMatch({error, closed}, py_nif:event_loop_set_router(L1, self())),
+    Cancelled = py_nif:cancel_timer(L1, T1),
+    ?assert(Cancelled =:= ok orelse element(1, Cancelled) =:= error, Cancelled),
+    ?assertEqual(ok, py_nif:event_loop_wakeup(L1)),
+    ?assert(is_map(py_nif:loop_stats(L1))),
+    ?assertEqual(ok, py_nif:event_loop_destroy(L1)),
+    ?assertEqual(ok, py_nif:event_loop_destroy(L1)),
+    %% L2 is untouched.
+    ?assertEqual([{2, timer}], collect(L2, 1, 5000)),
+    {ok, _} = py_nif:call_later(L2, 10, 5),
+    ?assertEqual([{5, timer}], collect(L2, 1, 5000)),
+    %% L1's router survived the destroy.
+    ?assert(is_process_alive(router_of(L1))),
+    ok = gen_udp:close(S),
+    stop_loop(L1),
+    stop_loop(L2).
+
+%% Bad arguments raise badarg or return `{error, _}': no crash, and the VM,
+%% the loop and its router keep working.
+-spec bad_arguments(ct_suite:ct_config()) -> term().
+bad_arguments(_Config) ->
+    Loop = new_loop(),
+    Router = router_of(Loop),
+    {S, Fd, _Port} = udp(),
+    NotResources = [not_a_loop, make_ref(), 1, <<"loop">>, self(), {Loop}],
+    [?assertError(badarg, py_nif:call_later(Bad, 10, 1)) || Bad <- NotResources],
+    [?assertError(badarg, py_nif:poll_events(Bad, 10)) || Bad <- NotResources],
+    [?assertError(badarg, py_nif:get_pending(Bad)) || Bad <- NotResources],
+    [?assertError(badarg, py_nif:event_loop_destroy(Bad)) || Bad <- NotResources],
+    [?assertError(badarg, py_nif:event_loop_wakeup(Bad)) || Bad <- NotResources],
+    [?assertError(badarg, py_nif:loop_stats(Bad)) || Bad <- NotResources],
+    [?assertError(badarg, py_nif:add_reader(Bad, Fd, 1)) || Bad <- NotResources],
+    %% Delays and callback ids.
+    [bad_or_error(fun() -> py_nif:call_later(Loop, Delay, 1) end)
+     || Delay <- [-1, -1000, 1.5, foo, 1 bsl 64, 1 bsl 100]],
+    [bad_or_error(fun() -> py_nif:call_later(Loop, 10, Id) end)
+     || Id <- [foo, -1, 1.0, 1 bsl 64, "id", {1}]],
+    [bad_or_error(fun() -> py_nif:cancel_timer(Loop, Key) end)
+     || Key <- [-1, foo, 1.0, 1 bsl 64, make_ref()]],
+    [bad_or_error(fun() -> py_nif:poll_events(Loop, Timeout) end)
+     || Timeout <- [-1, foo, infinity, 1.0]],
+    %% Fds.
+    bad_or_error(fun() -> py_nif:add_reader(Loop, -1, 1) end),
+    bad_or_error(fun() -> py_nif:add_writer(Loop, -1, 1) end),
+    ?assertEqual({error, ebadf}, py_nif:add_reader(Loop, 999999, 1)),
+    ?assertEqual({error, ebadf}, py_nif:add_writer(Loop, 999999, 1)),
+    [bad_or_error(fun() -> py_nif:add_reader(Loop, BadFd, 1) end)
+     || BadFd <- [foo, 1 bsl 40, 1.0, -(1 bsl 40)]],
+    bad_or_error(fun() -> py_nif:add_reader(Loop, Fd, -5) end),
+    bad_or_error(fun() -> py_nif:add_reader(Loop, Fd, foo) end),
+    ?assertMatch(#{fds := 0}, py_nif:loop_stats(Loop)),
+    %% FdRefs.
+    [bad_or_error(fun() -> py_nif:remove_reader(Loop, BadRef) end)
+     || BadRef <- [foo, 1, {1}, {a, b}, {1, 2, 3}, make_ref(), {-1, 0}, {Fd, 999},
+                   {999999, 1}, {Fd, -1}, {1 bsl 40, 1}]],
+    [bad_or_error(fun() -> py_nif:remove_writer(Loop, BadRef) end)
+     || BadRef <- [foo, {a, b}, {Fd, 999}, {999999, 1}]],
+    [?assertEqual({error, not_found}, py_nif:remove_reader(Loop, Ref))
+     || Ref <- [{Fd, 1}, {0, 1}, {999999, 1}]],
+    %% The worker's entry points with a non-resource or a wrong resource.
+    {ok, Other} = py_nif:event_loop_new(),
+    [?assertError(badarg, py_nif:loop_fd_ready(Loop, NotFd, read))
+     || NotFd <- [make_ref(), foo, 1, {Fd, 1}, Loop, Other]],
+    [?assertError(badarg, py_nif:loop_fd_ready(Bad, make_ref(), read)) || Bad <- NotResources],
+    ?assertError(badarg, py_nif:loop_fd_ready(Loop, make_ref(), sideways)),
+    [?assertError(badarg, py_nif:loop_tick(Bad)) || Bad <- NotResources],
+    [?assertError(badarg, py_nif:loop_apply_selects(Bad)) || Bad <- NotResources],
+    [?assertError(badarg, py_nif:loop_id(Bad)) || Bad <- NotResources],
+    ?assertError(badarg, py_nif:event_loop_set_router(Other, not_a_pid)),
+    ?assertError(badarg, py_nif:event_loop_set_router(not_a_loop, self())),
+    %% A dead router is refused; a live one then serves the loop.
+    Dead = spawn(fun() -> ok end),
+    MonDead = monitor(process, Dead),
+    receive {'DOWN', MonDead, process, Dead, _} -> ok end,
+    ?assertMatch({error, _}, py_nif:event_loop_set_router(Other, Dead)),
+    {ok, OtherRouter} = py_event_router:start_link(Other),
+    remember(Other, OtherRouter),
+    {ok, _} = py_nif:call_later(Other, 10, 77),
+    ?assertEqual([{77, timer}], collect(Other, 1, 5000)),
+    %% The loop and its router still work.
+    ?assert(is_process_alive(Router)),
+    {ok, _} = py_nif:call_later(Loop, 10, 1),
+    ?assertEqual([{1, timer}], collect(Loop, 1, 5000)),
+    ok = gen_udp:close(S),
+    stop_loop(Other),
+    stop_loop(Loop).
+
+bad_or_error(Fun) ->
+    try Fun() of
+        {error, _} -> ok;
+        Other -> error({neither_badarg_nor_error, Other})
+    catch
+        error:badarg -> ok
+    end.
+
+%% Deadlines far away (centuries, and beyond what an Erlang timer can hold)
+%% neither crash the router nor disturb near timers (LESSONS 13).
+-spec far_timers(ct_suite:ct_config()) -> term().
+far_timers(_Config) ->
+    Year = 365 * 24 * 3600 * 1000,
+    %% 17.7e12 and 18e12 ms are still below u64::MAX ns but beyond the
+    %% longest erlang:start_timer/3 (about 2^44 ms).
+    Delays = [Year, 100 * Year, 500 * Year, 600 * Year, 1 bsl 45, 1 bsl 50,
+              17700000000000, 18000000000000, (1 bsl 64) - 1],
+    %% Each far timer alone in its loop, so its deadline is the one armed.
+    lists:foreach(
+      fun(Delay) ->
+              Loop = new_loop(),
+              Router = router_of(Loop),
+              unlink(Router),
+              Mon = monitor(process, Router),
+              R = py_nif:call_later(Loop, Delay, 1),
+              ?assertMatch({ok, _}, R, {delay, Delay}),
+              {ok, Key} = R,
+              %% The router has handled the arm signal once it answers.
+              ?assertMatch([_], catch gen_server:call(Router, loops, 5000), {delay, Delay}),
+              ?assertEqual(0, py_nif:poll_events(Loop, 20), {delay, Delay}),
+              {ok, _} = py_nif:call_later(Loop, 10, 2),
+              ?assertEqual([{2, timer}], collect(Loop, 1, 5000), {delay, Delay}),
+              ?assertEqual(ok, py_nif:cancel_timer(Loop, Key)),
+              receive
+                  {'DOWN', Mon, process, Router, Reason} ->
+                      error({router_died, Delay, Reason})
+              after 0 ->
+                  demonitor(Mon, [flush])
+              end,
+              stop_loop(Loop)
+      end, Delays),
+    %% All of them together with a near timer.
+    Loop = new_loop(),
+    Keys = [element(2, {ok, _} = py_nif:call_later(Loop, Delay, 1000 + I))
+            || {I, Delay} <- lists:enumerate(Delays)],
+    {ok, _} = py_nif:call_later(Loop, 10, 1),
+    ?assertEqual([{1, timer}], collect(Loop, 1, 5000)),
+    [?assertEqual(ok, py_nif:cancel_timer(Loop, Key)) || Key <- Keys],
+    ?assertMatch(#{live_timers := 0}, py_nif:loop_stats(Loop)),
+    stop_loop(Loop).
+
+%% Adding and removing readers on 50 sockets (some with events taken, some
+%% closed by Erlang before the removal, some left to a loop destroy) leaves
+%% no fd open once the asynchronous select stops are done (LESSONS 17, 30).
+-spec no_leaked_fds(ct_suite:ct_config()) -> term().
+no_leaked_fds(_Config) ->
+    Tx = sender(),
+    Baseline = fd_count(),
+    L1 = new_loop(),
+    L2 = new_loop(),
+    %% 50 readers, data for every other one, all removed, sockets closed.
+    Socks = [udp() || _ <- lists:seq(1, 50)],
+    Refs = [begin
+                {ok, Ref} = py_nif:add_reader(L1, Fd, I),
+                Ref
+            end || {I, {_, Fd, _}} <- lists:enumerate(Socks)],
+    [ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"x">>)
+     || {I, {_, _, Port}} <- lists:enumerate(Socks), I rem 2 =:= 1],
+    Events = collect(L1, 25, 10000),
+    ?assertEqual([I || I <- lists:seq(1, 50), I rem 2 =:= 1],
+                 lists:sort([I || {I, read} <- Events])),
+    %% Half the sockets closed by Erlang before their reader is removed.
+    {First, Second} = lists:split(25, lists:zip(Socks, Refs)),
+    [ok = gen_udp:close(S) || {{S, _, _}, _} <- First],
+    [?assertEqual(ok, py_nif:remove_reader(L1, Ref)) || {_, Ref} <- First ++ Second],
+    [ok = gen_udp:close(S) || {{S, _, _}, _} <- Second],
+    %% Readers and writers left to event_loop_destroy.
+    Socks2 = [udp() || _ <- lists:seq(1, 20)],
+    [{ok, _} = py_nif:add_reader(L2, Fd, I) || {I, {_, Fd, _}} <- lists:enumerate(Socks2)],
+    [{ok, _} = py_nif:add_writer(L2, Fd, 100 + I) || {I, {_, Fd, _}} <- lists:enumerate(Socks2)],
+    [ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"x">>) || {_, _, Port} <- Socks2],
+    ?assertEqual(40, length(collect(L2, 40, 10000))),
+    ok = py_nif:event_loop_destroy(L2),
+    [ok = gen_udp:close(S) || {S, _, _} <- Socks2],
+    %% Never selected: add and remove before the router can apply anything.
+    Socks3 = [udp() || _ <- lists:seq(1, 10)],
+    [begin
+         {ok, Ref} = py_nif:add_reader(L1, Fd, 500),
+         ok = py_nif:remove_reader(L1, Ref)
+     end || {_, Fd, _} <- Socks3],
+    [ok = gen_udp:close(S) || {S, _, _} <- Socks3],
+    Final = wait_until(fun() -> fd_count() end, fun(Count) -> Count =< Baseline end, 5000),
+    ct:log("fds: baseline ~p, after ~p", [Baseline, Final]),
+    ?assert(Final =< Baseline, {leaked_fds, Final - Baseline}),
+    ?assertMatch(#{fds := 0}, py_nif:loop_stats(L1)),
+    ok = gen_udp:close(Tx),
+    stop_loop(L1),
+    stop_loop(L2).
+
+fd_count() ->
+    {ok, Names} = file:list_dir("/proc/self/fd"),
+    length(Names).
+
+%%--------------------------------------------------------------------
+%% Dead workers
+
+%% The router of a loop dies: a poll fails with an error instead of hanging;
+%% a new router can serve the loop again; a new loop works.
+-spec worker_dies(ct_suite:ct_config()) -> term().
+worker_dies(_Config) ->
+    {ok, Loop} = py_nif:event_loop_new(),
+    {ok, Router} = py_event_router:start_link(Loop),
+    unlink(Router),
+    Tx = sender(),
+    {S, Fd, Port} = udp(),
+    {ok, FdRef} = py_nif:add_reader(Loop, Fd, 9),
+    %% The router has made the select once it answers.
+    [_] = gen_server:call(Router, loops),
+    {ok, _} = py_nif:call_later(Loop, 10000, 1),
+    Mon = monitor(process, Router),
+    exit(Router, kill),
+    receive {'DOWN', Mon, process, Router, _} -> ok end,
+    {Polled, After} = timed(fun() -> py_nif:poll_events(Loop, 3000) end),
+    ct:log("poll after the router died: ~p after ~p ms", [Polled, After]),
+    ?assertMatch({error, _}, Polled),
+    ?assertEqual({error, server_down}, Polled),
+    ?assertMatch({error, _}, py_nif:call_later(Loop, 10, 2)),
+    %% A blocked poll is woken when the router dies.
+    {ok, Loop2} = py_nif:event_loop_new(),
+    {ok, Router2} = py_event_router:start_link(Loop2),
+    unlink(Router2),
+    {ok, _} = py_nif:call_later(Loop2, 10000, 1),
+    Self = self(),
+    Poller = spawn_link(fun() -> Self ! {polled, self(), py_nif:poll_events(Loop2, 20000)} end),
+    timer:sleep(50),
+    exit(Router2, kill),
+    receive
+        {polled, Poller, Polled2} -> ?assertEqual({error, server_down}, Polled2)
+    after 10000 ->
+        error(blocked_poll_not_woken_by_router_death)
+    end,
+    %% A new router serves the old loop again: timers, and the fd the dead
+    %% router had selected (its select died with it).
+    {ok, Router3} = py_event_router:start_link(Loop),
+    remember(Loop, Router3),
+    {ok, _} = py_nif:call_later(Loop, 10, 3),
+    ?assertEqual([{3, timer}], collect(Loop, 1, 5000)),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"x">>),
+    ?assertEqual([{9, read}], collect(Loop, 1, 5000)),
+    ?assertEqual(ok, py_nif:remove_reader(Loop, FdRef)),
+    ok = gen_udp:close(S),
+    ok = gen_udp:close(Tx),
+    %% A new loop with a new router works.
+    Fresh = new_loop(),
+    {ok, _} = py_nif:call_later(Fresh, 10, 4),
+    ?assertEqual([{4, timer}], collect(Fresh, 1, 5000)),
+    ok = py_nif:event_loop_destroy(Loop2),
+    stop_loop(Loop),
+    stop_loop(Fresh).
+
+%% KNOWN BUG (skipped unless PY_RUN_KNOWN_BUGS is set): the fds a worker
+%% selected are never stopped once it dies. event_loop_destroy queues their
+%% ERL_NIF_SELECT_STOP for the dead worker, nobody applies it, and the VM
+%% keeps a reference on each selected fd resource: the dup'ed fds stay open
+%% (and in the poll set) forever, even after the loop is garbage.
+-spec dead_worker_leaks_no_fds(ct_suite:ct_config()) -> term().
+dead_worker_leaks_no_fds(_Config) ->
+    Tx = sender(),
+    Baseline = fd_count(),
+    {Pid, Mon} = spawn_monitor(
+                   fun() ->
+                           {ok, Loop} = py_nif:event_loop_new(),
+                           {ok, Router} = py_event_router:start_link(Loop),
+                           unlink(Router),
+                           Socks = [udp() || _ <- lists:seq(1, 10)],
+                           [{ok, _} = py_nif:add_reader(Loop, Fd, I)
+                            || {I, {_, Fd, _}} <- lists:enumerate(Socks)],
+                           [ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"x">>)
+                            || {_, _, Port} <- Socks],
+                           10 = length(collect(Loop, 10, 5000)),
+                           RMon = monitor(process, Router),
+                           exit(Router, kill),
+                           receive {'DOWN', RMon, process, Router, _} -> ok end,
+                           ok = py_nif:event_loop_destroy(Loop),
+                           [ok = gen_udp:close(S) || {S, _, _} <- Socks]
+                   end),
+    receive {'DOWN', Mon, process, Pid, normal} -> ok end,
+    Final = wait_until(fun() ->
+                               [erlang:garbage_collect(P) || P <- processes()],
+                               fd_count()
+                       end, fun(Count) -> Count =< Baseline end, 5000),
+    ok = gen_udp:close(Tx),
+    ?assert(Final =< Baseline, {leaked_fds, Final - Baseline}).
+
+%% A Python ErlangEventLoop(isolated=True) whose worker is killed raises a
+%% clear RuntimeError in Python instead of hanging.
+-spec python_worker_dies(ct_suite:ct_config()) -> term().
+python_worker_dies(_Config) ->
+    Before = workers(),
+    ok = py:exec(<<"
+import asyncio, threading, erlang_loop
+_loop_error = None
+def _run_loop():
+    global _loop_error
+    try:
+        loop = erlang_loop.ErlangEventLoop(isolated=True)
+        try:
+            loop.run_until_complete(asyncio.sleep(30))
+            _loop_error = 'finished without error'
+        finally:
+            loop.close()
+    except BaseException as e:
+        _loop_error = type(e).__name__ + ': ' + str(e)
+_loop_thread = threading.Thread(target=_run_loop, daemon=True)
+_loop_thread.start()
+">>),
+    [Worker] = wait_until(fun() -> workers() -- Before end, fun(New) -> New =/= [] end, 10000),
+    %% Let the loop start waiting before its worker dies.
+    timer:sleep(200),
+    ?assertEqual({ok, none}, py:eval(<<"_loop_error">>)),
+    Mon = monitor(process, Worker),
+    exit(Worker, kill),
+    receive {'DOWN', Mon, process, Worker, _} -> ok end,
+    {ok, Error} = wait_until(fun() -> py:eval(<<"_loop_error">>) end,
+                             fun(R) -> R =/= {ok, none} end, 15000),
+    ct:log("Python saw: ~ts", [Error]),
+    ?assert(is_binary(Error), {no_error_in_python, Error}),
+    ?assertMatch(<<"RuntimeError: ", _/binary>>, Error),
+    ?assertNotEqual(nomatch, binary:match(Error, <<"died">>)),
+    ?assertNotEqual(nomatch, binary:match(Error, <<"Erlang process">>)),
+    {ok, false} = wait_until(fun() -> py:eval(<<"_loop_thread.is_alive()">>) end,
+                             fun(R) -> R =:= {ok, false} end, 5000),
+    %% A new isolated loop gets a new worker and runs.
+    ?assertEqual({ok, 42}, py:eval(<<"(lambda l: (l.run_until_complete(asyncio.sleep(0.01, 42)),"
+                                     " l.close())[0])(erlang_loop.ErlangEventLoop(isolated=True))">>)).
+
+workers() ->
+    [Pid || {_, Pid, _, _} <- supervisor:which_children(py_event_worker_sup), is_pid(Pid)].
+
+%%--------------------------------------------------------------------
+%% Stats and idleness
+
+%% loop_stats: integer counters that move as expected.
+-spec loop_stats(ct_suite:ct_config()) -> term().
+loop_stats(_Config) ->
+    Loop = new_loop(),
+    S0 = py_nif:loop_stats(Loop),
+    Keys = [timers_inserted, timers_cancelled, timers_fired, wakeups, spurious_wakeups,
+            ticks, spurious_ticks, fd_events, events_coalesced, stale_events, timer_arms,
+            pending, live_timers, fds],
+    [?assert(is_integer(maps:get(K, S0)) andalso maps:get(K, S0) >= 0, K) || K <- Keys],
+    ?assertMatch(#{timers_inserted := 0, timers_fired := 0, fd_events := 0,
+                   live_timers := 0, fds := 0, pending := 0}, S0),
+    {ok, _} = py_nif:call_later(Loop, 10, 1),
+    {ok, T2} = py_nif:call_later(Loop, 20, 2),
+    {ok, _} = py_nif:call_later(Loop, 30, 3),
+    ok = py_nif:cancel_timer(Loop, T2),
+    ?assertMatch(#{timers_inserted := 3, timers_cancelled := 1, live_timers := 2},
+                 py_nif:loop_stats(Loop)),
+    ok = wait_pending(Loop, 1, 5000),
+    ?assert(maps:get(pending, py_nif:loop_stats(Loop)) >= 1),
+    Fired = [{1, timer}, {3, timer}],
+    ?assertEqual(Fired, collect(Loop, 2, 5000)),
+    S1 = py_nif:loop_stats(Loop),
+    ?assertMatch(#{timers_fired := 2, live_timers := 0, pending := 0}, S1),
+    ?assert(maps:get(ticks, S1) >= 1),
+    ?assert(maps:get(timer_arms, S1) >= 1),
+    ?assert(maps:get(wakeups, S1) >= 1),
+    Tx = sender(),
+    {S, Fd, Port} = udp(),
+    {ok, Ref} = py_nif:add_reader(Loop, Fd, 9),
+    ?assertMatch(#{fds := 1}, py_nif:loop_stats(Loop)),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"x">>),
+    ?assertEqual([{9, read}], collect(Loop, 1, 5000)),
+    ?assertMatch(#{fd_events := 1, fds := 1}, py_nif:loop_stats(Loop)),
+    ok = py_nif:remove_reader(Loop, Ref),
+    S2 = py_nif:loop_stats(Loop),
+    ?assertMatch(#{fds := 0, fd_events := 1, timers_fired := 2}, S2),
+    %% Counters never go back.
+    [?assert(maps:get(K, S2) >= maps:get(K, S1), K)
+     || K <- Keys -- [pending, live_timers, fds]],
+    ok = gen_udp:close(S),
+    ok = gen_udp:close(Tx),
+    stop_loop(Loop).
+
+%% A loop with 1000 timers an hour away is idle: its router's timer does not
+%% tick periodically (LESSONS 12).
+-spec idle_loop_does_not_tick(ct_suite:ct_config()) -> term().
+idle_loop_does_not_tick(_Config) ->
+    Loop = new_loop(),
+    [{ok, _} = py_nif:call_later(Loop, 3600 * 1000 + I, I) || I <- lists:seq(1, 1000)],
+    #{ticks := Ticks0, timer_arms := Arms0} = py_nif:loop_stats(Loop),
+    %% 2 s of nothing (several polls, as a loop would do).
+    [?assertEqual(0, py_nif:poll_events(Loop, 500)) || _ <- lists:seq(1, 4)],
+    #{ticks := Ticks1, timer_arms := Arms1, live_timers := Live} = py_nif:loop_stats(Loop),
+    ct:log("ticks ~p -> ~p, timer arms ~p -> ~p", [Ticks0, Ticks1, Arms0, Arms1]),
+    ?assertEqual(1000, Live),
+    ?assert(Ticks1 =< 2, {ticks, Ticks1}),
+    ?assert(Arms1 =< 3, {timer_arms, Arms1}),
+    ?assertEqual([], py_nif:get_pending(Loop)),
+    stop_loop(Loop).
+
+%%--------------------------------------------------------------------
+%% Helpers
+
+%% A loop served by its own router (linked to the test case).
+new_loop() ->
+    {ok, Loop} = py_nif:event_loop_new(),
+    {ok, Router} = py_event_router:start_link(Loop),
+    remember(Loop, Router),
+    Loop.
+
+remember(Loop, Router) ->
+    Loops = case get(loops) of undefined -> #{}; L -> L end,
+    put(loops, Loops#{py_nif:loop_id(Loop) => {Loop, Router}}).
+
+router_of(Loop) ->
+    {_, Router} = maps:get(py_nif:loop_id(Loop), get(loops)),
+    Router.
+
+%% Destroys the loop and stops its router (unless another loop still uses it).
+stop_loop(Loop) ->
+    ok = py_nif:event_loop_destroy(Loop),
+    Loops = case get(loops) of undefined -> #{}; L -> L end,
+    Id = py_nif:loop_id(Loop),
+    case maps:take(Id, Loops) of
+        {{_, Router}, Rest} ->
+            put(loops, Rest),
+            case lists:member(Router, [R || {_, R} <- maps:values(Rest)]) of
+                true -> ok;
+                false ->
+                    unlink(Router),
+                    catch gen_server:stop(Router, normal, 5000),
+                    ok
+            end;
+        error ->
+            ok
+    end.
+
+%% Events of `Loop' in arrival order, until `N' arrived or `Timeout' ms passed.
+collect(Loop, N, Timeout) ->
+    collect(Loop, N, now_ms() + Timeout, []).
+
+collect(_Loop, N, _Deadline, Acc) when length(Acc) >= N ->
+    Acc;
+collect(Loop, N, Deadline, Acc) ->
+    Left = Deadline - now_ms(),
+    case Left =< 0 of
+        true ->
+            Acc;
+        false ->
+            case py_nif:poll_events(Loop, min(Left, 500)) of
+                Count when is_integer(Count) ->
+                    Events = py_nif:get_pending(Loop),
+                    ?assert(is_list(Events), Events),
+                    collect(Loop, N, Deadline, Acc ++ Events);
+                Error ->
+                    error({poll_events, Error, Acc})
+            end
+    end.
+
+%% Waits (without draining) until at least `N' events are queued.
+wait_pending(Loop, N, Timeout) ->
+    Count = wait_until(fun() -> py_nif:poll_events(Loop, 100) end,
+                       fun(C) -> is_integer(C) andalso C >= N end, Timeout),
+    ?assert(is_integer(Count) andalso Count >= N, {pending, Count}),
+    ok.
+
+%% Calls `Get' until `Done' accepts its value or `Timeout' ms pass; returns
+%% the last value.
+wait_until(Get, Done, Timeout) ->
+    wait_until(Get, Done, now_ms() + Timeout, undefined).
+
+wait_until(Get, Done, Deadline, _Last) ->
+    Value = Get(),
+    case Done(Value) orelse now_ms() > Deadline of
+        true -> Value;
+        false ->
+            timer:sleep(10),
+            wait_until(Get, Done, Deadline, Value)
+    end.
+
+timed(Fun) ->
+    T0 = now_ms(),
+    Result = Fun(),
+    {Result, now_ms() - T0}.
+
+now_ms() ->
+    erlang:monotonic_time(millisecond).
+
+udp() ->
+    {ok, S} = gen_udp:open(0, [binary, {active, false}, {ip, ?LOCALHOST}]),
+    {ok, Fd} = inet:getfd(S),
+    {ok, Port} = inet:port(S),
+    {S, Fd, Port}.
+
+sender() ->
+    {ok, Tx} = gen_udp:open(0, [binary, {active, false}, {ip, ?LOCALHOST}]),
+    Tx.
