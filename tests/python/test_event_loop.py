@@ -198,7 +198,8 @@ def test_timers_due_together_fire_in_deadline_order_then_fifo(
     base = loop.time() + 0.03
     # Distinct deadlines spread over several wheel ticks and inside one tick,
     # plus groups of equal deadlines.
-    whens = [base + rng.uniform(0.0, 0.02) for _ in range(200)]
+    # More than one native batch (4096 events per wait).
+    whens = [base + rng.uniform(0.0, 0.02) for _ in range(5000)]
     whens += [base + 0.005] * 20 + [base + 0.0101] * 20 + [base] * 20
     rng.shuffle(whens)
     for seq, when in enumerate(whens):
@@ -289,6 +290,17 @@ def test_call_soon_runs_before_a_zero_delay_timer(loop: ErlangEventLoop) -> None
 
 
 # ---------------------------------------------------------------- timers
+
+
+def test_loop_time_is_the_wheel_clock(loop: ErlangEventLoop) -> None:
+    """LESSONS 9: one clock for loop.time() and the wheel."""
+    from _erlang_loop import NativeLoop
+
+    for _ in range(100):
+        before = loop.time()
+        native = NativeLoop.time()
+        after = loop.time()
+        assert before <= native <= after
 
 
 def test_call_at_when_is_exactly_the_float_asked(loop: ErlangEventLoop) -> None:

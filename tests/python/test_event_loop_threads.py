@@ -235,6 +235,34 @@ def test_call_soon_threadsafe_from_many_threads(isolated: bool) -> None:
         loop.close()
 
 
+@pytest.mark.parametrize("isolated", [False, True], ids=["default", "isolated"])
+def test_call_soon_threadsafe_racing_close(isolated: bool) -> None:
+    """Threads calling into a loop while it closes see RuntimeError, nothing
+    worse."""
+    loop = ErlangEventLoop(isolated=isolated)
+    outcomes: list[str] = []
+
+    def hammer() -> None:
+        give_up = time.monotonic() + DEADLINE
+        while time.monotonic() < give_up:
+            try:
+                loop.call_soon_threadsafe(lambda: None)
+            except RuntimeError:
+                outcomes.append("closed")
+                return
+        outcomes.append("never closed")
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    run(loop, asyncio.sleep(0.02))
+    loop.close()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert not any(thread.is_alive() for thread in threads)
+    assert outcomes == ["closed"] * 3
+
+
 def test_stop_from_another_thread_via_call_soon_threadsafe() -> None:
     loop = ErlangEventLoop()
     try:
