@@ -63,8 +63,15 @@ fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
         paths: options.paths.into_iter().map(PathBuf::from).collect(),
         executable: options.executable.map(PathBuf::from),
     };
+    let first_start = !interpreter::is_initialized();
     if let Err(reason) = interpreter::initialize(&config) {
         return Ok((atoms::error(), reason).encode(env));
+    }
+    if first_start {
+        // This thread initialised Python: it is Python's main thread.
+        if let Err(reason) = Python::attach(keep_beam_sigint) {
+            return Ok((atoms::error(), reason.to_string()).encode(env));
+        }
     }
     let installed = Python::attach(|py| {
         crate::erlang_module::install(py)?;
@@ -83,6 +90,31 @@ fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
     pool.set_max_threads(max_workers);
     crate::erlang_module::set_accepting_callbacks(true);
     Ok(atoms::ok().encode(env))
+}
+
+/// The first import of CPython's `signal` module takes SIGINT when the host
+/// left it at SIG_DFL (`erl +B`): Ctrl-C then no longer stops the node, it
+/// only sets a flag for a Python main thread that never runs again. Import it
+/// now, on Python's main thread (where `signal.signal` is allowed), and give
+/// SIGINT back to the BEAM (LESSONS 2).
+fn keep_beam_sigint(py: Python<'_>) -> PyResult<()> {
+    let before = sigint_handler();
+    let signal = py.import("signal")?;
+    if before == libc::SIG_DFL && sigint_handler() != libc::SIG_DFL {
+        signal.call_method1("signal", (libc::SIGINT, signal.getattr("SIG_DFL")?))?;
+    }
+    Ok(())
+}
+
+/// The current C-level handler of SIGINT.
+fn sigint_handler() -> libc::sighandler_t {
+    let mut action = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction only writes the current one
+    // into `action`, which is zero-initialised and large enough.
+    unsafe {
+        libc::sigaction(libc::SIGINT, std::ptr::null(), action.as_mut_ptr());
+        action.assume_init().sa_sigaction
+    }
 }
 
 /// `python_version()` -> the running interpreter's `sys.version` as a binary.
