@@ -637,7 +637,11 @@ interpreter_is_the_built_one(_Config) ->
     %% against, unless that one is Debian's.
     ExpectedPrefix =/= "/usr" andalso ?assertNotEqual(<<"/usr">>, Prefix),
     {ok, Argv} = py:eval(<<"__import__('sys').argv">>),
-    ?assert(is_list(Argv)).
+    ?assert(is_list(Argv)),
+    %% Initialised without Python's signal handlers: the BEAM owns signals.
+    ok = py:exec(<<"import signal">>),
+    ?assertEqual({ok, false},
+                 py:eval(<<"signal.getsignal(signal.SIGINT) is signal.default_int_handler">>)).
 
 -spec extension_modules_load(ct_suite:ct_config()) -> term().
 extension_modules_load(_Config) ->

@@ -6,7 +6,7 @@
 
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1]).
 -export([exit_status/1, clean_exit/1, uncaught_exception/1, dash_c/1,
-         argv_forwarded/1, c_locale/1, not_started/1, dash_m/1, script_path_and_main/1, usage/1]).
+         argv_forwarded/1, c_locale/1, not_started/1, sigint_stops_node/1, dash_m/1, script_path_and_main/1, usage/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -18,7 +18,7 @@ suite() ->
 -spec all() -> [atom()].
 all() ->
     [exit_status, clean_exit, uncaught_exception, dash_c, argv_forwarded, c_locale,
-     dash_m, script_path_and_main, usage, not_started].
+     dash_m, script_path_and_main, usage, not_started, sigint_stops_node].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -131,6 +131,37 @@ not_started(_Config) ->
     ?assertEqual(0, Status),
     NotInit = {error, not_initialized},
     ?assertEqual({NotInit, NotInit, NotInit, NotInit, NotInit}, parse(Out)).
+
+-spec sigint_stops_node(ct_suite:ct_config()) -> term().
+sigint_stops_node(Config) ->
+    %% `erl +B': Ctrl-C (SIGINT) kills the node. Python, once started (and
+    %% asyncio and signal imported), must not take SIGINT over (LESSONS 2).
+    %% A python3 helper starts the node with SIGINT at its default, whatever
+    %% our own disposition is.
+    Helper = write_script(Config, "sigint_helper.py", "
+import signal, subprocess, sys
+code = ('{ok, _} = application:ensure_all_started(erlang_python), '
+        'ok = py:exec(<<\"import asyncio, signal\">>), '
+        'io:format(\"ready~n\"), timer:sleep(60000), halt(3).')
+node = subprocess.Popen(
+    ['erl', '-noshell', '+B', '-pa', sys.argv[1], '-eval', code],
+    stdout=subprocess.PIPE, text=True,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+ready = node.stdout.readline().strip()
+node.send_signal(signal.SIGINT)
+try:
+    status = node.wait(timeout=30)
+except subprocess.TimeoutExpired:
+    node.kill()
+    status = 'still running'
+print(ready, status)
+"),
+    Ebin = filename:dirname(code:which(py)),
+    Port = open_port({spawn_executable, os:find_executable("python3")},
+                     [exit_status, binary, stream, stderr_to_stdout, {args, [Helper, Ebin]}]),
+    {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
+    ct:log("helper status ~b:~n~ts", [Status, Out]),
+    ?assertEqual({0, <<"ready -2\n">>}, {Status, Out}).
 
 %%--------------------------------------------------------------------
 %% Helpers

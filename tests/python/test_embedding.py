@@ -4,6 +4,7 @@ pytest``, so every test here runs inside a BEAM node."""
 from __future__ import annotations
 
 import importlib
+import signal
 import subprocess
 import sys
 import threading
@@ -71,6 +72,11 @@ def test_threads_run_python() -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert results == [499500] * 4
+
+
+def test_no_python_signal_handlers() -> None:
+    # Initialised with signal handlers off: the BEAM owns signals (LESSONS 2).
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
 
 
 def test_sys_argv_exists() -> None:
