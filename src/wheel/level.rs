@@ -104,6 +104,12 @@ impl Level {
         &self.slots[slot]
     }
 
+    /// True when no slot holds an entry.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.occupied == 0
+    }
+
     /// The earliest deadline in `slot`, if known (see `mins`).
     #[inline]
     pub(crate) fn slot_min(&self, slot: usize) -> Option<u64> {
@@ -131,10 +137,9 @@ impl Level {
         self.mins[slot] = self.mins[slot].min(deadline);
     }
 
-    /// Unlinks entry `index` from `slot`.
+    /// Unlinks entry `index`, whose deadline is `deadline`, from `slot`.
     #[inline]
-    pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32) {
-        let deadline = slab.entry(index).deadline;
+    pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32, deadline: u64) {
         let list = &mut self.slots[slot];
         list.remove(slab, index);
         if list.is_empty() {
@@ -268,7 +273,7 @@ mod tests {
                 tick: 192
             })
         );
-        level.remove(&mut slab, 3, a);
+        level.remove(&mut slab, 3, a, 200);
         assert_eq!(level.next_expiration(70).map(|e| e.slot), Some(3));
         // The earliest entry left: its successor's deadline is not tracked.
         assert_eq!(level.slot_min(3), None);
@@ -296,9 +301,9 @@ mod slot_min_tests {
             })
             .collect();
         assert_eq!(level.slot_min(5), Some(10));
-        level.remove(&mut slab, 5, ids[0]);
+        level.remove(&mut slab, 5, ids[0], 30);
         assert_eq!(level.slot_min(5), Some(10));
-        level.remove(&mut slab, 5, ids[1]);
+        level.remove(&mut slab, 5, ids[1], 10);
         assert_eq!(level.slot_min(5), None, "unknown after the min left");
         let i = slab.insert(Entry::new(5, 5, ())).index();
         level.push(&mut slab, 5, i, 5);

@@ -153,17 +153,17 @@ impl<T> Slab<T> {
         TimerKey { index, generation }
     }
 
-    /// The index of the live entry `key` names, if any. Any key is safe here.
+    /// The live entry `key` names, if any. Any key is safe here.
     #[inline]
-    pub(crate) fn find(&self, key: TimerKey) -> Option<u32> {
+    pub(crate) fn get(&self, key: TimerKey) -> Option<&Entry<T>> {
         match self.slots.get(key.index as usize) {
-            Some(Slot::Occupied(entry)) if entry.generation == key.generation => Some(key.index),
+            Some(Slot::Occupied(entry)) if entry.generation == key.generation => Some(entry),
             _ => None,
         }
     }
 
-    /// The live entry at `index`. Only for indices taken from a list or from
-    /// [`find`](Self::find): a vacant slot here is a wheel bug.
+    /// The live entry at `index`. Only for indices taken from a list or a
+    /// key checked by [`get`](Self::get): a vacant slot here is a wheel bug.
     #[inline]
     pub(crate) fn entry(&self, index: u32) -> &Entry<T> {
         match &self.slots[index as usize] {
@@ -245,14 +245,14 @@ mod tests {
         let mut slab = Slab::new();
         let a = slab.insert(entry(1));
         assert_eq!(a.generation(), 1);
-        assert_eq!(slab.find(a), Some(a.index()));
+        assert_eq!(slab.get(a).map(|e| e.value), Some(1));
         assert_eq!(slab.remove(a.index()).value, 1);
-        assert_eq!(slab.find(a), None);
+        assert!(slab.get(a).is_none());
         let b = slab.insert(entry(2));
         assert_eq!(b.index(), a.index());
         assert_eq!(b.generation(), 2);
-        assert_eq!(slab.find(a), None);
-        assert_eq!(slab.find(b), Some(b.index()));
+        assert!(slab.get(a).is_none());
+        assert_eq!(slab.get(b).map(|e| e.value), Some(2));
         assert_eq!(slab.len(), 1);
     }
 
@@ -261,7 +261,7 @@ mod tests {
         let mut slab = Slab::new();
         slab.insert(entry(1));
         for raw in [0, u64::MAX, 1 << 32 | 5, 0xffff_ffff] {
-            assert_eq!(slab.find(TimerKey::from_u64(raw)), None, "key {raw:#x}");
+            assert!(slab.get(TimerKey::from_u64(raw)).is_none(), "key {raw:#x}");
         }
     }
 }

@@ -7,21 +7,84 @@
 //! A deadline belongs to the tick that ends at or after it, `ceil(d / tick)`:
 //! tick `t` holds the deadlines in `((t - 1) * tick, t * tick]`. Rounding up
 //! is what makes a whole slot due once the clock reaches the end of its tick.
+//!
+//! The division runs on every insert, cascade and advance, and a 64-bit
+//! `div` costs tens of cycles, so [`Resolution`] divides by multiplying with
+//! a precomputed reciprocal instead (exact, see [`reciprocal`]).
 
-/// The tick of a deadline `ns`: the first tick boundary at or after it.
-#[inline]
-pub(crate) const fn tick_of(ns: u64, tick_ns: u64) -> u64 {
-    ns.div_ceil(tick_ns)
+/// The tick length and its reciprocal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Resolution {
+    /// Nanoseconds per tick.
+    tick_ns: u64,
+    /// `floor(2^shift / tick_ns) + 1`: multiplying by it and shifting right
+    /// by `shift` divides by `tick_ns`, exactly for numerators below `2^63`.
+    multiplier: u64,
+    /// `63 + ceil(log2(tick_ns))`.
+    shift: u32,
 }
 
-/// The earliest nanosecond whose tick is `tick`: one past the end of the
-/// previous tick. No deadline in tick `tick` is earlier.
-#[inline]
-pub(crate) const fn first_ns_of(tick: u64, tick_ns: u64) -> u64 {
-    match tick {
-        0 => 0,
-        t => (t - 1).saturating_mul(tick_ns).saturating_add(1),
+impl Resolution {
+    /// `tick_ns` must be in `1..2^32` (the wheel allows 100 µs to 100 ms).
+    pub(crate) const fn new(tick_ns: u64) -> Self {
+        let (multiplier, shift) = reciprocal(tick_ns);
+        Resolution {
+            tick_ns,
+            multiplier,
+            shift,
+        }
     }
+
+    /// Nanoseconds per tick.
+    #[inline]
+    pub(crate) const fn tick_ns(&self) -> u64 {
+        self.tick_ns
+    }
+
+    /// `floor(ns / tick_ns)`.
+    #[inline]
+    pub(crate) const fn floor_div(&self, ns: u64) -> u64 {
+        if ns >> 63 != 0 {
+            // Past 292 years of uptime: rare enough for a real division.
+            return ns / self.tick_ns;
+        }
+        ((ns as u128 * self.multiplier as u128) >> self.shift) as u64
+    }
+
+    /// The tick of a deadline `ns`: the first tick boundary at or after it.
+    #[inline]
+    pub(crate) const fn tick_of(&self, ns: u64) -> u64 {
+        let q = self.floor_div(ns);
+        q + (q * self.tick_ns != ns) as u64
+    }
+
+    /// The earliest nanosecond whose tick is `tick`: one past the end of the
+    /// previous tick. No deadline in tick `tick` is earlier.
+    #[inline]
+    pub(crate) const fn first_ns_of(&self, tick: u64) -> u64 {
+        match tick {
+            0 => 0,
+            t => (t - 1).saturating_mul(self.tick_ns).saturating_add(1),
+        }
+    }
+}
+
+/// The multiplier and shift that divide numerators below `2^63` by `d`
+/// (`1 <= d < 2^32`).
+///
+/// With `l = ceil(log2 d)`, `shift = 63 + l` and `m = floor(2^shift / d) + 1`,
+/// `m = 2^shift / d + e` with `0 < e <= 1`, so for `n < 2^63`
+/// `n * m / 2^shift = n / d + n * e / 2^shift` and the error term is below
+/// `2^63 / 2^(63 + l) <= 1 / d`: too small to carry `n / d` past the next
+/// integer, since its fractional part is at most `(d - 1) / d`. `m` fits in
+/// 64 bits because `d > 2^(l - 1)` (or `d = 2^l`, giving `m = 2^63 + 1`).
+pub(crate) const fn reciprocal(d: u64) -> (u64, u32) {
+    assert!(d >= 1 && d < 1 << 32, "tick length out of range");
+    let l = u64::BITS - (d - 1).leading_zeros(); // ceil(log2 d); 0 for d = 1
+    let shift = 63 + l;
+    let m = (1u128 << shift) / d as u128 + 1;
+    assert!(m <= u64::MAX as u128, "reciprocal overflows");
+    (m as u64, shift)
 }
 
 #[cfg(test)]
@@ -31,23 +94,69 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     #[test]
+    fn reciprocal_of_small_and_power_of_two_divisors() {
+        assert_eq!(reciprocal(1), ((1 << 63) + 1, 63));
+        assert_eq!(reciprocal(2), ((1 << 63) + 1, 64));
+        assert_eq!(reciprocal(3).1, 65);
+        assert_eq!(reciprocal(MS).1, 63 + 20);
+    }
+
+    #[test]
+    fn floor_div_is_exact() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for d in [
+            1,
+            3,
+            7,
+            100_000,
+            123_457,
+            MS,
+            7_777_777,
+            100 * MS,
+            (1 << 32) - 1,
+        ] {
+            let r = Resolution::new(d);
+            let edges = [0, 1, d - 1, d, d + 1, (1 << 63) - 1, 1 << 63, u64::MAX];
+            for n in edges {
+                assert_eq!(r.floor_div(n), n / d, "{n} / {d}");
+            }
+            for k in [1u64, 2, 1000, (1 << 63) / d] {
+                for n in [k * d - 1, k * d, k * d + 1] {
+                    assert_eq!(r.floor_div(n), n / d, "{n} / {d}");
+                }
+            }
+            for _ in 0..20_000 {
+                // xorshift: cheap pseudo-random numerators of every size.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let n = x >> (x % 64);
+                assert_eq!(r.floor_div(n), n / d, "{n} / {d}");
+            }
+        }
+    }
+
+    #[test]
     fn tick_of_rounds_up() {
-        assert_eq!(tick_of(0, MS), 0);
-        assert_eq!(tick_of(1, MS), 1);
-        assert_eq!(tick_of(MS, MS), 1);
-        assert_eq!(tick_of(MS + 1, MS), 2);
-        assert_eq!(tick_of(u64::MAX, MS), u64::MAX / MS + 1);
+        let r = Resolution::new(MS);
+        assert_eq!(r.tick_of(0), 0);
+        assert_eq!(r.tick_of(1), 1);
+        assert_eq!(r.tick_of(MS), 1);
+        assert_eq!(r.tick_of(MS + 1), 2);
+        assert_eq!(r.tick_of(u64::MAX), u64::MAX / MS + 1);
+        assert_eq!(r.tick_of(u64::MAX - u64::MAX % MS), u64::MAX / MS);
     }
 
     #[test]
     fn first_ns_of_is_the_start_of_the_tick() {
-        assert_eq!(first_ns_of(0, MS), 0);
-        assert_eq!(first_ns_of(1, MS), 1);
-        assert_eq!(first_ns_of(2, MS), MS + 1);
+        let r = Resolution::new(MS);
+        assert_eq!(r.first_ns_of(0), 0);
+        assert_eq!(r.first_ns_of(1), 1);
+        assert_eq!(r.first_ns_of(2), MS + 1);
         for ns in [1, MS - 1, MS, MS + 1, 7 * MS + 3, u64::MAX] {
-            let t = tick_of(ns, MS);
-            assert!(first_ns_of(t, MS) <= ns, "ns {ns} tick {t}");
-            assert_eq!(tick_of(first_ns_of(t, MS), MS), t, "ns {ns}");
+            let t = r.tick_of(ns);
+            assert!(r.first_ns_of(t) <= ns, "ns {ns} tick {t}");
+            assert_eq!(r.tick_of(r.first_ns_of(t)), t, "ns {ns}");
         }
     }
 }
