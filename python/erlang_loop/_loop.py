@@ -5,7 +5,7 @@ self-pipe and poll replaced by the native loop (Rust timer wheel, BEAM
 from __future__ import annotations
 
 import math
-from asyncio import Future, events, unix_events
+from asyncio import Future, constants, events, sslproto, unix_events
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
 from asyncio.log import logger
 from collections.abc import Callable
@@ -15,6 +15,11 @@ from typing import Any
 import _erlang_loop
 
 from ._selector import _ErlangSelector
+from ._transports import (
+    _ErlangDatagramTransport,
+    _ErlangSocketTransport,
+    new_recv_buffer,
+)
 
 
 def _deadline_and_seq(item: tuple[float, int, object]) -> tuple[float, int]:
@@ -46,6 +51,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         # Deadlines and futures of erlang_asyncio.sleep, by wheel key: no
         # TimerHandle needed.
         self._sleepers: dict[int, tuple[float, Future[Any]]] = {}
+        # The one receive buffer of all this loop's transports (LESSONS 28).
+        self._recv_buffer = new_recv_buffer()
         super().__init__(selector=_ErlangSelector(self._native))
 
     # -- the self-pipe is the native wake-up --
@@ -58,6 +65,46 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
 
     def _write_to_self(self) -> None:
         self._native.wakeup()
+
+    # -- transports: asyncio's, reading into the loop's buffer --
+
+    def _make_socket_transport(
+        self, sock: Any, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
+    ) -> _ErlangSocketTransport:
+        return _ErlangSocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock: Any,
+        protocol: Any,
+        sslcontext: Any,
+        waiter: Any = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: Any = None,
+        server: Any = None,
+        ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> Any:
+        # As BaseSelectorEventLoop builds it, over our transport.
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        _ErlangSocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _make_datagram_transport(
+        self, sock: Any, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
+    ) -> _ErlangDatagramTransport:
+        return _ErlangDatagramTransport(self, sock, protocol, address, waiter, extra)
 
     # -- timers go to the wheel --
 

@@ -1,0 +1,93 @@
+"""The loop's socket transports, named after asyncio's.
+
+They are CPython's selector transports (``selector_events``), so the whole
+transport contract holds as it does there: write/writelines that try the
+socket at once and buffer only the rest, ``write_eof`` as a half-close,
+``abort``, ``close`` that flushes first, pause/resume of reading, write buffer
+limits calling ``pause_writing``/``resume_writing``, ``BufferedProtocol``,
+``eof_received`` keeping the transport open, and the SSL path on top.
+
+What changes is the receive path: CPython's ``sock.recv(max_size)`` allocates
+a 256 KiB object per read and shrinks it (mmap/munmap on every read). Here
+every transport of a loop reads with ``recv_into`` into the loop's one
+reusable buffer and hands the protocol ``bytes`` of the right size
+(LESSONS 28). Readiness still comes from the BEAM's ``enif_select`` through
+the loop's selector.
+"""
+
+from __future__ import annotations
+
+from asyncio import selector_events
+
+# Size of the loop's receive buffer: CPython's ``max_size``, and more than
+# the largest datagram (65535 bytes), so a datagram is never truncated.
+RECV_BUFFER_SIZE = 256 * 1024
+
+# Datagrams read per readiness event at most. Each readiness event is a round
+# trip through the loop's Erlang worker; draining a few datagrams per event
+# saves most of them, and the bound keeps one busy socket from starving the
+# others.
+DATAGRAM_BATCH = 16
+
+
+def new_recv_buffer() -> memoryview:
+    """A loop's receive buffer (a view, so slicing it never copies)."""
+    return memoryview(bytearray(RECV_BUFFER_SIZE))
+
+
+class _ErlangSocketTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
+    """A stream socket transport that reads into the loop's buffer."""
+
+    def _read_ready__data_received(self) -> None:
+        if self._conn_lost:
+            return
+        view: memoryview = self._loop._recv_buffer
+        try:
+            nbytes = self._sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+
+        if not nbytes:
+            self._read_ready__on_eof()
+            return
+
+        try:
+            # The copy is made before the protocol runs: the buffer is the
+            # next read's, whatever the protocol keeps.
+            self._protocol.data_received(view[:nbytes].tobytes())
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+
+class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
+    """A datagram transport that reads into the loop's buffer, a few
+    datagrams per readiness event."""
+
+    def _read_ready(self) -> None:
+        view: memoryview = self._loop._recv_buffer
+        for _ in range(DATAGRAM_BATCH):
+            # The protocol may have closed the transport or paused reading
+            # in the previous datagram_received.
+            if self._conn_lost or self._paused or self._closing:
+                return
+            try:
+                nbytes, addr = self._sock.recvfrom_into(view)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors (ECONNREFUSED on a connected endpoint, ...).
+                self._protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal read error on datagram transport")
+                return
+            self._protocol.datagram_received(view[:nbytes].tobytes(), addr)
