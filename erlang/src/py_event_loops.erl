@@ -38,6 +38,10 @@ handle_info({py_loop_new, Loop, true}, State) ->
         {error, Reason} -> logger:error("cannot start an event loop worker: ~p", [Reason])
     end,
     {noreply, State};
+handle_info(py_orphan_stops, State) ->
+    %% Fds of loops whose worker died: take them out of the poll set.
+    ok = py_nif:apply_orphan_stops(),
+    {noreply, State};
 handle_info({py_sleep, Ms, Wait}, State) when Ms =< 16#FFFFFFFF ->
     _ = erlang:send_after(Ms, self(), {py_sleep_done, Wait}),
     {noreply, State};

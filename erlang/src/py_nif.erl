@@ -12,7 +12,7 @@
          call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
          %% used by py_event_worker / py_event_loops
          loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
-         sleep_done/1]).
+         sleep_done/1, apply_orphan_stops/0]).
 
 -on_load(load/0).
 
@@ -24,7 +24,7 @@
        add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
        call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
-       sleep_done/1]).
+       sleep_done/1, apply_orphan_stops/0]).
 
 -type job() :: reference().
 -type loop_ref() :: reference().
@@ -139,3 +139,6 @@ set_loop_placer(_Pid) -> ?NOT_LOADED.
 
 -spec sleep_done(reference()) -> ok.
 sleep_done(_Wait) -> ?NOT_LOADED.
+
+-spec apply_orphan_stops() -> ok.
+apply_orphan_stops() -> ?NOT_LOADED.

@@ -51,17 +51,7 @@ init_per_suite(Config) ->
 end_per_suite(_Config) ->
     ok.
 
--spec init_per_testcase(atom(), ct_suite:ct_config()) ->
-          ct_suite:ct_config() | {skip, string()}.
-init_per_testcase(dead_worker_leaks_no_fds, Config) ->
-    case os:getenv("PY_RUN_KNOWN_BUGS") of
-        false ->
-            {skip, "known bug: the fds selected by a dead worker are never stopped "
-                   "(set PY_RUN_KNOWN_BUGS=1 to run)"};
-        _ ->
-            erase(loops),
-            Config
-    end;
+-spec init_per_testcase(atom(), ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_testcase(_Case, Config) ->
     erase(loops),
     Config.
@@ -653,11 +643,9 @@ worker_dies(_Config) ->
     stop_loop(Loop),
     stop_loop(Fresh).
 
-%% KNOWN BUG (skipped unless PY_RUN_KNOWN_BUGS is set): the fds a worker
-%% selected are never stopped once it dies. event_loop_destroy queues their
-%% ERL_NIF_SELECT_STOP for the dead worker, nobody applies it, and the VM
-%% keeps a reference on each selected fd resource: the dup'ed fds stay open
-%% (and in the poll set) forever, even after the loop is garbage.
+%% The fds a worker selected must leave the poll set and close even when it
+%% dies: event_loop_destroy (or the loop's DOWN callback) makes the stops the
+%% dead worker owed.
 -spec dead_worker_leaks_no_fds(ct_suite:ct_config()) -> term().
 dead_worker_leaks_no_fds(_Config) ->
     Tx = sender(),

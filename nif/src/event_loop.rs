@@ -8,10 +8,12 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use erlang_python::io::{Event, EventKind, LoopCore, LoopHost, SelectHandle, WaitError, Wake};
+use erlang_python::io::{
+    Event, EventKind, LoopCore, LoopHost, SelectHandle, SelectRequest, WaitError, Wake,
+};
 use erlang_python::py::native_loop::NativeLoop;
 use erlang_python::wheel::DEFAULT_TICK_NS;
 use rustler::env::OwnedEnv;
@@ -22,6 +24,7 @@ use crate::{atoms, fd_resource};
 rustler::atoms! {
     py_loop,
     py_loop_new,
+    py_orphan_stops,
     arm,
     selects,
     read,
@@ -52,11 +55,41 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Select stops that no serving process will make (it died, or never came):
+/// `py_event_loops` makes them on `py_orphan_stops` (LESSONS 17: the fds must
+/// still leave the poll set before they are closed).
+static ORPHAN_STOPS: Mutex<Vec<SelectRequest>> = Mutex::new(Vec::new());
+
 /// The Erlang side of one loop, as its core sees it.
 struct NifHost {
     loop_id: u64,
-    /// The process serving the loop (selects and its timer).
+    /// The live process serving the loop (selects and its timer); `None`
+    /// before one is set and after it died.
     server: Mutex<Option<LocalPid>>,
+    /// The loop's core (weak: the core owns this host).
+    core: OnceLock<Weak<LoopCore>>,
+}
+
+impl NifHost {
+    /// The stops the core owes, for a process other than the (gone) server.
+    fn take_orphan_stops(&self) -> Vec<SelectRequest> {
+        self.core
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|core| core.take_stop_requests())
+            .unwrap_or_default()
+    }
+}
+
+/// Makes select stops with the env of whichever process or callback calls
+/// (`pid` is ignored by a stop, but the call wants one).
+fn apply_stops(env: Env<'_>, pid: LocalPid, stops: Vec<SelectRequest>) {
+    let reference = atoms::none().encode(env);
+    for request in stops {
+        if let Some(handle) = fd_resource::downcast(&request.handle) {
+            handle.select(env, request.op, pid.as_c_arg(), reference);
+        }
+    }
 }
 
 impl LoopHost for NifHost {
@@ -66,6 +99,16 @@ impl LoopHost for NifHost {
 
     fn deliver(&self, wake: Wake) {
         let Some(server) = *lock(&self.server) else {
+            if wake.apply_selects || wake.closed {
+                let stops = self.take_orphan_stops();
+                if !stops.is_empty() {
+                    lock(&ORPHAN_STOPS).extend(stops);
+                    if let Some(placer) = placer() {
+                        let mut env = OwnedEnv::new();
+                        let _ = env.send_and_clear(&placer, |env| py_orphan_stops().encode(env));
+                    }
+                }
+            }
             return;
         };
         if rustler::thread::is_scheduler_thread() {
@@ -90,9 +133,14 @@ pub struct LoopResource {
 impl rustler::Resource for LoopResource {
     const IMPLEMENTS_DOWN: bool = true;
 
-    fn down<'a>(&'a self, _env: Env<'a>, pid: LocalPid, _monitor: Monitor) {
-        if *lock(&self.host.server) == Some(pid) {
+    fn down<'a>(&'a self, env: Env<'a>, pid: LocalPid, _monitor: Monitor) {
+        let mut server = lock(&self.host.server);
+        if *server == Some(pid) {
+            *server = None;
+            drop(server);
             self.core.server_down();
+            // Stops the dead server owed (a loop closed just before it died).
+            apply_stops(env, pid, self.core.take_stop_requests());
         }
     }
 }
@@ -103,13 +151,14 @@ impl LoopResource {
         let host = Arc::new(NifHost {
             loop_id,
             server: Mutex::new(None),
+            core: OnceLock::new(),
         });
-        let core = LoopCore::new(TICK_NS.load(Ordering::Relaxed), host.clone())
-            .map_err(|e| e.to_string())?;
-        Ok(LoopResource {
-            core: Arc::new(core),
-            host,
-        })
+        let core = Arc::new(
+            LoopCore::new(TICK_NS.load(Ordering::Relaxed), host.clone())
+                .map_err(|e| e.to_string())?,
+        );
+        let _ = host.core.set(Arc::downgrade(&core));
+        Ok(LoopResource { core, host })
     }
 
     fn open(&self) -> Result<&LoopCore, Atom> {
@@ -139,14 +188,27 @@ fn wake_message<'a>(env: Env<'a>, loop_id: u64, wake: Wake) -> Term<'a> {
     (py_loop(), loop_id, signals(env, wake)).encode(env)
 }
 
-/// Sends `wake` to the loop's server from a NIF (with the caller's env).
+/// Sends `wake` to the loop's server from a NIF (with the caller's env);
+/// without a live server, the caller makes the owed select stops itself.
 fn deliver_from_nif(env: Env<'_>, resource: &LoopResource, wake: Wake) {
     if wake.is_empty() {
         return;
     }
-    if let Some(server) = *lock(&resource.host.server) {
-        let _ = env.send(&server, wake_message(env, resource.host.loop_id, wake));
+    match *lock(&resource.host.server) {
+        Some(server) => {
+            let _ = env.send(&server, wake_message(env, resource.host.loop_id, wake));
+        }
+        None => apply_stops(env, env.pid(), resource.core.take_stop_requests()),
     }
+}
+
+/// `apply_orphan_stops()` -> `ok`: makes the select stops of loops whose
+/// server is gone (called by `py_event_loops` on `py_orphan_stops`).
+#[rustler::nif]
+fn apply_orphan_stops(env: Env<'_>) -> Atom {
+    let stops = std::mem::take(&mut *lock(&ORPHAN_STOPS));
+    apply_stops(env, env.pid(), stops);
+    atoms::ok()
 }
 
 fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
@@ -218,6 +280,7 @@ fn event_loop_set_router<'a>(
     }
     *lock(&resource.host.server) = Some(server);
     if resource.monitor(Some(env), &server).is_none() {
+        *lock(&resource.host.server) = None;
         resource.core.server_down();
         return error(env, noproc());
     }

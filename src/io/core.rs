@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::pending::PendingQueue;
 use super::registry::{FdRegistry, Readiness};
-use super::{Event, EventKind, LoopHost, LoopStats, SelectRequest, Wake};
+use super::{Event, EventKind, LoopHost, LoopStats, SelectOp, SelectRequest, Wake};
 use crate::wheel::{now_monotonic_ns, Expired, TimerKey, Wheel, WheelError};
 
 /// Timers moved into the pending queue per advance, so one call never holds
@@ -221,6 +221,18 @@ impl LoopCore {
         let mut state = self.lock();
         state.selects_signalled = false;
         std::mem::take(&mut state.selects)
+    }
+
+    /// Only the stop requests owed (the arms stay queued for a future
+    /// server): used when the serving process is gone and another process
+    /// must take the fds out of the poll set.
+    pub fn take_stop_requests(&self) -> Vec<SelectRequest> {
+        let mut state = self.lock();
+        let (stops, arms): (Vec<_>, Vec<_>) = std::mem::take(&mut state.selects)
+            .into_iter()
+            .partition(|request| request.op == SelectOp::Stop);
+        state.selects = arms;
+        stops
     }
 
     // ---- waiting ----

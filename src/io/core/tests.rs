@@ -296,3 +296,25 @@ fn two_loops_never_see_each_others_events() {
     assert!(from_a.iter().all(|e| e.id < 1000) && from_a.len() == 100);
     assert!(from_b.iter().all(|e| e.id >= 1000) && from_b.len() == 100);
 }
+
+#[test]
+fn stop_requests_can_be_taken_apart_from_arms() {
+    let (core, _) = new_loop();
+    core.add_interest(3, EventKind::Read, 1).unwrap();
+    core.add_interest(4, EventKind::Read, 2).unwrap();
+    core.take_select_requests();
+    core.remove_interest(3, EventKind::Read);
+    core.add_interest(5, EventKind::Write, 3).unwrap();
+    let stops = core.take_stop_requests();
+    assert_eq!(stops.len(), 1);
+    assert_eq!(stops[0].op, SelectOp::Stop);
+    let rest = core.take_select_requests();
+    assert_eq!(rest.len(), 1, "the arm stays for a future server");
+    assert_eq!(
+        rest[0].op,
+        SelectOp::Arm {
+            read: false,
+            write: true
+        }
+    );
+}
