@@ -79,7 +79,9 @@ child_spec(Opts) when is_map(Opts) ->
 submit(Loop, Module, Function, Args) when is_list(Args) ->
     Ref = make_ref(),
     gen_server:cast(Loop, {submit, self(), Ref, text(Module), text(Function), Args}),
-    Ref.
+    Ref;
+submit(_Loop, _Module, _Function, _Args) ->
+    error(badarg).
 
 %% @equiv call(Loop, Module, Function, Args, infinity)
 -spec call(loop(), py:name(), py:name(), list()) -> result().
