@@ -1,0 +1,698 @@
+%% Tests of py_asyncio: long-lived loops (start, stop, names, child specs,
+%% restarts), submit/call/cancel, callers that die, erlang.send/receive
+%% between Erlang and coroutines, loops on another node, 10,000 concurrent
+%% coroutines, and stopping the application with a loop stuck in Python.
+%%
+%% Every wait is for an event with a generous deadline (LESSONS 30).
+-module(py_asyncio_SUITE).
+-behaviour(supervisor).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, groups/0, suite/0,
+         init_per_suite/1, end_per_suite/1,
+         init_per_testcase/2, end_per_testcase/2]).
+-export([start_call_stop/1, loop_runs_in_its_own_thread/1,
+         stop_cancels_running_tasks/1, named_loop/1, restart_after_stop/1,
+         bad_options/1, child_spec_under_own_supervisor/1,
+         submit_results/1, submit_errors/1, cancel_task/1,
+         call_timeout_cancels/1, caller_death_cancels_tasks/1,
+         unconvertible_input_spoils_nothing_else/1, loop_gone/1,
+         send_receive_round_trip/1, receive_timeout/1,
+         remote_node/1, ten_thousand_coroutines/1,
+         app_stop_with_stuck_loop/1]).
+-export([init/1]).
+
+-define(APP, erlang_python).
+-define(HELPERS, py_asyncio_suite_helpers).
+-define(WAIT, 10000).
+
+-spec suite() -> [tuple()].
+suite() ->
+    [{timetrap, {seconds, 90}}].
+
+-spec all() -> [{group, atom()}].
+all() ->
+    [{group, loops}, {group, remote}, {group, load}, {group, stop}].
+
+-spec groups() -> [{atom(), list(), [atom()]}].
+groups() ->
+    [{loops, [],
+      [start_call_stop, loop_runs_in_its_own_thread, stop_cancels_running_tasks,
+       named_loop, restart_after_stop, bad_options, child_spec_under_own_supervisor,
+       submit_results, submit_errors, cancel_task, call_timeout_cancels,
+       caller_death_cancels_tasks, unconvertible_input_spoils_nothing_else, loop_gone,
+       send_receive_round_trip, receive_timeout]},
+     {remote, [], [remote_node]},
+     {load, [], [ten_thousand_coroutines]},
+     %% Last: stops and restarts the application.
+     {stop, [], [app_stop_with_stuck_loop]}].
+
+%% Coroutines the tests submit, in a module of their own on sys.path.
+helpers() ->
+    <<"
+import asyncio
+import threading
+import time
+
+import erlang
+import erlang_asyncio
+
+EVENTS = {}
+
+
+async def echo(value, delay=0.0):
+    if delay:
+        await erlang_asyncio.sleep(delay)
+    return value
+
+
+def plain(a, b):
+    return [a, b, threading.current_thread().name]
+
+
+async def thread_name():
+    await asyncio.sleep(0)
+    return threading.current_thread().name
+
+
+def loop_threads():
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith('py_asyncio loop'))
+
+
+async def fail(message):
+    await asyncio.sleep(0)
+    raise ValueError(message)
+
+
+async def unconvertible():
+    return object()
+
+
+async def wait_forever(pid, tag):
+    # Tells `pid` it runs, records how it ends.
+    erlang.send(pid, (tag, 'started'))
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        EVENTS[tag] = 'cancelled'
+        raise
+    EVENTS[tag] = 'finished'
+
+
+async def ticker(pid, tag):
+    # An async generator left open: stopping the loop must finalise it.
+    async def gen():
+        try:
+            while True:
+                yield 1
+                await asyncio.sleep(0.01)
+        finally:
+            EVENTS[tag + '_agen'] = 'closed'
+
+    agen = gen()
+    await agen.__anext__()
+    erlang.send(pid, (tag, 'started'))
+    await asyncio.sleep(3600)
+
+
+async def stats():
+    return {k: v for k, v in asyncio.get_running_loop().stats().items()}
+
+
+def event(tag):
+    return EVENTS.get(tag)
+
+
+def whoami():
+    return erlang.self()
+
+
+async def receive_echo(pid, timeout):
+    try:
+        message = await erlang.receive(timeout)
+    except TimeoutError:
+        erlang.send(pid, 'timeout')
+        return 'timeout'
+    erlang.send(pid, ('echo', message))
+    return message
+
+
+async def receive_many(pid, count, timeout):
+    got = []
+    for _ in range(count):
+        got.append(await erlang.receive(timeout))
+    erlang.send(pid, ('got', got))
+    return len(got)
+
+
+async def block(seconds):
+    time.sleep(seconds)
+    return 'woke'
+">>.
+
+-spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
+init_per_suite(Config) ->
+    {ok, _} = application:ensure_all_started(?APP),
+    Dir = ?config(priv_dir, Config),
+    ok = file:write_file(filename:join(Dir, atom_to_list(?HELPERS) ++ ".py"), helpers()),
+    ok = add_path(Dir),
+    [{helpers_dir, Dir} | Config].
+
+-spec end_per_suite(ct_suite:ct_config()) -> ok.
+end_per_suite(_Config) ->
+    ok.
+
+-spec init_per_testcase(atom(), ct_suite:ct_config()) -> ct_suite:ct_config().
+init_per_testcase(_Case, Config) ->
+    flush(),
+    Config.
+
+-spec end_per_testcase(atom(), ct_suite:ct_config()) -> ok.
+end_per_testcase(_Case, _Config) ->
+    [ok = py_asyncio:stop_loop(Pid)
+     || {_, Pid, _, _} <- supervisor:which_children(py_asyncio_sup), is_pid(Pid)],
+    ok.
+
+%% The test supervisor of child_spec_under_own_supervisor.
+-spec init([supervisor:child_spec()]) ->
+          {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init(Children) ->
+    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, Children}}.
+
+%%--------------------------------------------------------------------
+%% Life cycle
+
+-spec start_call_stop(ct_suite:ct_config()) -> term().
+start_call_stop(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    ?assert(is_process_alive(Loop)),
+    ?assertEqual({ok, 42}, py_asyncio:call(Loop, ?HELPERS, echo, [42, 0.01], ?WAIT)),
+    Threads = loop_threads(),
+    ?assertEqual(1, length(Threads)),
+    ?assertEqual(ok, py_asyncio:stop_loop(Loop)),
+    ?assertNot(is_process_alive(Loop)),
+    ?assertEqual([], loop_threads()),
+    ?assertEqual({error, not_found}, py_asyncio:stop_loop(Loop)).
+
+-spec loop_runs_in_its_own_thread(ct_suite:ct_config()) -> term().
+loop_runs_in_its_own_thread(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    {ok, Name} = py_asyncio:call(Loop, ?HELPERS, thread_name, [], ?WAIT),
+    ?assertEqual([Name], loop_threads()),
+    %% Plain functions run on the loop thread too.
+    ?assertEqual({ok, [1, 2, Name]}, py_asyncio:call(Loop, ?HELPERS, plain, [1, 2], ?WAIT)),
+    %% Two loops, two threads.
+    {ok, Loop2} = py_asyncio:start_loop(#{}),
+    {ok, Name2} = py_asyncio:call(Loop2, ?HELPERS, thread_name, [], ?WAIT),
+    ?assertNotEqual(Name, Name2),
+    ?assertEqual(lists:sort([Name, Name2]), loop_threads()),
+    ok = py_asyncio:stop_loop(Loop2),
+    ?assertEqual([Name], loop_threads()).
+
+-spec stop_cancels_running_tasks(ct_suite:ct_config()) -> term().
+stop_cancels_running_tasks(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    Tags = [tag() || _ <- lists:seq(1, 5)],
+    Refs = [py_asyncio:submit(Loop, ?HELPERS, wait_forever, [self(), T]) || T <- Tags],
+    AgenTag = tag(),
+    AgenRef = py_asyncio:submit(Loop, ?HELPERS, ticker, [self(), AgenTag]),
+    [started(T) || T <- [AgenTag | Tags]],
+    %% Not started yet when the loop stops: cancelled all the same.
+    Late = py_asyncio:submit(Loop, erlang_asyncio, sleep, [3600]),
+    ?assertEqual(ok, py_asyncio:stop_loop(Loop)),
+    [?assertEqual({error, cancelled}, result(R)) || R <- [AgenRef, Late | Refs]],
+    [?assertEqual({ok, <<"cancelled">>}, py:call(?HELPERS, event, [T])) || T <- Tags],
+    ?assertEqual({ok, <<"closed">>},
+                 py:call(?HELPERS, event, [<<AgenTag/binary, "_agen">>])),
+    ?assertEqual([], loop_threads()),
+    no_more_messages().
+
+-spec named_loop(ct_suite:ct_config()) -> term().
+named_loop(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{name => named_test_loop}),
+    ?assertEqual(Loop, whereis(named_test_loop)),
+    ?assertEqual({ok, 7}, py_asyncio:call(named_test_loop, ?HELPERS, echo, [7], ?WAIT)),
+    ?assertEqual({ok, 8}, py_asyncio:call({named_test_loop, node()}, ?HELPERS, echo, [8], ?WAIT)),
+    ?assertMatch({error, {already_started, Loop}},
+                 py_asyncio:start_loop(#{name => named_test_loop})),
+    ?assertEqual(ok, py_asyncio:stop_loop(named_test_loop)),
+    ?assertEqual(undefined, whereis(named_test_loop)),
+    ?assertEqual({error, not_found}, py_asyncio:stop_loop(named_test_loop)),
+    ?assertEqual([], loop_threads()).
+
+-spec restart_after_stop(ct_suite:ct_config()) -> term().
+restart_after_stop(_Config) ->
+    lists:foreach(
+      fun(I) ->
+              {ok, Loop} = py_asyncio:start_loop(#{name => restarted_loop}),
+              Ref = py_asyncio:submit(restarted_loop, erlang_asyncio, sleep, [3600]),
+              ?assertEqual({ok, I}, py_asyncio:call(restarted_loop, ?HELPERS, echo, [I], ?WAIT)),
+              ok = py_asyncio:stop_loop(restarted_loop),
+              ?assertEqual({error, cancelled}, result(Ref)),
+              ?assertNot(is_process_alive(Loop))
+      end, lists:seq(1, 5)),
+    ?assertEqual([], loop_threads()).
+
+-spec bad_options(ct_suite:ct_config()) -> term().
+bad_options(_Config) ->
+    ?assertError(badarg, py_asyncio:start_loop(#{name => "not an atom"})),
+    ?assertError(badarg, py_asyncio:start_loop(#{stop_timeout => -1})),
+    ?assertError(badarg, py_asyncio:start_loop(#{unknown_option => 1})),
+    ?assertError(badarg, py_asyncio:child_spec(#{restart => sometimes})),
+    ?assertError(badarg, py_asyncio:submit(self(), m, f, not_a_list)),
+    ?assertError(badarg, py_asyncio:submit(self(), {m}, f, [])).
+
+-spec child_spec_under_own_supervisor(ct_suite:ct_config()) -> term().
+child_spec_under_own_supervisor(_Config) ->
+    Spec = py_asyncio:child_spec(#{name => supervised_loop, id => my_loop}),
+    ?assertMatch(#{id := my_loop, restart := transient, type := worker}, Spec),
+    {ok, Sup} = supervisor:start_link(?MODULE, [Spec]),
+    unlink(Sup),
+    try
+        [{my_loop, Loop, worker, _}] = supervisor:which_children(Sup),
+        ?assertEqual(Loop, whereis(supervised_loop)),
+        ?assertEqual({ok, 1}, py_asyncio:call(supervised_loop, ?HELPERS, echo, [1], ?WAIT)),
+        %% Killed (no terminate/2): its Python thread is reaped, and the
+        %% supervisor starts a new loop.
+        Old = py_asyncio:submit(supervised_loop, erlang_asyncio, sleep, [3600]),
+        exit(Loop, kill),
+        New = wait_until(fun() ->
+                                 case whereis(supervised_loop) of
+                                     Pid when is_pid(Pid), Pid =/= Loop -> Pid;
+                                     _ -> false
+                                 end
+                         end),
+        ?assertEqual({ok, 2}, py_asyncio:call(supervised_loop, ?HELPERS, echo, [2], ?WAIT)),
+        wait_until(fun() -> length(loop_threads()) =:= 1 end),
+        %% The old task's caller hears nothing from a killed loop (submit is
+        %% a send); `call' would have seen the loop go down.
+        receive {py_result, Old, R} -> ct:fail({unexpected, R}) after 0 -> ok end,
+        %% Stopped through the supervisor.
+        ok = supervisor:terminate_child(Sup, my_loop),
+        ?assertNot(is_process_alive(New)),
+        ?assertEqual([], loop_threads())
+    after
+        exit(Sup, shutdown)
+    end.
+
+%%--------------------------------------------------------------------
+%% submit, call, cancel
+
+-spec submit_results(ct_suite:ct_config()) -> term().
+submit_results(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    Values = [1, 2.5, <<"text">>, [1, [2]], {a, b}, #{<<"k">> => <<"v">>}, true, none,
+              self(), make_ref()],
+    Refs = [{py_asyncio:submit(Loop, ?HELPERS, echo, [V, 0.001 * I]), V}
+            || {I, V} <- lists:zip(lists:seq(1, length(Values)), Values)],
+    [?assertEqual({ok, expected(V)}, result(R)) || {R, V} <- Refs],
+    %% Names as atoms, binaries or strings; dotted function paths.
+    ?assertEqual({ok, 3}, py_asyncio:call(Loop, <<"operator">>, "add", [1, 2], ?WAIT)),
+    ?assertEqual({ok, <<"a/b">>}, py_asyncio:call(Loop, os, 'path.join', [a, b], ?WAIT)),
+    %% A coroutine function of asyncio itself.
+    ?assertEqual({ok, 9}, py_asyncio:call(Loop, asyncio, sleep, [0.001, 9], ?WAIT)),
+    no_more_messages().
+
+-spec submit_errors(ct_suite:ct_config()) -> term().
+submit_errors(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    {error, {'ValueError', <<"boom">>, Traceback}} =
+        py_asyncio:call(Loop, ?HELPERS, fail, [<<"boom">>], ?WAIT),
+    ?assertMatch({match, _}, re:run(Traceback, "Traceback .*in fail", [dotall])),
+    ?assertMatch({error, {'ModuleNotFoundError', _, _}},
+                 py_asyncio:call(Loop, no_such_module_here, f, [], ?WAIT)),
+    ?assertMatch({error, {'AttributeError', _, _}},
+                 py_asyncio:call(Loop, ?HELPERS, no_such_function, [], ?WAIT)),
+    ?assertMatch({error, {'TypeError', _, _}},
+                 py_asyncio:call(Loop, ?HELPERS, echo, [1, 2, 3, 4], ?WAIT)),
+    ?assertMatch({error, {'TypeError', _, _}},
+                 py_asyncio:call(Loop, ?HELPERS, unconvertible, [], ?WAIT)),
+    %% The loop is unharmed.
+    ?assertEqual({ok, 1}, py_asyncio:call(Loop, ?HELPERS, echo, [1], ?WAIT)).
+
+-spec cancel_task(ct_suite:ct_config()) -> term().
+cancel_task(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    Tag = tag(),
+    Ref = py_asyncio:submit(Loop, ?HELPERS, wait_forever, [self(), Tag]),
+    started(Tag),
+    ?assertEqual(ok, py_asyncio:cancel(Loop, Ref)),
+    ?assertEqual({error, cancelled}, result(Ref)),
+    ?assertEqual({ok, <<"cancelled">>}, py:call(?HELPERS, event, [Tag])),
+    %% Cancelled right after submit, before it ran.
+    Ref2 = py_asyncio:submit(Loop, erlang_asyncio, sleep, [3600]),
+    ok = py_asyncio:cancel(Loop, Ref2),
+    ?assertEqual({error, cancelled}, result(Ref2)),
+    %% Cancelling what finished, or an unknown ref: nothing happens.
+    {ok, 5} = py_asyncio:call(Loop, ?HELPERS, echo, [5], ?WAIT),
+    ok = py_asyncio:cancel(Loop, Ref),
+    ok = py_asyncio:cancel(Loop, make_ref()),
+    ?assertEqual({ok, 6}, py_asyncio:call(Loop, ?HELPERS, echo, [6], ?WAIT)),
+    no_more_messages().
+
+-spec call_timeout_cancels(ct_suite:ct_config()) -> term().
+call_timeout_cancels(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    Tag = tag(),
+    Self = self(),
+    {Time, Result} = timer:tc(fun() ->
+                                      py_asyncio:call(Loop, ?HELPERS, wait_forever,
+                                                      [Self, Tag], 300)
+                              end),
+    ?assertEqual({error, timeout}, Result),
+    ?assert(Time >= 300000),
+    ?assertEqual({ok, <<"cancelled">>},
+                 wait_until(fun() ->
+                                    case py:call(?HELPERS, event, [Tag]) of
+                                        {ok, none} -> false;
+                                        Found -> Found
+                                    end
+                            end)),
+    %% No result arrives later for the call that timed out.
+    {ok, 1} = py_asyncio:call(Loop, ?HELPERS, echo, [1], ?WAIT),
+    receive {Tag, <<"started">>} -> ok after ?WAIT -> ct:fail(never_started) end,
+    no_more_messages().
+
+-spec caller_death_cancels_tasks(ct_suite:ct_config()) -> term().
+caller_death_cancels_tasks(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    Self = self(),
+    Tags = [tag() || _ <- lists:seq(1, 3)],
+    Caller = spawn(fun() ->
+                           [py_asyncio:submit(Loop, ?HELPERS, wait_forever, [Self, T])
+                            || T <- Tags],
+                           receive stop -> ok end
+                   end),
+    [started(T) || T <- Tags],
+    %% Another caller's task is left alone.
+    OtherTag = tag(),
+    Other = py_asyncio:submit(Loop, ?HELPERS, wait_forever, [Self, OtherTag]),
+    started(OtherTag),
+    exit(Caller, kill),
+    [?assertEqual(<<"cancelled">>,
+                  wait_until(fun() ->
+                                     case py:call(?HELPERS, event, [T]) of
+                                         {ok, none} -> false;
+                                         {ok, Event} -> Event
+                                     end
+                             end)) || T <- Tags],
+    ?assertEqual({ok, none}, py:call(?HELPERS, event, [OtherTag])),
+    ok = py_asyncio:cancel(Loop, Other),
+    ?assertEqual({error, cancelled}, result(Other)).
+
+-spec unconvertible_input_spoils_nothing_else(ct_suite:ct_config()) -> term().
+unconvertible_input_spoils_nothing_else(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    %% One batch: good submits around one whose arguments Python cannot hold.
+    Good1 = py_asyncio:submit(Loop, ?HELPERS, echo, [1]),
+    Bad = py_asyncio:submit(Loop, ?HELPERS, echo, [[1 | 2]]),
+    Good2 = py_asyncio:submit(Loop, ?HELPERS, echo, [2]),
+    ?assertEqual({ok, 1}, result(Good1)),
+    ?assertMatch({error, {'TypeError', _, _}}, result(Bad)),
+    ?assertEqual({ok, 2}, result(Good2)),
+    %% Same for a message: it is dropped, the others arrive.
+    Ref = py_asyncio:submit(Loop, ?HELPERS, receive_many, [self(), 2, 10.0]),
+    Loop ! first,
+    Loop ! [improper | list],
+    Loop ! <<1:3>>,
+    Loop ! second,
+    ?assertEqual({ok, 2}, result(Ref)),
+    receive {<<"got">>, Got} -> ?assertEqual([<<"first">>, <<"second">>], Got)
+    after ?WAIT -> ct:fail(no_messages)
+    end.
+
+-spec loop_gone(ct_suite:ct_config()) -> term().
+loop_gone(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    ok = py_asyncio:stop_loop(Loop),
+    ?assertEqual({error, {loop_down, noproc}}, py_asyncio:call(Loop, ?HELPERS, echo, [1], ?WAIT)),
+    ?assertEqual({error, {loop_down, noproc}},
+                 py_asyncio:call(no_such_loop, ?HELPERS, echo, [1], ?WAIT)),
+    %% A loop killed while a call waits.
+    {ok, Loop2} = py_asyncio:start_loop(#{}),
+    Tag = tag(),
+    Killer = spawn(fun() -> started(Tag), exit(Loop2, kill) end),
+    ?assertEqual({error, {loop_down, killed}},
+                 py_asyncio:call(Loop2, ?HELPERS, wait_forever, [Killer, Tag], ?WAIT)),
+    wait_until(fun() -> loop_threads() =:= [] end).
+
+%%--------------------------------------------------------------------
+%% erlang.send / erlang.receive
+
+-spec send_receive_round_trip(ct_suite:ct_config()) -> term().
+send_receive_round_trip(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{name => mailbox_loop}),
+    ?assertEqual({ok, Loop}, py_asyncio:call(Loop, ?HELPERS, whoami, [], ?WAIT)),
+    Ref = py_asyncio:submit(Loop, ?HELPERS, receive_echo, [self(), 10.0]),
+    Loop ! {hello, [1, 2], self()},
+    Self = self(),
+    receive
+        {<<"echo">>, {<<"hello">>, [1, 2], Pid}} -> ?assertEqual(Self, Pid)
+    after ?WAIT -> ct:fail(no_echo)
+    end,
+    ?assertMatch({ok, {<<"hello">>, [1, 2], _}}, result(Ref)),
+    %% Messages sent before anyone waits are kept, in order; by name too.
+    mailbox_loop ! one,
+    {mailbox_loop, node()} ! two,
+    gen_server:cast(mailbox_loop, three),
+    ?assertEqual({ok, 3}, py_asyncio:call(Loop, ?HELPERS, receive_many, [self(), 3, 10.0], ?WAIT)),
+    receive {<<"got">>, Got} ->
+            ?assertEqual([<<"one">>, <<"two">>, {<<"$gen_cast">>, <<"three">>}], Got)
+    after ?WAIT -> ct:fail(no_messages)
+    end,
+    %% Many messages to many receivers.
+    Refs = [py_asyncio:submit(Loop, ?HELPERS, receive_echo, [self(), 10.0])
+            || _ <- lists:seq(1, 100)],
+    [Loop ! {n, I} || I <- lists:seq(1, 100)],
+    Results = lists:sort([N || R <- Refs, {ok, {<<"n">>, N}} <- [result(R)]]),
+    ?assertEqual(lists:seq(1, 100), Results),
+    flush().
+
+-spec receive_timeout(ct_suite:ct_config()) -> term().
+receive_timeout(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    {Time, Result} = timer:tc(fun() ->
+                                      py_asyncio:call(Loop, ?HELPERS, receive_echo,
+                                                      [self(), 0.2], ?WAIT)
+                              end),
+    ?assertEqual({ok, <<"timeout">>}, Result),
+    ?assert(Time >= 200000),
+    receive <<"timeout">> -> ok after ?WAIT -> ct:fail(no_timeout_message) end,
+    %% Zero: a message already there, else at once.
+    ?assertEqual({ok, <<"timeout">>},
+                 py_asyncio:call(Loop, ?HELPERS, receive_echo, [self(), 0], ?WAIT)),
+    <<"timeout">> = receive M -> M after ?WAIT -> none end,
+    %% The loop served others while one coroutine waited.
+    Waiting = py_asyncio:submit(Loop, ?HELPERS, receive_echo, [self(), 30.0]),
+    ?assertEqual({ok, 1}, py_asyncio:call(Loop, ?HELPERS, echo, [1, 0.01], ?WAIT)),
+    Loop ! done,
+    ?assertEqual({ok, <<"done">>}, result(Waiting)),
+    flush().
+
+%%--------------------------------------------------------------------
+%% A loop on another node
+
+-spec remote_node(ct_suite:ct_config()) -> term().
+remote_node(Config) ->
+    ok = ensure_distributed(),
+    Paths = [P || P <- code:get_path(), not lists:prefix(code:root_dir(), P)],
+    {ok, Peer, Node} = peer:start(#{name => peer:random_name(?MODULE),
+                                    args => ["-pa" | Paths]}),
+    try
+        {ok, _} = erpc:call(Node, application, ensure_all_started, [?APP], 30000),
+        {ok, _} = erpc:call(Node, py, call,
+                            [sys, 'path.insert', [0, helpers_dir(Config)]]),
+        {ok, Loop} = erpc:call(Node, py_asyncio, start_loop, [#{name => remote_loop}]),
+        ?assertEqual(Node, node(Loop)),
+        %% By pid and by {Name, Node}; results come to this node.
+        ?assertEqual({ok, 1}, py_asyncio:call(Loop, ?HELPERS, echo, [1, 0.01], ?WAIT)),
+        ?assertEqual({ok, 2},
+                     py_asyncio:call({remote_loop, Node}, ?HELPERS, echo, [2, 0.01], ?WAIT)),
+        Refs = [{py_asyncio:submit({remote_loop, Node}, ?HELPERS, echo, [I, 0.01]), I}
+                || I <- lists:seq(1, 50)],
+        [?assertEqual({ok, I}, result(R)) || {R, I} <- Refs],
+        ?assertMatch({error, {'ValueError', <<"far">>, _}},
+                     py_asyncio:call(Loop, ?HELPERS, fail, [<<"far">>], ?WAIT)),
+        %% Cancel across nodes.
+        Tag = tag(),
+        Ref = py_asyncio:submit(Loop, ?HELPERS, wait_forever, [self(), Tag]),
+        started(Tag),
+        ok = py_asyncio:cancel({remote_loop, Node}, Ref),
+        ?assertEqual({error, cancelled}, result(Ref)),
+        ?assertEqual({ok, <<"cancelled">>}, erpc:call(Node, py, call, [?HELPERS, event, [Tag]])),
+        %% Timeout across nodes.
+        ?assertEqual({error, timeout},
+                     py_asyncio:call(Loop, erlang_asyncio, sleep, [3600], 200)),
+        %% erlang.receive/send across nodes: Python sends to a pid of this node.
+        Echo = py_asyncio:submit(Loop, ?HELPERS, receive_echo, [self(), 10.0]),
+        {remote_loop, Node} ! {from, node()},
+        ThisNode = atom_to_binary(node()),
+        receive {<<"echo">>, {<<"from">>, N}} -> ?assertEqual(ThisNode, N)
+        after ?WAIT -> ct:fail(no_remote_echo)
+        end,
+        ?assertMatch({ok, _}, result(Echo)),
+        %% A caller on this node dies: its remote tasks are cancelled.
+        Self = self(),
+        Tag2 = tag(),
+        Caller = spawn(fun() ->
+                               _ = py_asyncio:submit(Loop, ?HELPERS, wait_forever, [Self, Tag2]),
+                               receive stop -> ok end
+                       end),
+        started(Tag2),
+        exit(Caller, kill),
+        wait_until(fun() ->
+                           erpc:call(Node, py, call, [?HELPERS, event, [Tag2]])
+                               =:= {ok, <<"cancelled">>}
+                   end),
+        %% Stopped from here.
+        Pending = py_asyncio:submit(Loop, erlang_asyncio, sleep, [3600]),
+        ?assertEqual(ok, py_asyncio:stop_loop(Loop)),
+        ?assertEqual({error, cancelled}, result(Pending)),
+        ?assertEqual({ok, []}, erpc:call(Node, py, call, [?HELPERS, loop_threads, []]))
+    after
+        peer:stop(Peer)
+    end.
+
+%%--------------------------------------------------------------------
+%% Load
+
+-spec ten_thousand_coroutines(ct_suite:ct_config()) -> term().
+ten_thousand_coroutines(_Config) ->
+    N = 10000,
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    Self = self(),
+    T0 = erlang:monotonic_time(millisecond),
+    %% The node and the worker pool stay responsive all along: an unrelated
+    %% py:call, again and again until the coroutines are done.
+    Prober = spawn_link(fun() -> probe([]) end),
+    %% Each caller submits and waits for its own result.
+    [spawn_link(fun() ->
+                        Self ! {done, I, py_asyncio:call(Loop, ?HELPERS, echo, [I, 0.01], 60000)}
+                end) || I <- lists:seq(1, N)],
+    ?assertEqual(#{}, collect(N, #{})),
+    Elapsed = erlang:monotonic_time(millisecond) - T0,
+    %% One process submitting many refs and collecting them.
+    Refs = [{py_asyncio:submit(Loop, ?HELPERS, echo, [I, 0.01]), I} || I <- lists:seq(1, N)],
+    [?assertEqual({ok, I}, result(R)) || {R, I} <- Refs],
+    Elapsed2 = erlang:monotonic_time(millisecond) - T0 - Elapsed,
+    Prober ! {stop, self()},
+    Probes = receive {probes, P} -> P after ?WAIT -> ct:fail(prober_hung) end,
+    ct:pal("~b coroutines from ~b callers: ~b ms; ~b from one process: ~b ms; "
+           "~b py:call probes meanwhile, slowest ~b us",
+           [N, N, Elapsed, N, Elapsed2, length(Probes), lists:max(Probes)]),
+    ?assert(length(Probes) >= 2),
+    ?assert(lists:max(Probes) < 2000000),
+    ?assertEqual(0, maps:get(<<"live_timers">>, loop_stats(Loop))).
+
+probe(Times) ->
+    {Time, {ok, 3}} = timer:tc(fun() -> py:call(operator, add, [1, 2]) end),
+    receive
+        {stop, From} -> From ! {probes, [Time | Times]}
+    after 10 ->
+        probe([Time | Times])
+    end.
+
+collect(0, Bad) ->
+    Bad;
+collect(Left, Bad) ->
+    receive
+        {done, I, {ok, I}} -> collect(Left - 1, Bad);
+        {done, I, Other} -> collect(Left - 1, Bad#{I => Other})
+    after 30000 ->
+        ct:fail({still_waiting, Left})
+    end.
+
+%%--------------------------------------------------------------------
+%% Stopping the application
+
+-spec app_stop_with_stuck_loop(ct_suite:ct_config()) -> term().
+app_stop_with_stuck_loop(Config) ->
+    {ok, _} = py_asyncio:start_loop(#{name => stuck_loop, stop_timeout => 500}),
+    %% The loop thread blocks in time.sleep: it cannot even see the stop.
+    Stuck = py_asyncio:submit(stuck_loop, ?HELPERS, block, [20]),
+    {ok, _} = py_asyncio:start_loop(#{name => fine_loop}),
+    Fine = py_asyncio:submit(fine_loop, erlang_asyncio, sleep, [3600]),
+    {ok, 1} = py_asyncio:call(fine_loop, ?HELPERS, echo, [1], ?WAIT),
+    {Time, ok} = timer:tc(fun() -> application:stop(?APP) end),
+    ct:pal("application:stop took ~b ms", [Time div 1000]),
+    ?assert(Time < 10000000),
+    ?assertEqual({error, cancelled}, result(Stuck)),
+    ?assertEqual({error, cancelled}, result(Fine)),
+    %% And it starts again, with working loops.
+    {ok, _} = application:ensure_all_started(?APP),
+    ok = add_path(?config(helpers_dir, Config)),
+    {ok, Loop} = py_asyncio:start_loop(#{name => stuck_loop}),
+    ?assertEqual({ok, 2}, py_asyncio:call(Loop, ?HELPERS, echo, [2, 0.01], ?WAIT)).
+
+%%--------------------------------------------------------------------
+%% Helpers
+
+helpers_dir(Config) ->
+    unicode:characters_to_binary(?config(helpers_dir, Config)).
+
+add_path(Dir) ->
+    {ok, _} = py:call(sys, 'path.insert', [0, unicode:characters_to_binary(Dir)]),
+    ok.
+
+ensure_distributed() ->
+    case node() of
+        nonode@nohost ->
+            _ = os:cmd("epmd -daemon"),
+            Name = list_to_atom("py_asyncio_ct_" ++ os:getpid()),
+            case net_kernel:start([Name, shortnames]) of
+                {ok, _} -> ok;
+                {error, {already_started, _}} -> ok
+            end;
+        _ ->
+            ok
+    end.
+
+loop_threads() ->
+    {ok, Names} = py:call(?HELPERS, loop_threads, []),
+    Names.
+
+loop_stats(Loop) ->
+    {ok, Stats} = py_asyncio:call(Loop, ?HELPERS, stats, [], ?WAIT),
+    Stats.
+
+tag() ->
+    integer_to_binary(erlang:unique_integer([positive])).
+
+%% Waits for `{Tag, <<"started">>}' from wait_forever/ticker.
+started(Tag) ->
+    receive {Tag, <<"started">>} -> ok
+    after ?WAIT -> ct:fail({not_started, Tag})
+    end.
+
+result(Ref) ->
+    receive {py_result, Ref, Result} -> Result
+    after ?WAIT -> ct:fail({no_result, Ref})
+    end.
+
+%% What a value looks like after a trip through Python.
+expected(A) when is_atom(A), A =/= true, A =/= false, A =/= none -> atom_to_binary(A);
+expected(T) when is_tuple(T) -> list_to_tuple([expected(E) || E <- tuple_to_list(T)]);
+expected(L) when is_list(L) -> [expected(E) || E <- L];
+expected(V) -> V.
+
+wait_until(Fun) ->
+    wait_until(Fun, erlang:monotonic_time(millisecond) + ?WAIT).
+
+wait_until(Fun, Deadline) ->
+    case Fun() of
+        false ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> ct:fail(timeout_waiting);
+                false -> timer:sleep(20), wait_until(Fun, Deadline)
+            end;
+        true -> true;
+        Value -> Value
+    end.
+
+no_more_messages() ->
+    receive Any -> ct:fail({unexpected_message, Any}) after 100 -> ok end.
+
+flush() ->
+    receive _ -> flush() after 0 -> ok end.
