@@ -138,7 +138,10 @@ class _LoopThread:
             for key in list(self.tasks):
                 del self.tasks[key]
                 self._report(key, "cancelled", None)
-            loop.close()
+            try:
+                loop.close()
+            except Exception:  # noqa: BLE001 - the thread must still unregister
+                pass
 
     def apply(self, ops: list[tuple[Any, ...]]) -> None:
         """Runs a batch of operations; on the loop thread."""

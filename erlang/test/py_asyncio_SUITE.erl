@@ -19,6 +19,7 @@
          submit_results/1, submit_errors/1, cancel_task/1,
          call_timeout_cancels/1, caller_death_cancels_tasks/1,
          unconvertible_input_spoils_nothing_else/1, loop_gone/1,
+         loop_worker_dies/1,
          send_receive_round_trip/1, receive_timeout/1,
          remote_node/1, ten_thousand_coroutines/1,
          app_stop_with_stuck_loop/1]).
@@ -43,6 +44,7 @@ groups() ->
        named_loop, restart_after_stop, bad_options, child_spec_under_own_supervisor,
        submit_results, submit_errors, cancel_task, call_timeout_cancels,
        caller_death_cancels_tasks, unconvertible_input_spoils_nothing_else, loop_gone,
+       loop_worker_dies,
        send_receive_round_trip, receive_timeout]},
      {remote, [], [remote_node]},
      {load, [], [ten_thousand_coroutines]},
@@ -436,6 +438,31 @@ loop_gone(_Config) ->
     Killer = spawn(fun() -> started(Tag), exit(Loop2, kill) end),
     ?assertEqual({error, {loop_down, killed}},
                  py_asyncio:call(Loop2, ?HELPERS, wait_forever, [Killer, Tag], ?WAIT)),
+    wait_until(fun() -> loop_threads() =:= [] end).
+
+-spec loop_worker_dies(ct_suite:ct_config()) -> term().
+loop_worker_dies(_Config) ->
+    %% The Erlang worker serving the Python loop dies: the loop fails in
+    %% Python, the loop process stops with the reason, callers are told.
+    Workers = fun() -> [P || {_, P, _, _} <- supervisor:which_children(py_event_worker_sup)] end,
+    Before = Workers(),
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    [Worker] = wait_until(fun() ->
+                                  case Workers() -- Before of
+                                      [] -> false;
+                                      New -> New
+                                  end
+                          end),
+    Tag = tag(),
+    Ref = py_asyncio:submit(Loop, ?HELPERS, wait_forever, [self(), Tag]),
+    started(Tag),
+    Monitor = erlang:monitor(process, Loop),
+    exit(Worker, kill),
+    ?assertEqual({error, cancelled}, result(Ref)),
+    receive {'DOWN', Monitor, process, Loop, Reason} ->
+            ?assertMatch({python_loop_exited, _}, Reason)
+    after ?WAIT -> ct:fail(loop_still_running)
+    end,
     wait_until(fun() -> loop_threads() =:= [] end).
 
 %%--------------------------------------------------------------------
