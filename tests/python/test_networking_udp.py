@@ -1,0 +1,423 @@
+"""UDP on ErlangEventLoop inside the BEAM: asyncio's UDP echo examples,
+connected and unconnected endpoints, create_datagram_endpoint's options,
+ICMP errors, flow of many datagrams, pause_reading, the transport class.
+
+Run with ``bin/erlang-python -m pytest tests/python/test_networking_udp.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from test_networking import (
+    LOCALHOST,
+    check_no_leaked_fds,
+    has_ipv6,
+    new_loop,
+    payload,
+    run,
+    unused_port,
+    wait_for_condition,
+)
+
+from erlang_loop import ErlangEventLoop
+from erlang_loop._transports import _ErlangDatagramTransport
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_fds() -> Iterator[None]:
+    yield from check_no_leaked_fds()
+
+
+@pytest.fixture
+def loop() -> Iterator[ErlangEventLoop]:
+    yield from new_loop()
+
+
+@pytest.fixture(params=[False, True], ids=["default", "isolated"])
+def any_loop(request: pytest.FixtureRequest) -> Iterator[ErlangEventLoop]:
+    yield from new_loop(request.param)
+
+
+class Datagrams(asyncio.DatagramProtocol):
+    """Keeps every datagram, error and the loss of the connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport: Any = None
+        self.received: list[tuple[bytes, Any]] = []
+        self.errors: list[Exception] = []
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert type(data) is bytes
+        self.received.append((data, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors.append(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class Echo(asyncio.DatagramProtocol):
+    """Sends every datagram back to where it came from."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.transport.sendto(data, addr)
+
+
+# ------------------------------------------- asyncio's documented examples
+
+
+class EchoServerProtocol(asyncio.DatagramProtocol):
+    """asyncio docs, "UDP Echo Server", without the prints."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        message = data.decode()
+        self.transport.sendto(message.encode(), addr)  # type: ignore[attr-defined]
+
+
+class EchoClientProtocol(asyncio.DatagramProtocol):
+    """asyncio docs, "UDP Echo Client"."""
+
+    def __init__(self, message: str, on_con_lost: asyncio.Future[Any]) -> None:
+        self.message = message
+        self.on_con_lost = on_con_lost
+        self.transport: Any = None
+        self.received: list[str] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.transport.sendto(self.message.encode())
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received.append(data.decode())
+        self.transport.close()
+
+    def error_received(self, exc: Exception) -> None:
+        raise AssertionError(f"error received: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_con_lost.set_result(True)
+
+
+def test_udp_echo_docs_example(any_loop: ErlangEventLoop) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        server, _ = await loop.create_datagram_endpoint(
+            EchoServerProtocol, local_addr=(LOCALHOST, 0)
+        )
+        port = server.get_extra_info("sockname")[1]
+        on_con_lost = loop.create_future()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: EchoClientProtocol("Hello World!", on_con_lost),
+            remote_addr=(LOCALHOST, port),
+        )
+        try:
+            await on_con_lost
+        finally:
+            transport.close()
+            server.close()
+        return protocol.received
+
+    assert run(any_loop, main()) == ["Hello World!"]
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+def test_datagram_transport_class_and_extra_info(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
+        address = server.get_extra_info("sockname")
+        client, _ = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), remote_addr=address
+        )
+        assert type(server) is _ErlangDatagramTransport
+        assert type(client) is _ErlangDatagramTransport
+        assert server.get_extra_info("peername") is None
+        assert client.get_extra_info("peername") == address
+        sock = client.get_extra_info("socket")
+        assert sock.type == socket.SOCK_DGRAM and sock.family == socket.AF_INET
+        assert client.get_extra_info("sockname") == sock.getsockname()
+        assert client.get_write_buffer_size() == 0
+        assert client.is_reading()
+        client.close()
+        assert client.is_closing()
+        server.close()
+
+    run(loop, main())
+
+
+def test_unconnected_client(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
+        address = server.get_extra_info("sockname")
+        client, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        assert client.get_extra_info("peername") is None
+        for message in (b"one", b"two", b"three"):
+            client.sendto(message, address)
+            await wait_for_condition(lambda m=message: protocol.received[-1:] == [(m, address)])
+        assert protocol.received == [(m, address) for m in (b"one", b"two", b"three")]
+        client.close()
+        server.close()
+        assert await protocol.lost is None
+
+    run(loop, main())
+
+
+def test_connected_endpoint_sendto(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
+        address = server.get_extra_info("sockname")
+        client, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), remote_addr=address
+        )
+        client.sendto(b"no address")
+        client.sendto(b"its own address", address)
+        await wait_for_condition(lambda: len(protocol.received) == 2)
+        assert sorted(protocol.received) == [
+            (b"its own address", address),
+            (b"no address", address),
+        ]
+        with pytest.raises(ValueError):
+            client.sendto(b"elsewhere", (LOCALHOST, address[1] + 1))
+        with pytest.raises(TypeError):
+            client.sendto("text")
+        client.close()
+        server.close()
+
+    run(loop, main())
+
+
+def test_a_connected_endpoint_ignores_other_senders(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
+        address = server.get_extra_info("sockname")
+        client, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), remote_addr=address
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.sendto(b"stranger", client.get_extra_info("sockname"))
+            client.sendto(b"peer")
+            await wait_for_condition(lambda: bool(protocol.received))
+            await asyncio.sleep(0.05)
+        assert protocol.received == [(b"peer", address)]
+        client.close()
+        server.close()
+
+    run(loop, main())
+
+
+def test_error_received_on_a_closed_port(loop: ErlangEventLoop) -> None:
+    """A connected endpoint sends to a port nobody listens on: the ICMP
+    "port unreachable" comes back as error_received(ConnectionRefusedError)
+    and the transport stays open."""
+    dead = unused_port(socket.SOCK_DGRAM)
+
+    async def main() -> None:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), remote_addr=(LOCALHOST, dead)
+        )
+        give_up = loop.time() + 10
+        while not protocol.errors and loop.time() < give_up:
+            transport.sendto(b"anyone?")  # ICMP replies are rate limited: retry
+            await asyncio.sleep(0.05)
+        assert protocol.errors, "no error_received"
+        assert all(isinstance(e, ConnectionRefusedError) for e in protocol.errors)
+        assert not transport.is_closing()
+        assert not protocol.lost.done()
+        transport.close()
+        assert await protocol.lost is None
+
+    run(loop, main())
+
+
+def test_broadcast_option(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        plain, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=(LOCALHOST, 0)
+        )
+        broadcast, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=(LOCALHOST, 0), allow_broadcast=True
+        )
+        assert not plain.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
+        assert broadcast.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
+        plain.close()
+        broadcast.close()
+
+    run(loop, main())
+
+
+def test_reuse_address_refused_and_reuse_port(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        # Refused as asyncio refuses it: a TypeError since 3.11 (the
+        # parameter is gone), a ValueError in 3.8-3.10.
+        with pytest.raises((TypeError, ValueError), match="reuse_address"):
+            await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(LOCALHOST, 0), reuse_address=True
+            )
+        first, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=(LOCALHOST, 0), reuse_port=True
+        )
+        port = first.get_extra_info("sockname")[1]
+        assert first.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        second, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=(LOCALHOST, port), reuse_port=True
+        )
+        assert second.get_extra_info("sockname") == (LOCALHOST, port)
+        first.close()
+        second.close()
+
+    run(loop, main())
+
+
+def test_family_proto_flags_and_an_unbound_endpoint(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(
+            Echo,
+            local_addr=("localhost", 0),
+            family=socket.AF_INET,
+            proto=socket.IPPROTO_UDP,
+            flags=socket.AI_PASSIVE,
+        )
+        host, port = server.get_extra_info("sockname")
+        assert host == LOCALHOST
+        # No address at all: an unbound socket of the family, bound by the
+        # OS at the first send.
+        client, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), family=socket.AF_INET
+        )
+        assert client.get_extra_info("socket").family == socket.AF_INET
+        client.sendto(b"unbound", (LOCALHOST, port))
+        await wait_for_condition(lambda: bool(protocol.received))
+        assert protocol.received == [(b"unbound", (LOCALHOST, port))]
+        client.close()
+        server.close()
+
+    run(loop, main())
+
+
+def test_endpoint_on_a_given_socket(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
+        address = server.get_extra_info("sockname")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((LOCALHOST, 0))
+        client, protocol = await loop.create_datagram_endpoint(lambda: Datagrams(loop), sock=sock)
+        assert not sock.getblocking()
+        assert client.get_extra_info("sockname") == sock.getsockname()
+        client.sendto(b"mine", address)
+        await wait_for_condition(lambda: bool(protocol.received))
+        assert protocol.received == [(b"mine", address)]
+        client.close()
+        await protocol.lost
+        assert sock.fileno() == -1
+        server.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other, pytest.raises(ValueError):
+            await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(LOCALHOST, 0), sock=other
+            )
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
+def test_udp_echo_over_ipv6(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=("::1", 0))
+        address = server.get_extra_info("sockname")
+        client, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), remote_addr=address[:2]
+        )
+        client.sendto(b"six")
+        await wait_for_condition(lambda: bool(protocol.received))
+        assert protocol.received[0][0] == b"six"
+        client.close()
+        server.close()
+
+    run(loop, main())
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_many_and_large_datagrams_arrive_intact(loop: ErlangEventLoop) -> None:
+    """Datagrams of every size up to the largest IPv4 one, sent in a burst:
+    each arrives whole, in order, as its own bytes (the loop's receive buffer
+    is reused, a few datagrams per readiness event)."""
+    sizes = [1, 2, 100, 1400, 9000, 65507] * 5 + [10] * 170
+    messages = [payload(size, seed=i) for i, size in enumerate(sizes)]
+
+    async def main() -> list[bytes]:
+        receiver, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        receiver.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024
+        )
+        address = receiver.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            for message in messages:
+                sender.sendto(message, address)
+            await wait_for_condition(lambda: len(protocol.received) == len(messages))
+        receiver.close()
+        return [data for data, _ in protocol.received]
+
+    assert run(loop, main()) == messages
+
+
+def test_pause_reading_in_datagram_received_stops_at_once(loop: ErlangEventLoop) -> None:
+    class PauseAfterEach(Datagrams):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            self.transport.pause_reading()
+
+    async def main() -> None:
+        receiver, protocol = await loop.create_datagram_endpoint(
+            lambda: PauseAfterEach(loop), local_addr=(LOCALHOST, 0)
+        )
+        address = receiver.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(5):
+                sender.sendto(b"%d" % i, address)
+            for expected in range(1, 6):
+                await wait_for_condition(lambda n=expected: len(protocol.received) >= n)
+                assert not receiver.is_reading()
+                # Paused: nothing more comes, however long we wait.
+                await asyncio.sleep(0.02)
+                assert len(protocol.received) == expected
+                receiver.resume_reading()
+        assert [data for data, _ in protocol.received] == [b"0", b"1", b"2", b"3", b"4"]
+        receiver.close()
+
+    run(loop, main())
+
+
+def test_abort_loses_the_endpoint(loop: ErlangEventLoop) -> None:
+    async def main() -> None:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        transport.abort()
+        assert transport.is_closing()
+        assert await protocol.lost is None
+
+    run(loop, main())
