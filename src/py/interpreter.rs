@@ -30,6 +30,7 @@ pub fn initialize(config: &InterpreterConfig) -> Result<(), String> {
     let mut started = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
     if !*started {
         promote_libpython_to_global_scope()?;
+        pre_initialize_utf8_mode_under_c_locale()?;
         // pyo3: Py_InitializeEx(0) (the BEAM owns signals), then releases the GIL.
         Python::initialize();
         *started = true;
@@ -57,6 +58,31 @@ fn apply_config(py: Python<'_>, config: &InterpreterConfig) -> PyResult<()> {
     // Embedded interpreters start without argv; argparse and friends expect one.
     if !sys.hasattr("argv")? {
         sys.setattr("argv", PyList::new(py, ["erlang_python"])?)?;
+    }
+    Ok(())
+}
+
+/// `Py_InitializeEx` alone uses CPython's "compat" pre-configuration, which
+/// never turns on UTF-8 mode: under the C/POSIX locale (a bare CI machine, a
+/// service manager) file names and stdio would then be ASCII. Pre-initialise
+/// as the `python3` command does (PEP 540: UTF-8 mode under the C locale),
+/// without coercing the locale of the whole VM.
+fn pre_initialize_utf8_mode_under_c_locale() -> Result<(), String> {
+    use pyo3::ffi;
+    let mut preconfig = std::mem::MaybeUninit::<ffi::PyPreConfig>::zeroed();
+    // SAFETY: InitPythonConfig fills every field of the struct it is given;
+    // Py_PreInitialize runs before the interpreter exists, once (under
+    // STARTUP), and copies the config.
+    unsafe {
+        ffi::PyPreConfig_InitPythonConfig(preconfig.as_mut_ptr());
+        let preconfig = preconfig.assume_init_mut();
+        preconfig.parse_argv = 0;
+        preconfig.coerce_c_locale = 0;
+        preconfig.coerce_c_locale_warn = 0;
+        let status = ffi::Py_PreInitialize(preconfig);
+        if ffi::PyStatus_Exception(status) != 0 {
+            return Err("CPython pre-initialisation failed".into());
+        }
     }
     Ok(())
 }
