@@ -30,7 +30,7 @@
 -type options() :: #{name => atom(),
                      stop_timeout => non_neg_integer(),
                      id => term(),
-                     restart => supervisor:restart()}.
+                     restart => permanent | transient | temporary}.
 %% `name': register the loop locally. `stop_timeout' (ms, default 5000, at
 %% most 20000): how long stopping may wait for Python (tasks, the thread).
 %% `id', `restart': for `child_spec/1' only (default `py_asyncio_loop',
