@@ -101,7 +101,9 @@ init(Opts) ->
     %% First, so that the Python side goes even if we are killed.
     start_reaper(self(), StopTimeout),
     Tag = make_ref(),
-    case py:call(erlang_python_loops, start, [self(), Tag], #{}, ?START_TIMEOUT) of
+    %% Python gives up first; if we time out anyway the reaper cleans up.
+    case py:call(erlang_python_loops, start, [self(), Tag, ?START_TIMEOUT / 2000], #{},
+                 ?START_TIMEOUT) of
         {ok, _} -> {ok, #state{tag = Tag, stop_timeout = StopTimeout}};
         {error, Reason} -> {stop, {python_loop, Reason}}
     end.

@@ -169,6 +169,22 @@ def test_cancel_of_a_sleeping_task_removes_its_wheel_entry() -> None:
     assert run(main) == (10, 0, 0, True)
 
 
+def test_far_sleeps_wait_and_cancel_cleanly() -> None:
+    async def main() -> list[tuple[bool, int, int]]:
+        seen = []
+        for delay in (math.inf, 1e300, 100 * 365 * 86400.0):
+            base = live_timers()
+            task = asyncio.create_task(erlang_asyncio.sleep(delay))
+            await erlang_asyncio.sleep(0.02)
+            during = live_timers() - base
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            seen.append((task.cancelled(), during, live_timers() - base))
+        return seen
+
+    assert run(main) == [(True, 1, 0)] * 3
+
+
 def test_sleep_bad_and_odd_delays() -> None:
     async def main() -> float:
         with pytest.raises(ValueError):
