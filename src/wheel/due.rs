@@ -39,8 +39,31 @@ impl DueList {
         if head == NIL || slab.entry(head).deadline > now {
             return None;
         }
-        self.list.remove(slab, head);
+        self.list.pop_front(slab);
         Some(head)
+    }
+
+    /// Appends a whole slot's list in O(1) when its entries already come in
+    /// firing order after everything here (the usual case: a later tick, one
+    /// entry or FIFO-ordered deadlines). Otherwise gives the list back, for
+    /// sorting through [`merge`](Self::merge).
+    pub(crate) fn append_run<T>(&mut self, slab: &mut Slab<T>, run: List) -> Result<(), List> {
+        let mut last = match self.list.tail() {
+            NIL => (0, 0),
+            tail => slab.entry(tail).order_key(),
+        };
+        let mut drain = run.drain();
+        while let Some(index) = drain.next(slab) {
+            let entry = slab.entry_mut(index);
+            let key = entry.order_key();
+            if key < last {
+                return Err(run);
+            }
+            last = key;
+            entry.location = Location::Due;
+        }
+        self.list.append(slab, run);
+        Ok(())
     }
 
     /// Unlinks entry `index` (a cancel).
@@ -111,6 +134,29 @@ mod tests {
         second.sort();
         due.merge(&mut slab, &second);
         assert_eq!(drain_all(&mut due, &mut slab), [3, 0, 1, 4, 5, 2]);
+    }
+
+    #[test]
+    fn append_run_takes_ordered_runs_and_refuses_others() {
+        let mut slab = Slab::new();
+        let mut due = DueList::default();
+        let run = |slab: &mut Slab<u64>, keys: &[(u64, u64)]| {
+            let mut list = List::EMPTY;
+            for &(d, s) in keys {
+                let (_, _, i) = add(slab, d, s);
+                list.push_back(slab, i, Location::Slot { level: 0, slot: 1 });
+            }
+            list
+        };
+        let first = run(&mut slab, &[(10, 0), (10, 1), (12, 2)]);
+        assert!(due.append_run(&mut slab, first).is_ok());
+        let unsorted = run(&mut slab, &[(20, 3), (15, 4)]);
+        assert!(due.append_run(&mut slab, unsorted).is_err());
+        let before_tail = run(&mut slab, &[(11, 5)]);
+        assert!(due.append_run(&mut slab, before_tail).is_err());
+        let after = run(&mut slab, &[(12, 6), (13, 7)]);
+        assert!(due.append_run(&mut slab, after).is_ok());
+        assert_eq!(drain_all(&mut due, &mut slab), [0, 1, 2, 6, 7]);
     }
 
     #[test]

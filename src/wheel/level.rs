@@ -138,8 +138,15 @@ impl Level {
     }
 
     /// Unlinks entry `index`, whose deadline is `deadline`, from `slot`.
+    /// Returns true when that left the whole level empty.
     #[inline]
-    pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32, deadline: u64) {
+    pub(crate) fn remove<T>(
+        &mut self,
+        slab: &mut Slab<T>,
+        slot: usize,
+        index: u32,
+        deadline: u64,
+    ) -> bool {
         let list = &mut self.slots[slot];
         list.remove(slab, index);
         if list.is_empty() {
@@ -148,6 +155,7 @@ impl Level {
         } else if deadline == self.mins[slot] {
             self.mins[slot] = UNKNOWN_MIN;
         }
+        self.occupied == 0
     }
 
     /// Empties `slot` and returns its entries, still linked, in FIFO order.
@@ -273,7 +281,7 @@ mod tests {
                 tick: 192
             })
         );
-        level.remove(&mut slab, 3, a, 200);
+        assert!(!level.remove(&mut slab, 3, a, 200));
         assert_eq!(level.next_expiration(70).map(|e| e.slot), Some(3));
         // The earliest entry left: its successor's deadline is not tracked.
         assert_eq!(level.slot_min(3), None);
@@ -301,7 +309,7 @@ mod slot_min_tests {
             })
             .collect();
         assert_eq!(level.slot_min(5), Some(10));
-        level.remove(&mut slab, 5, ids[0], 30);
+        assert!(!level.remove(&mut slab, 5, ids[0], 30));
         assert_eq!(level.slot_min(5), Some(10));
         level.remove(&mut slab, 5, ids[1], 10);
         assert_eq!(level.slot_min(5), None, "unknown after the min left");

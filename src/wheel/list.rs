@@ -50,7 +50,7 @@ impl List {
     }
 
     /// Appends `index` and records `location` in the entry.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push_back<T>(&mut self, slab: &mut Slab<T>, index: u32, location: Location) {
         let tail = self.tail;
         let entry = slab.entry_mut(index);
@@ -67,7 +67,7 @@ impl List {
 
     /// Inserts `index` right after `after` (`NIL`: at the head) and records
     /// `location` in the entry.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert_after<T>(
         &mut self,
         slab: &mut Slab<T>,
@@ -96,8 +96,40 @@ impl List {
         }
     }
 
-    /// Unlinks `index`, which must be in this list.
+    /// Unlinks and returns the oldest entry, or `NIL` when empty.
+    #[inline(always)]
+    pub(crate) fn pop_front<T>(&mut self, slab: &mut Slab<T>) -> u32 {
+        let head = self.head;
+        if head != NIL {
+            let next = slab.entry(head).next;
+            self.head = next;
+            if next == NIL {
+                self.tail = NIL;
+            } else {
+                slab.entry_mut(next).prev = NIL;
+            }
+        }
+        head
+    }
+
+    /// Appends all of `other` (whose entries are linked among themselves)
+    /// in O(1). The entries' `location` is the caller's business.
     #[inline]
+    pub(crate) fn append<T>(&mut self, slab: &mut Slab<T>, other: List) {
+        if other.is_empty() {
+            return;
+        }
+        if self.tail == NIL {
+            *self = other;
+            return;
+        }
+        slab.entry_mut(self.tail).next = other.head;
+        slab.entry_mut(other.head).prev = self.tail;
+        self.tail = other.tail;
+    }
+
+    /// Unlinks `index`, which must be in this list.
+    #[inline(always)]
     pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, index: u32) {
         let Entry { prev, next, .. } = *slab.entry(index);
         if prev == NIL {
@@ -216,6 +248,33 @@ mod tests {
         assert_eq!(collect(&list, &slab), [0, 1, 2, 3]);
         assert_eq!(list.tail(), ids[3]);
         assert_eq!(slab.entry(ids[3]).prev, ids[2]);
+    }
+
+    #[test]
+    fn pop_front_and_append() {
+        let (mut slab, ids) = slab_with(5);
+        let mut a = List::EMPTY;
+        let mut b = List::EMPTY;
+        a.append(&mut slab, b);
+        assert!(a.is_empty());
+        for &i in &ids[..2] {
+            a.push_back(&mut slab, i, Location::Due);
+        }
+        for &i in &ids[2..] {
+            b.push_back(&mut slab, i, Location::Due);
+        }
+        a.append(&mut slab, b);
+        assert_eq!(collect(&a, &slab), [0, 1, 2, 3, 4]);
+        assert_eq!(a.pop_front(&mut slab), ids[0]);
+        assert_eq!(slab.entry(ids[1]).prev, NIL);
+        let mut empty = List::EMPTY;
+        empty.append(&mut slab, a);
+        assert_eq!(collect(&empty, &slab), [1, 2, 3, 4]);
+        for &i in &ids[1..] {
+            assert_eq!(empty.pop_front(&mut slab), i);
+        }
+        assert_eq!(empty.pop_front(&mut slab), NIL);
+        assert_eq!(empty.tail(), NIL);
     }
 
     #[test]

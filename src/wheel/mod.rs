@@ -80,7 +80,8 @@ pub struct Expired<T> {
     pub value: T,
 }
 
-/// Counters since the wheel was created.
+/// Counters since the wheel was created. Every inserted timer is exactly one
+/// of fired, cancelled or live.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WheelStats {
     /// Calls to `insert`.
@@ -174,13 +175,18 @@ pub struct Wheel<T> {
     /// `&self`.
     armed: Cell<Option<u64>>,
 
-    /// `next_deadline`'s answer while it is still valid (`None`: compute
-    /// it), so a loop that asks more than once per iteration pays once. An
-    /// insert can only lower it, so it updates it; a cancel of exactly that
-    /// deadline and every `advance` clear it.
-    next_cache: Cell<Option<Option<u64>>>,
+    /// `next_deadline`'s last answer (`NEVER` for `None`), reused while
+    /// `next_cache_valid`, so a loop that asks more than once per iteration
+    /// pays once. An insert can only lower the answer, so it lowers this
+    /// (valid or not: a stale value is never read); a cancel of exactly this
+    /// deadline, and every `advance`, invalidate it.
+    next_cache: Cell<u64>,
 
-    /// Counters; `live` is filled in by `stats()`.
+    /// Whether `next_cache` is the current answer.
+    next_cache_valid: Cell<bool>,
+
+    /// Counters of fired, cascaded and spurious; `stats()` derives the
+    /// others (`inserted` is `next_seq`), so the hot paths count nothing.
     stats: WheelStats,
 }
 
@@ -212,7 +218,8 @@ impl<T> Wheel<T> {
             next_seq: 0,
             batch: Vec::new(),
             armed: Cell::new(None),
-            next_cache: Cell::new(None),
+            next_cache: Cell::new(NEVER),
+            next_cache_valid: Cell::new(false),
             stats: WheelStats::default(),
         })
     }
@@ -239,8 +246,11 @@ impl<T> Wheel<T> {
 
     /// The counters.
     pub fn stats(&self) -> WheelStats {
+        let live = self.slab.len() as u64;
         WheelStats {
-            live: self.slab.len() as u64,
+            inserted: self.next_seq,
+            cancelled: self.next_seq - self.stats.fired - live,
+            live,
             ..self.stats
         }
     }
@@ -260,16 +270,11 @@ impl<T> Wheel<T> {
     pub fn insert(&mut self, deadline_ns: u64, value: T) -> TimerKey {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.stats.inserted += 1;
         let key = self.slab.insert(Entry::new(deadline_ns, seq, value));
         if self.place(key.index(), deadline_ns) == Location::Due {
             self.flush_batch();
         }
-        if let Some(next) = self.next_cache.get() {
-            if deadline_ns != NEVER && next.is_none_or(|next| deadline_ns < next) {
-                self.next_cache.set(Some(Some(deadline_ns)));
-            }
-        }
+        self.next_cache.set(self.next_cache.get().min(deadline_ns));
         key
     }
 
@@ -279,25 +284,31 @@ impl<T> Wheel<T> {
     #[inline]
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
         let entry = self.slab.get(key)?;
-        let (index, deadline) = (key.index(), entry.deadline);
-        match entry.location {
-            Location::Slot { level, slot } => {
-                let level = level as usize;
-                self.levels[level].remove(&mut self.slab, slot as usize, index, deadline);
-                if self.levels[level].is_empty() {
-                    self.occupied_levels &= !(1 << level);
-                }
+        let (index, deadline, location) = (key.index(), entry.deadline, entry.location);
+        if let Location::Slot { level, slot } = location {
+            let level = level as usize;
+            if self.levels[level].remove(&mut self.slab, slot as usize, index, deadline) {
+                self.occupied_levels &= !(1 << level);
             }
+        } else {
+            self.unlink_outside_levels(index, location);
+        }
+        if self.next_cache.get() == deadline {
+            self.next_cache_valid.set(false);
+        }
+        Some(self.slab.remove(index).value)
+    }
+
+    /// `cancel` of an entry in the due list or an overflow list.
+    #[inline(never)]
+    fn unlink_outside_levels(&mut self, index: u32, location: Location) {
+        match location {
             Location::Due => self.due.remove(&mut self.slab, index),
-            location @ (Location::Far | Location::Never) => {
+            Location::Far | Location::Never => {
                 self.overflow.remove(&mut self.slab, index, location)
             }
+            Location::Slot { .. } => unreachable!("entry {index} is in a level slot"),
         }
-        if self.next_cache.get() == Some(Some(deadline)) {
-            self.next_cache.set(None);
-        }
-        self.stats.cancelled += 1;
-        Some(self.slab.remove(index).value)
     }
 
     /// True while `key` names a live timer.
@@ -322,14 +333,15 @@ impl<T> Wheel<T> {
     /// cancel invalidated the slot's minimum.
     #[inline]
     pub fn next_deadline(&self) -> Option<u64> {
-        let next = match self.next_cache.get() {
-            Some(next) => next,
-            None => {
-                let next = self.peek_next_deadline();
-                self.next_cache.set(Some(next));
-                next
-            }
+        let next = if self.next_cache_valid.get() {
+            self.next_cache.get()
+        } else {
+            let next = self.peek_next_deadline().unwrap_or(NEVER);
+            self.next_cache.set(next);
+            self.next_cache_valid.set(true);
+            next
         };
+        let next = (next != NEVER).then_some(next);
         self.armed.set(next);
         next
     }
@@ -340,7 +352,7 @@ impl<T> Wheel<T> {
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Expired<T>>, max: usize) -> bool {
         let now = now_ns.max(self.now);
         self.now = now;
-        self.next_cache.set(None);
+        self.next_cache_valid.set(false);
         let target = self.resolution.tick_of(now);
         if target > self.elapsed {
             self.process_until(target);
@@ -463,22 +475,34 @@ impl<T> Wheel<T> {
             self.elapsed
         );
         self.elapsed = self.elapsed.max(exp.tick);
-        let mut drain = self.levels[exp.level].take_slot(exp.slot).drain();
+        let list = self.levels[exp.level].take_slot(exp.slot);
         if self.levels[exp.level].is_empty() {
             self.occupied_levels &= !(1 << exp.level);
         }
         if exp.level == 0 {
+            // Every entry here has tick `exp.tick`: all go to the due list,
+            // in one splice when they are already in firing order.
+            if cfg!(debug_assertions) {
+                let mut drain = list.drain();
+                while let Some(index) = drain.next(&self.slab) {
+                    let deadline = self.slab.entry(index).deadline;
+                    debug_assert_eq!(
+                        self.resolution.tick_of(deadline),
+                        exp.tick,
+                        "entry {index} (deadline {deadline}) in level-0 slot {exp:?}"
+                    );
+                }
+            }
+            let Err(unsorted) = self.due.append_run(&mut self.slab, list) else {
+                return;
+            };
+            let mut drain = unsorted.drain();
             while let Some(index) = drain.next(&self.slab) {
                 let entry = self.slab.entry(index);
-                debug_assert_eq!(
-                    self.resolution.tick_of(entry.deadline),
-                    exp.tick,
-                    "entry {index} (deadline {}) in level-0 slot {exp:?}",
-                    entry.deadline
-                );
                 self.batch.push((entry.deadline, entry.seq, index));
             }
         } else {
+            let mut drain = list.drain();
             while let Some(index) = drain.next(&self.slab) {
                 self.stats.cascaded += 1;
                 let deadline = self.slab.entry(index).deadline;
@@ -520,26 +544,33 @@ impl<T> Wheel<T> {
     /// Links entry `index`, whose deadline is `deadline`, where it belongs
     /// relative to `elapsed`, and says where. An entry bound for the due list
     /// only joins `batch`: the caller must `flush_batch`.
-    #[inline]
+    #[inline(always)]
     fn place(&mut self, index: u32, deadline: u64) -> Location {
-        if deadline == NEVER {
-            self.overflow.push_never(&mut self.slab, index);
-            return Location::Never;
-        }
         let when = self.resolution.tick_of(deadline);
-        if when <= self.elapsed {
-            let seq = self.slab.entry(index).seq;
-            self.batch.push((deadline, seq, index));
-            Location::Due
-        } else if within_reach(self.elapsed, when) {
+        if when > self.elapsed && within_reach(self.elapsed, when) && deadline != NEVER {
             let level = level_for(self.elapsed, when);
             let slot = level::slot_for(when, level);
             self.levels[level].push(&mut self.slab, slot, index, deadline);
             self.occupied_levels |= 1 << level;
-            Location::Slot {
+            return Location::Slot {
                 level: level as u8,
                 slot: slot as u8,
-            }
+            };
+        }
+        self.place_outside_levels(index, deadline, when)
+    }
+
+    /// `place` of an entry that is due, too far or `NEVER`; `when` is its
+    /// tick.
+    #[inline(never)]
+    fn place_outside_levels(&mut self, index: u32, deadline: u64, when: u64) -> Location {
+        if deadline == NEVER {
+            self.overflow.push_never(&mut self.slab, index);
+            Location::Never
+        } else if when <= self.elapsed {
+            let seq = self.slab.entry(index).seq;
+            self.batch.push((deadline, seq, index));
+            Location::Due
         } else {
             self.overflow.push_far(&mut self.slab, index);
             Location::Far

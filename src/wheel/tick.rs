@@ -17,15 +17,20 @@
 pub(crate) struct Resolution {
     /// Nanoseconds per tick.
     tick_ns: u64,
-    /// `floor(2^shift / tick_ns) + 1`: multiplying by it and shifting right
-    /// by `shift` divides by `tick_ns`, exactly for numerators below `2^63`.
+    /// `floor(2^(64 + shift) / tick_ns) + 1`: the high half of the product
+    /// with it, shifted right by `shift`, is the quotient by `tick_ns`
+    /// (exact below `2^63`).
     multiplier: u64,
-    /// `63 + ceil(log2(tick_ns))`.
+    /// `ceil(log2(tick_ns)) - 1`.
     shift: u32,
 }
 
+/// Below this, `tick_of` divides with the reciprocal: `ns + tick_ns - 1`
+/// stays below `2^63`. Above it (292 years of uptime) it divides for real.
+const FAST_LIMIT: u64 = (1 << 63) - (1 << 32);
+
 impl Resolution {
-    /// `tick_ns` must be in `1..2^32` (the wheel allows 100 µs to 100 ms).
+    /// `tick_ns` must be in `2..2^32` (the wheel allows 100 µs to 100 ms).
     pub(crate) const fn new(tick_ns: u64) -> Self {
         let (multiplier, shift) = reciprocal(tick_ns);
         Resolution {
@@ -41,21 +46,22 @@ impl Resolution {
         self.tick_ns
     }
 
-    /// `floor(ns / tick_ns)`.
+    /// `floor(n / tick_ns)` for `n < 2^63`: one multiplication and a shift.
     #[inline]
-    pub(crate) const fn floor_div(&self, ns: u64) -> u64 {
-        if ns >> 63 != 0 {
-            // Past 292 years of uptime: rare enough for a real division.
-            return ns / self.tick_ns;
-        }
-        ((ns as u128 * self.multiplier as u128) >> self.shift) as u64
+    const fn fast_div(&self, n: u64) -> u64 {
+        let high = ((n as u128 * self.multiplier as u128) >> 64) as u64;
+        high >> self.shift
     }
 
-    /// The tick of a deadline `ns`: the first tick boundary at or after it.
+    /// The tick of a deadline `ns`: the first tick boundary at or after it,
+    /// `ceil(ns / tick_ns)`.
     #[inline]
     pub(crate) const fn tick_of(&self, ns: u64) -> u64 {
-        let q = self.floor_div(ns);
-        q + (q * self.tick_ns != ns) as u64
+        if ns < FAST_LIMIT {
+            self.fast_div(ns + self.tick_ns - 1)
+        } else {
+            ns.div_ceil(self.tick_ns)
+        }
     }
 
     /// The earliest nanosecond whose tick is `tick`: one past the end of the
@@ -70,21 +76,22 @@ impl Resolution {
 }
 
 /// The multiplier and shift that divide numerators below `2^63` by `d`
-/// (`1 <= d < 2^32`).
+/// (`2 <= d < 2^32`): `floor(n / d) = ((n * m) >> 64) >> shift`.
 ///
-/// With `l = ceil(log2 d)`, `shift = 63 + l` and `m = floor(2^shift / d) + 1`,
-/// `m = 2^shift / d + e` with `0 < e <= 1`, so for `n < 2^63`
-/// `n * m / 2^shift = n / d + n * e / 2^shift` and the error term is below
+/// With `l = ceil(log2 d)`, `k = 63 + l` and `m = floor(2^k / d) + 1`,
+/// `m = 2^k / d + e` with `0 < e <= 1`, so for `n < 2^63`
+/// `n * m / 2^k = n / d + n * e / 2^k`, and the error term is below
 /// `2^63 / 2^(63 + l) <= 1 / d`: too small to carry `n / d` past the next
 /// integer, since its fractional part is at most `(d - 1) / d`. `m` fits in
 /// 64 bits because `d > 2^(l - 1)` (or `d = 2^l`, giving `m = 2^63 + 1`).
+/// `d >= 2` makes `k >= 64`, so the shift is "take the high half, shift it by
+/// `l - 1`".
 pub(crate) const fn reciprocal(d: u64) -> (u64, u32) {
-    assert!(d >= 1 && d < 1 << 32, "tick length out of range");
-    let l = u64::BITS - (d - 1).leading_zeros(); // ceil(log2 d); 0 for d = 1
-    let shift = 63 + l;
-    let m = (1u128 << shift) / d as u128 + 1;
+    assert!(d >= 2 && d < 1 << 32, "tick length out of range");
+    let l = u64::BITS - (d - 1).leading_zeros(); // ceil(log2 d)
+    let m = (1u128 << (63 + l)) / d as u128 + 1;
     assert!(m <= u64::MAX as u128, "reciprocal overflows");
-    (m as u64, shift)
+    (m as u64, l - 1)
 }
 
 #[cfg(test)]
@@ -95,43 +102,35 @@ mod tests {
 
     #[test]
     fn reciprocal_of_small_and_power_of_two_divisors() {
-        assert_eq!(reciprocal(1), ((1 << 63) + 1, 63));
-        assert_eq!(reciprocal(2), ((1 << 63) + 1, 64));
-        assert_eq!(reciprocal(3).1, 65);
-        assert_eq!(reciprocal(MS).1, 63 + 20);
+        assert_eq!(reciprocal(2), ((1 << 63) + 1, 0));
+        assert_eq!(reciprocal(4), ((1 << 63) + 1, 1));
+        assert_eq!(reciprocal(3).1, 1);
+        assert_eq!(reciprocal(MS).1, 19);
     }
 
+    /// `fast_div` against `/`, on edges and on pseudo-random numerators of
+    /// every size below `2^63`.
     #[test]
-    fn floor_div_is_exact() {
+    fn fast_div_is_exact() {
+        let divisors = [2, 3, 7, 100_000, 123_457, MS, 7_777_777, 100 * MS];
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for d in [
-            1,
-            3,
-            7,
-            100_000,
-            123_457,
-            MS,
-            7_777_777,
-            100 * MS,
-            (1 << 32) - 1,
-        ] {
+        for d in divisors.into_iter().chain([(1 << 32) - 1]) {
             let r = Resolution::new(d);
-            let edges = [0, 1, d - 1, d, d + 1, (1 << 63) - 1, 1 << 63, u64::MAX];
-            for n in edges {
-                assert_eq!(r.floor_div(n), n / d, "{n} / {d}");
+            for n in [0, 1, d - 1, d, d + 1, (1 << 63) - 1] {
+                assert_eq!(r.fast_div(n), n / d, "{n} / {d}");
             }
-            for k in [1u64, 2, 1000, (1 << 63) / d] {
+            for k in [1u64, 2, 1000, ((1 << 63) - 1) / d] {
                 for n in [k * d - 1, k * d, k * d + 1] {
-                    assert_eq!(r.floor_div(n), n / d, "{n} / {d}");
+                    assert_eq!(r.fast_div(n), n / d, "{n} / {d}");
                 }
             }
             for _ in 0..20_000 {
-                // xorshift: cheap pseudo-random numerators of every size.
+                // xorshift
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let n = x >> (x % 64);
-                assert_eq!(r.floor_div(n), n / d, "{n} / {d}");
+                let n = (x >> 1) >> (x % 63);
+                assert_eq!(r.fast_div(n), n / d, "{n} / {d}");
             }
         }
     }
@@ -145,6 +144,9 @@ mod tests {
         assert_eq!(r.tick_of(MS + 1), 2);
         assert_eq!(r.tick_of(u64::MAX), u64::MAX / MS + 1);
         assert_eq!(r.tick_of(u64::MAX - u64::MAX % MS), u64::MAX / MS);
+        for ns in [FAST_LIMIT - 1, FAST_LIMIT, 1 << 63, 12_345 * MS + 1] {
+            assert_eq!(r.tick_of(ns), ns.div_ceil(MS), "{ns}");
+        }
     }
 
     #[test]
