@@ -250,6 +250,7 @@ def test_call_soon_threadsafe_racing_close(isolated: bool) -> None:
             except RuntimeError:
                 outcomes.append("closed")
                 return
+            time.sleep(0)  # let the loop's thread have the GIL too
         outcomes.append("never closed")
 
     threads = [threading.Thread(target=hammer, daemon=True) for _ in range(3)]
