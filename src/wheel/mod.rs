@@ -129,6 +129,9 @@ impl std::error::Error for WheelError {}
 
 /// The timer wheel. See the module documentation.
 ///
+/// `Send` when `T` is, but not `Sync`: `next_deadline` takes `&self` and
+/// updates a cache and a counter through `Cell`s.
+///
 /// Invariant: every live entry with a tick `<= elapsed` is in `due`; every
 /// other one is in a level slot or in `overflow`.
 #[derive(Debug)]
@@ -191,6 +194,11 @@ pub struct Wheel<T> {
 }
 
 impl<T> Wheel<T> {
+    /// Bytes of memory per live timer, payload included: one slab slot (the
+    /// lists are linked through the slots; nothing else is per timer). 40
+    /// for a `u64` payload.
+    pub const BYTES_PER_TIMER: usize = slab::slot_bytes::<T>();
+
     /// An empty wheel at 1 ms resolution whose time starts at `start_ns`
     /// (CLOCK_MONOTONIC, see [`now_monotonic_ns`]).
     pub fn new(start_ns: u64) -> Self {
@@ -461,6 +469,11 @@ impl<T> Wheel<T> {
                 (Some(exp), _) => self.process_slot(exp),
                 (None, Some(tick)) => self.migrate_far(tick),
                 (None, None) => break,
+            }
+            // Whatever is left lies after `elapsed`, so reaching `target` ends
+            // the walk, unless far entries may migrate at this very tick.
+            if self.elapsed >= target && self.overflow.far_min().is_none() {
+                break;
             }
         }
         self.elapsed = self.elapsed.max(target);

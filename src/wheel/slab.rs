@@ -70,6 +70,12 @@ enum Slot<T> {
     Vacant { generation: u32, next_free: u32 },
 }
 
+/// Bytes one slab slot takes for payload `T`: the whole per-timer memory
+/// of the wheel, since lists are linked through the entries.
+pub(crate) const fn slot_bytes<T>() -> usize {
+    std::mem::size_of::<Slot<T>>()
+}
+
 /// The generation after `generation`, skipping 0 so that a zero key is never
 /// valid.
 #[inline]
@@ -238,6 +244,8 @@ mod tests {
     fn slot_size_with_u64_payload() {
         // The vacant variant hides in the niche of `Location`: no tag word.
         assert_eq!(std::mem::size_of::<Slot<u64>>(), 40);
+        assert_eq!(slot_bytes::<u64>(), 40);
+        assert_eq!(slot_bytes::<()>(), 32);
     }
 
     #[test]
