@@ -12,8 +12,13 @@ use super::list::NIL;
 /// list owns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Location {
-    /// Slot `slot` of level `level` of the wheel.
-    Slot { level: u8, slot: u8 },
+    /// A slot of a wheel level.
+    Slot {
+        /// The level, 0 the finest.
+        level: u8,
+        /// The slot within the level.
+        slot: u8,
+    },
     /// The due list: the tick of the deadline has been reached.
     Due,
     /// The overflow list of finite deadlines beyond the top level's reach.

@@ -33,7 +33,7 @@ pub(crate) struct Level {
     /// kept in step by every push and remove.
     occupied: u64,
 
-    /// The entries, by slot, each slot in insertion (FIFO) order.
+    /// The entries, by slot, each in order of arrival (FIFO).
     slots: [List; SLOTS],
 
     /// Earliest deadline in each slot: `EMPTY_MIN` for an empty slot,

@@ -357,15 +357,38 @@ impl<T> Wheel<T> {
     /// Moves up to `max` timers due at `now_ns` into `out`, in (deadline,
     /// insertion) order, and returns true when more are due. A `now_ns`
     /// earlier than a previous one is clamped to it.
+    #[inline]
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Expired<T>>, max: usize) -> bool {
         let now = now_ns.max(self.now);
         self.now = now;
         self.next_cache_valid.set(false);
         let target = self.resolution.tick_of(now);
+        // Same tick as before and nothing waiting in the due list: nothing
+        // can be due (a loop polling often takes this path).
+        let fired = if target > self.elapsed || !self.due.is_empty() {
+            self.fire(now, target, out, max)
+        } else {
+            0
+        };
+        let more = self
+            .due
+            .first_deadline(&self.slab)
+            .is_some_and(|deadline| deadline <= now);
+        if let Some(armed) = self.armed.take() {
+            if fired == 0 && !more && armed <= now {
+                self.stats.spurious_advances += 1;
+            }
+        }
+        more
+    }
+
+    /// The work of `advance`: processes the wheel up to tick `target`, then
+    /// moves up to `max` entries due at `now` into `out`. Returns how many.
+    #[inline(never)]
+    fn fire(&mut self, now: u64, target: u64, out: &mut Vec<Expired<T>>, max: usize) -> usize {
         if target > self.elapsed {
             self.process_until(target);
         }
-
         let mut fired = 0;
         while fired < max {
             let Some(index) = self.due.pop_due(&mut self.slab, now) else {
@@ -385,17 +408,7 @@ impl<T> Wheel<T> {
             fired += 1;
         }
         self.stats.fired += fired as u64;
-
-        let more = self
-            .due
-            .first_deadline(&self.slab)
-            .is_some_and(|deadline| deadline <= now);
-        if let Some(armed) = self.armed.take() {
-            if fired == 0 && !more && armed <= now {
-                self.stats.spurious_advances += 1;
-            }
-        }
-        more
+        fired
     }
 
     /// `next_deadline` without recording the answer.
