@@ -12,7 +12,10 @@
          call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
          %% used by py_event_worker / py_event_loops
          loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
-         sleep_done/1, apply_orphan_stops/0]).
+         sleep_done/1, apply_orphan_stops/0,
+         %% UDP helpers for tests (nif/src/test_udp.rs)
+         create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
+         set_udp_broadcast/2, close_test_fd/1]).
 
 -on_load(load/0).
 
@@ -24,7 +27,9 @@
        add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
        call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
-       sleep_done/1, apply_orphan_stops/0]).
+       sleep_done/1, apply_orphan_stops/0,
+       create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
+       set_udp_broadcast/2, close_test_fd/1]).
 
 -type job() :: reference().
 -type loop_ref() :: reference().
@@ -142,3 +147,35 @@ sleep_done(_Wait) -> ?NOT_LOADED.
 
 -spec apply_orphan_stops() -> ok.
 apply_orphan_stops() -> ?NOT_LOADED.
+
+%% UDP helpers for tests (nif/src/test_udp.rs): non-blocking IPv4 UDP
+%% sockets bound on 127.0.0.1, used by fd number. A number that is not a UDP
+%% socket gives `{error, ebadf | enotsock | not_udp}'; other OS errors are
+%% errno atoms (`eaddrinuse', `emsgsize', ...) or `{errno, Code}'.
+
+%% Port 0: an ephemeral port. Returns the fd and the port bound.
+-spec create_test_udp_socket(0..65535) ->
+          {ok, {non_neg_integer(), 0..65535}} | {error, term()}.
+create_test_udp_socket(_Port) -> ?NOT_LOADED.
+
+%% Host: an IPv4 literal (binary or string, else `{error, einval}') or an
+%% IPv4 tuple. Never blocks.
+-spec sendto_test_udp(integer(), iodata(), binary() | string() | inet:ip4_address(),
+                      0..65535) -> ok | {error, term()}.
+sendto_test_udp(_Fd, _Data, _Host, _Port) -> ?NOT_LOADED.
+
+%% One waiting datagram (at most MaxBytes of it, 1..65536) and its sender,
+%% the host as a binary such as `<<"127.0.0.1">>'; `{error, eagain}' when
+%% none is waiting. Never blocks.
+-spec recvfrom_test_udp(integer(), 1..65536) ->
+          {ok, {binary(), {binary(), 0..65535}}} | {error, term()}.
+recvfrom_test_udp(_Fd, _MaxBytes) -> ?NOT_LOADED.
+
+%% SO_BROADCAST on or off; any other value than these four raises badarg.
+-spec set_udp_broadcast(integer(), boolean() | 0 | 1) -> ok | {error, term()}.
+set_udp_broadcast(_Fd, _Enable) -> ?NOT_LOADED.
+
+%% Closes a socket made by create_test_udp_socket/1; any other fd (never
+%% closed here): `{error, ebadf}'.
+-spec close_test_fd(integer()) -> ok | {error, ebadf}.
+close_test_fd(_Fd) -> ?NOT_LOADED.

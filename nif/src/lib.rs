@@ -13,6 +13,7 @@ mod namespace;
 mod opaque;
 mod runtime;
 mod sleep;
+mod test_udp;
 
 fn load(env: rustler::Env, _info: rustler::Term) -> bool {
     erlang_python::py::native_loop::set_factory(event_loop::python_loop_factory);
