@@ -173,10 +173,10 @@ pub struct Wheel<T> {
     /// can be sorted before merging without allocating per tick.
     batch: Vec<Pending>,
 
-    /// The last value `next_deadline` returned since the previous `advance`,
-    /// to count spurious advances. A `Cell` because `next_deadline` takes
-    /// `&self`.
-    armed: Cell<Option<u64>>,
+    /// The last value `next_deadline` returned since the previous `advance`
+    /// (`NEVER`: not called, or `None`), to count spurious advances. A
+    /// `Cell` because `next_deadline` takes `&self`.
+    armed: Cell<u64>,
 
     /// `next_deadline`'s last answer (`NEVER` for `None`), reused while
     /// `next_cache_valid`, so a loop that asks more than once per iteration
@@ -225,7 +225,7 @@ impl<T> Wheel<T> {
             slab: Slab::new(),
             next_seq: 0,
             batch: Vec::new(),
-            armed: Cell::new(None),
+            armed: Cell::new(NEVER),
             next_cache: Cell::new(NEVER),
             next_cache_valid: Cell::new(false),
             stats: WheelStats::default(),
@@ -349,9 +349,8 @@ impl<T> Wheel<T> {
             self.next_cache_valid.set(true);
             next
         };
-        let next = (next != NEVER).then_some(next);
         self.armed.set(next);
-        next
+        (next != NEVER).then_some(next)
     }
 
     /// Moves up to `max` timers due at `now_ns` into `out`, in (deadline,
@@ -374,10 +373,9 @@ impl<T> Wheel<T> {
             .due
             .first_deadline(&self.slab)
             .is_some_and(|deadline| deadline <= now);
-        if let Some(armed) = self.armed.take() {
-            if fired == 0 && !more && armed <= now {
-                self.stats.spurious_advances += 1;
-            }
+        let armed = self.armed.replace(NEVER);
+        if armed != NEVER && armed <= now && fired == 0 && !more {
+            self.stats.spurious_advances += 1;
         }
         more
     }
