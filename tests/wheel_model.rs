@@ -28,7 +28,7 @@ const YEAR: u64 = 365 * 24 * HOUR;
 const LAST: u64 = u64::MAX - 1;
 
 /// Operations per (tick, start) configuration, times `WHEEL_MODEL_SCALE`.
-const OPS: usize = 300_000;
+const OPS: usize = 350_000;
 
 fn scale() -> usize {
     std::env::var("WHEEL_MODEL_SCALE")
