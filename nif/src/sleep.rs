@@ -43,7 +43,9 @@ fn sleep_done(wait: ResourceArc<SleepWait>) -> Atom {
 #[pyfunction]
 fn _erlang_sleep(py: Python<'_>, ms: f64) -> PyResult<()> {
     if ms.is_nan() || ms < 0.0 {
-        return Err(PyValueError::new_err("sleep length must be a non-negative number"));
+        return Err(PyValueError::new_err(
+            "sleep length must be a non-negative number",
+        ));
     }
     if ms == 0.0 {
         return Ok(());
@@ -58,8 +60,10 @@ fn _erlang_sleep(py: Python<'_>, ms: f64) -> PyResult<()> {
     let asked = crate::event_loop::placer().is_some_and(|server| {
         let mut env = OwnedEnv::new();
         let timer_ms = ms.ceil() as u64;
-        env.send_and_clear(&server, |env| (py_sleep(), timer_ms, wait.clone()).encode(env))
-            .is_ok()
+        env.send_and_clear(&server, |env| {
+            (py_sleep(), timer_ms, wait.clone()).encode(env)
+        })
+        .is_ok()
     });
     py.detach(|| {
         let mut fired = wait.fired.lock().unwrap_or_else(|e| e.into_inner());
