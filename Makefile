@@ -32,7 +32,8 @@ test-rust:
 	cargo test --workspace
 
 test-erlang:
-	cd erlang && rebar3 eunit && ERLANG_PYTHON_ROOT=$(CURDIR) rebar3 ct
+	cd erlang && rebar3 eunit && ERLANG_PYTHON_ROOT=$(CURDIR) \
+		ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" rebar3 ct
 
 test-python:
 	$(CLI) -m pytest tests/python -q -p no:cacheprovider

@@ -18,27 +18,31 @@
 
 -record(state, {
     %% Loops served, by the integer id the NIF puts in its messages.
-    loops = #{} :: #{pos_integer() => #loop{}}
+    loops = #{} :: #{pos_integer() => #loop{}},
+    %% A worker started for given loops (an isolated loop's, or the
+    %% low-level API's) stops once they are all closed; the shared named
+    %% worker stays.
+    dedicated :: boolean()
 }).
 
 %% @doc A worker serving `Loops' (LoopRefs), not registered.
 -spec start_link([py_nif:loop_ref()]) -> {ok, pid()} | {error, term()}.
 start_link(Loops) ->
-    gen_server:start_link(?MODULE, Loops, []).
+    gen_server:start_link(?MODULE, {dedicated, Loops}, []).
 
 %% @doc A worker registered as `Name' serving `Loops'.
 -spec start_link(atom(), [py_nif:loop_ref()]) -> {ok, pid()} | {error, term()}.
 start_link(Name, Loops) ->
-    gen_server:start_link({local, Name}, ?MODULE, Loops, []).
+    gen_server:start_link({local, Name}, ?MODULE, {shared, Loops}, []).
 
 %% @doc Makes `Worker' serve `Loop' too.
 -spec adopt(pid() | atom(), py_nif:loop_ref()) -> ok.
 adopt(Worker, Loop) ->
     gen_server:cast(Worker, {adopt, Loop}).
 
--spec init([py_nif:loop_ref()]) -> {ok, #state{}}.
-init(Loops) ->
-    {ok, lists:foldl(fun serve/2, #state{}, Loops)}.
+-spec init({dedicated | shared, [py_nif:loop_ref()]}) -> {ok, #state{}}.
+init({Kind, Loops}) ->
+    {ok, lists:foldl(fun serve/2, #state{dedicated = Kind =:= dedicated}, Loops)}.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
 handle_call(loops, _From, State) ->
@@ -52,9 +56,14 @@ handle_cast({adopt, Loop}, State) ->
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
--spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+-spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
 handle_info({py_loop, Id, Signals}, State) ->
-    {noreply, signals(Id, Signals, State)};
+    case signals(Id, Signals, State) of
+        #state{dedicated = true, loops = Loops} = Done when map_size(Loops) =:= 0 ->
+            {stop, normal, Done};
+        Serving ->
+            {noreply, Serving}
+    end;
 handle_info({timeout, Timer, {py_tick, Id}}, State) ->
     case State#state.loops of
         #{Id := #loop{ref = Ref, timer = Timer} = Loop} ->

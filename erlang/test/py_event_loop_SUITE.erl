@@ -22,6 +22,7 @@
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
          no_leaked_fds/1, worker_dies/1, python_worker_dies/1,
+         isolated_loop_worker_stops_on_close/1,
          loop_stats/1, idle_loop_does_not_tick/1,
          dead_worker_leaks_no_fds/1]).
 
@@ -39,7 +40,7 @@ all() ->
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, worker_dies, python_worker_dies,
-     loop_stats, idle_loop_does_not_tick,
+     isolated_loop_worker_stops_on_close, loop_stats, idle_loop_does_not_tick,
      dead_worker_leaks_no_fds].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
@@ -407,8 +408,16 @@ destroy_one_loop(_Config) ->
     ?assertEqual([{2, timer}], collect(L2, 1, 5000)),
     {ok, _} = py_nif:call_later(L2, 10, 5),
     ?assertEqual([{5, timer}], collect(L2, 1, 5000)),
-    %% L1's router survived the destroy.
-    ?assert(is_process_alive(router_of(L1))),
+    %% L1's router served only L1: it stops, normally, once L1 is destroyed
+    %% (isolated loops must not leave idle workers behind).
+    Router1 = router_of(L1),
+    Mon = monitor(process, Router1),
+    receive
+        {'DOWN', Mon, process, Router1, Why} ->
+            ?assert(Why =:= normal orelse Why =:= noproc, Why)
+    after 5000 ->
+        ct:fail({router_still_alive, Router1})
+    end,
     ok = gen_udp:close(S),
     stop_loop(L1),
     stop_loop(L2).
@@ -677,6 +686,19 @@ dead_worker_leaks_no_fds(_Config) ->
 
 %% A Python ErlangEventLoop(isolated=True) whose worker is killed raises a
 %% clear RuntimeError in Python instead of hanging.
+%% Each isolated Python loop gets a worker of its own; closing the loop ends
+%% it, so a program that makes many short-lived isolated loops leaves no idle
+%% workers behind.
+-spec isolated_loop_worker_stops_on_close(ct_suite:ct_config()) -> term().
+isolated_loop_worker_stops_on_close(_Config) ->
+    Workers = fun() -> length(supervisor:which_children(py_event_worker_sup)) end,
+    Before = Workers(),
+    ok = py:exec(<<"import erlang_loop\n"
+                   "loops = [erlang_loop.ErlangEventLoop(isolated=True) for _ in range(5)]\n">>),
+    ?assertEqual(Before + 5, Workers()),
+    ok = py:exec(<<"for l in loops: l.close()\n">>),
+    ?assertEqual(Before, wait_until(Workers, fun(N) -> N =:= Before end, 5000)).
+
 -spec python_worker_dies(ct_suite:ct_config()) -> term().
 python_worker_dies(_Config) ->
     Before = workers(),

@@ -68,6 +68,7 @@ fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
         return Ok((atoms::error(), reason).encode(env));
     }
     if first_start {
+        let_python_reap_its_children();
         // This thread initialised Python: it is Python's main thread.
         if let Err(reason) = Python::attach(keep_beam_sigint) {
             return Ok((atoms::error(), reason.to_string()).encode(env));
@@ -104,6 +105,23 @@ fn keep_beam_sigint(py: Python<'_>) -> PyResult<()> {
         signal.call_method1("signal", (libc::SIGINT, signal.getattr("SIG_DFL")?))?;
     }
     Ok(())
+}
+
+/// The BEAM ignores SIGCHLD, and with SIG_IGN the kernel reaps children at
+/// once and discards their exit status: `subprocess.run(...).returncode` is
+/// then always 0 and asyncio's `process.wait()` 255. The BEAM's own children
+/// are forked by `erl_child_setup`, so its only direct child is that helper:
+/// the default disposition is safe for it and gives Python its statuses.
+fn let_python_reap_its_children() {
+    // SAFETY: reads the current disposition into a zeroed struct, then sets
+    // SIG_DFL only if it was SIG_IGN; no handler code is installed.
+    unsafe {
+        let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+        libc::sigaction(libc::SIGCHLD, std::ptr::null(), current.as_mut_ptr());
+        if current.assume_init().sa_sigaction == libc::SIG_IGN {
+            libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        }
+    }
 }
 
 /// The current C-level handler of SIGINT.

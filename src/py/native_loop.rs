@@ -18,8 +18,10 @@ use crate::wheel::NEVER;
 const EVENT_READ: u8 = 1;
 const EVENT_WRITE: u8 = 2;
 
-/// Most events handed to Python per wait; the rest wait for the next round.
-const MAX_EVENTS_PER_WAIT: usize = 4096;
+/// Every queued event goes to Python in one wait, as CPython moves every due
+/// timer to `_ready` at once: the loop then orders the batch's timers by
+/// deadline, which a partial batch could not guarantee.
+const MAX_EVENTS_PER_WAIT: usize = usize::MAX;
 
 /// Creates a loop with its Erlang side (set by the NIF at load).
 pub type LoopFactory = fn(isolated: bool) -> Result<NativeLoop, String>;

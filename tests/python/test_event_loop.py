@@ -244,15 +244,6 @@ def test_timer_scheduled_in_the_past_runs_before_an_already_due_later_one(
     assert order == ["Y", "X", "X2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="src/py/native_loop.rs NativeLoop.wait hands Python at most "
-    "MAX_EVENTS_PER_WAIT (4096) events per wait, in pending-queue order, and drops "
-    "the core's `more` flag: with more than 4096 timers queued by an Erlang tick, a "
-    "timer scheduled afterwards with an earlier (past) deadline waits behind the "
-    "first 4096 instead of running first as in CPython's heap.",
-)
 def test_past_deadline_timer_runs_first_even_behind_a_full_batch(
     loop: ErlangEventLoop,
 ) -> None:
@@ -1284,14 +1275,6 @@ def test_subprocess_pipes(loop: ErlangEventLoop) -> None:
     assert out == b"child\nfrom the parent"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="SIGCHLD is SIG_IGN in beam.smp (set by ERTS, inherited by the embedded "
-    "interpreter), so the kernel reaps children at once: waitpid fails with ECHILD and "
-    "asyncio reports returncode 255 ('Unknown child process pid'); subprocess.run "
-    "reports 0. Fix in the embedding, e.g. SIG_DFL for SIGCHLD at interpreter start.",
-)
 def test_subprocess_exit_status(loop: ErlangEventLoop) -> None:
     out, returncode = _run_child(loop, "echo child; exit 3")
     assert out == b"child\n"

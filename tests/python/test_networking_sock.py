@@ -418,13 +418,6 @@ def test_subprocess_shell_and_subprocess_protocol(loop: ErlangEventLoop) -> None
     assert run(loop, main()) == b"via protocol\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug outside this file: the BEAM sets SIGCHLD to SIG_IGN, so the kernel "
-    "reaps children at once and no exit status is ever available: asyncio's "
-    "child watcher reports 255 (and subprocess.Popen.wait() reports 0)",
-)
 def test_subprocess_exit_status(loop: ErlangEventLoop) -> None:
     async def main() -> int:
         process = await asyncio.create_subprocess_exec(sys.executable, "-c", "raise SystemExit(3)")
