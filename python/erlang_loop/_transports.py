@@ -17,6 +17,7 @@ the loop's selector.
 
 from __future__ import annotations
 
+import socket
 from asyncio import selector_events
 
 # Size of the loop's receive buffer: CPython's ``max_size``, and more than
@@ -35,8 +36,24 @@ def new_recv_buffer() -> memoryview:
     return memoryview(bytearray(RECV_BUFFER_SIZE))
 
 
+def shutdown_before_close(sock: socket.socket) -> None:
+    """Ends the connection (or the listening) now. The BEAM's select
+    resource holds a duplicate of the fd until its stop runs on the loop's
+    Erlang worker, so ``sock.close()`` alone would leave the socket open (the
+    peer seeing no FIN, a closed server still accepting) for that long."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class _ErlangSocketTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
     """A stream socket transport that reads into the loop's buffer."""
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._sock is not None:
+            shutdown_before_close(self._sock)
+        super()._call_connection_lost(exc)
 
     def _read_ready__data_received(self) -> None:
         if self._conn_lost:
