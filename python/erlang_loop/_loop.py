@@ -5,6 +5,7 @@ self-pipe and poll replaced by the native loop (Rust timer wheel, BEAM
 from __future__ import annotations
 
 import math
+import socket
 from asyncio import Future, constants, events, sslproto, unix_events
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
 from asyncio.log import logger
@@ -19,6 +20,7 @@ from ._transports import (
     _ErlangDatagramTransport,
     _ErlangSocketTransport,
     new_recv_buffer,
+    shutdown_before_close,
 )
 
 
@@ -220,6 +222,13 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
                 ready.append(item)
             elif not item.done():
                 item.set_result(None)
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        # As CPython's, plus a shutdown: the select's duplicate fd would keep
+        # a closed server listening (and its port taken) until the select stop.
+        self._remove_reader(sock.fileno())
+        shutdown_before_close(sock)
+        sock.close()
 
     def close(self) -> None:
         super().close()

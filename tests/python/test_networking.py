@@ -730,16 +730,6 @@ def test_server_on_a_host_list_and_on_a_given_socket(loop: ErlangEventLoop) -> N
     run(loop, main())
 
 
-@pytest.mark.xfail(
-    # Not strict: the bug is a race with the loop's Erlang worker, and in about
-    # one process in ten the worker always wins it, so the test passes there.
-    strict=False,
-    raises=AssertionError,
-    reason="bug outside this file: the select resource holds a dup of the fd until "
-    "the select's asynchronous stop (nif/src/fd_resource.rs, src/io/core.rs), so a "
-    "listening socket closed by Server.close() stays in LISTEN (accepts, holds the "
-    "port) for 0.2 ms to 1 s",
-)
 def test_a_closed_server_frees_its_port_at_once(loop: ErlangEventLoop) -> None:
     """As on CPython's loop: once wait_closed() returned, nobody listens on the
     port (a connection is refused) and a new socket binds it. Checked on 20
