@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import math
 import socket
-from asyncio import Future, constants, events, sslproto, unix_events
+from asyncio import Future, base_events, constants, events, sslproto, unix_events
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
-from asyncio.log import logger
 from collections.abc import Callable
 from contextvars import Context
 from typing import Any
@@ -190,7 +189,10 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
                     handle._run()
                     dt = self.time() - t0
                     if dt >= self.slow_callback_duration:
-                        logger.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
+                        # base_events' logger, looked up here as asyncio's own loop does.
+                        base_events.logger.warning(
+                            "Executing %s took %.3f seconds", _format_handle(handle), dt
+                        )
                 finally:
                     self._current_handle = None
             else:
