@@ -6,7 +6,8 @@
 
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1]).
 -export([exit_status/1, clean_exit/1, uncaught_exception/1, dash_c/1,
-         argv_forwarded/1, c_locale/1, not_started/1, sigint_stops_node/1, dash_m/1, script_path_and_main/1, usage/1]).
+         argv_forwarded/1, c_locale/1, not_started/1, sigint_stops_node/1, dash_m/1, script_path_and_main/1, usage/1,
+         tracing_on_request/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -18,7 +19,8 @@ suite() ->
 -spec all() -> [atom()].
 all() ->
     [exit_status, clean_exit, uncaught_exception, dash_c, argv_forwarded, c_locale,
-     dash_m, script_path_and_main, usage, not_started, sigint_stops_node].
+     dash_m, script_path_and_main, usage, not_started, sigint_stops_node,
+     tracing_on_request].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -85,6 +87,17 @@ c_locale(Config) ->
     Code = "import sys; print(sys.argv[1], len(sys.argv[1]))",
     ?assertMatch({0, <<"\x{e9}\x{20ac} 2\n"/utf8>>, _},
                  run(Config, ["-c", Code, <<"\x{e9}\x{20ac}"/utf8>>], #{env => Env})).
+
+%% tracing events reach stderr only when ERLANG_PYTHON_TRACE asks for them.
+-spec tracing_on_request(ct_suite:ct_config()) -> term().
+tracing_on_request(Config) ->
+    Code = "import asyncio; asyncio.run(asyncio.sleep(0))",
+    {0, _, Quiet} = run(Config, ["-c", Code], #{env => [{"ERLANG_PYTHON_TRACE", false}]}),
+    ?assertEqual(nomatch, binary:match(Quiet, <<"CPython initialised">>)),
+    {0, _, Traced} = run(Config, ["-c", Code], #{env => [{"ERLANG_PYTHON_TRACE", "debug"}]}),
+    [?assertMatch({_, _}, binary:match(Traced, Event))
+     || Event <- [<<"CPython initialised">>, <<"python event loop created">>,
+                  <<"python event loop closed">>]].
 
 -spec dash_m(ct_suite:ct_config()) -> term().
 dash_m(Config) ->

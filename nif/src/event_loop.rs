@@ -138,6 +138,7 @@ impl rustler::Resource for LoopResource {
         if *server == Some(pid) {
             *server = None;
             drop(server);
+            tracing::warn!(loop_id = self.host.loop_id, "the loop's Erlang worker died");
             self.core.server_down();
             // Stops the dead server owed (a loop closed just before it died).
             apply_stops(env, pid, self.core.take_stop_requests());
@@ -207,6 +208,10 @@ fn deliver_from_nif(env: Env<'_>, resource: &LoopResource, wake: Wake) {
 #[rustler::nif]
 fn apply_orphan_stops(env: Env<'_>) -> Atom {
     let stops = std::mem::take(&mut *lock(&ORPHAN_STOPS));
+    tracing::debug!(
+        count = stops.len(),
+        "select stops of loops without a worker"
+    );
     apply_stops(env, env.pid(), stops);
     atoms::ok()
 }
@@ -237,8 +242,18 @@ pub fn python_loop_factory(isolated: bool) -> Result<NativeLoop, String> {
     .map_err(|_| "erlang_python is not running".to_owned())?;
     if !resource.core.wait_served(SERVED_TIMEOUT) {
         resource.core.close();
+        tracing::error!(
+            loop_id = resource.host.loop_id,
+            isolated,
+            "no worker took the loop"
+        );
         return Err("no Erlang worker took the event loop".into());
     }
+    tracing::debug!(
+        loop_id = resource.host.loop_id,
+        isolated,
+        "python event loop created"
+    );
     let core = Arc::clone(&resource.core);
     let loop_id = resource.host.loop_id;
     Ok(NativeLoop::new(core, Box::new(resource), loop_id, isolated))
@@ -285,6 +300,10 @@ fn event_loop_set_router<'a>(
         return error(env, noproc());
     }
     let wake = resource.core.set_served();
+    tracing::debug!(
+        loop_id = resource.host.loop_id,
+        "worker attached to the loop"
+    );
     deliver_from_nif(env, &resource, wake);
     atoms::ok().encode(env)
 }
@@ -512,6 +531,7 @@ fn get_pending<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a
 /// `event_loop_destroy(LoopRef)` -> `ok`: closes the loop (idempotent).
 #[rustler::nif]
 fn event_loop_destroy<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
+    tracing::debug!(loop_id = resource.host.loop_id, "loop destroyed");
     let wake = resource.core.close();
     deliver_from_nif(env, &resource, wake);
     atoms::ok().encode(env)

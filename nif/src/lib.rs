@@ -14,8 +14,10 @@ mod opaque;
 mod runtime;
 mod sleep;
 mod test_udp;
+mod trace;
 
 fn load(env: rustler::Env, _info: rustler::Term) -> bool {
+    trace::init_from_env();
     erlang_python::py::native_loop::set_factory(event_loop::python_loop_factory);
     fd_resource::register(env)
 }

@@ -34,6 +34,7 @@ pub fn initialize(config: &InterpreterConfig) -> Result<(), String> {
         // pyo3: Py_InitializeEx(0) (the BEAM owns signals), then releases the GIL.
         Python::initialize();
         *started = true;
+        tracing::info!(version = Python::version_str(), "CPython initialised");
     }
     Python::attach(|py| apply_config(py, config)).map_err(|e| format!("python start-up: {e}"))
 }

@@ -199,6 +199,7 @@ impl NativeLoop {
 
     /// Closes the native loop: fd selects stop, waiters fail. Idempotent.
     fn close(&self) {
+        tracing::debug!(loop_id = self.loop_id, "python event loop closed");
         self.deliver(self.core.close());
     }
 

@@ -119,6 +119,7 @@ impl Inner {
 
     fn run_worker(&self) {
         (self.thread_setup)();
+        tracing::debug!(pool = %self.name, "worker thread started");
         loop {
             let job = {
                 let mut state = self.lock_state();
