@@ -1,5 +1,5 @@
 # erlang_python: one entry point for cargo, rebar3 and pytest.
-#   make run    install what is missing, build, run the example inside a BEAM node
+#   make run    install what is missing, build, run the examples inside a BEAM node
 #   make test   install what is missing, build, run every test and lint
 PYTHON ?= python3
 export PYO3_PYTHON := $(shell command -v $(PYTHON))
@@ -25,6 +25,7 @@ erlang:
 
 run: build
 	$(CLI) examples/hello_asyncio.py
+	$(CLI) examples/echo_servers.py
 
 test: build lint test-rust test-erlang test-python
 
