@@ -27,7 +27,7 @@ run: build
 	$(CLI) examples/hello_asyncio.py
 	$(CLI) examples/echo_servers.py
 
-test: build lint test-rust test-erlang test-python
+test: build lint test-rust test-erlang test-python test-conformance-quick
 
 test-rust:
 	cargo test --workspace
@@ -38,6 +38,15 @@ test-erlang:
 
 test-python:
 	$(CLI) -m pytest tests/python -q -p no:cacheprovider
+
+# CPython's test.test_asyncio on ErlangEventLoop (tests/conformance/ lists
+# what is excluded and what is known to fail): a fast subset in `make test`,
+# all of it here.
+test-conformance-quick:
+	$(CLI) -m erlang_python_conformance --quick
+
+conformance: build
+	$(CLI) -m erlang_python_conformance
 
 lint:
 	cargo fmt --all -- --check
