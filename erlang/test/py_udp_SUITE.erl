@@ -277,9 +277,13 @@ add_reader_reports_read(_Config) ->
     ok = py_nif:sendto_test_udp(Tx, <<"unheard">>, "127.0.0.1", Port),
     ?assertEqual([], collect(Loop, 1, 200)),
     ?assertMatch(#{fds := 0}, py_nif:loop_stats(Loop)),
-    ok = py_nif:event_loop_destroy(Loop),
+    %% The router served only this loop: destroying it ends the router.
+    Mon = monitor(process, Router),
     unlink(Router),
-    ok = gen_server:stop(Router, normal, ?WAIT),
+    ok = py_nif:event_loop_destroy(Loop),
+    receive {'DOWN', Mon, process, Router, normal} -> ok
+    after ?WAIT -> ct:fail({router_still_alive, Router})
+    end,
     close(Fd),
     close(Tx),
     %% The loop's duplicate fd goes with the asynchronous select stop.
