@@ -844,8 +844,10 @@ def test_debug_mode_warns_about_slow_callbacks(
         and "Executing" in record.getMessage()
         and "took" in record.getMessage()
     ]
-    assert len(slow_warnings) >= 2, slow_warnings
-    assert all("slow" in message for message in slow_warnings[:2])
+    # Other steps may be reported too (debug mode's first traceback captures
+    # read source files): both slow callbacks must be among the warnings.
+    about_slow = [message for message in slow_warnings if "slow()" in message]
+    assert len(about_slow) >= 2, slow_warnings
 
 
 def test_debug_mode_refuses_calls_from_another_thread(loop: ErlangEventLoop) -> None:
