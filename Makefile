@@ -48,6 +48,11 @@ test-conformance-quick:
 conformance: build
 	$(CLI) -m erlang_python_conformance
 
+# ErlangEventLoop against the stdlib loop and uvloop (wrk for the ASGI part).
+bench: build
+	scripts/bench-deps.sh
+	$(CLI) examples/benchmark_event_loop.py
+
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import sys
 import threading
 import time
@@ -66,12 +65,14 @@ app = Starlette(
 )
 
 
-def make_server(sock: socket.socket, loop: str = "none") -> uvicorn.Server:
-    """A uvicorn server for ``app`` on the bound socket ``sock``. ``loop`` is
-    uvicorn's setting: "none" takes the policy's loop (ErlangEventLoop inside
-    the node), "asyncio" the stdlib's, "uvloop" uvloop."""
+def make_server(loop: str = "none", host: str = "127.0.0.1", port: int = 0) -> uvicorn.Server:
+    """A uvicorn server for ``app``. ``loop`` is uvicorn's setting: "none"
+    takes the policy's loop (ErlangEventLoop inside the node), "asyncio" the
+    stdlib's, "uvloop" uvloop. Port 0: the system picks one."""
     config = uvicorn.Config(
         app,
+        host=host,
+        port=port,
         loop=loop,
         http="h11",
         lifespan="off",
@@ -86,28 +87,27 @@ def serve_in_thread(
     loop: str = "none", host: str = "127.0.0.1", timeout: float = 10.0
 ) -> Iterator[int]:
     """Runs a server on a thread of its own while the block runs; yields its
-    port. The server stops (and the thread ends) when the block exits."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    server = make_server(sock, loop)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{loop}", daemon=True
-    )
+    port. The server stops (and the thread ends) when the block exits.
+
+    uvicorn binds the socket itself (``loop.create_server``), as when it is
+    given a host and a port: a listening socket made by hand with
+    ``socket.socket()`` has ``proto`` 0, and asyncio then leaves Nagle on for
+    the connections it accepts (each response then waits ~40 ms for a
+    delayed ACK)."""
+    server = make_server(loop, host)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{loop}", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
+            server.should_exit = True
             raise RuntimeError(f"uvicorn (loop={loop}) did not start")
         time.sleep(0.01)
     try:
-        yield port
+        yield server.servers[0].sockets[0].getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(timeout)
-        sock.close()
 
 
 def main(argv: list[str]) -> int:

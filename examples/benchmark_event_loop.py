@@ -1,0 +1,875 @@
+"""ErlangEventLoop side by side with the stdlib's loop and uvloop, in one run,
+inside the BEAM node.
+
+    bin/erlang-python examples/benchmark_event_loop.py [--quick] [--only NAME ...]
+
+Each workload runs on a fresh loop of each kind, the kinds taking turns in
+this process: the same interpreter, the same machine load. The short
+workloads run twice per loop and keep the best run (the machine is shared);
+memory and ``wait_for`` run in a fresh node per loop, so that no loop reuses
+a heap another one grew. Every figure is printed with its ratio to the best
+other loop ("x1.20" = ErlangEventLoop is 1.2 times better, whichever way
+better points), and a Markdown table closes the run. ``--quick`` scales every
+count down (seconds in all). Clients run on the same loop as their servers,
+except wrk.
+
+The workloads: call_soon dispatch; timers firing with 10k and 1M pending;
+schedule + cancel (90% cancelled); ``sleep(0)`` round trips; 10k tasks x 100
+``sleep(1 ms)``; 1000 sequential ``sleep(1 ms)`` (early returns counted);
+TCP echo (Protocols and streams, 10 and 100 connections, 1 KiB); UDP echo;
+10k tasks in ``wait_for(fast_future, 30)``; memory per pending timer; idle CPU
+and wake-ups with 10k timers an hour away; the sleep workloads again through
+``erlang_asyncio.sleep``; and uvicorn + Starlette under ``wrk`` (when
+``wrk`` is installed: ``scripts/bench-deps.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import erlang_asyncio
+import erlang_loop
+import uvloop
+
+HOST = "127.0.0.1"
+ERLANG = "ErlangEventLoop"
+STDLIB = "asyncio"
+UVLOOP = "uvloop"
+
+# How each kind of loop is made. asyncio.new_event_loop() would give an
+# ErlangEventLoop inside the node (the policy), so the stdlib loop is named.
+FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    ERLANG: erlang_loop.ErlangEventLoop,
+    STDLIB: asyncio.SelectorEventLoop,
+    UVLOOP: uvloop.new_event_loop,
+}
+LOOPS = tuple(FACTORIES)
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass
+class Figure:
+    """One measured quantity of one workload, for every loop."""
+
+    workload: str
+    metric: str
+    # True when more is better (rates); False for times, latencies, memory.
+    higher_is_better: bool
+    values: dict[str, float] = field(default_factory=dict)
+    # How to print a value.
+    fmt: str = "{:,.0f}"
+
+    def ratio(self) -> float | None:
+        """ErlangEventLoop against the best other loop; > 1 means better."""
+        ours = self.values.get(ERLANG)
+        others = [v for k, v in self.values.items() if k != ERLANG and v is not None]
+        if ours is None or not others:
+            return None
+        best = max(others) if self.higher_is_better else min(others)
+        if self.higher_is_better:
+            return ours / best if best else None
+        return best / ours if ours else None
+
+    def cell(self, loop: str) -> str:
+        value = self.values.get(loop)
+        return "n/a" if value is None else self.fmt.format(value)
+
+
+FIGURES: list[Figure] = []
+
+
+Values = dict[str, list[float]]
+
+
+def record(workload: str, metric: str, higher: bool, fmt: str, runs: Values) -> None:
+    """Prints and keeps one figure: the best of each loop's runs."""
+    best = max if higher else min
+    values = {loop: best(samples) for loop, samples in runs.items()}
+    figure = Figure(workload, metric, higher, values, fmt)
+    FIGURES.append(figure)
+    ratio = figure.ratio()
+    cells = "  ".join(f"{loop} {figure.cell(loop):>12}" for loop in values)
+    shown = f"x{ratio:.2f}" if ratio is not None else ""
+    print(f"  {metric:<28} {cells}   {shown}", flush=True)
+
+
+def markdown_table() -> str:
+    head = ["workload", "metric", *LOOPS, f"{ERLANG} vs best other"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for f in FIGURES:
+        ratio = f.ratio()
+        cells = [f.workload, f.metric, *(f.cell(loop) for loop in LOOPS)]
+        cells.append(f"x{ratio:.2f}" if ratio is not None else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def peak_rss_bytes() -> int:
+    """This process image's peak RSS (VmHWM; ``ru_maxrss`` would carry the
+    peak of the parent that spawned this node over fork and exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def on_each_loop(
+    run: Callable[[asyncio.AbstractEventLoop], dict[str, float]], repeat: int = 1
+) -> dict[str, Values]:
+    """Runs ``run`` on a fresh loop of each kind, the kinds taking turns
+    ``repeat`` times (the machine is shared: the best run of each is kept);
+    metric -> loop -> values."""
+    by_metric: dict[str, Values] = {}
+    for _ in range(repeat):
+        for name in LOOPS:
+            gc.collect()
+            loop = FACTORIES[name]()
+            asyncio.set_event_loop(loop)
+            try:
+                for metric, value in run(loop).items():
+                    by_metric.setdefault(metric, {}).setdefault(name, []).append(value)
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+    return by_metric
+
+
+def complete(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
+    return loop.run_until_complete(coro)
+
+
+class Counter:
+    """Counts calls and resolves ``done`` at the ``target``-th."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: int) -> None:
+        self.count = 0
+        self.target = target
+        self.done = loop.create_future()
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count == self.target:
+            self.done.set_result(None)
+
+
+# ------------------------------------------------------------------ workloads
+
+
+def bench_call_soon(n: int, repeat: int) -> None:
+    def run(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
+        counter = Counter(loop, n)
+
+        async def main() -> float:
+            start = time.perf_counter()
+            call_soon = loop.call_soon
+            for _ in range(n):
+                call_soon(counter)
+            await counter.done
+            return time.perf_counter() - start
+
+        return {"callbacks/s": n / complete(loop, main())}
+
+    print(f"call_soon: schedule and dispatch {n:,} callbacks, best of {repeat}")
+    for metric, values in on_each_loop(run, repeat).items():
+        record(f"call_soon x {n:,}", metric, True, "{:,.0f}", values)
+
+
+def bench_timers(pending: int, repeat: int = 1) -> None:
+    delays = [random.Random(pending).random() * 0.1 for _ in range(pending)]
+
+    def run(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
+        counter = Counter(loop, pending)
+
+        async def main() -> tuple[float, float]:
+            cpu, start = time.process_time(), time.perf_counter()
+            call_later = loop.call_later
+            for delay in delays:
+                call_later(delay, counter)
+            await counter.done
+            return time.perf_counter() - start, time.process_time() - cpu
+
+        wall, cpu = complete(loop, main())
+        return {"timers/s": pending / wall, "CPU us/timer": cpu / pending * 1e6}
+
+    print(f"timers: {pending:,} pending, random delays 0-100 ms, until all fired, best of {repeat}")
+    higher = {"timers/s": True, "CPU us/timer": False}
+    for metric, values in on_each_loop(run, repeat).items():
+        fmt = "{:,.0f}" if higher[metric] else "{:.2f}"
+        record(f"{pending:,} timers pending", metric, higher[metric], fmt, values)
+
+
+def bench_cancel(n: int) -> None:
+    delays = [random.Random(n).random() * 0.1 for _ in range(n)]
+
+    def run(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
+        counter = Counter(loop, (n + 9) // 10)
+
+        async def main() -> float:
+            start = time.perf_counter()
+            call_later = loop.call_later
+            handles = [call_later(delay, counter) for delay in delays]
+            for i, handle in enumerate(handles):
+                if i % 10:
+                    handle.cancel()
+            del handles
+            await counter.done
+            return time.perf_counter() - start
+
+        return {"timers/s": n / complete(loop, main())}
+
+    print(f"schedule {n:,} timers, cancel 90%, until the rest fired")
+    for metric, values in on_each_loop(run).items():
+        record(f"schedule+cancel x {n:,} (90% cancelled)", metric, True, "{:,.0f}", values)
+
+
+def bench_sleep0(n: int, repeat: int) -> None:
+    def run(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
+        async def main() -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                await asyncio.sleep(0)
+            return time.perf_counter() - start
+
+        return {"round trips/s": n / complete(loop, main())}
+
+    print(f"sleep(0): {n:,} round trips through the loop, best of {repeat}")
+    for metric, values in on_each_loop(run, repeat).items():
+        record("sleep(0)", metric, True, "{:,.0f}", values)
+
+
+SleepFn = Callable[[float], Awaitable[Any]]
+
+
+def many_sleepers(
+    loop: asyncio.AbstractEventLoop, sleep: SleepFn, tasks: int, rounds: int
+) -> dict[str, float]:
+    oversleep: list[float] = []
+
+    async def sleeper() -> None:
+        for _ in range(rounds):
+            start = time.monotonic()
+            await sleep(0.001)
+            oversleep.append(time.monotonic() - start - 0.001)
+
+    async def main() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(sleeper() for _ in range(tasks)))
+        return time.perf_counter() - start
+
+    wall = complete(loop, main())
+    return {
+        "wall s": wall,
+        "oversleep p50 ms": percentile(oversleep, 0.5) * 1e3,
+        "oversleep p99 ms": percentile(oversleep, 0.99) * 1e3,
+    }
+
+
+def sequential_sleeps(loop: asyncio.AbstractEventLoop, sleep: SleepFn, n: int) -> dict[str, float]:
+    slept: list[float] = []
+
+    async def main() -> None:
+        for _ in range(n):
+            start = time.monotonic()
+            await sleep(0.001)
+            slept.append(time.monotonic() - start)
+
+    complete(loop, main())
+    return {
+        "mean ms": sum(slept) / n * 1e3,
+        "p99 ms": percentile(slept, 0.99) * 1e3,
+        "early returns": float(sum(1 for s in slept if s < 0.001)),
+    }
+
+
+SLEEP_METRICS = {
+    "wall s": (False, "{:.2f}"),
+    "oversleep p50 ms": (False, "{:.3f}"),
+    "oversleep p99 ms": (False, "{:.3f}"),
+    "mean ms": (False, "{:.3f}"),
+    "p99 ms": (False, "{:.3f}"),
+    "early returns": (False, "{:.0f}"),
+}
+
+
+def bench_sleeps(tasks: int, rounds: int, sequential: int) -> None:
+    label = f"{tasks:,} tasks x {rounds} sleep(1 ms)"
+    print(label)
+    by_metric = on_each_loop(lambda loop: many_sleepers(loop, asyncio.sleep, tasks, rounds))
+    for metric, values in by_metric.items():
+        record(label, metric, *SLEEP_METRICS[metric], values)
+    label = f"{sequential:,} sequential sleep(1 ms)"
+    print(label)
+    for metric, values in on_each_loop(
+        lambda loop: sequential_sleeps(loop, asyncio.sleep, sequential)
+    ).items():
+        record(label, metric, *SLEEP_METRICS[metric], values)
+
+
+def bench_erlang_asyncio_sleeps(tasks: int, rounds: int, sequential: int) -> None:
+    """The sleep workloads through erlang_asyncio.sleep: a bare wheel entry on
+    ErlangEventLoop (no TimerHandle), asyncio.sleep on the other loops."""
+    sleep = erlang_asyncio.sleep
+    label = f"{tasks:,} tasks x {rounds} erlang_asyncio.sleep(1 ms)"
+    print(label + " (= asyncio.sleep on the other loops)")
+    for metric, values in on_each_loop(
+        lambda loop: many_sleepers(loop, sleep, tasks, rounds)
+    ).items():
+        record(label, metric, *SLEEP_METRICS[metric], values)
+    label = f"{sequential:,} sequential erlang_asyncio.sleep(1 ms)"
+    print(label)
+    for metric, values in on_each_loop(
+        lambda loop: sequential_sleeps(loop, sleep, sequential)
+    ).items():
+        record(label, metric, *SLEEP_METRICS[metric], values)
+
+
+# ---------------------------------------------------------------- TCP and UDP
+
+MESSAGE = b"x" * 1024
+
+
+class EchoServer(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+class PingClient(asyncio.Protocol):
+    """Once started: sends MESSAGE, waits for all of it back, records the
+    round trip, and again until ``stop_at``."""
+
+    def __init__(self, rtts: list[float]) -> None:
+        self.rtts = rtts
+        self.done = asyncio.get_running_loop().create_future()
+        self.received = 0
+        self.stop_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def start(self, stop_at: float) -> None:
+        self.stop_at = stop_at
+        self.send()
+
+    def send(self) -> None:
+        self.received = 0
+        self.sent_at = time.perf_counter()
+        self.transport.write(MESSAGE)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received < len(MESSAGE):
+            return
+        now = time.perf_counter()
+        self.rtts.append(now - self.sent_at)
+        if now < self.stop_at:
+            self.send()
+        elif not self.done.done():
+            self.done.set_result(None)
+
+
+def echo_result(rtts: list[float], seconds: float) -> dict[str, float]:
+    return {
+        "req/s": len(rtts) / seconds,
+        "p50 us": percentile(rtts, 0.5) * 1e6,
+        "p99 us": percentile(rtts, 0.99) * 1e6,
+    }
+
+
+ECHO_METRICS = {
+    "req/s": (True, "{:,.0f}"),
+    "p50 us": (False, "{:,.0f}"),
+    "p99 us": (False, "{:,.0f}"),
+}
+
+
+def tcp_protocols(loop: asyncio.AbstractEventLoop, conns: int, seconds: float) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        server = await loop.create_server(EchoServer, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        rtts: list[float] = []
+        connected = await asyncio.gather(
+            *(loop.create_connection(lambda: PingClient(rtts), HOST, port) for _ in range(conns))
+        )
+        clients = [client for _, client in connected]
+        start = time.perf_counter()
+        for client in clients:
+            client.start(start + seconds)
+        await asyncio.gather(*(client.done for client in clients))
+        elapsed = time.perf_counter() - start
+        for transport, _ in connected:
+            transport.close()
+        server.close()
+        await server.wait_closed()
+        return echo_result(rtts, elapsed)
+
+    return complete(loop, main())
+
+
+def tcp_streams(loop: asyncio.AbstractEventLoop, conns: int, seconds: float) -> dict[str, float]:
+    size = len(MESSAGE)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                data = await reader.readexactly(size)
+                writer.write(data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def client(
+        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        go: asyncio.Event,
+        rtts: list[float],
+        stop_at: list[float],
+    ) -> None:
+        reader, writer = streams
+        await go.wait()
+        while True:
+            start = time.perf_counter()
+            writer.write(MESSAGE)
+            await writer.drain()
+            await reader.readexactly(size)
+            now = time.perf_counter()
+            rtts.append(now - start)
+            if now >= stop_at[0]:
+                break
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> dict[str, float]:
+        server = await asyncio.start_server(handle, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        connected = await asyncio.gather(
+            *(asyncio.open_connection(HOST, port) for _ in range(conns))
+        )
+        rtts: list[float] = []
+        go = asyncio.Event()
+        stop_at = [0.0]
+        clients = [asyncio.create_task(client(c, go, rtts, stop_at)) for c in connected]
+        await asyncio.sleep(0)
+        start = time.perf_counter()
+        stop_at[0] = start + seconds
+        go.set()
+        await asyncio.gather(*clients)
+        elapsed = time.perf_counter() - start
+        server.close()
+        await server.wait_closed()
+        return echo_result(rtts, elapsed)
+
+    return complete(loop, main())
+
+
+class UdpEchoServer(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+
+class UdpPingClient(asyncio.DatagramProtocol):
+    def __init__(self, rtts: list[float]) -> None:
+        self.rtts = rtts
+        self.done = asyncio.get_running_loop().create_future()
+        self.stop_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def start(self, stop_at: float) -> None:
+        self.stop_at = stop_at
+        self.send()
+
+    def send(self) -> None:
+        self.sent_at = time.perf_counter()
+        self.transport.sendto(MESSAGE)  # type: ignore[attr-defined]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        now = time.perf_counter()
+        self.rtts.append(now - self.sent_at)
+        if now < self.stop_at:
+            self.send()
+        elif not self.done.done():
+            self.done.set_result(None)
+
+
+def udp_echo(loop: asyncio.AbstractEventLoop, clients: int, seconds: float) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        server, _ = await loop.create_datagram_endpoint(UdpEchoServer, local_addr=(HOST, 0))
+        addr = server.get_extra_info("sockname")
+        rtts: list[float] = []
+        pairs = [
+            await loop.create_datagram_endpoint(lambda: UdpPingClient(rtts), remote_addr=addr)
+            for _ in range(clients)
+        ]
+        start = time.perf_counter()
+        for _, client in pairs:
+            client.start(start + seconds)
+        # A lost datagram would stall its client: bound the wait.
+        await asyncio.wait([client.done for _, client in pairs], timeout=seconds + 5)
+        elapsed = time.perf_counter() - start
+        for transport, _ in pairs:
+            transport.close()
+        server.close()
+        return echo_result(rtts, elapsed)
+
+    return complete(loop, main())
+
+
+def bench_echo(seconds: float, repeat: int) -> None:
+    runs: list[tuple[str, Callable[[asyncio.AbstractEventLoop], dict[str, float]]]] = []
+    for conns in (10, 100):
+        runs.append(
+            (
+                f"TCP echo, Protocols, {conns} conns",
+                lambda lp, c=conns: tcp_protocols(lp, c, seconds),
+            )
+        )
+        runs.append(
+            (f"TCP echo, streams, {conns} conns", lambda lp, c=conns: tcp_streams(lp, c, seconds))
+        )
+    runs.append(("UDP echo, 10 clients", lambda lp: udp_echo(lp, 10, seconds)))
+    for label, run in runs:
+        print(
+            f"{label}: 1 KiB ping-pong for {seconds:g} s, clients on the same loop, "
+            f"best of {repeat}"
+        )
+        for metric, values in on_each_loop(run, repeat).items():
+            record(label, metric, *ECHO_METRICS[metric], values)
+
+
+# ------------------------------------------------------- wait_for and memory
+
+
+# Memory is measured in a fresh node per loop (``--probe``): in this process
+# the heap keeps what earlier workloads freed, and a loop measured after
+# another would reuse it.
+CLI = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "erlang-python"
+)
+
+
+def in_fresh_node(probe: str, loop: str, *args: int) -> dict[str, float]:
+    """Runs ``probe`` on a ``loop`` in a new node; its result (a JSON line)."""
+    out = subprocess.run(
+        [CLI, os.path.abspath(__file__), "--probe", probe, loop, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def probe_wait_for(loop: asyncio.AbstractEventLoop, tasks: int, rounds: int) -> dict[str, float]:
+    async def waiter() -> None:
+        for _ in range(rounds):
+            future = loop.create_future()
+            loop.call_soon(future.set_result, None)
+            await asyncio.wait_for(future, 30)
+
+    async def main() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(waiter() for _ in range(tasks)))
+        return time.perf_counter() - start
+
+    base = rss_bytes()
+    wall = complete(loop, main())
+    return {"ops/s": tasks * rounds / wall, "peak RSS MiB": max(0, peak_rss_bytes() - base) / 2**20}
+
+
+def probe_timer_memory(loop: asyncio.AbstractEventLoop, n: int) -> dict[str, float]:
+    def noop() -> None:
+        pass
+
+    gc.collect()
+    before = rss_bytes()
+    handles = [loop.call_later(3600, noop) for _ in range(n)]
+    gc.collect()
+    rss_per = (rss_bytes() - before) / n
+    for handle in handles:
+        handle.cancel()
+    del handles
+    # The Python heap only, as tracemalloc sees it (not the Rust wheel's).
+    tracemalloc.start()
+    handles = [loop.call_later(3600, noop) for _ in range(n)]
+    traced = tracemalloc.get_traced_memory()[0] / n
+    tracemalloc.stop()
+    for handle in handles:
+        handle.cancel()
+    return {"RSS bytes/timer": rss_per, "traced bytes/timer": traced}
+
+
+PROBES: dict[str, Callable[..., dict[str, float]]] = {
+    "wait_for": probe_wait_for,
+    "timer_memory": probe_timer_memory,
+}
+
+
+def run_probe(probe: str, loop_name: str, args: list[str]) -> int:
+    """The child side of :func:`in_fresh_node`."""
+    loop = FACTORIES[loop_name]()
+    asyncio.set_event_loop(loop)
+    try:
+        print(json.dumps(PROBES[probe](loop, *map(int, args))))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    return 0
+
+
+def on_each_loop_fresh(probe: str, *args: int) -> dict[str, Values]:
+    by_metric: dict[str, Values] = {}
+    for name in LOOPS:
+        for metric, value in in_fresh_node(probe, name, *args).items():
+            by_metric.setdefault(metric, {})[name] = [value]
+    return by_metric
+
+
+def bench_wait_for(tasks: int, rounds: int) -> None:
+    label = f"{tasks:,} tasks x {rounds} wait_for(fast future, 30)"
+    print(label + " (a fresh node per loop)")
+    metrics = {"ops/s": (True, "{:,.0f}"), "peak RSS MiB": (False, "{:.1f}")}
+    for metric, values in on_each_loop_fresh("wait_for", tasks, rounds).items():
+        record(label, metric, *metrics[metric], values)
+
+
+def bench_timer_memory(n: int) -> None:
+    label = f"memory per pending timer ({n:,} call_later)"
+    print(label + " (a fresh node per loop)")
+    for metric, values in on_each_loop_fresh("timer_memory", n).items():
+        record(label, metric, False, "{:.0f}", values)
+
+
+def bench_idle(timers: int, seconds: float) -> None:
+    def noop() -> None:
+        pass
+
+    def run(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
+        for _ in range(timers):
+            loop.call_later(3600, noop)
+        stats = getattr(loop, "stats", None)
+        before = stats()["wakeups"] if stats else 0
+        cpu = time.process_time()
+        complete(loop, asyncio.sleep(seconds))
+        used = time.process_time() - cpu
+        result = {"process CPU ms/s": used / seconds * 1e3}
+        if stats:
+            result["wake-ups"] = float(stats()["wakeups"] - before)
+        return result
+
+    cpu = time.process_time()
+    time.sleep(seconds)
+    baseline = (time.process_time() - cpu) / seconds * 1e3
+    label = f"idle, {timers:,} timers an hour away"
+    print(f"{label}, {seconds:g} s (the node alone, no loop: {baseline:.2f} CPU ms/s)")
+    metrics = {"process CPU ms/s": (False, "{:.2f}"), "wake-ups": (False, "{:.0f}")}
+    for metric, values in on_each_loop(run).items():
+        record(label, metric, *metrics[metric], values)
+
+
+# --------------------------------------------------------------------- ASGI
+
+
+# uvicorn's loop setting for each kind: "none" asks asyncio, whose policy in
+# the node gives ErlangEventLoop.
+UVICORN_LOOPS = {ERLANG: "none", STDLIB: "asyncio", UVLOOP: "uvloop"}
+
+
+def bench_asgi(seconds: float, connections: int, repeat: int) -> None:
+    """uvicorn + examples/asgi_app.py on each loop, loaded by wrk."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("ASGI: wrk not installed (scripts/bench-deps.sh installs it); skipped")
+        return
+    import asgi_app  # examples/, next to this file
+
+    for path in ("/json", "/sleep?ms=10", "/stream"):
+        label = f"uvicorn+Starlette GET {path}, wrk -c{connections}"
+        print(f"{label}, {seconds:g} s, best of {repeat}")
+        values: dict[str, Values] = {}
+        for _ in range(repeat):
+            for name in LOOPS:
+                with asgi_app.serve_in_thread(UVICORN_LOOPS[name]) as port:
+                    figures = run_wrk(wrk, f"http://{HOST}:{port}{path}", seconds, connections)
+                for metric, value in figures.items():
+                    values.setdefault(metric, {}).setdefault(name, []).append(value)
+        for metric, per_loop in values.items():
+            record(label, metric, *ECHO_METRICS[metric], per_loop)
+
+
+def run_wrk(wrk: str, url: str, seconds: float, connections: int) -> dict[str, float]:
+    """req/s, p50 and p99 latency (us) of ``wrk`` against ``url``."""
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
+    figures: dict[str, float] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            figures["req/s"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
+            figures["p50 us" if parts[0] == "50%" else "p99 us"] = wrk_duration_us(parts[1])
+    return {k: figures[k] for k in ("req/s", "p50 us", "p99 us") if k in figures}
+
+
+def wrk_duration_us(text: str) -> float:
+    for suffix, scale in (("us", 1.0), ("ms", 1e3), ("s", 1e6), ("m", 60e6)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * scale
+    return float(text)
+
+
+# --------------------------------------------------------------------- main
+
+
+@dataclass(frozen=True)
+class Scale:
+    call_soon: int
+    timers_small: int
+    timers_large: int
+    cancel: int
+    sleep0: int
+    sleep_tasks: int
+    sleep_rounds: int
+    sequential: int
+    echo_seconds: float
+    wait_for_tasks: int
+    wait_for_rounds: int
+    memory_timers: int
+    idle_timers: int
+    idle_seconds: float
+    asgi_seconds: float
+    # Runs per loop of the short workloads (the best is kept).
+    repeat: int
+
+
+FULL = Scale(
+    call_soon=1_000_000,
+    timers_small=10_000,
+    timers_large=1_000_000,
+    cancel=1_000_000,
+    sleep0=200_000,
+    sleep_tasks=10_000,
+    sleep_rounds=100,
+    sequential=1000,
+    echo_seconds=1.0,
+    wait_for_tasks=10_000,
+    wait_for_rounds=10,
+    memory_timers=100_000,
+    idle_timers=10_000,
+    idle_seconds=3.0,
+    asgi_seconds=2.0,
+    repeat=2,
+)
+QUICK = Scale(
+    call_soon=20_000,
+    timers_small=1_000,
+    timers_large=20_000,
+    cancel=20_000,
+    sleep0=5_000,
+    sleep_tasks=200,
+    sleep_rounds=10,
+    sequential=50,
+    echo_seconds=0.2,
+    wait_for_tasks=500,
+    wait_for_rounds=2,
+    memory_timers=10_000,
+    idle_timers=1_000,
+    idle_seconds=0.3,
+    asgi_seconds=1.0,
+    repeat=1,
+)
+
+
+def workloads(s: Scale) -> dict[str, Callable[[], None]]:
+    return {
+        "call_soon": lambda: bench_call_soon(s.call_soon, s.repeat),
+        "timers": lambda: (bench_timers(s.timers_small, s.repeat), bench_timers(s.timers_large)),
+        "cancel": lambda: bench_cancel(s.cancel),
+        "sleep0": lambda: bench_sleep0(s.sleep0, s.repeat),
+        "sleep": lambda: bench_sleeps(s.sleep_tasks, s.sleep_rounds, s.sequential),
+        "echo": lambda: bench_echo(s.echo_seconds, s.repeat),
+        "wait_for": lambda: bench_wait_for(s.wait_for_tasks, s.wait_for_rounds),
+        "memory": lambda: bench_timer_memory(s.memory_timers),
+        "idle": lambda: bench_idle(s.idle_timers, s.idle_seconds),
+        "erlang_asyncio": lambda: bench_erlang_asyncio_sleeps(
+            s.sleep_tasks, s.sleep_rounds, s.sequential
+        ),
+        "asgi": lambda: bench_asgi(s.asgi_seconds, 50, s.repeat),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="benchmark_event_loop.py", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts: seconds in all")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these workloads")
+    parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)  # PROBE LOOP ARGS...
+    args = parser.parse_args(argv)
+    if args.probe:
+        return run_probe(args.probe[0], args.probe[1], args.probe[2:])
+    table = workloads(QUICK if args.quick else FULL)
+    names = args.only or list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; choose from {list(table)}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    print(
+        f"Python {platform.python_version()} inside the BEAM, {os.cpu_count()} cores, "
+        f"uvloop {uvloop.__version__}{' (--quick)' if args.quick else ''}"
+    )
+    print("ratio: ErlangEventLoop against the best other loop; > 1 = ErlangEventLoop is better")
+    start = time.perf_counter()
+    for name in names:
+        table[name]()
+    print(
+        f"\n{len(FIGURES)} figures in {time.perf_counter() - start:.0f} s; "
+        f"peak RSS {peak_rss_bytes() // 2**20} MiB\n"
+    )
+    print(markdown_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
