@@ -308,20 +308,22 @@ impl LoopCore {
             if limit == Some(Duration::ZERO) {
                 return Ok((state, slept, true));
             }
-            if !state.served {
-                // No Erlang timer will wake us: bound the sleep by the wheel.
-                if let Some(deadline) = state.wheel.next_deadline() {
-                    let until = Duration::from_nanos(deadline.saturating_sub(now_monotonic_ns()));
-                    if until.is_zero() {
-                        state.advance(now_monotonic_ns());
-                        if state.pending.is_empty() {
-                            // A cascade point, not a timer: look again.
-                            continue;
-                        }
-                        return Ok((state, slept, false));
+            // The sleep is also bounded by the wheel's next deadline. The
+            // Erlang timer stays armed for it (the backstop, and the wake-up
+            // of loops nobody waits on), but BEAM timers have a 1 ms grain
+            // and fire late (`erlang:start_timer(1, ...)` takes about 2 ms):
+            // the waiting thread itself runs a due timer on time.
+            if let Some(deadline) = state.wheel.next_deadline() {
+                let until = Duration::from_nanos(deadline.saturating_sub(now_monotonic_ns()));
+                if until.is_zero() {
+                    state.advance(now_monotonic_ns());
+                    if state.pending.is_empty() {
+                        // A cascade point, not a timer: look again.
+                        continue;
                     }
-                    limit = Some(limit.map_or(until, |l| l.min(until)));
+                    return Ok((state, slept, false));
                 }
+                limit = Some(limit.map_or(until, |l| l.min(until)));
             }
             slept = true;
             state = match limit {

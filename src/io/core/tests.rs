@@ -318,3 +318,21 @@ fn stop_requests_can_be_taken_apart_from_arms() {
         }
     );
 }
+
+#[test]
+fn a_served_loop_runs_a_due_timer_even_if_the_erlang_timer_is_late() {
+    // The Erlang timer is only the backstop: no tick ever comes here, and
+    // the waiting thread still wakes for the deadline, never before it.
+    let (core, _) = new_loop();
+    core.set_served();
+    let deadline = now_monotonic_ns() + ms(20);
+    core.insert_timer(deadline, 9).unwrap();
+    core.prepare_wait();
+    let mut out = Vec::new();
+    core.wait(Some(Duration::from_secs(30)), &mut out, 16)
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].id, 9);
+    assert!(now_monotonic_ns() >= deadline, "fired early");
+    assert_eq!(core.stats().ticks, 0);
+}
