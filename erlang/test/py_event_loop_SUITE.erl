@@ -22,7 +22,7 @@
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
          no_leaked_fds/1, worker_dies/1, python_worker_dies/1,
-         isolated_loop_worker_stops_on_close/1,
+         isolated_loop_worker_stops_on_close/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
          dead_worker_leaks_no_fds/1]).
 
@@ -40,7 +40,8 @@ all() ->
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, worker_dies, python_worker_dies,
-     isolated_loop_worker_stops_on_close, loop_stats, idle_loop_does_not_tick,
+     isolated_loop_worker_stops_on_close, get_event_loop_on_any_pool_thread,
+     loop_stats, idle_loop_does_not_tick,
      dead_worker_leaks_no_fds].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
@@ -698,6 +699,20 @@ isolated_loop_worker_stops_on_close(_Config) ->
     ?assertEqual(Before + 5, Workers()),
     ok = py:exec(<<"for l in loops: l.close()\n">>),
     ?assertEqual(Before, wait_until(Workers, fun(N) -> N =:= Before end, 5000)).
+
+%% asyncio.run leaves its thread with set_event_loop(None); the next py:call
+%% that lands on that pool thread must still get a loop from
+%% asyncio.get_event_loop(), as on a fresh thread.
+-spec get_event_loop_on_any_pool_thread(ct_suite:ct_config()) -> term().
+get_event_loop_on_any_pool_thread(_Config) ->
+    Run = <<"__import__('asyncio').run(__import__('asyncio').sleep(0.05))">>,
+    Self = self(),
+    %% Occupy several pool threads with asyncio.run at once.
+    Pids = [spawn_link(fun() -> Self ! {ran, self(), py:eval(Run)} end)
+            || _ <- lists:seq(1, 8)],
+    [receive {ran, Pid, Result} -> ?assertEqual({ok, none}, Result) end || Pid <- Pids],
+    Get = <<"type(__import__('asyncio').get_event_loop()).__name__">>,
+    [?assertEqual({ok, <<"ErlangEventLoop">>}, py:eval(Get)) || _ <- lists:seq(1, 64)].
 
 -spec python_worker_dies(ct_suite:ct_config()) -> term().
 python_worker_dies(_Config) ->

@@ -156,6 +156,7 @@ fn run(
                 };
                 owned.save((atoms::py_result(), saved_ref.load(env), result))
             });
+            reset_thread_event_loop_state(py);
             // Sent under the job's lock (see `Job::finish`): a cancel that
             // returned before this point means the result is never sent.
             job.finish(py, || {
@@ -164,6 +165,23 @@ fn run(
             });
         })
     });
+}
+
+/// A pool thread starts every call as a fresh thread would, whatever the
+/// previous call on it did: `asyncio.run` ends with `set_event_loop(None)`,
+/// after which asyncio's policies refuse `get_event_loop()` on that thread.
+/// Only when `erlang_loop`'s policy is in use; costs a dict lookup otherwise.
+fn reset_thread_event_loop_state(py: Python<'_>) {
+    let reset = py
+        .import("sys")
+        .and_then(|sys| sys.getattr("modules"))
+        .and_then(|modules| modules.get_item("erlang_loop._policy"))
+        .and_then(|policy| policy.call_method0("forget_unset_loop"));
+    if let Err(error) = reset {
+        if !error.is_instance_of::<pyo3::exceptions::PyKeyError>(py) {
+            tracing::warn!(%error, "cannot reset the thread's event loop state");
+        }
+    }
 }
 
 fn execute<'a>(

@@ -22,8 +22,17 @@ class ErlangEventLoopPolicy(unix_events._UnixDefaultEventLoopPolicy):  # type: i
     _loop_factory = ErlangEventLoop
 
     def get_event_loop(self) -> asyncio.AbstractEventLoop:
+        """This thread's loop, created on first use on any thread. As in
+        CPython, a thread that explicitly set None (``asyncio.run`` does at
+        its end) gets ``RuntimeError``; a call from Erlang always starts
+        afresh (the worker pool forgets that None between calls)."""
         local = self._local
         if local._loop is None:
+            if local._set_called:
+                raise RuntimeError(
+                    f"There is no current event loop in thread "
+                    f"{threading.current_thread().name!r}."
+                )
             self.set_event_loop(self.new_event_loop())
         assert local._loop is not None
         return local._loop  # type: ignore[no-any-return]
@@ -43,6 +52,16 @@ def get_event_loop_policy() -> ErlangEventLoopPolicy:
         if _policy is None:
             _policy = ErlangEventLoopPolicy()
         return _policy
+
+
+def forget_unset_loop() -> None:
+    """Makes this thread's loop state that of a fresh thread when no loop is
+    set (the py worker pool calls it after every call)."""
+    policy = _policy
+    if policy is not None:
+        local = policy._local
+        if local._loop is None:
+            local._set_called = False
 
 
 def install() -> None:

@@ -378,3 +378,32 @@ def test_loops_on_two_threads_never_see_each_others_fds(
     results = in_threads([lambda iso=iso: thread_main(iso) for iso in kinds])
     for got in results:
         assert got == [str(i).encode() for i in range(rounds)]
+
+
+def test_get_event_loop_after_set_none_follows_cpython_until_the_pool_resets() -> None:
+    """asyncio.run ends with set_event_loop(None); then, as in CPython,
+    get_event_loop() refuses on that thread. The py worker pool forgets that
+    None between calls (erlang_loop._policy.forget_unset_loop)."""
+    from erlang_loop import _policy
+
+    outcome: list[object] = []
+
+    def body() -> None:
+        asyncio.run(asyncio.sleep(0))
+        try:
+            asyncio.get_event_loop()
+        except RuntimeError as error:
+            outcome.append(str(error))
+        _policy.forget_unset_loop()
+        loop = asyncio.get_event_loop()
+        outcome.append(type(loop).__name__)
+        loop.close()
+        asyncio.set_event_loop(None)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(outcome) == 2, outcome
+    assert "no current event loop" in str(outcome[0])
+    assert outcome[1] == "ErlangEventLoop"
