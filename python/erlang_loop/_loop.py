@@ -5,8 +5,10 @@ self-pipe and poll replaced by the native loop (Rust timer wheel, BEAM
 from __future__ import annotations
 
 import math
+import os
+import signal
 import socket
-from asyncio import Future, base_events, constants, events, sslproto, unix_events
+from asyncio import Future, base_events, coroutines, constants, events, sslproto, unix_events
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
 from collections.abc import Callable
 from contextvars import Context
@@ -46,6 +48,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     """
 
     def __init__(self, isolated: bool = False) -> None:
+        # The pipe of this loop's SIGCHLD subscription, while it has handlers.
+        self._signal_fd: int | None = None
         self._native = _erlang_loop.new_loop(isolated)
         self._loop_handle = self._native if isolated else None
         self._timers: dict[int, _ErlangTimerHandle] = {}
@@ -239,17 +243,52 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         self._timers.clear()
         self._sleepers.clear()
 
-    # -- signals belong to the BEAM --
+    # -- signals: the BEAM owns them all but SIGCHLD --
 
     def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
-        raise NotImplementedError(
-            "signal handlers are not supported inside the BEAM: the VM owns process signals"
-        )
+        """Only SIGCHLD (asyncio's SafeChildWatcher and FastChildWatcher use
+        it): every other signal belongs to the VM (NotImplementedError)."""
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        if sig != signal.SIGCHLD:
+            raise NotImplementedError(
+                f"signal {sig} belongs to the BEAM: inside the node a loop may only "
+                "handle SIGCHLD"
+            )
+        self._check_closed()
+        if self._signal_fd is None:
+            fd = _erlang_loop.subscribe_signal(sig)
+            self._signal_fd = fd
+            self._add_reader(fd, self._read_signals)
+        self._signal_handlers[sig] = events.Handle(callback, args, self, None)
 
     def remove_signal_handler(self, sig: int) -> bool:
-        raise NotImplementedError(
-            "signal handlers are not supported inside the BEAM: the VM owns process signals"
-        )
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        if not self._signal_handlers:
+            self._close_signal_fd()
+        return True
+
+    def _read_signals(self) -> None:
+        assert self._signal_fd is not None
+        try:
+            delivered = os.read(self._signal_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        for sig in set(delivered):
+            self._handle_signal(sig)
+
+    def _close_signal_fd(self) -> None:
+        fd, self._signal_fd = self._signal_fd, None
+        if fd is None:
+            return
+        if not self.is_closed():
+            self._remove_reader(fd)
+        _erlang_loop.unsubscribe_signal(fd)
 
     # -- erlang_python extras --
 

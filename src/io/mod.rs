@@ -12,6 +12,7 @@
 pub mod core;
 pub mod pending;
 pub mod registry;
+pub mod signals;
 pub mod stats;
 
 use std::any::Any;

@@ -217,6 +217,46 @@ impl NativeLoop {
     }
 }
 
+/// Signal subscriptions made from Python, by the read end of their pipe.
+static SIGNAL_SUBSCRIPTIONS: std::sync::Mutex<Vec<crate::io::signals::Subscription>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// `_erlang_loop.subscribe_signal(signum)`: a non-blocking fd from which the
+/// signal's number can be read (one byte per delivery). Only SIGCHLD: the
+/// BEAM owns the other signals (`ValueError` for them).
+#[pyfunction]
+fn subscribe_signal(signum: i32) -> PyResult<RawFd> {
+    let subscription = crate::io::signals::subscribe(signum).map_err(|error| {
+        if error.raw_os_error() == Some(libc::EINVAL) {
+            PyValueError::new_err(format!("signal {signum} belongs to the BEAM"))
+        } else {
+            PyErr::from(error)
+        }
+    })?;
+    let fd = subscription.read_fd;
+    SIGNAL_SUBSCRIPTIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(subscription);
+    Ok(fd)
+}
+
+/// `_erlang_loop.unsubscribe_signal(fd)`: ends the subscription whose pipe is
+/// `fd` (and closes it). Unknown fds: False.
+#[pyfunction]
+fn unsubscribe_signal(fd: RawFd) -> bool {
+    let mut subscriptions = SIGNAL_SUBSCRIPTIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match subscriptions.iter().position(|s| s.read_fd == fd) {
+        Some(index) => {
+            crate::io::signals::unsubscribe(subscriptions.swap_remove(index));
+            true
+        }
+        None => false,
+    }
+}
+
 /// `_erlang_loop.new_loop(isolated)`: a native loop with its Erlang server.
 #[pyfunction]
 fn new_loop(py: Python<'_>, isolated: bool) -> PyResult<NativeLoop> {
@@ -236,6 +276,8 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     let module = PyModule::new(py, "_erlang_loop")?;
     module.add_class::<NativeLoop>()?;
     module.add_function(wrap_pyfunction!(new_loop, &module)?)?;
+    module.add_function(wrap_pyfunction!(subscribe_signal, &module)?)?;
+    module.add_function(wrap_pyfunction!(unsubscribe_signal, &module)?)?;
     modules.set_item("_erlang_loop", module)?;
     Ok(())
 }

@@ -1283,12 +1283,65 @@ def test_subprocess_exit_status(loop: ErlangEventLoop) -> None:
     assert returncode == 3
 
 
-def test_signal_handlers_are_refused(loop: ErlangEventLoop) -> None:
-    """The BEAM owns process signals (LESSONS 2)."""
+def test_signal_handlers_other_than_sigchld_are_refused(loop: ErlangEventLoop) -> None:
+    """The BEAM owns process signals (LESSONS 2); only SIGCHLD is shared."""
     with pytest.raises(NotImplementedError):
         loop.add_signal_handler(signal.SIGUSR1, lambda: None)
-    with pytest.raises(NotImplementedError):
-        loop.remove_signal_handler(signal.SIGUSR1)
+    assert loop.remove_signal_handler(signal.SIGUSR1) is False
+
+    async def coroutine() -> None:
+        pass
+
+    with pytest.raises(TypeError):
+        loop.add_signal_handler(signal.SIGCHLD, coroutine)
+    with pytest.raises(ValueError):
+        loop.add_signal_handler(0, lambda: None)
+
+
+def test_sigchld_handler_runs_when_a_child_exits(loop: ErlangEventLoop) -> None:
+    baseline = _open_fds()
+    seen: list[int] = []
+    loop.add_signal_handler(signal.SIGCHLD, seen.append, 7)
+    child = subprocess.Popen(["true"])
+
+    async def until_seen() -> None:
+        while not seen:
+            await asyncio.sleep(0.01)
+
+    run(loop, asyncio.wait_for(until_seen(), 30))
+    child.wait()
+    assert seen[0] == 7
+    assert loop.remove_signal_handler(signal.SIGCHLD) is True
+    assert loop.remove_signal_handler(signal.SIGCHLD) is False
+    # The subscription's pipe is closed (its select's duplicate goes with the
+    # asynchronous stop).
+    deadline = time.monotonic() + 10
+    while _open_fds() > baseline and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _open_fds() <= baseline
+
+
+def test_child_watchers_that_need_sigchld_work(loop: ErlangEventLoop) -> None:
+    """asyncio's SafeChildWatcher reaps children from a SIGCHLD handler."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.SafeChildWatcher()
+    watcher.attach_loop(loop)
+    try:
+        statuses: list[int] = []
+        done = loop.create_future()
+
+        def exited(pid: int, returncode: int) -> None:
+            statuses.append(returncode)
+            loop.call_soon_threadsafe(done.set_result, None)
+
+        child = subprocess.Popen(["sh", "-c", "exit 5"])
+        with watcher:
+            watcher.add_child_handler(child.pid, exited)
+        run(loop, asyncio.wait_for(done, 30))
+        assert statuses == [5]
+    finally:
+        watcher.close()
 
 
 # ---------------------------------------------------------------- leaks
