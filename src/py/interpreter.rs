@@ -56,6 +56,14 @@ fn apply_config(py: Python<'_>, config: &InterpreterConfig) -> PyResult<()> {
     if let Some(executable) = config.executable.clone().or_else(build_executable) {
         sys.setattr("executable", executable.to_string_lossy().as_ref())?;
     }
+    // Forking the VM copies beam.smp with one thread and no schedulers: the
+    // child hangs (LESSONS 7d'). multiprocessing and ProcessPoolExecutor
+    // start children with `sys.executable` instead.
+    let multiprocessing = py.import("multiprocessing")?;
+    let start_method = multiprocessing.call_method1("get_start_method", (true,))?;
+    if start_method.is_none() {
+        multiprocessing.call_method1("set_start_method", ("spawn",))?;
+    }
     // Embedded interpreters start without argv; argparse and friends expect one.
     if !sys.hasattr("argv")? {
         sys.setattr("argv", PyList::new(py, ["erlang_python"])?)?;

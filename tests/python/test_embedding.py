@@ -142,3 +142,15 @@ def test_erlang_send_needs_a_pid(target: object) -> None:
 def test_erlang_call_with_unconvertible_argument_raises_type_error() -> None:
     with pytest.raises(TypeError):
         erlang.call("no_function_registered_by_this_name", object())
+
+
+def test_child_processes_are_spawned_never_forked_from_the_vm() -> None:
+    """Forking beam.smp leaves a hung copy of the VM (LESSONS 7d'): the
+    multiprocessing start method is spawn, so process pools start the real
+    interpreter."""
+    import concurrent.futures
+    import multiprocessing
+
+    assert multiprocessing.get_start_method() == "spawn"
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+        assert list(pool.map(abs, [-1, -2, 3], timeout=60)) == [1, 2, 3]
