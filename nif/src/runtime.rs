@@ -69,10 +69,6 @@ fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
     }
     if first_start {
         let_python_reap_its_children();
-        // This thread initialised Python: it is Python's main thread.
-        if let Err(reason) = Python::attach(keep_beam_sigint) {
-            return Ok((atoms::error(), reason.to_string()).encode(env));
-        }
     }
     let installed = Python::attach(|py| {
         crate::erlang_module::install(py)?;
@@ -93,20 +89,6 @@ fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
     Ok(atoms::ok().encode(env))
 }
 
-/// The first import of CPython's `signal` module takes SIGINT when the host
-/// left it at SIG_DFL (`erl +B`): Ctrl-C then no longer stops the node, it
-/// only sets a flag for a Python main thread that never runs again. Import it
-/// now, on Python's main thread (where `signal.signal` is allowed), and give
-/// SIGINT back to the BEAM (LESSONS 2).
-fn keep_beam_sigint(py: Python<'_>) -> PyResult<()> {
-    let before = sigint_handler();
-    let signal = py.import("signal")?;
-    if before == libc::SIG_DFL && sigint_handler() != libc::SIG_DFL {
-        signal.call_method1("signal", (libc::SIGINT, signal.getattr("SIG_DFL")?))?;
-    }
-    Ok(())
-}
-
 /// The BEAM ignores SIGCHLD, and with SIG_IGN the kernel reaps children at
 /// once and discards their exit status: `subprocess.run(...).returncode` is
 /// then always 0 and asyncio's `process.wait()` 255. The BEAM's own children
@@ -121,17 +103,6 @@ fn let_python_reap_its_children() {
         if current.assume_init().sa_sigaction == libc::SIG_IGN {
             libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         }
-    }
-}
-
-/// The current C-level handler of SIGINT.
-fn sigint_handler() -> libc::sighandler_t {
-    let mut action = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
-    // SAFETY: with a null new action, sigaction only writes the current one
-    // into `action`, which is zero-initialised and large enough.
-    unsafe {
-        libc::sigaction(libc::SIGINT, std::ptr::null(), action.as_mut_ptr());
-        action.assume_init().sa_sigaction
     }
 }
 

@@ -29,11 +29,16 @@ static STARTUP: Mutex<bool> = Mutex::new(false);
 pub fn initialize(config: &InterpreterConfig) -> Result<(), String> {
     let mut started = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
     if !*started {
+        let sigint_before = sigint_handler();
         promote_libpython_to_global_scope()?;
         pre_initialize_utf8_mode_under_c_locale()?;
         // pyo3: Py_InitializeEx(0) (the BEAM owns signals), then releases the GIL.
         Python::initialize();
         *started = true;
+        // This thread initialised Python: it is Python's main thread, where
+        // `signal.signal` is allowed.
+        Python::attach(|py| first_start_setup(py, sigint_before))
+            .map_err(|e| format!("python start-up: {e}"))?;
         tracing::info!(version = Python::version_str(), "CPython initialised");
     }
     Python::attach(|py| apply_config(py, config)).map_err(|e| format!("python start-up: {e}"))
@@ -42,6 +47,38 @@ pub fn initialize(config: &InterpreterConfig) -> Result<(), String> {
 /// True once `initialize` has succeeded in this process.
 pub fn is_initialized() -> bool {
     *STARTUP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What only the first start does, on Python's main thread.
+fn first_start_setup(py: Python<'_>, sigint_before: libc::sighandler_t) -> PyResult<()> {
+    // Forking the VM copies beam.smp with one thread and no schedulers: the
+    // child hangs (LESSONS 7d'). multiprocessing and ProcessPoolExecutor
+    // start children with `sys.executable` instead.
+    let multiprocessing = py.import("multiprocessing")?;
+    let start_method = multiprocessing.call_method1("get_start_method", (true,))?;
+    if start_method.is_none() {
+        multiprocessing.call_method1("set_start_method", ("spawn",))?;
+    }
+    // The first import of CPython's `signal` module (multiprocessing's, just
+    // now, or asyncio's later) takes SIGINT when the host left it at SIG_DFL
+    // (`erl +B`): Ctrl-C would then only set a flag for a Python main thread
+    // that never runs again. Give SIGINT back to the BEAM (LESSONS 2).
+    let signal = py.import("signal")?;
+    if sigint_before == libc::SIG_DFL && sigint_handler() != libc::SIG_DFL {
+        signal.call_method1("signal", (libc::SIGINT, signal.getattr("SIG_DFL")?))?;
+    }
+    Ok(())
+}
+
+/// The current C-level handler of SIGINT.
+fn sigint_handler() -> libc::sighandler_t {
+    let mut action = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction only writes the current one
+    // into `action`, which is zero-initialised and large enough.
+    unsafe {
+        libc::sigaction(libc::SIGINT, std::ptr::null(), action.as_mut_ptr());
+        action.assume_init().sa_sigaction
+    }
 }
 
 fn apply_config(py: Python<'_>, config: &InterpreterConfig) -> PyResult<()> {
@@ -55,14 +92,6 @@ fn apply_config(py: Python<'_>, config: &InterpreterConfig) -> PyResult<()> {
     }
     if let Some(executable) = config.executable.clone().or_else(build_executable) {
         sys.setattr("executable", executable.to_string_lossy().as_ref())?;
-    }
-    // Forking the VM copies beam.smp with one thread and no schedulers: the
-    // child hangs (LESSONS 7d'). multiprocessing and ProcessPoolExecutor
-    // start children with `sys.executable` instead.
-    let multiprocessing = py.import("multiprocessing")?;
-    let start_method = multiprocessing.call_method1("get_start_method", (true,))?;
-    if start_method.is_none() {
-        multiprocessing.call_method1("set_start_method", ("spawn",))?;
     }
     // Embedded interpreters start without argv; argparse and friends expect one.
     if !sys.hasattr("argv")? {
