@@ -513,7 +513,7 @@ fn get_pending<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a
         return error(env, reason);
     }
     let mut events: Vec<Event> = Vec::new();
-    while resource.core.take_pending(&mut events, usize::MAX) {}
+    resource.core.take_pending(&mut events, usize::MAX);
     let list: Vec<Term> = events
         .iter()
         .map(|event| {
