@@ -8,11 +8,15 @@
 //! exact deadline order instead of rescanning a slot.
 
 use super::entry::Location;
-use super::list::{List, NIL};
+use super::list::{Drain, List, NIL};
 use super::slab::Slab;
 
 /// A sort key and slab index of an entry on its way into the due list.
 pub(crate) type Pending = (u64, u64, u32);
+
+/// Backward steps [`DueList::link_run`] may take per slot before it hands
+/// the rest of the slot over to sort and merge.
+const WALK_BUDGET: u32 = 64;
 
 /// Sorted list of entries whose tick has been reached.
 #[derive(Debug, Default)]
@@ -48,27 +52,42 @@ impl DueList {
         Some(head)
     }
 
-    /// Appends a whole slot's list in O(1) when its entries already come in
+    /// Links the entries of a level-0 slot (one tick, in arrival order) at
+    /// their places, each searched backwards from the tail. A slot already in
     /// firing order after everything here (the usual case: a later tick, one
-    /// entry or FIFO-ordered deadlines). Otherwise gives the list back, for
-    /// sorting through [`merge`](Self::merge).
-    pub(crate) fn append_run<T>(&mut self, slab: &mut Slab<T>, run: List) -> Result<(), List> {
+    /// entry or FIFO-ordered deadlines) costs one comparison per entry; a
+    /// tick holding a few out-of-order deadlines costs a few steps more,
+    /// which is cheaper than collecting, sorting and merging them.
+    ///
+    /// The backward steps are capped at [`WALK_BUDGET`] per slot, so a long
+    /// scrambled slot is not sorted by quadratic insertion: past the cap, the
+    /// entry at hand and the rest of the slot are handed back for
+    /// [`merge`](Self::merge).
+    pub(crate) fn link_run<T>(&mut self, slab: &mut Slab<T>, run: List) -> Option<(u32, Drain)> {
+        let mut budget = WALK_BUDGET;
         let mut last = match self.list.tail() {
             NIL => (0, 0),
             tail => slab.entry(tail).order_key(),
         };
         let mut drain = run.drain();
         while let Some(index) = drain.next(slab) {
-            let entry = slab.entry_mut(index);
-            let key = entry.order_key();
-            if key < last {
-                return Err(run);
+            let key = slab.entry(index).order_key();
+            if key > last {
+                last = key;
+                self.list.push_back(slab, index, Location::Due);
+                continue;
             }
-            last = key;
-            entry.location = Location::Due;
+            let mut cursor = self.list.tail();
+            while cursor != NIL && slab.entry(cursor).order_key() > key {
+                if budget == 0 {
+                    return Some((index, drain));
+                }
+                budget -= 1;
+                cursor = slab.entry(cursor).prev;
+            }
+            self.list.insert_after(slab, cursor, index, Location::Due);
         }
-        self.list.append(slab, run);
-        Ok(())
+        None
     }
 
     /// Unlinks entry `index` (a cancel).
@@ -141,27 +160,57 @@ mod tests {
         assert_eq!(drain_all(&mut due, &mut slab), [3, 0, 1, 4, 5, 2]);
     }
 
+    fn run(slab: &mut Slab<u64>, keys: &[(u64, u64)]) -> List {
+        let mut list = List::EMPTY;
+        for &(d, s) in keys {
+            let (_, _, i) = add(slab, d, s);
+            list.push_back(slab, i, Location::Slot { level: 0, slot: 1 });
+        }
+        list
+    }
+
     #[test]
-    fn append_run_takes_ordered_runs_and_refuses_others() {
+    fn link_run_places_ordered_and_unordered_runs() {
         let mut slab = Slab::new();
         let mut due = DueList::default();
-        let run = |slab: &mut Slab<u64>, keys: &[(u64, u64)]| {
-            let mut list = List::EMPTY;
-            for &(d, s) in keys {
-                let (_, _, i) = add(slab, d, s);
-                list.push_back(slab, i, Location::Slot { level: 0, slot: 1 });
-            }
-            list
-        };
         let first = run(&mut slab, &[(10, 0), (10, 1), (12, 2)]);
-        assert!(due.append_run(&mut slab, first).is_ok());
+        assert!(due.link_run(&mut slab, first).is_none());
         let unsorted = run(&mut slab, &[(20, 3), (15, 4)]);
-        assert!(due.append_run(&mut slab, unsorted).is_err());
+        assert!(due.link_run(&mut slab, unsorted).is_none());
         let before_tail = run(&mut slab, &[(11, 5)]);
-        assert!(due.append_run(&mut slab, before_tail).is_err());
-        let after = run(&mut slab, &[(12, 6), (13, 7)]);
-        assert!(due.append_run(&mut slab, after).is_ok());
-        assert_eq!(drain_all(&mut due, &mut slab), [0, 1, 2, 6, 7]);
+        assert!(due.link_run(&mut slab, before_tail).is_none());
+        let after = run(&mut slab, &[(20, 6), (13, 7)]);
+        assert!(due.link_run(&mut slab, after).is_none());
+        let mut keys = Vec::new();
+        while let Some(i) = due.pop_due(&mut slab, u64::MAX) {
+            let entry = slab.remove(i);
+            assert_eq!(entry.location, Location::Due);
+            keys.push(entry.value);
+        }
+        assert_eq!(keys, [0, 1, 5, 2, 7, 4, 3, 6]);
+    }
+
+    #[test]
+    fn link_run_hands_back_a_long_reversed_run() {
+        let mut slab = Slab::new();
+        let mut due = DueList::default();
+        let keys: Vec<(u64, u64)> = (0..100).map(|s| (1000 - s, s)).collect();
+        let reversed = run(&mut slab, &keys);
+        let (index, mut rest) = due.link_run(&mut slab, reversed).expect("budget exceeded");
+        let mut batch = Vec::new();
+        let mut next = Some(index);
+        while let Some(i) = next {
+            let entry = slab.entry(i);
+            batch.push((entry.deadline, entry.seq, i));
+            next = rest.next(&slab);
+        }
+        batch.sort_unstable();
+        due.merge(&mut slab, &batch);
+        let mut fired = Vec::new();
+        while let Some(i) = due.pop_due(&mut slab, u64::MAX) {
+            fired.push(slab.remove(i).value);
+        }
+        assert_eq!(fired, (0..100).rev().collect::<Vec<u64>>());
     }
 
     #[test]

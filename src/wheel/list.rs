@@ -112,22 +112,6 @@ impl List {
         head
     }
 
-    /// Appends all of `other` (whose entries are linked among themselves)
-    /// in O(1). The entries' `location` is the caller's business.
-    #[inline]
-    pub(crate) fn append<T>(&mut self, slab: &mut Slab<T>, other: List) {
-        if other.is_empty() {
-            return;
-        }
-        if self.tail == NIL {
-            *self = other;
-            return;
-        }
-        slab.entry_mut(self.tail).next = other.head;
-        slab.entry_mut(other.head).prev = self.tail;
-        self.tail = other.tail;
-    }
-
     /// Unlinks `index`, which must be in this list.
     #[inline(always)]
     pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, index: u32) {
@@ -251,30 +235,20 @@ mod tests {
     }
 
     #[test]
-    fn pop_front_and_append() {
+    fn pop_front_takes_the_oldest() {
         let (mut slab, ids) = slab_with(5);
-        let mut a = List::EMPTY;
-        let mut b = List::EMPTY;
-        a.append(&mut slab, b);
-        assert!(a.is_empty());
-        for &i in &ids[..2] {
-            a.push_back(&mut slab, i, Location::Due);
+        let mut list = List::EMPTY;
+        for &i in &ids {
+            list.push_back(&mut slab, i, Location::Due);
         }
-        for &i in &ids[2..] {
-            b.push_back(&mut slab, i, Location::Due);
-        }
-        a.append(&mut slab, b);
-        assert_eq!(collect(&a, &slab), [0, 1, 2, 3, 4]);
-        assert_eq!(a.pop_front(&mut slab), ids[0]);
+        assert_eq!(list.pop_front(&mut slab), ids[0]);
         assert_eq!(slab.entry(ids[1]).prev, NIL);
-        let mut empty = List::EMPTY;
-        empty.append(&mut slab, a);
-        assert_eq!(collect(&empty, &slab), [1, 2, 3, 4]);
+        assert_eq!(collect(&list, &slab), [1, 2, 3, 4]);
         for &i in &ids[1..] {
-            assert_eq!(empty.pop_front(&mut slab), i);
+            assert_eq!(list.pop_front(&mut slab), i);
         }
-        assert_eq!(empty.pop_front(&mut slab), NIL);
-        assert_eq!(empty.tail(), NIL);
+        assert_eq!(list.pop_front(&mut slab), NIL);
+        assert_eq!(list.tail(), NIL);
     }
 
     #[test]

@@ -506,7 +506,7 @@ impl<T> Wheel<T> {
         }
         if exp.level == 0 {
             // Every entry here has tick `exp.tick`: all go to the due list,
-            // in one splice when they are already in firing order.
+            // at once when they are nearly in firing order.
             if cfg!(debug_assertions) {
                 let mut drain = list.drain();
                 while let Some(index) = drain.next(&self.slab) {
@@ -518,13 +518,14 @@ impl<T> Wheel<T> {
                     );
                 }
             }
-            let Err(unsorted) = self.due.append_run(&mut self.slab, list) else {
+            let Some((first, mut rest)) = self.due.link_run(&mut self.slab, list) else {
                 return;
             };
-            let mut drain = unsorted.drain();
-            while let Some(index) = drain.next(&self.slab) {
+            let mut next = Some(first);
+            while let Some(index) = next {
                 let entry = self.slab.entry(index);
                 self.batch.push((entry.deadline, entry.seq, index));
+                next = rest.next(&self.slab);
             }
         } else {
             self.cascade(exp, list);
