@@ -188,15 +188,6 @@ impl LoopCore {
         (had, wake)
     }
 
-    /// The callback ids watching `fd`: (read, write).
-    pub fn interest(&self, fd: RawFd) -> (Option<u64>, Option<u64>) {
-        let state = self.lock();
-        state
-            .fds
-            .get(fd)
-            .map_or((None, None), |entry| (entry.read_id, entry.write_id))
-    }
-
     /// Readiness of `kind` for the registration `token`, reported by the
     /// serving process.
     pub fn fd_ready(&self, token: u64, kind: EventKind) {
