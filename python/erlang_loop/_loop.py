@@ -8,7 +8,16 @@ import math
 import os
 import signal
 import socket
-from asyncio import Future, base_events, coroutines, constants, events, sslproto, unix_events
+from asyncio import (
+    Future,
+    base_events,
+    constants,
+    coroutines,
+    events,
+    format_helpers,
+    sslproto,
+    unix_events,
+)
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
 from collections.abc import Callable
 from contextvars import Context
@@ -23,10 +32,6 @@ from ._transports import (
     new_recv_buffer,
     shutdown_before_close,
 )
-
-
-def _deadline_and_seq(item: tuple[float, int, object]) -> tuple[float, int]:
-    return item[0], item[1]
 
 
 class _ErlangTimerHandle(events.TimerHandle):
@@ -52,13 +57,18 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         self._signal_fd: int | None = None
         self._native = _erlang_loop.new_loop(isolated)
         self._loop_handle = self._native if isolated else None
-        self._timers: dict[int, _ErlangTimerHandle] = {}
-        # Deadlines and futures of erlang_asyncio.sleep, by wheel key: no
-        # TimerHandle needed.
-        self._sleepers: dict[int, tuple[float, Future[Any]]] = {}
+        self._runner: _erlang_loop.LoopRunner | None = None
         # The one receive buffer of all this loop's transports (LESSONS 28).
         self._recv_buffer = new_recv_buffer()
         super().__init__(selector=_ErlangSelector(self._native))
+        # The ready queue, the timers in the wheel and one iteration are
+        # native (LESSONS 27); `_ready` is the runner, deque-compatible.
+        self._runner = _erlang_loop.LoopRunner(
+            self._native, self, events.Handle, _ErlangTimerHandle
+        )
+        self._ready = self._runner
+        self._selector.on_timers_fired = self._runner.fire_timers
+        self._use_native_paths(not self._debug)
 
     # -- the self-pipe is the native wake-up --
 
@@ -129,10 +139,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         timer = _ErlangTimerHandle(when, callback, args, self, context)
         if timer._source_traceback:
             del timer._source_traceback[-1]
-        key = self._native.insert_timer(when)
-        timer._key = key
+        timer._key = self._runner_or_closed().add_timer(when, timer)
         timer._scheduled = True
-        self._timers[key] = timer
         return timer
 
     def call_later(
@@ -156,78 +164,87 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         (the erlang_asyncio.sleep fast path), and its wheel key."""
         self._check_closed()
         future = self.create_future()
-        when = self.time() + delay
-        key = self._native.insert_timer(when)
-        self._sleepers[key] = (when, future)
+        key = self._runner_or_closed().add_future(self.time() + delay, future)
         return key, future
 
     def _cancel_sleep(self, key: int) -> None:
-        if self._sleepers.pop(key, None) is not None:
-            self._native.cancel_timer(key)
+        if self._runner is not None:
+            self._runner.cancel(key)
 
     def _timer_handle_cancelled(self, handle: events.TimerHandle) -> None:
-        if isinstance(handle, _ErlangTimerHandle) and handle._scheduled:
-            handle._scheduled = False
-            self._native.cancel_timer(handle._key)
-            self._timers.pop(handle._key, None)
+        if self._runner is not None:
+            self._runner.timer_cancelled(handle)
+
+    def _runner_or_closed(self) -> _erlang_loop.LoopRunner:
+        if self._runner is None:
+            raise RuntimeError("Event loop is closed")
+        return self._runner
+
+    # -- the native paths, outside debug mode --
+
+    # Methods the runner takes over, as instance attributes (looked up
+    # before the class's), so that Tasks and Futures calling
+    # `loop.call_soon` reach native code directly.
+    _NATIVE_PATHS = {
+        "call_soon": "call_soon",
+        "_call_soon": "push_new",
+        "call_at": "call_at",
+        "call_later": "call_later",
+        "_run_once": "run_once",
+    }
+
+    def _use_native_paths(self, native: bool) -> None:
+        runner = self._runner
+        for name, native_name in self._NATIVE_PATHS.items():
+            if native and runner is not None:
+                setattr(self, name, getattr(runner, native_name))
+            else:
+                self.__dict__.pop(name, None)
+
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        self._use_native_paths(not enabled)
+
+    def _process_fd_events(self, fd_events: list[tuple[int, int]]) -> None:
+        self._process_events(self._selector.ready_keys(fd_events))
+
+    def _report_callback_error(self, handle: events.Handle, exc: BaseException) -> None:
+        # What Handle._run reports when its callback raises.
+        cb = format_helpers._format_callback_source(handle._callback, handle._args)
+        context: dict[str, Any] = {
+            "message": f"Exception in callback {cb}",
+            "exception": exc,
+            "handle": handle,
+        }
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
 
     # -- one iteration, in CPython's order --
 
     def _run_once(self) -> None:
-        ready = self._ready
-        timeout = 0 if (ready or self._stopping) else None
-        selector = self._selector
-        event_list = selector.select(timeout)
-        self._process_events(event_list)
-        if selector.fired_timers:
-            self._ready_fired_timers(selector.fired_timers)
-        ntodo = len(ready)
-        for _ in range(ntodo):
-            handle = ready.popleft()
+        """One iteration in debug mode (the native ``run_once`` otherwise):
+        the runner's wait and timers, then asyncio's own dispatch with its
+        slow-callback warnings."""
+        runner = self._runner_or_closed()
+        runner.poll()
+        for _ in range(len(runner)):
+            handle = runner.popleft()
             if handle._cancelled:
                 continue
-            if self._debug:
-                try:
-                    self._current_handle = handle
-                    t0 = self.time()
-                    handle._run()
-                    dt = self.time() - t0
-                    if dt >= self.slow_callback_duration:
-                        # base_events' logger, looked up here as asyncio's own loop does.
-                        base_events.logger.warning(
-                            "Executing %s took %.3f seconds", _format_handle(handle), dt
-                        )
-                finally:
-                    self._current_handle = None
-            else:
+            try:
+                self._current_handle = handle
+                t0 = self.time()
                 handle._run()
+                dt = self.time() - t0
+                if dt >= self.slow_callback_duration:
+                    # base_events' logger, looked up here as asyncio's own loop does.
+                    base_events.logger.warning(
+                        "Executing %s took %.3f seconds", _format_handle(handle), dt
+                    )
+            finally:
+                self._current_handle = None
         handle = None  # Needed to break cycles when an exception occurs.
-
-    def _ready_fired_timers(self, keys: list[int]) -> None:
-        """Makes the timers the wheel fired ready in deadline order, FIFO for
-        equal deadlines, as CPython's heap does. The wheel reports them in the
-        order they were queued, and a timer scheduled with a past deadline
-        after an Erlang tick queued later ones must still run first."""
-        timers = self._timers
-        sleepers = self._sleepers
-        due: list[tuple[float, int, events.TimerHandle | Future[Any]]] = []
-        for seq, key in enumerate(keys):
-            handle = timers.pop(key, None)
-            if handle is not None:
-                handle._scheduled = False
-                due.append((handle._when, seq, handle))
-            else:
-                sleeper = sleepers.pop(key, None)
-                if sleeper is not None:
-                    due.append((sleeper[0], seq, sleeper[1]))
-        if len(due) > 1:
-            due.sort(key=_deadline_and_seq)
-        ready = self._ready
-        for _, _, item in due:
-            if isinstance(item, events.Handle):
-                ready.append(item)
-            elif not item.done():
-                item.set_result(None)
 
     def _stop_serving(self, sock: socket.socket) -> None:
         # As CPython's, plus a shutdown: the select's duplicate fd would keep
@@ -238,10 +255,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
 
     def close(self) -> None:
         super().close()
-        for handle in self._timers.values():
-            handle._scheduled = False
-        self._timers.clear()
-        self._sleepers.clear()
+        if self._runner is not None:
+            self._runner.close()
 
     # -- signals: the BEAM owns them all but SIGCHLD --
 

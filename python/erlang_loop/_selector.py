@@ -5,6 +5,7 @@ native loop, never from a Python-side poll."""
 from __future__ import annotations
 
 import selectors
+from collections.abc import Callable
 from typing import Any
 
 from _erlang_loop import NativeLoop
@@ -13,13 +14,13 @@ from _erlang_loop import NativeLoop
 class _ErlangSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined,misc]
     """A selector whose ``select`` waits on the native loop (GIL released).
 
-    Timers fired by the same wait are kept in :attr:`fired_timers` for the
-    loop to pick up right after the I/O step, as asyncio orders them."""
+    The loop's iteration waits through its native runner instead; a direct
+    ``select`` hands the timers its wait fired to :attr:`on_timers_fired`."""
 
     def __init__(self, native: NativeLoop) -> None:
         super().__init__()
         self._native = native
-        self.fired_timers: list[int] = []
+        self.on_timers_fired: Callable[[list[int]], None] | None = None
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         key = super().register(fileobj, events, data)
@@ -37,7 +38,14 @@ class _ErlangSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         fd_events, timers = self._native.wait(timeout)
-        self.fired_timers = timers
+        if timers and self.on_timers_fired is not None:
+            self.on_timers_fired(timers)
+        return self.ready_keys(fd_events)
+
+    def ready_keys(
+        self, fd_events: list[tuple[int, int]]
+    ) -> list[tuple[selectors.SelectorKey, int]]:
+        """The keys of ready fds, as ``select`` returns them."""
         ready = []
         fd_to_key = self._fd_to_key
         for fd, mask in fd_events:

@@ -1,6 +1,8 @@
 //! The embedded CPython: start-up of the interpreter inside the BEAM and the
 //! threads that run Python off the Erlang schedulers.
 
+pub mod handles;
 pub mod interpreter;
 pub mod native_loop;
 pub mod pool;
+pub mod runner;

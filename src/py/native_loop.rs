@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyModule, PyTuple};
+use pyo3::types::{PyDict, PyModule};
 
 use crate::io::{Event, EventKind, LoopCore, WaitError, Wake};
 use crate::wheel::NEVER;
@@ -22,6 +22,9 @@ const EVENT_WRITE: u8 = 2;
 /// timer to `_ready` at once: the loop then orders the batch's timers by
 /// deadline, which a partial batch could not guarantee.
 const MAX_EVENTS_PER_WAIT: usize = usize::MAX;
+
+/// Fd readiness of one wait: `(fd, selectors mask)`, one entry per fd.
+pub type FdEvents = Vec<(RawFd, u8)>;
 
 /// Creates a loop with its Erlang side (set by the NIF at load).
 pub type LoopFactory = fn(isolated: bool) -> Result<NativeLoop, String>;
@@ -64,6 +67,54 @@ impl NativeLoop {
             self.core.host().deliver(wake);
         }
     }
+
+    /// Schedules a timer at `deadline_ns` in the wheel; returns its key.
+    pub(crate) fn insert_timer_ns(&self, deadline_ns: u64) -> PyResult<u64> {
+        let (key, wake) = self.core.insert_timer(deadline_ns, 0).map_err(wait_error)?;
+        self.deliver(wake);
+        Ok(key)
+    }
+
+    /// Cancels a timer of the wheel; false for fired or unknown keys.
+    pub(crate) fn cancel_timer_key(&self, key: u64) -> bool {
+        self.core.cancel_timer(key)
+    }
+
+    /// Waits for events (GIL released unless `timeout` is zero): the fd
+    /// readiness, coalesced per fd, and the keys of the timers that fired.
+    pub(crate) fn wait_events(
+        &self,
+        py: Python<'_>,
+        timeout: Option<Duration>,
+    ) -> PyResult<(FdEvents, Vec<u64>)> {
+        self.deliver(self.core.prepare_wait());
+        let core = &self.core;
+        let mut events: Vec<Event> = Vec::new();
+        let waited = if timeout == Some(Duration::ZERO) {
+            core.wait(timeout, &mut events, MAX_EVENTS_PER_WAIT)
+        } else {
+            py.detach(|| core.wait(timeout, &mut events, MAX_EVENTS_PER_WAIT))
+        };
+        waited.map_err(wait_error)?;
+        let mut masks: FdEvents = Vec::new();
+        let mut timers = Vec::new();
+        for event in &events {
+            let bit = match event.kind {
+                EventKind::Timer => {
+                    timers.push(event.key);
+                    continue;
+                }
+                EventKind::Read => EVENT_READ,
+                EventKind::Write => EVENT_WRITE,
+            };
+            let fd = event.key as RawFd;
+            match masks.iter_mut().find(|(seen, _)| *seen == fd) {
+                Some((_, mask)) => *mask |= bit,
+                None => masks.push((fd, bit)),
+            }
+        }
+        Ok((masks, timers))
+    }
 }
 
 fn wait_error(error: WaitError) -> PyErr {
@@ -71,7 +122,7 @@ fn wait_error(error: WaitError) -> PyErr {
 }
 
 /// A `when` in loop seconds as wheel nanoseconds, rounded up (never early).
-fn deadline_ns(when: f64) -> PyResult<u64> {
+pub(crate) fn deadline_ns(when: f64) -> PyResult<u64> {
     if when.is_nan() {
         return Err(PyValueError::new_err("timer deadline is NaN"));
     }
@@ -107,12 +158,7 @@ impl NativeLoop {
 
     /// Schedules a timer at `when` (loop seconds; `inf` = never); returns its key.
     fn insert_timer(&self, when: f64) -> PyResult<u64> {
-        let (key, wake) = self
-            .core
-            .insert_timer(deadline_ns(when)?, 0)
-            .map_err(wait_error)?;
-        self.deliver(wake);
-        Ok(key)
+        self.insert_timer_ns(deadline_ns(when)?)
     }
 
     /// Cancels a timer; False for fired, cancelled or unknown keys.
@@ -146,50 +192,14 @@ impl NativeLoop {
     /// Waits for events (GIL released): `timeout` None = until one comes,
     /// 0 = just look. Returns `([(fd, mask), ...], [timer_key, ...])`.
     #[pyo3(signature = (timeout=None))]
-    fn wait<'py>(
-        &self,
-        py: Python<'py>,
-        timeout: Option<f64>,
-    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<(FdEvents, Vec<u64>)> {
         let timeout = match timeout {
             None => None,
             Some(t) if t.is_nan() => return Err(PyValueError::new_err("timeout is NaN")),
             Some(t) if t <= 0.0 => Some(Duration::ZERO),
             Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
         };
-        self.deliver(self.core.prepare_wait());
-        let core = &self.core;
-        let mut events: Vec<Event> = Vec::new();
-        let waited = if timeout == Some(Duration::ZERO) {
-            core.wait(timeout, &mut events, MAX_EVENTS_PER_WAIT)
-        } else {
-            py.detach(|| core.wait(timeout, &mut events, MAX_EVENTS_PER_WAIT))
-        };
-        waited.map_err(wait_error)?;
-        let fd_events = PyList::empty(py);
-        let timers = PyList::empty(py);
-        let mut masks: Vec<(RawFd, u8)> = Vec::new();
-        for event in &events {
-            match event.kind {
-                EventKind::Timer => timers.append(event.key)?,
-                EventKind::Read | EventKind::Write => {
-                    let bit = if event.kind == EventKind::Read {
-                        EVENT_READ
-                    } else {
-                        EVENT_WRITE
-                    };
-                    let fd = event.key as RawFd;
-                    match masks.iter_mut().find(|(seen, _)| *seen == fd) {
-                        Some((_, mask)) => *mask |= bit,
-                        None => masks.push((fd, bit)),
-                    }
-                }
-            }
-        }
-        for (fd, mask) in masks {
-            fd_events.append(PyTuple::new(py, [fd as i64, mask as i64])?)?;
-        }
-        Ok((fd_events, timers))
+        self.wait_events(py, timeout)
     }
 
     /// Wakes the waiting thread (thread-safe).
@@ -275,6 +285,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     }
     let module = PyModule::new(py, "_erlang_loop")?;
     module.add_class::<NativeLoop>()?;
+    module.add_class::<super::runner::LoopRunner>()?;
     module.add_function(wrap_pyfunction!(new_loop, &module)?)?;
     module.add_function(wrap_pyfunction!(subscribe_signal, &module)?)?;
     module.add_function(wrap_pyfunction!(unsubscribe_signal, &module)?)?;

@@ -135,10 +135,10 @@ def test_sleep_uses_the_wheel_without_a_timer_handle() -> None:
     async def main() -> tuple[int, int, int]:
         loop = asyncio.get_running_loop()
         assert isinstance(loop, ErlangEventLoop)
-        before = loop.stats()["timers_inserted"], len(loop._timers), len(loop._sleepers)
+        before = loop.stats()["timers_inserted"], *loop._runner.scheduled()
         task = asyncio.create_task(erlang_asyncio.sleep(5))
         await asyncio.sleep(0)
-        during = loop.stats()["timers_inserted"], len(loop._timers), len(loop._sleepers)
+        during = loop.stats()["timers_inserted"], *loop._runner.scheduled()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         inserted, handles, sleepers = (d - b for d, b in zip(during, before, strict=True))
@@ -162,7 +162,7 @@ def test_cancel_of_a_sleeping_task_removes_its_wheel_entry() -> None:
         return (
             during,
             live_timers() - base,
-            len(loop._sleepers),
+            loop._runner.scheduled()[1],
             all(isinstance(r, asyncio.CancelledError) for r in results),
         )
 

@@ -1,0 +1,388 @@
+//! asyncio's `Handle` and our `TimerHandle` subclass, made and run without
+//! their Python methods (LESSONS 27: per-callback cost is interpreter work).
+//!
+//! The objects stay real instances of the stdlib classes, so `isinstance`,
+//! `repr`, `cancel()` and everything else about them is asyncio's own. Only
+//! two things are native: construction (the fields `__init__` would set are
+//! written straight into the instance's `__slots__`) and the body of
+//! `Handle._run` (enter the context, call, exit). Where the slots are is read
+//! once from the classes' member descriptors and checked against the
+//! instance size, so a changed asyncio fails at start-up, not in memory.
+
+use std::ptr::{addr_of_mut, NonNull};
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyTuple, PyType};
+
+/// Where one object-valued `__slots__` member lives in an instance.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    offset: isize,
+}
+
+impl Slot {
+    /// The slot `name` of `ty`, which must be a writable object member.
+    fn find(ty: &Bound<'_, PyType>, name: &str) -> PyResult<Slot> {
+        let descr = ty.getattr(name)?;
+        let bad = || PyRuntimeError::new_err(format!("{ty}.{name} is not an object slot"));
+        // SAFETY: the type check comes first; a member descriptor's object
+        // is a PyMemberDescrObject whose d_member points at the member table
+        // of a live type (we hold `descr`, which holds the type).
+        let (type_code, flags, offset) = unsafe {
+            if ffi::Py_TYPE(descr.as_ptr()) != addr_of_mut!(ffi::PyMemberDescr_Type) {
+                return Err(bad());
+            }
+            let member = (*(descr.as_ptr() as *mut ffi::PyMemberDescrObject)).d_member;
+            ((*member).type_code, (*member).flags, (*member).offset)
+        };
+        // SAFETY: `ty` is a live type object.
+        let size = unsafe { (*ty.as_type_ptr()).tp_basicsize };
+        let pointer = std::mem::size_of::<*mut ffi::PyObject>() as isize;
+        let header = std::mem::size_of::<ffi::PyObject>() as isize;
+        if type_code != ffi::Py_T_OBJECT_EX
+            || flags & ffi::Py_READONLY != 0
+            || offset < header
+            || offset + pointer > size
+        {
+            return Err(bad());
+        }
+        Ok(Slot { offset })
+    }
+
+    /// The slot's value in `object` (borrowed; null when unset).
+    ///
+    /// # Safety
+    /// `object` is an instance of the type the slot was found on.
+    unsafe fn get(self, object: *mut ffi::PyObject) -> *mut ffi::PyObject {
+        *((object as *mut u8).offset(self.offset) as *mut *mut ffi::PyObject)
+    }
+
+    /// Stores a new reference in the slot of a freshly allocated `object`,
+    /// whose slots are all null.
+    ///
+    /// # Safety
+    /// `object` is an instance of the type the slot was found on, with the
+    /// slot still null; `value` is a strong reference, given away.
+    unsafe fn init(self, object: *mut ffi::PyObject, value: *mut ffi::PyObject) {
+        *((object as *mut u8).offset(self.offset) as *mut *mut ffi::PyObject) = value;
+    }
+
+    /// Replaces the slot's value with a new reference.
+    ///
+    /// # Safety
+    /// As `init`, but the slot may hold a value (released here).
+    unsafe fn set(self, object: *mut ffi::PyObject, value: *mut ffi::PyObject) {
+        let place = (object as *mut u8).offset(self.offset) as *mut *mut ffi::PyObject;
+        let old = std::mem::replace(&mut *place, value);
+        ffi::Py_XDECREF(old);
+    }
+}
+
+/// What `Handle._run` does with the handle's callback.
+pub enum Ran {
+    /// The handle was cancelled: nothing ran.
+    Cancelled,
+    /// The callback returned.
+    Done,
+    /// The callback raised an `Exception` (or the context was busy): the
+    /// loop reports it to its exception handler, as `Handle._run` would.
+    Failed(PyErr),
+}
+
+/// The classes and slot positions of the handles a loop makes.
+pub struct HandleKinds {
+    handle: Py<PyType>,
+    timer: Py<PyType>,
+    /// `asyncio.TimerHandle`: its instances run as plain handles too.
+    stock_timer: Py<PyType>,
+    callback: Slot,
+    args: Slot,
+    cancelled: Slot,
+    loop_: Slot,
+    source_traceback: Slot,
+    repr: Slot,
+    context: Slot,
+    when: Slot,
+    scheduled: Slot,
+    key: Slot,
+}
+
+impl HandleKinds {
+    /// `handle` is `asyncio.Handle`; `timer` a `__slots__` subclass of
+    /// `asyncio.TimerHandle` adding `_key`. Both must keep `Handle._run`.
+    pub fn new(handle: &Bound<'_, PyType>, timer: &Bound<'_, PyType>) -> PyResult<HandleKinds> {
+        let py = handle.py();
+        let stock_timer = py
+            .import("asyncio.events")?
+            .getattr("TimerHandle")?
+            .cast_into::<PyType>()?;
+        if !timer.is_subclass(&stock_timer)? || !stock_timer.is_subclass(handle)? {
+            return Err(PyRuntimeError::new_err(
+                "the timer class must subclass asyncio.TimerHandle",
+            ));
+        }
+        let run = handle.getattr("_run")?;
+        if !timer.getattr("_run")?.is(&run) || !stock_timer.getattr("_run")?.is(&run) {
+            return Err(PyRuntimeError::new_err(
+                "handle classes must keep Handle._run",
+            ));
+        }
+        Ok(HandleKinds {
+            callback: Slot::find(handle, "_callback")?,
+            args: Slot::find(handle, "_args")?,
+            cancelled: Slot::find(handle, "_cancelled")?,
+            loop_: Slot::find(handle, "_loop")?,
+            source_traceback: Slot::find(handle, "_source_traceback")?,
+            repr: Slot::find(handle, "_repr")?,
+            context: Slot::find(handle, "_context")?,
+            when: Slot::find(timer, "_when")?,
+            scheduled: Slot::find(timer, "_scheduled")?,
+            key: Slot::find(timer, "_key")?,
+            handle: handle.clone().unbind(),
+            timer: timer.clone().unbind(),
+            stock_timer: stock_timer.unbind(),
+        })
+    }
+
+    /// Were these kinds made from these classes?
+    pub fn same_classes(&self, handle: &Bound<'_, PyType>, timer: &Bound<'_, PyType>) -> bool {
+        self.handle.bind(handle.py()).is(handle) && self.timer.bind(timer.py()).is(timer)
+    }
+
+    /// `Handle(callback, args, loop, context)` for a loop not in debug mode
+    /// (no source traceback). `context` None = a copy of the current one.
+    pub fn new_handle<'py>(
+        &self,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        loop_: &Bound<'py, PyAny>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = callback.py();
+        let context = own_context(py, context)?;
+        let object = allocate(self.handle.bind(py))?;
+        // SAFETY: `object` is a new, zeroed instance of the class the slots
+        // were found on; every value is a new strong reference.
+        unsafe { self.init_handle(object.as_ptr(), callback, args, loop_, context) };
+        Ok(object)
+    }
+
+    /// A scheduled timer handle due at `when` with wheel key `key`.
+    pub fn new_timer<'py>(
+        &self,
+        when: f64,
+        key: u64,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        loop_: &Bound<'py, PyAny>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = callback.py();
+        let context = own_context(py, context)?;
+        let when = PyFloat::new(py, when);
+        let key = key.into_pyobject(py)?;
+        let object = allocate(self.timer.bind(py))?;
+        // SAFETY: as in `new_handle`; the timer slots belong to this class.
+        unsafe {
+            let raw = object.as_ptr();
+            self.init_handle(raw, callback, args, loop_, context);
+            self.when.init(raw, when.into_ptr());
+            self.scheduled.init(raw, new_ref(ffi::Py_True()));
+            self.key.init(raw, key.into_ptr());
+        }
+        Ok(object)
+    }
+
+    /// # Safety
+    /// `object` is a new, zeroed instance of `Handle` or a subclass.
+    unsafe fn init_handle(
+        &self,
+        object: *mut ffi::PyObject,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        loop_: &Bound<'_, PyAny>,
+        context: Bound<'_, PyAny>,
+    ) {
+        self.context.init(object, context.into_ptr());
+        self.loop_.init(object, new_ref(loop_.as_ptr()));
+        self.callback.init(object, new_ref(callback.as_ptr()));
+        self.args.init(object, new_ref(args.as_ptr()));
+        self.cancelled.init(object, new_ref(ffi::Py_False()));
+        self.repr.init(object, new_ref(ffi::Py_None()));
+        self.source_traceback.init(object, new_ref(ffi::Py_None()));
+    }
+
+    /// Is `object` one of our timer handles?
+    pub fn is_timer(&self, object: &Bound<'_, PyAny>) -> bool {
+        object
+            .is_instance(self.timer.bind(object.py()))
+            .unwrap_or(false)
+    }
+
+    /// The wheel key of a scheduled timer handle of ours, marking it no
+    /// longer scheduled; None if it is not scheduled (fired, cancelled).
+    pub fn unschedule(&self, timer: &Bound<'_, PyAny>) -> Option<u64> {
+        if !self.is_timer(timer) {
+            return None;
+        }
+        let raw = timer.as_ptr();
+        // SAFETY: `timer` is an instance of our timer class; slot values are
+        // borrowed only while `timer` is alive and the GIL held.
+        unsafe {
+            if self.scheduled.get(raw) != ffi::Py_True() {
+                return None;
+            }
+            self.scheduled.set(raw, new_ref(ffi::Py_False()));
+            let key = self.key.get(raw);
+            if key.is_null() {
+                return None;
+            }
+            Bound::from_borrowed_ptr(timer.py(), key).extract().ok()
+        }
+    }
+
+    /// Marks a fired timer handle of ours as no longer scheduled.
+    pub fn mark_fired(&self, timer: &Bound<'_, PyAny>) {
+        if self.is_timer(timer) {
+            // SAFETY: an instance of our timer class.
+            unsafe { self.scheduled.set(timer.as_ptr(), new_ref(ffi::Py_False())) };
+        }
+    }
+
+    /// The deadline of a timer handle of ours.
+    pub fn when(&self, timer: &Bound<'_, PyAny>) -> f64 {
+        // SAFETY: only called on objects `new_timer` made; `_when` may have
+        // been reassigned from Python, so it is read as any object.
+        let when = unsafe { self.when.get(timer.as_ptr()) };
+        if when.is_null() {
+            return f64::INFINITY;
+        }
+        // SAFETY: a live borrowed reference from the instance.
+        unsafe { Bound::from_borrowed_ptr(timer.py(), when) }
+            .extract()
+            .unwrap_or(f64::INFINITY)
+    }
+
+    /// Runs a handle as `Handle._run` does, for the classes whose `_run` is
+    /// asyncio's; others (and half-built ones) run their own `_run`.
+    pub fn run(&self, handle: &Bound<'_, PyAny>) -> PyResult<Ran> {
+        let py = handle.py();
+        let raw = handle.as_ptr();
+        // SAFETY: reading the type pointer of a live object.
+        let ty = unsafe { ffi::Py_TYPE(raw) };
+        let stock = ty == self.handle.as_ptr() as *mut ffi::PyTypeObject
+            || ty == self.timer.as_ptr() as *mut ffi::PyTypeObject
+            || ty == self.stock_timer.as_ptr() as *mut ffi::PyTypeObject;
+        if !stock {
+            return self.run_in_python(handle);
+        }
+        // SAFETY: `handle` is exactly one of the classes the slots were
+        // found on. The values are borrowed, then owned (`from_borrowed_ptr`)
+        // before any Python code runs, as the callback may clear the slots.
+        let (cancelled, context, callback, args) = unsafe {
+            (
+                self.cancelled.get(raw),
+                NonNull::new(self.context.get(raw)),
+                NonNull::new(self.callback.get(raw)),
+                NonNull::new(self.args.get(raw)),
+            )
+        };
+        if cancelled == unsafe { ffi::Py_True() } {
+            return Ok(Ran::Cancelled);
+        }
+        let (Some(context), Some(callback), Some(args)) = (context, callback, args) else {
+            return self.run_in_python(handle);
+        };
+        // SAFETY: live borrowed references, see above.
+        let (context, callback, args) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, context.as_ptr()),
+                Bound::from_borrowed_ptr(py, callback.as_ptr()),
+                Bound::from_borrowed_ptr(py, args.as_ptr()),
+            )
+        };
+        // SAFETY: type checks on live objects.
+        let plain = unsafe {
+            ffi::PyTuple_Check(args.as_ptr()) != 0
+                && ffi::Py_TYPE(context.as_ptr()) == addr_of_mut!(ffi::PyContext_Type)
+        };
+        if !plain {
+            return self.run_in_python(handle);
+        }
+        // SAFETY: `context` is a Context, `args` a tuple; both owned above.
+        let result = unsafe {
+            if ffi::PyContext_Enter(context.as_ptr()) != 0 {
+                Err(PyErr::fetch(py))
+            } else {
+                let result =
+                    ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+                let outcome = if result.is_null() {
+                    Err(PyErr::fetch(py))
+                } else {
+                    ffi::Py_DECREF(result);
+                    Ok(())
+                };
+                if ffi::PyContext_Exit(context.as_ptr()) != 0 && outcome.is_ok() {
+                    Err(PyErr::fetch(py))
+                } else {
+                    outcome
+                }
+            }
+        };
+        match result {
+            Ok(()) => Ok(Ran::Done),
+            Err(error)
+                if error.is_instance_of::<PySystemExit>(py)
+                    || error.is_instance_of::<PyKeyboardInterrupt>(py) =>
+            {
+                Err(error)
+            }
+            Err(error) => Ok(Ran::Failed(error)),
+        }
+    }
+
+    fn run_in_python(&self, handle: &Bound<'_, PyAny>) -> PyResult<Ran> {
+        if handle
+            .getattr(pyo3::intern!(handle.py(), "_cancelled"))?
+            .is_truthy()?
+        {
+            return Ok(Ran::Cancelled);
+        }
+        handle.call_method0(pyo3::intern!(handle.py(), "_run"))?;
+        Ok(Ran::Done)
+    }
+}
+
+/// The handle's context: the one given, or a copy of the current one.
+fn own_context<'py>(
+    py: Python<'py>,
+    context: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match context {
+        Some(context) if !context.is_none() => Ok(context.clone()),
+        // SAFETY: returns a new reference or null with an exception set.
+        _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) },
+    }
+}
+
+/// A zeroed instance of `ty` (its `__init__` not run).
+fn allocate<'py>(ty: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
+    let raw = ty.as_type_ptr();
+    // SAFETY: `raw` is a live type; tp_alloc returns a new reference with
+    // all slots null, or null with an exception set.
+    unsafe {
+        let alloc = (*raw).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+        Bound::from_owned_ptr_or_err(ty.py(), alloc(raw, 0))
+    }
+}
+
+/// A new strong reference to `object`.
+///
+/// # Safety
+/// `object` is a live object and the GIL is held.
+unsafe fn new_ref(object: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    ffi::Py_INCREF(object);
+    object
+}

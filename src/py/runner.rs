@@ -1,0 +1,405 @@
+//! `_erlang_loop.LoopRunner`: the hot half of `ErlangEventLoop` (LESSONS 27).
+//!
+//! It holds the loop's ready queue (the loop's `_ready`: `append`,
+//! `popleft`, `clear`, `len` as asyncio's deque), makes the handles of
+//! `call_soon`/`call_at`/`call_later` natively, keeps the timers it put in
+//! the wheel, and runs one loop iteration (`_run_once`) without Python
+//! frames of its own: wait (GIL released), fd readiness to the loop's
+//! `_process_fd_events`, fired timers to the ready queue in deadline order,
+//! then the callbacks that were ready when the iteration began.
+//!
+//! Debug mode stays asyncio's Python code (source tracebacks, slow callback
+//! warnings); the loop uses this object's pieces from there.
+//!
+//! No borrow of the runner is held while Python code runs or allocates:
+//! callbacks (and finalizers run by the GC) call back into it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyTuple, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use super::handles::{HandleKinds, Ran};
+use super::native_loop::{deadline_ns, NativeLoop};
+use crate::io::LoopCore;
+
+/// The handle classes, the same for every loop of the process.
+static KINDS: OnceLock<HandleKinds> = OnceLock::new();
+
+fn kinds() -> &'static HandleKinds {
+    KINDS
+        .get()
+        .expect("LoopRunner made before its handle classes")
+}
+
+/// What a wheel key stands for.
+enum Item {
+    /// A timer handle: made ready when it fires.
+    Handle(Py<PyAny>),
+    /// An `erlang_asyncio.sleep` future: resolved when it fires.
+    Future(Py<PyAny>),
+}
+
+struct Scheduled {
+    when: f64,
+    item: Item,
+}
+
+#[pyclass(module = "_erlang_loop", name = "LoopRunner")]
+pub struct LoopRunner {
+    native: Py<NativeLoop>,
+    loop_: Option<Py<PyAny>>,
+    ready: VecDeque<Py<PyAny>>,
+    timers: HashMap<u64, Scheduled>,
+    closed: bool,
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+impl LoopRunner {
+    /// The Python loop, or the closed error once it is cleared.
+    fn loop_object<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.borrow();
+        match &this.loop_ {
+            Some(loop_) if !this.closed => Ok(loop_.bind(slf.py()).clone()),
+            _ => Err(closed_error()),
+        }
+    }
+
+    fn schedule(slf: &Bound<'_, Self>, when: f64, key: u64, item: Item) {
+        slf.borrow_mut()
+            .timers
+            .insert(key, Scheduled { when, item });
+    }
+
+    /// A timer handle at `when` for `callback(*args)`, in the wheel.
+    fn new_timer<'py>(
+        slf: &Bound<'py, Self>,
+        when: f64,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if when.is_nan() {
+            return Err(PyValueError::new_err("when must not be NaN"));
+        }
+        let loop_ = Self::loop_object(slf)?;
+        let key = slf
+            .borrow()
+            .native
+            .get()
+            .insert_timer_ns(deadline_ns(when)?)?;
+        let made = kinds().new_timer(when, key, callback, args, &loop_, context);
+        match made {
+            Ok(timer) => {
+                Self::schedule(slf, when, key, Item::Handle(timer.clone().unbind()));
+                Ok(timer)
+            }
+            Err(error) => {
+                slf.borrow().native.get().cancel_timer_key(key);
+                Err(error)
+            }
+        }
+    }
+
+    /// Moves fired timers to the ready queue (futures: resolved) in
+    /// deadline order, FIFO for equal deadlines, as CPython's heap does. The
+    /// wheel reports them in the order they were queued, and a timer given
+    /// a past deadline after an Erlang tick queued later ones still runs first.
+    fn fire(slf: &Bound<'_, Self>, keys: &[u64]) -> PyResult<()> {
+        let py = slf.py();
+        let mut due: Vec<Scheduled> = {
+            let mut this = slf.borrow_mut();
+            keys.iter()
+                .filter_map(|key| this.timers.remove(key))
+                .collect()
+        };
+        // A stable sort: equal deadlines keep the wheel's (insertion) order.
+        due.sort_by(|a, b| a.when.total_cmp(&b.when));
+        for scheduled in due {
+            match scheduled.item {
+                Item::Handle(handle) => {
+                    kinds().mark_fired(handle.bind(py));
+                    slf.borrow_mut().ready.push_back(handle);
+                }
+                Item::Future(future) => {
+                    let future = future.bind(py);
+                    if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+                        future.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl LoopRunner {
+    /// The runner of `loop_` (an `ErlangEventLoop`) over its native loop.
+    /// `handle_class` is `asyncio.Handle`, `timer_class` the loop's
+    /// `TimerHandle` subclass with a `_key` slot.
+    #[new]
+    fn new(
+        native: Py<NativeLoop>,
+        loop_: Py<PyAny>,
+        handle_class: &Bound<'_, PyType>,
+        timer_class: &Bound<'_, PyType>,
+    ) -> PyResult<LoopRunner> {
+        if KINDS.get().is_none() {
+            let _ = KINDS.set(HandleKinds::new(handle_class, timer_class)?);
+        }
+        if !kinds().same_classes(handle_class, timer_class) {
+            return Err(PyTypeError::new_err(
+                "every LoopRunner must use the same handle classes",
+            ));
+        }
+        Ok(LoopRunner {
+            native,
+            loop_: Some(loop_),
+            ready: VecDeque::new(),
+            timers: HashMap::new(),
+            closed: false,
+        })
+    }
+
+    // -- the ready queue, as asyncio's `_ready` deque --
+
+    fn append(&mut self, handle: Py<PyAny>) {
+        self.ready.push_back(handle);
+    }
+
+    fn popleft(&mut self) -> PyResult<Py<PyAny>> {
+        self.ready
+            .pop_front()
+            .ok_or_else(|| PyIndexError::new_err("pop from an empty deque"))
+    }
+
+    fn clear(&mut self) {
+        // Dropped outside the borrow: a handle's last reference may run
+        // Python finalizers that schedule callbacks.
+        let _dropped = std::mem::take(&mut self.ready);
+    }
+
+    fn __len__(&self) -> usize {
+        self.ready.len()
+    }
+
+    fn __bool__(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    // -- scheduling --
+
+    /// `loop.call_soon` outside debug mode.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::push_new(slf, callback, args, context)
+    }
+
+    /// `loop._call_soon(callback, args, context)` outside debug mode.
+    fn push_new<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let loop_ = Self::loop_object(slf)?;
+        let handle = kinds().new_handle(callback, args, &loop_, context)?;
+        slf.borrow_mut().ready.push_back(handle.clone().unbind());
+        Ok(handle)
+    }
+
+    /// `loop.call_at` outside debug mode.
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at<'py>(
+        slf: &Bound<'py, Self>,
+        when: f64,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::new_timer(slf, when, callback, args, context)
+    }
+
+    /// `loop.call_later` outside debug mode.
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later<'py>(
+        slf: &Bound<'py, Self>,
+        delay: Option<f64>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+        if delay.is_nan() {
+            return Err(PyValueError::new_err("delay must not be NaN"));
+        }
+        let now = LoopCore::now_ns() as f64 / 1e9;
+        Self::new_timer(slf, now + delay, callback, args, context)
+    }
+
+    /// Puts a timer handle made in Python (debug mode) in the wheel at
+    /// `when`; returns its key.
+    fn add_timer(slf: &Bound<'_, Self>, when: f64, timer: Py<PyAny>) -> PyResult<u64> {
+        Self::loop_object(slf)?;
+        let key = slf
+            .borrow()
+            .native
+            .get()
+            .insert_timer_ns(deadline_ns(when)?)?;
+        Self::schedule(slf, when, key, Item::Handle(timer));
+        Ok(key)
+    }
+
+    /// Puts `future` in the wheel, resolved (`set_result(None)`) at `when`;
+    /// returns its key (the `erlang_asyncio.sleep` fast path).
+    fn add_future(slf: &Bound<'_, Self>, when: f64, future: Py<PyAny>) -> PyResult<u64> {
+        Self::loop_object(slf)?;
+        let key = slf
+            .borrow()
+            .native
+            .get()
+            .insert_timer_ns(deadline_ns(when)?)?;
+        Self::schedule(slf, when, key, Item::Future(future));
+        Ok(key)
+    }
+
+    /// Takes a key out of the wheel; False if it already fired or left.
+    fn cancel(slf: &Bound<'_, Self>, key: u64) -> bool {
+        let removed = {
+            let mut this = slf.borrow_mut();
+            let removed = this.timers.remove(&key);
+            if removed.is_some() {
+                this.native.get().cancel_timer_key(key);
+            }
+            removed
+        };
+        removed.is_some()
+    }
+
+    /// `loop._timer_handle_cancelled(handle)`: our scheduled timer handles
+    /// leave the wheel; anything else is ignored.
+    fn timer_cancelled(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> bool {
+        match kinds().unschedule(handle) {
+            Some(key) => Self::cancel(slf, key),
+            None => false,
+        }
+    }
+
+    // -- one iteration --
+
+    /// The I/O half of an iteration: waits for events (no wait when
+    /// callbacks are ready or the loop is stopping), hands fd readiness to
+    /// the loop's `_process_fd_events` and makes fired timers ready.
+    fn poll(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let loop_ = Self::loop_object(slf)?;
+        let (native, busy) = {
+            let this = slf.borrow();
+            (this.native.clone_ref(py), !this.ready.is_empty())
+        };
+        let no_wait = busy || loop_.getattr(intern!(py, "_stopping"))?.is_truthy()?;
+        let timeout = no_wait.then_some(Duration::ZERO);
+        let (fd_events, timer_keys) = native.get().wait_events(py, timeout)?;
+        if !fd_events.is_empty() {
+            loop_.call_method1(intern!(py, "_process_fd_events"), (fd_events,))?;
+        }
+        if !timer_keys.is_empty() {
+            Self::fire(slf, &timer_keys)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the callbacks that are ready now (not those they schedule), as
+    /// `Handle._run` would, errors to the loop's exception handler.
+    fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let todo = slf.borrow().ready.len();
+        for _ in 0..todo {
+            let Some(handle) = slf.borrow_mut().ready.pop_front() else {
+                break;
+            };
+            let handle = handle.into_bound(py);
+            if let Ran::Failed(error) = kinds().run(&handle)? {
+                let loop_ = Self::loop_object(slf)?;
+                let exception = error.into_value(py);
+                loop_.call_method1(intern!(py, "_report_callback_error"), (&handle, exception))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the timers of these keys ready (those a direct
+    /// `selector.select()` fired).
+    fn fire_timers(slf: &Bound<'_, Self>, keys: Vec<u64>) -> PyResult<()> {
+        Self::fire(slf, &keys)
+    }
+
+    /// `loop._run_once` outside debug mode.
+    fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::poll(slf)?;
+        Self::run_ready(slf)
+    }
+
+    /// The loop closed: its timers are no longer scheduled; new work fails.
+    fn close(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let (timers, ready) = {
+            let mut this = slf.borrow_mut();
+            this.closed = true;
+            (
+                std::mem::take(&mut this.timers),
+                std::mem::take(&mut this.ready),
+            )
+        };
+        for scheduled in timers.into_values() {
+            if let Item::Handle(handle) = scheduled.item {
+                kinds().mark_fired(handle.bind(py));
+            }
+        }
+        drop(ready);
+    }
+
+    /// How many timer handles and futures this runner has in the wheel.
+    fn scheduled(&self) -> (usize, usize) {
+        let handles = self
+            .timers
+            .values()
+            .filter(|s| matches!(s.item, Item::Handle(_)))
+            .count();
+        (handles, self.timers.len() - handles)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(loop_) = &self.loop_ {
+            visit.call(loop_)?;
+        }
+        for handle in &self.ready {
+            visit.call(handle)?;
+        }
+        for scheduled in self.timers.values() {
+            match &scheduled.item {
+                Item::Handle(object) | Item::Future(object) => visit.call(object)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.loop_ = None;
+        self.ready.clear();
+        self.timers.clear();
+    }
+}

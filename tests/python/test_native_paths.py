@@ -1,0 +1,268 @@
+"""The native hot paths of ErlangEventLoop (``_erlang_loop.LoopRunner``):
+call_soon/call_at/call_later make real asyncio handles without running
+Python, and one iteration dispatches them natively. These tests pin down
+that they behave exactly as asyncio's Python code does.
+
+Run with ``bin/erlang-python -m pytest tests/python/test_native_paths.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from erlang_loop import ErlangEventLoop
+
+
+@pytest.fixture(params=[False, True], ids=["native", "debug"])
+def loop(request: pytest.FixtureRequest) -> Iterator[ErlangEventLoop]:
+    """A fresh loop, on the native paths or (debug mode) asyncio's Python ones."""
+    new = ErlangEventLoop()
+    new.set_debug(request.param)
+    try:
+        yield new
+    finally:
+        if not new.is_closed():
+            new.close()
+
+
+def run_soon(loop: ErlangEventLoop) -> None:
+    """Runs the loop until the callbacks scheduled so far have run."""
+    done = loop.create_future()
+    loop.call_soon(done.set_result, None)
+    loop.run_until_complete(done)
+
+
+def test_native_paths_are_used_outside_debug_mode_only() -> None:
+    loop = ErlangEventLoop()
+    try:
+        assert "call_soon" in vars(loop) and "_run_once" in vars(loop)
+        loop.set_debug(True)
+        assert "call_soon" not in vars(loop) and "_run_once" not in vars(loop)
+        loop.set_debug(False)
+        assert "call_soon" in vars(loop) and "_run_once" in vars(loop)
+    finally:
+        loop.close()
+
+
+def test_handles_are_asyncio_handles(loop: ErlangEventLoop) -> None:
+    def callback(*args: Any) -> None:
+        pass
+
+    handle = loop.call_soon(callback, 1, 2)
+    timer = loop.call_later(3600, callback, "x")
+    at = loop.call_at(loop.time() + 3600, callback)
+    assert type(handle) is asyncio.Handle
+    assert isinstance(timer, asyncio.TimerHandle) and isinstance(at, asyncio.TimerHandle)
+    assert handle._args == (1, 2) and handle._callback is callback and handle._loop is loop
+    assert isinstance(handle._context, contextvars.Context)
+    assert not handle.cancelled() and not timer.cancelled()
+    assert "callback" in repr(handle) and "when=" in repr(timer)
+    assert timer.when() > loop.time() + 3000 and timer._scheduled
+    assert (handle._source_traceback is not None) == loop.get_debug()
+    timer.cancel()
+    at.cancel()
+    assert timer.cancelled() and not timer._scheduled
+    assert loop._runner.scheduled() == (0, 0)
+    run_soon(loop)
+
+
+def test_ready_queue_behaves_as_a_deque(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    loop.call_soon(ran.append, "a")
+    assert len(loop._ready) == 1 and bool(loop._ready)
+    handle = asyncio.Handle(ran.append, ("b",), loop)
+    loop._ready.append(handle)
+    assert len(loop._ready) == 2
+    first = loop._ready.popleft()
+    assert first._args == ("a",)
+    loop._ready.append(first)
+    run_soon(loop)
+    assert ran == ["b", "a"]
+    assert not loop._ready and len(loop._ready) == 0
+    with pytest.raises(IndexError):
+        loop._ready.popleft()
+
+
+def test_callbacks_get_their_arguments_and_context(loop: ErlangEventLoop) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[tuple[Any, ...]] = []
+
+    def record(*args: Any) -> None:
+        seen.append((*args, var.get()))
+        var.set("changed by the callback")
+
+    context = contextvars.copy_context()
+    context.run(var.set, "given")
+    var.set("caller")
+    loop.call_soon(record, 1, 2)
+    loop.call_soon(record, context=context)
+    loop.call_later(0, record, "timer", context=context)
+    run_soon(loop)
+    # The second callback changed the shared context before the timer ran.
+    assert seen == [(1, 2, "caller"), ("given",), ("timer", "changed by the callback")]
+    assert var.get() == "caller"
+    assert context[var] == "changed by the callback"
+
+
+def test_exceptions_go_to_the_exception_handler_and_the_loop_goes_on(
+    loop: ErlangEventLoop,
+) -> None:
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    ran: list[int] = []
+
+    def fail(n: int) -> None:
+        raise ValueError(f"boom {n}")
+
+    handle = loop.call_soon(fail, 1)
+    loop.call_soon(ran.append, 2)
+    loop.call_later(0, fail, 3)
+    run_soon(loop)
+    assert ran == [2]
+    assert [str(c["exception"]) for c in reported] == ["boom 1", "boom 3"]
+    assert reported[0]["handle"] is handle
+    assert reported[0]["message"].startswith("Exception in callback ")
+    assert "fail" in reported[0]["message"]
+    assert ("source_traceback" in reported[0]) == loop.get_debug()
+
+
+def test_a_busy_context_is_reported_not_raised(loop: ErlangEventLoop) -> None:
+    reported: list[BaseException] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
+    context = contextvars.copy_context()
+
+    loop.call_soon(lambda: None, context=context)
+    # The loop runs inside the context: entering it again for the handle fails.
+    context.run(run_soon, loop)
+    assert len(reported) == 1 and isinstance(reported[0], RuntimeError)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_and_system_exit_propagate(
+    loop: ErlangEventLoop, error: type[BaseException]
+) -> None:
+    ran: list[str] = []
+
+    def interrupt() -> None:
+        raise error()
+
+    loop.call_soon(interrupt)
+    loop.call_soon(ran.append, "after")
+    with pytest.raises(error):
+        loop.run_forever()
+    # The rest of the batch is still queued, as with asyncio's loop.
+    assert ran == [] and len(loop._ready) == 1
+    run_soon(loop)
+    assert ran == ["after"]
+
+
+def test_cancel_from_an_earlier_callback_of_the_same_batch(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    second = asyncio.Handle(ran.append, ("second",), loop)
+
+    def cancel_second() -> None:
+        ran.append("first")
+        second.cancel()
+
+    loop.call_soon(cancel_second)
+    loop._ready.append(second)
+    loop.call_soon(ran.append, "third")
+    run_soon(loop)
+    assert ran == ["first", "third"]
+
+
+def test_a_handle_that_cancels_itself_while_running(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    handles: list[asyncio.Handle] = []
+
+    def cancel_self(tag: str) -> None:
+        handles[0].cancel()  # drops the handle's callback and args
+        ran.append(tag)
+
+    handles.append(loop.call_soon(cancel_self, "ran"))
+    run_soon(loop)
+    assert ran == ["ran"] and handles[0].cancelled()
+
+
+def test_handle_subclasses_run_their_own_run(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+
+    class LoudHandle(asyncio.Handle):
+        __slots__ = ()
+
+        def _run(self) -> None:
+            ran.append("own _run")
+            super()._run()
+
+    loop._ready.append(LoudHandle(ran.append, ("callback",), loop, None))
+    run_soon(loop)
+    assert ran == ["own _run", "callback"]
+
+
+def test_closed_loop_refuses_new_callbacks(loop: ErlangEventLoop) -> None:
+    timer = loop.call_later(3600, lambda: None)
+    loop.close()
+    assert not timer._scheduled
+    for schedule in (
+        lambda: loop.call_soon(lambda: None),
+        lambda: loop.call_later(1, lambda: None),
+        lambda: loop.call_at(loop.time() + 1, lambda: None),
+        lambda: loop.call_soon_threadsafe(lambda: None),
+    ):
+        with pytest.raises(RuntimeError, match="closed"):
+            schedule()
+
+
+def test_bad_arguments_raise_as_asyncio_does(loop: ErlangEventLoop) -> None:
+    with pytest.raises(TypeError):
+        loop.call_later(None, lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        loop.call_later(float("nan"), lambda: None)
+    with pytest.raises(ValueError):
+        loop.call_at(float("nan"), lambda: None)
+    with pytest.raises(TypeError):
+        loop.call_later("soon", lambda: None)  # type: ignore[arg-type]
+    assert loop._runner.scheduled() == (0, 0)
+
+
+def test_call_soon_threadsafe_from_another_thread(loop: ErlangEventLoop) -> None:
+    import threading
+
+    done = loop.create_future()
+
+    def from_thread() -> None:
+        loop.call_soon_threadsafe(done.set_result, threading.get_ident())
+
+    thread = threading.Thread(target=from_thread)
+    thread.start()
+    ident = loop.run_until_complete(asyncio.wait_for(done, 10))
+    thread.join()
+    assert ident == thread.ident
+
+
+def test_an_unclosed_loop_with_pending_callbacks_is_collected() -> None:
+    loop = ErlangEventLoop()
+    loop.call_soon(lambda: None)
+    loop.call_later(3600, lambda: None)
+    ref = weakref.ref(loop)
+    with pytest.warns(ResourceWarning):
+        del loop
+        gc.collect()
+    assert ref() is None
+
+
+def test_selector_select_hands_fired_timers_to_the_loop(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    loop.call_at(0, ran.append, "due")  # long past: fires on the next wait
+    assert loop._runner.scheduled() == (1, 0)
+    loop._selector.select(0)
+    assert loop._runner.scheduled() == (0, 0) and len(loop._ready) == 1
+    run_soon(loop)
+    assert ran == ["due"]
