@@ -64,7 +64,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         # The ready queue, the timers in the wheel and one iteration are
         # native (LESSONS 27); `_ready` is the runner, deque-compatible.
         self._runner = _erlang_loop.LoopRunner(
-            self._native, self, events.Handle, _ErlangTimerHandle
+            self._native, self, events.Handle, _ErlangTimerHandle, self._selector._fd_to_key
         )
         self._ready = self._runner
         self._selector.on_timers_fired = self._runner.fire_timers
@@ -204,9 +204,6 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
         self._use_native_paths(not enabled)
-
-    def _process_fd_events(self, fd_events: list[tuple[int, int]]) -> None:
-        self._process_events(self._selector.ready_keys(fd_events))
 
     def _report_callback_error(self, handle: events.Handle, exc: BaseException) -> None:
         # What Handle._run reports when its callback raises.

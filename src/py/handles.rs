@@ -265,17 +265,30 @@ impl HandleKinds {
             .unwrap_or(f64::INFINITY)
     }
 
+    /// `handle._cancelled`, read from the slot for our classes.
+    pub fn is_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if self.is_stock(handle) {
+            // SAFETY: `handle` is exactly a class the slot was found on.
+            return Ok(unsafe { self.cancelled.get(handle.as_ptr()) == ffi::Py_True() });
+        }
+        handle
+            .getattr(pyo3::intern!(handle.py(), "_cancelled"))?
+            .is_truthy()
+    }
+
+    /// Is `handle` exactly one of the classes whose `_run` is asyncio's?
+    fn is_stock(&self, handle: &Bound<'_, PyAny>) -> bool {
+        // SAFETY: reading the type pointer of a live object.
+        let ty = unsafe { ffi::Py_TYPE(handle.as_ptr()) } as *mut ffi::PyObject;
+        ty == self.handle.as_ptr() || ty == self.timer.as_ptr() || ty == self.stock_timer.as_ptr()
+    }
+
     /// Runs a handle as `Handle._run` does, for the classes whose `_run` is
     /// asyncio's; others (and half-built ones) run their own `_run`.
     pub fn run(&self, handle: &Bound<'_, PyAny>) -> PyResult<Ran> {
         let py = handle.py();
         let raw = handle.as_ptr();
-        // SAFETY: reading the type pointer of a live object.
-        let ty = unsafe { ffi::Py_TYPE(raw) };
-        let stock = ty == self.handle.as_ptr() as *mut ffi::PyTypeObject
-            || ty == self.timer.as_ptr() as *mut ffi::PyTypeObject
-            || ty == self.stock_timer.as_ptr() as *mut ffi::PyTypeObject;
-        if !stock {
+        if !self.is_stock(handle) {
             return self.run_in_python(handle);
         }
         // SAFETY: `handle` is exactly one of the classes the slots were

@@ -15,8 +15,8 @@ use crate::io::{Event, EventKind, LoopCore, WaitError, Wake};
 use crate::wheel::NEVER;
 
 /// `selectors.EVENT_READ` / `EVENT_WRITE`.
-const EVENT_READ: u8 = 1;
-const EVENT_WRITE: u8 = 2;
+pub(crate) const EVENT_READ: u8 = 1;
+pub(crate) const EVENT_WRITE: u8 = 2;
 
 /// Every queued event goes to Python in one wait, as CPython moves every due
 /// timer to `_ready` at once: the loop then orders the batch's timers by

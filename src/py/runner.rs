@@ -5,7 +5,7 @@
 //! `call_soon`/`call_at`/`call_later` natively, keeps the timers it put in
 //! the wheel, and runs one loop iteration (`_run_once`) without Python
 //! frames of its own: wait (GIL released), fd readiness to the loop's
-//! `_process_fd_events`, fired timers to the ready queue in deadline order,
+//! handles (as `_process_events`), fired timers to the ready queue in deadline order,
 //! then the callbacks that were ready when the iteration began.
 //!
 //! Debug mode stays asyncio's Python code (source tracebacks, slow callback
@@ -15,16 +15,18 @@
 //! callbacks (and finalizers run by the GC) call back into it.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::os::fd::RawFd;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::handles::{HandleKinds, Ran};
-use super::native_loop::{deadline_ns, NativeLoop};
+use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
 use crate::io::LoopCore;
 
 /// The handle classes, the same for every loop of the process.
@@ -44,6 +46,31 @@ enum Item {
     Future(Py<PyAny>),
 }
 
+/// Hashes wheel keys (already unique integers) with one multiplication:
+/// SipHash showed up in profiles of timer-heavy loops.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        // Fibonacci hashing: spreads the index and generation bits into the
+        // high bits the table's control bytes use.
+        self.0 = (self.0 ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Timers = HashMap<u64, Scheduled, BuildHasherDefault<KeyHasher>>;
+
 struct Scheduled {
     when: f64,
     item: Item,
@@ -53,8 +80,10 @@ struct Scheduled {
 pub struct LoopRunner {
     native: Py<NativeLoop>,
     loop_: Option<Py<PyAny>>,
+    /// The loop selector's `_fd_to_key`: fd -> SelectorKey.
+    fd_to_key: Py<PyDict>,
     ready: VecDeque<Py<PyAny>>,
-    timers: HashMap<u64, Scheduled>,
+    timers: Timers,
     closed: bool,
 }
 
@@ -108,6 +137,48 @@ impl LoopRunner {
         }
     }
 
+    /// Makes the reader and writer handles of ready fds ready, as
+    /// `BaseSelectorEventLoop._process_events` does (a cancelled handle
+    /// unregisters its fd instead), reading the selector's own keys.
+    fn ready_fds(
+        slf: &Bound<'_, Self>,
+        loop_: &Bound<'_, PyAny>,
+        fd_events: &[(RawFd, u8)],
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let fd_to_key = slf.borrow().fd_to_key.clone_ref(py).into_bound(py);
+        for &(fd, mask) in fd_events {
+            let Some(key) = fd_to_key.get_item(fd)? else {
+                continue;
+            };
+            // A SelectorKey: (fileobj, fd, events, (reader, writer)).
+            let key = key.cast_into::<PyTuple>()?;
+            let mask = mask & key.get_item(2)?.extract::<u8>()?;
+            let data = key.get_item(3)?;
+            let Ok((reader, writer)) = data.extract::<(Bound<PyAny>, Bound<PyAny>)>() else {
+                // Not a loop registration: asyncio's code decides.
+                let list = PyList::new(py, [(key, mask)])?;
+                loop_.call_method1(intern!(py, "_process_events"), (list,))?;
+                continue;
+            };
+            let directions = [
+                (EVENT_READ, reader, intern!(py, "_remove_reader")),
+                (EVENT_WRITE, writer, intern!(py, "_remove_writer")),
+            ];
+            for (bit, handle, remove) in directions {
+                if mask & bit == 0 || handle.is_none() {
+                    continue;
+                }
+                if kinds().is_cancelled(&handle)? {
+                    loop_.call_method1(remove, (key.get_item(0)?,))?;
+                } else {
+                    slf.borrow_mut().ready.push_back(handle.unbind());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Moves fired timers to the ready queue (futures: resolved) in
     /// deadline order, FIFO for equal deadlines, as CPython's heap does. The
     /// wheel reports them in the order they were queued, and a timer given
@@ -144,13 +215,15 @@ impl LoopRunner {
 impl LoopRunner {
     /// The runner of `loop_` (an `ErlangEventLoop`) over its native loop.
     /// `handle_class` is `asyncio.Handle`, `timer_class` the loop's
-    /// `TimerHandle` subclass with a `_key` slot.
+    /// `TimerHandle` subclass with a `_key` slot, `fd_to_key` the loop
+    /// selector's map of registrations.
     #[new]
     fn new(
         native: Py<NativeLoop>,
         loop_: Py<PyAny>,
         handle_class: &Bound<'_, PyType>,
         timer_class: &Bound<'_, PyType>,
+        fd_to_key: Py<PyDict>,
     ) -> PyResult<LoopRunner> {
         if KINDS.get().is_none() {
             let _ = KINDS.set(HandleKinds::new(handle_class, timer_class)?);
@@ -163,8 +236,9 @@ impl LoopRunner {
         Ok(LoopRunner {
             native,
             loop_: Some(loop_),
+            fd_to_key,
             ready: VecDeque::new(),
-            timers: HashMap::new(),
+            timers: Timers::default(),
             closed: false,
         })
     }
@@ -302,7 +376,7 @@ impl LoopRunner {
 
     /// The I/O half of an iteration: waits for events (no wait when
     /// callbacks are ready or the loop is stopping), hands fd readiness to
-    /// the loop's `_process_fd_events` and makes fired timers ready.
+    /// its reader and writer handles and makes fired timers ready.
     fn poll(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let loop_ = Self::loop_object(slf)?;
@@ -314,7 +388,7 @@ impl LoopRunner {
         let timeout = no_wait.then_some(Duration::ZERO);
         let (fd_events, timer_keys) = native.get().wait_events(py, timeout)?;
         if !fd_events.is_empty() {
-            loop_.call_method1(intern!(py, "_process_fd_events"), (fd_events,))?;
+            Self::ready_fds(slf, &loop_, &fd_events)?;
         }
         if !timer_keys.is_empty() {
             Self::fire(slf, &timer_keys)?;
@@ -386,6 +460,7 @@ impl LoopRunner {
         if let Some(loop_) = &self.loop_ {
             visit.call(loop_)?;
         }
+        visit.call(&self.fd_to_key)?;
         for handle in &self.ready {
             visit.call(handle)?;
         }

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import socket
+import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -233,8 +235,6 @@ def test_bad_arguments_raise_as_asyncio_does(loop: ErlangEventLoop) -> None:
 
 
 def test_call_soon_threadsafe_from_another_thread(loop: ErlangEventLoop) -> None:
-    import threading
-
     done = loop.create_future()
 
     def from_thread() -> None:
@@ -266,3 +266,42 @@ def test_selector_select_hands_fired_timers_to_the_loop(loop: ErlangEventLoop) -
     assert loop._runner.scheduled() == (0, 0) and len(loop._ready) == 1
     run_soon(loop)
     assert ran == ["due"]
+
+
+def test_ready_fds_run_their_handles_and_cancelled_ones_unregister(
+    loop: ErlangEventLoop,
+) -> None:
+    left, right = socket.socketpair()
+    try:
+        left.setblocking(False)
+        ran: list[str] = []
+        got = loop.create_future()
+
+        def on_readable() -> None:
+            ran.append("read")
+            left.recv(100)
+            if not got.done():
+                got.set_result(None)
+
+        loop._add_reader(left.fileno(), on_readable)
+        loop._add_writer(left.fileno(), lambda: ran.append("write"))
+        loop._remove_writer(left.fileno())
+        right.send(b"x")
+        loop.run_until_complete(asyncio.wait_for(got, 10))
+        assert ran == ["read"]
+
+        # A reader handle cancelled behind the loop's back: the next
+        # readiness unregisters the fd instead of running it.
+        handle = loop._add_reader(left.fileno(), on_readable)
+        handle.cancel()
+        right.send(b"y")
+        deadline = loop.time() + 10
+        while left.fileno() in loop._selector.get_map() and loop.time() < deadline:
+            loop.run_until_complete(asyncio.sleep(0.001))
+        assert left.fileno() not in loop._selector.get_map()
+        assert ran == ["read"]
+    finally:
+        if left.fileno() in loop._selector.get_map():
+            loop._remove_reader(left.fileno())
+        left.close()
+        right.close()
