@@ -204,8 +204,14 @@ def bench_call_soon(n: int, repeat: int) -> None:
         record(f"call_soon x {n:,}", metric, True, "{:,.0f}", values)
 
 
+def random_delays(n: int) -> list[float]:
+    """``n`` delays spread over 0-100 ms, the same ones for every loop."""
+    rng = random.Random(n)
+    return [rng.random() * 0.1 for _ in range(n)]
+
+
 def bench_timers(pending: int, repeat: int = 1) -> None:
-    delays = [random.Random(pending).random() * 0.1 for _ in range(pending)]
+    delays = random_delays(pending)
 
     def run(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
         counter = Counter(loop, pending)
@@ -229,7 +235,7 @@ def bench_timers(pending: int, repeat: int = 1) -> None:
 
 
 def bench_cancel(n: int) -> None:
-    delays = [random.Random(n).random() * 0.1 for _ in range(n)]
+    delays = random_delays(n)
 
     def run(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
         counter = Counter(loop, (n + 9) // 10)

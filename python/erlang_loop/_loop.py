@@ -191,6 +191,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         "call_at": "call_at",
         "call_later": "call_later",
         "_run_once": "run_once",
+        "_sleep_future": "sleep_future",
     }
 
     def _use_native_paths(self, native: bool) -> None:

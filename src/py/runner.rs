@@ -350,6 +350,21 @@ impl LoopRunner {
         Ok(key)
     }
 
+    /// `loop._sleep_future(delay)` outside debug mode: a new future of the
+    /// loop resolved `delay` seconds from now straight from the wheel, and
+    /// its key (the `erlang_asyncio.sleep` fast path).
+    fn sleep_future<'py>(slf: &Bound<'py, Self>, delay: f64) -> PyResult<(u64, Bound<'py, PyAny>)> {
+        let py = slf.py();
+        if delay.is_nan() {
+            return Err(PyValueError::new_err("delay must not be NaN"));
+        }
+        let loop_ = Self::loop_object(slf)?;
+        let future = loop_.call_method0(intern!(py, "create_future"))?;
+        let when = LoopCore::now_ns() as f64 / 1e9 + delay;
+        let key = Self::add_future(slf, when, future.clone().unbind())?;
+        Ok((key, future))
+    }
+
     /// Takes a key out of the wheel; False if it already fired or left.
     fn cancel(slf: &Bound<'_, Self>, key: u64) -> bool {
         let removed = {
