@@ -197,10 +197,16 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     def _use_native_paths(self, native: bool) -> None:
         runner = self._runner
         for name, native_name in self._NATIVE_PATHS.items():
-            if native and runner is not None:
+            if native and runner is not None and not self._overrides(name):
                 setattr(self, name, getattr(runner, native_name))
             else:
                 self.__dict__.pop(name, None)
+
+    def _overrides(self, name: str) -> bool:
+        """Does a subclass replace what the native path ``name`` does?"""
+        if name == "_sleep_future":  # it makes its future as create_future does
+            return type(self).create_future is not base_events.BaseEventLoop.create_future
+        return getattr(type(self), name) is not getattr(ErlangEventLoop, name)
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
@@ -31,6 +32,18 @@ use crate::io::LoopCore;
 
 /// The handle classes, the same for every loop of the process.
 static KINDS: OnceLock<HandleKinds> = OnceLock::new();
+
+/// `asyncio.Future` (the C one when asyncio has it).
+fn future_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    FUTURE
+        .get_or_try_init(py, || {
+            py.import("asyncio.futures")?
+                .getattr("Future")
+                .map(Bound::unbind)
+        })
+        .map(|future| future.bind(py))
+}
 
 fn kinds() -> &'static HandleKinds {
     KINDS
@@ -359,7 +372,10 @@ impl LoopRunner {
             return Err(PyValueError::new_err("delay must not be NaN"));
         }
         let loop_ = Self::loop_object(slf)?;
-        let future = loop_.call_method0(intern!(py, "create_future"))?;
+        // `loop.create_future()` as BaseEventLoop has it, without its frame.
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), &loop_)?;
+        let future = future_class(py)?.call((), Some(&kwargs))?;
         let when = LoopCore::now_ns() as f64 / 1e9 + delay;
         let key = Self::add_future(slf, when, future.clone().unbind())?;
         Ok((key, future))

@@ -305,3 +305,26 @@ def test_ready_fds_run_their_handles_and_cancelled_ones_unregister(
             loop._remove_reader(left.fileno())
         left.close()
         right.close()
+
+
+def test_subclasses_that_override_a_path_keep_their_python() -> None:
+    class CountingLoop(ErlangEventLoop):
+        calls = 0
+
+        def call_soon(self, *args: Any, **kwargs: Any) -> asyncio.Handle:
+            CountingLoop.calls += 1
+            return super().call_soon(*args, **kwargs)
+
+        def create_future(self) -> asyncio.Future[Any]:
+            CountingLoop.calls += 100
+            return super().create_future()
+
+    loop = CountingLoop()
+    try:
+        assert "call_soon" not in vars(loop) and "_sleep_future" not in vars(loop)
+        assert "call_later" in vars(loop)
+        loop.call_soon(lambda: None)
+        loop._sleep_future(0.001)
+        assert CountingLoop.calls == 101
+    finally:
+        loop.close()
