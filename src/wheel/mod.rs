@@ -363,9 +363,15 @@ impl<T> Wheel<T> {
         self.now = now;
         self.next_cache_valid.set(false);
         let target = self.resolution.tick_of(now);
-        // Same tick as before and nothing waiting in the due list: nothing
-        // can be due (a loop polling often takes this path).
-        let fired = if target > self.elapsed || !self.due.is_empty() {
+        // Same tick as before and the head of the due list (the earliest
+        // timer of the wheel) still ahead: nothing can be due. A loop polling
+        // often takes this path, also while later entries of the current tick
+        // wait in the due list.
+        let head_due = self
+            .due
+            .first_deadline(&self.slab)
+            .is_some_and(|deadline| deadline <= now);
+        let fired = if target > self.elapsed || head_due {
             self.fire(now, target, out, max)
         } else {
             0
