@@ -168,6 +168,14 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Whether the slot at `index` holds the live entry inserted as `seq`.
+    /// Any index is safe here; `seq` is unique per wheel, so a slot freed
+    /// and reused since never matches.
+    #[inline]
+    pub(crate) fn holds(&self, index: u32, seq: u64) -> bool {
+        matches!(self.slots.get(index as usize), Some(Slot::Occupied(entry)) if entry.seq == seq)
+    }
+
     /// The live entry at `index`. Only for indices taken from a list or a
     /// key checked by [`get`](Self::get): a vacant slot here is a wheel bug.
     #[inline]
