@@ -178,24 +178,39 @@ impl<T> Slab<T> {
 
     /// The live entry at `index`. Only for indices taken from a list or a
     /// key checked by [`get`](Self::get): a vacant slot here is a wheel bug.
-    #[inline]
+    ///
+    /// Unchecked in release builds: this is on every step of every list
+    /// walk, and the wheel's invariant (an index is in a list, or popped from
+    /// the due queue as live, only while its entry is occupied; entries are
+    /// unlinked before [`remove`](Self::remove)) is checked by the debug
+    /// assertion under the model and API tests.
+    #[inline(always)]
     pub(crate) fn entry(&self, index: u32) -> &Entry<T> {
-        match &self.slots[index as usize] {
+        debug_assert!(
+            matches!(self.slots.get(index as usize), Some(Slot::Occupied(_))),
+            "slab index {index} is vacant or out of bounds"
+        );
+        // SAFETY: by the invariant above, `index` names an occupied slot of
+        // `slots`, so it is in bounds and the `Vacant` arm cannot be taken.
+        match unsafe { self.slots.get_unchecked(index as usize) } {
             Slot::Occupied(entry) => entry,
-            Slot::Vacant { generation, .. } => {
-                unreachable!("slab index {index} is vacant (next generation {generation})")
-            }
+            // SAFETY: as above, the slot is occupied.
+            Slot::Vacant { .. } => unsafe { std::hint::unreachable_unchecked() },
         }
     }
 
-    /// Mutable form of [`entry`](Self::entry).
-    #[inline]
+    /// Mutable form of [`entry`](Self::entry), with the same contract.
+    #[inline(always)]
     pub(crate) fn entry_mut(&mut self, index: u32) -> &mut Entry<T> {
-        match &mut self.slots[index as usize] {
+        debug_assert!(
+            matches!(self.slots.get(index as usize), Some(Slot::Occupied(_))),
+            "slab index {index} is vacant or out of bounds"
+        );
+        // SAFETY: see `entry`: `index` names an occupied slot of `slots`.
+        match unsafe { self.slots.get_unchecked_mut(index as usize) } {
             Slot::Occupied(entry) => entry,
-            Slot::Vacant { generation, .. } => {
-                unreachable!("slab index {index} is vacant (next generation {generation})")
-            }
+            // SAFETY: as above, the slot is occupied.
+            Slot::Vacant { .. } => unsafe { std::hint::unreachable_unchecked() },
         }
     }
 
