@@ -270,7 +270,7 @@ impl<T> Wheel<T> {
     ///
     /// # Panics
     /// If `u32::MAX - 1` timers are live.
-    #[inline]
+    #[inline(always)]
     pub fn insert(&mut self, deadline_ns: u64, value: T) -> TimerKey {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -283,7 +283,7 @@ impl<T> Wheel<T> {
     /// Cancels the timer `key` names and returns its payload, freeing its
     /// memory at once. `None`, and nothing changes, when the key is stale
     /// (fired, cancelled, slot reused) or garbage.
-    #[inline]
+    #[inline(always)]
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
         let entry = self.slab.get(key)?;
         let (index, deadline, location) = (key.index(), entry.deadline, entry.location);

@@ -126,23 +126,11 @@ impl<T> Slab<T> {
     ///
     /// # Panics
     /// If `u32::MAX - 1` entries are already live (160 GiB of timers).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert(&mut self, mut entry: Entry<T>) -> TimerKey {
         let index = self.free_head;
         if index == NIL {
-            assert!(
-                self.slots.len() < MAX_SLOTS,
-                "timer slab full ({} entries)",
-                self.slots.len()
-            );
-            let index = self.slots.len() as u32;
-            entry.generation = 1;
-            self.slots.push(Slot::Occupied(entry));
-            self.len += 1;
-            return TimerKey {
-                index,
-                generation: 1,
-            };
+            return self.push(entry);
         }
         let slot = &mut self.slots[index as usize];
         let Slot::Vacant {
@@ -157,6 +145,25 @@ impl<T> Slab<T> {
         *slot = Slot::Occupied(entry);
         self.len += 1;
         TimerKey { index, generation }
+    }
+
+    /// `insert` when no slot is free: grows `slots`. Out of line, so the
+    /// usual reuse of a freed slot stays small enough to inline.
+    #[inline(never)]
+    fn push(&mut self, mut entry: Entry<T>) -> TimerKey {
+        assert!(
+            self.slots.len() < MAX_SLOTS,
+            "timer slab full ({} entries)",
+            self.slots.len()
+        );
+        let index = self.slots.len() as u32;
+        entry.generation = 1;
+        self.slots.push(Slot::Occupied(entry));
+        self.len += 1;
+        TimerKey {
+            index,
+            generation: 1,
+        }
     }
 
     /// The live entry `key` names, if any. Any key is safe here.
