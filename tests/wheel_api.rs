@@ -133,6 +133,45 @@ fn past_deadlines_come_out_on_the_next_advance_in_order() {
 }
 
 #[test]
+fn cancelled_due_timers_stay_cancelled_when_their_memory_is_reused() {
+    // Due timers (past deadlines, and a bounded advance's leftovers) are
+    // cancelled in every position; their slots are reused by new due timers.
+    let mut wheel = Wheel::new(START);
+    let mut out = Vec::new();
+    wheel.advance(START + 100 * MS, &mut out, usize::MAX);
+    let keys: Vec<TimerKey> = (0..1000u64)
+        .map(|v| wheel.insert(START + (v * 7919) % 1000 * 1000, v))
+        .collect();
+    // Leaves 999 due behind, then cancels all but every 10th.
+    assert!(wheel.advance(START + 100 * MS, &mut out, 1));
+    let first = out[0].value;
+    let mut expected: Vec<(u64, u64)> = Vec::new();
+    for (v, &key) in keys.iter().enumerate() {
+        let v = v as u64;
+        if v == first {
+            continue;
+        }
+        if v.is_multiple_of(10) {
+            expected.push(((v * 7919) % 1000, v));
+        } else {
+            assert_eq!(wheel.cancel(key), Some(v));
+        }
+    }
+    for v in 1000..1100u64 {
+        wheel.insert(START + (v * 13) % 1000 * 1000, v);
+        expected.push(((v * 13) % 1000, v));
+    }
+    expected.sort();
+    assert_eq!(wheel.len(), expected.len());
+    assert_eq!(wheel.next_deadline(), Some(START + expected[0].0 * 1000));
+    let fired = fire_all(&mut wheel, START + 100 * MS);
+    let fired: Vec<u64> = fired.iter().map(|e| e.value).collect();
+    let expected: Vec<u64> = expected.iter().map(|&(_, v)| v).collect();
+    assert_eq!(fired, expected);
+    assert!(wheel.is_empty());
+}
+
+#[test]
 fn backwards_clock_is_clamped() {
     let mut wheel = Wheel::new(START);
     let mut out = Vec::new();

@@ -1,113 +1,153 @@
-//! The due list: entries whose tick the wheel has reached, in firing order.
+//! The due queue: entries whose tick the wheel has reached, in firing order.
 //!
-//! Every entry with a tick at or before the wheel's current tick lives here,
+//! Every entry with a tick at or before the wheel's current tick is here,
 //! sorted by (deadline, insertion). That holds the expired entries that a
 //! bounded `advance` left behind, past deadlines inserted late, and the
 //! entries of the current, partly elapsed tick: those are not due yet, but
 //! keeping them sorted here means each `advance` inside the tick pops them in
 //! exact deadline order instead of rescanning a slot.
+//!
+//! A sorted `Vec` of (deadline, seq, index) with a read cursor, rather than a
+//! linked list: entries reach it a whole slot at a time, and a slot's tick
+//! is later than every tick already here, so a slot is appended (and sorted
+//! in place when its entries arrived out of order) instead of linked entry
+//! by entry, and popping is a read at the cursor.
+//!
+//! A cancel does not search the queue: the wheel frees the slab slot and the
+//! queue's copy of the key turns into a tombstone, recognised because the
+//! slab no longer holds an entry with that `seq` at that index (`seq` is
+//! unique per wheel, so a reused slot never matches). Tombstones are skipped
+//! at the cursor, which is always left on a live entry so the head deadline
+//! is exact, and compacted away once they are the majority.
 
-use super::entry::Location;
-use super::list::{Drain, List, NIL};
 use super::slab::Slab;
 
-/// A sort key and slab index of an entry on its way into the due list.
-pub(crate) type Pending = (u64, u64, u32);
-
-/// Backward steps [`DueList::link_run`] may take per slot before it hands
-/// the rest of the slot over to sort and merge.
-const WALK_BUDGET: u32 = 64;
-
-/// Sorted list of entries whose tick has been reached.
-#[derive(Debug, Default)]
-pub(crate) struct DueList {
-    /// The entries, ascending by `Entry::order_key`.
-    list: List,
+/// A sort key and slab index of a due entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct DueKey {
+    /// The exact deadline; first in the derived order.
+    pub(crate) deadline: u64,
+    /// The insertion number; breaks deadline ties FIFO.
+    pub(crate) seq: u64,
+    /// Where the entry lives; never compared between two keys of distinct
+    /// entries, since `seq` differs.
+    pub(crate) index: u32,
 }
 
-impl DueList {
+/// Tombstones tolerated before a compaction is considered; below this a
+/// compaction would cost more than skipping them.
+const COMPACT_MIN: usize = 32;
+
+/// Entries whose tick has been reached, in firing order.
+#[derive(Debug, Default)]
+pub(crate) struct DueQueue {
+    /// Keys ascending from `head`; the ones before `head` were popped.
+    keys: Vec<DueKey>,
+    /// The next key to pop. `keys[head]` is always a live entry (or
+    /// `head == keys.len()`), so `first_deadline` is exact.
+    head: usize,
+    /// Tombstones (cancelled entries) in `keys[head..]`.
+    dead: usize,
+}
+
+impl DueQueue {
+    /// Deadline of the first entry: the earliest due in the whole wheel.
     #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.list.is_empty()
+    pub(crate) fn first_deadline(&self) -> Option<u64> {
+        self.keys.get(self.head).map(|key| key.deadline)
     }
 
-    /// Deadline of the first entry: the earliest in the whole wheel.
+    /// Pops the first entry if its deadline is at or before `now`, and
+    /// returns its slab index. The entry is still in the slab.
     #[inline]
-    pub(crate) fn first_deadline<T>(&self, slab: &Slab<T>) -> Option<u64> {
-        match self.list.head() {
-            NIL => None,
-            head => Some(slab.entry(head).deadline),
-        }
-    }
-
-    /// Unlinks and returns the first entry if its deadline is at or before
-    /// `now`.
-    #[inline]
-    pub(crate) fn pop_due<T>(&mut self, slab: &mut Slab<T>, now: u64) -> Option<u32> {
-        let head = self.list.head();
-        if head == NIL || slab.entry(head).deadline > now {
+    pub(crate) fn pop_due<T>(&mut self, slab: &Slab<T>, now: u64) -> Option<u32> {
+        let key = *self.keys.get(self.head)?;
+        if key.deadline > now {
             return None;
         }
-        self.list.pop_front(slab);
-        Some(head)
+        self.head += 1;
+        self.skip_dead(slab);
+        Some(key.index)
     }
 
-    /// Links the entries of a level-0 slot (one tick, in arrival order) at
-    /// their places, each searched backwards from the tail. A slot already in
-    /// firing order after everything here (the usual case: a later tick, one
-    /// entry or FIFO-ordered deadlines) costs one comparison per entry; a
-    /// tick holding a few out-of-order deadlines costs a few steps more,
-    /// which is cheaper than collecting, sorting and merging them.
-    ///
-    /// The backward steps are capped at [`WALK_BUDGET`] per slot, so a long
-    /// scrambled slot is not sorted by quadratic insertion: past the cap, the
-    /// entry at hand and the rest of the slot are handed back for
-    /// [`merge`](Self::merge).
-    pub(crate) fn link_run<T>(&mut self, slab: &mut Slab<T>, run: List) -> Option<(u32, Drain)> {
-        let mut budget = WALK_BUDGET;
-        let mut last = match self.list.tail() {
-            NIL => (0, 0),
-            tail => slab.entry(tail).order_key(),
-        };
-        let mut drain = run.drain();
-        while let Some(index) = drain.next(slab) {
-            let key = slab.entry(index).order_key();
-            if key > last {
-                last = key;
-                self.list.push_back(slab, index, Location::Due);
-                continue;
-            }
-            let mut cursor = self.list.tail();
-            while cursor != NIL && slab.entry(cursor).order_key() > key {
-                if budget == 0 {
-                    return Some((index, drain));
-                }
-                budget -= 1;
-                cursor = slab.entry(cursor).prev;
-            }
-            self.list.insert_after(slab, cursor, index, Location::Due);
-        }
-        None
-    }
-
-    /// Unlinks entry `index` (a cancel).
+    /// The position the next [`push`](Self::push)ed run starts at.
     #[inline]
-    pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, index: u32) {
-        self.list.remove(slab, index);
+    pub(crate) fn run_start(&self) -> usize {
+        self.keys.len()
     }
 
-    /// Links the entries of `batch`, which must be sorted ascending, at their
-    /// places. Walks back from the tail, so a batch that sorts after
-    /// everything already here (the usual case: a later tick) costs O(batch).
-    pub(crate) fn merge<T>(&mut self, slab: &mut Slab<T>, batch: &[Pending]) {
-        debug_assert!(batch.is_sorted(), "due batch not sorted: {batch:?}");
-        let mut cursor = self.list.tail();
-        for &(deadline, seq, index) in batch.iter().rev() {
-            while cursor != NIL && slab.entry(cursor).order_key() > (deadline, seq) {
-                cursor = slab.entry(cursor).prev;
-            }
-            self.list.insert_after(slab, cursor, index, Location::Due);
+    /// Appends a key of a run (the entries of one slot, or of the tick a
+    /// cascade starts at). Every key of a run must sort after every key
+    /// already queued: a run's tick is later than theirs. End the run with
+    /// [`end_run`](Self::end_run).
+    #[inline]
+    pub(crate) fn push(&mut self, key: DueKey) {
+        self.keys.push(key);
+    }
+
+    /// Puts the run pushed since `start` in order. Entries of one tick
+    /// mostly arrive in order (one entry, or deadlines in insertion order),
+    /// so this is usually one pass.
+    #[inline]
+    pub(crate) fn end_run(&mut self, start: usize) {
+        let run = &mut self.keys[start..];
+        if !run.is_sorted() {
+            run.sort_unstable();
         }
+        debug_assert!(
+            start == 0 || start == self.keys.len() || self.keys[start - 1] < self.keys[start],
+            "run at {start} sorts before the queued keys"
+        );
+    }
+
+    /// Queues one entry at its place (an insert whose tick is already
+    /// reached). The keys after it are only entries of ticks up to the
+    /// current one, few unless a bounded `advance` left many behind.
+    pub(crate) fn insert(&mut self, key: DueKey) {
+        match self.keys.last() {
+            Some(last) if *last > key => {
+                let at = self.head + self.keys[self.head..].partition_point(|k| *k < key);
+                self.keys.insert(at, key);
+            }
+            _ => self.keys.push(key),
+        }
+    }
+
+    /// Notes that a queued entry was cancelled; its slab slot must already
+    /// be freed.
+    #[inline]
+    pub(crate) fn cancelled<T>(&mut self, slab: &Slab<T>) {
+        self.dead += 1;
+        self.skip_dead(slab);
+        let queued = self.keys.len() - self.head;
+        if self.dead > COMPACT_MIN && self.dead * 2 > queued {
+            self.compact(slab);
+        }
+    }
+
+    /// Moves `head` past tombstones, and empties the vector once everything
+    /// in it was popped, so it does not grow.
+    #[inline]
+    fn skip_dead<T>(&mut self, slab: &Slab<T>) {
+        while let Some(key) = self.keys.get(self.head) {
+            if slab.holds(key.index, key.seq) {
+                return;
+            }
+            self.head += 1;
+            self.dead -= 1;
+        }
+        debug_assert_eq!(self.dead, 0, "tombstones counted past the end");
+        self.keys.clear();
+        self.head = 0;
+    }
+
+    /// Drops the popped keys and every tombstone.
+    #[cold]
+    fn compact<T>(&mut self, slab: &Slab<T>) {
+        self.keys.drain(..self.head);
+        self.keys.retain(|key| slab.holds(key.index, key.seq));
+        self.head = 0;
+        self.dead = 0;
     }
 }
 
@@ -116,12 +156,24 @@ mod tests {
     use super::super::entry::Entry;
     use super::*;
 
-    fn add(slab: &mut Slab<u64>, deadline: u64, seq: u64) -> Pending {
+    fn add(slab: &mut Slab<u64>, deadline: u64, seq: u64) -> DueKey {
         let index = slab.insert(Entry::new(deadline, seq, seq)).index();
-        (deadline, seq, index)
+        DueKey {
+            deadline,
+            seq,
+            index,
+        }
     }
 
-    fn drain_all(due: &mut DueList, slab: &mut Slab<u64>) -> Vec<u64> {
+    fn run(due: &mut DueQueue, keys: &[DueKey]) {
+        let start = due.run_start();
+        for &key in keys {
+            due.push(key);
+        }
+        due.end_run(start);
+    }
+
+    fn drain_all(due: &mut DueQueue, slab: &mut Slab<u64>) -> Vec<u64> {
         let mut out = Vec::new();
         while let Some(i) = due.pop_due(slab, u64::MAX) {
             out.push(slab.remove(i).value);
@@ -130,101 +182,94 @@ mod tests {
     }
 
     #[test]
-    fn merge_appends_a_later_batch() {
+    fn runs_are_appended_and_sorted() {
         let mut slab = Slab::new();
-        let mut due = DueList::default();
+        let mut due = DueQueue::default();
         let first = [add(&mut slab, 1, 0), add(&mut slab, 2, 1)];
-        due.merge(&mut slab, &first);
-        let second = [add(&mut slab, 3, 2), add(&mut slab, 3, 3)];
-        due.merge(&mut slab, &second);
-        assert_eq!(drain_all(&mut due, &mut slab), [0, 1, 2, 3]);
+        run(&mut due, &first);
+        let second = [
+            add(&mut slab, 5, 2),
+            add(&mut slab, 3, 3),
+            add(&mut slab, 3, 4),
+        ];
+        run(&mut due, &second);
+        assert_eq!(drain_all(&mut due, &mut slab), [0, 1, 3, 4, 2]);
+        assert_eq!(due.first_deadline(), None);
     }
 
     #[test]
-    fn merge_interleaves_by_deadline_then_seq() {
+    fn insert_finds_its_place() {
         let mut slab = Slab::new();
-        let mut due = DueList::default();
-        let first = [
+        let mut due = DueQueue::default();
+        let keys = [
             add(&mut slab, 10, 0),
             add(&mut slab, 20, 1),
             add(&mut slab, 30, 2),
         ];
-        due.merge(&mut slab, &first);
-        let mut second = [
+        run(&mut due, &keys);
+        for key in [
             add(&mut slab, 5, 3),
             add(&mut slab, 20, 4),
             add(&mut slab, 25, 5),
-        ];
-        second.sort();
-        due.merge(&mut slab, &second);
-        assert_eq!(drain_all(&mut due, &mut slab), [3, 0, 1, 4, 5, 2]);
-    }
-
-    fn run(slab: &mut Slab<u64>, keys: &[(u64, u64)]) -> List {
-        let mut list = List::EMPTY;
-        for &(d, s) in keys {
-            let (_, _, i) = add(slab, d, s);
-            list.push_back(slab, i, Location::Slot { level: 0, slot: 1 });
+            add(&mut slab, 40, 6),
+        ] {
+            due.insert(key);
         }
-        list
-    }
-
-    #[test]
-    fn link_run_places_ordered_and_unordered_runs() {
-        let mut slab = Slab::new();
-        let mut due = DueList::default();
-        let first = run(&mut slab, &[(10, 0), (10, 1), (12, 2)]);
-        assert!(due.link_run(&mut slab, first).is_none());
-        let unsorted = run(&mut slab, &[(20, 3), (15, 4)]);
-        assert!(due.link_run(&mut slab, unsorted).is_none());
-        let before_tail = run(&mut slab, &[(11, 5)]);
-        assert!(due.link_run(&mut slab, before_tail).is_none());
-        let after = run(&mut slab, &[(20, 6), (13, 7)]);
-        assert!(due.link_run(&mut slab, after).is_none());
-        let mut keys = Vec::new();
-        while let Some(i) = due.pop_due(&mut slab, u64::MAX) {
-            let entry = slab.remove(i);
-            assert_eq!(entry.location, Location::Due);
-            keys.push(entry.value);
-        }
-        assert_eq!(keys, [0, 1, 5, 2, 7, 4, 3, 6]);
-    }
-
-    #[test]
-    fn link_run_hands_back_a_long_reversed_run() {
-        let mut slab = Slab::new();
-        let mut due = DueList::default();
-        let keys: Vec<(u64, u64)> = (0..100).map(|s| (1000 - s, s)).collect();
-        let reversed = run(&mut slab, &keys);
-        let (index, mut rest) = due.link_run(&mut slab, reversed).expect("budget exceeded");
-        let mut batch = Vec::new();
-        let mut next = Some(index);
-        while let Some(i) = next {
-            let entry = slab.entry(i);
-            batch.push((entry.deadline, entry.seq, i));
-            next = rest.next(&slab);
-        }
-        batch.sort_unstable();
-        due.merge(&mut slab, &batch);
-        let mut fired = Vec::new();
-        while let Some(i) = due.pop_due(&mut slab, u64::MAX) {
-            fired.push(slab.remove(i).value);
-        }
-        assert_eq!(fired, (0..100).rev().collect::<Vec<u64>>());
+        assert_eq!(drain_all(&mut due, &mut slab), [3, 0, 1, 4, 5, 2, 6]);
     }
 
     #[test]
     fn pop_due_never_returns_a_future_entry() {
         let mut slab = Slab::new();
-        let mut due = DueList::default();
-        let batch = [add(&mut slab, 10, 0), add(&mut slab, 11, 1)];
-        due.merge(&mut slab, &batch);
-        assert_eq!(due.first_deadline(&slab), Some(10));
-        assert_eq!(due.pop_due(&mut slab, 9), None);
-        assert_eq!(due.pop_due(&mut slab, 10), Some(batch[0].2));
-        assert_eq!(due.pop_due(&mut slab, 10), None);
-        due.remove(&mut slab, batch[1].2);
-        assert_eq!(due.first_deadline(&slab), None);
-        assert!(due.is_empty());
+        let mut due = DueQueue::default();
+        let keys = [add(&mut slab, 10, 0), add(&mut slab, 11, 1)];
+        run(&mut due, &keys);
+        assert_eq!(due.first_deadline(), Some(10));
+        assert_eq!(due.pop_due(&slab, 9), None);
+        assert_eq!(due.pop_due(&slab, 10), Some(keys[0].index));
+        slab.remove(keys[0].index);
+        assert_eq!(due.pop_due(&slab, 10), None);
+        slab.remove(keys[1].index);
+        due.cancelled(&slab);
+        assert_eq!(due.first_deadline(), None);
+    }
+
+    #[test]
+    fn cancelled_entries_are_skipped_even_when_their_slot_is_reused() {
+        let mut slab = Slab::new();
+        let mut due = DueQueue::default();
+        let keys: Vec<DueKey> = (0..4).map(|s| add(&mut slab, 10 + s, s)).collect();
+        run(&mut due, &keys);
+        // Cancel the head and a middle entry.
+        for k in [keys[0], keys[2]] {
+            slab.remove(k.index);
+            due.cancelled(&slab);
+        }
+        assert_eq!(due.first_deadline(), Some(11));
+        // The freed slot of keys[2] now holds a live entry that is not queued.
+        let reuse = add(&mut slab, 99, 99);
+        assert_eq!(reuse.index, keys[2].index);
+        assert_eq!(due.pop_due(&slab, u64::MAX), Some(keys[1].index));
+        slab.remove(keys[1].index);
+        assert_eq!(due.first_deadline(), Some(13));
+        assert_eq!(due.pop_due(&slab, u64::MAX), Some(keys[3].index));
+        assert_eq!(due.pop_due(&slab, u64::MAX), None);
+    }
+
+    #[test]
+    fn tombstones_are_compacted() {
+        let mut slab = Slab::new();
+        let mut due = DueQueue::default();
+        let keys: Vec<DueKey> = (0..1000).map(|s| add(&mut slab, 10 + s, s)).collect();
+        run(&mut due, &keys);
+        // Cancel all but the first and last: the head stays live, so only
+        // compaction bounds the tombstones.
+        for k in &keys[1..999] {
+            slab.remove(k.index);
+            due.cancelled(&slab);
+            assert!(due.dead <= COMPACT_MIN.max(due.keys.len() / 2));
+        }
+        assert!(due.keys.len() <= 2 * COMPACT_MIN + 2, "{}", due.keys.len());
+        assert_eq!(drain_all(&mut due, &mut slab), [0, 999]);
     }
 }

@@ -1,5 +1,5 @@
 //! One timer as the wheel stores it: its deadline, its payload, and the links
-//! that chain it into exactly one list (a slot, the due list or an overflow
+//! that chain it into at most one list (a slot or an overflow
 //! list).
 
 use super::list::NIL;
@@ -19,7 +19,8 @@ pub(crate) enum Location {
         /// The slot within the level.
         slot: u8,
     },
-    /// The due list: the tick of the deadline has been reached.
+    /// The due queue: the tick of the deadline has been reached. Not linked
+    /// into a list; the queue holds a copy of its key.
     Due,
     /// The overflow list of finite deadlines beyond the top level's reach.
     Far,
@@ -41,7 +42,7 @@ pub(crate) struct Entry<T> {
 
     /// Insertion number, unique per wheel. Breaks ties between equal
     /// deadlines so they fire in insertion order, whatever path (cascade,
-    /// overflow, straight to the due list) each entry took.
+    /// overflow, straight to the due queue) each entry took.
     pub(crate) seq: u64,
 
     /// The caller's payload, handed back when the timer fires or is cancelled.
@@ -58,7 +59,7 @@ pub(crate) struct Entry<T> {
     /// while its generation matches, which makes stale keys inert.
     pub(crate) generation: u32,
 
-    /// The list that currently links this entry; see [`Location`].
+    /// Where the entry is queued; see [`Location`].
     pub(crate) location: Location,
 }
 
@@ -76,12 +77,6 @@ impl<T> Entry<T> {
             location: Location::Due,
         }
     }
-
-    /// The firing order: by deadline, then by insertion.
-    #[inline]
-    pub(crate) fn order_key(&self) -> (u64, u64) {
-        (self.deadline, self.seq)
-    }
 }
 
 #[cfg(test)]
@@ -93,14 +88,5 @@ mod tests {
         // 8 deadline + 8 seq + 8 payload + 3 * 4 links/generation + location.
         assert_eq!(std::mem::size_of::<Entry<u64>>(), 40);
         assert_eq!(std::mem::size_of::<Location>(), 3);
-    }
-
-    #[test]
-    fn order_key_is_deadline_then_seq() {
-        let a = Entry::new(5, 2, ());
-        let b = Entry::new(5, 3, ());
-        let c = Entry::new(4, 9, ());
-        assert!(a.order_key() < b.order_key());
-        assert!(c.order_key() < a.order_key());
     }
 }

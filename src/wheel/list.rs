@@ -1,8 +1,8 @@
 //! A FIFO doubly-linked list of slab entries, linked by `u32` indices.
 //!
 //! The links live in the entries (see `Entry::prev`/`next`), so a list is just
-//! its two ends and costs nothing per element. Every wheel slot, the due list
-//! and the overflow lists are one of these.
+//! its two ends and costs nothing per element. Every wheel slot and the
+//! overflow lists are one of these.
 
 use super::entry::{Entry, Location};
 use super::slab::Slab;
@@ -38,13 +38,13 @@ impl List {
     }
 
     /// The oldest entry, or `NIL`.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn head(&self) -> u32 {
         self.head
     }
 
     /// The newest entry, or `NIL`.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn tail(&self) -> u32 {
         self.tail
     }
@@ -63,53 +63,6 @@ impl List {
             slab.entry_mut(tail).next = index;
         }
         self.tail = index;
-    }
-
-    /// Inserts `index` right after `after` (`NIL`: at the head) and records
-    /// `location` in the entry.
-    #[inline(always)]
-    pub(crate) fn insert_after<T>(
-        &mut self,
-        slab: &mut Slab<T>,
-        after: u32,
-        index: u32,
-        location: Location,
-    ) {
-        let next = if after == NIL {
-            self.head
-        } else {
-            slab.entry(after).next
-        };
-        let entry = slab.entry_mut(index);
-        entry.prev = after;
-        entry.next = next;
-        entry.location = location;
-        if after == NIL {
-            self.head = index;
-        } else {
-            slab.entry_mut(after).next = index;
-        }
-        if next == NIL {
-            self.tail = index;
-        } else {
-            slab.entry_mut(next).prev = index;
-        }
-    }
-
-    /// Unlinks and returns the oldest entry, or `NIL` when empty.
-    #[inline(always)]
-    pub(crate) fn pop_front<T>(&mut self, slab: &mut Slab<T>) -> u32 {
-        let head = self.head;
-        if head != NIL {
-            let next = slab.entry(head).next;
-            self.head = next;
-            if next == NIL {
-                self.tail = NIL;
-            } else {
-                slab.entry_mut(next).prev = NIL;
-            }
-        }
-        head
     }
 
     /// Unlinks `index`, which must be in this list.
@@ -218,36 +171,6 @@ mod tests {
         assert_eq!(collect(&list, &slab), [2]);
         list.remove(&mut slab, ids[2]);
         assert!(list.is_empty());
-        assert_eq!(list.tail(), NIL);
-    }
-
-    #[test]
-    fn insert_after_head_middle_and_tail() {
-        let (mut slab, ids) = slab_with(4);
-        let mut list = List::EMPTY;
-        list.insert_after(&mut slab, NIL, ids[1], Location::Due);
-        list.insert_after(&mut slab, NIL, ids[0], Location::Due);
-        list.insert_after(&mut slab, ids[1], ids[3], Location::Due);
-        list.insert_after(&mut slab, ids[1], ids[2], Location::Due);
-        assert_eq!(collect(&list, &slab), [0, 1, 2, 3]);
-        assert_eq!(list.tail(), ids[3]);
-        assert_eq!(slab.entry(ids[3]).prev, ids[2]);
-    }
-
-    #[test]
-    fn pop_front_takes_the_oldest() {
-        let (mut slab, ids) = slab_with(5);
-        let mut list = List::EMPTY;
-        for &i in &ids {
-            list.push_back(&mut slab, i, Location::Due);
-        }
-        assert_eq!(list.pop_front(&mut slab), ids[0]);
-        assert_eq!(slab.entry(ids[1]).prev, NIL);
-        assert_eq!(collect(&list, &slab), [1, 2, 3, 4]);
-        for &i in &ids[1..] {
-            assert_eq!(list.pop_front(&mut slab), i);
-        }
-        assert_eq!(list.pop_front(&mut slab), NIL);
         assert_eq!(list.tail(), NIL);
     }
 

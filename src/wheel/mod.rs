@@ -10,12 +10,12 @@
 //! top level, and [`NEVER`], wait in overflow lists.
 //!
 //! When the wheel reaches a tick, the entries of that tick move to the *due
-//! list*, sorted by exact deadline then insertion order. `advance` pops that
-//! list while the head is due, so a timer never fires before its deadline,
+//! queue*, sorted by exact deadline then insertion order. `advance` pops that
+//! queue while the head is due, so a timer never fires before its deadline,
 //! equal deadlines fire FIFO, and deadlines inside one tick keep their order.
 //!
 //! Files, one idea each: `level.rs` one level and its occupancy bitmap,
-//! `due.rs` the sorted due list, `overflow.rs` far and `NEVER` deadlines,
+//! `due.rs` the sorted due queue, `overflow.rs` far and `NEVER` deadlines,
 //! `list.rs` the index-linked FIFO lists, `entry.rs` and `slab.rs` the entry
 //! storage and [`TimerKey`], `tick.rs` nanoseconds to ticks, `clock.rs` the
 //! one clock.
@@ -35,7 +35,7 @@ use std::fmt;
 pub use clock::now_monotonic_ns;
 pub use slab::TimerKey;
 
-use due::{DueList, Pending};
+use due::{DueKey, DueQueue};
 use entry::{Entry, Location};
 use level::{Expiration, Level, SLOT_BITS, SLOT_MASK};
 use list::List;
@@ -159,7 +159,7 @@ pub struct Wheel<T> {
     occupied_levels: u8,
 
     /// Entries whose tick has been reached, in firing order.
-    due: DueList,
+    due: DueQueue,
 
     /// Deadlines beyond the top level, and `NEVER`.
     overflow: Overflow,
@@ -169,10 +169,6 @@ pub struct Wheel<T> {
 
     /// Insertion counter, stored in each entry to break deadline ties FIFO.
     next_seq: u64,
-
-    /// Reused buffer of entries on their way into the due list, so a slot
-    /// can be sorted before merging without allocating per tick.
-    batch: Vec<Pending>,
 
     /// The last value `next_deadline` returned since the previous `advance`
     /// (`NEVER`: not called, or `None`), to count spurious advances. A
@@ -221,11 +217,10 @@ impl<T> Wheel<T> {
             elapsed: Resolution::new(tick_ns).tick_of(start_ns),
             levels: Box::new(std::array::from_fn(Level::new)),
             occupied_levels: 0,
-            due: DueList::default(),
+            due: DueQueue::default(),
             overflow: Overflow::new(),
             slab: Slab::new(),
             next_seq: 0,
-            batch: Vec::new(),
             armed: Cell::new(NEVER),
             next_cache: Cell::new(NEVER),
             next_cache_valid: Cell::new(false),
@@ -275,14 +270,12 @@ impl<T> Wheel<T> {
     ///
     /// # Panics
     /// If `u32::MAX - 1` timers are live.
-    #[inline]
+    #[inline(always)]
     pub fn insert(&mut self, deadline_ns: u64, value: T) -> TimerKey {
         let seq = self.next_seq;
         self.next_seq += 1;
         let key = self.slab.insert(Entry::new(deadline_ns, seq, value));
-        if self.place(key.index(), deadline_ns) == Location::Due {
-            self.flush_batch();
-        }
+        self.place(key.index(), deadline_ns);
         self.next_cache.set(self.next_cache.get().min(deadline_ns));
         key
     }
@@ -290,31 +283,37 @@ impl<T> Wheel<T> {
     /// Cancels the timer `key` names and returns its payload, freeing its
     /// memory at once. `None`, and nothing changes, when the key is stale
     /// (fired, cancelled, slot reused) or garbage.
-    #[inline]
+    #[inline(always)]
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
         let entry = self.slab.get(key)?;
         let (index, deadline, location) = (key.index(), entry.deadline, entry.location);
-        if let Location::Slot { level, slot } = location {
-            let level = level as usize;
-            if self.levels[level].remove(&mut self.slab, slot as usize, index, deadline) {
-                self.occupied_levels &= !(1 << level);
-            }
-        } else {
-            self.unlink_outside_levels(index, location);
-        }
         if self.next_cache.get() == deadline {
             self.next_cache_valid.set(false);
+        }
+        let Location::Slot { level, slot } = location else {
+            return Some(self.cancel_outside_levels(index, location));
+        };
+        let level = level as usize;
+        if self.levels[level].remove(&mut self.slab, slot as usize, index, deadline) {
+            self.occupied_levels &= !(1 << level);
         }
         Some(self.slab.remove(index).value)
     }
 
-    /// `cancel` of an entry in the due list or an overflow list.
+    /// `cancel` of an entry in the due queue or an overflow list.
     #[inline(never)]
-    fn unlink_outside_levels(&mut self, index: u32, location: Location) {
+    fn cancel_outside_levels(&mut self, index: u32, location: Location) -> T {
         match location {
-            Location::Due => self.due.remove(&mut self.slab, index),
+            Location::Due => {
+                // Frees the slot first: that is what turns the queue's copy
+                // of the key into a tombstone.
+                let entry = self.slab.remove(index);
+                self.due.cancelled(&self.slab);
+                entry.value
+            }
             Location::Far | Location::Never => {
-                self.overflow.remove(&mut self.slab, index, location)
+                self.overflow.remove(&mut self.slab, index, location);
+                self.slab.remove(index).value
             }
             Location::Slot { .. } => unreachable!("entry {index} is in a level slot"),
         }
@@ -363,16 +362,22 @@ impl<T> Wheel<T> {
         self.now = now;
         self.next_cache_valid.set(false);
         let target = self.resolution.tick_of(now);
-        // Same tick as before and nothing waiting in the due list: nothing
-        // can be due (a loop polling often takes this path).
-        let fired = if target > self.elapsed || !self.due.is_empty() {
+        // Same tick as before and the head of the due queue (the earliest
+        // timer of the wheel) still ahead: nothing can be due. A loop polling
+        // often takes this path, also while later entries of the current tick
+        // wait in the due queue.
+        let head_due = self
+            .due
+            .first_deadline()
+            .is_some_and(|deadline| deadline <= now);
+        let fired = if target > self.elapsed || head_due {
             self.fire(now, target, out, max)
         } else {
             0
         };
         let more = self
             .due
-            .first_deadline(&self.slab)
+            .first_deadline()
             .is_some_and(|deadline| deadline <= now);
         let armed = self.armed.replace(NEVER);
         if armed != NEVER && armed <= now && fired == 0 && !more {
@@ -390,7 +395,7 @@ impl<T> Wheel<T> {
         }
         let mut fired = 0;
         while fired < max {
-            let Some(index) = self.due.pop_due(&mut self.slab, now) else {
+            let Some(index) = self.due.pop_due(&self.slab, now) else {
                 break;
             };
             let entry = self.slab.remove(index);
@@ -412,7 +417,7 @@ impl<T> Wheel<T> {
 
     /// `next_deadline` without recording the answer.
     fn peek_next_deadline(&self) -> Option<u64> {
-        if let Some(deadline) = self.due.first_deadline(&self.slab) {
+        if let Some(deadline) = self.due.first_deadline() {
             return Some(deadline);
         }
         if let Some(exp) = self.next_expiration() {
@@ -467,7 +472,7 @@ impl<T> Wheel<T> {
 
     /// Processes, in time order, every slot and far migration up to tick
     /// `target`, then sets `elapsed` to it. Afterwards every entry with a
-    /// tick `<= target` is in the due list.
+    /// tick `<= target` is in the due queue.
     fn process_until(&mut self, target: u64) {
         loop {
             let slot = self.next_expiration().filter(|exp| exp.tick <= target);
@@ -491,7 +496,7 @@ impl<T> Wheel<T> {
         self.elapsed = self.elapsed.max(target);
     }
 
-    /// Empties one slot: a level-0 slot goes to the due list, a higher one is
+    /// Empties one slot: a level-0 slot goes to the due queue, a higher one is
     /// cascaded (each entry placed again from the slot's start tick).
     fn process_slot(&mut self, exp: Expiration) {
         debug_assert!(
@@ -504,40 +509,44 @@ impl<T> Wheel<T> {
         if self.levels[exp.level].is_empty() {
             self.occupied_levels &= !(1 << exp.level);
         }
+        let run = self.due.run_start();
         if exp.level == 0 {
-            // Every entry here has tick `exp.tick`: all go to the due list,
-            // at once when they are nearly in firing order.
-            if cfg!(debug_assertions) {
-                let mut drain = list.drain();
-                while let Some(index) = drain.next(&self.slab) {
-                    let deadline = self.slab.entry(index).deadline;
-                    debug_assert_eq!(
-                        self.resolution.tick_of(deadline),
-                        exp.tick,
-                        "entry {index} (deadline {deadline}) in level-0 slot {exp:?}"
-                    );
-                }
-            }
-            let Some((first, mut rest)) = self.due.link_run(&mut self.slab, list) else {
-                return;
-            };
-            let mut next = Some(first);
-            while let Some(index) = next {
-                let entry = self.slab.entry(index);
-                self.batch.push((entry.deadline, entry.seq, index));
-                next = rest.next(&self.slab);
+            // Every entry here has tick `exp.tick`, later than every tick in
+            // the due queue: the slot is one run of it.
+            let mut drain = list.drain();
+            while let Some(index) = drain.next(&self.slab) {
+                debug_assert_eq!(
+                    self.resolution.tick_of(self.slab.entry(index).deadline),
+                    exp.tick,
+                    "entry {index} in level-0 slot {exp:?}"
+                );
+                self.queue_due(index);
             }
         } else {
             self.cascade(exp, list);
         }
-        self.flush_batch();
+        self.due.end_run(run);
+    }
+
+    /// Appends entry `index` to the current run of the due queue.
+    #[inline(always)]
+    fn queue_due(&mut self, index: u32) {
+        let entry = self.slab.entry_mut(index);
+        entry.location = Location::Due;
+        let key = DueKey {
+            deadline: entry.deadline,
+            seq: entry.seq,
+            index,
+        };
+        self.due.push(key);
     }
 
     /// Places again every entry of `list`, the slot of `exp` (a higher
     /// level) just taken. Leaner than `place` per entry: an entry of a slot is
     /// never `NEVER` and stays within reach as the wheel moves towards it, so
-    /// it lands on a lower level or, when its tick is already reached, in
-    /// `batch`; and `elapsed` and the level bits stay in registers.
+    /// it lands on a lower level or, when its tick is the slot's first one, in
+    /// the due queue's current run; and `elapsed` and the level bits stay in
+    /// registers.
     fn cascade(&mut self, exp: Expiration, list: List) {
         let elapsed = self.elapsed;
         let mut occupied = 0u8;
@@ -561,8 +570,7 @@ impl<T> Wheel<T> {
                 self.levels[level].push(&mut self.slab, slot, index, deadline);
                 occupied |= 1 << level;
             } else {
-                let seq = self.slab.entry(index).seq;
-                self.batch.push((deadline, seq, index));
+                self.queue_due(index);
             }
         }
         self.occupied_levels |= occupied;
@@ -587,12 +595,10 @@ impl<T> Wheel<T> {
                 self.stats.cascaded += 1;
             }
         }
-        self.flush_batch();
     }
 
     /// Links entry `index`, whose deadline is `deadline`, where it belongs
-    /// relative to `elapsed`, and says where. An entry bound for the due list
-    /// only joins `batch`: the caller must `flush_batch`.
+    /// relative to `elapsed`, and says where.
     #[inline(always)]
     fn place(&mut self, index: u32, deadline: u64) -> Location {
         let when = self.resolution.tick_of(deadline);
@@ -617,25 +623,19 @@ impl<T> Wheel<T> {
             self.overflow.push_never(&mut self.slab, index);
             Location::Never
         } else if when <= self.elapsed {
-            let seq = self.slab.entry(index).seq;
-            self.batch.push((deadline, seq, index));
+            let entry = self.slab.entry_mut(index);
+            entry.location = Location::Due;
+            let key = DueKey {
+                deadline,
+                seq: entry.seq,
+                index,
+            };
+            self.due.insert(key);
             Location::Due
         } else {
             self.overflow.push_far(&mut self.slab, index);
             Location::Far
         }
-    }
-
-    /// Sorts `batch` and merges it into the due list.
-    fn flush_batch(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        if !self.batch.is_sorted() {
-            self.batch.sort_unstable();
-        }
-        self.due.merge(&mut self.slab, &self.batch);
-        self.batch.clear();
     }
 }
 

@@ -126,23 +126,11 @@ impl<T> Slab<T> {
     ///
     /// # Panics
     /// If `u32::MAX - 1` entries are already live (160 GiB of timers).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert(&mut self, mut entry: Entry<T>) -> TimerKey {
         let index = self.free_head;
         if index == NIL {
-            assert!(
-                self.slots.len() < MAX_SLOTS,
-                "timer slab full ({} entries)",
-                self.slots.len()
-            );
-            let index = self.slots.len() as u32;
-            entry.generation = 1;
-            self.slots.push(Slot::Occupied(entry));
-            self.len += 1;
-            return TimerKey {
-                index,
-                generation: 1,
-            };
+            return self.push(entry);
         }
         let slot = &mut self.slots[index as usize];
         let Slot::Vacant {
@@ -159,6 +147,25 @@ impl<T> Slab<T> {
         TimerKey { index, generation }
     }
 
+    /// `insert` when no slot is free: grows `slots`. Out of line, so the
+    /// usual reuse of a freed slot stays small enough to inline.
+    #[inline(never)]
+    fn push(&mut self, mut entry: Entry<T>) -> TimerKey {
+        assert!(
+            self.slots.len() < MAX_SLOTS,
+            "timer slab full ({} entries)",
+            self.slots.len()
+        );
+        let index = self.slots.len() as u32;
+        entry.generation = 1;
+        self.slots.push(Slot::Occupied(entry));
+        self.len += 1;
+        TimerKey {
+            index,
+            generation: 1,
+        }
+    }
+
     /// The live entry `key` names, if any. Any key is safe here.
     #[inline]
     pub(crate) fn get(&self, key: TimerKey) -> Option<&Entry<T>> {
@@ -168,26 +175,49 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Whether the slot at `index` holds the live entry inserted as `seq`.
+    /// Any index is safe here; `seq` is unique per wheel, so a slot freed
+    /// and reused since never matches.
+    #[inline]
+    pub(crate) fn holds(&self, index: u32, seq: u64) -> bool {
+        matches!(self.slots.get(index as usize), Some(Slot::Occupied(entry)) if entry.seq == seq)
+    }
+
     /// The live entry at `index`. Only for indices taken from a list or a
     /// key checked by [`get`](Self::get): a vacant slot here is a wheel bug.
-    #[inline]
+    ///
+    /// Unchecked in release builds: this is on every step of every list
+    /// walk, and the wheel's invariant (an index is in a list, or popped from
+    /// the due queue as live, only while its entry is occupied; entries are
+    /// unlinked before [`remove`](Self::remove)) is checked by the debug
+    /// assertion under the model and API tests.
+    #[inline(always)]
     pub(crate) fn entry(&self, index: u32) -> &Entry<T> {
-        match &self.slots[index as usize] {
+        debug_assert!(
+            matches!(self.slots.get(index as usize), Some(Slot::Occupied(_))),
+            "slab index {index} is vacant or out of bounds"
+        );
+        // SAFETY: by the invariant above, `index` names an occupied slot of
+        // `slots`, so it is in bounds and the `Vacant` arm cannot be taken.
+        match unsafe { self.slots.get_unchecked(index as usize) } {
             Slot::Occupied(entry) => entry,
-            Slot::Vacant { generation, .. } => {
-                unreachable!("slab index {index} is vacant (next generation {generation})")
-            }
+            // SAFETY: as above, the slot is occupied.
+            Slot::Vacant { .. } => unsafe { std::hint::unreachable_unchecked() },
         }
     }
 
-    /// Mutable form of [`entry`](Self::entry).
-    #[inline]
+    /// Mutable form of [`entry`](Self::entry), with the same contract.
+    #[inline(always)]
     pub(crate) fn entry_mut(&mut self, index: u32) -> &mut Entry<T> {
-        match &mut self.slots[index as usize] {
+        debug_assert!(
+            matches!(self.slots.get(index as usize), Some(Slot::Occupied(_))),
+            "slab index {index} is vacant or out of bounds"
+        );
+        // SAFETY: see `entry`: `index` names an occupied slot of `slots`.
+        match unsafe { self.slots.get_unchecked_mut(index as usize) } {
             Slot::Occupied(entry) => entry,
-            Slot::Vacant { generation, .. } => {
-                unreachable!("slab index {index} is vacant (next generation {generation})")
-            }
+            // SAFETY: as above, the slot is occupied.
+            Slot::Vacant { .. } => unsafe { std::hint::unreachable_unchecked() },
         }
     }
 
