@@ -4,10 +4,12 @@ self-pipe and poll replaced by the native loop (Rust timer wheel, BEAM
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
 import socket
+import weakref
 from asyncio import (
     Future,
     base_events,
@@ -32,6 +34,27 @@ from ._transports import (
     new_recv_buffer,
     shutdown_before_close,
 )
+
+
+# Live loops, for full collections (see _see_shared_handles).
+_LOOPS: weakref.WeakSet[ErlangEventLoop] = weakref.WeakSet()
+
+
+def _see_shared_handles(phase: str, info: dict[str, int]) -> None:
+    """A ``gc.callbacks`` hook. The handles a runner makes stay out of the
+    cyclic GC while they wait in the loop (LESSONS 27); the runner reports
+    what they hold in its own traverse. At the start of a full collection,
+    the pending handles that someone else holds too go back under the GC,
+    so that cycles through them are found, for loops that are not running
+    (a running loop is on its thread's stack: never garbage)."""
+    if phase == "start" and info["generation"] == 2:
+        for loop in list(_LOOPS):
+            runner = loop._runner
+            if runner is not None and not loop.is_running():
+                runner.before_full_collection()
+
+
+gc.callbacks.append(_see_shared_handles)
 
 
 class _ErlangTimerHandle(events.TimerHandle):
@@ -67,6 +90,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             self._native, self, events.Handle, _ErlangTimerHandle, self._selector._fd_to_key
         )
         self._ready = self._runner
+        _LOOPS.add(self)
         self._selector.on_timers_fired = self._runner.fire_timers
         self._use_native_paths(not self._debug)
 

@@ -107,6 +107,8 @@ pub struct HandleKinds {
     when: Slot,
     scheduled: Slot,
     key: Slot,
+    /// Whether the handles made here leave the cyclic GC (see `untrack`).
+    untracked: bool,
 }
 
 impl HandleKinds {
@@ -129,7 +131,9 @@ impl HandleKinds {
                 "handle classes must keep Handle._run",
             ));
         }
+        let untracked = untrackable(handle) && untrackable(timer);
         Ok(HandleKinds {
+            untracked,
             callback: Slot::find(handle, "_callback")?,
             args: Slot::find(handle, "_args")?,
             cancelled: Slot::find(handle, "_cancelled")?,
@@ -166,6 +170,7 @@ impl HandleKinds {
         // SAFETY: `object` is a new, zeroed instance of the class the slots
         // were found on; every value is a new strong reference.
         unsafe { self.init_handle(object.as_ptr(), callback, args, loop_, context) };
+        self.untrack(&object);
         Ok(object)
     }
 
@@ -192,6 +197,7 @@ impl HandleKinds {
             self.scheduled.init(raw, new_ref(ffi::Py_True()));
             self.key.init(raw, key.into_ptr());
         }
+        self.untrack(&object);
         Ok(object)
     }
 
@@ -212,6 +218,52 @@ impl HandleKinds {
         self.cancelled.init(object, new_ref(ffi::Py_False()));
         self.repr.init(object, new_ref(ffi::Py_None()));
         self.source_traceback.init(object, new_ref(ffi::Py_None()));
+    }
+
+    /// Do the handles made here start outside the cyclic GC?
+    pub fn untracked(&self) -> bool {
+        self.untracked
+    }
+
+    /// Takes a handle made here out of the cyclic GC (LESSONS 27: a GC that
+    /// walks every pending handle dominates callback-heavy loops). Only while
+    /// the loop holds it: whoever else holds it when it leaves the loop gets
+    /// it back tracked (`track`), and full collections see every pending
+    /// handle (`LoopRunner.gc_phase`), so cycles through handles are still
+    /// found.
+    fn untrack(&self, object: &Bound<'_, PyAny>) {
+        if self.untracked {
+            // SAFETY: a live object of a GC type (checked in `new`); the
+            // call is a no-op for an untracked object.
+            unsafe { ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
+        }
+    }
+
+    /// Puts a handle made here back under the cyclic GC, if it is not.
+    pub fn track(&self, object: &Bound<'_, PyAny>) {
+        // SAFETY: a live object of a GC type; tracking twice is a fatal
+        // error, hence the check.
+        unsafe {
+            if self.untracked && ffi::PyObject_GC_IsTracked(object.as_ptr()) == 0 {
+                ffi::PyObject_GC_Track(object.as_ptr().cast());
+            }
+        }
+    }
+
+    /// The objects an untracked handle made here refers to that can be in
+    /// a cycle (its context, loop, callback and arguments), for the
+    /// runner's `__traverse__` to visit on its behalf.
+    ///
+    /// # Safety
+    /// `handle` is a live handle made here; the GIL is held (as during a
+    /// traverse).
+    pub unsafe fn referents(&self, handle: *mut ffi::PyObject) -> [*mut ffi::PyObject; 4] {
+        [
+            self.context.get(handle),
+            self.loop_.get(handle),
+            self.callback.get(handle),
+            self.args.get(handle),
+        ]
     }
 
     /// Is `object` one of our timer handles?
@@ -365,6 +417,16 @@ impl HandleKinds {
         }
         handle.call_method0(pyo3::intern!(handle.py(), "_run"))?;
         Ok(Ran::Done)
+    }
+}
+
+/// Can instances of `ty` leave the GC safely? Only GC types without
+/// finalizers, whose deallocation never re-tracks them.
+fn untrackable(ty: &Bound<'_, PyType>) -> bool {
+    let raw = ty.as_type_ptr();
+    // SAFETY: reading the flags and slots of a live type object.
+    unsafe {
+        ffi::PyType_IS_GC(raw) != 0 && (*raw).tp_finalize.is_none() && (*raw).tp_del.is_none()
     }
 }
 

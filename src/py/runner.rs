@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple, PyType};
@@ -51,10 +52,75 @@ fn kinds() -> &'static HandleKinds {
         .expect("LoopRunner made before its handle classes")
 }
 
+/// A handle in the loop's custody; `ours` if the runner made it, which
+/// means it is out of the cyclic GC while the loop holds it.
+struct Held {
+    handle: Py<PyAny>,
+    ours: bool,
+}
+
+impl Held {
+    /// The handle leaves the loop: tracked again if anyone else holds it.
+    fn release(self, py: Python<'_>) {
+        let handle = self.handle.into_bound(py);
+        // SAFETY: reading the reference count of a live object.
+        if self.ours && unsafe { ffi::Py_REFCNT(handle.as_ptr()) } > 1 {
+            kinds().track(&handle);
+        }
+    }
+
+    /// At the start of a full collection: a handle someone else also
+    /// holds goes back under the GC for good, so that the collection sees
+    /// the paths through it (see `visit`).
+    fn before_full_collection(&self, py: Python<'_>) {
+        // SAFETY: reading the reference count of a live object.
+        if self.ours && unsafe { ffi::Py_REFCNT(self.handle.as_ptr()) } > 1 {
+            kinds().track(self.handle.bind(py));
+        }
+    }
+
+    /// What the runner's `__traverse__` reports for this handle. A tracked
+    /// handle is visited itself (its own traverse reports what it holds).
+    /// An untracked one held by the runner alone is invisible to the GC, so
+    /// the runner reports what the handle holds, as the handle's owner: the
+    /// loop it points back to is then found in cycles. An untracked one held
+    /// elsewhere too is left out: what it holds looks referenced from
+    /// outside (kept alive, never cleared early) until a full collection
+    /// tracks it.
+    fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let raw = self.handle.as_ptr();
+        // SAFETY: a live object; traverse runs with the GIL held.
+        let (tracked, shared) = unsafe {
+            (
+                ffi::PyObject_GC_IsTracked(raw) != 0,
+                ffi::Py_REFCNT(raw) > 1,
+            )
+        };
+        if !self.ours || tracked {
+            return visit.call(&self.handle);
+        }
+        if shared {
+            return Ok(());
+        }
+        // SAFETY: `raw` is an untracked handle made by the runner; the
+        // slot values are borrowed for the visit only (never released:
+        // ManuallyDrop), and the GIL is held during a traverse.
+        for referent in unsafe { kinds().referents(raw) } {
+            if !referent.is_null() {
+                let object = std::mem::ManuallyDrop::new(unsafe {
+                    Bound::<PyAny>::from_owned_ptr(Python::assume_attached(), referent)
+                });
+                visit.call(object.as_unbound())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a wheel key stands for.
 enum Item {
     /// A timer handle: made ready when it fires.
-    Handle(Py<PyAny>),
+    Handle(Held),
     /// An `erlang_asyncio.sleep` future: resolved when it fires.
     Future(Py<PyAny>),
 }
@@ -84,18 +150,26 @@ impl Hasher for KeyHasher {
 
 type Timers = HashMap<u64, Scheduled, BuildHasherDefault<KeyHasher>>;
 
+impl Item {
+    fn release(self, py: Python<'_>) {
+        if let Item::Handle(held) = self {
+            held.release(py);
+        }
+    }
+}
+
 struct Scheduled {
     when: f64,
     item: Item,
 }
 
-#[pyclass(module = "_erlang_loop", name = "LoopRunner")]
+#[pyclass(module = "_erlang_loop", name = "LoopRunner", weakref)]
 pub struct LoopRunner {
     native: Py<NativeLoop>,
     loop_: Option<Py<PyAny>>,
     /// The loop selector's `_fd_to_key`: fd -> SelectorKey.
     fd_to_key: Py<PyDict>,
-    ready: VecDeque<Py<PyAny>>,
+    ready: VecDeque<Held>,
     timers: Timers,
     closed: bool,
 }
@@ -140,7 +214,11 @@ impl LoopRunner {
         let made = kinds().new_timer(when, key, callback, args, &loop_, context);
         match made {
             Ok(timer) => {
-                Self::schedule(slf, when, key, Item::Handle(timer.clone().unbind()));
+                let held = Held {
+                    handle: timer.clone().unbind(),
+                    ours: kinds().untracked(),
+                };
+                Self::schedule(slf, when, key, Item::Handle(held));
                 Ok(timer)
             }
             Err(error) => {
@@ -185,7 +263,11 @@ impl LoopRunner {
                 if kinds().is_cancelled(&handle)? {
                     loop_.call_method1(remove, (key.get_item(0)?,))?;
                 } else {
-                    slf.borrow_mut().ready.push_back(handle.unbind());
+                    let held = Held {
+                        handle: handle.unbind(),
+                        ours: false,
+                    };
+                    slf.borrow_mut().ready.push_back(held);
                 }
             }
         }
@@ -208,9 +290,9 @@ impl LoopRunner {
         due.sort_by(|a, b| a.when.total_cmp(&b.when));
         for scheduled in due {
             match scheduled.item {
-                Item::Handle(handle) => {
-                    kinds().mark_fired(handle.bind(py));
-                    slf.borrow_mut().ready.push_back(handle);
+                Item::Handle(held) => {
+                    kinds().mark_fired(held.handle.bind(py));
+                    slf.borrow_mut().ready.push_back(held);
                 }
                 Item::Future(future) => {
                     let future = future.bind(py);
@@ -221,6 +303,24 @@ impl LoopRunner {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for LoopRunner {
+    /// An unclosed loop's runner going away: the handles others still hold
+    /// go back under the GC. (Deallocation runs with the GIL held.)
+    fn drop(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        let timers = std::mem::take(&mut self.timers);
+        if ready.is_empty() && timers.is_empty() {
+            return;
+        }
+        Python::attach(|py| {
+            ready.into_iter().for_each(|held| held.release(py));
+            timers
+                .into_values()
+                .for_each(|scheduled| scheduled.item.release(py));
+        });
     }
 }
 
@@ -259,19 +359,30 @@ impl LoopRunner {
     // -- the ready queue, as asyncio's `_ready` deque --
 
     fn append(&mut self, handle: Py<PyAny>) {
-        self.ready.push_back(handle);
+        self.ready.push_back(Held {
+            handle,
+            ours: false,
+        });
     }
 
-    fn popleft(&mut self) -> PyResult<Py<PyAny>> {
-        self.ready
+    fn popleft(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let held = slf
+            .borrow_mut()
+            .ready
             .pop_front()
-            .ok_or_else(|| PyIndexError::new_err("pop from an empty deque"))
+            .ok_or_else(|| PyIndexError::new_err("pop from an empty deque"))?;
+        // Python code gets it: under the GC from now on.
+        kinds().track(held.handle.bind(slf.py()));
+        Ok(held.handle)
     }
 
-    fn clear(&mut self) {
-        // Dropped outside the borrow: a handle's last reference may run
+    fn clear(slf: &Bound<'_, Self>) {
+        // Released outside the borrow: a handle's last reference may run
         // Python finalizers that schedule callbacks.
-        let _dropped = std::mem::take(&mut self.ready);
+        let dropped = std::mem::take(&mut slf.borrow_mut().ready);
+        for held in dropped {
+            held.release(slf.py());
+        }
     }
 
     fn __len__(&self) -> usize {
@@ -304,7 +415,10 @@ impl LoopRunner {
     ) -> PyResult<Bound<'py, PyAny>> {
         let loop_ = Self::loop_object(slf)?;
         let handle = kinds().new_handle(callback, args, &loop_, context)?;
-        slf.borrow_mut().ready.push_back(handle.clone().unbind());
+        slf.borrow_mut().ready.push_back(Held {
+            handle: handle.clone().unbind(),
+            ours: kinds().untracked(),
+        });
         Ok(handle)
     }
 
@@ -346,7 +460,11 @@ impl LoopRunner {
             .native
             .get()
             .insert_timer_ns(deadline_ns(when)?)?;
-        Self::schedule(slf, when, key, Item::Handle(timer));
+        let held = Held {
+            handle: timer,
+            ours: false,
+        };
+        Self::schedule(slf, when, key, Item::Handle(held));
         Ok(key)
     }
 
@@ -391,7 +509,14 @@ impl LoopRunner {
             }
             removed
         };
-        removed.is_some()
+        // Released outside the borrow (the last reference may run Python).
+        match removed {
+            Some(scheduled) => {
+                scheduled.item.release(slf.py());
+                true
+            }
+            None => false,
+        }
     }
 
     /// `loop._timer_handle_cancelled(handle)`: our scheduled timer handles
@@ -433,17 +558,44 @@ impl LoopRunner {
         let py = slf.py();
         let todo = slf.borrow().ready.len();
         for _ in 0..todo {
-            let Some(handle) = slf.borrow_mut().ready.pop_front() else {
+            let Some(held) = slf.borrow_mut().ready.pop_front() else {
                 break;
             };
-            let handle = handle.into_bound(py);
-            if let Ran::Failed(error) = kinds().run(&handle)? {
+            let ours = held.ours;
+            let handle = held.handle.into_bound(py);
+            let ran = kinds().run(&handle);
+            if let Ok(Ran::Failed(error)) = ran {
+                // The exception handler may keep the handle: under the GC.
+                kinds().track(&handle);
                 let loop_ = Self::loop_object(slf)?;
                 let exception = error.into_value(py);
                 loop_.call_method1(intern!(py, "_report_callback_error"), (&handle, exception))?;
+                continue;
             }
+            Held {
+                handle: handle.unbind(),
+                ours,
+            }
+            .release(py);
+            ran?;
         }
         Ok(())
+    }
+
+    /// At the start of a full collection (`gc.callbacks`, generation 2):
+    /// the pending handles the runner made that someone else also holds go
+    /// back under the GC (see `Held::visit`).
+    fn before_full_collection(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.borrow();
+        for held in &this.ready {
+            held.before_full_collection(py);
+        }
+        for scheduled in this.timers.values() {
+            if let Item::Handle(held) = &scheduled.item {
+                held.before_full_collection(py);
+            }
+        }
     }
 
     /// Makes the timers of these keys ready (those a direct
@@ -470,11 +622,14 @@ impl LoopRunner {
             )
         };
         for scheduled in timers.into_values() {
-            if let Item::Handle(handle) = scheduled.item {
-                kinds().mark_fired(handle.bind(py));
+            if let Item::Handle(held) = &scheduled.item {
+                kinds().mark_fired(held.handle.bind(py));
             }
+            scheduled.item.release(py);
         }
-        drop(ready);
+        for held in ready {
+            held.release(py);
+        }
     }
 
     /// How many timer handles and futures this runner has in the wheel.
@@ -492,12 +647,13 @@ impl LoopRunner {
             visit.call(loop_)?;
         }
         visit.call(&self.fd_to_key)?;
-        for handle in &self.ready {
-            visit.call(handle)?;
+        for held in &self.ready {
+            held.visit(&visit)?;
         }
         for scheduled in self.timers.values() {
             match &scheduled.item {
-                Item::Handle(object) | Item::Future(object) => visit.call(object)?,
+                Item::Handle(held) => held.visit(&visit)?,
+                Item::Future(future) => visit.call(future)?,
             }
         }
         Ok(())
@@ -505,7 +661,13 @@ impl LoopRunner {
 
     fn __clear__(&mut self) {
         self.loop_ = None;
-        self.ready.clear();
-        self.timers.clear();
+        let ready = std::mem::take(&mut self.ready);
+        let timers = std::mem::take(&mut self.timers);
+        Python::attach(|py| {
+            ready.into_iter().for_each(|held| held.release(py));
+            timers
+                .into_values()
+                .for_each(|scheduled| scheduled.item.release(py));
+        });
     }
 }

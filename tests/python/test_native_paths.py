@@ -328,3 +328,95 @@ def test_subclasses_that_override_a_path_keep_their_python() -> None:
         assert CountingLoop.calls == 101
     finally:
         loop.close()
+
+
+class _Holder:
+    """Holds a handle whose callback is its own method: a reference cycle."""
+
+    handle: asyncio.Handle | None = None
+
+    def callback(self) -> None:
+        pass
+
+
+def test_pending_native_handles_are_out_of_the_gc_until_they_leave() -> None:
+    loop = ErlangEventLoop()
+    gc.disable()  # a full collection in between would track the held ones
+    try:
+        soon = loop.call_soon(lambda: None)
+        later = loop.call_later(3600, lambda: None)
+        assert not gc.is_tracked(soon) and not gc.is_tracked(later)
+        later.cancel()  # leaves the loop while we hold it
+        run_soon(loop)  # `soon` ran and left the loop while we hold it
+        assert gc.is_tracked(soon) and gc.is_tracked(later)
+    finally:
+        gc.enable()
+        loop.close()
+
+
+def test_held_pending_handles_are_tracked_by_full_collections() -> None:
+    loop = ErlangEventLoop()
+    try:
+        held = loop.call_later(3600, lambda: None)
+        assert not gc.is_tracked(held)
+        gc.collect()
+        assert gc.is_tracked(held)
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("how", ["ran", "cancelled", "fired", "closed"])
+def test_cycles_through_handles_are_collected(loop: ErlangEventLoop, how: str) -> None:
+    holder = _Holder()
+    if how == "ran":
+        holder.handle = loop.call_soon(holder.callback)
+        run_soon(loop)
+    elif how == "cancelled":
+        holder.handle = loop.call_later(3600, holder.callback)
+        holder.handle.cancel()
+    elif how == "fired":
+        holder.handle = loop.call_later(0, holder.callback)
+        loop.run_until_complete(asyncio.sleep(0.01))
+    else:
+        holder.handle = loop.call_later(3600, holder.callback)
+        loop.close()
+    ref = weakref.ref(holder)
+    del holder
+    gc.collect()
+    assert ref() is None
+
+
+def test_an_unclosed_loop_held_through_a_pending_handle_stays_whole() -> None:
+    holder = _Holder()
+    loop = ErlangEventLoop()
+    holder.handle = loop.call_later(3600, loop.stop)
+    ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    # Reachable through holder -> handle -> loop: alive and intact.
+    alive = ref()
+    assert alive is not None and not alive.is_closed()
+    alive.close()
+
+
+def test_an_unclosed_loop_in_a_cycle_with_a_held_pending_handle_is_collected() -> None:
+    holder = _Holder()
+    loop = ErlangEventLoop()
+    # holder -> handle -> holder.callback -> holder, and handle -> loop.
+    holder.handle = loop.call_later(3600, holder.callback)
+    ref = weakref.ref(loop)
+    with pytest.warns(ResourceWarning):
+        del loop, holder
+        gc.collect()
+    assert ref() is None
+
+
+def test_an_unclosed_loop_whose_handles_hold_it_is_collected() -> None:
+    loop = ErlangEventLoop()
+    loop.call_soon(loop.stop)  # handle -> bound method -> loop
+    loop.call_later(3600, loop.stop)
+    ref = weakref.ref(loop)
+    with pytest.warns(ResourceWarning):
+        del loop
+        gc.collect()
+    assert ref() is None
