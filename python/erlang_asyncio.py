@@ -67,9 +67,10 @@ async def sleep(delay: float, result: _T | None = None) -> _T | None:
     key, future = loop._sleep_future(delay)
     try:
         await future
-    finally:
-        if not future.done() or future.cancelled():
-            loop._cancel_sleep(key)
+    except BaseException:
+        # Cancelled (or the loop failed): the wheel entry goes at once.
+        loop._cancel_sleep(key)
+        raise
     return result
 
 

@@ -295,9 +295,14 @@ impl LoopRunner {
                     slf.borrow_mut().ready.push_back(held);
                 }
                 Item::Future(future) => {
+                    // A future cancelled since (its sleep not yet told) refuses
+                    // the result: that is the only error to ignore.
                     let future = future.bind(py);
-                    if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-                        future.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                    if let Err(error) = future.call_method1(intern!(py, "set_result"), (py.None(),))
+                    {
+                        if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+                            return Err(error);
+                        }
                     }
                 }
             }
