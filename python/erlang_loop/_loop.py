@@ -216,6 +216,10 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         "call_later": "call_later",
         "_run_once": "run_once",
         "_sleep_future": "sleep_future",
+        "_timer_handle_cancelled": "timer_cancelled",
+        "create_future": "create_future",
+        "time": "time",
+        "get_debug": "get_debug",
     }
 
     def _use_native_paths(self, native: bool) -> None:
@@ -229,7 +233,9 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     def _overrides(self, name: str) -> bool:
         """Does a subclass replace what the native path ``name`` does?"""
         if name == "_sleep_future":  # it makes its future as create_future does
-            return type(self).create_future is not base_events.BaseEventLoop.create_future
+            return self._overrides("create_future") or self._overrides("time")
+        if name == "call_later":  # it reads the clock as time() does
+            return self._overrides("time") or self._overrides("call_at")
         return getattr(type(self), name) is not getattr(ErlangEventLoop, name)
 
     def set_debug(self, enabled: bool) -> None:

@@ -490,18 +490,42 @@ impl LoopRunner {
     /// loop resolved `delay` seconds from now straight from the wheel, and
     /// its key (the `erlang_asyncio.sleep` fast path).
     fn sleep_future<'py>(slf: &Bound<'py, Self>, delay: f64) -> PyResult<(u64, Bound<'py, PyAny>)> {
-        let py = slf.py();
         if delay.is_nan() {
             return Err(PyValueError::new_err("delay must not be NaN"));
         }
-        let loop_ = Self::loop_object(slf)?;
-        // `loop.create_future()` as BaseEventLoop has it, without its frame.
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(intern!(py, "loop"), &loop_)?;
-        let future = future_class(py)?.call((), Some(&kwargs))?;
+        Self::loop_object(slf)?;
+        let future = Self::create_future(slf)?;
         let when = LoopCore::now_ns() as f64 / 1e9 + delay;
         let key = Self::add_future(slf, when, future.clone().unbind())?;
         Ok((key, future))
+    }
+
+    /// `loop.create_future()` as BaseEventLoop has it, without its frame
+    /// (a closed loop still makes futures, as asyncio's does).
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let loop_ = slf
+            .borrow()
+            .loop_
+            .as_ref()
+            .map(|loop_| loop_.clone_ref(py))
+            .ok_or_else(closed_error)?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), loop_)?;
+        future_class(py)?.call((), Some(&kwargs))
+    }
+
+    /// `loop.get_debug()` while the native paths are in use: they are used
+    /// outside debug mode only. (Every `Handle.cancel()` asks.)
+    #[staticmethod]
+    fn get_debug() -> bool {
+        false
+    }
+
+    /// `loop.time()`: CLOCK_MONOTONIC in seconds, as `time.monotonic()`.
+    #[staticmethod]
+    fn time() -> f64 {
+        LoopCore::now_ns() as f64 / 1e9
     }
 
     /// Takes a key out of the wheel; False if it already fired or left.

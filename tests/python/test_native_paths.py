@@ -13,6 +13,7 @@ import contextvars
 import gc
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -45,10 +46,13 @@ def test_native_paths_are_used_outside_debug_mode_only() -> None:
     loop = ErlangEventLoop()
     try:
         assert "call_soon" in vars(loop) and "_run_once" in vars(loop)
+        assert loop.get_debug() is False
         loop.set_debug(True)
         assert "call_soon" not in vars(loop) and "_run_once" not in vars(loop)
+        assert loop.get_debug() is True
         loop.set_debug(False)
         assert "call_soon" in vars(loop) and "_run_once" in vars(loop)
+        assert loop.get_debug() is False
     finally:
         loop.close()
 
@@ -420,3 +424,28 @@ def test_an_unclosed_loop_whose_handles_hold_it_is_collected() -> None:
         del loop
         gc.collect()
     assert ref() is None
+
+
+def test_native_time_and_create_future_are_asyncio_s(loop: ErlangEventLoop) -> None:
+    before = time.monotonic()
+    now = loop.time()
+    assert before <= now <= time.monotonic()
+    future = loop.create_future()
+    assert isinstance(future, asyncio.Future) and future.get_loop() is loop
+    loop.close()
+    assert loop.create_future().get_loop() is loop  # as asyncio: no closed check
+
+
+def test_a_subclass_with_its_own_clock_keeps_python_call_later() -> None:
+    class SlowClock(ErlangEventLoop):
+        def time(self) -> float:
+            return super().time() + 1000.0
+
+    loop = SlowClock()
+    try:
+        assert "call_later" not in vars(loop) and "_sleep_future" not in vars(loop)
+        timer = loop.call_later(1, lambda: None)
+        assert timer.when() > loop.time() - 10 > 900
+        timer.cancel()
+    finally:
+        loop.close()
