@@ -4,12 +4,9 @@ self-pipe and poll replaced by the native loop (Rust timer wheel, BEAM
 
 from __future__ import annotations
 
-import gc
-import math
 import os
 import signal
 import socket
-import weakref
 from asyncio import (
     Future,
     base_events,
@@ -34,27 +31,6 @@ from ._transports import (
     new_recv_buffer,
     shutdown_before_close,
 )
-
-
-# Live loops, for full collections (see _see_shared_handles).
-_LOOPS: weakref.WeakSet[ErlangEventLoop] = weakref.WeakSet()
-
-
-def _see_shared_handles(phase: str, info: dict[str, int]) -> None:
-    """A ``gc.callbacks`` hook. The handles a runner makes stay out of the
-    cyclic GC while they wait in the loop (LESSONS 27); the runner reports
-    what they hold in its own traverse. At the start of a full collection,
-    the pending handles that someone else holds too go back under the GC,
-    so that cycles through them are found, for loops that are not running
-    (a running loop is on its thread's stack: never garbage)."""
-    if phase == "start" and info["generation"] == 2:
-        for loop in list(_LOOPS):
-            runner = loop._runner
-            if runner is not None and not loop.is_running():
-                runner.before_full_collection()
-
-
-gc.callbacks.append(_see_shared_handles)
 
 
 class _ErlangTimerHandle(events.TimerHandle):
@@ -90,7 +66,6 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             self._native, self, events.Handle, _ErlangTimerHandle, self._selector._fd_to_key
         )
         self._ready = self._runner
-        _LOOPS.add(self)
         self._selector.on_timers_fired = self._runner.fire_timers
         self._use_native_paths(not self._debug)
 
@@ -154,8 +129,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         *args: Any,
         context: Context | None = None,
     ) -> events.TimerHandle:
-        if math.isnan(when):
-            raise ValueError("when must not be NaN")
+        if when is None:
+            raise TypeError("when cannot be None")
         self._check_closed()
         if self._debug:
             self._check_thread()
@@ -176,7 +151,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     ) -> events.TimerHandle:
         if delay is None:
             raise TypeError("delay must not be None")
-        if math.isnan(delay):
+        if delay != delay:  # NaN, of any number type
             raise ValueError("delay must not be NaN")
         timer = self.call_at(self.time() + delay, callback, *args, context=context)
         if timer._source_traceback:
@@ -287,10 +262,27 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         shutdown_before_close(sock)
         sock.close()
 
+    def run_forever(self) -> None:
+        runner = self._runner
+        if runner is None or self.is_running():
+            return super().run_forever()  # raises as asyncio's does
+        # While the loop runs, the handles its runner makes stay out of the
+        # cyclic GC (a running loop is never garbage).
+        runner.set_running(True)
+        try:
+            super().run_forever()
+        finally:
+            runner.set_running(False)
+
     def close(self) -> None:
-        super().close()
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        # The runner first: from here on nothing is scheduled (a finalizer
+        # run by the closing could otherwise queue a callback into a
+        # dropped queue).
         if self._runner is not None:
             self._runner.close()
+        super().close()
 
     # -- signals: the BEAM owns them all but SIGCHLD --
 

@@ -14,7 +14,7 @@ use std::ptr::{addr_of_mut, NonNull};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyTuple, PyType};
+use pyo3::types::{PyTuple, PyType};
 
 /// Where one object-valued `__slots__` member lives in an instance.
 #[derive(Clone, Copy, Debug)]
@@ -107,8 +107,11 @@ pub struct HandleKinds {
     when: Slot,
     scheduled: Slot,
     key: Slot,
-    /// Whether the handles made here leave the cyclic GC (see `untrack`).
-    untracked: bool,
+    /// Whether the handles made here can leave the cyclic GC (see `untrack`).
+    untrackable: bool,
+    /// `Handle._run` as asyncio defines it: patched (profilers, tracers),
+    /// handles run through Python.
+    stock_run: Py<PyAny>,
 }
 
 impl HandleKinds {
@@ -131,9 +134,9 @@ impl HandleKinds {
                 "handle classes must keep Handle._run",
             ));
         }
-        let untracked = untrackable(handle) && untrackable(timer);
         Ok(HandleKinds {
-            untracked,
+            untrackable: untrackable(handle) && untrackable(timer),
+            stock_run: run.unbind(),
             callback: Slot::find(handle, "_callback")?,
             args: Slot::find(handle, "_args")?,
             cancelled: Slot::find(handle, "_cancelled")?,
@@ -157,12 +160,14 @@ impl HandleKinds {
 
     /// `Handle(callback, args, loop, context)` for a loop not in debug mode
     /// (no source traceback). `context` None = a copy of the current one.
+    /// `untracked`: made outside the cyclic GC (see `untrack`).
     pub fn new_handle<'py>(
         &self,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         loop_: &Bound<'py, PyAny>,
         context: Option<&Bound<'py, PyAny>>,
+        untracked: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = callback.py();
         let context = own_context(py, context)?;
@@ -170,23 +175,28 @@ impl HandleKinds {
         // SAFETY: `object` is a new, zeroed instance of the class the slots
         // were found on; every value is a new strong reference.
         unsafe { self.init_handle(object.as_ptr(), callback, args, loop_, context) };
-        self.untrack(&object);
+        if untracked {
+            self.untrack(&object);
+        }
         Ok(object)
     }
 
-    /// A scheduled timer handle due at `when` with wheel key `key`.
+    /// A scheduled timer handle due at `when` (kept as given, as asyncio
+    /// does) with wheel key `key`; `untracked` as in `new_handle`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new_timer<'py>(
         &self,
-        when: f64,
+        when: &Bound<'py, PyAny>,
         key: u64,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         loop_: &Bound<'py, PyAny>,
         context: Option<&Bound<'py, PyAny>>,
+        untracked: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = callback.py();
         let context = own_context(py, context)?;
-        let when = PyFloat::new(py, when);
+        let when = when.clone();
         let key = key.into_pyobject(py)?;
         let object = allocate(self.timer.bind(py))?;
         // SAFETY: as in `new_handle`; the timer slots belong to this class.
@@ -197,7 +207,9 @@ impl HandleKinds {
             self.scheduled.init(raw, new_ref(ffi::Py_True()));
             self.key.init(raw, key.into_ptr());
         }
-        self.untrack(&object);
+        if untracked {
+            self.untrack(&object);
+        }
         Ok(object)
     }
 
@@ -220,57 +232,59 @@ impl HandleKinds {
         self.source_traceback.init(object, new_ref(ffi::Py_None()));
     }
 
-    /// Do the handles made here start outside the cyclic GC?
-    pub fn untracked(&self) -> bool {
-        self.untracked
+    /// Can the handles made here leave the cyclic GC?
+    pub fn untrackable(&self) -> bool {
+        self.untrackable
     }
 
     /// Takes a handle made here out of the cyclic GC (LESSONS 27: a GC that
-    /// walks every pending handle dominates callback-heavy loops). Only while
-    /// the loop holds it: whoever else holds it when it leaves the loop gets
-    /// it back tracked (`track`), and full collections see every pending
-    /// handle (`LoopRunner.gc_phase`), so cycles through handles are still
-    /// found.
+    /// walks every pending handle dominates callback-heavy loops). Only
+    /// while its loop runs (a running loop is on its thread's stack, never
+    /// garbage) and holds the handle: the runner tracks it again when it
+    /// leaves the loop while someone else holds it, and all of them when
+    /// the loop stops running.
     fn untrack(&self, object: &Bound<'_, PyAny>) {
-        if self.untracked {
-            // SAFETY: a live object of a GC type (checked in `new`); the
-            // call is a no-op for an untracked object.
+        if self.untrackable {
+            // SAFETY: a live instance of one of our classes, a GC type
+            // (checked in `new`); a no-op for an untracked object.
             unsafe { ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
         }
     }
 
     /// Puts a handle made here back under the cyclic GC, if it is not.
+    /// Anything but an instance of our classes is left alone.
     pub fn track(&self, object: &Bound<'_, PyAny>) {
-        // SAFETY: a live object of a GC type; tracking twice is a fatal
-        // error, hence the check.
+        if !self.untrackable || !self.is_stock(object) {
+            return;
+        }
+        // SAFETY: an instance of one of our GC classes; tracking twice is a
+        // fatal error, hence the check.
         unsafe {
-            if self.untracked && ffi::PyObject_GC_IsTracked(object.as_ptr()) == 0 {
+            if ffi::PyObject_GC_IsTracked(object.as_ptr()) == 0 {
                 ffi::PyObject_GC_Track(object.as_ptr().cast());
             }
         }
     }
 
-    /// The objects an untracked handle made here refers to that can be in
-    /// a cycle (its context, loop, callback and arguments), for the
-    /// runner's `__traverse__` to visit on its behalf.
-    ///
-    /// # Safety
-    /// `handle` is a live handle made here; the GIL is held (as during a
-    /// traverse).
-    pub unsafe fn referents(&self, handle: *mut ffi::PyObject) -> [*mut ffi::PyObject; 4] {
-        [
-            self.context.get(handle),
-            self.loop_.get(handle),
-            self.callback.get(handle),
-            self.args.get(handle),
-        ]
+    /// Is `Handle._run` still asyncio's (not patched by a profiler)?
+    pub fn stock_run_intact(&self, py: Python<'_>) -> bool {
+        self.handle
+            .bind(py)
+            .getattr(pyo3::intern!(py, "_run"))
+            .is_ok_and(|run| run.is(self.stock_run.bind(py)))
     }
 
-    /// Is `object` one of our timer handles?
+    /// Is `object` one of our timer handles? Its real type is checked
+    /// (not `isinstance`, which a `__class__` property can fool): the slot
+    /// offsets hold only for our class and its subclasses.
     pub fn is_timer(&self, object: &Bound<'_, PyAny>) -> bool {
-        object
-            .is_instance(self.timer.bind(object.py()))
-            .unwrap_or(false)
+        // SAFETY: type pointers of live objects.
+        unsafe {
+            ffi::PyType_IsSubtype(
+                ffi::Py_TYPE(object.as_ptr()),
+                self.timer.as_ptr() as *mut ffi::PyTypeObject,
+            ) != 0
+        }
     }
 
     /// The wheel key of a scheduled timer handle of ours, marking it no
@@ -321,7 +335,16 @@ impl HandleKinds {
     pub fn is_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<bool> {
         if self.is_stock(handle) {
             // SAFETY: `handle` is exactly a class the slot was found on.
-            return Ok(unsafe { self.cancelled.get(handle.as_ptr()) == ffi::Py_True() });
+            let cancelled = unsafe { self.cancelled.get(handle.as_ptr()) };
+            // SAFETY: as above; the GIL is held.
+            unsafe {
+                if cancelled == ffi::Py_True() {
+                    return Ok(true);
+                }
+                if cancelled == ffi::Py_False() {
+                    return Ok(false);
+                }
+            }
         }
         handle
             .getattr(pyo3::intern!(handle.py(), "_cancelled"))?
@@ -336,27 +359,27 @@ impl HandleKinds {
     }
 
     /// Runs a handle as `Handle._run` does, for the classes whose `_run` is
-    /// asyncio's; others (and half-built ones) run their own `_run`.
-    pub fn run(&self, handle: &Bound<'_, PyAny>) -> PyResult<Ran> {
+    /// asyncio's while `stock_run` (see `stock_run_intact`); others (and
+    /// half-built ones) run their own `_run`.
+    pub fn run(&self, handle: &Bound<'_, PyAny>, stock_run: bool) -> PyResult<Ran> {
         let py = handle.py();
         let raw = handle.as_ptr();
-        if !self.is_stock(handle) {
+        if !stock_run || !self.is_stock(handle) {
             return self.run_in_python(handle);
+        }
+        if self.is_cancelled(handle)? {
+            return Ok(Ran::Cancelled);
         }
         // SAFETY: `handle` is exactly one of the classes the slots were
         // found on. The values are borrowed, then owned (`from_borrowed_ptr`)
         // before any Python code runs, as the callback may clear the slots.
-        let (cancelled, context, callback, args) = unsafe {
+        let (context, callback, args) = unsafe {
             (
-                self.cancelled.get(raw),
                 NonNull::new(self.context.get(raw)),
                 NonNull::new(self.callback.get(raw)),
                 NonNull::new(self.args.get(raw)),
             )
         };
-        if cancelled == unsafe { ffi::Py_True() } {
-            return Ok(Ran::Cancelled);
-        }
         let (Some(context), Some(callback), Some(args)) = (context, callback, args) else {
             return self.run_in_python(handle);
         };

@@ -20,11 +20,11 @@ use std::os::fd::RawFd;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyTuple, PyType};
+use pyo3::types::{PyDict, PyFloat, PyList, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::handles::{HandleKinds, Ran};
@@ -69,49 +69,22 @@ impl Held {
         }
     }
 
-    /// At the start of a full collection: a handle someone else also
-    /// holds goes back under the GC for good, so that the collection sees
-    /// the paths through it (see `visit`).
-    fn before_full_collection(&self, py: Python<'_>) {
-        // SAFETY: reading the reference count of a live object.
-        if self.ours && unsafe { ffi::Py_REFCNT(self.handle.as_ptr()) } > 1 {
+    /// Back under the GC (the loop stopped running).
+    fn track(&self, py: Python<'_>) {
+        if self.ours {
             kinds().track(self.handle.bind(py));
         }
     }
 
-    /// What the runner's `__traverse__` reports for this handle. A tracked
-    /// handle is visited itself (its own traverse reports what it holds).
-    /// An untracked one held by the runner alone is invisible to the GC, so
-    /// the runner reports what the handle holds, as the handle's owner: the
-    /// loop it points back to is then found in cycles. An untracked one held
-    /// elsewhere too is left out: what it holds looks referenced from
-    /// outside (kept alive, never cleared early) until a full collection
-    /// tracks it.
+    /// What the runner's `__traverse__` reports for this handle: the handle
+    /// if the GC tracks it. An untracked one (only while the loop runs) is
+    /// left out: what it holds then looks referenced from outside, which
+    /// keeps it alive and never clears it early; the loop, on its thread's
+    /// stack, is not garbage anyway.
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let raw = self.handle.as_ptr();
         // SAFETY: a live object; traverse runs with the GIL held.
-        let (tracked, shared) = unsafe {
-            (
-                ffi::PyObject_GC_IsTracked(raw) != 0,
-                ffi::Py_REFCNT(raw) > 1,
-            )
-        };
-        if !self.ours || tracked {
-            return visit.call(&self.handle);
-        }
-        if shared {
-            return Ok(());
-        }
-        // SAFETY: `raw` is an untracked handle made by the runner; the
-        // slot values are borrowed for the visit only (never released:
-        // ManuallyDrop), and the GIL is held during a traverse.
-        for referent in unsafe { kinds().referents(raw) } {
-            if !referent.is_null() {
-                let object = std::mem::ManuallyDrop::new(unsafe {
-                    Bound::<PyAny>::from_owned_ptr(Python::assume_attached(), referent)
-                });
-                visit.call(object.as_unbound())?;
-            }
+        if !self.ours || unsafe { ffi::PyObject_GC_IsTracked(self.handle.as_ptr()) } != 0 {
+            visit.call(&self.handle)?;
         }
         Ok(())
     }
@@ -172,6 +145,8 @@ pub struct LoopRunner {
     ready: VecDeque<Held>,
     timers: Timers,
     closed: bool,
+    /// Inside `run_forever`: the handles made meanwhile leave the GC.
+    running: bool,
 }
 
 fn closed_error() -> PyErr {
@@ -188,37 +163,42 @@ impl LoopRunner {
         }
     }
 
+    /// Do handles made now leave the GC (see `HandleKinds::untrack`)?
+    fn untracked(slf: &Bound<'_, Self>) -> bool {
+        slf.borrow().running && kinds().untrackable()
+    }
+
     fn schedule(slf: &Bound<'_, Self>, when: f64, key: u64, item: Item) {
         slf.borrow_mut()
             .timers
             .insert(key, Scheduled { when, item });
     }
 
-    /// A timer handle at `when` for `callback(*args)`, in the wheel.
+    /// A timer handle at `when` (loop seconds, kept as given) for
+    /// `callback(*args)`, in the wheel.
     fn new_timer<'py>(
         slf: &Bound<'py, Self>,
-        when: f64,
+        when: &Bound<'py, PyAny>,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if when.is_nan() {
-            return Err(PyValueError::new_err("when must not be NaN"));
-        }
+        let seconds = seconds_of(when)?;
         let loop_ = Self::loop_object(slf)?;
         let key = slf
             .borrow()
             .native
             .get()
-            .insert_timer_ns(deadline_ns(when)?)?;
-        let made = kinds().new_timer(when, key, callback, args, &loop_, context);
+            .insert_timer_ns(deadline_ns(seconds)?)?;
+        let untracked = Self::untracked(slf);
+        let made = kinds().new_timer(when, key, callback, args, &loop_, context, untracked);
         match made {
             Ok(timer) => {
                 let held = Held {
                     handle: timer.clone().unbind(),
-                    ours: kinds().untracked(),
+                    ours: untracked,
                 };
-                Self::schedule(slf, when, key, Item::Handle(held));
+                Self::schedule(slf, seconds, key, Item::Handle(held));
                 Ok(timer)
             }
             Err(error) => {
@@ -288,6 +268,9 @@ impl LoopRunner {
         };
         // A stable sort: equal deadlines keep the wheel's (insertion) order.
         due.sort_by(|a, b| a.when.total_cmp(&b.when));
+        // Every fired timer is handled even if one future fails: the wheel
+        // has let go of them all. The first error is raised at the end.
+        let mut first_error = None;
         for scheduled in due {
             match scheduled.item {
                 Item::Handle(held) => {
@@ -295,20 +278,45 @@ impl LoopRunner {
                     slf.borrow_mut().ready.push_back(held);
                 }
                 Item::Future(future) => {
-                    // A future cancelled since (its sleep not yet told) refuses
-                    // the result: that is the only error to ignore.
-                    let future = future.bind(py);
-                    if let Err(error) = future.call_method1(intern!(py, "set_result"), (py.None(),))
-                    {
-                        if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-                            return Err(error);
-                        }
+                    if let Err(error) = resolve_sleep(future.bind(py)) {
+                        first_error.get_or_insert(error);
                     }
                 }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Resolves a fired `erlang_asyncio.sleep` future. One cancelled since (its
+/// sleep not yet told) refuses the result: the only error to ignore.
+fn resolve_sleep(future: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = future.py();
+    match future.call_method1(intern!(py, "set_result"), (py.None(),)) {
+        Ok(_) => Ok(()),
+        Err(_) if future.call_method0(intern!(py, "done"))?.is_truthy()? => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// A deadline or delay in seconds as asyncio accepts them (anything
+/// `float()` takes); integers too large for a float are +-infinity.
+fn seconds_of(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let seconds = match value.extract::<f64>() {
+        Ok(seconds) => seconds,
+        Err(error) if error.is_instance_of::<PyOverflowError>(value.py()) => {
+            if value.gt(0)? {
+                f64::INFINITY
+            } else {
+                f64::NEG_INFINITY
+            }
+        }
+        Err(error) => return Err(error),
+    };
+    if seconds.is_nan() {
+        return Err(PyValueError::new_err("when must not be NaN"));
+    }
+    Ok(seconds)
 }
 
 impl Drop for LoopRunner {
@@ -358,6 +366,7 @@ impl LoopRunner {
             ready: VecDeque::new(),
             timers: Timers::default(),
             closed: false,
+            running: false,
         })
     }
 
@@ -377,7 +386,9 @@ impl LoopRunner {
             .pop_front()
             .ok_or_else(|| PyIndexError::new_err("pop from an empty deque"))?;
         // Python code gets it: under the GC from now on.
-        kinds().track(held.handle.bind(slf.py()));
+        if held.ours {
+            kinds().track(held.handle.bind(slf.py()));
+        }
         Ok(held.handle)
     }
 
@@ -419,10 +430,11 @@ impl LoopRunner {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let loop_ = Self::loop_object(slf)?;
-        let handle = kinds().new_handle(callback, args, &loop_, context)?;
+        let untracked = Self::untracked(slf);
+        let handle = kinds().new_handle(callback, args, &loop_, context, untracked)?;
         slf.borrow_mut().ready.push_back(Held {
             handle: handle.clone().unbind(),
-            ours: kinds().untracked(),
+            ours: untracked,
         });
         Ok(handle)
     }
@@ -431,11 +443,14 @@ impl LoopRunner {
     #[pyo3(signature = (when, callback, *args, context=None))]
     fn call_at<'py>(
         slf: &Bound<'py, Self>,
-        when: f64,
+        when: &Bound<'py, PyAny>,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
         Self::new_timer(slf, when, callback, args, context)
     }
 
@@ -443,23 +458,40 @@ impl LoopRunner {
     #[pyo3(signature = (delay, callback, *args, context=None))]
     fn call_later<'py>(
         slf: &Bound<'py, Self>,
-        delay: Option<f64>,
+        delay: &Bound<'py, PyAny>,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
-        if delay.is_nan() {
+        let py = slf.py();
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        // `self.time() + delay` with Python's own addition, so that what
+        // asyncio accepts (int, float, Fraction) and refuses (Decimal) is
+        // the same here.
+        let now = PyFloat::new(py, LoopCore::now_ns() as f64 / 1e9);
+        let when = now.add(delay)?;
+        if seconds_of(&when).is_err_and(|e| e.is_instance_of::<PyValueError>(py)) {
             return Err(PyValueError::new_err("delay must not be NaN"));
         }
-        let now = LoopCore::now_ns() as f64 / 1e9;
-        Self::new_timer(slf, now + delay, callback, args, context)
+        Self::new_timer(slf, &when, callback, args, context)
     }
 
     /// Puts a timer handle made in Python (debug mode) in the wheel at
     /// `when`; returns its key.
-    fn add_timer(slf: &Bound<'_, Self>, when: f64, timer: Py<PyAny>) -> PyResult<u64> {
+    fn add_timer(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        timer: Py<PyAny>,
+    ) -> PyResult<u64> {
         Self::loop_object(slf)?;
+        if !kinds().is_timer(timer.bind(slf.py())) {
+            return Err(PyTypeError::new_err(
+                "not a timer handle of this loop class",
+            ));
+        }
+        let when = seconds_of(when)?;
         let key = slf
             .borrow()
             .native
@@ -551,10 +583,15 @@ impl LoopRunner {
     /// `loop._timer_handle_cancelled(handle)`: our scheduled timer handles
     /// leave the wheel; anything else is ignored.
     fn timer_cancelled(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> bool {
-        match kinds().unschedule(handle) {
-            Some(key) => Self::cancel(slf, key),
-            None => false,
-        }
+        let Some(key) = kinds().unschedule(handle) else {
+            return false;
+        };
+        // The key must name this very handle (its `_key` is writable).
+        let ours = matches!(
+            slf.borrow().timers.get(&key),
+            Some(Scheduled { item: Item::Handle(held), .. }) if held.handle.is(handle)
+        );
+        ours && Self::cancel(slf, key)
     }
 
     // -- one iteration --
@@ -572,13 +609,19 @@ impl LoopRunner {
         let no_wait = busy || loop_.getattr(intern!(py, "_stopping"))?.is_truthy()?;
         let timeout = no_wait.then_some(Duration::ZERO);
         let (fd_events, timer_keys) = native.get().wait_events(py, timeout)?;
-        if !fd_events.is_empty() {
-            Self::ready_fds(slf, &loop_, &fd_events)?;
-        }
-        if !timer_keys.is_empty() {
-            Self::fire(slf, &timer_keys)?;
-        }
-        Ok(())
+        let fds = if fd_events.is_empty() {
+            Ok(())
+        } else {
+            Self::ready_fds(slf, &loop_, &fd_events)
+        };
+        // The fired timers are out of the wheel: they are made ready even
+        // if an fd callback's bookkeeping failed.
+        let timers = if timer_keys.is_empty() {
+            Ok(())
+        } else {
+            Self::fire(slf, &timer_keys)
+        };
+        fds.and(timers)
     }
 
     /// Runs the callbacks that are ready now (not those they schedule), as
@@ -586,13 +629,14 @@ impl LoopRunner {
     fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let todo = slf.borrow().ready.len();
+        let stock_run = kinds().stock_run_intact(py);
         for _ in 0..todo {
             let Some(held) = slf.borrow_mut().ready.pop_front() else {
                 break;
             };
             let ours = held.ours;
             let handle = held.handle.into_bound(py);
-            let ran = kinds().run(&handle);
+            let ran = kinds().run(&handle, stock_run);
             if let Ok(Ran::Failed(error)) = ran {
                 // The exception handler may keep the handle: under the GC.
                 kinds().track(&handle);
@@ -611,18 +655,22 @@ impl LoopRunner {
         Ok(())
     }
 
-    /// At the start of a full collection (`gc.callbacks`, generation 2):
-    /// the pending handles the runner made that someone else also holds go
-    /// back under the GC (see `Held::visit`).
-    fn before_full_collection(slf: &Bound<'_, Self>) {
+    /// `run_forever` starts (True) or ends (False). The handles made while
+    /// the loop runs stay out of the GC; when it stops, those still pending
+    /// go back under it, so that an idle loop's handles are as asyncio's.
+    fn set_running(slf: &Bound<'_, Self>, running: bool) {
         let py = slf.py();
-        let this = slf.borrow();
-        for held in &this.ready {
-            held.before_full_collection(py);
-        }
-        for scheduled in this.timers.values() {
-            if let Item::Handle(held) = &scheduled.item {
-                held.before_full_collection(py);
+        let mut this = slf.borrow_mut();
+        this.running = running;
+        if !running {
+            // Tracking allocates nothing and runs no Python.
+            for held in &this.ready {
+                held.track(py);
+            }
+            for scheduled in this.timers.values() {
+                if let Item::Handle(held) = &scheduled.item {
+                    held.track(py);
+                }
             }
         }
     }
@@ -662,13 +710,15 @@ impl LoopRunner {
     }
 
     /// How many timer handles and futures this runner has in the wheel.
-    fn scheduled(&self) -> (usize, usize) {
-        let handles = self
+    fn scheduled(slf: &Bound<'_, Self>) -> (usize, usize) {
+        // Counted under a borrow that ends before the result is built.
+        let this = slf.borrow();
+        let handles = this
             .timers
             .values()
             .filter(|s| matches!(s.item, Item::Handle(_)))
             .count();
-        (handles, self.timers.len() - handles)
+        (handles, this.timers.len() - handles)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -343,29 +343,38 @@ class _Holder:
         pass
 
 
-def test_pending_native_handles_are_out_of_the_gc_until_they_leave() -> None:
+def test_handles_made_while_running_are_out_of_the_gc_until_they_leave() -> None:
     loop = ErlangEventLoop()
-    gc.disable()  # a full collection in between would track the held ones
-    try:
+    seen: dict[str, bool] = {}
+
+    async def main() -> tuple[asyncio.Handle, asyncio.TimerHandle, asyncio.TimerHandle]:
         soon = loop.call_soon(lambda: None)
         later = loop.call_later(3600, lambda: None)
-        assert not gc.is_tracked(soon) and not gc.is_tracked(later)
+        pending = loop.call_later(3600, lambda: None)
+        seen["soon"], seen["later"] = gc.is_tracked(soon), gc.is_tracked(later)
         later.cancel()  # leaves the loop while we hold it
-        run_soon(loop)  # `soon` ran and left the loop while we hold it
-        assert gc.is_tracked(soon) and gc.is_tracked(later)
+        seen["cancelled"] = gc.is_tracked(later)
+        await asyncio.sleep(0)  # `soon` ran and left the loop while we hold it
+        seen["ran"] = gc.is_tracked(soon)
+        seen["pending"] = gc.is_tracked(pending)
+        return soon, later, pending
+
+    gc.disable()  # no collection in between
+    try:
+        _, _, pending = loop.run_until_complete(main())
+        assert seen == {
+            "soon": False,
+            "later": False,
+            "cancelled": True,
+            "ran": True,
+            "pending": False,
+        }
+        # The loop stopped: what it still holds is under the GC again.
+        assert gc.is_tracked(pending)
+        # Made while the loop is not running: tracked from the start.
+        assert gc.is_tracked(loop.call_soon(lambda: None))
     finally:
         gc.enable()
-        loop.close()
-
-
-def test_held_pending_handles_are_tracked_by_full_collections() -> None:
-    loop = ErlangEventLoop()
-    try:
-        held = loop.call_later(3600, lambda: None)
-        assert not gc.is_tracked(held)
-        gc.collect()
-        assert gc.is_tracked(held)
-    finally:
         loop.close()
 
 
@@ -449,3 +458,137 @@ def test_a_subclass_with_its_own_clock_keeps_python_call_later() -> None:
         timer.cancel()
     finally:
         loop.close()
+
+
+def test_popleft_of_foreign_objects_leaves_them_alone(loop: ErlangEventLoop) -> None:
+    loop._ready.append(1.5)  # not a handle, not a GC object
+    loop._ready.append("x")
+    assert loop._ready.popleft() == 1.5 and loop._ready.popleft() == "x"
+
+
+def test_objects_posing_as_timer_handles_are_refused(loop: ErlangEventLoop) -> None:
+    from unittest import mock
+
+    from erlang_loop._loop import _ErlangTimerHandle
+
+    fake = mock.Mock(spec=_ErlangTimerHandle)
+    assert isinstance(fake, _ErlangTimerHandle)  # isinstance is fooled ...
+    assert loop._runner.timer_cancelled(fake) is False  # ... the runner is not
+    with pytest.raises(TypeError):
+        loop._runner.add_timer(loop.time(), fake)
+    assert loop._runner.scheduled() == (0, 0)
+
+
+def test_a_timer_handle_whose_key_was_changed_cancels_nothing_else(
+    loop: ErlangEventLoop,
+) -> None:
+    ran: list[str] = []
+    victim = loop.call_later(0, ran.append, "victim")
+    impostor = loop.call_later(3600, ran.append, "impostor")
+    impostor._key = victim._key  # type: ignore[attr-defined]
+    impostor.cancel()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert ran == ["victim"]
+
+
+def test_fired_timers_run_even_if_fd_bookkeeping_fails(loop: ErlangEventLoop) -> None:
+    left, right = socket.socketpair()
+    try:
+        fired: list[str] = []
+        handle = loop._add_reader(left.fileno(), lambda: None)
+        handle.cancel()  # the next readiness unregisters the fd ...
+        original = loop._remove_reader
+
+        def failing_remove(fd: int) -> bool:  # ... and that fails once
+            loop._remove_reader = original  # type: ignore[method-assign]
+            raise OSError("remove failed")
+
+        loop._remove_reader = failing_remove  # type: ignore[method-assign]
+        loop.call_at(0, fired.append, "timer")  # due in the same wait
+        right.send(b"x")
+        with pytest.raises(OSError, match="remove failed"):
+            loop.run_until_complete(asyncio.sleep(0.05))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert fired == ["timer"]
+    finally:
+        loop._remove_reader(left.fileno())
+        left.close()
+        right.close()
+
+
+def test_a_patched_handle_run_is_called(loop: ErlangEventLoop) -> None:
+    calls: list[asyncio.Handle] = []
+    original = asyncio.Handle._run
+
+    def counting_run(self: asyncio.Handle) -> None:
+        calls.append(self)
+        original(self)
+
+    asyncio.Handle._run = counting_run  # type: ignore[method-assign]
+    try:
+        run_soon(loop)
+    finally:
+        asyncio.Handle._run = original  # type: ignore[method-assign]
+    assert len(calls) >= 1
+
+
+def test_deadlines_are_kept_as_given(loop: ErlangEventLoop) -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    def noop() -> None:
+        pass
+
+    timers = [loop.call_at(10, noop), loop.call_at(10**400, noop), loop.call_at(True, noop)]
+    assert [type(t.when()) for t in timers] == [int, int, bool]
+    assert timers[0].when() == 10
+    with pytest.raises(TypeError):
+        loop.call_later(Decimal(1), noop)  # float + Decimal, as asyncio's
+    assert isinstance(loop.call_later(Fraction(1, 2), noop).when(), float)
+    with pytest.raises(TypeError, match="when cannot be None"):
+        loop.call_at(None, noop)  # type: ignore[arg-type]
+    loop.close()
+
+
+def test_a_truthy_cancelled_flag_counts(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    handle = loop.call_soon(ran.append, "ran")
+    handle._cancelled = 1  # type: ignore[assignment]
+    run_soon(loop)
+    assert ran == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_weakref_callbacks_of_an_unclosed_loop_s_handles_are_safe() -> None:
+    """An unclosed loop whose __del__ cannot close it (ResourceWarning as an
+    error) is collected with pending handles: weakrefs to them are cleared
+    by the GC before anything is torn down, as with asyncio's loop."""
+    registry: list[Any] = []
+    outcome: list[bool] = []
+
+    def make() -> None:
+        def callback() -> None:
+            pass
+
+        loop = ErlangEventLoop()
+        first = loop.call_soon(print, "first")
+        second = loop.call_soon(callback)
+        second_ref = weakref.ref(second)
+
+        def on_first_freed(_: Any) -> None:
+            handle = second_ref()
+            outcome.append(handle is not None)
+            if handle is not None:
+                handle._callback()
+
+        registry.append(weakref.ref(first, on_first_freed))
+        registry.append(on_first_freed)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        gc.collect()
+        make()
+        gc.collect()
+    assert outcome in ([], [False])
