@@ -76,6 +76,9 @@ struct State {
     server_down: bool,
     wakeup_requested: bool,
     closed: bool,
+    /// Threads asleep on `ready`: with none, a notify is skipped (it is a
+    /// futex syscall each time, on the Erlang scheduler for fd events).
+    waiters: u32,
     stats: LoopStats,
     /// Scratch for `advance`, kept to avoid an allocation per tick.
     expired: Vec<Expired<u64>>,
@@ -97,6 +100,7 @@ impl LoopCore {
                 server_down: false,
                 wakeup_requested: false,
                 closed: false,
+                waiters: 0,
                 stats: LoopStats::default(),
                 expired: Vec::new(),
             }),
@@ -152,7 +156,7 @@ impl LoopCore {
         if fired == 0 {
             state.stats.spurious_ticks += 1;
         } else {
-            self.ready.notify_all();
+            self.notify(&state);
         }
         state.arm_timer(now)
     }
@@ -200,7 +204,7 @@ impl LoopCore {
                     key: fd as u64,
                 });
                 state.stats.fd_events += 1;
-                self.ready.notify_all();
+                self.notify(&state);
             }
             Readiness::Coalesced => state.stats.events_coalesced += 1,
             Readiness::Stale => state.stats.stale_events += 1,
@@ -317,6 +321,7 @@ impl LoopCore {
                 limit = Some(limit.map_or(until, |l| l.min(until)));
             }
             slept = true;
+            state.waiters += 1;
             state = match limit {
                 None => self.ready.wait(state).unwrap_or_else(|e| e.into_inner()),
                 Some(limit) => {
@@ -326,6 +331,7 @@ impl LoopCore {
                         .0
                 }
             };
+            state.waiters -= 1;
         }
     }
 
@@ -338,11 +344,13 @@ impl LoopCore {
             if left.is_zero() {
                 return false;
             }
+            state.waiters += 1;
             state = self
                 .ready
                 .wait_timeout(state, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            state.waiters -= 1;
         }
         state.served
     }
@@ -364,8 +372,18 @@ impl LoopCore {
 
     /// Wakes the waiting thread (thread-safe callbacks, stop).
     pub fn wakeup(&self) {
-        self.lock().wakeup_requested = true;
-        self.ready.notify_all();
+        let mut state = self.lock();
+        state.wakeup_requested = true;
+        self.notify(&state);
+    }
+
+    /// Wakes the threads asleep in `block`/`wait_served`, if any. Called
+    /// with the state locked, so a thread about to sleep either sees the
+    /// change first or is counted.
+    fn notify(&self, state: &State) {
+        if state.waiters > 0 {
+            self.ready.notify_all();
+        }
     }
 
     // ---- life cycle ----
