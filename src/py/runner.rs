@@ -163,9 +163,18 @@ impl LoopRunner {
         }
     }
 
-    /// Do handles made now leave the GC (see `HandleKinds::untrack`)?
-    fn untracked(slf: &Bound<'_, Self>) -> bool {
-        slf.borrow().running && kinds().untrackable()
+    /// The Python loop (or the closed error) and whether handles made now
+    /// leave the GC (see `HandleKinds::untrack`), under one borrow: the
+    /// borrow checks showed in profiles of `call_soon`.
+    fn loop_for_handle<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, bool)> {
+        let this = slf.borrow();
+        match &this.loop_ {
+            Some(loop_) if !this.closed => Ok((
+                loop_.bind(slf.py()).clone(),
+                this.running && kinds().untrackable(),
+            )),
+            _ => Err(closed_error()),
+        }
     }
 
     fn schedule(slf: &Bound<'_, Self>, when: f64, key: u64, item: Item) {
@@ -184,13 +193,12 @@ impl LoopRunner {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let seconds = seconds_of(when)?;
-        let loop_ = Self::loop_object(slf)?;
+        let (loop_, untracked) = Self::loop_for_handle(slf)?;
         let key = slf
             .borrow()
             .native
             .get()
             .insert_timer_ns(deadline_ns(seconds)?)?;
-        let untracked = Self::untracked(slf);
         let made = kinds().new_timer(when, key, callback, args, &loop_, context, untracked);
         match made {
             Ok(timer) => {
@@ -429,8 +437,7 @@ impl LoopRunner {
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let loop_ = Self::loop_object(slf)?;
-        let untracked = Self::untracked(slf);
+        let (loop_, untracked) = Self::loop_for_handle(slf)?;
         let handle = kinds().new_handle(callback, args, &loop_, context, untracked)?;
         slf.borrow_mut().ready.push_back(Held {
             handle: handle.clone().unbind(),
@@ -601,10 +608,13 @@ impl LoopRunner {
     /// its reader and writer handles and makes fired timers ready.
     fn poll(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let loop_ = Self::loop_object(slf)?;
-        let (native, busy) = {
+        let (loop_, native, busy) = {
             let this = slf.borrow();
-            (this.native.clone_ref(py), !this.ready.is_empty())
+            let loop_ = match &this.loop_ {
+                Some(loop_) if !this.closed => loop_.bind(py).clone(),
+                _ => return Err(closed_error()),
+            };
+            (loop_, this.native.clone_ref(py), !this.ready.is_empty())
         };
         let no_wait = busy || loop_.getattr(intern!(py, "_stopping"))?.is_truthy()?;
         let timeout = no_wait.then_some(Duration::ZERO);
