@@ -136,7 +136,7 @@ struct Scheduled {
     item: Item,
 }
 
-#[pyclass(module = "_erlang_loop", name = "LoopRunner", weakref)]
+#[pyclass(module = "_erlang_loop", name = "LoopRunner")]
 pub struct LoopRunner {
     native: Py<NativeLoop>,
     loop_: Option<Py<PyAny>>,
