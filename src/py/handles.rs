@@ -160,14 +160,12 @@ impl HandleKinds {
 
     /// `Handle(callback, args, loop, context)` for a loop not in debug mode
     /// (no source traceback). `context` None = a copy of the current one.
-    /// `untracked`: made outside the cyclic GC (see `untrack`).
     pub fn new_handle<'py>(
         &self,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         loop_: &Bound<'py, PyAny>,
         context: Option<&Bound<'py, PyAny>>,
-        untracked: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = callback.py();
         let context = own_context(py, context)?;
@@ -175,15 +173,11 @@ impl HandleKinds {
         // SAFETY: `object` is a new, zeroed instance of the class the slots
         // were found on; every value is a new strong reference.
         unsafe { self.init_handle(object.as_ptr(), callback, args, loop_, context) };
-        if untracked {
-            self.untrack(&object);
-        }
         Ok(object)
     }
 
     /// A scheduled timer handle due at `when` (kept as given, as asyncio
-    /// does) with wheel key `key`; `untracked` as in `new_handle`.
-    #[allow(clippy::too_many_arguments)]
+    /// does) with wheel key `key`.
     pub fn new_timer<'py>(
         &self,
         when: &Bound<'py, PyAny>,
@@ -192,7 +186,6 @@ impl HandleKinds {
         args: &Bound<'py, PyTuple>,
         loop_: &Bound<'py, PyAny>,
         context: Option<&Bound<'py, PyAny>>,
-        untracked: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = callback.py();
         let context = own_context(py, context)?;
@@ -206,9 +199,6 @@ impl HandleKinds {
             self.when.init(raw, when.into_ptr());
             self.scheduled.init(raw, new_ref(ffi::Py_True()));
             self.key.init(raw, key.into_ptr());
-        }
-        if untracked {
-            self.untrack(&object);
         }
         Ok(object)
     }
@@ -240,27 +230,27 @@ impl HandleKinds {
     /// Takes a handle made here out of the cyclic GC (LESSONS 27: a GC that
     /// walks every pending handle dominates callback-heavy loops). Only
     /// while its loop runs (a running loop is on its thread's stack, never
-    /// garbage) and holds the handle: the runner tracks it again when it
-    /// leaves the loop while someone else holds it, and all of them when
-    /// the loop stops running.
-    fn untrack(&self, object: &Bound<'_, PyAny>) {
-        if self.untrackable {
+    /// garbage) and holds the handle, decided when the runner queues it:
+    /// the runner tracks it again when it leaves the loop while someone else
+    /// holds it, and all of them when the loop stops running. Runs no Python.
+    pub fn untrack(&self, object: &Bound<'_, PyAny>) {
+        if self.untrackable && self.is_stock(object) {
             // SAFETY: a live instance of one of our classes, a GC type
             // (checked in `new`); a no-op for an untracked object.
             unsafe { ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
         }
     }
 
-    /// Puts a handle made here back under the cyclic GC, if it is not.
-    /// Anything but an instance of our classes is left alone.
+    /// Puts a handle the runner took out of the GC back under it, if it is
+    /// not. Its class may have been reassigned since (`__class__ = ...`
+    /// keeps the layout): any GC type will do; others are left alone.
     pub fn track(&self, object: &Bound<'_, PyAny>) {
-        if !self.untrackable || !self.is_stock(object) {
-            return;
-        }
-        // SAFETY: an instance of one of our GC classes; tracking twice is a
-        // fatal error, hence the check.
+        // SAFETY: the type of a live object; tracking an object of a GC type
+        // is sound, tracking twice is a fatal error, hence the checks.
         unsafe {
-            if ffi::PyObject_GC_IsTracked(object.as_ptr()) == 0 {
+            if ffi::PyType_IS_GC(ffi::Py_TYPE(object.as_ptr())) != 0
+                && ffi::PyObject_GC_IsTracked(object.as_ptr()) == 0
+            {
                 ffi::PyObject_GC_Track(object.as_ptr().cast());
             }
         }
@@ -412,8 +402,17 @@ impl HandleKinds {
                     ffi::Py_DECREF(result);
                     Ok(())
                 };
-                if ffi::PyContext_Exit(context.as_ptr()) != 0 && outcome.is_ok() {
-                    Err(PyErr::fetch(py))
+                if ffi::PyContext_Exit(context.as_ptr()) != 0 {
+                    let exit_error = PyErr::fetch(py);
+                    match outcome {
+                        Ok(()) => Err(exit_error),
+                        // The callback's error is the one reported; this one
+                        // must not stay set behind it.
+                        Err(error) => {
+                            exit_error.write_unraisable(py, None);
+                            Err(error)
+                        }
+                    }
                 } else {
                     outcome
                 }

@@ -163,24 +163,54 @@ impl LoopRunner {
         }
     }
 
-    /// The Python loop (or the closed error) and whether handles made now
-    /// leave the GC (see `HandleKinds::untrack`), under one borrow: the
-    /// borrow checks showed in profiles of `call_soon`.
-    fn loop_for_handle<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, bool)> {
-        let this = slf.borrow();
-        match &this.loop_ {
-            Some(loop_) if !this.closed => Ok((
-                loop_.bind(slf.py()).clone(),
-                this.running && kinds().untrackable(),
-            )),
-            _ => Err(closed_error()),
+    /// Queues a handle the runner made, under one borrow with the checks
+    /// that must see the same state: the loop may have closed or stopped
+    /// while the handle was built (allocation can run the GC, whose
+    /// finalizers can let other threads run). It leaves the GC if the loop
+    /// runs (see `HandleKinds::untrack`).
+    fn queue_new(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut this = slf.borrow_mut();
+        if this.closed {
+            return Err(closed_error());
         }
+        let ours = this.running && kinds().untrackable();
+        if ours {
+            kinds().untrack(handle);
+        }
+        this.ready.push_back(Held {
+            handle: handle.clone().unbind(),
+            ours,
+        });
+        Ok(())
     }
 
-    fn schedule(slf: &Bound<'_, Self>, when: f64, key: u64, item: Item) {
-        slf.borrow_mut()
-            .timers
-            .insert(key, Scheduled { when, item });
+    /// Records what wheel key `key` stands for. A timer handle the runner
+    /// made (`ours`) leaves the GC if the loop runs, decided here, under the
+    /// same borrow as the closed check (as in `queue_new`).
+    fn schedule(slf: &Bound<'_, Self>, when: f64, key: u64, mut item: Item) -> PyResult<()> {
+        let displaced = {
+            let mut this = slf.borrow_mut();
+            if this.closed {
+                this.native.get().cancel_timer_key(key);
+                drop(this);
+                item.release(slf.py());
+                return Err(closed_error());
+            }
+            if let Item::Handle(held) = &mut item {
+                held.ours = held.ours && this.running && kinds().untrackable();
+                if held.ours {
+                    kinds().untrack(held.handle.bind(slf.py()));
+                }
+            }
+            this.timers.insert(key, Scheduled { when, item })
+        };
+        // Keys carry a generation: a live key is never reused. Released
+        // outside the borrow all the same.
+        debug_assert!(displaced.is_none(), "wheel key {key} reused while live");
+        if let Some(displaced) = displaced {
+            displaced.item.release(slf.py());
+        }
+        Ok(())
     }
 
     /// A timer handle at `when` (loop seconds, kept as given) for
@@ -193,20 +223,20 @@ impl LoopRunner {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let seconds = seconds_of(when)?;
-        let (loop_, untracked) = Self::loop_for_handle(slf)?;
+        let loop_ = Self::loop_object(slf)?;
         let key = slf
             .borrow()
             .native
             .get()
             .insert_timer_ns(deadline_ns(seconds)?)?;
-        let made = kinds().new_timer(when, key, callback, args, &loop_, context, untracked);
+        let made = kinds().new_timer(when, key, callback, args, &loop_, context);
         match made {
             Ok(timer) => {
                 let held = Held {
                     handle: timer.clone().unbind(),
-                    ours: untracked,
+                    ours: true, // out of the GC if the loop runs: `schedule`
                 };
-                Self::schedule(slf, seconds, key, Item::Handle(held));
+                Self::schedule(slf, seconds, key, Item::Handle(held))?;
                 Ok(timer)
             }
             Err(error) => {
@@ -437,12 +467,9 @@ impl LoopRunner {
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (loop_, untracked) = Self::loop_for_handle(slf)?;
-        let handle = kinds().new_handle(callback, args, &loop_, context, untracked)?;
-        slf.borrow_mut().ready.push_back(Held {
-            handle: handle.clone().unbind(),
-            ours: untracked,
-        });
+        let loop_ = Self::loop_object(slf)?;
+        let handle = kinds().new_handle(callback, args, &loop_, context)?;
+        Self::queue_new(slf, &handle)?;
         Ok(handle)
     }
 
@@ -508,7 +535,7 @@ impl LoopRunner {
             handle: timer,
             ours: false,
         };
-        Self::schedule(slf, when, key, Item::Handle(held));
+        Self::schedule(slf, when, key, Item::Handle(held))?;
         Ok(key)
     }
 
@@ -521,7 +548,7 @@ impl LoopRunner {
             .native
             .get()
             .insert_timer_ns(deadline_ns(when)?)?;
-        Self::schedule(slf, when, key, Item::Future(future));
+        Self::schedule(slf, when, key, Item::Future(future))?;
         Ok(key)
     }
 
@@ -649,7 +676,9 @@ impl LoopRunner {
             let ran = kinds().run(&handle, stock_run);
             if let Ok(Ran::Failed(error)) = ran {
                 // The exception handler may keep the handle: under the GC.
-                kinds().track(&handle);
+                if ours {
+                    kinds().track(&handle);
+                }
                 let loop_ = Self::loop_object(slf)?;
                 let exception = error.into_value(py);
                 loop_.call_method1(intern!(py, "_report_callback_error"), (&handle, exception))?;

@@ -592,3 +592,24 @@ def test_weakref_callbacks_of_an_unclosed_loop_s_handles_are_safe() -> None:
         make()
         gc.collect()
     assert outcome in ([], [False])
+
+
+def test_a_handle_whose_class_was_reassigned_is_tracked_again() -> None:
+    class Relabelled(asyncio.Handle):
+        __slots__ = ()
+
+    loop = ErlangEventLoop()
+    held: list[asyncio.Handle] = []
+
+    async def main() -> None:
+        handle = loop.call_soon(lambda: None)
+        handle.__class__ = Relabelled  # same layout, another GC class
+        held.append(handle)
+
+    gc.disable()
+    try:
+        loop.run_until_complete(main())
+        assert gc.is_tracked(held[0])  # it left the loop: under the GC again
+    finally:
+        gc.enable()
+        loop.close()
