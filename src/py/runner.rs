@@ -213,22 +213,32 @@ impl LoopRunner {
         Ok(())
     }
 
-    /// A timer handle at `when` (loop seconds, kept as given) for
-    /// `callback(*args)`, in the wheel.
+    /// A new wheel key due at `seconds` (loop time), on an open loop.
+    fn wheel_key(slf: &Bound<'_, Self>, seconds: f64) -> PyResult<u64> {
+        Self::loop_object(slf)?;
+        let deadline = deadline_ns(seconds)?;
+        slf.borrow().native.get().insert_timer_ns(deadline)
+    }
+
+    /// Puts `item` in the wheel at `seconds`; returns its key.
+    fn insert(slf: &Bound<'_, Self>, seconds: f64, item: Item) -> PyResult<u64> {
+        let key = Self::wheel_key(slf, seconds)?;
+        Self::schedule(slf, seconds, key, item)?;
+        Ok(key)
+    }
+
+    /// A timer handle at `when` (kept as given; `seconds` is it as loop
+    /// seconds) for `callback(*args)`, in the wheel.
     fn new_timer<'py>(
         slf: &Bound<'py, Self>,
         when: &Bound<'py, PyAny>,
+        seconds: f64,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let seconds = seconds_of(when)?;
         let loop_ = Self::loop_object(slf)?;
-        let key = slf
-            .borrow()
-            .native
-            .get()
-            .insert_timer_ns(deadline_ns(seconds)?)?;
+        let key = Self::wheel_key(slf, seconds)?;
         let made = kinds().new_timer(when, key, callback, args, &loop_, context);
         match made {
             Ok(timer) => {
@@ -485,7 +495,8 @@ impl LoopRunner {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        Self::new_timer(slf, when, callback, args, context)
+        let seconds = seconds_of(when)?;
+        Self::new_timer(slf, when, seconds, callback, args, context)
     }
 
     /// `loop.call_later` outside debug mode.
@@ -506,10 +517,14 @@ impl LoopRunner {
         // the same here.
         let now = PyFloat::new(py, LoopCore::now_ns() as f64 / 1e9);
         let when = now.add(delay)?;
-        if seconds_of(&when).is_err_and(|e| e.is_instance_of::<PyValueError>(py)) {
-            return Err(PyValueError::new_err("delay must not be NaN"));
-        }
-        Self::new_timer(slf, &when, callback, args, context)
+        let seconds = seconds_of(&when).map_err(|error| {
+            if error.is_instance_of::<PyValueError>(py) {
+                PyValueError::new_err("delay must not be NaN")
+            } else {
+                error
+            }
+        })?;
+        Self::new_timer(slf, &when, seconds, callback, args, context)
     }
 
     /// Puts a timer handle made in Python (debug mode) in the wheel at
@@ -519,37 +534,23 @@ impl LoopRunner {
         when: &Bound<'_, PyAny>,
         timer: Py<PyAny>,
     ) -> PyResult<u64> {
-        Self::loop_object(slf)?;
+        Self::loop_object(slf)?; // a closed loop says so first
         if !kinds().is_timer(timer.bind(slf.py())) {
             return Err(PyTypeError::new_err(
                 "not a timer handle of this loop class",
             ));
         }
-        let when = seconds_of(when)?;
-        let key = slf
-            .borrow()
-            .native
-            .get()
-            .insert_timer_ns(deadline_ns(when)?)?;
         let held = Held {
             handle: timer,
             ours: false,
         };
-        Self::schedule(slf, when, key, Item::Handle(held))?;
-        Ok(key)
+        Self::insert(slf, seconds_of(when)?, Item::Handle(held))
     }
 
     /// Puts `future` in the wheel, resolved (`set_result(None)`) at `when`;
     /// returns its key (the `erlang_asyncio.sleep` fast path).
     fn add_future(slf: &Bound<'_, Self>, when: f64, future: Py<PyAny>) -> PyResult<u64> {
-        Self::loop_object(slf)?;
-        let key = slf
-            .borrow()
-            .native
-            .get()
-            .insert_timer_ns(deadline_ns(when)?)?;
-        Self::schedule(slf, when, key, Item::Future(future))?;
-        Ok(key)
+        Self::insert(slf, when, Item::Future(future))
     }
 
     /// `loop._sleep_future(delay)` outside debug mode: a new future of the
