@@ -40,12 +40,6 @@ class _ErlangSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined
         fd_events, timers = self._native.wait(timeout)
         if timers and self.on_timers_fired is not None:
             self.on_timers_fired(timers)
-        return self.ready_keys(fd_events)
-
-    def ready_keys(
-        self, fd_events: list[tuple[int, int]]
-    ) -> list[tuple[selectors.SelectorKey, int]]:
-        """The keys of ready fds, as ``select`` returns them."""
         ready = []
         fd_to_key = self._fd_to_key
         for fd, mask in fd_events:

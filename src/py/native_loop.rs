@@ -1,6 +1,7 @@
-//! `_erlang_loop.NativeLoop`: the Python face of one loop core. The asyncio
-//! loop (`python/erlang_loop`) keeps its callbacks in Python and asks this
-//! object for timers, fd interest and the wait for events (GIL released).
+//! `_erlang_loop.NativeLoop`: the Python face of one loop core: fd interest
+//! (for the loop's selector), the wait for events (GIL released), wake-ups,
+//! close and counters. Timers and callbacks go through the loop's
+//! `LoopRunner` (`runner.rs`), which uses the crate-level methods here.
 
 use std::any::Any;
 use std::os::fd::RawFd;
@@ -154,16 +155,6 @@ impl NativeLoop {
     #[getter]
     fn isolated(&self) -> bool {
         self.isolated
-    }
-
-    /// Schedules a timer at `when` (loop seconds; `inf` = never); returns its key.
-    fn insert_timer(&self, when: f64) -> PyResult<u64> {
-        self.insert_timer_ns(deadline_ns(when)?)
-    }
-
-    /// Cancels a timer; False for fired, cancelled or unknown keys.
-    fn cancel_timer(&self, key: u64) -> bool {
-        self.core.cancel_timer(key)
     }
 
     /// Watches `fd` for reading (`events` & 1) and/or writing (`events` & 2),
