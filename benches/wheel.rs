@@ -8,8 +8,9 @@
 //!   entry in O(log n), what libuv does.
 //!
 //! Each figure is the time of one operation (one insert, one insert+cancel
-//! pair, one fired timer, one step of the mixed workload, one
-//! `next_deadline`), with 0, 10k and 1M other timers pending.
+//! pair, one fired timer, one step of the mixed workload (two timer
+//! operations), one `next_deadline`), with 0, 10k and 1M other timers
+//! pending.
 //!
 //! Times are thread CPU time (CLOCK_THREAD_CPUTIME_ID), not wall time: the
 //! machine is shared, and time spent descheduled is not the structure's
@@ -42,6 +43,12 @@ const PENDING: [usize; 3] = [0, 10_000, 1_000_000];
 
 /// Timers fired per round of the expire benchmark.
 const EXPIRE_TIMERS: usize = 10_000;
+
+/// How far the expire benchmark spreads its timers: over 100 ms (the
+/// delays of the Python benchmark's timer workloads: about 100 timers a
+/// tick, one cascade for a third of them) and over 10 s (sparse: about one
+/// timer per 1 ms advance, two cascades each).
+const EXPIRE_SPREADS: [(&str, u64); 2] = [("100ms", 100 * MS), ("10s", 10 * SEC)];
 
 /// Size of the precomputed table of random delays (a power of 2).
 const TABLE: usize = 1 << 16;
@@ -511,10 +518,10 @@ fn insert<T: Timers>(g: &mut Group<'_>, pending: usize) {
     });
 }
 
-/// Fires 10k timers spread over 10 s, the clock moving 1 ms per advance
-/// (about one timer per advance, as a loop would see them).
-fn expire<T: Timers>(g: &mut Group<'_>) {
-    let table = delays(0, 10 * SEC, 3);
+/// Fires 10k timers spread over `spread`, the clock moving 1 ms per
+/// advance, as a loop would see them.
+fn expire<T: Timers>(g: &mut Group<'_>, spread: u64) {
+    let table = delays(0, spread, 3);
     let clock = CpuTime::from_env();
     g.bench_function(BenchmarkId::new(T::NAME, EXPIRE_TIMERS), |b| {
         b.iter_custom(|iters| {
@@ -546,7 +553,8 @@ fn expire<T: Timers>(g: &mut Group<'_>) {
 /// The ASGI timeout pattern, steady state: each step is a request arriving
 /// every 100 µs with a 1 s timeout; 90% of requests finish after 10 ms and
 /// cancel their timeout, the rest time out and fire. Each step inserts one
-/// timer, cancels 0.9 on average, fires 0.1 and advances the clock. The
+/// timer, cancels 0.9 on average, fires 0.1 and advances the clock: two
+/// timer operations (an insert, then a cancel or a fire) per step. The
 /// `pending` timers are background ones due in a day or two.
 fn mixed<T: Timers>(g: &mut Group<'_>, pending: usize) {
     const STEP: u64 = 100 * US;
@@ -629,11 +637,13 @@ fn benches(c: &mut Criterion<CpuTime>) {
             insert::<IndexedHeap>,
         ],
     );
-    let mut g = configure(c, "expire");
-    expire::<WheelTimers>(&mut g);
-    expire::<LazyHeap>(&mut g);
-    expire::<IndexedHeap>(&mut g);
-    g.finish();
+    for (name, spread) in EXPIRE_SPREADS {
+        let mut g = configure(c, &format!("expire_10k_over_{name}"));
+        expire::<WheelTimers>(&mut g, spread);
+        expire::<LazyHeap>(&mut g, spread);
+        expire::<IndexedHeap>(&mut g, spread);
+        g.finish();
+    }
     per_pending(
         c,
         "mixed_90pct_cancel",

@@ -74,6 +74,45 @@ fn sub_tick_deadlines_keep_their_order() {
 }
 
 #[test]
+fn a_dense_tick_fires_in_deadline_then_insertion_order() {
+    // Hundreds of timers in one tick (the bucket-sorted path), with groups
+    // of equal deadlines, some cascaded from level 1 and some inserted
+    // late, straight into level 0, in no particular order.
+    let tick_start = START - START % MS + 100 * MS;
+    let mut wheel = Wheel::new(START);
+    let mut want: Vec<(u64, usize)> = Vec::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut offset = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // Few distinct offsets in a third of the cases: many ties.
+        if state.is_multiple_of(3) {
+            (state >> 8) % 4 * 1000
+        } else {
+            (state >> 8) % MS
+        }
+    };
+    for seq in 0..300 {
+        let deadline = tick_start + offset();
+        wheel.insert(deadline, seq);
+        want.push((deadline, seq));
+    }
+    let mut out = Vec::new();
+    wheel.advance(tick_start - MS / 2, &mut out, usize::MAX);
+    assert!(out.is_empty());
+    for seq in 300..600 {
+        let deadline = tick_start + offset();
+        wheel.insert(deadline, seq);
+        want.push((deadline, seq));
+    }
+    want.sort_unstable();
+    let fired = fire_all(&mut wheel, tick_start + MS);
+    let got: Vec<(u64, usize)> = fired.iter().map(|e| (e.deadline, e.value)).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn advance_inside_a_tick_fires_only_what_is_due() {
     let mut wheel = Wheel::new(START - START % MS);
     let base = START - START % MS + 5 * MS;

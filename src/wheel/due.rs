@@ -7,7 +7,7 @@
 //! keeping them sorted here means each `advance` inside the tick pops them in
 //! exact deadline order instead of rescanning a slot.
 //!
-//! A sorted `Vec` of (deadline, seq, index) with a read cursor, rather than a
+//! A sorted `Vec` of (deadline, index, generation) with a read cursor, rather than a
 //! linked list: entries reach it a whole slot at a time, and a slot's tick
 //! is later than every tick already here, so a slot is appended (and sorted
 //! in place when its entries arrived out of order) instead of linked entry
@@ -15,23 +15,42 @@
 //!
 //! A cancel does not search the queue: the wheel frees the slab slot and the
 //! queue's copy of the key turns into a tombstone, recognised because the
-//! slab no longer holds an entry with that `seq` at that index (`seq` is
-//! unique per wheel, so a reused slot never matches). Tombstones are skipped
-//! at the cursor, which is always left on a live entry so the head deadline
-//! is exact, and compacted away once they are the majority.
+//! slab no longer holds an entry of that generation and deadline at that
+//! index (freeing a slot bumps its generation; should it ever wrap around to
+//! a live entry's, the deadline must match too, so that entry still never
+//! fires before its time). Tombstones are skipped at the cursor, which is
+//! always left on a live entry so the head deadline is exact, and compacted
+//! away once they are the majority.
+//!
+//! Keys are 16 bytes and sort by deadline alone; only entries with equal
+//! deadlines (rare outside `call_at` with one `when`) look up their
+//! insertion numbers in the slab to keep FIFO order. A dense tick (asyncio's
+//! usual hundreds of timers per millisecond) is a run sorted in one go, so a
+//! small key is most of the cost of expiring it.
 
 use super::slab::Slab;
+use super::sort::{sort_run, Scratch};
 
 /// A sort key and slab index of a due entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct DueKey {
-    /// The exact deadline; first in the derived order.
+    /// The exact deadline; what keys sort by.
     pub(crate) deadline: u64,
-    /// The insertion number; breaks deadline ties FIFO.
-    pub(crate) seq: u64,
-    /// Where the entry lives; never compared between two keys of distinct
-    /// entries, since `seq` differs.
+    /// Where the entry lives.
     pub(crate) index: u32,
+    /// The slot's generation when the entry was queued: tells a live entry
+    /// from a tombstone.
+    pub(crate) generation: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<DueKey>() == 16);
+
+/// Whether `a` fires before `b`: by deadline, then (ties) by insertion
+/// number. Both must be live.
+#[inline(always)]
+fn fires_before<T>(a: &DueKey, b: &DueKey, slab: &Slab<T>) -> bool {
+    a.deadline < b.deadline
+        || (a.deadline == b.deadline && slab.entry(a.index).seq < slab.entry(b.index).seq)
 }
 
 /// Tombstones tolerated before a compaction is considered; below this a
@@ -48,6 +67,8 @@ pub(crate) struct DueQueue {
     head: usize,
     /// Tombstones (cancelled entries) in `keys[head..]`.
     dead: usize,
+    /// Memory for sorting runs.
+    scratch: Scratch,
 }
 
 impl DueQueue {
@@ -57,17 +78,49 @@ impl DueQueue {
         self.keys.get(self.head).map(|key| key.deadline)
     }
 
+    /// Whether the first entry is due at `now`.
+    #[inline]
+    pub(crate) fn head_due(&self, now: u64) -> bool {
+        self.keys
+            .get(self.head)
+            .is_some_and(|key| key.deadline <= now)
+    }
+
     /// Pops the first entry if its deadline is at or before `now`, and
     /// returns its slab index. The entry is still in the slab.
     #[inline]
+    #[cfg(test)]
     pub(crate) fn pop_due<T>(&mut self, slab: &Slab<T>, now: u64) -> Option<u32> {
-        let key = *self.keys.get(self.head)?;
-        if key.deadline > now {
-            return None;
+        let index = self.take_due(slab, now);
+        self.settle(slab);
+        index
+    }
+
+    /// [`pop_due`](Self::pop_due) for a batch: pops the first live entry if
+    /// it is due, skipping tombstones before it rather than after, so the
+    /// entry just checked is the one returned (its slab line is then warm for
+    /// the caller). Leaves `head` possibly on a tombstone: end the batch with
+    /// [`settle`](Self::settle).
+    #[inline]
+    pub(crate) fn take_due<T>(&mut self, slab: &Slab<T>, now: u64) -> Option<u32> {
+        while let Some(key) = self.keys.get(self.head) {
+            if key.deadline > now {
+                return None;
+            }
+            self.head += 1;
+            if slab.holds(key.index, key.generation, key.deadline) {
+                return Some(key.index);
+            }
+            self.dead -= 1;
         }
-        self.head += 1;
+        None
+    }
+
+    /// Restores the invariant that `head` is on a live entry (so
+    /// `first_deadline` is exact) after [`take_due`](Self::take_due)s.
+    #[inline]
+    pub(crate) fn settle<T>(&mut self, slab: &Slab<T>) {
         self.skip_dead(slab);
-        Some(key.index)
     }
 
     /// The position the next [`push`](Self::push)ed run starts at.
@@ -89,13 +142,15 @@ impl DueQueue {
     /// mostly arrive in order (one entry, or deadlines in insertion order),
     /// so this is usually one pass.
     #[inline]
-    pub(crate) fn end_run(&mut self, start: usize) {
+    pub(crate) fn end_run<T>(&mut self, start: usize, slab: &Slab<T>) {
         let run = &mut self.keys[start..];
-        if !run.is_sorted() {
-            run.sort_unstable();
+        if !run.is_sorted_by(|a, b| !fires_before(b, a, slab)) {
+            sort_run(run, &mut self.scratch, |index| slab.entry(index).seq);
         }
         debug_assert!(
-            start == 0 || start == self.keys.len() || self.keys[start - 1] < self.keys[start],
+            start == 0
+                || start == self.keys.len()
+                || self.keys[start - 1].deadline <= self.keys[start].deadline,
             "run at {start} sorts before the queued keys"
         );
     }
@@ -104,9 +159,14 @@ impl DueQueue {
     /// reached). The keys after it are only entries of ticks up to the
     /// current one, few unless a bounded `advance` left many behind.
     pub(crate) fn insert(&mut self, key: DueKey) {
+        // The new entry has the highest insertion number: it goes after
+        // every queued key with its deadline or an earlier one. Tombstones
+        // compare by deadline only (their slab entry is gone), which keeps
+        // the live keys in order.
         match self.keys.last() {
-            Some(last) if *last > key => {
-                let at = self.head + self.keys[self.head..].partition_point(|k| *k < key);
+            Some(last) if last.deadline > key.deadline => {
+                let at = self.head
+                    + self.keys[self.head..].partition_point(|k| k.deadline <= key.deadline);
                 self.keys.insert(at, key);
             }
             _ => self.keys.push(key),
@@ -130,7 +190,7 @@ impl DueQueue {
     #[inline]
     fn skip_dead<T>(&mut self, slab: &Slab<T>) {
         while let Some(key) = self.keys.get(self.head) {
-            if slab.holds(key.index, key.seq) {
+            if slab.holds(key.index, key.generation, key.deadline) {
                 return;
             }
             self.head += 1;
@@ -145,7 +205,8 @@ impl DueQueue {
     #[cold]
     fn compact<T>(&mut self, slab: &Slab<T>) {
         self.keys.drain(..self.head);
-        self.keys.retain(|key| slab.holds(key.index, key.seq));
+        self.keys
+            .retain(|key| slab.holds(key.index, key.generation, key.deadline));
         self.head = 0;
         self.dead = 0;
     }
@@ -157,20 +218,20 @@ mod tests {
     use super::*;
 
     fn add(slab: &mut Slab<u64>, deadline: u64, seq: u64) -> DueKey {
-        let index = slab.insert(Entry::new(deadline, seq, seq)).index();
+        let key = slab.insert(Entry::new(deadline, seq, seq));
         DueKey {
             deadline,
-            seq,
-            index,
+            index: key.index(),
+            generation: key.generation(),
         }
     }
 
-    fn run(due: &mut DueQueue, keys: &[DueKey]) {
+    fn run(due: &mut DueQueue, slab: &Slab<u64>, keys: &[DueKey]) {
         let start = due.run_start();
         for &key in keys {
             due.push(key);
         }
-        due.end_run(start);
+        due.end_run(start, slab);
     }
 
     fn drain_all(due: &mut DueQueue, slab: &mut Slab<u64>) -> Vec<u64> {
@@ -186,13 +247,13 @@ mod tests {
         let mut slab = Slab::new();
         let mut due = DueQueue::default();
         let first = [add(&mut slab, 1, 0), add(&mut slab, 2, 1)];
-        run(&mut due, &first);
+        run(&mut due, &slab, &first);
         let second = [
             add(&mut slab, 5, 2),
             add(&mut slab, 3, 3),
             add(&mut slab, 3, 4),
         ];
-        run(&mut due, &second);
+        run(&mut due, &slab, &second);
         assert_eq!(drain_all(&mut due, &mut slab), [0, 1, 3, 4, 2]);
         assert_eq!(due.first_deadline(), None);
     }
@@ -206,7 +267,7 @@ mod tests {
             add(&mut slab, 20, 1),
             add(&mut slab, 30, 2),
         ];
-        run(&mut due, &keys);
+        run(&mut due, &slab, &keys);
         for key in [
             add(&mut slab, 5, 3),
             add(&mut slab, 20, 4),
@@ -223,7 +284,7 @@ mod tests {
         let mut slab = Slab::new();
         let mut due = DueQueue::default();
         let keys = [add(&mut slab, 10, 0), add(&mut slab, 11, 1)];
-        run(&mut due, &keys);
+        run(&mut due, &slab, &keys);
         assert_eq!(due.first_deadline(), Some(10));
         assert_eq!(due.pop_due(&slab, 9), None);
         assert_eq!(due.pop_due(&slab, 10), Some(keys[0].index));
@@ -239,7 +300,7 @@ mod tests {
         let mut slab = Slab::new();
         let mut due = DueQueue::default();
         let keys: Vec<DueKey> = (0..4).map(|s| add(&mut slab, 10 + s, s)).collect();
-        run(&mut due, &keys);
+        run(&mut due, &slab, &keys);
         // Cancel the head and a middle entry.
         for k in [keys[0], keys[2]] {
             slab.remove(k.index);
@@ -261,7 +322,7 @@ mod tests {
         let mut slab = Slab::new();
         let mut due = DueQueue::default();
         let keys: Vec<DueKey> = (0..1000).map(|s| add(&mut slab, 10 + s, s)).collect();
-        run(&mut due, &keys);
+        run(&mut due, &slab, &keys);
         // Cancel all but the first and last: the head stays live, so only
         // compaction bounds the tombstones.
         for k in &keys[1..999] {

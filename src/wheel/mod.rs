@@ -27,6 +27,7 @@ mod level;
 mod list;
 mod overflow;
 mod slab;
+mod sort;
 mod tick;
 
 use std::cell::Cell;
@@ -360,27 +361,20 @@ impl<T> Wheel<T> {
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Expired<T>>, max: usize) -> bool {
         let now = now_ns.max(self.now);
         self.now = now;
-        self.next_cache_valid.set(false);
         let target = self.resolution.tick_of(now);
-        // Same tick as before and the head of the due queue (the earliest
-        // timer of the wheel) still ahead: nothing can be due. A loop polling
-        // often takes this path, also while later entries of the current tick
-        // wait in the due queue.
-        let head_due = self
-            .due
-            .first_deadline()
-            .is_some_and(|deadline| deadline <= now);
-        let fired = if target > self.elapsed || head_due {
-            self.fire(now, target, out, max)
-        } else {
-            0
-        };
-        let more = self
-            .due
-            .first_deadline()
-            .is_some_and(|deadline| deadline <= now);
         let armed = self.armed.replace(NEVER);
-        if armed != NEVER && armed <= now && fired == 0 && !more {
+        let (fired, more) = if target > self.elapsed || self.due.head_due(now) {
+            self.next_cache_valid.set(false);
+            let fired = self.fire(now, target, out, max);
+            (fired, self.due.head_due(now))
+        } else {
+            // Same tick as before and the head of the due queue (the
+            // earliest timer of the wheel) still ahead: nothing can be due,
+            // and nothing changed. A loop polling often takes this path, also
+            // while later entries of the current tick wait in the due queue.
+            (0, false)
+        };
+        if fired == 0 && !more && armed != NEVER && armed <= now {
             self.stats.spurious_advances += 1;
         }
         more
@@ -395,7 +389,7 @@ impl<T> Wheel<T> {
         }
         let mut fired = 0;
         while fired < max {
-            let Some(index) = self.due.pop_due(&self.slab, now) else {
+            let Some(index) = self.due.take_due(&self.slab, now) else {
                 break;
             };
             let entry = self.slab.remove(index);
@@ -411,6 +405,7 @@ impl<T> Wheel<T> {
             });
             fired += 1;
         }
+        self.due.settle(&self.slab);
         self.stats.fired += fired as u64;
         fired
     }
@@ -525,7 +520,7 @@ impl<T> Wheel<T> {
         } else {
             self.cascade(exp, list);
         }
-        self.due.end_run(run);
+        self.due.end_run(run, &self.slab);
     }
 
     /// Appends entry `index` to the current run of the due queue.
@@ -535,8 +530,8 @@ impl<T> Wheel<T> {
         entry.location = Location::Due;
         let key = DueKey {
             deadline: entry.deadline,
-            seq: entry.seq,
             index,
+            generation: entry.generation,
         };
         self.due.push(key);
     }
@@ -627,8 +622,8 @@ impl<T> Wheel<T> {
             entry.location = Location::Due;
             let key = DueKey {
                 deadline,
-                seq: entry.seq,
                 index,
+                generation: entry.generation,
             };
             self.due.insert(key);
             Location::Due

@@ -175,12 +175,16 @@ impl<T> Slab<T> {
         }
     }
 
-    /// Whether the slot at `index` holds the live entry inserted as `seq`.
-    /// Any index is safe here; `seq` is unique per wheel, so a slot freed
-    /// and reused since never matches.
+    /// Whether the slot at `index` holds a live entry of `generation` due
+    /// at `deadline`. Any index is safe here; a slot freed and reused since
+    /// has another generation (and, were it to wrap around, still only
+    /// matches an entry due at the same time).
     #[inline]
-    pub(crate) fn holds(&self, index: u32, seq: u64) -> bool {
-        matches!(self.slots.get(index as usize), Some(Slot::Occupied(entry)) if entry.seq == seq)
+    pub(crate) fn holds(&self, index: u32, generation: u32, deadline: u64) -> bool {
+        matches!(
+            self.slots.get(index as usize),
+            Some(Slot::Occupied(entry)) if entry.generation == generation && entry.deadline == deadline
+        )
     }
 
     /// The live entry at `index`. Only for indices taken from a list or a
