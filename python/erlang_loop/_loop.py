@@ -34,11 +34,15 @@ from ._transports import (
 
 
 class _ErlangTimerHandle(events.TimerHandle):
-    """A TimerHandle that knows its key in the native wheel."""
+    """A TimerHandle that knows its key in the native wheel; its ``cancel()``
+    is asyncio's, done natively (see src/py/timer_cancel.rs)."""
 
     __slots__ = ("_key",)
 
     _key: int
+
+
+_ErlangTimerHandle.cancel = _erlang_loop.timer_cancel_method(_ErlangTimerHandle)  # type: ignore[method-assign]
 
 
 class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]

@@ -2,10 +2,11 @@
 //! their Python methods (LESSONS 27: per-callback cost is interpreter work).
 //!
 //! The objects stay real instances of the stdlib classes, so `isinstance`,
-//! `repr`, `cancel()` and everything else about them is asyncio's own. Only
-//! two things are native: construction (the fields `__init__` would set are
-//! written straight into the instance's `__slots__`) and the body of
-//! `Handle._run` (enter the context, call, exit). Where the slots are is read
+//! `repr` and everything else about them is asyncio's own. Native here:
+//! construction (the fields `__init__` would set are written straight into
+//! the instance's `__slots__`), the body of `Handle._run` (enter the
+//! context, call, exit) and the slot writes of a cancel (the timer class's
+//! `cancel()` itself is in `timer_cancel`). Where the slots are is read
 //! once from the classes' member descriptors and checked against the
 //! instance size, so a changed asyncio fails at start-up, not in memory.
 
@@ -339,6 +340,26 @@ impl HandleKinds {
         handle
             .getattr(pyo3::intern!(handle.py(), "_cancelled"))?
             .is_truthy()
+    }
+
+    /// What `Handle.cancel` does outside debug mode: `_cancelled = True`,
+    /// callback and arguments dropped (they may hold large objects).
+    pub fn mark_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.is_stock(handle) {
+            // SAFETY: `handle` is exactly a class the slots were found on;
+            // each value is a new strong reference.
+            unsafe {
+                let raw = handle.as_ptr();
+                self.cancelled.set(raw, new_ref(ffi::Py_True()));
+                self.callback.set(raw, new_ref(ffi::Py_None()));
+                self.args.set(raw, new_ref(ffi::Py_None()));
+            }
+            return Ok(());
+        }
+        let py = handle.py();
+        handle.setattr(pyo3::intern!(py, "_cancelled"), true)?;
+        handle.setattr(pyo3::intern!(py, "_callback"), py.None())?;
+        handle.setattr(pyo3::intern!(py, "_args"), py.None())
     }
 
     /// Is `handle` exactly one of the classes whose `_run` is asyncio's?

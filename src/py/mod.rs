@@ -6,3 +6,4 @@ pub mod interpreter;
 pub mod native_loop;
 pub mod pool;
 pub mod runner;
+pub mod timer_cancel;

@@ -278,6 +278,10 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     module.add_class::<NativeLoop>()?;
     module.add_class::<super::runner::LoopRunner>()?;
     module.add_function(wrap_pyfunction!(new_loop, &module)?)?;
+    module.add_function(wrap_pyfunction!(
+        super::timer_cancel::timer_cancel_method,
+        &module
+    )?)?;
     module.add_function(wrap_pyfunction!(subscribe_signal, &module)?)?;
     module.add_function(wrap_pyfunction!(unsubscribe_signal, &module)?)?;
     modules.set_item("_erlang_loop", module)?;

@@ -52,6 +52,11 @@ fn kinds() -> &'static HandleKinds {
         .expect("LoopRunner made before its handle classes")
 }
 
+/// The handle classes, once the first runner has been made.
+pub(crate) fn handle_kinds() -> Option<&'static HandleKinds> {
+    KINDS.get()
+}
+
 /// A handle in the loop's custody; `ours` if the runner made it, which
 /// means it is out of the cyclic GC while the loop holds it.
 struct Held {

@@ -613,3 +613,89 @@ def test_a_handle_whose_class_was_reassigned_is_tracked_again() -> None:
     finally:
         gc.enable()
         loop.close()
+
+
+# -- TimerHandle.cancel, native --
+
+
+def test_timer_cancel_is_native_and_does_what_asyncio_s_does(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    payload = [1, 2, 3]
+    handle = loop.call_later(0.001, ran.append, payload)
+    assert type(handle).cancel is not asyncio.TimerHandle.cancel
+    assert loop._runner is not None and loop._runner.scheduled()[0] == 1
+    assert handle.cancel() is None
+    assert handle.cancelled() and handle._cancelled is True
+    assert loop._runner.scheduled()[0] == 0
+    if loop.get_debug():
+        # asyncio's Handle.cancel recorded the repr of the cancelled call.
+        assert handle._repr is not None and "cancelled" in handle._repr
+    else:
+        assert handle._callback is None and handle._args is None
+    handle.cancel()  # twice: nothing
+    keep = loop.call_later(0.002, ran.append, "kept")
+    loop.run_until_complete(asyncio.sleep(0.02))
+    assert ran == ["kept"]
+    keep.cancel()  # after firing: nothing, no error
+    assert keep.cancelled()
+
+
+def test_timer_cancel_refuses_other_objects(loop: ErlangEventLoop) -> None:
+    handle = loop.call_later(10, lambda: None)
+    with pytest.raises(TypeError):
+        type(handle).cancel(asyncio.Handle(lambda: None, (), loop))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        handle.cancel(1)  # type: ignore[call-arg]
+    handle.cancel()
+
+
+def test_a_patched_timer_handle_cancel_is_called(loop: ErlangEventLoop) -> None:
+    calls: list[asyncio.TimerHandle] = []
+    original = asyncio.TimerHandle.cancel
+
+    def counting_cancel(self: asyncio.TimerHandle) -> None:
+        calls.append(self)
+        original(self)
+
+    handle = loop.call_later(10, lambda: None)
+    asyncio.TimerHandle.cancel = counting_cancel  # type: ignore[method-assign]
+    try:
+        handle.cancel()
+    finally:
+        asyncio.TimerHandle.cancel = original  # type: ignore[method-assign]
+    assert calls == [handle] and handle.cancelled()
+    assert loop._runner is not None and loop._runner.scheduled()[0] == 0
+
+
+def test_a_loop_overriding_timer_handle_cancelled_is_told() -> None:
+    told: list[asyncio.TimerHandle] = []
+
+    class TellingLoop(ErlangEventLoop):
+        def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+            told.append(handle)
+            super()._timer_handle_cancelled(handle)
+
+    loop = TellingLoop()
+    try:
+        handle = loop.call_later(10, lambda: None)
+        handle.cancel()
+        assert told == [handle] and handle.cancelled()
+        assert loop._runner is not None and loop._runner.scheduled()[0] == 0
+    finally:
+        loop.close()
+
+
+def test_an_error_in_the_loop_s_bookkeeping_propagates_from_cancel() -> None:
+    class FailingLoop(ErlangEventLoop):
+        def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+            raise LookupError("bookkeeping")
+
+    loop = FailingLoop()
+    try:
+        handle = loop.call_later(10, lambda: None)
+        with pytest.raises(LookupError, match="bookkeeping"):
+            handle.cancel()
+        # As with asyncio's Python cancel: the handle is not marked cancelled.
+        assert not handle.cancelled()
+    finally:
+        loop.close()
