@@ -9,16 +9,18 @@ limits calling ``pause_writing``/``resume_writing``, ``BufferedProtocol``,
 
 What changes is the receive path: CPython's ``sock.recv(max_size)`` allocates
 a 256 KiB object per read and shrinks it (mmap/munmap on every read). Here
-every transport of a loop reads with ``recv_into`` into the loop's one
-reusable buffer and hands the protocol ``bytes`` of the right size
-(LESSONS 28). Readiness still comes from the BEAM's ``enif_select`` through
-the loop's selector.
+every transport of a loop reads into one reusable buffer and hands the
+protocol ``bytes`` of the right size (LESSONS 28), and the stream transport's
+per-event methods are native. Readiness still comes from the BEAM's
+``enif_select`` through the loop's selector.
 """
 
 from __future__ import annotations
 
 import socket
 from asyncio import selector_events
+
+import _erlang_loop
 
 # Size of the loop's receive buffer: CPython's ``max_size``, and more than
 # the largest datagram (65535 bytes), so a datagram is never truncated.
@@ -48,39 +50,22 @@ def shutdown_before_close(sock: socket.socket) -> None:
 
 
 class _ErlangSocketTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
-    """A stream socket transport that reads into the loop's buffer."""
+    """A stream socket transport whose per-event methods are native.
+
+    ``_read_ready``, ``_read_ready__data_received`` (one read into the
+    thread's receive buffer, ``bytes`` of the right size to the protocol) and
+    the ``write`` fast path (``bytes`` sent at once while nothing is
+    buffered) are the steps of asyncio's methods, in Rust
+    (src/py/socket_transport.rs); everything else is asyncio's."""
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         if self._sock is not None:
             shutdown_before_close(self._sock)
         super()._call_connection_lost(exc)
 
-    def _read_ready__data_received(self) -> None:
-        if self._conn_lost:
-            return
-        view: memoryview = self._loop._recv_buffer
-        try:
-            nbytes = self._sock.recv_into(view)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on socket transport")
-            return
 
-        if not nbytes:
-            self._read_ready__on_eof()
-            return
-
-        try:
-            # The copy is made before the protocol runs: the buffer is the
-            # next read's, whatever the protocol keeps.
-            self._protocol.data_received(view[:nbytes].tobytes())
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+for _name, _method in _erlang_loop.socket_transport_methods(_ErlangSocketTransport).items():
+    setattr(_ErlangSocketTransport, _name, _method)
 
 
 class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]

@@ -3,7 +3,9 @@
 
 pub mod handles;
 pub mod interpreter;
+pub mod method;
 pub mod native_loop;
 pub mod pool;
 pub mod runner;
+pub mod socket_transport;
 pub mod timer_cancel;

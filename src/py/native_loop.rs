@@ -282,6 +282,10 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         super::timer_cancel::timer_cancel_method,
         &module
     )?)?;
+    module.add_function(wrap_pyfunction!(
+        super::socket_transport::socket_transport_methods,
+        &module
+    )?)?;
     module.add_function(wrap_pyfunction!(subscribe_signal, &module)?)?;
     module.add_function(wrap_pyfunction!(unsubscribe_signal, &module)?)?;
     modules.set_item("_erlang_loop", module)?;

@@ -17,10 +17,6 @@
 //! after start-up (a tracer, a test double), the current
 //! `asyncio.TimerHandle.cancel` runs instead, so the patch is honoured.
 
-use std::ffi::CStr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
-
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::intern;
@@ -28,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
+use super::method::{call_method, MethodDef};
 use super::runner::handle_kinds;
 
 /// asyncio's classes and their `cancel` as they were at start-up.
@@ -53,71 +50,35 @@ fn stock(py: Python<'_>) -> PyResult<&'static Stock> {
     })
 }
 
-/// The method table entry; made once, lives as long as the process (the
-/// descriptor points at it).
-struct MethodDef(ffi::PyMethodDef);
-
-// SAFETY: the entry is written once, before any descriptor uses it, and only
-// read afterwards; its pointers are to static strings and a function.
-unsafe impl Sync for MethodDef {}
-// SAFETY: as above.
-unsafe impl Send for MethodDef {}
-
-const NAME: &CStr = c"cancel";
-const DOC: &CStr = c"Cancel the call (native TimerHandle.cancel of erlang_loop).";
+static CANCEL: MethodDef = MethodDef::noargs(
+    c"cancel",
+    c"Cancel the call (native TimerHandle.cancel of erlang_loop).",
+    cancel_method,
+);
 
 /// `_erlang_loop.timer_cancel_method(cls)`: a `cancel` method descriptor for
 /// `cls`, a subclass of `asyncio.TimerHandle` (set it as `cls.cancel`).
 #[pyfunction]
 pub fn timer_cancel_method(cls: &Bound<'_, PyType>) -> PyResult<Py<PyAny>> {
-    let py = cls.py();
-    let stock = stock(py)?;
-    if !cls.is_subclass(stock.timer_class.bind(py))? {
+    let stock = stock(cls.py())?;
+    if !cls.is_subclass(stock.timer_class.bind(cls.py()))? {
         return Err(PyRuntimeError::new_err(
             "timer_cancel_method needs a subclass of asyncio.TimerHandle",
         ));
     }
-    static DEF: OnceLock<MethodDef> = OnceLock::new();
-    let def = DEF.get_or_init(|| {
-        MethodDef(ffi::PyMethodDef {
-            ml_name: NAME.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunction: cancel_trampoline,
-            },
-            ml_flags: ffi::METH_NOARGS,
-            ml_doc: DOC.as_ptr(),
-        })
-    });
-    // SAFETY: `cls` is a live type; `def` is never freed or moved (a
-    // static), and CPython only reads it.
-    let descr = unsafe {
-        ffi::PyDescr_NewMethod(
-            cls.as_type_ptr(),
-            &def.0 as *const ffi::PyMethodDef as *mut ffi::PyMethodDef,
-        )
-    };
-    // SAFETY: a new reference or null with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, descr) }.map(Bound::unbind)
+    CANCEL.descriptor(cls)
 }
 
-/// The C entry point. The method descriptor checked that `slf` is an
-/// instance of the class (or a subclass) it was made for.
-unsafe extern "C" fn cancel_trampoline(
+unsafe extern "C" fn cancel_method(
     slf: *mut ffi::PyObject,
-    _no_args: *mut ffi::PyObject,
+    no_arg: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods with the thread attached.
-    let py = unsafe { Python::assume_attached() };
-    // SAFETY: `slf` is a live borrowed reference for the call.
-    let handle = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    let result = catch_unwind(AssertUnwindSafe(|| cancel(&handle)))
-        .unwrap_or_else(|_| Err(PyRuntimeError::new_err("TimerHandle.cancel panicked")));
-    match result {
-        Ok(()) => py.None().into_ptr(),
-        Err(err) => {
-            err.restore(py);
-            std::ptr::null_mut()
-        }
+    // SAFETY: CPython calls this METH_NOARGS method of ours; the descriptor
+    // checked that `slf` is an instance of our timer class.
+    unsafe {
+        call_method(slf, no_arg, |handle, _| {
+            cancel(handle).map(|()| handle.py().None())
+        })
     }
 }
 

@@ -14,6 +14,7 @@ has a generous deadline (LESSONS 30) and no test asserts a duration.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import hashlib
 import os
@@ -21,6 +22,7 @@ import random
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -586,6 +588,140 @@ async def echo_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         await writer.drain()
     writer.close()
     await writer.wait_closed()
+
+
+# ------------------------------------------ the native per-event methods
+
+
+def test_the_per_event_transport_methods_are_native() -> None:
+    for name in ("_read_ready", "_read_ready__data_received", "write"):
+        method = vars(_ErlangSocketTransport)[name]
+        assert type(method).__name__ == "method_descriptor", name
+
+
+def test_a_failing_data_received_is_a_fatal_error(loop: ErlangEventLoop) -> None:
+    class Failing(Recorder):
+        def data_received(self, data: bytes) -> None:
+            raise ValueError("protocol bug")
+
+    async def main() -> BaseException | None:
+        server = await asyncio.start_server(echo_until_eof, LOCALHOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(lambda: Failing(loop), LOCALHOST, port)
+        transport.write(b"ping")
+        exc = await client.lost
+        server.close()
+        await server.wait_closed()
+        return exc
+
+    exc = run(loop, main())
+    assert isinstance(exc, ValueError)
+    reported = errors(loop)
+    assert [(e["message"], type(e["exception"])) for e in reported] == [
+        ("Fatal error: protocol.data_received() call failed.", ValueError)
+    ]
+    reported.clear()
+
+
+def test_system_exit_from_data_received_propagates(loop: ErlangEventLoop) -> None:
+    class Exiting(Recorder):
+        def data_received(self, data: bytes) -> None:
+            raise SystemExit(3)
+
+    async def connect() -> tuple[asyncio.BaseTransport, asyncio.AbstractServer]:
+        server = await asyncio.start_server(echo_until_eof, LOCALHOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(lambda: Exiting(loop), LOCALHOST, port)
+        return transport, server
+
+    transport, server = run(loop, connect())
+    transport.write(b"ping")  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit):
+        loop.run_until_complete(asyncio.sleep(DEADLINE))
+    transport.abort()  # type: ignore[attr-defined]
+    server.close()
+    run(loop, server.wait_closed())
+
+
+def test_a_reset_connection_is_a_read_error(loop: ErlangEventLoop) -> None:
+    async def main() -> BaseException | None:
+        accepted: asyncio.Future[socket.socket] = loop.create_future()
+        listener = socket.socket()
+        listener.bind((LOCALHOST, 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        connecting = loop.create_connection(lambda: Recorder(loop), LOCALHOST, port)
+        accept = loop.create_task(loop.sock_accept(listener))
+        transport, client = await connecting
+        peer, _ = await accept
+        accepted.set_result(peer)
+        # An RST instead of a FIN: close with a zero linger time after
+        # unread data, so the client's next read fails.
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.write(b"unread")
+        await asyncio.sleep(0.05)
+        peer.close()
+        listener.close()
+        return await client.lost
+
+    exc = run(loop, main())
+    assert isinstance(exc, ConnectionResetError), repr(exc)
+    assert exc.errno == errno.ECONNRESET
+
+
+def test_write_checks_as_asyncio_does(loop: ErlangEventLoop) -> None:
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        server = await asyncio.start_server(echo_until_eof, LOCALHOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(lambda: Recorder(loop), LOCALHOST, port)
+        with pytest.raises(TypeError):
+            transport.write(12)
+        transport.write(b"")
+        assert transport.get_write_buffer_size() == 0
+        transport.write_eof()
+        with pytest.raises(RuntimeError, match="write_eof"):
+            transport.write(b"late")
+        await client.lost
+        server.close()
+        await server.wait_closed()
+
+        # A connection the peer closed: writes are counted, not raised.
+        server = await asyncio.start_server(close_at_once, LOCALHOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(lambda: Recorder(loop), LOCALHOST, port)
+        await client.lost
+        transport.write(b"after")
+        transport.write(b"after")
+        assert transport._conn_lost >= 2
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_a_big_write_is_sent_in_part_and_buffered_in_order(loop: ErlangEventLoop) -> None:
+    data = payload(8 * 1024 * 1024, seed=7)
+
+    async def main() -> bytes:
+        server = await asyncio.start_server(echo_until_eof, LOCALHOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(lambda: Recorder(loop), LOCALHOST, port)
+        transport.write(data)
+        # The socket took part of it at once; the rest waits in the buffer.
+        assert 0 < transport.get_write_buffer_size() < len(data)
+        transport.write(b"tail")
+        transport.write_eof()
+        await client.lost
+        server.close()
+        await server.wait_closed()
+        return client.data
+
+    assert run(loop, main()) == data + b"tail"
 
 
 # ---------------------------------------------------------------- abort

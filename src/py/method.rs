@@ -1,0 +1,116 @@
+//! Native methods for Python classes we subclass from asyncio.
+//!
+//! A method descriptor (`PyDescr_NewMethod`) set on a class is called like a
+//! method written in C: no bound method is made per call, and the
+//! descriptor itself checks that `self` is an instance of the class.
+
+use std::ffi::CStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+/// One entry of a method table, made once and never freed (the
+/// descriptors made from it point at it).
+pub struct MethodDef {
+    def: ffi::PyMethodDef,
+    name: &'static CStr,
+}
+
+// SAFETY: the entry is built before any descriptor uses it and only read
+// afterwards; its pointers are to static strings and functions.
+unsafe impl Sync for MethodDef {}
+// SAFETY: as above.
+unsafe impl Send for MethodDef {}
+
+impl MethodDef {
+    /// A method taking no arguments.
+    pub const fn noargs(
+        name: &'static CStr,
+        doc: &'static CStr,
+        function: ffi::PyCFunction,
+    ) -> MethodDef {
+        MethodDef {
+            def: ffi::PyMethodDef {
+                ml_name: name.as_ptr(),
+                ml_meth: ffi::PyMethodDefPointer {
+                    PyCFunction: function,
+                },
+                ml_flags: ffi::METH_NOARGS,
+                ml_doc: doc.as_ptr(),
+            },
+            name,
+        }
+    }
+
+    /// A method taking exactly one argument.
+    pub const fn one_arg(
+        name: &'static CStr,
+        doc: &'static CStr,
+        function: ffi::PyCFunction,
+    ) -> MethodDef {
+        MethodDef {
+            def: ffi::PyMethodDef {
+                ml_name: name.as_ptr(),
+                ml_meth: ffi::PyMethodDefPointer {
+                    PyCFunction: function,
+                },
+                ml_flags: ffi::METH_O,
+                ml_doc: doc.as_ptr(),
+            },
+            name,
+        }
+    }
+
+    /// The method's name.
+    pub fn name(&self) -> &'static str {
+        self.name.to_str().unwrap_or("?")
+    }
+
+    /// A method descriptor of this entry for instances of `cls`.
+    pub fn descriptor(&'static self, cls: &Bound<'_, PyType>) -> PyResult<Py<PyAny>> {
+        // SAFETY: `cls` is a live type; `self` is 'static and CPython only
+        // reads it.
+        let descr = unsafe {
+            ffi::PyDescr_NewMethod(
+                cls.as_type_ptr(),
+                &self.def as *const ffi::PyMethodDef as *mut ffi::PyMethodDef,
+            )
+        };
+        // SAFETY: a new reference, or null with an exception set.
+        unsafe { Bound::from_owned_ptr_or_err(cls.py(), descr) }.map(Bound::unbind)
+    }
+}
+
+/// Runs the body of a native method: `slf` and `arg` as bound references,
+/// errors set as the current exception, a panic turned into RuntimeError.
+///
+/// # Safety
+/// Called by CPython for a method of ours: the thread is attached, `slf` is
+/// a live reference, `arg` live or null (METH_NOARGS).
+pub unsafe fn call_method(
+    slf: *mut ffi::PyObject,
+    arg: *mut ffi::PyObject,
+    body: impl FnOnce(&Bound<'_, PyAny>, Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>>,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the contract, CPython calls methods attached.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: live borrowed references for the duration of the call.
+    let (slf, arg) = unsafe {
+        (
+            Bound::from_borrowed_ptr(py, slf),
+            Bound::from_borrowed_ptr_or_opt(py, arg),
+        )
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| body(&slf, arg.as_ref())))
+        .unwrap_or_else(|_| Err(PyRuntimeError::new_err("a native method panicked")));
+    match result {
+        Ok(value) => value.into_ptr(),
+        Err(err) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The per-event methods of `_ErlangSocketTransport`, native.
+//!
+//! Our stream transport is asyncio's selector transport; each readiness
+//! event ran three of its Python methods (`_read_ready`, the
+//! `_read_ready__data_received` it dispatches to, and the protocol's usual
+//! reply, `write`), a good part of a request's interpreter time in a
+//! request/response exchange. These do the same steps natively:
+//!
+//! - `_read_ready`: calls `self._read_ready_cb()`, as asyncio does.
+//! - `_read_ready__data_received` (plain `Protocol`s; `BufferedProtocol`
+//!   keeps asyncio's `_read_ready__get_buffer`): nothing once the connection
+//!   is lost; one `recv` into the thread's receive buffer (LESSONS 28: one
+//!   reusable buffer, `bytes` of the right size to the protocol); would-block
+//!   and EINTR are no event; another error goes to `self._fatal_error`; zero
+//!   bytes is EOF (`self._read_ready__on_eof()`); a protocol error other
+//!   than SystemExit/KeyboardInterrupt goes to `self._fatal_error`.
+//! - `write(data)`: for `bytes` while nothing is buffered, the connection
+//!   is up and no EOF or sendfile is in progress, one `send`; sent in full,
+//!   done. Every other case (other types, a partial send, would-block, a
+//!   non-empty buffer, the error checks) is asyncio's own `write`, given
+//!   what is left to send; a send error goes to `self._fatal_error` as there.
+//!
+//! The attributes read are asyncio's (`_conn_lost`, `_sock_fd`,
+//! `_protocol`, `_buffer`, `_eof`, `_empty_waiter`); a Python without one of
+//! them fails loudly here, in the tests, not silently.
+
+use std::cell::RefCell;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyType};
+
+use super::method::{call_method, MethodDef};
+
+/// Size of the receive buffer: asyncio's `max_size` for one read.
+const RECV_BUFFER_SIZE: usize = 256 * 1024;
+
+thread_local! {
+    /// The receive buffer of the loop running on this thread.
+    static RECV_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; RECV_BUFFER_SIZE].into_boxed_slice());
+}
+
+static READ_READY: MethodDef = MethodDef::noargs(
+    c"_read_ready",
+    c"Reader callback: runs self._read_ready_cb() (native).",
+    read_ready_method,
+);
+
+static DATA_RECEIVED: MethodDef = MethodDef::noargs(
+    c"_read_ready__data_received",
+    c"Reads once and hands the bytes to protocol.data_received (native).",
+    data_received_method,
+);
+
+static WRITE: MethodDef = MethodDef::one_arg(
+    c"write",
+    c"Write data to the transport: sent now when possible, else buffered (native fast path of asyncio's write).",
+    write_method,
+);
+
+/// `selector_events._SelectorSocketTransport`.
+fn selector_transport(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CLASS
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("asyncio.selector_events")?
+                    .getattr("_SelectorSocketTransport")?
+                    .cast_into::<PyType>()?
+                    .unbind(),
+            )
+        })
+        .map(|class| class.bind(py))
+}
+
+/// `_erlang_loop.socket_transport_methods(cls)`: `{name: method}` for `cls`,
+/// a subclass of asyncio's `_SelectorSocketTransport` (set them on it).
+#[pyfunction]
+pub fn socket_transport_methods<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyDict>> {
+    let py = cls.py();
+    if !cls.is_subclass(selector_transport(py)?)? {
+        return Err(PyRuntimeError::new_err(
+            "socket_transport_methods needs a subclass of _SelectorSocketTransport",
+        ));
+    }
+    let methods = PyDict::new(py);
+    for def in [&READ_READY, &DATA_RECEIVED, &WRITE] {
+        methods.set_item(def.name(), def.descriptor(cls)?)?;
+    }
+    Ok(methods)
+}
+
+unsafe extern "C" fn read_ready_method(
+    slf: *mut ffi::PyObject,
+    no_arg: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this METH_NOARGS method of ours.
+    unsafe {
+        call_method(slf, no_arg, |transport, _| {
+            let py = transport.py();
+            transport
+                .getattr(intern!(py, "_read_ready_cb"))?
+                .call0()
+                .map(Bound::unbind)
+        })
+    }
+}
+
+unsafe extern "C" fn data_received_method(
+    slf: *mut ffi::PyObject,
+    no_arg: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this METH_NOARGS method of ours.
+    unsafe {
+        call_method(slf, no_arg, |transport, _| {
+            read_once(transport).map(|()| transport.py().None())
+        })
+    }
+}
+
+unsafe extern "C" fn write_method(
+    slf: *mut ffi::PyObject,
+    data: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this METH_O method of ours: `data` is live.
+    unsafe {
+        call_method(slf, data, |transport, data| match data {
+            Some(data) => write(transport, data).map(|()| transport.py().None()),
+            None => Err(PyRuntimeError::new_err("write() without data")),
+        })
+    }
+}
+
+fn read_once(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
+        return Ok(());
+    }
+    let fd: i32 = transport.getattr(intern!(py, "_sock_fd"))?.extract()?;
+    // The buffer is borrowed only for the read and the copy, not while the
+    // protocol runs (it may read another transport of this loop).
+    let received = RECV_BUFFER.with_borrow_mut(|buffer| {
+        // SAFETY: `buffer` is valid for writes of its whole length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(0) => Received::Eof,
+            Ok(n) => Received::Data(PyBytes::new(py, &buffer[..n]).unbind()),
+            Err(_) => Received::Failed(std::io::Error::last_os_error()),
+        }
+    });
+    match received {
+        Received::Data(data) => {
+            let protocol = transport.getattr(intern!(py, "_protocol"))?;
+            if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                if is_exit(py, &err) {
+                    return Err(err);
+                }
+                let message = "Fatal error: protocol.data_received() call failed.";
+                fatal_error(
+                    transport,
+                    err.into_value(py).into_bound(py).into_any(),
+                    message,
+                )?;
+            }
+            Ok(())
+        }
+        Received::Eof => transport
+            .call_method0(intern!(py, "_read_ready__on_eof"))
+            .map(drop),
+        Received::Failed(error) if no_event(&error) => Ok(()),
+        Received::Failed(error) => {
+            let message = "Fatal read error on socket transport";
+            fatal_error(transport, os_error(py, &error)?, message)
+        }
+    }
+}
+
+enum Received {
+    Data(Py<PyBytes>),
+    Eof,
+    Failed(std::io::Error),
+}
+
+fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let Some(bytes) = sendable_now(transport, data)? else {
+        return stock_write(transport, data);
+    };
+    let fd: i32 = transport.getattr(intern!(py, "_sock_fd"))?.extract()?;
+    // SAFETY: `bytes` is a live bytes object we hold for the call.
+    let sent = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match usize::try_from(sent) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(n) => stock_write(transport, &PyBytes::new(py, &bytes[n..])),
+        Err(_) => {
+            let error = std::io::Error::last_os_error();
+            if no_event(&error) {
+                return stock_write(transport, data);
+            }
+            let message = "Fatal write error on socket transport";
+            fatal_error(transport, os_error(py, &error)?, message)
+        }
+    }
+}
+
+/// `data`'s bytes if the fast path applies: exactly `bytes`, not empty,
+/// nothing buffered, connection up, no EOF written, no sendfile running.
+fn sendable_now<'a>(
+    transport: &Bound<'_, PyAny>,
+    data: &'a Bound<'_, PyAny>,
+) -> PyResult<Option<&'a [u8]>> {
+    let py = transport.py();
+    let Ok(bytes) = data.cast_exact::<PyBytes>() else {
+        return Ok(None);
+    };
+    let ready = !bytes.as_bytes().is_empty()
+        && !transport.getattr(intern!(py, "_eof"))?.is_truthy()?
+        && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
+        && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
+        && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?;
+    Ok(ready.then(|| bytes.as_bytes()))
+}
+
+/// asyncio's `write`, for every case the fast path leaves to it.
+fn stock_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    selector_transport(py)?
+        .getattr(intern!(py, "write"))?
+        .call1((transport, data))
+        .map(drop)
+}
+
+fn fatal_error(transport: &Bound<'_, PyAny>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+    transport
+        .call_method1(intern!(transport.py(), "_fatal_error"), (exc, message))
+        .map(drop)
+}
+
+/// Would-block and interrupted calls: no event, as asyncio treats them.
+fn no_event(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EAGAIN | libc::EINTR) // EWOULDBLOCK == EAGAIN on Linux
+    )
+}
+
+/// `OSError(errno, strerror)`: Python picks the subclass
+/// (`ConnectionResetError`, ...), as a failed `socket.recv` would raise.
+fn os_error<'py>(py: Python<'py>, error: &std::io::Error) -> PyResult<Bound<'py, PyAny>> {
+    let errno = error.raw_os_error().unwrap_or(0);
+    // SAFETY: strerror returns a valid C string for any errno.
+    let text = unsafe { std::ffi::CStr::from_ptr(libc::strerror(errno)) }
+        .to_string_lossy()
+        .into_owned();
+    py.get_type::<PyOSError>().call1((errno, text))
+}
+
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
