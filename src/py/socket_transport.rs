@@ -20,9 +20,12 @@
 //!   non-empty buffer, the error checks) is asyncio's own `write`, given
 //!   what is left to send; a send error goes to `self._fatal_error` as there.
 //!
-//! The attributes read are asyncio's (`_conn_lost`, `_sock_fd`,
-//! `_protocol`, `_buffer`, `_eof`, `_empty_waiter`); a Python without one of
-//! them fails loudly here, in the tests, not silently.
+//! The attributes read are asyncio's (`_conn_lost`, `_sock`, `_protocol`,
+//! `_buffer`, `_eof`, `_empty_waiter`); a Python without one of them fails
+//! loudly here, in the tests, not silently. The fd is the socket object's
+//! own `fileno()` at the time of the call, not the transport's `_sock_fd`:
+//! a closed socket gives -1 (EBADF, as its `recv`/`send` would raise), never
+//! a number the OS may have handed to another socket since.
 
 use std::cell::RefCell;
 
@@ -139,7 +142,9 @@ fn read_once(transport: &Bound<'_, PyAny>) -> PyResult<()> {
     if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
         return Ok(());
     }
-    let fd: i32 = transport.getattr(intern!(py, "_sock_fd"))?.extract()?;
+    let Some(fd) = socket_fd(transport)? else {
+        return Ok(());
+    };
     // The buffer is borrowed only for the read and the copy, not while the
     // protocol runs (it may read another transport of this loop).
     let received = RECV_BUFFER.with_borrow_mut(|buffer| {
@@ -196,7 +201,9 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
     let Some(bytes) = sendable_now(transport, data)? else {
         return stock_write(transport, data);
     };
-    let fd: i32 = transport.getattr(intern!(py, "_sock_fd"))?.extract()?;
+    let Some(fd) = socket_fd(transport)? else {
+        return stock_write(transport, data);
+    };
     // SAFETY: `bytes` is a live bytes object we hold for the call.
     let sent = unsafe {
         libc::send(
@@ -218,6 +225,19 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
             fatal_error(transport, os_error(py, &error)?, message)
         }
     }
+}
+
+/// The fd of the transport's socket now (-1 once closed); None when the
+/// transport has let go of its socket (asyncio's code then decides).
+fn socket_fd(transport: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
+    let py = transport.py();
+    let sock = transport.getattr(intern!(py, "_sock"))?;
+    if sock.is_none() {
+        return Ok(None);
+    }
+    sock.call_method0(intern!(py, "fileno"))?
+        .extract()
+        .map(Some)
 }
 
 /// `data`'s bytes if the fast path applies: exactly `bytes`, not empty,

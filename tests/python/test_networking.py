@@ -670,6 +670,41 @@ def test_a_reset_connection_is_a_read_error(loop: ErlangEventLoop) -> None:
     assert exc.errno == errno.ECONNRESET
 
 
+def test_a_socket_closed_behind_the_transport_s_back_is_never_read_by_number(
+    loop: ErlangEventLoop,
+) -> None:
+    """The native read uses the socket object's fd at call time: once the
+    socket is closed its old number may belong to another socket, which
+    must not be read from (asyncio's Python gets EBADF from the closed
+    socket object; so does this)."""
+
+    async def main() -> tuple[bytes, BaseException | None]:
+        server = await asyncio.start_server(echo_until_eof, LOCALHOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(lambda: Recorder(loop), LOCALHOST, port)
+        old_fd = transport._sock_fd
+        transport._sock.close()
+        other, peer = socket.socketpair()
+        try:
+            assert other.fileno() == old_fd  # the number was reused at once
+            peer.sendall(b"not yours")
+            transport._read_ready__data_received()
+            other.setblocking(False)
+            left = other.recv(100)
+        finally:
+            other.close()
+            peer.close()
+        lost = await client.lost
+        server.close()
+        await server.wait_closed()
+        return left, lost
+
+    left, lost = run(loop, main())
+    assert left == b"not yours"
+    # A fatal read error, as asyncio's recv on the closed socket gives.
+    assert isinstance(lost, OSError) and lost.errno == errno.EBADF, repr(lost)
+
+
 def test_write_checks_as_asyncio_does(loop: ErlangEventLoop) -> None:
     async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.close()
