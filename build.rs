@@ -4,6 +4,8 @@
 // interpreter can point `sys.executable` at a real Python (LESSONS 7d').
 fn main() {
     pyo3_build_config::add_libpython_rpath_link_args();
+    // `#[cfg(Py_3_11)]` and friends, for C API calls newer than 3.10.
+    pyo3_build_config::use_pyo3_cfgs();
     let config = pyo3_build_config::get();
     if let Some(executable) = config.executable() {
         println!("cargo:rustc-env=ERLANG_PYTHON_BUILD_EXECUTABLE={executable}");

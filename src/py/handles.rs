@@ -110,9 +110,12 @@ pub struct HandleKinds {
     key: Slot,
     /// Whether the handles made here can leave the cyclic GC (see `untrack`).
     untrackable: bool,
-    /// `Handle._run` as asyncio defines it: patched (profilers, tracers),
-    /// handles run through Python.
+    /// `Handle._run` as found at start-up: patched since (profilers,
+    /// tracers), handles run through Python.
     stock_run: Py<PyAny>,
+    /// Whether that `_run` is asyncio's own (patched before we started,
+    /// by `sitecustomize` say, it is never run natively).
+    stock_run_pristine: bool,
 }
 
 impl HandleKinds {
@@ -137,6 +140,7 @@ impl HandleKinds {
         }
         Ok(HandleKinds {
             untrackable: untrackable(handle) && untrackable(timer),
+            stock_run_pristine: defined_by_asyncio(&run, "_run")?,
             stock_run: run.unbind(),
             callback: Slot::find(handle, "_callback")?,
             args: Slot::find(handle, "_args")?,
@@ -259,10 +263,12 @@ impl HandleKinds {
 
     /// Is `Handle._run` still asyncio's (not patched by a profiler)?
     pub fn stock_run_intact(&self, py: Python<'_>) -> bool {
-        self.handle
-            .bind(py)
-            .getattr(pyo3::intern!(py, "_run"))
-            .is_ok_and(|run| run.is(self.stock_run.bind(py)))
+        self.stock_run_pristine
+            && self
+                .handle
+                .bind(py)
+                .getattr(pyo3::intern!(py, "_run"))
+                .is_ok_and(|run| run.is(self.stock_run.bind(py)))
     }
 
     /// Is `object` one of our timer handles? Its real type is checked
@@ -342,22 +348,29 @@ impl HandleKinds {
             .is_truthy()
     }
 
-    /// What `Handle.cancel` does outside debug mode: `_cancelled = True`,
-    /// callback and arguments dropped (they may hold large objects).
-    pub fn mark_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `handle._cancelled = True`.
+    pub fn set_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         if self.is_stock(handle) {
-            // SAFETY: `handle` is exactly a class the slots were found on;
-            // each value is a new strong reference.
+            // SAFETY: `handle` is exactly a class the slot was found on; the
+            // value is a new strong reference.
+            unsafe { self.cancelled.set(handle.as_ptr(), new_ref(ffi::Py_True())) };
+            return Ok(());
+        }
+        handle.setattr(pyo3::intern!(handle.py(), "_cancelled"), true)
+    }
+
+    /// `handle._callback = None; handle._args = None`: what a cancel drops
+    /// (they may hold large objects).
+    pub fn drop_callback(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.is_stock(handle) {
+            // SAFETY: as in `set_cancelled`.
             unsafe {
-                let raw = handle.as_ptr();
-                self.cancelled.set(raw, new_ref(ffi::Py_True()));
-                self.callback.set(raw, new_ref(ffi::Py_None()));
-                self.args.set(raw, new_ref(ffi::Py_None()));
+                self.callback.set(handle.as_ptr(), new_ref(ffi::Py_None()));
+                self.args.set(handle.as_ptr(), new_ref(ffi::Py_None()));
             }
             return Ok(());
         }
         let py = handle.py();
-        handle.setattr(pyo3::intern!(py, "_cancelled"), true)?;
         handle.setattr(pyo3::intern!(py, "_callback"), py.None())?;
         handle.setattr(pyo3::intern!(py, "_args"), py.None())
     }
@@ -465,6 +478,18 @@ impl HandleKinds {
 
 /// Can instances of `ty` leave the GC safely? Only GC types without
 /// finalizers, whose deallocation never re-tracks them.
+/// Whether `function` is the `name` method as asyncio's `events.py`
+/// defines it (by where its code comes from: a wrapper installed by a
+/// tracer has code of its own, even with `functools.wraps`).
+pub fn defined_by_asyncio(function: &Bound<'_, PyAny>, name: &str) -> PyResult<bool> {
+    let py = function.py();
+    let events_file = py.import("asyncio.events")?.getattr("__file__")?;
+    let Ok(code) = function.getattr("__code__") else {
+        return Ok(false);
+    };
+    Ok(code.getattr("co_filename")?.eq(&events_file)? && code.getattr("co_name")?.eq(name)?)
+}
+
 fn untrackable(ty: &Bound<'_, PyType>) -> bool {
     let raw = ty.as_type_ptr();
     // SAFETY: reading the flags and slots of a live type object.

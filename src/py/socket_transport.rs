@@ -6,7 +6,8 @@
 //! reply, `write`), a good part of a request's interpreter time in a
 //! request/response exchange. These do the same steps natively:
 //!
-//! - `_read_ready`: calls `self._read_ready_cb()`, as asyncio does.
+//! - `_read_ready`: calls `self._read_ready_cb()` and returns None, as
+//!   asyncio does.
 //! - `_read_ready__data_received` (plain `Protocol`s; `BufferedProtocol`
 //!   keeps asyncio's `_read_ready__get_buffer`): nothing once the connection
 //!   is lost; one `recv` into the thread's receive buffer (LESSONS 28: one
@@ -20,21 +21,28 @@
 //!   non-empty buffer, the error checks) is asyncio's own `write`, given
 //!   what is left to send; a send error goes to `self._fatal_error` as there.
 //!
+//! The native steps apply to a plain `socket.socket` only: a subclass (one
+//! that counts or throttles its `send`, say) gets asyncio's methods, which
+//! call its `recv`/`send`. Reads take at most `max_size` bytes, as asyncio's.
 //! The attributes read are asyncio's (`_conn_lost`, `_sock`, `_protocol`,
-//! `_buffer`, `_eof`, `_empty_waiter`); a Python without one of them fails
-//! loudly here, in the tests, not silently. The fd is the socket object's
-//! own `fileno()` at the time of the call, not the transport's `_sock_fd`:
-//! a closed socket gives -1 (EBADF, as its `recv`/`send` would raise), never
-//! a number the OS may have handed to another socket since.
+//! `_buffer`, `_eof`, `_empty_waiter`, `max_size`); a Python without one of
+//! them fails loudly here, in the tests, not silently. The fd is the socket
+//! object's own `fileno()` at the time of the call, not the transport's
+//! `_sock_fd`: a closed socket gives -1 (EBADF, as its `recv`/`send` would
+//! raise), never a number the OS may have handed to another socket since.
+//! `_fatal_error` runs with its exception as the one being handled, as in
+//! asyncio's `except` blocks (debug logging with `exc_info`, handlers that
+//! read `sys.exc_info()`).
 
 use std::cell::RefCell;
 
+use pyo3::call::PyCallArgs;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyType};
+use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use super::method::{call_method, MethodDef};
 
@@ -104,10 +112,8 @@ unsafe extern "C" fn read_ready_method(
     unsafe {
         call_method(slf, no_arg, |transport, _| {
             let py = transport.py();
-            transport
-                .getattr(intern!(py, "_read_ready_cb"))?
-                .call0()
-                .map(Bound::unbind)
+            transport.getattr(intern!(py, "_read_ready_cb"))?.call0()?;
+            Ok(py.None())
         })
     }
 }
@@ -142,9 +148,10 @@ fn read_once(transport: &Bound<'_, PyAny>) -> PyResult<()> {
     if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
         return Ok(());
     }
-    let Some(fd) = socket_fd(transport)? else {
-        return Ok(());
+    let Some(fd) = plain_socket_fd(transport)? else {
+        return stock_method(transport, intern!(py, "_read_ready__data_received"), ());
     };
+    let max_size: usize = transport.getattr(intern!(py, "max_size"))?.extract()?;
     // The buffer is borrowed only for the read and the copy, not while the
     // protocol runs (it may read another transport of this loop).
     let received = RECV_BUFFER.with_borrow_mut(|buffer| {
@@ -153,7 +160,7 @@ fn read_once(transport: &Bound<'_, PyAny>) -> PyResult<()> {
             libc::recv(
                 fd,
                 buffer.as_mut_ptr().cast(),
-                buffer.len(),
+                buffer.len().min(max_size),
                 libc::MSG_DONTWAIT,
             )
         };
@@ -201,7 +208,7 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
     let Some(bytes) = sendable_now(transport, data)? else {
         return stock_write(transport, data);
     };
-    let Some(fd) = socket_fd(transport)? else {
+    let Some(fd) = plain_socket_fd(transport)? else {
         return stock_write(transport, data);
     };
     // SAFETY: `bytes` is a live bytes object we hold for the call.
@@ -227,17 +234,32 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
     }
 }
 
-/// The fd of the transport's socket now (-1 once closed); None when the
-/// transport has let go of its socket (asyncio's code then decides).
-fn socket_fd(transport: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
+/// The fd of the transport's socket now (-1 once closed), if the socket is
+/// a plain `socket.socket`; None otherwise (asyncio's code then decides).
+fn plain_socket_fd(transport: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
     let py = transport.py();
     let sock = transport.getattr(intern!(py, "_sock"))?;
-    if sock.is_none() {
+    if !sock.get_type().is(socket_class(py)?) {
         return Ok(None);
     }
     sock.call_method0(intern!(py, "fileno"))?
         .extract()
         .map(Some)
+}
+
+/// `socket.socket`.
+fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CLASS
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("socket")?
+                    .getattr("socket")?
+                    .cast_into::<PyType>()?
+                    .unbind(),
+            )
+        })
+        .map(|class| class.bind(py))
 }
 
 /// `data`'s bytes if the fast path applies: exactly `bytes`, not empty,
@@ -260,17 +282,70 @@ fn sendable_now<'a>(
 
 /// asyncio's `write`, for every case the fast path leaves to it.
 fn stock_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    stock_method(transport, intern!(transport.py(), "write"), (data,))
+}
+
+/// `_SelectorSocketTransport.<name>(transport, *args)`: asyncio's own.
+fn stock_method<'py>(
+    transport: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    args: impl PyCallArgs<'py>,
+) -> PyResult<()> {
     let py = transport.py();
     selector_transport(py)?
-        .getattr(intern!(py, "write"))?
-        .call1((transport, data))
+        .getattr(name)?
+        .call_method1(intern!(py, "__get__"), (transport,))?
+        .call1(args)
         .map(drop)
 }
 
+/// `transport._fatal_error(exc, message)` with `exc` as the exception being
+/// handled, as when asyncio calls it from an `except` block.
 fn fatal_error(transport: &Bound<'_, PyAny>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+    let py = transport.py();
+    let _handling = Handling::start(&exc);
     transport
-        .call_method1(intern!(transport.py(), "_fatal_error"), (exc, message))
+        .call_method1(intern!(py, "_fatal_error"), (exc, message))
         .map(drop)
+}
+
+/// Makes an exception the one being handled (`sys.exc_info()`) until
+/// dropped, then restores the previous one.
+struct Handling {
+    #[cfg(Py_3_11)]
+    previous: *mut ffi::PyObject,
+}
+
+impl Handling {
+    fn start(exc: &Bound<'_, PyAny>) -> Handling {
+        #[cfg(Py_3_11)]
+        {
+            // SAFETY: the thread is attached (we hold `exc`); Get returns a
+            // new reference (or null), Set takes none of ours.
+            unsafe {
+                let previous = ffi::PyErr_GetHandledException();
+                ffi::PyErr_SetHandledException(exc.as_ptr());
+                Handling { previous }
+            }
+        }
+        #[cfg(not(Py_3_11))]
+        {
+            let _ = exc;
+            Handling {}
+        }
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        #[cfg(Py_3_11)]
+        // SAFETY: still attached (dropped in `fatal_error`); `previous` is
+        // our reference, released after Set took its own.
+        unsafe {
+            ffi::PyErr_SetHandledException(self.previous);
+            ffi::Py_XDECREF(self.previous);
+        }
+    }
 }
 
 /// Would-block and interrupted calls: no event, as asyncio treats them.

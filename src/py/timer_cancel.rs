@@ -24,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
+use super::handles::defined_by_asyncio;
 use super::method::{call_method, MethodDef};
 use super::runner::handle_kinds;
 
@@ -33,6 +34,8 @@ struct Stock {
     handle_class: Py<PyType>,
     timer_cancel: Py<PyAny>,
     handle_cancel: Py<PyAny>,
+    /// Whether both `cancel`s were asyncio's own then.
+    pristine: bool,
 }
 
 fn stock(py: Python<'_>) -> PyResult<&'static Stock> {
@@ -41,9 +44,13 @@ fn stock(py: Python<'_>) -> PyResult<&'static Stock> {
         let events = py.import("asyncio.events")?;
         let timer_class = events.getattr("TimerHandle")?.cast_into::<PyType>()?;
         let handle_class = events.getattr("Handle")?.cast_into::<PyType>()?;
+        let timer_cancel = timer_class.getattr("cancel")?;
+        let handle_cancel = handle_class.getattr("cancel")?;
         Ok(Stock {
-            timer_cancel: timer_class.getattr("cancel")?.unbind(),
-            handle_cancel: handle_class.getattr("cancel")?.unbind(),
+            pristine: defined_by_asyncio(&timer_cancel, "cancel")?
+                && defined_by_asyncio(&handle_cancel, "cancel")?,
+            timer_cancel: timer_cancel.unbind(),
+            handle_cancel: handle_cancel.unbind(),
             timer_class: timer_class.unbind(),
             handle_class: handle_class.unbind(),
         })
@@ -90,16 +97,28 @@ fn cancel(handle: &Bound<'_, PyAny>) -> PyResult<()> {
     let Some(kinds) = handle_kinds() else {
         return timer_cancel.call1((handle,)).map(drop);
     };
-    if !timer_cancel.is(&stock.timer_cancel) || !handle_cancel.is(&stock.handle_cancel) {
+    if !stock.pristine
+        || !timer_cancel.is(&stock.timer_cancel)
+        || !handle_cancel.is(&stock.handle_cancel)
+    {
         return timer_cancel.call1((handle,)).map(drop);
     }
+    // TimerHandle.cancel
     if kinds.is_cancelled(handle)? {
         return Ok(());
     }
-    let loop_ = handle.getattr(intern!(py, "_loop"))?;
-    loop_.call_method1(intern!(py, "_timer_handle_cancelled"), (handle,))?;
-    if loop_.call_method0(intern!(py, "get_debug"))?.is_truthy()? {
-        return handle_cancel.call1((handle,)).map(drop);
+    handle
+        .getattr(intern!(py, "_loop"))?
+        .call_method1(intern!(py, "_timer_handle_cancelled"), (handle,))?;
+    // Handle.cancel
+    if kinds.is_cancelled(handle)? {
+        return Ok(());
     }
-    kinds.mark_cancelled(handle)
+    kinds.set_cancelled(handle)?;
+    let loop_ = handle.getattr(intern!(py, "_loop"))?;
+    if loop_.call_method0(intern!(py, "get_debug"))?.is_truthy()? {
+        // Keeps callback and arguments in the repr, as asyncio does.
+        handle.setattr(intern!(py, "_repr"), handle.repr()?)?;
+    }
+    kinds.drop_callback(handle)
 }

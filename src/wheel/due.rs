@@ -18,7 +18,9 @@
 //! slab no longer holds an entry of that generation and deadline at that
 //! index (freeing a slot bumps its generation; should it ever wrap around to
 //! a live entry's, the deadline must match too, so that entry still never
-//! fires before its time). Tombstones are skipped at the cursor, which is
+//! fires before its time, though its FIFO place among equal deadlines and
+//! the tombstone count are then not exact: that takes 2^32 reuses of one
+//! slot while the tombstone waits in the queue). Tombstones are skipped at the cursor, which is
 //! always left on a live entry so the head deadline is exact, and compacted
 //! away once they are the majority.
 //!
@@ -111,7 +113,7 @@ impl DueQueue {
             if slab.holds(key.index, key.generation, key.deadline) {
                 return Some(key.index);
             }
-            self.dead -= 1;
+            self.dead = self.dead.saturating_sub(1);
         }
         None
     }
@@ -194,7 +196,7 @@ impl DueQueue {
                 return;
             }
             self.head += 1;
-            self.dead -= 1;
+            self.dead = self.dead.saturating_sub(1);
         }
         debug_assert_eq!(self.dead, 0, "tombstones counted past the end");
         self.keys.clear();

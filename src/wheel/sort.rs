@@ -18,6 +18,10 @@ use super::due::DueKey;
 /// Runs this short are sorted by comparison: the buckets would cost more.
 const BUCKET_MIN: usize = 32;
 
+/// Scratch memory kept for the next run at most (keys); a larger run's is
+/// given back, so one burst of timers does not pin its memory for good.
+const SCRATCH_KEEP: usize = 1 << 16;
+
 /// Reusable memory for [`sort_run`], kept by the due queue so a
 /// steady state allocates nothing.
 #[derive(Debug, Default)]
@@ -82,6 +86,9 @@ pub(crate) fn sort_run(run: &mut [DueKey], scratch: &mut Scratch, seq_of: impl F
         start = end;
     }
     run.copy_from_slice(keys);
+    if keys.capacity() > SCRATCH_KEEP {
+        *scratch = Scratch::default();
+    }
 }
 
 /// Sorts a few keys; cheaper than a call into the general sort for the one

@@ -11,16 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import os
 import socket
+import subprocess
 import threading
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from erlang_loop import ErlangEventLoop
+
+# The node runner, to start a fresh node where a test needs one.
+CLI = str(Path(__file__).resolve().parents[2] / "bin" / "erlang-python")
 
 
 @pytest.fixture(params=[False, True], ids=["native", "debug"])
@@ -699,3 +705,67 @@ def test_an_error_in_the_loop_s_bookkeeping_propagates_from_cancel() -> None:
         assert not handle.cancelled()
     finally:
         loop.close()
+
+
+def test_cancel_marks_cancelled_before_asking_get_debug() -> None:
+    class FailingLoop(ErlangEventLoop):
+        failing = False
+
+        def get_debug(self) -> bool:
+            if self.failing:
+                raise ValueError("get_debug")
+            return False
+
+    loop = FailingLoop()
+    try:
+        handle = loop.call_later(10, lambda: None)
+        loop.failing = True
+        with pytest.raises(ValueError):
+            handle.cancel()
+        loop.failing = False
+        # asyncio's Handle.cancel sets _cancelled before it asks get_debug.
+        assert handle.cancelled()
+    finally:
+        loop.close()
+
+
+PATCHED_EARLY = """
+import asyncio.events
+CALLS = []
+_stock_cancel = asyncio.events.TimerHandle.cancel
+_stock_run = asyncio.events.Handle._run
+def traced_cancel(self):
+    CALLS.append("cancel")
+    _stock_cancel(self)
+def traced_run(self):
+    CALLS.append("run")
+    _stock_run(self)
+asyncio.events.TimerHandle.cancel = traced_cancel
+asyncio.events.Handle._run = traced_run
+"""
+
+CHECK_PATCHED_EARLY = """
+import asyncio, sitecustomize
+from erlang_loop import ErlangEventLoop
+loop = ErlangEventLoop()
+loop.call_later(10, print).cancel()
+loop.run_until_complete(asyncio.sleep(0))
+loop.close()
+print(sorted(set(sitecustomize.CALLS)))
+"""
+
+
+def test_methods_patched_before_the_loop_was_imported_are_honoured(tmp_path: Path) -> None:
+    """Tracers patch asyncio from sitecustomize, before erlang_loop exists:
+    their TimerHandle.cancel and Handle._run must still be called."""
+    (tmp_path / "sitecustomize.py").write_text(PATCHED_EARLY)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        [CLI, "-c", CHECK_PATCHED_EARLY],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "['cancel', 'run']"

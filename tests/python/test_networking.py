@@ -24,6 +24,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -703,6 +704,100 @@ def test_a_socket_closed_behind_the_transport_s_back_is_never_read_by_number(
     assert left == b"not yours"
     # A fatal read error, as asyncio's recv on the closed socket gives.
     assert isinstance(lost, OSError) and lost.errno == errno.EBADF, repr(lost)
+
+
+class _CountingSocket(socket.socket):
+    """A socket subclass that counts its send/recv (asyncio calls them)."""
+
+    calls: list[str] = []
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        _CountingSocket.calls.append("send")
+        return super().send(data, flags)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        _CountingSocket.calls.append("recv")
+        return super().recv(size, flags)
+
+
+def test_a_socket_subclass_gets_its_own_send_and_recv_called(loop: ErlangEventLoop) -> None:
+    a, b = socket.socketpair()
+    sock = _CountingSocket(a.family, a.type, a.proto, fileno=a.detach())
+    _CountingSocket.calls.clear()
+
+    async def main() -> bytes:
+        transport, client = await loop.create_connection(lambda: Recorder(loop), sock=sock)
+        transport.write(b"hello")
+        assert b.recv(5) == b"hello"
+        b.sendall(b"world")
+        b.shutdown(socket.SHUT_WR)
+        await wait_for_condition(lambda: client.eof)
+        transport.close()
+        await client.lost
+        return client.data
+
+    try:
+        assert run(loop, main()) == b"world"
+    finally:
+        b.close()
+    assert "send" in _CountingSocket.calls and "recv" in _CountingSocket.calls
+
+
+def test_max_size_bounds_one_read(loop: ErlangEventLoop) -> None:
+    a, b = socket.socketpair()
+
+    async def main() -> list[bytes]:
+        transport, client = await loop.create_connection(lambda: Recorder(loop), sock=a)
+        transport.max_size = 16
+        b.sendall(b"x" * 100)
+        await wait_for_condition(lambda: len(client.data) >= 100)
+        transport.close()
+        await client.lost
+        return client.chunks
+
+    try:
+        chunks = run(loop, main())
+    finally:
+        b.close()
+    assert b"".join(chunks) == b"x" * 100
+    assert max(map(len, chunks)) <= 16
+
+
+def test_a_read_error_is_the_handled_exception_in_fatal_error(loop: ErlangEventLoop) -> None:
+    """asyncio calls _fatal_error from an except block: debug logging with
+    exc_info and handlers reading sys.exc_info() see the error."""
+    seen: list[Any] = []
+
+    class Probe(Recorder):
+        pass
+
+    async def main() -> BaseException | None:
+        listener = socket.socket()
+        listener.bind((LOCALHOST, 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        accept = loop.create_task(loop.sock_accept(listener))
+        transport, client = await loop.create_connection(lambda: Probe(loop), LOCALHOST, port)
+        peer, _ = await accept
+        stock = transport._fatal_error
+
+        def fatal_error(exc: BaseException, message: str = "") -> None:
+            seen.append(sys.exc_info()[1])
+            stock(exc, message)
+
+        transport._fatal_error = fatal_error
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.write(b"unread")
+        await asyncio.sleep(0.05)
+        peer.close()
+        listener.close()
+        return await client.lost
+
+    exc = run(loop, main())
+    assert isinstance(exc, ConnectionResetError)
+    assert seen == [exc]
+    assert sys.exc_info() == (None, None, None)
 
 
 def test_write_checks_as_asyncio_does(loop: ErlangEventLoop) -> None:
