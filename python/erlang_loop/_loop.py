@@ -28,7 +28,6 @@ from ._selector import _ErlangSelector
 from ._transports import (
     _ErlangDatagramTransport,
     _ErlangSocketTransport,
-    new_recv_buffer,
     shutdown_before_close,
 )
 
@@ -61,8 +60,6 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         self._native = _erlang_loop.new_loop(isolated)
         self._loop_handle = self._native if isolated else None
         self._runner: _erlang_loop.LoopRunner | None = None
-        # The one receive buffer of all this loop's transports (LESSONS 28).
-        self._recv_buffer = new_recv_buffer()
         super().__init__(selector=_ErlangSelector(self._native))
         # The ready queue, the timers in the wheel and one iteration are
         # native (LESSONS 27); `_ready` is the runner, deque-compatible.

@@ -9,10 +9,11 @@ limits calling ``pause_writing``/``resume_writing``, ``BufferedProtocol``,
 
 What changes is the receive path: CPython's ``sock.recv(max_size)`` allocates
 a 256 KiB object per read and shrinks it (mmap/munmap on every read). Here
-every transport of a loop reads into one reusable buffer and hands the
-protocol ``bytes`` of the right size (LESSONS 28), and the stream transport's
-per-event methods are native. Readiness still comes from the BEAM's
-``enif_select`` through the loop's selector.
+every transport reads into its thread's one reusable buffer and hands the
+protocol ``bytes`` of the right size (LESSONS 28): the stream transport's
+per-event methods and the datagram transport's ``_read_ready`` are native.
+Readiness still comes from the BEAM's ``enif_select`` through the loop's
+selector.
 """
 
 from __future__ import annotations
@@ -21,21 +22,6 @@ import socket
 from asyncio import selector_events
 
 import _erlang_loop
-
-# Size of the loop's receive buffer: CPython's ``max_size``, and more than
-# the largest datagram (65535 bytes), so a datagram is never truncated.
-RECV_BUFFER_SIZE = 256 * 1024
-
-# Datagrams read per readiness event at most. Each readiness event is a round
-# trip through the loop's Erlang worker; draining a few datagrams per event
-# saves most of them, and the bound keeps one busy socket from starving the
-# others.
-DATAGRAM_BATCH = 16
-
-
-def new_recv_buffer() -> memoryview:
-    """A loop's receive buffer (a view, so slicing it never copies)."""
-    return memoryview(bytearray(RECV_BUFFER_SIZE))
 
 
 def shutdown_before_close(sock: socket.socket) -> None:
@@ -69,27 +55,11 @@ for _name, _method in _erlang_loop.socket_transport_methods(_ErlangSocketTranspo
 
 
 class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
-    """A datagram transport that reads into the loop's buffer, a few
-    datagrams per readiness event."""
+    """A datagram transport whose ``_read_ready`` is native: up to 16
+    datagrams per readiness event (each event is a round trip through the
+    loop's Erlang worker), read into the thread's receive buffer
+    (src/py/datagram_transport.rs); everything else is asyncio's."""
 
-    def _read_ready(self) -> None:
-        view: memoryview = self._loop._recv_buffer
-        for _ in range(DATAGRAM_BATCH):
-            # The protocol may have closed the transport or paused reading
-            # in the previous datagram_received.
-            if self._conn_lost or self._paused or self._closing:
-                return
-            try:
-                nbytes, addr = self._sock.recvfrom_into(view)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # ICMP errors (ECONNREFUSED on a connected endpoint, ...).
-                self._protocol.error_received(exc)
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal read error on datagram transport")
-                return
-            self._protocol.datagram_received(view[:nbytes].tobytes(), addr)
+
+for _name, _method in _erlang_loop.datagram_transport_methods(_ErlangDatagramTransport).items():
+    setattr(_ErlangDatagramTransport, _name, _method)

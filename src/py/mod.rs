@@ -1,6 +1,7 @@
 //! The embedded CPython: start-up of the interpreter inside the BEAM and the
 //! threads that run Python off the Erlang schedulers.
 
+pub mod datagram_transport;
 pub mod handles;
 pub mod interpreter;
 pub mod method;
@@ -9,3 +10,4 @@ pub mod pool;
 pub mod runner;
 pub mod socket_transport;
 pub mod timer_cancel;
+pub mod transport_io;

@@ -286,6 +286,10 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         super::socket_transport::socket_transport_methods,
         &module
     )?)?;
+    module.add_function(wrap_pyfunction!(
+        super::datagram_transport::datagram_transport_methods,
+        &module
+    )?)?;
     module.add_function(wrap_pyfunction!(subscribe_signal, &module)?)?;
     module.add_function(wrap_pyfunction!(unsubscribe_signal, &module)?)?;
     modules.set_item("_erlang_loop", module)?;

@@ -34,10 +34,8 @@
 //! asyncio's `except` blocks (debug logging with `exc_info`, handlers that
 //! read `sys.exc_info()`).
 
-use std::cell::RefCell;
-
 use pyo3::call::PyCallArgs;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -45,14 +43,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use super::method::{call_method, MethodDef};
-
-/// Size of the receive buffer: asyncio's `max_size` for one read.
-const RECV_BUFFER_SIZE: usize = 256 * 1024;
-
-thread_local! {
-    /// The receive buffer of the loop running on this thread.
-    static RECV_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; RECV_BUFFER_SIZE].into_boxed_slice());
-}
+use super::transport_io::{
+    call_stock, fatal_error, is_exit, no_event, os_error, plain_socket_fd, RECV_BUFFER,
+};
 
 static READ_READY: MethodDef = MethodDef::noargs(
     c"_read_ready",
@@ -234,34 +227,6 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
     }
 }
 
-/// The fd of the transport's socket now (-1 once closed), if the socket is
-/// a plain `socket.socket`; None otherwise (asyncio's code then decides).
-fn plain_socket_fd(transport: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
-    let py = transport.py();
-    let sock = transport.getattr(intern!(py, "_sock"))?;
-    if !sock.get_type().is(socket_class(py)?) {
-        return Ok(None);
-    }
-    sock.call_method0(intern!(py, "fileno"))?
-        .extract()
-        .map(Some)
-}
-
-/// `socket.socket`.
-fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CLASS
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("socket")?
-                    .getattr("socket")?
-                    .cast_into::<PyType>()?
-                    .unbind(),
-            )
-        })
-        .map(|class| class.bind(py))
-}
-
 /// `data`'s bytes if the fast path applies: exactly `bytes`, not empty,
 /// nothing buffered, connection up, no EOF written, no sendfile running.
 fn sendable_now<'a>(
@@ -291,82 +256,5 @@ fn stock_method<'py>(
     name: &Bound<'py, PyString>,
     args: impl PyCallArgs<'py>,
 ) -> PyResult<()> {
-    let py = transport.py();
-    selector_transport(py)?
-        .getattr(name)?
-        .call_method1(intern!(py, "__get__"), (transport,))?
-        .call1(args)
-        .map(drop)
-}
-
-/// `transport._fatal_error(exc, message)` with `exc` as the exception being
-/// handled, as when asyncio calls it from an `except` block.
-fn fatal_error(transport: &Bound<'_, PyAny>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-    let py = transport.py();
-    let _handling = Handling::start(&exc);
-    transport
-        .call_method1(intern!(py, "_fatal_error"), (exc, message))
-        .map(drop)
-}
-
-/// Makes an exception the one being handled (`sys.exc_info()`) until
-/// dropped, then restores the previous one.
-struct Handling {
-    #[cfg(Py_3_11)]
-    previous: *mut ffi::PyObject,
-}
-
-impl Handling {
-    fn start(exc: &Bound<'_, PyAny>) -> Handling {
-        #[cfg(Py_3_11)]
-        {
-            // SAFETY: the thread is attached (we hold `exc`); Get returns a
-            // new reference (or null), Set takes none of ours.
-            unsafe {
-                let previous = ffi::PyErr_GetHandledException();
-                ffi::PyErr_SetHandledException(exc.as_ptr());
-                Handling { previous }
-            }
-        }
-        #[cfg(not(Py_3_11))]
-        {
-            let _ = exc;
-            Handling {}
-        }
-    }
-}
-
-impl Drop for Handling {
-    fn drop(&mut self) {
-        #[cfg(Py_3_11)]
-        // SAFETY: still attached (dropped in `fatal_error`); `previous` is
-        // our reference, released after Set took its own.
-        unsafe {
-            ffi::PyErr_SetHandledException(self.previous);
-            ffi::Py_XDECREF(self.previous);
-        }
-    }
-}
-
-/// Would-block and interrupted calls: no event, as asyncio treats them.
-fn no_event(error: &std::io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EAGAIN | libc::EINTR) // EWOULDBLOCK == EAGAIN on Linux
-    )
-}
-
-/// `OSError(errno, strerror)`: Python picks the subclass
-/// (`ConnectionResetError`, ...), as a failed `socket.recv` would raise.
-fn os_error<'py>(py: Python<'py>, error: &std::io::Error) -> PyResult<Bound<'py, PyAny>> {
-    let errno = error.raw_os_error().unwrap_or(0);
-    // SAFETY: strerror returns a valid C string for any errno.
-    let text = unsafe { std::ffi::CStr::from_ptr(libc::strerror(errno)) }
-        .to_string_lossy()
-        .into_owned();
-    py.get_type::<PyOSError>().call1((errno, text))
-}
-
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+    call_stock(selector_transport(transport.py())?, transport, name, args)
 }

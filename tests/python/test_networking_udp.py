@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from test_networking import (
     LOCALHOST,
     check_no_leaked_fds,
+    errors,
     has_ipv6,
     new_loop,
     payload,
@@ -421,3 +423,131 @@ def test_abort_loses_the_endpoint(loop: ErlangEventLoop) -> None:
         assert await protocol.lost is None
 
     run(loop, main())
+
+
+# ------------------------------------------------ the native _read_ready
+
+
+def test_the_datagram_read_is_native() -> None:
+    method = vars(_ErlangDatagramTransport)["_read_ready"]
+    assert type(method).__name__ == "method_descriptor"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_senders_are_written_as_the_socket_module_writes_them(
+    loop: ErlangEventLoop, host: str
+) -> None:
+    if host == "::1" and not has_ipv6():
+        pytest.skip("no IPv6 on this machine")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    async def main() -> tuple[Any, Any]:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(host, 0)
+        )
+        with socket.socket(family, socket.SOCK_DGRAM) as sender:
+            sender.bind((host, 0))
+            sender.sendto(b"who", transport.get_extra_info("sockname"))
+            await wait_for_condition(lambda: bool(protocol.received))
+            expected = sender.getsockname()
+        transport.close()
+        return protocol.received[0][1], expected
+
+    addr, expected = run(loop, main())
+    assert addr == expected
+    assert type(addr) is tuple and len(addr) == (4 if ":" in host else 2)
+
+
+def test_a_failing_datagram_received_is_reported_and_reading_goes_on(
+    loop: ErlangEventLoop,
+) -> None:
+    class FailingFirst(Datagrams):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            if data == b"bad":
+                raise ValueError("protocol bug")
+            super().datagram_received(data, addr)
+
+    async def main() -> list[bytes]:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: FailingFirst(loop), local_addr=(LOCALHOST, 0)
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            target = transport.get_extra_info("sockname")
+            sender.sendto(b"bad", target)
+            await wait_for_condition(lambda: bool(errors(loop)))
+            sender.sendto(b"good", target)
+            await wait_for_condition(lambda: bool(protocol.received))
+        transport.close()
+        return [data for data, _ in protocol.received]
+
+    assert run(loop, main()) == [b"good"]
+    reported = errors(loop)
+    assert [type(e.get("exception")) for e in reported] == [ValueError]
+    reported.clear()
+
+
+def test_error_received_sees_its_error_as_the_one_being_handled(loop: ErlangEventLoop) -> None:
+    seen: list[Any] = []
+
+    class Seeing(Datagrams):
+        def error_received(self, exc: Exception) -> None:
+            seen.append((exc, sys.exc_info()[1]))
+            super().error_received(exc)
+
+    async def main() -> None:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Seeing(loop), remote_addr=(LOCALHOST, unused_port(socket.SOCK_DGRAM))
+        )
+        for _ in range(50):
+            transport.sendto(b"anyone?")
+            await asyncio.sleep(0.01)
+            if protocol.errors:
+                break
+        transport.close()
+
+    run(loop, main())
+    assert seen, "no ICMP error came back"
+    exc, handled = seen[0]
+    assert isinstance(exc, ConnectionRefusedError) and handled is exc
+
+
+def test_max_size_bounds_a_datagram_read(loop: ErlangEventLoop) -> None:
+    async def main() -> bytes:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        transport.max_size = 8
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"0123456789abcdef", transport.get_extra_info("sockname"))
+            await wait_for_condition(lambda: bool(protocol.received))
+        transport.close()
+        return protocol.received[0][0]
+
+    # As asyncio's recvfrom(max_size): the rest of the datagram is dropped.
+    assert run(loop, main()) == b"01234567"
+
+
+def test_a_socket_subclass_gets_its_own_recvfrom_called(loop: ErlangEventLoop) -> None:
+    calls: list[str] = []
+
+    class CountingSocket(socket.socket):
+        def recvfrom(self, size: int, flags: int = 0) -> tuple[bytes, Any]:
+            calls.append("recvfrom")
+            return super().recvfrom(size, flags)
+
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    plain.bind((LOCALHOST, 0))
+    sock = CountingSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+
+    async def main() -> list[tuple[bytes, Any]]:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), sock=sock
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"counted", sock.getsockname())
+            await wait_for_condition(lambda: bool(protocol.received))
+        transport.close()
+        return protocol.received
+
+    assert run(loop, main())[0][0] == b"counted"
+    assert calls

@@ -1,0 +1,232 @@
+//! `_read_ready` of `_ErlangDatagramTransport`, native.
+//!
+//! Each readiness event is a round trip through the loop's Erlang worker, so
+//! our datagram transport drains up to `DATAGRAM_BATCH` datagrams per event
+//! (the bound keeps one busy socket from starving the others). Before each
+//! one: nothing more once the transport lost its connection, is closing or
+//! is paused (`datagram_received` may have done either). Then one
+//! `recvfrom` into the thread's receive buffer (at most `max_size` bytes):
+//! would-block or EINTR ends the batch; another error goes to
+//! `protocol.error_received` (ICMP errors on a connected endpoint), as in
+//! asyncio, and ends it; a datagram goes to `protocol.datagram_received`
+//! with the sender's address as the socket module gives it, `(host, port)`
+//! or `(host, port, flowinfo, scope_id)`; what that callback raises reaches
+//! the loop's exception handler, as from asyncio's `_read_ready`.
+//!
+//! Other sockets than a plain IPv4/IPv6 `socket.socket` run asyncio's own
+//! `_read_ready` (one datagram per event).
+
+use std::ffi::CStr;
+use std::mem::{size_of, zeroed};
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyString, PyType};
+
+use super::method::{call_method, MethodDef};
+use super::transport_io::{call_stock, no_event, os_error, plain_socket_fd, Handling, RECV_BUFFER};
+
+/// Datagrams read per readiness event at most.
+const DATAGRAM_BATCH: usize = 16;
+
+static READ_READY: MethodDef = MethodDef::noargs(
+    c"_read_ready",
+    c"Reads the datagrams waiting (up to 16) and hands them to the protocol (native).",
+    read_ready_method,
+);
+
+/// `selector_events._SelectorDatagramTransport`.
+fn selector_transport(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CLASS
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("asyncio.selector_events")?
+                    .getattr("_SelectorDatagramTransport")?
+                    .cast_into::<PyType>()?
+                    .unbind(),
+            )
+        })
+        .map(|class| class.bind(py))
+}
+
+/// `_erlang_loop.datagram_transport_methods(cls)`: `{name: method}` for
+/// `cls`, a subclass of asyncio's `_SelectorDatagramTransport`.
+#[pyfunction]
+pub fn datagram_transport_methods<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyDict>> {
+    let py = cls.py();
+    if !cls.is_subclass(selector_transport(py)?)? {
+        return Err(PyRuntimeError::new_err(
+            "datagram_transport_methods needs a subclass of _SelectorDatagramTransport",
+        ));
+    }
+    let methods = PyDict::new(py);
+    methods.set_item(READ_READY.name(), READ_READY.descriptor(cls)?)?;
+    Ok(methods)
+}
+
+unsafe extern "C" fn read_ready_method(
+    slf: *mut ffi::PyObject,
+    no_arg: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this METH_NOARGS method of ours.
+    unsafe {
+        call_method(slf, no_arg, |transport, _| {
+            read_batch(transport).map(|()| transport.py().None())
+        })
+    }
+}
+
+fn read_batch(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let stock =
+        |name: &Bound<'_, PyString>| call_stock(selector_transport(py)?, transport, name, ());
+    let Some(fd) = plain_socket_fd(transport)? else {
+        return stock(intern!(py, "_read_ready"));
+    };
+    let family: i32 = transport
+        .getattr(intern!(py, "_sock"))?
+        .getattr(intern!(py, "family"))?
+        .extract()?;
+    if family != libc::AF_INET && family != libc::AF_INET6 {
+        return stock(intern!(py, "_read_ready"));
+    }
+    let max_size: usize = transport.getattr(intern!(py, "max_size"))?.extract()?;
+    for _ in 0..DATAGRAM_BATCH {
+        if stopped(transport)? {
+            return Ok(());
+        }
+        match receive(py, fd, max_size)? {
+            Ok((data, addr)) => {
+                transport
+                    .getattr(intern!(py, "_protocol"))?
+                    .call_method1(intern!(py, "datagram_received"), (data, addr))?;
+            }
+            Err(error) if no_event(&error) => return Ok(()),
+            Err(error) => {
+                let exc = os_error(py, &error)?;
+                let _handling = Handling::start(&exc);
+                transport
+                    .getattr(intern!(py, "_protocol"))?
+                    .call_method1(intern!(py, "error_received"), (exc,))?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lost, closing or paused: read no more now.
+fn stopped(transport: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = transport.py();
+    Ok(transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
+        || transport.getattr(intern!(py, "_paused"))?.is_truthy()?
+        || transport.getattr(intern!(py, "_closing"))?.is_truthy()?)
+}
+
+/// One datagram and its sender, or the error of `recvfrom`.
+type Datagram<'py> = (Bound<'py, PyBytes>, Bound<'py, PyAny>);
+
+fn receive(
+    py: Python<'_>,
+    fd: i32,
+    max_size: usize,
+) -> PyResult<Result<Datagram<'_>, std::io::Error>> {
+    RECV_BUFFER.with_borrow_mut(|buffer| {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut sender: libc::sockaddr_storage = unsafe { zeroed() };
+        let mut sender_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `buffer` and `sender` are valid for writes of the lengths
+        // given; `sender_len` is in and out.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                buffer.as_mut_ptr().cast(),
+                buffer.len().min(max_size),
+                libc::MSG_DONTWAIT,
+                (&mut sender as *mut libc::sockaddr_storage).cast(),
+                &mut sender_len,
+            )
+        };
+        let Ok(n) = usize::try_from(n) else {
+            return Ok(Err(std::io::Error::last_os_error()));
+        };
+        let data = PyBytes::new(py, &buffer[..n]);
+        Ok(Ok((data, address(py, &sender)?)))
+    })
+}
+
+/// The sender as Python's socket module writes it.
+fn address<'py>(py: Python<'py>, sender: &libc::sockaddr_storage) -> PyResult<Bound<'py, PyAny>> {
+    match i32::from(sender.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: an AF_INET address is a sockaddr_in, which fits in the
+            // storage.
+            let v4 =
+                unsafe { &*(sender as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let host = text_address(libc::AF_INET, (&v4.sin_addr as *const libc::in_addr).cast())?;
+            (host, u16::from_be(v4.sin_port))
+                .into_pyobject(py)
+                .map(Bound::into_any)
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let v6 =
+                unsafe { &*(sender as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let host = text_address(
+                libc::AF_INET6,
+                (&v6.sin6_addr as *const libc::in6_addr).cast(),
+            )?;
+            (
+                host,
+                u16::from_be(v6.sin6_port),
+                u32::from_be(v6.sin6_flowinfo),
+                v6.sin6_scope_id,
+            )
+                .into_pyobject(py)
+                .map(Bound::into_any)
+        }
+        family => Err(PyRuntimeError::new_err(format!(
+            "datagram from an address of family {family}"
+        ))),
+    }
+}
+
+// The C library's `inet_ntop` (POSIX; the `libc` crate does not bind it):
+// CPython's socket module formats addresses with it, so ours match.
+extern "C" {
+    fn inet_ntop(
+        family: libc::c_int,
+        source: *const libc::c_void,
+        text: *mut libc::c_char,
+        size: libc::socklen_t,
+    ) -> *const libc::c_char;
+}
+
+/// Room for the longest text address (POSIX's `INET6_ADDRSTRLEN`).
+const ADDRESS_TEXT_LEN: usize = 46;
+
+/// `inet_ntop`, as CPython's socket module formats addresses.
+fn text_address(family: i32, address: *const libc::c_void) -> PyResult<String> {
+    let mut text = [0 as libc::c_char; ADDRESS_TEXT_LEN];
+    // SAFETY: `address` points at an in_addr/in6_addr of `family`; `text`
+    // is large enough for either.
+    let written = unsafe {
+        inet_ntop(
+            family,
+            address,
+            text.as_mut_ptr(),
+            text.len() as libc::socklen_t,
+        )
+    };
+    if written.is_null() {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: inet_ntop wrote a NUL-terminated string into `text`.
+    Ok(unsafe { CStr::from_ptr(text.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
+}

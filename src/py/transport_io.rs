@@ -1,0 +1,142 @@
+//! What the native transport methods share: the receive buffer, the
+//! socket and its fd, and asyncio's ways with errors.
+
+use std::cell::RefCell;
+
+use pyo3::call::PyCallArgs;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyString, PyType};
+
+/// Size of the receive buffer: asyncio's `max_size` for one read.
+const RECV_BUFFER_SIZE: usize = 256 * 1024;
+
+thread_local! {
+    /// The receive buffer of the loop running on this thread.
+    pub(super) static RECV_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; RECV_BUFFER_SIZE].into_boxed_slice());
+}
+
+/// The fd of the transport's socket now (-1 once closed), if the socket is
+/// a plain `socket.socket`; None otherwise (asyncio's code then decides).
+pub(super) fn plain_socket_fd(transport: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
+    let py = transport.py();
+    let sock = transport.getattr(intern!(py, "_sock"))?;
+    if !sock.get_type().is(socket_class(py)?) {
+        return Ok(None);
+    }
+    sock.call_method0(intern!(py, "fileno"))?
+        .extract()
+        .map(Some)
+}
+
+/// `socket.socket`.
+fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CLASS
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("socket")?
+                    .getattr("socket")?
+                    .cast_into::<PyType>()?
+                    .unbind(),
+            )
+        })
+        .map(|class| class.bind(py))
+}
+
+/// `transport._fatal_error(exc, message)` with `exc` as the exception being
+/// handled, as when asyncio calls it from an `except` block.
+pub(super) fn fatal_error(
+    transport: &Bound<'_, PyAny>,
+    exc: Bound<'_, PyAny>,
+    message: &str,
+) -> PyResult<()> {
+    let py = transport.py();
+    let _handling = Handling::start(&exc);
+    transport
+        .call_method1(intern!(py, "_fatal_error"), (exc, message))
+        .map(drop)
+}
+
+/// Makes an exception the one being handled (`sys.exc_info()`) until
+/// dropped, then restores the previous one.
+pub(super) struct Handling {
+    #[cfg(Py_3_11)]
+    previous: *mut ffi::PyObject,
+}
+
+impl Handling {
+    pub(super) fn start(exc: &Bound<'_, PyAny>) -> Handling {
+        #[cfg(Py_3_11)]
+        {
+            // SAFETY: the thread is attached (we hold `exc`); Get returns a
+            // new reference (or null), Set takes none of ours.
+            unsafe {
+                let previous = ffi::PyErr_GetHandledException();
+                ffi::PyErr_SetHandledException(exc.as_ptr());
+                Handling { previous }
+            }
+        }
+        #[cfg(not(Py_3_11))]
+        {
+            let _ = exc;
+            Handling {}
+        }
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        #[cfg(Py_3_11)]
+        // SAFETY: still attached (dropped in `fatal_error`); `previous` is
+        // our reference, released after Set took its own.
+        unsafe {
+            ffi::PyErr_SetHandledException(self.previous);
+            ffi::Py_XDECREF(self.previous);
+        }
+    }
+}
+
+/// Would-block and interrupted calls: no event, as asyncio treats them.
+pub(super) fn no_event(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EAGAIN | libc::EINTR) // EWOULDBLOCK == EAGAIN on Linux
+    )
+}
+
+/// `OSError(errno, strerror)`: Python picks the subclass
+/// (`ConnectionResetError`, ...), as a failed `socket.recv` would raise.
+pub(super) fn os_error<'py>(
+    py: Python<'py>,
+    error: &std::io::Error,
+) -> PyResult<Bound<'py, PyAny>> {
+    let errno = error.raw_os_error().unwrap_or(0);
+    // SAFETY: strerror returns a valid C string for any errno.
+    let text = unsafe { std::ffi::CStr::from_ptr(libc::strerror(errno)) }
+        .to_string_lossy()
+        .into_owned();
+    py.get_type::<PyOSError>().call1((errno, text))
+}
+
+pub(super) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+/// `class.<name>(transport, *args)`: asyncio's own method, bypassing ours.
+pub(super) fn call_stock<'py>(
+    class: &Bound<'py, PyType>,
+    transport: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    args: impl PyCallArgs<'py>,
+) -> PyResult<()> {
+    let py = transport.py();
+    class
+        .getattr(name)?
+        .call_method1(intern!(py, "__get__"), (transport,))?
+        .call1(args)
+        .map(drop)
+}
