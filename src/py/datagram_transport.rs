@@ -26,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
-use super::method::{call_method, MethodDef};
+use super::method::{cached_class, call_method, methods_for, MethodDef};
 use super::transport_io::{call_stock, no_event, os_error, plain_socket_fd, Handling, RECV_BUFFER};
 
 /// Datagrams read per readiness event at most.
@@ -41,31 +41,19 @@ static READ_READY: MethodDef = MethodDef::noargs(
 /// `selector_events._SelectorDatagramTransport`.
 fn selector_transport(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CLASS
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("asyncio.selector_events")?
-                    .getattr("_SelectorDatagramTransport")?
-                    .cast_into::<PyType>()?
-                    .unbind(),
-            )
-        })
-        .map(|class| class.bind(py))
+    cached_class(
+        py,
+        &CLASS,
+        "asyncio.selector_events",
+        "_SelectorDatagramTransport",
+    )
 }
 
-/// `_erlang_loop.datagram_transport_methods(cls)`: `{name: method}` for
-/// `cls`, a subclass of asyncio's `_SelectorDatagramTransport`.
+/// `_erlang_loop.datagram_transport_methods(cls)`: `{name: method}` for `cls`, a subclass
+/// of asyncio's `_SelectorDatagramTransport` (set them on it).
 #[pyfunction]
 pub fn datagram_transport_methods<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyDict>> {
-    let py = cls.py();
-    if !cls.is_subclass(selector_transport(py)?)? {
-        return Err(PyRuntimeError::new_err(
-            "datagram_transport_methods needs a subclass of _SelectorDatagramTransport",
-        ));
-    }
-    let methods = PyDict::new(py);
-    methods.set_item(READ_READY.name(), READ_READY.descriptor(cls)?)?;
-    Ok(methods)
+    methods_for(cls, selector_transport(cls.py())?, &[&READ_READY])
 }
 
 unsafe extern "C" fn read_ready_method(

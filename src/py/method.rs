@@ -7,10 +7,11 @@
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
 
 /// One entry of a method table, made once and never freed (the
 /// descriptors made from it point at it).
@@ -32,17 +33,7 @@ impl MethodDef {
         doc: &'static CStr,
         function: ffi::PyCFunction,
     ) -> MethodDef {
-        MethodDef {
-            def: ffi::PyMethodDef {
-                ml_name: name.as_ptr(),
-                ml_meth: ffi::PyMethodDefPointer {
-                    PyCFunction: function,
-                },
-                ml_flags: ffi::METH_NOARGS,
-                ml_doc: doc.as_ptr(),
-            },
-            name,
-        }
+        MethodDef::new(name, doc, function, ffi::METH_NOARGS)
     }
 
     /// A method taking exactly one argument.
@@ -51,13 +42,22 @@ impl MethodDef {
         doc: &'static CStr,
         function: ffi::PyCFunction,
     ) -> MethodDef {
+        MethodDef::new(name, doc, function, ffi::METH_O)
+    }
+
+    const fn new(
+        name: &'static CStr,
+        doc: &'static CStr,
+        function: ffi::PyCFunction,
+        flags: std::os::raw::c_int,
+    ) -> MethodDef {
         MethodDef {
             def: ffi::PyMethodDef {
                 ml_name: name.as_ptr(),
                 ml_meth: ffi::PyMethodDefPointer {
                     PyCFunction: function,
                 },
-                ml_flags: ffi::METH_O,
+                ml_flags: flags,
                 ml_doc: doc.as_ptr(),
             },
             name,
@@ -82,6 +82,41 @@ impl MethodDef {
         // SAFETY: a new reference, or null with an exception set.
         unsafe { Bound::from_owned_ptr_or_err(cls.py(), descr) }.map(Bound::unbind)
     }
+}
+
+/// `{name: descriptor}` of `defs` for `cls`, which must subclass `base`
+/// (the asyncio class whose methods these replace).
+pub fn methods_for<'py>(
+    cls: &Bound<'py, PyType>,
+    base: &Bound<'py, PyType>,
+    defs: &[&'static MethodDef],
+) -> PyResult<Bound<'py, PyDict>> {
+    if !cls.is_subclass(base)? {
+        return Err(PyTypeError::new_err(format!("{cls} must subclass {base}")));
+    }
+    let methods = PyDict::new(cls.py());
+    for def in defs {
+        methods.set_item(def.name(), def.descriptor(cls)?)?;
+    }
+    Ok(methods)
+}
+
+/// `module.name`, a class looked up once and kept in `cell`.
+pub fn cached_class<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    module: &str,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyType>> {
+    cell.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
+            py.import(module)?
+                .getattr(name)?
+                .cast_into::<PyType>()?
+                .unbind(),
+        )
+    })
+    .map(|class| class.bind(py))
 }
 
 /// Runs the body of a native method: `slf` and `arg` as bound references,

@@ -42,7 +42,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
-use super::method::{call_method, MethodDef};
+use super::method::{cached_class, call_method, methods_for, MethodDef};
 use super::transport_io::{
     call_stock, fatal_error, is_exit, no_event, os_error, plain_socket_fd, RECV_BUFFER,
 };
@@ -68,33 +68,23 @@ static WRITE: MethodDef = MethodDef::one_arg(
 /// `selector_events._SelectorSocketTransport`.
 fn selector_transport(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CLASS
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("asyncio.selector_events")?
-                    .getattr("_SelectorSocketTransport")?
-                    .cast_into::<PyType>()?
-                    .unbind(),
-            )
-        })
-        .map(|class| class.bind(py))
+    cached_class(
+        py,
+        &CLASS,
+        "asyncio.selector_events",
+        "_SelectorSocketTransport",
+    )
 }
 
-/// `_erlang_loop.socket_transport_methods(cls)`: `{name: method}` for `cls`,
-/// a subclass of asyncio's `_SelectorSocketTransport` (set them on it).
+/// `_erlang_loop.socket_transport_methods(cls)`: `{name: method}` for `cls`, a subclass
+/// of asyncio's `_SelectorSocketTransport` (set them on it).
 #[pyfunction]
 pub fn socket_transport_methods<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyDict>> {
-    let py = cls.py();
-    if !cls.is_subclass(selector_transport(py)?)? {
-        return Err(PyRuntimeError::new_err(
-            "socket_transport_methods needs a subclass of _SelectorSocketTransport",
-        ));
-    }
-    let methods = PyDict::new(py);
-    for def in [&READ_READY, &DATA_RECEIVED, &WRITE] {
-        methods.set_item(def.name(), def.descriptor(cls)?)?;
-    }
-    Ok(methods)
+    methods_for(
+        cls,
+        selector_transport(cls.py())?,
+        &[&READ_READY, &DATA_RECEIVED, &WRITE],
+    )
 }
 
 unsafe extern "C" fn read_ready_method(

@@ -11,6 +11,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
+use super::method::cached_class;
+
 /// Size of the receive buffer: asyncio's `max_size` for one read.
 const RECV_BUFFER_SIZE: usize = 256 * 1024;
 
@@ -35,16 +37,7 @@ pub(super) fn plain_socket_fd(transport: &Bound<'_, PyAny>) -> PyResult<Option<i
 /// `socket.socket`.
 fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CLASS
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("socket")?
-                    .getattr("socket")?
-                    .cast_into::<PyType>()?
-                    .unbind(),
-            )
-        })
-        .map(|class| class.bind(py))
+    cached_class(py, &CLASS, "socket", "socket")
 }
 
 /// `transport._fatal_error(exc, message)` with `exc` as the exception being

@@ -644,29 +644,31 @@ def test_system_exit_from_data_received_propagates(loop: ErlangEventLoop) -> Non
     run(loop, server.wait_closed())
 
 
-def test_a_reset_connection_is_a_read_error(loop: ErlangEventLoop) -> None:
-    async def main() -> BaseException | None:
-        accepted: asyncio.Future[socket.socket] = loop.create_future()
-        listener = socket.socket()
-        listener.bind((LOCALHOST, 0))
-        listener.listen()
-        listener.setblocking(False)
-        port = listener.getsockname()[1]
-        connecting = loop.create_connection(lambda: Recorder(loop), LOCALHOST, port)
-        accept = loop.create_task(loop.sock_accept(listener))
-        transport, client = await connecting
-        peer, _ = await accept
-        accepted.set_result(peer)
-        # An RST instead of a FIN: close with a zero linger time after
-        # unread data, so the client's next read fails.
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.write(b"unread")
-        await asyncio.sleep(0.05)
-        peer.close()
-        listener.close()
-        return await client.lost
+async def reset_by_peer(
+    loop: ErlangEventLoop, before_reset: Callable[[asyncio.Transport], None] = lambda _: None
+) -> BaseException | None:
+    """Connects a Recorder to a peer that then resets the connection (an RST
+    instead of a FIN: a zero linger time after unread data, so the client's
+    next read fails); what the client's connection_lost got."""
+    listener = socket.socket()
+    listener.bind((LOCALHOST, 0))
+    listener.listen()
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    accept = loop.create_task(loop.sock_accept(listener))
+    transport, client = await loop.create_connection(lambda: Recorder(loop), LOCALHOST, port)
+    peer, _ = await accept
+    before_reset(transport)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.write(b"unread")
+    await asyncio.sleep(0.05)
+    peer.close()
+    listener.close()
+    return await client.lost
 
-    exc = run(loop, main())
+
+def test_a_reset_connection_is_a_read_error(loop: ErlangEventLoop) -> None:
+    exc = run(loop, reset_by_peer(loop))
     assert isinstance(exc, ConnectionResetError), repr(exc)
     assert exc.errno == errno.ECONNRESET
 
@@ -768,18 +770,7 @@ def test_a_read_error_is_the_handled_exception_in_fatal_error(loop: ErlangEventL
     exc_info and handlers reading sys.exc_info() see the error."""
     seen: list[Any] = []
 
-    class Probe(Recorder):
-        pass
-
-    async def main() -> BaseException | None:
-        listener = socket.socket()
-        listener.bind((LOCALHOST, 0))
-        listener.listen()
-        listener.setblocking(False)
-        port = listener.getsockname()[1]
-        accept = loop.create_task(loop.sock_accept(listener))
-        transport, client = await loop.create_connection(lambda: Probe(loop), LOCALHOST, port)
-        peer, _ = await accept
+    def watch_fatal_error(transport: Any) -> None:
         stock = transport._fatal_error
 
         def fatal_error(exc: BaseException, message: str = "") -> None:
@@ -787,14 +778,8 @@ def test_a_read_error_is_the_handled_exception_in_fatal_error(loop: ErlangEventL
             stock(exc, message)
 
         transport._fatal_error = fatal_error
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.write(b"unread")
-        await asyncio.sleep(0.05)
-        peer.close()
-        listener.close()
-        return await client.lost
 
-    exc = run(loop, main())
+    exc = run(loop, reset_by_peer(loop, watch_fatal_error))
     assert isinstance(exc, ConnectionResetError)
     assert seen == [exc]
     assert sys.exc_info() == (None, None, None)
