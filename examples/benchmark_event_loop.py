@@ -147,11 +147,12 @@ def on_each_loop(
     run: Callable[[asyncio.AbstractEventLoop], dict[str, float]], repeat: int = 1
 ) -> dict[str, Values]:
     """Runs ``run`` on a fresh loop of each kind, the kinds taking turns
-    ``repeat`` times (the machine is shared: the best run of each is kept);
-    metric -> loop -> values."""
+    ``repeat`` times, every other turn in reverse order so that a machine
+    slowing down or speeding up meanwhile favours no loop (it is shared: the
+    best run of each is kept); metric -> loop -> values."""
     by_metric: dict[str, Values] = {}
-    for _ in range(repeat):
-        for name in LOOPS:
+    for turn in range(repeat):
+        for name in LOOPS if turn % 2 == 0 else LOOPS[::-1]:
             gc.collect()
             loop = FACTORIES[name]()
             asyncio.set_event_loop(loop)
@@ -327,10 +328,10 @@ SLEEP_METRICS = {
 }
 
 
-def bench_sleeps(tasks: int, rounds: int, sequential: int) -> None:
+def bench_sleeps(tasks: int, rounds: int, sequential: int, repeat: int) -> None:
     label = f"{tasks:,} tasks x {rounds} sleep(1 ms)"
-    print(label)
-    by_metric = on_each_loop(lambda loop: many_sleepers(loop, asyncio.sleep, tasks, rounds))
+    print(f"{label}, best of {repeat}")
+    by_metric = on_each_loop(lambda loop: many_sleepers(loop, asyncio.sleep, tasks, rounds), repeat)
     for metric, values in by_metric.items():
         record(label, metric, *SLEEP_METRICS[metric], values)
     label = f"{sequential:,} sequential sleep(1 ms)"
@@ -341,14 +342,14 @@ def bench_sleeps(tasks: int, rounds: int, sequential: int) -> None:
         record(label, metric, *SLEEP_METRICS[metric], values)
 
 
-def bench_erlang_asyncio_sleeps(tasks: int, rounds: int, sequential: int) -> None:
+def bench_erlang_asyncio_sleeps(tasks: int, rounds: int, sequential: int, repeat: int) -> None:
     """The sleep workloads through erlang_asyncio.sleep: a bare wheel entry on
     ErlangEventLoop (no TimerHandle), asyncio.sleep on the other loops."""
     sleep = erlang_asyncio.sleep
     label = f"{tasks:,} tasks x {rounds} erlang_asyncio.sleep(1 ms)"
-    print(label + " (= asyncio.sleep on the other loops)")
+    print(f"{label} (= asyncio.sleep on the other loops), best of {repeat}")
     for metric, values in on_each_loop(
-        lambda loop: many_sleepers(loop, sleep, tasks, rounds)
+        lambda loop: many_sleepers(loop, sleep, tasks, rounds), repeat
     ).items():
         record(label, metric, *SLEEP_METRICS[metric], values)
     label = f"{sequential:,} sequential erlang_asyncio.sleep(1 ms)"
@@ -833,13 +834,13 @@ def workloads(s: Scale) -> dict[str, Callable[[], None]]:
         "timers": lambda: (bench_timers(s.timers_small, s.repeat), bench_timers(s.timers_large)),
         "cancel": lambda: bench_cancel(s.cancel),
         "sleep0": lambda: bench_sleep0(s.sleep0, s.repeat),
-        "sleep": lambda: bench_sleeps(s.sleep_tasks, s.sleep_rounds, s.sequential),
+        "sleep": lambda: bench_sleeps(s.sleep_tasks, s.sleep_rounds, s.sequential, s.repeat),
         "echo": lambda: bench_echo(s.echo_seconds, s.repeat),
         "wait_for": lambda: bench_wait_for(s.wait_for_tasks, s.wait_for_rounds),
         "memory": lambda: bench_timer_memory(s.memory_timers),
         "idle": lambda: bench_idle(s.idle_timers, s.idle_seconds),
         "erlang_asyncio": lambda: bench_erlang_asyncio_sleeps(
-            s.sleep_tasks, s.sleep_rounds, s.sequential
+            s.sleep_tasks, s.sleep_rounds, s.sequential, s.repeat
         ),
         "asgi": lambda: bench_asgi(s.asgi_seconds, 50, s.repeat),
     }
