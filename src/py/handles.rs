@@ -116,6 +116,10 @@ pub struct HandleKinds {
     /// Whether that `_run` is asyncio's own (patched before we started,
     /// by `sitecustomize` say, it is never run natively).
     stock_run_pristine: bool,
+    /// `asyncio.futures._set_result_unless_cancelled`, the callback of every
+    /// `asyncio.sleep` timer, if it is asyncio's own; and the C `Future`.
+    sleep_callback: Option<Py<PyAny>>,
+    c_future: Py<PyType>,
 }
 
 impl HandleKinds {
@@ -138,9 +142,19 @@ impl HandleKinds {
                 "handle classes must keep Handle._run",
             ));
         }
+        let futures = py.import("asyncio.futures")?;
+        let sleep_callback = futures.getattr("_set_result_unless_cancelled")?;
+        let sleep_callback = defined_in(
+            &sleep_callback,
+            "asyncio.futures",
+            "_set_result_unless_cancelled",
+        )?
+        .then(|| sleep_callback.unbind());
         Ok(HandleKinds {
             untrackable: untrackable(handle) && untrackable(timer),
             stock_run_pristine: defined_by_asyncio(&run, "_run")?,
+            sleep_callback,
+            c_future: futures.getattr("Future")?.cast_into::<PyType>()?.unbind(),
             stock_run: run.unbind(),
             callback: Slot::find(handle, "_callback")?,
             args: Slot::find(handle, "_args")?,
@@ -423,6 +437,9 @@ impl HandleKinds {
         if !plain {
             return self.run_in_python(handle);
         }
+        if let Some(outcome) = self.resolve_sleep(&callback, &args) {
+            return outcome;
+        }
         // SAFETY: `context` is a Context, `args` a tuple; both owned above.
         let result = unsafe {
             if ffi::PyContext_Enter(context.as_ptr()) != 0 {
@@ -464,6 +481,54 @@ impl HandleKinds {
         }
     }
 
+    /// `_set_result_unless_cancelled(future, result)` (an `asyncio.sleep`
+    /// timer) for a C `Future`, without its Python frame or entering the
+    /// handle's context: `if not future.cancelled(): future.set_result(result)`
+    /// runs no user code (the future's done-callbacks are scheduled with
+    /// their own contexts). None: not that call, run it as any other.
+    fn resolve_sleep(
+        &self,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyAny>,
+    ) -> Option<PyResult<Ran>> {
+        let py = callback.py();
+        let sleep_callback = self.sleep_callback.as_ref()?;
+        if !callback.is(sleep_callback.bind(py)) {
+            return None;
+        }
+        let args = args.cast::<PyTuple>().ok()?;
+        if args.len() != 2 {
+            return None;
+        }
+        let future = args.get_item(0).ok()?;
+        if !future.get_type().is(self.c_future.bind(py)) {
+            return None;
+        }
+        let result = args.get_item(1).ok()?;
+        let outcome = future
+            .call_method0(pyo3::intern!(py, "cancelled"))
+            .and_then(|cancelled| cancelled.is_truthy())
+            .and_then(|cancelled| {
+                if cancelled {
+                    Ok(())
+                } else {
+                    future
+                        .call_method1(pyo3::intern!(py, "set_result"), (result,))
+                        .map(drop)
+                }
+            });
+        Some(match outcome {
+            Ok(()) => Ok(Ran::Done),
+            Err(error)
+                if error.is_instance_of::<PySystemExit>(py)
+                    || error.is_instance_of::<PyKeyboardInterrupt>(py) =>
+            {
+                Err(error)
+            }
+            Err(error) => Ok(Ran::Failed(error)),
+        })
+    }
+
     fn run_in_python(&self, handle: &Bound<'_, PyAny>) -> PyResult<Ran> {
         if handle
             .getattr(pyo3::intern!(handle.py(), "_cancelled"))?
@@ -478,16 +543,21 @@ impl HandleKinds {
 
 /// Can instances of `ty` leave the GC safely? Only GC types without
 /// finalizers, whose deallocation never re-tracks them.
-/// Whether `function` is the `name` method as asyncio's `events.py`
-/// defines it (by where its code comes from: a wrapper installed by a
-/// tracer has code of its own, even with `functools.wraps`).
+/// Whether `function` is the `name` function or method as asyncio's
+/// `events.py` defines it (by where its code comes from: a wrapper
+/// installed by a tracer has code of its own, even with `functools.wraps`).
 pub fn defined_by_asyncio(function: &Bound<'_, PyAny>, name: &str) -> PyResult<bool> {
+    defined_in(function, "asyncio.events", name)
+}
+
+/// `defined_by_asyncio` for any module of asyncio's.
+fn defined_in(function: &Bound<'_, PyAny>, module: &str, name: &str) -> PyResult<bool> {
     let py = function.py();
-    let events_file = py.import("asyncio.events")?.getattr("__file__")?;
+    let file = py.import(module)?.getattr("__file__")?;
     let Ok(code) = function.getattr("__code__") else {
         return Ok(false);
     };
-    Ok(code.getattr("co_filename")?.eq(&events_file)? && code.getattr("co_name")?.eq(name)?)
+    Ok(code.getattr("co_filename")?.eq(&file)? && code.getattr("co_name")?.eq(name)?)
 }
 
 fn untrackable(ty: &Bound<'_, PyType>) -> bool {

@@ -769,3 +769,61 @@ def test_methods_patched_before_the_loop_was_imported_are_honoured(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "['cancel', 'run']"
+
+
+# -- asyncio.sleep's timer callback, native --
+
+
+def _stock_and_copy() -> list[Any]:
+    """asyncio's _set_result_unless_cancelled (resolved natively) and a copy
+    of it that is not the same function (run as any callback)."""
+    import asyncio.futures as futures
+    import types
+
+    stock = futures._set_result_unless_cancelled
+    return [stock, types.FunctionType(stock.__code__, stock.__globals__, stock.__name__)]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["native", "python"])
+def test_a_sleep_timer_resolves_its_future_unless_cancelled(
+    loop: ErlangEventLoop, which: int
+) -> None:
+    callback = _stock_and_copy()[which]
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    pending, cancelled, done = (loop.create_future() for _ in range(3))
+    cancelled.cancel()
+    done.set_result("first")
+    for future in (pending, cancelled, done):
+        loop.call_later(0.001, callback, future, "slept")
+    loop.run_until_complete(asyncio.sleep(0.02))
+    assert pending.result() == "slept"
+    assert cancelled.cancelled()
+    assert done.result() == "first"
+    # Setting a done future's result fails: reported as asyncio reports it.
+    assert len(reported) == 1
+    assert isinstance(reported[0]["exception"], asyncio.InvalidStateError)
+    assert reported[0]["message"].startswith("Exception in callback _set_result_unless_cancelled(")
+
+
+def test_a_sleep_timer_of_a_python_future_runs_the_python_callback(
+    loop: ErlangEventLoop,
+) -> None:
+    class TracingFuture(asyncio.Future):  # type: ignore[type-arg]
+        seen: list[Any] = []
+
+        def set_result(self, result: Any) -> None:
+            TracingFuture.seen.append(contextvars.copy_context().get(_VAR, None))
+            super().set_result(result)
+
+    _VAR.set("outer")
+    future = TracingFuture(loop=loop)
+    context = contextvars.copy_context()
+    context.run(_VAR.set, "timer's")
+    loop.call_later(0.001, _stock_and_copy()[0], future, 1, context=context)
+    loop.run_until_complete(future)
+    # Run in the handle's context, as Handle._run does.
+    assert TracingFuture.seen == ["timer's"]
+
+
+_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("_VAR")
