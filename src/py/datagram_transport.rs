@@ -123,7 +123,9 @@ fn receive(
     fd: i32,
     max_size: usize,
 ) -> PyResult<Result<Datagram<'_>, std::io::Error>> {
-    RECV_BUFFER.with_borrow_mut(|buffer| {
+    // The buffer is borrowed for the read and the copy only: building the
+    // address tuple may run the GC, and so finalizers.
+    let received = RECV_BUFFER.with_borrow_mut(|buffer| {
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut sender: libc::sockaddr_storage = unsafe { zeroed() };
         let mut sender_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -139,12 +141,15 @@ fn receive(
                 &mut sender_len,
             )
         };
-        let Ok(n) = usize::try_from(n) else {
-            return Ok(Err(std::io::Error::last_os_error()));
-        };
-        let data = PyBytes::new(py, &buffer[..n]);
-        Ok(Ok((data, address(py, &sender)?)))
-    })
+        match usize::try_from(n) {
+            Ok(n) => Ok((PyBytes::new(py, &buffer[..n]), sender)),
+            Err(_) => Err(std::io::Error::last_os_error()),
+        }
+    });
+    match received {
+        Ok((data, sender)) => Ok(Ok((data, address(py, &sender)?))),
+        Err(error) => Ok(Err(error)),
+    }
 }
 
 /// The sender as Python's socket module writes it.
