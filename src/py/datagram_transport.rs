@@ -27,10 +27,14 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use super::method::{cached_class, call_method, methods_for, MethodDef};
-use super::transport_io::{call_stock, no_event, os_error, plain_socket_fd, Handling, RECV_BUFFER};
+use super::transport_io::{
+    call_stock, fatal_error, no_event, os_error, plain_socket_fd, Handling, RECV_BUFFER,
+};
 
 /// Datagrams read per readiness event at most.
 const DATAGRAM_BATCH: usize = 16;
+
+const READ_ERROR: &str = "Fatal read error on datagram transport";
 
 static READ_READY: MethodDef = MethodDef::noargs(
     c"_read_ready",
@@ -82,9 +86,27 @@ fn read_batch(transport: &Bound<'_, PyAny>) -> PyResult<()> {
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return stock(intern!(py, "_read_ready"));
     }
-    let max_size: usize = transport.getattr(intern!(py, "max_size"))?.extract()?;
+    let max_size = match transport
+        .getattr(intern!(py, "max_size"))?
+        .extract::<usize>()
+    {
+        Ok(max_size) => max_size,
+        // As asyncio's recvfrom(max_size) failing in its try block.
+        Err(err) => {
+            return fatal_error(
+                transport,
+                err.into_value(py).into_bound(py).into_any(),
+                READ_ERROR,
+            )
+        }
+    };
     for _ in 0..DATAGRAM_BATCH {
         if stopped(transport)? {
+            return Ok(());
+        }
+        // The protocol may have closed the socket; its fd number may belong
+        // to another socket since.
+        if plain_socket_fd(transport)? != Some(fd) {
             return Ok(());
         }
         match receive(py, fd, max_size)? {

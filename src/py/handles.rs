@@ -437,22 +437,21 @@ impl HandleKinds {
         if !plain {
             return self.run_in_python(handle);
         }
-        if let Some(outcome) = self.resolve_sleep(&callback, &args) {
-            return outcome;
-        }
         // SAFETY: `context` is a Context, `args` a tuple; both owned above.
         let result = unsafe {
             if ffi::PyContext_Enter(context.as_ptr()) != 0 {
                 Err(PyErr::fetch(py))
             } else {
-                let result =
-                    ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
-                let outcome = if result.is_null() {
-                    Err(PyErr::fetch(py))
-                } else {
-                    ffi::Py_DECREF(result);
-                    Ok(())
-                };
+                let outcome = self.resolve_sleep(&callback, &args).unwrap_or_else(|| {
+                    let result =
+                        ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+                    if result.is_null() {
+                        Err(PyErr::fetch(py))
+                    } else {
+                        ffi::Py_DECREF(result);
+                        Ok(())
+                    }
+                });
                 if ffi::PyContext_Exit(context.as_ptr()) != 0 {
                     let exit_error = PyErr::fetch(py);
                     match outcome {
@@ -482,15 +481,16 @@ impl HandleKinds {
     }
 
     /// `_set_result_unless_cancelled(future, result)` (an `asyncio.sleep`
-    /// timer) for a C `Future`, without its Python frame or entering the
-    /// handle's context: `if not future.cancelled(): future.set_result(result)`
-    /// runs no user code (the future's done-callbacks are scheduled with
-    /// their own contexts). None: not that call, run it as any other.
+    /// timer) for a C `Future`, without its Python frame: `if not
+    /// future.cancelled(): future.set_result(result)`, in the handle's
+    /// context (entered by the caller: the future's loop may be a subclass
+    /// whose `call_soon` reads context variables). None: not that call, run
+    /// it as any other.
     fn resolve_sleep(
         &self,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyAny>,
-    ) -> Option<PyResult<Ran>> {
+    ) -> Option<PyResult<()>> {
         let py = callback.py();
         let sleep_callback = self.sleep_callback.as_ref()?;
         if !callback.is(sleep_callback.bind(py)) {
@@ -505,28 +505,20 @@ impl HandleKinds {
             return None;
         }
         let result = args.get_item(1).ok()?;
-        let outcome = future
-            .call_method0(pyo3::intern!(py, "cancelled"))
-            .and_then(|cancelled| cancelled.is_truthy())
-            .and_then(|cancelled| {
-                if cancelled {
-                    Ok(())
-                } else {
-                    future
-                        .call_method1(pyo3::intern!(py, "set_result"), (result,))
-                        .map(drop)
-                }
-            });
-        Some(match outcome {
-            Ok(()) => Ok(Ran::Done),
-            Err(error)
-                if error.is_instance_of::<PySystemExit>(py)
-                    || error.is_instance_of::<PyKeyboardInterrupt>(py) =>
-            {
-                Err(error)
-            }
-            Err(error) => Ok(Ran::Failed(error)),
-        })
+        Some(
+            future
+                .call_method0(pyo3::intern!(py, "cancelled"))
+                .and_then(|cancelled| cancelled.is_truthy())
+                .and_then(|cancelled| {
+                    if cancelled {
+                        Ok(())
+                    } else {
+                        future
+                            .call_method1(pyo3::intern!(py, "set_result"), (result,))
+                            .map(drop)
+                    }
+                }),
+        )
     }
 
     fn run_in_python(&self, handle: &Bound<'_, PyAny>) -> PyResult<Ran> {

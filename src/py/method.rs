@@ -91,7 +91,9 @@ pub fn methods_for<'py>(
     base: &Bound<'py, PyType>,
     defs: &[&'static MethodDef],
 ) -> PyResult<Bound<'py, PyDict>> {
-    if !cls.is_subclass(base)? {
+    // Strictly a subclass: on the base itself, falling back to the base's
+    // method would call ours again.
+    if cls.is(base) || !cls.is_subclass(base)? {
         return Err(PyTypeError::new_err(format!("{cls} must subclass {base}")));
     }
     let methods = PyDict::new(cls.py());

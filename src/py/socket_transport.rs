@@ -134,7 +134,21 @@ fn read_once(transport: &Bound<'_, PyAny>) -> PyResult<()> {
     let Some(fd) = plain_socket_fd(transport)? else {
         return stock_method(transport, intern!(py, "_read_ready__data_received"), ());
     };
-    let max_size: usize = transport.getattr(intern!(py, "max_size"))?.extract()?;
+    let max_size = match transport
+        .getattr(intern!(py, "max_size"))?
+        .extract::<usize>()
+    {
+        Ok(max_size) => max_size,
+        // As asyncio's recv(max_size) failing in its try block.
+        Err(err) => {
+            let message = "Fatal read error on socket transport";
+            return fatal_error(
+                transport,
+                err.into_value(py).into_bound(py).into_any(),
+                message,
+            );
+        }
+    };
     // The buffer is borrowed only for the read and the copy, not while the
     // protocol runs (it may read another transport of this loop).
     let received = RECV_BUFFER.with_borrow_mut(|buffer| {

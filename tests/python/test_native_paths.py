@@ -826,4 +826,44 @@ def test_a_sleep_timer_of_a_python_future_runs_the_python_callback(
     assert TracingFuture.seen == ["timer's"]
 
 
-_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("_VAR")
+_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("_VAR", default="outer")
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["native", "python"])
+def test_a_sleep_timer_in_a_busy_context_is_reported(loop: ErlangEventLoop, which: int) -> None:
+    callback = _stock_and_copy()[which]
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    future = loop.create_future()
+    context = contextvars.copy_context()
+    loop.call_soon(callback, future, "slept", context=context)
+    # The loop runs inside that context: Handle._run cannot enter it again.
+    context.run(run_soon, loop)
+    assert not future.done()
+    assert len(reported) == 1 and isinstance(reported[0]["exception"], RuntimeError)
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+def test_the_future_s_loop_call_soon_runs_in_the_timer_s_context(debug: bool) -> None:
+    seen: list[str] = []
+
+    class SeeingLoop(ErlangEventLoop):
+        def call_soon(self, *args: Any, **kwargs: Any) -> asyncio.Handle:
+            seen.append(_VAR.get())
+            return super().call_soon(*args, **kwargs)
+
+    loop = SeeingLoop()
+    loop.set_debug(debug)
+
+    async def main() -> None:
+        _VAR.set("task")
+        seen.clear()
+        await asyncio.sleep(0.001)  # the timer's context: a copy of the task's
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    # The call_soon that set_result makes (the task's wake-up) runs in the
+    # timer handle's context, as under asyncio's Handle._run.
+    assert seen and seen[0] == "task", seen

@@ -551,3 +551,66 @@ def test_a_socket_subclass_gets_its_own_recvfrom_called(loop: ErlangEventLoop) -
 
     assert run(loop, main())[0][0] == b"counted"
     assert calls
+
+
+def test_a_socket_closed_in_datagram_received_is_not_read_through_its_old_fd(
+    loop: ErlangEventLoop,
+) -> None:
+    """The batch rereads the socket's fd before each datagram: once the
+    protocol closed the socket, its number may belong to another socket."""
+    others: list[socket.socket] = []
+
+    class ClosingSocket(Datagrams):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            if data == b"1":
+                old_fd = self.transport._sock.fileno()
+                self.transport._sock.close()
+                other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                other.bind((LOCALHOST, 0))
+                others.append(other)
+                assert other.fileno() == old_fd
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                    sender.sendto(b"for the other socket", other.getsockname())
+
+    async def main() -> list[bytes]:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: ClosingSocket(loop), local_addr=(LOCALHOST, 0)
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for data in (b"1", b"2"):
+                sender.sendto(data, transport.get_extra_info("sockname"))
+            await wait_for_condition(lambda: bool(protocol.received))
+            await asyncio.sleep(0.05)
+        transport.abort()
+        await asyncio.sleep(0)
+        return [data for data, _ in protocol.received]
+
+    try:
+        received = run(loop, main())
+        others[0].setblocking(False)
+        left = others[0].recv(100)
+    finally:
+        for other in others:
+            other.close()
+        errors(loop).clear()
+    assert b"for the other socket" not in received
+    assert left == b"for the other socket"
+
+
+def test_a_bad_max_size_is_a_fatal_read_error(loop: ErlangEventLoop) -> None:
+    async def main() -> BaseException | None:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        transport.max_size = -1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"x", transport.get_extra_info("sockname"))
+            return await protocol.lost
+
+    exc = run(loop, main())
+    # As asyncio's recvfrom(-1) failing inside its try: the transport closes.
+    assert isinstance(exc, ValueError | OverflowError), repr(exc)
+    reported = errors(loop)
+    assert [e["message"] for e in reported] == ["Fatal read error on datagram transport"]
+    reported.clear()
