@@ -533,8 +533,6 @@ impl HandleKinds {
     }
 }
 
-/// Can instances of `ty` leave the GC safely? Only GC types without
-/// finalizers, whose deallocation never re-tracks them.
 /// Whether `function` is the `name` function or method as asyncio's
 /// `events.py` defines it (by where its code comes from: a wrapper
 /// installed by a tracer has code of its own, even with `functools.wraps`).
@@ -552,6 +550,8 @@ fn defined_in(function: &Bound<'_, PyAny>, module: &str, name: &str) -> PyResult
     Ok(code.getattr("co_filename")?.eq(&file)? && code.getattr("co_name")?.eq(name)?)
 }
 
+/// Can instances of `ty` leave the GC safely? Only GC types without
+/// finalizers, whose deallocation never re-tracks them.
 fn untrackable(ty: &Bound<'_, PyType>) -> bool {
     let raw = ty.as_type_ptr();
     // SAFETY: reading the flags and slots of a live type object.
