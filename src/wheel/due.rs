@@ -47,14 +47,6 @@ pub(crate) struct DueKey {
 
 const _: () = assert!(std::mem::size_of::<DueKey>() == 16);
 
-/// Whether `a` fires before `b`: by deadline, then (ties) by insertion
-/// number. Both must be live.
-#[inline(always)]
-fn fires_before<T>(a: &DueKey, b: &DueKey, slab: &Slab<T>) -> bool {
-    a.deadline < b.deadline
-        || (a.deadline == b.deadline && slab.entry(a.index).seq < slab.entry(b.index).seq)
-}
-
 /// Tombstones tolerated before a compaction is considered; below this a
 /// compaction would cost more than skipping them.
 const COMPACT_MIN: usize = 32;
@@ -145,10 +137,9 @@ impl DueQueue {
     /// so this is usually one pass.
     #[inline]
     pub(crate) fn end_run<T>(&mut self, start: usize, slab: &Slab<T>) {
-        let run = &mut self.keys[start..];
-        if !run.is_sorted_by(|a, b| !fires_before(b, a, slab)) {
-            sort_run(run, &mut self.scratch, |index| slab.entry(index).seq);
-        }
+        sort_run(&mut self.keys[start..], &mut self.scratch, |index| {
+            slab.entry(index).seq
+        });
         debug_assert!(
             start == 0
                 || start == self.keys.len()

@@ -30,8 +30,13 @@ pub(crate) struct Scratch {
     starts: Vec<u32>,
 }
 
-/// Sorts `run` by deadline, then by insertion number `seq_of(index)`.
+/// Sorts `run` by deadline, then by insertion number `seq_of(index)`. A run
+/// already in order (one entry, or deadlines inserted in order) costs one
+/// pass.
 pub(crate) fn sort_run(run: &mut [DueKey], scratch: &mut Scratch, seq_of: impl Fn(u32) -> u64) {
+    if run.is_sorted_by(|a, b| !fires_after(a, b, &seq_of)) {
+        return;
+    }
     if run.len() < BUCKET_MIN {
         insertion_sort(run, &seq_of);
         return;
