@@ -41,7 +41,8 @@ class _ErlangTimerHandle(events.TimerHandle):
     _key: int
 
 
-_ErlangTimerHandle.cancel = _erlang_loop.timer_cancel_method(_ErlangTimerHandle)  # type: ignore[method-assign]
+for _name, _method in _erlang_loop.timer_handle_methods(_ErlangTimerHandle).items():
+    setattr(_ErlangTimerHandle, _name, _method)
 
 
 class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]

@@ -279,7 +279,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     module.add_class::<super::runner::LoopRunner>()?;
     module.add_function(wrap_pyfunction!(new_loop, &module)?)?;
     module.add_function(wrap_pyfunction!(
-        super::timer_cancel::timer_cancel_method,
+        super::timer_cancel::timer_handle_methods,
         &module
     )?)?;
     module.add_function(wrap_pyfunction!(

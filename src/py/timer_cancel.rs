@@ -17,15 +17,14 @@
 //! after start-up (a tracer, a test double), the current
 //! `asyncio.TimerHandle.cancel` runs instead, so the patch is honoured.
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyDict, PyType};
 
 use super::handles::defined_by_asyncio;
-use super::method::{call_method, MethodDef};
+use super::method::{call_method, methods_for, MethodDef};
 use super::runner::handle_kinds;
 
 /// asyncio's classes and their `cancel` as they were at start-up.
@@ -63,17 +62,12 @@ static CANCEL: MethodDef = MethodDef::noargs(
     cancel_method,
 );
 
-/// `_erlang_loop.timer_cancel_method(cls)`: a `cancel` method descriptor for
-/// `cls`, a subclass of `asyncio.TimerHandle` (set it as `cls.cancel`).
+/// `_erlang_loop.timer_handle_methods(cls)`: `{"cancel": method}` for
+/// `cls`, a subclass of `asyncio.TimerHandle` (set them on it).
 #[pyfunction]
-pub fn timer_cancel_method(cls: &Bound<'_, PyType>) -> PyResult<Py<PyAny>> {
-    let stock = stock(cls.py())?;
-    if !cls.is_subclass(stock.timer_class.bind(cls.py()))? {
-        return Err(PyRuntimeError::new_err(
-            "timer_cancel_method needs a subclass of asyncio.TimerHandle",
-        ));
-    }
-    CANCEL.descriptor(cls)
+pub fn timer_handle_methods<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyDict>> {
+    let py = cls.py();
+    methods_for(cls, stock(py)?.timer_class.bind(py), &[&CANCEL])
 }
 
 unsafe extern "C" fn cancel_method(

@@ -867,3 +867,28 @@ def test_the_future_s_loop_call_soon_runs_in_the_timer_s_context(debug: bool) ->
     # The call_soon that set_result makes (the task's wake-up) runs in the
     # timer handle's context, as under asyncio's Handle._run.
     assert seen and seen[0] == "task", seen
+
+
+def test_native_methods_are_only_made_for_strict_subclasses() -> None:
+    """On asyncio's own class a native method falling back to asyncio's
+    would call itself; on an unrelated class its slots mean nothing."""
+    import _erlang_loop
+    from asyncio import selector_events
+
+    for make, base, names in [
+        (_erlang_loop.timer_handle_methods, asyncio.TimerHandle, {"cancel"}),
+        (
+            _erlang_loop.socket_transport_methods,
+            selector_events._SelectorSocketTransport,
+            {"_read_ready", "_read_ready__data_received", "write"},
+        ),
+        (
+            _erlang_loop.datagram_transport_methods,
+            selector_events._SelectorDatagramTransport,
+            {"_read_ready"},
+        ),
+    ]:
+        for wrong in (base, int, asyncio.Handle):
+            with pytest.raises(TypeError):
+                make(wrong)
+        assert set(make(type("Sub", (base,), {"__slots__": ()}))) == names
