@@ -415,3 +415,30 @@ fn clock_is_monotonic() {
     assert!(b >= a);
     assert!(a > 0);
 }
+
+#[test]
+fn get_and_iter_see_exactly_the_live_timers_wherever_they_are() {
+    let mut wheel = Wheel::new(START);
+    let due = wheel.insert(START, "due"); // the due queue on the next advance
+    let near = wheel.insert(START + 5 * MS, "near"); // level 0
+    let far = wheel.insert(START + 3_600_000 * MS, "far"); // a higher level
+    let never = wheel.insert(NEVER, "never"); // the overflow list
+    let gone = wheel.insert(START + 7 * MS, "gone");
+    assert_eq!(wheel.cancel(gone), Some("gone"));
+    let mut out = Vec::new();
+    wheel.advance(START + 1, &mut out, 0); // `due` moves to the due queue, unfired
+    assert!(out.is_empty());
+    assert_eq!(wheel.get(due), Some(&"due"));
+    assert_eq!(wheel.get(gone), None);
+    let mut live: Vec<(TimerKey, &str)> = wheel.iter().map(|(k, v)| (k, *v)).collect();
+    live.sort_by_key(|(k, _)| k.to_u64());
+    let mut expected = vec![(due, "due"), (near, "near"), (far, "far"), (never, "never")];
+    expected.sort_by_key(|(k, _)| k.to_u64());
+    assert_eq!(live, expected);
+    assert_eq!(
+        values(&fire_all(&mut wheel, START + 5 * MS)),
+        ["due", "near"]
+    );
+    assert_eq!(wheel.get(near), None);
+    assert_eq!(wheel.iter().count(), 2);
+}

@@ -118,16 +118,17 @@ add_writer(_Loop, _Fd, _CallbackId) -> ?NOT_LOADED.
 remove_writer(_Loop, _FdRef) -> ?NOT_LOADED.
 
 -spec call_later(loop_ref(), non_neg_integer(), callback_id()) ->
-          {ok, non_neg_integer()} | {error, closed | server_down}.
+          {ok, non_neg_integer()} | {error, closed | server_down | python_loop}.
 call_later(_Loop, _DelayMs, _CallbackId) -> ?NOT_LOADED.
 
--spec cancel_timer(loop_ref(), non_neg_integer()) -> ok | {error, not_found}.
+-spec cancel_timer(loop_ref(), non_neg_integer()) -> ok | {error, not_found | python_loop}.
 cancel_timer(_Loop, _TimerRef) -> ?NOT_LOADED.
 
 -spec poll_events(loop_ref(), non_neg_integer()) -> non_neg_integer() | {error, term()}.
 poll_events(_Loop, _TimeoutMs) -> ?NOT_LOADED.
 
--spec get_pending(loop_ref()) -> [{callback_id(), read | write | timer}] | {error, closed}.
+-spec get_pending(loop_ref()) ->
+          [{callback_id(), read | write | timer}] | {error, closed | python_loop}.
 get_pending(_Loop) -> ?NOT_LOADED.
 
 -spec loop_apply_selects(loop_ref()) -> ok.

@@ -24,7 +24,7 @@
          no_leaked_fds/1, worker_dies/1, python_worker_dies/1,
          isolated_loop_worker_stops_on_close/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
-         dead_worker_leaks_no_fds/1]).
+         dead_worker_leaks_no_fds/1, python_loop_refuses_low_level_timers/1]).
 
 -define(APP, erlang_python).
 -define(LOCALHOST, {127, 0, 0, 1}).
@@ -42,7 +42,7 @@ all() ->
      no_leaked_fds, worker_dies, python_worker_dies,
      isolated_loop_worker_stops_on_close, get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
-     dead_worker_leaks_no_fds].
+     dead_worker_leaks_no_fds, python_loop_refuses_low_level_timers].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -753,6 +753,28 @@ _loop_thread.start()
     %% A new isolated loop gets a new worker and runs.
     ?assertEqual({ok, 42}, py:eval(<<"(lambda l: (l.run_until_complete(asyncio.sleep(0.01, 42)),"
                                      " l.close())[0])(erlang_loop.ErlangEventLoop(isolated=True))">>)).
+
+%% A Python loop's timers stand for Python objects its runner owns: the
+%% low-level timer and queue calls refuse its LoopRef (obtained here from its
+%% worker's state, as a curious user could), and the loop keeps working.
+-spec python_loop_refuses_low_level_timers(ct_suite:ct_config()) -> term().
+python_loop_refuses_low_level_timers(_Config) ->
+    Before = workers(),
+    ok = py:exec(<<"
+import asyncio, erlang_loop
+_refusing = erlang_loop.ErlangEventLoop(isolated=True)
+_refusing_timer = _refusing.call_later(3600, print)
+">>),
+    [Worker] = wait_until(fun() -> workers() -- Before end, fun(New) -> New =/= [] end, 10000),
+    {state, Loops, _} = sys:get_state(Worker),
+    [{loop, Loop, _}] = maps:values(Loops),
+    ?assertEqual({error, python_loop}, py_nif:call_later(Loop, 0, 7)),
+    ?assertEqual({error, python_loop}, py_nif:get_pending(Loop)),
+    [?assertEqual({error, python_loop}, py_nif:cancel_timer(Loop, Key))
+     || Key <- [0, 1 bsl 32, 16#FFFFFFFFFFFFFFFF]],
+    ?assertEqual({ok, 42},
+                 py:eval(<<"(_refusing.run_until_complete(asyncio.sleep(0.01, 42)),"
+                           " _refusing_timer.cancel(), _refusing.close())[0]">>)).
 
 workers() ->
     [Pid || {_, Pid, _, _} <- supervisor:which_children(py_event_worker_sup), is_pid(Pid)].

@@ -31,6 +31,7 @@ rustler::atoms! {
     write,
     timer,
     not_found,
+    python_loop,
     server_down,
     noproc,
     ebadf,
@@ -127,6 +128,11 @@ impl LoopHost for NifHost {
 pub struct LoopResource {
     core: Arc<LoopCore>,
     host: Arc<NifHost>,
+    /// Made for a Python `ErlangEventLoop`: its timer ids stand for Python
+    /// objects its runner owns, so the low-level timer and queue calls
+    /// refuse it (`{error, python_loop}`): an Erlang id in its wheel, or a
+    /// Python id taken by Erlang, would break that ownership.
+    python: bool,
 }
 
 #[rustler::resource_impl]
@@ -147,7 +153,7 @@ impl rustler::Resource for LoopResource {
 }
 
 impl LoopResource {
-    fn new() -> Result<LoopResource, String> {
+    fn new(python: bool) -> Result<LoopResource, String> {
         let loop_id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
         let host = Arc::new(NifHost {
             loop_id,
@@ -159,7 +165,17 @@ impl LoopResource {
                 .map_err(|e| e.to_string())?,
         );
         let _ = host.core.set(Arc::downgrade(&core));
-        Ok(LoopResource { core, host })
+        Ok(LoopResource { core, host, python })
+    }
+
+    /// The core, for the low-level timer and queue calls: not a Python
+    /// loop's (see `python`).
+    fn erlang_owned(&self) -> Result<&LoopCore, Atom> {
+        if self.python {
+            Err(python_loop())
+        } else {
+            Ok(&self.core)
+        }
     }
 
     fn open(&self) -> Result<&LoopCore, Atom> {
@@ -234,7 +250,7 @@ fn wait_error_atom(error: WaitError) -> Atom {
 /// isolated ones). Runs on a Python thread with the GIL released.
 pub fn python_loop_factory(isolated: bool) -> Result<NativeLoop, String> {
     let placer = lock(&LOOP_PLACER).ok_or("erlang_python is not running")?;
-    let resource = ResourceArc::new(LoopResource::new()?);
+    let resource = ResourceArc::new(LoopResource::new(true)?);
     let mut env = OwnedEnv::new();
     env.send_and_clear(&placer, |env| {
         (py_loop_new(), resource.clone(), isolated).encode(env)
@@ -276,7 +292,7 @@ fn set_loop_placer(placer: Term<'_>) -> Atom {
 /// `event_loop_new()` -> `{ok, LoopRef}`.
 #[rustler::nif]
 fn event_loop_new(env: Env<'_>) -> Term<'_> {
-    match LoopResource::new() {
+    match LoopResource::new(false) {
         Ok(resource) => (atoms::ok(), ResourceArc::new(resource)).encode(env),
         Err(reason) => error(env, reason),
     }
@@ -463,8 +479,12 @@ fn call_later<'a>(
     delay_ms: u64,
     callback_id: u64,
 ) -> Term<'a> {
+    let core = match resource.erlang_owned() {
+        Ok(core) => core,
+        Err(reason) => return error(env, reason),
+    };
     let deadline = LoopCore::now_ns().saturating_add(delay_ms.saturating_mul(1_000_000));
-    match resource.core.insert_timer(deadline, callback_id) {
+    match core.insert_timer(deadline, callback_id) {
         Ok((key, wake)) => {
             deliver_from_nif(env, &resource, wake);
             (atoms::ok(), key).encode(env)
@@ -477,10 +497,10 @@ fn call_later<'a>(
 /// fired and unknown refs are harmless.
 #[rustler::nif]
 fn cancel_timer<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, key: u64) -> Term<'a> {
-    if resource.core.cancel_timer(key) {
-        atoms::ok().encode(env)
-    } else {
-        error(env, not_found())
+    match resource.erlang_owned().map(|core| core.cancel_timer(key)) {
+        Ok(Some(_)) => atoms::ok().encode(env),
+        Ok(None) => error(env, not_found()),
+        Err(reason) => error(env, reason),
     }
 }
 
@@ -509,11 +529,12 @@ fn event_loop_wakeup(resource: ResourceArc<LoopResource>) -> Atom {
 /// first; drains the queue.
 #[rustler::nif]
 fn get_pending<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
-    if let Err(reason) = resource.open() {
-        return error(env, reason);
-    }
+    let core = match resource.open().and_then(|_| resource.erlang_owned()) {
+        Ok(core) => core,
+        Err(reason) => return error(env, reason),
+    };
     let mut events: Vec<Event> = Vec::new();
-    resource.core.take_pending(&mut events, usize::MAX);
+    core.take_pending(&mut events, usize::MAX);
     let list: Vec<Term> = events
         .iter()
         .map(|event| {

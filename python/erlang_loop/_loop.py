@@ -32,13 +32,15 @@ from ._transports import (
 )
 
 
-class _ErlangTimerHandle(events.TimerHandle):
-    """A TimerHandle that knows its key in the native wheel; its ``cancel()``
-    is asyncio's, done natively (see src/py/timer_cancel.rs)."""
+class _ErlangTimerHandle(_erlang_loop.timer_handle_base()):  # type: ignore[misc]
+    """An ``asyncio.TimerHandle`` that knows its key in the native wheel,
+    with that key and ``when`` stored in the instance (see
+    src/py/timer_handle.rs); its ``cancel()`` is asyncio's, done natively
+    (see src/py/timer_cancel.rs)."""
 
-    __slots__ = ("_key",)
+    __slots__ = ()
 
-    _key: int
+    _key: int | None
 
 
 for _name, _method in _erlang_loop.timer_handle_methods(_ErlangTimerHandle).items():

@@ -20,7 +20,7 @@ class _ErlangSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined
     def __init__(self, native: NativeLoop) -> None:
         super().__init__()
         self._native = native
-        self.on_timers_fired: Callable[[list[int]], None] | None = None
+        self.on_timers_fired: Callable[[], None] | None = None
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         key = super().register(fileobj, events, data)
@@ -37,9 +37,9 @@ class _ErlangSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined
         return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        fd_events, timers = self._native.wait(timeout)
-        if timers and self.on_timers_fired is not None:
-            self.on_timers_fired(timers)
+        fd_events, fired = self._native.wait(timeout)
+        if fired and self.on_timers_fired is not None:
+            self.on_timers_fired()
         ready = []
         fd_to_key = self._fd_to_key
         for fd, mask in fd_events:

@@ -135,14 +135,54 @@ impl LoopCore {
         Ok((key, wake))
     }
 
-    /// Cancels a timer. Stale, fired, unknown or garbage keys: false, no effect.
-    pub fn cancel_timer(&self, key: u64) -> bool {
+    /// Cancels a timer and returns its id. Stale, fired, unknown or garbage
+    /// keys: `None`, no effect.
+    pub fn cancel_timer(&self, key: u64) -> Option<u64> {
         let mut state = self.lock();
-        let cancelled = state.wheel.cancel(TimerKey::from_u64(key)).is_some();
-        if cancelled {
+        let cancelled = state.wheel.cancel(TimerKey::from_u64(key));
+        if cancelled.is_some() {
             state.stats.timers_cancelled += 1;
         }
         cancelled
+    }
+
+    /// The id of the live timer `key` names.
+    pub fn timer_id(&self, key: u64) -> Option<u64> {
+        self.lock().wheel.get(TimerKey::from_u64(key)).copied()
+    }
+
+    /// Calls `visit` with the id of every timer the loop holds: live in the
+    /// wheel, or fired and still queued. (An owner whose ids stand for
+    /// objects it owns walks them this way; nothing else is locked meanwhile.)
+    pub fn for_each_timer_id(&self, mut visit: impl FnMut(u64)) {
+        let state = self.lock();
+        state.wheel.iter().for_each(|(_, &id)| visit(id));
+        state
+            .pending
+            .iter()
+            .filter(|event| event.kind == EventKind::Timer)
+            .for_each(|event| visit(event.id));
+    }
+
+    /// Takes every timer out of the loop (live ones cancelled, fired ones
+    /// unqueued) and returns their ids: what an owner whose ids stand for
+    /// objects must release when it goes away.
+    pub fn take_all_timers(&self) -> Vec<u64> {
+        let mut state = self.lock();
+        let keys: Vec<TimerKey> = state.wheel.iter().map(|(key, _)| key).collect();
+        let mut ids: Vec<u64> = keys
+            .into_iter()
+            .filter_map(|key| state.wheel.cancel(key))
+            .collect();
+        state.stats.timers_cancelled += ids.len() as u64;
+        state.pending.retain(|event| {
+            let timer = event.kind == EventKind::Timer;
+            if timer {
+                ids.push(event.id);
+            }
+            !timer
+        });
+        ids
     }
 
     /// The serving process's timer fired: queue the due timers, wake the
@@ -202,6 +242,7 @@ impl LoopCore {
                     kind,
                     id,
                     key: fd as u64,
+                    deadline: 0,
                 });
                 state.stats.fd_events += 1;
                 self.notify(&state);
@@ -421,8 +462,10 @@ impl LoopCore {
         self.lock().closed
     }
 
-    /// Closes the loop: every fd select is stopped, queued events dropped,
-    /// waiters fail with `Closed`. Idempotent (a second close returns an
+    /// Closes the loop: every fd select is stopped, queued fd events
+    /// dropped, waiters fail with `Closed`. Timers stay, fired or not, for
+    /// their owner to take (`take_all_timers`): their ids may stand for
+    /// something it must release. Idempotent (a second close returns an
     /// empty wake).
     pub fn close(&self) -> Wake {
         let mut state = self.lock();
@@ -432,7 +475,7 @@ impl LoopCore {
         state.closed = true;
         let stops = state.fds.remove_all();
         state.selects.extend(stops);
-        state.pending.retain(|_| false);
+        state.pending.retain(|event| event.kind == EventKind::Timer);
         state.stats.fds = 0;
         self.ready.notify_all();
         Wake {
@@ -477,6 +520,7 @@ impl State {
                     kind: EventKind::Timer,
                     id: timer.value,
                     key: timer.key.to_u64(),
+                    deadline: timer.deadline,
                 });
             }
             self.expired = expired;

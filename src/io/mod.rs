@@ -38,6 +38,9 @@ pub struct Event {
     pub id: u64,
     /// The fd for fd events; the timer key (`TimerKey::to_u64`) for timers.
     pub key: u64,
+    /// A timer's exact deadline (0 for fd events): an owner that drains
+    /// timers fired by separate advances orders them by it.
+    pub deadline: u64,
 }
 
 /// The host's handle on one watched fd (in the NIF: an `enif_select`

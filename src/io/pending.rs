@@ -32,6 +32,11 @@ impl PendingQueue {
         !self.events.is_empty()
     }
 
+    /// The queued events, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter()
+    }
+
     /// Keeps only the queued events `keep` accepts (drops a removed fd's readiness).
     pub fn retain(&mut self, keep: impl FnMut(&Event) -> bool) {
         self.events.retain(keep);
@@ -48,6 +53,7 @@ mod tests {
             kind: EventKind::Timer,
             id,
             key: id,
+            deadline: id,
         }
     }
 

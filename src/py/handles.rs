@@ -17,15 +17,17 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 
+use super::timer_handle::{self, timer_handle_base};
+
 /// Where one object-valued `__slots__` member lives in an instance.
 #[derive(Clone, Copy, Debug)]
-struct Slot {
+pub(crate) struct Slot {
     offset: isize,
 }
 
 impl Slot {
     /// The slot `name` of `ty`, which must be a writable object member.
-    fn find(ty: &Bound<'_, PyType>, name: &str) -> PyResult<Slot> {
+    pub(crate) fn find(ty: &Bound<'_, PyType>, name: &str) -> PyResult<Slot> {
         let descr = ty.getattr(name)?;
         let bad = || PyRuntimeError::new_err(format!("{ty}.{name} is not an object slot"));
         // SAFETY: the type check comes first; a member descriptor's object
@@ -56,7 +58,7 @@ impl Slot {
     ///
     /// # Safety
     /// `object` is an instance of the type the slot was found on.
-    unsafe fn get(self, object: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    pub(crate) unsafe fn get(self, object: *mut ffi::PyObject) -> *mut ffi::PyObject {
         *((object as *mut u8).offset(self.offset) as *mut *mut ffi::PyObject)
     }
 
@@ -66,7 +68,7 @@ impl Slot {
     /// # Safety
     /// `object` is an instance of the type the slot was found on, with the
     /// slot still null; `value` is a strong reference, given away.
-    unsafe fn init(self, object: *mut ffi::PyObject, value: *mut ffi::PyObject) {
+    pub(crate) unsafe fn init(self, object: *mut ffi::PyObject, value: *mut ffi::PyObject) {
         *((object as *mut u8).offset(self.offset) as *mut *mut ffi::PyObject) = value;
     }
 
@@ -74,7 +76,7 @@ impl Slot {
     ///
     /// # Safety
     /// As `init`, but the slot may hold a value (released here).
-    unsafe fn set(self, object: *mut ffi::PyObject, value: *mut ffi::PyObject) {
+    pub(crate) unsafe fn set(self, object: *mut ffi::PyObject, value: *mut ffi::PyObject) {
         let place = (object as *mut u8).offset(self.offset) as *mut *mut ffi::PyObject;
         let old = std::mem::replace(&mut *place, value);
         ffi::Py_XDECREF(old);
@@ -105,9 +107,7 @@ pub struct HandleKinds {
     source_traceback: Slot,
     repr: Slot,
     context: Slot,
-    when: Slot,
     scheduled: Slot,
-    key: Slot,
     /// Whether the handles made here can leave the cyclic GC (see `untrack`).
     untrackable: bool,
     /// `Handle._run` as found at start-up: patched since (profilers,
@@ -123,17 +123,19 @@ pub struct HandleKinds {
 }
 
 impl HandleKinds {
-    /// `handle` is `asyncio.Handle`; `timer` a `__slots__` subclass of
-    /// `asyncio.TimerHandle` adding `_key`. Both must keep `Handle._run`.
+    /// `handle` is `asyncio.Handle`; `timer` a subclass of
+    /// `timer_handle_base()` (an `asyncio.TimerHandle` with its key and
+    /// `when` inline). Both must keep `Handle._run`.
     pub fn new(handle: &Bound<'_, PyType>, timer: &Bound<'_, PyType>) -> PyResult<HandleKinds> {
         let py = handle.py();
         let stock_timer = py
             .import("asyncio.events")?
             .getattr("TimerHandle")?
             .cast_into::<PyType>()?;
-        if !timer.is_subclass(&stock_timer)? || !stock_timer.is_subclass(handle)? {
+        let base = timer_handle_base(py)?;
+        if !timer.is_subclass(&base)? || !stock_timer.is_subclass(handle)? {
             return Err(PyRuntimeError::new_err(
-                "the timer class must subclass asyncio.TimerHandle",
+                "the timer class must subclass _erlang_loop.timer_handle_base()",
             ));
         }
         let run = handle.getattr("_run")?;
@@ -163,9 +165,7 @@ impl HandleKinds {
             source_traceback: Slot::find(handle, "_source_traceback")?,
             repr: Slot::find(handle, "_repr")?,
             context: Slot::find(handle, "_context")?,
-            when: Slot::find(timer, "_when")?,
             scheduled: Slot::find(timer, "_scheduled")?,
-            key: Slot::find(timer, "_key")?,
             handle: handle.clone().unbind(),
             timer: timer.clone().unbind(),
             stock_timer: stock_timer.unbind(),
@@ -195,12 +195,12 @@ impl HandleKinds {
         Ok(object)
     }
 
-    /// A scheduled timer handle due at `when` (kept as given, as asyncio
-    /// does) with wheel key `key`.
+    /// A scheduled timer handle due at `when` (`seconds` as a double); its
+    /// wheel key is set once it is in the wheel (`set_key`).
     pub fn new_timer<'py>(
         &self,
         when: &Bound<'py, PyAny>,
-        key: u64,
+        seconds: f64,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         loop_: &Bound<'py, PyAny>,
@@ -208,18 +208,22 @@ impl HandleKinds {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = callback.py();
         let context = own_context(py, context)?;
-        let when = when.clone();
-        let key = key.into_pyobject(py)?;
         let object = allocate(self.timer.bind(py))?;
-        // SAFETY: as in `new_handle`; the timer slots belong to this class.
+        // SAFETY: as in `new_handle`; the timer slots and fields belong to
+        // this class.
         unsafe {
             let raw = object.as_ptr();
             self.init_handle(raw, callback, args, loop_, context);
-            self.when.init(raw, when.into_ptr());
             self.scheduled.init(raw, new_ref(ffi::Py_True()));
-            self.key.init(raw, key.into_ptr());
+            timer_handle::init_when(raw, when, seconds);
         }
         Ok(object)
+    }
+
+    /// Gives a timer handle made by `new_timer` its wheel key.
+    pub fn set_key(&self, timer: &Bound<'_, PyAny>, key: u64) {
+        // SAFETY: an instance of our timer class (from `new_timer`).
+        unsafe { timer_handle::fields(timer.as_ptr()) }.key = key;
     }
 
     /// # Safety
@@ -312,12 +316,21 @@ impl HandleKinds {
                 return None;
             }
             self.scheduled.set(raw, new_ref(ffi::Py_False()));
-            let key = self.key.get(raw);
-            if key.is_null() {
-                return None;
+            match timer_handle::fields(raw).key {
+                0 => None,
+                key => Some(key),
             }
-            Bound::from_borrowed_ptr(timer.py(), key).extract().ok()
         }
+    }
+
+    /// A timer handle's `when`, for ordering timers whose deadlines fall in
+    /// the same nanosecond; `-inf` for other objects.
+    pub fn float_when(&self, timer: &Bound<'_, PyAny>) -> f64 {
+        if !self.is_timer(timer) {
+            return f64::NEG_INFINITY;
+        }
+        // SAFETY: an instance of our timer class.
+        unsafe { timer_handle::fields(timer.as_ptr()) }.when
     }
 
     /// Marks a fired timer handle of ours as no longer scheduled.
@@ -326,20 +339,6 @@ impl HandleKinds {
             // SAFETY: an instance of our timer class.
             unsafe { self.scheduled.set(timer.as_ptr(), new_ref(ffi::Py_False())) };
         }
-    }
-
-    /// The deadline of a timer handle of ours.
-    pub fn when(&self, timer: &Bound<'_, PyAny>) -> f64 {
-        // SAFETY: only called on objects `new_timer` made; `_when` may have
-        // been reassigned from Python, so it is read as any object.
-        let when = unsafe { self.when.get(timer.as_ptr()) };
-        if when.is_null() {
-            return f64::INFINITY;
-        }
-        // SAFETY: a live borrowed reference from the instance.
-        unsafe { Bound::from_borrowed_ptr(timer.py(), when) }
-            .extract()
-            .unwrap_or(f64::INFINITY)
     }
 
     /// `handle._cancelled`, read from the slot for our classes.

@@ -3,6 +3,7 @@
 
 pub mod datagram_transport;
 pub mod handles;
+pub mod held;
 pub mod interpreter;
 pub mod method;
 pub mod native_loop;
@@ -10,4 +11,5 @@ pub mod pool;
 pub mod runner;
 pub mod socket_transport;
 pub mod timer_cancel;
+pub mod timer_handle;
 pub mod transport_io;

@@ -5,7 +5,7 @@
 
 use std::any::Any;
 use std::os::fd::RawFd;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -46,6 +46,10 @@ pub struct NativeLoop {
     _host_object: Box<dyn Any + Send + Sync>,
     loop_id: u64,
     isolated: bool,
+    /// Timers a direct `wait` (the selector's `select`) fired, kept for the
+    /// loop's runner: their ids stand for objects it owns and never reach
+    /// Python.
+    fired: Mutex<Vec<Event>>,
 }
 
 impl NativeLoop {
@@ -60,7 +64,12 @@ impl NativeLoop {
             _host_object: host_object,
             loop_id,
             isolated,
+            fired: Mutex::new(Vec::new()),
         }
+    }
+
+    fn fired(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        self.fired.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn deliver(&self, wake: Wake) {
@@ -69,25 +78,54 @@ impl NativeLoop {
         }
     }
 
-    /// Schedules a timer at `deadline_ns` in the wheel; returns its key.
-    pub(crate) fn insert_timer_ns(&self, deadline_ns: u64) -> PyResult<u64> {
-        let (key, wake) = self.core.insert_timer(deadline_ns, 0).map_err(wait_error)?;
+    /// Schedules a timer at `deadline_ns` in the wheel that reports `id`;
+    /// returns its key.
+    pub(crate) fn insert_timer_ns(&self, deadline_ns: u64, id: u64) -> PyResult<u64> {
+        let (key, wake) = self
+            .core
+            .insert_timer(deadline_ns, id)
+            .map_err(wait_error)?;
         self.deliver(wake);
         Ok(key)
     }
 
-    /// Cancels a timer of the wheel; false for fired or unknown keys.
-    pub(crate) fn cancel_timer_key(&self, key: u64) -> bool {
+    /// Cancels a timer of the wheel: its id; `None` for fired or unknown keys.
+    pub(crate) fn cancel_timer_key(&self, key: u64) -> Option<u64> {
         self.core.cancel_timer(key)
     }
 
+    /// The id of the live timer `key` names.
+    pub(crate) fn timer_id(&self, key: u64) -> Option<u64> {
+        self.core.timer_id(key)
+    }
+
+    /// Calls `visit` with the id of every timer the loop holds: live, or
+    /// fired and not yet taken.
+    pub(crate) fn for_each_timer_id(&self, mut visit: impl FnMut(u64)) {
+        self.core.for_each_timer_id(&mut visit);
+        self.fired().iter().for_each(|event| visit(event.id));
+    }
+
+    /// Takes every timer the loop holds; their ids.
+    pub(crate) fn take_all_timers(&self) -> Vec<u64> {
+        let mut ids = self.core.take_all_timers();
+        ids.extend(self.fired().drain(..).map(|event| event.id));
+        ids
+    }
+
+    /// The timers a direct `wait` fired, taken.
+    pub(crate) fn take_fired(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.fired())
+    }
+
     /// Waits for events (GIL released unless `timeout` is zero): the fd
-    /// readiness, coalesced per fd, and the keys of the timers that fired.
+    /// readiness, coalesced per fd, and the timers that fired (with those a
+    /// direct `wait` fired before).
     pub(crate) fn wait_events(
         &self,
         py: Python<'_>,
         timeout: Option<Duration>,
-    ) -> PyResult<(FdEvents, Vec<u64>)> {
+    ) -> PyResult<(FdEvents, Vec<Event>)> {
         self.deliver(self.core.prepare_wait());
         let core = &self.core;
         let mut events: Vec<Event> = Vec::new();
@@ -96,13 +134,16 @@ impl NativeLoop {
         } else {
             py.detach(|| core.wait(timeout, &mut events, MAX_EVENTS_PER_WAIT))
         };
-        waited.map_err(wait_error)?;
+        let mut timers = self.take_fired();
+        if let Err(error) = waited {
+            self.fired().append(&mut timers);
+            return Err(wait_error(error));
+        }
         let mut masks: FdEvents = Vec::new();
-        let mut timers = Vec::new();
-        for event in &events {
+        for event in events {
             let bit = match event.kind {
                 EventKind::Timer => {
-                    timers.push(event.key);
+                    timers.push(event);
                     continue;
                 }
                 EventKind::Read => EVENT_READ,
@@ -181,16 +222,20 @@ impl NativeLoop {
     }
 
     /// Waits for events (GIL released): `timeout` None = until one comes,
-    /// 0 = just look. Returns `([(fd, mask), ...], [timer_key, ...])`.
+    /// 0 = just look. Returns `([(fd, mask), ...], fired)`: `fired` timers
+    /// are kept for the loop's runner (`LoopRunner.fire_timers()`).
     #[pyo3(signature = (timeout=None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<(FdEvents, Vec<u64>)> {
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<(FdEvents, usize)> {
         let timeout = match timeout {
             None => None,
             Some(t) if t.is_nan() => return Err(PyValueError::new_err("timeout is NaN")),
             Some(t) if t <= 0.0 => Some(Duration::ZERO),
             Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
         };
-        self.wait_events(py, timeout)
+        let (fds, timers) = self.wait_events(py, timeout)?;
+        let fired = timers.len();
+        self.fired().extend(timers);
+        Ok((fds, fired))
     }
 
     /// Wakes the waiting thread (thread-safe).
@@ -278,6 +323,10 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     module.add_class::<NativeLoop>()?;
     module.add_class::<super::runner::LoopRunner>()?;
     module.add_function(wrap_pyfunction!(new_loop, &module)?)?;
+    module.add_function(wrap_pyfunction!(
+        super::timer_handle::timer_handle_base,
+        &module
+    )?)?;
     module.add_function(wrap_pyfunction!(
         super::timer_cancel::timer_handle_methods,
         &module

@@ -14,22 +14,21 @@
 //! No borrow of the runner is held while Python code runs or allocates:
 //! callbacks (and finalizers run by the GC) call back into it.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyIndexError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyList, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::handles::{HandleKinds, Ran};
+use super::held::{Held, Item};
 use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
-use crate::io::LoopCore;
+use crate::io::{Event, LoopCore};
 
 /// The handle classes, the same for every loop of the process.
 static KINDS: OnceLock<HandleKinds> = OnceLock::new();
@@ -46,7 +45,7 @@ fn future_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .map(|future| future.bind(py))
 }
 
-fn kinds() -> &'static HandleKinds {
+pub(crate) fn kinds() -> &'static HandleKinds {
     KINDS
         .get()
         .expect("LoopRunner made before its handle classes")
@@ -57,90 +56,6 @@ pub(crate) fn handle_kinds() -> Option<&'static HandleKinds> {
     KINDS.get()
 }
 
-/// A handle in the loop's custody; `ours` if the runner made it, which
-/// means it is out of the cyclic GC while the loop holds it.
-struct Held {
-    handle: Py<PyAny>,
-    ours: bool,
-}
-
-impl Held {
-    /// The handle leaves the loop: tracked again if anyone else holds it.
-    fn release(self, py: Python<'_>) {
-        let handle = self.handle.into_bound(py);
-        // SAFETY: reading the reference count of a live object.
-        if self.ours && unsafe { ffi::Py_REFCNT(handle.as_ptr()) } > 1 {
-            kinds().track(&handle);
-        }
-    }
-
-    /// Back under the GC (the loop stopped running).
-    fn track(&self, py: Python<'_>) {
-        if self.ours {
-            kinds().track(self.handle.bind(py));
-        }
-    }
-
-    /// What the runner's `__traverse__` reports for this handle: the handle
-    /// if the GC tracks it. An untracked one (only while the loop runs) is
-    /// left out: what it holds then looks referenced from outside, which
-    /// keeps it alive and never clears it early; the loop, on its thread's
-    /// stack, is not garbage anyway.
-    fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        // SAFETY: a live object; traverse runs with the GIL held.
-        if !self.ours || unsafe { ffi::PyObject_GC_IsTracked(self.handle.as_ptr()) } != 0 {
-            visit.call(&self.handle)?;
-        }
-        Ok(())
-    }
-}
-
-/// What a wheel key stands for.
-enum Item {
-    /// A timer handle: made ready when it fires.
-    Handle(Held),
-    /// An `erlang_asyncio.sleep` future: resolved when it fires.
-    Future(Py<PyAny>),
-}
-
-/// Hashes wheel keys (already unique integers) with one multiplication:
-/// SipHash showed up in profiles of timer-heavy loops.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, key: u64) {
-        // Fibonacci hashing: spreads the index and generation bits into the
-        // high bits the table's control bytes use.
-        self.0 = (self.0 ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type Timers = HashMap<u64, Scheduled, BuildHasherDefault<KeyHasher>>;
-
-impl Item {
-    fn release(self, py: Python<'_>) {
-        if let Item::Handle(held) = self {
-            held.release(py);
-        }
-    }
-}
-
-struct Scheduled {
-    when: f64,
-    item: Item,
-}
-
 #[pyclass(module = "_erlang_loop", name = "LoopRunner")]
 pub struct LoopRunner {
     native: Py<NativeLoop>,
@@ -148,7 +63,6 @@ pub struct LoopRunner {
     /// The loop selector's `_fd_to_key`: fd -> SelectorKey.
     fd_to_key: Py<PyDict>,
     ready: VecDeque<Held>,
-    timers: Timers,
     closed: bool,
     /// Inside `run_forever`: the handles made meanwhile leave the GC.
     running: bool,
@@ -189,47 +103,49 @@ impl LoopRunner {
         Ok(())
     }
 
-    /// Records what wheel key `key` stands for. A timer handle the runner
-    /// made (`ours`) leaves the GC if the loop runs, decided here, under the
-    /// same borrow as the closed check (as in `queue_new`).
-    fn schedule(slf: &Bound<'_, Self>, when: f64, key: u64, mut item: Item) -> PyResult<()> {
-        let displaced = {
-            let mut this = slf.borrow_mut();
+    /// Puts `item` in the wheel at `deadline` (ns); returns its key. A timer
+    /// handle the runner made (`ours`) leaves the GC if the loop runs,
+    /// decided here, under the same borrow as the closed check (as in
+    /// `queue_new`); nothing between that check and the insert runs Python.
+    fn schedule(slf: &Bound<'_, Self>, deadline: u64, mut item: Item) -> PyResult<u64> {
+        let py = slf.py();
+        let (error, refused) = {
+            let this = slf.borrow();
             if this.closed {
-                this.native.get().cancel_timer_key(key);
-                drop(this);
-                item.release(slf.py());
-                return Err(closed_error());
-            }
-            if let Item::Handle(held) = &mut item {
-                held.ours = held.ours && this.running && kinds().untrackable();
-                if held.ours {
-                    kinds().untrack(held.handle.bind(slf.py()));
+                (closed_error(), item)
+            } else {
+                if let Item::Handle(held) = &mut item {
+                    held.ours = held.ours && this.running && kinds().untrackable();
+                    if held.ours {
+                        kinds().untrack(held.handle.bind(py));
+                    }
+                }
+                let id = item.into_id();
+                match this.native.get().insert_timer_ns(deadline, id) {
+                    Ok(key) => return Ok(key),
+                    // SAFETY: `id` was just made and never reached the wheel.
+                    Err(error) => (error, unsafe { Item::from_id(py, id) }),
                 }
             }
-            this.timers.insert(key, Scheduled { when, item })
         };
-        // Keys carry a generation: a live key is never reused. Released
-        // outside the borrow all the same.
-        debug_assert!(displaced.is_none(), "wheel key {key} reused while live");
-        if let Some(displaced) = displaced {
-            displaced.item.release(slf.py());
-        }
-        Ok(())
+        // Released outside the borrow (its last reference may run Python).
+        refused.release(py);
+        Err(error)
     }
 
-    /// A new wheel key due at `seconds` (loop time), on an open loop.
-    fn wheel_key(slf: &Bound<'_, Self>, seconds: f64) -> PyResult<u64> {
-        Self::loop_object(slf)?;
-        let deadline = deadline_ns(seconds)?;
-        slf.borrow().native.get().insert_timer_ns(deadline)
-    }
-
-    /// Puts `item` in the wheel at `seconds`; returns its key.
+    /// Puts `item` in the wheel at `seconds` (loop time); returns its key.
     fn insert(slf: &Bound<'_, Self>, seconds: f64, item: Item) -> PyResult<u64> {
-        let key = Self::wheel_key(slf, seconds)?;
-        Self::schedule(slf, seconds, key, item)?;
-        Ok(key)
+        if let Err(error) = Self::loop_object(slf) {
+            item.release(slf.py());
+            return Err(error);
+        }
+        match deadline_ns(seconds) {
+            Ok(deadline) => Self::schedule(slf, deadline, item),
+            Err(error) => {
+                item.release(slf.py());
+                Err(error)
+            }
+        }
     }
 
     /// A timer handle at `when` (kept as given; `seconds` is it as loop
@@ -243,22 +159,15 @@ impl LoopRunner {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let loop_ = Self::loop_object(slf)?;
-        let key = Self::wheel_key(slf, seconds)?;
-        let made = kinds().new_timer(when, key, callback, args, &loop_, context);
-        match made {
-            Ok(timer) => {
-                let held = Held {
-                    handle: timer.clone().unbind(),
-                    ours: true, // out of the GC if the loop runs: `schedule`
-                };
-                Self::schedule(slf, seconds, key, Item::Handle(held))?;
-                Ok(timer)
-            }
-            Err(error) => {
-                slf.borrow().native.get().cancel_timer_key(key);
-                Err(error)
-            }
-        }
+        let deadline = deadline_ns(seconds)?;
+        let timer = kinds().new_timer(when, seconds, callback, args, &loop_, context)?;
+        let held = Held {
+            handle: timer.clone().unbind(),
+            ours: true, // out of the GC if the loop runs: `schedule`
+        };
+        let key = Self::schedule(slf, deadline, Item::Handle(held))?;
+        kinds().set_key(&timer, key);
+        Ok(timer)
     }
 
     /// Makes the reader and writer handles of ready fds ready, as
@@ -311,21 +220,32 @@ impl LoopRunner {
     /// deadline order, FIFO for equal deadlines, as CPython's heap does. The
     /// wheel reports them in the order they were queued, and a timer given
     /// a past deadline after an Erlang tick queued later ones still runs first.
-    fn fire(slf: &Bound<'_, Self>, keys: &[u64]) -> PyResult<()> {
+    fn fire(slf: &Bound<'_, Self>, timers: Vec<Event>) -> PyResult<()> {
         let py = slf.py();
-        let mut due: Vec<Scheduled> = {
-            let mut this = slf.borrow_mut();
-            keys.iter()
-                .filter_map(|key| this.timers.remove(key))
-                .collect()
-        };
-        // A stable sort: equal deadlines keep the wheel's (insertion) order.
-        due.sort_by(|a, b| a.when.total_cmp(&b.when));
+        // Every item is taken back before any Python runs, so that an error
+        // leaks none of them.
+        let mut due: Vec<(u64, f64, Item)> = timers
+            .iter()
+            .map(|event| {
+                // SAFETY: each fired id is handed out once, by the wait that
+                // drained it from the loop.
+                let item = unsafe { Item::from_id(py, event.id) };
+                let when = match &item {
+                    Item::Handle(held) => kinds().float_when(held.handle.bind(py)),
+                    Item::Future(_) => f64::NEG_INFINITY,
+                };
+                (event.deadline, when, item)
+            })
+            .collect();
+        // The wheel's nanoseconds, then the handles' own float `when` (two
+        // may share a nanosecond). A stable sort: what is still equal keeps
+        // the wheel's (insertion) order.
+        due.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
         // Every fired timer is handled even if one future fails: the wheel
         // has let go of them all. The first error is raised at the end.
         let mut first_error = None;
-        for scheduled in due {
-            match scheduled.item {
+        for (_, _, item) in due {
+            match item {
                 Item::Handle(held) => {
                     kinds().mark_fired(held.handle.bind(py));
                     slf.borrow_mut().ready.push_back(held);
@@ -338,6 +258,15 @@ impl LoopRunner {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Takes every timer out of the native loop: its items.
+    fn take_all_timers(&self, py: Python<'_>) -> Vec<Item> {
+        let ids = self.native.get().take_all_timers();
+        // SAFETY: ids taken out of the loop, each once.
+        ids.into_iter()
+            .map(|id| unsafe { Item::from_id(py, id) })
+            .collect()
     }
 }
 
@@ -377,15 +306,11 @@ impl Drop for LoopRunner {
     /// go back under the GC. (Deallocation runs with the GIL held.)
     fn drop(&mut self) {
         let ready = std::mem::take(&mut self.ready);
-        let timers = std::mem::take(&mut self.timers);
-        if ready.is_empty() && timers.is_empty() {
-            return;
-        }
         Python::attach(|py| {
             ready.into_iter().for_each(|held| held.release(py));
-            timers
-                .into_values()
-                .for_each(|scheduled| scheduled.item.release(py));
+            for item in self.take_all_timers(py) {
+                item.release(py);
+            }
         });
     }
 }
@@ -417,7 +342,6 @@ impl LoopRunner {
             loop_: Some(loop_),
             fd_to_key,
             ready: VecDeque::new(),
-            timers: Timers::default(),
             closed: false,
             running: false,
         })
@@ -602,22 +526,12 @@ impl LoopRunner {
 
     /// Takes a key out of the wheel; False if it already fired or left.
     fn cancel(slf: &Bound<'_, Self>, key: u64) -> bool {
-        let removed = {
-            let mut this = slf.borrow_mut();
-            let removed = this.timers.remove(&key);
-            if removed.is_some() {
-                this.native.get().cancel_timer_key(key);
-            }
-            removed
-        };
+        let py = slf.py();
+        let id = slf.borrow().native.get().cancel_timer_key(key);
         // Released outside the borrow (the last reference may run Python).
-        match removed {
-            Some(scheduled) => {
-                scheduled.item.release(slf.py());
-                true
-            }
-            None => false,
-        }
+        // SAFETY: the id the wheel gave back for the cancelled key.
+        id.map(|id| unsafe { Item::from_id(py, id) }.release(py))
+            .is_some()
     }
 
     /// `loop._timer_handle_cancelled(handle)`: our scheduled timer handles
@@ -627,11 +541,8 @@ impl LoopRunner {
             return false;
         };
         // The key must name this very handle (its `_key` is writable).
-        let ours = matches!(
-            slf.borrow().timers.get(&key),
-            Some(Scheduled { item: Item::Handle(held), .. }) if held.handle.is(handle)
-        );
-        ours && Self::cancel(slf, key)
+        let id = slf.borrow().native.get().timer_id(key);
+        id.is_some_and(|id| Item::is_handle(id, handle)) && Self::cancel(slf, key)
     }
 
     // -- one iteration --
@@ -651,7 +562,7 @@ impl LoopRunner {
         };
         let no_wait = busy || loop_.getattr(intern!(py, "_stopping"))?.is_truthy()?;
         let timeout = no_wait.then_some(Duration::ZERO);
-        let (fd_events, timer_keys) = native.get().wait_events(py, timeout)?;
+        let (fd_events, timers) = native.get().wait_events(py, timeout)?;
         let fds = if fd_events.is_empty() {
             Ok(())
         } else {
@@ -659,10 +570,10 @@ impl LoopRunner {
         };
         // The fired timers are out of the wheel: they are made ready even
         // if an fd callback's bookkeeping failed.
-        let timers = if timer_keys.is_empty() {
+        let timers = if timers.is_empty() {
             Ok(())
         } else {
-            Self::fire(slf, &timer_keys)
+            Self::fire(slf, timers)
         };
         fds.and(timers)
     }
@@ -712,18 +623,17 @@ impl LoopRunner {
             for held in &this.ready {
                 held.track(py);
             }
-            for scheduled in this.timers.values() {
-                if let Item::Handle(held) = &scheduled.item {
-                    held.track(py);
-                }
-            }
+            // SAFETY: live ids; the loop's lock is held meanwhile.
+            this.native
+                .get()
+                .for_each_timer_id(|id| unsafe { Item::track_id(py, id) });
         }
     }
 
-    /// Makes the timers of these keys ready (those a direct
-    /// `selector.select()` fired).
-    fn fire_timers(slf: &Bound<'_, Self>, keys: Vec<u64>) -> PyResult<()> {
-        Self::fire(slf, &keys)
+    /// Makes the timers a direct `selector.select()` fired ready.
+    fn fire_timers(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let fired = slf.borrow().native.get().take_fired();
+        Self::fire(slf, fired)
     }
 
     /// `loop._run_once` outside debug mode.
@@ -738,16 +648,13 @@ impl LoopRunner {
         let (timers, ready) = {
             let mut this = slf.borrow_mut();
             this.closed = true;
-            (
-                std::mem::take(&mut this.timers),
-                std::mem::take(&mut this.ready),
-            )
+            (this.take_all_timers(py), std::mem::take(&mut this.ready))
         };
-        for scheduled in timers.into_values() {
-            if let Item::Handle(held) = &scheduled.item {
+        for item in timers {
+            if let Item::Handle(held) = &item {
                 kinds().mark_fired(held.handle.bind(py));
             }
-            scheduled.item.release(py);
+            item.release(py);
         }
         for held in ready {
             held.release(py);
@@ -755,15 +662,16 @@ impl LoopRunner {
     }
 
     /// How many timer handles and futures this runner has in the wheel.
-    fn scheduled(slf: &Bound<'_, Self>) -> (usize, usize) {
-        // Counted under a borrow that ends before the result is built.
-        let this = slf.borrow();
-        let handles = this
-            .timers
-            .values()
-            .filter(|s| matches!(s.item, Item::Handle(_)))
-            .count();
-        (handles, this.timers.len() - handles)
+    fn scheduled(&self) -> (usize, usize) {
+        let (mut handles, mut futures) = (0, 0);
+        self.native.get().for_each_timer_id(|id| {
+            if Item::is_future(id) {
+                futures += 1;
+            } else {
+                handles += 1;
+            }
+        });
+        (handles, futures)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -774,24 +682,24 @@ impl LoopRunner {
         for held in &self.ready {
             held.visit(&visit)?;
         }
-        for scheduled in self.timers.values() {
-            match &scheduled.item {
-                Item::Handle(held) => held.visit(&visit)?,
-                Item::Future(future) => visit.call(future)?,
+        let mut visited = Ok(());
+        self.native.get().for_each_timer_id(|id| {
+            if visited.is_ok() {
+                // SAFETY: a live id, under the loop's lock.
+                visited = unsafe { Item::visit_id(id, &visit) };
             }
-        }
-        Ok(())
+        });
+        visited
     }
 
     fn __clear__(&mut self) {
         self.loop_ = None;
         let ready = std::mem::take(&mut self.ready);
-        let timers = std::mem::take(&mut self.timers);
         Python::attach(|py| {
             ready.into_iter().for_each(|held| held.release(py));
-            timers
-                .into_values()
-                .for_each(|scheduled| scheduled.item.release(py));
+            for item in self.take_all_timers(py) {
+                item.release(py);
+            }
         });
     }
 }

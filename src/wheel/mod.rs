@@ -330,6 +330,18 @@ impl<T> Wheel<T> {
         self.slab.get(key).map(|entry| entry.deadline)
     }
 
+    /// The payload of the live timer `key` names.
+    pub fn get(&self, key: TimerKey) -> Option<&T> {
+        self.slab.get(key).map(|entry| &entry.value)
+    }
+
+    /// Every live timer's key and payload, in no particular order. O(slab
+    /// size): for owners that must see all their payloads (a GC walk, a
+    /// shutdown), not for the hot paths.
+    pub fn iter(&self) -> impl Iterator<Item = (TimerKey, &T)> {
+        self.slab.iter().map(|(key, entry)| (key, &entry.value))
+    }
+
     /// When to call `advance` next; `None` when no timer can ever fire.
     ///
     /// Exact (the earliest deadline of all timers) when that timer is due,

@@ -175,6 +175,19 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Every live entry with its key, by index.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (TimerKey, &Entry<T>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| match slot {
+                Slot::Occupied(entry) => {
+                    Some((TimerKey::new(index as u32, entry.generation), entry))
+                }
+                Slot::Vacant { .. } => None,
+            })
+    }
+
     /// Whether the slot at `index` holds a live entry of `generation` due
     /// at `deadline`. Any index is safe here; a slot freed and reused since
     /// has another generation (and, were it to wrap around, still only
@@ -296,6 +309,19 @@ mod tests {
         assert!(slab.get(a).is_none());
         assert_eq!(slab.get(b).map(|e| e.value), Some(2));
         assert_eq!(slab.len(), 1);
+    }
+
+    #[test]
+    fn iter_yields_the_live_entries_with_their_keys() {
+        let mut slab = Slab::new();
+        let a = slab.insert(entry(1));
+        let b = slab.insert(entry(2));
+        let c = slab.insert(entry(3));
+        slab.remove(b.index());
+        let d = slab.insert(entry(4)); // reuses b's slot, a new generation
+        let live: Vec<(TimerKey, u64)> = slab.iter().map(|(k, e)| (k, e.value)).collect();
+        assert_eq!(live, [(a, 1), (d, 4), (c, 3)]);
+        assert!(slab.get(d).is_some() && slab.get(b).is_none());
     }
 
     #[test]

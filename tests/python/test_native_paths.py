@@ -892,3 +892,68 @@ def test_native_methods_are_only_made_for_strict_subclasses() -> None:
             with pytest.raises(TypeError):
                 make(wrong)
         assert set(make(type("Sub", (base,), {"__slots__": ()}))) == names
+
+
+def test_timer_handles_keep_their_key_and_when_inline(loop: ErlangEventLoop) -> None:
+    import sys
+
+    def noop() -> None:
+        pass
+
+    before = loop.time()
+    timer = loop.call_later(3600, noop)
+    # No int key and no float when hang off the handle: both live in it.
+    referents = gc.get_referents(timer)
+    assert not [r for r in referents if type(r) in (int, float)], referents
+    stock = asyncio.TimerHandle(1.0, noop, (), loop)
+    assert sys.getsizeof(timer) == sys.getsizeof(stock) + 16
+    assert type(timer.when()) is float and before + 3600 <= timer.when() <= loop.time() + 3600
+    assert isinstance(timer._key, int) and timer._key > 0
+    assert timer < loop.call_later(3601, noop)  # asyncio's comparisons read `_when`
+    timer._when = 7
+    assert timer.when() == 7 and type(timer.when()) is int
+    timer._when = 2.5
+    assert timer.when() == 2.5 and type(timer.when()) is float
+    with pytest.raises(TypeError):
+        timer._when = "soon"
+    with pytest.raises(TypeError):
+        del timer._when
+    with pytest.raises(TypeError):
+        del timer._key
+    timer._key = None
+    assert timer._key is None
+    loop.close()
+
+
+@pytest.mark.parametrize("how", ["fired", "cancelled", "closed", "sleep"])
+def test_the_wheel_releases_every_object_it_held(how: str) -> None:
+    import erlang_asyncio
+
+    def futures() -> int:
+        return sum(isinstance(o, asyncio.Future) for o in gc.get_objects())
+
+    loop = ErlangEventLoop()
+    gc.collect()
+    before = futures()
+    refs: list[weakref.ref[Any]] = []
+    if how == "sleep":
+
+        async def sleepers() -> None:
+            await asyncio.gather(*(erlang_asyncio.sleep(0.001) for _ in range(100)))
+
+        loop.run_until_complete(sleepers())
+    else:
+        delay = 0 if how == "fired" else 3600
+        timers = [loop.call_later(delay, id, None) for _ in range(100)]
+        refs = [weakref.ref(timer) for timer in timers]
+        if how == "fired":
+            loop.run_until_complete(asyncio.sleep(0.01))
+        elif how == "cancelled":
+            for timer in timers:
+                timer.cancel()
+            del timer
+        del timers
+    loop.close()
+    gc.collect()
+    assert [ref for ref in refs if ref() is not None] == []
+    assert futures() == before

@@ -1,0 +1,279 @@
+//! `_erlang_loop.timer_handle_base()`: the native base of the loop's timer
+//! handle class, `asyncio.TimerHandle` plus two fields stored in the
+//! instance itself: the wheel key and `when` as a C double.
+//!
+//! As `__slots__`, each would point at an object of its own: an `int` key
+//! and a `float` when, 32 bytes each on the heap and two allocations per
+//! timer. Inline they cost nothing: asyncio's `TimerHandle` is 96 bytes,
+//! plus 16 here fills the 128-byte allocation the instance takes anyway.
+//! `_key` and `_when` stay attributes (get-set descriptors that shadow
+//! `TimerHandle`'s `_when` slot), so asyncio's Python methods (`when()`,
+//! the comparisons, `repr`) work unchanged. A `when` that is not a float
+//! (`call_at(10)`) is also kept in `TimerHandle`'s own `_when` slot, so that
+//! `when()` returns it as given, as asyncio does; floats, what `call_later`
+//! and `sleep` make, cost no object.
+
+use std::ffi::{c_int, c_void, CStr};
+use std::ptr::null_mut;
+
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyFloat, PyType};
+
+use super::handles::Slot;
+
+/// The fields this class adds after `TimerHandle`'s.
+#[repr(C)]
+pub(crate) struct TimerFields {
+    /// The timer's wheel key while it is scheduled; 0 (never a valid key:
+    /// generations start at 1) when it has none.
+    pub(crate) key: u64,
+    /// `when`, in loop seconds.
+    pub(crate) when: f64,
+}
+
+/// The class and where its fields start in an instance.
+struct Base {
+    class: Py<PyType>,
+    offset: isize,
+    /// `TimerHandle`'s `_when` slot: a `when` given as another type than
+    /// `float`, kept as given; null otherwise.
+    kept_when: Slot,
+}
+
+static BASE: PyOnceLock<Base> = PyOnceLock::new();
+
+/// `_erlang_loop.timer_handle_base()`: the class (made once).
+#[pyfunction]
+pub fn timer_handle_base(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
+    base(py).map(|base| base.class.bind(py).clone())
+}
+
+fn base(py: Python<'_>) -> PyResult<&Base> {
+    BASE.get_or_try_init(py, || make_base(py))
+}
+
+fn make_base(py: Python<'_>) -> PyResult<Base> {
+    let timer_handle = py
+        .import("asyncio.events")?
+        .getattr("TimerHandle")?
+        .cast_into::<PyType>()?;
+    // SAFETY: a live type object.
+    let base_size = unsafe { (*timer_handle.as_type_ptr()).tp_basicsize };
+    let align = std::mem::align_of::<TimerFields>() as isize;
+    let offset = (base_size + align - 1) / align * align;
+    let size = offset + std::mem::size_of::<TimerFields>() as isize;
+    // The spec and getset table must outlive the class: leaked once.
+    let getset: &'static mut [ffi::PyGetSetDef; 3] = Box::leak(Box::new([
+        getset_def(
+            c"_key",
+            get_key,
+            set_key,
+            c"The wheel key while scheduled, else None.",
+        ),
+        getset_def(
+            c"_when",
+            get_when,
+            set_when,
+            c"When the timer is due, in loop seconds.",
+        ),
+        // SAFETY: an all-null PyGetSetDef ends the table.
+        unsafe { std::mem::zeroed() },
+    ]));
+    let slots: &'static mut [ffi::PyType_Slot; 3] = Box::leak(Box::new([
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_getset,
+            pfunc: getset.as_mut_ptr().cast(),
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_doc,
+            pfunc: c"asyncio.TimerHandle with its wheel key and when stored inline."
+                .as_ptr()
+                .cast_mut()
+                .cast(),
+        },
+        ffi::PyType_Slot {
+            slot: 0,
+            pfunc: null_mut(),
+        },
+    ]));
+    let spec: &'static mut ffi::PyType_Spec = Box::leak(Box::new(ffi::PyType_Spec {
+        name: c"_erlang_loop.TimerHandleBase".as_ptr(),
+        basicsize: c_int::try_from(size)
+            .map_err(|_| PyTypeError::new_err("TimerHandle too big"))?,
+        itemsize: 0,
+        // No GC flag of its own: it inherits TimerHandle's (and its
+        // traverse, clear and dealloc, which walk the slots of the bases).
+        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_BASETYPE) as _,
+        slots: slots.as_mut_ptr(),
+    }));
+    let bases = pyo3::types::PyTuple::new(py, [&timer_handle])?;
+    // SAFETY: a valid spec that lives forever; `bases` a tuple of types.
+    let class = unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyType_FromSpecWithBases(spec, bases.as_ptr()))?
+    }
+    .cast_into::<PyType>()?;
+    Ok(Base {
+        class: class.unbind(),
+        offset,
+        kept_when: Slot::find(&timer_handle, "_when")?,
+    })
+}
+
+type Getter = unsafe extern "C" fn(*mut ffi::PyObject, *mut c_void) -> *mut ffi::PyObject;
+type Setter = unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut c_void) -> c_int;
+
+fn getset_def(
+    name: &'static CStr,
+    get: Getter,
+    set: Setter,
+    doc: &'static CStr,
+) -> ffi::PyGetSetDef {
+    ffi::PyGetSetDef {
+        name: name.as_ptr(),
+        get: Some(get),
+        set: Some(set),
+        doc: doc.as_ptr(),
+        closure: null_mut(),
+    }
+}
+
+fn existing_base() -> &'static Base {
+    // SAFETY: only called with the GIL held (getset functions, handle code).
+    match BASE.get(unsafe { Python::assume_attached() }) {
+        Some(base) => base,
+        None => unreachable!("an instance of TimerHandleBase before the class"),
+    }
+}
+
+/// Sets `when` of a new instance: `seconds`, and `when` itself unless it
+/// is a float.
+///
+/// # Safety
+/// `object` is a new instance of the class, its `_when` slot still null.
+pub(crate) unsafe fn init_when(object: *mut ffi::PyObject, when: &Bound<'_, PyAny>, seconds: f64) {
+    // SAFETY: by the contract.
+    unsafe {
+        fields(object).when = seconds;
+        if ffi::PyFloat_CheckExact(when.as_ptr()) == 0 {
+            existing_base()
+                .kept_when
+                .init(object, when.clone().into_ptr());
+        }
+    }
+}
+
+/// The fields of an instance of the class (or a subclass).
+///
+/// # Safety
+/// `object` is a live instance of the class made here, which exists.
+pub(crate) unsafe fn fields<'a>(object: *mut ffi::PyObject) -> &'a mut TimerFields {
+    let offset = existing_base().offset;
+    // SAFETY: instances of the class are at least `offset` + the fields'
+    // size long; the fields are plain data, zeroed at allocation.
+    unsafe { &mut *((object as *mut u8).offset(offset) as *mut TimerFields) }
+}
+
+fn cannot_delete(name: &CStr) -> c_int {
+    let message = format!("cannot delete {}", name.to_string_lossy());
+    // SAFETY: called from a setter, with the GIL held.
+    PyTypeError::new_err(message).restore(unsafe { Python::assume_attached() });
+    -1
+}
+
+// The getset functions: CPython checks `object`'s type before calling them.
+
+unsafe extern "C" fn get_key(object: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: an instance of the class (the descriptor checked it).
+    match unsafe { fields(object) }.key {
+        // SAFETY: the GIL is held.
+        0 => unsafe { ffi::Py_NewRef(ffi::Py_None()) },
+        // SAFETY: as above.
+        key => unsafe { ffi::PyLong_FromUnsignedLongLong(key) },
+    }
+}
+
+unsafe extern "C" fn set_key(
+    object: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    _: *mut c_void,
+) -> c_int {
+    if value.is_null() {
+        return cannot_delete(c"_key");
+    }
+    // SAFETY: `value` is a live object; the GIL is held.
+    let key = if unsafe { ffi::Py_IsNone(value) } != 0 {
+        0
+    } else {
+        // SAFETY: as above; an error is left set for the caller.
+        let key = unsafe { ffi::PyLong_AsUnsignedLongLong(value) };
+        // SAFETY: as above.
+        if key == u64::MAX && unsafe { !ffi::PyErr_Occurred().is_null() } {
+            return -1;
+        }
+        key
+    };
+    // SAFETY: an instance of the class.
+    unsafe { fields(object) }.key = key;
+    0
+}
+
+unsafe extern "C" fn get_when(object: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: an instance of the class; the GIL is held.
+    unsafe {
+        let kept = existing_base().kept_when.get(object);
+        if kept.is_null() {
+            ffi::PyFloat_FromDouble(fields(object).when)
+        } else {
+            ffi::Py_NewRef(kept)
+        }
+    }
+}
+
+unsafe extern "C" fn set_when(
+    object: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    _: *mut c_void,
+) -> c_int {
+    if value.is_null() {
+        return cannot_delete(c"_when");
+    }
+    // SAFETY: the GIL is held; `value` is a live object.
+    let py = unsafe { Python::assume_attached() };
+    let value = unsafe { Bound::from_borrowed_ptr(py, value) };
+    match seconds(&value) {
+        Ok(when) => {
+            let kept = if value.is_exact_instance_of::<PyFloat>() {
+                null_mut()
+            } else {
+                value.clone().into_ptr()
+            };
+            // SAFETY: an instance of the class; `set` releases what the
+            // slot held.
+            unsafe {
+                fields(object).when = when;
+                existing_base().kept_when.set(object, kept);
+            }
+            0
+        }
+        Err(error) => {
+            error.restore(py);
+            -1
+        }
+    }
+}
+
+/// `when` as a double: anything `float()` takes; integers too large for a
+/// float are +-infinity (asyncio keeps them as given; they sort the same).
+fn seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    match value.extract::<f64>() {
+        Err(error) if error.is_instance_of::<PyOverflowError>(value.py()) => Ok(if value.gt(0)? {
+            f64::INFINITY
+        } else {
+            f64::NEG_INFINITY
+        }),
+        when => when,
+    }
+}
