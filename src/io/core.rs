@@ -131,7 +131,7 @@ impl LoopCore {
         state.check_open()?;
         let key = state.wheel.insert(deadline_ns, id).to_u64();
         state.stats.timers_inserted += 1;
-        let wake = state.arm_timer(now_monotonic_ns());
+        let wake = state.arm_timer(now_monotonic_ns);
         Ok((key, wake))
     }
 
@@ -198,7 +198,7 @@ impl LoopCore {
         } else {
             self.notify(&state);
         }
-        state.arm_timer(now)
+        state.arm_timer(|| now)
     }
 
     // ---- fds ----
@@ -288,7 +288,7 @@ impl LoopCore {
                 wake = wake.merge(state.owe_selects(Some(request)));
             }
         }
-        wake.merge(state.arm_timer(now))
+        wake.merge(state.arm_timer(|| now))
     }
 
     /// Waits until an event is queued, a wake-up is requested, or `timeout`
@@ -443,7 +443,7 @@ impl LoopCore {
         state.server_down = false;
         state.armed_deadline = None;
         self.ready.notify_all();
-        let mut wake = state.arm_timer(now_monotonic_ns());
+        let mut wake = state.arm_timer(now_monotonic_ns);
         if !state.selects.is_empty() {
             state.selects_signalled = true;
             wake.apply_selects = true;
@@ -532,7 +532,9 @@ impl State {
 
     /// Arms the Erlang timer when the earliest deadline is earlier than the
     /// armed one (LESSONS 12: only real deadlines, never a periodic tick).
-    fn arm_timer(&mut self, now: u64) -> Wake {
+    /// `now` is read only when a timer is armed: most inserts arm nothing,
+    /// and a clock read is a good part of an insert.
+    fn arm_timer(&mut self, now: impl FnOnce() -> u64) -> Wake {
         if !self.served || self.closed {
             return Wake::default();
         }
@@ -545,7 +547,7 @@ impl State {
         self.armed_deadline = Some(next);
         self.stats.timer_arms += 1;
         Wake {
-            arm_timer_ms: Some(delay_ms(next, now)),
+            arm_timer_ms: Some(delay_ms(next, now())),
             ..Wake::default()
         }
     }

@@ -361,6 +361,14 @@ impl HandleKinds {
             .is_truthy()
     }
 
+    /// Is this one of our handles, cancelled? (False when unsure: a class
+    /// of someone else's, a flag that is not a bool; running it decides.)
+    pub fn surely_cancelled(&self, handle: &Bound<'_, PyAny>) -> bool {
+        // SAFETY: `handle` is exactly a class the slot was found on.
+        self.is_stock(handle)
+            && unsafe { self.cancelled.get(handle.as_ptr()) } == unsafe { ffi::Py_True() }
+    }
+
     /// `handle._cancelled = True`.
     pub fn set_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         if self.is_stock(handle) {

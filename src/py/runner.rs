@@ -224,28 +224,34 @@ impl LoopRunner {
         let py = slf.py();
         // Every item is taken back before any Python runs, so that an error
         // leaks none of them.
-        let mut due: Vec<(u64, f64, Item)> = timers
+        let mut due: Vec<(u64, Item)> = timers
             .iter()
-            .map(|event| {
-                // SAFETY: each fired id is handed out once, by the wait that
-                // drained it from the loop.
-                let item = unsafe { Item::from_id(py, event.id) };
-                let when = match &item {
-                    Item::Handle(held) => kinds().float_when(held.handle.bind(py)),
-                    Item::Future(_) => f64::NEG_INFINITY,
-                };
-                (event.deadline, when, item)
-            })
+            // SAFETY: each fired id is handed out once, by the wait that
+            // drained it from the loop.
+            .map(|event| (event.deadline, unsafe { Item::from_id(py, event.id) }))
             .collect();
-        // The wheel's nanoseconds, then the handles' own float `when` (two
-        // may share a nanosecond). A stable sort: what is still equal keeps
-        // the wheel's (insertion) order.
-        due.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        // The wheel's nanoseconds, then (read only then: each read is a
+        // cache miss on a handle) the handles' own float `when`, as two may
+        // share a nanosecond. A stable sort: what is still equal keeps the
+        // wheel's (insertion) order. The batch usually comes sorted.
+        let float_when = |item: &Item| match item {
+            Item::Handle(held) => kinds().float_when(held.handle.bind(py)),
+            Item::Future(_) => f64::NEG_INFINITY,
+        };
+        due.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| float_when(&a.1).total_cmp(&float_when(&b.1)))
+        });
         // Every fired timer is handled even if one future fails: the wheel
         // has let go of them all. The first error is raised at the end.
         let mut first_error = None;
-        for (_, _, item) in due {
+        for (_, item) in due {
             match item {
+                // Cancelled after it fired, before the loop took it: it
+                // would only be skipped by `run_ready`.
+                Item::Handle(held) if kinds().surely_cancelled(held.handle.bind(py)) => {
+                    held.release(py);
+                }
                 Item::Handle(held) => {
                     kinds().mark_fired(held.handle.bind(py));
                     slf.borrow_mut().ready.push_back(held);
@@ -682,9 +688,16 @@ impl LoopRunner {
         for held in &self.ready {
             held.visit(&visit)?;
         }
+        // While the loop runs, the handles it made are out of the GC: they
+        // are skipped without a look (a look is a cache miss per pending
+        // timer, and a full collection while a million are pending costs
+        // that many). One back under the GC since (the loop stopped and ran
+        // again) is skipped too, which only keeps it alive: the loop, on its
+        // thread's stack, is not garbage anyway.
+        let running = self.running;
         let mut visited = Ok(());
         self.native.get().for_each_timer_id(|id| {
-            if visited.is_ok() {
+            if visited.is_ok() && !(running && Item::is_ours(id)) {
                 // SAFETY: a live id, under the loop's lock.
                 visited = unsafe { Item::visit_id(id, &visit) };
             }

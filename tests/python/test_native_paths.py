@@ -957,3 +957,21 @@ def test_the_wheel_releases_every_object_it_held(how: str) -> None:
     gc.collect()
     assert [ref for ref in refs if ref() is not None] == []
     assert futures() == before
+
+
+def test_a_timer_cancelled_after_it_fired_but_before_the_loop_took_it() -> None:
+    loop = ErlangEventLoop()
+    ran: list[int] = []
+    holder = _Holder()
+    holder.handle = loop.call_at(0, ran.append, 1)  # due: the Erlang tick fires it
+    deadline = time.monotonic() + 10
+    while loop._native.stats()["pending"] == 0:
+        assert time.monotonic() < deadline, "the tick never fired the timer"
+        time.sleep(0.001)
+    holder.handle.cancel()
+    ref = weakref.ref(holder.handle)
+    del holder.handle
+    loop.run_until_complete(asyncio.sleep(0))
+    assert ran == [] and ref() is None
+    assert loop._runner.scheduled() == (0, 0)
+    loop.close()
