@@ -108,13 +108,13 @@ loop_stats(_Loop) -> ?NOT_LOADED.
 -spec add_reader(loop_ref(), integer(), callback_id()) -> {ok, fd_ref()} | {error, term()}.
 add_reader(_Loop, _Fd, _CallbackId) -> ?NOT_LOADED.
 
--spec remove_reader(loop_ref(), fd_ref()) -> ok | {error, not_found | closed}.
+-spec remove_reader(loop_ref(), fd_ref()) -> ok | {error, not_found | closed | python_loop}.
 remove_reader(_Loop, _FdRef) -> ?NOT_LOADED.
 
 -spec add_writer(loop_ref(), integer(), callback_id()) -> {ok, fd_ref()} | {error, term()}.
 add_writer(_Loop, _Fd, _CallbackId) -> ?NOT_LOADED.
 
--spec remove_writer(loop_ref(), fd_ref()) -> ok | {error, not_found | closed}.
+-spec remove_writer(loop_ref(), fd_ref()) -> ok | {error, not_found | closed | python_loop}.
 remove_writer(_Loop, _FdRef) -> ?NOT_LOADED.
 
 -spec call_later(loop_ref(), non_neg_integer(), callback_id()) ->

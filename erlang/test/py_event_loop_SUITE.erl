@@ -755,7 +755,7 @@ _loop_thread.start()
                                      " l.close())[0])(erlang_loop.ErlangEventLoop(isolated=True))">>)).
 
 %% A Python loop's timers stand for Python objects its runner owns: the
-%% low-level timer and queue calls refuse its LoopRef (obtained here from its
+%% low-level timer, fd, poll and queue calls refuse its LoopRef (obtained here from its
 %% worker's state, as a curious user could), and the loop keeps working.
 -spec python_loop_refuses_low_level_timers(ct_suite:ct_config()) -> term().
 python_loop_refuses_low_level_timers(_Config) ->
@@ -770,6 +770,13 @@ _refusing_timer = _refusing.call_later(3600, print)
     [{loop, Loop, _}] = maps:values(Loops),
     ?assertEqual({error, python_loop}, py_nif:call_later(Loop, 0, 7)),
     ?assertEqual({error, python_loop}, py_nif:get_pending(Loop)),
+    ?assertEqual({error, python_loop}, py_nif:poll_events(Loop, 0)),
+    {ok, S} = gen_udp:open(0),
+    {ok, Fd} = inet:getfd(S),
+    ?assertEqual({error, python_loop}, py_nif:add_reader(Loop, Fd, 1)),
+    ?assertEqual({error, python_loop}, py_nif:add_writer(Loop, Fd, 1)),
+    ?assertEqual({error, python_loop}, py_nif:remove_reader(Loop, {Fd, 1})),
+    ok = gen_udp:close(S),
     [?assertEqual({error, python_loop}, py_nif:cancel_timer(Loop, Key))
      || Key <- [0, 1 bsl 32, 16#FFFFFFFFFFFFFFFF]],
     ?assertEqual({ok, 42},

@@ -129,9 +129,10 @@ pub struct LoopResource {
     core: Arc<LoopCore>,
     host: Arc<NifHost>,
     /// Made for a Python `ErlangEventLoop`: its timer ids stand for Python
-    /// objects its runner owns, so the low-level timer and queue calls
-    /// refuse it (`{error, python_loop}`): an Erlang id in its wheel, or a
-    /// Python id taken by Erlang, would break that ownership.
+    /// objects its runner owns, so the low-level API's timer, fd, poll and
+    /// queue calls refuse it (`{error, python_loop}`): an Erlang id in its
+    /// wheel, a Python id taken by Erlang, an Erlang fd interest or poll
+    /// (which eats its wake-ups) would break the Python loop.
     python: bool,
 }
 
@@ -168,14 +169,21 @@ impl LoopResource {
         Ok(LoopResource { core, host, python })
     }
 
-    /// The core, for the low-level timer and queue calls: not a Python
-    /// loop's (see `python`).
+    /// The core, for the low-level API's calls: not a Python loop's (see
+    /// `python`).
     fn erlang_owned(&self) -> Result<&LoopCore, Atom> {
         if self.python {
             Err(python_loop())
         } else {
             Ok(&self.core)
         }
+    }
+
+    /// `open` and `erlang_owned`: the core for the low-level API's fd,
+    /// poll and queue calls.
+    fn open_erlang_owned(&self) -> Result<&LoopCore, Atom> {
+        self.erlang_owned()?;
+        self.open()
     }
 
     fn open(&self) -> Result<&LoopCore, Atom> {
@@ -387,7 +395,7 @@ fn add_interest<'a>(
     kind: EventKind,
     callback_id: u64,
 ) -> Term<'a> {
-    let core = match resource.open() {
+    let core = match resource.open_erlang_owned() {
         Ok(core) => core,
         Err(reason) => return error(env, reason),
     };
@@ -411,7 +419,7 @@ fn remove_interest<'a>(
     kind: EventKind,
 ) -> NifResult<Term<'a>> {
     let (fd, token): (RawFd, u64) = fd_ref.decode()?;
-    let core = match resource.open() {
+    let core = match resource.open_erlang_owned() {
         Ok(core) => core,
         Err(reason) => return Ok(error(env, reason)),
     };
@@ -508,7 +516,7 @@ fn cancel_timer<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, key: u64)
 /// `TimeoutMs` for events, returns at once when one is queued.
 #[rustler::nif(schedule = "DirtyIo")]
 fn poll_events<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, timeout_ms: u64) -> Term<'a> {
-    if let Err(reason) = resource.open() {
+    if let Err(reason) = resource.open_erlang_owned() {
         return error(env, reason);
     }
     deliver_from_nif(env, &resource, resource.core.prepare_wait());
@@ -529,7 +537,7 @@ fn event_loop_wakeup(resource: ResourceArc<LoopResource>) -> Atom {
 /// first; drains the queue.
 #[rustler::nif]
 fn get_pending<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
-    let core = match resource.open().and_then(|_| resource.erlang_owned()) {
+    let core = match resource.open_erlang_owned() {
         Ok(core) => core,
         Err(reason) => return error(env, reason),
     };

@@ -42,6 +42,18 @@ class _ErlangTimerHandle(_erlang_loop.timer_handle_base()):  # type: ignore[misc
 
     _key: int | None
 
+    def __getstate__(self) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        # What object.__getstate__ gives for asyncio's slotted handles (it
+        # refuses a class with native fields): a copy is asyncio's. The
+        # wheel key is not copied: the copy is not in the wheel.
+        slots: dict[str, Any] = {}
+        for cls in type(self).__mro__:
+            names = cls.__dict__.get("__slots__", ())
+            for name in (names,) if isinstance(names, str) else names:
+                if name not in ("__dict__", "__weakref__") and hasattr(self, name):
+                    slots[name] = getattr(self, name)
+        return getattr(self, "__dict__", None) or None, slots
+
 
 for _name, _method in _erlang_loop.timer_handle_methods(_ErlangTimerHandle).items():
     setattr(_ErlangTimerHandle, _name, _method)

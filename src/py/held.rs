@@ -142,11 +142,6 @@ impl Item {
         }
     }
 
-    /// Is a live id a handle the runner took out of the GC?
-    pub(crate) fn is_ours(id: u64) -> bool {
-        id & OURS != 0
-    }
-
     /// Is a live id a future's?
     pub(crate) fn is_future(id: u64) -> bool {
         id & FUTURE != 0

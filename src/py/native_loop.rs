@@ -5,6 +5,7 @@
 
 use std::any::Any;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ pub struct NativeLoop {
     /// loop's runner: their ids stand for objects it owns and never reach
     /// Python.
     fired: Mutex<Vec<Event>>,
+    /// A `LoopRunner` owns the loop's timers: at most one may ever.
+    claimed: AtomicBool,
 }
 
 impl NativeLoop {
@@ -65,7 +68,14 @@ impl NativeLoop {
             loop_id,
             isolated,
             fired: Mutex::new(Vec::new()),
+            claimed: AtomicBool::new(false),
         }
+    }
+
+    /// Makes the caller the owner of the loop's timers; false if the loop
+    /// already has one (each would take the other's).
+    pub(crate) fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
     }
 
     fn fired(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {

@@ -250,6 +250,7 @@ impl LoopRunner {
                 // Cancelled after it fired, before the loop took it: it
                 // would only be skipped by `run_ready`.
                 Item::Handle(held) if kinds().surely_cancelled(held.handle.bind(py)) => {
+                    kinds().mark_fired(held.handle.bind(py));
                     held.release(py);
                 }
                 Item::Handle(held) => {
@@ -341,6 +342,11 @@ impl LoopRunner {
         if !kinds().same_classes(handle_class, timer_class) {
             return Err(PyTypeError::new_err(
                 "every LoopRunner must use the same handle classes",
+            ));
+        }
+        if !native.get().claim() {
+            return Err(PyRuntimeError::new_err(
+                "this NativeLoop already has a LoopRunner",
             ));
         }
         Ok(LoopRunner {
@@ -688,16 +694,19 @@ impl LoopRunner {
         for held in &self.ready {
             held.visit(&visit)?;
         }
-        // While the loop runs, the handles it made are out of the GC: they
-        // are skipped without a look (a look is a cache miss per pending
-        // timer, and a full collection while a million are pending costs
-        // that many). One back under the GC since (the loop stopped and ran
-        // again) is skipped too, which only keeps it alive: the loop, on its
-        // thread's stack, is not garbage anyway.
-        let running = self.running;
+        // While the loop runs, its timers are not walked: most are handles
+        // it made, out of the GC anyway, and the walk holds the loop's lock,
+        // which the Erlang scheduler ticking the loop would wait for (a
+        // million pending timers: milliseconds). Not reporting an object
+        // only keeps it alive, and the loop, on its thread's stack, is not
+        // garbage anyway; what is in a cycle through a timer is collected
+        // once the loop stops.
+        if self.running {
+            return Ok(());
+        }
         let mut visited = Ok(());
         self.native.get().for_each_timer_id(|id| {
-            if visited.is_ok() && !(running && Item::is_ours(id)) {
+            if visited.is_ok() {
                 // SAFETY: a live id, under the loop's lock.
                 visited = unsafe { Item::visit_id(id, &visit) };
             }

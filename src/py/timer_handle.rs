@@ -265,15 +265,19 @@ unsafe extern "C" fn set_when(
     }
 }
 
-/// `when` as a double: anything `float()` takes; integers too large for a
-/// float are +-infinity (asyncio keeps them as given; they sort the same).
+/// `when` as a double, for the loop's ordering of timers due in the same
+/// nanosecond: anything `float()` takes; integers too large for a float are
+/// +-infinity; NaN for the rest (asyncio's slot takes any object, and so
+/// does this attribute: `when()` returns it as given).
 fn seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
     match value.extract::<f64>() {
+        Ok(when) => Ok(when),
         Err(error) if error.is_instance_of::<PyOverflowError>(value.py()) => Ok(if value.gt(0)? {
             f64::INFINITY
         } else {
             f64::NEG_INFINITY
         }),
-        when => when,
+        Err(error) if error.is_instance_of::<PyTypeError>(value.py()) => Ok(f64::NAN),
+        Err(error) => Err(error),
     }
 }
