@@ -72,6 +72,12 @@ impl DueQueue {
         self.keys.get(self.head).map(|key| key.deadline)
     }
 
+    /// True when no live entry is queued.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head == self.keys.len()
+    }
+
     /// Whether the first entry is due at `now`.
     #[inline]
     pub(crate) fn head_due(&self, now: u64) -> bool {
@@ -137,6 +143,10 @@ impl DueQueue {
     /// so this is usually one pass.
     #[inline]
     pub(crate) fn end_run<T>(&mut self, start: usize, slab: &Slab<T>) {
+        // A sparse tick's run is one key: in order, without a call.
+        if self.keys.len() - start <= 1 {
+            return;
+        }
         sort_run(&mut self.keys[start..], &mut self.scratch, |index| {
             slab.entry(index).seq
         });
