@@ -573,6 +573,8 @@ impl<T> Wheel<T> {
                 );
                 self.queue_due(index);
             }
+        } else if exp.level == 1 {
+            self.cascade_to_level_0(exp, list);
         } else {
             self.cascade(exp, list);
         }
@@ -625,6 +627,40 @@ impl<T> Wheel<T> {
             }
         }
         self.occupied_levels |= occupied;
+        self.stats.cascaded += moved;
+    }
+
+    /// `cascade` of a level-1 slot, the most frequent one. Its entries share
+    /// every digit but the last with the slot's first tick, `elapsed`: each
+    /// lands in the level-0 slot of its last digit, or in the due queue's run
+    /// when that digit is `elapsed`'s. Without the level arithmetic, and with
+    /// the level known, this is about half the work of `cascade` per entry.
+    fn cascade_to_level_0(&mut self, exp: Expiration, list: List) {
+        let elapsed = self.elapsed;
+        debug_assert!(
+            exp.level == 1 && elapsed & SLOT_MASK == 0,
+            "{exp:?} at {elapsed}"
+        );
+        let mut moved = 0u64;
+        let mut drain = list.drain();
+        while let Some(index) = drain.next(&self.slab) {
+            moved += 1;
+            let deadline = self.slab.entry(index).deadline;
+            let when = self.resolution.tick_of(deadline);
+            debug_assert!(
+                (elapsed..elapsed + level::SLOTS as u64).contains(&when),
+                "entry {index} (tick {when}) in {exp:?} outside the slot (elapsed {elapsed})"
+            );
+            if when > elapsed {
+                let slot = level::slot_for(when, 0);
+                self.levels[0].push(&mut self.slab, slot, index, deadline);
+            } else {
+                self.queue_due(index);
+            }
+        }
+        if !self.levels[0].is_empty() {
+            self.occupied_levels |= 1;
+        }
         self.stats.cascaded += moved;
     }
 
