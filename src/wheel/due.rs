@@ -108,12 +108,26 @@ impl DueQueue {
                 return None;
             }
             self.head += 1;
-            if slab.holds(key.index, key.generation, key.deadline) {
+            if self.is_live(slab, key) {
                 return Some(key.index);
             }
             self.dead = self.dead.saturating_sub(1);
         }
         None
+    }
+
+    /// Whether `key` names a live entry rather than a tombstone. Every
+    /// tombstone was counted in `dead` when its entry was cancelled, and
+    /// `dead` only drops when one is passed or compacted away, so with
+    /// `dead` at 0 every queued key is live and the slab need not be read.
+    #[inline(always)]
+    fn is_live<T>(&self, slab: &Slab<T>, key: &DueKey) -> bool {
+        let live = self.dead == 0 || slab.holds(key.index, key.generation, key.deadline);
+        debug_assert!(
+            !live || slab.holds(key.index, key.generation, key.deadline),
+            "{key:?} is a tombstone yet no tombstone is counted"
+        );
+        live
     }
 
     /// Restores the invariant that `head` is on a live entry (so
@@ -193,7 +207,7 @@ impl DueQueue {
     #[inline]
     fn skip_dead<T>(&mut self, slab: &Slab<T>) {
         while let Some(key) = self.keys.get(self.head) {
-            if slab.holds(key.index, key.generation, key.deadline) {
+            if self.is_live(slab, key) {
                 return;
             }
             self.head += 1;
