@@ -14,6 +14,13 @@
 //! queue while the head is due, so a timer never fires before its deadline,
 //! equal deadlines fire FIFO, and deadlines inside one tick keep their order.
 //!
+//! A slot of level 1 or 2 (64 or 4096 ticks) is not cascaded when the wheel
+//! reaches it, unless it lies inside a range already sorted: all its entries
+//! are bucket-sorted at once into a second queue, *ahead*, in the same order
+//! as the due queue but mostly of ticks still to come. `advance` pops the two
+//! merged. A timer then costs one sort instead of a cascade per level on its
+//! way down and a pass through level 0.
+//!
 //! Files, one idea each: `level.rs` one level and its occupancy bitmap,
 //! `due.rs` the sorted due queue, `overflow.rs` far and `NEVER` deadlines,
 //! `list.rs` the index-linked FIFO lists, `entry.rs` and `slab.rs` the entry
@@ -36,7 +43,7 @@ use std::fmt;
 pub use clock::now_monotonic_ns;
 pub use slab::TimerKey;
 
-use due::{DueKey, DueQueue};
+use due::{fires_before, DueKey, DueQueue};
 use entry::{Entry, Location};
 use level::{Expiration, Level, SLOT_BITS, SLOT_MASK};
 use list::List;
@@ -63,6 +70,12 @@ pub const MIN_TICK_NS: u64 = 100_000;
 
 /// Coarsest accepted resolution: 100 ms.
 pub const MAX_TICK_NS: u64 = 100_000_000;
+
+/// The highest level whose slots are sorted into the `ahead` queue when the
+/// wheel reaches them, instead of being cascaded. A level-2 slot spans 4096
+/// ticks (4 s at 1 ms); a slot of level 3 spans minutes to hours, whose
+/// timers would all wait in that queue, 16 bytes more each, sorted at once.
+const AHEAD_LEVELS: usize = 2;
 
 /// A higher-level slot with at most this many entries is "sparse": when its
 /// tracked minimum was invalidated by a cancel, `next_deadline` reads the
@@ -134,8 +147,8 @@ impl std::error::Error for WheelError {}
 /// `Send` when `T` is, but not `Sync`: `next_deadline` takes `&self` and
 /// updates a cache and a counter through `Cell`s.
 ///
-/// Invariant: every live entry with a tick `<= elapsed` is in `due`; every
-/// other one is in a level slot or in `overflow`.
+/// Invariant: every live entry with a tick `<= elapsed` is in `due` or
+/// `ahead`; every other one is in `ahead`, a level slot or `overflow`.
 #[derive(Debug)]
 pub struct Wheel<T> {
     /// Nanoseconds per tick, with its reciprocal for fast division. Every
@@ -161,6 +174,15 @@ pub struct Wheel<T> {
 
     /// Entries whose tick has been reached, in firing order.
     due: DueQueue,
+
+    /// Entries of whole level-1 and level-2 slots, sorted into firing order
+    /// when the wheel reached their slot: mostly of ticks still to come.
+    /// One bucket sort of a slot replaces the one or two cascades, and the
+    /// level-0 pass, each of its entries would take on its way down, most of
+    /// the cost of a sparse timer. `advance` fires from `due` and `ahead`
+    /// merged; a slot is sorted in only while it comes after everything
+    /// already here, so the queue stays in order.
+    ahead: DueQueue,
 
     /// Deadlines beyond the top level, and `NEVER`.
     overflow: Overflow,
@@ -219,6 +241,7 @@ impl<T> Wheel<T> {
             levels: Box::new(std::array::from_fn(Level::new)),
             occupied_levels: 0,
             due: DueQueue::default(),
+            ahead: DueQueue::default(),
             overflow: Overflow::new(),
             slab: Slab::new(),
             next_seq: 0,
@@ -305,11 +328,14 @@ impl<T> Wheel<T> {
     #[inline(never)]
     fn cancel_outside_levels(&mut self, index: u32, location: Location) -> T {
         match location {
-            Location::Due => {
+            Location::Due | Location::Ahead => {
                 // Frees the slot first: that is what turns the queue's copy
                 // of the key into a tombstone.
                 let entry = self.slab.remove(index);
-                self.due.cancelled(&self.slab);
+                match location {
+                    Location::Due => self.due.cancelled(&self.slab),
+                    _ => self.ahead.cancelled(&self.slab),
+                }
                 entry.value
             }
             Location::Far | Location::Never => {
@@ -333,7 +359,7 @@ impl<T> Wheel<T> {
     /// When to call `advance` next; `None` when no timer can ever fire.
     ///
     /// Exact (the earliest deadline of all timers) when that timer is due,
-    /// on level 0, or in the far overflow list. In a higher slot it is exact
+    /// in the ahead queue, on level 0, or in the far overflow list. In a higher slot it is exact
     /// too while the slot's tracked minimum is valid (no cancel has removed
     /// the slot's earliest entry since it filled) or the slot is sparse (at
     /// most 8 entries, read directly). Otherwise it is the first instant of
@@ -363,10 +389,10 @@ impl<T> Wheel<T> {
         self.now = now;
         let target = self.resolution.tick_of(now);
         let armed = self.armed.replace(NEVER);
-        let (fired, more) = if target > self.elapsed || self.due.head_due(now) {
+        let (fired, more) = if target > self.elapsed || self.head_due(now) {
             self.next_cache_valid.set(false);
             let fired = self.fire(now, target, out, max);
-            (fired, self.due.head_due(now))
+            (fired, self.head_due(now))
         } else {
             // Same tick as before and the head of the due queue (the
             // earliest timer of the wheel) still ahead: nothing can be due,
@@ -392,7 +418,7 @@ impl<T> Wheel<T> {
         }
         let mut fired = 0;
         while fired < max {
-            let Some(index) = self.due.take_due(&self.slab, now) else {
+            let Some(index) = self.take_due(now) else {
                 break;
             };
             let entry = self.slab.remove(index);
@@ -409,8 +435,39 @@ impl<T> Wheel<T> {
             fired += 1;
         }
         self.due.settle(&self.slab);
+        self.ahead.settle(&self.slab);
         self.stats.fired += fired as u64;
         fired
+    }
+
+    /// Whether the first entry of `due` or `ahead` is due at `now`.
+    #[inline]
+    fn head_due(&self, now: u64) -> bool {
+        self.due.head_due(now) || self.ahead.head_due(now)
+    }
+
+    /// Pops the entry that fires first of `due` and `ahead`, if it is due at
+    /// `now`, and returns its slab index.
+    #[inline]
+    fn take_due(&mut self, now: u64) -> Option<u32> {
+        if self.ahead.is_empty() {
+            return self.due.take_due(&self.slab, now);
+        }
+        if self.due.is_empty() {
+            return self.ahead.take_due(&self.slab, now);
+        }
+        let from_ahead = match self.due.first_live(&self.slab) {
+            None => true,
+            Some(due) => self
+                .ahead
+                .first_live(&self.slab)
+                .is_some_and(|ahead| fires_before(&ahead, &due, &self.slab)),
+        };
+        if from_ahead {
+            self.ahead.take_due(&self.slab, now)
+        } else {
+            self.due.take_due(&self.slab, now)
+        }
     }
 
     /// The sparse fast path of `fire`: when nothing is queued as due and the
@@ -428,7 +485,11 @@ impl<T> Wheel<T> {
         out: &mut Vec<Expired<T>>,
         max: usize,
     ) -> bool {
-        if max == 0 || !self.due.is_empty() || self.occupied_levels & 1 == 0 {
+        if max == 0
+            || !self.due.is_empty()
+            || self.ahead.head_due(now)
+            || self.occupied_levels & 1 == 0
+        {
             return false;
         }
         // Level 0 holds the earliest entries of the levels. Its ticks share
@@ -468,9 +529,20 @@ impl<T> Wheel<T> {
 
     /// `next_deadline` without recording the answer.
     fn peek_next_deadline(&self) -> Option<u64> {
-        if let Some(deadline) = self.due.first_deadline() {
-            return Some(deadline);
+        let ahead = self.ahead.first_deadline();
+        // `due` is earlier than the levels and the overflow, not `ahead`.
+        let rest = match self.due.first_deadline() {
+            Some(deadline) => Some(deadline),
+            None => self.peek_wheel_deadline(),
+        };
+        match (ahead, rest) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
         }
+    }
+
+    /// `peek_next_deadline` of the levels and the overflow lists.
+    fn peek_wheel_deadline(&self) -> Option<u64> {
         if let Some(exp) = self.next_expiration() {
             if let Some(min) = self.levels[exp.level].slot_min(exp.slot) {
                 return Some(min);
@@ -547,8 +619,10 @@ impl<T> Wheel<T> {
         self.elapsed = self.elapsed.max(target);
     }
 
-    /// Empties one slot: a level-0 slot goes to the due queue, a higher one is
-    /// cascaded (each entry placed again from the slot's start tick).
+    /// Empties one slot: a level-0 slot goes to the due queue, one of level 1
+    /// or 2 is sorted into the ahead queue when it comes after everything
+    /// there, and any other is cascaded (each entry placed again from the
+    /// slot's start tick).
     fn process_slot(&mut self, exp: Expiration) {
         debug_assert!(
             exp.tick > self.elapsed,
@@ -559,6 +633,10 @@ impl<T> Wheel<T> {
         let list = self.levels[exp.level].take_slot(exp.slot);
         if self.levels[exp.level].is_empty() {
             self.occupied_levels &= !(1 << exp.level);
+        }
+        if exp.level != 0 && exp.level <= AHEAD_LEVELS && self.ahead_takes(exp.tick) {
+            self.sort_ahead(list);
+            return;
         }
         let run = self.due.run_start();
         if exp.level == 0 {
@@ -579,6 +657,36 @@ impl<T> Wheel<T> {
             self.cascade(exp, list);
         }
         self.due.end_run(run, &self.slab);
+    }
+
+    /// Whether a slot starting at tick `tick` can be sorted into `ahead`:
+    /// every entry there is earlier than every deadline of the tick (ahead
+    /// holds earlier slots, or a slot of the level above that is done, not
+    /// one whose range this slot is inside).
+    #[inline]
+    fn ahead_takes(&self, tick: u64) -> bool {
+        self.ahead
+            .last_deadline()
+            .is_none_or(|last| last < self.resolution.first_ns_of(tick))
+    }
+
+    /// Moves every entry of `list`, a higher-level slot just taken, into
+    /// `ahead` as one sorted run.
+    fn sort_ahead(&mut self, list: List) {
+        let mut moved = 0u64;
+        let mut drain = list.drain();
+        while let Some(index) = drain.next(&self.slab) {
+            moved += 1;
+            let entry = self.slab.entry_mut(index);
+            entry.location = Location::Ahead;
+            self.ahead.gather(DueKey {
+                deadline: entry.deadline,
+                index,
+                generation: entry.generation,
+            });
+        }
+        self.ahead.append_gathered(&self.slab);
+        self.stats.cascaded += moved;
     }
 
     /// Appends entry `index` to the current run of the due queue.
