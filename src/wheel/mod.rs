@@ -190,6 +190,13 @@ pub struct Wheel<T> {
     /// Storage of all entries; lists link them by slab index.
     slab: Slab<T>,
 
+    /// No slot or far migration is to be processed before this tick, so an
+    /// `advance` to an earlier one skips the walk of the levels. Set by that
+    /// walk; placing an entry in a level or the far list resets it to 0 (it
+    /// may be due sooner); a cancel leaves it, as being early only costs a
+    /// walk that finds nothing.
+    next_process_tick: u64,
+
     /// Insertion counter, stored in each entry to break deadline ties FIFO.
     next_seq: u64,
 
@@ -244,6 +251,7 @@ impl<T> Wheel<T> {
             ahead: DueQueue::default(),
             overflow: Overflow::new(),
             slab: Slab::new(),
+            next_process_tick: 0,
             next_seq: 0,
             armed: Cell::new(NEVER),
             next_cache: Cell::new(NEVER),
@@ -597,23 +605,24 @@ impl<T> Wheel<T> {
     /// `target`, then sets `elapsed` to it. Afterwards every entry with a
     /// tick `<= target` is in the due queue.
     fn process_until(&mut self, target: u64) {
-        loop {
-            let slot = self.next_expiration().filter(|exp| exp.tick <= target);
+        while self.next_process_tick <= target {
+            let slot = self.next_expiration();
             let migrate = self
                 .overflow
                 .far_min()
-                .map(|deadline| migration_tick(self.resolution.tick_of(deadline)))
-                .filter(|&tick| tick <= target);
+                .map(|deadline| migration_tick(self.resolution.tick_of(deadline)));
+            let slot_tick = slot.map_or(u64::MAX, |exp| exp.tick);
+            let migrate_tick = migrate.unwrap_or(u64::MAX);
+            // Recorded for the next call too: until an insert, nothing is to
+            // be processed before it.
+            self.next_process_tick = slot_tick.min(migrate_tick);
             match (slot, migrate) {
-                (Some(exp), Some(tick)) if tick < exp.tick => self.migrate_far(tick),
-                (Some(exp), _) => self.process_slot(exp),
-                (None, Some(tick)) => self.migrate_far(tick),
-                (None, None) => break,
-            }
-            // Whatever is left lies after `elapsed`, so reaching `target` ends
-            // the walk, unless far entries may migrate at this very tick.
-            if self.elapsed >= target && self.overflow.far_min().is_none() {
-                break;
+                (Some(_), Some(tick)) if tick < slot_tick && tick <= target => {
+                    self.migrate_far(tick)
+                }
+                (Some(exp), _) if exp.tick <= target => self.process_slot(exp),
+                (None, Some(tick)) if tick <= target => self.migrate_far(tick),
+                _ => break,
             }
         }
         self.elapsed = self.elapsed.max(target);
@@ -802,6 +811,7 @@ impl<T> Wheel<T> {
             let slot = level::slot_for(when, level);
             self.levels[level].push(&mut self.slab, slot, index, deadline);
             self.occupied_levels |= 1 << level;
+            self.next_process_tick = 0;
             return Location::Slot {
                 level: level as u8,
                 slot: slot as u8,
@@ -829,6 +839,7 @@ impl<T> Wheel<T> {
             Location::Due
         } else {
             self.overflow.push_far(&mut self.slab, index);
+            self.next_process_tick = 0;
             Location::Far
         }
     }
