@@ -162,6 +162,10 @@ impl DueQueue {
     /// `first_deadline` is exact) after [`take_due`](Self::take_due)s.
     #[inline]
     pub(crate) fn settle<T>(&mut self, slab: &Slab<T>) {
+        if self.dead == 0 && self.head < self.keys.len() {
+            // No tombstone: the head is live.
+            return;
+        }
         self.skip_dead(slab);
     }
 

@@ -493,10 +493,10 @@ impl<T> Wheel<T> {
         out: &mut Vec<Expired<T>>,
         max: usize,
     ) -> bool {
-        if max == 0
+        if self.occupied_levels & 1 == 0
+            || max == 0
             || !self.due.is_empty()
             || self.ahead.head_due(now)
-            || self.occupied_levels & 1 == 0
         {
             return false;
         }
@@ -604,7 +604,18 @@ impl<T> Wheel<T> {
     /// Processes, in time order, every slot and far migration up to tick
     /// `target`, then sets `elapsed` to it. Afterwards every entry with a
     /// tick `<= target` is in the due queue.
+    #[inline(always)]
     fn process_until(&mut self, target: u64) {
+        if self.next_process_tick <= target {
+            self.walk_until(target);
+        }
+        self.elapsed = self.elapsed.max(target);
+    }
+
+    /// `process_until` when something is to be processed: out of line, so
+    /// that `fire` stays small for the usual tick that has nothing.
+    #[inline(never)]
+    fn walk_until(&mut self, target: u64) {
         while self.next_process_tick <= target {
             let slot = self.next_expiration();
             let migrate = self
@@ -625,7 +636,6 @@ impl<T> Wheel<T> {
                 _ => break,
             }
         }
-        self.elapsed = self.elapsed.max(target);
     }
 
     /// Empties one slot: a level-0 slot goes to the due queue, one of level 1
