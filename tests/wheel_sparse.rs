@@ -143,3 +143,75 @@ fn sparse_from_a_level_boundary() {
     run(20, 4096 * 900 * MS, Clock::Steps);
     run(21, 4096 * 900 * MS + 1, Clock::Sleeps);
 }
+
+/// Advances 1 ms at a time up to `to`, collecting what fires.
+fn step_to(wheel: &mut Wheel<u64>, now: &mut u64, to: u64, fired: &mut Vec<(u64, u64)>) {
+    let mut out = Vec::new();
+    while *now < to {
+        *now = (*now + MS).min(to);
+        out.clear();
+        while wheel.advance(*now, &mut out, usize::MAX) {}
+        fired.extend(out.iter().map(|e| (e.deadline, e.value)));
+    }
+}
+
+#[test]
+fn a_slot_sorted_ahead_merges_with_later_inserts_in_order() {
+    let start = 3_600 * SEC + 123_457;
+    let mut wheel: Wheel<u64> = Wheel::new(start);
+    let d = start + 5 * SEC; // a level-2 slot away
+    let a = wheel.insert(d, 0);
+    let spread: Vec<TimerKey> = (1..200)
+        .map(|v| wheel.insert(d - 300 * MS + v * MS, v))
+        .collect();
+    let mut now = start;
+    let mut fired = Vec::new();
+    step_to(&mut wheel, &mut now, d - 400 * MS, &mut fired);
+    assert!(fired.is_empty());
+    // The slot of `d` has been reached and sorted ahead by now: its earliest
+    // deadline is known exactly.
+    assert_eq!(wheel.next_deadline(), Some(d - 299 * MS));
+    // Cancels in the middle of the sorted run, enough to compact it.
+    for key in spread.iter().step_by(2) {
+        assert!(wheel.cancel(*key).is_some());
+    }
+    // Same deadline as `a` but inserted later, from the levels; and one
+    // already past when inserted, to the due queue.
+    wheel.insert(d, 1000);
+    step_to(&mut wheel, &mut now, d - MS, &mut fired);
+    wheel.insert(d - 2 * MS, 1001);
+    wheel.insert(d, 1002);
+    step_to(&mut wheel, &mut now, d + MS, &mut fired);
+    // Values are in insertion order, so (deadline, value) is firing order.
+    let mut want: Vec<(u64, u64)> = (1..200)
+        .filter(|v| v % 2 == 0)
+        .map(|v| (d - 300 * MS + v * MS, v))
+        .chain([(d, 0), (d, 1000), (d - 2 * MS, 1001), (d, 1002)])
+        .collect();
+    want.sort_unstable();
+    assert_eq!(fired, want);
+    assert!(wheel.cancel(a).is_none(), "fired key still live");
+    assert!(wheel.is_empty());
+}
+
+#[test]
+fn a_bounded_advance_leaves_the_rest_of_a_sorted_slot_in_order() {
+    let start = 3_600 * SEC + 1;
+    let mut wheel: Wheel<u64> = Wheel::new(start);
+    let d = start + 6 * SEC;
+    for v in 0..300 {
+        wheel.insert(d + (v % 7) * MS, v);
+    }
+    let mut out = Vec::new();
+    let mut got = Vec::new();
+    // One jump past every deadline, three timers at a time.
+    while wheel.advance(d + 10 * MS, &mut out, 3) {
+        assert_eq!(out.len(), 3);
+        got.append(&mut out);
+    }
+    got.append(&mut out);
+    let got: Vec<(u64, u64)> = got.iter().map(|e| (e.deadline, e.value)).collect();
+    let mut want: Vec<(u64, u64)> = (0..300).map(|v| (d + (v % 7) * MS, v)).collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+}

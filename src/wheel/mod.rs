@@ -222,8 +222,9 @@ pub struct Wheel<T> {
 
 impl<T> Wheel<T> {
     /// Bytes of memory per live timer, payload included: one slab slot (the
-    /// lists are linked through the slots; nothing else is per timer). 40
-    /// for a `u64` payload.
+    /// lists are linked through the slots). 40 for a `u64` payload. A timer
+    /// in the due or ahead queue (its tick reached, or its level-1 or
+    /// level-2 slot sorted ahead) has a 16-byte key there as well.
     pub const BYTES_PER_TIMER: usize = slab::slot_bytes::<T>();
 
     /// An empty wheel at 1 ms resolution whose time starts at `start_ns`
