@@ -105,8 +105,9 @@ pub struct WheelStats {
     pub cancelled: u64,
     /// Timers handed out by `advance`.
     pub fired: u64,
-    /// Entry moves from a higher-level slot down the wheel, or from the far
-    /// overflow list into the levels. Bookkeeping cost, not firings.
+    /// Entry moves from a higher-level slot down the wheel or into the ahead
+    /// queue, or from the far overflow list into the levels. Bookkeeping
+    /// cost, not firings.
     pub cascaded: u64,
     /// Calls to `advance` that were spurious wake-ups: `next_deadline` had
     /// been called since the previous `advance`, the last value it returned
@@ -368,8 +369,8 @@ impl<T> Wheel<T> {
     /// When to call `advance` next; `None` when no timer can ever fire.
     ///
     /// Exact (the earliest deadline of all timers) when that timer is due,
-    /// in the ahead queue, on level 0, or in the far overflow list. In a higher slot it is exact
-    /// too while the slot's tracked minimum is valid (no cancel has removed
+    /// in the ahead queue, on level 0, or in the far overflow list. In a
+    /// higher slot it is exact too while the slot's tracked minimum is valid (no cancel has removed
     /// the slot's earliest entry since it filled) or the slot is sparse (at
     /// most 8 entries, read directly). Otherwise it is the first instant of
     /// that slot: earlier than every deadline in it, and the time its cascade
@@ -479,13 +480,13 @@ impl<T> Wheel<T> {
         }
     }
 
-    /// The sparse fast path of `fire`: when nothing is queued as due and the
-    /// only slot to process up to `target` is level 0's slot of `target`,
-    /// holding one entry due at `now`, fires that entry straight into `out`
-    /// and moves `elapsed` to `target`. A lone timer would otherwise pay for
-    /// a push onto the due queue, a sort of a one-key run and a pop, most of
-    /// what firing it costs. Returns false, having changed nothing, in every
-    /// other case.
+    /// The sparse fast path of `fire`: when nothing is queued as due (in
+    /// `due`, or at the head of `ahead`) and the only slot to process up to
+    /// `target` is level 0's slot of `target`, holding one entry due at
+    /// `now`, fires that entry straight into `out` and moves `elapsed` to
+    /// `target`. A lone timer would otherwise pay for a push onto the due
+    /// queue, a sort of a one-key run and a pop, most of what firing it
+    /// costs. Returns false, having changed nothing, in every other case.
     #[inline]
     fn fire_lone_entry(
         &mut self,
@@ -758,7 +759,8 @@ impl<T> Wheel<T> {
         self.stats.cascaded += moved;
     }
 
-    /// `cascade` of a level-1 slot, the most frequent one. Its entries share
+    /// `cascade` of a level-1 slot (one the ahead queue cannot take: it lies
+    /// inside the range of a level-2 slot sorted there). Its entries share
     /// every digit but the last with the slot's first tick, `elapsed`: each
     /// lands in the level-0 slot of its last digit, or in the due queue's run
     /// when that digit is `elapsed`'s. Without the level arithmetic, and with
