@@ -191,6 +191,13 @@ pub struct Wheel<T> {
     /// Storage of all entries; lists link them by slab index.
     slab: Slab<T>,
 
+    /// No entry of `due` or `ahead` has an earlier deadline (`NEVER` when
+    /// both are empty), so an `advance` inside the current tick tells that
+    /// nothing is due with one comparison rather than a look at both
+    /// queues. Set from their heads after each `fire`; an insert into `due`
+    /// lowers it; a cancel leaves it (too early only costs a look).
+    queued_min: u64,
+
     /// No slot or far migration is to be processed before this tick, so an
     /// `advance` to an earlier one skips the walk of the levels. Set by that
     /// walk; placing an entry in a level or the far list resets it to 0 (it
@@ -253,6 +260,7 @@ impl<T> Wheel<T> {
             ahead: DueQueue::default(),
             overflow: Overflow::new(),
             slab: Slab::new(),
+            queued_min: NEVER,
             next_process_tick: 0,
             next_seq: 0,
             armed: Cell::new(NEVER),
@@ -399,10 +407,12 @@ impl<T> Wheel<T> {
         self.now = now;
         let target = self.resolution.tick_of(now);
         let armed = self.armed.replace(NEVER);
-        let (fired, more) = if target > self.elapsed || self.head_due(now) {
+        let (fired, more) = if target > self.elapsed || self.queued_due(now) {
             self.next_cache_valid.set(false);
             let fired = self.fire(now, target, out, max);
-            (fired, self.head_due(now))
+            // Exact again: both heads are live after `fire`.
+            self.queued_min = self.queued_first_deadline();
+            (fired, self.queued_due(now))
         } else {
             // Same tick as before and the head of the due queue (the
             // earliest timer of the wheel) still ahead: nothing can be due,
@@ -450,10 +460,20 @@ impl<T> Wheel<T> {
         fired
     }
 
-    /// Whether the first entry of `due` or `ahead` is due at `now`.
+    /// Whether `queued_min` is due at `now`. No queued deadline is `NEVER`
+    /// (those wait in the overflow), so `NEVER` there means empty queues,
+    /// even at the `now` of `u64::MAX`.
     #[inline]
-    fn head_due(&self, now: u64) -> bool {
-        self.due.head_due(now) || self.ahead.head_due(now)
+    fn queued_due(&self, now: u64) -> bool {
+        self.queued_min <= now && self.queued_min != NEVER
+    }
+
+    /// The earliest deadline queued in `due` or `ahead` (`NEVER` if none).
+    #[inline]
+    fn queued_first_deadline(&self) -> u64 {
+        let due = self.due.first_deadline().unwrap_or(NEVER);
+        let ahead = self.ahead.first_deadline().unwrap_or(NEVER);
+        due.min(ahead)
     }
 
     /// Pops the entry that fires first of `due` and `ahead`, if it is due at
@@ -849,6 +869,7 @@ impl<T> Wheel<T> {
                 generation: entry.generation,
             };
             self.due.insert(key);
+            self.queued_min = self.queued_min.min(deadline);
             Location::Due
         } else {
             self.overflow.push_far(&mut self.slab, index);
