@@ -46,8 +46,8 @@ const EXPIRE_TIMERS: usize = 10_000;
 
 /// How far the expire benchmark spreads its timers: over 100 ms (the
 /// delays of the Python benchmark's timer workloads: about 100 timers a
-/// tick, one cascade for a third of them) and over 10 s (sparse: about one
-/// timer per 1 ms advance, two cascades each).
+/// tick, a third of them in a level-1 slot) and over 10 s (sparse: about one
+/// timer per 1 ms advance, most in level-2 slots).
 const EXPIRE_SPREADS: [(&str, u64); 2] = [("100ms", 100 * MS), ("10s", 10 * SEC)];
 
 /// Size of the precomputed table of random delays (a power of 2).

@@ -31,7 +31,7 @@
 //! small key is most of the cost of expiring it.
 
 use super::slab::Slab;
-use super::sort::{sort_run, Scratch};
+use super::sort::{sort_into, sort_run, Scratch, SCRATCH_KEEP};
 
 /// A sort key and slab index of a due entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,6 +46,14 @@ pub(crate) struct DueKey {
 }
 
 const _: () = assert!(std::mem::size_of::<DueKey>() == 16);
+
+/// Whether the entry of `a` fires before the one of `b`: earlier deadline,
+/// or the same one and inserted first.
+#[inline]
+pub(crate) fn fires_before<T>(a: &DueKey, b: &DueKey, slab: &Slab<T>) -> bool {
+    a.deadline < b.deadline
+        || (a.deadline == b.deadline && slab.entry(a.index).seq < slab.entry(b.index).seq)
+}
 
 /// Tombstones tolerated before a compaction is considered; below this a
 /// compaction would cost more than skipping them.
@@ -63,6 +71,10 @@ pub(crate) struct DueQueue {
     dead: usize,
     /// Memory for sorting runs.
     scratch: Scratch,
+    /// Keys of the next run, gathered in arrival order by
+    /// [`gather`](Self::gather) and sorted straight into `keys` by
+    /// [`append_gathered`](Self::append_gathered).
+    gathered: Vec<DueKey>,
 }
 
 impl DueQueue {
@@ -70,6 +82,28 @@ impl DueQueue {
     #[inline]
     pub(crate) fn first_deadline(&self) -> Option<u64> {
         self.keys.get(self.head).map(|key| key.deadline)
+    }
+
+    /// True when no live entry is queued.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head == self.keys.len()
+    }
+
+    /// The first key, live: tombstones before it are passed first. For
+    /// merging two queues in the middle of a batch of
+    /// [`take_due`](Self::take_due)s, which may leave `head` on a tombstone.
+    #[inline]
+    pub(crate) fn first_live<T>(&mut self, slab: &Slab<T>) -> Option<DueKey> {
+        self.skip_dead(slab);
+        self.keys.get(self.head).copied()
+    }
+
+    /// Deadline of the last key queued (live or not): every key queued sorts
+    /// at or before it.
+    #[inline]
+    pub(crate) fn last_deadline(&self) -> Option<u64> {
+        self.keys[self.head..].last().map(|key| key.deadline)
     }
 
     /// Whether the first entry is due at `now`.
@@ -102,7 +136,7 @@ impl DueQueue {
                 return None;
             }
             self.head += 1;
-            if slab.holds(key.index, key.generation, key.deadline) {
+            if self.is_live(slab, key) {
                 return Some(key.index);
             }
             self.dead = self.dead.saturating_sub(1);
@@ -110,10 +144,28 @@ impl DueQueue {
         None
     }
 
+    /// Whether `key` names a live entry rather than a tombstone. Every
+    /// tombstone was counted in `dead` when its entry was cancelled, and
+    /// `dead` only drops when one is passed or compacted away, so with
+    /// `dead` at 0 every queued key is live and the slab need not be read.
+    #[inline(always)]
+    fn is_live<T>(&self, slab: &Slab<T>, key: &DueKey) -> bool {
+        let live = self.dead == 0 || slab.holds(key.index, key.generation, key.deadline);
+        debug_assert!(
+            !live || slab.holds(key.index, key.generation, key.deadline),
+            "{key:?} is a tombstone yet no tombstone is counted"
+        );
+        live
+    }
+
     /// Restores the invariant that `head` is on a live entry (so
     /// `first_deadline` is exact) after [`take_due`](Self::take_due)s.
     #[inline]
     pub(crate) fn settle<T>(&mut self, slab: &Slab<T>) {
+        if self.dead == 0 && self.head < self.keys.len() {
+            // No tombstone: the head is live.
+            return;
+        }
         self.skip_dead(slab);
     }
 
@@ -137,6 +189,10 @@ impl DueQueue {
     /// so this is usually one pass.
     #[inline]
     pub(crate) fn end_run<T>(&mut self, start: usize, slab: &Slab<T>) {
+        // A sparse tick's run is one key: in order, without a call.
+        if self.keys.len() - start <= 1 {
+            return;
+        }
         sort_run(&mut self.keys[start..], &mut self.scratch, |index| {
             slab.entry(index).seq
         });
@@ -146,6 +202,38 @@ impl DueQueue {
                 || self.keys[start - 1].deadline <= self.keys[start].deadline,
             "run at {start} sorts before the queued keys"
         );
+    }
+
+    /// Adds a key to the run [`append_gathered`](Self::append_gathered)
+    /// appends; the same contract as [`push`](Self::push). Gathering apart
+    /// and sorting into place saves `end_run`'s copy back: for a large run
+    /// (a whole slot of a higher level) that copy is a good part of the sort.
+    #[inline]
+    pub(crate) fn gather(&mut self, key: DueKey) {
+        self.gathered.push(key);
+    }
+
+    /// Appends the keys gathered since the last call, sorted.
+    pub(crate) fn append_gathered<T>(&mut self, slab: &Slab<T>) {
+        let start = self.keys.len();
+        self.keys
+            .resize(start + self.gathered.len(), DueKey::default());
+        sort_into(
+            &self.gathered,
+            &mut self.keys[start..],
+            &mut self.scratch,
+            |index| slab.entry(index).seq,
+        );
+        debug_assert!(
+            start == 0
+                || start == self.keys.len()
+                || self.keys[start - 1].deadline < self.keys[start].deadline,
+            "gathered run at {start} sorts before the queued keys"
+        );
+        self.gathered.clear();
+        if self.gathered.capacity() > SCRATCH_KEEP {
+            self.gathered = Vec::new();
+        }
     }
 
     /// Queues one entry at its place (an insert whose tick is already
@@ -183,7 +271,7 @@ impl DueQueue {
     #[inline]
     fn skip_dead<T>(&mut self, slab: &Slab<T>) {
         while let Some(key) = self.keys.get(self.head) {
-            if slab.holds(key.index, key.generation, key.deadline) {
+            if self.is_live(slab, key) {
                 return;
             }
             self.head += 1;

@@ -22,6 +22,10 @@ pub(crate) enum Location {
     /// The due queue: the tick of the deadline has been reached. Not linked
     /// into a list; the queue holds a copy of its key.
     Due,
+    /// The wheel's `ahead` queue: a whole level-1 or level-2 slot was sorted
+    /// into it when the wheel reached the slot. Not linked into a list; the
+    /// queue holds a copy of its key.
+    Ahead,
     /// The overflow list of finite deadlines beyond the top level's reach.
     Far,
     /// The overflow list of `NEVER` deadlines.

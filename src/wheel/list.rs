@@ -37,6 +37,12 @@ impl List {
         self.head == NIL
     }
 
+    /// The entry of a list of exactly one.
+    #[inline]
+    pub(crate) fn single(&self) -> Option<u32> {
+        (self.head == self.tail && self.head != NIL).then_some(self.head)
+    }
+
     /// The oldest entry, or `NIL`.
     #[cfg(test)]
     pub(crate) fn head(&self) -> u32 {

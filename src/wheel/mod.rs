@@ -14,6 +14,13 @@
 //! queue while the head is due, so a timer never fires before its deadline,
 //! equal deadlines fire FIFO, and deadlines inside one tick keep their order.
 //!
+//! A slot of level 1 or 2 (64 or 4096 ticks) is not cascaded when the wheel
+//! reaches it, unless it lies inside a range already sorted: all its entries
+//! are bucket-sorted at once into a second queue, *ahead*, in the same order
+//! as the due queue but mostly of ticks still to come. `advance` pops the two
+//! merged. A timer then costs one sort instead of a cascade per level on its
+//! way down and a pass through level 0.
+//!
 //! Files, one idea each: `level.rs` one level and its occupancy bitmap,
 //! `due.rs` the sorted due queue, `overflow.rs` far and `NEVER` deadlines,
 //! `list.rs` the index-linked FIFO lists, `entry.rs` and `slab.rs` the entry
@@ -36,7 +43,7 @@ use std::fmt;
 pub use clock::now_monotonic_ns;
 pub use slab::TimerKey;
 
-use due::{DueKey, DueQueue};
+use due::{fires_before, DueKey, DueQueue};
 use entry::{Entry, Location};
 use level::{Expiration, Level, SLOT_BITS, SLOT_MASK};
 use list::List;
@@ -63,6 +70,12 @@ pub const MIN_TICK_NS: u64 = 100_000;
 
 /// Coarsest accepted resolution: 100 ms.
 pub const MAX_TICK_NS: u64 = 100_000_000;
+
+/// The highest level whose slots are sorted into the `ahead` queue when the
+/// wheel reaches them, instead of being cascaded. A level-2 slot spans 4096
+/// ticks (4 s at 1 ms); a slot of level 3 spans minutes to hours, whose
+/// timers would all wait in that queue, 16 bytes more each, sorted at once.
+const AHEAD_LEVELS: usize = 2;
 
 /// A higher-level slot with at most this many entries is "sparse": when its
 /// tracked minimum was invalidated by a cancel, `next_deadline` reads the
@@ -92,8 +105,9 @@ pub struct WheelStats {
     pub cancelled: u64,
     /// Timers handed out by `advance`.
     pub fired: u64,
-    /// Entry moves from a higher-level slot down the wheel, or from the far
-    /// overflow list into the levels. Bookkeeping cost, not firings.
+    /// Entry moves from a higher-level slot down the wheel or into the ahead
+    /// queue, or from the far overflow list into the levels. Bookkeeping
+    /// cost, not firings.
     pub cascaded: u64,
     /// Calls to `advance` that were spurious wake-ups: `next_deadline` had
     /// been called since the previous `advance`, the last value it returned
@@ -134,8 +148,8 @@ impl std::error::Error for WheelError {}
 /// `Send` when `T` is, but not `Sync`: `next_deadline` takes `&self` and
 /// updates a cache and a counter through `Cell`s.
 ///
-/// Invariant: every live entry with a tick `<= elapsed` is in `due`; every
-/// other one is in a level slot or in `overflow`.
+/// Invariant: every live entry with a tick `<= elapsed` is in `due` or
+/// `ahead`; every other one is in `ahead`, a level slot or `overflow`.
 #[derive(Debug)]
 pub struct Wheel<T> {
     /// Nanoseconds per tick, with its reciprocal for fast division. Every
@@ -162,11 +176,34 @@ pub struct Wheel<T> {
     /// Entries whose tick has been reached, in firing order.
     due: DueQueue,
 
+    /// Entries of whole level-1 and level-2 slots, sorted into firing order
+    /// when the wheel reached their slot: mostly of ticks still to come.
+    /// One bucket sort of a slot replaces the one or two cascades, and the
+    /// level-0 pass, each of its entries would take on its way down, most of
+    /// the cost of a sparse timer. `advance` fires from `due` and `ahead`
+    /// merged; a slot is sorted in only while it comes after everything
+    /// already here, so the queue stays in order.
+    ahead: DueQueue,
+
     /// Deadlines beyond the top level, and `NEVER`.
     overflow: Overflow,
 
     /// Storage of all entries; lists link them by slab index.
     slab: Slab<T>,
+
+    /// No entry of `due` or `ahead` has an earlier deadline (`NEVER` when
+    /// both are empty), so an `advance` inside the current tick tells that
+    /// nothing is due with one comparison rather than a look at both
+    /// queues. Set from their heads after each `fire`; an insert into `due`
+    /// lowers it; a cancel leaves it (too early only costs a look).
+    queued_min: u64,
+
+    /// No slot or far migration is to be processed before this tick, so an
+    /// `advance` to an earlier one skips the walk of the levels. Set by that
+    /// walk; placing an entry in a level or the far list resets it to 0 (it
+    /// may be due sooner); a cancel leaves it, as being early only costs a
+    /// walk that finds nothing.
+    next_process_tick: u64,
 
     /// Insertion counter, stored in each entry to break deadline ties FIFO.
     next_seq: u64,
@@ -193,8 +230,9 @@ pub struct Wheel<T> {
 
 impl<T> Wheel<T> {
     /// Bytes of memory per live timer, payload included: one slab slot (the
-    /// lists are linked through the slots; nothing else is per timer). 40
-    /// for a `u64` payload.
+    /// lists are linked through the slots). 40 for a `u64` payload. A timer
+    /// in the due or ahead queue (its tick reached, or its level-1 or
+    /// level-2 slot sorted ahead) has a 16-byte key there as well.
     pub const BYTES_PER_TIMER: usize = slab::slot_bytes::<T>();
 
     /// An empty wheel at 1 ms resolution whose time starts at `start_ns`
@@ -219,8 +257,11 @@ impl<T> Wheel<T> {
             levels: Box::new(std::array::from_fn(Level::new)),
             occupied_levels: 0,
             due: DueQueue::default(),
+            ahead: DueQueue::default(),
             overflow: Overflow::new(),
             slab: Slab::new(),
+            queued_min: NEVER,
+            next_process_tick: 0,
             next_seq: 0,
             armed: Cell::new(NEVER),
             next_cache: Cell::new(NEVER),
@@ -305,11 +346,14 @@ impl<T> Wheel<T> {
     #[inline(never)]
     fn cancel_outside_levels(&mut self, index: u32, location: Location) -> T {
         match location {
-            Location::Due => {
+            Location::Due | Location::Ahead => {
                 // Frees the slot first: that is what turns the queue's copy
                 // of the key into a tombstone.
                 let entry = self.slab.remove(index);
-                self.due.cancelled(&self.slab);
+                match location {
+                    Location::Due => self.due.cancelled(&self.slab),
+                    _ => self.ahead.cancelled(&self.slab),
+                }
                 entry.value
             }
             Location::Far | Location::Never => {
@@ -345,8 +389,8 @@ impl<T> Wheel<T> {
     /// When to call `advance` next; `None` when no timer can ever fire.
     ///
     /// Exact (the earliest deadline of all timers) when that timer is due,
-    /// on level 0, or in the far overflow list. In a higher slot it is exact
-    /// too while the slot's tracked minimum is valid (no cancel has removed
+    /// in the ahead queue, on level 0, or in the far overflow list. In a
+    /// higher slot it is exact too while the slot's tracked minimum is valid (no cancel has removed
     /// the slot's earliest entry since it filled) or the slot is sparse (at
     /// most 8 entries, read directly). Otherwise it is the first instant of
     /// that slot: earlier than every deadline in it, and the time its cascade
@@ -375,10 +419,12 @@ impl<T> Wheel<T> {
         self.now = now;
         let target = self.resolution.tick_of(now);
         let armed = self.armed.replace(NEVER);
-        let (fired, more) = if target > self.elapsed || self.due.head_due(now) {
+        let (fired, more) = if target > self.elapsed || self.queued_due(now) {
             self.next_cache_valid.set(false);
             let fired = self.fire(now, target, out, max);
-            (fired, self.due.head_due(now))
+            // Exact again: both heads are live after `fire`.
+            self.queued_min = self.queued_first_deadline();
+            (fired, self.queued_due(now))
         } else {
             // Same tick as before and the head of the due queue (the
             // earliest timer of the wheel) still ahead: nothing can be due,
@@ -397,11 +443,14 @@ impl<T> Wheel<T> {
     #[inline(never)]
     fn fire(&mut self, now: u64, target: u64, out: &mut Vec<Expired<T>>, max: usize) -> usize {
         if target > self.elapsed {
+            if self.fire_lone_entry(now, target, out, max) {
+                return 1;
+            }
             self.process_until(target);
         }
         let mut fired = 0;
         while fired < max {
-            let Some(index) = self.due.take_due(&self.slab, now) else {
+            let Some(index) = self.take_due(now) else {
                 break;
             };
             let entry = self.slab.remove(index);
@@ -418,15 +467,124 @@ impl<T> Wheel<T> {
             fired += 1;
         }
         self.due.settle(&self.slab);
+        self.ahead.settle(&self.slab);
         self.stats.fired += fired as u64;
         fired
     }
 
+    /// Whether `queued_min` is due at `now`. No queued deadline is `NEVER`
+    /// (those wait in the overflow), so `NEVER` there means empty queues,
+    /// even at the `now` of `u64::MAX`.
+    #[inline]
+    fn queued_due(&self, now: u64) -> bool {
+        self.queued_min <= now && self.queued_min != NEVER
+    }
+
+    /// The earliest deadline queued in `due` or `ahead` (`NEVER` if none).
+    #[inline]
+    fn queued_first_deadline(&self) -> u64 {
+        let due = self.due.first_deadline().unwrap_or(NEVER);
+        let ahead = self.ahead.first_deadline().unwrap_or(NEVER);
+        due.min(ahead)
+    }
+
+    /// Pops the entry that fires first of `due` and `ahead`, if it is due at
+    /// `now`, and returns its slab index.
+    #[inline]
+    fn take_due(&mut self, now: u64) -> Option<u32> {
+        if self.ahead.is_empty() {
+            return self.due.take_due(&self.slab, now);
+        }
+        if self.due.is_empty() {
+            return self.ahead.take_due(&self.slab, now);
+        }
+        let from_ahead = match self.due.first_live(&self.slab) {
+            None => true,
+            Some(due) => self
+                .ahead
+                .first_live(&self.slab)
+                .is_some_and(|ahead| fires_before(&ahead, &due, &self.slab)),
+        };
+        if from_ahead {
+            self.ahead.take_due(&self.slab, now)
+        } else {
+            self.due.take_due(&self.slab, now)
+        }
+    }
+
+    /// The sparse fast path of `fire`: when nothing is queued as due (in
+    /// `due`, or at the head of `ahead`) and the only slot to process up to
+    /// `target` is level 0's slot of `target`, holding one entry due at
+    /// `now`, fires that entry straight into `out` and moves `elapsed` to
+    /// `target`. A lone timer would otherwise pay for a push onto the due
+    /// queue, a sort of a one-key run and a pop, most of what firing it
+    /// costs. Returns false, having changed nothing, in every other case.
+    #[inline]
+    fn fire_lone_entry(
+        &mut self,
+        now: u64,
+        target: u64,
+        out: &mut Vec<Expired<T>>,
+        max: usize,
+    ) -> bool {
+        if self.occupied_levels & 1 == 0
+            || max == 0
+            || !self.due.is_empty()
+            || self.ahead.head_due(now)
+        {
+            return false;
+        }
+        // Level 0 holds the earliest entries of the levels. Its ticks share
+        // every digit but the last with `elapsed`, so none starts a
+        // higher-level slot or is a far migration tick: if its first slot is
+        // `target`'s, nothing else is to be processed up to `target`.
+        let Some(exp) = self.levels[0].next_expiration(self.elapsed) else {
+            return false;
+        };
+        if exp.tick != target {
+            return false;
+        }
+        debug_assert!(
+            target & SLOT_MASK != 0,
+            "level-0 slot at {target} starts a level-1 slot"
+        );
+        let Some(index) = self.levels[0].slot(exp.slot).single() else {
+            return false;
+        };
+        if self.slab.entry(index).deadline > now {
+            return false;
+        }
+        self.levels[0].take_slot(exp.slot);
+        if self.levels[0].is_empty() {
+            self.occupied_levels &= !1;
+        }
+        self.elapsed = target;
+        let entry = self.slab.remove(index);
+        out.push(Expired {
+            key: TimerKey::new(index, entry.generation),
+            deadline: entry.deadline,
+            value: entry.value,
+        });
+        self.stats.fired += 1;
+        true
+    }
+
     /// `next_deadline` without recording the answer.
     fn peek_next_deadline(&self) -> Option<u64> {
-        if let Some(deadline) = self.due.first_deadline() {
-            return Some(deadline);
+        let ahead = self.ahead.first_deadline();
+        // `due` is earlier than the levels and the overflow, not `ahead`.
+        let rest = match self.due.first_deadline() {
+            Some(deadline) => Some(deadline),
+            None => self.peek_wheel_deadline(),
+        };
+        match (ahead, rest) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
         }
+    }
+
+    /// `peek_next_deadline` of the levels and the overflow lists.
+    fn peek_wheel_deadline(&self) -> Option<u64> {
         if let Some(exp) = self.next_expiration() {
             if let Some(min) = self.levels[exp.level].slot_min(exp.slot) {
                 return Some(min);
@@ -480,31 +638,44 @@ impl<T> Wheel<T> {
     /// Processes, in time order, every slot and far migration up to tick
     /// `target`, then sets `elapsed` to it. Afterwards every entry with a
     /// tick `<= target` is in the due queue.
+    #[inline(always)]
     fn process_until(&mut self, target: u64) {
-        loop {
-            let slot = self.next_expiration().filter(|exp| exp.tick <= target);
-            let migrate = self
-                .overflow
-                .far_min()
-                .map(|deadline| migration_tick(self.resolution.tick_of(deadline)))
-                .filter(|&tick| tick <= target);
-            match (slot, migrate) {
-                (Some(exp), Some(tick)) if tick < exp.tick => self.migrate_far(tick),
-                (Some(exp), _) => self.process_slot(exp),
-                (None, Some(tick)) => self.migrate_far(tick),
-                (None, None) => break,
-            }
-            // Whatever is left lies after `elapsed`, so reaching `target` ends
-            // the walk, unless far entries may migrate at this very tick.
-            if self.elapsed >= target && self.overflow.far_min().is_none() {
-                break;
-            }
+        if self.next_process_tick <= target {
+            self.walk_until(target);
         }
         self.elapsed = self.elapsed.max(target);
     }
 
-    /// Empties one slot: a level-0 slot goes to the due queue, a higher one is
-    /// cascaded (each entry placed again from the slot's start tick).
+    /// `process_until` when something is to be processed: out of line, so
+    /// that `fire` stays small for the usual tick that has nothing.
+    #[inline(never)]
+    fn walk_until(&mut self, target: u64) {
+        while self.next_process_tick <= target {
+            let slot = self.next_expiration();
+            let migrate = self
+                .overflow
+                .far_min()
+                .map(|deadline| migration_tick(self.resolution.tick_of(deadline)));
+            let slot_tick = slot.map_or(u64::MAX, |exp| exp.tick);
+            let migrate_tick = migrate.unwrap_or(u64::MAX);
+            // Recorded for the next call too: until an insert, nothing is to
+            // be processed before it.
+            self.next_process_tick = slot_tick.min(migrate_tick);
+            match (slot, migrate) {
+                (Some(_), Some(tick)) if tick < slot_tick && tick <= target => {
+                    self.migrate_far(tick)
+                }
+                (Some(exp), _) if exp.tick <= target => self.process_slot(exp),
+                (None, Some(tick)) if tick <= target => self.migrate_far(tick),
+                _ => break,
+            }
+        }
+    }
+
+    /// Empties one slot: a level-0 slot goes to the due queue, one of level 1
+    /// or 2 is sorted into the ahead queue when it comes after everything
+    /// there, and any other is cascaded (each entry placed again from the
+    /// slot's start tick).
     fn process_slot(&mut self, exp: Expiration) {
         debug_assert!(
             exp.tick > self.elapsed,
@@ -515,6 +686,10 @@ impl<T> Wheel<T> {
         let list = self.levels[exp.level].take_slot(exp.slot);
         if self.levels[exp.level].is_empty() {
             self.occupied_levels &= !(1 << exp.level);
+        }
+        if exp.level != 0 && exp.level <= AHEAD_LEVELS && self.ahead_takes(exp.tick) {
+            self.sort_ahead(list);
+            return;
         }
         let run = self.due.run_start();
         if exp.level == 0 {
@@ -529,10 +704,42 @@ impl<T> Wheel<T> {
                 );
                 self.queue_due(index);
             }
+        } else if exp.level == 1 {
+            self.cascade_to_level_0(exp, list);
         } else {
             self.cascade(exp, list);
         }
         self.due.end_run(run, &self.slab);
+    }
+
+    /// Whether a slot starting at tick `tick` can be sorted into `ahead`:
+    /// every entry there is earlier than every deadline of the tick (ahead
+    /// holds earlier slots, or a slot of the level above that is done, not
+    /// one whose range this slot is inside).
+    #[inline]
+    fn ahead_takes(&self, tick: u64) -> bool {
+        self.ahead
+            .last_deadline()
+            .is_none_or(|last| last < self.resolution.first_ns_of(tick))
+    }
+
+    /// Moves every entry of `list`, a higher-level slot just taken, into
+    /// `ahead` as one sorted run.
+    fn sort_ahead(&mut self, list: List) {
+        let mut moved = 0u64;
+        let mut drain = list.drain();
+        while let Some(index) = drain.next(&self.slab) {
+            moved += 1;
+            let entry = self.slab.entry_mut(index);
+            entry.location = Location::Ahead;
+            self.ahead.gather(DueKey {
+                deadline: entry.deadline,
+                index,
+                generation: entry.generation,
+            });
+        }
+        self.ahead.append_gathered(&self.slab);
+        self.stats.cascaded += moved;
     }
 
     /// Appends entry `index` to the current run of the due queue.
@@ -584,6 +791,41 @@ impl<T> Wheel<T> {
         self.stats.cascaded += moved;
     }
 
+    /// `cascade` of a level-1 slot (one the ahead queue cannot take: it lies
+    /// inside the range of a level-2 slot sorted there). Its entries share
+    /// every digit but the last with the slot's first tick, `elapsed`: each
+    /// lands in the level-0 slot of its last digit, or in the due queue's run
+    /// when that digit is `elapsed`'s. Without the level arithmetic, and with
+    /// the level known, this is about half the work of `cascade` per entry.
+    fn cascade_to_level_0(&mut self, exp: Expiration, list: List) {
+        let elapsed = self.elapsed;
+        debug_assert!(
+            exp.level == 1 && elapsed & SLOT_MASK == 0,
+            "{exp:?} at {elapsed}"
+        );
+        let mut moved = 0u64;
+        let mut drain = list.drain();
+        while let Some(index) = drain.next(&self.slab) {
+            moved += 1;
+            let deadline = self.slab.entry(index).deadline;
+            let when = self.resolution.tick_of(deadline);
+            debug_assert!(
+                (elapsed..elapsed + level::SLOTS as u64).contains(&when),
+                "entry {index} (tick {when}) in {exp:?} outside the slot (elapsed {elapsed})"
+            );
+            if when > elapsed {
+                let slot = level::slot_for(when, 0);
+                self.levels[0].push(&mut self.slab, slot, index, deadline);
+            } else {
+                self.queue_due(index);
+            }
+        }
+        if !self.levels[0].is_empty() {
+            self.occupied_levels |= 1;
+        }
+        self.stats.cascaded += moved;
+    }
+
     /// Moves the far entries now within the top level's reach into the
     /// levels, from tick `tick` (the migration tick of the earliest one). The
     /// tick may equal `elapsed` when a top-level slot starting at the same
@@ -614,6 +856,7 @@ impl<T> Wheel<T> {
             let slot = level::slot_for(when, level);
             self.levels[level].push(&mut self.slab, slot, index, deadline);
             self.occupied_levels |= 1 << level;
+            self.next_process_tick = 0;
             return Location::Slot {
                 level: level as u8,
                 slot: slot as u8,
@@ -638,9 +881,11 @@ impl<T> Wheel<T> {
                 generation: entry.generation,
             };
             self.due.insert(key);
+            self.queued_min = self.queued_min.min(deadline);
             Location::Due
         } else {
             self.overflow.push_far(&mut self.slab, index);
+            self.next_process_tick = 0;
             Location::Far
         }
     }

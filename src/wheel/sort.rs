@@ -20,7 +20,7 @@ const BUCKET_MIN: usize = 32;
 
 /// Scratch memory kept for the next run at most (keys); a larger run's is
 /// given back, so one burst of timers does not pin its memory for good.
-const SCRATCH_KEEP: usize = 1 << 16;
+pub(crate) const SCRATCH_KEEP: usize = 1 << 16;
 
 /// Reusable memory for [`sort_run`], kept by the due queue so a
 /// steady state allocates nothing.
@@ -41,25 +41,66 @@ pub(crate) fn sort_run(run: &mut [DueKey], scratch: &mut Scratch, seq_of: impl F
         insertion_sort(run, &seq_of);
         return;
     }
-    let (min, max) = run.iter().fold((u64::MAX, 0), |(lo, hi), key| {
+    let mut keys = std::mem::take(&mut scratch.keys);
+    keys.clear();
+    keys.resize(run.len(), DueKey::default());
+    bucket_sort_into(run, &mut keys, &mut scratch.starts, &seq_of);
+    run.copy_from_slice(&keys);
+    if keys.capacity() <= SCRATCH_KEEP {
+        scratch.keys = keys;
+    } else {
+        scratch.starts = Vec::new();
+    }
+}
+
+/// Writes the keys of `src` into `dst` (of the same length) in the order of
+/// [`sort_run`]. For a run gathered apart from its destination: the keys
+/// are scattered straight into place, without `sort_run`'s copy back.
+pub(crate) fn sort_into(
+    src: &[DueKey],
+    dst: &mut [DueKey],
+    scratch: &mut Scratch,
+    seq_of: impl Fn(u32) -> u64,
+) {
+    if src.len() < BUCKET_MIN || src.is_sorted_by(|a, b| !fires_after(a, b, &seq_of)) {
+        dst.copy_from_slice(src);
+        insertion_sort(dst, &seq_of);
+        return;
+    }
+    bucket_sort_into(src, dst, &mut scratch.starts, &seq_of);
+    if scratch.starts.capacity() > SCRATCH_KEEP {
+        scratch.starts = Vec::new();
+    }
+}
+
+/// The bucket sort of `src` into `dst` (see the module documentation), for
+/// runs of `BUCKET_MIN` keys or more; `starts` is scratch memory.
+fn bucket_sort_into(
+    src: &[DueKey],
+    dst: &mut [DueKey],
+    starts: &mut Vec<u32>,
+    seq_of: &impl Fn(u32) -> u64,
+) {
+    debug_assert_eq!(src.len(), dst.len());
+    let (min, max) = src.iter().fold((u64::MAX, 0), |(lo, hi), key| {
         (lo.min(key.deadline), hi.max(key.deadline))
     });
     let span = max - min;
     if span == 0 {
-        run.sort_unstable_by_key(|key| seq_of(key.index));
+        dst.copy_from_slice(src);
+        dst.sort_unstable_by_key(|key| seq_of(key.index));
         return;
     }
     // About one bucket per key: keep the top `bits` significant bits of the
-    // offset, so there are at most 2^bits <= run.len() buckets.
-    let bits = run.len().ilog2();
+    // offset, so there are at most 2^bits <= src.len() buckets.
+    let bits = src.len().ilog2();
     let shift = (u64::BITS - span.leading_zeros()).saturating_sub(bits);
     let buckets = (span >> shift) as usize + 1;
     let bucket = |key: &DueKey| ((key.deadline - min) >> shift) as usize;
 
-    let starts = &mut scratch.starts;
     starts.clear();
     starts.resize(buckets + 1, 0);
-    for key in run.iter() {
+    for key in src {
         starts[bucket(key)] += 1;
     }
     // Counts to start offsets, the sum in a register (not carried through
@@ -70,14 +111,11 @@ pub(crate) fn sort_run(run: &mut [DueKey], scratch: &mut Scratch, seq_of: impl F
         *start = sum;
         sum += count;
     }
-    let keys = &mut scratch.keys;
-    keys.clear();
-    keys.resize(run.len(), DueKey::default());
     // `starts[b]` walks bucket b's range as keys land in it; afterwards it is
     // the end of bucket b, that is the start of bucket b + 1.
-    for key in run.iter() {
+    for key in src {
         let at = &mut starts[bucket(key)];
-        keys[*at as usize] = *key;
+        dst[*at as usize] = *key;
         *at += 1;
     }
     let mut start = 0;
@@ -85,14 +123,10 @@ pub(crate) fn sort_run(run: &mut [DueKey], scratch: &mut Scratch, seq_of: impl F
         let end = end as usize;
         match end - start {
             0 | 1 => {}
-            2..BUCKET_MIN => insertion_sort(&mut keys[start..end], &seq_of),
-            _ => comparison_sort(&mut keys[start..end], &seq_of),
+            2..BUCKET_MIN => insertion_sort(&mut dst[start..end], seq_of),
+            _ => comparison_sort(&mut dst[start..end], seq_of),
         }
         start = end;
-    }
-    run.copy_from_slice(keys);
-    if keys.capacity() > SCRATCH_KEEP {
-        *scratch = Scratch::default();
     }
 }
 
@@ -157,8 +191,12 @@ mod tests {
     fn check(deadlines: &[u64]) {
         let n = deadlines.len() as u64;
         let seq_of = |index: u32| n - u64::from(index);
-        let mut run = keys(deadlines);
+        let src = keys(deadlines);
+        let mut into = vec![DueKey::default(); src.len()];
+        sort_into(&src, &mut into, &mut Scratch::default(), seq_of);
+        let mut run = src;
         sort_run(&mut run, &mut Scratch::default(), seq_of);
+        assert_eq!(into, run, "sort_into and sort_run disagree");
         let got: Vec<(u64, u64)> = run.iter().map(|k| (k.deadline, seq_of(k.index))).collect();
         let mut want: Vec<(u64, u64)> = (0..deadlines.len())
             .map(|i| (deadlines[i], seq_of(i as u32)))
