@@ -2,9 +2,10 @@
 //! bucket-sorted path): ties, cancels, past deadlines, bounded `advance`s
 //! (max 0 to 40), the "more" flag, `next_deadline` never late, and the
 //! spurious-advance counter; and deadlines in the last ticks before `NEVER`.
-use std::collections::{BTreeMap, HashMap};
+mod common;
 
-use erlang_python::wheel::{TimerKey, Wheel, NEVER};
+use common::Model;
+use erlang_python::wheel::{Wheel, NEVER};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -12,16 +13,11 @@ const MS: u64 = 1_000_000;
 
 fn run(seed: u64, start: u64, per_tick: u64, distinct: u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut wheel: Wheel<u64> = Wheel::new(start);
-    let mut model: BTreeMap<(u64, u64), TimerKey> = BTreeMap::new();
-    let mut live: HashMap<u64, (u64, u64)> = HashMap::new(); // key -> (deadline, seq)
-    let mut keys: Vec<TimerKey> = Vec::new();
-    let mut now = start;
-    let mut seq = 0u64;
+    let mut model = Model::new(start);
     let mut armed = NEVER;
     let mut spurious = 0u64;
-    let mut out = Vec::new();
     for step in 0..15_000u64 {
+        let now = model.now;
         match rng.random_range(0..100) {
             0..=49 => {
                 // Dense: many timers in the next few ticks, few distinct offsets.
@@ -37,35 +33,22 @@ fn run(seed: u64, start: u64, per_tick: u64, distinct: u64) {
                     base + off
                 };
                 for _ in 0..rng.random_range(1..per_tick) {
-                    let k = wheel.insert(d, seq);
-                    model.insert((d, seq), k);
-                    live.insert(k.to_u64(), (d, seq));
-                    keys.push(k);
-                    seq += 1;
+                    model.insert(d);
                 }
             }
             50..=64 => {
-                if !keys.is_empty() {
-                    let i = rng.random_range(0..keys.len());
-                    let k = keys.swap_remove(i);
-                    let got = wheel.cancel(k);
-                    match live.remove(&k.to_u64()) {
-                        Some((d, s)) => {
-                            assert_eq!(got, Some(s));
-                            model.remove(&(d, s));
-                        }
-                        None => assert_eq!(got, None),
-                    }
+                if !model.keys.is_empty() {
+                    model.cancel_nth(rng.random_range(0..model.keys.len()));
                 }
             }
             65..=74 => {
-                if let Some(n) = wheel.next_deadline() {
+                if let Some(n) = model.wheel.next_deadline() {
                     armed = n;
-                    let min = model.keys().next().map(|&(d, _)| d).unwrap();
+                    let min = model.first_deadline().unwrap();
                     assert!(n <= min, "next_deadline {n} > min {min}");
                 } else {
                     armed = NEVER;
-                    assert!(model.is_empty());
+                    assert_eq!(model.len(), 0);
                 }
             }
             _ => {
@@ -75,35 +58,18 @@ fn run(seed: u64, start: u64, per_tick: u64, distinct: u64) {
                 } else {
                     rng.random_range(0..=40)
                 };
-                out.clear();
-                let more = wheel.advance(to, &mut out, max);
-                now = now.max(to);
-                let expected: Vec<(u64, u64)> = model
-                    .keys()
-                    .take_while(|&&(d, _)| d <= now)
-                    .take(max)
-                    .copied()
-                    .collect();
-                let got: Vec<(u64, u64)> = out.iter().map(|e| (e.deadline, e.value)).collect();
-                assert_eq!(got, expected, "step {step} now {now} max {max}");
-                for &(d, s) in &expected {
-                    let k = model.remove(&(d, s)).unwrap();
-                    live.remove(&k.to_u64());
-                }
-                let still = model.keys().next().is_some_and(|&(d, _)| d <= now);
-                assert_eq!(more, still, "more flag step {step}");
-                if armed != NEVER && armed <= now && got.is_empty() && !more {
+                let (fired, more) = model.advance(to, max, step);
+                if armed != NEVER && armed <= model.now && fired == 0 && !more {
                     spurious += 1;
                 }
                 armed = NEVER;
                 assert_eq!(
-                    wheel.stats().spurious_advances,
+                    model.wheel.stats().spurious_advances,
                     spurious,
                     "spurious at {step}"
                 );
             }
         }
-        assert_eq!(wheel.len(), model.len());
     }
 }
 
