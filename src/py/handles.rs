@@ -195,11 +195,12 @@ impl HandleKinds {
         Ok(object)
     }
 
-    /// A scheduled timer handle due at `when` (`seconds` as a double); its
-    /// wheel key is set once it is in the wheel (`set_key`).
+    /// A scheduled timer handle due at `when` (`seconds` as a double; no
+    /// `when`: the float `seconds`); its wheel key is set once it is in the
+    /// wheel (`set_key`).
     pub fn new_timer<'py>(
         &self,
-        when: &Bound<'py, PyAny>,
+        when: Option<&Bound<'py, PyAny>>,
         seconds: f64,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,

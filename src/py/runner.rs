@@ -149,10 +149,11 @@ impl LoopRunner {
     }
 
     /// A timer handle at `when` (kept as given; `seconds` is it as loop
-    /// seconds) for `callback(*args)`, in the wheel.
+    /// seconds; no `when`: `seconds` is the float asked for) for
+    /// `callback(*args)`, in the wheel.
     fn new_timer<'py>(
         slf: &Bound<'py, Self>,
-        when: &Bound<'py, PyAny>,
+        when: Option<&Bound<'py, PyAny>>,
         seconds: f64,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
@@ -437,7 +438,7 @@ impl LoopRunner {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         let seconds = seconds_of(when)?;
-        Self::new_timer(slf, when, seconds, callback, args, context)
+        Self::new_timer(slf, Some(when), seconds, callback, args, context)
     }
 
     /// `loop.call_later` outside debug mode.
@@ -453,11 +454,20 @@ impl LoopRunner {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
+        let now = LoopCore::now_ns() as f64 / 1e9;
+        if let Ok(delay) = delay.cast_exact::<PyFloat>() {
+            // What `asyncio.sleep` and most callers pass: the float addition
+            // below, without its two float objects.
+            let seconds = now + delay.value();
+            if seconds.is_nan() {
+                return Err(PyValueError::new_err("delay must not be NaN"));
+            }
+            return Self::new_timer(slf, None, seconds, callback, args, context);
+        }
         // `self.time() + delay` with Python's own addition, so that what
-        // asyncio accepts (int, float, Fraction) and refuses (Decimal) is
-        // the same here.
-        let now = PyFloat::new(py, LoopCore::now_ns() as f64 / 1e9);
-        let when = now.add(delay)?;
+        // asyncio accepts (int, Fraction) and refuses (Decimal) is the same
+        // here.
+        let when = PyFloat::new(py, now).add(delay)?;
         let seconds = seconds_of(&when).map_err(|error| {
             if error.is_instance_of::<PyValueError>(py) {
                 PyValueError::new_err("delay must not be NaN")
@@ -465,7 +475,7 @@ impl LoopRunner {
                 error
             }
         })?;
-        Self::new_timer(slf, &when, seconds, callback, args, context)
+        Self::new_timer(slf, Some(&when), seconds, callback, args, context)
     }
 
     /// Puts a timer handle made in Python (debug mode) in the wheel at

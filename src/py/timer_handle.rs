@@ -148,16 +148,20 @@ fn existing_base() -> &'static Base {
     }
 }
 
-/// Sets `when` of a new instance: `seconds`, and `when` itself unless it
-/// is a float.
+/// Sets `when` of a new instance: `seconds`, and `when` itself if it is
+/// given and not a float.
 ///
 /// # Safety
 /// `object` is a new instance of the class, its `_when` slot still null.
-pub(crate) unsafe fn init_when(object: *mut ffi::PyObject, when: &Bound<'_, PyAny>, seconds: f64) {
+pub(crate) unsafe fn init_when(
+    object: *mut ffi::PyObject,
+    when: Option<&Bound<'_, PyAny>>,
+    seconds: f64,
+) {
     // SAFETY: by the contract.
     unsafe {
         fields(object).when = seconds;
-        if ffi::PyFloat_CheckExact(when.as_ptr()) == 0 {
+        if let Some(when) = when.filter(|when| !when.is_exact_instance_of::<PyFloat>()) {
             existing_base()
                 .kept_when
                 .init(object, when.clone().into_ptr());

@@ -901,13 +901,15 @@ def test_timer_handles_keep_their_key_and_when_inline(loop: ErlangEventLoop) -> 
         pass
 
     before = loop.time()
-    timer = loop.call_later(3600, noop)
+    timer = loop.call_later(3600.0, noop)
+    assert loop.call_later(3600, noop).when() == pytest.approx(timer.when(), abs=1)
     # No int key and no float when hang off the handle: both live in it.
     referents = gc.get_referents(timer)
     assert not [r for r in referents if type(r) in (int, float)], referents
     stock = asyncio.TimerHandle(1.0, noop, (), loop)
     assert sys.getsizeof(timer) == sys.getsizeof(stock) + 16
     assert type(timer.when()) is float and before + 3600 <= timer.when() <= loop.time() + 3600
+    assert loop.call_later(float("inf"), noop).when() == float("inf")
     assert isinstance(timer._key, int) and timer._key > 0
     assert timer < loop.call_later(3601, noop)  # asyncio's comparisons read `_when`
     timer._when = 7
