@@ -172,3 +172,29 @@ fn a_bounded_advance_leaves_the_rest_of_a_sorted_slot_in_order() {
     want.sort_unstable();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_past_insert_fires_before_a_later_timer_sorted_ahead() {
+    // Against `advance`'s path for a sparse wheel, which pops `ahead` alone
+    // when the due queue is empty: here it is not, and holds the earliest
+    // timer.
+    let start = 3_600 * SEC + 123_457;
+    let mut wheel: Wheel<u64> = Wheel::new(start);
+    let d = start + 5 * SEC; // a level-2 slot away: sorted ahead
+    wheel.insert(d, 0);
+    wheel.insert(d + MS, 1);
+    let mut now = start;
+    let mut fired = Vec::new();
+    step_to(&mut wheel, &mut now, d - 10 * MS, &mut fired);
+    assert!(fired.is_empty());
+    wheel.insert(now - 1, 2); // already past: into the due queue
+    let mut out = Vec::new();
+    // One at a time, at a `now` past all three; no `while`, so a wrong path
+    // fails instead of spinning.
+    for _ in 0..3 {
+        wheel.advance(d + 2 * MS, &mut out, 1);
+    }
+    let got: Vec<u64> = out.iter().map(|e| e.value).collect();
+    assert_eq!(got, [2, 0, 1]);
+    assert!(wheel.is_empty());
+}

@@ -442,6 +442,13 @@ impl<T> Wheel<T> {
     /// moves up to `max` entries due at `now` into `out`. Returns how many.
     #[inline(never)]
     fn fire(&mut self, now: u64, target: u64, out: &mut Vec<Expired<T>>, max: usize) -> usize {
+        if self.next_process_tick > target && self.due.is_empty() {
+            // Nothing to process up to `target` and nothing in the due
+            // queue: only the head of `ahead` can be due. The usual advance
+            // of a sparse wheel, one sorted timer a tick or none.
+            self.elapsed = self.elapsed.max(target);
+            return self.fire_ahead(now, out, max);
+        }
         if target > self.elapsed {
             if self.fire_lone_entry(now, target, out, max) {
                 return 1;
@@ -467,6 +474,36 @@ impl<T> Wheel<T> {
             fired += 1;
         }
         self.due.settle(&self.slab);
+        self.ahead.settle(&self.slab);
+        self.stats.fired += fired as u64;
+        fired
+    }
+
+    /// `fire` when the due queue is empty and no slot or far migration is
+    /// to be processed up to `now`'s tick: pops `ahead` alone, without
+    /// `fire`'s call, its look at the levels and the merge of the two
+    /// queues on every pop. Returns how many fired.
+    #[inline(always)]
+    fn fire_ahead(&mut self, now: u64, out: &mut Vec<Expired<T>>, max: usize) -> usize {
+        debug_assert!(self.due.is_empty(), "fire_ahead with a due queue");
+        let mut fired = 0;
+        while fired < max {
+            let Some(index) = self.ahead.take_due(&self.slab, now) else {
+                break;
+            };
+            let entry = self.slab.remove(index);
+            debug_assert!(
+                entry.deadline <= now,
+                "firing entry {index} early: deadline {} > now {now}",
+                entry.deadline
+            );
+            out.push(Expired {
+                key: TimerKey::new(index, entry.generation),
+                deadline: entry.deadline,
+                value: entry.value,
+            });
+            fired += 1;
+        }
         self.ahead.settle(&self.slab);
         self.stats.fired += fired as u64;
         fired
