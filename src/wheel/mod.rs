@@ -460,23 +460,29 @@ impl<T> Wheel<T> {
             let Some(index) = self.take_due(now) else {
                 break;
             };
-            let entry = self.slab.remove(index);
-            debug_assert!(
-                entry.deadline <= now,
-                "firing entry {index} early: deadline {} > now {now}",
-                entry.deadline
-            );
-            out.push(Expired {
-                key: TimerKey::new(index, entry.generation),
-                deadline: entry.deadline,
-                value: entry.value,
-            });
+            self.hand_out(index, now, out);
             fired += 1;
         }
         self.due.settle(&self.slab);
         self.ahead.settle(&self.slab);
         self.stats.fired += fired as u64;
         fired
+    }
+
+    /// Frees the due entry at `index` (popped from a queue) and hands it out.
+    #[inline(always)]
+    fn hand_out(&mut self, index: u32, now: u64, out: &mut Vec<Expired<T>>) {
+        let entry = self.slab.remove(index);
+        debug_assert!(
+            entry.deadline <= now,
+            "firing entry {index} early: deadline {} > now {now}",
+            entry.deadline
+        );
+        out.push(Expired {
+            key: TimerKey::new(index, entry.generation),
+            deadline: entry.deadline,
+            value: entry.value,
+        });
     }
 
     /// `fire` when the due queue is empty and no slot or far migration is
@@ -491,17 +497,7 @@ impl<T> Wheel<T> {
             let Some(index) = self.ahead.take_due(&self.slab, now) else {
                 break;
             };
-            let entry = self.slab.remove(index);
-            debug_assert!(
-                entry.deadline <= now,
-                "firing entry {index} early: deadline {} > now {now}",
-                entry.deadline
-            );
-            out.push(Expired {
-                key: TimerKey::new(index, entry.generation),
-                deadline: entry.deadline,
-                value: entry.value,
-            });
+            self.hand_out(index, now, out);
             fired += 1;
         }
         self.ahead.settle(&self.slab);
@@ -596,12 +592,7 @@ impl<T> Wheel<T> {
             self.occupied_levels &= !1;
         }
         self.elapsed = target;
-        let entry = self.slab.remove(index);
-        out.push(Expired {
-            key: TimerKey::new(index, entry.generation),
-            deadline: entry.deadline,
-            value: entry.value,
-        });
+        self.hand_out(index, now, out);
         self.stats.fired += 1;
         true
     }
