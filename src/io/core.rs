@@ -138,17 +138,21 @@ impl LoopCore {
     /// Cancels a timer and returns its id. Stale, fired, unknown or garbage
     /// keys: `None`, no effect.
     pub fn cancel_timer(&self, key: u64) -> Option<u64> {
-        let mut state = self.lock();
-        let cancelled = state.wheel.cancel(TimerKey::from_u64(key));
-        if cancelled.is_some() {
-            state.stats.timers_cancelled += 1;
-        }
-        cancelled
+        self.cancel_timer_if(key, |_| true)
     }
 
-    /// The id of the live timer `key` names.
-    pub fn timer_id(&self, key: u64) -> Option<u64> {
-        self.lock().wheel.get(TimerKey::from_u64(key)).copied()
+    /// `cancel_timer` of a live timer whose id `ours` accepts (an owner
+    /// checking that a key it was handed names its own timer); `None`, no
+    /// effect, otherwise. One lock for the look and the cancel.
+    pub fn cancel_timer_if(&self, key: u64, ours: impl FnOnce(u64) -> bool) -> Option<u64> {
+        let mut state = self.lock();
+        let key = TimerKey::from_u64(key);
+        if !state.wheel.get(key).is_some_and(|&id| ours(id)) {
+            return None;
+        }
+        let cancelled = state.wheel.cancel(key);
+        state.stats.timers_cancelled += 1;
+        cancelled
     }
 
     /// Calls `visit` with the id of every timer the loop holds: live in the

@@ -99,14 +99,9 @@ impl NativeLoop {
         Ok(key)
     }
 
-    /// Cancels a timer of the wheel: its id; `None` for fired or unknown keys.
-    pub(crate) fn cancel_timer_key(&self, key: u64) -> Option<u64> {
-        self.core.cancel_timer(key)
-    }
-
-    /// The id of the live timer `key` names.
-    pub(crate) fn timer_id(&self, key: u64) -> Option<u64> {
-        self.core.timer_id(key)
+    /// Cancels the live timer `key` names if `ours` accepts its id: its id.
+    pub(crate) fn cancel_timer_if(&self, key: u64, ours: impl FnOnce(u64) -> bool) -> Option<u64> {
+        self.core.cancel_timer_if(key, ours)
     }
 
     /// Calls `visit` with the id of every timer the loop holds: live, or

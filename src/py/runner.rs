@@ -268,6 +268,17 @@ impl LoopRunner {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Takes `key` out of the wheel if `ours` accepts its id; False if it
+    /// already fired or left, or is not ours.
+    fn cancel_if(slf: &Bound<'_, Self>, key: u64, ours: impl FnOnce(u64) -> bool) -> bool {
+        let py = slf.py();
+        let id = slf.borrow().native.get().cancel_timer_if(key, ours);
+        // Released outside the borrow (the last reference may run Python).
+        // SAFETY: the id the wheel gave back for the cancelled key.
+        id.map(|id| unsafe { Item::from_id(py, id) }.release(py))
+            .is_some()
+    }
+
     /// Takes every timer out of the native loop: its items.
     fn take_all_timers(&self, py: Python<'_>) -> Vec<Item> {
         let ids = self.native.get().take_all_timers();
@@ -548,12 +559,7 @@ impl LoopRunner {
 
     /// Takes a key out of the wheel; False if it already fired or left.
     fn cancel(slf: &Bound<'_, Self>, key: u64) -> bool {
-        let py = slf.py();
-        let id = slf.borrow().native.get().cancel_timer_key(key);
-        // Released outside the borrow (the last reference may run Python).
-        // SAFETY: the id the wheel gave back for the cancelled key.
-        id.map(|id| unsafe { Item::from_id(py, id) }.release(py))
-            .is_some()
+        Self::cancel_if(slf, key, |_| true)
     }
 
     /// `loop._timer_handle_cancelled(handle)`: our scheduled timer handles
@@ -563,8 +569,7 @@ impl LoopRunner {
             return false;
         };
         // The key must name this very handle (its `_key` is writable).
-        let id = slf.borrow().native.get().timer_id(key);
-        id.is_some_and(|id| Item::is_handle(id, handle)) && Self::cancel(slf, key)
+        Self::cancel_if(slf, key, |id| Item::is_handle(id, handle))
     }
 
     // -- one iteration --

@@ -174,11 +174,19 @@ fn timers_outlive_close_until_their_owner_takes_them() {
     let (live, _) = core.insert_timer(now + ms(60_000), 7).unwrap();
     let (fired, _) = core.insert_timer(now, 8).unwrap();
     core.insert_timer(now + ms(1), 9).unwrap();
-    assert_eq!(core.timer_id(live), Some(7));
+    assert_eq!(
+        core.cancel_timer_if(live, |id| id != 7),
+        None,
+        "not ours: left"
+    );
     while now_monotonic_ns() < now + 1 {}
     core.set_served();
     core.tick(); // fires 8 (and 9 once due) into the queue
-    assert_eq!(core.timer_id(fired), None, "fired: no longer live");
+    assert_eq!(
+        core.cancel_timer_if(fired, |_| true),
+        None,
+        "fired: no longer live"
+    );
     core.add_interest(3, EventKind::Read, 1).unwrap();
     let mut seen = Vec::new();
     core.for_each_timer_id(|id| seen.push(id));
