@@ -135,11 +135,8 @@ impl LoopRunner {
 
     /// Puts `item` in the wheel at `seconds` (loop time); returns its key.
     fn insert(slf: &Bound<'_, Self>, seconds: f64, item: Item) -> PyResult<u64> {
-        if let Err(error) = Self::loop_object(slf) {
-            item.release(slf.py());
-            return Err(error);
-        }
-        match deadline_ns(seconds) {
+        // A closed loop says so first.
+        match Self::loop_object(slf).and_then(|_| deadline_ns(seconds)) {
             Ok(deadline) => Self::schedule(slf, deadline, item),
             Err(error) => {
                 item.release(slf.py());
