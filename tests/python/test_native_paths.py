@@ -922,6 +922,10 @@ def test_timer_handles_keep_their_key_and_when_inline(loop: ErlangEventLoop) -> 
         del timer._when
     with pytest.raises(TypeError):
         del timer._key
+    with pytest.raises(TypeError):
+        timer._key = "key"
+    with pytest.raises(OverflowError):
+        timer._key = -1
     timer._key = None
     assert timer._key is None
     loop.close()
