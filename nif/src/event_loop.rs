@@ -161,10 +161,13 @@ impl LoopResource {
             server: Mutex::new(None),
             core: OnceLock::new(),
         });
-        let core = Arc::new(
-            LoopCore::new(TICK_NS.load(Ordering::Relaxed), host.clone())
-                .map_err(|e| e.to_string())?,
-        );
+        let tick_ns = TICK_NS.load(Ordering::Relaxed);
+        let core = if python {
+            LoopCore::with_own_poller(tick_ns, host.clone()).map_err(|e| e.to_string())?
+        } else {
+            LoopCore::new(tick_ns, host.clone()).map_err(|e| e.to_string())?
+        };
+        let core = Arc::new(core);
         let _ = host.core.set(Arc::downgrade(&core));
         Ok(LoopResource { core, host, python })
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::pending::PendingQueue;
+use super::poller::{FdPoller, POLLER_TOKEN};
 use super::registry::{FdRegistry, Readiness};
 use super::{Event, EventKind, LoopHost, LoopStats, SelectOp, SelectRequest, Wake};
 use crate::wheel::{now_monotonic_ns, Expired, TimerKey, Wheel, WheelError};
@@ -63,6 +64,11 @@ struct State {
     wheel: Wheel<u64>,
     pending: PendingQueue,
     fds: FdRegistry,
+    /// A Python loop's own epoll set: its fds, polled by its thread (see
+    /// [`super::poller`]); `None`: each fd selected by the BEAM (`fds`).
+    poller: Option<FdPoller>,
+    /// Fd events the last look into `poller` found, for `wait` to hand out.
+    polled: Vec<Event>,
     /// Select calls owed to the serving process.
     selects: Vec<SelectRequest>,
     /// An `apply_selects` wake is out and not served yet: don't send another.
@@ -92,6 +98,8 @@ impl LoopCore {
                 wheel: Wheel::with_tick(tick_ns, now_monotonic_ns())?,
                 pending: PendingQueue::default(),
                 fds: FdRegistry::default(),
+                poller: None,
+                polled: Vec::new(),
                 selects: Vec::new(),
                 selects_signalled: false,
                 rearm: Vec::new(),
@@ -107,6 +115,15 @@ impl LoopCore {
             ready: Condvar::new(),
             host,
         })
+    }
+
+    /// A loop whose fds are in an epoll set of its own, polled by the
+    /// waiting thread; the BEAM selects only that set's fd, while the thread
+    /// sleeps (see [`super::poller`]). Python loops are made so.
+    pub fn with_own_poller(tick_ns: u64, host: Arc<dyn LoopHost>) -> std::io::Result<LoopCore> {
+        let core = LoopCore::new(tick_ns, host).map_err(std::io::Error::other)?;
+        core.lock().poller = Some(FdPoller::new()?);
+        Ok(core)
     }
 
     pub fn host(&self) -> &Arc<dyn LoopHost> {
@@ -215,6 +232,11 @@ impl LoopCore {
             return Err(std::io::Error::other(WaitError::Closed));
         }
         let host = Arc::clone(&self.host);
+        if let Some(poller) = &mut state.poller {
+            poller.add_interest(fd, kind, id, |epoll| host.open_fd(epoll, POLLER_TOKEN))?;
+            state.stats.fds = poller.len() as u64;
+            return Ok(Wake::default());
+        }
         let request = state
             .fds
             .add_interest(fd, kind, id, |token| host.open_fd(fd, token))?;
@@ -225,6 +247,11 @@ impl LoopCore {
     /// Stops watching `fd` for `kind`. Returns whether it was watched.
     pub fn remove_interest(&self, fd: RawFd, kind: EventKind) -> (bool, Wake) {
         let mut state = self.lock();
+        if let Some(poller) = &mut state.poller {
+            let (had, stop) = poller.remove_interest(fd, kind);
+            state.stats.fds = poller.len() as u64;
+            return (had, state.owe_selects(stop));
+        }
         let (had, stop) = state.fds.remove_interest(fd, kind);
         if had {
             state
@@ -240,6 +267,12 @@ impl LoopCore {
     /// serving process.
     pub fn fd_ready(&self, token: u64, kind: EventKind) {
         let mut state = self.lock();
+        if let Some(poller) = state.poller.as_mut().filter(|_| token == POLLER_TOKEN) {
+            // The loop's epoll set has ready fds: the thread looks itself.
+            poller.ready();
+            self.notify(&state);
+            return;
+        }
         match state.fds.ready(token, kind) {
             Readiness::Ready { fd, id } => {
                 state.pending.push(Event {
@@ -304,10 +337,14 @@ impl LoopCore {
         out: &mut Vec<Event>,
         max: usize,
     ) -> Result<Waited, WaitError> {
-        let (mut state, slept, timed_out) = self.block(timeout)?;
+        let (mut state, slept, timed_out) = self.block(timeout, max)?;
         let woken = std::mem::take(&mut state.wakeup_requested);
         let before = out.len();
         let more = state.drain(out, max);
+        let room = max.saturating_sub(out.len() - before);
+        let polled = state.polled.len().min(room);
+        state.stats.fd_events += polled as u64;
+        out.extend(state.polled.drain(..).take(polled));
         if slept {
             state.stats.wakeups += 1;
             if out.len() == before && !woken && !timed_out {
@@ -320,7 +357,7 @@ impl LoopCore {
     /// Like `wait` but leaves the events queued: returns how many there are
     /// (the low-level `poll_events`). A wake-up request is consumed.
     pub fn poll(&self, timeout: Option<Duration>) -> Result<usize, WaitError> {
-        let (mut state, slept, _) = self.block(timeout)?;
+        let (mut state, slept, _) = self.block(timeout, 0)?;
         state.wakeup_requested = false;
         if slept {
             state.stats.wakeups += 1;
@@ -329,18 +366,25 @@ impl LoopCore {
     }
 
     /// Sleeps on the condvar until there is something for the owner or the
-    /// timeout passes. Returns the locked state, whether it slept, and
-    /// whether the timeout ended the wait.
+    /// timeout passes; looks into the loop's own epoll set (up to `io_room`
+    /// events, into `polled`) before each sleep. Returns the locked state,
+    /// whether it slept, and whether the timeout ended the wait.
     fn block(
         &self,
         timeout: Option<Duration>,
+        io_room: usize,
     ) -> Result<(MutexGuard<'_, State>, bool, bool), WaitError> {
         let give_up = timeout.map(|t| Instant::now() + t);
         let mut state = self.lock();
         let mut slept = false;
         loop {
             state.check_open()?;
-            if !state.pending.is_empty() || state.wakeup_requested {
+            let state_ = &mut *state;
+            state_.polled.clear();
+            if let Some(poller) = &mut state_.poller {
+                poller.poll(&mut state_.polled, io_room);
+            }
+            if !state.pending.is_empty() || state.wakeup_requested || !state.polled.is_empty() {
                 return Ok((state, slept, false));
             }
             let now = Instant::now();
@@ -364,6 +408,15 @@ impl LoopCore {
                     return Ok((state, slept, false));
                 }
                 limit = Some(limit.map_or(until, |l| l.min(until)));
+            }
+            // Asleep, the loop learns of its fds from the BEAM, which
+            // selects its epoll fd for it: asked for once per sleep at most.
+            if let Some(arm) = state.poller.as_mut().and_then(FdPoller::arm_before_sleep) {
+                let wake = state.owe_selects(Some(arm));
+                drop(state);
+                self.host.deliver(wake);
+                state = self.lock();
+                continue;
             }
             slept = true;
             state.waiters += 1;
@@ -442,6 +495,9 @@ impl LoopCore {
         if state.served {
             let requests = state.fds.reselect_all();
             state.selects.extend(requests);
+            if let Some(poller) = &mut state.poller {
+                poller.forget_select();
+            }
         }
         state.served = true;
         state.server_down = false;
@@ -479,6 +535,13 @@ impl LoopCore {
         state.closed = true;
         let stops = state.fds.remove_all();
         state.selects.extend(stops);
+        // The epoll fd closes now, not when the last reference to the core
+        // (an Erlang term, say) is collected; the BEAM's duplicate of it
+        // leaves the poll set with the stop.
+        if let Some(stop) = state.poller.take().and_then(|mut poller| poller.stop()) {
+            state.selects.push(stop);
+        }
+        state.polled.clear();
         state.pending.retain(|event| event.kind == EventKind::Timer);
         state.stats.fds = 0;
         self.ready.notify_all();

@@ -5,12 +5,15 @@
 //!
 //! - [`pending`]: the FIFO of ready events, one per loop (LESSONS 21).
 //! - [`registry`]: the fds a loop watches, one select handle per fd (LESSONS 16).
+//! - [`poller`]: a Python loop's own epoll set instead: the BEAM selects only
+//!   its fd, while the loop sleeps.
 //! - [`core`]: the loop core itself: timers, fds, the wait with the GIL
 //!   released, wake-ups.
 //! - [`stats`]: counters for tracing and tests.
 
 pub mod core;
 pub mod pending;
+pub mod poller;
 pub mod registry;
 pub mod signals;
 pub mod stats;

@@ -373,3 +373,130 @@ fn a_served_loop_runs_a_due_timer_even_if_the_erlang_timer_is_late() {
     assert!(now_monotonic_ns() >= deadline, "fired early");
     assert_eq!(core.stats().ticks, 0);
 }
+
+fn new_polled_loop() -> (Arc<LoopCore>, Arc<FakeHost>) {
+    let host = Arc::new(FakeHost::default());
+    let core = LoopCore::with_own_poller(1_000_000, host.clone()).unwrap();
+    (Arc::new(core), host)
+}
+
+fn arms_delivered(host: &FakeHost) -> usize {
+    let delivered = host.delivered.lock().unwrap();
+    delivered.iter().filter(|wake| wake.apply_selects).count()
+}
+
+#[test]
+fn an_own_poller_loop_polls_its_fds_and_asks_the_beam_only_when_it_sleeps() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let (core, host) = new_polled_loop();
+    core.set_served();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    assert!(core
+        .add_interest(fd, EventKind::Read, 41)
+        .unwrap()
+        .is_empty());
+    assert_eq!(core.stats().fds, 1);
+    // Busy: readiness comes from the loop's own look, no select asked for.
+    b.write_all(b"x").unwrap();
+    let mut out = Vec::new();
+    core.wait(Some(Duration::ZERO), &mut out, 16).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].kind, out[0].id, out[0].key),
+        (EventKind::Read, 41, fd as u64)
+    );
+    assert!(core.take_select_requests().is_empty());
+    assert_eq!(arms_delivered(&host), 0);
+    // Still unread: level-triggered, reported again.
+    out.clear();
+    core.wait(Some(Duration::ZERO), &mut out, 16).unwrap();
+    assert_eq!(out.len(), 1);
+    std::io::Read::read_exact(&mut &a, &mut [0u8; 1]).unwrap();
+    // About to sleep: the epoll fd's select is asked for, once.
+    out.clear();
+    core.wait(Some(Duration::from_millis(5)), &mut out, 16)
+        .unwrap();
+    core.wait(Some(Duration::from_millis(5)), &mut out, 16)
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(arms_delivered(&host), 1);
+    let requests = core.take_select_requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(token_of(&requests[0]), crate::io::poller::POLLER_TOKEN);
+    // Asleep with no limit, the loop wakes when the BEAM reports the epoll fd.
+    let sleeper = {
+        let core = Arc::clone(&core);
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            core.wait(None, &mut out, 16).unwrap();
+            out
+        })
+    };
+    while core.lock().waiters == 0 {
+        thread::yield_now();
+    }
+    b.write_all(b"y").unwrap();
+    core.fd_ready(crate::io::poller::POLLER_TOKEN, EventKind::Read);
+    let woke_with = sleeper.join().unwrap();
+    assert_eq!(woke_with.len(), 1);
+    assert_eq!(woke_with[0].id, 41);
+    // The select was spent: the next sleep asks again.
+    std::io::Read::read_exact(&mut &a, &mut [0u8; 1]).unwrap();
+    core.wait(Some(Duration::from_millis(5)), &mut Vec::new(), 16)
+        .unwrap();
+    assert_eq!(arms_delivered(&host), 2);
+}
+
+#[test]
+fn an_own_poller_loop_stops_its_select_when_its_last_fd_goes_and_at_close() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let (core, _) = new_polled_loop();
+    core.set_served();
+    let (a, _b) = UnixStream::pair().unwrap();
+    core.add_interest(a.as_raw_fd(), EventKind::Read, 1)
+        .unwrap();
+    core.add_interest(a.as_raw_fd(), EventKind::Write, 2)
+        .unwrap();
+    assert!(core.remove_interest(a.as_raw_fd(), EventKind::Write).0);
+    assert!(core.take_select_requests().is_empty());
+    let (had, wake) = core.remove_interest(a.as_raw_fd(), EventKind::Read);
+    assert!(had && wake.apply_selects);
+    let ops: Vec<SelectOp> = core.take_select_requests().iter().map(|r| r.op).collect();
+    assert_eq!(ops, [SelectOp::Stop]);
+    assert_eq!(core.stats().fds, 0);
+    // Watched again, then closed: the select stops with the loop.
+    core.add_interest(a.as_raw_fd(), EventKind::Read, 3)
+        .unwrap();
+    assert!(core.close().apply_selects);
+    let ops: Vec<SelectOp> = core.take_select_requests().iter().map(|r| r.op).collect();
+    assert_eq!(ops, [SelectOp::Stop]);
+    assert!(core
+        .add_interest(a.as_raw_fd(), EventKind::Read, 4)
+        .is_err());
+}
+
+#[test]
+fn events_of_an_own_poller_loop_beyond_max_are_reported_by_the_next_wait() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let (core, _) = new_polled_loop();
+    let pairs: Vec<_> = (0..3).map(|_| UnixStream::pair().unwrap()).collect();
+    for (id, (a, b)) in pairs.iter().enumerate() {
+        core.add_interest(a.as_raw_fd(), EventKind::Read, id as u64)
+            .unwrap();
+        (&*b).write_all(b"x").unwrap();
+    }
+    let mut out = Vec::new();
+    core.wait(Some(Duration::ZERO), &mut out, 2).unwrap();
+    assert_eq!(out.len(), 2);
+    let mut again = Vec::new();
+    core.wait(Some(Duration::ZERO), &mut again, 16).unwrap();
+    let mut ids: Vec<u64> = again.iter().map(|event| event.id).collect();
+    ids.sort();
+    assert_eq!(ids, [0, 1, 2]);
+}

@@ -1,0 +1,451 @@
+//! A Python loop's own epoll set: the fds it watches, polled by the loop's
+//! thread itself while it is awake.
+//!
+//! Selecting each fd through the BEAM costs an Erlang message (and a
+//! scheduler wake-up) per readiness and another per re-arm: a busy loop paid
+//! about 13 µs of BEAM time per socket event. With an epoll set of its own
+//! the loop asks the kernel directly (one `epoll_wait` with no timeout per
+//! iteration, as uvloop does), and the BEAM watches a single fd, the epoll
+//! fd itself, only while the loop sleeps: its readiness wakes the loop as a
+//! socket's used to. One select handle for that fd (LESSONS 16), armed and
+//! stopped by the serving process only (LESSONS 18).
+//!
+//! The set is level-triggered, as asyncio's selectors are: an fd stays ready
+//! until read, so an event the loop did not take is reported again.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::{Event, EventKind, SelectHandle, SelectOp, SelectRequest};
+
+/// The registration token of the epoll fd's select handle. The fd registry
+/// counts its tokens up from 1, so they never meet this one.
+pub const POLLER_TOKEN: u64 = u64::MAX;
+
+/// Events taken per `epoll_wait`; more ready fds are reported next time
+/// (level-triggered: nothing is lost).
+const EVENTS_PER_POLL: usize = 256;
+
+/// The callback ids of an fd's two directions (`None` = not watched).
+#[derive(Debug, Clone, Copy, Default)]
+struct Interest {
+    read: Option<u64>,
+    write: Option<u64>,
+}
+
+impl Interest {
+    fn epoll_mask(self) -> u32 {
+        let mut mask = 0;
+        if self.read.is_some() {
+            mask |= libc::EPOLLIN as u32;
+        }
+        if self.write.is_some() {
+            mask |= libc::EPOLLOUT as u32;
+        }
+        mask
+    }
+
+    fn is_empty(self) -> bool {
+        self.read.is_none() && self.write.is_none()
+    }
+}
+
+pub struct FdPoller {
+    epoll: OwnedFd,
+    watched: HashMap<RawFd, Interest>,
+    /// The host's select handle on the epoll fd, opened with the first fd.
+    handle: Option<SelectHandle>,
+    /// A one-shot select on the epoll fd is outstanding.
+    armed: bool,
+    buffer: Vec<libc::epoll_event>,
+}
+
+impl FdPoller {
+    pub fn new() -> io::Result<FdPoller> {
+        // SAFETY: epoll_create1 takes no pointers; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FdPoller {
+            // SAFETY: `fd` was just created and nothing else owns it.
+            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            watched: HashMap::new(),
+            handle: None,
+            armed: false,
+            buffer: Vec::with_capacity(EVENTS_PER_POLL),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.watched.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.watched.is_empty()
+    }
+
+    /// Watches `fd` for `kind`, reporting `id` (replacing the direction's
+    /// previous id). `open` makes the epoll fd's select handle the first time.
+    pub fn add_interest(
+        &mut self,
+        fd: RawFd,
+        kind: EventKind,
+        id: u64,
+        open: impl FnOnce(RawFd) -> io::Result<SelectHandle>,
+    ) -> io::Result<()> {
+        let old = self.watched.get(&fd).copied();
+        let mut new = old.unwrap_or_default();
+        match kind {
+            EventKind::Read => new.read = Some(id),
+            EventKind::Write => new.write = Some(id),
+            EventKind::Timer => return Ok(()),
+        }
+        // Registered even when the mask is unchanged: the number may name
+        // a new file since (closed and reused without a remove), unknown to
+        // the kernel's set.
+        self.register(fd, old.is_some(), new.epoll_mask())?;
+        if self.handle.is_none() {
+            match open(self.epoll.as_raw_fd()) {
+                Ok(handle) => self.handle = Some(handle),
+                Err(error) => {
+                    if old.is_none() {
+                        self.deregister(fd);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        self.watched.insert(fd, new);
+        Ok(())
+    }
+
+    /// Stops watching `fd` for `kind`; returns whether it was watched, and
+    /// the stop of the epoll fd's select when no fd is left (a loop without
+    /// fds keeps nothing in the BEAM's poll set).
+    pub fn remove_interest(&mut self, fd: RawFd, kind: EventKind) -> (bool, Option<SelectRequest>) {
+        let Some(interest) = self.watched.get_mut(&fd) else {
+            return (false, None);
+        };
+        let had = match kind {
+            EventKind::Read => interest.read.take().is_some(),
+            EventKind::Write => interest.write.take().is_some(),
+            EventKind::Timer => false,
+        };
+        let interest = *interest;
+        if interest.is_empty() {
+            self.watched.remove(&fd);
+            self.deregister(fd);
+            if self.watched.is_empty() {
+                return (had, self.stop());
+            }
+        } else if had {
+            // An fd closed meanwhile left the set by itself: nothing to do.
+            let _ = self.register(fd, true, interest.epoll_mask());
+        }
+        (had, None)
+    }
+
+    /// `EPOLL_CTL_MOD` (or `ADD`); an fd closed and reopened under the same
+    /// number since it was added is new to the kernel: added again.
+    fn register(&self, fd: RawFd, known: bool, mask: u32) -> io::Result<()> {
+        let first = if known {
+            libc::EPOLL_CTL_MOD
+        } else {
+            libc::EPOLL_CTL_ADD
+        };
+        match self.ctl(first, fd, mask) {
+            Err(e) if known && e.raw_os_error() == Some(libc::ENOENT) => {
+                self.ctl(libc::EPOLL_CTL_ADD, fd, mask)
+            }
+            Err(e) if !known && e.raw_os_error() == Some(libc::EEXIST) => {
+                self.ctl(libc::EPOLL_CTL_MOD, fd, mask)
+            }
+            other => other,
+        }
+    }
+
+    /// Takes `fd` out of the set; an fd already closed is out already.
+    fn deregister(&self, fd: RawFd) {
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0);
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, mask: u32) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: mask,
+            u64: fd as u64,
+        };
+        // SAFETY: `event` is a valid epoll_event for the call's duration; the
+        // kernel checks `fd` and answers EBADF for a bad one.
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends the ready fds' events (at most `max`), without waiting.
+    /// Returns how many were appended.
+    pub fn poll(&mut self, out: &mut Vec<Event>, max: usize) -> usize {
+        if self.watched.is_empty() || max == 0 {
+            return 0;
+        }
+        let room = max.min(EVENTS_PER_POLL);
+        self.buffer.clear();
+        // SAFETY: the buffer has capacity for EVENTS_PER_POLL >= room events;
+        // the kernel writes at most `room` of them and says how many.
+        let count = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.buffer.as_mut_ptr(),
+                room as libc::c_int,
+                0,
+            )
+        };
+        if count <= 0 {
+            // EINTR or nothing ready: the next look sees what this missed.
+            return 0;
+        }
+        // SAFETY: the kernel initialised the first `count` entries.
+        unsafe { self.buffer.set_len(count as usize) };
+        let before = out.len();
+        for ready in &self.buffer {
+            let fd = ready.u64 as RawFd;
+            let Some(interest) = self.watched.get(&fd) else {
+                continue;
+            };
+            // As asyncio's EpollSelector: an error or a hang-up wakes both
+            // directions, so the callback meets it in its read or write.
+            let flags = ready.events;
+            let failed = flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+            if let Some(id) = interest.read {
+                if failed || flags & libc::EPOLLIN as u32 != 0 {
+                    out.push(fd_event(EventKind::Read, id, fd));
+                }
+            }
+            if let Some(id) = interest.write {
+                if failed || flags & libc::EPOLLOUT as u32 != 0 {
+                    out.push(fd_event(EventKind::Write, id, fd));
+                }
+            }
+        }
+        out.len() - before
+    }
+
+    /// The select the loop needs before it sleeps: the epoll fd watched by
+    /// the BEAM, if fds are watched and no select is outstanding.
+    pub fn arm_before_sleep(&mut self) -> Option<SelectRequest> {
+        if self.watched.is_empty() || self.armed {
+            return None;
+        }
+        let handle = self.handle.clone()?;
+        self.armed = true;
+        Some(SelectRequest {
+            handle,
+            op: SelectOp::Arm {
+                read: true,
+                write: false,
+            },
+        })
+    }
+
+    /// The BEAM saw the epoll fd ready: its one-shot select is spent.
+    pub fn ready(&mut self) {
+        self.armed = false;
+    }
+
+    /// A new serving process replaced a dead one: its selects are void.
+    pub fn forget_select(&mut self) {
+        self.armed = false;
+    }
+
+    /// The stop of the epoll fd's select (loop close, or no fd left).
+    pub fn stop(&mut self) -> Option<SelectRequest> {
+        self.watched.clear();
+        self.armed = false;
+        self.handle.take().map(|handle| SelectRequest {
+            handle,
+            op: SelectOp::Stop,
+        })
+    }
+}
+
+fn fd_event(kind: EventKind, id: u64, fd: RawFd) -> Event {
+    Event {
+        kind,
+        id,
+        key: fd as u64,
+        deadline: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+
+    fn poller() -> FdPoller {
+        FdPoller::new().unwrap()
+    }
+
+    fn open(_epoll: RawFd) -> io::Result<SelectHandle> {
+        Ok(Arc::new(POLLER_TOKEN))
+    }
+
+    fn polled(poller: &mut FdPoller) -> Vec<(EventKind, u64, u64)> {
+        let mut out = Vec::new();
+        poller.poll(&mut out, 64);
+        let mut seen: Vec<_> = out.iter().map(|e| (e.kind, e.id, e.key)).collect();
+        seen.sort_by_key(|&(kind, id, key)| (key, id, kind == EventKind::Write));
+        seen
+    }
+
+    #[test]
+    fn readiness_is_level_triggered_and_carries_the_direction_s_id() {
+        let mut poller = poller();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        poller.add_interest(fd, EventKind::Read, 7, open).unwrap();
+        assert_eq!(polled(&mut poller), []);
+        b.write_all(b"x").unwrap();
+        assert_eq!(polled(&mut poller), [(EventKind::Read, 7, fd as u64)]);
+        // Not read yet: reported again.
+        assert_eq!(polled(&mut poller), [(EventKind::Read, 7, fd as u64)]);
+        // A new id for the direction replaces the old one.
+        poller.add_interest(fd, EventKind::Read, 8, open).unwrap();
+        assert_eq!(polled(&mut poller), [(EventKind::Read, 8, fd as u64)]);
+        (&a).read_exact(&mut [0u8; 1]).unwrap();
+        assert_eq!(polled(&mut poller), []);
+    }
+
+    #[test]
+    fn both_directions_of_one_fd_and_a_hang_up_wakes_both() {
+        let mut poller = poller();
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        poller.add_interest(fd, EventKind::Write, 2, open).unwrap();
+        assert_eq!(polled(&mut poller), [(EventKind::Write, 2, fd as u64)]);
+        poller.add_interest(fd, EventKind::Read, 1, open).unwrap();
+        assert_eq!(polled(&mut poller), [(EventKind::Write, 2, fd as u64)]);
+        drop(b);
+        assert_eq!(
+            polled(&mut poller),
+            [
+                (EventKind::Read, 1, fd as u64),
+                (EventKind::Write, 2, fd as u64)
+            ]
+        );
+        assert_eq!(poller.len(), 1);
+    }
+
+    #[test]
+    fn removed_interest_is_silent_and_the_last_fd_stops_the_select() {
+        let mut poller = poller();
+        let (a, mut peer_a) = UnixStream::pair().unwrap();
+        let (c, _peer_c) = UnixStream::pair().unwrap();
+        poller
+            .add_interest(a.as_raw_fd(), EventKind::Read, 1, open)
+            .unwrap();
+        poller
+            .add_interest(c.as_raw_fd(), EventKind::Read, 2, open)
+            .unwrap();
+        peer_a.write_all(b"x").unwrap();
+        assert!(!poller.remove_interest(a.as_raw_fd(), EventKind::Write).0);
+        let (had, stop) = poller.remove_interest(a.as_raw_fd(), EventKind::Read);
+        assert!(had && stop.is_none());
+        assert_eq!(polled(&mut poller), []);
+        let (had, stop) = poller.remove_interest(c.as_raw_fd(), EventKind::Read);
+        assert!(had);
+        assert_eq!(stop.map(|request| request.op), Some(SelectOp::Stop));
+        assert!(poller.is_empty());
+        assert!(!poller.remove_interest(c.as_raw_fd(), EventKind::Read).0);
+        // Watching again opens a new select handle.
+        let mut opened = 0;
+        poller
+            .add_interest(c.as_raw_fd(), EventKind::Read, 3, |epoll| {
+                opened += 1;
+                open(epoll)
+            })
+            .unwrap();
+        assert_eq!(opened, 1);
+    }
+
+    #[test]
+    fn an_fd_number_that_now_names_another_socket_is_watched_again() {
+        let mut poller = poller();
+        let (a, _peer_a) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        poller.add_interest(fd, EventKind::Read, 1, open).unwrap();
+        // The number is made to name another socket at once (dup2 closes the
+        // old one, which leaves the epoll set), as a closed-and-reused fd.
+        let (b, mut peer_b) = UnixStream::pair().unwrap();
+        // SAFETY: both fds are open and ours; `a` is forgotten below so the
+        // number is closed once, by the OwnedFd made of it.
+        assert_eq!(unsafe { libc::dup2(b.as_raw_fd(), fd) }, fd);
+        let reused = unsafe { OwnedFd::from_raw_fd(a.into_raw_fd_for_test()) };
+        peer_b.write_all(b"x").unwrap();
+        assert_eq!(polled(&mut poller), []);
+        poller.add_interest(fd, EventKind::Read, 2, open).unwrap();
+        assert_eq!(polled(&mut poller), [(EventKind::Read, 2, fd as u64)]);
+        drop(reused);
+    }
+
+    trait IntoRawFdForTest {
+        fn into_raw_fd_for_test(self) -> RawFd;
+    }
+
+    impl IntoRawFdForTest for UnixStream {
+        fn into_raw_fd_for_test(self) -> RawFd {
+            std::os::fd::IntoRawFd::into_raw_fd(self)
+        }
+    }
+
+    #[test]
+    fn a_bad_or_unpollable_fd_is_an_error_and_watches_nothing() {
+        let mut poller = poller();
+        let mut opened = false;
+        let error = poller
+            .add_interest(-1, EventKind::Read, 1, |epoll| {
+                opened = true;
+                open(epoll)
+            })
+            .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EBADF));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let error = poller
+            .add_interest(file.as_raw_fd(), EventKind::Read, 1, open)
+            .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EPERM));
+        assert!(poller.is_empty() && !opened);
+        assert!(poller.arm_before_sleep().is_none());
+    }
+
+    #[test]
+    fn the_epoll_fd_is_armed_once_per_sleep_until_the_beam_reports_it() {
+        let mut poller = poller();
+        assert!(poller.arm_before_sleep().is_none(), "nothing to watch");
+        let (a, _b) = UnixStream::pair().unwrap();
+        poller
+            .add_interest(a.as_raw_fd(), EventKind::Read, 1, open)
+            .unwrap();
+        let arm = poller.arm_before_sleep().unwrap();
+        assert_eq!(
+            arm.op,
+            SelectOp::Arm {
+                read: true,
+                write: false
+            }
+        );
+        assert!(poller.arm_before_sleep().is_none(), "already armed");
+        poller.ready();
+        assert!(poller.arm_before_sleep().is_some());
+        poller.forget_select();
+        assert!(poller.arm_before_sleep().is_some());
+        assert_eq!(poller.stop().map(|r| r.op), Some(SelectOp::Stop));
+        assert!(poller.arm_before_sleep().is_none());
+    }
+}
