@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from asyncio import (
     Future,
     base_events,
@@ -25,11 +24,7 @@ from typing import Any
 import _erlang_loop
 
 from ._selector import _ErlangSelector
-from ._transports import (
-    _ErlangDatagramTransport,
-    _ErlangSocketTransport,
-    shutdown_before_close,
-)
+from ._transports import _ErlangDatagramTransport, _ErlangSocketTransport
 
 
 class _ErlangTimerHandle(_erlang_loop.timer_handle_base()):  # type: ignore[misc]
@@ -270,13 +265,6 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             finally:
                 self._current_handle = None
         handle = None  # Needed to break cycles when an exception occurs.
-
-    def _stop_serving(self, sock: socket.socket) -> None:
-        # As CPython's, plus a shutdown: the select's duplicate fd would keep
-        # a closed server listening (and its port taken) until the select stop.
-        self._remove_reader(sock.fileno())
-        shutdown_before_close(sock)
-        sock.close()
 
     def run_forever(self) -> None:
         runner = self._runner

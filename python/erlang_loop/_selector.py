@@ -1,6 +1,7 @@
 """The loop's selector: fd registrations live in Python (as in the stdlib
-selectors), readiness comes from the BEAM's ``enif_select`` through the
-native loop, never from a Python-side poll."""
+selectors) and in the native loop's own epoll set, which the native loop
+polls with the GIL released (the BEAM wakes it when it sleeps), never a
+Python-side poll."""
 
 from __future__ import annotations
 

@@ -12,27 +12,15 @@ a 256 KiB object per read and shrinks it (mmap/munmap on every read). Here
 every transport reads into its thread's one reusable buffer and hands the
 protocol ``bytes`` of the right size (LESSONS 28): the stream transport's
 per-event methods and the datagram transport's ``_read_ready`` are native.
-Readiness still comes from the BEAM's ``enif_select`` through the loop's
-selector.
+Readiness comes through the loop's selector (its own epoll set, see
+src/io/poller.rs).
 """
 
 from __future__ import annotations
 
-import socket
 from asyncio import selector_events
 
 import _erlang_loop
-
-
-def shutdown_before_close(sock: socket.socket) -> None:
-    """Ends the connection (or the listening) now. The BEAM's select
-    resource holds a duplicate of the fd until its stop runs on the loop's
-    Erlang worker, so ``sock.close()`` alone would leave the socket open (the
-    peer seeing no FIN, a closed server still accepting) for that long."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 class _ErlangSocketTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
@@ -44,11 +32,6 @@ class _ErlangSocketTransport(selector_events._SelectorSocketTransport):  # type:
     buffered) are the steps of asyncio's methods, in Rust
     (src/py/socket_transport.rs); everything else is asyncio's."""
 
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        if self._sock is not None:
-            shutdown_before_close(self._sock)
-        super()._call_connection_lost(exc)
-
 
 for _name, _method in _erlang_loop.socket_transport_methods(_ErlangSocketTransport).items():
     setattr(_ErlangSocketTransport, _name, _method)
@@ -56,8 +39,8 @@ for _name, _method in _erlang_loop.socket_transport_methods(_ErlangSocketTranspo
 
 class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
     """A datagram transport whose ``_read_ready`` is native: up to 16
-    datagrams per readiness event (each event is a round trip through the
-    loop's Erlang worker), read into the thread's receive buffer
+    datagrams per readiness event (one loop iteration), read into the
+    thread's receive buffer
     (src/py/datagram_transport.rs); everything else is asyncio's."""
 
 

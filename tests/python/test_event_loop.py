@@ -1313,8 +1313,8 @@ def test_sigchld_handler_runs_when_a_child_exits(loop: ErlangEventLoop) -> None:
     assert seen[0] == 7
     assert loop.remove_signal_handler(signal.SIGCHLD) is True
     assert loop.remove_signal_handler(signal.SIGCHLD) is False
-    # The subscription's pipe is closed (its select's duplicate goes with the
-    # asynchronous stop).
+    # The subscription's pipe is closed (and the BEAM's duplicate of the
+    # loop's epoll fd, whose select stops asynchronously with its last fd).
     deadline = time.monotonic() + 10
     while _open_fds() > baseline and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -425,6 +425,28 @@ def test_abort_loses_the_endpoint(loop: ErlangEventLoop) -> None:
     run(loop, main())
 
 
+def test_a_closed_endpoint_s_port_is_free_at_once(loop: ErlangEventLoop) -> None:
+    """The loop keeps no copy of a socket's fd (its own epoll set holds the
+    sockets it watches, not duplicates): once ``connection_lost`` ran, the
+    port can be bound again without SO_REUSEADDR, as on the stdlib loop."""
+
+    async def main() -> None:
+        for _ in range(20):
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+            )
+            port = transport.get_extra_info("sockname")[1]
+            transport.close()
+            await protocol.lost
+            again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                again.bind((LOCALHOST, port))
+            finally:
+                again.close()
+
+    run(loop, main())
+
+
 # ------------------------------------------------ the native _read_ready
 
 
