@@ -495,8 +495,8 @@ impl LoopCore {
         if state.served {
             let requests = state.fds.reselect_all();
             state.selects.extend(requests);
-            if let Some(poller) = &mut state.poller {
-                poller.forget_select();
+            if let Some(arm) = state.poller.as_mut().and_then(FdPoller::reselect) {
+                state.selects.push(arm);
             }
         }
         state.served = true;

@@ -256,9 +256,11 @@ impl FdPoller {
         self.armed = false;
     }
 
-    /// A new serving process replaced a dead one: its selects are void.
-    pub fn forget_select(&mut self) {
+    /// A new serving process replaced a dead one, whose selects are void:
+    /// the select it must make at once (the loop may be asleep already).
+    pub fn reselect(&mut self) -> Option<SelectRequest> {
         self.armed = false;
+        self.arm_before_sleep()
     }
 
     /// The stop of the epoll fd's select (loop close, or no fd left).
@@ -443,8 +445,8 @@ mod tests {
         assert!(poller.arm_before_sleep().is_none(), "already armed");
         poller.ready();
         assert!(poller.arm_before_sleep().is_some());
-        poller.forget_select();
-        assert!(poller.arm_before_sleep().is_some());
+        assert!(poller.reselect().is_some(), "armed again for a new server");
+        assert!(poller.arm_before_sleep().is_none());
         assert_eq!(poller.stop().map(|r| r.op), Some(SelectOp::Stop));
         assert!(poller.arm_before_sleep().is_none());
     }

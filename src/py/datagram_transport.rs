@@ -1,8 +1,8 @@
 //! `_read_ready` of `_ErlangDatagramTransport`, native.
 //!
-//! Each readiness event is a round trip through the loop's Erlang worker, so
-//! our datagram transport drains up to `DATAGRAM_BATCH` datagrams per event
-//! (the bound keeps one busy socket from starving the others). Before each
+//! Each readiness event costs a loop iteration, so our datagram transport
+//! drains up to `DATAGRAM_BATCH` datagrams per event (the bound keeps one
+//! busy socket from starving the others). Before each
 //! one: nothing more once the transport lost its connection, is closing or
 //! is paused (`datagram_received` may have done either). Then one
 //! `recvfrom` into the thread's receive buffer (at most `max_size` bytes):

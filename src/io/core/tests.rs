@@ -500,3 +500,24 @@ fn events_of_an_own_poller_loop_beyond_max_are_reported_by_the_next_wait() {
     ids.sort();
     assert_eq!(ids, [0, 1, 2]);
 }
+
+#[test]
+fn a_new_server_selects_an_own_poller_loop_s_epoll_fd_at_once() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let (core, _) = new_polled_loop();
+    core.set_served();
+    let (a, _b) = UnixStream::pair().unwrap();
+    core.add_interest(a.as_raw_fd(), EventKind::Read, 1)
+        .unwrap();
+    core.wait(Some(Duration::from_millis(1)), &mut Vec::new(), 16)
+        .unwrap();
+    assert_eq!(core.take_select_requests().len(), 1);
+    // The server dies with its select while the loop sleeps; the new one
+    // must select the epoll fd without waiting for the loop's next sleep.
+    core.server_down();
+    assert!(core.set_served().apply_selects);
+    let requests = core.take_select_requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(token_of(&requests[0]), crate::io::poller::POLLER_TOKEN);
+}
