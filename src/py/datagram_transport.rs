@@ -28,7 +28,8 @@ use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use super::method::{cached_class, call_method, methods_for, MethodDef};
 use super::transport_io::{
-    call_stock, fatal_error, no_event, os_error, plain_socket_fd, Handling, RECV_BUFFER,
+    call_stock, fatal_error, no_event, os_error, plain_socket_fd, socket_family, Handling,
+    RECV_BUFFER,
 };
 
 /// Datagrams read per readiness event at most.
@@ -79,10 +80,7 @@ fn read_batch(transport: &Bound<'_, PyAny>) -> PyResult<()> {
     let Some(fd) = plain_socket_fd(transport)? else {
         return stock(intern!(py, "_read_ready"));
     };
-    let family: i32 = transport
-        .getattr(intern!(py, "_sock"))?
-        .getattr(intern!(py, "family"))?
-        .extract()?;
+    let family = socket_family(&transport.getattr(intern!(py, "_sock"))?)?;
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return stock(intern!(py, "_read_ready"));
     }

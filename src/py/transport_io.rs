@@ -34,6 +34,25 @@ pub(super) fn plain_socket_fd(transport: &Bound<'_, PyAny>) -> PyResult<Option<i
         .map(Some)
 }
 
+/// The socket's family as an `int`, read by the C socket's own getter:
+/// `socket.socket.family` is a Python property that builds an `IntEnum`
+/// (about a microsecond, more than a `sendto` of ours without it).
+pub(super) fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
+    static GETTER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = sock.py();
+    let getter = GETTER.get_or_try_init(py, || {
+        py.import("_socket")?
+            .getattr("socket")?
+            .getattr("__dict__")?
+            .get_item("family")
+            .map(Bound::unbind)
+    })?;
+    getter
+        .bind(py)
+        .call_method1(intern!(py, "__get__"), (sock,))?
+        .extract()
+}
+
 /// `socket.socket`.
 fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();

@@ -455,6 +455,65 @@ def test_the_datagram_read_is_native() -> None:
     assert type(method).__name__ == "method_descriptor"
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_sendto_takes_every_address_and_data_form_the_socket_module_takes(
+    loop: ErlangEventLoop, family: int
+) -> None:
+    """Numeric and named addresses, the keyword, other buffers: all arrive;
+    what the socket module refuses closes the endpoint with asyncio's fatal
+    write error, as on the stdlib loop."""
+    if family == socket.AF_INET6 and not has_ipv6():
+        pytest.skip("no IPv6 on this machine")
+    host = LOCALHOST if family == socket.AF_INET else "::1"
+
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(host, 0))
+        port = server.get_extra_info("sockname")[1]
+        client, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(host, 0)
+        )
+        forms: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
+            (b"numeric", ((host, port),), {}),
+            (b"keyword", (), {"addr": (host, port)}),
+            (bytearray(b"bytearray"), ((host, port),), {}),
+            (memoryview(b"memoryview"), ((host, port),), {}),
+        ]
+        if family == socket.AF_INET:
+            forms.append((b"name", (("localhost", port),), {}))
+        else:
+            forms.append((b"four fields", ((host, port, 0, 0),), {}))
+            forms.append((b"three fields", ((host, port, 0),), {}))
+        for data, args, kwargs in forms:
+            client.sendto(data, *args, **kwargs)
+        expected = sorted(bytes(data) for data, _, _ in forms)
+        await wait_for_condition(lambda: len(protocol.received) == len(expected))
+        assert sorted(data for data, _ in protocol.received) == expected
+        client.sendto(b"")  # nothing to send: asyncio returns at once
+        await asyncio.sleep(0.05)
+        assert len(protocol.received) == len(expected)
+        assert not client.is_closing()
+        client.close()
+        # What the socket module refuses is asyncio's fatal write error: the
+        # endpoint closes with it.
+        bad = [(host, 70000), None, (host, "port")]
+        if family == socket.AF_INET6:
+            bad.append((host, port, 1 << 20, 0))
+        for addr in bad:
+            endpoint, lost = await loop.create_datagram_endpoint(
+                lambda: Datagrams(loop), local_addr=(host, 0)
+            )
+            endpoint.sendto(b"bad", addr)
+            assert isinstance(await lost.lost, TypeError | OverflowError), addr
+            reported = errors(loop)
+            assert [e["message"] for e in reported] == [
+                "Fatal write error on datagram transport"
+            ], addr
+            reported.clear()
+        server.close()
+
+    run(loop, main())
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_senders_are_written_as_the_socket_module_writes_them(
     loop: ErlangEventLoop, host: str
