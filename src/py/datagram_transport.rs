@@ -180,7 +180,8 @@ fn address<'py>(py: Python<'py>, sender: &libc::sockaddr_storage) -> PyResult<Bo
             // storage.
             let v4 =
                 unsafe { &*(sender as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let host = text_address(libc::AF_INET, (&v4.sin_addr as *const libc::in_addr).cast())?;
+            // "%u.%u.%u.%u", as inet_ntop writes it, without its printf.
+            let host = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)).to_string();
             (host, u16::from_be(v4.sin_port))
                 .into_pyobject(py)
                 .map(Bound::into_any)

@@ -514,7 +514,7 @@ def test_sendto_takes_every_address_and_data_form_the_socket_module_takes(
     run(loop, main())
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.10.200.255", "::1"])
 def test_senders_are_written_as_the_socket_module_writes_them(
     loop: ErlangEventLoop, host: str
 ) -> None:
