@@ -796,7 +796,7 @@ loop_stats(_Config) ->
     S0 = py_nif:loop_stats(Loop),
     Keys = [timers_inserted, timers_cancelled, timers_fired, wakeups, spurious_wakeups,
             ticks, spurious_ticks, fd_events, events_coalesced, stale_events, timer_arms,
-            pending, live_timers, fds],
+            poller_rebuilds, pending, live_timers, fds],
     [?assert(is_integer(maps:get(K, S0)) andalso maps:get(K, S0) >= 0, K) || K <- Keys],
     ?assertMatch(#{timers_inserted := 0, timers_fired := 0, fd_events := 0,
                    live_timers := 0, fds := 0, pending := 0}, S0),

@@ -1,6 +1,7 @@
 """``ErlangEventLoop``: the stdlib's selector loop with its clock, timers,
-self-pipe and poll replaced by the native loop (Rust timer wheel, BEAM
-``enif_select``, one Erlang timer armed for the next deadline)."""
+self-pipe and poll replaced by the native loop (Rust timer wheel, an epoll
+set of its own whose fd the BEAM selects while the loop sleeps, one Erlang
+timer armed for the next deadline)."""
 
 from __future__ import annotations
 

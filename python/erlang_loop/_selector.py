@@ -32,6 +32,21 @@ class _ErlangSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined
             raise
         return key
 
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        try:
+            key = self._fd_to_key[self._fileobj_lookup(fileobj)]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        # Told even when the events are the same: the number may name another
+        # file since (a socket closed while watched, its number reused), which
+        # the native loop's epoll set does not hold yet.
+        self._native.set_interest(key.fd, events)
+        key = key._replace(events=events, data=data)
+        self._fd_to_key[key.fd] = key
+        return key
+
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
         key = super().unregister(fileobj)
         self._native.set_interest(key.fd, 0)

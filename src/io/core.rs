@@ -383,6 +383,15 @@ impl LoopCore {
             state_.polled.clear();
             if let Some(poller) = &mut state_.poller {
                 poller.poll(&mut state_.polled, io_room);
+                if poller.take_leftover_seen() {
+                    let wake = self.rebuild_poller(&mut state);
+                    if !wake.is_empty() {
+                        drop(state);
+                        self.host.deliver(wake);
+                        state = self.lock();
+                        continue;
+                    }
+                }
             }
             if !state.pending.is_empty() || state.wakeup_requested || !state.polled.is_empty() {
                 return Ok((state, slept, false));
@@ -430,6 +439,25 @@ impl LoopCore {
                 }
             };
             state.waiters -= 1;
+        }
+    }
+
+    /// A new epoll set for the loop, without the leftover registration a
+    /// poll met (see [`super::poller`]); the old set's select is stopped.
+    fn rebuild_poller(&self, state: &mut State) -> Wake {
+        let Some(poller) = &mut state.poller else {
+            return Wake::default();
+        };
+        let host = Arc::clone(&self.host);
+        match poller.rebuild(|epoll| host.open_fd(epoll, POLLER_TOKEN)) {
+            Ok(stop) => {
+                state.stats.poller_rebuilds += 1;
+                state.owe_selects(stop)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not rebuild a loop's epoll set");
+                Wake::default()
+            }
         }
     }
 

@@ -12,6 +12,16 @@
 //!
 //! The set is level-triggered, as asyncio's selectors are: an fd stays ready
 //! until read, so an event the loop did not take is reported again.
+//!
+//! The kernel keys a registration by fd number *and* open file, and drops
+//! it only when the file's last descriptor closes. A watched socket closed
+//! while a copy of it lives on (`sock.dup()`, a child's) would stay in the
+//! set, ready forever and past any `EPOLL_CTL_DEL` by its number, and be
+//! reported as whatever socket gets that number next. So every
+//! registration carries a generation in its event data; an event of a
+//! generation no longer watched means such a leftover, and the set is
+//! rebuilt from the fds watched now (a new epoll fd, and a new select of
+//! it), which leaves the leftover behind.
 
 use std::collections::HashMap;
 use std::io;
@@ -27,11 +37,13 @@ pub const POLLER_TOKEN: u64 = u64::MAX;
 /// (level-triggered: nothing is lost).
 const EVENTS_PER_POLL: usize = 256;
 
-/// The callback ids of an fd's two directions (`None` = not watched).
+/// The callback ids of an fd's two directions (`None` = not watched), and
+/// the generation of its registration in the kernel's set.
 #[derive(Debug, Clone, Copy, Default)]
 struct Interest {
     read: Option<u64>,
     write: Option<u64>,
+    generation: u32,
 }
 
 impl Interest {
@@ -59,22 +71,22 @@ pub struct FdPoller {
     /// A one-shot select on the epoll fd is outstanding.
     armed: bool,
     buffer: Vec<libc::epoll_event>,
+    /// The generation the next kernel registration gets.
+    next_generation: u32,
+    /// A poll met an event of a registration no longer watched.
+    leftover_seen: bool,
 }
 
 impl FdPoller {
     pub fn new() -> io::Result<FdPoller> {
-        // SAFETY: epoll_create1 takes no pointers; the result is checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(FdPoller {
-            // SAFETY: `fd` was just created and nothing else owns it.
-            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            epoll: new_epoll()?,
             watched: HashMap::new(),
             handle: None,
             armed: false,
             buffer: Vec::with_capacity(EVENTS_PER_POLL),
+            next_generation: 0,
+            leftover_seen: false,
         })
     }
 
@@ -105,7 +117,7 @@ impl FdPoller {
         // Registered even when the mask is unchanged: the number may name
         // a new file since (closed and reused without a remove), unknown to
         // the kernel's set.
-        self.register(fd, old.is_some(), new.epoll_mask())?;
+        new.generation = self.register(fd, old, new.epoll_mask())?;
         if self.handle.is_none() {
             match open(self.epoll.as_raw_fd()) {
                 Ok(handle) => self.handle = Some(handle),
@@ -141,40 +153,52 @@ impl FdPoller {
                 return (had, self.stop());
             }
         } else if had {
-            // An fd closed meanwhile left the set by itself: nothing to do.
-            let _ = self.register(fd, true, interest.epoll_mask());
+            // An fd closed meanwhile left the set by itself, or is a
+            // leftover a poll will meet: nothing to do now.
+            if let Some(known) = self.watched.get(&fd).copied() {
+                let _ = self.ctl(
+                    libc::EPOLL_CTL_MOD,
+                    fd,
+                    known.epoll_mask(),
+                    known.generation,
+                );
+            }
         }
         (had, None)
     }
 
-    /// `EPOLL_CTL_MOD` (or `ADD`); an fd closed and reopened under the same
-    /// number since it was added is new to the kernel: added again.
-    fn register(&self, fd: RawFd, known: bool, mask: u32) -> io::Result<()> {
-        let first = if known {
-            libc::EPOLL_CTL_MOD
-        } else {
-            libc::EPOLL_CTL_ADD
-        };
-        match self.ctl(first, fd, mask) {
-            Err(e) if known && e.raw_os_error() == Some(libc::ENOENT) => {
-                self.ctl(libc::EPOLL_CTL_ADD, fd, mask)
+    /// `EPOLL_CTL_MOD` of a known registration, or `ADD` with a new
+    /// generation; returns the registration's generation. An fd closed and
+    /// reopened under the same number since it was added is new to the
+    /// kernel: added again, as a new generation.
+    fn register(&mut self, fd: RawFd, known: Option<Interest>, mask: u32) -> io::Result<u32> {
+        if let Some(known) = known {
+            match self.ctl(libc::EPOLL_CTL_MOD, fd, mask, known.generation) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                other => return other.map(|()| known.generation),
             }
-            Err(e) if !known && e.raw_os_error() == Some(libc::EEXIST) => {
-                self.ctl(libc::EPOLL_CTL_MOD, fd, mask)
+        }
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        match self.ctl(libc::EPOLL_CTL_ADD, fd, mask, generation) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.ctl(libc::EPOLL_CTL_MOD, fd, mask, generation)
             }
             other => other,
         }
+        .map(|()| generation)
     }
 
-    /// Takes `fd` out of the set; an fd already closed is out already.
+    /// Takes `fd` out of the set; an fd already closed is out already (or a
+    /// leftover, which a poll will meet).
     fn deregister(&self, fd: RawFd) {
-        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0);
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, mask: u32) -> io::Result<()> {
+    fn ctl(&self, op: libc::c_int, fd: RawFd, mask: u32, generation: u32) -> io::Result<()> {
         let mut event = libc::epoll_event {
             events: mask,
-            u64: fd as u64,
+            u64: event_data(fd, generation),
         };
         // SAFETY: `event` is a valid epoll_event for the call's duration; the
         // kernel checks `fd` and answers EBADF for a bad one.
@@ -212,8 +236,13 @@ impl FdPoller {
         unsafe { self.buffer.set_len(count as usize) };
         let before = out.len();
         for ready in &self.buffer {
-            let fd = ready.u64 as RawFd;
-            let Some(interest) = self.watched.get(&fd) else {
+            let (fd, generation) = split_event_data(ready.u64);
+            let Some(interest) = self
+                .watched
+                .get(&fd)
+                .filter(|interest| interest.generation == generation)
+            else {
+                self.leftover_seen = true;
                 continue;
             };
             // As asyncio's EpollSelector: an error or a hang-up wakes both
@@ -232,6 +261,47 @@ impl FdPoller {
             }
         }
         out.len() - before
+    }
+
+    /// Whether a poll met a leftover registration (see the module's
+    /// comment) since the last call: then `rebuild`.
+    pub fn take_leftover_seen(&mut self) -> bool {
+        std::mem::take(&mut self.leftover_seen)
+    }
+
+    /// Replaces the kernel's set by a new one holding exactly the fds
+    /// watched now (as new generations), so a leftover registration goes
+    /// with the old set. `open` makes the new epoll fd's select handle;
+    /// returns the stop of the old one's select. On failure the old set
+    /// stays.
+    pub fn rebuild(
+        &mut self,
+        open: impl FnOnce(RawFd) -> io::Result<SelectHandle>,
+    ) -> io::Result<Option<SelectRequest>> {
+        let old = std::mem::replace(&mut self.epoll, new_epoll()?);
+        let saved = self.watched.clone();
+        let fds: Vec<(RawFd, Interest)> = saved.iter().map(|(&fd, &i)| (fd, i)).collect();
+        for (fd, interest) in fds {
+            // A watched fd closed since is left out: it has nothing to report.
+            if let Ok(generation) = self.register(fd, None, interest.epoll_mask()) {
+                if let Some(watched) = self.watched.get_mut(&fd) {
+                    watched.generation = generation;
+                }
+            }
+        }
+        let handle = match open(self.epoll.as_raw_fd()) {
+            Ok(handle) => handle,
+            Err(error) => {
+                self.epoll = old;
+                self.watched = saved;
+                return Err(error);
+            }
+        };
+        self.armed = false;
+        Ok(self.handle.replace(handle).map(|handle| SelectRequest {
+            handle,
+            op: SelectOp::Stop,
+        }))
     }
 
     /// The select the loop needs before it sleeps: the epoll fd watched by
@@ -272,6 +342,25 @@ impl FdPoller {
             op: SelectOp::Stop,
         })
     }
+}
+
+fn new_epoll() -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 takes no pointers; the result is checked.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An event's data: the fd number and its registration's generation.
+fn event_data(fd: RawFd, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(fd as u32)
+}
+
+fn split_event_data(data: u64) -> (RawFd, u32) {
+    (data as u32 as RawFd, (data >> 32) as u32)
 }
 
 fn fd_event(kind: EventKind, id: u64, fd: RawFd) -> Event {
@@ -394,6 +483,79 @@ mod tests {
         poller.add_interest(fd, EventKind::Read, 2, open).unwrap();
         assert_eq!(polled(&mut poller), [(EventKind::Read, 2, fd as u64)]);
         drop(reused);
+    }
+
+    fn epoll_readable(poller: &FdPoller) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: poller.epoll.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_closed_watched_fd_whose_file_lives_on_is_shed_by_a_rebuild() {
+        let mut poller = poller();
+        let (other, mut peer_other) = UnixStream::pair().unwrap();
+        poller
+            .add_interest(other.as_raw_fd(), EventKind::Read, 9, open)
+            .unwrap();
+        let (a, mut peer_a) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        poller.add_interest(fd, EventKind::Read, 1, open).unwrap();
+        let alive = a.try_clone().unwrap();
+        drop(a); // closed while watched, its file alive through `alive`
+        poller.remove_interest(fd, EventKind::Read);
+        peer_a.write_all(b"x").unwrap();
+        assert_eq!(polled(&mut poller), []);
+        assert!(poller.take_leftover_seen());
+        assert!(!poller.take_leftover_seen(), "taken");
+        assert!(epoll_readable(&poller), "the leftover keeps the set ready");
+        poller.arm_before_sleep().unwrap();
+        let mut opened = 0;
+        let stop = poller
+            .rebuild(|epoll| {
+                opened += 1;
+                open(epoll)
+            })
+            .unwrap();
+        assert_eq!((opened, stop.map(|r| r.op)), (1, Some(SelectOp::Stop)));
+        assert!(!epoll_readable(&poller));
+        assert!(
+            poller.arm_before_sleep().is_some(),
+            "the new fd needs its select"
+        );
+        // The fds still watched are in the new set.
+        peer_other.write_all(b"y").unwrap();
+        let other_fd = other.as_raw_fd() as u64;
+        assert_eq!(polled(&mut poller), [(EventKind::Read, 9, other_fd)]);
+        assert!(!poller.take_leftover_seen());
+        drop(alive);
+    }
+
+    #[test]
+    fn a_reused_number_never_gets_the_old_file_s_events() {
+        let mut poller = poller();
+        let (a, mut peer_a) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        poller.add_interest(fd, EventKind::Read, 1, open).unwrap();
+        let alive = a.try_clone().unwrap();
+        let (c, mut peer_c) = UnixStream::pair().unwrap();
+        // SAFETY: both fds are open and ours; `a` is forgotten below.
+        assert_eq!(unsafe { libc::dup2(c.as_raw_fd(), fd) }, fd);
+        let reused = unsafe { OwnedFd::from_raw_fd(a.into_raw_fd_for_test()) };
+        poller.add_interest(fd, EventKind::Read, 2, open).unwrap();
+        peer_a.write_all(b"x").unwrap(); // only the old file is readable
+        assert_eq!(polled(&mut poller), []);
+        assert!(poller.take_leftover_seen());
+        poller.rebuild(open).unwrap();
+        assert_eq!(polled(&mut poller), []);
+        peer_c.write_all(b"y").unwrap();
+        assert_eq!(polled(&mut poller), [(EventKind::Read, 2, fd as u64)]);
+        drop(reused);
+        drop(alive);
     }
 
     trait IntoRawFdForTest {

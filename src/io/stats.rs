@@ -24,6 +24,9 @@ pub struct LoopStats {
     pub stale_events: u64,
     /// Times the Erlang timer was (re)armed.
     pub timer_arms: u64,
+    /// Times a Python loop's epoll set was rebuilt to shed the registration
+    /// of a socket closed while watched (see `io::poller`).
+    pub poller_rebuilds: u64,
     pub pending: u64,
     pub live_timers: u64,
     pub fds: u64,
@@ -31,7 +34,7 @@ pub struct LoopStats {
 
 impl LoopStats {
     /// Name/value pairs, for maps and dicts.
-    pub fn fields(&self) -> [(&'static str, u64); 14] {
+    pub fn fields(&self) -> [(&'static str, u64); 15] {
         [
             ("timers_inserted", self.timers_inserted),
             ("timers_cancelled", self.timers_cancelled),
@@ -44,6 +47,7 @@ impl LoopStats {
             ("events_coalesced", self.events_coalesced),
             ("stale_events", self.stale_events),
             ("timer_arms", self.timer_arms),
+            ("poller_rebuilds", self.poller_rebuilds),
             ("pending", self.pending),
             ("live_timers", self.live_timers),
             ("fds", self.fds),

@@ -291,17 +291,13 @@ def test_io_callbacks_run_before_timers_due_in_the_same_iteration(
             order.append("io")
 
         def block_until_both_ready() -> None:
-            # Both the fd event (queued by the Erlang worker) and the timer are
+            # Both the fd (readable in the kernel once sent) and the timer are
             # ready before the next iteration starts.
-            block_until(
-                lambda: loop.stats()["fd_events"] > fd_events and loop.time() >= timer.when(),
-                "the fd event",
-            )
+            timer = loop.call_later(0.001, order.append, "timer")
+            wsock.send(b"x")
+            block_until(lambda: loop.time() >= timer.when(), "the timer's deadline")
 
         loop.add_reader(rsock, on_read)
-        fd_events = loop.stats()["fd_events"]
-        wsock.send(b"x")
-        timer = loop.call_later(0.001, order.append, "timer")
         loop.call_soon(block_until_both_ready)
         run_until(loop, lambda: len(order) == 2)
         assert order == ["io", "timer"]
@@ -1393,6 +1389,98 @@ def _wait_for_fd_count(baseline: int, timeout: float = 5.0) -> int:
     while _open_fds() > baseline and time.monotonic() < give_up:
         time.sleep(0.05)
     return _open_fds()
+
+
+# ------------------------------------ sockets closed while the loop watches them
+
+
+def test_a_socket_closed_while_watched_with_a_copy_alive_does_not_wake_the_loop(
+    loop: ErlangEventLoop,
+) -> None:
+    """The kernel keeps a closed socket's registration while a copy of the
+    file lives on: ready, and past any removal by its number. The loop sheds
+    it (a new epoll set) instead of being woken for it forever."""
+    idle, idle_peer = socket.socketpair()
+    watched, peer = socket.socketpair()
+    alive = watched.dup()
+    try:
+        loop.add_reader(idle, lambda: None)
+        loop.add_reader(watched, lambda: None)
+        fd = watched.fileno()
+        watched.close()
+        loop.remove_reader(fd)
+        peer.send(b"x")  # the closed socket's file is readable
+        before = loop.stats()
+        loop.run_until_complete(asyncio.sleep(0.3))
+        after = loop.stats()
+        assert after["poller_rebuilds"] == before["poller_rebuilds"] + 1
+        # A sleep of 0.3 s: its timer, and the leftover once. Spinning on the
+        # leftover would be thousands.
+        assert after["wakeups"] - before["wakeups"] < 50
+    finally:
+        loop.remove_reader(idle)
+        for sock in (idle, idle_peer, peer, alive):
+            sock.close()
+
+
+def _reuse_number(sock: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """Closes ``sock`` and gives its fd number to a new connected socket at
+    once (as the OS reuses numbers), deterministically: ``dup2`` onto it."""
+    fd = sock.detach()
+    new, new_peer = socket.socketpair()
+    os.dup2(new.fileno(), fd)
+    new.close()
+    return socket.socket(fileno=fd), new_peer
+
+
+def test_a_reused_fd_number_gets_no_events_of_the_closed_file(loop: ErlangEventLoop) -> None:
+    old, old_peer = socket.socketpair()
+    loop.add_reader(old, lambda: None)
+    old_alive = old.dup()
+    new, new_peer = _reuse_number(old)  # closed while watched, its file alive
+    calls: list[bytes] = []
+    try:
+        new.setblocking(False)
+
+        def on_read() -> None:
+            try:
+                calls.append(new.recv(10))
+            except BlockingIOError:
+                calls.append(b"nothing to read")
+
+        loop.add_reader(new, on_read)
+        old_peer.send(b"old")  # only the old file is readable
+        loop.run_until_complete(asyncio.sleep(0.2))
+        assert calls == []
+        new_peer.send(b"new")
+        run_until(loop, lambda: bool(calls))
+        assert calls == [b"new"]
+    finally:
+        loop.remove_reader(new)
+        for sock in (new, new_peer, old_alive, old_peer):
+            sock.close()
+
+
+def test_a_socket_closed_while_watched_and_its_number_reused_is_watched(
+    loop: ErlangEventLoop,
+) -> None:
+    """``add_reader`` on a number asyncio still has registered (its socket
+    closed without ``remove_reader``) watches the socket that has it now."""
+    old, old_peer = socket.socketpair()
+    loop.add_reader(old, lambda: None)
+    old_peer.close()
+    new, new_peer = _reuse_number(old)
+    got: list[bytes] = []
+    try:
+        new.setblocking(False)
+        loop.add_reader(new, lambda: got.append(new.recv(10)))
+        new_peer.send(b"x")
+        run_until(loop, lambda: bool(got))
+        assert got == [b"x"]
+    finally:
+        loop.remove_reader(new)
+        new.close()
+        new_peer.close()
 
 
 def test_no_fd_leak_after_many_loops() -> None:

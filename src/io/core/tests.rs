@@ -521,3 +521,43 @@ fn a_new_server_selects_an_own_poller_loop_s_epoll_fd_at_once() {
     assert_eq!(requests.len(), 1);
     assert_eq!(token_of(&requests[0]), crate::io::poller::POLLER_TOKEN);
 }
+
+#[test]
+fn a_leftover_registration_makes_the_loop_rebuild_its_set_and_stop_the_old_select() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let (core, _) = new_polled_loop();
+    core.set_served();
+    let (idle, _idle_peer) = UnixStream::pair().unwrap();
+    core.add_interest(idle.as_raw_fd(), EventKind::Read, 1)
+        .unwrap();
+    let (a, mut peer) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    core.add_interest(fd, EventKind::Read, 2).unwrap();
+    let alive = a.try_clone().unwrap();
+    drop(a);
+    core.remove_interest(fd, EventKind::Read);
+    peer.write_all(b"x").unwrap();
+    let mut out = Vec::new();
+    core.wait(Some(Duration::from_millis(5)), &mut out, 16)
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(core.stats().poller_rebuilds, 1);
+    // The old set's select is stopped, the new one's armed for the sleep.
+    let ops: Vec<SelectOp> = core.take_select_requests().iter().map(|r| r.op).collect();
+    assert_eq!(
+        ops,
+        [
+            SelectOp::Stop,
+            SelectOp::Arm {
+                read: true,
+                write: false
+            }
+        ]
+    );
+    core.wait(Some(Duration::from_millis(5)), &mut out, 16)
+        .unwrap();
+    assert_eq!(core.stats().poller_rebuilds, 1, "shed for good");
+    drop(alive);
+}
