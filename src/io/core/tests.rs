@@ -1,5 +1,8 @@
 use super::*;
 use crate::io::{SelectHandle, SelectOp};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Mutex as StdMutex;
 use std::thread;
 
@@ -387,9 +390,6 @@ fn arms_delivered(host: &FakeHost) -> usize {
 
 #[test]
 fn an_own_poller_loop_polls_its_fds_and_asks_the_beam_only_when_it_sleeps() {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
     let (core, host) = new_polled_loop();
     core.set_served();
     let (a, mut b) = UnixStream::pair().unwrap();
@@ -452,8 +452,6 @@ fn an_own_poller_loop_polls_its_fds_and_asks_the_beam_only_when_it_sleeps() {
 
 #[test]
 fn an_own_poller_loop_stops_its_select_when_its_last_fd_goes_and_at_close() {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
     let (core, _) = new_polled_loop();
     core.set_served();
     let (a, _b) = UnixStream::pair().unwrap();
@@ -481,9 +479,6 @@ fn an_own_poller_loop_stops_its_select_when_its_last_fd_goes_and_at_close() {
 
 #[test]
 fn events_of_an_own_poller_loop_beyond_max_are_reported_by_the_next_wait() {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
     let (core, _) = new_polled_loop();
     let pairs: Vec<_> = (0..3).map(|_| UnixStream::pair().unwrap()).collect();
     for (id, (a, b)) in pairs.iter().enumerate() {
@@ -503,8 +498,6 @@ fn events_of_an_own_poller_loop_beyond_max_are_reported_by_the_next_wait() {
 
 #[test]
 fn a_new_server_selects_an_own_poller_loop_s_epoll_fd_at_once() {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
     let (core, _) = new_polled_loop();
     core.set_served();
     let (a, _b) = UnixStream::pair().unwrap();
@@ -524,9 +517,6 @@ fn a_new_server_selects_an_own_poller_loop_s_epoll_fd_at_once() {
 
 #[test]
 fn a_leftover_registration_makes_the_loop_rebuild_its_set_and_stop_the_old_select() {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
     let (core, _) = new_polled_loop();
     core.set_served();
     let (idle, _idle_peer) = UnixStream::pair().unwrap();
