@@ -6,7 +6,7 @@ export PYO3_PYTHON := $(shell command -v $(PYTHON))
 NIF_SO := erlang/priv/py_nif.so
 CLI := bin/erlang-python
 
-.PHONY: all setup build nif erlang run test test-rust test-erlang test-python lint clean
+.PHONY: all setup build nif erlang run test test-rust test-erlang test-python lint clean wheel-instructions
 
 all: build
 
@@ -52,6 +52,11 @@ conformance: build
 bench: build
 	scripts/bench-deps.sh
 	$(CLI) examples/benchmark_event_loop.py
+
+# The timer wheel's instructions per operation (callgrind; stable on a noisy
+# machine, unlike criterion's times: `cargo bench --bench wheel`).
+wheel-instructions: setup
+	scripts/wheel-instructions.sh
 
 lint:
 	cargo fmt --all -- --check
