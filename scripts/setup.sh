@@ -6,19 +6,15 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "setup: need root (or sudo) to run: $*" >&2; exit 1; fi
-}
+# shellcheck source=scripts/debian.sh
+. "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
 
 missing=()
 command -v erl >/dev/null || missing+=(erlang-nox)
 [ -n "$(ls /usr/lib/erlang/usr/include/erl_nif.h 2>/dev/null)" ] || missing+=(erlang-dev)
 command -v rebar3 >/dev/null || missing+=(rebar3)
 if [ "${#missing[@]}" -gt 0 ]; then
-    echo "setup: installing ${missing[*]} from Debian"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    debian_install setup "${missing[@]}"
 fi
 
 shared=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("Py_ENABLE_SHARED") or 0)')

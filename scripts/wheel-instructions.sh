@@ -3,17 +3,12 @@
 # figures to compare two versions of src/wheel by on a machine whose speed
 # moves (criterion's times do). Installs valgrind from Debian if missing.
 set -euo pipefail
+# shellcheck source=scripts/debian.sh
+. "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "wheel-instructions: need root (or sudo) to run: $*" >&2; exit 1; fi
-}
-
 if ! command -v valgrind >/dev/null; then
-    echo "wheel-instructions: installing valgrind from Debian"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind
+    debian_install wheel-instructions valgrind
 fi
 
 cargo build --release --example wheel_instructions
