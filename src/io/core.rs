@@ -386,9 +386,7 @@ impl LoopCore {
                 if poller.take_leftover_seen() {
                     let wake = self.rebuild_poller(&mut state);
                     if !wake.is_empty() {
-                        drop(state);
-                        self.host.deliver(wake);
-                        state = self.lock();
+                        state = self.deliver_unlocked(state, wake);
                         continue;
                     }
                 }
@@ -422,9 +420,7 @@ impl LoopCore {
             // selects its epoll fd for it: asked for once per sleep at most.
             if let Some(arm) = state.poller.as_mut().and_then(FdPoller::arm_before_sleep) {
                 let wake = state.owe_selects(Some(arm));
-                drop(state);
-                self.host.deliver(wake);
-                state = self.lock();
+                state = self.deliver_unlocked(state, wake);
                 continue;
             }
             slept = true;
@@ -440,6 +436,19 @@ impl LoopCore {
             };
             state.waiters -= 1;
         }
+    }
+
+    /// Tells the serving process `wake` with the loop unlocked (the send
+    /// must not hold up the schedulers that lock it), then locks it again:
+    /// the caller looks at the state anew.
+    fn deliver_unlocked<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        wake: Wake,
+    ) -> MutexGuard<'a, State> {
+        drop(state);
+        self.host.deliver(wake);
+        self.lock()
     }
 
     /// A new epoll set for the loop, without the leftover registration a
