@@ -153,16 +153,14 @@ impl FdPoller {
                 return (had, self.stop());
             }
         } else if had {
-            // An fd closed meanwhile left the set by itself, or is a
-            // leftover a poll will meet: nothing to do now.
-            if let Some(known) = self.watched.get(&fd).copied() {
-                let _ = self.ctl(
-                    libc::EPOLL_CTL_MOD,
-                    fd,
-                    known.epoll_mask(),
-                    known.generation,
-                );
-            }
+            // A failure is an fd closed meanwhile, which left the set by
+            // itself or is a leftover a poll will meet: nothing to do now.
+            let _ = self.ctl(
+                libc::EPOLL_CTL_MOD,
+                fd,
+                interest.epoll_mask(),
+                interest.generation,
+            );
         }
         (had, None)
     }
