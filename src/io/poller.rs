@@ -420,6 +420,12 @@ mod tests {
         assert_eq!(polled(&mut poller), [(EventKind::Write, 2, fd as u64)]);
         poller.add_interest(fd, EventKind::Read, 1, open).unwrap();
         assert_eq!(polled(&mut poller), [(EventKind::Write, 2, fd as u64)]);
+        // Writing no longer watched: the kernel's set stops reporting it too
+        // (else the BEAM would wake the loop for it).
+        assert!(poller.remove_interest(fd, EventKind::Write).0);
+        assert_eq!(polled(&mut poller), []);
+        assert!(!epoll_readable(&poller));
+        poller.add_interest(fd, EventKind::Write, 2, open).unwrap();
         drop(b);
         assert_eq!(
             polled(&mut poller),
