@@ -257,26 +257,61 @@ impl HandleKinds {
     /// garbage) and holds the handle, decided when the runner queues it:
     /// the runner tracks it again when it leaves the loop while someone else
     /// holds it, and all of them when the loop stops running. Runs no Python.
+    ///
+    /// A timer handle's context leaves with it when the handle is its only
+    /// holder (the copy of the current context every handle made without
+    /// one gets): otherwise each pending timer still puts one object under
+    /// the GC, which then walks a million of them when a million timers
+    /// are pending. Only our timer class's: its `_context` attribute puts
+    /// a context it lets go back first (see `timer_handle`). Nothing else can reach such a context but through the
+    /// handle, and it goes back with the handle (`track`), or alone before
+    /// the handle is freed (`track_context`).
     pub fn untrack(&self, object: &Bound<'_, PyAny>) {
         if self.untrackable && self.is_stock(object) {
             // SAFETY: a live instance of one of our classes, a GC type
-            // (checked in `new`); a no-op for an untracked object.
-            unsafe { ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
+            // (checked in `new`); a no-op for an untracked object. The
+            // context slot belongs to these classes; a context is a GC type.
+            unsafe {
+                ffi::PyObject_GC_UnTrack(object.as_ptr().cast());
+                if !self.is_timer(object) {
+                    return;
+                }
+                let context = self.context.get(object.as_ptr());
+                if !context.is_null()
+                    && ffi::PyContext_CheckExact(context) != 0
+                    && ffi::Py_REFCNT(context) == 1
+                {
+                    ffi::PyObject_GC_UnTrack(context.cast());
+                }
+            }
         }
     }
 
     /// Puts a handle the runner took out of the GC back under it, if it is
     /// not. Its class may have been reassigned since (`__class__ = ...`
     /// keeps the layout): any GC type will do; others are left alone.
+    /// Its context too, if `untrack` took it out.
     pub fn track(&self, object: &Bound<'_, PyAny>) {
-        // SAFETY: the type of a live object; tracking an object of a GC type
-        // is sound, tracking twice is a fatal error, hence the checks.
+        // SAFETY: a live object, under the GIL.
+        unsafe { track_gc_object(object.as_ptr()) };
+        self.track_context(object);
+    }
+
+    /// Puts the context of a `Handle` (of any class with its layout) back
+    /// under the GC if `untrack` took it out. Must come before the
+    /// handle's last reference goes: a context's deallocation unlinks it
+    /// from the GC's lists unconditionally, which crashes on one that is
+    /// in none.
+    pub fn track_context(&self, handle: &Bound<'_, PyAny>) {
+        // SAFETY: the context slot is read only from instances of `Handle`
+        // and its subclasses, which all have it; the value is a borrowed
+        // reference of a live handle, under the GIL.
         unsafe {
-            if ffi::PyType_IS_GC(ffi::Py_TYPE(object.as_ptr())) != 0
-                && ffi::PyObject_GC_IsTracked(object.as_ptr()) == 0
-            {
-                ffi::PyObject_GC_Track(object.as_ptr().cast());
+            let handle_type = self.handle.as_ptr() as *mut ffi::PyTypeObject;
+            if ffi::PyType_IsSubtype(ffi::Py_TYPE(handle.as_ptr()), handle_type) == 0 {
+                return;
             }
+            track_if_context(self.context.get(handle.as_ptr()));
         }
     }
 
@@ -577,6 +612,28 @@ fn own_context<'py>(
         Some(context) if !context.is_none() => Ok(context.clone()),
         // SAFETY: returns a new reference or null with an exception set.
         _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) },
+    }
+}
+
+/// Puts `object` under the GC if its type is a GC type and it is not.
+///
+/// # Safety
+/// `object` is a live object and the GIL is held.
+unsafe fn track_gc_object(object: *mut ffi::PyObject) {
+    // Tracking twice is a fatal error, hence the checks.
+    if ffi::PyType_IS_GC(ffi::Py_TYPE(object)) != 0 && ffi::PyObject_GC_IsTracked(object) == 0 {
+        ffi::PyObject_GC_Track(object.cast());
+    }
+}
+
+/// Puts `object` (null, or any live object) under the GC if it is a
+/// context that `HandleKinds::untrack` took out.
+///
+/// # Safety
+/// The GIL is held.
+pub(crate) unsafe fn track_if_context(object: *mut ffi::PyObject) {
+    if !object.is_null() && ffi::PyContext_CheckExact(object) != 0 {
+        track_gc_object(object);
     }
 }
 

@@ -28,9 +28,13 @@ impl Held {
     /// The handle leaves the loop: tracked again if anyone else holds it.
     pub(crate) fn release(self, py: Python<'_>) {
         let handle = self.handle.into_bound(py);
-        // SAFETY: reading the reference count of a live object.
-        if self.ours && unsafe { ffi::Py_REFCNT(handle.as_ptr()) } > 1 {
-            kinds().track(&handle);
+        if self.ours {
+            // SAFETY: reading the reference count of a live object.
+            if unsafe { ffi::Py_REFCNT(handle.as_ptr()) } > 1 {
+                kinds().track(&handle);
+            } else {
+                kinds().track_context(&handle);
+            }
         }
     }
 

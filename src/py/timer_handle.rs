@@ -22,7 +22,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyType};
 
-use super::handles::Slot;
+use super::handles::{track_if_context, Slot};
 
 /// The fields this class adds after `TimerHandle`'s.
 #[repr(C)]
@@ -41,6 +41,8 @@ struct Base {
     /// `TimerHandle`'s `_when` slot: a `when` given as another type than
     /// `float`, kept as given; null otherwise.
     kept_when: Slot,
+    /// `Handle`'s `_context` slot, behind the `_context` attribute.
+    context: Slot,
 }
 
 static BASE: PyOnceLock<Base> = PyOnceLock::new();
@@ -66,7 +68,7 @@ fn make_base(py: Python<'_>) -> PyResult<Base> {
     let offset = (base_size + align - 1) / align * align;
     let size = offset + std::mem::size_of::<TimerFields>() as isize;
     // The spec and getset table must outlive the class: leaked once.
-    let getset: &'static mut [ffi::PyGetSetDef; 3] = Box::leak(Box::new([
+    let getset: &'static mut [ffi::PyGetSetDef; 4] = Box::leak(Box::new([
         getset_def(
             c"_key",
             get_key,
@@ -78,6 +80,12 @@ fn make_base(py: Python<'_>) -> PyResult<Base> {
             get_when,
             set_when,
             c"When the timer is due, in loop seconds.",
+        ),
+        getset_def(
+            c"_context",
+            get_context,
+            set_context,
+            c"The contextvars.Context the callback runs in.",
         ),
         // SAFETY: an all-null PyGetSetDef ends the table.
         unsafe { std::mem::zeroed() },
@@ -119,6 +127,7 @@ fn make_base(py: Python<'_>) -> PyResult<Base> {
         class: class.unbind(),
         offset,
         kept_when: Slot::find(&timer_handle, "_when")?,
+        context: Slot::find(&timer_handle, "_context")?,
     })
 }
 
@@ -267,6 +276,49 @@ unsafe extern "C" fn set_when(
             -1
         }
     }
+}
+
+unsafe extern "C" fn get_context(object: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: an instance of the class; the GIL is held.
+    unsafe {
+        let context = existing_base().context.get(object);
+        if context.is_null() {
+            ffi::PyErr_SetString(ffi::PyExc_AttributeError, c"_context".as_ptr());
+            return null_mut();
+        }
+        ffi::Py_NewRef(context)
+    }
+}
+
+/// Replaces (or, `value` null, deletes) the slot as asyncio's member would.
+/// The context it held goes back under the GC first: the loop may have
+/// taken it out (`HandleKinds::untrack`), and a context must be tracked
+/// when it is freed.
+unsafe extern "C" fn set_context(
+    object: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    _: *mut c_void,
+) -> c_int {
+    // SAFETY: an instance of the class; the GIL is held; `value` is null or
+    // a live object, of which the slot takes a new reference.
+    unsafe {
+        let slot = existing_base().context;
+        let old = slot.get(object);
+        if value.is_null() && old.is_null() {
+            ffi::PyErr_SetString(ffi::PyExc_AttributeError, c"_context".as_ptr());
+            return -1;
+        }
+        track_if_context(old);
+        slot.set(
+            object,
+            if value.is_null() {
+                value
+            } else {
+                ffi::Py_NewRef(value)
+            },
+        );
+    }
+    0
 }
 
 /// `when` as a double, for the loop's ordering of timers due in the same

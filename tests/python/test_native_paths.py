@@ -358,8 +358,13 @@ def test_handles_made_while_running_are_out_of_the_gc_until_they_leave() -> None
         later = loop.call_later(3600, lambda: None)
         pending = loop.call_later(3600, lambda: None)
         seen["soon"], seen["later"] = gc.is_tracked(soon), gc.is_tracked(later)
+        # The context copy each one got leaves with it; a given one stays.
+        seen["later context"] = gc.is_tracked(later._context)
+        given = contextvars.copy_context()
+        seen["given context"] = gc.is_tracked(loop.call_later(3600, print, context=given)._context)
         later.cancel()  # leaves the loop while we hold it
         seen["cancelled"] = gc.is_tracked(later)
+        seen["cancelled context"] = gc.is_tracked(later._context)
         await asyncio.sleep(0)  # `soon` ran and left the loop while we hold it
         seen["ran"] = gc.is_tracked(soon)
         seen["pending"] = gc.is_tracked(pending)
@@ -371,12 +376,15 @@ def test_handles_made_while_running_are_out_of_the_gc_until_they_leave() -> None
         assert seen == {
             "soon": False,
             "later": False,
+            "later context": False,
+            "given context": True,
             "cancelled": True,
+            "cancelled context": True,
             "ran": True,
             "pending": False,
         }
         # The loop stopped: what it still holds is under the GC again.
-        assert gc.is_tracked(pending)
+        assert gc.is_tracked(pending) and gc.is_tracked(pending._context)
         # Made while the loop is not running: tracked from the start.
         assert gc.is_tracked(loop.call_soon(lambda: None))
     finally:
@@ -403,6 +411,63 @@ def test_cycles_through_handles_are_collected(loop: ErlangEventLoop, how: str) -
     del holder
     gc.collect()
     assert ref() is None
+
+
+class _ContextBox:
+    """Kept in a context's variable while it holds that context: a cycle."""
+
+    context: contextvars.Context | None = None
+
+
+def test_an_own_context_that_outlives_its_handle_goes_back_under_the_gc(
+    loop: ErlangEventLoop,
+) -> None:
+    var: contextvars.ContextVar[_ContextBox] = contextvars.ContextVar("var")
+
+    async def main() -> tuple[weakref.ref[_ContextBox], bool, bool]:
+        done = loop.create_future()
+        handle = loop.call_later(0, done.set_result, None)
+        box = _ContextBox()
+        box.context = handle._context
+        box.context.run(var.set, box)
+        pending = gc.is_tracked(box.context)
+        del handle  # only the loop holds it: freed once it ran
+        await done
+        return weakref.ref(box), pending, gc.is_tracked(box.context)
+
+    gc.disable()
+    try:
+        ref, pending, after = loop.run_until_complete(main())
+    finally:
+        gc.enable()
+    # Debug mode builds handles through asyncio's Python code: all tracked.
+    assert (pending, after) == (loop.get_debug(), True)
+    gc.collect()
+    assert ref() is None  # the cycle through the context was collected
+
+
+def test_a_pending_timer_s_context_can_be_replaced_and_deleted(loop: ErlangEventLoop) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    async def main() -> None:
+        done = loop.create_future()
+        handle = loop.call_later(0, lambda: (seen.append(var.get()), done.set_result(None)))
+        # The copy it got is freed here, out of the loop's custody first.
+        given = contextvars.copy_context()
+        given.run(var.set, "given")
+        handle._context = given
+        assert handle._context is given and gc.is_tracked(given)
+        del handle._context
+        with pytest.raises(AttributeError):
+            handle._context  # noqa: B018
+        with pytest.raises(AttributeError):
+            del handle._context
+        handle._context = given
+        await done
+
+    loop.run_until_complete(main())
+    assert seen == ["given"]
 
 
 def test_an_unclosed_loop_held_through_a_pending_handle_stays_whole() -> None:
