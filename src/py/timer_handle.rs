@@ -12,6 +12,10 @@
 //! (`call_at(10)`) is also kept in `TimerHandle`'s own `_when` slot, so that
 //! `when()` returns it as given, as asyncio does; floats, what `call_later`
 //! and `sleep` make, cost no object.
+//!
+//! `_context` is an attribute too, over `Handle`'s slot: the loop takes a
+//! pending timer's own context out of the GC, and a context must be back
+//! under it before it is freed, so the setter puts the one it replaces back.
 
 use std::ffi::{c_int, c_void, CStr};
 use std::ptr::null_mut;
