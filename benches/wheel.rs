@@ -519,21 +519,27 @@ fn insert<T: Timers>(g: &mut Group<'_>, pending: usize) {
 }
 
 /// Fires 10k timers spread over `spread`, the clock moving 1 ms per
-/// advance, as a loop would see them.
-fn expire<T: Timers>(g: &mut Group<'_>, spread: u64) {
+/// advance, as a loop would see them, with `pending` other timers (due in
+/// 10 to 20 days: never reached) in the structure all along. The clock keeps moving from
+/// round to round: each round inserts its 10k timers from the current time.
+fn expire<T: Timers>(g: &mut Group<'_>, spread: u64, pending: usize) {
     let table = delays(0, spread, 3);
     let clock = CpuTime::from_env();
-    g.bench_function(BenchmarkId::new(T::NAME, EXPIRE_TIMERS), |b| {
+    let mut t = T::new(START);
+    let mut rng = SmallRng::seed_from_u64(5);
+    for v in 0..pending {
+        t.insert(START + 10 * DAY + rng.random_range(0..10 * DAY), v as u64);
+    }
+    let mut now = START;
+    g.bench_function(BenchmarkId::new(T::NAME, pending), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             let mut done = 0;
             while done < iters {
-                let mut t = T::new(START);
                 for (v, &delay) in table[..EXPIRE_TIMERS].iter().enumerate() {
-                    t.insert(START + delay, v as u64);
+                    t.insert(now + delay, v as u64);
                 }
                 let started = Stopwatch::start(&clock);
-                let mut now = START;
                 let mut fired = 0;
                 while fired < EXPIRE_TIMERS {
                     now += MS;
@@ -543,11 +549,12 @@ fn expire<T: Timers>(g: &mut Group<'_>, spread: u64) {
                 let n = (EXPIRE_TIMERS as u64).min(iters - done);
                 total += elapsed.mul_f64(n as f64 / EXPIRE_TIMERS as f64);
                 done += n;
-                drop(black_box(t));
             }
             total
         })
     });
+    assert!(now < START + 10 * DAY, "the pending timers would fire");
+    drop(black_box(t));
 }
 
 /// The ASGI timeout pattern, steady state: each step is a request arriving
@@ -639,9 +646,11 @@ fn benches(c: &mut Criterion<CpuTime>) {
     );
     for (name, spread) in EXPIRE_SPREADS {
         let mut g = configure(c, &format!("expire_10k_over_{name}"));
-        expire::<WheelTimers>(&mut g, spread);
-        expire::<LazyHeap>(&mut g, spread);
-        expire::<IndexedHeap>(&mut g, spread);
+        for pending in PENDING {
+            expire::<WheelTimers>(&mut g, spread, pending);
+            expire::<LazyHeap>(&mut g, spread, pending);
+            expire::<IndexedHeap>(&mut g, spread, pending);
+        }
         g.finish();
     }
     per_pending(
