@@ -99,15 +99,22 @@ class _LoopThread:
         _current.runner = self
         asyncio.set_event_loop(loop)
         reason = "normal"
+        # Callback errors go to the exception handler: what else leaves
+        # run_forever, but KeyboardInterrupt and SystemExit, is the loop's
+        # own failure (its worker died), and it cannot run anything more.
+        broken = False
         try:
             loop.call_soon(self._running)
             loop.run_forever()
+        except (KeyboardInterrupt, SystemExit) as error:
+            reason = "".join(traceback.format_exception(error))
         except BaseException as error:  # noqa: BLE001 - reported to the server
             reason = "".join(traceback.format_exception(error))
+            broken = True
         finally:
             self.closing = True
             self.started.set()
-            self._shutdown()
+            self._shutdown(broken)
             asyncio.set_event_loop(None)
             _current.runner = None
             with _runners_lock:
@@ -120,13 +127,21 @@ class _LoopThread:
         self.running = True
         self.started.set()
 
-    def _shutdown(self) -> None:
-        """What asyncio.Runner.close does, each step bounded by ``grace``."""
+    def _shutdown(self, broken: bool) -> None:
+        """What asyncio.Runner.close does, each step bounded by ``grace``;
+        only the cancels on a ``broken`` loop."""
         loop = self.loop
         try:
             tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
             for task in tasks:
                 task.cancel()
+            if broken or loop.is_closed():
+                # Nothing can run any more: the tasks stay pending (their
+                # callers are told below, not the log), and the steps below
+                # would only make coroutines that are never awaited.
+                for task in tasks:
+                    task._log_destroy_pending = False  # type: ignore[attr-defined]
+                return
             if tasks:
                 loop.run_until_complete(asyncio.wait(tasks, timeout=self.grace))
             loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), self.grace))
