@@ -262,10 +262,15 @@ impl HandleKinds {
     /// holder (the copy of the current context every handle made without
     /// one gets): otherwise each pending timer still puts one object under
     /// the GC, which then walks a million of them when a million timers
-    /// are pending. Only our timer class's: its `_context` attribute puts
-    /// a context it lets go back first (see `timer_handle`). Nothing else can reach such a context but through the
-    /// handle, and it goes back with the handle (`track`), or alone before
-    /// the handle is freed (`track_context`).
+    /// are pending. Only our timer class's. A context must be tracked when
+    /// it is freed (its deallocation unlinks it from the GC's lists
+    /// unconditionally, which crashes on one in none), so an untracked
+    /// context holds one reference of its own, taken here and dropped by
+    /// whoever tracks it again (`track_if_context`): with the handle
+    /// (`track`), before the handle is freed (`track_context`), or when its
+    /// `_context` attribute replaces it (see `timer_handle`). A slot written
+    /// past that attribute (asyncio's own member descriptor) leaves the
+    /// context alive and untracked for good: a leak, never a crash.
     pub fn untrack(&self, object: &Bound<'_, PyAny>) {
         if self.untrackable && self.is_stock(object) {
             // SAFETY: a live instance of one of our classes, a GC type
@@ -282,6 +287,7 @@ impl HandleKinds {
                     && ffi::Py_REFCNT(context) == 1
                 {
                     ffi::PyObject_GC_UnTrack(context.cast());
+                    ffi::Py_INCREF(context);
                 }
             }
         }
@@ -627,13 +633,21 @@ unsafe fn track_gc_object(object: *mut ffi::PyObject) {
 }
 
 /// Puts `object` (null, or any live object) under the GC if it is a
-/// context that `HandleKinds::untrack` took out.
+/// context that `HandleKinds::untrack` took out, and drops the reference
+/// that `untrack` took for it. Only `untrack` takes contexts out of the GC,
+/// so an untracked context is always one of those.
 ///
 /// # Safety
-/// The GIL is held.
+/// The GIL is held; `object` is null or a live object, and if it is an
+/// untracked context, the caller holds another reference to it (the slot
+/// it was read from), or none is needed any more.
 pub(crate) unsafe fn track_if_context(object: *mut ffi::PyObject) {
-    if !object.is_null() && ffi::PyContext_CheckExact(object) != 0 {
-        track_gc_object(object);
+    if !object.is_null()
+        && ffi::PyContext_CheckExact(object) != 0
+        && ffi::PyObject_GC_IsTracked(object) == 0
+    {
+        ffi::PyObject_GC_Track(object.cast());
+        ffi::Py_DECREF(object);
     }
 }
 

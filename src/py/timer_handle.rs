@@ -20,7 +20,7 @@
 use std::ffi::{c_int, c_void, CStr};
 use std::ptr::null_mut;
 
-use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -287,11 +287,26 @@ unsafe extern "C" fn get_context(object: *mut ffi::PyObject, _: *mut c_void) -> 
     unsafe {
         let context = existing_base().context.get(object);
         if context.is_null() {
-            ffi::PyErr_SetString(ffi::PyExc_AttributeError, c"_context".as_ptr());
+            no_context(object);
             return null_mut();
         }
         ffi::Py_NewRef(context)
     }
+}
+
+/// The error of an unset slot, worded as CPython's member descriptor's.
+///
+/// # Safety
+/// `object` is a live object; the GIL is held.
+unsafe fn no_context(object: *mut ffi::PyObject) {
+    // SAFETY: by the contract; `tp_name` of a live type is a C string.
+    let name = unsafe { CStr::from_ptr((*ffi::Py_TYPE(object)).tp_name) };
+    let message = format!(
+        "'{}' object has no attribute '_context'",
+        name.to_string_lossy()
+    );
+    // SAFETY: the GIL is held.
+    PyAttributeError::new_err(message).restore(unsafe { Python::assume_attached() });
 }
 
 /// Replaces (or, `value` null, deletes) the slot as asyncio's member would.
@@ -309,7 +324,7 @@ unsafe extern "C" fn set_context(
         let slot = existing_base().context;
         let old = slot.get(object);
         if value.is_null() && old.is_null() {
-            ffi::PyErr_SetString(ffi::PyExc_AttributeError, c"_context".as_ptr());
+            no_context(object);
             return -1;
         }
         track_if_context(old);

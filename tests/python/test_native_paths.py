@@ -459,15 +459,59 @@ def test_a_pending_timer_s_context_can_be_replaced_and_deleted(loop: ErlangEvent
         handle._context = given
         assert handle._context is given and gc.is_tracked(given)
         del handle._context
-        with pytest.raises(AttributeError):
+        # As asyncio's slot says it, for reading and deleting.
+        message = f"'{type(handle).__name__}' object has no attribute '_context'"
+        with pytest.raises(AttributeError, match=message):
             handle._context  # noqa: B018
-        with pytest.raises(AttributeError):
+        with pytest.raises(AttributeError, match=message):
             del handle._context
+        stock = asyncio.TimerHandle(0, print, (), loop)
+        del stock._context
+        with pytest.raises(AttributeError, match="'TimerHandle' object has no attribute"):
+            stock._context  # noqa: B018
         handle._context = given
         await done
 
     loop.run_until_complete(main())
     assert seen == ["given"]
+
+
+REPLACE_CONTEXT_PAST_THE_ATTRIBUTE = """
+import asyncio, contextvars, gc, sys
+from erlang_loop import ErlangEventLoop
+
+how = sys.argv[1]
+loop = ErlangEventLoop()
+
+async def main():
+    handle = loop.call_later(3600, print)  # out of the GC with its context
+    member = asyncio.Handle.__dict__["_context"]  # asyncio's own slot member
+    if how == "set":
+        member.__set__(handle, contextvars.copy_context())
+    else:
+        member.__delete__(handle)
+    handle.cancel()
+    gc.collect()
+
+loop.run_until_complete(main())
+loop.close()
+print("survived")
+"""
+
+
+@pytest.mark.parametrize("how", ["set", "delete"])
+def test_a_pending_timer_s_context_written_past_its_attribute_does_not_crash(how: str) -> None:
+    # The context it had is freed untracked unless the loop holds it: a
+    # crash in CPython's context deallocation. Its own process: a crash
+    # would take pytest with it.
+    done = subprocess.run(
+        [CLI, "-c", REPLACE_CONTEXT_PAST_THE_ATTRIBUTE, how],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip().splitlines()[-1] == "survived"
 
 
 def test_an_unclosed_loop_held_through_a_pending_handle_stays_whole() -> None:
