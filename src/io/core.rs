@@ -77,6 +77,10 @@ struct State {
     rearm: Vec<RawFd>,
     /// The deadline the Erlang timer is armed for, if any.
     armed_deadline: Option<u64>,
+    /// How long after the wheel's next deadline the Erlang timer is armed:
+    /// 0 for loops the BEAM alone wakes; `BACKSTOP_SLACK_NS` for a loop
+    /// whose waiting thread bounds its own sleep by that deadline.
+    arm_slack_ns: u64,
     /// A serving process exists (timers are armed only then).
     served: bool,
     server_down: bool,
@@ -104,6 +108,7 @@ impl LoopCore {
                 selects_signalled: false,
                 rearm: Vec::new(),
                 armed_deadline: None,
+                arm_slack_ns: 0,
                 served: false,
                 server_down: false,
                 wakeup_requested: false,
@@ -122,7 +127,11 @@ impl LoopCore {
     /// sleeps (see [`super::poller`]). Python loops are made so.
     pub fn with_own_poller(tick_ns: u64, host: Arc<dyn LoopHost>) -> std::io::Result<LoopCore> {
         let core = LoopCore::new(tick_ns, host).map_err(std::io::Error::other)?;
-        core.lock().poller = Some(FdPoller::new()?);
+        {
+            let mut state = core.lock();
+            state.poller = Some(FdPoller::new()?);
+            state.arm_slack_ns = BACKSTOP_SLACK_NS;
+        }
         Ok(core)
     }
 
@@ -634,10 +643,11 @@ impl State {
         }
     }
 
-    /// Arms the Erlang timer when the earliest deadline is earlier than the
-    /// armed one (LESSONS 12: only real deadlines, never a periodic tick).
-    /// `now` is read only when a timer is armed: most inserts arm nothing,
-    /// and a clock read is a good part of an insert.
+    /// Arms the Erlang timer when the earliest deadline (plus twice the
+    /// loop's slack) is earlier than the armed one, for that deadline plus
+    /// the slack (LESSONS 12: only real deadlines, never a periodic tick). `now` is read only when a timer is
+    /// armed: most inserts arm nothing, and a clock read is a good part of an
+    /// insert.
     fn arm_timer(&mut self, now: impl FnOnce() -> u64) -> Wake {
         if !self.served || self.closed {
             return Wake::default();
@@ -645,9 +655,13 @@ impl State {
         let Some(next) = self.wheel.next_deadline() else {
             return Wake::default();
         };
-        if self.armed_deadline.is_some_and(|armed| armed <= next) {
+        // Armed at most twice the slack after the deadline: an earlier
+        // deadline within the slack re-arms nothing.
+        let latest = next.saturating_add(2 * self.arm_slack_ns);
+        if self.armed_deadline.is_some_and(|armed| armed <= latest) {
             return Wake::default();
         }
+        let next = next.saturating_add(self.arm_slack_ns);
         self.armed_deadline = Some(next);
         self.stats.timer_arms += 1;
         Wake {
@@ -694,6 +708,16 @@ impl State {
         more
     }
 }
+
+/// How late the Erlang timer of a loop with a waiting thread of its own (a
+/// Python loop) is armed after the wheel's next deadline. That thread's
+/// wait is bounded by the deadline itself, so it runs each timer on time;
+/// the BEAM's timer is the backstop. Armed for the deadline itself, it
+/// fired after the thread had done the work (a BEAM timer has a 1 ms grain)
+/// about every other deadline of a loop sleeping 1 ms at a time: a BEAM
+/// wake-up, a NIF call and a re-arm each time, for nothing. With the slack
+/// it fires about once per this many ms of such a loop.
+const BACKSTOP_SLACK_NS: u64 = 50_000_000;
 
 /// The longest delay the Erlang timer is armed for (about 49 days).
 /// `erlang:start_timer/3` refuses delays beyond about 2^43 ms and the serving

@@ -528,6 +528,28 @@ def count_iterations(loop: ErlangEventLoop) -> list[int]:
     return count
 
 
+def test_a_loop_sleeping_1_ms_at_a_time_keeps_the_beam_out_of_the_way(
+    loop: ErlangEventLoop,
+) -> None:
+    """The loop's thread runs each timer on time by itself; the BEAM's timer
+    is its backstop, armed past the deadline: 200 sleeps of 1 ms cost a
+    tick every few tens of ms, not one per sleep or two."""
+
+    async def sleeps() -> tuple[dict[str, int], dict[str, int], float]:
+        before, start = loop.stats(), loop.time()
+        for _ in range(200):
+            await asyncio.sleep(0.001)
+        return before, loop.stats(), loop.time() - start
+
+    before, after, took = run(loop, sleeps())
+    assert after["timers_fired"] - before["timers_fired"] == 200
+    # A tick every 50-100 ms of the run (however slow the machine made it),
+    # where a tick per other sleep came before.
+    most = int(took * 1000 / 25) + 5
+    assert after["ticks"] - before["ticks"] <= most, (took, before, after)
+    assert after["timer_arms"] - before["timer_arms"] <= most, (took, before, after)
+
+
 def test_idle_loop_with_far_timers_barely_wakes(loop: ErlangEventLoop) -> None:
     """LESSONS 12: 10,000 timers an hour away, a quiet socket watched, and
     nothing to do for 3 s cost at most a handful of wake-ups, Erlang timer

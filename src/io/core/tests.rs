@@ -389,6 +389,33 @@ fn arms_delivered(host: &FakeHost) -> usize {
 }
 
 #[test]
+fn an_own_poller_loop_arms_its_backstop_after_the_deadline_and_still_fires_on_time() {
+    // Its thread bounds each sleep by the deadline itself; the Erlang timer
+    // is armed `BACKSTOP_SLACK_NS` later, and deadlines within that slack of
+    // the armed one arm nothing more.
+    let (core, _) = new_polled_loop();
+    core.set_served();
+    let now = now_monotonic_ns();
+    let slack_ms = BACKSTOP_SLACK_NS / 1_000_000;
+    let (_, first) = core.insert_timer(now + ms(20), 1).unwrap();
+    let delay = first.arm_timer_ms.expect("first timer arms");
+    assert!((slack_ms..=slack_ms + 21).contains(&delay), "delay {delay}");
+    let (_, near) = core.insert_timer(now + ms(15), 2).unwrap();
+    assert!(near.is_empty(), "re-armed for a deadline within the slack");
+    assert_eq!(core.stats().timer_arms, 1);
+    // Both fire on time, with no tick from the BEAM.
+    core.prepare_wait();
+    let mut out = Vec::new();
+    while out.len() < 2 {
+        core.wait(Some(Duration::from_secs(30)), &mut out, 16)
+            .unwrap();
+    }
+    assert!(now_monotonic_ns() >= now + ms(20), "fired early");
+    assert_eq!(out.iter().map(|event| event.id).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(core.stats().ticks, 0);
+}
+
+#[test]
 fn an_own_poller_loop_polls_its_fds_and_asks_the_beam_only_when_it_sleeps() {
     let (core, host) = new_polled_loop();
     core.set_served();
