@@ -411,6 +411,20 @@ impl HandleKinds {
             && unsafe { self.cancelled.get(handle.as_ptr()) } == unsafe { ffi::Py_True() }
     }
 
+    /// `handle._loop`, read from the slot for our classes.
+    pub fn loop_of<'py>(&self, handle: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if self.is_stock(handle) {
+            // SAFETY: `handle` is exactly a class the slot was found on; the
+            // value is borrowed while `handle` holds it, under the GIL.
+            let loop_ = unsafe { self.loop_.get(handle.as_ptr()) };
+            if !loop_.is_null() {
+                // SAFETY: a live object (see above).
+                return Ok(unsafe { Bound::from_borrowed_ptr(handle.py(), loop_) });
+            }
+        }
+        handle.getattr(pyo3::intern!(handle.py(), "_loop"))
+    }
+
     /// `handle._cancelled = True`.
     pub fn set_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         if self.is_stock(handle) {

@@ -15,7 +15,13 @@
 //!
 //! If `asyncio.TimerHandle.cancel` or `asyncio.Handle.cancel` were replaced
 //! after start-up (a tracer, a test double), the current
-//! `asyncio.TimerHandle.cancel` runs instead, so the patch is honoured.
+//! `asyncio.TimerHandle.cancel` runs instead, so the patch is honoured. The
+//! two class lookups that tell are made again only when `TimerHandle`'s
+//! type version tag changed (any change to it or to `Handle` does that),
+//! and `_loop` is read from its slot: a cancel is a third cheaper.
+//! (`asyncio.sleep` cancels its timer after every sleep.)
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use pyo3::ffi;
 use pyo3::intern;
@@ -35,6 +41,55 @@ struct Stock {
     handle_cancel: Py<PyAny>,
     /// Whether both `cancel`s were asyncio's own then.
     pristine: bool,
+    /// `asyncio.TimerHandle`'s type version tag when both `cancel`s were
+    /// last found unchanged (0: none). CPython gives a type a new tag
+    /// whenever it or a base class is modified, so while the tag is the
+    /// same, neither `cancel` can have been replaced: the two class
+    /// lookups per cancel are skipped.
+    unpatched_tag: AtomicU32,
+}
+
+impl Stock {
+    /// Are both `cancel`s still the ones found at start-up, and asyncio's?
+    fn unpatched(&self, py: Python<'_>) -> PyResult<bool> {
+        if !self.pristine {
+            return Ok(false);
+        }
+        let timer_class = self.timer_class.bind(py);
+        let tag = version_tag(timer_class);
+        if tag != 0 && tag == self.unpatched_tag.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let unpatched = timer_class
+            .getattr(intern!(py, "cancel"))?
+            .is(&self.timer_cancel)
+            && self
+                .handle_class
+                .bind(py)
+                .getattr(intern!(py, "cancel"))?
+                .is(&self.handle_cancel);
+        // Read after the lookups, which give the type a tag if it had none.
+        let tag = if unpatched {
+            version_tag(timer_class)
+        } else {
+            0
+        };
+        self.unpatched_tag.store(tag, Ordering::Relaxed);
+        Ok(unpatched)
+    }
+}
+
+/// The type's version tag if it is valid, else 0.
+fn version_tag(ty: &Bound<'_, PyType>) -> u32 {
+    let raw = ty.as_type_ptr();
+    // SAFETY: reading two fields of a live type object, under the GIL (the
+    // only place CPython changes them).
+    unsafe {
+        if (*raw).tp_flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG == 0 {
+            return 0;
+        }
+        (*raw).tp_version_tag
+    }
 }
 
 fn stock(py: Python<'_>) -> PyResult<&'static Stock> {
@@ -48,6 +103,7 @@ fn stock(py: Python<'_>) -> PyResult<&'static Stock> {
         Ok(Stock {
             pristine: defined_by_asyncio(&timer_cancel, "cancel")?
                 && defined_by_asyncio(&handle_cancel, "cancel")?,
+            unpatched_tag: AtomicU32::new(0),
             timer_cancel: timer_cancel.unbind(),
             handle_cancel: handle_cancel.unbind(),
             timer_class: timer_class.unbind(),
@@ -86,30 +142,26 @@ unsafe extern "C" fn cancel_method(
 fn cancel(handle: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = handle.py();
     let stock = stock(py)?;
-    let timer_cancel = stock.timer_class.bind(py).getattr(intern!(py, "cancel"))?;
-    let handle_cancel = stock.handle_class.bind(py).getattr(intern!(py, "cancel"))?;
-    let Some(kinds) = handle_kinds() else {
-        return timer_cancel.call1((handle,)).map(drop);
+    let kinds = match handle_kinds() {
+        Some(kinds) if stock.unpatched(py)? => kinds,
+        _ => {
+            let timer_cancel = stock.timer_class.bind(py).getattr(intern!(py, "cancel"))?;
+            return timer_cancel.call1((handle,)).map(drop);
+        }
     };
-    if !stock.pristine
-        || !timer_cancel.is(&stock.timer_cancel)
-        || !handle_cancel.is(&stock.handle_cancel)
-    {
-        return timer_cancel.call1((handle,)).map(drop);
-    }
     // TimerHandle.cancel
     if kinds.is_cancelled(handle)? {
         return Ok(());
     }
-    handle
-        .getattr(intern!(py, "_loop"))?
+    kinds
+        .loop_of(handle)?
         .call_method1(intern!(py, "_timer_handle_cancelled"), (handle,))?;
     // Handle.cancel
     if kinds.is_cancelled(handle)? {
         return Ok(());
     }
     kinds.set_cancelled(handle)?;
-    let loop_ = handle.getattr(intern!(py, "_loop"))?;
+    let loop_ = kinds.loop_of(handle)?;
     if loop_.call_method0(intern!(py, "get_debug"))?.is_truthy()? {
         // Keeps callback and arguments in the repr, as asyncio does.
         handle.setattr(intern!(py, "_repr"), handle.repr()?)?;

@@ -764,22 +764,30 @@ def test_timer_cancel_refuses_other_objects(loop: ErlangEventLoop) -> None:
     handle.cancel()
 
 
-def test_a_patched_timer_handle_cancel_is_called(loop: ErlangEventLoop) -> None:
-    calls: list[asyncio.TimerHandle] = []
-    original = asyncio.TimerHandle.cancel
+@pytest.mark.parametrize("patched", [asyncio.TimerHandle, asyncio.Handle])
+def test_a_patched_timer_handle_cancel_is_called(
+    loop: ErlangEventLoop, patched: type[asyncio.Handle]
+) -> None:
+    calls: list[asyncio.Handle] = []
+    original = patched.cancel
 
-    def counting_cancel(self: asyncio.TimerHandle) -> None:
+    def counting_cancel(self: asyncio.Handle) -> None:
         calls.append(self)
         original(self)
 
+    # A cancel first: the native one remembers the classes unchanged.
+    loop.call_later(10, lambda: None).cancel()
     handle = loop.call_later(10, lambda: None)
-    asyncio.TimerHandle.cancel = counting_cancel  # type: ignore[method-assign]
+    patched.cancel = counting_cancel  # type: ignore[method-assign]
     try:
         handle.cancel()
     finally:
-        asyncio.TimerHandle.cancel = original  # type: ignore[method-assign]
+        patched.cancel = original  # type: ignore[method-assign]
     assert calls == [handle] and handle.cancelled()
     assert loop._runner is not None and loop._runner.scheduled()[0] == 0
+    # Put back: native again, and the patch no longer called.
+    loop.call_later(10, lambda: None).cancel()
+    assert calls == [handle] and loop._runner.scheduled()[0] == 0
 
 
 def test_a_loop_overriding_timer_handle_cancelled_is_told() -> None:
