@@ -157,6 +157,12 @@ impl LoopCore {
         state.check_open()?;
         let key = state.wheel.insert(deadline_ns, id).to_u64();
         state.stats.timers_inserted += 1;
+        // Inserted from another thread than the one asleep in `block` (not
+        // asyncio's contract, but it worked when the BEAM's timer was armed
+        // for the deadline itself): the sleeper's bound is now too late.
+        if state.waiters > 0 && state.wheel.next_deadline() == Some(deadline_ns) {
+            self.ready.notify_all();
+        }
         let wake = state.arm_timer(now_monotonic_ns);
         Ok((key, wake))
     }
@@ -408,11 +414,13 @@ impl LoopCore {
             if limit == Some(Duration::ZERO) {
                 return Ok((state, slept, true));
             }
-            // The sleep is also bounded by the wheel's next deadline. The
-            // Erlang timer stays armed for it (the backstop, and the wake-up
-            // of loops nobody waits on), but BEAM timers have a 1 ms grain
-            // and fire late (`erlang:start_timer(1, ...)` takes about 2 ms):
-            // the waiting thread itself runs a due timer on time.
+            // The sleep is also bounded by the wheel's next deadline: BEAM
+            // timers have a 1 ms grain and fire late (`erlang:start_timer(1,
+            // ...)` takes about 2 ms), so the waiting thread itself runs a
+            // due timer on time. The Erlang timer is the backstop (armed
+            // past the deadline for a loop that waits so, see
+            // `BACKSTOP_SLACK_NS`) and the wake-up of loops nobody waits on;
+            // an earlier timer inserted meanwhile notifies (`insert_timer`).
             if let Some(deadline) = state.wheel.next_deadline() {
                 let until = Duration::from_nanos(deadline.saturating_sub(now_monotonic_ns()));
                 if until.is_zero() {

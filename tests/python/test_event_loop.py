@@ -550,6 +550,42 @@ def test_a_loop_sleeping_1_ms_at_a_time_keeps_the_beam_out_of_the_way(
     assert after["timer_arms"] - before["timer_arms"] <= most, (took, before, after)
 
 
+def test_a_timer_scheduled_from_another_thread_wakes_the_sleeping_loop() -> None:
+    """Not asyncio's contract (call_soon_threadsafe is), but it works: the
+    loop's thread, asleep with no timer, is told of the earlier deadline and
+    runs the timer itself, not when the BEAM's backstop timer fires 50 ms
+    past it (a tick that fires a timer)."""
+    loop = ErlangEventLoop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def beam_fired() -> int:
+        stats = loop.stats()
+        return stats["ticks"] - stats["spurious_ticks"]
+
+    try:
+        started = threading.Event()
+        loop.call_soon_threadsafe(started.set)
+        assert started.wait(10)
+        by_beam: list[int] = []
+        for _ in range(3):
+            ran = threading.Event()
+            time.sleep(0.05)  # most likely asleep by now, with no timer
+            before = beam_fired()
+
+            def callback(before: int = before, ran: threading.Event = ran) -> None:
+                by_beam.append(beam_fired() - before)
+                ran.set()
+
+            loop.call_later(0.005, callback)
+            assert ran.wait(10)
+        assert by_beam == [0, 0, 0], by_beam
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
 def test_idle_loop_with_far_timers_barely_wakes(loop: ErlangEventLoop) -> None:
     """LESSONS 12: 10,000 timers an hour away, a quiet socket watched, and
     nothing to do for 3 s cost at most a handful of wake-ups, Erlang timer

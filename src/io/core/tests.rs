@@ -416,6 +416,36 @@ fn an_own_poller_loop_arms_its_backstop_after_the_deadline_and_still_fires_on_ti
 }
 
 #[test]
+fn a_timer_inserted_by_another_thread_wakes_the_sleeping_owner_for_it() {
+    // No tick ever comes here: without the insert's notify, the wait would
+    // end only at its 60 s bound.
+    let (core, _) = new_polled_loop();
+    core.set_served();
+    let owner = {
+        let core = core.clone();
+        thread::spawn(move || {
+            core.prepare_wait();
+            let mut out = Vec::new();
+            core.wait(Some(Duration::from_secs(60)), &mut out, 16)
+                .unwrap();
+            out
+        })
+    };
+    thread::sleep(Duration::from_millis(50)); // most likely asleep by now
+    let inserted = std::time::Instant::now();
+    let deadline = now_monotonic_ns() + ms(10);
+    core.insert_timer(deadline, 7).unwrap();
+    let out = owner.join().unwrap();
+    assert_eq!(out.iter().map(|event| event.id).collect::<Vec<_>>(), [7]);
+    assert!(now_monotonic_ns() >= deadline, "fired early");
+    assert!(
+        inserted.elapsed() < Duration::from_secs(30),
+        "woken by the bound"
+    );
+    assert_eq!(core.stats().ticks, 0);
+}
+
+#[test]
 fn an_own_poller_loop_polls_its_fds_and_asks_the_beam_only_when_it_sleeps() {
     let (core, host) = new_polled_loop();
     core.set_served();
