@@ -303,21 +303,16 @@ impl HandleKinds {
         self.track_context(object);
     }
 
-    /// Puts the context of a `Handle` (of any class with its layout) back
-    /// under the GC if `untrack` took it out. Must come before the
-    /// handle's last reference goes: a context's deallocation unlinks it
-    /// from the GC's lists unconditionally, which crashes on one that is
-    /// in none.
+    /// Puts the context of one of our timer handles back under the GC if
+    /// `untrack` took it out (only timers' contexts are: other handles,
+    /// the ready queue's many, are left alone here). Comes before the
+    /// handle's last reference goes, so that the context's own reference is
+    /// dropped, not leaked.
     pub fn track_context(&self, handle: &Bound<'_, PyAny>) {
-        // SAFETY: the context slot is read only from instances of `Handle`
-        // and its subclasses, which all have it; the value is a borrowed
-        // reference of a live handle, under the GIL.
-        unsafe {
-            let handle_type = self.handle.as_ptr() as *mut ffi::PyTypeObject;
-            if ffi::PyType_IsSubtype(ffi::Py_TYPE(handle.as_ptr()), handle_type) == 0 {
-                return;
-            }
-            track_if_context(self.context.get(handle.as_ptr()));
+        if self.is_timer(handle) {
+            // SAFETY: our timer class has the context slot; the value is a
+            // borrowed reference of a live handle, under the GIL.
+            unsafe { track_if_context(self.context.get(handle.as_ptr())) };
         }
     }
 
