@@ -160,8 +160,8 @@ impl LoopCore {
         // Inserted from another thread than the one asleep in `block` (not
         // asyncio's contract, but it worked when the BEAM's timer was armed
         // for the deadline itself): the sleeper's bound is now too late.
-        if state.waiters > 0 && state.wheel.next_deadline() == Some(deadline_ns) {
-            self.ready.notify_all();
+        if state.wheel.next_deadline() == Some(deadline_ns) {
+            self.notify(&state);
         }
         let wake = state.arm_timer(now_monotonic_ns);
         Ok((key, wake))
@@ -653,9 +653,9 @@ impl State {
 
     /// Arms the Erlang timer when the earliest deadline (plus twice the
     /// loop's slack) is earlier than the armed one, for that deadline plus
-    /// the slack (LESSONS 12: only real deadlines, never a periodic tick). `now` is read only when a timer is
-    /// armed: most inserts arm nothing, and a clock read is a good part of an
-    /// insert.
+    /// the slack (LESSONS 12: only real deadlines, never a periodic tick).
+    /// `now` is read only when a timer is armed: most inserts arm nothing,
+    /// and a clock read is a good part of an insert.
     fn arm_timer(&mut self, now: impl FnOnce() -> u64) -> Wake {
         if !self.served || self.closed {
             return Wake::default();
