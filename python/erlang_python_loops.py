@@ -106,11 +106,9 @@ class _LoopThread:
         try:
             loop.call_soon(self._running)
             loop.run_forever()
-        except (KeyboardInterrupt, SystemExit) as error:
-            reason = "".join(traceback.format_exception(error))
         except BaseException as error:  # noqa: BLE001 - reported to the server
             reason = "".join(traceback.format_exception(error))
-            broken = True
+            broken = not isinstance(error, (KeyboardInterrupt, SystemExit))
         finally:
             self.closing = True
             self.started.set()
