@@ -28,6 +28,14 @@ fn new_loop() -> (Arc<LoopCore>, Arc<FakeHost>) {
     (Arc::new(core), host)
 }
 
+/// The operations of the select requests the core owes, taken.
+fn select_ops(core: &LoopCore) -> Vec<SelectOp> {
+    core.take_select_requests()
+        .iter()
+        .map(|request| request.op)
+        .collect()
+}
+
 fn ms(n: u64) -> u64 {
     n * 1_000_000
 }
@@ -218,11 +226,7 @@ fn a_new_server_selects_every_watched_fd_again() {
     core.server_down();
     let wake = core.set_served();
     assert!(wake.apply_selects);
-    let mut ops: Vec<SelectOp> = core
-        .take_select_requests()
-        .iter()
-        .map(|request| request.op)
-        .collect();
+    let mut ops = select_ops(&core);
     ops.sort_by_key(|op| format!("{op:?}"));
     assert_eq!(
         ops,
@@ -520,15 +524,13 @@ fn an_own_poller_loop_stops_its_select_when_its_last_fd_goes_and_at_close() {
     assert!(core.take_select_requests().is_empty());
     let (had, wake) = core.remove_interest(a.as_raw_fd(), EventKind::Read);
     assert!(had && wake.apply_selects);
-    let ops: Vec<SelectOp> = core.take_select_requests().iter().map(|r| r.op).collect();
-    assert_eq!(ops, [SelectOp::Stop]);
+    assert_eq!(select_ops(&core), [SelectOp::Stop]);
     assert_eq!(core.stats().fds, 0);
     // Watched again, then closed: the select stops with the loop.
     core.add_interest(a.as_raw_fd(), EventKind::Read, 3)
         .unwrap();
     assert!(core.close().apply_selects);
-    let ops: Vec<SelectOp> = core.take_select_requests().iter().map(|r| r.op).collect();
-    assert_eq!(ops, [SelectOp::Stop]);
+    assert_eq!(select_ops(&core), [SelectOp::Stop]);
     assert!(core
         .add_interest(a.as_raw_fd(), EventKind::Read, 4)
         .is_err());
@@ -592,9 +594,8 @@ fn a_leftover_registration_makes_the_loop_rebuild_its_set_and_stop_the_old_selec
     assert!(out.is_empty());
     assert_eq!(core.stats().poller_rebuilds, 1);
     // The old set's select is stopped, the new one's armed for the sleep.
-    let ops: Vec<SelectOp> = core.take_select_requests().iter().map(|r| r.op).collect();
     assert_eq!(
-        ops,
+        select_ops(&core),
         [
             SelectOp::Stop,
             SelectOp::Arm {
