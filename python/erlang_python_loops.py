@@ -108,7 +108,7 @@ class _LoopThread:
             loop.run_forever()
         except BaseException as error:  # noqa: BLE001 - reported to the server
             reason = "".join(traceback.format_exception(error))
-            broken = not isinstance(error, (KeyboardInterrupt, SystemExit))
+            broken = not isinstance(error, KeyboardInterrupt | SystemExit)
         finally:
             self.closing = True
             self.started.set()
