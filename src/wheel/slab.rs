@@ -13,8 +13,9 @@ use super::list::NIL;
 /// `Copy` and 8 bytes, so the loop can pass it to Python as one integer
 /// ([`to_u64`](Self::to_u64) / [`from_u64`](Self::from_u64)). Any `u64` is
 /// accepted back: a key that does not name a live timer is simply not found.
-/// Generations start at 1 and skip 0, so `0` and `u64::MAX` never name a
-/// timer.
+/// Generations start at 1, skip 0 and stay below 2^31, so `0` never names a
+/// timer and a key's top bit is always clear (the Python loop keeps a flag
+/// of its own there, beside the key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerKey {
     /// Index of the slot in the slab.
@@ -76,13 +77,17 @@ pub(crate) const fn slot_bytes<T>() -> usize {
     std::mem::size_of::<Slot<T>>()
 }
 
-/// The generation after `generation`, skipping 0 so that a zero key is never
-/// valid.
+/// Largest generation: a key's top bit stays clear (see [`TimerKey`]).
+const MAX_GENERATION: u32 = (1 << 31) - 1;
+
+/// The generation after `generation`, wrapping from [`MAX_GENERATION`] to 1
+/// (0 is skipped so that a zero key is never valid).
 #[inline]
 fn next_generation(generation: u32) -> u32 {
-    match generation.wrapping_add(1) {
-        0 => 1,
-        g => g,
+    if generation >= MAX_GENERATION {
+        1
+    } else {
+        generation + 1
     }
 }
 
@@ -274,17 +279,20 @@ mod tests {
     fn key_round_trips_through_u64() {
         let key = TimerKey {
             index: 7,
-            generation: 0xdead_beef,
+            generation: 0x5ead_beef,
         };
-        assert_eq!(key.to_u64(), 0xdead_beef_0000_0007);
+        assert_eq!(key.to_u64(), 0x5ead_beef_0000_0007);
         assert_eq!(TimerKey::from_u64(key.to_u64()), key);
         assert_eq!(TimerKey::from_u64(u64::MAX).index(), u32::MAX);
     }
 
     #[test]
-    fn next_generation_skips_zero() {
+    fn next_generation_skips_zero_and_keeps_the_top_bit_clear() {
         assert_eq!(next_generation(1), 2);
-        assert_eq!(next_generation(u32::MAX), 1);
+        assert_eq!(next_generation(MAX_GENERATION - 1), MAX_GENERATION);
+        assert_eq!(next_generation(MAX_GENERATION), 1);
+        let key = TimerKey::new(u32::MAX - 1, MAX_GENERATION);
+        assert_eq!(key.to_u64() >> 63, 0);
     }
 
     #[test]
