@@ -187,7 +187,7 @@ impl HandleKinds {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = callback.py();
-        let context = own_context(py, context)?;
+        let context = context_or_copy(py, context)?;
         let object = allocate(self.handle.bind(py))?;
         // SAFETY: `object` is a new, zeroed instance of the class the slots
         // were found on; every value is a new strong reference.
@@ -196,8 +196,11 @@ impl HandleKinds {
     }
 
     /// A scheduled timer handle due at `when` (`seconds` as a double; no
-    /// `when`: the float `seconds`); its wheel key is set once it is in the
-    /// wheel (`set_key`).
+    /// `when`: the float `seconds`) running in `context`, which is a
+    /// snapshot other timers may share if `shared` (see
+    /// `context_snapshot`); its wheel key is set once it is in the wheel
+    /// (`set_key`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new_timer<'py>(
         &self,
         when: Option<&Bound<'py, PyAny>>,
@@ -205,10 +208,10 @@ impl HandleKinds {
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         loop_: &Bound<'py, PyAny>,
-        context: Option<&Bound<'py, PyAny>>,
+        context: Bound<'py, PyAny>,
+        shared: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = callback.py();
-        let context = own_context(py, context)?;
         let object = allocate(self.timer.bind(py))?;
         // SAFETY: as in `new_handle`; the timer slots and fields belong to
         // this class.
@@ -217,14 +220,16 @@ impl HandleKinds {
             self.init_handle(raw, callback, args, loop_, context);
             self.scheduled.init(raw, new_ref(ffi::Py_True()));
             timer_handle::init_when(raw, when, seconds);
+            timer_handle::fields(raw).set_shares_context(shared);
         }
         Ok(object)
     }
 
-    /// Gives a timer handle made by `new_timer` its wheel key.
+    /// Gives a timer handle made by `new_timer` its wheel key (a wheel
+    /// key's top bit is clear).
     pub fn set_key(&self, timer: &Bound<'_, PyAny>, key: u64) {
         // SAFETY: an instance of our timer class (from `new_timer`).
-        unsafe { timer_handle::fields(timer.as_ptr()) }.key = key;
+        unsafe { timer_handle::fields(timer.as_ptr()) }.set_key(Some(key));
     }
 
     /// # Safety
@@ -259,10 +264,11 @@ impl HandleKinds {
     /// holds it, and all of them when the loop stops running. Runs no Python.
     ///
     /// A timer handle's context leaves with it when the handle is its only
-    /// holder (the copy of the current context every handle made without
-    /// one gets): otherwise each pending timer still puts one object under
-    /// the GC, which then walks a million of them when a million timers
-    /// are pending. Only our timer class's. A context must be tracked when
+    /// holder (a copy of the current context) or it is a snapshot shared by
+    /// timers (see `context_snapshot`; no code runs in one or sees it):
+    /// otherwise each pending timer may still put one object under the GC,
+    /// which then walks a million of them when a million timers are
+    /// pending. Only our timer class's. A context must be tracked when
     /// it is freed (its deallocation unlinks it from the GC's lists
     /// unconditionally, which crashes on one in none), so an untracked
     /// context holds one reference of its own, taken here and dropped by
@@ -284,7 +290,9 @@ impl HandleKinds {
                 let context = self.context.get(object.as_ptr());
                 if !context.is_null()
                     && ffi::PyContext_CheckExact(context) != 0
-                    && ffi::Py_REFCNT(context) == 1
+                    && ffi::PyObject_GC_IsTracked(context) != 0
+                    && (ffi::Py_REFCNT(context) == 1
+                        || timer_handle::fields(object.as_ptr()).shares_context())
                 {
                     ffi::PyObject_GC_UnTrack(context.cast());
                     ffi::Py_INCREF(context);
@@ -314,6 +322,13 @@ impl HandleKinds {
             // borrowed reference of a live handle, under the GIL.
             unsafe { track_if_context(self.context.get(handle.as_ptr())) };
         }
+    }
+
+    /// Is `callback` the callback of `asyncio.sleep`'s timers?
+    pub fn is_sleep_callback(&self, callback: &Bound<'_, PyAny>) -> bool {
+        self.sleep_callback
+            .as_ref()
+            .is_some_and(|sleep| callback.is(sleep.bind(callback.py())))
     }
 
     /// Is `Handle._run` still asyncio's (not patched by a profiler)?
@@ -353,10 +368,7 @@ impl HandleKinds {
                 return None;
             }
             self.scheduled.set(raw, new_ref(ffi::Py_False()));
-            match timer_handle::fields(raw).key {
-                0 => None,
-                key => Some(key),
-            }
+            timer_handle::fields(raw).key()
         }
     }
 
@@ -465,6 +477,14 @@ impl HandleKinds {
         }
         if self.is_cancelled(handle)? {
             return Ok(Ran::Cancelled);
+        }
+        // Only handles of exactly our timer class share contexts (`new_timer`
+        // makes them; others go through `_context`, which does the same).
+        // SAFETY: an instance of our timer class, under the GIL.
+        if unsafe { ffi::Py_TYPE(raw) } as *mut ffi::PyObject == self.timer.as_ptr() {
+            if let Err(error) = unsafe { timer_handle::own_context(raw) } {
+                return Ok(Ran::Failed(error));
+            }
         }
         // SAFETY: `handle` is exactly one of the classes the slots were
         // found on. The values are borrowed, then owned (`from_borrowed_ptr`)
@@ -619,7 +639,7 @@ fn untrackable(ty: &Bound<'_, PyType>) -> bool {
 }
 
 /// The handle's context: the one given, or a copy of the current one.
-fn own_context<'py>(
+fn context_or_copy<'py>(
     py: Python<'py>,
     context: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {

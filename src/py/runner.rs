@@ -25,6 +25,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyList, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use super::context_snapshot;
 use super::handles::{HandleKinds, Ran};
 use super::held::{Held, Item};
 use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
@@ -66,6 +67,10 @@ pub struct LoopRunner {
     closed: bool,
     /// Inside `run_forever`: the handles made meanwhile leave the GC.
     running: bool,
+    /// The context snapshot the last timer made without `context=` got,
+    /// for the next ones to share (see `context_snapshot`). Dropped when
+    /// the loop stops, so that it keeps no variable's value alive for long.
+    last_context: Option<Py<PyAny>>,
 }
 
 fn closed_error() -> PyErr {
@@ -158,7 +163,8 @@ impl LoopRunner {
     ) -> PyResult<Bound<'py, PyAny>> {
         let loop_ = Self::loop_object(slf)?;
         let deadline = deadline_ns(seconds)?;
-        let timer = kinds().new_timer(when, seconds, callback, args, &loop_, context)?;
+        let (context, shared) = Self::timer_context(slf, context, callback)?;
+        let timer = kinds().new_timer(when, seconds, callback, args, &loop_, context, shared)?;
         let held = Held {
             handle: timer.clone().unbind(),
             ours: true, // out of the GC if the loop runs: `schedule`
@@ -166,6 +172,33 @@ impl LoopRunner {
         let key = Self::schedule(slf, deadline, Item::Handle(held))?;
         kinds().set_key(&timer, key);
         Ok(timer)
+    }
+
+    /// The context a new timer for `callback` runs in, and whether it is a
+    /// snapshot other timers may share: the one given, else a snapshot of
+    /// the current one (see `context_snapshot`). An `asyncio.sleep` timer
+    /// gets a copy of its own: it almost always runs, and a timer that runs
+    /// needs a copy of its own then, so sharing would cost it a second one.
+    fn timer_context<'py>(
+        slf: &Bound<'py, Self>,
+        given: Option<&Bound<'py, PyAny>>,
+        callback: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, bool)> {
+        let py = slf.py();
+        if let Some(given) = given.filter(|given| !given.is_none()) {
+            return Ok((given.clone(), false));
+        }
+        // Made with no borrow held: an allocation may run the GC's
+        // finalizers, which may call back into the runner.
+        let fresh = context_snapshot::copy_current(py)?;
+        if !context_snapshot::sharing_available(py) || kinds().is_sleep_callback(callback) {
+            return Ok((fresh, false));
+        }
+        let (context, unneeded) =
+            context_snapshot::share(&mut slf.borrow_mut().last_context, fresh);
+        // Freeing a context may run Python code: no borrow held here either.
+        drop(unneeded);
+        Ok((context, true))
     }
 
     /// Makes the reader and writer handles of ready fds ready, as
@@ -365,6 +398,7 @@ impl LoopRunner {
             ready: VecDeque::new(),
             closed: false,
             running: false,
+            last_context: None,
         })
     }
 
@@ -640,6 +674,13 @@ impl LoopRunner {
     /// go back under it, so that an idle loop's handles are as asyncio's.
     fn set_running(slf: &Bound<'_, Self>, running: bool) {
         let py = slf.py();
+        let last_context = if running {
+            None
+        } else {
+            slf.borrow_mut().last_context.take()
+        };
+        // Freeing a context may run Python code: no borrow held.
+        drop(last_context);
         let mut this = slf.borrow_mut();
         this.running = running;
         if !running {
@@ -669,11 +710,16 @@ impl LoopRunner {
     /// The loop closed: its timers are no longer scheduled; new work fails.
     fn close(slf: &Bound<'_, Self>) {
         let py = slf.py();
-        let (timers, ready) = {
+        let (timers, ready, last_context) = {
             let mut this = slf.borrow_mut();
             this.closed = true;
-            (this.take_all_timers(py), std::mem::take(&mut this.ready))
+            (
+                this.take_all_timers(py),
+                std::mem::take(&mut this.ready),
+                this.last_context.take(),
+            )
         };
+        drop(last_context);
         for item in timers {
             if let Item::Handle(held) = &item {
                 kinds().mark_fired(held.handle.bind(py));
@@ -703,6 +749,9 @@ impl LoopRunner {
             visit.call(loop_)?;
         }
         visit.call(&self.fd_to_key)?;
+        if let Some(context) = &self.last_context {
+            visit.call(context)?;
+        }
         for held in &self.ready {
             held.visit(&visit)?;
         }
@@ -728,6 +777,7 @@ impl LoopRunner {
 
     fn __clear__(&mut self) {
         self.loop_ = None;
+        self.last_context = None;
         let ready = std::mem::take(&mut self.ready);
         Python::attach(|py| {
             ready.into_iter().for_each(|held| held.release(py));

@@ -26,16 +26,55 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyType};
 
+use super::context_snapshot::held_alone;
 use super::handles::{track_if_context, Slot};
 
 /// The fields this class adds after `TimerHandle`'s.
 #[repr(C)]
 pub(crate) struct TimerFields {
-    /// The timer's wheel key while it is scheduled; 0 (never a valid key:
-    /// generations start at 1) when it has none.
-    pub(crate) key: u64,
+    /// The timer's wheel key while it is scheduled, 0 (never a valid key:
+    /// generations start at 1) when it has none; and in the top bit, which
+    /// a wheel key never has, [`SHARED_CONTEXT`]. One word for both: a
+    /// third field would take the instance past its 128-byte allocation.
+    key_and_flag: u64,
     /// `when`, in loop seconds.
     pub(crate) when: f64,
+}
+
+/// The flag bit of `TimerFields::key_and_flag`: the `_context` slot holds
+/// a snapshot other timers may share (`context_snapshot`), which nothing
+/// may run in or see before [`own_context`] gives the timer its own.
+const SHARED_CONTEXT: u64 = 1 << 63;
+
+impl TimerFields {
+    /// The wheel key, while the timer is scheduled.
+    pub(crate) fn key(&self) -> Option<u64> {
+        match self.key_and_flag & !SHARED_CONTEXT {
+            0 => None,
+            key => Some(key),
+        }
+    }
+
+    /// Sets the wheel key (None: no key), keeping the flag. A wheel key's
+    /// top bit is clear; callers refuse others.
+    pub(crate) fn set_key(&mut self, key: Option<u64>) {
+        let key = key.unwrap_or(0);
+        debug_assert_eq!(key & SHARED_CONTEXT, 0, "not a wheel key");
+        self.key_and_flag = (self.key_and_flag & SHARED_CONTEXT) | (key & !SHARED_CONTEXT);
+    }
+
+    /// Does the `_context` slot hold a snapshot other timers may share?
+    pub(crate) fn shares_context(&self) -> bool {
+        self.key_and_flag & SHARED_CONTEXT != 0
+    }
+
+    pub(crate) fn set_shares_context(&mut self, shares: bool) {
+        if shares {
+            self.key_and_flag |= SHARED_CONTEXT;
+        } else {
+            self.key_and_flag &= !SHARED_CONTEXT;
+        }
+    }
 }
 
 /// The class and where its fields start in an instance.
@@ -204,11 +243,11 @@ fn cannot_delete(name: &CStr) -> c_int {
 
 unsafe extern "C" fn get_key(object: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
     // SAFETY: an instance of the class (the descriptor checked it).
-    match unsafe { fields(object) }.key {
+    match unsafe { fields(object) }.key() {
         // SAFETY: the GIL is held.
-        0 => unsafe { ffi::Py_NewRef(ffi::Py_None()) },
+        None => unsafe { ffi::Py_NewRef(ffi::Py_None()) },
         // SAFETY: as above.
-        key => unsafe { ffi::PyLong_FromUnsignedLongLong(key) },
+        Some(key) => unsafe { ffi::PyLong_FromUnsignedLongLong(key) },
     }
 }
 
@@ -222,7 +261,7 @@ unsafe extern "C" fn set_key(
     }
     // SAFETY: `value` is a live object; the GIL is held.
     let key = if unsafe { ffi::Py_IsNone(value) } != 0 {
-        0
+        None
     } else {
         // SAFETY: as above; an error is left set for the caller.
         let key = unsafe { ffi::PyLong_AsUnsignedLongLong(value) };
@@ -230,10 +269,16 @@ unsafe extern "C" fn set_key(
         if key == u64::MAX && unsafe { !ffi::PyErr_Occurred().is_null() } {
             return -1;
         }
-        key
+        if key & SHARED_CONTEXT != 0 {
+            let error = PyOverflowError::new_err("a timer key is below 2**63");
+            // SAFETY: the GIL is held.
+            error.restore(unsafe { Python::assume_attached() });
+            return -1;
+        }
+        Some(key).filter(|&key| key != 0)
     };
     // SAFETY: an instance of the class.
-    unsafe { fields(object) }.key = key;
+    unsafe { fields(object) }.set_key(key);
     0
 }
 
@@ -285,12 +330,51 @@ unsafe extern "C" fn set_when(
 unsafe extern "C" fn get_context(object: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
     // SAFETY: an instance of the class; the GIL is held.
     unsafe {
+        if let Err(error) = own_context(object) {
+            error.restore(Python::assume_attached());
+            return null_mut();
+        }
         let context = existing_base().context.get(object);
         if context.is_null() {
             no_context(object);
             return null_mut();
         }
         ffi::Py_NewRef(context)
+    }
+}
+
+/// Gives a timer whose `_context` slot holds a shared snapshot (see
+/// `context_snapshot`) a context of its own, before any code runs in it or
+/// sees it: the snapshot itself if the timer is by now its only holder,
+/// else a copy. Nothing to do for other timers.
+///
+/// # Safety
+/// `object` is a live instance of the class; the GIL is held.
+pub(crate) unsafe fn own_context(object: *mut ffi::PyObject) -> PyResult<()> {
+    // SAFETY: by the contract. The snapshot is held here (a new reference)
+    // while the copy is made: an allocation may run the GC, whose
+    // finalizers may read `_context` and so come here first.
+    unsafe {
+        if !fields(object).shares_context() {
+            return Ok(());
+        }
+        let py = Python::assume_attached();
+        let slot = existing_base().context;
+        let snapshot = slot.get(object);
+        if snapshot.is_null() || held_alone(snapshot) {
+            fields(object).set_shares_context(false);
+            return Ok(());
+        }
+        let snapshot = Bound::from_borrowed_ptr(py, snapshot);
+        let copy = Bound::from_owned_ptr_or_err(py, ffi::PyContext_Copy(snapshot.as_ptr()))?;
+        if fields(object).shares_context() && slot.get(object) == snapshot.as_ptr() {
+            // The slot's reference goes: if the snapshot is out of the GC,
+            // it comes back first (a context must be tracked when freed).
+            track_if_context(snapshot.as_ptr());
+            slot.set(object, copy.into_ptr());
+            fields(object).set_shares_context(false);
+        }
+        Ok(())
     }
 }
 
@@ -336,6 +420,9 @@ unsafe extern "C" fn set_context(
                 ffi::Py_NewRef(value)
             },
         );
+        // What it held may have been a shared snapshot; what it holds now
+        // was given, and is run as given.
+        fields(object).set_shares_context(false);
     }
     0
 }

@@ -1,0 +1,168 @@
+"""Timers made without ``context=`` share one snapshot of the current
+context (``_erlang_loop`` ``context_snapshot``) instead of a copy each, and
+still run exactly as asyncio runs them: each callback in a context of its
+own holding the variables of when it was scheduled.
+
+Run with ``bin/erlang-python -m pytest tests/python/test_context_snapshots.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import weakref
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from erlang_loop import ErlangEventLoop
+
+var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+
+@pytest.fixture(params=[False, True], ids=["native", "debug"])
+def loop(request: pytest.FixtureRequest) -> Iterator[ErlangEventLoop]:
+    """A fresh loop, on the native paths or (debug mode) asyncio's Python ones."""
+    new = ErlangEventLoop()
+    new.set_debug(request.param)
+    try:
+        yield new
+    finally:
+        if not new.is_closed():
+            new.close()
+
+
+def context_slot(handle: asyncio.Handle) -> contextvars.Context:
+    """What a handle's context slot holds, without reading ``_context``."""
+    (context,) = (o for o in gc.get_referents(handle) if isinstance(o, contextvars.Context))
+    return context
+
+
+def recorder(seen: list[tuple[str, str]], name: str) -> Callable[[], None]:
+    """A callback that records the variable it sees, then sets its own."""
+
+    def callback() -> None:
+        seen.append((name, var.get()))
+        var.set(name)
+
+    return callback
+
+
+def test_timers_scheduled_in_the_same_variables_share_one_snapshot() -> None:
+    loop = ErlangEventLoop()
+    try:
+        timers = [loop.call_later(3600, print) for _ in range(1000)]
+        assert len({id(context_slot(timer)) for timer in timers}) == 1
+        elsewhere = contextvars.copy_context()
+        elsewhere.run(var.set, "elsewhere")
+        other = elsewhere.run(loop.call_later, 3600, print)
+        assert context_slot(other) is not context_slot(timers[0])
+        # A context given is kept as given, never shared or copied.
+        given = contextvars.copy_context()
+        assert loop.call_later(3600, print, context=given)._context is given
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("how", ["native", "patched _run", "_context read first"])
+def test_each_callback_runs_in_a_context_of_its_own(
+    loop: ErlangEventLoop, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    seen: list[tuple[str, str]] = []
+    if how == "patched _run":
+        stock_run = asyncio.Handle._run
+
+        def traced_run(self: asyncio.Handle) -> None:
+            stock_run(self)
+
+        monkeypatch.setattr(asyncio.Handle, "_run", traced_run)
+
+    async def main() -> list[asyncio.TimerHandle]:
+        var.set("scheduled")
+        timers = [loop.call_later(0, recorder(seen, name)) for name in "abc"]
+        if how == "_context read first":
+            contexts = [timer._context for timer in timers]
+            assert len({id(context) for context in contexts}) == 3
+        var.set("changed after")  # the snapshots do not see it
+        done = loop.create_future()
+        loop.call_later(0.001, done.set_result, None)
+        await done
+        return timers
+
+    timers = loop.run_until_complete(main())
+    assert seen == [("a", "scheduled"), ("b", "scheduled"), ("c", "scheduled")]
+    # As in asyncio: what a callback set is in its handle's context.
+    assert [timer._context[var] for timer in timers] == ["a", "b", "c"]
+
+
+def test_a_context_read_from_a_pending_timer_is_its_own(loop: ErlangEventLoop) -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        var.set("scheduled")
+        first = loop.call_later(0, recorder(seen, "first"))
+        second = loop.call_later(0, recorder(seen, "second"))
+        context = first._context
+        assert context is first._context and context is not second._context
+        # Whoever runs code in it changes that timer's context only.
+        context.run(var.set, "meddled")
+        done = loop.create_future()
+        loop.call_later(0.001, done.set_result, None)
+        await done
+
+    loop.run_until_complete(main())
+    assert seen == [("first", "meddled"), ("second", "scheduled")]
+
+
+def test_timers_in_other_variables_see_their_own(loop: ErlangEventLoop) -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        for value in ["x", "y", "x"]:
+            context = contextvars.copy_context()
+            context.run(var.set, value)
+            context.run(loop.call_later, 0, recorder(seen, value))
+        loop.call_later(0, recorder(seen, "main"))
+        done = loop.create_future()
+        loop.call_later(0.001, done.set_result, None)
+        await done
+
+    loop.run_until_complete(main())
+    assert seen == [("x", "x"), ("y", "y"), ("x", "x"), ("main", "unset")]
+
+
+class _Value:
+    """A value kept in a context variable, to see when it is freed."""
+
+
+def test_the_loop_lets_go_of_its_last_snapshot_when_it_stops(loop: ErlangEventLoop) -> None:
+    held: contextvars.ContextVar[_Value] = contextvars.ContextVar("held")
+
+    async def main() -> weakref.ref[_Value]:
+        value = _Value()
+        held.set(value)
+        loop.call_later(3600, print).cancel()
+        return weakref.ref(value)
+
+    ref = loop.run_until_complete(asyncio.ensure_future(main(), loop=loop))
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_key_with_the_top_bit_set_is_refused() -> None:
+    loop = ErlangEventLoop()
+    try:
+        timer = loop.call_later(3600, print)
+        key = timer._key  # type: ignore[attr-defined]
+        assert key is not None and key < 2**63
+        with pytest.raises(OverflowError, match="below 2\\*\\*63"):
+            timer._key = 2**63  # type: ignore[attr-defined]
+        # The key's word keeps the shared-context flag: both still right.
+        timer._key = key  # type: ignore[attr-defined]
+        assert timer._key == key  # type: ignore[attr-defined]
+        assert timer._context is not context_slot(loop.call_later(3600, print))
+        timer.cancel()
+        assert timer.cancelled()
+    finally:
+        loop.close()
