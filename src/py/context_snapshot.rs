@@ -50,9 +50,19 @@ unsafe fn variables(context: *mut ffi::PyObject) -> *mut ffi::PyObject {
 /// [`ContextObject`] (its size and weak-list offset say so), and behave so:
 /// a copy holds the same map, and setting a variable gives a context a new
 /// one.
+///
+/// The check allocates, and an allocation may run the GC's finalizers,
+/// which may schedule a timer and so come here again: it runs outside the
+/// once-cell's initialisation (which would deadlock on itself), and the
+/// first answer stored is the one kept.
 pub(crate) fn sharing_available(py: Python<'_>) -> bool {
     static AVAILABLE: PyOnceLock<bool> = PyOnceLock::new();
-    *AVAILABLE.get_or_init(py, || layout_matches(py).unwrap_or(false))
+    if let Some(&available) = AVAILABLE.get(py) {
+        return available;
+    }
+    let available = layout_matches(py).unwrap_or(false);
+    let _ = AVAILABLE.set(py, available);
+    *AVAILABLE.get(py).unwrap_or(&available)
 }
 
 fn layout_matches(py: Python<'_>) -> PyResult<bool> {

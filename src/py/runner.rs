@@ -194,11 +194,26 @@ impl LoopRunner {
         if !context_snapshot::sharing_available(py) || kinds().is_sleep_callback(callback) {
             return Ok((fresh, false));
         }
-        let (context, unneeded) =
-            context_snapshot::share(&mut slf.borrow_mut().last_context, fresh);
+        let shared = {
+            let mut this = slf.borrow_mut();
+            // Closed meanwhile (by a finalizer): nothing may be cached.
+            if this.closed {
+                Err(fresh)
+            } else {
+                Ok(context_snapshot::share(&mut this.last_context, fresh))
+            }
+        };
         // Freeing a context may run Python code: no borrow held here either.
-        drop(unneeded);
-        Ok((context, true))
+        match shared {
+            Ok((context, unneeded)) => {
+                drop(unneeded);
+                Ok((context, true))
+            }
+            Err(fresh) => {
+                drop(fresh);
+                Err(closed_error())
+            }
+        }
     }
 
     /// Makes the reader and writer handles of ready fds ready, as
