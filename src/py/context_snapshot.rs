@@ -25,6 +25,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
+use super::once::get_or_make;
+
 /// CPython's `PyContext` (`Include/internal/pycore_context.h`, unchanged
 /// from 3.7 to 3.13).
 #[repr(C)]
@@ -51,18 +53,11 @@ unsafe fn variables(context: *mut ffi::PyObject) -> *mut ffi::PyObject {
 /// a copy holds the same map, and setting a variable gives a context a new
 /// one.
 ///
-/// The check allocates, and an allocation may run the GC's finalizers,
-/// which may schedule a timer and so come here again: it runs outside the
-/// once-cell's initialisation (which would deadlock on itself), and the
-/// first answer stored is the one kept.
+/// The check allocates, and so may run a finalizer that schedules a timer
+/// and comes back here: see `once`.
 pub(crate) fn sharing_available(py: Python<'_>) -> bool {
     static AVAILABLE: PyOnceLock<bool> = PyOnceLock::new();
-    if let Some(&available) = AVAILABLE.get(py) {
-        return available;
-    }
-    let available = layout_matches(py).unwrap_or(false);
-    let _ = AVAILABLE.set(py, available);
-    *AVAILABLE.get(py).unwrap_or(&available)
+    get_or_make(&AVAILABLE, py, || Ok(layout_matches(py).unwrap_or(false))).is_ok_and(|&yes| yes)
 }
 
 fn layout_matches(py: Python<'_>) -> PyResult<bool> {

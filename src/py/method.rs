@@ -13,6 +13,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
 
+use super::once::get_or_make;
+
 /// One entry of a method table, made once and never freed (the
 /// descriptors made from it point at it).
 pub struct MethodDef {
@@ -110,7 +112,7 @@ pub fn cached_class<'py>(
     module: &str,
     name: &str,
 ) -> PyResult<&'py Bound<'py, PyType>> {
-    cell.get_or_try_init(py, || {
+    get_or_make(cell, py, || {
         Ok::<_, PyErr>(
             py.import(module)?
                 .getattr(name)?

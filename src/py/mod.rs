@@ -8,6 +8,7 @@ pub mod held;
 pub mod interpreter;
 pub mod method;
 pub mod native_loop;
+pub(crate) mod once;
 pub mod pool;
 pub mod runner;
 pub mod socket_transport;

@@ -29,6 +29,7 @@ use super::context_snapshot;
 use super::handles::{HandleKinds, Ran};
 use super::held::{Held, Item};
 use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
+use super::once::get_or_make;
 use crate::io::{Event, LoopCore};
 
 /// The handle classes, the same for every loop of the process.
@@ -37,13 +38,12 @@ static KINDS: OnceLock<HandleKinds> = OnceLock::new();
 /// `asyncio.Future` (the C one when asyncio has it).
 fn future_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    FUTURE
-        .get_or_try_init(py, || {
-            py.import("asyncio.futures")?
-                .getattr("Future")
-                .map(Bound::unbind)
-        })
-        .map(|future| future.bind(py))
+    get_or_make(&FUTURE, py, || {
+        py.import("asyncio.futures")?
+            .getattr("Future")
+            .map(Bound::unbind)
+    })
+    .map(|future| future.bind(py))
 }
 
 pub(crate) fn kinds() -> &'static HandleKinds {

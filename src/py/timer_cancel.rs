@@ -31,6 +31,7 @@ use pyo3::types::{PyDict, PyType};
 
 use super::handles::defined_by_asyncio;
 use super::method::{call_method, methods_for, MethodDef};
+use super::once::get_or_make;
 use super::runner::handle_kinds;
 
 /// asyncio's classes and their `cancel` as they were at start-up.
@@ -94,7 +95,7 @@ fn version_tag(ty: &Bound<'_, PyType>) -> u32 {
 
 fn stock(py: Python<'_>) -> PyResult<&'static Stock> {
     static STOCK: PyOnceLock<Stock> = PyOnceLock::new();
-    STOCK.get_or_try_init(py, || {
+    get_or_make(&STOCK, py, || {
         let events = py.import("asyncio.events")?;
         let timer_class = events.getattr("TimerHandle")?.cast_into::<PyType>()?;
         let handle_class = events.getattr("Handle")?.cast_into::<PyType>()?;

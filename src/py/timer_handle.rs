@@ -28,6 +28,7 @@ use pyo3::types::{PyFloat, PyType};
 
 use super::context_snapshot::held_alone;
 use super::handles::{track_if_context, Slot};
+use super::once::get_or_make;
 
 /// The fields this class adds after `TimerHandle`'s.
 #[repr(C)]
@@ -97,7 +98,7 @@ pub fn timer_handle_base(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
 }
 
 fn base(py: Python<'_>) -> PyResult<&Base> {
-    BASE.get_or_try_init(py, || make_base(py))
+    get_or_make(&BASE, py, || make_base(py))
 }
 
 fn make_base(py: Python<'_>) -> PyResult<Base> {

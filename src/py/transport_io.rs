@@ -12,6 +12,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
 use super::method::cached_class;
+use super::once::get_or_make;
 
 /// Size of the receive buffer: asyncio's `max_size` for one read.
 const RECV_BUFFER_SIZE: usize = 256 * 1024;
@@ -40,7 +41,7 @@ pub(super) fn plain_socket_fd(transport: &Bound<'_, PyAny>) -> PyResult<Option<i
 pub(super) fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
     static GETTER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = sock.py();
-    let getter = GETTER.get_or_try_init(py, || {
+    let getter = get_or_make(&GETTER, py, || {
         py.import("_socket")?
             .getattr("socket")?
             .getattr("__dict__")?

@@ -11,20 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
-import os
-import subprocess
 import weakref
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from erlang_loop import ErlangEventLoop
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
-
-# The node runner, to start a fresh node where a test needs one.
-CLI = str(Path(__file__).resolve().parents[2] / "bin" / "erlang-python")
 
 
 @pytest.fixture(params=[False, True], ids=["native", "debug"])
@@ -212,45 +206,3 @@ def test_a_closed_loop_caches_no_snapshot() -> None:
     assert loop.is_closed() and error == "Event loop is closed"
     gc.collect()
     assert ref() is None  # not kept by the closed loop
-
-
-FIRST_TIMER_WITH_A_FINALIZER_THAT_SCHEDULES = """
-import gc, sys
-from erlang_loop import ErlangEventLoop
-
-loop = ErlangEventLoop()
-
-class Resource:
-    def __del__(self):
-        loop.call_later(0, print)
-
-gc.disable()
-gc.collect()
-resource = Resource()
-resource.cycle = resource
-del resource
-# A collection, and the finalizer, somewhere in the process's first timer.
-gc.set_threshold(int(sys.argv[1]))
-gc.enable()
-loop.call_later(3600, print)
-gc.set_threshold(700)
-loop.close()
-print("survived")
-"""
-
-
-def test_a_finalizer_scheduling_during_the_first_timer_does_not_hang() -> None:
-    # The first timer of a process checks the context layout, which
-    # allocates: a finalizer run there that schedules a timer must not wait
-    # for that check. A fresh node for each threshold: the check is once a
-    # process. The thresholds put the collection at each allocation.
-    for threshold in range(2, 11):
-        done = subprocess.run(
-            [CLI, "-c", FIRST_TIMER_WITH_A_FINALIZER_THAT_SCHEDULES, str(threshold)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "PYTHONASYNCIODEBUG": ""},
-        )
-        assert done.returncode == 0, (threshold, done.returncode, done.stderr[-2000:])
-        assert done.stdout.strip().splitlines()[-1] == "survived", threshold

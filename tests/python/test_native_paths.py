@@ -1156,3 +1156,52 @@ def test_a_native_loop_has_one_runner() -> None:
     loop.run_until_complete(asyncio.sleep(0.02))
     assert ran == [1]
     loop.close()
+
+
+FIRST_USE_WITH_A_FINALIZER_THAT_COMES_BACK = """
+import gc, sys
+from erlang_loop import ErlangEventLoop
+
+loop = ErlangEventLoop()
+first_use, threshold = sys.argv[1], int(sys.argv[2])
+
+class Resource:
+    def __del__(self):
+        loop.call_later(0, print).cancel()
+        loop.create_future().cancel()
+
+gc.disable()
+gc.collect()
+resource = Resource()
+resource.cycle = resource
+del resource
+# A collection, and the finalizer, somewhere in the process's first use.
+gc.set_threshold(threshold)
+gc.enable()
+if first_use == "create_future":
+    loop.create_future()
+else:
+    loop.call_later(3600, print)
+gc.set_threshold(700)
+loop.close()
+print("survived")
+"""
+
+
+@pytest.mark.parametrize("first_use", ["call_later", "create_future"])
+def test_a_finalizer_coming_back_during_a_first_use_does_not_hang(first_use: str) -> None:
+    # What the first timer (the context layout check) and the first future
+    # (asyncio's class looked up) of a process set up allocates: a
+    # finalizer run there that comes back for the same must not wait for
+    # that set-up. A fresh node for each threshold (the set-up is once
+    # a process); the thresholds put the collection at each allocation.
+    for threshold in range(2, 11):
+        done = subprocess.run(
+            [CLI, "-c", FIRST_USE_WITH_A_FINALIZER_THAT_COMES_BACK, first_use, str(threshold)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONASYNCIODEBUG": ""},
+        )
+        assert done.returncode == 0, (threshold, done.returncode, done.stderr[-2000:])
+        assert done.stdout.strip().splitlines()[-1] == "survived", threshold

@@ -1,0 +1,27 @@
+//! Values made once per process under the GIL, safe against re-entry.
+//!
+//! `PyOnceLock::get_or_try_init` runs its closure inside the cell, and a
+//! second initialisation from within the first may deadlock (it did:
+//! making a value allocates, an allocation may run the GC's finalizers,
+//! and a finalizer that schedules a timer or cancels one comes back for
+//! the same value). Here the value is made outside the cell: a re-entrant
+//! call makes one of its own, and the first one stored is kept.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+/// `cell`'s value, made by `make` if it has none yet (see the module).
+pub(crate) fn get_or_make<'a, T>(
+    cell: &'a PyOnceLock<T>,
+    py: Python<'_>,
+    make: impl FnOnce() -> PyResult<T>,
+) -> PyResult<&'a T> {
+    if let Some(value) = cell.get(py) {
+        return Ok(value);
+    }
+    let value = make()?;
+    // Another call (re-entrant, or another thread while `make` released
+    // the GIL) may have stored one first: that one is kept.
+    let _ = cell.set(py, value);
+    Ok(cell.get(py).expect("a PyOnceLock holds a value once set"))
+}
