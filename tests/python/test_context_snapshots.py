@@ -12,25 +12,13 @@ import asyncio
 import contextvars
 import gc
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from erlang_loop import ErlangEventLoop
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
-
-
-@pytest.fixture(params=[False, True], ids=["native", "debug"])
-def loop(request: pytest.FixtureRequest) -> Iterator[ErlangEventLoop]:
-    """A fresh loop, on the native paths or (debug mode) asyncio's Python ones."""
-    new = ErlangEventLoop()
-    new.set_debug(request.param)
-    try:
-        yield new
-    finally:
-        if not new.is_closed():
-            new.close()
 
 
 def context_slot(handle: asyncio.Handle) -> contextvars.Context:

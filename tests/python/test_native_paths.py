@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +26,6 @@ from erlang_loop import ErlangEventLoop
 
 # The node runner, to start a fresh node where a test needs one.
 CLI = str(Path(__file__).resolve().parents[2] / "bin" / "erlang-python")
-
-
-@pytest.fixture(params=[False, True], ids=["native", "debug"])
-def loop(request: pytest.FixtureRequest) -> Iterator[ErlangEventLoop]:
-    """A fresh loop, on the native paths or (debug mode) asyncio's Python ones."""
-    new = ErlangEventLoop()
-    new.set_debug(request.param)
-    try:
-        yield new
-    finally:
-        if not new.is_closed():
-            new.close()
 
 
 def run_soon(loop: ErlangEventLoop) -> None:
