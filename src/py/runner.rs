@@ -203,17 +203,13 @@ impl LoopRunner {
                 Ok(context_snapshot::share(&mut this.last_context, fresh))
             }
         };
-        // Freeing a context may run Python code: no borrow held here either.
-        match shared {
-            Ok((context, unneeded)) => {
-                drop(unneeded);
-                Ok((context, true))
-            }
-            Err(fresh) => {
-                drop(fresh);
-                Err(closed_error())
-            }
-        }
+        // Freeing a context may run Python code: dropped with no borrow held.
+        let (context, unneeded) = shared.map_err(|fresh| {
+            drop(fresh);
+            closed_error()
+        })?;
+        drop(unneeded);
+        Ok((context, true))
     }
 
     /// Makes the reader and writer handles of ready fds ready, as
