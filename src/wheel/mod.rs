@@ -421,7 +421,16 @@ impl<T> Wheel<T> {
         let armed = self.armed.replace(NEVER);
         let (fired, more) = if target > self.elapsed || self.queued_due(now) {
             self.next_cache_valid.set(false);
-            let fired = self.fire(now, target, out, max);
+            let fired = if self.next_process_tick > target && self.due.is_empty() {
+                // Nothing to process up to `target` and nothing in the due
+                // queue: only the head of `ahead` can be due. The usual
+                // advance of a sparse wheel (one sorted timer a tick or
+                // none), kept out of `fire`'s call.
+                self.elapsed = self.elapsed.max(target);
+                self.fire_ahead(now, out, max)
+            } else {
+                self.fire(now, target, out, max)
+            };
             // Exact again: both heads are live after `fire`.
             self.queued_min = self.queued_first_deadline();
             (fired, self.queued_due(now))
@@ -442,13 +451,6 @@ impl<T> Wheel<T> {
     /// moves up to `max` entries due at `now` into `out`. Returns how many.
     #[inline(never)]
     fn fire(&mut self, now: u64, target: u64, out: &mut Vec<Expired<T>>, max: usize) -> usize {
-        if self.next_process_tick > target && self.due.is_empty() {
-            // Nothing to process up to `target` and nothing in the due
-            // queue: only the head of `ahead` can be due. The usual advance
-            // of a sparse wheel, one sorted timer a tick or none.
-            self.elapsed = self.elapsed.max(target);
-            return self.fire_ahead(now, out, max);
-        }
         if target > self.elapsed {
             if self.fire_lone_entry(now, target, out, max) {
                 return 1;
