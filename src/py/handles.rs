@@ -17,6 +17,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 
+use super::context_snapshot::copy_current;
 use super::timer_handle::{self, timer_handle_base};
 
 /// Where one object-valued `__slots__` member lives in an instance.
@@ -570,8 +571,7 @@ impl HandleKinds {
         args: &Bound<'_, PyAny>,
     ) -> Option<PyResult<()>> {
         let py = callback.py();
-        let sleep_callback = self.sleep_callback.as_ref()?;
-        if !callback.is(sleep_callback.bind(py)) {
+        if !self.is_sleep_callback(callback) {
             return None;
         }
         let args = args.cast::<PyTuple>().ok()?;
@@ -645,8 +645,7 @@ fn context_or_copy<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     match context {
         Some(context) if !context.is_none() => Ok(context.clone()),
-        // SAFETY: returns a new reference or null with an exception set.
-        _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) },
+        _ => copy_current(py),
     }
 }
 
