@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from erlang_loop import ErlangEventLoop
+from test_context_snapshots import context_slot
 
 # The node runner, to start a fresh node where a test needs one.
 CLI = str(Path(__file__).resolve().parents[2] / "bin" / "erlang-python")
@@ -33,12 +34,6 @@ def run_soon(loop: ErlangEventLoop) -> None:
     done = loop.create_future()
     loop.call_soon(done.set_result, None)
     loop.run_until_complete(done)
-
-
-def context_slot(handle: asyncio.Handle) -> contextvars.Context:
-    """What a handle's context slot holds, without reading ``_context``."""
-    (context,) = (o for o in gc.get_referents(handle) if isinstance(o, contextvars.Context))
-    return context
 
 
 def test_native_paths_are_used_outside_debug_mode_only() -> None:
