@@ -27,9 +27,10 @@ from asyncio import (
     wait,
     wait_for,
 )
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import _erlang_loop
 from erlang_loop import ErlangEventLoop
 from erlang_loop import run as _run
 
@@ -57,8 +58,10 @@ __all__ = [
 ]
 
 
-async def sleep(delay: float, result: _T | None = None) -> _T | None:
-    """Suspends the task for ``delay`` seconds, then returns ``result``."""
+async def _sleep_elsewhere(delay: float, result: _T | None = None) -> _T | None:
+    """``sleep`` where its native coroutine cannot use the loop's runner
+    directly: another loop (``asyncio.sleep``), debug mode, or a delay that
+    is not a real number (refused as asyncio refuses it)."""
     if math.isnan(delay):
         raise ValueError("delay must not be NaN")
     loop = get_running_loop()
@@ -72,6 +75,14 @@ async def sleep(delay: float, result: _T | None = None) -> _T | None:
         loop._cancel_sleep(key)
         raise
     return result
+
+
+# ``sleep(delay, result=None)`` suspends the task for ``delay`` seconds, then
+# returns ``result``. A native coroutine (``_erlang_loop.Sleep``): on a
+# running ErlangEventLoop it costs no Python frame; elsewhere it runs
+# ``_sleep_elsewhere``.
+sleep: Callable[..., Coroutine[Any, Any, Any]] = _erlang_loop.Sleep
+Coroutine.register(_erlang_loop.Sleep)
 
 
 def get_event_loop() -> asyncio.AbstractEventLoop:

@@ -216,6 +216,9 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
                 setattr(self, name, getattr(runner, native_name))
             else:
                 self.__dict__.pop(name, None)
+        if runner is not None:
+            # erlang_asyncio.sleep may then use the runner without the loop.
+            runner.native_sleep = "_sleep_future" in self.__dict__
 
     def _overrides(self, name: str) -> bool:
         """Does a subclass replace what the native path ``name`` does?"""

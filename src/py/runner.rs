@@ -71,6 +71,31 @@ pub struct LoopRunner {
     /// for the next ones to share (see `context_snapshot`). Dropped when
     /// the loop stops, so that it keeps no variable's value alive for long.
     last_context: Option<Py<PyAny>>,
+    /// `erlang_asyncio.sleep` may use this runner directly: the loop's
+    /// `_sleep_future` is the native one (no debug mode, no subclass
+    /// replacing it). Set by the loop.
+    #[pyo3(get, set)]
+    native_sleep: bool,
+    /// The runner this thread ran before this one's `run_forever` began
+    /// (a nested `run_forever` is refused by asyncio, after it began): put
+    /// back as the thread's running runner when it ends.
+    outer_runner: Option<Py<LoopRunner>>,
+    /// `{"loop": loop}`, the keyword arguments of every future this runner
+    /// makes: made once (`Future.__init__` only reads them).
+    future_kwargs: Option<Py<PyDict>>,
+}
+
+thread_local! {
+    /// The runner whose loop runs on this thread, if any: how
+    /// `erlang_asyncio.sleep` finds it without `asyncio.get_running_loop()`
+    /// (which asks the kernel for the pid on every call).
+    static RUNNING_RUNNER: std::cell::RefCell<Option<Py<LoopRunner>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The runner running on this thread, if any.
+pub(crate) fn running_runner(py: Python<'_>) -> Option<Bound<'_, LoopRunner>> {
+    RUNNING_RUNNER.with_borrow(|runner| runner.as_ref().map(|runner| runner.bind(py).clone()))
 }
 
 fn closed_error() -> PyErr {
@@ -78,6 +103,12 @@ fn closed_error() -> PyErr {
 }
 
 impl LoopRunner {
+    /// Whether `erlang_asyncio.sleep` may use this runner directly: its
+    /// loop runs, open, with the native `_sleep_future`.
+    pub(crate) fn sleeps_natively(&self) -> bool {
+        self.running && self.native_sleep && !self.closed
+    }
+
     /// The Python loop, or the closed error once it is cleared.
     fn loop_object<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.borrow();
@@ -410,6 +441,9 @@ impl LoopRunner {
             closed: false,
             running: false,
             last_context: None,
+            native_sleep: false,
+            outer_runner: None,
+            future_kwargs: None,
         })
     }
 
@@ -564,26 +598,76 @@ impl LoopRunner {
         if delay.is_nan() {
             return Err(PyValueError::new_err("delay must not be NaN"));
         }
-        Self::loop_object(slf)?;
-        let future = Self::create_future(slf)?;
+        Self::loop_object(slf)?; // a closed loop says so first
+        let kwargs = Self::future_kwargs(slf)?;
+        Self::sleep_entry(slf, kwargs, delay)
+    }
+
+    /// `sleep_future` for `erlang_asyncio.sleep` on this thread's running
+    /// runner (`delay` is a number, not NaN): `None` when the runner may not
+    /// be used directly (see `native_sleep`), and the sleep goes the way of
+    /// Python code instead.
+    pub(crate) fn running_sleep_future<'py>(
+        slf: &Bound<'py, Self>,
+        delay: f64,
+    ) -> PyResult<Option<(u64, Bound<'py, PyAny>)>> {
+        let kwargs = {
+            let this = slf.borrow();
+            if !this.sleeps_natively() {
+                return Ok(None);
+            }
+            this.future_kwargs.as_ref().map(|kw| kw.clone_ref(slf.py()))
+        };
+        let kwargs = match kwargs {
+            Some(kwargs) => kwargs.into_bound(slf.py()),
+            None => Self::future_kwargs(slf)?,
+        };
+        Self::sleep_entry(slf, kwargs, delay).map(Some)
+    }
+
+    /// The future of a sleep, made with `kwargs`, and its wheel entry.
+    fn sleep_entry<'py>(
+        slf: &Bound<'py, Self>,
+        kwargs: Bound<'py, PyDict>,
+        delay: f64,
+    ) -> PyResult<(u64, Bound<'py, PyAny>)> {
+        let future = future_class(slf.py())?.call((), Some(&kwargs))?;
         let when = LoopCore::now_ns() as f64 / 1e9 + delay;
-        let key = Self::add_future(slf, when, future.clone().unbind())?;
+        let deadline = deadline_ns(when)?;
+        let key = Self::schedule(slf, deadline, Item::Future(future.clone().unbind()))?;
         Ok((key, future))
     }
 
-    /// `loop.create_future()` as BaseEventLoop has it, without its frame
-    /// (a closed loop still makes futures, as asyncio's does).
-    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+    /// The keyword arguments of the futures this runner makes, `{"loop":
+    /// loop}` (a closed loop still makes futures, as asyncio's does).
+    fn future_kwargs<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
         let py = slf.py();
-        let loop_ = slf
-            .borrow()
-            .loop_
-            .as_ref()
-            .map(|loop_| loop_.clone_ref(py))
-            .ok_or_else(closed_error)?;
+        let loop_ = {
+            let this = slf.borrow();
+            if let Some(kwargs) = &this.future_kwargs {
+                return Ok(kwargs.clone_ref(py).into_bound(py));
+            }
+            this.loop_
+                .as_ref()
+                .map(|loop_| loop_.clone_ref(py))
+                .ok_or_else(closed_error)?
+        };
         let kwargs = PyDict::new(py);
         kwargs.set_item(intern!(py, "loop"), loop_)?;
-        future_class(py)?.call((), Some(&kwargs))
+        let unneeded = slf
+            .borrow_mut()
+            .future_kwargs
+            .replace(kwargs.clone().unbind());
+        // Made by a reentrant call meanwhile (the same contents): dropped
+        // with no borrow held.
+        drop(unneeded);
+        Ok(kwargs)
+    }
+
+    /// `loop.create_future()` as BaseEventLoop has it, without its frame.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let kwargs = Self::future_kwargs(slf)?;
+        future_class(slf.py())?.call((), Some(&kwargs))
     }
 
     /// `loop.get_debug()` while the native paths are in use: they are used
@@ -600,7 +684,7 @@ impl LoopRunner {
     }
 
     /// Takes a key out of the wheel; False if it already fired or left.
-    fn cancel(slf: &Bound<'_, Self>, key: u64) -> bool {
+    pub(crate) fn cancel(slf: &Bound<'_, Self>, key: u64) -> bool {
         Self::cancel_if(slf, key, |_| true)
     }
 
@@ -692,6 +776,18 @@ impl LoopRunner {
         };
         // Freeing a context may run Python code: no borrow held.
         drop(last_context);
+        // The thread's running runner: this one while it runs, then the
+        // one before it again. Runners replaced are freed with no borrow
+        // held (this one is alive meanwhile: only a reference goes).
+        let replaced = if running {
+            let this = slf.clone().unbind();
+            let outer = RUNNING_RUNNER.with_borrow_mut(|current| current.replace(this));
+            std::mem::replace(&mut slf.borrow_mut().outer_runner, outer)
+        } else {
+            let outer = slf.borrow_mut().outer_runner.take();
+            RUNNING_RUNNER.with_borrow_mut(|current| std::mem::replace(current, outer))
+        };
+        drop(replaced);
         let mut this = slf.borrow_mut();
         this.running = running;
         if !running {
@@ -763,6 +859,12 @@ impl LoopRunner {
         if let Some(context) = &self.last_context {
             visit.call(context)?;
         }
+        if let Some(outer) = &self.outer_runner {
+            visit.call(outer)?;
+        }
+        if let Some(kwargs) = &self.future_kwargs {
+            visit.call(kwargs)?;
+        }
         for held in &self.ready {
             held.visit(&visit)?;
         }
@@ -789,6 +891,8 @@ impl LoopRunner {
     fn __clear__(&mut self) {
         self.loop_ = None;
         self.last_context = None;
+        self.outer_runner = None;
+        self.future_kwargs = None;
         let ready = std::mem::take(&mut self.ready);
         Python::attach(|py| {
             ready.into_iter().for_each(|held| held.release(py));

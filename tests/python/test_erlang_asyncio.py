@@ -209,6 +209,157 @@ def test_sleep_falls_back_to_asyncio_on_other_loops() -> None:
         loop.close()
 
 
+# ------------------------------------------------- sleep, a native coroutine
+
+
+def on_the_native_path(task: asyncio.Task[Any]) -> bool:
+    """Whether the sleep ``task`` runs waits for a future of its own loop's
+    runner (not ``_sleep_elsewhere``, the Python coroutine)."""
+    awaited = task.get_coro().cr_await  # type: ignore[union-attr]
+    return isinstance(awaited, asyncio.Future) and awaited.get_loop() is task.get_loop()
+
+
+def sleepers() -> int:
+    """Sleeps of the running loop waiting in its wheel."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, ErlangEventLoop)
+    assert loop._runner is not None
+    return loop._runner.scheduled()[1]
+
+
+def test_sleep_is_a_coroutine_asyncio_accepts() -> None:
+    async def main() -> tuple[object, ...]:
+        pending = erlang_asyncio.sleep(0.001, "r")
+        checks = (
+            asyncio.iscoroutine(pending),
+            isinstance(pending, Coroutine),
+            "created" in repr(pending),
+        )
+        task = asyncio.create_task(erlang_asyncio.sleep(0.001, "t"))
+        return (*checks, await pending, await task, task.get_coro().__qualname__)
+
+    assert run(main) == (True, True, True, "r", "t", "sleep")
+
+
+def test_sleep_returns_tuples_and_exceptions_as_themselves() -> None:
+    error = ValueError("a result, not an error")
+
+    async def main() -> list[object]:
+        return [
+            await erlang_asyncio.sleep(0.001, (1, 2)),
+            await erlang_asyncio.sleep(0.001, ()),
+            await erlang_asyncio.sleep(0, (3,)),
+            await erlang_asyncio.sleep(0.001, error),
+            await erlang_asyncio.sleep(0.001, None),
+        ]
+
+    assert run(main) == [(1, 2), (), (3,), error, None]
+
+
+def test_close_and_throw_of_a_waiting_sleep_take_its_entry_out() -> None:
+    class Boom(Exception):
+        pass
+
+    async def main() -> tuple[object, ...]:
+        closing = erlang_asyncio.sleep(3600)
+        assert isinstance(closing.send(None), asyncio.Future)
+        during = sleepers()
+        closing.close()
+        after_close = sleepers()
+        throwing = erlang_asyncio.sleep(3600)
+        closing_future = throwing.send(None)
+        with pytest.raises(Boom, match="thrown"):
+            throwing.throw(Boom("thrown"))
+        after_throw = sleepers()
+        with pytest.raises(Boom):
+            erlang_asyncio.sleep(1).throw(Boom)  # a new one: raised at once
+        with pytest.raises(RuntimeError, match="reuse"):
+            throwing.send(None)
+        return during, after_close, after_throw, closing_future.done()
+
+    assert run(main) == (1, 0, 0, False)
+
+
+def test_a_sleep_stepped_before_its_future_is_done_waits_on() -> None:
+    async def main() -> tuple[bool, bool, object]:
+        pending = erlang_asyncio.sleep(0.02, "done")
+        first = pending.send(None)
+        again = pending.send(None)  # too early: the same future again
+        await asyncio.wait_for(asyncio.shield(first), DEADLINE)
+        with pytest.raises(StopIteration) as stop:
+            pending.send(None)
+        return first is again, first._asyncio_future_blocking, stop.value.value
+
+    assert run(main) == (True, True, "done")
+
+
+def test_sleep_refuses_a_value_sent_before_it_starts() -> None:
+    async def main() -> object:
+        pending = erlang_asyncio.sleep(0.001, "ok")
+        with pytest.raises(TypeError, match="non-None"):
+            pending.send(1)
+        return await pending
+
+    assert run(main) == "ok"
+
+
+def test_sleep_in_debug_mode_takes_the_python_path() -> None:
+    async def main() -> tuple[object, int, bool, bool]:
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        try:
+            task = asyncio.create_task(erlang_asyncio.sleep(0.01, "debug"))
+            await asyncio.sleep(0)
+            waiting, native = sleepers(), on_the_native_path(task)
+            result = await task
+        finally:
+            loop.set_debug(False)
+        task = asyncio.create_task(erlang_asyncio.sleep(0.01))
+        await asyncio.sleep(0)
+        return result, waiting, native, on_the_native_path(task)
+
+    # The Python path puts the same bare wheel entry.
+    assert run(main) == ("debug", 1, False, True)
+
+
+def test_a_refused_nested_run_leaves_the_running_loop_in_charge() -> None:
+    """asyncio refuses to run a second loop inside a running one only once
+    ``run_forever`` began; the thread's running runner must be the outer
+    loop's again afterwards, or sleeps would go to the wrong loop."""
+
+    async def main() -> tuple[bool, int, str]:
+        inner = ErlangEventLoop()
+        try:
+            with pytest.raises(RuntimeError, match="another loop is running"):
+                inner.run_forever()
+        finally:
+            inner.close()
+        task = asyncio.create_task(erlang_asyncio.sleep(0.01, "outer"))
+        await asyncio.sleep(0)
+        return on_the_native_path(task), sleepers(), await task
+
+    assert run(main) == (True, 1, "outer")
+
+
+def test_sleeps_on_loops_of_two_threads_go_to_their_own_loops() -> None:
+    results: dict[str, tuple[bool, int, str]] = {}
+
+    def in_thread(name: str) -> None:
+        async def main() -> tuple[bool, int, str]:
+            task = asyncio.create_task(erlang_asyncio.sleep(0.05, name))
+            await asyncio.sleep(0)
+            return on_the_native_path(task), sleepers(), await task
+
+        results[name] = run(main)
+
+    threads = [threading.Thread(target=in_thread, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert results == {"a": (True, 1, "a"), "b": (True, 1, "b")}
+
+
 # ---------------------------------------------------------------- high-level API
 
 
