@@ -219,6 +219,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         if runner is not None:
             # erlang_asyncio.sleep may then use the runner without the loop.
             runner.native_sleep = "_sleep_future" in self.__dict__
+            # Resolving a future of this loop then runs no Python code.
+            runner.native_call_soon = "call_soon" in self.__dict__
 
     def _overrides(self, name: str) -> bool:
         """Does a subclass replace what the native path ``name`` does?"""

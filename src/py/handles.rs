@@ -469,8 +469,15 @@ impl HandleKinds {
 
     /// Runs a handle as `Handle._run` does, for the classes whose `_run` is
     /// asyncio's while `stock_run` (see `stock_run_intact`); others (and
-    /// half-built ones) run their own `_run`.
-    pub fn run(&self, handle: &Bound<'_, PyAny>, stock_run: bool) -> PyResult<Ran> {
+    /// half-built ones) run their own `_run`. `bare_sleeps`: the loop's
+    /// `call_soon` is the runner's, so resolving an `asyncio.sleep` future
+    /// runs no Python code, and needs no context (see `resolve_bare_sleep`).
+    pub fn run(
+        &self,
+        handle: &Bound<'_, PyAny>,
+        stock_run: bool,
+        bare_sleeps: bool,
+    ) -> PyResult<Ran> {
         let py = handle.py();
         let raw = handle.as_ptr();
         if !stock_run || !self.is_stock(handle) {
@@ -481,8 +488,16 @@ impl HandleKinds {
         }
         // Only handles of exactly our timer class share contexts (`new_timer`
         // makes them; others go through `_context`, which does the same).
+        let exact_timer = unsafe { ffi::Py_TYPE(raw) } as *mut ffi::PyObject == self.timer.as_ptr();
         // SAFETY: an instance of our timer class, under the GIL.
-        if unsafe { ffi::Py_TYPE(raw) } as *mut ffi::PyObject == self.timer.as_ptr() {
+        if exact_timer && bare_sleeps && unsafe { timer_handle::fields(raw).shares_context() } {
+            // SAFETY: as above.
+            if let Some(outcome) = unsafe { self.resolve_bare_sleep(raw) } {
+                return Self::ran(py, outcome);
+            }
+        }
+        // SAFETY: an instance of our timer class, under the GIL.
+        if exact_timer {
             if let Err(error) = unsafe { timer_handle::own_context(raw) } {
                 return Ok(Ran::Failed(error));
             }
@@ -547,7 +562,13 @@ impl HandleKinds {
                 }
             }
         };
-        match result {
+        Self::ran(py, result)
+    }
+
+    /// What running a callback with `outcome` was: done, failed (reported
+    /// by the loop), or an exit that stops the loop.
+    fn ran(py: Python<'_>, outcome: PyResult<()>) -> PyResult<Ran> {
+        match outcome {
             Ok(()) => Ok(Ran::Done),
             Err(error)
                 if error.is_instance_of::<PySystemExit>(py)
@@ -557,6 +578,30 @@ impl HandleKinds {
             }
             Err(error) => Ok(Ran::Failed(error)),
         }
+    }
+
+    /// An `asyncio.sleep` timer sharing a context snapshot, resolved
+    /// (`resolve_sleep`) without a context of its own: nothing runs in it.
+    /// The future is a C `Future`, whose `set_result` only calls the loop's
+    /// `call_soon` (the runner's, by the caller's word: no Python code) with
+    /// each callback's own context. A timer made by `call_later` for
+    /// `asyncio.sleep` then never copies a context: the snapshot made for
+    /// its Task's step is shared with the other sleeps of that step's
+    /// context. None: not such a call.
+    ///
+    /// # Safety
+    /// `raw` is a live instance of our timer class; the GIL is held.
+    unsafe fn resolve_bare_sleep(&self, raw: *mut ffi::PyObject) -> Option<PyResult<()>> {
+        // SAFETY: by the contract; the values are owned before any Python
+        // code runs (`set_result` may lead to the slots being cleared).
+        let (callback, args) = unsafe {
+            let py = Python::assume_attached();
+            (
+                Bound::from_borrowed_ptr_or_opt(py, self.callback.get(raw))?,
+                Bound::from_borrowed_ptr_or_opt(py, self.args.get(raw))?,
+            )
+        };
+        self.resolve_sleep(&callback, &args)
     }
 
     /// `_set_result_unless_cancelled(future, result)` (an `asyncio.sleep`

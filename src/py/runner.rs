@@ -76,6 +76,10 @@ pub struct LoopRunner {
     /// replacing it). Set by the loop.
     #[pyo3(get, set)]
     native_sleep: bool,
+    /// The loop's `call_soon` is this runner's (set by the loop): resolving
+    /// a future of the loop then runs no Python code.
+    #[pyo3(get, set)]
+    native_call_soon: bool,
     /// The runner this thread ran before this one's `run_forever` began
     /// (a nested `run_forever` is refused by asyncio, after it began): put
     /// back as the thread's running runner when it ends.
@@ -208,8 +212,11 @@ impl LoopRunner {
     /// The context a new timer for `callback` runs in, and whether it is a
     /// snapshot other timers may share: the one given, else a snapshot of
     /// the current one (see `context_snapshot`). An `asyncio.sleep` timer
-    /// gets a copy of its own: it almost always runs, and a timer that runs
-    /// needs a copy of its own then, so sharing would cost it a second one.
+    /// shares one too while the loop's `call_soon` is the runner's: it runs
+    /// without a context then (`HandleKinds::resolve_bare_sleep`).
+    /// Otherwise it gets a copy of its own: it almost always runs, and a
+    /// timer that runs needs a copy of its own, so sharing would cost it a
+    /// second one.
     fn timer_context<'py>(
         slf: &Bound<'py, Self>,
         given: Option<&Bound<'py, PyAny>>,
@@ -222,7 +229,7 @@ impl LoopRunner {
         // Made with no borrow held: an allocation may run the GC's
         // finalizers, which may call back into the runner.
         let fresh = context_snapshot::copy_current(py)?;
-        if !context_snapshot::sharing_available(py) || kinds().is_sleep_callback(callback) {
+        if !context_snapshot::sharing_available(py) {
             return Ok((fresh, false));
         }
         let shared = {
@@ -230,6 +237,8 @@ impl LoopRunner {
             // Closed meanwhile (by a finalizer): nothing may be cached.
             if this.closed {
                 Err(fresh)
+            } else if !this.native_call_soon && kinds().is_sleep_callback(callback) {
+                return Ok((fresh, false));
             } else {
                 Ok(context_snapshot::share(&mut this.last_context, fresh))
             }
@@ -442,6 +451,7 @@ impl LoopRunner {
             running: false,
             last_context: None,
             native_sleep: false,
+            native_call_soon: false,
             outer_runner: None,
             future_kwargs: None,
         })
@@ -738,12 +748,16 @@ impl LoopRunner {
         let todo = slf.borrow().ready.len();
         let stock_run = kinds().stock_run_intact(py);
         for _ in 0..todo {
-            let Some(held) = slf.borrow_mut().ready.pop_front() else {
+            let (held, bare_sleeps) = {
+                let mut this = slf.borrow_mut();
+                (this.ready.pop_front(), this.native_call_soon)
+            };
+            let Some(held) = held else {
                 break;
             };
             let ours = held.ours;
             let handle = held.handle.into_bound(py);
-            let ran = kinds().run(&handle, stock_run);
+            let ran = kinds().run(&handle, stock_run, bare_sleeps);
             if let Ok(Ran::Failed(error)) = ran {
                 // The exception handler may keep the handle: under the GC.
                 if ours {

@@ -13,6 +13,7 @@ import contextvars
 import gc
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -194,3 +195,57 @@ def test_a_closed_loop_caches_no_snapshot() -> None:
     assert loop.is_closed() and error == "Event loop is closed"
     gc.collect()
     assert ref() is None  # not kept by the closed loop
+
+
+class _PythonCallSoon(ErlangEventLoop):
+    """A loop whose ``call_soon`` is Python code: resolving a future runs it."""
+
+    def call_soon(self, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        return super().call_soon(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("loop_class", "shared"), [(ErlangEventLoop, True), (_PythonCallSoon, False)]
+)
+def test_sleep_timers_share_a_snapshot_while_call_soon_is_native(
+    loop_class: type[ErlangEventLoop], shared: bool
+) -> None:
+    """``asyncio.sleep``'s timer (``_set_result_unless_cancelled``) runs no
+    Python code when the loop's ``call_soon`` is the runner's: it shares the
+    snapshot and fires without a copy. Otherwise ``call_soon`` runs in the
+    timer's context: a copy of its own."""
+    loop = loop_class()
+
+    async def main() -> tuple[bool, str, bool, bool]:
+        soon, later = loop.create_future(), loop.create_future()
+        fires = loop.call_later(0.001, asyncio.futures._set_result_unless_cancelled, soon, "a")
+        waits = loop.call_later(3600, asyncio.futures._set_result_unless_cancelled, later, "b")
+        before = context_slot(fires) is context_slot(waits)
+        result = await asyncio.wait_for(soon, 10)
+        after = context_slot(fires) is context_slot(waits)
+        own = fires._context is not context_slot(waits)  # read: its own now
+        waits.cancel()
+        return before, result, after, own
+
+    try:
+        assert loop.run_until_complete(main()) == (shared, "a", shared, True)
+    finally:
+        loop.close()
+
+
+def test_sleeps_see_their_tasks_variables() -> None:
+    async def sleeper(name: str) -> tuple[str, str]:
+        var.set(name)
+        await asyncio.sleep(0.001)
+        seen = var.get()
+        await asyncio.sleep(0.001)
+        return seen, var.get()
+
+    async def main() -> list[tuple[str, str]]:
+        return await asyncio.gather(*(sleeper(str(n)) for n in range(20)))
+
+    loop = ErlangEventLoop()
+    try:
+        assert loop.run_until_complete(main()) == [(str(n), str(n)) for n in range(20)]
+    finally:
+        loop.close()
