@@ -217,10 +217,12 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             else:
                 self.__dict__.pop(name, None)
         if runner is not None:
-            # erlang_asyncio.sleep may then use the runner without the loop.
-            runner.native_sleep = "_sleep_future" in self.__dict__
-            # Resolving a future of this loop then runs no Python code.
-            runner.native_call_soon = "call_soon" in self.__dict__
+            # The runner uses them directly while they are still these:
+            # erlang_asyncio.sleep (no loop method call), an asyncio.sleep
+            # timer resolving its future (no Python code runs).
+            runner.set_native_paths(
+                self.__dict__, self.__dict__.get("_sleep_future"), self.__dict__.get("call_soon")
+            )
 
     def _overrides(self, name: str) -> bool:
         """Does a subclass replace what the native path ``name`` does?"""

@@ -469,14 +469,15 @@ impl HandleKinds {
 
     /// Runs a handle as `Handle._run` does, for the classes whose `_run` is
     /// asyncio's while `stock_run` (see `stock_run_intact`); others (and
-    /// half-built ones) run their own `_run`. `bare_sleeps`: the loop's
-    /// `call_soon` is the runner's, so resolving an `asyncio.sleep` future
-    /// runs no Python code, and needs no context (see `resolve_bare_sleep`).
+    /// half-built ones) run their own `_run`. `bare_sleeps` says whether the
+    /// loop's `call_soon` is the runner's, so that resolving an
+    /// `asyncio.sleep` future runs no Python code and needs no context (see
+    /// `resolve_bare_sleep`); asked only of such a timer.
     pub fn run(
         &self,
         handle: &Bound<'_, PyAny>,
         stock_run: bool,
-        bare_sleeps: bool,
+        bare_sleeps: impl FnOnce() -> bool,
     ) -> PyResult<Ran> {
         let py = handle.py();
         let raw = handle.as_ptr();
@@ -490,7 +491,7 @@ impl HandleKinds {
         // makes them; others go through `_context`, which does the same).
         let exact_timer = unsafe { ffi::Py_TYPE(raw) } as *mut ffi::PyObject == self.timer.as_ptr();
         // SAFETY: an instance of our timer class, under the GIL.
-        if exact_timer && bare_sleeps && unsafe { timer_handle::fields(raw).shares_context() } {
+        if exact_timer && unsafe { timer_handle::fields(raw).shares_context() } && bare_sleeps() {
             // SAFETY: as above.
             if let Some(outcome) = unsafe { self.resolve_bare_sleep(raw) } {
                 return Self::ran(py, outcome);

@@ -22,8 +22,8 @@ use std::time::Duration;
 use pyo3::exceptions::{PyIndexError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFloat, PyList, PyTuple, PyType};
-use pyo3::{intern, PyTraverseError, PyVisit};
+use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use super::context_snapshot;
 use super::handles::{HandleKinds, Ran};
@@ -71,35 +71,49 @@ pub struct LoopRunner {
     /// for the next ones to share (see `context_snapshot`). Dropped when
     /// the loop stops, so that it keeps no variable's value alive for long.
     last_context: Option<Py<PyAny>>,
-    /// `erlang_asyncio.sleep` may use this runner directly: the loop's
-    /// `_sleep_future` is the native one (no debug mode, no subclass
-    /// replacing it). Set by the loop.
-    #[pyo3(get, set)]
-    native_sleep: bool,
-    /// The loop's `call_soon` is this runner's (set by the loop): resolving
-    /// a future of the loop then runs no Python code.
-    #[pyo3(get, set)]
-    native_call_soon: bool,
-    /// The runner this thread ran before this one's `run_forever` began
-    /// (a nested `run_forever` is refused by asyncio, after it began): put
-    /// back as the thread's running runner when it ends.
-    outer_runner: Option<Py<LoopRunner>>,
+    /// The runner's own `sleep_future` and `call_soon` as the loop's native
+    /// paths put them in its `__dict__` (None while the Python methods are
+    /// in use): a path is the runner's while the loop's attribute is still
+    /// that very object (see `path_is_ours`).
+    installed_sleep_future: Option<Py<PyAny>>,
+    installed_call_soon: Option<Py<PyAny>>,
+    /// The loop's `__dict__`, where they are.
+    loop_dict: Option<Py<PyDict>>,
     /// `{"loop": loop}`, the keyword arguments of every future this runner
     /// makes: made once (`Future.__init__` only reads them).
     future_kwargs: Option<Py<PyDict>>,
 }
 
-thread_local! {
-    /// The runner whose loop runs on this thread, if any: how
-    /// `erlang_asyncio.sleep` finds it without `asyncio.get_running_loop()`
-    /// (which asks the kernel for the pid on every call).
-    static RUNNING_RUNNER: std::cell::RefCell<Option<Py<LoopRunner>>> =
-        const { std::cell::RefCell::new(None) };
+/// `asyncio.events._get_running_loop` (the C one when asyncio has it).
+fn get_running_loop(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static GET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    get_or_make(&GET, py, || {
+        py.import("asyncio.events")?
+            .getattr("_get_running_loop")
+            .map(Bound::unbind)
+    })
+    .map(|get| get.bind(py))
 }
 
-/// The runner running on this thread, if any.
-pub(crate) fn running_runner(py: Python<'_>) -> Option<Bound<'_, LoopRunner>> {
-    RUNNING_RUNNER.with_borrow(|runner| runner.as_ref().map(|runner| runner.bind(py).clone()))
+/// The runner of the loop asyncio says runs on this thread, if that is an
+/// ErlangEventLoop with its runner.
+pub(crate) fn running_runner(py: Python<'_>) -> PyResult<Option<Bound<'_, LoopRunner>>> {
+    let loop_ = get_running_loop(py)?.call0()?;
+    if loop_.is_none() {
+        return Ok(None);
+    }
+    let Ok(runner) = loop_.getattr(intern!(py, "_runner")) else {
+        return Ok(None);
+    };
+    let Ok(runner) = runner.cast_into::<LoopRunner>() else {
+        return Ok(None);
+    };
+    let ours = runner
+        .borrow()
+        .loop_
+        .as_ref()
+        .is_some_and(|own| own.is(&loop_));
+    Ok(ours.then_some(runner))
 }
 
 fn closed_error() -> PyErr {
@@ -107,10 +121,46 @@ fn closed_error() -> PyErr {
 }
 
 impl LoopRunner {
+    /// Whether the loop's attribute `name` is still `installed`, the native
+    /// path the loop put in its `__dict__` (and not something set on the
+    /// loop since).
+    fn path_is_ours(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyString>,
+        installed: impl Fn(&Self) -> Option<*mut ffi::PyObject>,
+    ) -> bool {
+        let py = slf.py();
+        let (loop_dict, installed) = {
+            let this = slf.borrow();
+            match (&this.loop_dict, installed(&this)) {
+                (Some(loop_dict), Some(installed)) if !this.closed => {
+                    (loop_dict.clone_ref(py), installed)
+                }
+                _ => return false,
+            }
+        };
+        // Looked up with no borrow held: a key's `__eq__` may run.
+        loop_dict
+            .bind(py)
+            .get_item(name)
+            .is_ok_and(|path| path.is_some_and(|path| path.as_ptr() == installed))
+    }
+
     /// Whether `erlang_asyncio.sleep` may use this runner directly: its
-    /// loop runs, open, with the native `_sleep_future`.
-    pub(crate) fn sleeps_natively(&self) -> bool {
-        self.running && self.native_sleep && !self.closed
+    /// loop runs, open, with the runner's `_sleep_future`.
+    pub(crate) fn sleeps_natively(slf: &Bound<'_, Self>) -> bool {
+        slf.borrow().running
+            && Self::path_is_ours(slf, intern!(slf.py(), "_sleep_future"), |this| {
+                this.installed_sleep_future.as_ref().map(Py::as_ptr)
+            })
+    }
+
+    /// Whether the loop's `call_soon` is the runner's: resolving a future of
+    /// the loop then runs no Python code.
+    fn call_soon_is_ours(slf: &Bound<'_, Self>) -> bool {
+        Self::path_is_ours(slf, intern!(slf.py(), "call_soon"), |this| {
+            this.installed_call_soon.as_ref().map(Py::as_ptr)
+        })
     }
 
     /// The Python loop, or the closed error once it is cleared.
@@ -232,13 +282,14 @@ impl LoopRunner {
         if !context_snapshot::sharing_available(py) {
             return Ok((fresh, false));
         }
+        if kinds().is_sleep_callback(callback) && !Self::call_soon_is_ours(slf) {
+            return Ok((fresh, false));
+        }
         let shared = {
             let mut this = slf.borrow_mut();
             // Closed meanwhile (by a finalizer): nothing may be cached.
             if this.closed {
                 Err(fresh)
-            } else if !this.native_call_soon && kinds().is_sleep_callback(callback) {
-                return Ok((fresh, false));
             } else {
                 Ok(context_snapshot::share(&mut this.last_context, fresh))
             }
@@ -450,9 +501,9 @@ impl LoopRunner {
             closed: false,
             running: false,
             last_context: None,
-            native_sleep: false,
-            native_call_soon: false,
-            outer_runner: None,
+            installed_sleep_future: None,
+            installed_call_soon: None,
+            loop_dict: None,
             future_kwargs: None,
         })
     }
@@ -621,13 +672,14 @@ impl LoopRunner {
         slf: &Bound<'py, Self>,
         delay: f64,
     ) -> PyResult<Option<(u64, Bound<'py, PyAny>)>> {
-        let kwargs = {
-            let this = slf.borrow();
-            if !this.sleeps_natively() {
-                return Ok(None);
-            }
-            this.future_kwargs.as_ref().map(|kw| kw.clone_ref(slf.py()))
-        };
+        if !Self::sleeps_natively(slf) {
+            return Ok(None);
+        }
+        let kwargs = slf
+            .borrow()
+            .future_kwargs
+            .as_ref()
+            .map(|kw| kw.clone_ref(slf.py()));
         let kwargs = match kwargs {
             Some(kwargs) => kwargs.into_bound(slf.py()),
             None => Self::future_kwargs(slf)?,
@@ -748,16 +800,12 @@ impl LoopRunner {
         let todo = slf.borrow().ready.len();
         let stock_run = kinds().stock_run_intact(py);
         for _ in 0..todo {
-            let (held, bare_sleeps) = {
-                let mut this = slf.borrow_mut();
-                (this.ready.pop_front(), this.native_call_soon)
-            };
-            let Some(held) = held else {
+            let Some(held) = slf.borrow_mut().ready.pop_front() else {
                 break;
             };
             let ours = held.ours;
             let handle = held.handle.into_bound(py);
-            let ran = kinds().run(&handle, stock_run, bare_sleeps);
+            let ran = kinds().run(&handle, stock_run, || Self::call_soon_is_ours(slf));
             if let Ok(Ran::Failed(error)) = ran {
                 // The exception handler may keep the handle: under the GC.
                 if ours {
@@ -778,6 +826,26 @@ impl LoopRunner {
         Ok(())
     }
 
+    /// The loop's `__dict__` and the native paths `_sleep_future` and
+    /// `call_soon` as the loop put them there (None: not in use).
+    fn set_native_paths(
+        slf: &Bound<'_, Self>,
+        loop_dict: Py<PyDict>,
+        sleep_future: Option<Py<PyAny>>,
+        call_soon: Option<Py<PyAny>>,
+    ) {
+        let replaced = {
+            let mut this = slf.borrow_mut();
+            (
+                this.loop_dict.replace(loop_dict),
+                std::mem::replace(&mut this.installed_sleep_future, sleep_future),
+                std::mem::replace(&mut this.installed_call_soon, call_soon),
+            )
+        };
+        // Dropped with no borrow held.
+        drop(replaced);
+    }
+
     /// `run_forever` starts (True) or ends (False). The handles made while
     /// the loop runs stay out of the GC; when it stops, those still pending
     /// go back under it, so that an idle loop's handles are as asyncio's.
@@ -790,18 +858,6 @@ impl LoopRunner {
         };
         // Freeing a context may run Python code: no borrow held.
         drop(last_context);
-        // The thread's running runner: this one while it runs, then the
-        // one before it again. Runners replaced are freed with no borrow
-        // held (this one is alive meanwhile: only a reference goes).
-        let replaced = if running {
-            let this = slf.clone().unbind();
-            let outer = RUNNING_RUNNER.with_borrow_mut(|current| current.replace(this));
-            std::mem::replace(&mut slf.borrow_mut().outer_runner, outer)
-        } else {
-            let outer = slf.borrow_mut().outer_runner.take();
-            RUNNING_RUNNER.with_borrow_mut(|current| std::mem::replace(current, outer))
-        };
-        drop(replaced);
         let mut this = slf.borrow_mut();
         this.running = running;
         if !running {
@@ -873,8 +929,14 @@ impl LoopRunner {
         if let Some(context) = &self.last_context {
             visit.call(context)?;
         }
-        if let Some(outer) = &self.outer_runner {
-            visit.call(outer)?;
+        for installed in [&self.installed_sleep_future, &self.installed_call_soon]
+            .into_iter()
+            .flatten()
+        {
+            visit.call(installed)?;
+        }
+        if let Some(loop_dict) = &self.loop_dict {
+            visit.call(loop_dict)?;
         }
         if let Some(kwargs) = &self.future_kwargs {
             visit.call(kwargs)?;
@@ -905,7 +967,9 @@ impl LoopRunner {
     fn __clear__(&mut self) {
         self.loop_ = None;
         self.last_context = None;
-        self.outer_runner = None;
+        self.installed_sleep_future = None;
+        self.installed_call_soon = None;
+        self.loop_dict = None;
         self.future_kwargs = None;
         let ready = std::mem::take(&mut self.ready);
         Python::attach(|py| {

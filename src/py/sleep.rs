@@ -143,9 +143,12 @@ impl Sleep {
     /// Takes the state out for a step (leaving `Stepping`), refusing a
     /// reentrant one.
     fn take_state(slf: &Bound<'_, Self>) -> PyResult<State> {
-        let mut this = slf.borrow_mut();
+        let already = || PyValueError::new_err("coroutine already executing");
+        // Borrowed elsewhere: only by a method running Python code
+        // meanwhile (a `repr` of the delay that steps the sleep).
+        let mut this = slf.try_borrow_mut().map_err(|_| already())?;
         match std::mem::replace(&mut this.state, State::Stepping) {
-            State::Stepping => Err(PyValueError::new_err("coroutine already executing")),
+            State::Stepping => Err(already()),
             state => Ok(state),
         }
     }
@@ -171,7 +174,13 @@ impl Sleep {
             Some(delay) => delay.clone_ref(py).into_bound(py),
             None => py.None().into_bound(py),
         };
-        if let (Some(runner), Some(seconds)) = (running_runner(py), seconds(&delay)) {
+        let runner = match seconds(&delay) {
+            Some(seconds) => running_runner(py)
+                .map(|runner| runner.map(|runner| (runner, seconds)))
+                .inspect_err(|_| Self::set_state(slf, State::Done))?,
+            None => None,
+        };
+        if let Some((runner, seconds)) = runner {
             match Self::start_on(slf, &runner, seconds) {
                 Ok(Some(yielded)) => return Ok(yielded),
                 Ok(None) => {} // the runner may not be used directly
@@ -206,7 +215,7 @@ impl Sleep {
             return Err(PyValueError::new_err("delay must not be NaN"));
         }
         if seconds <= 0.0 {
-            if !runner.borrow().sleeps_natively() {
+            if !LoopRunner::sleeps_natively(runner) {
                 return Ok(None);
             }
             Self::set_state(slf, State::Yielded);
@@ -368,11 +377,19 @@ impl Sleep {
                 })
             }
             state => {
+                // Arguments that name no exception leave the sleep as it was.
+                let exception = match thrown(typ, val, tb) {
+                    Ok(exception) => exception,
+                    Err(error) => {
+                        Self::set_state(slf, state);
+                        return Err(error);
+                    }
+                };
                 Self::set_state(slf, State::Done);
                 if let State::Waiting { runner, key, .. } = state {
                     Self::leave_wheel(py, &runner, key);
                 }
-                Err(thrown(typ, val, tb)?)
+                Err(exception)
             }
         }
     }
@@ -413,13 +430,30 @@ impl Sleep {
         }
     }
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let state = match self.state {
-            State::New => "created",
-            State::Done => "done",
-            _ => "pending",
+    /// A coroutine's frame: a native one has none.
+    #[getter]
+    fn cr_frame(&self) -> Option<Py<PyAny>> {
+        None
+    }
+
+    #[getter]
+    fn cr_running(&self) -> bool {
+        matches!(self.state, State::Stepping)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        // Read, then released before the delay's `repr` runs Python code.
+        let (delay, state) = {
+            let this = slf.borrow();
+            let state = match this.state {
+                State::New => "created",
+                State::Done => "done",
+                _ => "pending",
+            };
+            (this.delay.as_ref().map(|d| d.clone_ref(py)), state)
         };
-        let delay = match &self.delay {
+        let delay = match delay {
             Some(delay) => delay.bind(py).repr()?.to_string(),
             None => "?".to_owned(),
         };

@@ -10,6 +10,7 @@ Timers never fire early, so lower bounds are exact; upper bounds are generous
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import random
 import threading
@@ -358,6 +359,96 @@ def test_sleeps_on_loops_of_two_threads_go_to_their_own_loops() -> None:
     for thread in threads:
         thread.join(DEADLINE)
     assert results == {"a": (True, 1, "a"), "b": (True, 1, "b")}
+
+
+def test_sleep_is_a_coroutine_function_to_asyncio() -> None:
+    assert asyncio.iscoroutinefunction(erlang_asyncio.sleep)
+
+
+def test_a_loop_run_from_inside_a_running_one_gets_its_own_sleeps() -> None:
+    """The bridge of synchronous code: asyncio's running loop set aside to
+    run another loop to completion from inside a callback. The sleep goes to
+    the loop asyncio says runs, not to the one whose callback this is."""
+
+    async def main() -> object:
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(None)
+        inner = asyncio.SelectorEventLoop()
+        try:
+            return inner.run_until_complete(erlang_asyncio.sleep(0.01, "inner"))
+        finally:
+            inner.close()
+            asyncio.events._set_running_loop(outer)
+
+    assert run(main) == "inner"
+
+
+def test_methods_set_on_the_loop_are_honoured() -> None:
+    """A ``call_soon`` or ``_sleep_future`` set on a loop (instrumentation)
+    is called where the loop's own would be: an ``asyncio.sleep`` resolving
+    its future calls that ``call_soon`` in the timer's context, and
+    ``erlang_asyncio.sleep`` calls that ``_sleep_future``."""
+    seen: list[tuple[str, str]] = []
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outside")
+
+    async def main() -> list[tuple[str, str]]:
+        loop = asyncio.get_running_loop()
+        native_call_soon, native_sleep_future = loop.call_soon, loop._sleep_future  # type: ignore[attr-defined]
+        sleeper_task: list[asyncio.Task[None]] = []
+
+        def call_soon(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+            # The wake-up of the sleeping task, by its future's set_result.
+            if getattr(callback, "__self__", None) in sleeper_task and args:
+                seen.append(("wake-up", var.get()))
+            return native_call_soon(callback, *args, **kwargs)
+
+        def sleep_future(delay: float) -> Any:
+            seen.append(("_sleep_future", var.get()))
+            return native_sleep_future(delay)
+
+        loop.call_soon = call_soon  # type: ignore[method-assign]
+        loop._sleep_future = sleep_future  # type: ignore[attr-defined]
+
+        async def sleeper() -> None:
+            var.set("task")
+            await asyncio.sleep(0.001)
+            await erlang_asyncio.sleep(0.001)
+
+        sleeper_task.append(asyncio.create_task(sleeper()))
+        await sleeper_task[0]
+        return seen
+
+    # asyncio.sleep's timer runs in a copy of the task's context; the
+    # erlang_asyncio.sleep future is resolved by the wheel, in none.
+    assert run(main)[:2] == [("wake-up", "task"), ("_sleep_future", "task")]
+
+
+def test_a_delay_whose_repr_closes_its_sleep_does_not_break_it() -> None:
+    """``repr`` runs the delay's ``__repr__`` with the sleep not borrowed
+    (a Rust borrow held across Python code would panic)."""
+
+    class Delay(float):
+        sleep: Any = None
+
+        def __repr__(self) -> str:
+            self.sleep.close()
+            return "Delay()"
+
+    delay = Delay(0.001)
+    pending = erlang_asyncio.sleep(delay)
+    delay.sleep = pending
+    assert repr(pending) == "<erlang_asyncio.sleep(Delay()) created>"
+    assert repr(pending).endswith(" done>")
+
+
+def test_a_throw_of_no_exception_leaves_the_sleep_unstarted() -> None:
+    async def main() -> object:
+        pending = erlang_asyncio.sleep(0.001, "still")
+        with pytest.raises(TypeError, match="exceptions must be"):
+            pending.throw(1)  # type: ignore[arg-type]
+        return await pending
+
+    assert run(main) == "still"
 
 
 # ---------------------------------------------------------------- high-level API
