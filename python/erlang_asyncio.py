@@ -9,7 +9,6 @@ sleeping task removes the entry. On any other loop it is ``asyncio.sleep``.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 from asyncio import (
     ALL_COMPLETED,
@@ -28,7 +27,7 @@ from asyncio import (
     wait,
     wait_for,
 )
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import _erlang_loop
@@ -78,20 +77,12 @@ async def _sleep_elsewhere(delay: float, result: _T | None = None) -> _T | None:
     return result
 
 
-def sleep(delay: float, result: _T | None = None) -> Coroutine[Any, Any, _T | None]:
-    """Suspends the task for ``delay`` seconds, then returns ``result``.
-
-    A native coroutine object (``_erlang_loop.Sleep``): on a running
-    ErlangEventLoop it costs no Python frame; elsewhere it runs
-    ``_sleep_elsewhere``."""
-    return _erlang_loop.Sleep(delay, result)  # type: ignore[no-any-return]
-
-
-# A coroutine function to asyncio (and to inspect from Python 3.12), as the
-# ``async def`` it replaces was.
-sleep._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
-if hasattr(inspect, "markcoroutinefunction"):
-    inspect.markcoroutinefunction(sleep)
+# ``sleep(delay, result=None)`` suspends the task for ``delay`` seconds,
+# then returns ``result``. It makes a native coroutine object
+# (``_erlang_loop.Sleep``) without a Python frame: on a running
+# ErlangEventLoop that costs none either; elsewhere it runs
+# ``_sleep_elsewhere``. A coroutine function to asyncio, as an ``async def``.
+sleep: Callable[..., Coroutine[Any, Any, Any]] = _erlang_loop.SleepFunction()
 Coroutine.register(_erlang_loop.Sleep)
 
 

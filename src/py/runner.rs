@@ -95,9 +95,11 @@ fn get_running_loop(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     .map(|get| get.bind(py))
 }
 
-/// The runner of the loop asyncio says runs on this thread, if that is an
-/// ErlangEventLoop with its runner.
-pub(crate) fn running_runner(py: Python<'_>) -> PyResult<Option<Bound<'_, LoopRunner>>> {
+/// The loop asyncio says runs on this thread and its runner, if that is an
+/// ErlangEventLoop with one.
+pub(crate) fn running_runner(
+    py: Python<'_>,
+) -> PyResult<Option<(Bound<'_, LoopRunner>, Bound<'_, PyAny>)>> {
     let loop_ = get_running_loop(py)?.call0()?;
     if loop_.is_none() {
         return Ok(None);
@@ -105,15 +107,20 @@ pub(crate) fn running_runner(py: Python<'_>) -> PyResult<Option<Bound<'_, LoopRu
     let Ok(runner) = loop_.getattr(intern!(py, "_runner")) else {
         return Ok(None);
     };
-    let Ok(runner) = runner.cast_into::<LoopRunner>() else {
-        return Ok(None);
-    };
-    let ours = runner
-        .borrow()
-        .loop_
-        .as_ref()
-        .is_some_and(|own| own.is(&loop_));
-    Ok(ours.then_some(runner))
+    Ok(runner
+        .cast_into::<LoopRunner>()
+        .ok()
+        .map(|runner| (runner, loop_)))
+}
+
+/// How `erlang_asyncio.sleep` goes on the running loop's runner.
+pub(crate) enum RunnerSleep<'py> {
+    /// Not through the runner (see `LoopRunner::sleep_on`).
+    Elsewhere,
+    /// `delay <= 0`: a yield, as `asyncio.sleep(0)`.
+    Yield,
+    /// A wheel entry, its key, resolving the future.
+    Entry(u64, Bound<'py, PyAny>),
 }
 
 fn closed_error() -> PyErr {
@@ -146,21 +153,90 @@ impl LoopRunner {
             .is_ok_and(|path| path.is_some_and(|path| path.as_ptr() == installed))
     }
 
-    /// Whether `erlang_asyncio.sleep` may use this runner directly: its
-    /// loop runs, open, with the runner's `_sleep_future`.
-    pub(crate) fn sleeps_natively(slf: &Bound<'_, Self>) -> bool {
-        slf.borrow().running
-            && Self::path_is_ours(slf, intern!(slf.py(), "_sleep_future"), |this| {
-                this.installed_sleep_future.as_ref().map(Py::as_ptr)
-            })
-    }
-
     /// Whether the loop's `call_soon` is the runner's: resolving a future of
     /// the loop then runs no Python code.
     fn call_soon_is_ours(slf: &Bound<'_, Self>) -> bool {
         Self::path_is_ours(slf, intern!(slf.py(), "call_soon"), |this| {
             this.installed_call_soon.as_ref().map(Py::as_ptr)
         })
+    }
+
+    /// `erlang_asyncio.sleep(delay)` (a number, not NaN) on this runner,
+    /// whose loop `loop_` asyncio says runs on this thread: through the
+    /// runner while the loop is its own, open, and its `_sleep_future` the
+    /// runner's; otherwise `Elsewhere` (the way of Python code). What it
+    /// needs of the runner is read under one borrow.
+    pub(crate) fn sleep_on<'py>(
+        slf: &Bound<'py, Self>,
+        loop_: &Bound<'py, PyAny>,
+        delay: f64,
+    ) -> PyResult<RunnerSleep<'py>> {
+        let py = slf.py();
+        let (loop_dict, installed, kwargs) = {
+            let this = slf.borrow();
+            let ours = this.loop_.as_ref().is_some_and(|own| own.is(loop_));
+            match (&this.loop_dict, &this.installed_sleep_future) {
+                (Some(loop_dict), Some(installed)) if ours && this.running && !this.closed => (
+                    loop_dict.clone_ref(py).into_bound(py),
+                    installed.as_ptr(),
+                    this.future_kwargs.as_ref().map(|kw| kw.clone_ref(py)),
+                ),
+                _ => return Ok(RunnerSleep::Elsewhere),
+            }
+        };
+        // With no borrow held: a key's `__eq__` may run.
+        let path = loop_dict.get_item(intern!(py, "_sleep_future"))?;
+        if path.is_none_or(|path| path.as_ptr() != installed) {
+            return Ok(RunnerSleep::Elsewhere);
+        }
+        if delay <= 0.0 {
+            return Ok(RunnerSleep::Yield);
+        }
+        let kwargs = match kwargs {
+            Some(kwargs) => kwargs.into_bound(py),
+            None => Self::future_kwargs(slf)?,
+        };
+        let (key, future) = Self::sleep_entry(slf, kwargs, delay)?;
+        Ok(RunnerSleep::Entry(key, future))
+    }
+
+    /// The future of a sleep, made with `kwargs`, and its wheel entry.
+    fn sleep_entry<'py>(
+        slf: &Bound<'py, Self>,
+        kwargs: Bound<'py, PyDict>,
+        delay: f64,
+    ) -> PyResult<(u64, Bound<'py, PyAny>)> {
+        let future = future_class(slf.py())?.call((), Some(&kwargs))?;
+        let when = LoopCore::now_ns() as f64 / 1e9 + delay;
+        let deadline = deadline_ns(when)?;
+        let key = Self::schedule(slf, deadline, Item::Future(future.clone().unbind()))?;
+        Ok((key, future))
+    }
+
+    /// The keyword arguments of the futures this runner makes, `{"loop":
+    /// loop}` (a closed loop still makes futures, as asyncio's does).
+    fn future_kwargs<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
+        let loop_ = {
+            let this = slf.borrow();
+            if let Some(kwargs) = &this.future_kwargs {
+                return Ok(kwargs.clone_ref(py).into_bound(py));
+            }
+            this.loop_
+                .as_ref()
+                .map(|loop_| loop_.clone_ref(py))
+                .ok_or_else(closed_error)?
+        };
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), loop_)?;
+        let unneeded = slf
+            .borrow_mut()
+            .future_kwargs
+            .replace(kwargs.clone().unbind());
+        // Made by a reentrant call meanwhile (the same contents): dropped
+        // with no borrow held.
+        drop(unneeded);
+        Ok(kwargs)
     }
 
     /// The Python loop, or the closed error once it is cleared.
@@ -662,68 +738,6 @@ impl LoopRunner {
         Self::loop_object(slf)?; // a closed loop says so first
         let kwargs = Self::future_kwargs(slf)?;
         Self::sleep_entry(slf, kwargs, delay)
-    }
-
-    /// `sleep_future` for `erlang_asyncio.sleep` on this thread's running
-    /// runner (`delay` is a number, not NaN): `None` when the runner may not
-    /// be used directly (see `native_sleep`), and the sleep goes the way of
-    /// Python code instead.
-    pub(crate) fn running_sleep_future<'py>(
-        slf: &Bound<'py, Self>,
-        delay: f64,
-    ) -> PyResult<Option<(u64, Bound<'py, PyAny>)>> {
-        if !Self::sleeps_natively(slf) {
-            return Ok(None);
-        }
-        let kwargs = slf
-            .borrow()
-            .future_kwargs
-            .as_ref()
-            .map(|kw| kw.clone_ref(slf.py()));
-        let kwargs = match kwargs {
-            Some(kwargs) => kwargs.into_bound(slf.py()),
-            None => Self::future_kwargs(slf)?,
-        };
-        Self::sleep_entry(slf, kwargs, delay).map(Some)
-    }
-
-    /// The future of a sleep, made with `kwargs`, and its wheel entry.
-    fn sleep_entry<'py>(
-        slf: &Bound<'py, Self>,
-        kwargs: Bound<'py, PyDict>,
-        delay: f64,
-    ) -> PyResult<(u64, Bound<'py, PyAny>)> {
-        let future = future_class(slf.py())?.call((), Some(&kwargs))?;
-        let when = LoopCore::now_ns() as f64 / 1e9 + delay;
-        let deadline = deadline_ns(when)?;
-        let key = Self::schedule(slf, deadline, Item::Future(future.clone().unbind()))?;
-        Ok((key, future))
-    }
-
-    /// The keyword arguments of the futures this runner makes, `{"loop":
-    /// loop}` (a closed loop still makes futures, as asyncio's does).
-    fn future_kwargs<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
-        let py = slf.py();
-        let loop_ = {
-            let this = slf.borrow();
-            if let Some(kwargs) = &this.future_kwargs {
-                return Ok(kwargs.clone_ref(py).into_bound(py));
-            }
-            this.loop_
-                .as_ref()
-                .map(|loop_| loop_.clone_ref(py))
-                .ok_or_else(closed_error)?
-        };
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(intern!(py, "loop"), loop_)?;
-        let unneeded = slf
-            .borrow_mut()
-            .future_kwargs
-            .replace(kwargs.clone().unbind());
-        // Made by a reentrant call meanwhile (the same contents): dropped
-        // with no borrow held.
-        drop(unneeded);
-        Ok(kwargs)
     }
 
     /// `loop.create_future()` as BaseEventLoop has it, without its frame.

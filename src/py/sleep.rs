@@ -22,7 +22,7 @@ use pyo3::types::{PyFloat, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::once::get_or_make;
-use super::runner::{running_runner, LoopRunner};
+use super::runner::{running_runner, LoopRunner, RunnerSleep};
 
 /// Where a sleep is in its life.
 enum State {
@@ -174,14 +174,14 @@ impl Sleep {
             Some(delay) => delay.clone_ref(py).into_bound(py),
             None => py.None().into_bound(py),
         };
-        let runner = match seconds(&delay) {
+        let running = match seconds(&delay) {
             Some(seconds) => running_runner(py)
-                .map(|runner| runner.map(|runner| (runner, seconds)))
+                .map(|running| running.map(|(runner, loop_)| (runner, loop_, seconds)))
                 .inspect_err(|_| Self::set_state(slf, State::Done))?,
             None => None,
         };
-        if let Some((runner, seconds)) = runner {
-            match Self::start_on(slf, &runner, seconds) {
+        if let Some((runner, loop_, seconds)) = running {
+            match Self::start_on(slf, &runner, &loop_, seconds) {
                 Ok(Some(yielded)) => return Ok(yielded),
                 Ok(None) => {} // the runner may not be used directly
                 Err(error) => {
@@ -203,36 +203,36 @@ impl Sleep {
         })
     }
 
-    /// The first step on `runner`, running on this thread: what to yield,
-    /// or `None` if the runner may not be used directly.
+    /// The first step on `runner`, whose loop `loop_` runs on this thread:
+    /// what to yield, or `None` if the runner may not be used directly.
     fn start_on<'py>(
         slf: &Bound<'py, Self>,
         runner: &Bound<'py, LoopRunner>,
+        loop_: &Bound<'py, PyAny>,
         seconds: f64,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = slf.py();
         if seconds.is_nan() {
             return Err(PyValueError::new_err("delay must not be NaN"));
         }
-        if seconds <= 0.0 {
-            if !LoopRunner::sleeps_natively(runner) {
-                return Ok(None);
+        match LoopRunner::sleep_on(runner, loop_, seconds)? {
+            RunnerSleep::Elsewhere => Ok(None),
+            RunnerSleep::Yield => {
+                Self::set_state(slf, State::Yielded);
+                Ok(Some(py.None().into_bound(py)))
             }
-            Self::set_state(slf, State::Yielded);
-            return Ok(Some(py.None().into_bound(py)));
+            RunnerSleep::Entry(key, future) => {
+                Self::set_state(
+                    slf,
+                    State::Waiting {
+                        runner: runner.clone().unbind(),
+                        key,
+                        future: future.clone().unbind(),
+                    },
+                );
+                Self::block_on(future).map(Some)
+            }
         }
-        let Some((key, future)) = LoopRunner::running_sleep_future(runner, seconds)? else {
-            return Ok(None);
-        };
-        Self::set_state(
-            slf,
-            State::Waiting {
-                runner: runner.clone().unbind(),
-                key,
-                future: future.clone().unbind(),
-            },
-        );
-        Self::block_on(future).map(Some)
     }
 
     /// A step: `send(value)`.
@@ -486,3 +486,58 @@ impl Sleep {
 
 pyo3::import_exception!(asyncio.exceptions, InvalidStateError);
 use InvalidStateError as InvalidState;
+
+/// `erlang_asyncio.sleep(delay, result=None)` itself: makes a [`Sleep`]
+/// without a Python frame of its own, and is a coroutine function to
+/// asyncio (`_is_coroutine`) and, from Python 3.12, to `inspect`
+/// (`_is_coroutine_marker`), as the `async def` it stands for.
+#[pyclass(module = "_erlang_loop", name = "SleepFunction", frozen)]
+pub struct SleepFunction;
+
+#[pymethods]
+impl SleepFunction {
+    #[new]
+    fn new() -> Self {
+        SleepFunction
+    }
+
+    #[pyo3(signature = (delay, result=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        delay: Py<PyAny>,
+        result: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Sleep>> {
+        Py::new(py, Sleep::new(py, delay, result))
+    }
+
+    #[classattr]
+    fn _is_coroutine(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        py.import("asyncio.coroutines")?
+            .getattr("_is_coroutine")
+            .map(Bound::unbind)
+    }
+
+    #[classattr]
+    fn _is_coroutine_marker(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let inspect = py.import("inspect")?;
+        Ok(match inspect.getattr("_is_coroutine_mark") {
+            Ok(mark) => mark.unbind(),
+            Err(_) => py.None(),
+        })
+    }
+
+    #[getter]
+    fn __name__(&self) -> &'static str {
+        "sleep"
+    }
+
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        "sleep"
+    }
+
+    fn __repr__(&self) -> &'static str {
+        "<function erlang_asyncio.sleep>"
+    }
+}
