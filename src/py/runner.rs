@@ -95,6 +95,17 @@ fn get_running_loop(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     .map(|get| get.bind(py))
 }
 
+/// `erlang_loop.ErlangEventLoop`.
+fn erlang_event_loop_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    get_or_make(&CLASS, py, || {
+        py.import("erlang_loop")?
+            .getattr("ErlangEventLoop")
+            .map(Bound::unbind)
+    })
+    .map(|class| class.bind(py))
+}
+
 /// The loop asyncio says runs on this thread and its runner, if that is an
 /// ErlangEventLoop with one.
 pub(crate) fn running_runner(
@@ -104,7 +115,12 @@ pub(crate) fn running_runner(
     if loop_.is_none() {
         return Ok(None);
     }
-    let Ok(runner) = loop_.getattr(intern!(py, "_runner")) else {
+    // Another loop is not asked for an attribute it lacks (the error
+    // made and dropped costs more than the sleep on it).
+    if !loop_.is_instance(erlang_event_loop_class(py)?)? {
+        return Ok(None);
+    }
+    let Some(runner) = loop_.getattr_opt(intern!(py, "_runner"))? else {
         return Ok(None);
     };
     Ok(runner

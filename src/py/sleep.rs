@@ -72,6 +72,15 @@ fn sleep_elsewhere(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     .map(|function| function.bind(py))
 }
 
+/// The `asyncio` module.
+fn asyncio_module(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static ASYNCIO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    get_or_make(&ASYNCIO, py, || {
+        py.import("asyncio").map(|m| m.into_any().unbind())
+    })
+    .map(|module| module.bind(py))
+}
+
 /// The delay in seconds, when it is a real number the wheel can take
 /// (`None` for anything else: the Python coroutine then decides).
 fn seconds(delay: &Bound<'_, PyAny>) -> Option<f64> {
@@ -166,23 +175,25 @@ impl Sleep {
             .map(|result| result.clone_ref(slf.py()))
     }
 
-    /// The first step: the wheel entry and its future, or the Python
-    /// coroutine for anywhere else.
-    fn start<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+    /// The first step: the wheel entry and its future, or a coroutine of
+    /// Python's for anywhere else: `asyncio.sleep` itself on another loop
+    /// (for a delay that is a number), `_sleep_elsewhere` otherwise.
+    fn start<'py>(slf: &Bound<'py, Self>) -> PyResult<Step<'py>> {
         let py = slf.py();
         let delay = match &slf.borrow().delay {
             Some(delay) => delay.clone_ref(py).into_bound(py),
             None => py.None().into_bound(py),
         };
-        let running = match seconds(&delay) {
-            Some(seconds) => running_runner(py)
-                .map(|running| running.map(|(runner, loop_)| (runner, loop_, seconds)))
-                .inspect_err(|_| Self::set_state(slf, State::Done))?,
+        let seconds = seconds(&delay).filter(|seconds| !seconds.is_nan());
+        let running = match seconds {
+            Some(_) => running_runner(py).inspect_err(|_| Self::set_state(slf, State::Done))?,
             None => None,
         };
-        if let Some((runner, loop_, seconds)) = running {
-            match Self::start_on(slf, &runner, &loop_, seconds) {
-                Ok(Some(yielded)) => return Ok(yielded),
+        let mut on_another_loop = seconds.is_some();
+        if let (Some((runner, loop_)), Some(seconds)) = (&running, seconds) {
+            on_another_loop = false;
+            match Self::start_on(slf, runner, loop_, seconds) {
+                Ok(Some(yielded)) => return Ok(Step::Yield(yielded)),
                 Ok(None) => {} // the runner may not be used directly
                 Err(error) => {
                     Self::set_state(slf, State::Done);
@@ -191,16 +202,21 @@ impl Sleep {
             }
         }
         let result = slf.borrow().result.as_ref().map(|r| r.clone_ref(py));
-        let coroutine = match sleep_elsewhere(py).and_then(|f| f.call1((delay, result))) {
+        let made = if on_another_loop {
+            // No loop runs at all: asyncio.sleep raises as it would. Looked
+            // up on each sleep, as `asyncio.sleep(...)` in Python code is.
+            asyncio_module(py).and_then(|asyncio| asyncio.getattr(intern!(py, "sleep")))
+        } else {
+            sleep_elsewhere(py).cloned()
+        };
+        let coroutine = match made.and_then(|function| function.call1((delay, result))) {
             Ok(coroutine) => coroutine,
             Err(error) => {
                 Self::set_state(slf, State::Done);
                 return Err(error);
             }
         };
-        Self::forward(slf, &coroutine, |coroutine| {
-            coroutine.call_method1(intern!(py, "send"), (py.None(),))
-        })
+        Self::send_elsewhere(slf, coroutine, &py.None().into_bound(py))
     }
 
     /// The first step on `runner`, whose loop `loop_` runs on this thread:
@@ -245,7 +261,7 @@ impl Sleep {
                     "can't send non-None value to a just-started coroutine",
                 ))
             }
-            State::New => Self::start(slf).map(Step::Yield),
+            State::New => Self::start(slf),
             State::Yielded => Ok(Step::Return(Self::finish(slf))),
             State::Waiting {
                 runner,
@@ -275,11 +291,7 @@ impl Sleep {
                 }
             }
             State::Elsewhere(coroutine) => {
-                let coroutine = coroutine.into_bound(py);
-                Self::forward(slf, &coroutine, |coroutine| {
-                    coroutine.call_method1(intern!(py, "send"), (value,))
-                })
-                .map(Step::Yield)
+                Self::send_elsewhere(slf, coroutine.into_bound(py), value)
             }
             State::Done => {
                 Self::set_state(slf, State::Done);
@@ -297,6 +309,40 @@ impl Sleep {
         let py = future.py();
         future.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         Ok(future)
+    }
+
+    /// Sends `value` into the coroutine of Python's the sleep drives, as
+    /// `await` would (`PyIter_Send`: no method call); its end is the
+    /// sleep's.
+    fn send_elsewhere<'py>(
+        slf: &Bound<'py, Self>,
+        coroutine: Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Step<'py>> {
+        let py = slf.py();
+        let mut out: *mut ffi::PyObject = std::ptr::null_mut();
+        // SAFETY: live objects under the GIL; `out` receives a new
+        // reference on return and on yield, none on error.
+        let sent = unsafe { ffi::PyIter_Send(coroutine.as_ptr(), value.as_ptr(), &mut out) };
+        match sent {
+            ffi::PySendResult::PYGEN_NEXT => {
+                Self::set_state(slf, State::Elsewhere(coroutine.unbind()));
+                // SAFETY: a new reference, see above.
+                Ok(Step::Yield(unsafe { Bound::from_owned_ptr(py, out) }))
+            }
+            ffi::PySendResult::PYGEN_RETURN => {
+                Self::set_state(slf, State::Done);
+                // SAFETY: a new reference, see above.
+                let returned = unsafe { Bound::from_owned_ptr(py, out) };
+                Ok(Step::Return(
+                    (!returned.is_none()).then(|| returned.unbind()),
+                ))
+            }
+            ffi::PySendResult::PYGEN_ERROR => {
+                Self::set_state(slf, State::Done);
+                Err(PyErr::fetch(py))
+            }
+        }
     }
 
     /// A step of the Python coroutine; its end is the sleep's.

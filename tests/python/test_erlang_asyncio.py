@@ -683,3 +683,8 @@ def test_receive_and_self_outside_a_py_asyncio_loop() -> None:
     coroutine = erlang.receive()
     with pytest.raises(RuntimeError, match="py_asyncio"):
         coroutine.send(None)
+
+
+def test_sleep_outside_a_running_loop_says_so() -> None:
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        erlang_asyncio.sleep(0.01).send(None)
