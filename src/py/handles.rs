@@ -469,15 +469,15 @@ impl HandleKinds {
 
     /// Runs a handle as `Handle._run` does, for the classes whose `_run` is
     /// asyncio's while `stock_run` (see `stock_run_intact`); others (and
-    /// half-built ones) run their own `_run`. `bare_sleeps` says whether the
-    /// loop's `call_soon` is the runner's, so that resolving an
-    /// `asyncio.sleep` future runs no Python code and needs no context (see
-    /// `resolve_bare_sleep`); asked only of such a timer.
+    /// half-built ones) run their own `_run`. `bare_sleeps` gives the loop
+    /// while its `call_soon` is the runner's, so that resolving an
+    /// `asyncio.sleep` future of that loop runs no Python code and needs no
+    /// context (see `resolve_bare_sleep`); asked only of such a timer.
     pub fn run(
         &self,
         handle: &Bound<'_, PyAny>,
         stock_run: bool,
-        bare_sleeps: impl FnOnce() -> bool,
+        bare_sleeps: impl FnOnce() -> Option<Py<PyAny>>,
     ) -> PyResult<Ran> {
         let py = handle.py();
         let raw = handle.as_ptr();
@@ -491,10 +491,12 @@ impl HandleKinds {
         // makes them; others go through `_context`, which does the same).
         let exact_timer = unsafe { ffi::Py_TYPE(raw) } as *mut ffi::PyObject == self.timer.as_ptr();
         // SAFETY: an instance of our timer class, under the GIL.
-        if exact_timer && unsafe { timer_handle::fields(raw).shares_context() } && bare_sleeps() {
-            // SAFETY: as above.
-            if let Some(outcome) = unsafe { self.resolve_bare_sleep(raw) } {
-                return Self::ran(py, outcome);
+        if exact_timer && unsafe { timer_handle::fields(raw).shares_context() } {
+            if let Some(loop_) = bare_sleeps() {
+                // SAFETY: as above.
+                if let Some(outcome) = unsafe { self.resolve_bare_sleep(raw, loop_.bind(py)) } {
+                    return Self::ran(py, outcome);
+                }
             }
         }
         // SAFETY: an instance of our timer class, under the GIL.
@@ -583,8 +585,9 @@ impl HandleKinds {
 
     /// An `asyncio.sleep` timer sharing a context snapshot, resolved
     /// (`resolve_sleep`) without a context of its own: nothing runs in it.
-    /// The future is a C `Future`, whose `set_result` only calls the loop's
-    /// `call_soon` (the runner's, by the caller's word: no Python code) with
+    /// The future is a C `Future` of `loop_`, whose `set_result` only calls
+    /// that loop's `call_soon` (the runner's, by the caller's word: no
+    /// Python code) with
     /// each callback's own context. A timer made by `call_later` for
     /// `asyncio.sleep` then never copies a context: the snapshot made for
     /// its Task's step is shared with the other sleeps of that step's
@@ -592,16 +595,32 @@ impl HandleKinds {
     ///
     /// # Safety
     /// `raw` is a live instance of our timer class; the GIL is held.
-    unsafe fn resolve_bare_sleep(&self, raw: *mut ffi::PyObject) -> Option<PyResult<()>> {
+    unsafe fn resolve_bare_sleep(
+        &self,
+        raw: *mut ffi::PyObject,
+        loop_: &Bound<'_, PyAny>,
+    ) -> Option<PyResult<()>> {
+        let py = loop_.py();
         // SAFETY: by the contract; the values are owned before any Python
         // code runs (`set_result` may lead to the slots being cleared).
         let (callback, args) = unsafe {
-            let py = Python::assume_attached();
             (
                 Bound::from_borrowed_ptr_or_opt(py, self.callback.get(raw))?,
                 Bound::from_borrowed_ptr_or_opt(py, self.args.get(raw))?,
             )
         };
+        if !self.is_sleep_callback(&callback) {
+            return None;
+        }
+        // A future of another loop calls that loop's `call_soon`.
+        let future = args.cast::<PyTuple>().ok()?.get_item(0).ok()?;
+        if !future.get_type().is(self.c_future.bind(py)) {
+            return None;
+        }
+        let own_loop = future.call_method0(pyo3::intern!(py, "get_loop")).ok()?;
+        if !own_loop.is(loop_) {
+            return None;
+        }
         self.resolve_sleep(&callback, &args)
     }
 

@@ -23,7 +23,7 @@ use pyo3::exceptions::{PyIndexError, PyOverflowError, PyRuntimeError, PyTypeErro
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
-use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::context_snapshot;
 use super::handles::{HandleKinds, Ran};
@@ -150,30 +150,31 @@ impl LoopRunner {
     fn path_is_ours(
         slf: &Bound<'_, Self>,
         name: &Bound<'_, PyString>,
-        installed: impl Fn(&Self) -> Option<*mut ffi::PyObject>,
+        installed: impl Fn(&Self) -> Option<&Py<PyAny>>,
     ) -> bool {
         let py = slf.py();
         let (loop_dict, installed) = {
             let this = slf.borrow();
             match (&this.loop_dict, installed(&this)) {
                 (Some(loop_dict), Some(installed)) if !this.closed => {
-                    (loop_dict.clone_ref(py), installed)
+                    (loop_dict.clone_ref(py), installed.clone_ref(py))
                 }
                 _ => return false,
             }
         };
-        // Looked up with no borrow held: a key's `__eq__` may run.
+        // Looked up with no borrow held (a key's `__eq__` may run); the
+        // object compared with is held meanwhile, so its address is its own.
         loop_dict
             .bind(py)
             .get_item(name)
-            .is_ok_and(|path| path.is_some_and(|path| path.as_ptr() == installed))
+            .is_ok_and(|path| path.is_some_and(|path| path.is(&installed)))
     }
 
     /// Whether the loop's `call_soon` is the runner's: resolving a future of
     /// the loop then runs no Python code.
     fn call_soon_is_ours(slf: &Bound<'_, Self>) -> bool {
         Self::path_is_ours(slf, intern!(slf.py(), "call_soon"), |this| {
-            this.installed_call_soon.as_ref().map(Py::as_ptr)
+            this.installed_call_soon.as_ref()
         })
     }
 
@@ -194,7 +195,7 @@ impl LoopRunner {
             match (&this.loop_dict, &this.installed_sleep_future) {
                 (Some(loop_dict), Some(installed)) if ours && this.running && !this.closed => (
                     loop_dict.clone_ref(py).into_bound(py),
-                    installed.as_ptr(),
+                    installed.clone_ref(py),
                     this.future_kwargs.as_ref().map(|kw| kw.clone_ref(py)),
                 ),
                 _ => return Ok(RunnerSleep::Elsewhere),
@@ -202,7 +203,7 @@ impl LoopRunner {
         };
         // With no borrow held: a key's `__eq__` may run.
         let path = loop_dict.get_item(intern!(py, "_sleep_future"))?;
-        if path.is_none_or(|path| path.as_ptr() != installed) {
+        if path.is_none_or(|path| !path.is(&installed)) {
             return Ok(RunnerSleep::Elsewhere);
         }
         if delay <= 0.0 {
@@ -835,7 +836,11 @@ impl LoopRunner {
             };
             let ours = held.ours;
             let handle = held.handle.into_bound(py);
-            let ran = kinds().run(&handle, stock_run, || Self::call_soon_is_ours(slf));
+            let ran = kinds().run(&handle, stock_run, || {
+                Self::call_soon_is_ours(slf)
+                    .then(|| slf.borrow().loop_.as_ref().map(|l| l.clone_ref(py)))
+                    .flatten()
+            });
             if let Ok(Ran::Failed(error)) = ran {
                 // The exception handler may keep the handle: under the GC.
                 if ours {

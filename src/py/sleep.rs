@@ -90,21 +90,11 @@ fn seconds(delay: &Bound<'_, PyAny>) -> Option<f64> {
     delay.extract::<f64>().ok()
 }
 
-/// Raises `StopIteration(value)`: how a coroutine step returns.
-fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
-    let value = value.into_bound(py);
-    if value.is_instance_of::<PyTuple>()
-        || value.is_instance_of::<pyo3::exceptions::PyBaseException>()
-    {
-        // As the exception's only argument, not its arguments or itself.
-        return PyStopIteration::new_err((value.unbind(),));
-    }
-    // SAFETY: both are valid objects; setting an exception with an
-    // unnormalized value (a non-tuple, non-exception one) is CPython's own
-    // way of returning from a generator step, and fetching it back at once
-    // keeps it unnormalized: no StopIteration instance is made.
-    unsafe { ffi::PyErr_SetObject(ffi::PyExc_StopIteration, value.as_ptr()) };
-    PyErr::fetch(py)
+/// Raises `StopIteration(value)`: how a coroutine step returns a result
+/// (`value` its only argument, even a tuple or an exception). A step that
+/// returns `None`, the usual case, raises nothing (see `__next__`).
+fn stop_iteration(value: Py<PyAny>) -> PyErr {
+    PyStopIteration::new_err((value,))
 }
 
 /// The exception `throw(typ, val, tb)` raises, as a generator's `throw`
@@ -238,15 +228,20 @@ impl Sleep {
                 Ok(Some(py.None().into_bound(py)))
             }
             RunnerSleep::Entry(key, future) => {
+                let blocked = Self::block_on(future.clone());
+                if blocked.is_err() {
+                    LoopRunner::cancel(runner, key);
+                    return blocked.map(Some);
+                }
                 Self::set_state(
                     slf,
                     State::Waiting {
                         runner: runner.clone().unbind(),
                         key,
-                        future: future.clone().unbind(),
+                        future: future.unbind(),
                     },
                 );
-                Self::block_on(future).map(Some)
+                blocked.map(Some)
             }
         }
     }
@@ -395,7 +390,7 @@ impl Sleep {
         match Self::step(slf, &py.None().into_bound(py))? {
             Step::Yield(yielded) => Ok(Some(yielded)),
             Step::Return(None) => Ok(None),
-            Step::Return(Some(result)) => Err(stop_iteration(py, result)),
+            Step::Return(Some(result)) => Err(stop_iteration(result)),
         }
     }
 
@@ -403,7 +398,7 @@ impl Sleep {
         let py = slf.py();
         match Self::step(slf, value)? {
             Step::Yield(yielded) => Ok(yielded),
-            Step::Return(result) => Err(stop_iteration(py, result.unwrap_or_else(|| py.None()))),
+            Step::Return(result) => Err(stop_iteration(result.unwrap_or_else(|| py.None()))),
         }
     }
 
@@ -418,9 +413,21 @@ impl Sleep {
         match Self::take_state(slf)? {
             State::Elsewhere(coroutine) => {
                 let coroutine = coroutine.into_bound(py);
-                Self::forward(slf, &coroutine, |coroutine| {
-                    coroutine.call_method1(intern!(py, "throw"), (typ, val, tb))
+                let throw = intern!(py, "throw");
+                // Only the arguments given: from Python 3.12 a coroutine's
+                // three-argument `throw` warns.
+                Self::forward(slf, &coroutine, |coroutine| match (val, tb) {
+                    (None, None) => coroutine.call_method1(throw, (typ,)),
+                    (Some(val), None) => coroutine.call_method1(throw, (typ, val)),
+                    _ => coroutine.call_method1(throw, (typ, val, tb)),
                 })
+            }
+            State::Done => {
+                // A finished coroutine, as CPython's says.
+                Self::set_state(slf, State::Done);
+                Err(PyRuntimeError::new_err(
+                    "cannot reuse already awaited coroutine",
+                ))
             }
             state => {
                 // Arguments that name no exception leave the sleep as it was.

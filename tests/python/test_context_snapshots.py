@@ -249,3 +249,38 @@ def test_sleeps_see_their_tasks_variables() -> None:
         assert loop.run_until_complete(main()) == [(str(n), str(n)) for n in range(20)]
     finally:
         loop.close()
+
+
+def test_a_sleep_timer_for_another_loops_future_runs_in_its_context() -> None:
+    """``set_result`` of a future calls its own loop's ``call_soon``: when
+    that loop's is Python code, the timer resolves it in its context, even
+    on a loop whose ``call_soon`` is the runner's."""
+    seen: list[str] = []
+
+    class Recording(ErlangEventLoop):
+        def call_soon(self, *args: Any, **kwargs: Any) -> asyncio.Handle:
+            seen.append(var.get())
+            return super().call_soon(*args, **kwargs)
+
+    loop, other = ErlangEventLoop(), Recording()
+
+    def schedule(future: asyncio.Future[int]) -> asyncio.TimerHandle:
+        var.set("timer")
+        return loop.call_later(0.001, asyncio.futures._set_result_unless_cancelled, future, 1)
+
+    async def main() -> int:
+        future: asyncio.Future[int] = other.create_future()
+        future.add_done_callback(lambda _: None)  # set_result calls call_soon
+        contextvars.copy_context().run(schedule, future)
+        resolved = loop.create_future()
+        loop.call_later(0.05, resolved.set_result, None)
+        await resolved
+        return future.result()
+
+    try:
+        seen.clear()
+        assert loop.run_until_complete(main()) == 1
+        assert seen == ["timer"]
+    finally:
+        loop.close()
+        other.close()

@@ -688,3 +688,32 @@ def test_receive_and_self_outside_a_py_asyncio_loop() -> None:
 def test_sleep_outside_a_running_loop_says_so() -> None:
     with pytest.raises(RuntimeError, match="no running event loop"):
         erlang_asyncio.sleep(0.01).send(None)
+
+
+def test_a_finished_sleep_refuses_a_throw_as_a_coroutine_does() -> None:
+    async def main() -> None:
+        done = erlang_asyncio.sleep(0.001)
+        await done
+        with pytest.raises(RuntimeError, match="reuse"):
+            done.throw(ValueError("late"))
+
+    run(main)
+
+
+def test_a_sleep_cancelled_on_another_loop_raises_cancelled() -> None:
+    loop = asyncio.SelectorEventLoop()
+
+    async def main() -> bool:
+        task = asyncio.create_task(erlang_asyncio.sleep(3600))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return task.cancelled()
+        return False
+
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(main(), DEADLINE))
+    finally:
+        loop.close()
