@@ -25,3 +25,16 @@ pub(crate) fn get_or_make<'a, T>(
     let _ = cell.set(py, value);
     Ok(cell.get(py).expect("a PyOnceLock holds a value once set"))
 }
+
+/// `module.name`, looked up once and kept in `cell`.
+pub(crate) fn cached_attr<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    module: &str,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    get_or_make(cell, py, || {
+        py.import(module)?.getattr(name).map(Bound::unbind)
+    })
+    .map(|value| value.bind(py))
+}

@@ -29,7 +29,7 @@ use super::context_snapshot;
 use super::handles::{HandleKinds, Ran};
 use super::held::{Held, Item};
 use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
-use super::once::get_or_make;
+use super::once::cached_attr;
 use crate::io::{Event, LoopCore};
 
 /// The handle classes, the same for every loop of the process.
@@ -38,12 +38,7 @@ static KINDS: OnceLock<HandleKinds> = OnceLock::new();
 /// `asyncio.Future` (the C one when asyncio has it).
 fn future_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    get_or_make(&FUTURE, py, || {
-        py.import("asyncio.futures")?
-            .getattr("Future")
-            .map(Bound::unbind)
-    })
-    .map(|future| future.bind(py))
+    cached_attr(py, &FUTURE, "asyncio.futures", "Future")
 }
 
 pub(crate) fn kinds() -> &'static HandleKinds {
@@ -87,23 +82,13 @@ pub struct LoopRunner {
 /// `asyncio.events._get_running_loop` (the C one when asyncio has it).
 fn get_running_loop(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static GET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    get_or_make(&GET, py, || {
-        py.import("asyncio.events")?
-            .getattr("_get_running_loop")
-            .map(Bound::unbind)
-    })
-    .map(|get| get.bind(py))
+    cached_attr(py, &GET, "asyncio.events", "_get_running_loop")
 }
 
 /// `erlang_loop.ErlangEventLoop`.
 fn erlang_event_loop_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    get_or_make(&CLASS, py, || {
-        py.import("erlang_loop")?
-            .getattr("ErlangEventLoop")
-            .map(Bound::unbind)
-    })
-    .map(|class| class.bind(py))
+    cached_attr(py, &CLASS, "erlang_loop", "ErlangEventLoop")
 }
 
 /// The loop asyncio says runs on this thread and its runner, if that is an

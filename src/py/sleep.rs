@@ -21,7 +21,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::once::get_or_make;
+use super::once::{cached_attr, get_or_make};
 use super::runner::{running_runner, LoopRunner, RunnerSleep};
 
 /// Where a sleep is in its life.
@@ -64,12 +64,7 @@ pub struct Sleep {
 /// `erlang_asyncio._sleep_elsewhere`: the sleep as a Python coroutine.
 fn sleep_elsewhere(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static ELSEWHERE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    get_or_make(&ELSEWHERE, py, || {
-        py.import("erlang_asyncio")?
-            .getattr("_sleep_elsewhere")
-            .map(Bound::unbind)
-    })
-    .map(|function| function.bind(py))
+    cached_attr(py, &ELSEWHERE, "erlang_asyncio", "_sleep_elsewhere")
 }
 
 /// The `asyncio` module.
