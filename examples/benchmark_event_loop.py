@@ -353,14 +353,14 @@ def bench_erlang_asyncio_sleeps(tasks: int, rounds: int, sequential: int, repeat
             return erlang_asyncio.sleep
         return asyncio.sleep
 
-    label = f"{tasks:,} tasks x {rounds} erlang_asyncio.sleep(1 ms)"
-    print(f"{label} (asyncio.sleep on the other loops), best of {repeat}")
+    label = f"{tasks:,} tasks x {rounds} erlang_asyncio.sleep(1 ms) (others: asyncio.sleep)"
+    print(f"{label}, best of {repeat}")
     for metric, values in on_each_loop(
         lambda loop: many_sleepers(loop, sleep_on(loop), tasks, rounds), repeat
     ).items():
         record(label, metric, *SLEEP_METRICS[metric], values)
-    label = f"{sequential:,} sequential erlang_asyncio.sleep(1 ms)"
-    print(f"{label} (asyncio.sleep on the other loops)")
+    label = f"{sequential:,} sequential erlang_asyncio.sleep(1 ms) (others: asyncio.sleep)"
+    print(label)
     for metric, values in on_each_loop(
         lambda loop: sequential_sleeps(loop, sleep_on(loop), sequential)
     ).items():
