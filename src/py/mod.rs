@@ -11,6 +11,7 @@ pub mod native_loop;
 pub(crate) mod once;
 pub mod pool;
 pub mod runner;
+pub(crate) mod running_loop;
 pub mod sleep;
 pub mod socket_transport;
 pub mod timer_cancel;

@@ -30,6 +30,7 @@ use super::handles::{HandleKinds, Ran};
 use super::held::{Held, Item};
 use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
 use super::once::cached_attr;
+use super::running_loop;
 use crate::io::{Event, LoopCore};
 
 /// The handle classes, the same for every loop of the process.
@@ -79,12 +80,6 @@ pub struct LoopRunner {
     future_kwargs: Option<Py<PyDict>>,
 }
 
-/// `asyncio.events._get_running_loop` (the C one when asyncio has it).
-fn get_running_loop(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static GET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    cached_attr(py, &GET, "asyncio.events", "_get_running_loop")
-}
-
 /// `erlang_loop.ErlangEventLoop`.
 fn erlang_event_loop_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -96,7 +91,7 @@ fn erlang_event_loop_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 pub(crate) fn running_runner(
     py: Python<'_>,
 ) -> PyResult<Option<(Bound<'_, LoopRunner>, Bound<'_, PyAny>)>> {
-    let loop_ = get_running_loop(py)?.call0()?;
+    let loop_ = running_loop::current(py)?;
     if loop_.is_none() {
         return Ok(None);
     }
@@ -878,6 +873,10 @@ impl LoopRunner {
         };
         // Freeing a context may run Python code: no borrow held.
         drop(last_context);
+        if !running {
+            // This thread's remembered running loop: this one, done.
+            running_loop::forget();
+        }
         let mut this = slf.borrow_mut();
         this.running = running;
         if !running {

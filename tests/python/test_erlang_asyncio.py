@@ -342,6 +342,24 @@ def test_a_refused_nested_run_leaves_the_running_loop_in_charge() -> None:
     assert run(main) == (True, 1, "outer")
 
 
+def test_loops_run_one_after_another_on_a_thread_get_their_own_sleeps() -> None:
+    """The thread's remembered running loop (asked of asyncio without a
+    system call while its answer stands) is never a loop that stopped."""
+
+    async def main() -> tuple[bool, str]:
+        task = asyncio.create_task(erlang_asyncio.sleep(0.005, "mine"))
+        await asyncio.sleep(0)
+        return on_the_native_path(task), await task
+
+    for _ in range(3):
+        assert run(main) == (True, "mine")
+        plain = asyncio.SelectorEventLoop()
+        try:
+            assert plain.run_until_complete(erlang_asyncio.sleep(0.005, "plain")) == "plain"
+        finally:
+            plain.close()
+
+
 def test_sleeps_on_loops_of_two_threads_go_to_their_own_loops() -> None:
     results: dict[str, tuple[bool, int, str]] = {}
 
