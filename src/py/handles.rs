@@ -539,16 +539,21 @@ impl HandleKinds {
             if ffi::PyContext_Enter(context.as_ptr()) != 0 {
                 Err(PyErr::fetch(py))
             } else {
-                let outcome = self.resolve_sleep(&callback, &args).unwrap_or_else(|| {
-                    let result =
-                        ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
-                    if result.is_null() {
-                        Err(PyErr::fetch(py))
-                    } else {
-                        ffi::Py_DECREF(result);
-                        Ok(())
-                    }
-                });
+                let outcome = self
+                    .resolve_sleep(&callback, &args, None)
+                    .unwrap_or_else(|| {
+                        let result = ffi::PyObject_Call(
+                            callback.as_ptr(),
+                            args.as_ptr(),
+                            std::ptr::null_mut(),
+                        );
+                        if result.is_null() {
+                            Err(PyErr::fetch(py))
+                        } else {
+                            ffi::Py_DECREF(result);
+                            Ok(())
+                        }
+                    });
                 if ffi::PyContext_Exit(context.as_ptr()) != 0 {
                     let exit_error = PyErr::fetch(py);
                     match outcome {
@@ -609,31 +614,21 @@ impl HandleKinds {
                 Bound::from_borrowed_ptr_or_opt(py, self.args.get(raw))?,
             )
         };
-        if !self.is_sleep_callback(&callback) {
-            return None;
-        }
         // A future of another loop calls that loop's `call_soon`.
-        let future = args.cast::<PyTuple>().ok()?.get_item(0).ok()?;
-        if !future.get_type().is(self.c_future.bind(py)) {
-            return None;
-        }
-        let own_loop = future.call_method0(pyo3::intern!(py, "get_loop")).ok()?;
-        if !own_loop.is(loop_) {
-            return None;
-        }
-        self.resolve_sleep(&callback, &args)
+        self.resolve_sleep(&callback, &args, Some(loop_))
     }
 
     /// `_set_result_unless_cancelled(future, result)` (an `asyncio.sleep`
     /// timer) for a C `Future`, without its Python frame: `if not
     /// future.cancelled(): future.set_result(result)`, in the handle's
     /// context (entered by the caller: the future's loop may be a subclass
-    /// whose `call_soon` reads context variables). None: not that call, run
-    /// it as any other.
+    /// whose `call_soon` reads context variables). With `of_loop`, only a
+    /// future of that loop. None: not that call, run it as any other.
     fn resolve_sleep(
         &self,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyAny>,
+        of_loop: Option<&Bound<'_, PyAny>>,
     ) -> Option<PyResult<()>> {
         let py = callback.py();
         if !self.is_sleep_callback(callback) {
@@ -646,6 +641,12 @@ impl HandleKinds {
         let future = args.get_item(0).ok()?;
         if !future.get_type().is(self.c_future.bind(py)) {
             return None;
+        }
+        if let Some(loop_) = of_loop {
+            let own_loop = future.call_method0(pyo3::intern!(py, "get_loop")).ok()?;
+            if !own_loop.is(loop_) {
+                return None;
+            }
         }
         let result = args.get_item(1).ok()?;
         Some(
