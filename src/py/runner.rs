@@ -119,6 +119,19 @@ pub(crate) enum RunnerSleep<'py> {
     Entry(u64, Bound<'py, PyAny>),
 }
 
+/// Whether the loop's `__dict__` holds `installed` at `name`. Called with
+/// no borrow of the runner held (a key's `__eq__` may run); `installed` is
+/// held meanwhile, so its address is its own.
+fn holds_path(
+    loop_dict: &Bound<'_, PyDict>,
+    name: &Bound<'_, PyString>,
+    installed: &Py<PyAny>,
+) -> PyResult<bool> {
+    Ok(loop_dict
+        .get_item(name)?
+        .is_some_and(|path| path.is(installed)))
+}
+
 fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
@@ -142,12 +155,7 @@ impl LoopRunner {
                 _ => return false,
             }
         };
-        // Looked up with no borrow held (a key's `__eq__` may run); the
-        // object compared with is held meanwhile, so its address is its own.
-        loop_dict
-            .bind(py)
-            .get_item(name)
-            .is_ok_and(|path| path.is_some_and(|path| path.is(&installed)))
+        holds_path(loop_dict.bind(py), name, &installed).unwrap_or(false)
     }
 
     /// Whether the loop's `call_soon` is the runner's: resolving a future of
@@ -162,37 +170,30 @@ impl LoopRunner {
     /// whose loop `loop_` asyncio says runs on this thread: through the
     /// runner while the loop is its own, open, and its `_sleep_future` the
     /// runner's; otherwise `Elsewhere` (the way of Python code). What it
-    /// needs of the runner is read under one borrow.
+    /// needs of the runner's state is read under one borrow.
     pub(crate) fn sleep_on<'py>(
         slf: &Bound<'py, Self>,
         loop_: &Bound<'py, PyAny>,
         delay: f64,
     ) -> PyResult<RunnerSleep<'py>> {
         let py = slf.py();
-        let (loop_dict, installed, kwargs) = {
+        let (loop_dict, installed) = {
             let this = slf.borrow();
             let ours = this.loop_.as_ref().is_some_and(|own| own.is(loop_));
             match (&this.loop_dict, &this.installed_sleep_future) {
-                (Some(loop_dict), Some(installed)) if ours && this.running && !this.closed => (
-                    loop_dict.clone_ref(py).into_bound(py),
-                    installed.clone_ref(py),
-                    this.future_kwargs.as_ref().map(|kw| kw.clone_ref(py)),
-                ),
+                (Some(loop_dict), Some(installed)) if ours && this.running && !this.closed => {
+                    (loop_dict.clone_ref(py), installed.clone_ref(py))
+                }
                 _ => return Ok(RunnerSleep::Elsewhere),
             }
         };
-        // With no borrow held: a key's `__eq__` may run.
-        let path = loop_dict.get_item(intern!(py, "_sleep_future"))?;
-        if path.is_none_or(|path| !path.is(&installed)) {
+        if !holds_path(loop_dict.bind(py), intern!(py, "_sleep_future"), &installed)? {
             return Ok(RunnerSleep::Elsewhere);
         }
         if delay <= 0.0 {
             return Ok(RunnerSleep::Yield);
         }
-        let kwargs = match kwargs {
-            Some(kwargs) => kwargs.into_bound(py),
-            None => Self::future_kwargs(slf)?,
-        };
+        let kwargs = Self::future_kwargs(slf)?;
         let (key, future) = Self::sleep_entry(slf, kwargs, delay)?;
         Ok(RunnerSleep::Entry(key, future))
     }
