@@ -174,9 +174,9 @@ impl Sleep {
             Some(_) => running_runner(py).inspect_err(|_| Self::set_state(slf, State::Done))?,
             None => None,
         };
-        let mut on_another_loop = seconds.is_some();
+        // A number, and no ErlangEventLoop runs: asyncio.sleep's own.
+        let on_another_loop = seconds.is_some() && running.is_none();
         if let (Some((runner, loop_)), Some(seconds)) = (&running, seconds) {
-            on_another_loop = false;
             match Self::start_on(slf, runner, loop_, seconds) {
                 Ok(Some(yielded)) => return Ok(Step::Yield(yielded)),
                 Ok(None) => {} // the runner may not be used directly
@@ -204,8 +204,9 @@ impl Sleep {
         Self::send_elsewhere(slf, coroutine, &py.None().into_bound(py))
     }
 
-    /// The first step on `runner`, whose loop `loop_` runs on this thread:
-    /// what to yield, or `None` if the runner may not be used directly.
+    /// The first step on `runner`, whose loop `loop_` runs on this thread
+    /// (`seconds` is not NaN): what to yield, or `None` if the runner may
+    /// not be used directly.
     fn start_on<'py>(
         slf: &Bound<'py, Self>,
         runner: &Bound<'py, LoopRunner>,
@@ -213,9 +214,6 @@ impl Sleep {
         seconds: f64,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = slf.py();
-        if seconds.is_nan() {
-            return Err(PyValueError::new_err("delay must not be NaN"));
-        }
         match LoopRunner::sleep_on(runner, loop_, seconds)? {
             RunnerSleep::Elsewhere => Ok(None),
             RunnerSleep::Yield => {
