@@ -10,10 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
-
-use super::once::get_or_make;
 
 /// One entry of a method table, made once and never freed (the
 /// descriptors made from it point at it).
@@ -103,24 +100,6 @@ pub fn methods_for<'py>(
         methods.set_item(def.name(), def.descriptor(cls)?)?;
     }
     Ok(methods)
-}
-
-/// `module.name`, a class looked up once and kept in `cell`.
-pub fn cached_class<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyType>>,
-    module: &str,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyType>> {
-    get_or_make(cell, py, || {
-        Ok::<_, PyErr>(
-            py.import(module)?
-                .getattr(name)?
-                .cast_into::<PyType>()?
-                .unbind(),
-        )
-    })
-    .map(|class| class.bind(py))
 }
 
 /// Runs the body of a native method: `slf` and `arg` as bound references,

@@ -9,6 +9,7 @@
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
 
 /// `cell`'s value, made by `make` if it has none yet (see the module).
 pub(crate) fn get_or_make<'a, T>(
@@ -37,4 +38,22 @@ pub(crate) fn cached_attr<'py>(
         py.import(module)?.getattr(name).map(Bound::unbind)
     })
     .map(|value| value.bind(py))
+}
+
+/// `module.name`, a class looked up once and kept in `cell`.
+pub(crate) fn cached_class<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    module: &str,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyType>> {
+    get_or_make(cell, py, || {
+        Ok::<_, PyErr>(
+            py.import(module)?
+                .getattr(name)?
+                .cast_into::<PyType>()?
+                .unbind(),
+        )
+    })
+    .map(|class| class.bind(py))
 }

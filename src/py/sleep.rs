@@ -24,6 +24,10 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::once::{cached_attr, get_or_make};
 use super::runner::{running_runner, LoopRunner, RunnerSleep};
 
+/// The `__name__` and `__qualname__` of the function and its coroutines, as
+/// the `async def` it replaces had.
+const NAME: &str = "sleep";
+
 /// Where a sleep is in its life.
 enum State {
     /// Made, not awaited yet.
@@ -458,12 +462,12 @@ impl Sleep {
 
     #[getter]
     fn __name__(&self) -> &'static str {
-        "sleep"
+        NAME
     }
 
     #[getter]
     fn __qualname__(&self) -> &'static str {
-        "sleep"
+        NAME
     }
 
     /// What the sleep waits for, as a coroutine's `cr_await`.
@@ -575,12 +579,12 @@ impl SleepFunction {
 
     #[getter]
     fn __name__(&self) -> &'static str {
-        "sleep"
+        NAME
     }
 
     #[getter]
     fn __qualname__(&self) -> &'static str {
-        "sleep"
+        NAME
     }
 
     fn __repr__(&self) -> &'static str {

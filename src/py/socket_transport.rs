@@ -42,7 +42,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
-use super::method::{cached_class, call_method, methods_for, MethodDef};
+use super::method::{call_method, methods_for, MethodDef};
+use super::once::cached_class;
 use super::transport_io::{
     call_stock, fatal_error, is_exit, no_event, os_error, plain_socket_fd, RECV_BUFFER,
 };

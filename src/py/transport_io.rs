@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
-use super::method::cached_class;
+use super::once::cached_class;
 use super::once::get_or_make;
 
 /// Size of the receive buffer: asyncio's `max_size` for one read.
