@@ -442,6 +442,7 @@ impl LoopCore {
             }
             slept = true;
             state.waiters += 1;
+            state.stats.sleeping += 1;
             state = match limit {
                 None => self.ready.wait(state).unwrap_or_else(|e| e.into_inner()),
                 Some(limit) => {
@@ -452,6 +453,7 @@ impl LoopCore {
                 }
             };
             state.waiters -= 1;
+            state.stats.sleeping -= 1;
         }
     }
 

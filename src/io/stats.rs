@@ -2,7 +2,7 @@
 //! Python (`loop.stats()`).
 
 /// Everything is counted since the loop was created, except the gauges
-/// `pending`, `live_timers` and `fds`.
+/// `pending`, `live_timers`, `fds` and `sleeping`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoopStats {
     pub timers_inserted: u64,
@@ -30,11 +30,14 @@ pub struct LoopStats {
     pub pending: u64,
     pub live_timers: u64,
     pub fds: u64,
+    /// Threads asleep in the loop's wait now (0 or 1 but for the low-level
+    /// API's waits).
+    pub sleeping: u64,
 }
 
 impl LoopStats {
     /// Name/value pairs, for maps and dicts.
-    pub fn fields(&self) -> [(&'static str, u64); 15] {
+    pub fn fields(&self) -> [(&'static str, u64); 16] {
         [
             ("timers_inserted", self.timers_inserted),
             ("timers_cancelled", self.timers_cancelled),
@@ -51,6 +54,7 @@ impl LoopStats {
             ("pending", self.pending),
             ("live_timers", self.live_timers),
             ("fds", self.fds),
+            ("sleeping", self.sleeping),
         ]
     }
 }
