@@ -384,7 +384,9 @@ concurrent_calls(_Config) ->
     Elapsed = erlang:monotonic_time(millisecond) - T0,
     ?assertEqual([{ok, none} || _ <- Pids], Results),
     ct:log("4 x time.sleep(1) at once: ~b ms", [Elapsed]),
-    ?assert(Elapsed < 1900).
+    %% One after another they take 4 s; a loaded machine may add seconds to
+    %% concurrent ones, never that.
+    ?assert(Elapsed < 3500).
 
 -spec long_call_does_not_block(ct_suite:ct_config()) -> term().
 long_call_does_not_block(_Config) ->

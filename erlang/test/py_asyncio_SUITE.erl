@@ -290,7 +290,7 @@ child_spec_under_own_supervisor(_Config) ->
         wait_until(fun() -> length(loop_threads()) =:= 1 end),
         %% The old task's caller hears nothing from a killed loop (submit is
         %% a send); `call' would have seen the loop go down.
-        receive {py_result, Old, R} -> ct:fail({unexpected, R}) after 0 -> ok end,
+        receive {py_result, Old, R} -> ct:fail({unexpected, R}) after 100 -> ok end,
         %% Stopped through the supervisor.
         ok = supervisor:terminate_child(Sup, my_loop),
         ?assertNot(is_process_alive(New)),
@@ -609,8 +609,9 @@ ten_thousand_coroutines(_Config) ->
     ct:pal("~b coroutines from ~b callers: ~b ms; ~b from one process: ~b ms; "
            "~b py:call probes meanwhile, slowest ~b us",
            [N, N, Elapsed, N, Elapsed2, length(Probes), lists:max(Probes)]),
+    %% Probes kept answering while the coroutines ran (how fast is the
+    %% benchmarks' business, logged above).
     ?assert(length(Probes) >= 2),
-    ?assert(lists:max(Probes) < 2000000),
     ?assertEqual(0, maps:get(<<"live_timers">>, loop_stats(Loop))).
 
 probe(Times) ->

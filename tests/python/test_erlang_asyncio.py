@@ -109,14 +109,24 @@ def test_concurrent_sleeps_are_never_early() -> None:
         assert delay <= elapsed < delay + LATE
 
 
-def test_gather_of_three_50ms_sleeps_takes_50ms() -> None:
-    async def main() -> float:
-        start = time.monotonic()
-        await erlang_asyncio.gather(*(erlang_asyncio.sleep(0.05) for _ in range(3)))
-        return time.monotonic() - start
+def test_gather_of_three_50ms_sleeps_overlaps() -> None:
+    """LESSONS 26: the three sleeps wait at once. Sleeps that blocked the
+    loop would run one after another: each would start after the one
+    before ended. Checked by order, not by a wall-clock bound."""
+    starts: list[float] = []
+    ends: list[float] = []
 
-    elapsed = run(main)
-    assert 0.05 <= elapsed < 0.15
+    async def one() -> None:
+        starts.append(time.monotonic())
+        await erlang_asyncio.sleep(0.05)
+        ends.append(time.monotonic())
+
+    async def main() -> None:
+        await erlang_asyncio.gather(*(one() for _ in range(3)))
+
+    run(main)
+    assert max(starts) < min(ends), (starts, ends)
+    assert all(end - start >= 0.05 for start, end in zip(starts, ends, strict=True))
 
 
 def test_sleep_returns_its_result() -> None:
@@ -617,70 +627,81 @@ def test_erlang_sleep_bad_arguments(bad: float) -> None:
         py_event_loop._erlang_sleep(bad)
 
 
+class _Counter:
+    """A Python thread counting as fast as it can, stamping the time every
+    thousand counts: where it ran, the GIL was free."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._count, daemon=True)
+
+    def _count(self) -> None:
+        count = 0
+        while not self._stop.is_set():
+            count += 1
+            if count % 1000 == 0:
+                self.stamps.append(time.monotonic())
+
+    def __enter__(self) -> _Counter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(DEADLINE)
+
+    def ran_between(self, start: float, end: float) -> bool:
+        return any(start < stamp < end for stamp in self.stamps)
+
+
 def test_erlang_sleep_from_eight_threads() -> None:
-    lengths_ms = [200 + 40 * i for i in range(8)]  # 200..480 ms, sum 2.72 s
+    """Eight threads sleep at once, with the GIL free: checked by order (all
+    were asleep together, and another thread counted meanwhile), not by a
+    wall-clock bound."""
+    lengths_ms = [200 + 40 * i for i in range(8)]  # 200..480 ms
     barrier = threading.Barrier(len(lengths_ms) + 1)
-    woke: dict[int, float] = {}
+    slept: dict[int, tuple[float, float]] = {}
     errors: list[BaseException] = []
-    counter = [0]
-    stop_counting = threading.Event()
 
     def sleeper(ms: int) -> None:
         try:
             barrier.wait(DEADLINE)
             start = time.monotonic()
             py_event_loop._erlang_sleep(ms)
-            woke[ms] = time.monotonic() - start
+            slept[ms] = (start, time.monotonic())
         except BaseException as error:  # noqa: BLE001 - reported to the test
             errors.append(error)
 
-    def count() -> None:
-        while not stop_counting.is_set():
-            counter[0] += 1
-
     threads = [threading.Thread(target=sleeper, args=(ms,), daemon=True) for ms in lengths_ms]
-    counting = threading.Thread(target=count, daemon=True)
-    for thread in threads:
-        thread.start()
-    counting.start()
-    barrier.wait(DEADLINE)
-    start = time.monotonic()
-    counted_before = counter[0]
-    for thread in threads:
-        thread.join(DEADLINE)
-    total = time.monotonic() - start
-    counted = counter[0] - counted_before
-    stop_counting.set()
-    counting.join(DEADLINE)
+    with _Counter() as counter:
+        for thread in threads:
+            thread.start()
+        barrier.wait(DEADLINE)
+        for thread in threads:
+            thread.join(DEADLINE)
 
     assert not errors, errors
     assert not any(thread.is_alive() for thread in threads)
-    for ms in lengths_ms:
-        assert ms / 1000 <= woke[ms] < ms / 1000 + 2 * LATE, (ms, woke)
-    # Concurrent: about the longest sleep (0.48 s), far from the sum (2.72 s).
-    assert max(lengths_ms) / 1000 <= total < 1.5, (total, woke)
-    # The GIL was free: another Python thread ran all along.
-    assert counted > 10_000, counted
+    for ms, (start, end) in slept.items():
+        assert ms / 1000 <= end - start < ms / 1000 + 2 * LATE, (ms, slept)
+    # Concurrent: each sleep started before any ended.
+    all_asleep = max(start for start, _ in slept.values())
+    first_awake = min(end for _, end in slept.values())
+    assert all_asleep < first_awake, slept
+    # The GIL was free: another Python thread ran while all eight slept.
+    assert counter.ran_between(all_asleep, first_awake), (all_asleep, first_awake)
 
 
 def test_erlang_sleep_lets_other_threads_run() -> None:
-    counter = [0]
-    stop = threading.Event()
-
-    def count() -> None:
-        while not stop.is_set():
-            counter[0] += 1
-
-    thread = threading.Thread(target=count, daemon=True)
-    thread.start()
-    try:
-        before = counter[0]
-        py_event_loop._erlang_sleep(200)
-        progress = counter[0] - before
-    finally:
-        stop.set()
-        thread.join(DEADLINE)
-    assert progress > 10_000, progress
+    """The sleep holds no GIL: another thread runs in the middle of it (50 ms
+    in from either end, where the calls into and out of the sleep are not)."""
+    with _Counter() as counter:
+        start = time.monotonic()
+        py_event_loop._erlang_sleep(300)
+        end = time.monotonic()
+    assert end - start >= 0.3
+    assert counter.ran_between(start + 0.05, end - 0.05), (start, end, counter.stamps[-3:])
 
 
 # ---------------------------------------------------------------- erlang.receive / self
