@@ -11,7 +11,13 @@ import runpy
 import sys
 import traceback
 
-USAGE = "usage: erlang-python (SCRIPT | -m MODULE | -c CODE) [ARG ...]"
+USAGE = (
+    "usage: erlang-python (SCRIPT | -m MODULE | -c CODE | conformance) [ARG ...]\n"
+    "  conformance [--quick] [-v] [TEST ...]  CPython's asyncio tests on ErlangEventLoop"
+)
+
+# Subcommands: a word for a module of ours that `-m` also runs.
+SUBCOMMANDS = {"conformance": "erlang_python_conformance"}
 
 
 def main(argv: list[str]) -> int:
@@ -48,6 +54,8 @@ def _run(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2 if not argv else 0
     mode, rest = argv[0], argv[1:]
+    if mode in SUBCOMMANDS:
+        mode, rest = "-m", [SUBCOMMANDS[mode], *rest]
     try:
         if mode == "-m":
             if not rest:

@@ -10,7 +10,7 @@ to ``SelectEventLoopTests``, ...). Tests of other loops' internals are listed
 in ``tests/conformance/excluded.txt``; the tests that still fail, with their
 reasons, in ``tests/conformance/known_failures.txt``. The run exits 1 when a
 test fails that is not a known failure; its last line is
-``N passed, N failed, N skipped``, where "failed" counts those failures only.
+``N passed, N failed (N known, N new), N skipped``.
 """
 
 from __future__ import annotations

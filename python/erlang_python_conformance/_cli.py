@@ -137,18 +137,11 @@ def _print_module(report: ModuleReport, known: TestList, verbose: bool) -> None:
         ),
         flush=True,
     )
-    known_count = 0
     for outcome in report.outcomes:
         if outcome.status not in FAILING:
             continue
-        if known.match(outcome.test_id) is None:
-            print(f"    {outcome.status.upper():<8} NEW   {outcome.test_id}", flush=True)
-        elif verbose:
-            print(f"    {outcome.status.upper():<8} known {outcome.test_id}", flush=True)
-        else:
-            known_count += 1
-    if known_count:
-        print(f"    ({known_count} known failures; -v lists them)", flush=True)
+        which = "NEW  " if known.match(outcome.test_id) is None else "known"
+        print(f"    {outcome.status.upper():<8} {which} {outcome.test_id}", flush=True)
 
 
 def _print_summary(
@@ -201,8 +194,11 @@ def _print_summary(
         f"{len(failing) - len(new)} known failures (known_failures.txt), "
         f"{excluded} excluded (excluded.txt); {seconds:.0f} s"
     )
-    # The closing line: "failed" counts the failures that fail the run (not
-    # in known_failures.txt), as pytest counts xfails apart.
-    print(f"{passed} passed, {len(new)} failed, {skipped} skipped")
+    # The closing line: every failure, and how many of them are new (not in
+    # known_failures.txt): those fail the run.
+    print(
+        f"{passed} passed, {len(failing)} failed ({len(failing) - len(new)} known, "
+        f"{len(new)} new), {skipped} skipped"
+    )
     sys.stdout.flush()
     return 1 if new else 0

@@ -142,8 +142,9 @@ class WatchdogSuite(unittest.TestSuite):
         thread = threading.Thread(
             target=test, args=(one,), name=f"conformance {test.id()}", daemon=True
         )
-        thread.start()
-        thread.join(self.timeout)
+        with _ThreadFailures() as thread_failures:
+            thread.start()
+            thread.join(self.timeout)
         seconds = time.monotonic() - started
         if thread.is_alive():
             stack = _thread_stack(thread)
@@ -155,7 +156,7 @@ class WatchdogSuite(unittest.TestSuite):
             loops.stop_all()
             thread.join(2.0)
         else:
-            outcome = one.outcome(test.id())
+            outcome = thread_failures.fail(one.outcome(test.id()))
         self.tracker.stop_test()
         # The policy object is replaced by every test that resets the policy;
         # anything else restored is worth a word in the trace.
@@ -171,6 +172,44 @@ class WatchdogSuite(unittest.TestSuite):
                 file=sys.stderr,
                 flush=True,
             )
+
+
+class _ThreadFailures:
+    """Exceptions that end threads while a test runs (``threading.excepthook``).
+    unittest never sees them: a test whose worker thread failed an assertion
+    would pass. As regrtest with ``--fail-env-changed`` (CPython's CI), they
+    fail the test. Tests that expect one catch it with their own hook
+    (``support.catch_threading_exception``), which this one gives way to."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self._previous = threading.excepthook
+
+    def __enter__(self) -> _ThreadFailures:
+        threading.excepthook = self._hook
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        threading.excepthook = self._previous
+
+    def _hook(self, args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is TestAbandoned:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        text = "".join(
+            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+        self.failures.append(f"exception in thread {name!r}:\n{text}")
+
+    def fail(self, outcome: Outcome) -> Outcome:
+        """``outcome``, failed if a thread failed meanwhile."""
+        if not self.failures:
+            return outcome
+        detail = "\n".join(self.failures)
+        if outcome.status in FAILING:
+            outcome.detail = f"{outcome.detail}\n{detail}"
+            return outcome
+        return Outcome(outcome.test_id, FAILED, detail)
 
 
 def _is_not_suite(test: Any) -> bool:

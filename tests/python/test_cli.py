@@ -1,0 +1,37 @@
+"""``bin/erlang-python``'s command line (``erlang_python_cli``), run in
+this node."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import erlang_python_cli
+
+
+def test_no_arguments_prints_the_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert erlang_python_cli.main([]) == 2
+    assert "usage: erlang-python" in capsys.readouterr().err
+
+
+def test_code_and_its_exit_status() -> None:
+    argv = sys.argv
+    try:
+        assert erlang_python_cli.main(["-c", "import sys; sys.exit(3)"]) == 3
+        assert erlang_python_cli.main(["-c", "raise ValueError('boom')"]) == 1
+    finally:
+        sys.argv = argv
+
+
+def test_conformance_subcommand_runs_the_conformance_module(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = sys.argv
+    try:
+        assert erlang_python_cli.main(["conformance", "--help"]) == 0
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "--quick" in out
+    assert "erlang_python_conformance" in out
