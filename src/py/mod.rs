@@ -9,6 +9,7 @@ pub mod interpreter;
 pub mod method;
 pub mod native_loop;
 pub(crate) mod once;
+mod os_error;
 pub mod pool;
 pub mod runner;
 pub(crate) mod running_loop;

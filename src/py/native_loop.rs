@@ -13,6 +13,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
+use super::os_error::os_error_err;
 use crate::io::{Event, EventKind, LoopCore, WaitError, Wake};
 use crate::wheel::NEVER;
 
@@ -213,7 +214,7 @@ impl NativeLoop {
             if events & bit != 0 {
                 let wake = self.core.add_interest(fd, kind, fd as u64).map_err(|e| {
                     match e.raw_os_error() {
-                        Some(_) => PyErr::from(e),
+                        Some(_) => Python::attach(|py| os_error_err(py, &e)),
                         None => PyRuntimeError::new_err(e.to_string()),
                     }
                 })?;
@@ -276,12 +277,12 @@ static SIGNAL_SUBSCRIPTIONS: std::sync::Mutex<Vec<crate::io::signals::Subscripti
 /// signal's number can be read (one byte per delivery). Only SIGCHLD: the
 /// BEAM owns the other signals (`ValueError` for them).
 #[pyfunction]
-fn subscribe_signal(signum: i32) -> PyResult<RawFd> {
+fn subscribe_signal(py: Python<'_>, signum: i32) -> PyResult<RawFd> {
     let subscription = crate::io::signals::subscribe(signum).map_err(|error| {
         if error.raw_os_error() == Some(libc::EINVAL) {
             PyValueError::new_err(format!("signal {signum} belongs to the BEAM"))
         } else {
-            PyErr::from(error)
+            os_error_err(py, &error)
         }
     })?;
     let fd = subscription.read_fd;

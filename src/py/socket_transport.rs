@@ -44,8 +44,9 @@ use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use super::method::{call_method, methods_for, MethodDef};
 use super::once::cached_class;
+use super::os_error::os_error;
 use super::transport_io::{
-    call_stock, fatal_error, is_exit, no_event, os_error, plain_socket_fd, RECV_BUFFER,
+    call_stock, fatal_error, is_exit, no_event, plain_socket_fd, RECV_BUFFER,
 };
 
 static READ_READY: MethodDef = MethodDef::noargs(

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use pyo3::call::PyCallArgs;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -119,20 +119,6 @@ pub(super) fn no_event(error: &std::io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EAGAIN | libc::EINTR) // EWOULDBLOCK == EAGAIN on Linux
     )
-}
-
-/// `OSError(errno, strerror)`: Python picks the subclass
-/// (`ConnectionResetError`, ...), as a failed `socket.recv` would raise.
-pub(super) fn os_error<'py>(
-    py: Python<'py>,
-    error: &std::io::Error,
-) -> PyResult<Bound<'py, PyAny>> {
-    let errno = error.raw_os_error().unwrap_or(0);
-    // SAFETY: strerror returns a valid C string for any errno.
-    let text = unsafe { std::ffi::CStr::from_ptr(libc::strerror(errno)) }
-        .to_string_lossy()
-        .into_owned();
-    py.get_type::<PyOSError>().call1((errno, text))
 }
 
 pub(super) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import errno
 import gc
 import logging
 import math
@@ -1227,8 +1228,9 @@ def test_add_reader_on_a_closed_fd_raises_and_leaves_nothing(loop: ErlangEventLo
     number = a.fileno()
     a.close()
     b.close()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as raised:
         loop.add_reader(number, lambda: None)
+    assert raised.value.errno == errno.EBADF
     assert loop.remove_reader(number) is False
     assert loop.stats()["fds"] == 0
 

@@ -270,8 +270,8 @@ def test_broadcast_option(loop: ErlangEventLoop) -> None:
 def test_reuse_address_refused_and_reuse_port(loop: ErlangEventLoop) -> None:
     async def main() -> None:
         # Refused as asyncio refuses it: a TypeError since 3.11 (the
-        # parameter is gone), a ValueError in 3.8-3.10.
-        with pytest.raises((TypeError, ValueError), match="reuse_address"):
+        # parameter is gone).
+        with pytest.raises(TypeError, match="reuse_address"):
             await loop.create_datagram_endpoint(
                 asyncio.DatagramProtocol, local_addr=(LOCALHOST, 0), reuse_address=True
             )
@@ -579,11 +579,11 @@ def test_error_received_sees_its_error_as_the_one_being_handled(loop: ErlangEven
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: Seeing(loop), remote_addr=(LOCALHOST, unused_port(socket.SOCK_DGRAM))
         )
-        for _ in range(50):
+        # ICMP replies are rate limited: ask again for up to 10 s.
+        give_up = loop.time() + 10
+        while not protocol.errors and loop.time() < give_up:
             transport.sendto(b"anyone?")
             await asyncio.sleep(0.01)
-            if protocol.errors:
-                break
         transport.close()
 
     run(loop, main())
