@@ -15,14 +15,11 @@
 //!
 //! A cancel does not search the queue: the wheel frees the slab slot and the
 //! queue's copy of the key turns into a tombstone, recognised because the
-//! slab no longer holds an entry of that generation and deadline at that
-//! index (freeing a slot bumps its generation; should it ever wrap around to
-//! a live entry's, the deadline must match too, so that entry still never
-//! fires before its time, though its FIFO place among equal deadlines and
-//! the tombstone count are then not exact: that takes 2^32 reuses of one
-//! slot while the tombstone waits in the queue). Tombstones are skipped at the cursor, which is
-//! always left on a live entry so the head deadline is exact, and compacted
-//! away once they are the majority.
+//! slab no longer holds an entry of that generation at that index (freeing a
+//! slot bumps its generation, and a slot out of generations retires instead
+//! of wrapping around: see `slab`). Tombstones are skipped at the cursor,
+//! which is always left on a live entry so the head deadline is exact, and
+//! compacted away once they are the majority.
 //!
 //! Keys are 16 bytes and sort by deadline alone; only entries with equal
 //! deadlines (rare outside `call_at` with one `when`) look up their

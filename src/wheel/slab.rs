@@ -3,7 +3,10 @@
 //! A `Vec` of slots with an intrusive free list: inserting reuses the most
 //! recently freed slot, removing returns the slot at once. Each slot carries a
 //! generation that is bumped when the slot is freed, so a [`TimerKey`] of a
-//! fired or cancelled timer never matches the timer that reuses its slot.
+//! fired or cancelled timer never matches the timer that reuses its slot. A
+//! slot whose generations have run out (2^31 - 1 timers in one slot) is
+//! retired rather than wrapped: it is never reused, so no key ever matches
+//! again once stale (40 bytes kept per 2^31 timers of one slot).
 
 use super::entry::Entry;
 use super::list::NIL;
@@ -77,19 +80,10 @@ pub(crate) const fn slot_bytes<T>() -> usize {
     std::mem::size_of::<Slot<T>>()
 }
 
-/// Largest generation: a key's top bit stays clear (see [`TimerKey`]).
+/// Largest generation: a key's top bit stays clear (see [`TimerKey`]). A
+/// slot freed at this generation gets `MAX_GENERATION + 1` and retires when
+/// `insert` meets it (wrapping would let a stale key match again).
 const MAX_GENERATION: u32 = (1 << 31) - 1;
-
-/// The generation after `generation`, wrapping from [`MAX_GENERATION`] to 1
-/// (0 is skipped so that a zero key is never valid).
-#[inline]
-fn next_generation(generation: u32) -> u32 {
-    if generation >= MAX_GENERATION {
-        1
-    } else {
-        generation + 1
-    }
-}
 
 /// Largest number of slots: `NIL` (`u32::MAX`) must stay unused as an index.
 const MAX_SLOTS: usize = NIL as usize;
@@ -146,10 +140,26 @@ impl<T> Slab<T> {
             unreachable!("free list head {index} is occupied");
         };
         self.free_head = next_free;
+        if generation > MAX_GENERATION {
+            return self.insert_past_retired(index, entry);
+        }
         entry.generation = generation;
         *slot = Slot::Occupied(entry);
         self.len += 1;
         TimerKey { index, generation }
+    }
+
+    /// `insert` when the free slot at `index` (already off the free list)
+    /// is out of generations: it retires, vacant for good (generation 0 is
+    /// never handed out), and the next free slot is taken.
+    #[cold]
+    #[inline(never)]
+    fn insert_past_retired(&mut self, index: u32, entry: Entry<T>) -> TimerKey {
+        self.slots[index as usize] = Slot::Vacant {
+            generation: 0,
+            next_free: NIL,
+        };
+        self.insert(entry)
     }
 
     /// `insert` when no slot is free: grows `slots`. Out of line, so the
@@ -195,8 +205,8 @@ impl<T> Slab<T> {
 
     /// Whether the slot at `index` holds a live entry of `generation` due
     /// at `deadline`. Any index is safe here; a slot freed and reused since
-    /// has another generation (and, were it to wrap around, still only
-    /// matches an entry due at the same time).
+    /// has another generation, never an old one (the deadline is compared
+    /// too, a second guard costing one compare).
     #[inline]
     pub(crate) fn holds(&self, index: u32, generation: u32, deadline: u64) -> bool {
         matches!(
@@ -249,7 +259,7 @@ impl<T> Slab<T> {
     pub(crate) fn remove(&mut self, index: u32) -> Entry<T> {
         let slot = &mut self.slots[index as usize];
         let generation = match slot {
-            Slot::Occupied(entry) => next_generation(entry.generation),
+            Slot::Occupied(entry) => entry.generation + 1,
             Slot::Vacant { generation, .. } => {
                 unreachable!("removing vacant slab index {index} (next generation {generation})")
             }
@@ -287,12 +297,36 @@ mod tests {
     }
 
     #[test]
-    fn next_generation_skips_zero_and_keeps_the_top_bit_clear() {
-        assert_eq!(next_generation(1), 2);
-        assert_eq!(next_generation(MAX_GENERATION - 1), MAX_GENERATION);
-        assert_eq!(next_generation(MAX_GENERATION), 1);
+    fn the_last_generation_keeps_the_top_bit_clear() {
         let key = TimerKey::new(u32::MAX - 1, MAX_GENERATION);
         assert_eq!(key.to_u64() >> 63, 0);
+    }
+
+    #[test]
+    fn a_slot_out_of_generations_retires() {
+        let mut slab = Slab::new();
+        let first = slab.insert(entry(1));
+        slab.remove(first.index());
+        // As if the slot had held 2^31 - 2 timers since.
+        slab.slots[first.index() as usize] = Slot::Vacant {
+            generation: MAX_GENERATION,
+            next_free: NIL,
+        };
+        let last = slab.insert(entry(2));
+        assert_eq!(last, TimerKey::new(first.index(), MAX_GENERATION));
+        slab.remove(last.index());
+        // Every key the slot ever had stays stale: it is never reused.
+        let next = slab.insert(entry(3));
+        assert_ne!(next.index(), first.index());
+        assert_eq!(next.generation(), 1);
+        for generation in [0, 1, 2, MAX_GENERATION - 1, MAX_GENERATION] {
+            assert!(slab.get(TimerKey::new(first.index(), generation)).is_none());
+        }
+        assert!(!slab.holds(first.index(), 1, 1));
+        assert_eq!(slab.len(), 1);
+        assert_eq!(slab.iter().count(), 1);
+        slab.remove(next.index());
+        assert_eq!(slab.insert(entry(4)).index(), next.index());
     }
 
     #[test]
