@@ -4,7 +4,8 @@ a py_asyncio loop (inside one they are tested by erlang/test/py_asyncio_SUITE).
 
 Run with ``bin/erlang-python -m pytest tests/python/test_erlang_asyncio.py``.
 Timers never fire early, so lower bounds are exact; upper bounds are generous
-(LESSONS 30) except the spec one: three 50 ms sleeps under gather < 0.15 s.
+(LESSONS 30), and concurrency is checked by order (every sleep of a gather
+started before any ended), not by wall-clock time.
 """
 
 from __future__ import annotations

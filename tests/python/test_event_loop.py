@@ -317,6 +317,41 @@ def test_io_callbacks_run_before_timers_due_in_the_same_iteration(
         wsock.close()
 
 
+def test_an_iteration_runs_only_the_callbacks_ready_when_it_began(
+    loop: ErlangEventLoop,
+) -> None:
+    """LESSONS 22: a callback that schedules itself again runs once per
+    iteration, so timers and I/O still get their turn; a loop draining its
+    ready queue until empty would spin on it alone."""
+    iterations = count_iterations(loop)
+    spins: list[int] = []  # the iteration of each spin
+    seen: dict[str, int] = {}  # spins done when the timer and the reader ran
+    rsock, wsock = socket.socketpair()
+    try:
+
+        def spin() -> None:
+            spins.append(iterations[0])
+            if len(spins) < 100_000 and len(seen) < 2:
+                loop.call_soon(spin)
+
+        def on_read() -> None:
+            rsock.recv(100)
+            loop.remove_reader(rsock)
+            seen["io"] = len(spins)
+
+        loop.add_reader(rsock, on_read)
+        loop.call_later(0.001, lambda: seen.setdefault("timer", len(spins)))
+        loop.call_soon(spin)
+        wsock.send(b"x")
+        run_until(loop, lambda: len(seen) == 2)
+    finally:
+        rsock.close()
+        wsock.close()
+    assert seen["io"] < len(spins) and seen["timer"] < 100_000, (seen, len(spins))
+    # One spin per iteration, never two.
+    assert len(spins) == len(set(spins)), len(spins) - len(set(spins))
+
+
 def test_call_soon_runs_before_a_zero_delay_timer(loop: ErlangEventLoop) -> None:
     order: list[str] = []
     loop.call_later(0, order.append, "timer")

@@ -51,6 +51,23 @@ def test_native_paths_are_used_outside_debug_mode_only() -> None:
         loop.close()
 
 
+def test_a_handle_kept_after_it_ran_is_never_reused(loop: ErlangEventLoop) -> None:
+    """LESSONS 23: asyncio code cancels handles after they ran; a pooled
+    handle handed out again would let that cancel a stranger's callback."""
+    ran: list[str] = []
+    first = loop.call_soon(ran.append, "first")
+    first_timer = loop.call_later(0, ran.append, "first timer")
+    run_soon(loop)
+    second = loop.call_soon(ran.append, "second")
+    second_timer = loop.call_later(0, ran.append, "second timer")
+    assert second is not first and second_timer is not first_timer
+    first.cancel()
+    first_timer.cancel()
+    run_soon(loop)
+    assert ran == ["first", "first timer", "second", "second timer"]
+    assert not second.cancelled() and not second_timer.cancelled()
+
+
 def test_handles_are_asyncio_handles(loop: ErlangEventLoop) -> None:
     def callback(*args: Any) -> None:
         pass

@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -763,6 +764,39 @@ def test_max_size_bounds_one_read(loop: ErlangEventLoop) -> None:
         b.close()
     assert b"".join(chunks) == b"x" * 100
     assert max(map(len, chunks)) <= 16
+
+
+def test_reads_use_one_buffer_not_a_big_allocation_each(loop: ErlangEventLoop) -> None:
+    """LESSONS 28: a read goes into the loop thread's reusable buffer and
+    becomes ``bytes`` of the size read. A buffer of ``max_size`` (256 KiB)
+    allocated per read would show in the traced peak."""
+    a, b = socket.socketpair()
+    messages = 500
+
+    async def main() -> tuple[list[bytes], int]:
+        transport, client = await loop.create_connection(lambda: Recorder(loop), sock=a)
+        await asyncio.sleep(0)
+        tracemalloc.start()
+        try:
+            for i in range(messages):
+                b.sendall(b"%09d\n" % i)
+                await wait_for_condition(lambda i=i: len(client.data) >= 10 * (i + 1))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        transport.close()
+        await client.lost
+        return client.chunks, peak
+
+    try:
+        chunks, peak = run(loop, main())
+    finally:
+        b.close()
+    assert b"".join(chunks) == b"".join(b"%09d\n" % i for i in range(messages))
+    assert all(type(chunk) is bytes for chunk in chunks)
+    # What the test itself keeps (chunks, futures) is tens of KiB; one
+    # max_size buffer alone would be 256.
+    assert peak < 200 * 1024, peak
 
 
 def test_a_read_error_is_the_handled_exception_in_fatal_error(loop: ErlangEventLoop) -> None:
