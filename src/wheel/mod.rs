@@ -421,19 +421,27 @@ impl<T> Wheel<T> {
         let armed = self.armed.replace(NEVER);
         let (fired, more) = if target > self.elapsed || self.queued_due(now) {
             self.next_cache_valid.set(false);
-            let fired = if self.next_process_tick > target && self.due.is_empty() {
+            if self.next_process_tick > target && self.due.is_empty() {
                 // Nothing to process up to `target` and nothing in the due
                 // queue: only the head of `ahead` can be due. The usual
                 // advance of a sparse wheel (one sorted timer a tick or
                 // none), kept out of `fire`'s call.
                 self.elapsed = self.elapsed.max(target);
-                self.fire_ahead(now, out, max)
+                if self.queued_due(now) {
+                    let fired = self.fire_ahead(now, out, max);
+                    // The due queue is still empty: `ahead`'s head is first.
+                    self.queued_min = self.ahead.first_deadline().unwrap_or(NEVER);
+                    (fired, self.queued_due(now))
+                } else {
+                    // That head (the earliest timer) is later: nothing moves.
+                    (0, false)
+                }
             } else {
-                self.fire(now, target, out, max)
-            };
-            // Exact again: both heads are live after `fire`.
-            self.queued_min = self.queued_first_deadline();
-            (fired, self.queued_due(now))
+                let fired = self.fire(now, target, out, max);
+                // Exact again: both heads are live after `fire`.
+                self.queued_min = self.queued_first_deadline();
+                (fired, self.queued_due(now))
+            }
         } else {
             // Same tick as before and the head of the due queue (the
             // earliest timer of the wheel) still ahead: nothing can be due,
