@@ -84,10 +84,14 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     # -- the self-pipe is the native wake-up --
 
     def _make_self_pipe(self) -> None:
-        pass
+        # No pipe: wake-ups go through the native core. The one fd the loop
+        # keeps for itself is its epoll set's, which asyncio counts here.
+        self._ssock = self._csock = None
+        self._internal_fds += 1
 
     def _close_self_pipe(self) -> None:
-        pass
+        # The epoll set closes with the native loop (`close`).
+        self._internal_fds -= 1
 
     def _write_to_self(self) -> None:
         self._native.wakeup()

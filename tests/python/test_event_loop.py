@@ -1504,6 +1504,19 @@ def _use_a_loop(isolated: bool) -> None:
         loop.close()
 
 
+def _settled_fd_count() -> int:
+    """The open fd count once it stays the same for 60 ms (a closed loop's
+    select stops asynchronously: its fds may still be going)."""
+    give_up = time.monotonic() + 5.0
+    counts = [_open_fds()]
+    while len(counts) < 4 or len(set(counts[-4:])) > 1:
+        if time.monotonic() > give_up:
+            break
+        time.sleep(0.02)
+        counts.append(_open_fds())
+    return counts[-1]
+
+
 def _wait_for_fd_count(baseline: int, timeout: float = 5.0) -> int:
     """The open fd count once it is back to ``baseline`` (or after
     ``timeout``): select stops are asynchronous (LESSONS 30)."""
@@ -1629,6 +1642,21 @@ def _loop_with_watched_sockets(isolated: bool) -> tuple[ErlangEventLoop, list[so
     assert run(loop, seen) == b"x"
     assert loop.stats()["fds"] == 2
     return loop, [a, b]
+
+
+def test_internal_fds_count_the_loops_own_fd() -> None:
+    """asyncio's `_internal_fds` counts the fds a loop keeps for itself (the
+    stdlib's self-pipe). Ours is its epoll set's: one while open, none once
+    closed, as the process's open fds say."""
+    gc.collect()
+    baseline = _settled_fd_count()
+    loop = ErlangEventLoop()
+    assert loop._internal_fds == 1
+    assert _open_fds() == baseline + 1
+    assert loop._csock is None and loop._ssock is None
+    loop.close()
+    assert loop._internal_fds == 0
+    assert _wait_for_fd_count(baseline) == baseline
 
 
 def test_no_fd_leak_when_a_loop_closes_with_fds_still_watched() -> None:
