@@ -27,7 +27,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use super::method::{call_method, methods_for, MethodDef};
-use super::once::cached_class;
+use super::once::cached_attr;
 use super::os_error::os_error;
 use super::transport_io::{
     call_stock, fatal_error, no_event, plain_socket_fd, socket_family, Handling, RECV_BUFFER,
@@ -47,7 +47,7 @@ static READ_READY: MethodDef = MethodDef::noargs(
 /// `selector_events._SelectorDatagramTransport`.
 fn selector_transport(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    cached_class(
+    cached_attr(
         py,
         &CLASS,
         "asyncio.selector_events",

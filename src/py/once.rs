@@ -9,7 +9,7 @@
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::type_object::PyTypeCheck;
 
 /// `cell`'s value, made by `make` if it has none yet (see the module).
 pub(crate) fn get_or_make<'a, T>(
@@ -27,33 +27,16 @@ pub(crate) fn get_or_make<'a, T>(
     Ok(cell.get(py).expect("a PyOnceLock holds a value once set"))
 }
 
-/// `module.name`, looked up once and kept in `cell`.
-pub(crate) fn cached_attr<'py>(
+/// `module.name`, looked up once and kept in `cell`, as a `T` (`PyAny` for
+/// any object; `PyType` for a class, checked once).
+pub(crate) fn cached_attr<'py, T: PyTypeCheck>(
     py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
+    cell: &'static PyOnceLock<Py<T>>,
     module: &str,
     name: &str,
-) -> PyResult<&'py Bound<'py, PyAny>> {
+) -> PyResult<&'py Bound<'py, T>> {
     get_or_make(cell, py, || {
-        py.import(module)?.getattr(name).map(Bound::unbind)
+        Ok::<_, PyErr>(py.import(module)?.getattr(name)?.cast_into::<T>()?.unbind())
     })
     .map(|value| value.bind(py))
-}
-
-/// `module.name`, a class looked up once and kept in `cell`.
-pub(crate) fn cached_class<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyType>>,
-    module: &str,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyType>> {
-    get_or_make(cell, py, || {
-        Ok::<_, PyErr>(
-            py.import(module)?
-                .getattr(name)?
-                .cast_into::<PyType>()?
-                .unbind(),
-        )
-    })
-    .map(|class| class.bind(py))
 }

@@ -43,7 +43,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use super::method::{call_method, methods_for, MethodDef};
-use super::once::cached_class;
+use super::once::cached_attr;
 use super::os_error::os_error;
 use super::transport_io::{
     call_stock, fatal_error, is_exit, no_event, plain_socket_fd, RECV_BUFFER,
@@ -70,7 +70,7 @@ static WRITE: MethodDef = MethodDef::one_arg(
 /// `selector_events._SelectorSocketTransport`.
 fn selector_transport(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    cached_class(
+    cached_attr(
         py,
         &CLASS,
         "asyncio.selector_events",

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
-use super::once::cached_class;
+use super::once::cached_attr;
 use super::once::get_or_make;
 
 /// Size of the receive buffer: asyncio's `max_size` for one read.
@@ -57,7 +57,7 @@ pub(super) fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
 /// `socket.socket`.
 fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    cached_class(py, &CLASS, "socket", "socket")
+    cached_attr(py, &CLASS, "socket", "socket")
 }
 
 /// `transport._fatal_error(exc, message)` with `exc` as the exception being
