@@ -166,7 +166,8 @@ impl Sleep {
 
     /// The first step: the wheel entry and its future, or a coroutine of
     /// Python's for anywhere else: `asyncio.sleep` itself on another loop
-    /// (for a delay that is a number), `_sleep_elsewhere` otherwise.
+    /// (for a delay that is a number), `_sleep_elsewhere` otherwise. An
+    /// error ends the sleep (`step` marks it done).
     fn start<'py>(slf: &Bound<'py, Self>) -> PyResult<Step<'py>> {
         let py = slf.py();
         let delay = match &slf.borrow().delay {
@@ -175,19 +176,15 @@ impl Sleep {
         };
         let seconds = seconds(&delay).filter(|seconds| !seconds.is_nan());
         let running = match seconds {
-            Some(_) => running_runner(py).inspect_err(|_| Self::set_state(slf, State::Done))?,
+            Some(_) => running_runner(py)?,
             None => None,
         };
         // A number, and no ErlangEventLoop runs: asyncio.sleep's own.
         let on_another_loop = seconds.is_some() && running.is_none();
         if let (Some((runner, loop_)), Some(seconds)) = (&running, seconds) {
-            match Self::start_on(slf, runner, loop_, seconds) {
-                Ok(Some(yielded)) => return Ok(Step::Yield(yielded)),
-                Ok(None) => {} // the runner may not be used directly
-                Err(error) => {
-                    Self::set_state(slf, State::Done);
-                    return Err(error);
-                }
+            // None: the runner may not be used directly.
+            if let Some(yielded) = Self::start_on(slf, runner, loop_, seconds)? {
+                return Ok(Step::Yield(yielded));
             }
         }
         let result = slf.borrow().result.as_ref().map(|r| r.clone_ref(py));
@@ -198,13 +195,7 @@ impl Sleep {
         } else {
             sleep_elsewhere(py).cloned()
         };
-        let coroutine = match made.and_then(|function| function.call1((delay, result))) {
-            Ok(coroutine) => coroutine,
-            Err(error) => {
-                Self::set_state(slf, State::Done);
-                return Err(error);
-            }
-        };
+        let coroutine = made?.call1((delay, result))?;
         Self::send_elsewhere(slf, coroutine, &py.None().into_bound(py))
     }
 
@@ -253,7 +244,7 @@ impl Sleep {
                     "can't send non-None value to a just-started coroutine",
                 ))
             }
-            State::New => Self::start(slf),
+            State::New => Self::start(slf).inspect_err(|_| Self::set_state(slf, State::Done)),
             State::Yielded => Ok(Step::Return(Self::finish(slf))),
             State::Waiting {
                 runner,
@@ -446,16 +437,14 @@ impl Sleep {
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        match Self::take_state(slf)? {
+        let state = Self::take_state(slf)?;
+        Self::set_state(slf, State::Done);
+        match state {
             State::Elsewhere(coroutine) => {
-                Self::set_state(slf, State::Done);
                 coroutine.call_method0(py, intern!(py, "close"))?;
             }
-            State::Waiting { runner, key, .. } => {
-                Self::set_state(slf, State::Done);
-                Self::leave_wheel(py, &runner, key);
-            }
-            _ => Self::set_state(slf, State::Done),
+            State::Waiting { runner, key, .. } => Self::leave_wheel(py, &runner, key),
+            _ => {}
         }
         Ok(())
     }
