@@ -489,6 +489,7 @@ impl HandleKinds {
         }
         // Only handles of exactly our timer class share contexts (`new_timer`
         // makes them; others go through `_context`, which does the same).
+        // SAFETY: reading the type of a live object.
         let exact_timer = unsafe { ffi::Py_TYPE(raw) } as *mut ffi::PyObject == self.timer.as_ptr();
         // SAFETY: an instance of our timer class, under the GIL.
         if exact_timer && unsafe { timer_handle::fields(raw).shares_context() } {
