@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
     for module, entries in selection.items():
         report = run_module(module, entries, excluded, known, args.timeout, tracker, args.trace)
         reports.append(report)
-        _print_module(report, known, args.verbose)
+        _print_module(report, known)
     return _print_summary(reports, known, time.monotonic() - started, args.verbose)
 
 
@@ -121,7 +121,7 @@ def _row(*cells: object) -> str:
     return f"{name!s:<22}" + "".join(f"{cell!s:>9}" for cell in numbers)
 
 
-def _print_module(report: ModuleReport, known: TestList, verbose: bool) -> None:
+def _print_module(report: ModuleReport, known: TestList) -> None:
     loop_tests = report.loop_tests()
     loop_passed = sum(1 for o in loop_tests if o.status == PASSED)
     print(
