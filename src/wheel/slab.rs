@@ -115,7 +115,10 @@ impl<T> Slab<T> {
         self.len
     }
 
-    /// Makes room for `additional` more entries without reallocating.
+    /// Makes room for `additional` more entries without reallocating. A
+    /// free slot out of generations still counts as free here until `insert`
+    /// meets and retires it: after 2^31 reuses of one slot, an insert after
+    /// a `reserve` may reallocate once (never a wrong key).
     pub(crate) fn reserve(&mut self, additional: usize) {
         let free = self.slots.len() - self.len;
         self.slots.reserve(additional.saturating_sub(free));
