@@ -16,7 +16,9 @@
          convert_pids_and_refs/1, convert_funs_and_ports/1,
          convert_deep_nesting/1,
          python_exception/1, python_exception_traceback/1, syntax_error/1,
-         missing_module/1, unconvertible_result/1,
+         missing_module/1, unconvertible_result/1, int_too_large_for_erlang/1,
+         panic_answers_the_caller/1, exception_text_with_lone_surrogate/1,
+         conversion_runs_no_python_code/1,
          bad_arguments/1, unicode_code_strings/1,
          concurrent_calls/1, long_call_does_not_block/1,
          timeout_sleep/1, timeout_busy_loop/1, timeout_race_leaves_no_message/1,
@@ -49,7 +51,9 @@ groups() ->
        convert_map_keys, convert_python_only_types,
        convert_pids_and_refs, convert_funs_and_ports, convert_deep_nesting,
        python_exception, python_exception_traceback, syntax_error,
-       missing_module, unconvertible_result,
+       missing_module, unconvertible_result, int_too_large_for_erlang,
+       panic_answers_the_caller, exception_text_with_lone_surrogate,
+       conversion_runs_no_python_code,
        bad_arguments, unicode_code_strings,
        concurrent_calls, long_call_does_not_block,
        timeout_sleep, timeout_busy_loop, timeout_race_leaves_no_message,
@@ -323,6 +327,50 @@ unconvertible_result(_Config) ->
     ?assertMatch({error, {'TypeError', _, _}}, py:eval(<<"[1, 2, object()]">>)),
     ?assertMatch({error, {'TypeError', _, _}}, py:eval(<<"lambda: 1">>)),
     ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4])).
+
+%% An int beyond the VM's largest integer (about 2^(2^25) here) is an
+%% error, never a wrong value inside `{ok, _}'.
+-spec int_too_large_for_erlang(ct_suite:ct_config()) -> term().
+int_too_large_for_erlang(_Config) ->
+    ?assertMatch({error, {'OverflowError', _, _}}, py:eval(<<"2**40000000">>)),
+    ?assertMatch({error, {'OverflowError', _, _}}, py:eval(<<"[1, -2**40000000]">>)),
+    ?assertMatch({error, {'OverflowError', _, _}},
+                 py:call(operator, pow, [2, 40000000], #{}, 30000)),
+    %% A large one that fits still crosses.
+    ?assertEqual({ok, 1 bsl 100000}, py:eval(<<"2**100000">>)).
+
+%% A Rust panic inside a call (here one pyo3 raises in Python as
+%% `PanicException' and resumes where the call's error is fetched) answers
+%% the caller, who may wait without a timeout; the worker thread lives on.
+-spec panic_answers_the_caller(ct_suite:ct_config()) -> term().
+panic_answers_the_caller(_Config) ->
+    ?assertEqual({error, {'PanicException', <<"boom">>, <<>>}},
+                 py:call('_py_nif_testing', panic, [<<"boom">>], #{}, 10000)),
+    ?assertMatch({error, {'PanicException', <<"again">>, _}},
+                 py:eval(<<"__import__('_py_nif_testing').panic('again')">>)),
+    %% `_erlang_sleep' of a length no clock holds: refused, no panic.
+    ?assertMatch({error, {'OverflowError', _, _}},
+                 py:call(py_event_loop, '_erlang_sleep', [1.0e22], #{}, 10000)),
+    ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4])).
+
+%% A message with a lone surrogate (not UTF-8) keeps its traceback.
+-spec exception_text_with_lone_surrogate(ct_suite:ct_config()) -> term().
+exception_text_with_lone_surrogate(_Config) ->
+    {error, {'ValueError', _Message, Traceback}} =
+        py:exec(<<"raise ValueError('\\ud800 here')">>),
+    ?assertMatch({_, _}, binary:match(Traceback, <<"Traceback (most recent call last)">>)),
+    ?assertMatch({_, _}, binary:match(Traceback, <<"here">>)).
+
+%% Converting a result runs no Python code: a set subclass's `__iter__' that
+%% would grow the dict being converted is not called.
+-spec conversion_runs_no_python_code(ct_suite:ct_config()) -> term().
+conversion_runs_no_python_code(_Config) ->
+    ok = py:exec(<<"class Grow(set):\n"
+                   "    def __iter__(self):\n"
+                   "        d['late'] = 1\n"
+                   "        return super().__iter__()\n"
+                   "d = {'a': 1, 'b': Grow([2])}\n">>),
+    ?assertEqual({ok, #{<<"a">> => 1, <<"b">> => [2]}}, py:eval(<<"d">>)).
 
 %%--------------------------------------------------------------------
 %% Bad input

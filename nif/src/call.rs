@@ -3,6 +3,8 @@
 //! The worker sends `{py_result, Ref, {ok, Term} | {error, Reason}}` to the
 //! caller when Python is done.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use rustler::env::{OwnedEnv, SavedTerm};
@@ -10,7 +12,7 @@ use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term
 
 use crate::atoms;
 use crate::convert::{atom_text, py_to_term, term_to_py};
-use crate::errors::error_result;
+use crate::errors::{error_result, panic_result};
 use crate::job::{CancelAction, Job};
 use crate::namespace;
 
@@ -150,9 +152,16 @@ fn run(
     crate::job::run_as_current(&job, || {
         Python::attach(|py| {
             let message = owned.run(|env| {
-                let result = match execute(py, env, caller, &work, saved_data.load(env)) {
-                    Ok(term) => (atoms::ok(), term).encode(env),
-                    Err(error) => error_result(env, py, &error),
+                // A panic (ours, or a Python-side `PanicException` that pyo3
+                // resumes as one) still answers the caller, who may wait
+                // without a timeout.
+                let executed = catch_unwind(AssertUnwindSafe(|| {
+                    execute(py, env, caller, &work, saved_data.load(env))
+                }));
+                let result = match executed {
+                    Ok(Ok(term)) => (atoms::ok(), term).encode(env),
+                    Ok(Err(error)) => error_result(env, py, &error),
+                    Err(payload) => panic_result(env, payload.as_ref()),
                 };
                 owned.save((atoms::py_result(), saved_ref.load(env), result))
             });

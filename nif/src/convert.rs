@@ -1,11 +1,11 @@
 //! Erlang terms <-> Python objects. The table of rules is in the README
 //! ("Type conversion"); this file is its only implementation.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
-    PyTuple,
+    PyTuple, PyType,
 };
 use rustler::types::map::MapIterator;
 use rustler::types::tuple::{get_tuple, make_tuple};
@@ -182,7 +182,7 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<T
     if let Ok(int) = obj.cast::<PyInt>() {
         return Ok(match int.extract::<i64>() {
             Ok(small) => small.encode(env),
-            Err(_) => py_to_big(int)?.encode(env),
+            Err(_) => big_term(env, int)?,
         });
     }
     if let Ok(float) = obj.cast::<PyFloat>() {
@@ -227,12 +227,14 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<T
         return Term::map_from_term_arrays(env, &keys, &values)
             .map_err(|_| PyValueError::new_err("dict keys collide as Erlang terms"));
     }
-    if obj.is_instance_of::<PySet>() || obj.is_instance_of::<PyFrozenSet>() {
-        let items = obj
-            .try_iter()?
-            .map(|item| to_term(env, &item?, depth + 1))
-            .collect::<PyResult<Vec<_>>>()?;
-        return Ok(items.encode(env));
+    // The sets' own iteration, not a subclass's `__iter__`: no Python code
+    // runs while a container is being converted (pyo3 panics on a dict that
+    // changes size under its iterator).
+    if obj.is_instance_of::<PySet>() {
+        return set_term(env, obj.py().get_type::<PySet>(), obj, depth);
+    }
+    if obj.is_instance_of::<PyFrozenSet>() {
+        return set_term(env, obj.py().get_type::<PyFrozenSet>(), obj, depth);
     }
     if let Ok(pid) = obj.cast::<Pid>() {
         return pid.get().to_term(env);
@@ -249,6 +251,23 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<T
     )))
 }
 
+/// The items of `set`, an instance of `base` (`set` or `frozenset`),
+/// iterated by `base.__iter__`: pyo3's own set iterator calls a
+/// subclass's override.
+fn set_term<'a>(
+    env: Env<'a>,
+    base: Bound<'_, PyType>,
+    set: &Bound<'_, PyAny>,
+    depth: usize,
+) -> PyResult<Term<'a>> {
+    let items = base
+        .call_method1("__iter__", (set,))?
+        .try_iter()?
+        .map(|item| to_term(env, &item?, depth + 1))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(items.encode(env))
+}
+
 /// Integers beyond i64 cross as little-endian two's complement bytes: rustler
 /// and pyo3 use different num-bigint majors, Python's `int` speaks bytes.
 fn big_to_py<'py>(py: Python<'py>, big: &BigInt) -> PyResult<Bound<'py, PyAny>> {
@@ -261,11 +280,34 @@ fn big_to_py<'py>(py: Python<'py>, big: &BigInt) -> PyResult<Bound<'py, PyAny>> 
     )
 }
 
+/// An int beyond i64 as an Erlang integer. rustler's encoder answers an
+/// int larger than the VM's (about 2^25 bits) with an `{error, _}` term
+/// instead of failing: that is refused here, not returned as the value.
+fn big_term<'a>(env: Env<'a>, int: &Bound<'_, PyInt>) -> PyResult<Term<'a>> {
+    let term = py_to_big(int)?.encode(env);
+    if term.is_integer() {
+        Ok(term)
+    } else {
+        Err(PyOverflowError::new_err(
+            "int too large to convert to an Erlang integer",
+        ))
+    }
+}
+
 fn py_to_big(int: &Bound<'_, PyInt>) -> PyResult<BigInt> {
-    let bits: usize = int.call_method0("bit_length")?.extract()?;
+    // int's own bit_length, not a subclass's override.
+    let bits: usize = int
+        .py()
+        .get_type::<PyInt>()
+        .call_method1("bit_length", (int,))?
+        .extract()?;
     let kwargs = PyDict::new(int.py());
     kwargs.set_item("signed", true)?;
-    let bytes = int.call_method("to_bytes", (bits / 8 + 1, "little"), Some(&kwargs))?;
+    let bytes = int.py().get_type::<PyInt>().call_method(
+        "to_bytes",
+        (int, bits / 8 + 1, "little"),
+        Some(&kwargs),
+    )?;
     Ok(BigInt::from_signed_bytes_le(
         bytes.cast::<PyBytes>()?.as_bytes(),
     ))

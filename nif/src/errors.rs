@@ -1,5 +1,7 @@
 //! Python exceptions as Erlang terms: `{ExceptionName, Message, Traceback}`.
 
+use std::any::Any;
+
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use rustler::{Encoder, Env, Term};
@@ -33,6 +35,23 @@ pub fn exception_term<'a>(env: Env<'a>, py: Python<'_>, error: &PyErr) -> Term<'
         .encode(env)
 }
 
+/// `{error, {'PanicException', <<"message">>, <<>>}}` for a panic caught
+/// while running a call: the name pyo3 gives a Rust panic in Python.
+pub fn panic_result<'a>(env: Env<'a>, payload: &(dyn Any + Send)) -> Term<'a> {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("panic");
+    tracing::error!(message, "a Python call panicked");
+    let reason = (
+        atom_or_binary(env, "PanicException"),
+        binary_term(env, message.as_bytes()),
+        binary_term(env, b""),
+    );
+    (atoms::error(), reason).encode(env)
+}
+
 fn format_traceback(py: Python<'_>, error: &PyErr) -> PyResult<String> {
     let traceback = py.import("traceback")?;
     // The traceback travels with the PyErr: before Python 3.12 an exception
@@ -42,5 +61,6 @@ fn format_traceback(py: Python<'_>, error: &PyErr) -> PyResult<String> {
         (error.get_type(py), error.value(py), error.traceback(py)),
     )?;
     let text = PyString::new(py, "").call_method1("join", (lines,))?;
-    text.extract::<String>()
+    // Lossy: a message with a lone surrogate must not cost the traceback.
+    Ok(text.cast::<PyString>()?.to_string_lossy().into_owned())
 }

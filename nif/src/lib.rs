@@ -13,6 +13,7 @@ mod namespace;
 mod opaque;
 mod runtime;
 mod sleep;
+mod test_panic;
 mod test_udp;
 mod trace;
 

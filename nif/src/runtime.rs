@@ -73,6 +73,7 @@ fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
     let installed = Python::attach(|py| {
         crate::erlang_module::install(py)?;
         crate::sleep::install(py)?;
+        crate::test_panic::install(py)?;
         erlang_python::py::native_loop::install(py)
     });
     if let Err(reason) = installed {

@@ -6,7 +6,7 @@
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
 use rustler::env::OwnedEnv;
@@ -50,9 +50,14 @@ fn _erlang_sleep(py: Python<'_>, ms: f64) -> PyResult<()> {
     if ms == 0.0 {
         return Ok(());
     }
-    let length = Duration::try_from_secs_f64(ms / 1000.0)
-        .map_err(|_| PyValueError::new_err("sleep length is too large"))?;
-    let deadline = Instant::now() + length;
+    // Too large for a Duration or an Instant (grace included): refused as
+    // `time.sleep` refuses what its clock cannot hold.
+    let now = Instant::now();
+    let deadline = Duration::try_from_secs_f64(ms / 1000.0)
+        .ok()
+        .and_then(|length| now.checked_add(length))
+        .filter(|deadline| deadline.checked_add(ERLANG_GRACE).is_some())
+        .ok_or_else(|| PyOverflowError::new_err("sleep length is too large"))?;
     let wait = ResourceArc::new(SleepWait {
         fired: Mutex::new(false),
         ring: Condvar::new(),

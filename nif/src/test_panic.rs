@@ -1,0 +1,24 @@
+//! `_py_nif_testing`, a Python module for the tests only: `panic(message)`
+//! panics in Rust, which pyo3 raises in Python as `PanicException` and
+//! resumes as a Rust panic where a caller fetches it. The tests check that a
+//! `py:call` meeting one still answers its caller.
+
+use pyo3::prelude::*;
+use pyo3::types::PyModule;
+
+#[pyfunction]
+fn panic(message: &str) {
+    panic!("{message}");
+}
+
+/// Creates `_py_nif_testing` and puts it in `sys.modules`. Idempotent.
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let modules = py.import("sys")?.getattr("modules")?;
+    if modules.contains("_py_nif_testing")? {
+        return Ok(());
+    }
+    let module = PyModule::new(py, "_py_nif_testing")?;
+    module.add_function(wrap_pyfunction!(panic, &module)?)?;
+    modules.set_item("_py_nif_testing", module)?;
+    Ok(())
+}
