@@ -6,7 +6,8 @@
 -behaviour(gen_server).
 
 -export([start_link/1, start_link/2, adopt/2]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2,
+         format_status/1]).
 
 -record(loop, {
     %% The LoopRef resource; kept so the loop outlives its Python owner until
@@ -42,6 +43,11 @@ adopt(Worker, Loop) ->
 
 -spec init({dedicated | shared, [py_nif:loop_ref()]}) -> {ok, #state{}}.
 init({Kind, Loops}) ->
+    %% Ends with its parent whatever the reason (gen_server does so for a
+    %% trapped parent exit): a low-level router whose owner returned without
+    %% `event_loop_destroy' would otherwise hold the loop, and its fds, for
+    %% good.
+    process_flag(trap_exit, true),
     {ok, lists:foldl(fun serve/2, #state{dedicated = Kind =:= dedicated}, Loops)}.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
@@ -87,6 +93,15 @@ handle_info(_Info, State) ->
 -spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, _State) ->
     ok.
+
+%% Crash reports and `sys:get_status' show the loops' ids, not their
+%% LoopRefs: a report kept by a log handler would keep the loops (and the
+%% fds they watch) alive.
+-spec format_status(map()) -> map().
+format_status(Status = #{state := #state{loops = Loops, dedicated = Dedicated}}) ->
+    Status#{state := #{loops => maps:keys(Loops), dedicated => Dedicated}};
+format_status(Status) ->
+    Status.
 
 %% Internal
 

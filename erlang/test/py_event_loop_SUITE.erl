@@ -24,7 +24,8 @@
          no_leaked_fds/1, worker_dies/1, python_worker_dies/1,
          isolated_loop_worker_stops_on_close/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
-         dead_worker_leaks_no_fds/1, python_loop_refuses_low_level_timers/1]).
+         dead_worker_leaks_no_fds/1, owner_gone_leaks_no_fds/1,
+         python_loop_refuses_low_level_timers/1]).
 
 -define(APP, erlang_python).
 -define(LOCALHOST, {127, 0, 0, 1}).
@@ -42,7 +43,8 @@ all() ->
      no_leaked_fds, worker_dies, python_worker_dies,
      isolated_loop_worker_stops_on_close, get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
-     dead_worker_leaks_no_fds, python_loop_refuses_low_level_timers].
+     dead_worker_leaks_no_fds, owner_gone_leaks_no_fds,
+     python_loop_refuses_low_level_timers].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -682,6 +684,50 @@ dead_worker_leaks_no_fds(_Config) ->
                        end, fun(Count) -> Count =< Baseline end, 5000),
     ok = gen_udp:close(Tx),
     ?assert(Final =< Baseline, {leaked_fds, Final - Baseline}).
+
+%% A loop's owner ends without `event_loop_destroy', by a crash (its linked
+%% router dies with it) or normally (its router, whose parent it is, stops
+%% too): once the loop is unreferenced, its watched fds leave the poll set and
+%% their duplicates close, so the sockets' ports are free again.
+-spec owner_gone_leaks_no_fds(ct_suite:ct_config()) -> term().
+owner_gone_leaks_no_fds(_Config) ->
+    Baseline = fd_count(),
+    Self = self(),
+    Socks = [udp() || _ <- lists:seq(1, 6)],
+    Owners = [begin
+                  {Pid, Mon} = spawn_monitor(
+                                 fun() ->
+                                         {ok, Loop} = py_nif:event_loop_new(),
+                                         {ok, Router} = py_event_router:start_link(Loop),
+                                         {ok, _} = py_nif:add_reader(Loop, Fd, I),
+                                         %% The router has made the select once it answers.
+                                         [_] = gen_server:call(Router, loops),
+                                         Self ! {router, self(), Router},
+                                         case I rem 2 of
+                                             0 -> error(owner_crashed);
+                                             1 -> ok
+                                         end
+                                 end),
+                  Router = receive {router, Pid, R} -> R end,
+                  {Pid, Mon, Router}
+              end || {I, {_, Fd, _}} <- lists:enumerate(Socks)],
+    [receive {'DOWN', Mon, process, Pid, _} -> ok end || {Pid, Mon, _} <- Owners],
+    %% Every router ends with its owner, whatever the owner's reason.
+    [?assertEqual(false, wait_until(fun() -> is_process_alive(Router) end,
+                                    fun(Alive) -> not Alive end, 5000))
+     || {_, _, Router} <- Owners],
+    Ports = [begin {ok, Port} = inet:port(S), ok = gen_udp:close(S), Port end
+             || {S, _, _} <- Socks],
+    Final = wait_until(fun() ->
+                               [erlang:garbage_collect(P) || P <- processes()],
+                               fd_count()
+                       end, fun(Count) -> Count =< Baseline end, 5000),
+    ?assert(Final =< Baseline, {leaked_fds, Final - Baseline}),
+    %% The ports are free: no duplicate keeps the sockets bound.
+    [begin
+         {ok, Again} = gen_udp:open(Port, [{ip, ?LOCALHOST}]),
+         ok = gen_udp:close(Again)
+     end || Port <- Ports].
 
 %% A Python ErlangEventLoop(isolated=True) whose worker is killed raises a
 %% clear RuntimeError in Python instead of hanging.

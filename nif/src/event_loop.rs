@@ -82,6 +82,18 @@ impl NifHost {
     }
 }
 
+/// Queues `stops` for `py_event_loops` and has `notify` tell it (with
+/// whichever env the caller may send from).
+fn hand_to_placer(stops: Vec<SelectRequest>, notify: impl FnOnce(&LocalPid)) {
+    if stops.is_empty() {
+        return;
+    }
+    lock(&ORPHAN_STOPS).extend(stops);
+    if let Some(placer) = placer() {
+        notify(&placer);
+    }
+}
+
 /// Makes select stops with the env of whichever process or callback calls
 /// (`pid` is ignored by a stop, but the call wants one).
 fn apply_stops(env: Env<'_>, pid: LocalPid, stops: Vec<SelectRequest>) {
@@ -101,14 +113,10 @@ impl LoopHost for NifHost {
     fn deliver(&self, wake: Wake) {
         let Some(server) = *lock(&self.server) else {
             if wake.apply_selects || wake.closed {
-                let stops = self.take_orphan_stops();
-                if !stops.is_empty() {
-                    lock(&ORPHAN_STOPS).extend(stops);
-                    if let Some(placer) = placer() {
-                        let mut env = OwnedEnv::new();
-                        let _ = env.send_and_clear(&placer, |env| py_orphan_stops().encode(env));
-                    }
-                }
+                hand_to_placer(self.take_orphan_stops(), |placer| {
+                    let mut env = OwnedEnv::new();
+                    let _ = env.send_and_clear(placer, |env| py_orphan_stops().encode(env));
+                });
             }
             return;
         };
@@ -139,6 +147,18 @@ pub struct LoopResource {
 #[rustler::resource_impl]
 impl rustler::Resource for LoopResource {
     const IMPLEMENTS_DOWN: bool = true;
+    const IMPLEMENTS_DESTRUCTOR: bool = true;
+
+    /// The last reference is gone without `event_loop_destroy` (its owner
+    /// crashed, say): the loop closes here, or the BEAM would keep its
+    /// watched fds' duplicates in the poll set, open, for good. No serving
+    /// process is left to stop them: `py_event_loops` does (LESSONS 17).
+    fn destructor(self, env: Env<'_>) {
+        let _ = self.core.close();
+        hand_to_placer(self.core.take_stop_requests(), |placer| {
+            let _ = env.send(placer, py_orphan_stops());
+        });
+    }
 
     fn down<'a>(&'a self, env: Env<'a>, pid: LocalPid, _monitor: Monitor) {
         let mut server = lock(&self.host.server);
