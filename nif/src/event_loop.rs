@@ -174,7 +174,7 @@ impl rustler::Resource for LoopResource {
 }
 
 impl LoopResource {
-    fn new(python: bool) -> Result<LoopResource, String> {
+    fn new(python: bool) -> std::io::Result<LoopResource> {
         let loop_id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
         let host = Arc::new(NifHost {
             loop_id,
@@ -183,9 +183,9 @@ impl LoopResource {
         });
         let tick_ns = TICK_NS.load(Ordering::Relaxed);
         let core = if python {
-            LoopCore::with_own_poller(tick_ns, host.clone()).map_err(|e| e.to_string())?
+            LoopCore::with_own_poller(tick_ns, host.clone())?
         } else {
-            LoopCore::new(tick_ns, host.clone()).map_err(|e| e.to_string())?
+            LoopCore::new(tick_ns, host.clone()).map_err(std::io::Error::other)?
         };
         let core = Arc::new(core);
         let _ = host.core.set(Arc::downgrade(&core));
@@ -279,14 +279,15 @@ fn wait_error_atom(error: WaitError) -> Atom {
 /// The factory behind `_erlang_loop.new_loop`: a loop resource, placed on an
 /// Erlang worker by `py_event_loops` (shared for default loops, its own for
 /// isolated ones). Runs on a Python thread with the GIL released.
-pub fn python_loop_factory(isolated: bool) -> Result<NativeLoop, String> {
-    let placer = lock(&LOOP_PLACER).ok_or("erlang_python is not running")?;
+pub fn python_loop_factory(isolated: bool) -> std::io::Result<NativeLoop> {
+    let not_running = || std::io::Error::other("erlang_python is not running");
+    let placer = lock(&LOOP_PLACER).ok_or_else(not_running)?;
     let resource = ResourceArc::new(LoopResource::new(true)?);
     let mut env = OwnedEnv::new();
     env.send_and_clear(&placer, |env| {
         (py_loop_new(), resource.clone(), isolated).encode(env)
     })
-    .map_err(|_| "erlang_python is not running".to_owned())?;
+    .map_err(|_| not_running())?;
     if !resource.core.wait_served(SERVED_TIMEOUT) {
         resource.core.close();
         tracing::error!(
@@ -294,7 +295,9 @@ pub fn python_loop_factory(isolated: bool) -> Result<NativeLoop, String> {
             isolated,
             "no worker took the loop"
         );
-        return Err("no Erlang worker took the event loop".into());
+        return Err(std::io::Error::other(
+            "no Erlang worker took the event loop",
+        ));
     }
     tracing::debug!(
         loop_id = resource.host.loop_id,
@@ -325,7 +328,7 @@ fn set_loop_placer(placer: Term<'_>) -> Atom {
 fn event_loop_new(env: Env<'_>) -> Term<'_> {
     match LoopResource::new(false) {
         Ok(resource) => (atoms::ok(), ResourceArc::new(resource)).encode(env),
-        Err(reason) => error(env, reason),
+        Err(reason) => error(env, reason.to_string()),
     }
 }
 

@@ -68,6 +68,10 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     def __init__(self, isolated: bool = False) -> None:
         # The pipe of this loop's SIGCHLD subscription, while it has handlers.
         self._signal_fd: int | None = None
+        # Closed until BaseEventLoop.__init__ opens it: a loop whose native
+        # part could not be made (EMFILE, the application stopped) leaves
+        # nothing for BaseEventLoop.__del__ to report.
+        self._closed = True
         self._native = _erlang_loop.new_loop(isolated)
         self._loop_handle = self._native if isolated else None
         self._runner: _erlang_loop.LoopRunner | None = None
@@ -84,8 +88,9 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     # -- the self-pipe is the native wake-up --
 
     def _make_self_pipe(self) -> None:
-        # No pipe: wake-ups go through the native core. The one fd the loop
-        # keeps for itself is its epoll set's, which asyncio counts here.
+        # No pipe: wake-ups go through the native core. The fds the loop
+        # keeps for itself are its epoll set and the BEAM's duplicate of it,
+        # counted here as one, as asyncio counts its self-pipe.
         self._ssock = self._csock = None
         self._internal_fds += 1
 

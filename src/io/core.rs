@@ -126,10 +126,11 @@ impl LoopCore {
     /// waiting thread; the BEAM selects only that set's fd, while the thread
     /// sleeps (see [`super::poller`]). Python loops are made so.
     pub fn with_own_poller(tick_ns: u64, host: Arc<dyn LoopHost>) -> std::io::Result<LoopCore> {
+        let poller = FdPoller::new(|epoll| host.open_fd(epoll, POLLER_TOKEN))?;
         let core = LoopCore::new(tick_ns, host).map_err(std::io::Error::other)?;
         {
             let mut state = core.lock();
-            state.poller = Some(FdPoller::new()?);
+            state.poller = Some(poller);
             state.arm_slack_ns = BACKSTOP_SLACK_NS;
         }
         Ok(core)
@@ -246,12 +247,12 @@ impl LoopCore {
         if state.closed {
             return Err(std::io::Error::other(WaitError::Closed));
         }
-        let host = Arc::clone(&self.host);
         if let Some(poller) = &mut state.poller {
-            poller.add_interest(fd, kind, id, |epoll| host.open_fd(epoll, POLLER_TOKEN))?;
+            poller.add_interest(fd, kind, id)?;
             state.stats.fds = poller.len() as u64;
             return Ok(Wake::default());
         }
+        let host = Arc::clone(&self.host);
         let request = state
             .fds
             .add_interest(fd, kind, id, |token| host.open_fd(fd, token))?;
@@ -263,9 +264,9 @@ impl LoopCore {
     pub fn remove_interest(&self, fd: RawFd, kind: EventKind) -> (bool, Wake) {
         let mut state = self.lock();
         if let Some(poller) = &mut state.poller {
-            let (had, stop) = poller.remove_interest(fd, kind);
+            let had = poller.remove_interest(fd, kind);
             state.stats.fds = poller.len() as u64;
-            return (had, state.owe_selects(stop));
+            return (had, Wake::default());
         }
         let (had, stop) = state.fds.remove_interest(fd, kind);
         if had {

@@ -10,6 +10,12 @@
 //! socket's used to. One select handle for that fd (LESSONS 16), armed and
 //! stopped by the serving process only (LESSONS 18).
 //!
+//! That handle (the BEAM's duplicate of the epoll fd) is opened with the set,
+//! when the loop is made, and kept until the loop closes: watching an fd then
+//! takes no descriptor of the process, as with asyncio's selectors. A full fd
+//! table fails the loop's creation, never an `add_reader` (where asyncio's
+//! accept back-off would then lose an accepted connection).
+//!
 //! The set is level-triggered, as asyncio's selectors are: an fd stays ready
 //! until read, so an event the loop did not take is reported again.
 //!
@@ -66,7 +72,7 @@ impl Interest {
 pub struct FdPoller {
     epoll: OwnedFd,
     watched: HashMap<RawFd, Interest>,
-    /// The host's select handle on the epoll fd, opened with the first fd.
+    /// The host's select handle on the epoll fd, from `new` to `stop`.
     handle: Option<SelectHandle>,
     /// A one-shot select on the epoll fd is outstanding.
     armed: bool,
@@ -78,11 +84,14 @@ pub struct FdPoller {
 }
 
 impl FdPoller {
-    pub fn new() -> io::Result<FdPoller> {
+    /// A new, empty set; `open` makes the select handle of its epoll fd.
+    pub fn new(open: impl FnOnce(RawFd) -> io::Result<SelectHandle>) -> io::Result<FdPoller> {
+        let epoll = new_epoll()?;
+        let handle = open(epoll.as_raw_fd())?;
         Ok(FdPoller {
-            epoll: new_epoll()?,
+            epoll,
             watched: HashMap::new(),
-            handle: None,
+            handle: Some(handle),
             armed: false,
             buffer: Vec::with_capacity(EVENTS_PER_POLL),
             next_generation: 0,
@@ -99,14 +108,8 @@ impl FdPoller {
     }
 
     /// Watches `fd` for `kind`, reporting `id` (replacing the direction's
-    /// previous id). `open` makes the epoll fd's select handle the first time.
-    pub fn add_interest(
-        &mut self,
-        fd: RawFd,
-        kind: EventKind,
-        id: u64,
-        open: impl FnOnce(RawFd) -> io::Result<SelectHandle>,
-    ) -> io::Result<()> {
+    /// previous id).
+    pub fn add_interest(&mut self, fd: RawFd, kind: EventKind, id: u64) -> io::Result<()> {
         let old = self.watched.get(&fd).copied();
         let mut new = old.unwrap_or_default();
         match kind {
@@ -118,27 +121,16 @@ impl FdPoller {
         // a new file since (closed and reused without a remove), unknown to
         // the kernel's set.
         new.generation = self.register(fd, old, new.epoll_mask())?;
-        if self.handle.is_none() {
-            match open(self.epoll.as_raw_fd()) {
-                Ok(handle) => self.handle = Some(handle),
-                Err(error) => {
-                    if old.is_none() {
-                        self.deregister(fd);
-                    }
-                    return Err(error);
-                }
-            }
-        }
         self.watched.insert(fd, new);
         Ok(())
     }
 
-    /// Stops watching `fd` for `kind`; returns whether it was watched, and
-    /// the stop of the epoll fd's select when no fd is left (a loop without
-    /// fds keeps nothing in the BEAM's poll set).
-    pub fn remove_interest(&mut self, fd: RawFd, kind: EventKind) -> (bool, Option<SelectRequest>) {
+    /// Stops watching `fd` for `kind`; returns whether it was watched. The
+    /// select handle stays when the last fd goes (see the module's comment):
+    /// a set without fds is never ready, so its select never fires.
+    pub fn remove_interest(&mut self, fd: RawFd, kind: EventKind) -> bool {
         let Some(interest) = self.watched.get_mut(&fd) else {
-            return (false, None);
+            return false;
         };
         let had = match kind {
             EventKind::Read => interest.read.take().is_some(),
@@ -149,9 +141,6 @@ impl FdPoller {
         if interest.is_empty() {
             self.watched.remove(&fd);
             self.deregister(fd);
-            if self.watched.is_empty() {
-                return (had, self.stop());
-            }
         } else if had {
             // A failure is an fd closed meanwhile, which left the set by
             // itself or is a leftover a poll will meet: nothing to do now.
@@ -162,7 +151,7 @@ impl FdPoller {
                 interest.generation,
             );
         }
-        (had, None)
+        had
     }
 
     /// `EPOLL_CTL_MOD` of a known registration, or `ADD` with a new
@@ -331,7 +320,7 @@ impl FdPoller {
         self.arm_before_sleep()
     }
 
-    /// The stop of the epoll fd's select (loop close, or no fd left).
+    /// The stop of the epoll fd's select, at the loop's close.
     pub fn stop(&mut self) -> Option<SelectRequest> {
         self.watched.clear();
         self.armed = false;
@@ -378,7 +367,7 @@ mod tests {
     use std::sync::Arc;
 
     fn poller() -> FdPoller {
-        FdPoller::new().unwrap()
+        FdPoller::new(open).unwrap()
     }
 
     fn open(_epoll: RawFd) -> io::Result<SelectHandle> {
@@ -398,14 +387,14 @@ mod tests {
         let mut poller = poller();
         let (a, mut b) = UnixStream::pair().unwrap();
         let fd = a.as_raw_fd();
-        poller.add_interest(fd, EventKind::Read, 7, open).unwrap();
+        poller.add_interest(fd, EventKind::Read, 7).unwrap();
         assert_eq!(polled(&mut poller), []);
         b.write_all(b"x").unwrap();
         assert_eq!(polled(&mut poller), [(EventKind::Read, 7, fd as u64)]);
         // Not read yet: reported again.
         assert_eq!(polled(&mut poller), [(EventKind::Read, 7, fd as u64)]);
         // A new id for the direction replaces the old one.
-        poller.add_interest(fd, EventKind::Read, 8, open).unwrap();
+        poller.add_interest(fd, EventKind::Read, 8).unwrap();
         assert_eq!(polled(&mut poller), [(EventKind::Read, 8, fd as u64)]);
         (&a).read_exact(&mut [0u8; 1]).unwrap();
         assert_eq!(polled(&mut poller), []);
@@ -416,16 +405,16 @@ mod tests {
         let mut poller = poller();
         let (a, b) = UnixStream::pair().unwrap();
         let fd = a.as_raw_fd();
-        poller.add_interest(fd, EventKind::Write, 2, open).unwrap();
+        poller.add_interest(fd, EventKind::Write, 2).unwrap();
         assert_eq!(polled(&mut poller), [(EventKind::Write, 2, fd as u64)]);
-        poller.add_interest(fd, EventKind::Read, 1, open).unwrap();
+        poller.add_interest(fd, EventKind::Read, 1).unwrap();
         assert_eq!(polled(&mut poller), [(EventKind::Write, 2, fd as u64)]);
         // Writing no longer watched: the kernel's set stops reporting it too
         // (else the BEAM would wake the loop for it).
-        assert!(poller.remove_interest(fd, EventKind::Write).0);
+        assert!(poller.remove_interest(fd, EventKind::Write));
         assert_eq!(polled(&mut poller), []);
         assert!(!epoll_readable(&poller));
-        poller.add_interest(fd, EventKind::Write, 2, open).unwrap();
+        poller.add_interest(fd, EventKind::Write, 2).unwrap();
         drop(b);
         assert_eq!(
             polled(&mut poller),
@@ -438,35 +427,48 @@ mod tests {
     }
 
     #[test]
-    fn removed_interest_is_silent_and_the_last_fd_stops_the_select() {
-        let mut poller = poller();
+    fn removed_interest_is_silent_and_the_select_handle_stays_until_stop() {
+        let mut opened = 0;
+        let mut poller = FdPoller::new(|epoll| {
+            opened += 1;
+            open(epoll)
+        })
+        .unwrap();
         let (a, mut peer_a) = UnixStream::pair().unwrap();
         let (c, _peer_c) = UnixStream::pair().unwrap();
         poller
-            .add_interest(a.as_raw_fd(), EventKind::Read, 1, open)
+            .add_interest(a.as_raw_fd(), EventKind::Read, 1)
             .unwrap();
         poller
-            .add_interest(c.as_raw_fd(), EventKind::Read, 2, open)
+            .add_interest(c.as_raw_fd(), EventKind::Read, 2)
             .unwrap();
         peer_a.write_all(b"x").unwrap();
-        assert!(!poller.remove_interest(a.as_raw_fd(), EventKind::Write).0);
-        let (had, stop) = poller.remove_interest(a.as_raw_fd(), EventKind::Read);
-        assert!(had && stop.is_none());
+        assert!(!poller.remove_interest(a.as_raw_fd(), EventKind::Write));
+        assert!(poller.remove_interest(a.as_raw_fd(), EventKind::Read));
         assert_eq!(polled(&mut poller), []);
-        let (had, stop) = poller.remove_interest(c.as_raw_fd(), EventKind::Read);
-        assert!(had);
-        assert_eq!(stop.map(|request| request.op), Some(SelectOp::Stop));
+        assert!(poller.remove_interest(c.as_raw_fd(), EventKind::Read));
         assert!(poller.is_empty());
-        assert!(!poller.remove_interest(c.as_raw_fd(), EventKind::Read).0);
-        // Watching again opens a new select handle.
-        let mut opened = 0;
+        assert!(!poller.remove_interest(c.as_raw_fd(), EventKind::Read));
+        // Watching again needs no new handle (no new fd of the process).
         poller
-            .add_interest(c.as_raw_fd(), EventKind::Read, 3, |epoll| {
-                opened += 1;
-                open(epoll)
-            })
+            .add_interest(c.as_raw_fd(), EventKind::Read, 3)
             .unwrap();
+        assert!(poller.arm_before_sleep().is_some());
         assert_eq!(opened, 1);
+        // The loop's close stops the one handle, once.
+        assert_eq!(
+            poller.stop().map(|request| request.op),
+            Some(SelectOp::Stop)
+        );
+        assert!(poller.stop().is_none());
+    }
+
+    #[test]
+    fn a_set_whose_handle_cannot_be_opened_is_not_made() {
+        let error = FdPoller::new(|_| Err(io::Error::from_raw_os_error(libc::EMFILE)))
+            .err()
+            .unwrap();
+        assert_eq!(error.raw_os_error(), Some(libc::EMFILE));
     }
 
     #[test]
@@ -474,7 +476,7 @@ mod tests {
         let mut poller = poller();
         let (a, _peer_a) = UnixStream::pair().unwrap();
         let fd = a.as_raw_fd();
-        poller.add_interest(fd, EventKind::Read, 1, open).unwrap();
+        poller.add_interest(fd, EventKind::Read, 1).unwrap();
         // The number is made to name another socket at once (dup2 closes the
         // old one, which leaves the epoll set), as a closed-and-reused fd.
         let (b, mut peer_b) = UnixStream::pair().unwrap();
@@ -484,7 +486,7 @@ mod tests {
         let reused = unsafe { OwnedFd::from_raw_fd(a.into_raw_fd_for_test()) };
         peer_b.write_all(b"x").unwrap();
         assert_eq!(polled(&mut poller), []);
-        poller.add_interest(fd, EventKind::Read, 2, open).unwrap();
+        poller.add_interest(fd, EventKind::Read, 2).unwrap();
         assert_eq!(polled(&mut poller), [(EventKind::Read, 2, fd as u64)]);
         drop(reused);
     }
@@ -504,11 +506,11 @@ mod tests {
         let mut poller = poller();
         let (other, mut peer_other) = UnixStream::pair().unwrap();
         poller
-            .add_interest(other.as_raw_fd(), EventKind::Read, 9, open)
+            .add_interest(other.as_raw_fd(), EventKind::Read, 9)
             .unwrap();
         let (a, mut peer_a) = UnixStream::pair().unwrap();
         let fd = a.as_raw_fd();
-        poller.add_interest(fd, EventKind::Read, 1, open).unwrap();
+        poller.add_interest(fd, EventKind::Read, 1).unwrap();
         let alive = a.try_clone().unwrap();
         drop(a); // closed while watched, its file alive through `alive`
         poller.remove_interest(fd, EventKind::Read);
@@ -544,13 +546,13 @@ mod tests {
         let mut poller = poller();
         let (a, mut peer_a) = UnixStream::pair().unwrap();
         let fd = a.as_raw_fd();
-        poller.add_interest(fd, EventKind::Read, 1, open).unwrap();
+        poller.add_interest(fd, EventKind::Read, 1).unwrap();
         let alive = a.try_clone().unwrap();
         let (c, mut peer_c) = UnixStream::pair().unwrap();
         // SAFETY: both fds are open and ours; `a` is forgotten below.
         assert_eq!(unsafe { libc::dup2(c.as_raw_fd(), fd) }, fd);
         let reused = unsafe { OwnedFd::from_raw_fd(a.into_raw_fd_for_test()) };
-        poller.add_interest(fd, EventKind::Read, 2, open).unwrap();
+        poller.add_interest(fd, EventKind::Read, 2).unwrap();
         peer_a.write_all(b"x").unwrap(); // only the old file is readable
         assert_eq!(polled(&mut poller), []);
         assert!(poller.take_leftover_seen());
@@ -575,20 +577,14 @@ mod tests {
     #[test]
     fn a_bad_or_unpollable_fd_is_an_error_and_watches_nothing() {
         let mut poller = poller();
-        let mut opened = false;
-        let error = poller
-            .add_interest(-1, EventKind::Read, 1, |epoll| {
-                opened = true;
-                open(epoll)
-            })
-            .unwrap_err();
+        let error = poller.add_interest(-1, EventKind::Read, 1).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(libc::EBADF));
         let file = std::fs::File::open("/proc/self/status").unwrap();
         let error = poller
-            .add_interest(file.as_raw_fd(), EventKind::Read, 1, open)
+            .add_interest(file.as_raw_fd(), EventKind::Read, 1)
             .unwrap_err();
         assert_eq!(error.raw_os_error(), Some(libc::EPERM));
-        assert!(poller.is_empty() && !opened);
+        assert!(poller.is_empty());
         assert!(poller.arm_before_sleep().is_none());
     }
 
@@ -598,7 +594,7 @@ mod tests {
         assert!(poller.arm_before_sleep().is_none(), "nothing to watch");
         let (a, _b) = UnixStream::pair().unwrap();
         poller
-            .add_interest(a.as_raw_fd(), EventKind::Read, 1, open)
+            .add_interest(a.as_raw_fd(), EventKind::Read, 1)
             .unwrap();
         let arm = poller.arm_before_sleep().unwrap();
         assert_eq!(

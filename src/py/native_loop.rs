@@ -13,7 +13,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
-use super::os_error::os_error_err;
+use super::os_error::{io_error_err, os_error_err};
 use crate::io::{Event, EventKind, LoopCore, WaitError, Wake};
 use crate::wheel::NEVER;
 
@@ -30,7 +30,7 @@ const MAX_EVENTS_PER_WAIT: usize = usize::MAX;
 pub type FdEvents = Vec<(RawFd, u8)>;
 
 /// Creates a loop with its Erlang side (set by the NIF at load).
-pub type LoopFactory = fn(isolated: bool) -> Result<NativeLoop, String>;
+pub type LoopFactory = fn(isolated: bool) -> std::io::Result<NativeLoop>;
 
 static FACTORY: OnceLock<LoopFactory> = OnceLock::new();
 
@@ -212,12 +212,10 @@ impl NativeLoop {
             (EVENT_WRITE, EventKind::Write),
         ] {
             if events & bit != 0 {
-                let wake = self.core.add_interest(fd, kind, fd as u64).map_err(|e| {
-                    match e.raw_os_error() {
-                        Some(_) => Python::attach(|py| os_error_err(py, &e)),
-                        None => PyRuntimeError::new_err(e.to_string()),
-                    }
-                })?;
+                let wake = self
+                    .core
+                    .add_interest(fd, kind, fd as u64)
+                    .map_err(|e| Python::attach(|py| io_error_err(py, &e)))?;
                 self.deliver(wake);
             } else {
                 let (_, wake) = self.core.remove_interest(fd, kind);
@@ -316,7 +314,7 @@ fn new_loop(py: Python<'_>, isolated: bool) -> PyResult<NativeLoop> {
         .get()
         .ok_or_else(|| PyRuntimeError::new_err("erlang_python is not running"))?;
     py.detach(|| factory(isolated))
-        .map_err(PyRuntimeError::new_err)
+        .map_err(|e| io_error_err(py, &e))
 }
 
 /// Creates `_erlang_loop` and puts it in `sys.modules`. Idempotent.
