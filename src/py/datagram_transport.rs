@@ -26,11 +26,12 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
+use super::handling::Handling;
 use super::method::{call_method, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::os_error;
 use super::transport_io::{
-    call_stock, fatal_error, no_event, plain_socket_fd, socket_family, Handling, RECV_BUFFER,
+    call_stock, fatal_error, no_event, plain_socket_fd, socket_family, RECV_BUFFER,
 };
 
 /// Datagrams read per readiness event at most.

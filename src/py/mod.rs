@@ -4,6 +4,7 @@
 pub mod context_snapshot;
 pub mod datagram_transport;
 pub mod handles;
+pub(crate) mod handling;
 pub mod held;
 pub mod interpreter;
 pub mod method;

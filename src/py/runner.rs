@@ -27,6 +27,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::context_snapshot;
 use super::handles::{HandleKinds, Ran};
+use super::handling::Handling;
 use super::held::{Held, Item};
 use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
 use super::once::cached_attr;
@@ -828,7 +829,10 @@ impl LoopRunner {
                     kinds().track(&handle);
                 }
                 let loop_ = Self::loop_object(slf)?;
-                let exception = error.into_value(py);
+                let exception = error.into_value(py).into_bound(py);
+                // Reported from inside the `except`, as Handle._run does: the
+                // handler sees it in `sys.exc_info()` (`logging.exception`).
+                let _handling = Handling::start(&exception);
                 loop_.call_method1(intern!(py, "_report_callback_error"), (&handle, exception))?;
                 continue;
             }

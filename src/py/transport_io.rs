@@ -5,12 +5,12 @@ use std::cell::RefCell;
 
 use pyo3::call::PyCallArgs;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
-use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
+use super::handling::Handling;
 use super::once::cached_attr;
 use super::once::get_or_make;
 
@@ -72,45 +72,6 @@ pub(super) fn fatal_error(
     transport
         .call_method1(intern!(py, "_fatal_error"), (exc, message))
         .map(drop)
-}
-
-/// Makes an exception the one being handled (`sys.exc_info()`) until
-/// dropped, then restores the previous one.
-pub(super) struct Handling {
-    #[cfg(Py_3_11)]
-    previous: *mut ffi::PyObject,
-}
-
-impl Handling {
-    pub(super) fn start(exc: &Bound<'_, PyAny>) -> Handling {
-        #[cfg(Py_3_11)]
-        {
-            // SAFETY: the thread is attached (we hold `exc`); Get returns a
-            // new reference (or null), Set takes none of ours.
-            unsafe {
-                let previous = ffi::PyErr_GetHandledException();
-                ffi::PyErr_SetHandledException(exc.as_ptr());
-                Handling { previous }
-            }
-        }
-        #[cfg(not(Py_3_11))]
-        {
-            let _ = exc;
-            Handling {}
-        }
-    }
-}
-
-impl Drop for Handling {
-    fn drop(&mut self) {
-        #[cfg(Py_3_11)]
-        // SAFETY: still attached (dropped in `fatal_error`); `previous` is
-        // our reference, released after Set took its own.
-        unsafe {
-            ffi::PyErr_SetHandledException(self.previous);
-            ffi::Py_XDECREF(self.previous);
-        }
-    }
 }
 
 /// Would-block and interrupted calls: no event, as asyncio treats them.

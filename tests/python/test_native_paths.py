@@ -14,6 +14,7 @@ import gc
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -132,7 +133,15 @@ def test_exceptions_go_to_the_exception_handler_and_the_loop_goes_on(
     loop: ErlangEventLoop,
 ) -> None:
     reported: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    handled: list[BaseException | None] = []
+
+    def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        reported.append(context)
+        # As Handle._run calls it: inside its `except`, so that
+        # `logging.exception` in a handler logs the traceback.
+        handled.append(sys.exc_info()[1])
+
+    loop.set_exception_handler(handler)
     ran: list[int] = []
 
     def fail(n: int) -> None:
@@ -148,6 +157,9 @@ def test_exceptions_go_to_the_exception_handler_and_the_loop_goes_on(
     assert reported[0]["message"].startswith("Exception in callback ")
     assert "fail" in reported[0]["message"]
     assert ("source_traceback" in reported[0]) == loop.get_debug()
+    assert handled == [c["exception"] for c in reported]
+    # Nothing is left as handled once the loop returned.
+    assert sys.exc_info() == (None, None, None)
 
 
 def test_a_busy_context_is_reported_not_raised(loop: ErlangEventLoop) -> None:
