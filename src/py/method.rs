@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 /// One entry of a method table, made once and never freed (the
 /// descriptors made from it point at it).
@@ -35,13 +35,25 @@ impl MethodDef {
         MethodDef::new(name, doc, function, ffi::METH_NOARGS)
     }
 
-    /// A method taking exactly one argument.
-    pub const fn one_arg(
+    /// A method taking one argument, by position or as its keyword (the
+    /// body reads it with [`call_method_one_arg`]): asyncio's
+    /// `write(self, data)` is called both ways.
+    pub const fn one_arg_or_keyword(
         name: &'static CStr,
         doc: &'static CStr,
-        function: ffi::PyCFunction,
+        function: ffi::PyCFunctionFastWithKeywords,
     ) -> MethodDef {
-        MethodDef::new(name, doc, function, ffi::METH_O)
+        MethodDef {
+            def: ffi::PyMethodDef {
+                ml_name: name.as_ptr(),
+                ml_meth: ffi::PyMethodDefPointer {
+                    PyCFunctionFastWithKeywords: function,
+                },
+                ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+                ml_doc: doc.as_ptr(),
+            },
+            name,
+        }
     }
 
     const fn new(
@@ -130,5 +142,63 @@ pub unsafe fn call_method(
             err.restore(py);
             std::ptr::null_mut()
         }
+    }
+}
+
+/// [`call_method`] for a [`MethodDef::one_arg_or_keyword`] method: its one
+/// argument taken by position or as `keyword`, else a TypeError worded as
+/// CPython words it.
+///
+/// # Safety
+/// Called by CPython for such a method of ours: attached, `slf` live,
+/// `args`/`nargs`/`kwnames` as the FASTCALL|KEYWORDS convention passes them.
+pub unsafe fn call_method_one_arg(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    method: &str,
+    keyword: &str,
+    body: impl FnOnce(&Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<Py<PyAny>>,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the contract, CPython calls methods attached.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: `kwnames` is null or a live tuple of the keywords' names.
+    let names = unsafe { Bound::from_borrowed_ptr_or_opt(py, kwnames) };
+    let named = names
+        .as_ref()
+        .and_then(|names| names.cast::<PyTuple>().ok())
+        .map(|names| {
+            names
+                .iter()
+                .map(|name| name.to_string())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let arg = match (nargs, named.as_slice()) {
+        (1, []) => Ok(()),
+        (0, [name]) if name == keyword => Ok(()),
+        (0, [name]) => Err(PyTypeError::new_err(format!(
+            "{method}() got an unexpected keyword argument '{name}'"
+        ))),
+        _ => Err(PyTypeError::new_err(format!(
+            "{method}() takes exactly one argument ({keyword}) ({} given)",
+            nargs as usize + named.len()
+        ))),
+    };
+    if let Err(err) = arg {
+        err.restore(py);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: exactly one argument, positional or keyword: `args[0]`.
+    let arg = unsafe { *args };
+    // SAFETY: as this function's contract; `arg` is live for the call.
+    unsafe {
+        call_method(slf, arg, |slf, arg| match arg {
+            Some(arg) => body(slf, arg),
+            None => Err(PyRuntimeError::new_err(format!(
+                "{method}() without {keyword}"
+            ))),
+        })
     }
 }

@@ -35,14 +35,13 @@
 //! read `sys.exc_info()`).
 
 use pyo3::call::PyCallArgs;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
-use super::method::{call_method, methods_for, MethodDef};
+use super::method::{call_method, call_method_one_arg, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::os_error;
 use super::transport_io::{
@@ -61,7 +60,7 @@ static DATA_RECEIVED: MethodDef = MethodDef::noargs(
     data_received_method,
 );
 
-static WRITE: MethodDef = MethodDef::one_arg(
+static WRITE: MethodDef = MethodDef::one_arg_or_keyword(
     c"write",
     c"Write data to the transport: sent now when possible, else buffered (native fast path of asyncio's write).",
     write_method,
@@ -117,14 +116,21 @@ unsafe extern "C" fn data_received_method(
 
 unsafe extern "C" fn write_method(
     slf: *mut ffi::PyObject,
-    data: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls this METH_O method of ours: `data` is live.
+    // SAFETY: CPython calls this FASTCALL|KEYWORDS method of ours.
     unsafe {
-        call_method(slf, data, |transport, data| match data {
-            Some(data) => write(transport, data).map(|()| transport.py().None()),
-            None => Err(PyRuntimeError::new_err("write() without data")),
-        })
+        call_method_one_arg(
+            slf,
+            args,
+            nargs,
+            kwnames,
+            "write",
+            "data",
+            |transport, data| write(transport, data).map(|()| transport.py().None()),
+        )
     }
 }
 

@@ -832,10 +832,22 @@ def test_write_checks_as_asyncio_does(loop: ErlangEventLoop) -> None:
             transport.write(12)
         transport.write(b"")
         assert transport.get_write_buffer_size() == 0
+        # `data` by keyword too, as asyncio's `write(self, data)` takes it;
+        # other shapes are refused as a Python method would refuse them.
+        transport.write(data=b"by keyword")
+        for args, kwargs in [
+            ((), {}),
+            ((b"a", b"b"), {}),
+            ((), {"buf": b"x"}),
+            ((b"a",), {"data": b"b"}),
+        ]:
+            with pytest.raises(TypeError):
+                transport.write(*args, **kwargs)
         transport.write_eof()
         with pytest.raises(RuntimeError, match="write_eof"):
             transport.write(b"late")
         await client.lost
+        assert client.data == b"by keyword"
         server.close()
         await server.wait_closed()
 
