@@ -461,6 +461,11 @@ impl HandleKinds {
     }
 
     /// Is `handle` exactly one of the classes whose `_run` is asyncio's?
+    /// `asyncio.events.Handle`.
+    pub fn handle_class<'py>(&self, py: Python<'py>) -> &Bound<'py, PyType> {
+        self.handle.bind(py)
+    }
+
     fn is_stock(&self, handle: &Bound<'_, PyAny>) -> bool {
         // SAFETY: reading the type pointer of a live object.
         let ty = unsafe { ffi::Py_TYPE(handle.as_ptr()) } as *mut ffi::PyObject;

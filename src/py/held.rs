@@ -59,11 +59,13 @@ impl Held {
     }
 }
 
-/// What a timer of the wheel stands for.
+/// What a timer of the wheel stands for, and an entry of the ready queue.
 pub(crate) enum Item {
     /// A timer handle: made ready when it fires.
     Handle(Held),
-    /// An `erlang_asyncio.sleep` future: resolved when it fires.
+    /// An `erlang_asyncio.sleep` future: made ready when it fires, and
+    /// resolved when its turn in the ready queue comes (as asyncio's
+    /// `sleep` resolves its future from a ready handle).
     Future(Py<PyAny>),
 }
 
@@ -77,6 +79,21 @@ impl Item {
     pub(crate) fn release(self, py: Python<'_>) {
         if let Item::Handle(held) = self {
             held.release(py);
+        }
+    }
+
+    /// Back under the GC (the loop stopped running): see [`Held::track`].
+    pub(crate) fn track(&self, py: Python<'_>) {
+        if let Item::Handle(held) = self {
+            held.track(py);
+        }
+    }
+
+    /// What the runner's `__traverse__` reports for this item.
+    pub(crate) fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Item::Handle(held) => held.visit(visit),
+            Item::Future(future) => visit.call(future),
         }
     }
 

@@ -60,7 +60,7 @@ pub struct LoopRunner {
     loop_: Option<Py<PyAny>>,
     /// The loop selector's `_fd_to_key`: fd -> SelectorKey.
     fd_to_key: Py<PyDict>,
-    ready: VecDeque<Held>,
+    ready: VecDeque<Item>,
     closed: bool,
     /// Inside `run_forever`: the handles made meanwhile leave the GC.
     running: bool,
@@ -261,10 +261,10 @@ impl LoopRunner {
         if ours {
             kinds().untrack(handle);
         }
-        this.ready.push_back(Held {
+        this.ready.push_back(Item::Handle(Held {
             handle: handle.clone().unbind(),
             ours,
-        });
+        }));
         Ok(())
     }
 
@@ -417,7 +417,7 @@ impl LoopRunner {
                         handle: handle.unbind(),
                         ours: false,
                     };
-                    slf.borrow_mut().ready.push_back(held);
+                    slf.borrow_mut().ready.push_back(Item::Handle(held));
                 }
             }
         }
@@ -450,9 +450,6 @@ impl LoopRunner {
             a.0.cmp(&b.0)
                 .then_with(|| float_when(&a.1).total_cmp(&float_when(&b.1)))
         });
-        // Every fired timer is handled even if one future fails: the wheel
-        // has let go of them all. The first error is raised at the end.
-        let mut first_error = None;
         for (_, item) in due {
             match item {
                 // Cancelled after it fired, before the loop took it: it
@@ -463,16 +460,16 @@ impl LoopRunner {
                 }
                 Item::Handle(held) => {
                     kinds().mark_fired(held.handle.bind(py));
-                    slf.borrow_mut().ready.push_back(held);
+                    slf.borrow_mut().ready.push_back(Item::Handle(held));
                 }
-                Item::Future(future) => {
-                    if let Err(error) = resolve_sleep(future.bind(py)) {
-                        first_error.get_or_insert(error);
-                    }
-                }
+                // Resolved in its turn, not now: its task then wakes in the
+                // next iteration, after what the callbacks before it in this
+                // one scheduled, as with asyncio's sleep (`wait_for` of a
+                // sleep as long as its timeout times out).
+                Item::Future(future) => slf.borrow_mut().ready.push_back(Item::Future(future)),
             }
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// Takes `key` out of the wheel if `ours` accepts its id; False if it
@@ -494,6 +491,17 @@ impl LoopRunner {
             .map(|id| unsafe { Item::from_id(py, id) })
             .collect()
     }
+}
+
+/// `asyncio.futures._set_result_unless_cancelled`.
+fn set_result_unless_cancelled(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    cached_attr(
+        py,
+        &FUNCTION,
+        "asyncio.futures",
+        "_set_result_unless_cancelled",
+    )
 }
 
 /// Resolves a fired `erlang_asyncio.sleep` future. One cancelled since (its
@@ -533,7 +541,7 @@ impl Drop for LoopRunner {
     fn drop(&mut self) {
         let ready = std::mem::take(&mut self.ready);
         Python::attach(|py| {
-            ready.into_iter().for_each(|held| held.release(py));
+            ready.into_iter().for_each(|item| item.release(py));
             for item in self.take_all_timers(py) {
                 item.release(py);
             }
@@ -586,31 +594,47 @@ impl LoopRunner {
     // -- the ready queue, as asyncio's `_ready` deque --
 
     fn append(&mut self, handle: Py<PyAny>) {
-        self.ready.push_back(Held {
+        self.ready.push_back(Item::Handle(Held {
             handle,
             ours: false,
-        });
+        }));
     }
 
     fn popleft(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        let held = slf
+        let py = slf.py();
+        let item = slf
             .borrow_mut()
             .ready
             .pop_front()
             .ok_or_else(|| PyIndexError::new_err("pop from an empty deque"))?;
-        // Python code gets it: under the GC from now on.
-        if held.ours {
-            kinds().track(held.handle.bind(slf.py()));
+        match item {
+            Item::Handle(held) => {
+                // Python code gets it: under the GC from now on.
+                if held.ours {
+                    kinds().track(held.handle.bind(py));
+                }
+                Ok(held.handle)
+            }
+            // Python's own dispatch (debug mode) runs what asyncio's sleep
+            // would have made ready.
+            Item::Future(future) => {
+                let loop_ = Self::loop_object(slf)?;
+                let resolve = set_result_unless_cancelled(py)?;
+                let handle =
+                    kinds()
+                        .handle_class(py)
+                        .call1((resolve, (future, py.None()), loop_))?;
+                Ok(handle.unbind())
+            }
         }
-        Ok(held.handle)
     }
 
     fn clear(slf: &Bound<'_, Self>) {
         // Released outside the borrow: a handle's last reference may run
         // Python finalizers that schedule callbacks.
         let dropped = std::mem::take(&mut slf.borrow_mut().ready);
-        for held in dropped {
-            held.release(slf.py());
+        for item in dropped {
+            item.release(slf.py());
         }
     }
 
@@ -813,8 +837,15 @@ impl LoopRunner {
         let todo = slf.borrow().ready.len();
         let stock_run = kinds().stock_run_intact(py);
         for _ in 0..todo {
-            let Some(held) = slf.borrow_mut().ready.pop_front() else {
+            let Some(item) = slf.borrow_mut().ready.pop_front() else {
                 break;
+            };
+            let held = match item {
+                Item::Handle(held) => held,
+                Item::Future(future) => {
+                    resolve_sleep(future.bind(py))?;
+                    continue;
+                }
             };
             let ours = held.ours;
             let handle = held.handle.into_bound(py);
@@ -886,8 +917,8 @@ impl LoopRunner {
         this.running = running;
         if !running {
             // Tracking allocates nothing and runs no Python.
-            for held in &this.ready {
-                held.track(py);
+            for item in &this.ready {
+                item.track(py);
             }
             // SAFETY: live ids; the loop's lock is held meanwhile.
             this.native
@@ -927,8 +958,8 @@ impl LoopRunner {
             }
             item.release(py);
         }
-        for held in ready {
-            held.release(py);
+        for item in ready {
+            item.release(py);
         }
     }
 
@@ -965,8 +996,8 @@ impl LoopRunner {
         if let Some(kwargs) = &self.future_kwargs {
             visit.call(kwargs)?;
         }
-        for held in &self.ready {
-            held.visit(&visit)?;
+        for item in &self.ready {
+            item.visit(&visit)?;
         }
         // While the loop runs, its timers are not walked: most are handles
         // it made, out of the GC anyway, and the walk holds the loop's lock,
@@ -997,7 +1028,7 @@ impl LoopRunner {
         self.future_kwargs = None;
         let ready = std::mem::take(&mut self.ready);
         Python::attach(|py| {
-            ready.into_iter().for_each(|held| held.release(py));
+            ready.into_iter().for_each(|item| item.release(py));
             for item in self.take_all_timers(py) {
                 item.release(py);
             }

@@ -757,3 +757,74 @@ def test_a_sleep_cancelled_on_another_loop_raises_cancelled() -> None:
         assert loop.run_until_complete(asyncio.wait_for(main(), DEADLINE))
     finally:
         loop.close()
+
+
+# ------------------------------------------- the iteration a sleeper wakes in
+
+
+def _wake_order(sleep: Callable[..., Any]) -> list[str]:
+    """What happens, in order, when a sleep and a later timer fall due in the
+    same iteration (the loop thread blocked past both)."""
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        log: list[str] = []
+
+        async def sleeper() -> None:
+            await sleep(0.05)
+            log.append("sleeper woke")
+
+        task = loop.create_task(sleeper())
+        await asyncio.sleep(0)  # the sleeper's timer is in the wheel now
+
+        def timer() -> None:
+            log.append("timer")
+            loop.call_soon(log.append, "timer's call_soon")
+
+        loop.call_later(0.05, timer)
+        loop.call_soon(time.sleep, 0.2)  # both are due when the loop looks
+        await task
+        await asyncio.sleep(0.01)
+        return log
+
+    return run(main)
+
+
+def test_a_sleeper_wakes_in_the_iteration_asyncio_sleep_would() -> None:
+    """The sleep's future is resolved in its turn among the iteration's ready
+    callbacks, as asyncio.sleep's `_set_result_unless_cancelled` handle is:
+    its task then runs in the next iteration, after what the callbacks
+    before it scheduled (not before the earlier timers even ran)."""
+    expected = ["timer", "sleeper woke", "timer's call_soon"]
+    assert _wake_order(asyncio.sleep) == expected
+    assert _wake_order(erlang_asyncio.sleep) == expected
+
+
+@pytest.mark.parametrize("sleep", [asyncio.sleep, erlang_asyncio.sleep])
+def test_wait_for_a_sleep_as_long_as_its_timeout_times_out(sleep: Callable[..., Any]) -> None:
+    """The timeout's timer is scheduled first, so it is earlier: the waiter
+    times out before the sleep's task ends, with either sleep."""
+
+    async def main() -> str:
+        try:
+            return await asyncio.wait_for(sleep(0.05, "done"), 0.05)
+        except TimeoutError:
+            return "timed out"
+
+    assert run(main) == "timed out"
+
+
+def test_a_sleep_made_natively_wakes_after_the_loop_turns_to_debug_mode() -> None:
+    """In debug mode asyncio's own dispatch pops the ready queue: a sleep
+    made on the native path before the switch comes out as the handle
+    asyncio's sleep would have made, and ends as it would."""
+
+    async def main() -> tuple[str, bool]:
+        loop = asyncio.get_running_loop()
+        sleeping = loop.create_task(erlang_asyncio.sleep(0.05, "woke"))
+        await asyncio.sleep(0)
+        assert loop.stats()["live_timers"] >= 1
+        loop.set_debug(True)
+        return await sleeping, loop.get_debug()
+
+    assert run(main) == ("woke", True)
