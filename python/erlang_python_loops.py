@@ -35,7 +35,7 @@ import inspect
 import math
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from _erlang import Pid, Ref, send
@@ -54,6 +54,23 @@ _current = threading.local()
 def _error_info(error: BaseException) -> tuple[str, str, str]:
     """``(ExceptionName, Message, Traceback)``, as py:call reports errors."""
     return (type(error).__name__, str(error), "".join(traceback.format_exception(error)))
+
+
+class _CallExited(Exception):
+    """A submitted call's ``SystemExit`` or ``KeyboardInterrupt``, carried as
+    its task's exception: asyncio's Task re-raises those two out of
+    ``run_forever``, which would end the loop every caller shares."""
+
+    def __init__(self, exit: BaseException) -> None:
+        super().__init__(exit)
+        self.exit = exit
+
+
+async def _contained(awaitable: Awaitable[Any]) -> Any:
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, SystemExit) as exit:
+        raise _CallExited(exit) from exit
 
 
 def _resolve(module: str, function: str) -> Callable[..., Any]:
@@ -176,7 +193,7 @@ class _LoopThread:
         try:
             result = target(*args)
             if inspect.isawaitable(result):
-                task = asyncio.ensure_future(result, loop=self.loop)
+                task = self.loop.create_task(_contained(result))
             else:
                 self._report(key, "ok", result)
                 return
@@ -187,15 +204,19 @@ class _LoopThread:
         task.add_done_callback(functools.partial(self._task_done, key))
 
     def _task_done(self, key: int, task: asyncio.Future[Any]) -> None:
+        # Retrieved even when nobody waits any more (a caller told at the
+        # loop's shutdown): no "exception was never retrieved" in the log.
+        error = None if task.cancelled() else task.exception()
         if self.tasks.pop(key, None) is None:
             return
         if task.cancelled():
             self._report(key, "cancelled", None)
             return
-        error = task.exception()
         if error is None:
             self._report(key, "ok", task.result())
         else:
+            if isinstance(error, _CallExited):
+                error = error.exit
             self._report(key, "error", _error_info(error))
 
     # -- reports, from any thread --

@@ -88,6 +88,11 @@ async def fail(message):
     raise ValueError(message)
 
 
+async def exit_with(kind):
+    await asyncio.sleep(0)
+    raise {'SystemExit': SystemExit, 'KeyboardInterrupt': KeyboardInterrupt}[kind](kind)
+
+
 async def unconvertible():
     return object()
 
@@ -332,7 +337,18 @@ submit_errors(_Config) ->
     ?assertMatch({error, {'TypeError', _, _}},
                  py_asyncio:call(Loop, ?HELPERS, unconvertible, [], ?WAIT)),
     %% The loop is unharmed.
-    ?assertEqual({ok, 1}, py_asyncio:call(Loop, ?HELPERS, echo, [1], ?WAIT)).
+    ?assertEqual({ok, 1}, py_asyncio:call(Loop, ?HELPERS, echo, [1], ?WAIT)),
+    %% A caller's SystemExit or KeyboardInterrupt ends its call, not the
+    %% loop the other callers share (asyncio's Task would re-raise them out
+    %% of run_forever).
+    Other = py_asyncio:submit(Loop, ?HELPERS, echo, [other, 0.3]),
+    [begin
+         {error, {Kind, Message, _}} = py_asyncio:call(Loop, ?HELPERS, exit_with, [Kind], ?WAIT),
+         ?assertEqual(atom_to_binary(Kind), Message)
+     end || Kind <- ['SystemExit', 'KeyboardInterrupt']],
+    ?assertEqual({ok, <<"other">>}, result(Other)),
+    ?assert(is_process_alive(Loop)),
+    ?assertEqual({ok, 2}, py_asyncio:call(Loop, ?HELPERS, echo, [2], ?WAIT)).
 
 -spec cancel_task(ct_suite:ct_config()) -> term().
 cancel_task(_Config) ->
