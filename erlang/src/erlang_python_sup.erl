@@ -19,6 +19,8 @@ start_link() ->
 
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
+    %% Owned here: what Python may call survives a restart of py_callback.
+    ok = py_callback:new_table(),
     Children = [
         #{id => py_callback, start => {py_callback, start_link, []}},
         #{id => py_event_worker_sup, start => {py_event_worker_sup, start_link, []},

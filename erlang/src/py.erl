@@ -103,12 +103,16 @@ version() ->
 
 %% @doc Makes `Fun' callable from Python as `erlang.call(Name, *Args)'.
 -spec register_function(atom() | binary(), function()) -> ok.
-register_function(Name, Fun) when is_function(Fun) ->
-    py_callback:register(Name, Fun).
+register_function(Name, Fun) when (is_atom(Name) orelse is_binary(Name)), is_function(Fun) ->
+    py_callback:register(Name, Fun);
+register_function(Name, Fun) ->
+    erlang:error(badarg, [Name, Fun]).
 
 -spec unregister_function(atom() | binary()) -> ok.
+unregister_function(Name) when is_atom(Name); is_binary(Name) ->
+    py_callback:unregister(Name);
 unregister_function(Name) ->
-    py_callback:unregister(Name).
+    erlang:error(badarg, [Name]).
 
 %% Internal
 

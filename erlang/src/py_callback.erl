@@ -4,16 +4,12 @@
 -module(py_callback).
 -behaviour(gen_server).
 
--export([start_link/0, register/2, unregister/1]).
+-export([start_link/0, register/2, unregister/1, new_table/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(TABLE, py_callbacks).
 
--record(state, {
-    %% ETS table Name => Fun, owned here so registrations live as long as the
-    %% application; readers look it up without a server round trip.
-    table :: ets:tid() | atom()
-}).
+-record(state, {}).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
@@ -27,12 +23,20 @@ register(Name, Fun) ->
 unregister(Name) ->
     gen_server:call(?MODULE, {unregister, to_key(Name)}).
 
+%% @doc The table of registrations (Name => Fun), made by the application's
+%% top supervisor, which owns it: registrations then outlive a restart of
+%% this server. Written only through `register/2' and `unregister/1' (this
+%% server); the functions' processes read it without a round trip.
+-spec new_table() -> ok.
+new_table() ->
+    ?TABLE = ets:new(?TABLE, [named_table, public, {read_concurrency, true}]),
+    ok.
+
 -spec init([]) -> {ok, #state{}}.
 init([]) ->
     process_flag(trap_exit, true),
-    Table = ets:new(?TABLE, [named_table, protected, {read_concurrency, true}]),
     ok = py_nif:set_callback_server(self()),
-    {ok, #state{table = Table}}.
+    {ok, #state{}}.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
 handle_call({register, Name, Fun}, _From, State) ->

@@ -567,7 +567,21 @@ register_function(_Config) ->
     ?assertEqual({ok, Term}, py:eval(<<"__import__('erlang').call('echo', x)">>, #{<<"x">> => Term})),
     ok = py:unregister_function(add),
     ?assertMatch({error, {'ErlangError', _, _}},
-                 py:eval(<<"__import__('erlang').call('add', 1, 2)">>)).
+                 py:eval(<<"__import__('erlang').call('add', 1, 2)">>)),
+    %% Registrations outlive a restart of the server that runs them.
+    Server = whereis(py_callback),
+    exit(Server, kill),
+    ok = wait_until(fun() ->
+                            Pid = whereis(py_callback),
+                            is_pid(Pid) andalso Pid =/= Server
+                    end, 5000),
+    ?assertEqual({ok, Term}, py:eval(<<"__import__('erlang').call('echo', x)">>, #{<<"x">> => Term})),
+    ok = py:unregister_function(echo),
+    %% Names are atoms or binaries, functions funs: anything else is badarg.
+    [?assertError(badarg, py:register_function(Name, Fun))
+     || {Name, Fun} <- [{"echo", fun(X) -> X end}, {1, fun(X) -> X end}, {echo, 1},
+                        {echo, {m, f}}]],
+    ?assertError(badarg, py:unregister_function("echo")).
 
 -spec erlang_function_crash(ct_suite:ct_config()) -> term().
 erlang_function_crash(_Config) ->
