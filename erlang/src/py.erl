@@ -41,6 +41,7 @@ call(Module, Function, Args, Kwargs) ->
 %% is discarded.
 -spec call(name(), name(), list(), map(), timeout()) -> {ok, term()} | py_error().
 call(Module, Function, Args, Kwargs, Timeout) ->
+    valid_timeout(Timeout, [Module, Function, Args, Kwargs, Timeout]),
     Ref = make_ref(),
     submitted(py_nif:call(self(), Ref, text(Module), text(Function), Args, Kwargs), Ref, Timeout).
 
@@ -65,7 +66,8 @@ await(AsyncRef) ->
     await(AsyncRef, infinity).
 
 -spec await(async_ref(), timeout()) -> {ok, term()} | py_error().
-await({py_async, Ref, Job}, Timeout) ->
+await({py_async, Ref, Job} = AsyncRef, Timeout) ->
+    valid_timeout(Timeout, [AsyncRef, Timeout]),
     wait(Ref, Job, Timeout).
 
 %% @equiv eval(Expression, #{})
@@ -87,6 +89,7 @@ exec(Code) ->
 
 -spec exec(code(), timeout()) -> ok | py_error().
 exec(Code, Timeout) ->
+    valid_timeout(Timeout, [Code, Timeout]),
     Ref = make_ref(),
     case submitted(py_nif:exec(self(), Ref, text(Code)), Ref, Timeout) of
         {ok, none} -> ok;
@@ -115,6 +118,12 @@ unregister_function(Name) ->
     erlang:error(badarg, [Name]).
 
 %% Internal
+
+%% Checked before anything is submitted: a bad timeout would only fail in
+%% `receive ... after', with the job already running.
+valid_timeout(infinity, _Args) -> ok;
+valid_timeout(Timeout, _Args) when is_integer(Timeout), Timeout >= 0 -> ok;
+valid_timeout(_Timeout, Args) -> erlang:error(badarg, Args).
 
 submitted({ok, Job}, Ref, Timeout) -> wait(Ref, Job, Timeout);
 submitted({error, _} = Error, _Ref, _Timeout) -> Error.

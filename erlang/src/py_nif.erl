@@ -96,7 +96,7 @@ event_loop_set_router(_Loop, _Pid) -> ?NOT_LOADED.
 -spec event_loop_destroy(loop_ref()) -> ok.
 event_loop_destroy(_Loop) -> ?NOT_LOADED.
 
--spec event_loop_wakeup(loop_ref()) -> ok.
+-spec event_loop_wakeup(loop_ref()) -> ok | {error, closed}.
 event_loop_wakeup(_Loop) -> ?NOT_LOADED.
 
 -spec loop_id(loop_ref()) -> pos_integer().
@@ -121,7 +121,7 @@ remove_writer(_Loop, _FdRef) -> ?NOT_LOADED.
           {ok, non_neg_integer()} | {error, closed | server_down | python_loop}.
 call_later(_Loop, _DelayMs, _CallbackId) -> ?NOT_LOADED.
 
--spec cancel_timer(loop_ref(), non_neg_integer()) -> ok | {error, not_found | python_loop}.
+-spec cancel_timer(loop_ref(), non_neg_integer()) -> ok | {error, not_found | closed | python_loop}.
 cancel_timer(_Loop, _TimerRef) -> ?NOT_LOADED.
 
 -spec poll_events(loop_ref(), non_neg_integer()) -> non_neg_integer() | {error, term()}.

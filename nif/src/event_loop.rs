@@ -531,7 +531,10 @@ fn call_later<'a>(
 /// fired and unknown refs are harmless.
 #[rustler::nif]
 fn cancel_timer<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, key: u64) -> Term<'a> {
-    match resource.erlang_owned().map(|core| core.cancel_timer(key)) {
+    match resource
+        .open_erlang_owned()
+        .map(|core| core.cancel_timer(key))
+    {
         Ok(Some(_)) => atoms::ok().encode(env),
         Ok(None) => error(env, not_found()),
         Err(reason) => error(env, reason),
@@ -552,11 +555,16 @@ fn poll_events<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, timeout_ms
     }
 }
 
-/// `event_loop_wakeup(LoopRef)` -> `ok`.
+/// `event_loop_wakeup(LoopRef)` -> `ok | {error, closed}`.
 #[rustler::nif]
-fn event_loop_wakeup(resource: ResourceArc<LoopResource>) -> Atom {
-    resource.core.wakeup();
-    atoms::ok()
+fn event_loop_wakeup<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
+    match resource.open() {
+        Ok(core) => {
+            core.wakeup();
+            atoms::ok().encode(env)
+        }
+        Err(reason) => error(env, reason),
+    }
 }
 
 /// `get_pending(LoopRef)` -> `[{CallbackId, read | write | timer}]`, oldest
