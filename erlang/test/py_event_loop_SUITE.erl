@@ -25,6 +25,7 @@
          isolated_loop_worker_stops_on_close/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
          dead_worker_leaks_no_fds/1, owner_gone_leaks_no_fds/1,
+         fd_number_reused_without_remove/1,
          python_loop_refuses_low_level_timers/1]).
 
 -define(APP, erlang_python).
@@ -44,6 +45,7 @@ all() ->
      isolated_loop_worker_stops_on_close, get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
      dead_worker_leaks_no_fds, owner_gone_leaks_no_fds,
+     fd_number_reused_without_remove,
      python_loop_refuses_low_level_timers].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
@@ -727,6 +729,38 @@ owner_gone_leaks_no_fds(_Config) ->
          {ok, Again} = gen_udp:open(Port, [{ip, ?LOCALHOST}]),
          ok = gen_udp:close(Again)
      end || Port <- Ports].
+
+%% A watched socket closed without remove_reader, its fd number taken at once
+%% by a new socket: add_reader on that number watches the new socket (the
+%% old registration, holding a duplicate of the closed one, is stopped).
+-spec fd_number_reused_without_remove(ct_suite:ct_config()) -> term().
+fd_number_reused_without_remove(_Config) ->
+    Loop = new_loop(),
+    Tx = sender(),
+    {S1, Fd, _} = udp(),
+    {ok, _} = py_nif:add_reader(Loop, Fd, 1),
+    [_] = gen_server:call(router_of(Loop), loops),
+    ok = gen_udp:close(S1),
+    {{S2, Fd, Port2}, Others} = udp_with_fd(Fd, 20, []),
+    [ok = gen_udp:close(S) || {S, _, _} <- Others],
+    {ok, _} = py_nif:add_reader(Loop, Fd, 2),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port2, <<"x">>),
+    ?assertEqual([{2, read}], collect(Loop, 1, 5000)),
+    ?assertMatch(#{fds := 1}, py_nif:loop_stats(Loop)),
+    ok = gen_udp:close(S2),
+    ok = gen_udp:close(Tx),
+    stop_loop(Loop).
+
+%% A new UDP socket whose fd number is `Fd' (the lowest free number, unless
+%% another process took it first: then the next ones are tried), and the
+%% sockets opened on the way.
+udp_with_fd(Fd, 0, _Others) ->
+    ct:fail({fd_number_not_reused, Fd});
+udp_with_fd(Fd, Tries, Others) ->
+    case udp() of
+        {_, Fd, _} = Sock -> {Sock, Others};
+        Other -> udp_with_fd(Fd, Tries - 1, [Other | Others])
+    end.
 
 %% A Python ErlangEventLoop(isolated=True) whose worker is killed raises a
 %% clear RuntimeError in Python instead of hanging.

@@ -252,12 +252,20 @@ impl LoopCore {
             state.stats.fds = poller.len() as u64;
             return Ok(Wake::default());
         }
+        let mut wake = Wake::default();
+        if let Some(stop) = state.fds.forget_if_reopened(fd) {
+            // The old file's queued readiness is not the new one's.
+            state
+                .pending
+                .retain(|event| event.kind == EventKind::Timer || event.key != fd as u64);
+            wake = state.owe_selects(Some(stop));
+        }
         let host = Arc::clone(&self.host);
         let request = state
             .fds
             .add_interest(fd, kind, id, |token| host.open_fd(fd, token))?;
         state.stats.fds = state.fds.len() as u64;
-        Ok(state.owe_selects(request))
+        Ok(wake.merge(state.owe_selects(request)))
     }
 
     /// Stops watching `fd` for `kind`. Returns whether it was watched.

@@ -2,6 +2,13 @@
 //! both directions (LESSONS 16). Entries are found by fd for the owner and by
 //! token for readiness coming back from Erlang; a token is never reused, so
 //! readiness of a removed registration is recognised and ignored (LESSONS 19).
+//!
+//! An fd closed without a remove and its number reused at once (LESSONS 17)
+//! must not inherit the old registration: its select handle holds a
+//! duplicate of the old file, whose readiness is not the new one's. Each
+//! entry remembers which open file it watches (device and inode), and an
+//! `add_reader`/`add_writer` of a number that now names another file starts
+//! a new registration, after stopping the old one.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
@@ -12,6 +19,8 @@ use super::{EventKind, SelectHandle, SelectOp, SelectRequest};
 pub struct FdEntry {
     /// The host's select resource for this registration.
     pub handle: SelectHandle,
+    /// The open file the fd named when it was registered.
+    pub file: Option<FileId>,
     /// Identifies this registration in readiness messages.
     pub token: u64,
     /// The callback ids of each direction's interest; `None` = not watched.
@@ -47,6 +56,20 @@ impl FdEntry {
         self.armed_write |= write;
         Some(SelectOp::Arm { read, write })
     }
+}
+
+/// An open file: its device and inode number.
+pub type FileId = (u64, u64);
+
+/// The open file `fd` names now, if it is open.
+fn file_of(fd: RawFd) -> Option<FileId> {
+    // SAFETY: fstat writes into `stat` only; a bad fd gives -1.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `stat` is a valid, writable struct for the call.
+    if unsafe { libc::fstat(fd, &mut stat) } < 0 {
+        return None;
+    }
+    Some((stat.st_dev, stat.st_ino))
 }
 
 /// What became of a readiness report.
@@ -98,6 +121,7 @@ impl FdRegistry {
                 fd,
                 FdEntry {
                     handle,
+                    file: file_of(fd),
                     token,
                     read_id: None,
                     write_id: None,
@@ -143,6 +167,17 @@ impl FdRegistry {
             return (had, None);
         }
         (had, self.remove(fd))
+    }
+
+    /// When `fd` is registered but now names another open file than the
+    /// registration's (closed and reused without a remove): forgets the old
+    /// registration and returns its stop.
+    pub fn forget_if_reopened(&mut self, fd: RawFd) -> Option<SelectRequest> {
+        let entry = self.by_fd.get(&fd)?;
+        if file_of(fd) == entry.file {
+            return None;
+        }
+        self.remove(fd)
     }
 
     /// Forgets `fd` entirely; returns its stop request.

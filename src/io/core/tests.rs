@@ -247,12 +247,15 @@ fn a_new_server_selects_every_watched_fd_again() {
 fn fd_readiness_flows_through_the_queue_and_rearms_after_being_taken() {
     let (core, _) = new_loop();
     core.set_served();
-    let wake = core.add_interest(9, EventKind::Read, 100).unwrap();
+    // A real fd: the same number stays the same open file across the adds.
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let wake = core.add_interest(fd, EventKind::Read, 100).unwrap();
     assert!(wake.apply_selects);
     // A second request while the first is unserved asks for nothing more.
     assert!(
         !core
-            .add_interest(9, EventKind::Write, 101)
+            .add_interest(fd, EventKind::Write, 101)
             .unwrap()
             .apply_selects
     );
@@ -277,7 +280,7 @@ fn fd_readiness_flows_through_the_queue_and_rearms_after_being_taken() {
         [Event {
             kind: EventKind::Read,
             id: 100,
-            key: 9,
+            key: fd as u64,
             deadline: 0
         }]
     );
@@ -610,4 +613,54 @@ fn a_leftover_registration_makes_the_loop_rebuild_its_set_and_stop_the_old_selec
         .unwrap();
     assert_eq!(core.stats().poller_rebuilds, 1, "shed for good");
     drop(alive);
+}
+
+#[test]
+fn an_fd_number_reused_for_another_file_gets_a_registration_of_its_own() {
+    let (core, _) = new_loop();
+    core.set_served();
+    let (a, _peer_a) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    core.add_interest(fd, EventKind::Read, 1).unwrap();
+    core.add_interest(fd, EventKind::Write, 2).unwrap();
+    let old = token_of(&core.take_select_requests()[0]);
+    core.fd_ready(old, EventKind::Read);
+    // The number now names another socket, as if closed without a remove
+    // and reused at once (dup2 swaps the file under the number atomically:
+    // no other thread of the test process can take the number meanwhile).
+    let (b, _peer_b) = UnixStream::pair().unwrap();
+    // SAFETY: `fd` is ours (`a`'s); dup2 closes a's file and makes the
+    // number b's, still owned by `a`, which closes it when dropped.
+    assert_eq!(unsafe { libc::dup2(b.as_raw_fd(), fd) }, fd);
+    let wake = core.add_interest(fd, EventKind::Read, 3).unwrap();
+    assert!(wake.apply_selects);
+    // The old registration (a duplicate of the closed socket) is stopped,
+    // a new one armed for the read alone; the old file's event is gone.
+    let requests = core.take_select_requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].op, SelectOp::Stop);
+    assert_eq!(token_of(&requests[0]), old);
+    assert_eq!(
+        requests[1].op,
+        SelectOp::Arm {
+            read: true,
+            write: false
+        }
+    );
+    assert_ne!(token_of(&requests[1]), old);
+    let mut out = Vec::new();
+    core.wait(Some(Duration::ZERO), &mut out, 16).unwrap();
+    assert!(out.is_empty(), "the closed socket's event must not run");
+    // The same file again: the registration stays.
+    core.add_interest(fd, EventKind::Write, 4).unwrap();
+    let requests = core.take_select_requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].op,
+        SelectOp::Arm {
+            read: false,
+            write: true
+        }
+    );
+    drop(a);
 }
