@@ -25,7 +25,7 @@
          isolated_loop_worker_stops_on_close/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
          dead_worker_leaks_no_fds/1, owner_gone_leaks_no_fds/1,
-         fd_number_reused_without_remove/1,
+         fd_number_reused_without_remove/1, get_pending_rearms_fds/1,
          python_loop_refuses_low_level_timers/1]).
 
 -define(APP, erlang_python).
@@ -45,7 +45,7 @@ all() ->
      isolated_loop_worker_stops_on_close, get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
      dead_worker_leaks_no_fds, owner_gone_leaks_no_fds,
-     fd_number_reused_without_remove,
+     fd_number_reused_without_remove, get_pending_rearms_fds,
      python_loop_refuses_low_level_timers].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
@@ -729,6 +729,24 @@ owner_gone_leaks_no_fds(_Config) ->
          {ok, Again} = gen_udp:open(Port, [{ip, ?LOCALHOST}]),
          ok = gen_udp:close(Again)
      end || Port <- Ports].
+
+%% get_pending alone (no poll_events) keeps an fd's events coming: the fds
+%% whose events it drained are armed again, and a still-ready socket (its
+%% datagram unread) reports again.
+-spec get_pending_rearms_fds(ct_suite:ct_config()) -> term().
+get_pending_rearms_fds(_Config) ->
+    Loop = new_loop(),
+    Tx = sender(),
+    {S, Fd, Port} = udp(),
+    {ok, FdRef} = py_nif:add_reader(Loop, Fd, 7),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"x">>),
+    Drain = fun() -> py_nif:get_pending(Loop) end,
+    ?assertEqual([{7, read}], wait_until(Drain, fun(Events) -> Events =/= [] end, 5000)),
+    ?assertEqual([{7, read}], wait_until(Drain, fun(Events) -> Events =/= [] end, 5000)),
+    ok = py_nif:remove_reader(Loop, FdRef),
+    ok = gen_udp:close(S),
+    ok = gen_udp:close(Tx),
+    stop_loop(Loop).
 
 %% A watched socket closed without remove_reader, its fd number taken at once
 %% by a new socket: add_reader on that number watches the new socket (the

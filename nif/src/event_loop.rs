@@ -568,7 +568,9 @@ fn event_loop_wakeup<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> T
 }
 
 /// `get_pending(LoopRef)` -> `[{CallbackId, read | write | timer}]`, oldest
-/// first; drains the queue.
+/// first; drains the queue. The fds whose events it took are armed again
+/// (level-triggered, as `poll_events` does before it waits): a consumer
+/// that only drains still gets a still-ready fd's next event.
 #[rustler::nif]
 fn get_pending<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
     let core = match resource.open_erlang_owned() {
@@ -577,6 +579,7 @@ fn get_pending<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a
     };
     let mut events: Vec<Event> = Vec::new();
     core.take_pending(&mut events, usize::MAX);
+    deliver_from_nif(env, &resource, core.prepare_wait());
     let list: Vec<Term> = events
         .iter()
         .map(|event| {
