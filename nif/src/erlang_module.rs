@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyModule, PyTuple};
+use pyo3::types::PyTuple;
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::{Atom, Env, LocalPid, ResourceArc, Term};
+
+use erlang_python::py::sys_modules;
 
 use crate::atoms;
 use crate::convert::{binary_term, py_to_term, term_to_py};
@@ -196,17 +198,12 @@ fn send(pid: &Bound<'_, PyAny>, term: &Bound<'_, PyAny>) -> PyResult<()> {
 
 /// Creates `_erlang` and puts it in `sys.modules`. Idempotent.
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    let modules = py.import("sys")?.getattr("modules")?;
-    if modules.contains("_erlang")? {
-        return Ok(());
-    }
-    let module = PyModule::new(py, "_erlang")?;
-    module.add_function(wrap_pyfunction!(call, &module)?)?;
-    module.add_function(wrap_pyfunction!(send, &module)?)?;
-    module.add_class::<Pid>()?;
-    module.add_class::<Ref>()?;
-    module.add_class::<OpaqueTerm>()?;
-    module.add("ErlangError", py.get_type::<ErlangError>())?;
-    modules.set_item("_erlang", module)?;
-    Ok(())
+    sys_modules::install(py, "_erlang", |module| {
+        module.add_function(wrap_pyfunction!(call, module)?)?;
+        module.add_function(wrap_pyfunction!(send, module)?)?;
+        module.add_class::<Pid>()?;
+        module.add_class::<Ref>()?;
+        module.add_class::<OpaqueTerm>()?;
+        module.add("ErlangError", py.get_type::<ErlangError>())
+    })
 }

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyModule;
 use rustler::env::OwnedEnv;
 use rustler::{Atom, Encoder, ResourceArc};
+
+use erlang_python::py::sys_modules;
 
 use crate::atoms;
 
@@ -94,12 +95,7 @@ fn _erlang_sleep(py: Python<'_>, ms: f64) -> PyResult<()> {
 
 /// Creates `py_event_loop` and puts it in `sys.modules`. Idempotent.
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    let modules = py.import("sys")?.getattr("modules")?;
-    if modules.contains("py_event_loop")? {
-        return Ok(());
-    }
-    let module = PyModule::new(py, "py_event_loop")?;
-    module.add_function(wrap_pyfunction!(_erlang_sleep, &module)?)?;
-    modules.set_item("py_event_loop", module)?;
-    Ok(())
+    sys_modules::install(py, "py_event_loop", |module| {
+        module.add_function(wrap_pyfunction!(_erlang_sleep, module)?)
+    })
 }

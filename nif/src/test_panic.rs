@@ -3,8 +3,8 @@
 //! resumes as a Rust panic where a caller fetches it. The tests check that a
 //! `py:call` meeting one still answers its caller.
 
+use erlang_python::py::sys_modules;
 use pyo3::prelude::*;
-use pyo3::types::PyModule;
 
 #[pyfunction]
 fn panic(message: &str) {
@@ -13,12 +13,7 @@ fn panic(message: &str) {
 
 /// Creates `_py_nif_testing` and puts it in `sys.modules`. Idempotent.
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    let modules = py.import("sys")?.getattr("modules")?;
-    if modules.contains("_py_nif_testing")? {
-        return Ok(());
-    }
-    let module = PyModule::new(py, "_py_nif_testing")?;
-    module.add_function(wrap_pyfunction!(panic, &module)?)?;
-    modules.set_item("_py_nif_testing", module)?;
-    Ok(())
+    sys_modules::install(py, "_py_nif_testing", |module| {
+        module.add_function(wrap_pyfunction!(panic, module)?)
+    })
 }

@@ -16,6 +16,7 @@ pub mod runner;
 pub(crate) mod running_loop;
 pub mod sleep;
 pub mod socket_transport;
+pub mod sys_modules;
 pub mod timer_cancel;
 pub mod timer_handle;
 pub mod transport_io;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyModule};
+use pyo3::types::PyDict;
 
 use super::os_error::{io_error_err, os_error_err};
 use crate::io::{Event, EventKind, LoopCore, WaitError, Wake};
@@ -319,34 +319,29 @@ fn new_loop(py: Python<'_>, isolated: bool) -> PyResult<NativeLoop> {
 
 /// Creates `_erlang_loop` and puts it in `sys.modules`. Idempotent.
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    let modules = py.import("sys")?.getattr("modules")?;
-    if modules.contains("_erlang_loop")? {
-        return Ok(());
-    }
-    let module = PyModule::new(py, "_erlang_loop")?;
-    module.add_class::<NativeLoop>()?;
-    module.add_class::<super::runner::LoopRunner>()?;
-    module.add_class::<super::sleep::Sleep>()?;
-    module.add_class::<super::sleep::SleepFunction>()?;
-    module.add_function(wrap_pyfunction!(new_loop, &module)?)?;
-    module.add_function(wrap_pyfunction!(
-        super::timer_handle::timer_handle_base,
-        &module
-    )?)?;
-    module.add_function(wrap_pyfunction!(
-        super::timer_cancel::timer_handle_methods,
-        &module
-    )?)?;
-    module.add_function(wrap_pyfunction!(
-        super::socket_transport::socket_transport_methods,
-        &module
-    )?)?;
-    module.add_function(wrap_pyfunction!(
-        super::datagram_transport::datagram_transport_methods,
-        &module
-    )?)?;
-    module.add_function(wrap_pyfunction!(subscribe_signal, &module)?)?;
-    module.add_function(wrap_pyfunction!(unsubscribe_signal, &module)?)?;
-    modules.set_item("_erlang_loop", module)?;
-    Ok(())
+    super::sys_modules::install(py, "_erlang_loop", |module| {
+        module.add_class::<NativeLoop>()?;
+        module.add_class::<super::runner::LoopRunner>()?;
+        module.add_class::<super::sleep::Sleep>()?;
+        module.add_class::<super::sleep::SleepFunction>()?;
+        module.add_function(wrap_pyfunction!(new_loop, module)?)?;
+        module.add_function(wrap_pyfunction!(
+            super::timer_handle::timer_handle_base,
+            module
+        )?)?;
+        module.add_function(wrap_pyfunction!(
+            super::timer_cancel::timer_handle_methods,
+            module
+        )?)?;
+        module.add_function(wrap_pyfunction!(
+            super::socket_transport::socket_transport_methods,
+            module
+        )?)?;
+        module.add_function(wrap_pyfunction!(
+            super::datagram_transport::datagram_transport_methods,
+            module
+        )?)?;
+        module.add_function(wrap_pyfunction!(subscribe_signal, module)?)?;
+        module.add_function(wrap_pyfunction!(unsubscribe_signal, module)?)
+    })
 }
