@@ -9,7 +9,14 @@
 
 -define(TABLE, py_callbacks).
 
--record(state, {}).
+-record(state, {
+    %% The process running each `erlang.call' still unanswered, by its
+    %% reply slot, and that slot by the process's monitor: a call Python
+    %% stopped waiting for (its job timed out) is abandoned, its function
+    %% killed.
+    runs = #{} :: #{reference() => pid()},
+    replies = #{} :: #{reference() => reference()}
+}).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
@@ -53,9 +60,23 @@ handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info({py_callback, Name, Args, Reply}, State) when is_binary(Name) ->
-    _ = spawn(fun() -> py_nif:callback_reply(Reply, run_monitored(Name, Args)) end),
+handle_info({py_callback, Name, Args, Reply}, State = #state{runs = Runs, replies = Replies})
+  when is_binary(Name) ->
+    {Pid, Monitor} = spawn_monitor(
+                       fun() -> py_nif:callback_reply(Reply, run_monitored(Name, Args)) end),
+    {noreply, State#state{runs = Runs#{Reply => Pid}, replies = Replies#{Monitor => Reply}}};
+handle_info({py_callback_abandoned, Reply}, State = #state{runs = Runs}) ->
+    case Runs of
+        #{Reply := Pid} -> Pid ! abandon;
+        #{} -> ok
+    end,
     {noreply, State};
+handle_info({'DOWN', Monitor, process, _Pid, _Reason},
+            State = #state{runs = Runs, replies = Replies}) ->
+    case maps:take(Monitor, Replies) of
+        {Reply, Left} -> {noreply, State#state{runs = maps:remove(Reply, Runs), replies = Left}};
+        error -> {noreply, State}
+    end;
 handle_info({py_callback, Pid, Message}, State) when is_pid(Pid) ->
     Pid ! Message,
     {noreply, State};
@@ -63,7 +84,9 @@ handle_info(_Info, State) ->
     {noreply, State}.
 
 -spec terminate(term(), #state{}) -> ok.
-terminate(_Reason, _State) ->
+terminate(_Reason, #state{runs = Runs}) ->
+    %% The Python threads waiting for these stop waiting with the server.
+    [Pid ! abandon || Pid <- maps:values(Runs)],
     py_nif:set_callback_server(undefined).
 
 %% Runs the function in a process of its own and watches it: the Python
@@ -76,7 +99,11 @@ run_monitored(Name, Args) ->
         {'DOWN', Monitor, process, Pid, {?MODULE, Result}} ->
             Result;
         {'DOWN', Monitor, process, Pid, Reason} ->
-            {error, iolist_to_binary(io_lib:format("exit:~p", [Reason]))}
+            {error, iolist_to_binary(io_lib:format("exit:~p", [Reason]))};
+        abandon ->
+            %% Nobody waits for the answer any more: no reply either.
+            exit(Pid, kill),
+            exit(normal)
     end.
 
 run(Name, Args) ->

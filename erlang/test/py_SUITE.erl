@@ -640,17 +640,19 @@ erlang_function_killed(_Config) ->
 -spec timeout_inside_erlang_call(ct_suite:ct_config()) -> term().
 timeout_inside_erlang_call(_Config) ->
     %% A call that times out while Python waits in erlang.call (GIL released,
-    %% out of reach of the TimeoutError interrupt) still frees its worker.
+    %% out of reach of the TimeoutError interrupt) still frees its worker,
+    %% and the Erlang function nobody waits for any more is stopped.
     Parent = self(),
     ok = py:register_function(slow, fun() ->
-                                            Parent ! slow_called,
+                                            Parent ! {slow_called, self()},
                                             receive after 60000 -> ok end
                                     end),
     Busy = busy_workers(),
     Code = <<"__import__('erlang').call('slow')">>,
     ?assertEqual({error, timeout}, py:call(builtins, eval, [Code, #{}], #{}, 500)),
-    receive slow_called -> ok after 10000 -> ct:fail(slow_not_called) end,
+    Slow = receive {slow_called, Pid} -> Pid after 10000 -> ct:fail(slow_not_called) end,
     wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    wait_until(fun() -> not is_process_alive(Slow) end, 10000),
     ?assertEqual([], py_results()),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
 

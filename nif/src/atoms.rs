@@ -11,6 +11,7 @@ rustler::atoms! {
     nan,
     py_result,
     py_callback,
+    py_callback_abandoned,
     timeout,
     closed,
     not_initialized,

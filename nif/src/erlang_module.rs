@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use rustler::env::{OwnedEnv, SavedTerm};
-use rustler::{Atom, Env, LocalPid, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, ResourceArc, Term};
 
 use erlang_python::py::sys_modules;
 
@@ -121,10 +121,17 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
             "erlang_python stopped while waiting for an Erlang reply",
         )),
         // The interrupt of a timed-out job cannot reach a thread blocked
-        // here, so the wait itself gives up.
-        Wait::Cancelled => Err(PyTimeoutError::new_err(
-            "the Erlang caller gave up waiting while erlang.call was running",
-        )),
+        // here, so the wait itself gives up, and the server stops the
+        // function nobody waits for.
+        Wait::Cancelled => {
+            let mut env = OwnedEnv::new();
+            let _ = env.send_and_clear(&server, |env| {
+                (atoms::py_callback_abandoned(), reply.clone()).encode(env)
+            });
+            Err(PyTimeoutError::new_err(
+                "the Erlang caller gave up waiting while erlang.call was running",
+            ))
+        }
     }
 }
 
