@@ -237,7 +237,20 @@ convert_pids_and_refs(_Config) ->
     %% Kept in Python across calls, still the same value.
     ok = py:exec(<<"import erlang">>),
     {ok, none} = py:eval(<<"globals().__setitem__('kept', x)">>, #{<<"x">> => {Self, Ref}}),
-    ?assertEqual({ok, {Self, Ref}}, py:eval(<<"kept">>)).
+    ?assertEqual({ok, {Self, Ref}}, py:eval(<<"kept">>)),
+    %% Pickled and copied as the value they hold (a fun too), and back to
+    %% Erlang as the same term; bytes of another kind are refused.
+    Fun = fun(X) -> X end,
+    Values = [Self, Ref, Fun, #{<<"nested">> => [Self]}],
+    ?assertEqual({ok, Values},
+                 py:eval(<<"[__import__('pickle').loads(__import__('pickle').dumps(v)) for v in x]">>,
+                         #{<<"x">> => Values})),
+    ?assertEqual({ok, Values},
+                 py:eval(<<"[__import__('copy').deepcopy(v) for v in x]">>, #{<<"x">> => Values})),
+    ?assertEqual({ok, true}, py:eval(<<"__import__('copy').copy(p) is p">>, #{<<"p">> => Self})),
+    [?assertMatch({error, {'ValueError', _, _}}, py:eval(Code, #{<<"p">> => Self}))
+     || Code <- [<<"type(p)(b'junk')">>, <<"type(p)(b'')">>,
+                 <<"__import__('erlang').Ref(p.__reduce__()[1][0])">>]].
 
 -spec convert_funs_and_ports(ct_suite:ct_config()) -> term().
 convert_funs_and_ports(_Config) ->

@@ -5,10 +5,11 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use rustler::{Env, Term};
 
 macro_rules! opaque_class {
-    ($rust:ident, $python:literal, $doc:literal) => {
+    ($rust:ident, $python:literal, $doc:literal, $tags:expr) => {
         #[doc = $doc]
         #[pyclass(module = "erlang", name = $python, frozen, eq, hash)]
         #[derive(PartialEq, Eq, Hash)]
@@ -33,19 +34,56 @@ macro_rules! opaque_class {
 
         #[pymethods]
         impl $rust {
+            /// From its external format (what `pickle` and `copy` use): the
+            /// bytes must hold a term of this kind.
+            #[new]
+            fn new(external: Vec<u8>) -> PyResult<Self> {
+                match external.as_slice() {
+                    [131, tag, _, ..] if $tags.contains(tag) => Ok($rust { external }),
+                    _ => Err(PyValueError::new_err(concat!(
+                        "not the external format of an Erlang ",
+                        $python
+                    ))),
+                }
+            }
+
             fn __repr__(&self) -> String {
                 format!("<erlang.{} {}>", $python, describe(&self.external))
+            }
+
+            /// Pickled as its external format.
+            fn __reduce__<'py>(
+                slf: &Bound<'py, Self>,
+            ) -> (Bound<'py, pyo3::types::PyType>, (Bound<'py, PyBytes>,)) {
+                let external = PyBytes::new(slf.py(), &slf.get().external);
+                (slf.get_type(), (external,))
+            }
+
+            /// Immutable: a copy is the object itself, as for `int`.
+            fn __copy__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+                slf
+            }
+
+            fn __deepcopy__<'py>(
+                slf: Bound<'py, Self>,
+                _memo: &Bound<'py, PyAny>,
+            ) -> Bound<'py, Self> {
+                slf
             }
         }
     };
 }
 
-opaque_class!(Pid, "Pid", "An Erlang process identifier.");
-opaque_class!(Ref, "Ref", "An Erlang reference.");
+// External format tags (erts' external.h): NEW_PID_EXT, PID_EXT;
+// NEWER_REFERENCE_EXT, NEW_REFERENCE_EXT, REFERENCE_EXT; NEW_FUN_EXT,
+// EXPORT_EXT, PORT_EXT, NEW_PORT_EXT, V4_PORT_EXT.
+opaque_class!(Pid, "Pid", "An Erlang process identifier.", [88, 103]);
+opaque_class!(Ref, "Ref", "An Erlang reference.", [90, 114, 101]);
 opaque_class!(
     OpaqueTerm,
     "OpaqueTerm",
-    "An Erlang fun or port, kept as it is."
+    "An Erlang fun or port, kept as it is.",
+    [112, 113, 102, 89, 120]
 );
 
 /// A short, stable fingerprint of an external term for `repr`.
