@@ -4,12 +4,16 @@ Returns the exit status instead of exiting (the VM owns the process)."""
 
 from __future__ import annotations
 
+import builtins
 import codecs
+import errno
 import io
 import os
 import runpy
 import sys
+import threading
 import traceback
+import types
 
 USAGE = (
     "usage: erlang-python (SCRIPT | -m MODULE | -c CODE | conformance) [ARG ...]\n"
@@ -20,11 +24,25 @@ USAGE = (
 SUBCOMMANDS = {"conformance": "erlang_python_conformance"}
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str | bytes], *, exiting: bool = False) -> int:
+    """Runs the command line ``argv`` (an argument that is not UTF-8 comes
+    as its bytes) and returns the exit status. ``exiting``: the node halts
+    next (``bin/erlang-python``), so first do what python3 does before it
+    exits (see ``_wait_for_threads``)."""
     _utf8_stdio()
+    # This thread plays python3's main thread: the threads the program
+    # starts are not daemons (a thread's default is its creator's flag, and
+    # a thread Python did not start, as this one, is a daemon to threading).
+    this = threading.current_thread()
+    daemonic = this.daemon
+    this._daemonic = False  # type: ignore[attr-defined]
     try:
-        return _run(argv)
+        status = _run([arg if isinstance(arg, str) else os.fsdecode(arg) for arg in argv])
+        if exiting:
+            _wait_for_threads()
+        return status
     finally:
+        this._daemonic = daemonic  # type: ignore[attr-defined]
         # Python is never finalised in the VM: flush what the program wrote.
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -50,43 +68,86 @@ def _utf8_stdio() -> None:
 
 
 def _run(argv: list[str]) -> int:
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr)
         return 2 if not argv else 0
     mode, rest = argv[0], argv[1:]
     if mode in SUBCOMMANDS:
         mode, rest = "-m", [SUBCOMMANDS[mode], *rest]
+    if mode in ("-m", "-c") and not rest:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if mode not in ("-m", "-c") and not os.path.exists(mode):
+        # python3's own words and status for a script it cannot open.
+        error = os.strerror(errno.ENOENT)
+        print(
+            f"erlang-python: can't open file {os.path.abspath(mode)!r}: "
+            f"[Errno {errno.ENOENT}] {error}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if mode == "-m":
-            if not rest:
-                print(USAGE, file=sys.stderr)
-                return 2
             sys.argv = [rest[0], *rest[1:]]
             sys.path.insert(0, os.getcwd())
             runpy.run_module(rest[0], run_name="__main__", alter_sys=True)
         elif mode == "-c":
-            if not rest:
-                print(USAGE, file=sys.stderr)
-                return 2
             sys.argv = ["-c", *rest[1:]]
             sys.path.insert(0, os.getcwd())
-            exec(compile(rest[0], "<string>", "exec"), {"__name__": "__main__"})
+            # A module of its own in sys.modules, as python3's __main__:
+            # pickle, enum and dataclasses look names up there.
+            main_module = types.ModuleType("__main__")
+            main_module.__dict__["__builtins__"] = builtins
+            sys.modules["__main__"] = main_module
+            exec(compile(rest[0], "<string>", "exec"), main_module.__dict__)
         else:
             sys.argv = [mode, *rest]
-            sys.path.insert(0, os.path.dirname(os.path.abspath(mode)))
-            runpy.run_path(mode, run_name="__main__")
+            path = os.path.abspath(mode)
+            sys.path.insert(0, os.path.dirname(path))
+            # `__file__` absolute, as python3 gives it since 3.9.
+            runpy.run_path(path, run_name="__main__")
     except SystemExit as exit_:
         return _exit_status(exit_.code)
-    except BaseException:  # noqa: BLE001 - report anything the program raised
-        traceback.print_exc()
-        return 1
+    except BaseException as error:  # noqa: BLE001 - report anything the program raised
+        # As python3 reports it: through sys.excepthook, from the program's
+        # own frames (this module's and runpy's left out).
+        error = error.with_traceback(_program_frames(error.__traceback__))
+        sys.excepthook(type(error), error, error.__traceback__)
+        return 130 if isinstance(error, KeyboardInterrupt) else 1
     return 0
 
 
+def _program_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without its leading frames of this module and of runpy."""
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") in (__name__, "runpy"):
+        tb = tb.tb_next
+    return tb
+
+
 def _exit_status(code: object) -> int:
+    """The status python3 exits with for ``sys.exit(code)``."""
     if code is None:
         return 0
     if isinstance(code, int):
-        return code
+        # A C long, truncated to the byte the OS keeps; beyond a long, -1.
+        return int(code) & 0xFF if -(2**63) <= code < 2**63 else 0xFF
     print(code, file=sys.stderr)
     return 1
+
+
+def _wait_for_threads() -> None:
+    """What python3 does before it exits (``threading._shutdown``): the
+    hooks of ``threading._register_atexit`` (an executor's workers end
+    there), then every thread that is not a daemon is joined. Not
+    `_shutdown` itself: it ends CPython's main thread, not this one."""
+    for hook in reversed(getattr(threading, "_threading_atexits", [])):
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - as CPython: reported, the rest still run
+            traceback.print_exc()
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon and thread is not threading.main_thread():
+            thread.join()

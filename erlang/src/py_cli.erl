@@ -6,6 +6,7 @@
 
 -spec main() -> no_return().
 main() ->
+    ok = py_cli_signals:install(),
     Args = [argument(A) || A <- init:get_plain_arguments()],
     Status = case application:ensure_all_started(erlang_python) of
                  {ok, _} -> run(Args);
@@ -16,7 +17,7 @@ main() ->
     erlang:halt(Status, [{flush, true}]).
 
 run(Args) ->
-    case py:call(erlang_python_cli, main, [Args], #{}, infinity) of
+    case py:call(erlang_python_cli, main, [Args], #{exiting => true}, infinity) of
         {ok, Status} when is_integer(Status) ->
             Status;
         {error, {Type, Message, Traceback}} ->
@@ -27,15 +28,16 @@ run(Args) ->
             1
     end.
 
-%% The VM decodes its arguments to characters under a UTF-8 locale only;
-%% under the C locale it hands over their bytes, which we read as UTF-8 when
-%% they are, as CPython does there (PEP 538, 540).
+%% An argument's bytes, as the OS passed them; Python decodes them as
+%% CPython does (UTF-8 with surrogateescape, PEP 383 and 540), so a name
+%% that is not UTF-8 still opens its file. Under a UTF-8 locale the VM
+%% decodes arguments to characters, an invalid one as
+%% `{incomplete | error, Decoded, Rest}'; under the C locale it hands over
+%% their bytes.
+argument({_Invalid, Decoded, Rest}) when is_binary(Rest) ->
+    <<(unicode:characters_to_binary(Decoded))/binary, Rest/binary>>;
 argument(Arg) ->
-    Bytes = case file:native_name_encoding() of
-                latin1 -> try list_to_binary(Arg) catch error:badarg -> none end;
-                utf8 -> none
-            end,
-    case Bytes =/= none andalso unicode:characters_to_binary(Bytes) of
-        Utf8 when is_binary(Utf8) -> Utf8;
-        _ -> unicode:characters_to_binary(Arg)
+    case file:native_name_encoding() of
+        latin1 -> list_to_binary(Arg);
+        utf8 -> unicode:characters_to_binary(Arg)
     end.

@@ -7,7 +7,9 @@
 -export([all/0, suite/0, init_per_suite/1, end_per_suite/1]).
 -export([exit_status/1, clean_exit/1, uncaught_exception/1, dash_c/1,
          argv_forwarded/1, c_locale/1, not_started/1, sigint_stops_node/1, dash_m/1, script_path_and_main/1, usage/1,
-         tracing_on_request/1]).
+         tracing_on_request/1, exit_status_as_python3/1, missing_script/1,
+         argument_not_utf8/1, signals_end_the_run/1, threads_are_joined/1,
+         dash_c_runs_in_main/1, uncaught_as_python3/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -20,7 +22,9 @@ suite() ->
 all() ->
     [exit_status, clean_exit, uncaught_exception, dash_c, argv_forwarded, c_locale,
      dash_m, script_path_and_main, usage, not_started, sigint_stops_node,
-     tracing_on_request].
+     tracing_on_request, exit_status_as_python3, missing_script,
+     argument_not_utf8, signals_end_the_run, threads_are_joined,
+     dash_c_runs_in_main, uncaught_as_python3].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -175,6 +179,105 @@ print(ready, status)
     {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
     ct:log("helper status ~b:~n~ts", [Status, Out]),
     ?assertEqual({0, <<"ready -2\n">>}, {Status, Out}).
+
+%% sys.exit's argument becomes the status python3 exits with: the low byte
+%% of an int (bool included), 255 beyond a C long; no VM crash, no output.
+-spec exit_status_as_python3(ct_suite:ct_config()) -> term().
+exit_status_as_python3(Config) ->
+    [?assertEqual({Status, <<>>, <<>>},
+                  run(Config, ["-c", "import sys; sys.exit(" ++ Code ++ ")"]))
+     || {Code, Status} <- [{"-1", 255}, {"-256", 0}, {"256", 0}, {"300", 44},
+                           {"False", 0}, {"True", 1}, {"2**70", 255}, {"-2**70", 255}]],
+    ?assertEqual([], filelib:wildcard(filename:join(?config(priv_dir, Config), "erl_crash.dump"))).
+
+-spec missing_script(ct_suite:ct_config()) -> term().
+missing_script(Config) ->
+    {Status, <<>>, Err} = run(Config, ["no_such_script.py"]),
+    ?assertEqual(2, Status),
+    ?assertMatch({_, _}, binary:match(Err, <<"can't open file">>)),
+    ?assertMatch({_, _}, binary:match(Err, <<"No such file or directory">>)).
+
+%% An argument that is not UTF-8 (a file name in Latin-1, say) reaches
+%% Python as python3 decodes it (surrogateescape), under a UTF-8 locale and
+%% under C: the file it names opens.
+-spec argument_not_utf8(ct_suite:ct_config()) -> term().
+argument_not_utf8(Config) ->
+    Dir = ?config(priv_dir, Config),
+    Name = <<"caf", 16#e9, ".txt">>,
+    ok = file:write_file(filename:join(Dir, Name), <<"latin-1 name">>),
+    Code = "import os, sys; a = sys.argv[1]; "
+           "print(repr(a), os.fsencode(a) == b'caf\\xe9.txt', open(a).read())",
+    [?assertMatch({0, <<"'caf\\udce9.txt' True latin-1 name\n">>, _},
+                  run(Config, ["-c", Code, Name], #{env => Env}))
+     || Env <- [[{"LC_ALL", "C.UTF-8"}], [{"LANG", "C"}, {"LC_ALL", "C"}, {"LC_CTYPE", false}]]],
+    %% After a `--', the script and its arguments as usual.
+    ?assertMatch({0, <<"['-c', 'x']\n">>, _},
+                 run(Config, ["--", "-c", "import sys; print(sys.argv)", "x"])).
+
+%% SIGINT (Ctrl-C) and SIGTERM end a run at once with python3's statuses,
+%% 130 and 143, and the VM's break menu never shows.
+-spec signals_end_the_run(ct_suite:ct_config()) -> term().
+signals_end_the_run(Config) ->
+    Helper = write_script(Config, "signal_helper.py", "
+import signal, subprocess, sys, time
+results = []
+for name in ('SIGINT', 'SIGTERM'):
+    node = subprocess.Popen(
+        [sys.argv[1], '-c', 'import time; print(\"ready\", flush=True); time.sleep(60)'],
+        stdout=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ready = node.stdout.readline().strip()
+    node.send_signal(getattr(signal, name))
+    try:
+        status = node.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        status = 'still running'
+    rest = node.stdout.read()
+    results.append((name, ready, status, rest))
+print(results)
+"),
+    Port = open_port({spawn_executable, os:find_executable("python3")},
+                     [exit_status, binary, stream, stderr_to_stdout,
+                      {args, [Helper, ?config(cli, Config)]}]),
+    {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
+    ct:log("helper status ~b:~n~ts", [Status, Out]),
+    ?assertEqual({0, <<"[('SIGINT', 'ready', 130, ''), ('SIGTERM', 'ready', 143, '')]\n">>},
+                 {Status, Out}).
+
+%% As python3 before it exits: the threads the program started that are not
+%% daemons are joined, and an executor left open finishes its work.
+-spec threads_are_joined(ct_suite:ct_config()) -> term().
+threads_are_joined(Config) ->
+    Code = "import threading, time\n"
+           "from concurrent.futures import ThreadPoolExecutor\n"
+           "threading.Thread(target=lambda: (time.sleep(0.5), print('thread'))).start()\n"
+           "ThreadPoolExecutor(1).submit(lambda: (time.sleep(0.3), print('task')))\n"
+           "print('main', threading.Thread(target=print).daemon)\n",
+    ?assertMatch({0, <<"main False\ntask\nthread\n">>, _}, run(Config, ["-c", Code])).
+
+%% `-c' code runs in a module registered as __main__, as python3 runs it.
+-spec dash_c_runs_in_main(ct_suite:ct_config()) -> term().
+dash_c_runs_in_main(Config) ->
+    Code = "import pickle, sys\n"
+           "def f(): pass\n"
+           "x = 1\n"
+           "print(pickle.loads(pickle.dumps(f)) is f, sys.modules['__main__'].x)\n",
+    ?assertMatch({0, <<"True 1\n">>, _}, run(Config, ["-c", Code])).
+
+%% An uncaught exception goes through sys.excepthook, its traceback from the
+%% program's own frames; KeyboardInterrupt ends the run with 130.
+-spec uncaught_as_python3(ct_suite:ct_config()) -> term().
+uncaught_as_python3(Config) ->
+    Hook = "import sys\n"
+           "sys.excepthook = lambda t, v, tb: print('hook', t.__name__, v, file=sys.stderr)\n"
+           "raise ValueError('boom')\n",
+    ?assertEqual({1, <<>>, <<"hook ValueError boom\n">>}, run(Config, ["-c", Hook])),
+    Script = write_script(Config, "interrupted.py", "raise KeyboardInterrupt\n"),
+    {130, <<>>, Err} = run(Config, [Script]),
+    ?assertEqual(nomatch, binary:match(Err, <<"erlang_python_cli">>)),
+    ?assertEqual(nomatch, binary:match(Err, <<"runpy">>)),
+    ?assertMatch({_, _}, binary:match(Err, <<"interrupted.py\", line 1, in <module>">>)).
 
 %%--------------------------------------------------------------------
 %% Helpers
