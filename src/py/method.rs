@@ -175,17 +175,31 @@ pub unsafe fn call_method_one_arg(
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
+    // Worded as CPython words a Python method's `def method(self, keyword)`.
     let arg = match (nargs, named.as_slice()) {
         (1, []) => Ok(()),
         (0, [name]) if name == keyword => Ok(()),
-        (0, [name]) => Err(PyTypeError::new_err(format!(
-            "{method}() got an unexpected keyword argument '{name}'"
-        ))),
-        _ => Err(PyTypeError::new_err(format!(
-            "{method}() takes exactly one argument ({keyword}) ({} given)",
-            nargs as usize + named.len()
-        ))),
-    };
+        (_, names) if names.iter().any(|name| name != keyword) => {
+            let name = names
+                .iter()
+                .find(|name| *name != keyword)
+                .expect("found above");
+            Err(format!(
+                "{method}() got an unexpected keyword argument '{name}'"
+            ))
+        }
+        (0, []) => Err(format!(
+            "{method}() missing 1 required positional argument: '{keyword}'"
+        )),
+        (1, _) => Err(format!(
+            "{method}() got multiple values for argument '{keyword}'"
+        )),
+        (given, _) => Err(format!(
+            "{method}() takes 2 positional arguments but {} were given",
+            given + 1
+        )),
+    }
+    .map_err(PyTypeError::new_err);
     if let Err(err) = arg {
         err.restore(py);
         return std::ptr::null_mut();

@@ -835,13 +835,13 @@ def test_write_checks_as_asyncio_does(loop: ErlangEventLoop) -> None:
         # `data` by keyword too, as asyncio's `write(self, data)` takes it;
         # other shapes are refused as a Python method would refuse them.
         transport.write(data=b"by keyword")
-        for args, kwargs in [
-            ((), {}),
-            ((b"a", b"b"), {}),
-            ((), {"buf": b"x"}),
-            ((b"a",), {"data": b"b"}),
+        for args, kwargs, message in [
+            ((), {}, "missing 1 required positional argument: 'data'"),
+            ((b"a", b"b"), {}, "takes 2 positional arguments but 3 were given"),
+            ((), {"buf": b"x"}, "got an unexpected keyword argument 'buf'"),
+            ((b"a",), {"data": b"b"}, "got multiple values for argument 'data'"),
         ]:
-            with pytest.raises(TypeError):
+            with pytest.raises(TypeError, match=r"write\(\) " + message):
                 transport.write(*args, **kwargs)
         transport.write_eof()
         with pytest.raises(RuntimeError, match="write_eof"):
