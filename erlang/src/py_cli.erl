@@ -7,6 +7,7 @@
 -spec main() -> no_return().
 main() ->
     ok = py_cli_signals:install(),
+    end_with_wrapper(os:getenv("ERLANG_PYTHON_WRAPPER")),
     Args = [argument(A) || A <- init:get_plain_arguments()],
     Status = case application:ensure_all_started(erlang_python) of
                  {ok, _} -> run(Args);
@@ -15,6 +16,16 @@ main() ->
                      70
              end,
     erlang:halt(Status, [{flush, true}]).
+
+%% The run ends with the script that started it (bin/erlang-python), even
+%% when that script is killed by SIGKILL, which it cannot forward.
+end_with_wrapper(false) ->
+    ok;
+end_with_wrapper(OsPid) ->
+    case py_nif:end_with_parent(list_to_integer(OsPid)) of
+        ok -> ok;
+        {error, _} -> erlang:halt(143, [{flush, false}])
+    end.
 
 run(Args) ->
     case py:call(erlang_python_cli, main, [Args], #{exiting => true}, infinity) of

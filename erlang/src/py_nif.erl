@@ -13,6 +13,8 @@
          %% used by py_event_worker / py_event_loops
          loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
          sleep_done/1, apply_orphan_stops/0,
+         %% used by py_cli
+         end_with_parent/1,
          %% UDP helpers for tests (nif/src/test_udp.rs)
          create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
          set_udp_broadcast/2, close_test_fd/1]).
@@ -27,7 +29,7 @@
        add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
        call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
-       sleep_done/1, apply_orphan_stops/0,
+       sleep_done/1, apply_orphan_stops/0, end_with_parent/1,
        create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
        set_udp_broadcast/2, close_test_fd/1]).
 
@@ -148,6 +150,12 @@ sleep_done(_Wait) -> ?NOT_LOADED.
 
 -spec apply_orphan_stops() -> ok.
 apply_orphan_stops() -> ?NOT_LOADED.
+
+%% @doc This OS process gets SIGTERM when its parent, the OS process
+%% `ParentOsPid', ends (Linux's parent-death signal): `parent_gone' when it
+%% has already.
+-spec end_with_parent(integer()) -> ok | {error, parent_gone | integer()}.
+end_with_parent(_ParentOsPid) -> ?NOT_LOADED.
 
 %% UDP helpers for tests (nif/src/test_udp.rs): non-blocking IPv4 UDP
 %% sockets bound on 127.0.0.1, used by fd number. A number that is not a UDP

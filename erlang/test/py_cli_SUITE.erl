@@ -215,7 +215,8 @@ argument_not_utf8(Config) ->
                  run(Config, ["--", "-c", "import sys; print(sys.argv)", "x"])).
 
 %% SIGINT (Ctrl-C) and SIGTERM end a run at once with python3's statuses,
-%% 130 and 143, and the VM's break menu never shows.
+%% 130 and 143, and the VM's break menu never shows; the node ends with
+%% the wrapper script even when that is killed by SIGKILL.
 -spec signals_end_the_run(ct_suite:ct_config()) -> term().
 signals_end_the_run(Config) ->
     Helper = write_script(Config, "signal_helper.py", "
@@ -235,6 +236,23 @@ for name in ('SIGINT', 'SIGTERM'):
         status = 'still running'
     rest = node.stdout.read()
     results.append((name, ready, status, rest))
+# SIGKILL of the wrapper script, which cannot forward it: the node ends too.
+node = subprocess.Popen(
+    [sys.argv[1], '-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(60)'],
+    stdout=subprocess.PIPE, text=True)
+beam = int(node.stdout.readline())
+node.kill()
+node.wait()
+def running(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as stat:
+            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+give_up = time.monotonic() + 20
+while running(beam) and time.monotonic() < give_up:
+    time.sleep(0.05)
+results.append(('SIGKILL of the wrapper', 'node running' if running(beam) else 'node gone'))
 print(results)
 "),
     Port = open_port({spawn_executable, os:find_executable("python3")},
@@ -242,7 +260,8 @@ print(results)
                       {args, [Helper, ?config(cli, Config)]}]),
     {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
     ct:log("helper status ~b:~n~ts", [Status, Out]),
-    ?assertEqual({0, <<"[('SIGINT', 'ready', 130, ''), ('SIGTERM', 'ready', 143, '')]\n">>},
+    ?assertEqual({0, <<"[('SIGINT', 'ready', 130, ''), ('SIGTERM', 'ready', 143, ''), "
+                       "('SIGKILL of the wrapper', 'node gone')]\n">>},
                  {Status, Out}).
 
 %% As python3 before it exits: the threads the program started that are not

@@ -11,6 +11,7 @@ mod fd_resource;
 mod job;
 mod namespace;
 mod opaque;
+mod parent;
 mod runtime;
 mod sleep;
 mod test_panic;
