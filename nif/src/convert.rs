@@ -295,19 +295,12 @@ fn big_term<'a>(env: Env<'a>, int: &Bound<'_, PyInt>) -> PyResult<Term<'a>> {
 }
 
 fn py_to_big(int: &Bound<'_, PyInt>) -> PyResult<BigInt> {
-    // int's own bit_length, not a subclass's override.
-    let bits: usize = int
-        .py()
-        .get_type::<PyInt>()
-        .call_method1("bit_length", (int,))?
-        .extract()?;
+    // int's own methods, not a subclass's overrides.
+    let int_type = int.py().get_type::<PyInt>();
+    let bits: usize = int_type.call_method1("bit_length", (int,))?.extract()?;
     let kwargs = PyDict::new(int.py());
     kwargs.set_item("signed", true)?;
-    let bytes = int.py().get_type::<PyInt>().call_method(
-        "to_bytes",
-        (int, bits / 8 + 1, "little"),
-        Some(&kwargs),
-    )?;
+    let bytes = int_type.call_method("to_bytes", (int, bits / 8 + 1, "little"), Some(&kwargs))?;
     Ok(BigInt::from_signed_bytes_le(
         bytes.cast::<PyBytes>()?.as_bytes(),
     ))

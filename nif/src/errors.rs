@@ -27,8 +27,13 @@ pub fn exception_term<'a>(env: Env<'a>, py: Python<'_>, error: &PyErr) -> Term<'
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let traceback = format_traceback(py, error).unwrap_or_default();
+    reason_term(env, &name, &message, &traceback)
+}
+
+/// `{Name, <<Message>>, <<Traceback>>}`, the name an atom when it can be.
+fn reason_term<'a>(env: Env<'a>, name: &str, message: &str, traceback: &str) -> Term<'a> {
     (
-        atom_or_binary(env, &name),
+        atom_or_binary(env, name),
         binary_term(env, message.as_bytes()),
         binary_term(env, traceback.as_bytes()),
     )
@@ -44,12 +49,11 @@ pub fn panic_result<'a>(env: Env<'a>, payload: &(dyn Any + Send)) -> Term<'a> {
         .or_else(|| payload.downcast_ref::<&str>().copied())
         .unwrap_or("panic");
     tracing::error!(message, "a Python call panicked");
-    let reason = (
-        atom_or_binary(env, "PanicException"),
-        binary_term(env, message.as_bytes()),
-        binary_term(env, b""),
-    );
-    (atoms::error(), reason).encode(env)
+    (
+        atoms::error(),
+        reason_term(env, "PanicException", message, ""),
+    )
+        .encode(env)
 }
 
 fn format_traceback(py: Python<'_>, error: &PyErr) -> PyResult<String> {
