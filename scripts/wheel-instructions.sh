@@ -15,11 +15,11 @@ cargo build --release --example wheel_instructions
 binary=target/release/examples/wheel_instructions
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-for workload in expire-dense expire-sparse insert-cancel; do
+for workload in expire-dense expire-sparse insert-cancel mixed; do
     valgrind --tool=callgrind --toggle-collect='wheel_instructions::measured_*' \
         --callgrind-out-file="$out/$workload" "$binary" "$workload" >"$out/$workload.stdout" 2>"$out/$workload.stderr"
     instructions=$(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$out/$workload.stderr")
     operations=$(sed -n 's/^operations \([0-9]*\)$/\1/p' "$out/$workload.stdout")
     awk -v w="$workload" -v i="$instructions" -v o="$operations" \
-        'BEGIN { printf "%-14s %6.1f instructions per %s\n", w, i / o, (w == "insert-cancel" ? "pair" : "fired timer") }'
+        'BEGIN { printf "%-14s %6.1f instructions per %s\n", w, i / o, (w == "insert-cancel" ? "pair" : w == "mixed" ? "step" : "fired timer") }'
 done

@@ -28,7 +28,7 @@
 //! small key is most of the cost of expiring it.
 
 use super::slab::Slab;
-use super::sort::{sort_into, sort_run, Scratch, SCRATCH_KEEP};
+use super::sort::{sort_into, sort_run, Bounds, Scratch, SCRATCH_KEEP};
 
 /// A sort key and slab index of a due entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,6 +141,46 @@ impl DueQueue {
         None
     }
 
+    /// Pops every live entry due at `now`, up to `max`, handing each
+    /// index to `fire`, which must free it from the slab; returns how many.
+    /// [`take_due`](Self::take_due) in a loop, with the cursor and the
+    /// tombstone count in registers: the stores `fire` makes (into the slab
+    /// and the caller's vector) would otherwise have them reloaded for every
+    /// entry. Leaves `head` on a live entry, as [`settle`](Self::settle).
+    #[inline(always)]
+    pub(crate) fn fire_due<T>(
+        &mut self,
+        slab: &mut Slab<T>,
+        now: u64,
+        max: usize,
+        mut fire: impl FnMut(&mut Slab<T>, u32),
+    ) -> usize {
+        let keys: &[DueKey] = &self.keys;
+        let mut head = self.head;
+        let mut dead = self.dead;
+        let mut fired = 0;
+        while fired < max {
+            let Some(&key) = keys.get(head) else {
+                break;
+            };
+            if key.deadline > now {
+                break;
+            }
+            head += 1;
+            // With no tombstone counted, every key is live (see `is_live`).
+            if dead != 0 && !slab.holds(key.index, key.generation, key.deadline) {
+                dead -= 1;
+                continue;
+            }
+            fire(slab, key.index);
+            fired += 1;
+        }
+        self.head = head;
+        self.dead = dead;
+        self.settle(slab);
+        fired
+    }
+
     /// Whether `key` names a live entry rather than a tombstone. Every
     /// tombstone was counted in `dead` when its entry was cancelled, and
     /// `dead` only drops when one is passed or compacted away, so with
@@ -210,13 +250,17 @@ impl DueQueue {
         self.gathered.push(key);
     }
 
-    /// Appends the keys gathered since the last call, sorted.
-    pub(crate) fn append_gathered<T>(&mut self, slab: &Slab<T>) {
+    /// Appends the keys gathered since the last call, sorted; `bounds` are
+    /// their least and greatest deadline, which the caller kept as it
+    /// gathered them (the sort needs them, and would otherwise read every
+    /// key once more).
+    pub(crate) fn append_gathered<T>(&mut self, slab: &Slab<T>, bounds: Bounds) {
         let start = self.keys.len();
         self.keys
             .resize(start + self.gathered.len(), DueKey::default());
         sort_into(
             &self.gathered,
+            bounds,
             &mut self.keys[start..],
             &mut self.scratch,
             |index| slab.entry(index).seq,

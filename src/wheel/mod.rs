@@ -49,6 +49,7 @@ use level::{Expiration, Level, SLOT_BITS, SLOT_MASK};
 use list::List;
 use overflow::{migration_tick, within_reach, Overflow};
 use slab::Slab;
+use sort::Bounds;
 use tick::Resolution;
 
 /// Number of levels. Seven levels of 64 slots reach `2^42` ticks: 139 years
@@ -200,9 +201,9 @@ pub struct Wheel<T> {
 
     /// No slot or far migration is to be processed before this tick, so an
     /// `advance` to an earlier one skips the walk of the levels. Set by that
-    /// walk; placing an entry in a level or the far list resets it to 0 (it
-    /// may be due sooner); a cancel leaves it, as being early only costs a
-    /// walk that finds nothing.
+    /// walk; placing an entry in a level lowers it to the first tick of the
+    /// entry's slot, in the far list resets it to 0; a cancel leaves it, as
+    /// being early only costs a walk that finds nothing.
     next_process_tick: u64,
 
     /// Insertion counter, stored in each entry to break deadline ties FIFO.
@@ -413,35 +414,57 @@ impl<T> Wheel<T> {
     /// Moves up to `max` timers due at `now_ns` into `out`, in (deadline,
     /// insertion) order, and returns true when more are due. A `now_ns`
     /// earlier than a previous one is clamped to it.
-    #[inline]
+    ///
+    /// Inlined into the caller: most advances find no slot to process, and
+    /// either nothing due or only the head of `ahead` (a sparse wheel's one
+    /// timer a tick); those are answered here, the rest out of line.
+    #[inline(always)]
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Expired<T>>, max: usize) -> bool {
         let now = now_ns.max(self.now);
         self.now = now;
-        let target = self.resolution.tick_of(now);
         let armed = self.armed.replace(NEVER);
+        let target = self.resolution.tick_of(now);
+        if target < self.next_process_tick {
+            // No slot or far migration to process up to `target`: the
+            // wheel's time moves without a look at the levels. Crossing no
+            // slot start, it leaves `next_deadline`'s answer as it was.
+            self.elapsed = self.elapsed.max(target);
+            if !self.queued_due(now) {
+                // The earliest queued timer is later: nothing moves.
+                self.count_spurious(armed, now, 0, false);
+                return false;
+            }
+            if self.due.is_empty() {
+                // Only the head of `ahead` can be due.
+                self.next_cache_valid.set(false);
+                let fired = self.fire_ahead(now, out, max);
+                // The due queue is still empty: `ahead`'s head is first.
+                self.queued_min = self.ahead.first_deadline().unwrap_or(NEVER);
+                let more = self.queued_due(now);
+                self.count_spurious(armed, now, fired, more);
+                return more;
+            }
+        }
+        self.advance_slow(now, target, armed, out, max)
+    }
+
+    /// `advance` when a slot is to be processed or the due queue is not
+    /// empty.
+    #[inline(never)]
+    fn advance_slow(
+        &mut self,
+        now: u64,
+        target: u64,
+        armed: u64,
+        out: &mut Vec<Expired<T>>,
+        max: usize,
+    ) -> bool {
         let (fired, more) = if target > self.elapsed || self.queued_due(now) {
             self.next_cache_valid.set(false);
-            if self.next_process_tick > target && self.due.is_empty() {
-                // Nothing to process up to `target` and nothing in the due
-                // queue: only the head of `ahead` can be due. The usual
-                // advance of a sparse wheel (one sorted timer a tick or
-                // none), kept out of `fire`'s call.
-                self.elapsed = self.elapsed.max(target);
-                if self.queued_due(now) {
-                    let fired = self.fire_ahead(now, out, max);
-                    // The due queue is still empty: `ahead`'s head is first.
-                    self.queued_min = self.ahead.first_deadline().unwrap_or(NEVER);
-                    (fired, self.queued_due(now))
-                } else {
-                    // That head (the earliest timer) is later: nothing moves.
-                    (0, false)
-                }
-            } else {
-                let fired = self.fire(now, target, out, max);
-                // Exact again: both heads are live after `fire`.
-                self.queued_min = self.queued_first_deadline();
-                (fired, self.queued_due(now))
-            }
+            let fired = self.fire(now, target, out, max);
+            // Exact again: both heads are live after `fire`.
+            self.queued_min = self.queued_first_deadline();
+            (fired, self.queued_due(now))
         } else {
             // Same tick as before and the head of the due queue (the
             // earliest timer of the wheel) still ahead: nothing can be due,
@@ -449,10 +472,17 @@ impl<T> Wheel<T> {
             // while later entries of the current tick wait in the due queue.
             (0, false)
         };
+        self.count_spurious(armed, now, fired, more);
+        more
+    }
+
+    /// Counts an advance that found nothing although `next_deadline` said
+    /// `armed` (`NEVER`: not asked since the last advance) was due.
+    #[inline(always)]
+    fn count_spurious(&mut self, armed: u64, now: u64, fired: usize, more: bool) {
         if fired == 0 && !more && armed != NEVER && armed <= now {
             self.stats.spurious_advances += 1;
         }
-        more
     }
 
     /// The work of `advance`: processes the wheel up to tick `target`, then
@@ -467,11 +497,24 @@ impl<T> Wheel<T> {
         }
         let mut fired = 0;
         while fired < max {
-            let Some(index) = self.take_due(now) else {
-                break;
+            // One queue alone pops in a tight loop; both are merged entry by
+            // entry.
+            let alone = if self.ahead.is_empty() {
+                &mut self.due
+            } else if self.due.is_empty() {
+                &mut self.ahead
+            } else {
+                let Some(index) = self.take_due(now) else {
+                    break;
+                };
+                self.hand_out(index, now, out);
+                fired += 1;
+                continue;
             };
-            self.hand_out(index, now, out);
-            fired += 1;
+            fired += alone.fire_due(&mut self.slab, now, max - fired, |slab, index| {
+                hand_out(slab, index, now, out)
+            });
+            break;
         }
         self.due.settle(&self.slab);
         self.ahead.settle(&self.slab);
@@ -482,17 +525,7 @@ impl<T> Wheel<T> {
     /// Frees the due entry at `index` (popped from a queue) and hands it out.
     #[inline(always)]
     fn hand_out(&mut self, index: u32, now: u64, out: &mut Vec<Expired<T>>) {
-        let entry = self.slab.remove(index);
-        debug_assert!(
-            entry.deadline <= now,
-            "firing entry {index} early: deadline {} > now {now}",
-            entry.deadline
-        );
-        out.push(Expired {
-            key: TimerKey::new(index, entry.generation),
-            deadline: entry.deadline,
-            value: entry.value,
-        });
+        hand_out(&mut self.slab, index, now, out);
     }
 
     /// `fire` when the due queue is empty and no slot or far migration is
@@ -502,15 +535,11 @@ impl<T> Wheel<T> {
     #[inline(always)]
     fn fire_ahead(&mut self, now: u64, out: &mut Vec<Expired<T>>, max: usize) -> usize {
         debug_assert!(self.due.is_empty(), "fire_ahead with a due queue");
-        let mut fired = 0;
-        while fired < max {
-            let Some(index) = self.ahead.take_due(&self.slab, now) else {
-                break;
-            };
-            self.hand_out(index, now, out);
-            fired += 1;
-        }
-        self.ahead.settle(&self.slab);
+        let fired = self
+            .ahead
+            .fire_due(&mut self.slab, now, max, |slab, index| {
+                hand_out(slab, index, now, out)
+            });
         self.stats.fired += fired as u64;
         fired
     }
@@ -765,18 +794,20 @@ impl<T> Wheel<T> {
     /// `ahead` as one sorted run.
     fn sort_ahead(&mut self, list: List) {
         let mut moved = 0u64;
+        let mut bounds = Bounds::EMPTY;
         let mut drain = list.drain();
         while let Some(index) = drain.next(&self.slab) {
             moved += 1;
             let entry = self.slab.entry_mut(index);
             entry.location = Location::Ahead;
+            bounds.take_in(entry.deadline);
             self.ahead.gather(DueKey {
                 deadline: entry.deadline,
                 index,
                 generation: entry.generation,
             });
         }
-        self.ahead.append_gathered(&self.slab);
+        self.ahead.append_gathered(&self.slab, bounds);
         self.stats.cascaded += moved;
     }
 
@@ -891,10 +922,15 @@ impl<T> Wheel<T> {
         let when = self.resolution.tick_of(deadline);
         if when > self.elapsed && within_reach(self.elapsed, when) && deadline != NEVER {
             let level = level_for(self.elapsed, when);
-            let slot = level::slot_for(when, level);
+            let shift = SLOT_BITS * level as u32;
+            let digits = when >> shift;
+            let slot = (digits & SLOT_MASK) as usize;
             self.levels[level].push(&mut self.slab, slot, index, deadline);
             self.occupied_levels |= 1 << level;
-            self.next_process_tick = 0;
+            // The wheel reaches this slot at its first tick: `when` with the
+            // digits below the level cleared (later than `elapsed`, as the
+            // level's digit of `when` is the higher one).
+            self.next_process_tick = self.next_process_tick.min(digits << shift);
             return Location::Slot {
                 level: level as u8,
                 slot: slot as u8,
@@ -927,6 +963,23 @@ impl<T> Wheel<T> {
             Location::Far
         }
     }
+}
+
+/// Frees the due entry at `index` of `slab` (popped from a queue as live)
+/// and pushes it onto `out`.
+#[inline(always)]
+fn hand_out<T>(slab: &mut Slab<T>, index: u32, now: u64, out: &mut Vec<Expired<T>>) {
+    let entry = slab.remove_live(index);
+    debug_assert!(
+        entry.deadline <= now,
+        "firing entry {index} early: deadline {} > now {now}",
+        entry.deadline
+    );
+    out.push(Expired {
+        key: TimerKey::new(index, entry.generation),
+        deadline: entry.deadline,
+        value: entry.value,
+    });
 }
 
 /// The level for tick `when` seen from tick `elapsed` (`when > elapsed`,

@@ -256,6 +256,31 @@ impl<T> Slab<T> {
         }
     }
 
+    /// [`remove`](Self::remove) of an entry being fired: its index was
+    /// popped from a due queue as live, or taken from a slot's list. The
+    /// contract of [`entry`](Self::entry), unchecked in release builds: this
+    /// runs once per fired timer.
+    #[inline(always)]
+    pub(crate) fn remove_live(&mut self, index: u32) -> Entry<T> {
+        debug_assert!(
+            matches!(self.slots.get(index as usize), Some(Slot::Occupied(_))),
+            "slab index {index} is vacant or out of bounds"
+        );
+        let vacant = Slot::Vacant {
+            generation: self.entry(index).generation + 1,
+            next_free: self.free_head,
+        };
+        // SAFETY: as in `entry`, `index` names an occupied slot of `slots`.
+        let slot = unsafe { self.slots.get_unchecked_mut(index as usize) };
+        let Slot::Occupied(entry) = std::mem::replace(slot, vacant) else {
+            // SAFETY: as above, the slot is occupied.
+            unsafe { std::hint::unreachable_unchecked() }
+        };
+        self.free_head = index;
+        self.len -= 1;
+        entry
+    }
+
     /// Frees the slot at `index` and returns its entry. The caller must have
     /// unlinked the entry from its list.
     #[inline]

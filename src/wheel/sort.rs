@@ -22,6 +22,37 @@ const BUCKET_MIN: usize = 32;
 /// given back, so one burst of timers does not pin its memory for good.
 pub(crate) const SCRATCH_KEEP: usize = 1 << 16;
 
+/// The least and greatest deadline of some keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    pub(crate) min: u64,
+    pub(crate) max: u64,
+}
+
+impl Bounds {
+    /// The bounds of no key: any key's deadline is both a new min and max.
+    pub(crate) const EMPTY: Bounds = Bounds {
+        min: u64::MAX,
+        max: 0,
+    };
+
+    /// Widens the bounds to take in `deadline`.
+    #[inline(always)]
+    pub(crate) fn take_in(&mut self, deadline: u64) {
+        self.min = self.min.min(deadline);
+        self.max = self.max.max(deadline);
+    }
+
+    /// The bounds of `keys`.
+    pub(crate) fn of(keys: &[DueKey]) -> Bounds {
+        let mut bounds = Bounds::EMPTY;
+        for key in keys {
+            bounds.take_in(key.deadline);
+        }
+        bounds
+    }
+}
+
 /// Reusable memory for [`sort_run`], kept by the due queue so a
 /// steady state allocates nothing.
 #[derive(Debug, Default)]
@@ -44,7 +75,13 @@ pub(crate) fn sort_run(run: &mut [DueKey], scratch: &mut Scratch, seq_of: impl F
     let mut keys = std::mem::take(&mut scratch.keys);
     keys.clear();
     keys.resize(run.len(), DueKey::default());
-    bucket_sort_into(run, &mut keys, &mut scratch.starts, &seq_of);
+    bucket_sort_into(
+        run,
+        Bounds::of(run),
+        &mut keys,
+        &mut scratch.starts,
+        &seq_of,
+    );
     run.copy_from_slice(&keys);
     if keys.capacity() <= SCRATCH_KEEP {
         scratch.keys = keys;
@@ -56,8 +93,11 @@ pub(crate) fn sort_run(run: &mut [DueKey], scratch: &mut Scratch, seq_of: impl F
 /// Writes the keys of `src` into `dst` (of the same length) in the order of
 /// [`sort_run`]. For a run gathered apart from its destination: the keys
 /// are scattered straight into place, without `sort_run`'s copy back.
+/// `bounds` are the least and greatest deadline of `src`, known to a caller
+/// that gathered it (a pass over the keys fewer).
 pub(crate) fn sort_into(
     src: &[DueKey],
+    bounds: Bounds,
     dst: &mut [DueKey],
     scratch: &mut Scratch,
     seq_of: impl Fn(u32) -> u64,
@@ -67,7 +107,7 @@ pub(crate) fn sort_into(
         insertion_sort(dst, &seq_of);
         return;
     }
-    bucket_sort_into(src, dst, &mut scratch.starts, &seq_of);
+    bucket_sort_into(src, bounds, dst, &mut scratch.starts, &seq_of);
     if scratch.starts.capacity() > SCRATCH_KEEP {
         scratch.starts = Vec::new();
     }
@@ -77,14 +117,13 @@ pub(crate) fn sort_into(
 /// runs of `BUCKET_MIN` keys or more; `starts` is scratch memory.
 fn bucket_sort_into(
     src: &[DueKey],
+    Bounds { min, max }: Bounds,
     dst: &mut [DueKey],
     starts: &mut Vec<u32>,
     seq_of: &impl Fn(u32) -> u64,
 ) {
     debug_assert_eq!(src.len(), dst.len());
-    let (min, max) = src.iter().fold((u64::MAX, 0), |(lo, hi), key| {
-        (lo.min(key.deadline), hi.max(key.deadline))
-    });
+    debug_assert_eq!(Bounds::of(src), Bounds { min, max }, "wrong bounds");
     let span = max - min;
     if span == 0 {
         dst.copy_from_slice(src);
@@ -106,10 +145,12 @@ fn bucket_sort_into(
     // Counts to start offsets, the sum in a register (not carried through
     // memory from one bucket to the next).
     let mut sum = 0;
+    let mut crowded = false;
     for start in starts.iter_mut() {
         let count = *start;
         *start = sum;
         sum += count;
+        crowded |= count as usize >= BUCKET_MIN;
     }
     // `starts[b]` walks bucket b's range as keys land in it; afterwards it is
     // the end of bucket b, that is the start of bucket b + 1.
@@ -118,16 +159,23 @@ fn bucket_sort_into(
         dst[*at as usize] = *key;
         *at += 1;
     }
-    let mut start = 0;
-    for &end in &starts[..buckets] {
-        let end = end as usize;
-        match end - start {
-            0 | 1 => {}
-            2..BUCKET_MIN => insertion_sort(&mut dst[start..end], seq_of),
-            _ => comparison_sort(&mut dst[start..end], seq_of),
+    if crowded {
+        // Clustered deadlines: a bucket this full is sorted on its own, in
+        // O(k log k) rather than by the insertions below.
+        let mut start = 0;
+        for &end in &starts[..buckets] {
+            let end = end as usize;
+            if end - start >= BUCKET_MIN {
+                comparison_sort(&mut dst[start..end], seq_of);
+            }
+            start = end;
         }
-        start = end;
     }
+    // Every bucket's keys sort before the next bucket's, and what is still
+    // out of order lies inside a bucket of fewer than `BUCKET_MIN` keys: one
+    // insertion pass over the whole run finishes it, a key moving only within
+    // its bucket. Cheaper than visiting every bucket (most hold one key).
+    insertion_sort(dst, seq_of);
 }
 
 /// Sorts a few keys; cheaper than a call into the general sort for the one
@@ -135,6 +183,10 @@ fn bucket_sort_into(
 #[inline]
 fn insertion_sort(keys: &mut [DueKey], seq_of: &impl Fn(u32) -> u64) {
     for i in 1..keys.len() {
+        if !fires_after(&keys[i - 1], &keys[i], seq_of) {
+            // Already in place: the usual case, without a store.
+            continue;
+        }
         let key = keys[i];
         let mut j = i;
         while j > 0 && fires_after(&keys[j - 1], &key, seq_of) {
@@ -193,7 +245,13 @@ mod tests {
         let seq_of = |index: u32| n - u64::from(index);
         let src = keys(deadlines);
         let mut into = vec![DueKey::default(); src.len()];
-        sort_into(&src, &mut into, &mut Scratch::default(), seq_of);
+        sort_into(
+            &src,
+            Bounds::of(&src),
+            &mut into,
+            &mut Scratch::default(),
+            seq_of,
+        );
         let mut run = src;
         sort_run(&mut run, &mut Scratch::default(), seq_of);
         assert_eq!(into, run, "sort_into and sort_run disagree");
