@@ -991,8 +991,25 @@ fn level_for(elapsed: u64, when: u64) -> usize {
     // OR-ing in the slot mask maps "differ only in digit 0" to level 0.
     let masked = (elapsed ^ when) | SLOT_MASK;
     let significant = (u64::BITS - 1 - masked.leading_zeros()) as usize;
-    (significant / SLOT_BITS as usize).min(NUM_LEVELS - 1)
+    LEVEL_OF_BIT[significant] as usize
 }
+
+/// The level of the digit holding each bit of a tick, capped at the top
+/// level: one load on every insert instead of a division and a compare.
+const LEVEL_OF_BIT: [u8; 64] = {
+    let mut levels = [0; 64];
+    let mut bit = 0;
+    while bit < 64 {
+        let level = bit / SLOT_BITS as usize;
+        levels[bit] = if level < NUM_LEVELS {
+            level
+        } else {
+            NUM_LEVELS - 1
+        } as u8;
+        bit += 1;
+    }
+    levels
+};
 
 #[cfg(test)]
 mod tests {
