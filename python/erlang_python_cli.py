@@ -15,6 +15,9 @@ import threading
 import traceback
 import types
 
+import _erlang
+from erlang_loop._loop import wake_thread_loop
+
 USAGE = (
     "usage: erlang-python (SCRIPT | -m MODULE | -c CODE | conformance) [ARG ...]\n"
     "  conformance [--quick] [-v] [TEST ...]  CPython's asyncio tests on ErlangEventLoop"
@@ -22,6 +25,12 @@ USAGE = (
 
 # Subcommands: a word for a module of ours that `-m` also runs.
 SUBCOMMANDS = {"conformance": "erlang_python_conformance"}
+
+
+# The thread running the program, while it runs: Ctrl-C raises
+# KeyboardInterrupt there (see `interrupt`).
+_program_thread: int | None = None
+_program_lock = threading.Lock()
 
 
 def main(argv: list[str | bytes], *, exiting: bool = False) -> int:
@@ -36,8 +45,15 @@ def main(argv: list[str | bytes], *, exiting: bool = False) -> int:
     this = threading.current_thread()
     daemonic = this.daemon
     this._daemonic = False  # type: ignore[attr-defined]
+    global _program_thread
     try:
-        status = _run([arg if isinstance(arg, str) else os.fsdecode(arg) for arg in argv])
+        with _program_lock:
+            _program_thread = threading.get_ident()
+        try:
+            status = _run([arg if isinstance(arg, str) else os.fsdecode(arg) for arg in argv])
+        finally:
+            with _program_lock:
+                _program_thread = None
         if exiting:
             _wait_for_threads()
         return status
@@ -49,6 +65,20 @@ def main(argv: list[str | bytes], *, exiting: bool = False) -> int:
                 stream.flush()
             except Exception:  # noqa: BLE001 - a closed stream must not hide the status
                 pass
+
+
+def interrupt() -> bool:
+    """Ctrl-C of ``bin/erlang-python``: raises KeyboardInterrupt in the
+    program's thread, as python3's default SIGINT handler raises it in its
+    main thread, at the thread's next bytecode; an ErlangEventLoop that
+    thread waits in is woken for it. False when no program runs (the run
+    then ends at once)."""
+    with _program_lock:
+        ident = _program_thread
+        if ident is None or not _erlang.interrupt_thread(ident):
+            return False
+    wake_thread_loop(ident)
+    return True
 
 
 def _utf8_stdio() -> None:

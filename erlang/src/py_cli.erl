@@ -31,6 +31,10 @@ run(Args) ->
     case py:call(erlang_python_cli, main, [Args], #{exiting => true}, infinity) of
         {ok, Status} when is_integer(Status) ->
             Status;
+        {error, {'KeyboardInterrupt', Message, Traceback}} ->
+            %% A Ctrl-C that reached the program as it was ending.
+            io:format(standard_error, "~ts~nKeyboardInterrupt: ~ts~n", [Traceback, Message]),
+            130;
         {error, {Type, Message, Traceback}} ->
             io:format(standard_error, "~ts~n~p: ~ts~n", [Traceback, Type, Message]),
             1;

@@ -214,28 +214,51 @@ argument_not_utf8(Config) ->
     ?assertMatch({0, <<"['-c', 'x']\n">>, _},
                  run(Config, ["--", "-c", "import sys; print(sys.argv)", "x"])).
 
-%% SIGINT (Ctrl-C) and SIGTERM end a run at once with python3's statuses,
-%% 130 and 143, and the VM's break menu never shows; the node ends with
-%% the wrapper script even when that is killed by SIGKILL.
+%% Ctrl-C (SIGINT) raises KeyboardInterrupt in the program, as python3's
+%% default handler does: an asyncio program waiting in its loop is woken for
+%% it, its tasks' `finally' blocks run, and the run ends with 130 and the
+%% traceback; a program blocked in C sees it when the call returns, and a
+%% second Ctrl-C ends the run at once. SIGTERM ends a run at once with 143;
+%% the VM's break menu never shows; the node ends with the wrapper script
+%% even when that is killed by SIGKILL.
 -spec signals_end_the_run(ct_suite:ct_config()) -> term().
 signals_end_the_run(Config) ->
     Helper = write_script(Config, "signal_helper.py", "
 import signal, subprocess, sys, time
-results = []
-for name in ('SIGINT', 'SIGTERM'):
+ASYNCIO = '''
+import asyncio
+async def main():
+    print('ready', flush=True)
+    try:
+        await asyncio.sleep(60)
+    finally:
+        print('cleanup', flush=True)
+asyncio.run(main())
+'''
+BLOCKED = 'import time; print(\"ready\", flush=True); time.sleep(60)'
+def run(code, name, repeat):
     node = subprocess.Popen(
-        [sys.argv[1], '-c', 'import time; print(\"ready\", flush=True); time.sleep(60)'],
-        stdout=subprocess.PIPE, text=True,
+        [sys.argv[1], '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ready = node.stdout.readline().strip()
-    node.send_signal(getattr(signal, name))
-    try:
-        status = node.wait(timeout=20)
-    except subprocess.TimeoutExpired:
+    give_up = time.monotonic() + 20
+    status = 'still running'
+    while time.monotonic() < give_up:
+        node.send_signal(getattr(signal, name))
+        try:
+            status = node.wait(timeout=1)
+            break
+        except subprocess.TimeoutExpired:
+            if not repeat:
+                break
+    if status == 'still running':
         node.kill()
-        status = 'still running'
+        node.wait()
     rest = node.stdout.read()
-    results.append((name, ready, status, rest))
+    err = node.stderr.read()
+    return (name, ready, status, rest, 'KeyboardInterrupt' in err)
+results = [run(ASYNCIO, 'SIGINT', False), run(BLOCKED, 'SIGINT', True),
+           run(BLOCKED, 'SIGTERM', False)]
 # SIGKILL of the wrapper script, which cannot forward it: the node ends too.
 node = subprocess.Popen(
     [sys.argv[1], '-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(60)'],
@@ -260,7 +283,9 @@ print(results)
                       {args, [Helper, ?config(cli, Config)]}]),
     {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
     ct:log("helper status ~b:~n~ts", [Status, Out]),
-    ?assertEqual({0, <<"[('SIGINT', 'ready', 130, ''), ('SIGTERM', 'ready', 143, ''), "
+    ?assertEqual({0, <<"[('SIGINT', 'ready', 130, 'cleanup\\n', True), "
+                       "('SIGINT', 'ready', 130, '', False), "
+                       "('SIGTERM', 'ready', 143, '', False), "
                        "('SIGKILL of the wrapper', 'node gone')]\n">>},
                  {Status, Out}).
 

@@ -208,6 +208,10 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     sys_modules::install(py, "_erlang", |module| {
         module.add_function(wrap_pyfunction!(call, module)?)?;
         module.add_function(wrap_pyfunction!(send, module)?)?;
+        module.add_function(wrap_pyfunction!(
+            crate::interrupt::interrupt_thread,
+            module
+        )?)?;
         module.add_class::<Pid>()?;
         module.add_class::<Ref>()?;
         module.add_class::<OpaqueTerm>()?;

@@ -8,6 +8,7 @@ mod erlang_module;
 mod errors;
 mod event_loop;
 mod fd_resource;
+mod interrupt;
 mod job;
 mod namespace;
 mod opaque;

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import weakref
 from asyncio import (
     Future,
     base_events,
@@ -55,6 +56,31 @@ for _name, _method in _erlang_loop.timer_handle_methods(_ErlangTimerHandle).item
     setattr(_ErlangTimerHandle, _name, _method)
 
 
+# Every ErlangEventLoop alive, for `wake_thread_loop`.
+_LOOPS: weakref.WeakSet[ErlangEventLoop] = weakref.WeakSet()
+
+
+def wake_thread_loop(ident: int) -> bool:
+    """Wakes the ErlangEventLoop running in thread ``ident`` (a
+    ``threading.get_ident()``), if any, with a callback of Python code, and
+    says whether there was one. An exception set for that thread from
+    outside (``_erlang.interrupt_thread``) is raised at the thread's next
+    bytecode, which a loop waiting for events would not run."""
+    for loop in list(_LOOPS):
+        if loop._thread_id == ident:  # type: ignore[attr-defined]
+            try:
+                loop.call_soon_threadsafe(_run_bytecode)
+            except RuntimeError:  # closed meanwhile: it waits no more
+                return False
+            return True
+    return False
+
+
+def _run_bytecode() -> None:
+    """Nothing but the bytecode of a call, where a pending exception of the
+    thread is raised."""
+
+
 class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]
     """An asyncio event loop driven by the BEAM.
 
@@ -76,6 +102,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         self._loop_handle = self._native if isolated else None
         self._runner: _erlang_loop.LoopRunner | None = None
         super().__init__(selector=_ErlangSelector(self._native))
+        _LOOPS.add(self)
         # The ready queue, the timers in the wheel and one iteration are
         # native (LESSONS 27); `_ready` is the runner, deque-compatible.
         self._runner = _erlang_loop.LoopRunner(

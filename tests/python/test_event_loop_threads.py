@@ -407,3 +407,44 @@ def test_get_event_loop_after_set_none_follows_cpython_until_the_pool_resets() -
     assert len(outcome) == 2, outcome
     assert "no current event loop" in str(outcome[0])
     assert outcome[1] == "ErlangEventLoop"
+
+
+def test_an_interrupted_thread_leaves_its_waiting_loop_with_keyboard_interrupt() -> None:
+    """What Ctrl-C of ``bin/erlang-python`` does to the program's thread:
+    ``_erlang.interrupt_thread`` marks KeyboardInterrupt pending there, and
+    ``wake_thread_loop`` wakes the loop that thread waits in, so it is raised
+    now rather than when a timer an hour away fires. The loop's other
+    threads and loops are left alone."""
+    import _erlang
+
+    from erlang_loop._loop import wake_thread_loop
+
+    waiting = threading.Event()
+    outcome: list[str] = []
+
+    def program() -> None:
+        loop = ErlangEventLoop()
+        try:
+            loop.call_later(3600, outcome.append, "timer fired")
+            loop.call_soon(waiting.set)
+            try:
+                loop.run_forever()
+            except KeyboardInterrupt:
+                outcome.append("KeyboardInterrupt")
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=program, daemon=True)
+    thread.start()
+    assert waiting.wait(DEADLINE)
+    assert thread.ident is not None
+    # A thread that does not exist is not interrupted, nor its loop woken.
+    assert _erlang.interrupt_thread(2**40 + 12345) is False
+    assert wake_thread_loop(2**40 + 12345) is False
+    assert _erlang.interrupt_thread(thread.ident) is True
+    # The loop runs (it ran `waiting.set`): about to wait or waiting, either
+    # way the wake-up's callback runs in that thread.
+    assert wake_thread_loop(thread.ident) is True
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert outcome == ["KeyboardInterrupt"]
