@@ -16,7 +16,7 @@
 //! machine is shared, and time spent descheduled is not the structure's
 //! cost. Set `WHEEL_BENCH_WALL=1` to measure wall time instead.
 //!
-//! `cargo bench --bench wheel` (about 2 minutes).
+//! `cargo bench --bench wheel` (about 3 minutes).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
