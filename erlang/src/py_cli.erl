@@ -31,17 +31,18 @@ run(Args) ->
     case py:call(erlang_python_cli, main, [Args], #{exiting => true}, infinity) of
         {ok, Status} when is_integer(Status) ->
             Status;
-        {error, {'KeyboardInterrupt', Message, Traceback}} ->
-            %% A Ctrl-C that reached the program as it was ending.
-            io:format(standard_error, "~ts~nKeyboardInterrupt: ~ts~n", [Traceback, Message]),
-            130;
         {error, {Type, Message, Traceback}} ->
             io:format(standard_error, "~ts~n~p: ~ts~n", [Traceback, Type, Message]),
-            1;
+            error_status(Type);
         Other ->
             io:format(standard_error, "erlang-python: ~p~n", [Other]),
             1
     end.
+
+%% python3's status for an exception that escaped the program: 130 for a
+%% Ctrl-C that reached it as it was ending.
+error_status('KeyboardInterrupt') -> 130;
+error_status(_Type) -> 1.
 
 %% An argument's bytes, as the OS passed them; Python decodes them as
 %% CPython does (UTF-8 with surrogateescape, PEP 383 and 540), so a name

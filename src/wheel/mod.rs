@@ -507,7 +507,7 @@ impl<T> Wheel<T> {
                 let Some(index) = self.take_due(now) else {
                     break;
                 };
-                self.hand_out(index, now, out);
+                hand_out(&mut self.slab, index, now, out);
                 fired += 1;
                 continue;
             };
@@ -520,12 +520,6 @@ impl<T> Wheel<T> {
         self.ahead.settle(&self.slab);
         self.stats.fired += fired as u64;
         fired
-    }
-
-    /// Frees the due entry at `index` (popped from a queue) and hands it out.
-    #[inline(always)]
-    fn hand_out(&mut self, index: u32, now: u64, out: &mut Vec<Expired<T>>) {
-        hand_out(&mut self.slab, index, now, out);
     }
 
     /// `fire` when the due queue is empty and no slot or far migration is
@@ -631,7 +625,7 @@ impl<T> Wheel<T> {
             self.occupied_levels &= !1;
         }
         self.elapsed = target;
-        self.hand_out(index, now, out);
+        hand_out(&mut self.slab, index, now, out);
         self.stats.fired += 1;
         true
     }
