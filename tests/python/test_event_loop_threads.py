@@ -440,6 +440,11 @@ def test_an_interrupted_thread_leaves_its_waiting_loop_with_keyboard_interrupt()
     assert thread.ident is not None
     # A thread that does not exist is not interrupted, nor its loop woken.
     assert _erlang.interrupt_thread(2**40 + 12345) is False
+    # Not a thread id at all: a clear error, nothing interrupted.
+    with pytest.raises(TypeError):
+        _erlang.interrupt_thread("main")
+    with pytest.raises(OverflowError):
+        _erlang.interrupt_thread(-1)
     assert wake_thread_loop(2**40 + 12345) is False
     assert _erlang.interrupt_thread(thread.ident) is True
     # The loop runs (it ran `waiting.set`): about to wait or waiting, either
