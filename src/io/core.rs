@@ -431,8 +431,8 @@ impl LoopCore {
             // `BACKSTOP_SLACK_NS`) and the wake-up of loops nobody waits on;
             // an earlier timer inserted meanwhile notifies (`insert_timer`).
             if let Some(deadline) = state.wheel.next_deadline() {
-                let until = Duration::from_nanos(deadline.saturating_sub(now_monotonic_ns()));
-                if until.is_zero() {
+                let until = deadline.saturating_sub(now_monotonic_ns());
+                if until == 0 {
                     state.advance(now_monotonic_ns());
                     if state.pending.is_empty() {
                         // A cascade point, not a timer: look again.
@@ -440,6 +440,12 @@ impl LoopCore {
                     }
                     return Ok((state, slept, false));
                 }
+                // A timer less than a tick away is waited for a tick: the
+                // timers due meanwhile run in one wake-up instead of one
+                // each (a busy wheel has ~100 deadlines per ms; waking for
+                // each cost more CPU than running them). Never early; a
+                // timer a tick or more away is still woken for exactly.
+                let until = Duration::from_nanos(until.max(state.wheel.tick_ns()));
                 limit = Some(limit.map_or(until, |l| l.min(until)));
             }
             // Asleep, the loop learns of its fds from the BEAM, which

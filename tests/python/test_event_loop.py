@@ -672,6 +672,35 @@ def test_idle_loop_with_far_timers_barely_wakes(loop: ErlangEventLoop) -> None:
     assert stats["timers_cancelled"] - cancelled == 10_000
 
 
+def test_timers_less_than_a_tick_apart_share_wake_ups(loop: ErlangEventLoop) -> None:
+    """2,000 timers 10 us apart (20 ms of a busy loop's timers) run in
+    order, none early, for about a wake-up per 1 ms tick: the loop waits a
+    tick for a deadline less than a tick away instead of waking for each
+    (about 300 wake-ups when it did)."""
+    ran: list[tuple[int, float, float]] = []
+
+    async def busy() -> tuple[dict[str, int], dict[str, int]]:
+        done = loop.create_future()
+        before = loop.stats()
+        start = loop.time() + 0.005
+        for n in range(2_000):
+            when = start + n * 1e-5
+
+            def callback(n: int = n, when: float = when) -> None:
+                ran.append((n, when, loop.time()))
+                if n == 1_999:
+                    done.set_result(None)
+
+            loop.call_at(when, callback)
+        await done
+        return before, loop.stats()
+
+    before, after = run(loop, busy())
+    assert [n for n, _, _ in ran] == list(range(2_000))
+    assert all(now >= when for _, when, now in ran), "a timer ran early"
+    assert after["wakeups"] - before["wakeups"] <= 60, (before, after)
+
+
 def test_wakeup_flag_is_cleared_after_threadsafe_calls(loop: ErlangEventLoop) -> None:
     """LESSONS 24: wake-ups requested while the loop was busy are consumed;
     the loop then sleeps instead of spinning."""

@@ -384,6 +384,36 @@ fn a_served_loop_runs_a_due_timer_even_if_the_erlang_timer_is_late() {
     assert_eq!(core.stats().ticks, 0);
 }
 
+#[test]
+fn timers_less_than_a_tick_apart_are_run_by_one_wake_up_per_tick() {
+    // 400 deadlines 5 us apart (2 ms in all, a busy loop's timers): woken
+    // for each one, the thread slept about once per timer (the kernel's
+    // timer slack merging a few); waiting a tick once a deadline is less
+    // than a tick away, it sleeps about once per tick. Never early.
+    let (core, _) = new_loop();
+    let first = now_monotonic_ns() + ms(5);
+    for n in 0..400 {
+        core.insert_timer(first + n * 5_000, n).unwrap();
+    }
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    while out.len() < 400 {
+        batch.clear();
+        core.wait(Some(Duration::from_secs(30)), &mut batch, 1024)
+            .unwrap();
+        let now = now_monotonic_ns();
+        assert!(
+            batch.iter().all(|event| event.deadline <= now),
+            "fired early"
+        );
+        out.extend_from_slice(&batch);
+    }
+    let ids: Vec<u64> = out.iter().map(|event| event.id).collect();
+    assert_eq!(ids, (0..400).collect::<Vec<_>>());
+    let wakeups = core.stats().wakeups;
+    assert!(wakeups <= 10, "{wakeups} wake-ups for 2 ms of timers");
+}
+
 fn new_polled_loop() -> (Arc<LoopCore>, Arc<FakeHost>) {
     let host = Arc::new(FakeHost::default());
     let core = LoopCore::with_own_poller(1_000_000, host.clone()).unwrap();
