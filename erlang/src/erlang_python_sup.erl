@@ -6,6 +6,7 @@
 %% ├── py_event_worker_sup   one py_event_worker per isolated loop
 %% ├── py_event_default      the py_event_worker shared by default loops
 %% ├── py_event_loops        places new Python loops on a worker
+%% ├── py_signals            the OS signals Python loops handle, routed by the BEAM
 %% └── py_asyncio_sup        one py_asyncio_loop per long-lived loop (py_asyncio)
 %% '''
 -module(erlang_python_sup).
@@ -28,6 +29,7 @@ init([]) ->
         #{id => py_event_default,
           start => {py_event_worker, start_link, [py_event_default, []]}},
         #{id => py_event_loops, start => {py_event_loops, start_link, []}},
+        #{id => py_signals, start => {py_signals, start_link, []}},
         %% Last: its loops stop first, while the workers serving them still run.
         #{id => py_asyncio_sup, start => {py_asyncio_sup, start_link, []},
           type => supervisor}

@@ -15,6 +15,8 @@
          sleep_done/1, apply_orphan_stops/0,
          %% used by py_cli
          end_with_parent/1,
+         %% used by py_signal_forwarder
+         deliver_signal/1,
          %% UDP helpers for tests (nif/src/test_udp.rs)
          create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
          set_udp_broadcast/2, close_test_fd/1]).
@@ -29,7 +31,7 @@
        add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
        call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
-       sleep_done/1, apply_orphan_stops/0, end_with_parent/1,
+       sleep_done/1, apply_orphan_stops/0, end_with_parent/1, deliver_signal/1,
        create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
        set_udp_broadcast/2, close_test_fd/1]).
 
@@ -156,6 +158,12 @@ apply_orphan_stops() -> ?NOT_LOADED.
 %% has already.
 -spec end_with_parent(integer()) -> ok | {error, parent_gone | integer()}.
 end_with_parent(_ParentOsPid) -> ?NOT_LOADED.
+
+%% @doc Writes a signal the BEAM caught to the signal pipes of the Python
+%% loops (their handlers for it run; the others ignore it). Only the
+%% signals `py_signals' routes; `badarg' for any other.
+-spec deliver_signal(sighup | sigalrm | sigusr2) -> ok.
+deliver_signal(_Signal) -> ?NOT_LOADED.
 
 %% UDP helpers for tests (nif/src/test_udp.rs): non-blocking IPv4 UDP
 %% sockets bound on 127.0.0.1, used by fd number. A number that is not a UDP

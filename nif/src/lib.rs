@@ -14,6 +14,7 @@ mod namespace;
 mod opaque;
 mod parent;
 mod runtime;
+mod signals;
 mod sleep;
 mod test_panic;
 mod test_udp;

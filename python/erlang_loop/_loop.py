@@ -29,6 +29,47 @@ from ._selector import _ErlangSelector
 from ._transports import _ErlangDatagramTransport, _ErlangSocketTransport
 
 
+#: Signals caught by the loop's library (src/io/signals.rs) and routed to
+#: it by the BEAM (erlang/src/py_signals.erl).
+_CAUGHT_SIGNALS = frozenset(_erlang_loop.CAUGHT_SIGNALS)
+_ROUTED_SIGNALS = frozenset(_erlang_loop.ROUTED_SIGNALS)
+
+#: The Erlang function that routes a signal to the loops (py_signals).
+_ROUTE_SIGNAL = "_erlang_python.route_signal"
+
+
+def _take_signal(sig: int) -> None:
+    """Makes ``sig`` reach the loops' signal pipes, for one more handler."""
+    if sig in _CAUGHT_SIGNALS:
+        try:
+            _erlang_loop.catch_signal(sig)
+        except OSError as exc:
+            raise RuntimeError(str(exc)) from exc
+        return
+    _route_signal(sig, True)
+
+
+def _leave_signal(sig: int) -> None:
+    """Undoes one :func:`_take_signal` of ``sig``."""
+    if sig in _CAUGHT_SIGNALS:
+        _erlang_loop.uncatch_signal(sig)
+    else:
+        _route_signal(sig, False)
+
+
+def _route_signal(sig: int, on: bool) -> None:
+    # Imported here: the module exists only inside the node, where loops run.
+    import _erlang
+
+    name = signal.Signals(sig).name.lower()
+    try:
+        answer = _erlang.call(_ROUTE_SIGNAL, name, on)
+    except _erlang.ErlangError as exc:
+        raise RuntimeError(f"the BEAM could not route {name}: {exc}") from exc
+    if answer != "ok":
+        raise RuntimeError(f"the BEAM could not route {name}: {answer!r}")
+
+
 class _ErlangTimerHandle(_erlang_loop.timer_handle_base()):  # type: ignore[misc]
     """An ``asyncio.TimerHandle`` that knows its key in the native wheel,
     with that key and ``when`` stored in the instance (see
@@ -332,25 +373,39 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             self._runner.close()
         super().close()
 
-    # -- signals: the BEAM owns them all but SIGCHLD --
+    # -- signals: the BEAM owns them; a loop gets SIGCHLD and what it routes --
 
     def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
-        """Only SIGCHLD (asyncio's SafeChildWatcher and FastChildWatcher use
-        it): every other signal belongs to the VM (NotImplementedError)."""
+        """asyncio's, for the signals a loop in the node may handle: SIGCHLD
+        (caught by the loop's library itself; asyncio's SafeChildWatcher and
+        FastChildWatcher use it) and SIGHUP, SIGALRM and SIGUSR2 (caught by
+        the BEAM, set to ``handle`` while a loop has a handler for them, and
+        passed on). The BEAM's own signals (SIGINT, SIGTERM, SIGQUIT,
+        SIGUSR1) and the rest raise NotImplementedError."""
         if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
-        if sig != signal.SIGCHLD:
+        if sig not in _CAUGHT_SIGNALS and sig not in _ROUTED_SIGNALS:
             raise NotImplementedError(
-                f"signal {sig} belongs to the BEAM: inside the node a loop may only "
-                "handle SIGCHLD"
+                f"signal {sig} belongs to the BEAM: inside the node a loop may handle "
+                "SIGCHLD, SIGHUP, SIGALRM and SIGUSR2 only"
             )
         self._check_closed()
+        handle = events.Handle(callback, args, self, None)
+        if sig in self._signal_handlers:
+            self._signal_handlers[sig] = handle
+            return
         if self._signal_fd is None:
-            fd = _erlang_loop.subscribe_signal(sig)
+            fd = _erlang_loop.subscribe_signals()
             self._signal_fd = fd
             self._add_reader(fd, self._read_signals)
-        self._signal_handlers[sig] = events.Handle(callback, args, self, None)
+        try:
+            _take_signal(sig)
+        except BaseException:
+            if not self._signal_handlers:
+                self._close_signal_fd()
+            raise
+        self._signal_handlers[sig] = handle
 
     def remove_signal_handler(self, sig: int) -> bool:
         self._check_signal(sig)
@@ -358,8 +413,11 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             del self._signal_handlers[sig]
         except KeyError:
             return False
-        if not self._signal_handlers:
-            self._close_signal_fd()
+        try:
+            _leave_signal(sig)
+        finally:
+            if not self._signal_handlers:
+                self._close_signal_fd()
         return True
 
     def _read_signals(self) -> None:
@@ -377,7 +435,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             return
         if not self.is_closed():
             self._remove_reader(fd)
-        _erlang_loop.unsubscribe_signal(fd)
+        _erlang_loop.unsubscribe_signals(fd)
 
     # -- erlang_python extras --
 

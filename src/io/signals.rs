@@ -1,37 +1,58 @@
-//! Delivery of the one process signal a loop may handle: SIGCHLD. The BEAM
-//! owns every other signal; SIGCHLD it leaves alone (its children are forked
-//! by `erl_child_setup`), and asyncio's SafeChildWatcher/FastChildWatcher
-//! need `add_signal_handler(SIGCHLD, ...)`.
+//! Delivery of process signals to loops. Each subscribing loop gets a pipe;
+//! a delivered signal's number is written (one byte) to every subscriber's
+//! non-blocking write end, and the loop watches the read end like any fd,
+//! running the handlers it has for that number and ignoring the others.
 //!
-//! Each subscribing loop gets a pipe; the C handler writes the signal number
-//! to every subscriber's (non-blocking) write end, which is all it does
-//! (async-signal-safe), and the loop watches the read end like any fd.
+//! The BEAM owns the process's signals (LESSONS 2), so a signal reaches the
+//! pipes one of two ways:
+//! - SIGCHLD, which the BEAM leaves alone (its children are forked by
+//!   `erl_child_setup`) and asyncio's SafeChildWatcher/FastChildWatcher
+//!   need, is caught by a handler of ours ([`catch`]), installed while a
+//!   loop has a handler for it. The handler only writes to the pipes
+//!   (async-signal-safe).
+//! - [`ROUTED`] signals are caught by the BEAM itself (`os:set_signal(Sig,
+//!   handle)`), whose signal server hands them to `py_signal_forwarder`,
+//!   which calls [`notify`]. Which signals the BEAM routes so is its own
+//!   choice; the ones it uses itself (SIGINT, SIGTERM, SIGQUIT, SIGUSR1)
+//!   are not among these.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 
-/// The signals a loop may subscribe to.
-pub const SUPPORTED: [libc::c_int; 1] = [libc::SIGCHLD];
+/// Signals caught by a handler of ours.
+pub const CAUGHT: [libc::c_int; 1] = [libc::SIGCHLD];
 
-/// Most loops subscribed at once.
+/// Signals the BEAM catches and passes on (`os:set_signal/2` accepts them,
+/// and it has no use of its own for them).
+pub const ROUTED: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGALRM, libc::SIGUSR2];
+
+/// Most subscribers at once.
 const SLOTS: usize = 64;
 
 /// Write ends of the subscribers' pipes (-1 = free), read by the handler.
 static WRITE_FDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
 
-/// Serialises subscribe/unsubscribe and remembers the disposition we replaced.
-static INSTALLED: Mutex<Option<libc::sigaction>> = Mutex::new(None);
+/// How many [`catch`]es of SIGCHLD are in force, and the disposition ours
+/// replaced (restored when the count drops to 0). Also serialises
+/// subscribe/unsubscribe.
+static CATCHES: Mutex<(usize, Option<libc::sigaction>)> = Mutex::new((0, None));
 
 extern "C" fn on_signal(signum: libc::c_int) {
+    notify(signum);
+}
+
+/// Writes `signum` to every subscriber's pipe. Async-signal-safe: atomic
+/// loads and write(2) only.
+pub fn notify(signum: libc::c_int) {
     let byte = signum as u8;
     for slot in &WRITE_FDS {
         let fd = slot.load(Ordering::Relaxed);
         if fd >= 0 {
-            // SAFETY: write(2) is async-signal-safe; a full pipe or a closed
-            // fd only makes it fail, which is fine (the loop is woken anyway
-            // or gone).
+            // SAFETY: write(2) of one byte from a local; a full pipe or a
+            // closed fd only makes it fail, which is fine (the loop is woken
+            // anyway, or gone).
             unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
         }
     }
@@ -44,12 +65,9 @@ pub struct Subscription {
     slot: usize,
 }
 
-/// Subscribes to `signum` (only SIGCHLD): returns the pipe to watch.
-pub fn subscribe(signum: libc::c_int) -> io::Result<Subscription> {
-    if !SUPPORTED.contains(&signum) {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+/// A new pipe that every delivered signal is written to.
+pub fn subscribe() -> io::Result<Subscription> {
+    let _serialised = CATCHES.lock().unwrap_or_else(|e| e.into_inner());
     let slot = WRITE_FDS
         .iter()
         .position(|fd| fd.load(Ordering::Relaxed) < 0)
@@ -60,88 +78,132 @@ pub fn subscribe(signum: libc::c_int) -> io::Result<Subscription> {
         return Err(io::Error::last_os_error());
     }
     WRITE_FDS[slot].store(fds[1], Ordering::Release);
-    if installed.is_none() {
-        let mut previous = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
-        // SAFETY: an all-zero sigaction is valid; we fill handler and flags.
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as *const () as usize;
-        action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
-        // SAFETY: installs a handler that only calls write(2); the previous
-        // disposition is saved to be restored by the last unsubscribe.
-        if unsafe { libc::sigaction(signum, &action, previous.as_mut_ptr()) } != 0 {
-            let error = io::Error::last_os_error();
-            release(slot, fds[0]);
-            return Err(error);
-        }
-        // SAFETY: sigaction succeeded and filled `previous`.
-        *installed = Some(unsafe { previous.assume_init() });
-    }
     Ok(Subscription {
         read_fd: fds[0],
         slot,
     })
 }
 
-/// Ends a subscription: closes its pipe; the last one restores the old
-/// disposition of SIGCHLD.
+/// Ends a subscription: closes its pipe.
 pub fn unsubscribe(subscription: Subscription) {
-    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-    release(subscription.slot, subscription.read_fd);
-    let any_left = WRITE_FDS.iter().any(|fd| fd.load(Ordering::Relaxed) >= 0);
-    if !any_left {
-        if let Some(previous) = installed.take() {
-            // SAFETY: restores the disposition saved at the first subscribe.
-            unsafe { libc::sigaction(libc::SIGCHLD, &previous, std::ptr::null_mut()) };
-        }
-    }
-}
-
-fn release(slot: usize, read_fd: RawFd) {
-    let write_fd = WRITE_FDS[slot].swap(-1, Ordering::AcqRel);
+    let _serialised = CATCHES.lock().unwrap_or_else(|e| e.into_inner());
+    let write_fd = WRITE_FDS[subscription.slot].swap(-1, Ordering::AcqRel);
     // SAFETY: both fds are ours (made by pipe2 above) and closed once here.
     unsafe {
         if write_fd >= 0 {
             libc::close(write_fd);
         }
-        libc::close(read_fd);
+        libc::close(subscription.read_fd);
     }
+}
+
+/// Catches `signum` (one of [`CAUGHT`]; EINVAL otherwise) into the pipes:
+/// the first catch installs our handler, saving the disposition it
+/// replaces. Each catch is ended by one [`uncatch`].
+pub fn catch(signum: libc::c_int) -> io::Result<()> {
+    if !CAUGHT.contains(&signum) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut catches = CATCHES.lock().unwrap_or_else(|e| e.into_inner());
+    if catches.0 == 0 {
+        let mut previous = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: an all-zero sigaction is valid; we fill handler and flags.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as *const () as usize;
+        action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
+        // SAFETY: installs a handler that only calls write(2); the previous
+        // disposition is saved to be restored by the last uncatch.
+        if unsafe { libc::sigaction(signum, &action, previous.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: sigaction succeeded and filled `previous`.
+        catches.1 = Some(unsafe { previous.assume_init() });
+    }
+    catches.0 += 1;
+    Ok(())
+}
+
+/// Ends one [`catch`] of `signum`; the last restores the disposition the
+/// first replaced. False (and nothing done) if none is in force.
+pub fn uncatch(signum: libc::c_int) -> bool {
+    let mut catches = CATCHES.lock().unwrap_or_else(|e| e.into_inner());
+    if !CAUGHT.contains(&signum) || catches.0 == 0 {
+        return false;
+    }
+    catches.0 -= 1;
+    if catches.0 == 0 {
+        if let Some(previous) = catches.1.take() {
+            // SAFETY: restores the disposition saved at the first catch.
+            unsafe { libc::sigaction(signum, &previous, std::ptr::null_mut()) };
+        }
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Whether `signum` arrives on `subscription`'s pipe within 10 s. Other
+    /// bytes are passed over: the tests run at once and share the pipes'
+    /// table, so one test's signals reach the other's subscribers too.
+    fn arrives(subscription: &Subscription, signum: libc::c_int) -> bool {
+        let mut byte = 0u8;
+        for _ in 0..2000 {
+            // SAFETY: reads one byte into a local from our non-blocking pipe.
+            let got = unsafe { libc::read(subscription.read_fd, (&mut byte as *mut u8).cast(), 1) };
+            if got == 1 && byte == signum as u8 {
+                return true;
+            }
+            if got != 1 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        false
+    }
+
     #[test]
-    fn only_sigchld_is_supported() {
-        assert!(subscribe(libc::SIGINT).is_err());
-        assert!(subscribe(libc::SIGUSR1).is_err());
+    fn only_sigchld_is_caught_by_us() {
+        for signum in [libc::SIGINT, libc::SIGUSR1, libc::SIGHUP, libc::SIGALRM] {
+            assert_eq!(
+                catch(signum).unwrap_err().raw_os_error(),
+                Some(libc::EINVAL)
+            );
+        }
+        assert!(!uncatch(libc::SIGINT));
     }
 
     #[test]
     fn a_child_exit_reaches_every_subscriber() {
-        let first = subscribe(libc::SIGCHLD).unwrap();
-        let second = subscribe(libc::SIGCHLD).unwrap();
+        let first = subscribe().unwrap();
+        let second = subscribe().unwrap();
+        catch(libc::SIGCHLD).unwrap();
+        catch(libc::SIGCHLD).unwrap();
         let status = std::process::Command::new("true").status().unwrap();
         assert!(status.success());
         for subscription in [&first, &second] {
-            let mut byte = 0u8;
-            let mut got = -1;
-            for _ in 0..2000 {
-                // SAFETY: reads one byte into a local from our non-blocking pipe.
-                got = unsafe { libc::read(subscription.read_fd, (&mut byte as *mut u8).cast(), 1) };
-                if got == 1 {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            assert_eq!(got, 1);
-            assert_eq!(byte as libc::c_int, libc::SIGCHLD);
+            assert!(arrives(subscription, libc::SIGCHLD));
         }
-        unsubscribe(first);
-        unsubscribe(second);
+        assert!(uncatch(libc::SIGCHLD));
+        assert!(CATCHES.lock().unwrap().1.is_some(), "one catch left");
+        assert!(uncatch(libc::SIGCHLD));
         assert!(
-            INSTALLED.lock().unwrap().is_none(),
+            CATCHES.lock().unwrap().1.is_none(),
             "old disposition restored"
         );
+        assert!(!uncatch(libc::SIGCHLD), "no catch left to end");
+        unsubscribe(first);
+        unsubscribe(second);
+    }
+
+    #[test]
+    fn a_routed_signal_reaches_every_subscriber() {
+        let first = subscribe().unwrap();
+        let second = subscribe().unwrap();
+        notify(libc::SIGHUP);
+        assert!(arrives(&first, libc::SIGHUP));
+        assert!(arrives(&second, libc::SIGHUP));
+        unsubscribe(first);
+        unsubscribe(second);
     }
 }

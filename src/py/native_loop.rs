@@ -271,18 +271,12 @@ impl NativeLoop {
 static SIGNAL_SUBSCRIPTIONS: std::sync::Mutex<Vec<crate::io::signals::Subscription>> =
     std::sync::Mutex::new(Vec::new());
 
-/// `_erlang_loop.subscribe_signal(signum)`: a non-blocking fd from which the
-/// signal's number can be read (one byte per delivery). Only SIGCHLD: the
-/// BEAM owns the other signals (`ValueError` for them).
+/// `_erlang_loop.subscribe_signals()`: a non-blocking fd from which the
+/// numbers of delivered signals can be read (one byte per delivery), of
+/// every signal caught ([`catch_signal`]) or routed by the BEAM.
 #[pyfunction]
-fn subscribe_signal(py: Python<'_>, signum: i32) -> PyResult<RawFd> {
-    let subscription = crate::io::signals::subscribe(signum).map_err(|error| {
-        if error.raw_os_error() == Some(libc::EINVAL) {
-            PyValueError::new_err(format!("signal {signum} belongs to the BEAM"))
-        } else {
-            os_error_err(py, &error)
-        }
-    })?;
+fn subscribe_signals(py: Python<'_>) -> PyResult<RawFd> {
+    let subscription = crate::io::signals::subscribe().map_err(|error| os_error_err(py, &error))?;
     let fd = subscription.read_fd;
     SIGNAL_SUBSCRIPTIONS
         .lock()
@@ -291,10 +285,10 @@ fn subscribe_signal(py: Python<'_>, signum: i32) -> PyResult<RawFd> {
     Ok(fd)
 }
 
-/// `_erlang_loop.unsubscribe_signal(fd)`: ends the subscription whose pipe is
-/// `fd` (and closes it). Unknown fds: False.
+/// `_erlang_loop.unsubscribe_signals(fd)`: ends the subscription whose pipe
+/// is `fd` (and closes it). Unknown fds: False.
 #[pyfunction]
-fn unsubscribe_signal(fd: RawFd) -> bool {
+fn unsubscribe_signals(fd: RawFd) -> bool {
     let mut subscriptions = SIGNAL_SUBSCRIPTIONS
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -305,6 +299,27 @@ fn unsubscribe_signal(fd: RawFd) -> bool {
         }
         None => false,
     }
+}
+
+/// `_erlang_loop.catch_signal(signum)`: our handler writes `signum` to the
+/// pipes until the matching `uncatch_signal`. Only `CAUGHT_SIGNALS`
+/// (SIGCHLD); `ValueError` for the others.
+#[pyfunction]
+fn catch_signal(py: Python<'_>, signum: i32) -> PyResult<()> {
+    crate::io::signals::catch(signum).map_err(|error| {
+        if error.raw_os_error() == Some(libc::EINVAL) {
+            PyValueError::new_err(format!("signal {signum} is not caught by the loop itself"))
+        } else {
+            os_error_err(py, &error)
+        }
+    })
+}
+
+/// `_erlang_loop.uncatch_signal(signum)`: ends one `catch_signal`; False if
+/// none was in force.
+#[pyfunction]
+fn uncatch_signal(signum: i32) -> bool {
+    crate::io::signals::uncatch(signum)
 }
 
 /// `_erlang_loop.new_loop(isolated)`: a native loop with its Erlang server.
@@ -341,7 +356,11 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
             super::datagram_transport::datagram_transport_methods,
             module
         )?)?;
-        module.add_function(wrap_pyfunction!(subscribe_signal, module)?)?;
-        module.add_function(wrap_pyfunction!(unsubscribe_signal, module)?)
+        module.add_function(wrap_pyfunction!(subscribe_signals, module)?)?;
+        module.add_function(wrap_pyfunction!(unsubscribe_signals, module)?)?;
+        module.add_function(wrap_pyfunction!(catch_signal, module)?)?;
+        module.add_function(wrap_pyfunction!(uncatch_signal, module)?)?;
+        module.add("CAUGHT_SIGNALS", crate::io::signals::CAUGHT)?;
+        module.add("ROUTED_SIGNALS", crate::io::signals::ROUTED)
     })
 }

@@ -1433,11 +1433,14 @@ def test_subprocess_exit_status(loop: ErlangEventLoop) -> None:
     assert returncode == 3
 
 
-def test_signal_handlers_other_than_sigchld_are_refused(loop: ErlangEventLoop) -> None:
-    """The BEAM owns process signals (LESSONS 2); only SIGCHLD is shared."""
-    with pytest.raises(NotImplementedError):
-        loop.add_signal_handler(signal.SIGUSR1, lambda: None)
-    assert loop.remove_signal_handler(signal.SIGUSR1) is False
+def test_the_beams_own_signals_are_refused(loop: ErlangEventLoop) -> None:
+    """The BEAM owns process signals (LESSONS 2): SIGINT, SIGTERM, SIGQUIT and
+    SIGUSR1 are its own, and nothing else is passed on but SIGCHLD, SIGHUP,
+    SIGALRM and SIGUSR2."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGWINCH):
+        with pytest.raises(NotImplementedError):
+            loop.add_signal_handler(sig, lambda: None)
+        assert loop.remove_signal_handler(sig) is False
 
     async def coroutine() -> None:
         pass
@@ -1446,6 +1449,60 @@ def test_signal_handlers_other_than_sigchld_are_refused(loop: ErlangEventLoop) -
         loop.add_signal_handler(signal.SIGCHLD, coroutine)
     with pytest.raises(ValueError):
         loop.add_signal_handler(0, lambda: None)
+    with pytest.raises(TypeError):
+        loop.add_signal_handler("SIGHUP", lambda: None)  # type: ignore[arg-type]
+
+
+def _until(loop: ErlangEventLoop, seen: list[object], count: int = 1) -> None:
+    async def wait() -> None:
+        while len(seen) < count:
+            await asyncio.sleep(0.01)
+
+    run(loop, asyncio.wait_for(wait(), 30))
+
+
+def test_a_sighup_to_the_node_runs_every_loops_handler(loop: ErlangEventLoop) -> None:
+    """SIGHUP is routed by the BEAM while a loop has a handler for it: the
+    node survives it and each loop's handler runs, with its arguments, on
+    its loop. A loop whose handler is gone keeps the route for the other."""
+    other = ErlangEventLoop()
+    seen: list[object] = []
+    seen_by_other: list[object] = []
+    try:
+        loop.add_signal_handler(signal.SIGHUP, seen.append, "first")
+        other.add_signal_handler(signal.SIGHUP, seen_by_other.append, "other")
+        os.kill(os.getpid(), signal.SIGHUP)
+        _until(loop, seen)
+        _until(other, seen_by_other)
+        assert (seen, seen_by_other) == (["first"], ["other"])
+        assert loop.remove_signal_handler(signal.SIGHUP) is True
+        assert loop.remove_signal_handler(signal.SIGHUP) is False
+        os.kill(os.getpid(), signal.SIGHUP)
+        _until(other, seen_by_other, 2)
+        assert seen_by_other == ["other", "other"]
+        assert seen == ["first"]
+    finally:
+        other.close()
+
+
+def test_a_sigalrm_handler_runs_while_the_loop_sleeps(loop: ErlangEventLoop) -> None:
+    """setitimer's SIGALRM, routed by the BEAM, wakes a loop asleep in
+    run_forever (asyncio's test_signal_handling_while_selecting)."""
+    caught: list[int] = []
+
+    def on_alarm(n: int) -> None:
+        caught.append(n)
+        loop.stop()
+
+    loop.add_signal_handler(signal.SIGALRM, on_alarm, 42)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0)
+        stop = loop.call_later(30, loop.stop)
+        loop.run_forever()
+        stop.cancel()
+        assert caught == [42]
+    finally:
+        assert loop.remove_signal_handler(signal.SIGALRM) is True
 
 
 def test_sigchld_handler_runs_when_a_child_exits(loop: ErlangEventLoop) -> None:
