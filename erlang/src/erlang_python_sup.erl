@@ -22,6 +22,9 @@ start_link() ->
 init([]) ->
     %% Owned here: what Python may call survives a restart of py_callback.
     ok = py_callback:new_table(),
+    %% Likewise the signals routed for Python loops (their handlers outlive
+    %% a restart of py_signals).
+    ok = py_signals:new_table(),
     Children = [
         #{id => py_callback, start => {py_callback, start_link, []}},
         #{id => py_event_worker_sup, start => {py_event_worker_sup, start_link, []},

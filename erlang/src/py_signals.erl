@@ -5,15 +5,22 @@
 %% (`os:set_signal/2') and `py_signal_forwarder', a handler of
 %% `erl_signal_server', passes it to the loops' signal pipes. The last
 %% `route(Signal, false)' sets it back to `default' (the OS's action: for
-%% these three, the end of the node), as does this server's stop.
+%% these three, the end of the node), as does the application's stop.
 %%
-%% The BEAM's own signals (SIGINT, SIGTERM, SIGQUIT, SIGUSR1) are never
-%% routed; SIGCHLD is caught by the loops' library itself.
+%% The counts live in a table the application's top supervisor owns: a
+%% restart of this server after a crash finds them, sets their signals to
+%% `handle' again and puts the forwarder back (the loops' handlers, in
+%% Python, outlive it). The BEAM's own signals (SIGINT, SIGTERM, SIGQUIT,
+%% SIGUSR1) are never routed; SIGCHLD is caught by the loops' library
+%% itself.
 -module(py_signals).
 -behaviour(gen_server).
 
--export([start_link/0, route/2, routed/0]).
+-export([start_link/0, new_table/0, route/2, routed/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-define(TABLE, py_signal_routes).
+-define(FORWARDER, py_signal_forwarder).
 
 %% What Python calls (`erlang.call(?CALLBACK, Name, On)').
 -define(CALLBACK, <<"_erlang_python.route_signal">>).
@@ -21,12 +28,16 @@
 -type signal() :: sighup | sigalrm | sigusr2.
 -export_type([signal/0]).
 
-%% Handlers wanting each routed signal (absent: none).
--type state() :: #{signal() => pos_integer()}.
-
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
     gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+%% @doc The table of counts (Signal => handlers wanting it), made by the
+%% application's top supervisor, which owns it; written only by this server.
+-spec new_table() -> ok.
+new_table() ->
+    ?TABLE = ets:new(?TABLE, [named_table, public]),
+    ok.
 
 %% @doc One more (`true') or one fewer (`false') handler wants `Signal'.
 %% `Signal' as Python passes it (`<<"sighup">>') or as an atom; any other
@@ -41,53 +52,67 @@ route(Signal, On) ->
     {error, {badarg, [Signal, On]}}.
 
 %% @doc The signals routed now, with how many handlers want each.
--spec routed() -> state().
+-spec routed() -> #{signal() => pos_integer()}.
 routed() ->
-    gen_server:call(?MODULE, routed).
+    maps:from_list(ets:tab2list(?TABLE)).
 
--spec init([]) -> {ok, state()}.
+-spec init([]) -> {ok, []}.
 init([]) ->
     process_flag(trap_exit, true),
     ok = py_callback:register(?CALLBACK, fun route/2),
-    {ok, #{}}.
+    ok = add_forwarder(),
+    %% After a crash: what the loops still want.
+    [ok = os:set_signal(Signal, handle) || {Signal, _} <- ets:tab2list(?TABLE)],
+    {ok, []}.
 
--spec handle_call(term(), gen_server:from(), state()) -> {reply, term(), state()}.
+-spec handle_call(term(), gen_server:from(), []) -> {reply, term(), []}.
 handle_call({route, Signal, true}, _From, State) ->
-    case maps:get(Signal, State, 0) of
-        0 ->
-            ok = ensure_forwarder(),
+    case ets:lookup(?TABLE, Signal) of
+        [] ->
             ok = os:set_signal(Signal, handle),
-            {reply, ok, State#{Signal => 1}};
-        Count ->
-            {reply, ok, State#{Signal := Count + 1}}
-    end;
+            true = ets:insert(?TABLE, {Signal, 1});
+        [{Signal, _}] ->
+            ets:update_counter(?TABLE, Signal, 1)
+    end,
+    {reply, ok, State};
 handle_call({route, Signal, false}, _From, State) ->
-    case maps:get(Signal, State, 0) of
-        0 ->
-            {reply, {error, {not_routed, Signal}}, State};
-        1 ->
-            ok = os:set_signal(Signal, default),
-            {reply, ok, maps:remove(Signal, State)};
-        Count ->
-            {reply, ok, State#{Signal := Count - 1}}
-    end;
-handle_call(routed, _From, State) ->
-    {reply, State, State};
+    Reply = case ets:lookup(?TABLE, Signal) of
+                [] ->
+                    {error, {not_routed, Signal}};
+                [{Signal, 1}] ->
+                    ok = os:set_signal(Signal, default),
+                    true = ets:delete(?TABLE, Signal),
+                    ok;
+                [{Signal, _}] ->
+                    _ = ets:update_counter(?TABLE, Signal, -1),
+                    ok
+            end,
+    {reply, Reply, State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_request}, State}.
 
--spec handle_cast(term(), state()) -> {noreply, state()}.
+-spec handle_cast(term(), []) -> {noreply, []}.
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
--spec handle_info(term(), state()) -> {noreply, state()}.
+%% The forwarder left `erl_signal_server' (it crashed): back it goes, or the
+%% routed signals would be dropped.
+-spec handle_info(term(), []) -> {noreply, []}.
+handle_info({gen_event_EXIT, ?FORWARDER, Reason}, State) when Reason =/= shutdown ->
+    ok = add_forwarder(),
+    {noreply, State};
 handle_info(_Info, State) ->
     {noreply, State}.
 
--spec terminate(term(), state()) -> ok.
-terminate(_Reason, State) ->
-    [os:set_signal(Signal, default) || Signal <- maps:keys(State)],
-    _ = gen_event:delete_handler(erl_signal_server, py_signal_forwarder, stop),
+%% Stopped (the application stops): the signals go back to `default'. A
+%% crash leaves them to the restart (`init/1').
+-spec terminate(term(), []) -> ok.
+terminate(Reason, _State) when Reason =:= shutdown; Reason =:= normal ->
+    [os:set_signal(Signal, default) || {Signal, _} <- ets:tab2list(?TABLE)],
+    true = ets:delete_all_objects(?TABLE),
+    _ = gen_event:delete_handler(erl_signal_server, ?FORWARDER, stop),
+    ok;
+terminate(_Reason, _State) ->
     ok.
 
 signal(Signal) when Signal =:= sighup; Signal =:= sigalrm; Signal =:= sigusr2 ->
@@ -97,9 +122,11 @@ signal(<<"sigalrm">>) -> {ok, sigalrm};
 signal(<<"sigusr2">>) -> {ok, sigusr2};
 signal(_) -> error.
 
-%% Added once, kept: it passes on only what is set to `handle' for us.
-ensure_forwarder() ->
-    case lists:member(py_signal_forwarder, gen_event:which_handlers(erl_signal_server)) of
+%% Linked to this server (`add_sup_handler'): it goes with the server and
+%% tells it when it goes alone. It passes on only the three signals, which
+%% only this server sets to `handle'.
+add_forwarder() ->
+    case lists:member(?FORWARDER, gen_event:which_handlers(erl_signal_server)) of
         true -> ok;
-        false -> gen_event:add_handler(erl_signal_server, py_signal_forwarder, [])
+        false -> gen_event:add_sup_handler(erl_signal_server, ?FORWARDER, [])
     end.

@@ -916,6 +916,19 @@ async def _signal_wait():
     _ = os:cmd("kill -USR2 " ++ os:getpid()),
     ?assertEqual({ok, [<<"usr2">>]},
                  py:eval(<<"_signal_loop.run_until_complete(asyncio.wait_for(_signal_wait(), 20))">>)),
+    %% A crash of the router loses neither the route nor the forwarder: the
+    %% node lives through the next SIGUSR2 and the handler runs again.
+    Router = whereis(py_signals),
+    exit(Router, kill),
+    NewRouter = wait_until(fun() -> whereis(py_signals) end,
+                           fun(Pid) -> is_pid(Pid) andalso Pid =/= Router end, 10000),
+    ?assertEqual(#{sigusr2 => 1}, py_signals:routed()),
+    _ = sys:get_state(NewRouter),
+    ?assert(lists:member(py_signal_forwarder, gen_event:which_handlers(erl_signal_server))),
+    ok = py:exec(<<"_signal_seen.clear()">>),
+    _ = os:cmd("kill -USR2 " ++ os:getpid()),
+    ?assertEqual({ok, [<<"usr2">>]},
+                 py:eval(<<"_signal_loop.run_until_complete(asyncio.wait_for(_signal_wait(), 20))">>)),
     ?assertEqual({ok, [true, false]},
                  py:eval(<<"[_signal_loop.remove_signal_handler(signal.SIGUSR2),"
                            " _signal_loop.remove_signal_handler(signal.SIGUSR2)]">>)),

@@ -19,6 +19,7 @@ from asyncio import (
     unix_events,
 )
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
+from asyncio.log import logger
 from collections.abc import Callable
 from contextvars import Context
 from typing import Any
@@ -395,11 +396,10 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         if sig in self._signal_handlers:
             self._signal_handlers[sig] = handle
             return
-        if self._signal_fd is None:
-            fd = _erlang_loop.subscribe_signals()
-            self._signal_fd = fd
-            self._add_reader(fd, self._read_signals)
         try:
+            if self._signal_fd is None:
+                self._signal_fd = _erlang_loop.subscribe_signals()
+                self._add_reader(self._signal_fd, self._read_signals)
             _take_signal(sig)
         except BaseException:
             if not self._signal_handlers:
@@ -415,9 +415,12 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             return False
         try:
             _leave_signal(sig)
-        finally:
-            if not self._signal_handlers:
-                self._close_signal_fd()
+        except Exception:
+            # The handler is gone either way; `close()` removes the others
+            # after this one.
+            logger.warning("could not stop taking signal %d", sig, exc_info=True)
+        if not self._signal_handlers:
+            self._close_signal_fd()
         return True
 
     def _read_signals(self) -> None:
@@ -433,9 +436,11 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         fd, self._signal_fd = self._signal_fd, None
         if fd is None:
             return
-        if not self.is_closed():
-            self._remove_reader(fd)
-        _erlang_loop.unsubscribe_signals(fd)
+        try:
+            if not self.is_closed():
+                self._remove_reader(fd)
+        finally:
+            _erlang_loop.unsubscribe_signals(fd)
 
     # -- erlang_python extras --
 

@@ -401,6 +401,8 @@ impl LoopCore {
         let give_up = timeout.map(|t| Instant::now() + t);
         let mut state = self.lock();
         let mut slept = false;
+        // When a timer less than a tick away may end the wait (see below).
+        let mut tick_floor: Option<u64> = None;
         loop {
             state.check_open()?;
             let state_ = &mut *state;
@@ -418,11 +420,6 @@ impl LoopCore {
             if !state.pending.is_empty() || state.wakeup_requested || !state.polled.is_empty() {
                 return Ok((state, slept, false));
             }
-            let now = Instant::now();
-            let mut limit = give_up.map(|g| g.saturating_duration_since(now));
-            if limit == Some(Duration::ZERO) {
-                return Ok((state, slept, true));
-            }
             // The sleep is also bounded by the wheel's next deadline: BEAM
             // timers have a 1 ms grain and fire late (`erlang:start_timer(1,
             // ...)` takes about 2 ms), so the waiting thread itself runs a
@@ -430,10 +427,13 @@ impl LoopCore {
             // past the deadline for a loop that waits so, see
             // `BACKSTOP_SLACK_NS`) and the wake-up of loops nobody waits on;
             // an earlier timer inserted meanwhile notifies (`insert_timer`).
+            // A due timer is run before a timeout is reported: the wait for
+            // it may have ended with the caller's limit (see below).
+            let mut until_timer = None;
             if let Some(deadline) = state.wheel.next_deadline() {
-                let until = deadline.saturating_sub(now_monotonic_ns());
-                if until == 0 {
-                    state.advance(now_monotonic_ns());
+                let now_ns = now_monotonic_ns();
+                if deadline <= now_ns {
+                    state.advance(now_ns);
                     if state.pending.is_empty() {
                         // A cascade point, not a timer: look again.
                         continue;
@@ -444,8 +444,22 @@ impl LoopCore {
                 // timers due meanwhile run in one wake-up instead of one
                 // each (a busy wheel has ~100 deadlines per ms; waking for
                 // each cost more CPU than running them). Never early; a
-                // timer a tick or more away is still woken for exactly.
-                let until = Duration::from_nanos(until.max(state.wheel.tick_ns()));
+                // timer a tick or more away is still woken for exactly. The
+                // tick counts from the first look that saw such a timer, so
+                // wake-ups that find nothing do not push it further.
+                let tick = state.wheel.tick_ns();
+                let wake_at = if deadline - now_ns < tick {
+                    deadline.max(*tick_floor.get_or_insert(now_ns + tick))
+                } else {
+                    deadline
+                };
+                until_timer = Some(Duration::from_nanos(wake_at - now_ns));
+            }
+            let mut limit = give_up.map(|g| g.saturating_duration_since(Instant::now()));
+            if limit == Some(Duration::ZERO) {
+                return Ok((state, slept, true));
+            }
+            if let Some(until) = until_timer {
                 limit = Some(limit.map_or(until, |l| l.min(until)));
             }
             // Asleep, the loop learns of its fds from the BEAM, which

@@ -18,7 +18,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Signals caught by a handler of ours.
@@ -34,28 +34,41 @@ const SLOTS: usize = 64;
 /// Write ends of the subscribers' pipes (-1 = free), read by the handler.
 static WRITE_FDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
 
+/// Calls of [`notify`] running now. An unsubscribe waits for none to run
+/// before it closes the pipe: a write end loaded by a `notify` must not be
+/// closed, its number reused by another file and that file written to.
+/// (A counter, not a lock: the signal handler may not take one.)
+static NOTIFYING: AtomicUsize = AtomicUsize::new(0);
+
 /// How many [`catch`]es of SIGCHLD are in force, and the disposition ours
 /// replaced (restored when the count drops to 0). Also serialises
 /// subscribe/unsubscribe.
 static CATCHES: Mutex<(usize, Option<libc::sigaction>)> = Mutex::new((0, None));
 
 extern "C" fn on_signal(signum: libc::c_int) {
+    // SAFETY: errno is the interrupted thread's; a failed write below must
+    // not change what it reads next.
+    let saved_errno = unsafe { *libc::__errno_location() };
     notify(signum);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved_errno };
 }
 
-/// Writes `signum` to every subscriber's pipe. Async-signal-safe: atomic
-/// loads and write(2) only.
+/// Writes `signum` to every subscriber's pipe. Async-signal-safe: atomics
+/// and write(2) only.
 pub fn notify(signum: libc::c_int) {
+    NOTIFYING.fetch_add(1, Ordering::SeqCst);
     let byte = signum as u8;
     for slot in &WRITE_FDS {
-        let fd = slot.load(Ordering::Relaxed);
+        let fd = slot.load(Ordering::SeqCst);
         if fd >= 0 {
-            // SAFETY: write(2) of one byte from a local; a full pipe or a
-            // closed fd only makes it fail, which is fine (the loop is woken
-            // anyway, or gone).
+            // SAFETY: write(2) of one byte from a local, to a pipe not closed
+            // while `NOTIFYING` counts this call; a full pipe only makes it
+            // fail, which is fine (the loop is woken anyway).
             unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
         }
     }
+    NOTIFYING.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// A subscription: the loop reads signal numbers (one byte each) from `read_fd`.
@@ -84,10 +97,17 @@ pub fn subscribe() -> io::Result<Subscription> {
     })
 }
 
-/// Ends a subscription: closes its pipe.
+/// Ends a subscription: closes its pipe, once no [`notify`] that may have
+/// loaded its write end runs.
 pub fn unsubscribe(subscription: Subscription) {
     let _serialised = CATCHES.lock().unwrap_or_else(|e| e.into_inner());
-    let write_fd = WRITE_FDS[subscription.slot].swap(-1, Ordering::AcqRel);
+    let write_fd = WRITE_FDS[subscription.slot].swap(-1, Ordering::SeqCst);
+    // A notify that began after the swap cannot see the fd; one that began
+    // before is counted. A signal handler interrupting this very loop runs
+    // to its end before the loop goes on, so this never waits on itself.
+    while NOTIFYING.load(Ordering::SeqCst) != 0 {
+        std::thread::yield_now();
+    }
     // SAFETY: both fds are ours (made by pipe2 above) and closed once here.
     unsafe {
         if write_fd >= 0 {

@@ -1485,6 +1485,40 @@ def test_a_sighup_to_the_node_runs_every_loops_handler(loop: ErlangEventLoop) ->
         other.close()
 
 
+def test_a_signal_the_beam_will_not_route_leaves_no_pipe_behind(
+    loop: ErlangEventLoop, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """add_signal_handler failing halfway (the route refused) raises and
+    closes the loop's signal pipe; remove_signal_handler whose un-route
+    fails still removes the handler and closes the pipe, with a warning
+    (asyncio's close() removes the others after it)."""
+    from erlang_loop import _loop as loop_module
+
+    baseline = _open_fds()
+
+    def refused(sig: int, *rest: object) -> None:
+        raise RuntimeError(f"the BEAM could not route {sig}")
+
+    monkeypatch.setattr(loop_module, "_take_signal", refused)
+    with pytest.raises(RuntimeError):
+        loop.add_signal_handler(signal.SIGUSR2, lambda: None)
+    assert loop._signal_fd is None
+    assert _open_fds() == baseline
+    monkeypatch.undo()
+
+    loop.add_signal_handler(signal.SIGUSR2, lambda: None)
+    assert _open_fds() >= baseline + 2  # the pipe's two ends
+    monkeypatch.setattr(loop_module, "_leave_signal", refused)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        assert loop.remove_signal_handler(signal.SIGUSR2) is True
+    assert "could not stop taking signal" in caplog.text
+    assert loop._signal_fd is None
+    assert _open_fds() <= baseline
+    monkeypatch.undo()
+    # The refused un-route left SIGUSR2 routed: taken back by hand.
+    loop_module._leave_signal(signal.SIGUSR2)
+
+
 def test_a_sigalrm_handler_runs_while_the_loop_sleeps(loop: ErlangEventLoop) -> None:
     """setitimer's SIGALRM, routed by the BEAM, wakes a loop asleep in
     run_forever (asyncio's test_signal_handling_while_selecting)."""
@@ -1502,6 +1536,8 @@ def test_a_sigalrm_handler_runs_while_the_loop_sleeps(loop: ErlangEventLoop) -> 
         stop.cancel()
         assert caught == [42]
     finally:
+        # Disarmed first: an alarm after the route is gone ends the node.
+        signal.setitimer(signal.ITIMER_REAL, 0)
         assert loop.remove_signal_handler(signal.SIGALRM) is True
 
 

@@ -414,6 +414,23 @@ fn timers_less_than_a_tick_apart_are_run_by_one_wake_up_per_tick() {
     assert!(wakeups <= 10, "{wakeups} wake-ups for 2 ms of timers");
 }
 
+#[test]
+fn a_timer_due_within_a_short_wait_is_returned_not_timed_out() {
+    // The caller's limit (0.7 ms) ends the wait before the tick a timer
+    // less than a tick away is waited for, but after that timer's deadline
+    // (0.3 ms): the wait returns the timer, not a timeout.
+    for _ in 0..20 {
+        let (core, _) = new_loop();
+        let deadline = now_monotonic_ns() + 300_000;
+        core.insert_timer(deadline, 5).unwrap();
+        let mut out = Vec::new();
+        core.wait(Some(Duration::from_micros(700)), &mut out, 16)
+            .unwrap();
+        assert_eq!(out.len(), 1, "the due timer was not returned");
+        assert!(now_monotonic_ns() >= deadline, "fired early");
+    }
+}
+
 fn new_polled_loop() -> (Arc<LoopCore>, Arc<FakeHost>) {
     let host = Arc::new(FakeHost::default());
     let core = LoopCore::with_own_poller(1_000_000, host.clone()).unwrap();
