@@ -6,13 +6,14 @@
 -behaviour(gen_event).
 
 -export([init/1, handle_event/2, handle_call/2, handle_info/2, terminate/2]).
+-include("py_signals.hrl").
 
 -spec init(term()) -> {ok, []}.
 init(_Args) ->
     {ok, []}.
 
 -spec handle_event(atom(), []) -> {ok, []}.
-handle_event(Signal, State) when Signal =:= sighup; Signal =:= sigalrm; Signal =:= sigusr2 ->
+handle_event(Signal, State) when ?IS_ROUTED_SIGNAL(Signal) ->
     ok = py_nif:deliver_signal(Signal),
     {ok, State};
 handle_event(_Signal, State) ->

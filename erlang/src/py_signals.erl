@@ -17,6 +17,7 @@
 -behaviour(gen_server).
 
 -export([start_link/0, new_table/0, route/2, routed/0]).
+-include("py_signals.hrl").
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(TABLE, py_signal_routes).
@@ -115,7 +116,7 @@ terminate(Reason, _State) when Reason =:= shutdown; Reason =:= normal ->
 terminate(_Reason, _State) ->
     ok.
 
-signal(Signal) when Signal =:= sighup; Signal =:= sigalrm; Signal =:= sigusr2 ->
+signal(Signal) when ?IS_ROUTED_SIGNAL(Signal) ->
     {ok, Signal};
 signal(<<"sighup">>) -> {ok, sighup};
 signal(<<"sigalrm">>) -> {ok, sigalrm};
