@@ -27,6 +27,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use super::handling::Handling;
+use super::instance_attrs::InstanceAttrs;
 use super::method::{call_method, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::os_error;
@@ -70,19 +71,20 @@ unsafe extern "C" fn read_ready_method(
     // SAFETY: CPython calls this METH_NOARGS method of ours.
     unsafe {
         call_method(slf, no_arg, |transport, _| {
-            read_batch(transport).map(|()| transport.py().None())
+            read_batch(&InstanceAttrs::of(transport)).map(|()| transport.py().None())
         })
     }
 }
 
-fn read_batch(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+fn read_batch(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
+    let transport = attrs.object();
     let py = transport.py();
     let stock =
         |name: &Bound<'_, PyString>| call_stock(selector_transport(py)?, transport, name, ());
-    let Some(fd) = plain_socket_fd(transport)? else {
+    let Some(fd) = plain_socket_fd(attrs)? else {
         return stock(intern!(py, "_read_ready"));
     };
-    let family = socket_family(&transport.getattr(intern!(py, "_sock"))?)?;
+    let family = socket_family(&attrs.get(intern!(py, "_sock"))?)?;
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return stock(intern!(py, "_read_ready"));
     }
@@ -101,26 +103,26 @@ fn read_batch(transport: &Bound<'_, PyAny>) -> PyResult<()> {
         }
     };
     for _ in 0..DATAGRAM_BATCH {
-        if stopped(transport)? {
+        if stopped(attrs)? {
             return Ok(());
         }
         // The protocol may have closed the socket; its fd number may belong
         // to another socket since.
-        if plain_socket_fd(transport)? != Some(fd) {
+        if plain_socket_fd(attrs)? != Some(fd) {
             return Ok(());
         }
         match receive(py, fd, max_size)? {
             Ok((data, addr)) => {
-                transport
-                    .getattr(intern!(py, "_protocol"))?
+                attrs
+                    .get(intern!(py, "_protocol"))?
                     .call_method1(intern!(py, "datagram_received"), (data, addr))?;
             }
             Err(error) if no_event(&error) => return Ok(()),
             Err(error) => {
                 let exc = os_error(py, &error)?;
                 let _handling = Handling::start(&exc);
-                transport
-                    .getattr(intern!(py, "_protocol"))?
+                attrs
+                    .get(intern!(py, "_protocol"))?
                     .call_method1(intern!(py, "error_received"), (exc,))?;
                 return Ok(());
             }
@@ -130,11 +132,11 @@ fn read_batch(transport: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// Lost, closing or paused: read no more now.
-fn stopped(transport: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = transport.py();
-    Ok(transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
-        || transport.getattr(intern!(py, "_paused"))?.is_truthy()?
-        || transport.getattr(intern!(py, "_closing"))?.is_truthy()?)
+fn stopped(attrs: &InstanceAttrs<'_, '_>) -> PyResult<bool> {
+    let py = attrs.object().py();
+    Ok(attrs.is_true(intern!(py, "_conn_lost"))?
+        || attrs.is_true(intern!(py, "_paused"))?
+        || attrs.is_true(intern!(py, "_closing"))?)
 }
 
 /// One datagram and its sender, or the error of `recvfrom`.

@@ -80,6 +80,25 @@ impl MethodDef {
         self.name.to_str().unwrap_or("?")
     }
 
+    /// Whether `callable` is this method bound to `object`: what reading
+    /// the method from `object` gives (a builtin method of this entry).
+    pub fn is_bound_to(
+        &'static self,
+        callable: &Bound<'_, PyAny>,
+        object: &Bound<'_, PyAny>,
+    ) -> bool {
+        // SAFETY: type check first; a builtin method's `m_ml` and `m_self`
+        // are readable while we hold it.
+        unsafe {
+            let raw = callable.as_ptr();
+            if ffi::PyCFunction_Check(raw) == 0 {
+                return false;
+            }
+            let method = raw as *mut ffi::PyCFunctionObject;
+            std::ptr::eq((*method).m_ml, &self.def) && (*method).m_self == object.as_ptr()
+        }
+    }
+
     /// A method descriptor of this entry for instances of `cls`.
     pub fn descriptor(&'static self, cls: &Bound<'_, PyType>) -> PyResult<Py<PyAny>> {
         // SAFETY: `cls` is a live type; `self` is 'static and CPython only

@@ -6,6 +6,7 @@ pub mod datagram_transport;
 pub mod handles;
 pub(crate) mod handling;
 pub mod held;
+pub(crate) mod instance_attrs;
 pub mod interpreter;
 pub mod method;
 pub mod native_loop;

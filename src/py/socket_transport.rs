@@ -41,6 +41,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
+use super::instance_attrs::InstanceAttrs;
 use super::method::{call_method, call_method_one_arg, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::os_error;
@@ -96,7 +97,15 @@ unsafe extern "C" fn read_ready_method(
     unsafe {
         call_method(slf, no_arg, |transport, _| {
             let py = transport.py();
-            transport.getattr(intern!(py, "_read_ready_cb"))?.call0()?;
+            let attrs = InstanceAttrs::of(transport);
+            let callback = attrs.get(intern!(py, "_read_ready_cb"))?;
+            if DATA_RECEIVED.is_bound_to(&callback, transport) {
+                // The usual callback, our own method bound to this
+                // transport: its body, without the call through Python.
+                read_once(&attrs)?;
+            } else {
+                callback.call0()?;
+            }
             Ok(py.None())
         })
     }
@@ -109,7 +118,7 @@ unsafe extern "C" fn data_received_method(
     // SAFETY: CPython calls this METH_NOARGS method of ours.
     unsafe {
         call_method(slf, no_arg, |transport, _| {
-            read_once(transport).map(|()| transport.py().None())
+            read_once(&InstanceAttrs::of(transport)).map(|()| transport.py().None())
         })
     }
 }
@@ -134,12 +143,13 @@ unsafe extern "C" fn write_method(
     }
 }
 
-fn read_once(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+fn read_once(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
+    let transport = attrs.object();
     let py = transport.py();
-    if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
+    if attrs.is_true(intern!(py, "_conn_lost"))? {
         return Ok(());
     }
-    let Some(fd) = plain_socket_fd(transport)? else {
+    let Some(fd) = plain_socket_fd(attrs)? else {
         return stock_method(transport, intern!(py, "_read_ready__data_received"), ());
     };
     let max_size = match transport
@@ -177,7 +187,7 @@ fn read_once(transport: &Bound<'_, PyAny>) -> PyResult<()> {
     });
     match received {
         Received::Data(data) => {
-            let protocol = transport.getattr(intern!(py, "_protocol"))?;
+            let protocol = attrs.get(intern!(py, "_protocol"))?;
             if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
                 if is_exit(py, &err) {
                     return Err(err);
@@ -210,10 +220,11 @@ enum Received {
 
 fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
-    let Some(bytes) = sendable_now(transport, data)? else {
+    let attrs = InstanceAttrs::of(transport);
+    let Some(bytes) = sendable_now(&attrs, data)? else {
         return stock_write(transport, data);
     };
-    let Some(fd) = plain_socket_fd(transport)? else {
+    let Some(fd) = plain_socket_fd(&attrs)? else {
         return stock_write(transport, data);
     };
     // SAFETY: `bytes` is a live bytes object we hold for the call.
@@ -242,18 +253,18 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
 /// `data`'s bytes if the fast path applies: exactly `bytes`, not empty,
 /// nothing buffered, connection up, no EOF written, no sendfile running.
 fn sendable_now<'a>(
-    transport: &Bound<'_, PyAny>,
+    transport: &InstanceAttrs<'_, '_>,
     data: &'a Bound<'_, PyAny>,
 ) -> PyResult<Option<&'a [u8]>> {
-    let py = transport.py();
+    let py = data.py();
     let Ok(bytes) = data.cast_exact::<PyBytes>() else {
         return Ok(None);
     };
     let ready = !bytes.as_bytes().is_empty()
-        && !transport.getattr(intern!(py, "_eof"))?.is_truthy()?
-        && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
-        && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
-        && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?;
+        && !transport.is_true(intern!(py, "_eof"))?
+        && transport.get(intern!(py, "_empty_waiter"))?.is_none()
+        && !transport.is_true(intern!(py, "_conn_lost"))?
+        && !transport.is_true(intern!(py, "_buffer"))?;
     Ok(ready.then(|| bytes.as_bytes()))
 }
 

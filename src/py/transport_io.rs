@@ -11,6 +11,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
 use super::handling::Handling;
+use super::instance_attrs::InstanceAttrs;
 use super::once::cached_attr;
 use super::once::get_or_make;
 
@@ -24,15 +25,20 @@ thread_local! {
 
 /// The fd of the transport's socket now (-1 once closed), if the socket is
 /// a plain `socket.socket`; None otherwise (asyncio's code then decides).
-pub(super) fn plain_socket_fd(transport: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
-    let py = transport.py();
-    let sock = transport.getattr(intern!(py, "_sock"))?;
+pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Option<i32>> {
+    let py = transport.object().py();
+    let sock = transport.get(intern!(py, "_sock"))?;
     if !sock.get_type().is(socket_class(py)?) {
         return Ok(None);
     }
-    sock.call_method0(intern!(py, "fileno"))?
-        .extract()
-        .map(Some)
+    // `socket.socket` inherits `fileno` from `_socket.socket`: its method
+    // descriptor, called with the socket, is `sock.fileno()` without the
+    // lookup along the MRO.
+    static FILENO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let fileno = get_or_make(&FILENO, py, || {
+        Ok::<_, PyErr>(socket_class(py)?.getattr("fileno")?.unbind())
+    })?;
+    fileno.bind(py).call1((sock,))?.extract().map(Some)
 }
 
 /// The socket's family as an `int`, read by the C socket's own getter:

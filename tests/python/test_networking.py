@@ -1197,6 +1197,49 @@ def test_buffered_protocol_echo(loop: ErlangEventLoop) -> None:
     assert servers[0].updates >= len(data) // 1000
 
 
+class BufferedRecorder(asyncio.BufferedProtocol):
+    """Keeps what it is given through get_buffer/buffer_updated."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(64)
+        self.chunks: list[bytes] = []
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.chunks.append(bytes(self.buffer[:nbytes]))
+
+
+def test_set_protocol_switches_the_read_path_both_ways(loop: ErlangEventLoop) -> None:
+    """The native reader dispatches on the transport's `_read_ready_cb`,
+    which `set_protocol` changes: data goes to whichever protocol is set,
+    plain or buffered, at every switch."""
+    a, b = socket.socketpair()
+    plain_first, buffered, plain_again = Recorder(loop), BufferedRecorder(), Recorder(loop)
+
+    async def main() -> None:
+        transport, _ = await loop.create_connection(lambda: plain_first, sock=a)
+        b.sendall(b"one")
+        await wait_for_condition(lambda: plain_first.data == b"one")
+        transport.set_protocol(buffered)
+        b.sendall(b"two")
+        await wait_for_condition(lambda: b"".join(buffered.chunks) == b"two")
+        transport.set_protocol(plain_again)
+        b.sendall(b"three")
+        await wait_for_condition(lambda: plain_again.data == b"three")
+        transport.close()
+        await plain_again.lost
+
+    try:
+        run(loop, main())
+    finally:
+        b.close()
+    assert plain_first.data == b"one"
+    assert b"".join(buffered.chunks) == b"two"
+    assert plain_again.data == b"three"
+
+
 def test_connect_accepted_socket(loop: ErlangEventLoop) -> None:
     listener = socket.create_server((LOCALHOST, 0))
     port = listener.getsockname()[1]
