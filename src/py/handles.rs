@@ -29,30 +29,8 @@ pub(crate) struct Slot {
 impl Slot {
     /// The slot `name` of `ty`, which must be a writable object member.
     pub(crate) fn find(ty: &Bound<'_, PyType>, name: &str) -> PyResult<Slot> {
-        let descr = ty.getattr(name)?;
-        let bad = || PyRuntimeError::new_err(format!("{ty}.{name} is not an object slot"));
-        // SAFETY: the type check comes first; a member descriptor's object
-        // is a PyMemberDescrObject whose d_member points at the member table
-        // of a live type (we hold `descr`, which holds the type).
-        let (type_code, flags, offset) = unsafe {
-            if ffi::Py_TYPE(descr.as_ptr()) != addr_of_mut!(ffi::PyMemberDescr_Type) {
-                return Err(bad());
-            }
-            let member = (*(descr.as_ptr() as *mut ffi::PyMemberDescrObject)).d_member;
-            ((*member).type_code, (*member).flags, (*member).offset)
-        };
-        // SAFETY: `ty` is a live type object.
-        let size = unsafe { (*ty.as_type_ptr()).tp_basicsize };
         let pointer = std::mem::size_of::<*mut ffi::PyObject>() as isize;
-        let header = std::mem::size_of::<ffi::PyObject>() as isize;
-        if type_code != ffi::Py_T_OBJECT_EX
-            || flags & ffi::Py_READONLY != 0
-            || offset < header
-            || offset + pointer > size
-        {
-            return Err(bad());
-        }
-        Ok(Slot { offset })
+        member_offset(ty, name, ffi::Py_T_OBJECT_EX, pointer, true).map(|offset| Slot { offset })
     }
 
     /// The slot's value in `object` (borrowed; null when unset).
@@ -82,6 +60,41 @@ impl Slot {
         let old = std::mem::replace(&mut *place, value);
         ffi::Py_XDECREF(old);
     }
+}
+
+/// Where the member `name` of `ty` lives in an instance: a member
+/// descriptor of C type `type_code`, `size` bytes, inside the instance
+/// (and writable, if asked), or an error naming it.
+pub(crate) fn member_offset(
+    ty: &Bound<'_, PyType>,
+    name: &str,
+    type_code: std::ffi::c_int,
+    size: isize,
+    writable: bool,
+) -> PyResult<isize> {
+    let descr = ty.getattr(name)?;
+    let bad = || PyRuntimeError::new_err(format!("{ty}.{name} is not the member expected"));
+    // SAFETY: the type check comes first; a member descriptor's object
+    // is a PyMemberDescrObject whose d_member points at the member table
+    // of a live type (we hold `descr`, which holds the type).
+    let (found_code, flags, offset) = unsafe {
+        if ffi::Py_TYPE(descr.as_ptr()) != addr_of_mut!(ffi::PyMemberDescr_Type) {
+            return Err(bad());
+        }
+        let member = (*(descr.as_ptr() as *mut ffi::PyMemberDescrObject)).d_member;
+        ((*member).type_code, (*member).flags, (*member).offset)
+    };
+    // SAFETY: `ty` is a live type object.
+    let basic_size = unsafe { (*ty.as_type_ptr()).tp_basicsize };
+    let header = std::mem::size_of::<ffi::PyObject>() as isize;
+    if found_code != type_code
+        || (writable && flags & ffi::Py_READONLY != 0)
+        || offset < header
+        || offset + size > basic_size
+    {
+        return Err(bad());
+    }
+    Ok(offset)
 }
 
 /// What `Handle._run` does with the handle's callback.

@@ -43,6 +43,16 @@ impl MethodDef {
         doc: &'static CStr,
         function: ffi::PyCFunctionFastWithKeywords,
     ) -> MethodDef {
+        MethodDef::fastcall(name, doc, function)
+    }
+
+    /// A method taking any arguments the FASTCALL|KEYWORDS way (the body
+    /// reads them with [`call_method_fastcall`]).
+    pub const fn fastcall(
+        name: &'static CStr,
+        doc: &'static CStr,
+        function: ffi::PyCFunctionFastWithKeywords,
+    ) -> MethodDef {
         MethodDef {
             def: ffi::PyMethodDef {
                 ml_name: name.as_ptr(),
@@ -234,4 +244,93 @@ pub unsafe fn call_method_one_arg(
             ))),
         })
     }
+}
+
+/// The arguments of a FASTCALL|KEYWORDS call, as CPython passed them.
+pub struct FastArgs<'a> {
+    /// The positional arguments, then the keyword arguments' values.
+    args: &'a [*mut ffi::PyObject],
+    nargs: usize,
+    /// Null, or the tuple of the keyword arguments' names.
+    kwnames: *mut ffi::PyObject,
+}
+
+impl FastArgs<'_> {
+    /// How many arguments were given by position.
+    pub fn positional_count(&self) -> usize {
+        self.nargs
+    }
+
+    /// Whether any argument was given by keyword.
+    pub fn has_keywords(&self) -> bool {
+        !self.kwnames.is_null()
+    }
+
+    /// The positional argument at `index`, if given.
+    pub fn positional<'py>(&self, py: Python<'py>, index: usize) -> Option<Bound<'py, PyAny>> {
+        let &arg = self.args[..self.nargs].get(index)?;
+        // SAFETY: a live reference for the duration of the call.
+        Some(unsafe { Bound::from_borrowed_ptr(py, arg) })
+    }
+
+    /// `function(first, *args, **kwargs)` with these arguments: a method
+    /// of ours handing a call to the Python method it stands in for.
+    pub fn call_with_first<'py>(
+        &self,
+        function: &Bound<'py, PyAny>,
+        first: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = function.py();
+        let mut all = Vec::with_capacity(self.args.len() + 1);
+        all.push(first.as_ptr());
+        all.extend_from_slice(self.args);
+        // SAFETY: `all` holds live references (ours and the caller's) for
+        // the call; `kwnames` is null or the caller's tuple naming the last
+        // `len(kwnames)` of them, as vectorcall expects.
+        unsafe {
+            let result = ffi::PyObject_Vectorcall(
+                function.as_ptr(),
+                all.as_ptr(),
+                self.nargs + 1,
+                self.kwnames,
+            );
+            Bound::from_owned_ptr_or_err(py, result)
+        }
+    }
+}
+
+/// [`call_method`] for a [`MethodDef::fastcall`] method: the body gets its
+/// arguments as [`FastArgs`].
+///
+/// # Safety
+/// Called by CPython for such a method of ours: attached, `slf` live,
+/// `args`/`nargs`/`kwnames` as the FASTCALL|KEYWORDS convention passes them.
+pub unsafe fn call_method_fastcall(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    body: impl FnOnce(&Bound<'_, PyAny>, &FastArgs<'_>) -> PyResult<Py<PyAny>>,
+) -> *mut ffi::PyObject {
+    // SAFETY: `kwnames` is null or a tuple; its length counts the keyword
+    // values after the `nargs` positional ones in `args`.
+    let total = nargs as usize
+        + if kwnames.is_null() {
+            0
+        } else {
+            unsafe { ffi::PyTuple_GET_SIZE(kwnames) as usize }
+        };
+    let fast = FastArgs {
+        // SAFETY: `args` holds `total` live references (or is unused when
+        // there are none).
+        args: if total == 0 {
+            &[]
+        } else {
+            unsafe { std::slice::from_raw_parts(args, total) }
+        },
+        nargs: nargs as usize,
+        kwnames,
+    };
+    // SAFETY: as this function's contract.
+    unsafe { call_method(slf, std::ptr::null_mut(), |slf, _| body(slf, &fast)) }
 }

@@ -5,11 +5,13 @@ use std::cell::RefCell;
 
 use pyo3::call::PyCallArgs;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
+use super::handles::member_offset;
 use super::handling::Handling;
 use super::instance_attrs::InstanceAttrs;
 use super::once::cached_attr;
@@ -41,23 +43,32 @@ pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Opt
     fileno.bind(py).call1((sock,))?.extract().map(Some)
 }
 
-/// The socket's family as an `int`, read by the C socket's own getter:
-/// `socket.socket.family` is a Python property that builds an `IntEnum`
-/// (about a microsecond, more than a `sendto` of ours without it).
+/// The family of `sock`, a `socket.socket`, as an `int`: read where the C
+/// socket keeps it (the offset of `_socket.socket`'s read-only `family`
+/// member, found once). `socket.socket.family` is a Python property that
+/// builds an `IntEnum`, about a microsecond, more than a `sendto` of ours.
 pub(super) fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
-    static GETTER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static OFFSET: PyOnceLock<isize> = PyOnceLock::new();
     let py = sock.py();
-    let getter = get_or_make(&GETTER, py, || {
-        py.import("_socket")?
+    if !sock.get_type().is(socket_class(py)?) {
+        return sock.getattr(intern!(py, "family"))?.extract();
+    }
+    let offset = *get_or_make(&OFFSET, py, || {
+        let base = py
+            .import("_socket")?
             .getattr("socket")?
-            .getattr("__dict__")?
-            .get_item("family")
-            .map(Bound::unbind)
+            .cast_into::<PyType>()?;
+        let size = std::mem::size_of::<std::ffi::c_int>() as isize;
+        member_offset(&base, "family", ffi::Py_T_INT, size, false)
     })?;
-    getter
-        .bind(py)
-        .call_method1(intern!(py, "__get__"), (sock,))?
-        .extract()
+    // SAFETY: `sock` is a `socket.socket`, a subclass of `_socket.socket`
+    // whose instances hold a C int at `offset` (checked against the
+    // member's type and the instance size when it was found).
+    Ok(unsafe {
+        *(sock.as_ptr() as *const u8)
+            .offset(offset)
+            .cast::<std::ffi::c_int>()
+    })
 }
 
 /// `socket.socket`.

@@ -8,6 +8,7 @@ Run with ``bin/erlang-python -m pytest tests/python/test_networking_udp.py``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import sys
 from collections.abc import Iterator
@@ -450,9 +451,68 @@ def test_a_closed_endpoint_s_port_is_free_at_once(loop: ErlangEventLoop) -> None
 # ------------------------------------------------ the native _read_ready
 
 
-def test_the_datagram_read_is_native() -> None:
-    method = vars(_ErlangDatagramTransport)["_read_ready"]
+@pytest.mark.parametrize("name", ["_read_ready", "sendto"])
+def test_the_datagram_read_and_send_are_native(name: str) -> None:
+    method = vars(_ErlangDatagramTransport)[name]
     assert type(method).__name__ == "method_descriptor"
+
+
+def test_a_socket_subclass_gets_its_own_sendto_called(loop: ErlangEventLoop) -> None:
+    """The native send is for a plain socket.socket: a subclass's own
+    sendto (one that counts or throttles) is asyncio's to call."""
+    calls: list[Any] = []
+
+    class CountingSocket(socket.socket):
+        def sendto(self, data: Any, *args: Any) -> int:
+            calls.append(args[-1])
+            return super().sendto(data, *args)
+
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    plain.bind((LOCALHOST, 0))
+    sock = CountingSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
+        address = server.get_extra_info("sockname")
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), sock=sock
+        )
+        transport.sendto(b"counted", address)
+        await wait_for_condition(lambda: bool(protocol.received))
+        transport.close()
+        server.close()
+
+    run(loop, main())
+    assert calls and calls[0][1] > 0
+
+
+@pytest.mark.parametrize("connected", [False, True], ids=["unconnected", "connected"])
+def test_sendto_on_a_socket_closed_behind_the_transport_is_error_received(
+    loop: ErlangEventLoop, connected: bool
+) -> None:
+    """As asyncio's sendto on the stdlib loop: the closed socket's send
+    fails with EBADF (never sent through the fd number it had) and the
+    error goes to error_received, the one being handled; the transport stays open."""
+    seen: list[Any] = []
+
+    class Seeing(Datagrams):
+        def error_received(self, exc: Exception) -> None:
+            seen.append((exc, sys.exc_info()[1]))
+
+    async def main() -> None:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
+        address = server.get_extra_info("sockname")
+        where = {"remote_addr": address} if connected else {"local_addr": (LOCALHOST, 0)}
+        transport, _ = await loop.create_datagram_endpoint(lambda: Seeing(loop), **where)
+        transport.get_extra_info("socket")._sock.close()
+        transport.sendto(b"to nowhere", None if connected else address)
+        assert not transport.is_closing()
+        transport.abort()
+        server.close()
+
+    run(loop, main())
+    [(exc, handled)] = seen
+    assert isinstance(exc, OSError) and exc.errno == errno.EBADF and handled is exc
 
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
