@@ -19,6 +19,7 @@ src/io/poller.rs).
 from __future__ import annotations
 
 from asyncio import selector_events
+from typing import Any
 
 import _erlang_loop
 
@@ -30,7 +31,18 @@ class _ErlangSocketTransport(selector_events._SelectorSocketTransport):  # type:
     thread's receive buffer, ``bytes`` of the right size to the protocol) and
     the ``write`` fast path (``bytes`` sent at once while nothing is
     buffered) are the steps of asyncio's methods, in Rust
-    (src/py/socket_transport.rs); everything else is asyncio's."""
+    (src/py/socket_transport.rs); everything else is asyncio's. The
+    attributes they read on every event are slots of this class, read at
+    fixed offsets (src/py/instance_attrs.rs); asyncio's code sets and reads
+    them as before."""
+
+    __slots__ = _erlang_loop.SOCKET_TRANSPORT_SLOTS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # asyncio's class default, which its __del__ reads even when
+        # __init__ failed early; a slot has none.
+        self._sock = None
+        super().__init__(*args, **kwargs)
 
 
 for _name, _method in _erlang_loop.socket_transport_methods(_ErlangSocketTransport).items():
@@ -42,7 +54,14 @@ class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # t
     datagrams per readiness event, one loop iteration, read into the
     thread's receive buffer) and ``sendto``'s fast path too (``bytes`` sent
     at once to the connected peer or a numeric IPv4 address)
-    (src/py/datagram_transport.rs); everything else is asyncio's."""
+    (src/py/datagram_transport.rs); everything else is asyncio's. The
+    attributes those read are slots of this class, as above."""
+
+    __slots__ = _erlang_loop.DATAGRAM_TRANSPORT_SLOTS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._sock = None  # asyncio's class default, as above
+        super().__init__(*args, **kwargs)
 
 
 for _name, _method in _erlang_loop.datagram_transport_methods(_ErlangDatagramTransport).items():

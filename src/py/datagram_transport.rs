@@ -36,7 +36,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyString, PyTuple, PyType};
 
 use super::handling::Handling;
-use super::instance_attrs::InstanceAttrs;
+use super::instance_attrs::{InstanceAttrs, SlotTable};
 use super::method::{call_method, call_method_fastcall, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::os_error;
@@ -76,7 +76,33 @@ fn selector_transport(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 /// of asyncio's `_SelectorDatagramTransport` (set them on it).
 #[pyfunction]
 pub fn datagram_transport_methods<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyDict>> {
-    methods_for(cls, selector_transport(cls.py())?, &[&READ_READY, &SENDTO])
+    let methods = methods_for(cls, selector_transport(cls.py())?, &[&READ_READY, &SENDTO])?;
+    if let Some(table) = SlotTable::find(cls, &DATAGRAM_TRANSPORT_SLOTS) {
+        let _ = SLOTS.set(cls.py(), table);
+    }
+    Ok(methods)
+}
+
+/// The attributes the native methods read on every event, which our
+/// transport class keeps in `__slots__`
+/// (`_erlang_loop.DATAGRAM_TRANSPORT_SLOTS`).
+pub const DATAGRAM_TRANSPORT_SLOTS: [&str; 7] = [
+    "_sock",
+    "_protocol",
+    "_conn_lost",
+    "_buffer",
+    "_address",
+    "_paused",
+    "_closing",
+];
+
+/// Where the first class given to `datagram_transport_methods` that has
+/// those slots keeps them.
+static SLOTS: PyOnceLock<SlotTable> = PyOnceLock::new();
+
+/// The attributes of `transport`, in our class's slots if it has them.
+fn attrs_of<'a, 'py>(transport: &'a Bound<'py, PyAny>) -> InstanceAttrs<'a, 'py> {
+    InstanceAttrs::of(transport, SLOTS.get(transport.py()))
 }
 
 unsafe extern "C" fn read_ready_method(
@@ -86,7 +112,7 @@ unsafe extern "C" fn read_ready_method(
     // SAFETY: CPython calls this METH_NOARGS method of ours.
     unsafe {
         call_method(slf, no_arg, |transport, _| {
-            read_batch(&InstanceAttrs::of(transport)).map(|()| transport.py().None())
+            read_batch(&attrs_of(transport)).map(|()| transport.py().None())
         })
     }
 }
@@ -104,7 +130,7 @@ unsafe extern "C" fn sendto_method(
             if !args.has_keywords() && matches!(args.positional_count(), 1 | 2) {
                 let data = args.positional(py, 0).expect("one argument at least");
                 let addr = args.positional(py, 1).filter(|addr| !addr.is_none());
-                if sent_now(&InstanceAttrs::of(transport), &data, addr.as_ref())? {
+                if sent_now(&attrs_of(transport), &data, addr.as_ref())? {
                     return Ok(py.None());
                 }
             }
@@ -127,7 +153,7 @@ fn sent_now(
     data: &Bound<'_, PyAny>,
     addr: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<bool> {
-    let py = data.py();
+    let py = attrs.object().py();
     let Ok(bytes) = data.cast_exact::<PyBytes>() else {
         return Ok(false);
     };

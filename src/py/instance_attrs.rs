@@ -1,4 +1,4 @@
-//! Reading an object's own attributes straight from its instance dict.
+//! Reading a transport's own attributes without CPython's generic lookup.
 //!
 //! The native transport methods read several of asyncio's attributes per
 //! readiness event (`_conn_lost`, `_sock`, `_protocol`, `_buffer`, ...).
@@ -6,57 +6,111 @@
 //! descriptor there would win over the instance), then in the instance; in
 //! a profile of TCP echo those generic lookups were about 6% of the loop
 //! thread, the largest difference from uvloop, whose transport keeps such
-//! state in C fields. These names are plain instance attributes that
-//! asyncio's `__init__`s set, and one dict lookup with an interned key
-//! finds them.
+//! state in C fields. Two cheaper places hold them:
 //!
-//! The answer is always `getattr`'s: a name not in the dict (a class
-//! attribute such as `max_size`, or a slot in some other asyncio) falls
-//! back to `getattr`, and a name that is a data descriptor of the type
-//! (a property, a slot) never lands in the instance dict, since assigning
-//! it goes through the descriptor. Only a write to `__dict__` behind a
-//! descriptor's back could tell the two apart.
+//! - Slots of our own transport classes ([`SlotTable`]): the classes name
+//!   the hot attributes in `__slots__`, so asyncio's code stores them at
+//!   fixed offsets, and reading one is a load.
+//! - The instance dict, for everything else: one lookup with an interned
+//!   key.
+//!
+//! The answer is always `getattr`'s: an empty slot, or a name in neither
+//! place (a class attribute such as `max_size`), falls back to `getattr`;
+//! and a name that is a data descriptor of the type (a property, a slot)
+//! never lands in the instance dict, since assigning it goes through the
+//! descriptor. Only a write to `__dict__` behind a descriptor's back could
+//! tell them apart.
 //!
 //! Asking for the dict makes CPython keep the instance's attributes in a
 //! real dict from then on instead of its inline values; Python code reading
 //! them stays specialised (by dict hint instead of by index).
 
+use std::cell::OnceCell;
 use std::ptr::null_mut;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyString, PyType};
 
-/// An object and its instance dict, for several attribute reads.
+use super::handles::Slot;
+
+/// The attributes a class keeps in object slots of its own, and where.
+pub(crate) struct SlotTable {
+    class: Py<PyType>,
+    /// Interned names (compared by identity: `intern!` gives the same
+    /// object) and their slots.
+    slots: Vec<(Py<PyString>, Slot)>,
+}
+
+impl SlotTable {
+    /// `names` as slots of `cls`, if `cls` has them all as writable object
+    /// slots; None otherwise (its instances are read by dict).
+    pub(crate) fn find(cls: &Bound<'_, PyType>, names: &[&str]) -> Option<SlotTable> {
+        let py = cls.py();
+        let slots = names
+            .iter()
+            .map(|name| {
+                Some((
+                    PyString::intern(py, name).unbind(),
+                    Slot::find(cls, name).ok()?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(SlotTable {
+            class: cls.clone().unbind(),
+            slots,
+        })
+    }
+
+    fn slot_of(&self, name: &Bound<'_, PyString>) -> Option<Slot> {
+        self.slots
+            .iter()
+            .find(|(slot_name, _)| slot_name.as_ptr() == name.as_ptr())
+            .map(|&(_, slot)| slot)
+    }
+}
+
+/// An object and where its attributes are, for several attribute reads.
 pub(crate) struct InstanceAttrs<'a, 'py> {
     object: &'a Bound<'py, PyAny>,
-    /// None when the object has no dict: every read is a `getattr`.
-    dict: Option<Bound<'py, PyDict>>,
+    /// The slots of the object's class (None: not one of its instances).
+    slots: Option<&'a SlotTable>,
+    /// The instance dict, fetched at the first read that needs it (None:
+    /// no dict; every such read is a `getattr`).
+    dict: OnceCell<Option<Bound<'py, PyDict>>>,
 }
 
 impl<'a, 'py> InstanceAttrs<'a, 'py> {
-    /// The attributes of `object`.
-    pub(crate) fn of(object: &'a Bound<'py, PyAny>) -> Self {
-        let py = object.py();
-        // SAFETY: `object` is a live object and the thread is attached;
-        // the result is a new reference or null with an exception set.
-        let raw = unsafe { ffi::PyObject_GenericGetDict(object.as_ptr(), null_mut()) };
-        let dict = if raw.is_null() {
-            // No `__dict__` (a class with `__slots__` only): `getattr` it is.
-            drop(PyErr::take(py));
-            None
-        } else {
-            // SAFETY: a new reference, owned from here.
-            let any = unsafe { Bound::from_owned_ptr(py, raw) };
-            any.cast_into::<PyDict>().ok()
-        };
-        InstanceAttrs { object, dict }
+    /// The attributes of `object`, in the slots of `table` if it is an
+    /// instance of the table's class.
+    pub(crate) fn of(object: &'a Bound<'py, PyAny>, table: Option<&'a SlotTable>) -> Self {
+        // SAFETY: both are live objects; a type check reads their types only.
+        let slots = table.filter(|table| unsafe {
+            ffi::PyObject_TypeCheck(object.as_ptr(), table.class.as_ptr().cast()) != 0
+        });
+        InstanceAttrs {
+            object,
+            slots,
+            dict: OnceCell::new(),
+        }
     }
 
-    /// `getattr(object, name)`, from the instance dict when it is there.
+    /// `getattr(object, name)`, from its slot or the instance dict when it
+    /// is there.
     #[inline]
     pub(crate) fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(dict) = &self.dict {
+        let py = self.object.py();
+        if let Some(slot) = self.slots.and_then(|table| table.slot_of(name)) {
+            // SAFETY: `object` is an instance of the class the slot was
+            // found on (checked in `of`); the value is borrowed and made an
+            // owned reference at once.
+            let value = unsafe { slot.get(self.object.as_ptr()) };
+            if !value.is_null() {
+                return Ok(unsafe { Bound::from_borrowed_ptr(py, value) });
+            }
+            return self.object.getattr(name);
+        }
+        if let Some(dict) = self.dict() {
             if let Some(value) = dict.get_item(name)? {
                 return Ok(value);
             }
@@ -73,5 +127,25 @@ impl<'a, 'py> InstanceAttrs<'a, 'py> {
     /// The object they are the attributes of.
     pub(crate) fn object(&self) -> &'a Bound<'py, PyAny> {
         self.object
+    }
+
+    fn dict(&self) -> Option<&Bound<'py, PyDict>> {
+        self.dict
+            .get_or_init(|| {
+                let py = self.object.py();
+                // SAFETY: `object` is a live object and the thread is
+                // attached; the result is a new reference or null with an
+                // exception set.
+                let raw = unsafe { ffi::PyObject_GenericGetDict(self.object.as_ptr(), null_mut()) };
+                if raw.is_null() {
+                    // No `__dict__` (a class with `__slots__` only).
+                    drop(PyErr::take(py));
+                    return None;
+                }
+                // SAFETY: a new reference, owned from here.
+                let any = unsafe { Bound::from_owned_ptr(py, raw) };
+                any.cast_into::<PyDict>().ok()
+            })
+            .as_ref()
     }
 }

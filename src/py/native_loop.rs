@@ -361,6 +361,14 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         module.add_function(wrap_pyfunction!(catch_signal, module)?)?;
         module.add_function(wrap_pyfunction!(uncatch_signal, module)?)?;
         module.add("CAUGHT_SIGNALS", crate::io::signals::CAUGHT)?;
-        module.add("ROUTED_SIGNALS", crate::io::signals::ROUTED)
+        module.add("ROUTED_SIGNALS", crate::io::signals::ROUTED)?;
+        module.add(
+            "SOCKET_TRANSPORT_SLOTS",
+            super::socket_transport::SOCKET_TRANSPORT_SLOTS,
+        )?;
+        module.add(
+            "DATAGRAM_TRANSPORT_SLOTS",
+            super::datagram_transport::DATAGRAM_TRANSPORT_SLOTS,
+        )
     })
 }

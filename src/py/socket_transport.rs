@@ -41,7 +41,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
-use super::instance_attrs::InstanceAttrs;
+use super::instance_attrs::{InstanceAttrs, SlotTable};
 use super::method::{call_method, call_method_one_arg, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::os_error;
@@ -78,15 +78,40 @@ fn selector_transport(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     )
 }
 
+/// The attributes the native methods read on every event, which our
+/// transport class keeps in `__slots__` (`_erlang_loop.SOCKET_TRANSPORT_SLOTS`).
+pub const SOCKET_TRANSPORT_SLOTS: [&str; 7] = [
+    "_sock",
+    "_protocol",
+    "_conn_lost",
+    "_buffer",
+    "_eof",
+    "_empty_waiter",
+    "_read_ready_cb",
+];
+
+/// Where the first class given to `socket_transport_methods` that has
+/// those slots keeps them.
+static SLOTS: PyOnceLock<SlotTable> = PyOnceLock::new();
+
 /// `_erlang_loop.socket_transport_methods(cls)`: `{name: method}` for `cls`, a subclass
 /// of asyncio's `_SelectorSocketTransport` (set them on it).
 #[pyfunction]
 pub fn socket_transport_methods<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyDict>> {
-    methods_for(
+    let methods = methods_for(
         cls,
         selector_transport(cls.py())?,
         &[&READ_READY, &DATA_RECEIVED, &WRITE],
-    )
+    )?;
+    if let Some(table) = SlotTable::find(cls, &SOCKET_TRANSPORT_SLOTS) {
+        let _ = SLOTS.set(cls.py(), table);
+    }
+    Ok(methods)
+}
+
+/// The attributes of `transport`, in our class's slots if it has them.
+fn attrs_of<'a, 'py>(transport: &'a Bound<'py, PyAny>) -> InstanceAttrs<'a, 'py> {
+    InstanceAttrs::of(transport, SLOTS.get(transport.py()))
 }
 
 unsafe extern "C" fn read_ready_method(
@@ -97,7 +122,7 @@ unsafe extern "C" fn read_ready_method(
     unsafe {
         call_method(slf, no_arg, |transport, _| {
             let py = transport.py();
-            let attrs = InstanceAttrs::of(transport);
+            let attrs = attrs_of(transport);
             let callback = attrs.get(intern!(py, "_read_ready_cb"))?;
             if DATA_RECEIVED.is_bound_to(&callback, transport) {
                 // The usual callback, our own method bound to this
@@ -118,7 +143,7 @@ unsafe extern "C" fn data_received_method(
     // SAFETY: CPython calls this METH_NOARGS method of ours.
     unsafe {
         call_method(slf, no_arg, |transport, _| {
-            read_once(&InstanceAttrs::of(transport)).map(|()| transport.py().None())
+            read_once(&attrs_of(transport)).map(|()| transport.py().None())
         })
     }
 }
@@ -220,7 +245,7 @@ enum Received {
 
 fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
-    let attrs = InstanceAttrs::of(transport);
+    let attrs = attrs_of(transport);
     let Some(bytes) = sendable_now(&attrs, data)? else {
         return stock_write(transport, data);
     };
@@ -256,7 +281,7 @@ fn sendable_now<'a>(
     transport: &InstanceAttrs<'_, '_>,
     data: &'a Bound<'_, PyAny>,
 ) -> PyResult<Option<&'a [u8]>> {
-    let py = data.py();
+    let py = transport.object().py();
     let Ok(bytes) = data.cast_exact::<PyBytes>() else {
         return Ok(None);
     };

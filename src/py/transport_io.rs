@@ -2,6 +2,7 @@
 //! socket and its fd, and asyncio's ways with errors.
 
 use std::cell::RefCell;
+use std::ffi::c_int;
 
 use pyo3::call::PyCallArgs;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -33,6 +34,11 @@ pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Opt
     if !sock.get_type().is(socket_class(py)?) {
         return Ok(None);
     }
+    if let Some(offset) = socket_layout(py)?.fd {
+        // SAFETY: `sock` is a `socket.socket`, whose instances hold their
+        // fd as a C int at `offset` (see `SocketLayout`).
+        return Ok(Some(unsafe { read_int(&sock, offset) }));
+    }
     // `socket.socket` inherits `fileno` from `_socket.socket`: its method
     // descriptor, called with the socket, is `sock.fileno()` without the
     // lookup along the MRO.
@@ -43,32 +49,77 @@ pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Opt
     fileno.bind(py).call1((sock,))?.extract().map(Some)
 }
 
-/// The family of `sock`, a `socket.socket`, as an `int`: read where the C
-/// socket keeps it (the offset of `_socket.socket`'s read-only `family`
-/// member, found once). `socket.socket.family` is a Python property that
+/// The family of `sock`, as an `int`: for a `socket.socket`, read where
+/// the C socket keeps it. `socket.socket.family` is a Python property that
 /// builds an `IntEnum`, about a microsecond, more than a `sendto` of ours.
 pub(super) fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
-    static OFFSET: PyOnceLock<isize> = PyOnceLock::new();
     let py = sock.py();
     if !sock.get_type().is(socket_class(py)?) {
         return sock.getattr(intern!(py, "family"))?.extract();
     }
-    let offset = *get_or_make(&OFFSET, py, || {
+    let offset = socket_layout(py)?.family;
+    // SAFETY: `sock` is a `socket.socket`, whose instances hold their
+    // family as a C int at `offset` (see `SocketLayout`).
+    Ok(unsafe { read_int(sock, offset) })
+}
+
+/// Where a `_socket.socket` (CPython's `PySocketSockObject`) keeps its
+/// family and its fd, which per-event code reads without a call.
+struct SocketLayout {
+    /// The offset of the read-only `family` member, from its descriptor
+    /// (checked against the member's type and the instance size).
+    family: isize,
+    /// The fd has no member. CPython keeps it as the first field after the
+    /// object header, then the family: trusted only when the family is
+    /// found right after one C int there and a real socket's fd, open and
+    /// closed, is read there as `fileno()` gives it. None: ask `fileno()`.
+    fd: Option<isize>,
+}
+
+fn socket_layout(py: Python<'_>) -> PyResult<&SocketLayout> {
+    static LAYOUT: PyOnceLock<SocketLayout> = PyOnceLock::new();
+    get_or_make(&LAYOUT, py, || {
         let base = py
             .import("_socket")?
             .getattr("socket")?
             .cast_into::<PyType>()?;
-        let size = std::mem::size_of::<std::ffi::c_int>() as isize;
-        member_offset(&base, "family", ffi::Py_T_INT, size, false)
-    })?;
-    // SAFETY: `sock` is a `socket.socket`, a subclass of `_socket.socket`
-    // whose instances hold a C int at `offset` (checked against the
-    // member's type and the instance size when it was found).
-    Ok(unsafe {
-        *(sock.as_ptr() as *const u8)
-            .offset(offset)
-            .cast::<std::ffi::c_int>()
+        let int = std::mem::size_of::<c_int>() as isize;
+        let family = member_offset(&base, "family", ffi::Py_T_INT, int, false)?;
+        let header = std::mem::size_of::<ffi::PyObject>() as isize;
+        let fd = (family == header + int && fd_read_as_fileno(py, header)?).then_some(header);
+        Ok(SocketLayout { family, fd })
     })
+}
+
+/// Whether the C int at `offset` of a socket is its `fileno()`, open and
+/// once closed (-1).
+fn fd_read_as_fileno(py: Python<'_>, offset: isize) -> PyResult<bool> {
+    let Ok(sock) = socket_class(py)?.call1((libc::AF_UNIX, libc::SOCK_STREAM)) else {
+        return Ok(false);
+    };
+    let fileno = intern!(py, "fileno");
+    // SAFETY: `sock` is a `socket.socket`, an instance at least the size of
+    // `_socket.socket`, which holds C ints up to and past `offset` (the
+    // family's offset, checked against the instance size, is later).
+    let open =
+        unsafe { read_int(&sock, offset) } == sock.call_method0(fileno)?.extract::<c_int>()?;
+    sock.call_method0(intern!(py, "close"))?;
+    // SAFETY: as above.
+    let closed =
+        unsafe { read_int(&sock, offset) } == sock.call_method0(fileno)?.extract::<c_int>()?;
+    Ok(open && closed)
+}
+
+/// The C int at `offset` of `object`.
+///
+/// # Safety
+/// `object`'s instances hold a C int at `offset`.
+unsafe fn read_int(object: &Bound<'_, PyAny>, offset: isize) -> c_int {
+    unsafe {
+        *(object.as_ptr() as *const u8)
+            .offset(offset)
+            .cast::<c_int>()
+    }
 }
 
 /// `socket.socket`.
