@@ -19,8 +19,10 @@
 //! `sendto(data, addr=None)`: when asyncio's would send at once with every
 //! check passing (`bytes`, nothing buffered, the connected address or none,
 //! a plain socket), one `send` to the connected peer or one `sendto` to an
-//! IPv4 `(host, port)` with a numeric host; an `OSError` goes to
-//! `protocol.error_received`, as there. Everything else (names to resolve,
+//! IPv4 `(host, port)` with a numeric host (after the socket module's
+//! `socket.sendto` audit event, as its `sendto` raises it); an `OSError`
+//! goes to `protocol.error_received`, another exception is the fatal write
+//! error, as there. Everything else (names to resolve,
 //! IPv6 addresses, other buffers, would-block, the checks that raise) is
 //! asyncio's own `sendto`, which the socket module's address parsing
 //! (about a fifth of an echo's time) otherwise costs every datagram.
@@ -28,7 +30,7 @@
 use std::ffi::CStr;
 use std::mem::{size_of, zeroed};
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -39,9 +41,10 @@ use super::handling::Handling;
 use super::instance_attrs::{InstanceAttrs, SlotTable};
 use super::method::{call_method, call_method_fastcall, methods_for, MethodDef};
 use super::once::cached_attr;
-use super::os_error::os_error;
+use super::os_error::{os_error, os_error_err};
 use super::transport_io::{
-    call_stock, fatal_error, no_event, plain_socket_fd, socket_family, RECV_BUFFER,
+    audit_sendto, call_stock, fatal_error, is_exit, no_event, plain_socket_fd, socket_family,
+    RECV_BUFFER,
 };
 
 /// Datagrams read per readiness event at most.
@@ -51,13 +54,13 @@ const READ_ERROR: &str = "Fatal read error on datagram transport";
 
 static READ_READY: MethodDef = MethodDef::noargs(
     c"_read_ready",
-    c"Reads the datagrams waiting (up to 16) and hands them to the protocol (native).",
+    c"_read_ready($self)\n--\n\nReads the datagrams waiting (up to 16) and hands them to the protocol (native).",
     read_ready_method,
 );
 
 static SENDTO: MethodDef = MethodDef::fastcall(
     c"sendto",
-    c"Send data to addr (or the connected peer): sent now when possible, else buffered (native fast path of asyncio's sendto).",
+    c"sendto($self, data, addr=None)\n--\n\nSend data to addr (or the connected peer): sent now when possible, else buffered (native fast path of asyncio's sendto).",
     sendto_method,
 );
 
@@ -144,8 +147,8 @@ unsafe extern "C" fn sendto_method(
 /// check failing: `data` non-empty `bytes`, `addr` None or the connected
 /// address, the connection up if connected, nothing buffered, a plain
 /// socket, and a peer given by the connection or by an IPv4 `(host, port)`
-/// with a numeric host. Sends, or hands an `OSError` to the protocol's
-/// `error_received` as asyncio does; returns false, having done nothing,
+/// with a numeric host. Sends, or deals with the error as asyncio does
+/// (`send_raised`); returns false, having done nothing,
 /// in every other case (asyncio's `sendto` then decides, and raises what
 /// it raises), would-block included.
 fn sent_now(
@@ -190,21 +193,28 @@ fn sent_now(
     let sent = if peername.is_truthy()? {
         unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT) }
     } else {
-        let to = if connected { Some(&address) } else { addr };
-        let Some(to) = to.and_then(ipv4_peer) else {
+        let Some(to) = (if connected { Some(&address) } else { addr }) else {
             return Ok(false);
         };
-        if socket_family(&attrs.get(intern!(py, "_sock"))?)? != libc::AF_INET {
+        let Some(peer) = ipv4_peer(to) else {
+            return Ok(false);
+        };
+        let sock = attrs.get(intern!(py, "_sock"))?;
+        if socket_family(&sock)? != libc::AF_INET {
             return Ok(false);
         }
-        // SAFETY: `to` is a complete sockaddr_in of the length given.
+        // The socket module's `sendto` raises its audit event first.
+        if let Err(err) = audit_sendto(&sock, to) {
+            return send_raised(attrs, err);
+        }
+        // SAFETY: `peer` is a complete sockaddr_in of the length given.
         unsafe {
             libc::sendto(
                 fd,
                 bytes.as_ptr().cast(),
                 bytes.len(),
                 libc::MSG_DONTWAIT,
-                (&to as *const libc::sockaddr_in).cast(),
+                (&peer as *const libc::sockaddr_in).cast(),
                 size_of::<libc::sockaddr_in>() as libc::socklen_t,
             )
         }
@@ -216,11 +226,32 @@ fn sent_now(
     if no_event(&error) {
         return Ok(false);
     }
-    let exc = os_error(py, &error)?;
-    let _handling = Handling::start(&exc);
-    attrs
-        .get(intern!(py, "_protocol"))?
-        .call_method1(intern!(py, "error_received"), (exc,))?;
+    send_raised(attrs, os_error_err(py, &error))
+}
+
+/// What asyncio's `sendto` does with what its socket call raised: an
+/// `OSError` to `protocol.error_received` (as the exception being
+/// handled), SystemExit and KeyboardInterrupt up, anything else a fatal
+/// write error. True: dealt with. Would-block and EINTR, which asyncio
+/// answers by buffering the datagram, are left to its `sendto` (false).
+fn send_raised(attrs: &InstanceAttrs<'_, '_>, err: PyErr) -> PyResult<bool> {
+    let transport = attrs.object();
+    let py = transport.py();
+    if is_exit(py, &err) {
+        return Err(err);
+    }
+    if err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py) {
+        return Ok(false);
+    }
+    let exc = err.into_value(py).into_bound(py).into_any();
+    if exc.is_instance_of::<PyOSError>() {
+        let _handling = Handling::start(&exc);
+        attrs
+            .get(intern!(py, "_protocol"))?
+            .call_method1(intern!(py, "error_received"), (exc,))?;
+    } else {
+        fatal_error(transport, exc, "Fatal write error on datagram transport")?;
+    }
     Ok(true)
 }
 

@@ -51,19 +51,19 @@ use super::transport_io::{
 
 static READ_READY: MethodDef = MethodDef::noargs(
     c"_read_ready",
-    c"Reader callback: runs self._read_ready_cb() (native).",
+    c"_read_ready($self)\n--\n\nReader callback: runs self._read_ready_cb() (native).",
     read_ready_method,
 );
 
 static DATA_RECEIVED: MethodDef = MethodDef::noargs(
     c"_read_ready__data_received",
-    c"Reads once and hands the bytes to protocol.data_received (native).",
+    c"_read_ready__data_received($self)\n--\n\nReads once and hands the bytes to protocol.data_received (native).",
     data_received_method,
 );
 
 static WRITE: MethodDef = MethodDef::one_arg_or_keyword(
     c"write",
-    c"Write data to the transport: sent now when possible, else buffered (native fast path of asyncio's write).",
+    c"write($self, data)\n--\n\nWrite data to the transport: sent now when possible, else buffered (native fast path of asyncio's write).",
     write_method,
 );
 

@@ -115,7 +115,7 @@ fn stock(py: Python<'_>) -> PyResult<&'static Stock> {
 
 static CANCEL: MethodDef = MethodDef::noargs(
     c"cancel",
-    c"Cancel the call (native TimerHandle.cancel of erlang_loop).",
+    c"cancel($self)\n--\n\nCancel the call (native TimerHandle.cancel of erlang_loop).",
     cancel_method,
 );
 

@@ -2,7 +2,7 @@
 //! socket and its fd, and asyncio's ways with errors.
 
 use std::cell::RefCell;
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int};
 
 use pyo3::call::PyCallArgs;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -15,7 +15,6 @@ use pyo3::types::{PyString, PyType};
 use super::handles::member_offset;
 use super::handling::Handling;
 use super::instance_attrs::InstanceAttrs;
-use super::once::cached_attr;
 use super::once::get_or_make;
 
 /// Size of the receive buffer: asyncio's `max_size` for one read.
@@ -31,7 +30,7 @@ thread_local! {
 pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Option<i32>> {
     let py = transport.object().py();
     let sock = transport.get(intern!(py, "_sock"))?;
-    if !sock.get_type().is(socket_class(py)?) {
+    if !is_plain_socket(&sock)? {
         return Ok(None);
     }
     if let Some(offset) = socket_layout(py)?.fd {
@@ -44,7 +43,12 @@ pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Opt
     // lookup along the MRO.
     static FILENO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let fileno = get_or_make(&FILENO, py, || {
-        Ok::<_, PyErr>(socket_class(py)?.getattr("fileno")?.unbind())
+        Ok::<_, PyErr>(
+            py.import("_socket")?
+                .getattr("socket")?
+                .getattr("fileno")?
+                .unbind(),
+        )
     })?;
     fileno.bind(py).call1((sock,))?.extract().map(Some)
 }
@@ -54,7 +58,7 @@ pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Opt
 /// builds an `IntEnum`, about a microsecond, more than a `sendto` of ours.
 pub(super) fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
     let py = sock.py();
-    if !sock.get_type().is(socket_class(py)?) {
+    if !is_plain_socket(sock)? {
         return sock.getattr(intern!(py, "family"))?.extract();
     }
     let offset = socket_layout(py)?.family;
@@ -94,7 +98,10 @@ fn socket_layout(py: Python<'_>) -> PyResult<&SocketLayout> {
 /// Whether the C int at `offset` of a socket is its `fileno()`, open and
 /// once closed (-1).
 fn fd_read_as_fileno(py: Python<'_>, offset: isize) -> PyResult<bool> {
-    let Ok(sock) = socket_class(py)?.call1((libc::AF_UNIX, libc::SOCK_STREAM)) else {
+    let Some(class) = socket_class(py)? else {
+        return Ok(false);
+    };
+    let Ok(sock) = class.call1((libc::AF_UNIX, libc::SOCK_STREAM)) else {
         return Ok(false);
     };
     let fileno = intern!(py, "fileno");
@@ -122,10 +129,30 @@ unsafe fn read_int(object: &Bound<'_, PyAny>, offset: isize) -> c_int {
     }
 }
 
-/// `socket.socket`.
-fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    cached_attr(py, &CLASS, "socket", "socket")
+/// Whether `sock` is exactly a `socket.socket`, the class whose instances
+/// the native paths read (their fd and family, at `SocketLayout`'s
+/// offsets): only when that class, as first seen, derives from the C
+/// `_socket.socket` (a `socket.socket` replaced by a monkey-patching
+/// library is left to asyncio's code).
+fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(socket_class(sock.py())?.is_some_and(|class| sock.get_type().is(class)))
+}
+
+/// `socket.socket` as first seen, if it derives from `_socket.socket`.
+fn socket_class(py: Python<'_>) -> PyResult<Option<&Bound<'_, PyType>>> {
+    static CLASS: PyOnceLock<Option<Py<PyType>>> = PyOnceLock::new();
+    let class = get_or_make(&CLASS, py, || {
+        let class = py.import("socket")?.getattr("socket")?;
+        let base = py
+            .import("_socket")?
+            .getattr("socket")?
+            .cast_into::<PyType>()?;
+        Ok::<_, PyErr>(match class.cast_into::<PyType>() {
+            Ok(class) if class.is_subclass(&base)? => Some(class.unbind()),
+            _ => None,
+        })
+    })?;
+    Ok(class.as_ref().map(|class| class.bind(py)))
 }
 
 /// `transport._fatal_error(exc, message)` with `exc` as the exception being
@@ -140,6 +167,29 @@ pub(super) fn fatal_error(
     transport
         .call_method1(intern!(py, "_fatal_error"), (exc, message))
         .map(drop)
+}
+
+// CPython's audit entry point (sysmodule.h), which pyo3-ffi does not bind.
+extern "C" {
+    fn PySys_Audit(event: *const c_char, format: *const c_char, ...) -> c_int;
+}
+
+/// Raises the audit event `socket.sendto` with the socket and the address,
+/// as the socket module's `sendto` does before sending (a hook may refuse).
+pub(super) fn audit_sendto(sock: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>) -> PyResult<()> {
+    // SAFETY: attached; "OO" takes two object pointers, live for the call.
+    let rc = unsafe {
+        PySys_Audit(
+            c"socket.sendto".as_ptr(),
+            c"OO".as_ptr(),
+            sock.as_ptr(),
+            addr.as_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(PyErr::fetch(sock.py()));
+    }
+    Ok(())
 }
 
 /// Would-block and interrupted calls: no event, as asyncio treats them.

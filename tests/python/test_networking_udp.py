@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import socket
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from test_networking import (
 )
 
 from erlang_loop import ErlangEventLoop
-from erlang_loop._transports import _ErlangDatagramTransport
+from erlang_loop._transports import _ErlangDatagramTransport, _ErlangSocketTransport
 
 
 @pytest.fixture(autouse=True)
@@ -486,13 +487,24 @@ def test_a_socket_subclass_gets_its_own_sendto_called(loop: ErlangEventLoop) -> 
     assert calls and calls[0][1] > 0
 
 
+async def only_marker_arrives(server: Datagrams, address: Any) -> None:
+    """Sends a marker to ``server`` from a fresh socket and waits for it:
+    a datagram sent before it (from anywhere, on loopback) would be
+    received first. Then checks that the marker is all it got."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as marker:
+        marker.sendto(b"marker", address)
+        await wait_for_condition(lambda: bool(server.received))
+    assert [data for data, _ in server.received] == [b"marker"]
+
+
 @pytest.mark.parametrize("connected", [False, True], ids=["unconnected", "connected"])
 def test_sendto_on_a_socket_closed_behind_the_transport_is_error_received(
     loop: ErlangEventLoop, connected: bool
 ) -> None:
     """As asyncio's sendto on the stdlib loop: the closed socket's send
-    fails with EBADF (never sent through the fd number it had) and the
-    error goes to error_received, the one being handled; the transport stays open."""
+    fails with EBADF, never through the fd number it had, which another
+    socket holds by then; the error goes to error_received, the one being
+    handled; the transport stays open."""
     seen: list[Any] = []
 
     class Seeing(Datagrams):
@@ -500,19 +512,148 @@ def test_sendto_on_a_socket_closed_behind_the_transport_is_error_received(
             seen.append((exc, sys.exc_info()[1]))
 
     async def main() -> None:
-        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
-        address = server.get_extra_info("sockname")
+        server_transport, server = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        address = server_transport.get_extra_info("sockname")
         where = {"remote_addr": address} if connected else {"local_addr": (LOCALHOST, 0)}
         transport, _ = await loop.create_datagram_endpoint(lambda: Seeing(loop), **where)
-        transport.get_extra_info("socket")._sock.close()
-        transport.sendto(b"to nowhere", None if connected else address)
-        assert not transport.is_closing()
+        inner = transport.get_extra_info("socket")._sock
+        number = inner.fileno()
+        inner.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            assert other.fileno() == number, "the fd number was not reused"
+            transport.sendto(b"to nowhere", None if connected else address)
+            assert not transport.is_closing()
+            await only_marker_arrives(server, address)
         transport.abort()
-        server.close()
+        server_transport.close()
 
     run(loop, main())
     [(exc, handled)] = seen
     assert isinstance(exc, OSError) and exc.errno == errno.EBADF and handled is exc
+
+
+def test_sendto_after_close_of_a_connected_endpoint_sends_nothing(loop: ErlangEventLoop) -> None:
+    """asyncio counts a write after the connection is lost and sends
+    nothing (on a connected endpoint)."""
+
+    async def main() -> None:
+        server_transport, server = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        address = server_transport.get_extra_info("sockname")
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), remote_addr=address
+        )
+        transport.close()
+        transport.sendto(b"late")
+        assert transport._conn_lost == 2
+        await only_marker_arrives(server, address)
+        server_transport.close()
+
+    run(loop, main())
+
+
+def test_sendto_queues_behind_what_is_buffered(loop: ErlangEventLoop) -> None:
+    """A datagram sent while others wait in the buffer goes after them."""
+
+    async def main() -> None:
+        server_transport, server = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        address = server_transport.get_extra_info("sockname")
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        transport._buffer.append((b"first", address))
+        transport._buffer_size += len(b"first")
+        transport.sendto(b"second", address)
+        assert [data for data, _ in transport._buffer] == [b"first", b"second"]
+        loop._add_writer(transport._sock_fd, transport._sendto_ready)
+        await wait_for_condition(lambda: len(server.received) == 2)
+        assert [data for data, _ in server.received] == [b"first", b"second"]
+        transport.close()
+        server_transport.close()
+
+    run(loop, main())
+
+
+# What the audit hook below does with `socket.sendto` events: None, nothing
+# (hooks stay for the life of the process); True, record them; an
+# exception class, record and raise it.
+AUDIT_MODE: list[Any] = [None]
+AUDITED: list[Any] = []
+
+
+def _audit_sendto(event: str, args: tuple[Any, ...]) -> None:
+    if event == "socket.sendto" and AUDIT_MODE[0] is not None:
+        AUDITED.append(args)
+        if AUDIT_MODE[0] is not True:
+            raise AUDIT_MODE[0]("refused by the audit hook")
+
+
+@pytest.fixture(scope="module")
+def audit_hook() -> Iterator[None]:
+    sys.addaudithook(_audit_sendto)
+    yield
+    AUDIT_MODE[0] = None
+
+
+def test_sendto_raises_the_socket_module_s_audit_event(
+    loop: ErlangEventLoop, audit_hook: None
+) -> None:
+    """As the socket module's sendto: the event with the socket and the
+    address; a hook's OSError goes to error_received, another exception is
+    the fatal write error (as on the stdlib loop)."""
+    outcomes: list[Any] = []
+
+    async def main() -> None:
+        reported = errors(loop)
+        server_transport, _ = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        address = server_transport.get_extra_info("sockname")
+        for mode in (True, PermissionError, RuntimeError):
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+            )
+            AUDIT_MODE[0], AUDITED[:] = mode, []
+            try:
+                transport.sendto(b"audited", address)
+            finally:
+                AUDIT_MODE[0] = None
+            sock = transport.get_extra_info("socket")._sock
+            assert AUDITED == [(sock, address)]
+            if mode is RuntimeError:
+                outcomes.append(type(await protocol.lost).__name__)
+                assert [e["message"] for e in reported] == [
+                    "Fatal write error on datagram transport"
+                ]
+                reported.clear()
+            else:
+                outcomes.append([type(e).__name__ for e in protocol.errors])
+                transport.close()
+        server_transport.close()
+
+    run(loop, main())
+    assert outcomes == [[], ["PermissionError"], "RuntimeError"]
+
+
+def test_native_methods_have_asyncio_s_signatures() -> None:
+    from asyncio import selector_events
+
+    for ours, theirs, name in [
+        (_ErlangDatagramTransport, selector_events._SelectorDatagramTransport, "sendto"),
+        (_ErlangDatagramTransport, selector_events._SelectorDatagramTransport, "_read_ready"),
+        (_ErlangSocketTransport, selector_events._SelectorSocketTransport, "write"),
+        (_ErlangSocketTransport, selector_events._SelectorSocketTransport, "_read_ready"),
+    ]:
+        parameters = [
+            [(p.name, p.default) for p in inspect.signature(getattr(cls, name)).parameters.values()]
+            for cls in (ours, theirs)
+        ]
+        assert parameters[0] == parameters[1], name
 
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
