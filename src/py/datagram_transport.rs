@@ -38,7 +38,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyString, PyTuple, PyType};
 
 use super::handling::Handling;
-use super::instance_attrs::{InstanceAttrs, SlotTable};
+use super::instance_attrs::{ClassSlots, InstanceAttrs};
 use super::method::{call_method, call_method_fastcall, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::{os_error, os_error_err};
@@ -80,9 +80,7 @@ fn selector_transport(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 #[pyfunction]
 pub fn datagram_transport_methods<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyDict>> {
     let methods = methods_for(cls, selector_transport(cls.py())?, &[&READ_READY, &SENDTO])?;
-    if let Some(table) = SlotTable::find(cls, &DATAGRAM_TRANSPORT_SLOTS) {
-        let _ = SLOTS.set(cls.py(), table);
-    }
+    SLOTS.register(cls);
     Ok(methods)
 }
 
@@ -99,14 +97,8 @@ pub const DATAGRAM_TRANSPORT_SLOTS: [&str; 7] = [
     "_closing",
 ];
 
-/// Where the first class given to `datagram_transport_methods` that has
-/// those slots keeps them.
-static SLOTS: PyOnceLock<SlotTable> = PyOnceLock::new();
-
-/// The attributes of `transport`, in our class's slots if it has them.
-fn attrs_of<'a, 'py>(transport: &'a Bound<'py, PyAny>) -> InstanceAttrs<'a, 'py> {
-    InstanceAttrs::of(transport, SLOTS.get(transport.py()))
-}
+/// Where our transport class keeps them.
+static SLOTS: ClassSlots = ClassSlots::new(&DATAGRAM_TRANSPORT_SLOTS);
 
 unsafe extern "C" fn read_ready_method(
     slf: *mut ffi::PyObject,
@@ -115,7 +107,7 @@ unsafe extern "C" fn read_ready_method(
     // SAFETY: CPython calls this METH_NOARGS method of ours.
     unsafe {
         call_method(slf, no_arg, |transport, _| {
-            read_batch(&attrs_of(transport)).map(|()| transport.py().None())
+            read_batch(&SLOTS.attrs_of(transport)).map(|()| transport.py().None())
         })
     }
 }
@@ -133,7 +125,7 @@ unsafe extern "C" fn sendto_method(
             if !args.has_keywords() && matches!(args.positional_count(), 1 | 2) {
                 let data = args.positional(py, 0).expect("one argument at least");
                 let addr = args.positional(py, 1).filter(|addr| !addr.is_none());
-                if sent_now(&attrs_of(transport), &data, addr.as_ref())? {
+                if sent_now(&SLOTS.attrs_of(transport), &data, addr.as_ref())? {
                     return Ok(py.None());
                 }
             }

@@ -30,6 +30,7 @@ use std::ptr::null_mut;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyType};
 
 use super::handles::Slot;
@@ -70,6 +71,38 @@ impl SlotTable {
     }
 }
 
+/// The slots `names` of a transport class of ours, found on the first
+/// class registered that has them all.
+pub(crate) struct ClassSlots {
+    names: &'static [&'static str],
+    table: PyOnceLock<SlotTable>,
+}
+
+impl ClassSlots {
+    pub(crate) const fn new(names: &'static [&'static str]) -> Self {
+        ClassSlots {
+            names,
+            table: PyOnceLock::new(),
+        }
+    }
+
+    /// Finds the slots on `cls`, if it has them and none was found before.
+    pub(crate) fn register(&self, cls: &Bound<'_, PyType>) {
+        if let Some(table) = SlotTable::find(cls, self.names) {
+            let _ = self.table.set(cls.py(), table);
+        }
+    }
+
+    /// The attributes of `object`, in the slots if it is an instance of
+    /// exactly the class registered.
+    pub(crate) fn attrs_of<'a, 'py>(
+        &'a self,
+        object: &'a Bound<'py, PyAny>,
+    ) -> InstanceAttrs<'a, 'py> {
+        InstanceAttrs::of(object, self.table.get(object.py()))
+    }
+}
+
 /// An object and where its attributes are, for several attribute reads.
 pub(crate) struct InstanceAttrs<'a, 'py> {
     object: &'a Bound<'py, PyAny>,
@@ -82,12 +115,12 @@ pub(crate) struct InstanceAttrs<'a, 'py> {
 
 impl<'a, 'py> InstanceAttrs<'a, 'py> {
     /// The attributes of `object`, in the slots of `table` if it is an
-    /// instance of the table's class.
+    /// instance of exactly the table's class (a subclass could put a
+    /// property over a slot's name: its instances are read by dict).
     pub(crate) fn of(object: &'a Bound<'py, PyAny>, table: Option<&'a SlotTable>) -> Self {
-        // SAFETY: both are live objects; a type check reads their types only.
-        let slots = table.filter(|table| unsafe {
-            ffi::PyObject_TypeCheck(object.as_ptr(), table.class.as_ptr().cast()) != 0
-        });
+        // SAFETY: reading the type pointer of a live object.
+        let class = unsafe { ffi::Py_TYPE(object.as_ptr()) }.cast::<ffi::PyObject>();
+        let slots = table.filter(|table| table.class.as_ptr() == class);
         InstanceAttrs {
             object,
             slots,

@@ -25,9 +25,11 @@
 //! that counts or throttles its `send`, say) gets asyncio's methods, which
 //! call its `recv`/`send`. Reads take at most `max_size` bytes, as asyncio's.
 //! The attributes read are asyncio's (`_conn_lost`, `_sock`, `_protocol`,
-//! `_buffer`, `_eof`, `_empty_waiter`, `max_size`); a Python without one of
-//! them fails loudly here, in the tests, not silently. The fd is the socket
-//! object's own `fileno()` at the time of the call, not the transport's
+//! `_buffer`, `_eof`, `_empty_waiter`, `max_size`), the hot ones from slots
+//! of our class (`SOCKET_TRANSPORT_SLOTS`, see `instance_attrs`); a Python
+//! without one of them fails loudly here, in the tests, not silently. The
+//! fd is the socket object's own (what its `fileno()` gives, read where the
+//! C socket keeps it: `transport_io`) at the time of the call, not the transport's
 //! `_sock_fd`: a closed socket gives -1 (EBADF, as its `recv`/`send` would
 //! raise), never a number the OS may have handed to another socket since.
 //! `_fatal_error` runs with its exception as the one being handled, as in
@@ -41,7 +43,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
-use super::instance_attrs::{InstanceAttrs, SlotTable};
+use super::instance_attrs::{ClassSlots, InstanceAttrs};
 use super::method::{call_method, call_method_one_arg, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::os_error;
@@ -90,9 +92,8 @@ pub const SOCKET_TRANSPORT_SLOTS: [&str; 7] = [
     "_read_ready_cb",
 ];
 
-/// Where the first class given to `socket_transport_methods` that has
-/// those slots keeps them.
-static SLOTS: PyOnceLock<SlotTable> = PyOnceLock::new();
+/// Where our transport class keeps them.
+static SLOTS: ClassSlots = ClassSlots::new(&SOCKET_TRANSPORT_SLOTS);
 
 /// `_erlang_loop.socket_transport_methods(cls)`: `{name: method}` for `cls`, a subclass
 /// of asyncio's `_SelectorSocketTransport` (set them on it).
@@ -103,15 +104,8 @@ pub fn socket_transport_methods<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound
         selector_transport(cls.py())?,
         &[&READ_READY, &DATA_RECEIVED, &WRITE],
     )?;
-    if let Some(table) = SlotTable::find(cls, &SOCKET_TRANSPORT_SLOTS) {
-        let _ = SLOTS.set(cls.py(), table);
-    }
+    SLOTS.register(cls);
     Ok(methods)
-}
-
-/// The attributes of `transport`, in our class's slots if it has them.
-fn attrs_of<'a, 'py>(transport: &'a Bound<'py, PyAny>) -> InstanceAttrs<'a, 'py> {
-    InstanceAttrs::of(transport, SLOTS.get(transport.py()))
 }
 
 unsafe extern "C" fn read_ready_method(
@@ -122,7 +116,7 @@ unsafe extern "C" fn read_ready_method(
     unsafe {
         call_method(slf, no_arg, |transport, _| {
             let py = transport.py();
-            let attrs = attrs_of(transport);
+            let attrs = SLOTS.attrs_of(transport);
             let callback = attrs.get(intern!(py, "_read_ready_cb"))?;
             if DATA_RECEIVED.is_bound_to(&callback, transport) {
                 // The usual callback, our own method bound to this
@@ -143,7 +137,7 @@ unsafe extern "C" fn data_received_method(
     // SAFETY: CPython calls this METH_NOARGS method of ours.
     unsafe {
         call_method(slf, no_arg, |transport, _| {
-            read_once(&attrs_of(transport)).map(|()| transport.py().None())
+            read_once(&SLOTS.attrs_of(transport)).map(|()| transport.py().None())
         })
     }
 }
@@ -245,7 +239,7 @@ enum Received {
 
 fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
-    let attrs = attrs_of(transport);
+    let attrs = SLOTS.attrs_of(transport);
     let Some(bytes) = sendable_now(&attrs, data)? else {
         return stock_write(transport, data);
     };
