@@ -10,9 +10,10 @@
 //!
 //! - Slots of our own transport classes ([`SlotTable`]): the classes name
 //!   the hot attributes in `__slots__`, so asyncio's code stores them at
-//!   fixed offsets, and reading one is a load.
-//! - The instance dict, for everything else: one lookup with an interned
-//!   key.
+//!   fixed offsets, and reading one is a load. Their other attributes
+//!   (`max_size`, a class attribute) are read by `getattr`.
+//! - The instance dict, for instances of other classes (a subclass of
+//!   ours): one lookup with an interned key.
 //!
 //! The answer is always `getattr`'s: an empty slot, or a name in neither
 //! place (a class attribute such as `max_size`), falls back to `getattr`;
@@ -133,7 +134,13 @@ impl<'a, 'py> InstanceAttrs<'a, 'py> {
     #[inline]
     pub(crate) fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
         let py = self.object.py();
-        if let Some(slot) = self.slots.and_then(|table| table.slot_of(name)) {
+        if let Some(table) = self.slots {
+            // Our class: its hot attributes in slots, the rest (a class
+            // attribute such as `max_size`) not worth its dict, which
+            // asking for would take the instance off its inline values.
+            let Some(slot) = table.slot_of(name) else {
+                return self.object.getattr(name);
+            };
             // SAFETY: `object` is an instance of the class the slot was
             // found on (checked in `of`); the value is borrowed and made an
             // owned reference at once.

@@ -1240,6 +1240,47 @@ def test_set_protocol_switches_the_read_path_both_ways(loop: ErlangEventLoop) ->
     assert plain_again.data == b"three"
 
 
+def test_a_subclass_of_our_transport_is_read_through_its_own_attributes() -> None:
+    """The native methods read our class's slots at fixed offsets; an
+    instance of a subclass (which may put a property over one of those
+    names) is read as `getattr` reads it."""
+    reads: list[str] = []
+
+    class WatchedTransport(_ErlangSocketTransport):
+        @property
+        def _conn_lost(self) -> int:
+            reads.append("_conn_lost")
+            return self._lost
+
+        @_conn_lost.setter
+        def _conn_lost(self, value: int) -> None:
+            self._lost = value
+
+    class WatchingLoop(ErlangEventLoop):
+        def _make_socket_transport(self, *args: Any, **kwargs: Any) -> Any:
+            return WatchedTransport(self, *args, **kwargs)
+
+    a, b = socket.socketpair()
+    loop = WatchingLoop()
+
+    async def main() -> bytes:
+        transport, client = await loop.create_connection(lambda: Recorder(loop), sock=a)
+        assert type(transport) is WatchedTransport
+        b.sendall(b"watched")
+        await wait_for_condition(lambda: client.data == b"watched")
+        transport.write(b"back")
+        transport.close()
+        await client.lost
+        return b.recv(10)
+
+    try:
+        assert run(loop, main()) == b"back"
+    finally:
+        loop.close()
+        b.close()
+    assert reads.count("_conn_lost") >= 2  # the native read and write asked
+
+
 def test_connect_accepted_socket(loop: ErlangEventLoop) -> None:
     listener = socket.create_server((LOCALHOST, 0))
     port = listener.getsockname()[1]
