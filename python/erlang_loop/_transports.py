@@ -38,11 +38,13 @@ class _ErlangSocketTransport(selector_events._SelectorSocketTransport):  # type:
 
     __slots__ = _erlang_loop.SOCKET_TRANSPORT_SLOTS
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> _ErlangSocketTransport:
         # asyncio's class default, which its __del__ reads even when
-        # __init__ failed early; a slot has none.
-        self._sock = None
-        super().__init__(*args, **kwargs)
+        # __init__ failed or never ran (a copy, an unpickling); a slot has
+        # none.
+        transport = super().__new__(cls)
+        transport._sock = None
+        return transport
 
 
 for _name, _method in _erlang_loop.socket_transport_methods(_ErlangSocketTransport).items():
@@ -59,9 +61,10 @@ class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # t
 
     __slots__ = _erlang_loop.DATAGRAM_TRANSPORT_SLOTS
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._sock = None  # asyncio's class default, as above
-        super().__init__(*args, **kwargs)
+    def __new__(cls, *args: Any, **kwargs: Any) -> _ErlangDatagramTransport:
+        transport = super().__new__(cls)
+        transport._sock = None  # asyncio's class default, as above
+        return transport
 
 
 for _name, _method in _erlang_loop.datagram_transport_methods(_ErlangDatagramTransport).items():

@@ -43,8 +43,8 @@ use super::method::{call_method, call_method_fastcall, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::{os_error, os_error_err};
 use super::transport_io::{
-    audit_sendto, call_stock, fatal_error, is_exit, no_event, plain_socket_fd, socket_family,
-    RECV_BUFFER,
+    audit_sendto, call_stock, fatal_error, is_exit, is_plain_socket, no_event, plain_socket_fd,
+    socket_family, socket_fd, RECV_BUFFER,
 };
 
 /// Datagrams read per readiness event at most.
@@ -172,33 +172,38 @@ fn sent_now(
     if attrs.is_true(intern!(py, "_buffer"))? {
         return Ok(false);
     }
-    let Some(fd) = plain_socket_fd(attrs)? else {
+    let sock = attrs.get(intern!(py, "_sock"))?;
+    if !is_plain_socket(&sock)? {
         return Ok(false);
-    };
+    }
     let Ok(peername) = attrs
         .get(intern!(py, "_extra"))?
         .get_item(intern!(py, "peername"))
     else {
         return Ok(false);
     };
+    // The address asyncio's `sendto` goes on with (and would buffer).
+    let addr = if connected { Some(&address) } else { addr };
     // SAFETY (both calls): `bytes` is the live bytes object's buffer.
     let sent = if peername.is_truthy()? {
+        let fd = socket_fd(&sock)?;
         unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT) }
     } else {
-        let Some(to) = (if connected { Some(&address) } else { addr }) else {
+        let Some(to) = addr else {
             return Ok(false);
         };
         let Some(peer) = ipv4_peer(to) else {
             return Ok(false);
         };
-        let sock = attrs.get(intern!(py, "_sock"))?;
         if socket_family(&sock)? != libc::AF_INET {
             return Ok(false);
         }
-        // The socket module's `sendto` raises its audit event first.
+        // The socket module's `sendto` raises its audit event first, and
+        // reads the fd after it: a hook may have closed the socket.
         if let Err(err) = audit_sendto(&sock, to) {
-            return send_raised(attrs, err);
+            return send_raised(attrs, err, data, addr);
         }
+        let fd = socket_fd(&sock)?;
         // SAFETY: `peer` is a complete sockaddr_in of the length given.
         unsafe {
             libc::sendto(
@@ -215,25 +220,29 @@ fn sent_now(
         return Ok(true);
     }
     let error = std::io::Error::last_os_error();
-    if no_event(&error) {
-        return Ok(false);
-    }
-    send_raised(attrs, os_error_err(py, &error))
+    send_raised(attrs, os_error_err(py, &error), data, addr)
 }
 
-/// What asyncio's `sendto` does with what its socket call raised: an
-/// `OSError` to `protocol.error_received` (as the exception being
-/// handled), SystemExit and KeyboardInterrupt up, anything else a fatal
-/// write error. True: dealt with. Would-block and EINTR, which asyncio
-/// answers by buffering the datagram, are left to its `sendto` (false).
-fn send_raised(attrs: &InstanceAttrs<'_, '_>, err: PyErr) -> PyResult<bool> {
+/// What asyncio's `sendto` does with what its socket call raised (`data`
+/// to `addr`): would-block and EINTR buffer the datagram and wait for the
+/// socket to be writable; another `OSError` goes to
+/// `protocol.error_received` (as the exception being handled);
+/// SystemExit and KeyboardInterrupt go up; anything else is the fatal
+/// write error. Returns true: the call is done.
+fn send_raised(
+    attrs: &InstanceAttrs<'_, '_>,
+    err: PyErr,
+    data: &Bound<'_, PyAny>,
+    addr: Option<&Bound<'_, PyAny>>,
+) -> PyResult<bool> {
     let transport = attrs.object();
     let py = transport.py();
     if is_exit(py, &err) {
         return Err(err);
     }
     if err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py) {
-        return Ok(false);
+        buffer_datagram(attrs, data, addr)?;
+        return Ok(true);
     }
     let exc = err.into_value(py).into_bound(py).into_any();
     if exc.is_instance_of::<PyOSError>() {
@@ -245,6 +254,34 @@ fn send_raised(attrs: &InstanceAttrs<'_, '_>, err: PyErr) -> PyResult<bool> {
         fatal_error(transport, exc, "Fatal write error on datagram transport")?;
     }
     Ok(true)
+}
+
+/// asyncio's `sendto` after a would-block: the writer callback set, then
+/// the datagram (`bytes`, immutable already) queued with its address.
+fn buffer_datagram(
+    attrs: &InstanceAttrs<'_, '_>,
+    data: &Bound<'_, PyAny>,
+    addr: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let transport = attrs.object();
+    let py = transport.py();
+    transport.getattr(intern!(py, "_loop"))?.call_method1(
+        intern!(py, "_add_writer"),
+        (
+            transport.getattr(intern!(py, "_sock_fd"))?,
+            transport.getattr(intern!(py, "_sendto_ready"))?,
+        ),
+    )?;
+    let addr = addr.cloned().unwrap_or_else(|| py.None().into_bound(py));
+    attrs
+        .get(intern!(py, "_buffer"))?
+        .call_method1(intern!(py, "append"), ((data, addr),))?;
+    let size = transport
+        .getattr(intern!(py, "_buffer_size"))?
+        .add(data.len()?)?;
+    transport.setattr(intern!(py, "_buffer_size"), size)?;
+    transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+    Ok(())
 }
 
 /// An IPv4 `(host, port)` with a numeric host as a socket address; None

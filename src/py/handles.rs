@@ -76,12 +76,18 @@ pub(crate) fn member_offset(
     let bad = || PyRuntimeError::new_err(format!("{ty}.{name} is not the member expected"));
     // SAFETY: the type check comes first; a member descriptor's object
     // is a PyMemberDescrObject whose d_member points at the member table
-    // of a live type (we hold `descr`, which holds the type).
+    // of a live type, d_type (we hold `descr`, which holds the type).
     let (found_code, flags, offset) = unsafe {
         if ffi::Py_TYPE(descr.as_ptr()) != addr_of_mut!(ffi::PyMemberDescr_Type) {
             return Err(bad());
         }
-        let member = (*(descr.as_ptr() as *mut ffi::PyMemberDescrObject)).d_member;
+        let descr = &*(descr.as_ptr() as *mut ffi::PyMemberDescrObject);
+        // A descriptor of another class (copied onto `ty`, or from its
+        // metaclass) describes another layout.
+        if ffi::PyType_IsSubtype(ty.as_type_ptr(), descr.d_common.d_type) == 0 {
+            return Err(bad());
+        }
+        let member = descr.d_member;
         ((*member).type_code, (*member).flags, (*member).offset)
     };
     // SAFETY: `ty` is a live type object.

@@ -33,10 +33,20 @@ pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Opt
     if !is_plain_socket(&sock)? {
         return Ok(None);
     }
+    socket_fd(&sock).map(Some)
+}
+
+/// The fd of `sock`, a plain `socket.socket` ([`is_plain_socket`]), now
+/// (-1 once closed).
+pub(super) fn socket_fd(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
+    let py = sock.py();
+    if !is_plain_socket(sock)? {
+        return sock.call_method0(intern!(py, "fileno"))?.extract();
+    }
     if let Some(offset) = socket_layout(py)?.fd {
         // SAFETY: `sock` is a `socket.socket`, whose instances hold their
         // fd as a C int at `offset` (see `SocketLayout`).
-        return Ok(Some(unsafe { read_int(&sock, offset) }));
+        return Ok(unsafe { read_int(sock, offset) });
     }
     // `socket.socket` inherits `fileno` from `_socket.socket`: its method
     // descriptor, called with the socket, is `sock.fileno()` without the
@@ -50,7 +60,7 @@ pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Opt
                 .unbind(),
         )
     })?;
-    fileno.bind(py).call1((sock,))?.extract().map(Some)
+    fileno.bind(py).call1((sock,))?.extract()
 }
 
 /// The family of `sock`, as an `int`: for a `socket.socket`, read where
@@ -134,7 +144,7 @@ unsafe fn read_int(object: &Bound<'_, PyAny>, offset: isize) -> c_int {
 /// offsets): only when that class, as first seen, derives from the C
 /// `_socket.socket` (a `socket.socket` replaced by a monkey-patching
 /// library is left to asyncio's code).
-fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+pub(super) fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(socket_class(sock.py())?.is_some_and(|class| sock.get_type().is(class)))
 }
 

@@ -1255,12 +1255,16 @@ def test_a_subclass_of_our_transport_is_read_through_its_own_attributes() -> Non
         @_conn_lost.setter
         def _conn_lost(self, value: int) -> None:
             self._lost = value
+            # What a read of our class's slot would find: a lost
+            # connection, so nothing would be read or written.
+            _ErlangSocketTransport._conn_lost.__set__(self, 1)
 
     class WatchingLoop(ErlangEventLoop):
         def _make_socket_transport(self, *args: Any, **kwargs: Any) -> Any:
             return WatchedTransport(self, *args, **kwargs)
 
     a, b = socket.socketpair()
+    b.settimeout(DEADLINE)
     loop = WatchingLoop()
 
     async def main() -> bytes:

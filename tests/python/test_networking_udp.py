@@ -8,6 +8,7 @@ Run with ``bin/erlang-python -m pytest tests/python/test_networking_udp.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import inspect
 import socket
@@ -497,6 +498,26 @@ async def only_marker_arrives(server: Datagrams, address: Any) -> None:
     assert [data for data, _ in server.received] == [b"marker"]
 
 
+@contextlib.contextmanager
+def fd_number_taken_over(sock: socket.socket) -> Iterator[socket.socket]:
+    """Closes ``sock`` and opens sockets until one has its fd number (the
+    lowest free one, unless another thread took it meanwhile): what a send
+    through the old number would reach."""
+    number = sock.fileno()
+    sock.close()
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            opened.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            if opened[-1].fileno() == number:
+                yield opened[-1]
+                return
+        pytest.fail(f"fd {number} was not handed out again")
+    finally:
+        for other in opened:
+            other.close()
+
+
 @pytest.mark.parametrize("connected", [False, True], ids=["unconnected", "connected"])
 def test_sendto_on_a_socket_closed_behind_the_transport_is_error_received(
     loop: ErlangEventLoop, connected: bool
@@ -519,10 +540,7 @@ def test_sendto_on_a_socket_closed_behind_the_transport_is_error_received(
         where = {"remote_addr": address} if connected else {"local_addr": (LOCALHOST, 0)}
         transport, _ = await loop.create_datagram_endpoint(lambda: Seeing(loop), **where)
         inner = transport.get_extra_info("socket")._sock
-        number = inner.fileno()
-        inner.close()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
-            assert other.fileno() == number, "the fd number was not reused"
+        with fd_number_taken_over(inner):
             transport.sendto(b"to nowhere", None if connected else address)
             assert not transport.is_closing()
             await only_marker_arrives(server, address)
@@ -581,16 +599,21 @@ def test_sendto_queues_behind_what_is_buffered(loop: ErlangEventLoop) -> None:
 
 # What the audit hook below does with `socket.sendto` events: None, nothing
 # (hooks stay for the life of the process); True, record them; an
-# exception class, record and raise it.
+# exception class, record and raise it; a function, record and call it
+# with the event's arguments.
 AUDIT_MODE: list[Any] = [None]
 AUDITED: list[Any] = []
 
 
 def _audit_sendto(event: str, args: tuple[Any, ...]) -> None:
-    if event == "socket.sendto" and AUDIT_MODE[0] is not None:
-        AUDITED.append(args)
-        if AUDIT_MODE[0] is not True:
-            raise AUDIT_MODE[0]("refused by the audit hook")
+    mode = AUDIT_MODE[0]
+    if event != "socket.sendto" or mode is None:
+        return
+    AUDITED.append(args)
+    if isinstance(mode, type) and issubclass(mode, BaseException):
+        raise mode("refused by the audit hook")
+    if callable(mode):
+        mode(*args)
 
 
 @pytest.fixture(scope="module")
@@ -638,6 +661,76 @@ def test_sendto_raises_the_socket_module_s_audit_event(
 
     run(loop, main())
     assert outcomes == [[], ["PermissionError"], "RuntimeError"]
+
+
+def test_a_sendto_the_audit_hook_makes_wait_is_buffered_and_audited_once(
+    loop: ErlangEventLoop, audit_hook: None
+) -> None:
+    """A would-block (here the hook's BlockingIOError) buffers the datagram
+    until the socket is writable, as asyncio's sendto does: the hook sees
+    the send once, then once more for the buffered one going out."""
+
+    async def main() -> None:
+        server_transport, server = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        address = server_transport.get_extra_info("sockname")
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        AUDIT_MODE[0], AUDITED[:] = BlockingIOError, []
+        try:
+            transport.sendto(b"later", address)
+        finally:
+            AUDIT_MODE[0] = True
+        try:
+            assert len(AUDITED) == 1
+            assert [data for data, _ in transport._buffer] == [b"later"]
+            await wait_for_condition(lambda: bool(server.received))
+            assert len(AUDITED) == 2  # the buffered datagram's own send
+        finally:
+            AUDIT_MODE[0] = None
+        assert [data for data, _ in server.received] == [b"later"]
+        transport.close()
+        server_transport.close()
+
+    run(loop, main())
+
+
+def test_a_socket_the_audit_hook_closes_is_not_sent_through(
+    loop: ErlangEventLoop, audit_hook: None
+) -> None:
+    """The socket module reads the fd after the audit event: a hook that
+    closes the socket (its number handed to another) makes the send fail
+    with EBADF, for error_received."""
+    taken: list[Any] = []
+
+    async def main() -> None:
+        server_transport, server = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+        address = server_transport.get_extra_info("sockname")
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
+        )
+
+        def close_and_take_over(sock: socket.socket, _addr: Any) -> None:
+            taken.append(fd_number_taken_over(sock))
+            taken[-1].__enter__()
+
+        AUDIT_MODE[0] = close_and_take_over
+        try:
+            transport.sendto(b"to nowhere", address)
+        finally:
+            AUDIT_MODE[0] = None
+            for holder in taken:
+                holder.__exit__(None, None, None)
+        assert [e.errno for e in protocol.errors] == [errno.EBADF]
+        await only_marker_arrives(server, address)
+        transport.abort()
+        server_transport.close()
+
+    run(loop, main())
 
 
 def test_native_methods_have_asyncio_s_signatures() -> None:
