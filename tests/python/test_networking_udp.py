@@ -172,9 +172,7 @@ def test_unconnected_client(loop: ErlangEventLoop) -> None:
     async def main() -> None:
         server, _ = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
         address = server.get_extra_info("sockname")
-        client, protocol = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        client, protocol = await recording_endpoint(loop)
         assert client.get_extra_info("peername") is None
         for message in (b"one", b"two", b"three"):
             client.sendto(message, address)
@@ -371,9 +369,7 @@ def test_many_and_large_datagrams_arrive_intact(loop: ErlangEventLoop) -> None:
     messages = [payload(size, seed=i) for i, size in enumerate(sizes)]
 
     async def main() -> list[bytes]:
-        receiver, protocol = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        receiver, protocol = await recording_endpoint(loop)
         receiver.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024
         )
@@ -418,9 +414,7 @@ def test_pause_reading_in_datagram_received_stops_at_once(loop: ErlangEventLoop)
 
 def test_abort_loses_the_endpoint(loop: ErlangEventLoop) -> None:
     async def main() -> None:
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        transport, protocol = await recording_endpoint(loop)
         transport.abort()
         assert transport.is_closing()
         assert await protocol.lost is None
@@ -435,9 +429,7 @@ def test_a_closed_endpoint_s_port_is_free_at_once(loop: ErlangEventLoop) -> None
 
     async def main() -> None:
         for _ in range(20):
-            transport, protocol = await loop.create_datagram_endpoint(
-                lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-            )
+            transport, protocol = await recording_endpoint(loop)
             port = transport.get_extra_info("sockname")[1]
             transport.close()
             await protocol.lost
@@ -488,6 +480,11 @@ def test_a_socket_subclass_gets_its_own_sendto_called(loop: ErlangEventLoop) -> 
     assert calls and calls[0][1] > 0
 
 
+async def recording_endpoint(loop: asyncio.AbstractEventLoop) -> tuple[Any, Datagrams]:
+    """An endpoint on a port of its own whose protocol keeps what it gets."""
+    return await loop.create_datagram_endpoint(lambda: Datagrams(loop), local_addr=(LOCALHOST, 0))
+
+
 async def only_marker_arrives(server: Datagrams, address: Any) -> None:
     """Sends a marker to ``server`` from a fresh socket and waits for it:
     a datagram sent before it (from anywhere, on loopback) would be
@@ -533,9 +530,7 @@ def test_sendto_on_a_socket_closed_behind_the_transport_is_error_received(
             seen.append((exc, sys.exc_info()[1]))
 
     async def main() -> None:
-        server_transport, server = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        server_transport, server = await recording_endpoint(loop)
         address = server_transport.get_extra_info("sockname")
         where = {"remote_addr": address} if connected else {"local_addr": (LOCALHOST, 0)}
         transport, _ = await loop.create_datagram_endpoint(lambda: Seeing(loop), **where)
@@ -557,9 +552,7 @@ def test_sendto_after_close_of_a_connected_endpoint_sends_nothing(loop: ErlangEv
     nothing (on a connected endpoint)."""
 
     async def main() -> None:
-        server_transport, server = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        server_transport, server = await recording_endpoint(loop)
         address = server_transport.get_extra_info("sockname")
         transport, _ = await loop.create_datagram_endpoint(
             lambda: Datagrams(loop), remote_addr=address
@@ -577,13 +570,9 @@ def test_sendto_queues_behind_what_is_buffered(loop: ErlangEventLoop) -> None:
     """A datagram sent while others wait in the buffer goes after them."""
 
     async def main() -> None:
-        server_transport, server = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        server_transport, server = await recording_endpoint(loop)
         address = server_transport.get_extra_info("sockname")
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        transport, _ = await recording_endpoint(loop)
         transport._buffer.append((b"first", address))
         transport._buffer_size += len(b"first")
         transport.sendto(b"second", address)
@@ -633,14 +622,10 @@ def test_sendto_raises_the_socket_module_s_audit_event(
 
     async def main() -> None:
         reported = errors(loop)
-        server_transport, _ = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        server_transport, _ = await recording_endpoint(loop)
         address = server_transport.get_extra_info("sockname")
         for mode in (True, PermissionError, RuntimeError):
-            transport, protocol = await loop.create_datagram_endpoint(
-                lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-            )
+            transport, protocol = await recording_endpoint(loop)
             AUDIT_MODE[0], AUDITED[:] = mode, []
             try:
                 transport.sendto(b"audited", address)
@@ -671,13 +656,9 @@ def test_a_sendto_the_audit_hook_makes_wait_is_buffered_and_audited_once(
     the send once, then once more for the buffered one going out."""
 
     async def main() -> None:
-        server_transport, server = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        server_transport, server = await recording_endpoint(loop)
         address = server_transport.get_extra_info("sockname")
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        transport, _ = await recording_endpoint(loop)
         AUDIT_MODE[0], AUDITED[:] = BlockingIOError, []
         try:
             transport.sendto(b"later", address)
@@ -706,13 +687,9 @@ def test_a_socket_the_audit_hook_closes_is_not_sent_through(
     taken: list[Any] = []
 
     async def main() -> None:
-        server_transport, server = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        server_transport, server = await recording_endpoint(loop)
         address = server_transport.get_extra_info("sockname")
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        transport, protocol = await recording_endpoint(loop)
 
         def close_and_take_over(sock: socket.socket, _addr: Any) -> None:
             taken.append(fd_number_taken_over(sock))
@@ -888,9 +865,7 @@ def test_error_received_sees_its_error_as_the_one_being_handled(loop: ErlangEven
 
 def test_max_size_bounds_a_datagram_read(loop: ErlangEventLoop) -> None:
     async def main() -> bytes:
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        transport, protocol = await recording_endpoint(loop)
         transport.max_size = 8
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             sender.sendto(b"0123456789abcdef", transport.get_extra_info("sockname"))
@@ -975,9 +950,7 @@ def test_a_socket_closed_in_datagram_received_is_not_read_through_its_old_fd(
 
 def test_a_bad_max_size_is_a_fatal_read_error(loop: ErlangEventLoop) -> None:
     async def main() -> BaseException | None:
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: Datagrams(loop), local_addr=(LOCALHOST, 0)
-        )
+        transport, protocol = await recording_endpoint(loop)
         transport.max_size = -1
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             sender.sendto(b"x", transport.get_extra_info("sockname"))
