@@ -20,11 +20,11 @@
 //! check passing (`bytes`, nothing buffered, the connected address or none,
 //! a plain socket), one `send` to the connected peer or one `sendto` to an
 //! IPv4 `(host, port)` with a numeric host (after the socket module's
-//! `socket.sendto` audit event, as its `sendto` raises it); an `OSError`
-//! goes to `protocol.error_received`, another exception is the fatal write
-//! error, as there. Everything else (names to resolve,
-//! IPv6 addresses, other buffers, would-block, the checks that raise) is
-//! asyncio's own `sendto`, which the socket module's address parsing
+//! `socket.sendto` audit event, as its `sendto` raises it); a would-block
+//! buffers the datagram, an `OSError` goes to `protocol.error_received`,
+//! another exception is the fatal write error, as there. Everything else
+//! (names to resolve, IPv6 addresses, other buffers, the checks that raise)
+//! is asyncio's own `sendto`, which the socket module's address parsing
 //! (about a fifth of an echo's time) otherwise costs every datagram.
 
 use std::ffi::CStr;
@@ -140,9 +140,8 @@ unsafe extern "C" fn sendto_method(
 /// address, the connection up if connected, nothing buffered, a plain
 /// socket, and a peer given by the connection or by an IPv4 `(host, port)`
 /// with a numeric host. Sends, or deals with the error as asyncio does
-/// (`send_raised`); returns false, having done nothing,
-/// in every other case (asyncio's `sendto` then decides, and raises what
-/// it raises), would-block included.
+/// (`send_raised`); returns false, having done nothing, in every other
+/// case (asyncio's `sendto` then decides, and raises what it raises).
 fn sent_now(
     attrs: &InstanceAttrs<'_, '_>,
     data: &Bound<'_, PyAny>,
