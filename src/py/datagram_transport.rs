@@ -43,8 +43,8 @@ use super::method::{call_method, call_method_fastcall, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::{os_error, os_error_err};
 use super::transport_io::{
-    audit_sendto, call_stock, fatal_error, is_exit, is_plain_socket, no_event, plain_socket_fd,
-    socket_family, socket_fd, RECV_BUFFER,
+    audit_sendto, call_stock, fatal_error, is_exit, no_event, plain_socket_fd, PlainSocket,
+    RECV_BUFFER,
 };
 
 /// Datagrams read per readiness event at most.
@@ -171,10 +171,9 @@ fn sent_now(
     if attrs.is_true(intern!(py, "_buffer"))? {
         return Ok(false);
     }
-    let sock = attrs.get(intern!(py, "_sock"))?;
-    if !is_plain_socket(&sock)? {
+    let Some(sock) = PlainSocket::of(attrs)? else {
         return Ok(false);
-    }
+    };
     let Ok(peername) = attrs
         .get(intern!(py, "_extra"))?
         .get_item(intern!(py, "peername"))
@@ -185,7 +184,7 @@ fn sent_now(
     let addr = if connected { Some(&address) } else { addr };
     // SAFETY (both calls): `bytes` is the live bytes object's buffer.
     let sent = if peername.is_truthy()? {
-        let fd = socket_fd(&sock)?;
+        let fd = sock.fd()?;
         unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT) }
     } else {
         let Some(to) = addr else {
@@ -194,15 +193,15 @@ fn sent_now(
         let Some(peer) = ipv4_peer(to) else {
             return Ok(false);
         };
-        if socket_family(&sock)? != libc::AF_INET {
+        if sock.family()? != libc::AF_INET {
             return Ok(false);
         }
         // The socket module's `sendto` raises its audit event first, and
         // reads the fd after it: a hook may have closed the socket.
-        if let Err(err) = audit_sendto(&sock, to) {
+        if let Err(err) = audit_sendto(sock.as_any(), to) {
             return send_raised(attrs, err, data, addr);
         }
-        let fd = socket_fd(&sock)?;
+        let fd = sock.fd()?;
         // SAFETY: `peer` is a complete sockaddr_in of the length given.
         unsafe {
             libc::sendto(
@@ -317,10 +316,10 @@ fn read_batch(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
     let py = transport.py();
     let stock =
         |name: &Bound<'_, PyString>| call_stock(selector_transport(py)?, transport, name, ());
-    let Some(fd) = plain_socket_fd(attrs)? else {
+    let Some(sock) = PlainSocket::of(attrs)? else {
         return stock(intern!(py, "_read_ready"));
     };
-    let family = socket_family(&attrs.get(intern!(py, "_sock"))?)?;
+    let (fd, family) = (sock.fd()?, sock.family()?);
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return stock(intern!(py, "_read_ready"));
     }

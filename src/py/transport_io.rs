@@ -28,53 +28,63 @@ thread_local! {
 /// The fd of the transport's socket now (-1 once closed), if the socket is
 /// a plain `socket.socket`; None otherwise (asyncio's code then decides).
 pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Option<i32>> {
-    let py = transport.object().py();
-    let sock = transport.get(intern!(py, "_sock"))?;
-    if !is_plain_socket(&sock)? {
-        return Ok(None);
-    }
-    socket_fd(&sock).map(Some)
+    PlainSocket::of(transport)?
+        .map(|sock| sock.fd())
+        .transpose()
 }
 
-/// The fd of `sock`, a plain `socket.socket` ([`is_plain_socket`]), now
-/// (-1 once closed).
-pub(super) fn socket_fd(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
-    let py = sock.py();
-    if !is_plain_socket(sock)? {
-        return sock.call_method0(intern!(py, "fileno"))?.extract();
-    }
-    if let Some(offset) = socket_layout(py)?.fd {
-        // SAFETY: `sock` is a `socket.socket`, whose instances hold their
-        // fd as a C int at `offset` (see `SocketLayout`).
-        return Ok(unsafe { read_int(sock, offset) });
-    }
-    // `socket.socket` inherits `fileno` from `_socket.socket`: its method
-    // descriptor, called with the socket, is `sock.fileno()` without the
-    // lookup along the MRO.
-    static FILENO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let fileno = get_or_make(&FILENO, py, || {
-        Ok::<_, PyErr>(
-            py.import("_socket")?
-                .getattr("socket")?
-                .getattr("fileno")?
-                .unbind(),
-        )
-    })?;
-    fileno.bind(py).call1((sock,))?.extract()
-}
+/// A transport's socket that is exactly a `socket.socket` (see
+/// `socket_class`): the one kind whose fd and family the native paths read
+/// where the C socket keeps them. Made only by [`PlainSocket::of`], which
+/// checks the kind once.
+pub(super) struct PlainSocket<'py>(Bound<'py, PyAny>);
 
-/// The family of `sock`, as an `int`: for a `socket.socket`, read where
-/// the C socket keeps it. `socket.socket.family` is a Python property that
-/// builds an `IntEnum`, about a microsecond, more than a `sendto` of ours.
-pub(super) fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
-    let py = sock.py();
-    if !is_plain_socket(sock)? {
-        return sock.getattr(intern!(py, "family"))?.extract();
+impl<'py> PlainSocket<'py> {
+    /// The transport's `_sock`, if it is a plain `socket.socket`.
+    pub(super) fn of(transport: &InstanceAttrs<'_, 'py>) -> PyResult<Option<Self>> {
+        let py = transport.object().py();
+        let sock = transport.get(intern!(py, "_sock"))?;
+        let plain = socket_class(py)?.is_some_and(|class| sock.get_type().is(class));
+        Ok(plain.then_some(PlainSocket(sock)))
     }
-    let offset = socket_layout(py)?.family;
-    // SAFETY: `sock` is a `socket.socket`, whose instances hold their
-    // family as a C int at `offset` (see `SocketLayout`).
-    Ok(unsafe { read_int(sock, offset) })
+
+    /// The socket object.
+    pub(super) fn as_any(&self) -> &Bound<'py, PyAny> {
+        &self.0
+    }
+
+    /// Its fd now (-1 once closed).
+    pub(super) fn fd(&self) -> PyResult<i32> {
+        let py = self.0.py();
+        if let Some(offset) = socket_layout(py)?.fd {
+            // SAFETY: a `socket.socket`, whose instances hold their fd as a
+            // C int at `offset` (see `SocketLayout`).
+            return Ok(unsafe { read_int(&self.0, offset) });
+        }
+        // `socket.socket` inherits `fileno` from `_socket.socket`: its
+        // method descriptor, called with the socket, is `sock.fileno()`
+        // without the lookup along the MRO.
+        static FILENO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let fileno = get_or_make(&FILENO, py, || {
+            Ok::<_, PyErr>(
+                py.import("_socket")?
+                    .getattr("socket")?
+                    .getattr("fileno")?
+                    .unbind(),
+            )
+        })?;
+        fileno.bind(py).call1((&self.0,))?.extract()
+    }
+
+    /// Its family, as an `int`: `socket.socket.family` is a Python
+    /// property that builds an `IntEnum`, about a microsecond, more than a
+    /// `sendto` of ours.
+    pub(super) fn family(&self) -> PyResult<i32> {
+        let offset = socket_layout(self.0.py())?.family;
+        // SAFETY: a `socket.socket`, whose instances hold their family as a
+        // C int at `offset` (see `SocketLayout`).
+        Ok(unsafe { read_int(&self.0, offset) })
+    }
 }
 
 /// Where a `_socket.socket` (CPython's `PySocketSockObject`) keeps its
@@ -139,16 +149,9 @@ unsafe fn read_int(object: &Bound<'_, PyAny>, offset: isize) -> c_int {
     }
 }
 
-/// Whether `sock` is exactly a `socket.socket`, the class whose instances
-/// the native paths read (their fd and family, at `SocketLayout`'s
-/// offsets): only when that class, as first seen, derives from the C
-/// `_socket.socket` (a `socket.socket` replaced by a monkey-patching
-/// library is left to asyncio's code).
-pub(super) fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
-    Ok(socket_class(sock.py())?.is_some_and(|class| sock.get_type().is(class)))
-}
-
-/// `socket.socket` as first seen, if it derives from `_socket.socket`.
+/// `socket.socket` as first seen, if it derives from the C `_socket.socket`
+/// (one replaced by a monkey-patching library before is left to asyncio's
+/// code: its instances are never read at our offsets).
 fn socket_class(py: Python<'_>) -> PyResult<Option<&Bound<'_, PyType>>> {
     static CLASS: PyOnceLock<Option<Py<PyType>>> = PyOnceLock::new();
     let class = get_or_make(&CLASS, py, || {
