@@ -6,33 +6,19 @@
 //! descriptor there would win over the instance), then in the instance; in
 //! a profile of TCP echo those generic lookups were about 6% of the loop
 //! thread, the largest difference from uvloop, whose transport keeps such
-//! state in C fields. Two cheaper places hold them:
+//! state in C fields. Our transport classes name those hot attributes in
+//! `__slots__` ([`SlotTable`]): asyncio's code stores them at fixed
+//! offsets, and reading one is a load.
 //!
-//! - Slots of our own transport classes ([`SlotTable`]): the classes name
-//!   the hot attributes in `__slots__`, so asyncio's code stores them at
-//!   fixed offsets, and reading one is a load. Their other attributes
-//!   (`max_size`, a class attribute) are read by `getattr`.
-//! - The instance dict, for instances of other classes (a subclass of
-//!   ours): one lookup with an interned key.
-//!
-//! The answer is always `getattr`'s: an empty slot, or a name in neither
-//! place (a class attribute such as `max_size`), falls back to `getattr`;
-//! and a name that is a data descriptor of the type (a property, a slot)
-//! never lands in the instance dict, since assigning it goes through the
-//! descriptor. Only a write to `__dict__` behind a descriptor's back could
-//! tell them apart.
-//!
-//! Asking for the dict makes CPython keep the instance's attributes in a
-//! real dict from then on instead of its inline values; Python code reading
-//! them stays specialised (by dict hint instead of by index).
-
-use std::cell::OnceCell;
-use std::ptr::null_mut;
+//! The answer is always `getattr`'s: an empty slot, another name (a class
+//! attribute such as `max_size`), or an instance of another class (a
+//! subclass of ours may put a property over a slot's name) is read by
+//! `getattr`.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString, PyType};
+use pyo3::types::{PyString, PyType};
 
 use super::handles::Slot;
 
@@ -109,53 +95,33 @@ pub(crate) struct InstanceAttrs<'a, 'py> {
     object: &'a Bound<'py, PyAny>,
     /// The slots of the object's class (None: not one of its instances).
     slots: Option<&'a SlotTable>,
-    /// The instance dict, fetched at the first read that needs it (None:
-    /// no dict; every such read is a `getattr`).
-    dict: OnceCell<Option<Bound<'py, PyDict>>>,
 }
 
 impl<'a, 'py> InstanceAttrs<'a, 'py> {
     /// The attributes of `object`, in the slots of `table` if it is an
     /// instance of exactly the table's class (a subclass could put a
-    /// property over a slot's name: its instances are read by dict).
+    /// property over a slot's name: its instances are read by `getattr`).
     pub(crate) fn of(object: &'a Bound<'py, PyAny>, table: Option<&'a SlotTable>) -> Self {
         // SAFETY: reading the type pointer of a live object.
         let class = unsafe { ffi::Py_TYPE(object.as_ptr()) }.cast::<ffi::PyObject>();
         let slots = table.filter(|table| table.class.as_ptr() == class);
-        InstanceAttrs {
-            object,
-            slots,
-            dict: OnceCell::new(),
-        }
+        InstanceAttrs { object, slots }
     }
 
-    /// `getattr(object, name)`, from its slot or the instance dict when it
-    /// is there.
+    /// `getattr(object, name)`, from its slot when it has one.
     #[inline]
     pub(crate) fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
-        let py = self.object.py();
-        if let Some(table) = self.slots {
-            // Our class: its hot attributes in slots, the rest (a class
-            // attribute such as `max_size`) not worth its dict, which
-            // asking for would take the instance off its inline values.
-            let Some(slot) = table.slot_of(name) else {
-                return self.object.getattr(name);
-            };
-            // SAFETY: `object` is an instance of the class the slot was
-            // found on (checked in `of`); the value is borrowed and made an
-            // owned reference at once.
-            let value = unsafe { slot.get(self.object.as_ptr()) };
-            if !value.is_null() {
-                return Ok(unsafe { Bound::from_borrowed_ptr(py, value) });
-            }
+        let Some(slot) = self.slots.and_then(|table| table.slot_of(name)) else {
+            return self.object.getattr(name);
+        };
+        // SAFETY: `object` is an instance of the class the slot was found
+        // on (checked in `of`); the value is borrowed and made an owned
+        // reference at once.
+        let value = unsafe { slot.get(self.object.as_ptr()) };
+        if value.is_null() {
             return self.object.getattr(name);
         }
-        if let Some(dict) = self.dict() {
-            if let Some(value) = dict.get_item(name)? {
-                return Ok(value);
-            }
-        }
-        self.object.getattr(name)
+        Ok(unsafe { Bound::from_borrowed_ptr(self.object.py(), value) })
     }
 
     /// Whether `getattr(object, name)` is true.
@@ -167,25 +133,5 @@ impl<'a, 'py> InstanceAttrs<'a, 'py> {
     /// The object they are the attributes of.
     pub(crate) fn object(&self) -> &'a Bound<'py, PyAny> {
         self.object
-    }
-
-    fn dict(&self) -> Option<&Bound<'py, PyDict>> {
-        self.dict
-            .get_or_init(|| {
-                let py = self.object.py();
-                // SAFETY: `object` is a live object and the thread is
-                // attached; the result is a new reference or null with an
-                // exception set.
-                let raw = unsafe { ffi::PyObject_GenericGetDict(self.object.as_ptr(), null_mut()) };
-                if raw.is_null() {
-                    // No `__dict__` (a class with `__slots__` only).
-                    drop(PyErr::take(py));
-                    return None;
-                }
-                // SAFETY: a new reference, owned from here.
-                let any = unsafe { Bound::from_owned_ptr(py, raw) };
-                any.cast_into::<PyDict>().ok()
-            })
-            .as_ref()
     }
 }
