@@ -710,6 +710,28 @@ def test_a_socket_the_audit_hook_closes_is_not_sent_through(
     run(loop, main())
 
 
+def test_sendto_arguments_as_asyncio_takes_and_refuses_them(loop: ErlangEventLoop) -> None:
+    """Keywords and wrong counts go to asyncio's sendto: `data=` and `addr=`
+    by keyword arrive; no data, a third argument and an unknown keyword
+    are its TypeError, and the endpoint stays open."""
+
+    async def main() -> None:
+        server_transport, server = await recording_endpoint(loop)
+        address = server_transport.get_extra_info("sockname")
+        transport, _ = await recording_endpoint(loop)
+        transport.sendto(data=b"by keyword", addr=address)
+        await wait_for_condition(lambda: bool(server.received))
+        assert [data for data, _ in server.received] == [b"by keyword"]
+        for args, kwargs in [((), {}), ((b"x", address, 3), {}), ((b"x",), {"where": address})]:
+            with pytest.raises(TypeError):
+                transport.sendto(*args, **kwargs)
+        assert not transport.is_closing()
+        transport.close()
+        server_transport.close()
+
+    run(loop, main())
+
+
 def test_native_methods_have_asyncio_s_signatures() -> None:
     from asyncio import selector_events
 
