@@ -16,7 +16,6 @@ import traceback
 import types
 
 import _erlang
-from erlang_loop._loop import wake_thread_loop
 
 USAGE = (
     "usage: erlang-python (SCRIPT | -m MODULE | -c CODE | conformance) [ARG ...]\n"
@@ -71,14 +70,11 @@ def interrupt() -> bool:
     """Ctrl-C of ``bin/erlang-python``: raises KeyboardInterrupt in the
     program's thread, as python3's default SIGINT handler raises it in its
     main thread, at the thread's next bytecode; an ErlangEventLoop that
-    thread waits in is woken for it. False when no program runs (the run
-    then ends at once)."""
+    thread waits in is woken for it (by ``interrupt_thread``). False when no
+    program runs (the run then ends at once)."""
     with _program_lock:
         ident = _program_thread
-        if ident is None or not _erlang.interrupt_thread(ident):
-            return False
-    wake_thread_loop(ident)
-    return True
+        return ident is not None and _erlang.interrupt_thread(ident)
 
 
 def _utf8_stdio() -> None:

@@ -37,8 +37,8 @@ call(Module, Function, Args, Kwargs) ->
 
 %% @doc Calls `Module.Function(*Args, **Kwargs)'. `Function' may be a dotted
 %% path inside the module (`<<"Path.home">>'). On timeout the Python call is
-%% interrupted with `TimeoutError' at its next bytecode and the result, if any,
-%% is discarded.
+%% interrupted with `TimeoutError' at its next bytecode (an ErlangEventLoop it
+%% waits in is woken for it) and the result, if any, is discarded.
 -spec call(name(), name(), list(), map(), timeout()) -> {ok, term()} | py_error().
 call(Module, Function, Args, Kwargs, Timeout) ->
     valid_timeout(Timeout, [Module, Function, Args, Kwargs, Timeout]),

@@ -27,6 +27,7 @@
          namespace_not_leaked_by_short_lived_callers/1,
          register_function/1, erlang_function_crash/1, unregistered_function/1,
          erlang_function_killed/1, timeout_inside_erlang_call/1,
+         timeout_waiting_event_loop/1,
          nested_call/1, erlang_send/1, erlang_send_from_python_thread/1,
          interpreter_is_the_built_one/1, extension_modules_load/1,
          sys_executable_is_python/1,
@@ -61,7 +62,8 @@ groups() ->
        namespace_per_process, namespace_dropped_on_exit,
        namespace_not_leaked_by_short_lived_callers,
        register_function, erlang_function_crash, unregistered_function,
-       erlang_function_killed, timeout_inside_erlang_call, nested_call, erlang_send, erlang_send_from_python_thread,
+       erlang_function_killed, timeout_inside_erlang_call, timeout_waiting_event_loop,
+       nested_call, erlang_send, erlang_send_from_python_thread,
        interpreter_is_the_built_one, extension_modules_load,
        sys_executable_is_python]},
      %% Last: stops and restarts the application.
@@ -666,6 +668,38 @@ timeout_inside_erlang_call(_Config) ->
     Slow = receive {slow_called, Pid} -> Pid after 10000 -> ct:fail(slow_not_called) end,
     wait_until(fun() -> busy_workers() =< Busy end, 20000),
     wait_until(fun() -> not is_process_alive(Slow) end, 10000),
+    ?assertEqual([], py_results()),
+    ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
+
+%% A call that times out while its thread waits in an ErlangEventLoop (for
+%% a timer an hour away, GIL released) is woken for its TimeoutError, which
+%% `run_forever' raises (not a callback, where the loop's exception handler
+%% would take it and the loop would run on): the worker is free again.
+-spec timeout_waiting_event_loop(ct_suite:ct_config()) -> term().
+timeout_waiting_event_loop(_Config) ->
+    Busy = busy_workers(),
+    Code = <<"import asyncio, erlang\n"
+             "async def main():\n"
+             "    asyncio.get_running_loop().set_exception_handler(\n"
+             "        lambda loop, context: erlang.send(p, ('handled', repr(context))))\n"
+             "    erlang.send(p, type(asyncio.get_running_loop()).__name__)\n"
+             "    await asyncio.sleep(3600)\n"
+             "try:\n"
+             "    asyncio.run(main())\n"
+             "except TimeoutError:\n"
+             "    erlang.send(p, 'TimeoutError')\n"
+             "    raise\n">>,
+    ?assertEqual({error, timeout},
+                 py:call(builtins, exec, [Code, #{<<"p">> => self()}], #{}, 500)),
+    receive Loop -> ?assertEqual(<<"ErlangEventLoop">>, Loop) after 10000 -> ct:fail(no_loop) end,
+    receive
+        <<"TimeoutError">> -> ok
+    after 20000 -> ct:fail(loop_not_interrupted)
+    end,
+    wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    receive {<<"handled">>, Context} -> ct:fail({exception_handler_called, Context})
+    after 0 -> ok
+    end,
     ?assertEqual([], py_results()),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
 

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use pyo3::prelude::*;
 use rustler::ResourceArc;
 
+use crate::interrupt;
+
 /// Where a job is. Transitions happen under the job's lock; the ones that
 /// touch the Python thread state also hold the GIL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,14 +108,27 @@ impl Job {
 
     /// Raises `TimeoutError` inside the job's thread at its next bytecode, if
     /// the job is still running. A job blocked in C (a `time.sleep`) sees it
-    /// when it returns to Python.
+    /// when it returns to Python; one waiting in an ErlangEventLoop is woken
+    /// for it (see `interrupt.rs`).
     pub fn interrupt(&self, py: Python<'_>) {
-        let mut state = self.lock();
-        if let JobState::CancelRequested(thread) = *state {
-            let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
-            // SAFETY: GIL held; `exception` is a live type object for the call.
-            unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as c_long, exception.as_ptr()) };
-            *state = JobState::Interrupted(thread);
+        let interrupted = {
+            let mut state = self.lock();
+            match *state {
+                JobState::CancelRequested(thread) => {
+                    let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
+                    interrupt::set_async_exception(py, thread, exception.as_any());
+                    *state = JobState::Interrupted(thread);
+                    Some(thread)
+                }
+                _ => None,
+            }
+        };
+        // Outside the lock: waking runs Python code, which may let the job's
+        // thread take the GIL and `finish`, which takes the lock. Should the
+        // job end meanwhile, a loop the thread runs next is woken for
+        // nothing: it goes on with its next iteration.
+        if let Some(thread) = interrupted {
+            interrupt::wake_loop_of(py, thread);
         }
     }
 }

@@ -104,23 +104,17 @@ _LOOPS: weakref.WeakSet[ErlangEventLoop] = weakref.WeakSet()
 
 def wake_thread_loop(ident: int) -> bool:
     """Wakes the ErlangEventLoop running in thread ``ident`` (a
-    ``threading.get_ident()``), if any, with a callback of Python code, and
-    says whether there was one. An exception set for that thread from
-    outside (``_erlang.interrupt_thread``) is raised at the thread's next
-    bytecode, which a loop waiting for events would not run."""
+    ``threading.get_ident()``), if any, and says whether there was one. An
+    exception set for that thread from outside (``_erlang.interrupt_thread``,
+    the ``TimeoutError`` of a timed-out ``py:call``) is raised at the
+    thread's next bytecode, which a loop waiting for events would not run;
+    woken so, the loop runs no callback first (whose error handling would
+    catch it): it is raised by ``run_forever``."""
     for loop in list(_LOOPS):
-        if loop._thread_id == ident:  # type: ignore[attr-defined]
-            try:
-                loop.call_soon_threadsafe(_run_bytecode)
-            except RuntimeError:  # closed meanwhile: it waits no more
-                return False
+        if loop._thread_id == ident and not loop.is_closed():  # type: ignore[attr-defined]
+            loop._native.interrupt()
             return True
     return False
-
-
-def _run_bytecode() -> None:
-    """Nothing but the bytecode of a call, where a pending exception of the
-    thread is raised."""
 
 
 class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]

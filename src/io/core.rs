@@ -6,6 +6,7 @@
 //! serving process, `call_soon_threadsafe`, `stop` and `close` wake it.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,8 @@ pub struct LoopCore {
     /// closes or loses its server.
     ready: Condvar,
     host: Arc<dyn LoopHost>,
+    /// `interrupt` was called and `take_interrupt` has not seen it yet.
+    interrupted: AtomicBool,
 }
 
 struct State {
@@ -118,6 +121,7 @@ impl LoopCore {
                 expired: Vec::new(),
             }),
             ready: Condvar::new(),
+            interrupted: AtomicBool::new(false),
             host,
         })
     }
@@ -558,6 +562,21 @@ impl LoopCore {
         let mut state = self.lock();
         state.wakeup_requested = true;
         self.notify(&state);
+    }
+
+    /// Wakes the waiting thread for an exception set on it from outside
+    /// (a timed-out call, Ctrl-C), and marks the interrupt for
+    /// [`take_interrupt`](Self::take_interrupt): the owner then raises it
+    /// before running any callback (whose error handling would catch it).
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::Release);
+        self.wakeup();
+    }
+
+    /// Whether `interrupt` was called since the last call; clears the mark.
+    /// Outside the lock: the loop's thread asks on every iteration.
+    pub fn take_interrupt(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed) && self.interrupted.swap(false, Ordering::AcqRel)
     }
 
     /// Wakes the threads asleep in `block`/`wait_served`, if any. Called

@@ -119,6 +119,12 @@ impl NativeLoop {
         ids
     }
 
+    /// Whether `interrupt` was called since the last look (see
+    /// `LoopCore::take_interrupt`).
+    pub(crate) fn take_interrupt(&self) -> bool {
+        self.core.take_interrupt()
+    }
+
     /// The timers a direct `wait` fired, taken.
     pub(crate) fn take_fired(&self) -> Vec<Event> {
         std::mem::take(&mut *self.fired())
@@ -240,6 +246,14 @@ impl NativeLoop {
         let fired = timers.len();
         self.fired().extend(timers);
         Ok((fds, fired))
+    }
+
+    /// Wakes the waiting thread for an exception set on it from outside (a
+    /// timed-out `py:call`, Ctrl-C): the loop's runner returns to Python,
+    /// where it is raised, before it runs any callback (thread-safe; see
+    /// `LoopCore::interrupt`).
+    fn interrupt(&self) {
+        self.core.interrupt();
     }
 
     /// Wakes the waiting thread (thread-safe).

@@ -936,6 +936,15 @@ impl LoopRunner {
     /// `loop._run_once` outside debug mode.
     fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::poll(slf)?;
+        // Looked at with the GIL held, which an interrupter holds while it
+        // sets the thread's exception and this mark: both or neither.
+        if slf.borrow().native.get().take_interrupt() {
+            // The exception (a timed-out call, Ctrl-C) is raised at the
+            // next bytecode, which must be `run_forever`'s and not a
+            // callback's, whose error handling would report it and run on.
+            // The ready callbacks wait for the next iteration.
+            return Ok(());
+        }
         Self::run_ready(slf)
     }
 

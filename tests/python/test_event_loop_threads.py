@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -411,10 +412,10 @@ def test_get_event_loop_after_set_none_follows_cpython_until_the_pool_resets() -
 
 def test_an_interrupted_thread_leaves_its_waiting_loop_with_keyboard_interrupt() -> None:
     """What Ctrl-C of ``bin/erlang-python`` does to the program's thread:
-    ``_erlang.interrupt_thread`` marks KeyboardInterrupt pending there, and
-    ``wake_thread_loop`` wakes the loop that thread waits in, so it is raised
-    now rather than when a timer an hour away fires. The loop's other
-    threads and loops are left alone."""
+    ``_erlang.interrupt_thread`` marks KeyboardInterrupt pending there and
+    wakes the loop that thread waits in, so it is raised now rather than
+    when a timer an hour away fires. The loop's other threads and loops are
+    left alone."""
     import _erlang
 
     from erlang_loop._loop import wake_thread_loop
@@ -446,10 +447,75 @@ def test_an_interrupted_thread_leaves_its_waiting_loop_with_keyboard_interrupt()
     with pytest.raises(OverflowError):
         _erlang.interrupt_thread(-1)
     assert wake_thread_loop(2**40 + 12345) is False
-    assert _erlang.interrupt_thread(thread.ident) is True
     # The loop runs (it ran `waiting.set`): about to wait or waiting, either
-    # way the wake-up's callback runs in that thread.
-    assert wake_thread_loop(thread.ident) is True
+    # way it is woken.
+    assert _erlang.interrupt_thread(thread.ident) is True
     thread.join(DEADLINE)
     assert not thread.is_alive()
     assert outcome == ["KeyboardInterrupt"]
+
+
+def set_async_exception(ident: int, exception: type[BaseException]) -> None:
+    """What a timed-out ``py:call`` does to its thread: ``exception`` pending
+    there, raised at its next bytecode."""
+    import ctypes
+
+    marked = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exception)
+    )
+    assert marked == 1
+
+
+def test_an_exception_set_on_a_waiting_loop_thread_ends_run_forever() -> None:
+    """A ``TimeoutError`` set on the thread of a loop waiting for a timer an
+    hour away (a timed-out ``py:call``), its loop woken: ``run_forever``
+    raises it. It is not raised inside a callback, where the loop's
+    exception handler would take it and the loop would run on."""
+    from erlang_loop._loop import wake_thread_loop
+
+    waiting = threading.Event()
+    outcome: list[str] = []
+    handled: list[dict[str, Any]] = []
+
+    loops: list[ErlangEventLoop] = []
+    loop_ready = threading.Event()
+
+    def program() -> None:
+        loop = ErlangEventLoop()
+        loops.append(loop)
+        loop_ready.set()
+        loop.set_exception_handler(lambda _loop, context: handled.append(context))
+        try:
+            loop.call_later(3600, outcome.append, "timer fired")
+            loop.call_soon(waiting.set)
+            try:
+                loop.run_forever()
+            except TimeoutError:
+                outcome.append("TimeoutError")
+            # The loop is not spoilt: it runs again, with nothing left over.
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+            outcome.append("ran again")
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=program, daemon=True)
+    thread.start()
+    assert waiting.wait(DEADLINE)
+    assert loop_ready.wait(DEADLINE)
+    assert thread.ident is not None
+    # A callback made ready in the same wake-up waits for the next run: run
+    # first, it would meet the exception. This thread keeps the GIL from
+    # the callback to the wake-up, so the loop sees both at once.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(30)
+    try:
+        loops[0].call_soon_threadsafe(outcome.append, "callback")
+        set_async_exception(thread.ident, TimeoutError)
+        assert wake_thread_loop(thread.ident) is True
+    finally:
+        sys.setswitchinterval(interval)
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert outcome == ["TimeoutError", "callback", "ran again"]
+    assert handled == []

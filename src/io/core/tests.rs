@@ -156,6 +156,29 @@ fn wakeup_from_another_thread_ends_an_unbounded_wait() {
 }
 
 #[test]
+fn interrupt_ends_an_unbounded_wait_and_is_taken_once() {
+    let (core, _) = new_loop();
+    core.set_served();
+    assert!(!core.take_interrupt());
+    let interrupter = Arc::clone(&core);
+    let handle = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        interrupter.interrupt();
+    });
+    let mut out = Vec::new();
+    let waited = core.wait(None, &mut out, 16).unwrap();
+    assert!(waited.woken);
+    assert!(out.is_empty());
+    handle.join().unwrap();
+    assert!(core.take_interrupt());
+    assert!(!core.take_interrupt());
+    // A plain wake-up is no interrupt.
+    core.wakeup();
+    assert!(core.wait(Some(Duration::ZERO), &mut out, 16).unwrap().woken);
+    assert!(!core.take_interrupt());
+}
+
+#[test]
 fn close_and_server_death_end_waits_with_a_clear_error() {
     let (core, _) = new_loop();
     core.set_served();
