@@ -243,6 +243,9 @@ impl NativeLoop {
             Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
         };
         let (fds, timers) = self.wait_events(py, timeout)?;
+        // Python code runs next: an interrupt of the wait needs nothing
+        // more (see `interrupt`).
+        self.core.take_interrupt();
         let fired = timers.len();
         self.fired().extend(timers);
         Ok((fds, fired))

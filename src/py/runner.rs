@@ -801,8 +801,25 @@ impl LoopRunner {
 
     /// The I/O half of an iteration: waits for events (no wait when
     /// callbacks are ready or the loop is stopping), hands fd readiness to
-    /// its reader and writer handles and makes fired timers ready.
+    /// its reader and writer handles and makes fired timers ready. (Debug
+    /// mode's `_run_once`, whose next bytecode is its own: an interrupt
+    /// of the wait needs nothing more, and its mark is cleared.)
     fn poll(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let polled = Self::poll_io(slf);
+        Self::take_interrupt(slf);
+        polled
+    }
+
+    /// Whether the loop's wait was interrupted (`NativeLoop.interrupt`)
+    /// since the last look; clears the mark. Looked at with the GIL held,
+    /// which an interrupter holds while it sets the thread's exception and
+    /// this mark: both are seen, or neither.
+    fn take_interrupt(slf: &Bound<'_, Self>) -> bool {
+        slf.borrow().native.get().take_interrupt()
+    }
+
+    /// `poll`, the interrupt mark left for the caller.
+    fn poll_io(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let (loop_, native, busy) = {
             let this = slf.borrow();
@@ -935,10 +952,8 @@ impl LoopRunner {
 
     /// `loop._run_once` outside debug mode.
     fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::poll(slf)?;
-        // Looked at with the GIL held, which an interrupter holds while it
-        // sets the thread's exception and this mark: both or neither.
-        if slf.borrow().native.get().take_interrupt() {
+        Self::poll_io(slf)?;
+        if Self::take_interrupt(slf) {
             // The exception (a timed-out call, Ctrl-C) is raised at the
             // next bytecode, which must be `run_forever`'s and not a
             // callback's, whose error handling would report it and run on.

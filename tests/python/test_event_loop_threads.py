@@ -466,11 +466,13 @@ def set_async_exception(ident: int, exception: type[BaseException]) -> None:
     assert marked == 1
 
 
-def test_an_exception_set_on_a_waiting_loop_thread_ends_run_forever() -> None:
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+def test_an_exception_set_on_a_waiting_loop_thread_ends_run_forever(debug: bool) -> None:
     """A ``TimeoutError`` set on the thread of a loop waiting for a timer an
     hour away (a timed-out ``py:call``), its loop woken: ``run_forever``
     raises it. It is not raised inside a callback, where the loop's
-    exception handler would take it and the loop would run on."""
+    exception handler would take it and the loop would run on. In debug
+    mode too (asyncio's ``_run_once`` in Python around the native wait)."""
     from erlang_loop._loop import wake_thread_loop
 
     waiting = threading.Event()
@@ -482,6 +484,7 @@ def test_an_exception_set_on_a_waiting_loop_thread_ends_run_forever() -> None:
 
     def program() -> None:
         loop = ErlangEventLoop()
+        loop.set_debug(debug)
         loops.append(loop)
         loop_ready.set()
         loop.set_exception_handler(lambda _loop, context: handled.append(context))
