@@ -5,51 +5,70 @@
 //! and the `TimeoutError` of a timed-out `py:call` (`job.rs`).
 //!
 //! A thread asleep in an ErlangEventLoop's wait runs no bytecode until an
-//! event comes, maybe in an hour: its loop is woken too, and returns to
-//! `run_forever`, where the exception is raised.
+//! event comes, maybe in an hour: its loop's wait is interrupted too, and
+//! the loop raises the exception before it runs another callback. The loop
+//! is looked up first (that runs Python code); the exception and the
+//! interrupt are then set back to back, with the GIL held and no Python
+//! code in between, so that the loop's thread sees both or neither.
 
 use std::os::raw::{c_long, c_ulong};
 
+use erlang_python::py::native_loop::NativeLoop;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 /// `_erlang.interrupt_thread(ident)`: true when `ident` (a
 /// `threading.get_ident()`) names a live Python thread, whose
 /// `KeyboardInterrupt` is now pending (and whose loop, if it waits in one,
-/// is woken).
+/// is woken for it).
 #[pyfunction]
 pub fn interrupt_thread(py: Python<'_>, ident: c_ulong) -> bool {
+    let native = native_loop_of(py, ident);
     let exception = py.get_type::<pyo3::exceptions::PyKeyboardInterrupt>();
-    let marked = set_async_exception(py, ident, exception.as_any());
-    if marked {
-        wake_loop_of(py, ident);
-    }
-    marked
+    raise_in_thread(py, ident, exception.as_any(), native.as_ref())
 }
 
-/// Marks `exception` pending in thread `ident`; true if that thread exists.
-pub fn set_async_exception(_py: Python<'_>, ident: c_ulong, exception: &Bound<'_, PyAny>) -> bool {
+/// The native loop of the ErlangEventLoop running in thread `ident`, if
+/// any (`erlang_loop._loop.native_loop_of`). No loop exists before
+/// `erlang_loop` is imported. Runs Python code: call it with no lock held
+/// that the thread may need.
+pub fn native_loop_of(py: Python<'_>, ident: c_ulong) -> Option<Py<NativeLoop>> {
+    let found = (|| -> PyResult<Option<Py<NativeLoop>>> {
+        let modules = py.import("sys")?.getattr("modules")?;
+        let Some(module) = modules.cast::<PyDict>()?.get_item("erlang_loop._loop")? else {
+            return Ok(None);
+        };
+        let native = module.call_method1("native_loop_of", (ident,))?;
+        if native.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(native.cast_into::<NativeLoop>()?.unbind()))
+    })();
+    found.unwrap_or_else(|error| {
+        // Nobody to report it to: the thread is still interrupted, at its
+        // next bytecode, without its loop woken.
+        tracing::warn!(%error, thread = ident, "could not find the interrupted thread's event loop");
+        None
+    })
+}
+
+/// Marks `exception` pending in thread `ident` and interrupts the wait of
+/// `native`, its loop found by [`native_loop_of`], with nothing in between
+/// that could run Python code. True if that thread exists.
+pub fn raise_in_thread(
+    _py: Python<'_>,
+    ident: c_ulong,
+    exception: &Bound<'_, PyAny>,
+    native: Option<&Py<NativeLoop>>,
+) -> bool {
     // SAFETY: the GIL is held (`_py`); `exception` is a live object for the
     // call, which only counts the thread states it marks.
-    unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(ident as c_long, exception.as_ptr()) == 1 }
-}
-
-/// Wakes the ErlangEventLoop running in thread `ident`, if any
-/// (`erlang_loop._loop.wake_thread_loop`), for an exception just marked
-/// pending there. No loop exists before `erlang_loop` is imported. Runs
-/// Python code: call it with no lock held that the thread may need.
-pub fn wake_loop_of(py: Python<'_>, ident: c_ulong) {
-    let woken = (|| -> PyResult<()> {
-        let modules = py.import("sys")?.getattr("modules")?;
-        let modules = modules.cast::<PyDict>()?;
-        if let Some(module) = modules.get_item("erlang_loop._loop")? {
-            module.call_method1("wake_thread_loop", (ident,))?;
+    let marked =
+        unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(ident as c_long, exception.as_ptr()) == 1 };
+    if marked {
+        if let Some(native) = native {
+            native.get().interrupt_wait();
         }
-        Ok(())
-    })();
-    if let Err(error) = woken {
-        // Nobody to report it to: the thread stays interrupted, and raises
-        // at its next bytecode as before.
-        tracing::warn!(%error, thread = ident, "could not wake the interrupted thread's event loop");
     }
+    marked
 }

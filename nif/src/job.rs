@@ -111,24 +111,18 @@ impl Job {
     /// when it returns to Python; one waiting in an ErlangEventLoop is woken
     /// for it (see `interrupt.rs`).
     pub fn interrupt(&self, py: Python<'_>) {
-        let interrupted = {
-            let mut state = self.lock();
-            match *state {
-                JobState::CancelRequested(thread) => {
-                    let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
-                    interrupt::set_async_exception(py, thread, exception.as_any());
-                    *state = JobState::Interrupted(thread);
-                    Some(thread)
-                }
-                _ => None,
-            }
+        // The loop is looked up first, the lock free: the lookup runs Python
+        // code, which may let the job's thread take the GIL and `finish`,
+        // which takes the lock. A job that ends meanwhile is left alone.
+        let JobState::CancelRequested(thread) = *self.lock() else {
+            return;
         };
-        // Outside the lock: waking runs Python code, which may let the job's
-        // thread take the GIL and `finish`, which takes the lock. Should the
-        // job end meanwhile, a loop the thread runs next is woken for
-        // nothing: it goes on with its next iteration.
-        if let Some(thread) = interrupted {
-            interrupt::wake_loop_of(py, thread);
+        let native = interrupt::native_loop_of(py, thread);
+        let mut state = self.lock();
+        if let JobState::CancelRequested(thread) = *state {
+            let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
+            interrupt::raise_in_thread(py, thread, exception.as_any(), native.as_ref());
+            *state = JobState::Interrupted(thread);
         }
     }
 }

@@ -102,19 +102,35 @@ for _name, _method in _erlang_loop.timer_handle_methods(_ErlangTimerHandle).item
 _LOOPS: weakref.WeakSet[ErlangEventLoop] = weakref.WeakSet()
 
 
-def wake_thread_loop(ident: int) -> bool:
-    """Wakes the ErlangEventLoop running in thread ``ident`` (a
-    ``threading.get_ident()``), if any, and says whether there was one. An
-    exception set for that thread from outside (``_erlang.interrupt_thread``,
-    the ``TimeoutError`` of a timed-out ``py:call``) is raised at the
-    thread's next bytecode, which a loop waiting for events would not run;
-    woken so, the loop runs no callback first (whose error handling would
-    catch it): it is raised by ``run_forever``."""
+def native_loop_of(ident: int) -> Any:
+    """The native loop (``_erlang_loop.NativeLoop``) of the ErlangEventLoop
+    running in thread ``ident`` (a ``threading.get_ident()``), or None."""
     for loop in list(_LOOPS):
         if loop._thread_id == ident and not loop.is_closed():  # type: ignore[attr-defined]
-            loop._native.interrupt()
-            return True
-    return False
+            return loop._native
+    return None
+
+
+def wake_thread_loop(ident: int) -> bool:
+    """Wakes the ErlangEventLoop running in thread ``ident``, if any, and
+    says whether there was one, for an exception set on that thread from
+    outside (``PyThreadState_SetAsyncExc``): CPython raises it at the
+    thread's next bytecode, which a loop waiting for events would not run.
+    Woken so, the loop raises it before running another callback (whose
+    error handling would catch it). Set the exception first, with no Python
+    code between it and this call, which runs none after its lookup (as
+    ``_erlang.interrupt_thread`` and a timed-out ``py:call`` do natively)."""
+    native = native_loop_of(ident)
+    if native is None:
+        return False
+    native.interrupt()
+    return True
+
+
+def _raise_pending() -> None:
+    """Nothing but the start of a Python function, where CPython raises an
+    exception set on this thread from outside: what the native loop calls
+    when its wait was interrupted for one (see ``wake_thread_loop``)."""
 
 
 class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]

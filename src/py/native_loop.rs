@@ -119,6 +119,16 @@ impl NativeLoop {
         ids
     }
 
+    /// Wakes the waiting thread for an exception just set on it from
+    /// outside (`PyThreadState_SetAsyncExc`), and marks the wait
+    /// interrupted: the loop's runner then raises the exception before
+    /// running another callback (`LoopRunner.poll`). Call it right after
+    /// setting the exception, with the GIL held and no Python code in
+    /// between, so that the runner sees both or neither.
+    pub fn interrupt_wait(&self) {
+        self.core.interrupt();
+    }
+
     /// Whether `interrupt` was called since the last look (see
     /// `LoopCore::take_interrupt`).
     pub(crate) fn take_interrupt(&self) -> bool {
@@ -252,11 +262,10 @@ impl NativeLoop {
     }
 
     /// Wakes the waiting thread for an exception set on it from outside (a
-    /// timed-out `py:call`, Ctrl-C): the loop's runner returns to Python,
-    /// where it is raised, before it runs any callback (thread-safe; see
-    /// `LoopCore::interrupt`).
+    /// timed-out `py:call`, Ctrl-C), which the loop's runner raises before
+    /// it runs another callback (thread-safe; see `interrupt_wait`).
     fn interrupt(&self) {
-        self.core.interrupt();
+        self.interrupt_wait();
     }
 
     /// Wakes the waiting thread (thread-safe).

@@ -801,24 +801,33 @@ impl LoopRunner {
 
     /// The I/O half of an iteration: waits for events (no wait when
     /// callbacks are ready or the loop is stopping), hands fd readiness to
-    /// its reader and writer handles and makes fired timers ready. (Debug
-    /// mode's `_run_once`, whose next bytecode is its own: an interrupt
-    /// of the wait needs nothing more, and its mark is cleared.)
+    /// its reader and writer handles and makes fired timers ready. A wait
+    /// interrupted for an exception of this thread's raises it.
     fn poll(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let polled = Self::poll_io(slf);
-        Self::take_interrupt(slf);
-        polled
+        Self::poll_io(slf)?;
+        Self::raise_if_interrupted(slf)
     }
 
-    /// Whether the loop's wait was interrupted (`NativeLoop.interrupt`)
-    /// since the last look; clears the mark. Looked at with the GIL held,
-    /// which an interrupter holds while it sets the thread's exception and
-    /// this mark: both are seen, or neither.
-    fn take_interrupt(slf: &Bound<'_, Self>) -> bool {
-        slf.borrow().native.get().take_interrupt()
+    /// After a wait: when it was interrupted (`NativeLoop.interrupt`) for
+    /// an exception set on this thread from outside (a timed-out call,
+    /// Ctrl-C), raises it here by running a Python no-op, at whose start
+    /// CPython raises it; otherwise it would be raised inside the next
+    /// callback, whose error handling would report it and run on. A mark
+    /// whose exception was raised elsewhere meanwhile costs that call only.
+    /// Looked at with the GIL held, which an interrupter holds from setting
+    /// the exception to setting the mark: both are seen, or neither.
+    fn raise_if_interrupted(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if !slf.borrow().native.get().take_interrupt() {
+            return Ok(());
+        }
+        static RAISE_PENDING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let py = slf.py();
+        cached_attr(py, &RAISE_PENDING, "erlang_loop._loop", "_raise_pending")?
+            .call0()
+            .map(drop)
     }
 
-    /// `poll`, the interrupt mark left for the caller.
+    /// `poll` without the look at an interrupt.
     fn poll_io(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let (loop_, native, busy) = {
@@ -952,14 +961,7 @@ impl LoopRunner {
 
     /// `loop._run_once` outside debug mode.
     fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::poll_io(slf)?;
-        if Self::take_interrupt(slf) {
-            // The exception (a timed-out call, Ctrl-C) is raised at the
-            // next bytecode, which must be `run_forever`'s and not a
-            // callback's, whose error handling would report it and run on.
-            // The ready callbacks wait for the next iteration.
-            return Ok(());
-        }
+        Self::poll(slf)?;
         Self::run_ready(slf)
     }
 

@@ -9,6 +9,7 @@ instead of hanging the run.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import random
 import socket
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 import erlang_loop
 from erlang_loop import ErlangEventLoop
+from test_event_loop import wait_for_sleeping
 
 T = TypeVar("T")
 
@@ -457,9 +459,8 @@ def test_an_interrupted_thread_leaves_its_waiting_loop_with_keyboard_interrupt()
 
 def set_async_exception(ident: int, exception: type[BaseException]) -> None:
     """What a timed-out ``py:call`` does to its thread: ``exception`` pending
-    there, raised at its next bytecode."""
-    import ctypes
-
+    there, raised at its next bytecode. (``ctypes`` is imported beforehand:
+    an import here could let the thread run in between.)"""
     marked = ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(ident), ctypes.py_object(exception)
     )
@@ -507,6 +508,9 @@ def test_an_exception_set_on_a_waiting_loop_thread_ends_run_forever(debug: bool)
     assert waiting.wait(DEADLINE)
     assert loop_ready.wait(DEADLINE)
     assert thread.ident is not None
+    # Asleep in its wait, not running Python code (a callback there would
+    # meet the exception).
+    wait_for_sleeping(loops[0])
     # A callback made ready in the same wake-up waits for the next run: run
     # first, it would meet the exception. This thread keeps the GIL from
     # the callback to the wake-up, so the loop sees both at once.
@@ -522,3 +526,32 @@ def test_an_exception_set_on_a_waiting_loop_thread_ends_run_forever(debug: bool)
     assert not thread.is_alive()
     assert outcome == ["TimeoutError", "callback", "ran again"]
     assert handled == []
+
+
+def test_interrupting_its_own_thread_raises_at_once_and_leaves_the_loop_sound() -> None:
+    """``_erlang.interrupt_thread`` of the calling thread, in a callback of
+    its running loop: KeyboardInterrupt is raised right after the call
+    (not lost in the loop's wake-up), and the loop, whose wait was marked
+    interrupted for it, then runs its ready callbacks as asyncio does."""
+    import _erlang
+
+    loop = ErlangEventLoop()
+    try:
+        after: list[str] = []
+
+        def interrupt_me() -> None:
+            _erlang.interrupt_thread(threading.get_ident())
+            after.append("not raised")
+
+        loop.call_soon(interrupt_me)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        assert after == []
+        # stop() before run_forever(): the ready callbacks run once.
+        ran: list[int] = []
+        loop.call_soon(ran.append, 1)
+        loop.stop()
+        loop.run_forever()
+        assert ran == [1]
+    finally:
+        loop.close()

@@ -166,7 +166,10 @@ fn interrupt_ends_an_unbounded_wait_and_is_taken_once() {
         interrupter.interrupt();
     });
     let mut out = Vec::new();
-    let waited = core.wait(None, &mut out, 16).unwrap();
+    // Bounded, so that a lost wake-up fails instead of hanging.
+    let waited = core
+        .wait(Some(Duration::from_secs(30)), &mut out, 16)
+        .unwrap();
     assert!(waited.woken);
     assert!(out.is_empty());
     handle.join().unwrap();
