@@ -29,7 +29,8 @@
        event_loop_new/0, event_loop_set_router/2, event_loop_destroy/1,
        event_loop_wakeup/1, loop_id/1, loop_stats/1,
        add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
-       call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
+       call_later/3, cancel_timer/2, poll_events_watch/3, poll_events_unwatch/2,
+       get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
        sleep_done/1, apply_orphan_stops/0, end_with_parent/1, deliver_signal/1,
        create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
@@ -128,8 +129,55 @@ call_later(_Loop, _DelayMs, _CallbackId) -> ?NOT_LOADED.
 -spec cancel_timer(loop_ref(), non_neg_integer()) -> ok | {error, not_found | closed | python_loop}.
 cancel_timer(_Loop, _TimerRef) -> ?NOT_LOADED.
 
+%% @doc Waits at most `TimeoutMs' for events of the loop; returns how many
+%% are queued as soon as one is (0 after the timeout, or at once after
+%% `event_loop_wakeup/1'). The caller waits in a `receive', holding no
+%% scheduler: any number of processes may poll loops at once.
 -spec poll_events(loop_ref(), non_neg_integer()) -> non_neg_integer() | {error, term()}.
-poll_events(_Loop, _TimeoutMs) -> ?NOT_LOADED.
+poll_events(Loop, TimeoutMs)
+  when is_integer(TimeoutMs), TimeoutMs >= 0, TimeoutMs < 1 bsl 64 ->
+    Token = erlang:unique_integer([positive]),
+    Deadline = erlang:monotonic_time(millisecond) + TimeoutMs,
+    Result = poll_events(Loop, Token, Deadline, false),
+    %% A look that found news may have been told of it too.
+    receive {py_loop_ready, Token} -> ok after 0 -> ok end,
+    Result;
+poll_events(_Loop, _TimeoutMs) ->
+    erlang:error(badarg).
+
+-spec poll_events(loop_ref(), pos_integer(), integer(), boolean()) ->
+          non_neg_integer() | {error, term()}.
+poll_events(Loop, Token, Deadline, Resumed) ->
+    case poll_events_watch(Loop, Token, Resumed) of
+        {watching, TimerMs} ->
+            Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
+            %% A due timer of a loop no router serves is this wait's to see;
+            %% `after' takes at most 2^32-1 ms.
+            Wait = lists:min([Left, TimerMs, 16#ffffffff]),
+            receive
+                {py_loop_ready, Token} ->
+                    poll_events(Loop, Token, Deadline, true)
+            after Wait ->
+                case Wait < Left of
+                    true ->
+                        poll_events(Loop, Token, Deadline, true);
+                    false ->
+                        poll_events_unwatch(Loop, Token)
+                end
+            end;
+        Result ->
+            Result
+    end.
+
+%% One look of `poll_events/2': the count, or watching (the caller is sent
+%% `{py_loop_ready, Token}' on news; look again then or in `TimerMs').
+-spec poll_events_watch(loop_ref(), pos_integer(), boolean()) ->
+          non_neg_integer() | {watching, non_neg_integer() | infinity} | {error, term()}.
+poll_events_watch(_Loop, _Token, _Resumed) -> ?NOT_LOADED.
+
+%% The end of a `poll_events/2' that timed out: the count now.
+-spec poll_events_unwatch(loop_ref(), pos_integer()) -> non_neg_integer() | {error, term()}.
+poll_events_unwatch(_Loop, _Token) -> ?NOT_LOADED.
 
 -spec get_pending(loop_ref()) ->
           [{callback_id(), read | write | timer}] | {error, closed | python_loop}.

@@ -17,7 +17,7 @@
          init_per_testcase/2, end_per_testcase/2]).
 -export([timers_in_deadline_order/1, timers_never_fire_early/1,
          timers_before_router/1,
-         cancel_timer/1, poll_events_wakes/1,
+         cancel_timer/1, poll_events_wakes/1, many_pollers_wait_in_erlang/1,
          reader_and_writer/1, readiness_coalesced_not_dropped/1,
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
@@ -38,7 +38,7 @@ suite() ->
 -spec all() -> [atom()].
 all() ->
     [timers_in_deadline_order, timers_never_fire_early, timers_before_router,
-     cancel_timer, poll_events_wakes,
+     cancel_timer, poll_events_wakes, many_pollers_wait_in_erlang,
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, worker_dies, python_worker_dies,
@@ -201,6 +201,43 @@ cancel_timer(_Config) ->
     ?assertEqual([], collect(Loop, 1, 100)),
     ?assertMatch(#{live_timers := 0, timers_cancelled := 2}, py_nif:loop_stats(Loop)),
     stop_loop(Loop).
+
+%% poll_events waits in a receive, not on a scheduler: more processes than
+%% the VM has dirty I/O schedulers poll loops at once, all of them waiting
+%% (none queued behind another), and the one whose loop is woken returns
+%% while the others wait on. No message is left in a poller's mailbox.
+-spec many_pollers_wait_in_erlang(ct_suite:ct_config()) -> term().
+many_pollers_wait_in_erlang(_Config) ->
+    Count = erlang:system_info(dirty_io_schedulers) + 20,
+    Loops = [begin {ok, L} = py_nif:event_loop_new(), L end || _ <- lists:seq(1, Count)],
+    Self = self(),
+    Pollers = [{I, spawn_link(fun() ->
+                                      Result = py_nif:poll_events(L, 60000),
+                                      {messages, Left} = process_info(self(), messages),
+                                      Self ! {polled, I, Result, Left}
+                              end)}
+               || {I, L} <- lists:zip(lists:seq(1, Count), Loops)],
+    Waiting = fun() ->
+                      lists:all(fun({_, P}) ->
+                                        process_info(P, [status, current_function]) =:=
+                                            [{status, waiting},
+                                             {current_function, {py_nif, poll_events, 4}}]
+                                end, Pollers)
+              end,
+    ?assert(wait_until(Waiting, fun(AllWaiting) -> AllWaiting end, 10000)),
+    ok = py_nif:event_loop_wakeup(lists:last(Loops)),
+    receive
+        {polled, Woken, Polled, Mailbox} ->
+            ?assertEqual({Count, 0, []}, {Woken, Polled, Mailbox})
+    after 10000 -> ct:fail(woken_poller_did_not_return)
+    end,
+    %% The others still wait; each returns when its own loop is woken.
+    receive {polled, _, _, _} = Early -> ct:fail({returned_unwoken, Early}) after 0 -> ok end,
+    [ok = py_nif:event_loop_wakeup(L) || L <- lists:droplast(Loops)],
+    Rest = [receive {polled, I, R, M} -> {R, M} after 10000 -> ct:fail({not_woken, I}) end
+            || {I, _} <- lists:droplast(Pollers)],
+    ?assertEqual(lists:duplicate(Count - 1, {0, []}), Rest),
+    [ok = py_nif:event_loop_destroy(L) || L <- Loops].
 
 %% poll_events returns as soon as an event is queued, returns 0 after its
 %% timeout when nothing happens, and event_loop_wakeup ends it early.

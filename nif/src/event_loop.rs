@@ -24,6 +24,9 @@ use crate::{atoms, fd_resource};
 rustler::atoms! {
     py_loop,
     py_loop_new,
+    py_loop_ready,
+    watching,
+    infinity,
     py_orphan_stops,
     arm,
     selects,
@@ -69,6 +72,10 @@ struct NifHost {
     server: Mutex<Option<LocalPid>>,
     /// The loop's core (weak: the core owns this host).
     core: OnceLock<Weak<LoopCore>>,
+    /// Processes waiting in `py_nif:poll_events/2`, by their token: each is
+    /// sent `{py_loop_ready, Token}` once when the loop has news for them
+    /// (see `tell_watchers`).
+    watchers: Mutex<Vec<(u64, LocalPid)>>,
 }
 
 impl NifHost {
@@ -169,6 +176,7 @@ impl rustler::Resource for LoopResource {
             self.core.server_down();
             // Stops the dead server owed (a loop closed just before it died).
             apply_stops(env, pid, self.core.take_stop_requests());
+            tell_watchers(env, self);
         }
     }
 }
@@ -180,6 +188,7 @@ impl LoopResource {
             loop_id,
             server: Mutex::new(None),
             core: OnceLock::new(),
+            watchers: Mutex::new(Vec::new()),
         });
         let tick_ns = TICK_NS.load(Ordering::Relaxed);
         let core = if python {
@@ -384,6 +393,7 @@ fn loop_apply_selects<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> 
 /// `loop_fd_ready(LoopRef, FdResource, read | write)` -> `ok`.
 #[rustler::nif]
 fn loop_fd_ready<'a>(
+    env: Env<'a>,
     resource: ResourceArc<LoopResource>,
     fd: Term<'a>,
     direction: Atom,
@@ -391,6 +401,7 @@ fn loop_fd_ready<'a>(
     let handle = fd_resource::from_term(fd).ok_or(rustler::Error::BadArg)?;
     let kind = direction_kind(direction)?;
     resource.core.fd_ready(handle.token(), kind);
+    tell_watchers(env, &resource);
     Ok(atoms::ok())
 }
 
@@ -401,7 +412,9 @@ fn loop_tick<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> 
     if resource.core.is_closed() {
         return Vec::<Term>::new().encode(env);
     }
-    signals(env, resource.core.tick())
+    let wake = resource.core.tick();
+    tell_watchers(env, &resource);
+    signals(env, wake)
 }
 
 fn direction_kind(direction: Atom) -> NifResult<EventKind> {
@@ -541,17 +554,88 @@ fn cancel_timer<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, key: u64)
     }
 }
 
-/// `poll_events(LoopRef, TimeoutMs)` -> `N | {error, closed}`: waits at most
-/// `TimeoutMs` for events, returns at once when one is queued.
-#[rustler::nif(schedule = "DirtyIo")]
-fn poll_events<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, timeout_ms: u64) -> Term<'a> {
-    if let Err(reason) = resource.open_erlang_owned() {
-        return error(env, reason);
+/// `poll_events_watch(LoopRef, Token, Resumed)` -> `N | {watching, Ms |
+/// infinity} | {error, Reason}`: a look of `py_nif:poll_events/2`, which
+/// waits in Erlang rather than on a scheduler. `N`: events queued (or a
+/// wake-up asked for: then maybe 0). Otherwise the caller is now watching:
+/// it is sent `{py_loop_ready, Token}` when the loop has news, and looks
+/// again then or in `Ms` (the wheel's next deadline, for a loop whose timer
+/// no router arms). `Resumed`: the caller waited since its last look.
+#[rustler::nif]
+fn poll_events_watch<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<LoopResource>,
+    token: u64,
+    resumed: bool,
+) -> Term<'a> {
+    let core = match resource.open_erlang_owned() {
+        Ok(core) => core,
+        Err(reason) => return error(env, reason),
+    };
+    deliver_from_nif(env, &resource, core.prepare_wait());
+    // Watch first, then look: news queued meanwhile by another process
+    // (which queues, then tells the watchers) is either seen by the look
+    // or told to this watch.
+    {
+        let mut watchers = lock(&resource.host.watchers);
+        if !watchers.iter().any(|&(watching, _)| watching == token) {
+            watchers.push((token, env.pid()));
+        }
     }
-    deliver_from_nif(env, &resource, resource.core.prepare_wait());
-    match resource.core.poll(Some(Duration::from_millis(timeout_ms))) {
-        Ok(count) => count.encode(env),
+    match core.poll_ready(resumed) {
+        Ok(None) => {
+            let timer = match core.next_deadline_in() {
+                Some(left) => (left.as_nanos().div_ceil(1_000_000) as u64).encode(env),
+                None => infinity().encode(env),
+            };
+            (watching(), timer).encode(env)
+        }
+        Ok(Some(count)) => {
+            unwatch(&resource, token);
+            count.encode(env)
+        }
+        Err(e) => {
+            unwatch(&resource, token);
+            error(env, wait_error_atom(e))
+        }
+    }
+}
+
+/// `poll_events_unwatch(LoopRef, Token)` -> `N | {error, Reason}`: the end of
+/// a `py_nif:poll_events/2` that timed out: no more watching; the events
+/// queued now.
+#[rustler::nif]
+fn poll_events_unwatch<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<LoopResource>,
+    token: u64,
+) -> Term<'a> {
+    unwatch(&resource, token);
+    let core = match resource.open_erlang_owned() {
+        Ok(core) => core,
+        Err(reason) => return error(env, reason),
+    };
+    match core.poll_ready(true) {
+        Ok(count) => count.unwrap_or(0).encode(env),
         Err(e) => error(env, wait_error_atom(e)),
+    }
+}
+
+fn unwatch(resource: &LoopResource, token: u64) {
+    lock(&resource.host.watchers).retain(|&(watching, _)| watching != token);
+}
+
+/// Sends `{py_loop_ready, Token}` to every process watching the loop
+/// (`poll_events_watch`) if it has news for them, after a call that may
+/// have brought some (an event, a due timer, a wake-up, the close, the
+/// server's death). They look again, and watch again if another took it.
+fn tell_watchers(env: Env<'_>, resource: &LoopResource) {
+    let mut watchers = lock(&resource.host.watchers);
+    if watchers.is_empty() || !resource.core.has_news() {
+        return;
+    }
+    for (token, pid) in watchers.drain(..) {
+        let _ = env.send(&pid, (py_loop_ready(), token).encode(env));
     }
 }
 
@@ -561,6 +645,7 @@ fn event_loop_wakeup<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> T
     match resource.open() {
         Ok(core) => {
             core.wakeup();
+            tell_watchers(env, &resource);
             atoms::ok().encode(env)
         }
         Err(reason) => error(env, reason),
@@ -600,6 +685,7 @@ fn event_loop_destroy<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> 
     tracing::debug!(loop_id = resource.host.loop_id, "loop destroyed");
     let wake = resource.core.close();
     deliver_from_nif(env, &resource, wake);
+    tell_watchers(env, &resource);
     atoms::ok().encode(env)
 }
 

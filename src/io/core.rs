@@ -382,15 +382,41 @@ impl LoopCore {
         Ok(Waited { more, woken })
     }
 
-    /// Like `wait` but leaves the events queued: returns how many there are
-    /// (the low-level `poll_events`). A wake-up request is consumed.
-    pub fn poll(&self, timeout: Option<Duration>) -> Result<usize, WaitError> {
-        let (mut state, slept, _) = self.block(timeout, 0)?;
-        state.wakeup_requested = false;
-        if slept {
+    /// A look without a wait for the low-level `poll_events`, whose caller
+    /// waits in Erlang (for a message sent when [`has_news`](Self::has_news)
+    /// turns true, or until [`next_deadline_in`](Self::next_deadline_in)):
+    /// queues the timers due, and returns how many events are queued if
+    /// any are or a wake-up was requested (consumed: then maybe 0), else
+    /// `None`. `resumed`: the caller waited since its last look (counted
+    /// as a wake-up, spurious if it finds nothing).
+    pub fn poll_ready(&self, resumed: bool) -> Result<Option<usize>, WaitError> {
+        let (mut state, _, _) = self.block(Some(Duration::ZERO), 0)?;
+        let woken = std::mem::take(&mut state.wakeup_requested);
+        let ready = woken || !state.pending.is_empty();
+        if resumed {
             state.stats.wakeups += 1;
+            if !ready {
+                state.stats.spurious_wakeups += 1;
+            }
         }
-        Ok(state.pending.len())
+        Ok(ready.then_some(state.pending.len()))
+    }
+
+    /// Whether a `poll_ready` caller waiting in Erlang should look again:
+    /// events queued, a wake-up requested, or the loop closed or without
+    /// its server (the look then fails).
+    pub fn has_news(&self) -> bool {
+        let state = self.lock();
+        !state.pending.is_empty() || state.wakeup_requested || state.check_open().is_err()
+    }
+
+    /// How long until the wheel's next deadline (zero if it passed), for a
+    /// caller that waits for it itself; `None` without timers.
+    pub fn next_deadline_in(&self) -> Option<Duration> {
+        let deadline = self.lock().wheel.next_deadline()?;
+        Some(Duration::from_nanos(
+            deadline.saturating_sub(now_monotonic_ns()),
+        ))
     }
 
     /// Sleeps on the condvar until there is something for the owner or the

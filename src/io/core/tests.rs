@@ -737,3 +737,34 @@ fn an_fd_number_reused_for_another_file_gets_a_registration_of_its_own() {
     );
     drop(a);
 }
+
+#[test]
+fn poll_ready_looks_without_waiting() {
+    let (core, _) = new_loop();
+    core.set_served();
+    assert_eq!(core.poll_ready(false).unwrap(), None);
+    assert!(!core.has_news());
+    assert_eq!(core.next_deadline_in(), None);
+    // A wake-up is news, seen once, with nothing queued.
+    core.wakeup();
+    assert!(core.has_news());
+    assert_eq!(core.poll_ready(true).unwrap(), Some(0));
+    assert!(!core.has_news());
+    assert_eq!(core.poll_ready(true).unwrap(), None);
+    // A timer an hour away bounds the caller's wait; one already due is
+    // queued by the look itself (no loop timer needed).
+    core.insert_timer(now_monotonic_ns() + 3_600 * ms(1_000), 1)
+        .unwrap();
+    let left = core.next_deadline_in().unwrap();
+    assert!(left > Duration::from_secs(3_500) && left <= Duration::from_secs(3_600));
+    core.insert_timer(now_monotonic_ns().saturating_sub(ms(1)), 2)
+        .unwrap();
+    assert_eq!(core.next_deadline_in(), Some(Duration::ZERO));
+    assert_eq!(core.poll_ready(false).unwrap(), Some(1));
+    let stats = core.stats();
+    assert_eq!((stats.wakeups, stats.spurious_wakeups), (2, 1));
+    // Closed: news, and every look fails.
+    core.close();
+    assert!(core.has_news());
+    assert!(matches!(core.poll_ready(true), Err(WaitError::Closed)));
+}
