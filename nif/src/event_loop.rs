@@ -534,6 +534,11 @@ fn call_later<'a>(
     match core.insert_timer(deadline, callback_id) {
         Ok((key, wake)) => {
             deliver_from_nif(env, &resource, wake);
+            // No router arms the loop's timer yet: the pollers wait for its
+            // next deadline themselves, which may now be earlier.
+            if lock(&resource.host.server).is_none() {
+                tell_all_watchers(env, &resource);
+            }
             (atoms::ok(), key).encode(env)
         }
         Err(e) => error(env, wait_error_atom(e)),
@@ -630,11 +635,15 @@ fn unwatch(resource: &LoopResource, token: u64) {
 /// have brought some (an event, a due timer, a wake-up, the close, the
 /// server's death). They look again, and watch again if another took it.
 fn tell_watchers(env: Env<'_>, resource: &LoopResource) {
-    let mut watchers = lock(&resource.host.watchers);
-    if watchers.is_empty() || !resource.core.has_news() {
-        return;
+    if !lock(&resource.host.watchers).is_empty() && resource.core.has_news() {
+        tell_all_watchers(env, resource);
     }
-    for (token, pid) in watchers.drain(..) {
+}
+
+/// Has every process watching the loop look again.
+fn tell_all_watchers(env: Env<'_>, resource: &LoopResource) {
+    let watchers = std::mem::take(&mut *lock(&resource.host.watchers));
+    for (token, pid) in watchers {
         let _ = env.send(&pid, (py_loop_ready(), token).encode(env));
     }
 }
