@@ -29,7 +29,7 @@
        event_loop_new/0, event_loop_set_router/2, event_loop_destroy/1,
        event_loop_wakeup/1, loop_id/1, loop_stats/1,
        add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
-       call_later/3, cancel_timer/2, poll_events_watch/3, poll_events_unwatch/2,
+       call_later/3, cancel_timer/2, poll_events_watch/3, poll_events_unwatch/3,
        get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
        sleep_done/1, apply_orphan_stops/0, end_with_parent/1, deliver_signal/1,
@@ -147,8 +147,8 @@ poll_events(_Loop, _TimeoutMs) ->
 
 -spec poll_events(loop_ref(), pos_integer(), integer(), boolean()) ->
           non_neg_integer() | {error, term()}.
-poll_events(Loop, Token, Deadline, Resumed) ->
-    case poll_events_watch(Loop, Token, Resumed) of
+poll_events(Loop, Token, Deadline, Woken) ->
+    case poll_events_watch(Loop, Token, Woken) of
         {watching, TimerMs} ->
             Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
             %% A due timer of a loop no router serves is this wait's to see;
@@ -162,7 +162,7 @@ poll_events(Loop, Token, Deadline, Resumed) ->
                     true ->
                         poll_events(Loop, Token, Deadline, true);
                     false ->
-                        poll_events_unwatch(Loop, Token)
+                        poll_events_unwatch(Loop, Token, Wait > 0)
                 end
             end;
         Result ->
@@ -173,11 +173,13 @@ poll_events(Loop, Token, Deadline, Resumed) ->
 %% `{py_loop_ready, Token}' on news; look again then or in `TimerMs').
 -spec poll_events_watch(loop_ref(), pos_integer(), boolean()) ->
           non_neg_integer() | {watching, non_neg_integer() | infinity} | {error, term()}.
-poll_events_watch(_Loop, _Token, _Resumed) -> ?NOT_LOADED.
+poll_events_watch(_Loop, _Token, _Woken) -> ?NOT_LOADED.
 
-%% The end of a `poll_events/2' that timed out: the count now.
--spec poll_events_unwatch(loop_ref(), pos_integer()) -> non_neg_integer() | {error, term()}.
-poll_events_unwatch(_Loop, _Token) -> ?NOT_LOADED.
+%% The end of a `poll_events/2' that timed out (after a wait, if `Slept'):
+%% the count now.
+-spec poll_events_unwatch(loop_ref(), pos_integer(), boolean()) ->
+          non_neg_integer() | {error, term()}.
+poll_events_unwatch(_Loop, _Token, _Slept) -> ?NOT_LOADED.
 
 -spec get_pending(loop_ref()) ->
           [{callback_id(), read | write | timer}] | {error, closed | python_loop}.

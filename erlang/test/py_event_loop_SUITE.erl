@@ -18,7 +18,7 @@
 -export([timers_in_deadline_order/1, timers_never_fire_early/1,
          timers_before_router/1,
          cancel_timer/1, poll_events_wakes/1, many_pollers_wait_in_erlang/1,
-         poller_sees_timer_inserted_meanwhile/1,
+         poller_sees_news_from_other_processes/1,
          reader_and_writer/1, readiness_coalesced_not_dropped/1,
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
@@ -40,7 +40,7 @@ suite() ->
 all() ->
     [timers_in_deadline_order, timers_never_fire_early, timers_before_router,
      cancel_timer, poll_events_wakes, many_pollers_wait_in_erlang,
-     poller_sees_timer_inserted_meanwhile,
+     poller_sees_news_from_other_processes,
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, worker_dies, python_worker_dies,
@@ -242,22 +242,35 @@ many_pollers_wait_in_erlang(_Config) ->
     [ok = py_nif:event_loop_destroy(L) || L <- Loops].
 
 %% A loop no router serves: its poller waits for the wheel's next deadline
-%% itself, and a timer another process inserts meanwhile ends the wait.
--spec poller_sees_timer_inserted_meanwhile(ct_suite:ct_config()) -> term().
-poller_sees_timer_inserted_meanwhile(_Config) ->
+%% itself, and a timer another process inserts meanwhile ends the wait; so
+%% does a router that turns out dead (`server_down').
+-spec poller_sees_news_from_other_processes(ct_suite:ct_config()) -> term().
+poller_sees_news_from_other_processes(_Config) ->
     {ok, Loop} = py_nif:event_loop_new(),
     Self = self(),
-    Poller = spawn_link(fun() -> Self ! {polled, py_nif:poll_events(Loop, 60000)} end),
-    InPoll = fun() ->
-                     process_info(Poller, [status, current_function]) =:=
-                         [{status, waiting}, {current_function, {py_nif, poll_events, 4}}]
-             end,
-    ?assert(wait_until(InPoll, fun(Waiting) -> Waiting end, 10000)),
+    Poll = fun() ->
+                   Poller = spawn_link(fun() -> Self ! {polled, py_nif:poll_events(Loop, 60000)} end),
+                   InPoll = fun() ->
+                                    process_info(Poller, [status, current_function]) =:=
+                                        [{status, waiting},
+                                         {current_function, {py_nif, poll_events, 4}}]
+                            end,
+                   ?assert(wait_until(InPoll, fun(Waiting) -> Waiting end, 10000))
+           end,
+    Poll(),
     {ok, _} = py_nif:call_later(Loop, 20, 5),
     receive {polled, N} -> ?assertEqual(1, N)
     after 10000 -> ct:fail(timer_not_seen)
     end,
     ?assertEqual([{5, timer}], py_nif:get_pending(Loop)),
+    Poll(),
+    Dead = spawn(fun() -> ok end),
+    DeadMon = monitor(process, Dead),
+    receive {'DOWN', DeadMon, process, Dead, _} -> ok end,
+    ?assertEqual({error, noproc}, py_nif:event_loop_set_router(Loop, Dead)),
+    receive {polled, Down} -> ?assertEqual({error, server_down}, Down)
+    after 10000 -> ct:fail(server_down_not_seen)
+    end,
     ok = py_nif:event_loop_destroy(Loop).
 
 %% poll_events returns as soon as an event is queued, returns 0 after its

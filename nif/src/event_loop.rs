@@ -356,6 +356,7 @@ fn event_loop_set_router<'a>(
     if resource.monitor(Some(env), &server).is_none() {
         *lock(&resource.host.server) = None;
         resource.core.server_down();
+        tell_watchers(env, &resource);
         return error(env, noproc());
     }
     let wake = resource.core.set_served();
@@ -559,35 +560,44 @@ fn cancel_timer<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, key: u64)
     }
 }
 
-/// `poll_events_watch(LoopRef, Token, Resumed)` -> `N | {watching, Ms |
+/// `poll_events_watch(LoopRef, Token, Woken)` -> `N | {watching, Ms |
 /// infinity} | {error, Reason}`: a look of `py_nif:poll_events/2`, which
 /// waits in Erlang rather than on a scheduler. `N`: events queued (or a
 /// wake-up asked for: then maybe 0). Otherwise the caller is now watching:
 /// it is sent `{py_loop_ready, Token}` when the loop has news, and looks
 /// again then or in `Ms` (the wheel's next deadline, for a loop whose timer
-/// no router arms). `Resumed`: the caller waited since its last look.
+/// no router arms). `Woken`: the caller waited since its last look (for a
+/// message or that deadline; counted as a wake-up, spurious if it finds
+/// nothing).
 #[rustler::nif]
 fn poll_events_watch<'a>(
     env: Env<'a>,
     resource: ResourceArc<LoopResource>,
     token: u64,
-    resumed: bool,
+    woken: bool,
 ) -> Term<'a> {
     let core = match resource.open_erlang_owned() {
         Ok(core) => core,
-        Err(reason) => return error(env, reason),
+        Err(reason) => {
+            // Watching since an earlier look: no message must follow.
+            unwatch(&resource, token);
+            return error(env, reason);
+        }
     };
     deliver_from_nif(env, &resource, core.prepare_wait());
     // Watch first, then look: news queued meanwhile by another process
     // (which queues, then tells the watchers) is either seen by the look
-    // or told to this watch.
+    // or told to this watch. Pollers killed while watching leave here.
     {
         let mut watchers = lock(&resource.host.watchers);
-        if !watchers.iter().any(|&(watching, _)| watching == token) {
-            watchers.push((token, env.pid()));
-        }
+        watchers.retain(|&(watching, pid)| watching != token && env.is_process_alive(pid));
+        watchers.push((token, env.pid()));
     }
-    match core.poll_ready(resumed) {
+    let looked = core.poll_ready(woken, false);
+    if !matches!(looked, Ok(None)) {
+        unwatch(&resource, token);
+    }
+    match looked {
         Ok(None) => {
             let timer = match core.next_deadline_in() {
                 Some(left) => (left.as_nanos().div_ceil(1_000_000) as u64).encode(env),
@@ -595,32 +605,27 @@ fn poll_events_watch<'a>(
             };
             (watching(), timer).encode(env)
         }
-        Ok(Some(count)) => {
-            unwatch(&resource, token);
-            count.encode(env)
-        }
-        Err(e) => {
-            unwatch(&resource, token);
-            error(env, wait_error_atom(e))
-        }
+        Ok(Some(count)) => count.encode(env),
+        Err(e) => error(env, wait_error_atom(e)),
     }
 }
 
-/// `poll_events_unwatch(LoopRef, Token)` -> `N | {error, Reason}`: the end of
-/// a `py_nif:poll_events/2` that timed out: no more watching; the events
-/// queued now.
+/// `poll_events_unwatch(LoopRef, Token, Slept)` -> `N | {error, Reason}`:
+/// the end of a `py_nif:poll_events/2` that timed out (after a wait, when
+/// `Slept`): no more watching; the events queued now.
 #[rustler::nif]
 fn poll_events_unwatch<'a>(
     env: Env<'a>,
     resource: ResourceArc<LoopResource>,
     token: u64,
+    slept: bool,
 ) -> Term<'a> {
     unwatch(&resource, token);
     let core = match resource.open_erlang_owned() {
         Ok(core) => core,
         Err(reason) => return error(env, reason),
     };
-    match core.poll_ready(true) {
+    match core.poll_ready(slept, true) {
         Ok(count) => count.unwrap_or(0).encode(env),
         Err(e) => error(env, wait_error_atom(e)),
     }

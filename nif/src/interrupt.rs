@@ -25,7 +25,29 @@ use pyo3::types::PyDict;
 pub fn interrupt_thread(py: Python<'_>, ident: c_ulong) -> bool {
     let native = native_loop_of(py, ident);
     let exception = py.get_type::<pyo3::exceptions::PyKeyboardInterrupt>();
-    raise_in_thread(py, ident, exception.as_any(), native.as_ref())
+    let marked = raise_in_thread(py, ident, exception.as_any(), native.as_ref());
+    if marked {
+        interrupt_again(py, ident, native.as_ref());
+    }
+    marked
+}
+
+/// After [`raise_in_thread`]: interrupts the loop thread `ident` runs now
+/// if it is not `interrupted`, the one looked up before (the lookup ran
+/// Python code, during which the thread may have gone on to another loop's
+/// wait). This mark comes after the exception was set, not with it: the
+/// fallback for that rare case. Not for the calling thread itself, whose
+/// exception the lookup's Python code would raise (and lose).
+pub fn interrupt_again(py: Python<'_>, ident: c_ulong, interrupted: Option<&Py<NativeLoop>>) {
+    // SAFETY: reads the calling thread's identifier; nothing is touched.
+    if ident == unsafe { pyo3::ffi::PyThread_get_thread_ident() } {
+        return;
+    }
+    if let Some(now) = native_loop_of(py, ident) {
+        if !interrupted.is_some_and(|before| before.is(&now)) {
+            now.get().interrupt_wait();
+        }
+    }
 }
 
 /// The native loop of the ErlangEventLoop running in thread `ident`, if

@@ -118,12 +118,19 @@ impl Job {
             return;
         };
         let native = interrupt::native_loop_of(py, thread);
-        let mut state = self.lock();
-        if let JobState::CancelRequested(thread) = *state {
+        {
+            let mut state = self.lock();
+            let JobState::CancelRequested(thread) = *state else {
+                return;
+            };
             let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
             interrupt::raise_in_thread(py, thread, exception.as_any(), native.as_ref());
             *state = JobState::Interrupted(thread);
         }
+        // The lookup ran Python code, during which the thread may have gone
+        // on to wait in another loop: that one is woken too (a late mark is
+        // harmless, see `LoopRunner.poll`).
+        interrupt::interrupt_again(py, thread, native.as_ref());
     }
 }
 

@@ -387,15 +387,16 @@ impl LoopCore {
     /// turns true, or until [`next_deadline_in`](Self::next_deadline_in)):
     /// queues the timers due, and returns how many events are queued if
     /// any are or a wake-up was requested (consumed: then maybe 0), else
-    /// `None`. `resumed`: the caller waited since its last look (counted
-    /// as a wake-up, spurious if it finds nothing).
-    pub fn poll_ready(&self, resumed: bool) -> Result<Option<usize>, WaitError> {
+    /// `None`. `slept`: the caller waited since its last look, counted as
+    /// a wake-up, as `wait` counts them: spurious if it finds nothing and
+    /// its wait did not just time out (`timed_out`).
+    pub fn poll_ready(&self, slept: bool, timed_out: bool) -> Result<Option<usize>, WaitError> {
         let (mut state, _, _) = self.block(Some(Duration::ZERO), 0)?;
         let woken = std::mem::take(&mut state.wakeup_requested);
         let ready = woken || !state.pending.is_empty();
-        if resumed {
+        if slept {
             state.stats.wakeups += 1;
-            if !ready {
+            if !ready && !timed_out {
                 state.stats.spurious_wakeups += 1;
             }
         }

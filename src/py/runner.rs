@@ -159,6 +159,53 @@ impl LoopRunner {
         holds_path(loop_dict.bind(py), name, &installed).unwrap_or(false)
     }
 
+    /// `poll` without raising; true when the loop was interrupted since
+    /// the last look. Looked at with the GIL held, which an interrupter
+    /// holds from setting the exception to setting the mark: both are
+    /// seen, or neither.
+    fn poll_io(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let (loop_, native, busy) = {
+            let this = slf.borrow();
+            let loop_ = match &this.loop_ {
+                Some(loop_) if !this.closed => loop_.bind(py).clone(),
+                _ => return Err(closed_error()),
+            };
+            (loop_, this.native.clone_ref(py), !this.ready.is_empty())
+        };
+        let no_wait = busy || loop_.getattr(intern!(py, "_stopping"))?.is_truthy()?;
+        let timeout = no_wait.then_some(Duration::ZERO);
+        let (fd_events, timers) = native.get().wait_events(py, timeout)?;
+        let fds = if fd_events.is_empty() {
+            Ok(())
+        } else {
+            Self::ready_fds(slf, &loop_, &fd_events)
+        };
+        // The fired timers are out of the wheel: they are made ready even
+        // if an fd callback's bookkeeping failed.
+        let timers = if timers.is_empty() {
+            Ok(())
+        } else {
+            Self::fire(slf, timers)
+        };
+        fds.and(timers)?;
+        Ok(native.get().take_interrupt())
+    }
+
+    /// Raises the exception set on this thread from outside (a timed-out
+    /// call, Ctrl-C) for which the loop's wait was interrupted
+    /// (`NativeLoop.interrupt`), if it is still pending, by running a
+    /// Python no-op, at whose start CPython raises it; otherwise it would
+    /// be raised inside the next callback, whose error handling would
+    /// report it and run on. A mark whose exception was raised elsewhere
+    /// meanwhile costs that call only.
+    fn raise_pending(py: Python<'_>) -> PyResult<()> {
+        static RAISE_PENDING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        cached_attr(py, &RAISE_PENDING, "erlang_loop._loop", "_raise_pending")?
+            .call0()
+            .map(drop)
+    }
+
     /// Whether the loop's `call_soon` is the runner's: resolving a future of
     /// the loop then runs no Python code.
     fn call_soon_is_ours(slf: &Bound<'_, Self>) -> bool {
@@ -804,56 +851,10 @@ impl LoopRunner {
     /// its reader and writer handles and makes fired timers ready. A wait
     /// interrupted for an exception of this thread's raises it.
     fn poll(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::poll_io(slf)?;
-        Self::raise_if_interrupted(slf)
-    }
-
-    /// After a wait: when it was interrupted (`NativeLoop.interrupt`) for
-    /// an exception set on this thread from outside (a timed-out call,
-    /// Ctrl-C), raises it here by running a Python no-op, at whose start
-    /// CPython raises it; otherwise it would be raised inside the next
-    /// callback, whose error handling would report it and run on. A mark
-    /// whose exception was raised elsewhere meanwhile costs that call only.
-    /// Looked at with the GIL held, which an interrupter holds from setting
-    /// the exception to setting the mark: both are seen, or neither.
-    fn raise_if_interrupted(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if !slf.borrow().native.get().take_interrupt() {
-            return Ok(());
+        if Self::poll_io(slf)? {
+            Self::raise_pending(slf.py())?;
         }
-        static RAISE_PENDING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let py = slf.py();
-        cached_attr(py, &RAISE_PENDING, "erlang_loop._loop", "_raise_pending")?
-            .call0()
-            .map(drop)
-    }
-
-    /// `poll` without the look at an interrupt.
-    fn poll_io(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let (loop_, native, busy) = {
-            let this = slf.borrow();
-            let loop_ = match &this.loop_ {
-                Some(loop_) if !this.closed => loop_.bind(py).clone(),
-                _ => return Err(closed_error()),
-            };
-            (loop_, this.native.clone_ref(py), !this.ready.is_empty())
-        };
-        let no_wait = busy || loop_.getattr(intern!(py, "_stopping"))?.is_truthy()?;
-        let timeout = no_wait.then_some(Duration::ZERO);
-        let (fd_events, timers) = native.get().wait_events(py, timeout)?;
-        let fds = if fd_events.is_empty() {
-            Ok(())
-        } else {
-            Self::ready_fds(slf, &loop_, &fd_events)
-        };
-        // The fired timers are out of the wheel: they are made ready even
-        // if an fd callback's bookkeeping failed.
-        let timers = if timers.is_empty() {
-            Ok(())
-        } else {
-            Self::fire(slf, timers)
-        };
-        fds.and(timers)
+        Ok(())
     }
 
     /// Runs the callbacks that are ready now (not those they schedule), as
