@@ -139,8 +139,7 @@ poll_events(Loop, TimeoutMs)
     Token = erlang:unique_integer([positive]),
     Deadline = erlang:monotonic_time(millisecond) + TimeoutMs,
     Result = poll_events(Loop, Token, Deadline, false),
-    %% A look that found news may have been told of it too.
-    receive {py_loop_ready, Token} -> ok after 0 -> ok end,
+    flush_ready(Token),
     Result;
 poll_events(_Loop, _TimeoutMs) ->
     erlang:error(badarg).
@@ -168,6 +167,12 @@ poll_events(Loop, Token, Deadline, Woken) ->
         Result ->
             Result
     end.
+
+%% A look that found news may have been told of it too, even twice (news
+%% just after a wait for the timer ended, and again during the next look).
+-spec flush_ready(pos_integer()) -> ok.
+flush_ready(Token) ->
+    receive {py_loop_ready, Token} -> flush_ready(Token) after 0 -> ok end.
 
 %% One look of `poll_events/2': the count, or watching (the caller is sent
 %% `{py_loop_ready, Token}' on news; look again then or in `TimerMs').

@@ -124,8 +124,12 @@ impl Job {
                 return;
             };
             let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
-            interrupt::raise_in_thread(py, thread, exception.as_any(), native.as_ref());
+            let marked =
+                interrupt::raise_in_thread(py, thread, exception.as_any(), native.as_ref());
             *state = JobState::Interrupted(thread);
+            if !marked {
+                return;
+            }
         }
         // The lookup ran Python code, during which the thread may have gone
         // on to wait in another loop: that one is woken too (a late mark is
