@@ -48,6 +48,10 @@ static TICK_NS: AtomicU64 = AtomicU64::new(DEFAULT_TICK_NS);
 /// The `py_event_loops` server that gives Python-created loops a worker.
 static LOOP_PLACER: Mutex<Option<LocalPid>> = Mutex::new(None);
 
+/// Watchers of one loop past which those no longer alive are dropped when
+/// another registers (see `poll_events_watch`).
+const WATCHERS_PRUNED_AT: usize = 64;
+
 /// How long a new Python loop waits for its Erlang worker.
 const SERVED_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -587,10 +591,15 @@ fn poll_events_watch<'a>(
     deliver_from_nif(env, &resource, core.prepare_wait());
     // Watch first, then look: news queued meanwhile by another process
     // (which queues, then tells the watchers) is either seen by the look
-    // or told to this watch. Pollers killed while watching leave here.
+    // or told to this watch.
     {
         let mut watchers = lock(&resource.host.watchers);
-        watchers.retain(|&(watching, pid)| watching != token && env.is_process_alive(pid));
+        watchers.retain(|&(watching, _)| watching != token);
+        // Pollers killed while watching stay until the loop's next news:
+        // on an idle loop, only up to a bound.
+        if watchers.len() >= WATCHERS_PRUNED_AT {
+            watchers.retain(|&(_, pid)| env.is_process_alive(pid));
+        }
         watchers.push((token, env.pid()));
     }
     let looked = core.poll_ready(woken, false);
