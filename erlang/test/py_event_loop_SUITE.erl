@@ -207,7 +207,8 @@ cancel_timer(_Config) ->
 %% poll_events waits in a receive, not on a scheduler: more processes than
 %% the VM has dirty I/O schedulers poll loops at once, all of them waiting
 %% (none queued behind another), and the one whose loop is woken returns
-%% while the others wait on. No message is left in a poller's mailbox.
+%% while the others wait on. No message is left in a poller's mailbox, and
+%% no registration with the loop.
 -spec many_pollers_wait_in_erlang(ct_suite:ct_config()) -> term().
 many_pollers_wait_in_erlang(_Config) ->
     Count = erlang:system_info(dirty_io_schedulers) + 20,
@@ -239,6 +240,19 @@ many_pollers_wait_in_erlang(_Config) ->
     Rest = [receive {polled, I, R, M} -> {R, M} after 10000 -> ct:fail({not_woken, I}) end
             || {I, _} <- lists:droplast(Pollers)],
     ?assertEqual(lists:duplicate(Count - 1, {0, []}), Rest),
+    [?assertMatch(#{watchers := 0}, py_nif:loop_stats(L)) || L <- Loops],
+    %% Pollers killed while they wait stay registered until the loop's
+    %% next news; past 64 on one loop, the next poll drops the dead ones.
+    Loop = hd(Loops),
+    Killed = [spawn(fun() -> py_nif:poll_events(Loop, 60000) end) || _ <- lists:seq(1, 70)],
+    ?assert(wait_until(fun() -> maps:get(watchers, py_nif:loop_stats(Loop)) end,
+                       fun(Watching) -> Watching =:= 70 end, 10000) =:= 70),
+    Monitors = [monitor(process, P) || P <- Killed],
+    [exit(P, kill) || P <- Killed],
+    [receive {'DOWN', M, process, _, killed} -> ok end || M <- Monitors],
+    ?assertMatch(#{watchers := 70}, py_nif:loop_stats(Loop)),
+    ?assertEqual(0, py_nif:poll_events(Loop, 0)),
+    ?assertMatch(#{watchers := 0}, py_nif:loop_stats(Loop)),
     [ok = py_nif:event_loop_destroy(L) || L <- Loops].
 
 %% A loop no router serves: its poller waits for the wheel's next deadline

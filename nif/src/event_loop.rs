@@ -712,10 +712,12 @@ fn event_loop_destroy<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> 
     atoms::ok().encode(env)
 }
 
-/// `loop_stats(LoopRef)` -> a map of the loop's counters.
+/// `loop_stats(LoopRef)` -> a map of the loop's counters, and `watchers`:
+/// the registrations of `poll_events` waits (see `poll_events_watch`).
 #[rustler::nif]
 fn loop_stats<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> NifResult<Term<'a>> {
-    let fields = resource.core.stats().fields();
+    let mut fields = resource.core.stats().fields().to_vec();
+    fields.push(("watchers", lock(&resource.host.watchers).len() as u64));
     let keys: Vec<Term> = fields
         .iter()
         .map(|(name, _)| rustler::Atom::from_str(env, name).map(|a| a.encode(env)))
