@@ -98,39 +98,27 @@ for _name, _method in _erlang_loop.timer_handle_methods(_ErlangTimerHandle).item
     setattr(_ErlangTimerHandle, _name, _method)
 
 
-# Every ErlangEventLoop alive, for `wake_thread_loop`.
+# Every ErlangEventLoop alive, for `native_loop_of`.
 _LOOPS: weakref.WeakSet[ErlangEventLoop] = weakref.WeakSet()
 
 
 def native_loop_of(ident: int) -> Any:
     """The native loop (``_erlang_loop.NativeLoop``) of the ErlangEventLoop
-    running in thread ``ident`` (a ``threading.get_ident()``), or None."""
+    running in thread ``ident`` (a ``threading.get_ident()``), or None: the
+    one whose wait ``_erlang.interrupt_thread`` and a timed-out ``py:call``
+    interrupt (``NativeLoop.interrupt``) for the exception they set on that
+    thread, which CPython raises at its next bytecode and a loop waiting for
+    events would not run."""
     for loop in list(_LOOPS):
         if loop._thread_id == ident and not loop.is_closed():  # type: ignore[attr-defined]
             return loop._native
     return None
 
 
-def wake_thread_loop(ident: int) -> bool:
-    """Wakes the ErlangEventLoop running in thread ``ident``, if any, and
-    says whether there was one, for an exception set on that thread from
-    outside (``PyThreadState_SetAsyncExc``): CPython raises it at the
-    thread's next bytecode, which a loop waiting for events would not run.
-    Woken so, the loop raises it before running another callback (whose
-    error handling would catch it). Set the exception first, with no Python
-    code between it and this call, which runs none after its lookup (as
-    ``_erlang.interrupt_thread`` and a timed-out ``py:call`` do natively)."""
-    native = native_loop_of(ident)
-    if native is None:
-        return False
-    native.interrupt()
-    return True
-
-
 def _raise_pending() -> None:
     """Nothing but the start of a Python function, where CPython raises an
     exception set on this thread from outside: what the native loop calls
-    when its wait was interrupted for one (see ``wake_thread_loop``)."""
+    when its wait was interrupted for one (see ``native_loop_of``)."""
 
 
 class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]

@@ -420,7 +420,7 @@ def test_an_interrupted_thread_leaves_its_waiting_loop_with_keyboard_interrupt()
     left alone."""
     import _erlang
 
-    from erlang_loop._loop import wake_thread_loop
+    from erlang_loop._loop import native_loop_of
 
     waiting = threading.Event()
     outcome: list[str] = []
@@ -448,7 +448,7 @@ def test_an_interrupted_thread_leaves_its_waiting_loop_with_keyboard_interrupt()
         _erlang.interrupt_thread("main")
     with pytest.raises(OverflowError):
         _erlang.interrupt_thread(-1)
-    assert wake_thread_loop(2**40 + 12345) is False
+    assert native_loop_of(2**40 + 12345) is None
     # The loop runs (it ran `waiting.set`): about to wait or waiting, either
     # way it is woken.
     assert _erlang.interrupt_thread(thread.ident) is True
@@ -474,7 +474,7 @@ def test_an_exception_set_on_a_waiting_loop_thread_ends_run_forever(debug: bool)
     raises it. It is not raised inside a callback, where the loop's
     exception handler would take it and the loop would run on. In debug
     mode too (asyncio's ``_run_once`` in Python around the native wait)."""
-    from erlang_loop._loop import wake_thread_loop
+    from erlang_loop._loop import native_loop_of
 
     waiting = threading.Event()
     outcome: list[str] = []
@@ -519,7 +519,9 @@ def test_an_exception_set_on_a_waiting_loop_thread_ends_run_forever(debug: bool)
     try:
         loops[0].call_soon_threadsafe(outcome.append, "callback")
         set_async_exception(thread.ident, TimeoutError)
-        assert wake_thread_loop(thread.ident) is True
+        native = native_loop_of(thread.ident)
+        assert native is not None
+        native.interrupt()
     finally:
         sys.setswitchinterval(interval)
     thread.join(DEADLINE)
