@@ -340,7 +340,8 @@ impl<T> Wheel<T> {
         if self.levels[level].remove(&mut self.slab, slot as usize, index, deadline) {
             self.occupied_levels &= !(1 << level);
         }
-        Some(self.slab.remove(index).value)
+        // Live: `get` found it above.
+        Some(self.slab.remove_live(index).value)
     }
 
     /// `cancel` of an entry in the due queue or an overflow list.
