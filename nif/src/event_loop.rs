@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use erlang_python::io::{
-    Event, EventKind, LoopCore, LoopHost, SelectHandle, SelectRequest, WaitError, Wake,
+    Event, EventKind, Look, LoopCore, LoopHost, SelectHandle, SelectRequest, WaitError, Wake,
 };
 use erlang_python::py::native_loop::NativeLoop;
 use erlang_python::wheel::DEFAULT_TICK_NS;
@@ -603,18 +603,18 @@ fn poll_events_watch<'a>(
         watchers.push((token, env.pid()));
     }
     let looked = core.poll_ready(woken, false);
-    if !matches!(looked, Ok(None)) {
+    if !matches!(looked, Ok(Look::Idle { .. })) {
         unwatch(&resource, token);
     }
     match looked {
-        Ok(None) => {
-            let timer = match core.next_deadline_in() {
+        Ok(Look::Idle { next_deadline_in }) => {
+            let timer = match next_deadline_in {
                 Some(left) => (left.as_nanos().div_ceil(1_000_000) as u64).encode(env),
                 None => infinity().encode(env),
             };
             (watching(), timer).encode(env)
         }
-        Ok(Some(count)) => count.encode(env),
+        Ok(Look::Ready(count)) => count.encode(env),
         Err(e) => error(env, wait_error_atom(e)),
     }
 }
@@ -635,7 +635,8 @@ fn poll_events_unwatch<'a>(
         Err(reason) => return error(env, reason),
     };
     match core.poll_ready(slept, true) {
-        Ok(count) => count.unwrap_or(0).encode(env),
+        Ok(Look::Ready(count)) => count.encode(env),
+        Ok(Look::Idle { .. }) => 0.encode(env),
         Err(e) => error(env, wait_error_atom(e)),
     }
 }

@@ -52,6 +52,16 @@ pub struct Waited {
     pub woken: bool,
 }
 
+/// The outcome of `poll_ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// Events queued (this many), or a wake-up consumed (then maybe 0).
+    Ready(usize),
+    /// Nothing yet: the caller waits for news, at most this long (the
+    /// wheel's next deadline; `None` without timers).
+    Idle { next_deadline_in: Option<Duration> },
+}
+
 pub struct LoopCore {
     state: Mutex<State>,
     /// Signalled when an event is queued, a wake-up is requested, or the loop
@@ -384,13 +394,13 @@ impl LoopCore {
 
     /// A look without a wait for the low-level `poll_events`, whose caller
     /// waits in Erlang (for a message sent when [`has_news`](Self::has_news)
-    /// turns true, or until [`next_deadline_in`](Self::next_deadline_in)):
-    /// queues the timers due, and returns how many events are queued if
-    /// any are or a wake-up was requested (consumed: then maybe 0), else
-    /// `None`. `slept`: the caller waited since its last look, counted as
-    /// a wake-up, as `wait` counts them: spurious if it finds nothing and
-    /// its wait did not just time out (`timed_out`).
-    pub fn poll_ready(&self, slept: bool, timed_out: bool) -> Result<Option<usize>, WaitError> {
+    /// turns true, or for as long as the returned [`Look::Idle`] says):
+    /// queues the timers due, and tells how many events are queued if any
+    /// are or a wake-up was requested (consumed: then maybe 0). `slept`:
+    /// the caller waited since its last look, counted as a wake-up, as
+    /// `wait` counts them: spurious if it finds nothing and its wait did not
+    /// just time out (`timed_out`).
+    pub fn poll_ready(&self, slept: bool, timed_out: bool) -> Result<Look, WaitError> {
         let (mut state, _, _) = self.block(Some(Duration::ZERO), 0)?;
         let woken = std::mem::take(&mut state.wakeup_requested);
         let ready = woken || !state.pending.is_empty();
@@ -400,7 +410,15 @@ impl LoopCore {
                 state.stats.spurious_wakeups += 1;
             }
         }
-        Ok(ready.then_some(state.pending.len()))
+        if ready {
+            return Ok(Look::Ready(state.pending.len()));
+        }
+        // The wait bound read under the look's lock: one round trip.
+        let next_deadline_in = state
+            .wheel
+            .next_deadline()
+            .map(|deadline| Duration::from_nanos(deadline.saturating_sub(now_monotonic_ns())));
+        Ok(Look::Idle { next_deadline_in })
     }
 
     /// Whether a `poll_ready` caller waiting in Erlang should look again:
@@ -409,15 +427,6 @@ impl LoopCore {
     pub fn has_news(&self) -> bool {
         let state = self.lock();
         !state.pending.is_empty() || state.wakeup_requested || state.check_open().is_err()
-    }
-
-    /// How long until the wheel's next deadline (zero if it passed), for a
-    /// caller that waits for it itself; `None` without timers.
-    pub fn next_deadline_in(&self) -> Option<Duration> {
-        let deadline = self.lock().wheel.next_deadline()?;
-        Some(Duration::from_nanos(
-            deadline.saturating_sub(now_monotonic_ns()),
-        ))
     }
 
     /// Sleeps on the condvar until there is something for the owner or the

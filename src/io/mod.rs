@@ -22,7 +22,7 @@ use std::any::Any;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-pub use self::core::{LoopCore, WaitError};
+pub use self::core::{Look, LoopCore, WaitError};
 pub use self::stats::LoopStats;
 
 /// Which readiness, or a timer.

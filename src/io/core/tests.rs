@@ -740,31 +740,40 @@ fn an_fd_number_reused_for_another_file_gets_a_registration_of_its_own() {
 
 #[test]
 fn poll_ready_looks_without_waiting() {
+    let idle = |next_deadline_in| Look::Idle { next_deadline_in };
     let (core, _) = new_loop();
     core.set_served();
-    assert_eq!(core.poll_ready(false, false).unwrap(), None);
+    assert_eq!(core.poll_ready(false, false).unwrap(), idle(None));
     assert!(!core.has_news());
-    assert_eq!(core.next_deadline_in(), None);
     // A wake-up is news, seen once, with nothing queued.
     core.wakeup();
     assert!(core.has_news());
-    assert_eq!(core.poll_ready(true, false).unwrap(), Some(0));
+    assert_eq!(core.poll_ready(true, false).unwrap(), Look::Ready(0));
     assert!(!core.has_news());
-    assert_eq!(core.poll_ready(true, false).unwrap(), None);
+    assert_eq!(core.poll_ready(true, false).unwrap(), idle(None));
     // A timer an hour away bounds the caller's wait; one already due is
     // queued by the look itself (no loop timer needed).
     core.insert_timer(now_monotonic_ns() + 3_600 * ms(1_000), 1)
         .unwrap();
-    let left = core.next_deadline_in().unwrap();
+    let Look::Idle {
+        next_deadline_in: Some(left),
+    } = core.poll_ready(false, false).unwrap()
+    else {
+        panic!("a look with only a timer an hour away found something");
+    };
     assert!(left > Duration::from_secs(3_500) && left <= Duration::from_secs(3_600));
     core.insert_timer(now_monotonic_ns().saturating_sub(ms(1)), 2)
         .unwrap();
-    assert_eq!(core.next_deadline_in(), Some(Duration::ZERO));
-    assert_eq!(core.poll_ready(false, false).unwrap(), Some(1));
+    assert_eq!(core.poll_ready(false, false).unwrap(), Look::Ready(1));
     // A wait that timed out finding nothing is a wake-up, not a spurious one.
-    assert_eq!(core.poll_ready(true, true).unwrap(), Some(1));
+    assert_eq!(core.poll_ready(true, true).unwrap(), Look::Ready(1));
     core.take_pending(&mut Vec::new(), usize::MAX);
-    assert_eq!(core.poll_ready(true, true).unwrap(), None);
+    assert!(matches!(
+        core.poll_ready(true, true).unwrap(),
+        Look::Idle {
+            next_deadline_in: Some(_)
+        }
+    ));
     let stats = core.stats();
     assert_eq!((stats.wakeups, stats.spurious_wakeups), (4, 1));
     // Closed: news, and every look fails.
