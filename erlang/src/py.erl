@@ -79,8 +79,10 @@ eval(Expression) ->
 %% (a map with string keys) as local variables.
 -spec eval(code(), map()) -> {ok, term()} | py_error().
 eval(Expression, Locals) ->
+    Timeout = default_timeout(),
+    valid_timeout(Timeout, [Expression, Locals]),
     Ref = make_ref(),
-    submitted(py_nif:eval(self(), Ref, text(Expression), Locals), Ref, default_timeout()).
+    submitted(py_nif:eval(self(), Ref, text(Expression), Locals), Ref, Timeout).
 
 %% @doc Runs Python statements in the caller's namespace.
 -spec exec(code()) -> ok | py_error().
@@ -120,9 +122,10 @@ unregister_function(Name) ->
 %% Internal
 
 %% Checked before anything is submitted: a bad timeout would only fail in
-%% `receive ... after', with the job already running.
+%% `receive ... after' (which takes at most 2^32-1 ms), with the job already
+%% running.
 valid_timeout(infinity, _Args) -> ok;
-valid_timeout(Timeout, _Args) when is_integer(Timeout), Timeout >= 0 -> ok;
+valid_timeout(Timeout, _Args) when is_integer(Timeout), Timeout >= 0, Timeout =< 16#ffffffff -> ok;
 valid_timeout(_Timeout, Args) -> erlang:error(badarg, Args).
 
 submitted({ok, Job}, Ref, Timeout) -> wait(Ref, Job, Timeout);

@@ -92,7 +92,9 @@ call(Loop, Module, Function, Args) ->
 %% and `{error, timeout}' returned, with no message left behind. If the loop
 %% goes away meanwhile: `{error, {loop_down, Reason}}'.
 -spec call(loop(), py:name(), py:name(), list(), timeout()) -> result().
-call(Loop, Module, Function, Args, Timeout) ->
+call(Loop, Module, Function, Args, Timeout)
+  when Timeout =:= infinity;
+       is_integer(Timeout), Timeout >= 0, Timeout =< 16#ffffffff ->
     Monitor = erlang:monitor(process, Loop),
     Ref = submit(Loop, Module, Function, Args),
     receive
@@ -108,7 +110,10 @@ call(Loop, Module, Function, Args, Timeout) ->
         erlang:demonitor(Monitor, [flush]),
         receive {py_result, Ref, _} -> ok after 0 -> ok end,
         {error, timeout}
-    end.
+    end;
+call(Loop, Module, Function, Args, Timeout) ->
+    %% Refused before anything is submitted (`after' would fail later).
+    erlang:error(badarg, [Loop, Module, Function, Args, Timeout]).
 
 %% @doc Cancels the task `Ref' (from `submit/4'); its caller gets
 %% `{py_result, Ref, {error, cancelled}}' unless it had finished already (or

@@ -419,13 +419,15 @@ bad_arguments(_Config) ->
     ?assertError(badarg, py:eval(<<1:3>>)),
     ?assertError(badarg, py:eval([foo])),
     %% A bad timeout is refused before the call is submitted: nothing runs.
+    %% (`receive ... after' takes at most 2^32-1 ms.)
     ok = py:exec(<<"ran = []">>),
     [?assertError(badarg, py:call(builtins, exec, [<<"import sys; sys.ran_marker = 1">>],
                                   #{}, Timeout))
-     || Timeout <- [-1, foo, 1.5, "10"]],
-    [?assertError(badarg, py:exec(<<"ran.append(2)">>, Timeout)) || Timeout <- [-1, foo]],
+     || Timeout <- [-1, foo, 1.5, "10", 1 bsl 32]],
+    [?assertError(badarg, py:exec(<<"ran.append(2)">>, Timeout)) || Timeout <- [-1, foo, 1 bsl 40]],
     Async = py:call_async(math, sqrt, [4]),
     ?assertError(badarg, py:await(Async, -5)),
+    ?assertError(badarg, py:await(Async, 1 bsl 33)),
     ?assertEqual({ok, 2.0}, py:await(Async, 5000)),
     ?assertEqual({ok, []}, py:eval(<<"ran">>)),
     ?assertEqual({ok, false}, py:eval(<<"hasattr(__import__('sys'), 'ran_marker')">>)),

@@ -269,7 +269,12 @@ bad_options(_Config) ->
     ?assertError(badarg, py_asyncio:start_loop(#{unknown_option => 1})),
     ?assertError(badarg, py_asyncio:child_spec(#{restart => sometimes})),
     ?assertError(badarg, py_asyncio:submit(self(), m, f, not_a_list)),
-    ?assertError(badarg, py_asyncio:submit(self(), {m}, f, [])).
+    ?assertError(badarg, py_asyncio:submit(self(), {m}, f, [])),
+    %% A bad timeout is refused before anything is submitted: the loop
+    %% (here the caller itself) is sent nothing.
+    [?assertError(badarg, py_asyncio:call(self(), m, f, [], Bad))
+     || Bad <- [-1, 1 bsl 32, 1.5, foo]],
+    ?assertEqual({messages, []}, process_info(self(), messages)).
 
 -spec child_spec_under_own_supervisor(ct_suite:ct_config()) -> term().
 child_spec_under_own_supervisor(_Config) ->
