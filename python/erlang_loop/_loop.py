@@ -427,8 +427,11 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             delivered = os.read(self._signal_fd, 4096)
         except (BlockingIOError, InterruptedError):
             return
-        for sig in set(delivered):
-            self._handle_signal(sig)
+        # One byte per signal, as asyncio's wakeup fd: each runs its handler,
+        # in the order they came.
+        for sig in delivered:
+            if sig:
+                self._handle_signal(sig)
 
     def _close_signal_fd(self) -> None:
         fd, self._signal_fd = self._signal_fd, None

@@ -1485,6 +1485,28 @@ def test_a_sighup_to_the_node_runs_every_loops_handler(loop: ErlangEventLoop) ->
         other.close()
 
 
+def test_signals_run_their_handlers_in_the_order_they_came(loop: ErlangEventLoop) -> None:
+    """Each signal read from the loop's signal pipe runs its handler once,
+    in arrival order, repeats included (asyncio's _process_self_data)."""
+    seen: list[object] = []
+    loop.add_signal_handler(signal.SIGUSR2, seen.append, "usr2")
+    loop.add_signal_handler(signal.SIGHUP, seen.append, "hup")
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    subscribed, loop._signal_fd = loop._signal_fd, read_end
+    try:
+        os.write(write_end, bytes([signal.SIGUSR2, signal.SIGHUP, signal.SIGUSR2, signal.SIGUSR2]))
+        loop._read_signals()
+    finally:
+        loop._signal_fd = subscribed
+        os.close(read_end)
+        os.close(write_end)
+    _until(loop, seen, 4)
+    assert seen == ["usr2", "hup", "usr2", "usr2"]
+    assert loop.remove_signal_handler(signal.SIGUSR2) is True
+    assert loop.remove_signal_handler(signal.SIGHUP) is True
+
+
 def test_a_signal_the_beam_will_not_route_leaves_no_pipe_behind(
     loop: ErlangEventLoop, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
