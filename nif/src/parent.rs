@@ -13,9 +13,13 @@ rustler::atoms! {
 }
 
 /// `end_with_parent(ParentOsPid)` -> `ok | {error, parent_gone | Errno}`:
-/// `parent_gone` when the parent died before the call (no signal will come).
+/// `parent_gone` when `ParentOsPid` is not the node's parent (it died
+/// before the call, or is some other process): then nothing is set.
 #[rustler::nif]
 fn end_with_parent(env: Env<'_>, parent: i64) -> Term<'_> {
+    if !is_parent(parent) {
+        return (atoms::error(), parent_gone()).encode(env);
+    }
     // SAFETY: prctl(PR_SET_PDEATHSIG) reads only its integer arguments.
     let rc = unsafe {
         libc::prctl(
@@ -30,10 +34,18 @@ fn end_with_parent(env: Env<'_>, parent: i64) -> Term<'_> {
         let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
         return (atoms::error(), errno).encode(env);
     }
-    // SAFETY: getppid takes no arguments and cannot fail.
-    if i64::from(unsafe { libc::getppid() }) == parent {
-        atoms::ok().encode(env)
-    } else {
-        (atoms::error(), parent_gone()).encode(env)
+    // Checked again once the signal is set: a parent that died in between
+    // is seen here (the node was re-parented) rather than missed.
+    if is_parent(parent) {
+        return atoms::ok().encode(env);
     }
+    // Gone meanwhile: no signal is left armed.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) reads only its integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong, 0, 0, 0) };
+    (atoms::error(), parent_gone()).encode(env)
+}
+
+fn is_parent(pid: i64) -> bool {
+    // SAFETY: getppid takes no arguments and cannot fail.
+    i64::from(unsafe { libc::getppid() }) == pid
 }
