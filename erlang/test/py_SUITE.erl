@@ -406,6 +406,21 @@ bad_arguments(_Config) ->
     ?assertError(badarg, py_nif:cancel(make_ref())),
     ?assertError(badarg, py_nif:cancel(not_a_job)),
     ?assertError(badarg, py_nif:init(not_a_map)),
+    %% A field of the wrong type, or a NUL byte in a path (it would break
+    %% every later import), is badarg; nothing is applied.
+    Init = #{paths => [], executable => nil, max_workers => 0, wheel_resolution_us => 1000},
+    [?assertError(badarg, py_nif:init(maps:merge(Init, Bad)))
+     || Bad <- [#{paths => [foo]}, #{paths => foo}, #{paths => [<<255>>]},
+                #{paths => [<<"a", 0, "b">>]}, #{executable => <<"py", 0>>},
+                #{executable => 1}, #{max_workers => -1}, #{max_workers => 1 bsl 64},
+                #{wheel_resolution_us => 1 bsl 64}, #{wheel_resolution_us => 1.0}]],
+    ?assertEqual({ok, false}, py:eval(<<"any('\\0' in p for p in __import__('sys').path)">>)),
+    %% The callback server is a pid or undefined.
+    [?assertError(badarg, py_nif:set_callback_server(Bad))
+     || Bad <- [not_a_pid, {self()}, 1, <<"undefined">>]],
+    ok = py:register_function(py_suite_add, fun(A, B) -> A + B end),
+    ?assertEqual({ok, 3}, py:eval(<<"__import__('erlang').call('py_suite_add', 1, 2)">>)),
+    ok = py:unregister_function(py_suite_add),
     ?assertError(badarg, py_nif:callback_reply(make_ref(), {ok, 1})),
     ?assertError(badarg, py:call(math, sqrt, not_a_list)),
     ?assertError(badarg, py:call(math, sqrt, [1], not_a_map)),

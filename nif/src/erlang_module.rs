@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use rustler::env::{OwnedEnv, SavedTerm};
-use rustler::{Atom, Encoder, Env, LocalPid, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
 
 use erlang_python::py::sys_modules;
 
@@ -49,11 +49,11 @@ impl rustler::Resource for CallbackReply {}
 
 /// `set_callback_server(Pid | undefined)` -> `ok`.
 #[rustler::nif]
-fn set_callback_server(server: Term<'_>) -> Atom {
-    let pid = server.decode::<LocalPid>().ok();
+fn set_callback_server(server: Term<'_>) -> NifResult<Atom> {
+    let pid = atoms::pid_or_undefined(server)?;
     set_accepting_callbacks(pid.is_some());
     *CALLBACK_SERVER.lock().unwrap_or_else(|e| e.into_inner()) = pid;
-    atoms::ok()
+    Ok(atoms::ok())
 }
 
 /// `callback_reply(Reply, Result)` -> `ok`: hands `Result` to the waiting

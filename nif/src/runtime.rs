@@ -48,7 +48,15 @@ struct InitOptions {
 /// -> `ok | {error, Reason}`. Starts CPython once; later calls add paths and
 /// raise the worker limit.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn init<'a>(env: Env<'a>, options: InitOptions) -> NifResult<Term<'a>> {
+fn init<'a>(env: Env<'a>, options: Term<'a>) -> NifResult<Term<'a>> {
+    // Decoded here, not by the signature: a field of the wrong type is then
+    // `badarg`, not the derive's error message raised as a binary.
+    let options: InitOptions = options.decode().map_err(|_| rustler::Error::BadArg)?;
+    // A NUL byte would go into `sys.path` and fail every import after.
+    let has_nul = |text: &String| text.contains('\0');
+    if options.paths.iter().any(has_nul) || options.executable.as_ref().is_some_and(has_nul) {
+        return Err(rustler::Error::BadArg);
+    }
     let tick_ns = options.wheel_resolution_us.saturating_mul(1000);
     if !(MIN_TICK_NS..=MAX_TICK_NS).contains(&tick_ns) {
         let reason = format!(
