@@ -18,6 +18,8 @@ start_link() ->
 init([]) ->
     process_flag(trap_exit, true),
     ok = py_nif:set_loop_placer(self()),
+    %% Stops left while no placer ran (the application stopped).
+    ok = py_nif:apply_orphan_stops(),
     {ok, #state{}}.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.

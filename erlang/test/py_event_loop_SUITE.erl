@@ -18,7 +18,8 @@
 -export([timers_in_deadline_order/1, timers_never_fire_early/1,
          timers_before_router/1,
          cancel_timer/1, poll_events_wakes/1, many_pollers_wait_in_erlang/1,
-         poller_sees_news_from_other_processes/1,
+         poller_sees_news_from_other_processes/1, dead_router_changes_nothing/1,
+         foreign_refs_name_nothing/1, dropped_loops_leak_no_fds_without_a_placer/1,
          reader_and_writer/1, readiness_coalesced_not_dropped/1,
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
@@ -40,7 +41,8 @@ suite() ->
 all() ->
     [timers_in_deadline_order, timers_never_fire_early, timers_before_router,
      cancel_timer, poll_events_wakes, many_pollers_wait_in_erlang,
-     poller_sees_news_from_other_processes,
+     poller_sees_news_from_other_processes, dead_router_changes_nothing,
+     foreign_refs_name_nothing, dropped_loops_leak_no_fds_without_a_placer,
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, worker_dies, python_worker_dies,
@@ -278,14 +280,68 @@ poller_sees_news_from_other_processes(_Config) ->
     end,
     ?assertEqual([{5, timer}], py_nif:get_pending(Loop)),
     Poll(),
-    Dead = spawn(fun() -> ok end),
-    DeadMon = monitor(process, Dead),
-    receive {'DOWN', DeadMon, process, Dead, _} -> ok end,
-    ?assertEqual({error, noproc}, py_nif:event_loop_set_router(Loop, Dead)),
+    Router = spawn(fun() -> receive stop -> ok end end),
+    ok = py_nif:event_loop_set_router(Loop, Router),
+    RouterMon = monitor(process, Router),
+    Router ! stop,
+    receive {'DOWN', RouterMon, process, Router, _} -> ok end,
     receive {polled, Down} -> ?assertEqual({error, server_down}, Down)
     after 10000 -> ct:fail(server_down_not_seen)
     end,
     ok = py_nif:event_loop_destroy(Loop).
+
+%% A router that is dead already is refused ({error, noproc}) and changes
+%% nothing: the loop's router serves on (its timers fire, its fds report);
+%% a loop without one stays open to timers (not server_down).
+-spec dead_router_changes_nothing(ct_suite:ct_config()) -> term().
+dead_router_changes_nothing(_Config) ->
+    Dead = spawn(fun() -> ok end),
+    DeadMon = monitor(process, Dead),
+    receive {'DOWN', DeadMon, process, Dead, _} -> ok end,
+    Loop = new_loop(),
+    ?assertEqual({error, noproc}, py_nif:event_loop_set_router(Loop, Dead)),
+    {ok, _} = py_nif:call_later(Loop, 10, 1),
+    ?assertEqual([{1, timer}], collect(Loop, 1, 5000)),
+    Tx = sender(),
+    {S, Fd, Port} = udp(),
+    {ok, FdRef} = py_nif:add_reader(Loop, Fd, 2),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"x">>),
+    ?assertEqual([{2, read}], collect(Loop, 1, 5000)),
+    ok = py_nif:remove_reader(Loop, FdRef),
+    {ok, Unserved} = py_nif:event_loop_new(),
+    ?assertEqual({error, noproc}, py_nif:event_loop_set_router(Unserved, Dead)),
+    {ok, _} = py_nif:call_later(Unserved, 10, 3),
+    ?assertEqual([{3, timer}], collect(Unserved, 1, 5000)),
+    ok = py_nif:event_loop_destroy(Unserved),
+    ok = gen_udp:close(S),
+    ok = gen_udp:close(Tx),
+    stop_loop(Loop).
+
+%% A timer key or an FdRef of one loop names nothing in another, even when
+%% both loops made theirs in the same order.
+-spec foreign_refs_name_nothing(ct_suite:ct_config()) -> term().
+foreign_refs_name_nothing(_Config) ->
+    {ok, A} = py_nif:event_loop_new(),
+    {ok, B} = py_nif:event_loop_new(),
+    {ok, KeyA} = py_nif:call_later(A, 3600000, 1),
+    {ok, KeyB} = py_nif:call_later(B, 3600000, 1),
+    ?assertEqual({error, not_found}, py_nif:cancel_timer(B, KeyA)),
+    ?assertEqual({error, not_found}, py_nif:cancel_timer(A, KeyB)),
+    ?assertMatch(#{live_timers := 1}, py_nif:loop_stats(A)),
+    ?assertMatch(#{live_timers := 1}, py_nif:loop_stats(B)),
+    {S, Fd, _Port} = udp(),
+    {ok, RefA} = py_nif:add_reader(A, Fd, 2),
+    {ok, RefB} = py_nif:add_reader(B, Fd, 2),
+    ?assertEqual({error, not_found}, py_nif:remove_reader(B, RefA)),
+    ?assertEqual({error, not_found}, py_nif:remove_reader(A, RefB)),
+    ?assertMatch(#{fds := 1}, py_nif:loop_stats(B)),
+    ok = py_nif:cancel_timer(A, KeyA),
+    ok = py_nif:cancel_timer(B, KeyB),
+    ok = py_nif:remove_reader(A, RefA),
+    ok = py_nif:remove_reader(B, RefB),
+    ok = py_nif:event_loop_destroy(A),
+    ok = py_nif:event_loop_destroy(B),
+    ok = gen_udp:close(S).
 
 %% poll_events returns as soon as an event is queued, returns 0 after its
 %% timeout when nothing happens, and event_loop_wakeup ends it early.
@@ -574,6 +630,11 @@ bad_arguments(_Config) ->
     [?assertError(badarg, py_nif:loop_id(Bad)) || Bad <- NotResources],
     ?assertError(badarg, py_nif:event_loop_set_router(Other, not_a_pid)),
     ?assertError(badarg, py_nif:event_loop_set_router(not_a_loop, self())),
+    %% The placer is a pid or undefined: a typo must not unset it.
+    Placer = whereis(py_event_loops),
+    [?assertError(badarg, py_nif:set_loop_placer(Bad))
+     || Bad <- [not_a_pid, {Placer}, [Placer], 1, make_ref(), <<"undefined">>]],
+    ?assertMatch({ok, _}, py:eval(<<"__import__('asyncio').run(__import__('asyncio').sleep(0))">>)),
     %% A dead router is refused; a live one then serves the loop.
     Dead = spawn(fun() -> ok end),
     MonDead = monitor(process, Dead),
@@ -819,6 +880,49 @@ owner_gone_leaks_no_fds(_Config) ->
          {ok, Again} = gen_udp:open(Port, [{ip, ?LOCALHOST}]),
          ok = gen_udp:close(Again)
      end || Port <- Ports].
+
+%% Without a loop placer (a node that uses the low-level API but does not
+%% run the application), loops dropped without event_loop_destroy still
+%% close their fds: those never selected at once, those a live router had
+%% selected by the next event_loop_new.
+-spec dropped_loops_leak_no_fds_without_a_placer(ct_suite:ct_config()) -> term().
+dropped_loops_leak_no_fds_without_a_placer(_Config) ->
+    Placer = whereis(py_event_loops),
+    ok = py_nif:set_loop_placer(undefined),
+    try
+        Baseline = fd_count(),
+        {S, Fd, _Port} = udp(),
+        Self = self(),
+        Unselected = [spawn_monitor(fun() ->
+                                            {ok, Loop} = py_nif:event_loop_new(),
+                                            {ok, _} = py_nif:add_reader(Loop, Fd, I)
+                                    end) || I <- lists:seq(1, 50)],
+        [receive {'DOWN', Mon, process, Pid, _} -> ok end || {Pid, Mon} <- Unselected],
+        %% A process serving its own loop (selects applied) drops it, alive.
+        Router = spawn_link(fun() ->
+                                    {ok, Loop} = py_nif:event_loop_new(),
+                                    ok = py_nif:event_loop_set_router(Loop, self()),
+                                    {ok, _} = py_nif:add_reader(Loop, Fd, 1),
+                                    ok = py_nif:loop_apply_selects(Loop),
+                                    Self ! {selected, self()},
+                                    receive stop -> ok end
+                            end),
+        receive {selected, Router} -> ok end,
+        erlang:garbage_collect(Router),
+        ok = gen_udp:close(S),
+        Closed = fun() ->
+                         [erlang:garbage_collect(P) || P <- processes()],
+                         {ok, Next} = py_nif:event_loop_new(),
+                         ok = py_nif:event_loop_destroy(Next),
+                         fd_count()
+                 end,
+        Final = wait_until(Closed, fun(Count) -> Count =< Baseline end, 5000),
+        ?assert(Final =< Baseline, {leaked_fds, Final - Baseline}),
+        unlink(Router),
+        Router ! stop
+    after
+        ok = py_nif:set_loop_placer(Placer)
+    end.
 
 %% get_pending alone (no poll_events) keeps an fd's events coming: the fds
 %% whose events it drained are armed again, and a still-ready socket (its

@@ -25,7 +25,10 @@ pub fn pid_or_undefined(term: rustler::Term<'_>) -> rustler::NifResult<Option<ru
     if let Ok(pid) = term.decode::<rustler::LocalPid>() {
         return Ok(Some(pid));
     }
-    if term.decode::<rustler::Atom>().is_ok_and(|atom| atom == undefined()) {
+    if term
+        .decode::<rustler::Atom>()
+        .is_ok_and(|atom| atom == undefined())
+    {
         return Ok(None);
     }
     Err(rustler::Error::BadArg)

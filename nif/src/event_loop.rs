@@ -153,6 +153,13 @@ pub struct LoopResource {
     /// wheel, a Python id taken by Erlang, an Erlang fd interest or poll
     /// (which eats its wake-ups) would break the Python loop.
     python: bool,
+    /// XORed into the generation half of the timer keys the low-level API
+    /// hands out and takes back: wheel keys of different loops collide
+    /// (every wheel numbers its slots from 0, generation 1), and a key of
+    /// another loop must not cancel this loop's timer. Random per loop, 31
+    /// bits (a generation's): a foreign key names a live timer here once in
+    /// 2^31.
+    timer_salt: u64,
 }
 
 #[rustler::resource_impl]
@@ -166,26 +173,40 @@ impl rustler::Resource for LoopResource {
     /// process is left to stop them: `py_event_loops` does (LESSONS 17).
     fn destructor(self, env: Env<'_>) {
         let _ = self.core.close();
-        hand_to_placer(self.core.take_stop_requests(), |placer| {
+        // An fd that never entered the poll set needs no stop (nor a
+        // placer, which a node without the application lacks): closed here.
+        let mut stops = self.core.take_stop_requests();
+        stops.retain(|request| {
+            !fd_resource::downcast(&request.handle)
+                .is_some_and(|handle| handle.close_if_never_selected())
+        });
+        hand_to_placer(stops, |placer| {
             let _ = env.send(placer, py_orphan_stops());
         });
     }
 
     fn down<'a>(&'a self, env: Env<'a>, pid: LocalPid, _monitor: Monitor) {
-        let mut server = lock(&self.host.server);
-        if *server == Some(pid) {
-            *server = None;
-            drop(server);
-            tracing::warn!(loop_id = self.host.loop_id, "the loop's Erlang worker died");
-            self.core.server_down();
-            // Stops the dead server owed (a loop closed just before it died).
-            apply_stops(env, pid, self.core.take_stop_requests());
-            tell_watchers(env, self);
-        }
+        self.lose_server(env, pid);
     }
 }
 
 impl LoopResource {
+    /// The loop's server `pid` died: the loop is told (`server_down`) if
+    /// `pid` still serves it. Whoever sees the death first does it.
+    fn lose_server(&self, env: Env<'_>, pid: LocalPid) {
+        let mut server = lock(&self.host.server);
+        if *server != Some(pid) {
+            return;
+        }
+        *server = None;
+        drop(server);
+        tracing::warn!(loop_id = self.host.loop_id, "the loop's Erlang worker died");
+        self.core.server_down();
+        // Stops the dead server owed (a loop closed just before it died).
+        apply_stops(env, pid, self.core.take_stop_requests());
+        tell_watchers(env, self);
+    }
+
     fn new(python: bool) -> std::io::Result<LoopResource> {
         let loop_id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
         let host = Arc::new(NifHost {
@@ -202,7 +223,12 @@ impl LoopResource {
         };
         let core = Arc::new(core);
         let _ = host.core.set(Arc::downgrade(&core));
-        Ok(LoopResource { core, host, python })
+        Ok(LoopResource {
+            core,
+            host,
+            python,
+            timer_salt: timer_salt(loop_id),
+        })
     }
 
     /// The core, for the low-level API's calls: not a Python loop's (see
@@ -329,16 +355,30 @@ pub fn placer() -> Option<LocalPid> {
 
 /// `set_loop_placer(Pid | undefined)` -> `ok`.
 #[rustler::nif]
-fn set_loop_placer(placer: Term<'_>) -> Atom {
-    *lock(&LOOP_PLACER) = placer.decode::<LocalPid>().ok();
-    atoms::ok()
+fn set_loop_placer(placer: Term<'_>) -> NifResult<Atom> {
+    *lock(&LOOP_PLACER) = atoms::pid_or_undefined(placer)?;
+    Ok(atoms::ok())
 }
 
 // ---- the low-level API ----
 
+/// A loop's `timer_salt`: 31 random bits (the process's random hash keys
+/// over the loop id) in the generation half of a key.
+fn timer_salt(loop_id: u64) -> u64 {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(loop_id);
+    (random & 0x7fff_ffff) << 32
+}
+
 /// `event_loop_new()` -> `{ok, LoopRef}`.
 #[rustler::nif]
 fn event_loop_new(env: Env<'_>) -> Term<'_> {
+    if placer().is_none() {
+        // Without the application, nobody else makes the stops that loops
+        // dropped while their server lived left behind: the next caller.
+        let stops = std::mem::take(&mut *lock(&ORPHAN_STOPS));
+        apply_stops(env, env.pid(), stops);
+    }
     match LoopResource::new(false) {
         Ok(resource) => (atoms::ok(), ResourceArc::new(resource)).encode(env),
         Err(reason) => error(env, reason.to_string()),
@@ -346,7 +386,8 @@ fn event_loop_new(env: Env<'_>) -> Term<'_> {
 }
 
 /// `event_loop_set_router(LoopRef, Pid)` -> `ok`: `Pid` now serves the loop
-/// (its selects and its timer); the loop is told if it dies.
+/// (its selects and its timer); the loop is told if it dies. A `Pid` dead
+/// already is `{error, noproc}` and leaves the loop as it was.
 #[rustler::nif]
 fn event_loop_set_router<'a>(
     env: Env<'a>,
@@ -356,11 +397,24 @@ fn event_loop_set_router<'a>(
     if let Err(reason) = resource.open() {
         return error(env, reason);
     }
-    *lock(&resource.host.server) = Some(server);
+    // Set before the monitor, so that a death right after it is seen by
+    // `down` as this server's.
+    let previous = lock(&resource.host.server).replace(server);
     if resource.monitor(Some(env), &server).is_none() {
-        *lock(&resource.host.server) = None;
-        resource.core.server_down();
-        tell_watchers(env, &resource);
+        // A dead pid changes nothing: the server before it (if any) serves
+        // on. Its death while this one stood in was ignored by `down`.
+        let restored = {
+            let mut current = lock(&resource.host.server);
+            if *current == Some(server) {
+                *current = previous;
+            }
+            *current
+        };
+        if let Some(before) = restored {
+            if !env.is_process_alive(before) {
+                resource.lose_server(env, before);
+            }
+        }
         return error(env, noproc());
     }
     let wake = resource.core.set_served();
@@ -538,6 +592,7 @@ fn call_later<'a>(
     let deadline = LoopCore::now_ns().saturating_add(delay_ms.saturating_mul(1_000_000));
     match core.insert_timer(deadline, callback_id) {
         Ok((key, wake)) => {
+            let key = key ^ resource.timer_salt;
             deliver_from_nif(env, &resource, wake);
             // No router arms the loop's timer yet: the pollers wait for its
             // next deadline themselves, which may now be earlier.
@@ -556,7 +611,7 @@ fn call_later<'a>(
 fn cancel_timer<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>, key: u64) -> Term<'a> {
     match resource
         .open_erlang_owned()
-        .map(|core| core.cancel_timer(key))
+        .map(|core| core.cancel_timer(key ^ resource.timer_salt))
     {
         Ok(Some(_)) => atoms::ok().encode(env),
         Ok(None) => error(env, not_found()),

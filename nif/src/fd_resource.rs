@@ -118,6 +118,19 @@ impl FdHandle {
         self.resource().token
     }
 
+    /// Closes the fd now if it never entered the BEAM's poll set, as a
+    /// `Stop` does then. False if it did: only a stop may close it. For
+    /// callers no `select` of this fd can run beside (the destructor of
+    /// its loop, which every `select` call holds a reference to).
+    pub fn close_if_never_selected(&self) -> bool {
+        let resource = self.resource();
+        if resource.selected.load(Ordering::Acquire) {
+            return false;
+        }
+        resource.close_once();
+        true
+    }
+
     /// Makes `op` with the calling process's env (`pid` receives the
     /// `{select, Resource, Ref, ready_input | ready_output}` messages).
     /// Returns the raw `enif_select` result (negative on failure).

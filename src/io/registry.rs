@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{EventKind, SelectHandle, SelectOp, SelectRequest};
 
@@ -83,11 +84,15 @@ pub enum Readiness {
     Stale,
 }
 
+/// Tokens are numbered across all loops of the process, so that a
+/// registration's token (an Erlang `FdRef`, an fd resource) given to
+/// another loop names nothing there.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Default)]
 pub struct FdRegistry {
     by_fd: HashMap<RawFd, FdEntry>,
     fd_of_token: HashMap<u64, RawFd>,
-    next_token: u64,
 }
 
 impl FdRegistry {
@@ -113,8 +118,7 @@ impl FdRegistry {
         open: impl FnOnce(u64) -> std::io::Result<SelectHandle>,
     ) -> std::io::Result<Option<SelectRequest>> {
         if !self.by_fd.contains_key(&fd) {
-            self.next_token += 1;
-            let token = self.next_token;
+            let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
             let handle = open(token)?;
             self.fd_of_token.insert(token, fd);
             self.by_fd.insert(
