@@ -68,7 +68,9 @@ await(AsyncRef) ->
 -spec await(async_ref(), timeout()) -> {ok, term()} | py_error().
 await({py_async, Ref, Job} = AsyncRef, Timeout) ->
     valid_timeout(Timeout, [AsyncRef, Timeout]),
-    wait(Ref, Job, Timeout).
+    wait(Ref, Job, Timeout);
+await(AsyncRef, Timeout) ->
+    erlang:error(badarg, [AsyncRef, Timeout]).
 
 %% @equiv eval(Expression, #{})
 -spec eval(code()) -> {ok, term()} | py_error().

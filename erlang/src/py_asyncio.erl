@@ -44,7 +44,9 @@
 -spec start_loop(options()) -> {ok, pid()} | {error, term()}.
 start_loop(Opts) when is_map(Opts) ->
     ok = py_asyncio_loop:check_options(Opts),
-    supervisor:start_child(py_asyncio_sup, [Opts]).
+    supervisor:start_child(py_asyncio_sup, [Opts]);
+start_loop(Opts) ->
+    erlang:error(badarg, [Opts]).
 
 %% @doc Stops a loop: its tasks are cancelled (their callers get
 %% `{error, cancelled}'), its async generators and default executor shut down,
@@ -52,12 +54,14 @@ start_loop(Opts) when is_map(Opts) ->
 %% than the loop's `stop_timeout'. A loop under your own supervisor is stopped
 %% for good only if its restart type is `transient' or `temporary'.
 -spec stop_loop(loop()) -> ok | {error, not_found}.
-stop_loop(Loop) ->
+stop_loop(Loop) when is_pid(Loop); is_atom(Loop); is_tuple(Loop), tuple_size(Loop) =:= 2 ->
     try gen_server:stop(Loop, normal, infinity)
     catch
         exit:noproc -> {error, not_found};
         exit:{noproc, _} -> {error, not_found}
-    end.
+    end;
+stop_loop(Loop) ->
+    erlang:error(badarg, [Loop]).
 
 %% @doc A child spec that runs a loop under your own supervisor.
 -spec child_spec(options()) -> supervisor:child_spec().
@@ -120,7 +124,9 @@ call(Loop, Module, Function, Args, Timeout) ->
 %% the coroutine chose to return despite the cancellation).
 -spec cancel(loop(), reference()) -> ok.
 cancel(Loop, Ref) when is_reference(Ref) ->
-    gen_server:cast(Loop, {cancel, Ref}).
+    gen_server:cast(Loop, {cancel, Ref});
+cancel(Loop, Ref) ->
+    erlang:error(badarg, [Loop, Ref]).
 
 %% Internal
 

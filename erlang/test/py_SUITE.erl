@@ -443,6 +443,7 @@ bad_arguments(_Config) ->
     Async = py:call_async(math, sqrt, [4]),
     ?assertError(badarg, py:await(Async, -5)),
     ?assertError(badarg, py:await(Async, 1 bsl 33)),
+    ?assertError(badarg, py:await(not_an_async_ref)),
     ?assertEqual({ok, 2.0}, py:await(Async, 5000)),
     ?assertEqual({ok, []}, py:eval(<<"ran">>)),
     ?assertEqual({ok, false}, py:eval(<<"hasattr(__import__('sys'), 'ran_marker')">>)),

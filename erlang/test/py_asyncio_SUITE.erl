@@ -274,7 +274,10 @@ bad_options(_Config) ->
     %% (here the caller itself) is sent nothing.
     [?assertError(badarg, py_asyncio:call(self(), m, f, [], Bad))
      || Bad <- [-1, 1 bsl 32, 1.5, foo]],
-    ?assertEqual({messages, []}, process_info(self(), messages)).
+    ?assertEqual({messages, []}, process_info(self(), messages)),
+    ?assertError(badarg, py_asyncio:start_loop([{name, x}])),
+    ?assertError(badarg, py_asyncio:stop_loop(1.5)),
+    ?assertError(badarg, py_asyncio:cancel(self(), not_a_ref)).
 
 -spec child_spec_under_own_supervisor(ct_suite:ct_config()) -> term().
 child_spec_under_own_supervisor(_Config) ->
