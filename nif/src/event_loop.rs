@@ -141,6 +141,10 @@ impl LoopHost for NifHost {
         let mut env = OwnedEnv::new();
         let _ = env.send_and_clear(&server, |env| wake_message(env, self.loop_id, wake));
     }
+
+    fn wait_closed(&self, handles: &[SelectHandle], timeout: Duration) -> bool {
+        fd_resource::wait_closed(handles, timeout)
+    }
 }
 
 /// `LoopRef`: one native loop.

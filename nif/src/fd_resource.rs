@@ -12,7 +12,8 @@
 use std::os::fd::RawFd;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use erlang_python::io::{SelectHandle, SelectOp};
 use rustler::sys::{
@@ -37,12 +38,44 @@ struct FdResource {
     closed: AtomicBool,
 }
 
+/// How many duplicates were closed; [`wait_closed`] waits on `CLOSED` for
+/// it to move.
+static CLOSES: Mutex<u64> = Mutex::new(0);
+static CLOSED: Condvar = Condvar::new();
+
 impl FdResource {
     fn close_once(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             // SAFETY: `fd` is our own duplicate, closed exactly once here.
             unsafe { libc::close(self.fd) };
+            *CLOSES.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            CLOSED.notify_all();
         }
+    }
+}
+
+/// Waits, at most `timeout`, until the duplicates of `handles` are closed
+/// (by their stop callbacks). True if they all are.
+pub fn wait_closed(handles: &[SelectHandle], timeout: Duration) -> bool {
+    let give_up = Instant::now() + timeout;
+    let mut closes = CLOSES.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        // Looked at under the lock that `close_once` takes after closing:
+        // a close after this look wakes the wait below.
+        let all_closed = handles.iter().all(|handle| {
+            downcast(handle).is_none_or(|fd| fd.resource().closed.load(Ordering::Acquire))
+        });
+        if all_closed {
+            return true;
+        }
+        let left = give_up.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        closes = CLOSED
+            .wait_timeout(closes, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 

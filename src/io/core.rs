@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::pending::PendingQueue;
 use super::poller::{FdPoller, POLLER_TOKEN};
 use super::registry::{FdRegistry, Readiness};
-use super::{Event, EventKind, LoopHost, LoopStats, SelectOp, SelectRequest, Wake};
+use super::{Event, EventKind, LoopHost, LoopStats, SelectHandle, SelectOp, SelectRequest, Wake};
 use crate::wheel::{now_monotonic_ns, Expired, TimerKey, Wheel, WheelError};
 
 /// Timers moved into the pending queue per advance, so one call never holds
@@ -668,28 +668,36 @@ impl LoopCore {
     /// something it must release. Idempotent (a second close returns an
     /// empty wake).
     pub fn close(&self) -> Wake {
+        self.close_stopping().0
+    }
+
+    /// `close`, and the select handles whose stops it asked for (for a
+    /// caller that waits for their fds to close: [`LoopHost::wait_closed`]).
+    pub fn close_stopping(&self) -> (Wake, Vec<SelectHandle>) {
         let mut state = self.lock();
         if state.closed {
-            return Wake::default();
+            return (Wake::default(), Vec::new());
         }
         state.closed = true;
-        let stops = state.fds.remove_all();
-        state.selects.extend(stops);
+        let mut stops = state.fds.remove_all();
         // The epoll fd closes now, not when the last reference to the core
         // (an Erlang term, say) is collected; the BEAM's duplicate of it
         // leaves the poll set with the stop.
         if let Some(stop) = state.poller.take().and_then(|mut poller| poller.stop()) {
-            state.selects.push(stop);
+            stops.push(stop);
         }
+        let stopping = stops.iter().map(|stop| stop.handle.clone()).collect();
+        state.selects.extend(stops);
         state.polled.clear();
         state.pending.retain(|event| event.kind == EventKind::Timer);
         state.stats.fds = 0;
         self.ready.notify_all();
-        Wake {
+        let wake = Wake {
             arm_timer_ms: None,
             apply_selects: !state.selects.is_empty(),
             closed: true,
-        }
+        };
+        (wake, stopping)
     }
 
     pub fn stats(&self) -> LoopStats {

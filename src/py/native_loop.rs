@@ -39,6 +39,11 @@ pub fn set_factory(factory: LoopFactory) {
     let _ = FACTORY.set(factory);
 }
 
+/// How long `close()` waits for the serving process to stop the loop's
+/// fds: it takes a message's round trip (microseconds); a worker that died
+/// leaves the stops to `py_event_loops`, as fast.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// One native loop, shared by its Python loop and its Erlang server.
 #[pyclass(module = "_erlang_loop", name = "NativeLoop", frozen)]
 pub struct NativeLoop {
@@ -273,10 +278,25 @@ impl NativeLoop {
         self.core.wakeup();
     }
 
-    /// Closes the native loop: fd selects stop, waiters fail. Idempotent.
-    fn close(&self) {
+    /// Closes the native loop: fd selects stop, waiters fail. Returns once
+    /// the BEAM's duplicate of the loop's epoll fd is closed (its serving
+    /// process makes the stop; at most `CLOSE_WAIT`), so that the loop's
+    /// fds are released when `close()` returns, as a stdlib loop's are.
+    /// Idempotent.
+    fn close(&self, py: Python<'_>) {
         tracing::debug!(loop_id = self.loop_id, "python event loop closed");
-        self.deliver(self.core.close());
+        let (wake, stopping) = self.core.close_stopping();
+        self.deliver(wake);
+        if stopping.is_empty() {
+            return;
+        }
+        let host = self.core.host();
+        if !py.detach(|| host.wait_closed(&stopping, CLOSE_WAIT)) {
+            tracing::warn!(
+                loop_id = self.loop_id,
+                "the loop's fds were not closed within {CLOSE_WAIT:?} of close()"
+            );
+        }
     }
 
     fn is_closed(&self) -> bool {

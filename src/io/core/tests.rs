@@ -615,6 +615,34 @@ fn an_own_poller_loop_keeps_its_select_handle_until_close() {
 }
 
 #[test]
+fn close_stopping_names_the_handles_it_stops() {
+    let token = |handle: &SelectHandle| *handle.downcast_ref::<u64>().unwrap();
+    let (core, _) = new_loop();
+    let (a, b) = UnixStream::pair().unwrap();
+    core.add_interest(a.as_raw_fd(), EventKind::Read, 1)
+        .unwrap();
+    core.add_interest(b.as_raw_fd(), EventKind::Write, 2)
+        .unwrap();
+    core.take_select_requests();
+    let (wake, stopping) = core.close_stopping();
+    assert!(wake.closed && wake.apply_selects);
+    let mut stopped: Vec<u64> = core
+        .take_select_requests()
+        .iter()
+        .inspect(|request| assert_eq!(request.op, SelectOp::Stop))
+        .map(|request| token(&request.handle))
+        .collect();
+    let mut named: Vec<u64> = stopping.iter().map(token).collect();
+    stopped.sort_unstable();
+    named.sort_unstable();
+    assert_eq!(named.len(), 2);
+    assert_eq!(named, stopped);
+    // Closed already: nothing more to stop or wait for.
+    let (wake, stopping) = core.close_stopping();
+    assert!(wake.is_empty() && stopping.is_empty());
+}
+
+#[test]
 fn events_of_an_own_poller_loop_beyond_max_are_reported_by_the_next_wait() {
     let (core, _) = new_polled_loop();
     let pairs: Vec<_> = (0..3).map(|_| UnixStream::pair().unwrap()).collect();
