@@ -63,7 +63,7 @@ handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
-handle_info({py_loop, Id, Signals}, State) ->
+handle_info({py_loop, Id, Signals}, State) when is_list(Signals) ->
     case signals(Id, Signals, State) of
         #state{dedicated = true, loops = Loops} = Done when map_size(Loops) =:= 0 ->
             {stop, normal, Done};
@@ -79,10 +79,15 @@ handle_info({timeout, Timer, {py_tick, Id}}, State) ->
             %% A timer cancelled too late to stop its message.
             {noreply, State}
     end;
-handle_info({select, FdResource, Id, Ready}, State) ->
+handle_info({select, FdResource, Id, Ready}, State)
+  when Ready =:= ready_input; Ready =:= ready_output ->
     case State#state.loops of
         #{Id := #loop{ref = Ref}} ->
-            ok = py_nif:loop_fd_ready(Ref, FdResource, direction(Ready));
+            %% Not an fd resource: a message that did not come from
+            %% enif_select, ignored as any other stray message is.
+            try py_nif:loop_fd_ready(Ref, FdResource, direction(Ready))
+            catch error:badarg -> ok
+            end;
         _ ->
             ok
     end,
@@ -128,13 +133,17 @@ signal(Id, Signal, State = #state{loops = Loops}) ->
 apply_signal(_Id, selects, #loop{ref = Ref}, State) ->
     ok = py_nif:loop_apply_selects(Ref),
     State;
-apply_signal(Id, {arm, Ms}, Loop, State) ->
+%% The NIF arms at most 2^32 ms ahead (MAX_ARM_MS in src/io/core.rs).
+apply_signal(Id, {arm, Ms}, Loop, State) when is_integer(Ms), Ms >= 0, Ms =< 1 bsl 32 ->
     cancel(Loop#loop.timer),
     Timer = erlang:start_timer(Ms, self(), {py_tick, Id}),
     State#state{loops = (State#state.loops)#{Id := Loop#loop{timer = Timer}}};
 apply_signal(Id, closed, Loop, State) ->
     cancel(Loop#loop.timer),
-    State#state{loops = maps:remove(Id, State#state.loops)}.
+    State#state{loops = maps:remove(Id, State#state.loops)};
+apply_signal(_Id, _Unknown, _Loop, State) ->
+    %% Not one the NIF sends: a stray message, ignored.
+    State.
 
 cancel(undefined) -> ok;
 cancel(Timer) -> _ = erlang:cancel_timer(Timer, [{async, true}, {info, false}]), ok.

@@ -20,6 +20,7 @@
          cancel_timer/1, poll_events_wakes/1, many_pollers_wait_in_erlang/1,
          poller_sees_news_from_other_processes/1, dead_router_changes_nothing/1,
          foreign_refs_name_nothing/1, dropped_loops_leak_no_fds_without_a_placer/1,
+         stray_messages_leave_the_worker_serving/1,
          reader_and_writer/1, readiness_coalesced_not_dropped/1,
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
@@ -43,6 +44,7 @@ all() ->
      cancel_timer, poll_events_wakes, many_pollers_wait_in_erlang,
      poller_sees_news_from_other_processes, dead_router_changes_nothing,
      foreign_refs_name_nothing, dropped_loops_leak_no_fds_without_a_placer,
+     stray_messages_leave_the_worker_serving,
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, worker_dies, python_worker_dies,
@@ -315,6 +317,28 @@ dead_router_changes_nothing(_Config) ->
     ok = py_nif:event_loop_destroy(Unserved),
     ok = gen_udp:close(S),
     ok = gen_udp:close(Tx),
+    stop_loop(Loop).
+
+%% Messages shaped like the NIF's but not from it (a bad signal list, a
+%% delay out of range, a select message without an fd resource or with an
+%% unknown readiness) are ignored: the worker serves on, unrestarted.
+-spec stray_messages_leave_the_worker_serving(ct_suite:ct_config()) -> term().
+stray_messages_leave_the_worker_serving(_Config) ->
+    Loop = new_loop(),
+    Router = router_of(Loop),
+    Id = py_nif:loop_id(Loop),
+    Strays = [{py_loop, Id, not_a_list}, {py_loop, Id, [{arm, -1}]},
+              {py_loop, Id, [{arm, 1 bsl 50}]}, {py_loop, Id, [bogus]},
+              {select, not_a_resource, Id, ready_input},
+              {select, make_ref(), Id, ready_output}, {select, Loop, Id, sideways}],
+    [Router ! Stray || Stray <- Strays],
+    {ok, _} = py_nif:call_later(Loop, 10, 1),
+    ?assertEqual([{1, timer}], collect(Loop, 1, 5000)),
+    ?assert(is_process_alive(Router)),
+    Default = whereis(py_event_default),
+    [Default ! Stray || Stray <- Strays],
+    ?assertEqual({ok, none}, py:eval(<<"__import__('asyncio').run(__import__('asyncio').sleep(0.01))">>)),
+    ?assertEqual(Default, whereis(py_event_default)),
     stop_loop(Loop).
 
 %% A timer key or an FdRef of one loop names nothing in another, even when
