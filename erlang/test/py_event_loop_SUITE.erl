@@ -224,14 +224,7 @@ many_pollers_wait_in_erlang(_Config) ->
                                       Self ! {polled, I, Result, Left}
                               end)}
                || {I, L} <- lists:zip(lists:seq(1, Count), Loops)],
-    Waiting = fun() ->
-                      lists:all(fun({_, P}) ->
-                                        process_info(P, [status, current_function]) =:=
-                                            [{status, waiting},
-                                             {current_function, {py_nif, poll_events, 4}}]
-                                end, Pollers)
-              end,
-    ?assert(wait_until(Waiting, fun(AllWaiting) -> AllWaiting end, 10000)),
+    [wait_polling(P) || {_, P} <- Pollers],
     ok = py_nif:event_loop_wakeup(lists:last(Loops)),
     receive
         {polled, Woken, Polled, Mailbox} ->
@@ -268,12 +261,7 @@ poller_sees_news_from_other_processes(_Config) ->
     Self = self(),
     Poll = fun() ->
                    Poller = spawn_link(fun() -> Self ! {polled, py_nif:poll_events(Loop, 60000)} end),
-                   InPoll = fun() ->
-                                    process_info(Poller, [status, current_function]) =:=
-                                        [{status, waiting},
-                                         {current_function, {py_nif, poll_events, 4}}]
-                            end,
-                   ?assert(wait_until(InPoll, fun(Waiting) -> Waiting end, 10000))
+                   wait_polling(Poller)
            end,
     Poll(),
     {ok, _} = py_nif:call_later(Loop, 20, 5),
@@ -558,7 +546,7 @@ destroy_one_loop(_Config) ->
     %% A poll blocked on L1 ends with {error, closed} when L1 is destroyed.
     Self = self(),
     Poller = spawn_link(fun() -> Self ! {polled, self(), py_nif:poll_events(L1, 20000)} end),
-    timer:sleep(20),
+    wait_polling(Poller),
     ?assertEqual(ok, py_nif:event_loop_destroy(L1)),
     receive
         {polled, Poller, Polled} -> ?assertEqual({error, closed}, Polled)
@@ -803,7 +791,7 @@ worker_dies(_Config) ->
     {ok, _} = py_nif:call_later(Loop2, 10000, 1),
     Self = self(),
     Poller = spawn_link(fun() -> Self ! {polled, self(), py_nif:poll_events(Loop2, 20000)} end),
-    timer:sleep(50),
+    wait_polling(Poller),
     exit(Router2, kill),
     receive
         {polled, Poller, Polled2} -> ?assertEqual({error, server_down}, Polled2)
@@ -1033,10 +1021,11 @@ python_worker_dies(_Config) ->
     ok = py:exec(<<"
 import asyncio, threading, erlang_loop
 _loop_error = None
+_loops = []
 def _run_loop():
     global _loop_error
     try:
-        loop = erlang_loop.ErlangEventLoop(isolated=True)
+        loop = _loops.append(erlang_loop.ErlangEventLoop(isolated=True)) or _loops[0]
         try:
             loop.run_until_complete(asyncio.sleep(30))
             _loop_error = 'finished without error'
@@ -1048,8 +1037,10 @@ _loop_thread = threading.Thread(target=_run_loop, daemon=True)
 _loop_thread.start()
 ">>),
     [Worker] = wait_until(fun() -> workers() -- Before end, fun(New) -> New =/= [] end, 10000),
-    %% Let the loop start waiting before its worker dies.
-    timer:sleep(200),
+    %% The loop waits (asleep in its wait) before its worker dies.
+    Sleeping = <<"bool(_loops) and _loops[0].stats()['sleeping'] == 1">>,
+    ?assertEqual({ok, true}, wait_until(fun() -> py:eval(Sleeping) end,
+                                        fun(R) -> R =:= {ok, true} end, 10000)),
     ?assertEqual({ok, none}, py:eval(<<"_loop_error">>)),
     Mon = monitor(process, Worker),
     exit(Worker, kill),
@@ -1294,6 +1285,14 @@ wait_pending(Loop, N, Timeout) ->
 
 %% Calls `Get' until `Done' accepts its value or `Timeout' ms pass; returns
 %% the last value.
+%% Waits until `Poller' waits inside py_nif:poll_events (its receive).
+wait_polling(Poller) ->
+    InPoll = fun() ->
+                     process_info(Poller, [status, current_function]) =:=
+                         [{status, waiting}, {current_function, {py_nif, poll_events, 4}}]
+             end,
+    ?assert(wait_until(InPoll, fun(Polling) -> Polling end, 10000), not_polling).
+
 wait_until(Get, Done, Timeout) ->
     wait_until(Get, Done, now_ms() + Timeout, undefined).
 
