@@ -20,7 +20,7 @@
          cancel_timer/1, poll_events_wakes/1, many_pollers_wait_in_erlang/1,
          poller_sees_news_from_other_processes/1, dead_router_changes_nothing/1,
          foreign_refs_name_nothing/1, dropped_loops_leak_no_fds_without_a_placer/1,
-         stray_messages_leave_the_worker_serving/1,
+         stray_messages_leave_the_worker_serving/1, dead_router_refusals_lose_no_wake_up/1,
          reader_and_writer/1, readiness_coalesced_not_dropped/1,
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
@@ -44,7 +44,7 @@ all() ->
      cancel_timer, poll_events_wakes, many_pollers_wait_in_erlang,
      poller_sees_news_from_other_processes, dead_router_changes_nothing,
      foreign_refs_name_nothing, dropped_loops_leak_no_fds_without_a_placer,
-     stray_messages_leave_the_worker_serving,
+     stray_messages_leave_the_worker_serving, dead_router_refusals_lose_no_wake_up,
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, worker_dies, python_worker_dies,
@@ -328,6 +328,56 @@ stray_messages_leave_the_worker_serving(_Config) ->
     ?assertEqual({ok, none}, py:eval(<<"__import__('asyncio').run(__import__('asyncio').sleep(0.01))">>)),
     ?assertEqual(Default, whereis(py_event_default)),
     stop_loop(Loop).
+
+%% Refusing dead routers again and again while the loop's fds come and go
+%% loses no wake-up of the live router: an fd added afterwards reports.
+-spec dead_router_refusals_lose_no_wake_up(ct_suite:ct_config()) -> term().
+dead_router_refusals_lose_no_wake_up(_Config) ->
+    Dead = spawn(fun() -> ok end),
+    DeadMon = monitor(process, Dead),
+    receive {'DOWN', DeadMon, process, Dead, _} -> ok end,
+    Tx = sender(),
+    lists:foreach(
+      fun(Round) ->
+              Loop = new_loop(),
+              Router = router_of(Loop),
+              {S, Fd, Port} = udp(),
+              Self = self(),
+              Refuser = spawn_link(fun() -> refuse(Loop, Dead, Self) end),
+              receive {refusing, Refuser} -> ok end,
+              churn(Loop, Fd, Router, now_ms() + 100),
+              Refuser ! stop,
+              receive {stopped, Refuser} -> ok end,
+              {ok, _} = py_nif:add_reader(Loop, Fd, Round),
+              ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"x">>),
+              ?assertEqual({Round, [{Round, read}]}, {Round, collect(Loop, 1, 5000)}),
+              ok = gen_udp:close(S),
+              stop_loop(Loop)
+      end, lists:seq(1, 5)),
+    ok = gen_udp:close(Tx).
+
+refuse(Loop, Dead, Parent) ->
+    Parent ! {refusing, self()},
+    refuse_until_stopped(Loop, Dead, Parent).
+
+refuse_until_stopped(Loop, Dead, Parent) ->
+    receive stop -> Parent ! {stopped, self()}
+    after 0 ->
+        {error, noproc} = py_nif:event_loop_set_router(Loop, Dead),
+        refuse_until_stopped(Loop, Dead, Parent)
+    end.
+
+%% Adds and removes a reader until `Until', the router's queue drained each
+%% time.
+churn(Loop, Fd, Router, Until) ->
+    case now_ms() > Until of
+        true -> ok;
+        false ->
+            {ok, Ref} = py_nif:add_reader(Loop, Fd, 0),
+            ok = py_nif:remove_reader(Loop, Ref),
+            _ = sys:get_state(Router),
+            churn(Loop, Fd, Router, Until)
+    end.
 
 %% A timer key or an FdRef of one loop names nothing in another, even when
 %% both loops made theirs in the same order.
@@ -933,7 +983,9 @@ dropped_loops_leak_no_fds_without_a_placer(_Config) ->
         unlink(Router),
         Router ! stop
     after
-        ok = py_nif:set_loop_placer(Placer)
+        ok = py_nif:set_loop_placer(Placer),
+        %% Stops left queued by a failure part-way: made now.
+        ok = py_nif:apply_orphan_stops()
     end.
 
 %% get_pending alone (no poll_events) keeps an fd's events coming: the fds

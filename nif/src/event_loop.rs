@@ -377,9 +377,10 @@ fn timer_salt(loop_id: u64) -> u64 {
 /// `event_loop_new()` -> `{ok, LoopRef}`.
 #[rustler::nif]
 fn event_loop_new(env: Env<'_>) -> Term<'_> {
-    if placer().is_none() {
-        // Without the application, nobody else makes the stops that loops
-        // dropped while their server lived left behind: the next caller.
+    if placer().is_none_or(|placer| !env.is_process_alive(placer)) {
+        // Without the application (or with its placer killed), nobody else
+        // makes the stops that loops dropped while their server lived left
+        // behind: the next caller.
         let stops = std::mem::take(&mut *lock(&ORPHAN_STOPS));
         apply_stops(env, env.pid(), stops);
     }
@@ -401,32 +402,33 @@ fn event_loop_set_router<'a>(
     if let Err(reason) = resource.open() {
         return error(env, reason);
     }
-    // Set before the monitor, so that a death right after it is seen by
-    // `down` as this server's.
-    let previous = lock(&resource.host.server).replace(server);
+    // Monitored first: a dead pid is refused before anything is sent to it
+    // (the loop's wake-ups are coalesced: one sent to a dead pid is lost
+    // and leaves the live router without its selects).
     if resource.monitor(Some(env), &server).is_none() {
-        // A dead pid changes nothing: the server before it (if any) serves
-        // on. Its death while this one stood in was ignored by `down`.
-        let restored = {
-            let mut current = lock(&resource.host.server);
-            if *current == Some(server) {
-                *current = previous;
-            }
-            *current
-        };
-        if let Some(before) = restored {
-            if !env.is_process_alive(before) {
-                resource.lose_server(env, before);
-            }
-        }
         return error(env, noproc());
     }
+    *lock(&resource.host.server) = Some(server);
     let wake = resource.core.set_served();
     tracing::debug!(
         loop_id = resource.host.loop_id,
         "worker attached to the loop"
     );
     deliver_from_nif(env, &resource, wake);
+    if !env.is_process_alive(server) {
+        // Died since the monitor. Its `down` is still to come (the loop
+        // still names it: done here instead), or it came before
+        // `set_served` cleared its mark (the loop names none): marked again.
+        let current = *lock(&resource.host.server);
+        match current {
+            Some(pid) if pid == server => resource.lose_server(env, server),
+            None => {
+                resource.core.server_down();
+                tell_watchers(env, &resource);
+            }
+            Some(_) => {} // another router was set since
+        }
+    }
     atoms::ok().encode(env)
 }
 

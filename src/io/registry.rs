@@ -86,7 +86,9 @@ pub enum Readiness {
 
 /// Tokens are numbered across all loops of the process, so that a
 /// registration's token (an Erlang `FdRef`, an fd resource) given to
-/// another loop names nothing there.
+/// another loop names nothing there. (An own-poller loop's epoll handle has
+/// the fixed `POLLER_TOKEN`, in every loop: a readiness of another loop's
+/// costs one look that finds nothing.)
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Default)]
