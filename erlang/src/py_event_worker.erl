@@ -63,7 +63,8 @@ handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
-handle_info({py_loop, Id, Signals}, State) when is_list(Signals) ->
+%% `length/1' fails (and the guard with it) on an improper list.
+handle_info({py_loop, Id, Signals}, State) when length(Signals) >= 0 ->
     case signals(Id, Signals, State) of
         #state{dedicated = true, loops = Loops} = Done when map_size(Loops) =:= 0 ->
             {stop, normal, Done};

@@ -95,14 +95,13 @@ impl NifHost {
 
 /// Queues `stops` for `py_event_loops` and has `notify` tell it (with
 /// whichever env the caller may send from).
-fn hand_to_placer(stops: Vec<SelectRequest>, notify: impl FnOnce(&LocalPid)) {
+fn hand_to_placer(stops: Vec<SelectRequest>, notify: impl FnOnce(&LocalPid) -> bool) -> bool {
     if stops.is_empty() {
-        return;
+        // Taken already, by whoever makes them.
+        return true;
     }
     lock(&ORPHAN_STOPS).extend(stops);
-    if let Some(placer) = placer() {
-        notify(&placer);
-    }
+    placer().is_some_and(|placer| notify(&placer))
 }
 
 /// Makes select stops with the env of whichever process or callback calls
@@ -121,25 +120,28 @@ impl LoopHost for NifHost {
         fd_resource::open(fd, token)
     }
 
-    fn deliver(&self, wake: Wake) {
-        let Some(server) = *lock(&self.server) else {
-            if wake.apply_selects || wake.closed {
-                hand_to_placer(self.take_orphan_stops(), |placer| {
-                    let mut env = OwnedEnv::new();
-                    let _ = env.send_and_clear(placer, |env| py_orphan_stops().encode(env));
-                });
-            }
-            return;
-        };
+    fn deliver(&self, wake: Wake) -> bool {
         if rustler::thread::is_scheduler_thread() {
+            // An OwnedEnv cannot send from there.
             tracing::error!(
                 loop_id = self.loop_id,
                 "wake delivered from a scheduler thread"
             );
-            return;
+            return false;
         }
+        let Some(server) = *lock(&self.server) else {
+            if !(wake.apply_selects || wake.closed) {
+                return false;
+            }
+            return hand_to_placer(self.take_orphan_stops(), |placer| {
+                let mut env = OwnedEnv::new();
+                env.send_and_clear(placer, |env| py_orphan_stops().encode(env))
+                    .is_ok()
+            });
+        };
         let mut env = OwnedEnv::new();
-        let _ = env.send_and_clear(&server, |env| wake_message(env, self.loop_id, wake));
+        env.send_and_clear(&server, |env| wake_message(env, self.loop_id, wake))
+            .is_ok()
     }
 
     fn wait_closed(&self, handles: &[SelectHandle], timeout: Duration) -> bool {
@@ -184,9 +186,7 @@ impl rustler::Resource for LoopResource {
             !fd_resource::downcast(&request.handle)
                 .is_some_and(|handle| handle.close_if_never_selected())
         });
-        hand_to_placer(stops, |placer| {
-            let _ = env.send(placer, py_orphan_stops());
-        });
+        hand_to_placer(stops, |placer| env.send(placer, py_orphan_stops()).is_ok());
     }
 
     fn down<'a>(&'a self, env: Env<'a>, pid: LocalPid, _monitor: Monitor) {
@@ -203,9 +203,12 @@ impl LoopResource {
             return;
         }
         *server = None;
+        // Marked under the server's lock: a `set_router` naming a new server
+        // now comes before (and this finds it named) or after (and its
+        // `set_served` clears the mark), never in between.
+        self.core.server_down();
         drop(server);
         tracing::warn!(loop_id = self.host.loop_id, "the loop's Erlang worker died");
-        self.core.server_down();
         // Stops the dead server owed (a loop closed just before it died).
         apply_stops(env, pid, self.core.take_stop_requests());
         tell_watchers(env, self);
@@ -408,8 +411,14 @@ fn event_loop_set_router<'a>(
     if resource.monitor(Some(env), &server).is_none() {
         return error(env, noproc());
     }
-    *lock(&resource.host.server) = Some(server);
-    let wake = resource.core.set_served();
+    // Named and served under the server's lock (then the core's, the
+    // order every path takes): a `lose_server` of the previous server
+    // marks the loop down before or after, not between.
+    let wake = {
+        let mut named = lock(&resource.host.server);
+        *named = Some(server);
+        resource.core.set_served()
+    };
     tracing::debug!(
         loop_id = resource.host.loop_id,
         "worker attached to the loop"
@@ -419,11 +428,15 @@ fn event_loop_set_router<'a>(
         // Died since the monitor. Its `down` is still to come (the loop
         // still names it: done here instead), or it came before
         // `set_served` cleared its mark (the loop names none): marked again.
-        let current = *lock(&resource.host.server);
-        match current {
-            Some(pid) if pid == server => resource.lose_server(env, server),
+        let current = lock(&resource.host.server);
+        match *current {
+            Some(pid) if pid == server => {
+                drop(current);
+                resource.lose_server(env, server);
+            }
             None => {
                 resource.core.server_down();
+                drop(current);
                 tell_watchers(env, &resource);
             }
             Some(_) => {} // another router was set since

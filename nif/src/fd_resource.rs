@@ -34,8 +34,12 @@ struct FdResource {
     token: u64,
     /// `enif_select` was called at least once: closing must wait for stop.
     selected: AtomicBool,
-    /// The duplicate was closed (by stop, or by the destructor).
+    /// The duplicate is being closed (by stop, or by the destructor): set
+    /// first, so that it is closed once.
     closed: AtomicBool,
+    /// The duplicate is closed: set after `close(2)` returned, under
+    /// `CLOSES`, for [`wait_closed`].
+    released: AtomicBool,
 }
 
 /// How many duplicates were closed; [`wait_closed`] waits on `CLOSED` for
@@ -48,7 +52,9 @@ impl FdResource {
         if !self.closed.swap(true, Ordering::AcqRel) {
             // SAFETY: `fd` is our own duplicate, closed exactly once here.
             unsafe { libc::close(self.fd) };
-            *CLOSES.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            let mut closes = CLOSES.lock().unwrap_or_else(|e| e.into_inner());
+            self.released.store(true, Ordering::Release);
+            *closes += 1;
             CLOSED.notify_all();
         }
     }
@@ -63,7 +69,7 @@ pub fn wait_closed(handles: &[SelectHandle], timeout: Duration) -> bool {
         // Looked at under the lock that `close_once` takes after closing:
         // a close after this look wakes the wait below.
         let all_closed = handles.iter().all(|handle| {
-            downcast(handle).is_none_or(|fd| fd.resource().closed.load(Ordering::Acquire))
+            downcast(handle).is_none_or(|fd| fd.resource().released.load(Ordering::Acquire))
         });
         if all_closed {
             return true;
@@ -228,6 +234,7 @@ pub fn open(fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
                 token,
                 selected: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
+                released: AtomicBool::new(false),
             },
         )
     };

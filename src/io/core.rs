@@ -535,7 +535,7 @@ impl LoopCore {
         wake: Wake,
     ) -> MutexGuard<'a, State> {
         drop(state);
-        self.host.deliver(wake);
+        let _ = self.host.deliver(wake);
         self.lock()
     }
 
@@ -632,6 +632,9 @@ impl LoopCore {
     /// watched fd is selected again by the new one.
     pub fn set_served(&self) -> Wake {
         let mut state = self.lock();
+        // A new server has been told nothing: a wake-up signalled to the one
+        // before (which may have died without acting on it) is owed again.
+        state.selects_signalled = false;
         if state.served {
             let requests = state.fds.reselect_all();
             state.selects.extend(requests);

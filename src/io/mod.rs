@@ -102,8 +102,9 @@ pub trait LoopHost: Send + Sync {
     fn open_fd(&self, fd: RawFd, token: u64) -> std::io::Result<SelectHandle>;
 
     /// Tells the serving process what `wake` asks, from a thread that is not
-    /// an Erlang scheduler.
-    fn deliver(&self, wake: Wake);
+    /// an Erlang scheduler. True if a live process was sent it (the server,
+    /// or the process that makes a gone server's stops).
+    fn deliver(&self, wake: Wake) -> bool;
 
     /// Waits, at most `timeout`, until the duplicate fds of `handles`, whose
     /// stops were asked for, are closed (the serving process makes a stop

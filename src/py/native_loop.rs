@@ -88,10 +88,9 @@ impl NativeLoop {
         self.fired.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn deliver(&self, wake: Wake) {
-        if !wake.is_empty() {
-            self.core.host().deliver(wake);
-        }
+    /// True if a live process was told (nothing to tell: false).
+    fn deliver(&self, wake: Wake) -> bool {
+        !wake.is_empty() && self.core.host().deliver(wake)
     }
 
     /// Schedules a timer at `deadline_ns` in the wheel that reports `id`;
@@ -286,8 +285,9 @@ impl NativeLoop {
     fn close(&self, py: Python<'_>) {
         tracing::debug!(loop_id = self.loop_id, "python event loop closed");
         let (wake, stopping) = self.core.close_stopping();
-        self.deliver(wake);
-        if stopping.is_empty() {
+        // No live process told (the application stopping, say): nobody
+        // makes the stops before it starts again, no wait.
+        if !self.deliver(wake) || stopping.is_empty() {
             return;
         }
         let host = self.core.host();

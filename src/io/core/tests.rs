@@ -17,8 +17,9 @@ impl LoopHost for FakeHost {
         Ok(Arc::new(token))
     }
 
-    fn deliver(&self, wake: Wake) {
+    fn deliver(&self, wake: Wake) -> bool {
         self.delivered.lock().unwrap().push(wake);
+        true
     }
 }
 
@@ -266,6 +267,26 @@ fn a_new_server_selects_every_watched_fd_again() {
                 write: false
             }
         ]
+    );
+}
+
+#[test]
+fn a_new_server_is_signalled_what_a_dead_one_was_told_and_never_did() {
+    let (core, _) = new_loop();
+    core.set_served();
+    core.add_interest(5, EventKind::Read, 1).unwrap();
+    assert_eq!(core.take_select_requests().len(), 1);
+    // The stop is signalled; the server dies without making it, and the
+    // stop is made by another process.
+    assert!(core.remove_interest(5, EventKind::Read).1.apply_selects);
+    core.server_down();
+    assert_eq!(core.take_stop_requests().len(), 1);
+    core.set_served();
+    // The new server is told of the next select.
+    assert!(
+        core.add_interest(6, EventKind::Read, 2)
+            .unwrap()
+            .apply_selects
     );
 }
 
