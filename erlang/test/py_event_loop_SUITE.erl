@@ -285,9 +285,7 @@ poller_sees_news_from_other_processes(_Config) ->
 %% a loop without one stays open to timers (not server_down).
 -spec dead_router_changes_nothing(ct_suite:ct_config()) -> term().
 dead_router_changes_nothing(_Config) ->
-    Dead = spawn(fun() -> ok end),
-    DeadMon = monitor(process, Dead),
-    receive {'DOWN', DeadMon, process, Dead, _} -> ok end,
+    Dead = dead_pid(),
     Loop = new_loop(),
     ?assertEqual({error, noproc}, py_nif:event_loop_set_router(Loop, Dead)),
     {ok, _} = py_nif:call_later(Loop, 10, 1),
@@ -334,9 +332,7 @@ stray_messages_leave_the_worker_serving(_Config) ->
 %% loses no wake-up of the live router: an fd added afterwards reports.
 -spec dead_router_refusals_lose_no_wake_up(ct_suite:ct_config()) -> term().
 dead_router_refusals_lose_no_wake_up(_Config) ->
-    Dead = spawn(fun() -> ok end),
-    DeadMon = monitor(process, Dead),
-    receive {'DOWN', DeadMon, process, Dead, _} -> ok end,
+    Dead = dead_pid(),
     Tx = sender(),
     lists:foreach(
       fun(Round) ->
@@ -699,9 +695,7 @@ bad_arguments(_Config) ->
      || Bad <- [not_a_pid, {Placer}, [Placer], 1, make_ref(), <<"undefined">>]],
     ?assertMatch({ok, _}, py:eval(<<"__import__('asyncio').run(__import__('asyncio').sleep(0))">>)),
     %% A dead router is refused; a live one then serves the loop.
-    Dead = spawn(fun() -> ok end),
-    MonDead = monitor(process, Dead),
-    receive {'DOWN', MonDead, process, Dead, _} -> ok end,
+    Dead = dead_pid(),
     ?assertMatch({error, _}, py_nif:event_loop_set_router(Other, Dead)),
     {ok, OtherRouter} = py_event_router:start_link(Other),
     remember(Other, OtherRouter),
@@ -1338,6 +1332,11 @@ wait_pending(Loop, N, Timeout) ->
 
 %% Calls `Get' until `Done' accepts its value or `Timeout' ms pass; returns
 %% the last value.
+%% A pid whose process has ended.
+dead_pid() ->
+    {Pid, Mon} = spawn_monitor(fun() -> ok end),
+    receive {'DOWN', Mon, process, Pid, _} -> Pid end.
+
 %% Waits until `Poller' waits inside py_nif:poll_events (its receive).
 wait_polling(Poller) ->
     InPoll = fun() ->
