@@ -300,13 +300,19 @@ fn deliver_from_nif(env: Env<'_>, resource: &LoopResource, wake: Wake) {
 /// server is gone (called by `py_event_loops` on `py_orphan_stops`).
 #[rustler::nif]
 fn apply_orphan_stops(env: Env<'_>) -> Atom {
+    make_orphan_stops(env);
+    atoms::ok()
+}
+
+/// Makes the queued stops of loops whose server is gone, with the caller's
+/// env.
+fn make_orphan_stops(env: Env<'_>) {
     let stops = std::mem::take(&mut *lock(&ORPHAN_STOPS));
     tracing::debug!(
         count = stops.len(),
         "select stops of loops without a worker"
     );
     apply_stops(env, env.pid(), stops);
-    atoms::ok()
 }
 
 fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
@@ -384,8 +390,7 @@ fn event_loop_new(env: Env<'_>) -> Term<'_> {
         // Without the application (or with its placer killed), nobody else
         // makes the stops that loops dropped while their server lived left
         // behind: the next caller.
-        let stops = std::mem::take(&mut *lock(&ORPHAN_STOPS));
-        apply_stops(env, env.pid(), stops);
+        make_orphan_stops(env);
     }
     match LoopResource::new(false) {
         Ok(resource) => (atoms::ok(), ResourceArc::new(resource)).encode(env),

@@ -42,9 +42,9 @@ struct FdResource {
     released: AtomicBool,
 }
 
-/// How many duplicates were closed; [`wait_closed`] waits on `CLOSED` for
-/// it to move.
-static CLOSES: Mutex<u64> = Mutex::new(0);
+/// Taken by `close_once` after a close and by [`wait_closed`] around its
+/// look, so that no close falls between the look and the wait on `CLOSED`.
+static CLOSES: Mutex<()> = Mutex::new(());
 static CLOSED: Condvar = Condvar::new();
 
 impl FdResource {
@@ -52,9 +52,8 @@ impl FdResource {
         if !self.closed.swap(true, Ordering::AcqRel) {
             // SAFETY: `fd` is our own duplicate, closed exactly once here.
             unsafe { libc::close(self.fd) };
-            let mut closes = CLOSES.lock().unwrap_or_else(|e| e.into_inner());
+            let _closes = CLOSES.lock().unwrap_or_else(|e| e.into_inner());
             self.released.store(true, Ordering::Release);
-            *closes += 1;
             CLOSED.notify_all();
         }
     }
@@ -159,8 +158,9 @@ impl FdHandle {
 
     /// Closes the fd now if it never entered the BEAM's poll set, as a
     /// `Stop` does then. False if it did: only a stop may close it. For
-    /// callers no `select` of this fd can run beside (the destructor of
-    /// its loop, which every `select` call holds a reference to).
+    /// callers no `select` of this fd can run beside: a `Stop` (its
+    /// selects come from one process at a time), the destructor of its loop
+    /// (which every `select` call holds a reference to).
     pub fn close_if_never_selected(&self) -> bool {
         let resource = self.resource();
         if resource.selected.load(Ordering::Acquire) {
@@ -185,8 +185,7 @@ impl FdHandle {
                     | (if write { ERL_NIF_SELECT_WRITE } else { 0 })
             }
             SelectOp::Stop => {
-                if !resource.selected.load(Ordering::Acquire) {
-                    resource.close_once();
+                if self.close_if_never_selected() {
                     return 0;
                 }
                 ERL_NIF_SELECT_STOP
