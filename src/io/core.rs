@@ -351,19 +351,24 @@ impl LoopCore {
     /// Work to do before a wait: queue timers already due, re-arm fds whose
     /// events were taken. Returns what to tell the server.
     pub fn prepare_wait(&self) -> Wake {
+        self.lock().prepare()
+    }
+
+    /// `prepare_wait` then `wait`, under one lock unless the preparation
+    /// has something to tell the server: a busy loop looks once per
+    /// iteration, and each lock is an atomic round trip.
+    pub fn prepare_and_wait(
+        &self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Event>,
+        max: usize,
+    ) -> Result<Waited, WaitError> {
         let mut state = self.lock();
-        if state.closed {
-            return Wake::default();
+        let wake = state.prepare();
+        if !wake.is_empty() {
+            state = self.deliver_unlocked(state, wake);
         }
-        let now = now_monotonic_ns();
-        state.advance(now);
-        let mut wake = Wake::default();
-        for fd in std::mem::take(&mut state.rearm) {
-            if let Some(request) = state.fds.rearm(fd) {
-                wake = wake.merge(state.owe_selects(Some(request)));
-            }
-        }
-        wake.merge(state.arm_timer(|| now))
+        self.wait_locked(state, timeout, out, max)
     }
 
     /// Waits until an event is queued, a wake-up is requested, or `timeout`
@@ -375,7 +380,18 @@ impl LoopCore {
         out: &mut Vec<Event>,
         max: usize,
     ) -> Result<Waited, WaitError> {
-        let (mut state, slept, timed_out) = self.block(timeout, max)?;
+        self.wait_locked(self.lock(), timeout, out, max)
+    }
+
+    /// `wait` with the state already locked.
+    fn wait_locked<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        timeout: Option<Duration>,
+        out: &mut Vec<Event>,
+        max: usize,
+    ) -> Result<Waited, WaitError> {
+        let (mut state, slept, timed_out) = self.block(state, timeout, max)?;
         let woken = std::mem::take(&mut state.wakeup_requested);
         let before = out.len();
         let more = state.drain(out, max);
@@ -401,7 +417,7 @@ impl LoopCore {
     /// `wait` counts them: spurious if it finds nothing and its wait did not
     /// just time out (`timed_out`).
     pub fn poll_ready(&self, slept: bool, timed_out: bool) -> Result<Look, WaitError> {
-        let (mut state, _, _) = self.block(Some(Duration::ZERO), 0)?;
+        let (mut state, _, _) = self.block(self.lock(), Some(Duration::ZERO), 0)?;
         let woken = std::mem::take(&mut state.wakeup_requested);
         let ready = woken || !state.pending.is_empty();
         if slept {
@@ -433,13 +449,16 @@ impl LoopCore {
     /// timeout passes; looks into the loop's own epoll set (up to `io_room`
     /// events, into `polled`) before each sleep. Returns the locked state,
     /// whether it slept, and whether the timeout ended the wait.
-    fn block(
-        &self,
+    fn block<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
         timeout: Option<Duration>,
         io_room: usize,
-    ) -> Result<(MutexGuard<'_, State>, bool, bool), WaitError> {
-        let give_up = timeout.map(|t| Instant::now() + t);
-        let mut state = self.lock();
+    ) -> Result<(MutexGuard<'a, State>, bool, bool), WaitError> {
+        // A look without a wait (every iteration of a busy loop) reads no
+        // clock for its limit.
+        let no_wait = timeout == Some(Duration::ZERO);
+        let give_up = timeout.filter(|_| !no_wait).map(|t| Instant::now() + t);
         let mut slept = false;
         // When a timer less than a tick away may end the wait (see below).
         let mut tick_floor: Option<u64> = None;
@@ -496,7 +515,7 @@ impl LoopCore {
                 until_timer = Some(Duration::from_nanos(wake_at - now_ns));
             }
             let mut limit = give_up.map(|g| g.saturating_duration_since(Instant::now()));
-            if limit == Some(Duration::ZERO) {
+            if no_wait || limit == Some(Duration::ZERO) {
                 return Ok((state, slept, true));
             }
             if let Some(until) = until_timer {
@@ -716,6 +735,22 @@ impl LoopCore {
 }
 
 impl State {
+    /// Work to do before a wait (see `LoopCore::prepare_wait`).
+    fn prepare(&mut self) -> Wake {
+        if self.closed {
+            return Wake::default();
+        }
+        let now = now_monotonic_ns();
+        self.advance(now);
+        let mut wake = Wake::default();
+        for fd in std::mem::take(&mut self.rearm) {
+            if let Some(request) = self.fds.rearm(fd) {
+                wake = wake.merge(self.owe_selects(Some(request)));
+            }
+        }
+        wake.merge(self.arm_timer(|| now))
+    }
+
     fn check_open(&self) -> Result<(), WaitError> {
         if self.closed {
             Err(WaitError::Closed)

@@ -57,6 +57,10 @@ pub struct NativeLoop {
     /// loop's runner: their ids stand for objects it owns and never reach
     /// Python.
     fired: Mutex<Vec<Event>>,
+    /// Whether `fired` may hold timers: written under its lock, read
+    /// without, so that a loop's every iteration takes no lock for an empty
+    /// list.
+    any_fired: AtomicBool,
     /// A `LoopRunner` owns the loop's timers: at most one may ever.
     claimed: AtomicBool,
 }
@@ -74,6 +78,7 @@ impl NativeLoop {
             loop_id,
             isolated,
             fired: Mutex::new(Vec::new()),
+            any_fired: AtomicBool::new(false),
             claimed: AtomicBool::new(false),
         }
     }
@@ -119,7 +124,7 @@ impl NativeLoop {
     /// Takes every timer the loop holds; their ids.
     pub(crate) fn take_all_timers(&self) -> Vec<u64> {
         let mut ids = self.core.take_all_timers();
-        ids.extend(self.fired().drain(..).map(|event| event.id));
+        ids.extend(self.take_fired().into_iter().map(|event| event.id));
         ids
     }
 
@@ -141,7 +146,22 @@ impl NativeLoop {
 
     /// The timers a direct `wait` fired, taken.
     pub(crate) fn take_fired(&self) -> Vec<Event> {
-        std::mem::take(&mut *self.fired())
+        if !self.any_fired.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut fired = self.fired();
+        self.any_fired.store(false, Ordering::Release);
+        std::mem::take(&mut *fired)
+    }
+
+    /// Keeps fired timers for the loop's runner (`take_fired`).
+    fn keep_fired(&self, timers: &mut Vec<Event>) {
+        if timers.is_empty() {
+            return;
+        }
+        let mut fired = self.fired();
+        fired.append(timers);
+        self.any_fired.store(true, Ordering::Release);
     }
 
     /// Waits for events (GIL released unless `timeout` is zero): the fd
@@ -152,17 +172,16 @@ impl NativeLoop {
         py: Python<'_>,
         timeout: Option<Duration>,
     ) -> PyResult<(FdEvents, Vec<Event>)> {
-        self.deliver(self.core.prepare_wait());
         let core = &self.core;
         let mut events: Vec<Event> = Vec::new();
         let waited = if timeout == Some(Duration::ZERO) {
-            core.wait(timeout, &mut events, MAX_EVENTS_PER_WAIT)
+            core.prepare_and_wait(timeout, &mut events, MAX_EVENTS_PER_WAIT)
         } else {
-            py.detach(|| core.wait(timeout, &mut events, MAX_EVENTS_PER_WAIT))
+            py.detach(|| core.prepare_and_wait(timeout, &mut events, MAX_EVENTS_PER_WAIT))
         };
         let mut timers = self.take_fired();
         if let Err(error) = waited {
-            self.fired().append(&mut timers);
+            self.keep_fired(&mut timers);
             return Err(wait_error(error));
         }
         let mut masks: FdEvents = Vec::new();
@@ -260,8 +279,9 @@ impl NativeLoop {
         // Python code runs next: an interrupt of the wait needs nothing
         // more (see `interrupt`).
         self.core.take_interrupt();
+        let mut timers = timers;
         let fired = timers.len();
-        self.fired().extend(timers);
+        self.keep_fired(&mut timers);
         Ok((fds, fired))
     }
 

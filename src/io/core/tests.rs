@@ -345,6 +345,44 @@ fn fd_readiness_flows_through_the_queue_and_rearms_after_being_taken() {
 }
 
 #[test]
+fn prepare_and_wait_tells_the_server_and_returns_what_is_due() {
+    let (core, host) = new_loop();
+    core.set_served();
+    core.add_interest(4, EventKind::Read, 100).unwrap();
+    let token = token_of(&core.take_select_requests()[0]);
+    core.fd_ready(token, EventKind::Read);
+    let mut out = Vec::new();
+    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
+        .unwrap();
+    assert_eq!(out.len(), 1, "the fd event");
+    // The next look re-arms the fd (told to the server, the loop unlocked
+    // meanwhile) and queues a timer already due, in the same call.
+    let told = host.delivered.lock().unwrap().len();
+    let (key, _) = core.insert_timer(now_monotonic_ns(), 7).unwrap();
+    out.clear();
+    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
+        .unwrap();
+    let delivered = host.delivered.lock().unwrap()[told..].to_vec();
+    assert!(
+        delivered.iter().any(|wake| wake.apply_selects),
+        "{delivered:?}"
+    );
+    assert!(matches!(
+        core.take_select_requests()[..],
+        [SelectRequest {
+            op: SelectOp::Arm { read: true, .. },
+            ..
+        }]
+    ));
+    assert_eq!(out.iter().map(|event| event.key).collect::<Vec<_>>(), [key]);
+    core.close();
+    assert_eq!(
+        core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16),
+        Err(WaitError::Closed)
+    );
+}
+
+#[test]
 fn removing_interest_drops_a_queued_event_and_stops_the_select() {
     let (core, _) = new_loop();
     core.set_served();
