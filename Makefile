@@ -48,7 +48,7 @@ test-conformance-quick:
 conformance: build
 	$(CLI) -m erlang_python_conformance
 
-# ErlangEventLoop against the stdlib loop and uvloop (wrk for the ASGI part).
+# ErlangEventLoop against the stdlib loop, uvloop and rloop (wrk for the ASGI part).
 bench: build
 	scripts/bench-deps.sh
 	$(CLI) examples/benchmark_event_loop.py

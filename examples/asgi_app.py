@@ -68,7 +68,8 @@ app = Starlette(
 def make_server(loop: str = "none", host: str = "127.0.0.1", port: int = 0) -> uvicorn.Server:
     """A uvicorn server for ``app``. ``loop`` is uvicorn's setting: "none"
     takes the policy's loop (ErlangEventLoop inside the node), "asyncio" the
-    stdlib's, "uvloop" uvloop. Port 0: the system picks one."""
+    stdlib's, "uvloop" uvloop, "rloop:new_event_loop" rloop (a loop
+    factory's import path). Port 0: the system picks one."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -114,9 +115,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="uvicorn + Starlette inside the node")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--loop", default="none", choices=("none", "asyncio", "uvloop"))
+    parser.add_argument("--loop", default="none", choices=("none", "asyncio", "uvloop", "rloop"))
     args = parser.parse_args(argv)
-    config = uvicorn.Config(app, host=args.host, port=args.port, loop=args.loop, lifespan="off")
+    loop = "rloop:new_event_loop" if args.loop == "rloop" else args.loop
+    config = uvicorn.Config(app, host=args.host, port=args.port, loop=loop, lifespan="off")
     # Inside the node Python never runs on its main thread, so uvicorn installs
     # no signal handlers: stop the node (or the erlang-python command) to stop.
     uvicorn.Server(config).run()

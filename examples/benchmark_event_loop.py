@@ -1,5 +1,5 @@
-"""ErlangEventLoop side by side with the stdlib's loop and uvloop, in one run,
-inside the BEAM node.
+"""ErlangEventLoop side by side with the stdlib's loop, uvloop and rloop, in one
+run, inside the BEAM node.
 
     bin/erlang-python examples/benchmark_event_loop.py [--quick] [--only NAME ...]
 
@@ -43,12 +43,14 @@ from typing import Any
 
 import erlang_asyncio
 import erlang_loop
+import rloop
 import uvloop
 
 HOST = "127.0.0.1"
 ERLANG = "ErlangEventLoop"
 STDLIB = "asyncio"
 UVLOOP = "uvloop"
+RLOOP = "rloop"
 
 # How each kind of loop is made. asyncio.new_event_loop() would give an
 # ErlangEventLoop inside the node (the policy), so the stdlib loop is named.
@@ -56,6 +58,7 @@ FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     ERLANG: erlang_loop.ErlangEventLoop,
     STDLIB: asyncio.SelectorEventLoop,
     UVLOOP: uvloop.new_event_loop,
+    RLOOP: rloop.new_event_loop,
 }
 LOOPS = tuple(FACTORIES)
 
@@ -731,8 +734,13 @@ def bench_idle(timers: int, seconds: float) -> None:
 
 
 # uvicorn's loop setting for each kind: "none" asks asyncio, whose policy in
-# the node gives ErlangEventLoop.
-UVICORN_LOOPS = {ERLANG: "none", STDLIB: "asyncio", UVLOOP: "uvloop"}
+# the node gives ErlangEventLoop; rloop is named by its factory's import path.
+UVICORN_LOOPS = {
+    ERLANG: "none",
+    STDLIB: "asyncio",
+    UVLOOP: "uvloop",
+    RLOOP: "rloop:new_event_loop",
+}
 
 
 def bench_asgi(seconds: float, connections: int, repeat: int) -> None:
@@ -881,7 +889,8 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     print(
         f"Python {platform.python_version()} inside the BEAM, {os.cpu_count()} cores, "
-        f"uvloop {uvloop.__version__}{' (--quick)' if args.quick else ''}"
+        f"uvloop {uvloop.__version__}, rloop {rloop.__version__}"
+        f"{' (--quick)' if args.quick else ''}"
     )
     print("ratio: ErlangEventLoop against the best other loop; > 1 = ErlangEventLoop is better")
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs beyond `make build`: wrk (Debian), the HTTP
-# load generator of the ASGI benchmark. uvloop, uvicorn and Starlette come
+# load generator of the ASGI benchmark. uvloop, rloop, uvicorn and Starlette come
 # with the venv (requirements-dev.txt). Idempotent.
 set -euo pipefail
 

@@ -39,7 +39,12 @@ def test_a_quick_run_measures_every_workload_on_every_loop() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ")]
     header, figures = rows[0], rows[1:]
-    assert [cell.strip() for cell in header[2:5]] == ["ErlangEventLoop", "asyncio", "uvloop"]
+    assert [cell.strip() for cell in header[2:6]] == [
+        "ErlangEventLoop",
+        "asyncio",
+        "uvloop",
+        "rloop",
+    ]
     workloads = {cells[0].strip() for cells in figures}
     for expected in (
         "call_soon",
