@@ -1,20 +1,20 @@
 //! `_read_ready` and `sendto` of `_ErlangDatagramTransport`, native.
 //!
-//! Each readiness event costs a loop iteration, so our datagram transport
-//! drains up to `DATAGRAM_BATCH` datagrams per event (the bound keeps one
-//! busy socket from starving the others). Before each
-//! one: nothing more once the transport lost its connection, is closing or
-//! is paused (`datagram_received` may have done either). Then one
-//! `recvfrom` into the thread's receive buffer (at most `max_size` bytes):
-//! would-block or EINTR ends the batch; another error goes to
+//! One datagram per readiness event, as asyncio reads them: what
+//! `datagram_received` schedules runs before the next datagram is read (a
+//! protocol may count on that: a future per datagram). Nothing once the
+//! transport lost its connection, is closing or is paused. One `recvfrom`
+//! into the thread's receive buffer (at most `max_size` bytes):
+//! would-block or EINTR reads nothing; another error goes to
 //! `protocol.error_received` (ICMP errors on a connected endpoint), as in
-//! asyncio, and ends it; a datagram goes to `protocol.datagram_received`
-//! with the sender's address as the socket module gives it, `(host, port)`
-//! or `(host, port, flowinfo, scope_id)`; what that callback raises reaches
+//! asyncio; a datagram goes to `protocol.datagram_received` with the
+//! sender's address as the socket module gives it, `(host, port)` or
+//! `(host, port, flowinfo, scope_id)`; what that callback raises reaches
 //! the loop's exception handler, as from asyncio's `_read_ready`.
 //!
-//! Other sockets than a plain IPv4/IPv6 `socket.socket` run asyncio's own
-//! `_read_ready` (one datagram per event).
+//! Other sockets than a plain IPv4/IPv6 `socket.socket`, and a `max_size`
+//! larger than the receive buffer (or not a size), run asyncio's own
+//! `_read_ready`.
 //!
 //! `sendto(data, addr=None)`: when asyncio's would send at once with every
 //! check passing (`bytes`, nothing buffered, the connected address or none,
@@ -43,18 +43,13 @@ use super::method::{call_method, call_method_fastcall, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::{os_error, os_error_err};
 use super::transport_io::{
-    audit_sendto, call_stock, fatal_error, is_exit, no_event, plain_socket_fd, PlainSocket,
+    audit_sendto, call_stock, fatal_error, is_exit, native_read_size, no_event, PlainSocket,
     RECV_BUFFER,
 };
 
-/// Datagrams read per readiness event at most.
-const DATAGRAM_BATCH: usize = 16;
-
-const READ_ERROR: &str = "Fatal read error on datagram transport";
-
 static READ_READY: MethodDef = MethodDef::noargs(
     c"_read_ready",
-    c"_read_ready($self)\n--\n\nReads the datagrams waiting (up to 16) and hands them to the protocol (native).",
+    c"_read_ready($self)\n--\n\nReads one datagram and hands it to the protocol (native).",
     read_ready_method,
 );
 
@@ -107,7 +102,7 @@ unsafe extern "C" fn read_ready_method(
     // SAFETY: CPython calls this METH_NOARGS method of ours.
     unsafe {
         call_method(slf, no_arg, |transport, _| {
-            read_batch(&SLOTS.attrs_of(transport)).map(|()| transport.py().None())
+            read_one(&SLOTS.attrs_of(transport)).map(|()| transport.py().None())
         })
     }
 }
@@ -311,7 +306,7 @@ fn ipv4_peer(addr: &Bound<'_, PyAny>) -> Option<libc::sockaddr_in> {
     Some(peer)
 }
 
-fn read_batch(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
+fn read_one(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
     let transport = attrs.object();
     let py = transport.py();
     let stock =
@@ -323,44 +318,25 @@ fn read_batch(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return stock(intern!(py, "_read_ready"));
     }
-    let max_size = match transport
-        .getattr(intern!(py, "max_size"))?
-        .extract::<usize>()
-    {
-        Ok(max_size) => max_size,
-        // As asyncio's recvfrom(max_size) failing in its try block.
-        Err(err) => {
-            return fatal_error(
-                transport,
-                err.into_value(py).into_bound(py).into_any(),
-                READ_ERROR,
-            )
-        }
+    let Some(max_size) = native_read_size(transport)? else {
+        return stock(intern!(py, "_read_ready"));
     };
-    for _ in 0..DATAGRAM_BATCH {
-        if stopped(attrs)? {
-            return Ok(());
+    if stopped(attrs)? {
+        return Ok(());
+    }
+    match receive(py, fd, max_size)? {
+        Ok((data, addr)) => {
+            attrs
+                .get(intern!(py, "_protocol"))?
+                .call_method1(intern!(py, "datagram_received"), (data, addr))?;
         }
-        // The protocol may have closed the socket; its fd number may belong
-        // to another socket since.
-        if plain_socket_fd(attrs)? != Some(fd) {
-            return Ok(());
-        }
-        match receive(py, fd, max_size)? {
-            Ok((data, addr)) => {
-                attrs
-                    .get(intern!(py, "_protocol"))?
-                    .call_method1(intern!(py, "datagram_received"), (data, addr))?;
-            }
-            Err(error) if no_event(&error) => return Ok(()),
-            Err(error) => {
-                let exc = os_error(py, &error)?;
-                let _handling = Handling::start(&exc);
-                attrs
-                    .get(intern!(py, "_protocol"))?
-                    .call_method1(intern!(py, "error_received"), (exc,))?;
-                return Ok(());
-            }
+        Err(error) if no_event(&error) => {}
+        Err(error) => {
+            let exc = os_error(py, &error)?;
+            let _handling = Handling::start(&exc);
+            attrs
+                .get(intern!(py, "_protocol"))?
+                .call_method1(intern!(py, "error_received"), (exc,))?;
         }
     }
     Ok(())

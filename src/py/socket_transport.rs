@@ -48,7 +48,7 @@ use super::method::{call_method, call_method_one_arg, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::os_error;
 use super::transport_io::{
-    call_stock, fatal_error, is_exit, no_event, plain_socket_fd, RECV_BUFFER,
+    call_stock, fatal_error, is_exit, native_read_size, no_event, plain_socket_fd, RECV_BUFFER,
 };
 
 static READ_READY: MethodDef = MethodDef::noargs(
@@ -171,20 +171,8 @@ fn read_once(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
     let Some(fd) = plain_socket_fd(attrs)? else {
         return stock_method(transport, intern!(py, "_read_ready__data_received"), ());
     };
-    let max_size = match transport
-        .getattr(intern!(py, "max_size"))?
-        .extract::<usize>()
-    {
-        Ok(max_size) => max_size,
-        // As asyncio's recv(max_size) failing in its try block.
-        Err(err) => {
-            let message = "Fatal read error on socket transport";
-            return fatal_error(
-                transport,
-                err.into_value(py).into_bound(py).into_any(),
-                message,
-            );
-        }
+    let Some(max_size) = native_read_size(transport)? else {
+        return stock_method(transport, intern!(py, "_read_ready__data_received"), ());
     };
     // The buffer is borrowed only for the read and the copy, not while the
     // protocol runs (it may read another transport of this loop).

@@ -25,6 +25,18 @@ thread_local! {
     pub(super) static RECV_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; RECV_BUFFER_SIZE].into_boxed_slice());
 }
 
+/// The transport's `max_size` when a native read can honour it: an int
+/// from 0 to the receive buffer's size. None otherwise (a bigger one, a
+/// negative one, not an int): asyncio's code then reads, as large as asked
+/// or failing as `recv(max_size)` fails.
+pub(super) fn native_read_size(transport: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    let max_size = transport.getattr(pyo3::intern!(transport.py(), "max_size"))?;
+    Ok(max_size
+        .extract::<usize>()
+        .ok()
+        .filter(|&size| size <= RECV_BUFFER_SIZE))
+}
+
 /// The fd of the transport's socket now (-1 once closed), if the socket is
 /// a plain `socket.socket`; None otherwise (asyncio's code then decides).
 pub(super) fn plain_socket_fd(transport: &InstanceAttrs<'_, '_>) -> PyResult<Option<i32>> {

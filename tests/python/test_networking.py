@@ -14,6 +14,7 @@ has a generous deadline (LESSONS 30) and no test asserts a duration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import hashlib
@@ -764,6 +765,57 @@ def test_max_size_bounds_one_read(loop: ErlangEventLoop) -> None:
         b.close()
     assert b"".join(chunks) == b"x" * 100
     assert max(map(len, chunks)) <= 16
+
+
+def test_a_max_size_beyond_the_native_buffer_is_read_as_asked(loop: ErlangEventLoop) -> None:
+    """The native read goes into a 256 KiB buffer; a bigger ``max_size``
+    is asyncio's read, as large as asked, as on the stdlib loop."""
+    a, b = socket.socketpair()
+    for sock, option in ((a, socket.SO_RCVBUF), (b, socket.SO_SNDBUF)):
+        sock.setsockopt(socket.SOL_SOCKET, option, 8 << 20)
+
+    async def main() -> tuple[int, list[bytes]]:
+        transport, client = await loop.create_connection(lambda: Recorder(loop), sock=a)
+        transport.pause_reading()
+        transport.max_size = 4 << 20
+        b.setblocking(False)
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            while sent < 2 << 20:
+                sent += b.send(b"x" * (256 << 10))
+        transport.resume_reading()
+        await wait_for_condition(lambda: len(client.data) >= sent)
+        transport.close()
+        await client.lost
+        return sent, client.chunks
+
+    try:
+        sent, chunks = run(loop, main())
+    finally:
+        b.close()
+    assert sent > 512 << 10, f"the socket pair buffered only {sent} bytes"
+    assert b"".join(chunks) == b"x" * sent
+    assert max(map(len, chunks)) > 256 << 10, list(map(len, chunks))
+
+
+def test_a_negative_max_size_fails_the_read_as_asyncio_s(loop: ErlangEventLoop) -> None:
+    a, b = socket.socketpair()
+
+    async def main() -> BaseException | None:
+        transport, client = await loop.create_connection(lambda: Recorder(loop), sock=a)
+        transport.max_size = -1
+        b.sendall(b"x")
+        return await client.lost
+
+    try:
+        exc = run(loop, main())
+    finally:
+        b.close()
+    # socket.recv(-1) raises ValueError inside asyncio's try: fatal.
+    assert isinstance(exc, ValueError), repr(exc)
+    reported = errors(loop)
+    assert [e["message"] for e in reported] == ["Fatal read error on socket transport"]
+    reported.clear()
 
 
 def test_reads_use_one_buffer_not_a_big_allocation_each(loop: ErlangEventLoop) -> None:
