@@ -25,7 +25,8 @@
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
          no_leaked_fds/1, worker_dies/1, python_worker_dies/1,
-         isolated_loop_worker_stops_on_close/1, get_event_loop_on_any_pool_thread/1,
+         isolated_loop_worker_stops_on_close/1,
+         unclosed_native_loops_release_fds_and_workers/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
          dead_worker_leaks_no_fds/1, owner_gone_leaks_no_fds/1,
          fd_number_reused_without_remove/1, get_pending_rearms_fds/1,
@@ -48,7 +49,8 @@ all() ->
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, worker_dies, python_worker_dies,
-     isolated_loop_worker_stops_on_close, get_event_loop_on_any_pool_thread,
+     isolated_loop_worker_stops_on_close, unclosed_native_loops_release_fds_and_workers,
+     get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
      dead_worker_leaks_no_fds, owner_gone_leaks_no_fds,
      fd_number_reused_without_remove, get_pending_rearms_fds,
@@ -1047,6 +1049,31 @@ isolated_loop_worker_stops_on_close(_Config) ->
     ?assertEqual(Before + 5, Workers()),
     ok = py:exec(<<"for l in loops: l.close()\n">>),
     ?assertEqual(Before, wait_until(Workers, fun(N) -> N =:= Before end, 5000)).
+
+%% A native loop Python drops without close() (ErlangEventLoop.__init__
+%% failing or interrupted after making it, a timed-out py:call say) closes
+%% as it is freed: its fds are released and an isolated loop's worker ends.
+-spec unclosed_native_loops_release_fds_and_workers(ct_suite:ct_config()) -> term().
+unclosed_native_loops_release_fds_and_workers(_Config) ->
+    Workers = fun() -> length(supervisor:which_children(py_event_worker_sup)) end,
+    ok = py:exec(<<"import gc, _erlang_loop, erlang_loop\n"
+                   "from erlang_loop import _loop\n"
+                   "_erlang_loop.new_loop(True).close()\n">>),
+    Before = Workers(),
+    Baseline = fd_count(),
+    ok = py:exec(<<"for i in range(20): _erlang_loop.new_loop(bool(i % 2))\n"
+                   "def failing(self, native): raise KeyboardInterrupt\n"
+                   "stock, _loop._ErlangSelector.__init__ = _loop._ErlangSelector.__init__, failing\n"
+                   "try:\n"
+                   "    for i in range(20):\n"
+                   "        try: erlang_loop.ErlangEventLoop(isolated=bool(i % 2))\n"
+                   "        except KeyboardInterrupt: pass\n"
+                   "finally:\n"
+                   "    _loop._ErlangSelector.__init__ = stock\n"
+                   "gc.collect()\n">>),
+    ?assertEqual(Before, wait_until(Workers, fun(N) -> N =:= Before end, 5000)),
+    Fds = wait_until(fun fd_count/0, fun(N) -> N =< Baseline end, 5000),
+    ?assert(Fds =< Baseline, {leaked_fds, Fds - Baseline}).
 
 %% asyncio.run leaves its thread with set_event_loop(None); the next py:call
 %% that lands on that pool thread must still get a loop from

@@ -204,6 +204,20 @@ impl NativeLoop {
     }
 }
 
+/// A loop dropped without `close()` (its `ErlangEventLoop.__init__` failed
+/// or was interrupted after making it, or it was made bare) closes here:
+/// its serving process stops its selects, which closes its fds, and an
+/// isolated loop's worker ends. No wait for that (this runs in a
+/// deallocation, under the GIL), and no Python code.
+impl Drop for NativeLoop {
+    fn drop(&mut self) {
+        if !self.core.is_closed() {
+            tracing::debug!(loop_id = self.loop_id, "python event loop dropped unclosed");
+            self.deliver(self.core.close());
+        }
+    }
+}
+
 fn wait_error(error: WaitError) -> PyErr {
     PyRuntimeError::new_err(error.to_string())
 }
