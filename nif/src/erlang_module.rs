@@ -78,6 +78,7 @@ fn callback_server() -> PyResult<LocalPid> {
 }
 
 fn ensure_foreign_thread() -> PyResult<()> {
+    erlang_python::py::native_loop::ensure_in_node()?;
     if rustler::thread::is_scheduler_thread() {
         return Err(PyRuntimeError::new_err(
             "erlang.call/send cannot run on an Erlang scheduler thread",

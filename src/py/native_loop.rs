@@ -34,9 +34,28 @@ pub type LoopFactory = fn(isolated: bool) -> std::io::Result<NativeLoop>;
 
 static FACTORY: OnceLock<LoopFactory> = OnceLock::new();
 
+/// The node's process id, recorded when the NIF loads: a process forked
+/// from the node (`os.fork()`) has another, and no BEAM behind it.
+static NODE_PID: OnceLock<u32> = OnceLock::new();
+
 /// Installs the NIF's loop factory (once per process).
 pub fn set_factory(factory: LoopFactory) {
     let _ = FACTORY.set(factory);
+    let _ = NODE_PID.set(std::process::id());
+}
+
+/// Fails in a process forked from the node, where what needs the BEAM (a
+/// loop's server, an Erlang call) would wait forever for threads the fork
+/// did not copy.
+pub fn ensure_in_node() -> PyResult<()> {
+    match NODE_PID.get() {
+        Some(&pid) if pid != std::process::id() => Err(PyRuntimeError::new_err(
+            "this process was forked from the Erlang node (os.fork()): the BEAM did not \
+             come with it, so it has no event loops or Erlang calls; start child \
+             processes with multiprocessing's 'spawn' or subprocess",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// How long `close()` waits for the serving process to stop the loop's
@@ -405,6 +424,7 @@ fn uncatch_signal(signum: i32) -> bool {
 /// `_erlang_loop.new_loop(isolated)`: a native loop with its Erlang server.
 #[pyfunction]
 fn new_loop(py: Python<'_>, isolated: bool) -> PyResult<NativeLoop> {
+    ensure_in_node()?;
     let factory = FACTORY
         .get()
         .ok_or_else(|| PyRuntimeError::new_err("erlang_python is not running"))?;

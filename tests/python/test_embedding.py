@@ -155,3 +155,45 @@ def test_child_processes_are_spawned_never_forked_from_the_vm() -> None:
     assert multiprocessing.get_start_method() == "spawn"
     with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
         assert list(pool.map(abs, [-1, -2, 3], timeout=60)) == [1, 2, 3]
+
+
+def test_a_process_forked_from_the_node_is_refused_loops_and_calls_at_once() -> None:
+    """os.fork() copies the calling thread only, not the BEAM: a loop made
+    in the child (whose server is the node's) or an Erlang call would wait
+    forever. Both raise RuntimeError at once instead."""
+    import asyncio
+    import os
+    import time
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running any cleanup
+        try:
+            os.close(read_end)
+            outcomes = []
+            for attempt in (
+                lambda: asyncio.run(asyncio.sleep(0)),
+                lambda: erlang.call("no_function_registered_by_this_name"),
+            ):
+                try:
+                    attempt()
+                    outcomes.append("returned")
+                except RuntimeError as error:
+                    outcomes.append(f"RuntimeError: {error}")
+                except BaseException as error:
+                    outcomes.append(f"{type(error).__name__}: {error}")
+            os.write(write_end, "\n".join(outcomes).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    give_up = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > give_up:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.01)
+    with os.fdopen(read_end, "rb") as reader:
+        outcomes = reader.read().decode().split("\n")
+    assert len(outcomes) == 2, outcomes
+    assert all(o.startswith("RuntimeError: this process was forked") for o in outcomes), outcomes
