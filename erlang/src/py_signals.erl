@@ -1,92 +1,105 @@
 %% @doc Routes the OS signals Python loops ask for through the BEAM's own
 %% signal handling. `loop.add_signal_handler(signal.SIGHUP, ...)' (or
-%% SIGALRM, SIGUSR2) calls `route(Signal, true)' (through `erlang.call');
-%% while at least one handler wants a signal it is set to `handle'
-%% (`os:set_signal/2') and `py_signal_forwarder', a handler of
-%% `erl_signal_server', passes it to the loops' signal pipes. The last
-%% `route(Signal, false)' sets it back to `default' (the OS's action: for
-%% these three, the end of the node), as does the application's stop.
+%% SIGALRM, SIGUSR2) calls `route(Signal, true)' (through `erlang.call'),
+%% which answers a route of its own; while at least one route wants a
+%% signal it is set to `handle' (`os:set_signal/2') and
+%% `py_signal_forwarder', a handler of `erl_signal_server', passes it to the
+%% loops' signal pipes. `unroute(Route)' of the last one sets it back to
+%% `default' (the OS's action: for these three, the end of the node), as
+%% does the application's stop.
 %%
-%% The counts live in a table the application's top supervisor owns: a
+%% The routes live in a table the application's top supervisor owns: a
 %% restart of this server after a crash finds them, sets their signals to
 %% `handle' again and puts the forwarder back (the loops' handlers, in
-%% Python, outlive it). The BEAM's own signals (SIGINT, SIGTERM, SIGQUIT,
+%% Python, outlive it). The application's stop forgets them: a route made
+%% before is unknown after a new start, and its `unroute' changes nothing
+%% (a handler added since keeps its signal). The BEAM's own signals (SIGINT, SIGTERM, SIGQUIT,
 %% SIGUSR1) are never routed; SIGCHLD is caught by the loops' library
 %% itself.
 -module(py_signals).
 -behaviour(gen_server).
 
--export([start_link/0, new_table/0, route/2, routed/0]).
+-export([start_link/0, new_table/0, route/2, unroute/1, routed/0]).
 -include("py_signals.hrl").
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(TABLE, py_signal_routes).
 -define(FORWARDER, py_signal_forwarder).
 
-%% What Python calls (`erlang.call(?CALLBACK, Name, On)').
--define(CALLBACK, <<"_erlang_python.route_signal">>).
+%% What Python calls (`erlang.call(?ROUTE, Name, true)',
+%% `erlang.call(?UNROUTE, Route)').
+-define(ROUTE, <<"_erlang_python.route_signal">>).
+-define(UNROUTE, <<"_erlang_python.unroute_signal">>).
 
 -type signal() :: sighup | sigalrm | sigusr2.
--export_type([signal/0]).
+%% One handler's wish for a signal, as `route/2' answers it.
+-type route() :: pos_integer().
+-export_type([signal/0, route/0]).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
     gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
-%% @doc The table of counts (Signal => handlers wanting it), made by the
-%% application's top supervisor, which owns it; written only by this server.
+%% @doc The table of routes (`{Route, Signal}'), made by the application's
+%% top supervisor, which owns it; written only by this server.
 -spec new_table() -> ok.
 new_table() ->
     ?TABLE = ets:new(?TABLE, [named_table, public]),
     ok.
 
-%% @doc One more (`true') or one fewer (`false') handler wants `Signal'.
+%% @doc One more handler wants `Signal': its route, for `unroute/1'.
 %% `Signal' as Python passes it (`<<"sighup">>') or as an atom; any other
 %% signal is `{error, {not_routed, Signal}}'.
--spec route(signal() | binary(), boolean()) -> ok | {error, term()}.
-route(Signal, On) when is_boolean(On) ->
+-spec route(signal() | binary(), true) -> {ok, route()} | {error, term()}.
+route(Signal, true) ->
     case signal(Signal) of
-        {ok, Name} -> gen_server:call(?MODULE, {route, Name, On});
+        {ok, Name} -> gen_server:call(?MODULE, {route, Name});
         error -> {error, {not_routed, Signal}}
     end;
 route(Signal, On) ->
     {error, {badarg, [Signal, On]}}.
 
+%% @doc The handler that had `Route' wants its signal no more. A route this
+%% run of the application never made (made before its stop, or none) is
+%% `{error, not_routed}' and changes nothing.
+-spec unroute(route()) -> ok | {error, term()}.
+unroute(Route) when is_integer(Route) ->
+    gen_server:call(?MODULE, {unroute, Route});
+unroute(Route) ->
+    {error, {badarg, [Route]}}.
+
 %% @doc The signals routed now, with how many handlers want each.
 -spec routed() -> #{signal() => pos_integer()}.
 routed() ->
-    maps:from_list(ets:tab2list(?TABLE)).
+    lists:foldl(fun({_Route, Signal}, Counts) ->
+                        maps:update_with(Signal, fun(N) -> N + 1 end, 1, Counts)
+                end, #{}, ets:tab2list(?TABLE)).
 
 -spec init([]) -> {ok, []}.
 init([]) ->
     process_flag(trap_exit, true),
-    ok = py_callback:register(?CALLBACK, fun route/2),
+    ok = py_callback:register(?ROUTE, fun route/2),
+    ok = py_callback:register(?UNROUTE, fun unroute/1),
     ok = add_forwarder(),
     %% After a crash: what the loops still want.
-    [ok = os:set_signal(Signal, handle) || {Signal, _} <- ets:tab2list(?TABLE)],
+    [ok = os:set_signal(Signal, handle) || Signal <- maps:keys(routed())],
     {ok, []}.
 
 -spec handle_call(term(), gen_server:from(), []) -> {reply, term(), []}.
-handle_call({route, Signal, true}, _From, State) ->
-    case ets:lookup(?TABLE, Signal) of
-        [] ->
-            ok = os:set_signal(Signal, handle),
-            true = ets:insert(?TABLE, {Signal, 1});
-        [{Signal, _}] ->
-            ets:update_counter(?TABLE, Signal, 1)
-    end,
-    {reply, ok, State};
-handle_call({route, Signal, false}, _From, State) ->
-    Reply = case ets:lookup(?TABLE, Signal) of
+handle_call({route, Signal}, _From, State) ->
+    Route = erlang:unique_integer([positive]),
+    ok = os:set_signal(Signal, handle),
+    true = ets:insert(?TABLE, {Route, Signal}),
+    {reply, {ok, Route}, State};
+handle_call({unroute, Route}, _From, State) ->
+    Reply = case ets:take(?TABLE, Route) of
                 [] ->
-                    {error, {not_routed, Signal}};
-                [{Signal, 1}] ->
-                    ok = os:set_signal(Signal, default),
-                    true = ets:delete(?TABLE, Signal),
-                    ok;
-                [{Signal, _}] ->
-                    _ = ets:update_counter(?TABLE, Signal, -1),
-                    ok
+                    {error, not_routed};
+                [{Route, Signal}] ->
+                    case ets:match(?TABLE, {'_', Signal}) of
+                        [] -> ok = os:set_signal(Signal, default);
+                        _ -> ok
+                    end
             end,
     {reply, Reply, State};
 handle_call(_Request, _From, State) ->
@@ -109,7 +122,7 @@ handle_info(_Info, State) ->
 %% crash leaves them to the restart (`init/1').
 -spec terminate(term(), []) -> ok.
 terminate(Reason, _State) when Reason =:= shutdown; Reason =:= normal ->
-    [os:set_signal(Signal, default) || {Signal, _} <- ets:tab2list(?TABLE)],
+    [os:set_signal(Signal, default) || Signal <- maps:keys(routed())],
     true = ets:delete_all_objects(?TABLE),
     _ = gen_event:delete_handler(erl_signal_server, ?FORWARDER, stop),
     ok;

@@ -30,7 +30,8 @@
          loop_stats/1, idle_loop_does_not_tick/1,
          dead_worker_leaks_no_fds/1, owner_gone_leaks_no_fds/1,
          fd_number_reused_without_remove/1, get_pending_rearms_fds/1,
-         python_loop_refuses_low_level_timers/1, routed_signals_reach_python_loops/1]).
+         python_loop_refuses_low_level_timers/1, routed_signals_reach_python_loops/1,
+         routes_from_before_a_restart_leave_the_new_ones_alone/1]).
 
 -define(APP, erlang_python).
 -define(LOCALHOST, {127, 0, 0, 1}).
@@ -54,7 +55,8 @@ all() ->
      loop_stats, idle_loop_does_not_tick,
      dead_worker_leaks_no_fds, owner_gone_leaks_no_fds,
      fd_number_reused_without_remove, get_pending_rearms_fds,
-     python_loop_refuses_low_level_timers, routed_signals_reach_python_loops].
+     python_loop_refuses_low_level_timers, routed_signals_reach_python_loops,
+     routes_from_before_a_restart_leave_the_new_ones_alone].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -1172,8 +1174,10 @@ workers() ->
 routed_signals_reach_python_loops(_Config) ->
     ?assertEqual({error, {not_routed, sigterm}}, py_signals:route(sigterm, true)),
     ?assertEqual({error, {not_routed, <<"sigint">>}}, py_signals:route(<<"sigint">>, true)),
-    ?assertEqual({error, {not_routed, sigusr2}}, py_signals:route(sigusr2, false)),
+    ?assertMatch({error, {badarg, _}}, py_signals:route(sigusr2, false)),
     ?assertMatch({error, {badarg, _}}, py_signals:route(sigusr2, yes)),
+    ?assertEqual({error, not_routed}, py_signals:unroute(12345)),
+    ?assertMatch({error, {badarg, _}}, py_signals:unroute(sigusr2)),
     [?assertError(badarg, py_nif:deliver_signal(Bad))
      || Bad <- [sigterm, sigint, sigusr1, sigquit, foo, 12, "sighup"]],
     ?assertEqual(#{}, py_signals:routed()),
@@ -1212,6 +1216,38 @@ async def _signal_wait():
                            " _signal_loop.remove_signal_handler(signal.SIGUSR2)]">>)),
     ?assertEqual(#{}, py_signals:routed()),
     ok = py:exec(<<"_signal_loop.close()">>).
+
+%% A loop that took SIGUSR2 before the application restarted, closed after
+%% it, leaves the route of a loop that took it since: SIGUSR2 stays
+%% handled (set back to `default', the next one would end the node) and
+%% reaches the live loop.
+-spec routes_from_before_a_restart_leave_the_new_ones_alone(ct_suite:ct_config()) -> term().
+routes_from_before_a_restart_leave_the_new_ones_alone(_Config) ->
+    ok = py:exec(<<"
+import asyncio, erlang_loop, signal
+def _loop_taking_usr2(seen):
+    loop = erlang_loop.ErlangEventLoop(isolated=True)
+    loop.add_signal_handler(signal.SIGUSR2, seen.append, 'usr2')
+    return loop
+async def _signal_wait_for(seen):
+    while not seen:
+        await asyncio.sleep(0.01)
+    return seen
+_old_seen, _new_seen = [], []
+_old_loop = _loop_taking_usr2(_old_seen)
+">>),
+    ?assertEqual(#{sigusr2 => 1}, py_signals:routed()),
+    ok = application:stop(?APP),
+    {ok, _} = application:ensure_all_started(?APP),
+    ?assertEqual(#{}, py_signals:routed()),
+    ok = py:exec(<<"_new_loop = _loop_taking_usr2(_new_seen)\n_old_loop.close()\n">>),
+    ?assertEqual(#{sigusr2 => 1}, py_signals:routed()),
+    _ = os:cmd("kill -USR2 " ++ os:getpid()),
+    ?assertEqual({ok, [<<"usr2">>]},
+                 py:eval(<<"_new_loop.run_until_complete(asyncio.wait_for("
+                           "_signal_wait_for(_new_seen), 20))">>)),
+    ok = py:exec(<<"_new_loop.close()">>),
+    ?assertEqual(#{}, py_signals:routed()).
 
 %%--------------------------------------------------------------------
 %% Stats and idleness

@@ -35,40 +35,46 @@ from ._transports import _ErlangDatagramTransport, _ErlangSocketTransport
 _CAUGHT_SIGNALS = frozenset(_erlang_loop.CAUGHT_SIGNALS)
 _ROUTED_SIGNALS = frozenset(_erlang_loop.ROUTED_SIGNALS)
 
-#: The Erlang function that routes a signal to the loops (py_signals).
+#: The Erlang functions that route a signal to the loops and undo one
+#: route (py_signals).
 _ROUTE_SIGNAL = "_erlang_python.route_signal"
+_UNROUTE_SIGNAL = "_erlang_python.unroute_signal"
 
 
-def _take_signal(sig: int) -> None:
-    """Makes ``sig`` reach the loops' signal pipes, for one more handler."""
+def _take_signal(sig: int) -> int | None:
+    """Makes ``sig`` reach the loops' signal pipes, for one more handler;
+    the BEAM's route for it, if it routes ``sig``."""
     if sig in _CAUGHT_SIGNALS:
         try:
             _erlang_loop.catch_signal(sig)
         except OSError as exc:
             raise RuntimeError(str(exc)) from exc
-        return
-    _route_signal(sig, True)
-
-
-def _leave_signal(sig: int) -> None:
-    """Undoes one :func:`_take_signal` of ``sig``."""
-    if sig in _CAUGHT_SIGNALS:
-        _erlang_loop.uncatch_signal(sig)
-    else:
-        _route_signal(sig, False)
-
-
-def _route_signal(sig: int, on: bool) -> None:
+        return None
     # Imported here: the module exists only inside the node, where loops run.
     import _erlang
 
     name = signal.Signals(sig).name.lower()
     try:
-        answer = _erlang.call(_ROUTE_SIGNAL, name, on)
+        answer = _erlang.call(_ROUTE_SIGNAL, name, True)
     except _erlang.ErlangError as exc:
         raise RuntimeError(f"the BEAM could not route {name}: {exc}") from exc
-    if answer != "ok":
-        raise RuntimeError(f"the BEAM could not route {name}: {answer!r}")
+    match answer:
+        case ("ok", int(route)):
+            return route
+        case _:
+            raise RuntimeError(f"the BEAM could not route {name}: {answer!r}")
+
+
+def _leave_signal(sig: int, route: int | None) -> None:
+    """Undoes one :func:`_take_signal` of ``sig``, which gave ``route``.
+    A route the BEAM no longer knows (its application restarted since) is
+    left alone: the handlers added since keep the signal."""
+    if sig in _CAUGHT_SIGNALS:
+        _erlang_loop.uncatch_signal(sig)
+        return
+    import _erlang
+
+    _erlang.call(_UNROUTE_SIGNAL, route)
 
 
 class _ErlangTimerHandle(_erlang_loop.timer_handle_base()):  # type: ignore[misc]
@@ -134,6 +140,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     def __init__(self, isolated: bool = False) -> None:
         # The pipe of this loop's SIGCHLD subscription, while it has handlers.
         self._signal_fd: int | None = None
+        # The BEAM's route of each routed signal this loop handles.
+        self._signal_routes: dict[int, int | None] = {}
         # Closed until BaseEventLoop.__init__ opens it: a loop whose native
         # part could not be made (EMFILE, the application stopped) leaves
         # nothing for BaseEventLoop.__del__ to report.
@@ -398,7 +406,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             if self._signal_fd is None:
                 self._signal_fd = _erlang_loop.subscribe_signals()
                 self._add_reader(self._signal_fd, self._read_signals)
-            _take_signal(sig)
+            self._signal_routes[sig] = _take_signal(sig)
         except BaseException:
             if not self._signal_handlers:
                 self._close_signal_fd()
@@ -412,7 +420,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         except KeyError:
             return False
         try:
-            _leave_signal(sig)
+            _leave_signal(sig, self._signal_routes.pop(sig, None))
         except Exception:
             # The handler is gone either way; `close()` removes the others
             # after this one.

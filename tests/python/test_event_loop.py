@@ -1530,6 +1530,7 @@ def test_a_signal_the_beam_will_not_route_leaves_no_pipe_behind(
 
     loop.add_signal_handler(signal.SIGUSR2, lambda: None)
     assert _open_fds() >= baseline + 2  # the pipe's two ends
+    route = loop._signal_routes[signal.SIGUSR2]
     monkeypatch.setattr(loop_module, "_leave_signal", refused)
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         assert loop.remove_signal_handler(signal.SIGUSR2) is True
@@ -1538,7 +1539,7 @@ def test_a_signal_the_beam_will_not_route_leaves_no_pipe_behind(
     assert _open_fds() <= baseline
     monkeypatch.undo()
     # The refused un-route left SIGUSR2 routed: taken back by hand.
-    loop_module._leave_signal(signal.SIGUSR2)
+    loop_module._leave_signal(signal.SIGUSR2, route)
 
 
 def test_a_sigalrm_handler_runs_while_the_loop_sleeps(loop: ErlangEventLoop) -> None:
