@@ -31,14 +31,11 @@ handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info({py_loop_new, Loop, false}, State) ->
-    ok = py_event_worker:adopt(py_event_default, Loop),
-    {noreply, State};
-handle_info({py_loop_new, Loop, true}, State) ->
-    case supervisor:start_child(py_event_worker_sup, [[Loop]]) of
-        {ok, _Pid} -> ok;
-        {error, Reason} -> logger:error("cannot start an event loop worker: ~p", [Reason])
-    end,
+handle_info({py_loop_new, Loop, Isolated}, State) ->
+    %% The loop asks again every half second while no worker serves it (a
+    %% request may be lost with a placer or worker that died): a loop
+    %% placed since, or given up on, is left.
+    _ = py_nif:loop_needs_placing(Loop) andalso place(Loop, Isolated),
     {noreply, State};
 handle_info(py_orphan_stops, State) ->
     %% Fds of loops whose worker died: take them out of the poll set.
@@ -55,6 +52,21 @@ handle_info({py_sleep_done, Wait}, State) ->
     {noreply, State};
 handle_info(_Info, State) ->
     {noreply, State}.
+
+%% Placing fails only with the worker or its supervisor being restarted:
+%% nothing to do but wait for the loop's next request.
+place(Loop, false) ->
+    case whereis(py_event_default) of
+        undefined -> ok;
+        Worker -> py_event_worker:adopt(Worker, Loop)
+    end;
+place(Loop, true) ->
+    try supervisor:start_child(py_event_worker_sup, [Loop]) of
+        {ok, _PidOrUndefined} -> ok; % undefined: served meanwhile, not needed
+        {error, Reason} -> logger:error("cannot start an event loop worker: ~p", [Reason])
+    catch
+        exit:Reason -> logger:warning("event loop worker supervisor gone: ~p", [Reason])
+    end.
 
 -spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, _State) ->

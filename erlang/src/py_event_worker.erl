@@ -5,7 +5,7 @@
 -module(py_event_worker).
 -behaviour(gen_server).
 
--export([start_link/1, start_link/2, adopt/2]).
+-export([start_link/1, start_link/2, start_placed/1, adopt/2]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2,
          format_status/1]).
 
@@ -36,12 +36,28 @@ start_link(Loops) ->
 start_link(Name, Loops) ->
     gen_server:start_link({local, Name}, ?MODULE, {shared, Loops}, []).
 
-%% @doc Makes `Worker' serve `Loop' too.
+%% @doc A worker of its own for the Python loop `Loop' (an isolated one),
+%% not registered; `ignore' if another live worker serves it already (its
+%% placement was asked for again meanwhile).
+-spec start_placed(py_nif:loop_ref()) -> {ok, pid()} | ignore | {error, term()}.
+start_placed(Loop) ->
+    gen_server:start_link(?MODULE, {placed, Loop}, []).
+
+%% @doc Makes `Worker' serve the Python loop `Loop' too, unless another live
+%% worker does already.
 -spec adopt(pid() | atom(), py_nif:loop_ref()) -> ok.
 adopt(Worker, Loop) ->
     gen_server:cast(Worker, {adopt, Loop}).
 
--spec init({dedicated | shared, [py_nif:loop_ref()]}) -> {ok, #state{}}.
+-spec init({dedicated | shared, [py_nif:loop_ref()]} | {placed, py_nif:loop_ref()}) ->
+          {ok, #state{}} | ignore.
+init({placed, Loop}) ->
+    process_flag(trap_exit, true),
+    State = adopt_loop(Loop, #state{dedicated = true}),
+    case map_size(State#state.loops) of
+        0 -> ignore;
+        _ -> {ok, State}
+    end;
 init({Kind, Loops}) ->
     %% Ends with its parent whatever the reason (gen_server does so for a
     %% trapped parent exit): a low-level router whose owner returned without
@@ -58,7 +74,7 @@ handle_call(_Request, _From, State) ->
 
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
 handle_cast({adopt, Loop}, State) ->
-    {noreply, serve(Loop, State)};
+    {noreply, adopt_loop(Loop, State)};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
@@ -117,6 +133,16 @@ serve(Ref, State) ->
     %% May send us {py_loop, Id, ...} at once (timers or fds added before).
     _ = py_nif:event_loop_set_router(Ref, self()),
     State#state{loops = Loops}.
+
+%% A Python loop, served unless another live worker serves it.
+adopt_loop(Ref, State) ->
+    case py_nif:event_loop_adopt(Ref, self()) of
+        ok ->
+            Loops = (State#state.loops)#{py_nif:loop_id(Ref) => #loop{ref = Ref}},
+            State#state{loops = Loops};
+        {error, _} ->
+            State
+    end.
 
 signals(Id, Signals, State) ->
     lists:foldl(fun(Signal, Acc) -> signal(Id, Signal, Acc) end, State, order(Signals)).

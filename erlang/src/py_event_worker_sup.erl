@@ -13,6 +13,6 @@ start_link() ->
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
     Worker = #{id => py_event_worker,
-               start => {py_event_worker, start_link, []},
+               start => {py_event_worker, start_placed, []},
                restart => temporary},
     {ok, {#{strategy => simple_one_for_one, intensity => 10, period => 10}, [Worker]}}.

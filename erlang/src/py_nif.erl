@@ -12,6 +12,7 @@
          call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
          %% used by py_event_worker / py_event_loops
          loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
+         event_loop_adopt/2, loop_needs_placing/1,
          sleep_done/1, apply_orphan_stops/0,
          %% used by py_cli
          end_with_parent/1,
@@ -32,6 +33,7 @@
        call_later/3, cancel_timer/2, poll_events_watch/3, poll_events_unwatch/3,
        get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
+       event_loop_adopt/2, loop_needs_placing/1,
        sleep_done/1, apply_orphan_stops/0, end_with_parent/1, deliver_signal/1,
        create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
        set_udp_broadcast/2, close_test_fd/1]).
@@ -201,6 +203,15 @@ loop_tick(_Loop) -> ?NOT_LOADED.
 
 -spec set_loop_placer(pid() | undefined) -> ok.
 set_loop_placer(_Pid) -> ?NOT_LOADED.
+
+%% @doc `event_loop_set_router/2', unless another live process serves the
+%% loop: how a worker takes a Python loop (asked for again while unserved).
+-spec event_loop_adopt(loop_ref(), pid()) -> ok | {error, closed | noproc | served}.
+event_loop_adopt(_Loop, _Pid) -> ?NOT_LOADED.
+
+%% @doc Whether the loop is open and no worker ever served it.
+-spec loop_needs_placing(loop_ref()) -> boolean().
+loop_needs_placing(_Loop) -> ?NOT_LOADED.
 
 -spec sleep_done(reference()) -> ok.
 sleep_done(_Wait) -> ?NOT_LOADED.

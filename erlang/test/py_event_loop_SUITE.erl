@@ -31,9 +31,22 @@
          dead_worker_leaks_no_fds/1, owner_gone_leaks_no_fds/1,
          fd_number_reused_without_remove/1, get_pending_rearms_fds/1,
          python_loop_refuses_low_level_timers/1, routed_signals_reach_python_loops/1,
-         routes_from_before_a_restart_leave_the_new_ones_alone/1]).
+         routes_from_before_a_restart_leave_the_new_ones_alone/1,
+         a_placement_lost_with_the_placer_is_asked_again/1,
+         the_placer_outlives_the_worker_supervisor/1]).
 
 -define(APP, erlang_python).
+
+%% make_and_run(isolated): a Python loop made, run briefly and closed.
+-define(MAKE_AND_RUN, <<"
+import asyncio, erlang_loop
+def make_and_run(isolated):
+    loop = erlang_loop.ErlangEventLoop(isolated=isolated)
+    try:
+        return loop.run_until_complete(asyncio.sleep(0.01, 'ok'))
+    finally:
+        loop.close()
+">>).
 -define(LOCALHOST, {127, 0, 0, 1}).
 
 -spec suite() -> [tuple()].
@@ -56,7 +69,9 @@ all() ->
      dead_worker_leaks_no_fds, owner_gone_leaks_no_fds,
      fd_number_reused_without_remove, get_pending_rearms_fds,
      python_loop_refuses_low_level_timers, routed_signals_reach_python_loops,
-     routes_from_before_a_restart_leave_the_new_ones_alone].
+     routes_from_before_a_restart_leave_the_new_ones_alone,
+     a_placement_lost_with_the_placer_is_asked_again,
+     the_placer_outlives_the_worker_supervisor].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -1051,6 +1066,46 @@ isolated_loop_worker_stops_on_close(_Config) ->
     ?assertEqual(Before + 5, Workers()),
     ok = py:exec(<<"for l in loops: l.close()\n">>),
     ?assertEqual(Before, wait_until(Workers, fun(N) -> N =:= Before end, 5000)).
+
+%% A Python loop asks to be placed again while no worker serves it: a
+%% request lost in a placer that was killed with it queued is made again to
+%% the next placer, for a default loop and an isolated one alike.
+-spec a_placement_lost_with_the_placer_is_asked_again(ct_suite:ct_config()) -> term().
+a_placement_lost_with_the_placer_is_asked_again(_Config) ->
+    [begin
+         Placer = whereis(py_event_loops),
+         erlang:suspend_process(Placer),
+         Self = self(),
+         spawn_link(fun() ->
+                            ok = py:exec(?MAKE_AND_RUN),
+                            Self ! {made, py:eval(<<"make_and_run(iso)">>,
+                                                  #{<<"iso">> => Isolated})}
+                    end),
+         wait_until(fun() -> process_info(Placer, message_queue_len) end,
+                    fun({message_queue_len, N}) -> N > 0 end, 10000),
+         exit(Placer, kill),
+         receive {made, Made} -> ?assertEqual({ok, <<"ok">>}, Made, Isolated) end
+     end || Isolated <- [false, true]].
+
+%% The placer waiting on the isolated workers' supervisor when that dies
+%% lives on (it was taken down with it: two restarts of the top
+%% supervisor's budget per kill), and the loop is placed once the
+%% supervisor is back.
+-spec the_placer_outlives_the_worker_supervisor(ct_suite:ct_config()) -> term().
+the_placer_outlives_the_worker_supervisor(_Config) ->
+    Placer = whereis(py_event_loops),
+    Sup = whereis(py_event_worker_sup),
+    erlang:suspend_process(Sup),
+    Self = self(),
+    spawn_link(fun() ->
+                       ok = py:exec(?MAKE_AND_RUN),
+                       Self ! {made, py:eval(<<"make_and_run(True)">>)}
+               end),
+    wait_until(fun() -> process_info(Placer, current_function) end,
+               fun(Now) -> Now =:= {current_function, {gen, do_call, 4}} end, 10000),
+    exit(Sup, kill),
+    receive {made, Made} -> ?assertEqual({ok, <<"ok">>}, Made) end,
+    ?assertEqual(Placer, whereis(py_event_loops)).
 
 %% A native loop Python drops without close() (ErlangEventLoop.__init__
 %% failing or interrupted after making it, a timed-out py:call say) closes

@@ -9,7 +9,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use erlang_python::io::{
     Event, EventKind, Look, LoopCore, LoopHost, SelectHandle, SelectRequest, WaitError, Wake,
@@ -38,6 +38,7 @@ rustler::atoms! {
     server_down,
     noproc,
     ebadf,
+    served,
 }
 
 static NEXT_LOOP_ID: AtomicU64 = AtomicU64::new(1);
@@ -54,6 +55,11 @@ const WATCHERS_PRUNED_AT: usize = 64;
 
 /// How long a new Python loop waits for its Erlang worker.
 const SERVED_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a new Python loop that no worker serves yet asks to be placed
+/// again: the request may have been lost with a placer or a worker that
+/// died (placing is done once however many requests arrive).
+const PLACE_AGAIN_AFTER: Duration = Duration::from_millis(500);
 
 pub fn set_tick_ns(tick_ns: u64) {
     TICK_NS.store(tick_ns, Ordering::Relaxed);
@@ -333,14 +339,27 @@ fn wait_error_atom(error: WaitError) -> Atom {
 /// isolated ones). Runs on a Python thread with the GIL released.
 pub fn python_loop_factory(isolated: bool) -> std::io::Result<NativeLoop> {
     let not_running = || std::io::Error::other("erlang_python is not running");
-    let placer = lock(&LOOP_PLACER).ok_or_else(not_running)?;
     let resource = ResourceArc::new(LoopResource::new(true)?);
-    let mut env = OwnedEnv::new();
-    env.send_and_clear(&placer, |env| {
-        (py_loop_new(), resource.clone(), isolated).encode(env)
-    })
-    .map_err(|_| not_running())?;
-    if !resource.core.wait_served(SERVED_TIMEOUT) {
+    let ask_placer = || {
+        let placer = lock(&LOOP_PLACER).ok_or_else(not_running)?;
+        OwnedEnv::new()
+            .send_and_clear(&placer, |env| {
+                (py_loop_new(), resource.clone(), isolated).encode(env)
+            })
+            .map_err(|_| not_running())
+    };
+    ask_placer()?;
+    let give_up = Instant::now() + SERVED_TIMEOUT;
+    let served = loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        let served = resource.core.wait_served(PLACE_AGAIN_AFTER.min(left));
+        if served || left.is_zero() || resource.core.is_closed() {
+            break served;
+        }
+        // A placer restarting is registered again in a moment.
+        let _ = ask_placer();
+    };
+    if !served {
         resource.core.close();
         tracing::error!(
             loop_id = resource.host.loop_id,
@@ -407,6 +426,37 @@ fn event_loop_set_router<'a>(
     resource: ResourceArc<LoopResource>,
     server: LocalPid,
 ) -> Term<'a> {
+    attach(env, &resource, server, false)
+}
+
+/// `event_loop_adopt(LoopRef, Pid)` -> `ok`: `event_loop_set_router`, unless
+/// another live process serves the loop already: `{error, served}`, and
+/// nothing changes. How the workers take a Python loop, whose placement
+/// may be asked for more than once (see `PLACE_AGAIN_AFTER`).
+#[rustler::nif]
+fn event_loop_adopt<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<LoopResource>,
+    server: LocalPid,
+) -> Term<'a> {
+    attach(env, &resource, server, true)
+}
+
+/// `loop_needs_placing(LoopRef)` -> whether no worker ever served the loop
+/// and it is open: a placement request for any other is left.
+#[rustler::nif]
+fn loop_needs_placing(resource: ResourceArc<LoopResource>) -> bool {
+    resource.core.needs_server()
+}
+
+/// Makes `server` the loop's; if `exclusive`, only while no other live
+/// process serves it.
+fn attach<'a>(
+    env: Env<'a>,
+    resource: &ResourceArc<LoopResource>,
+    server: LocalPid,
+    exclusive: bool,
+) -> Term<'a> {
     if let Err(reason) = resource.open() {
         return error(env, reason);
     }
@@ -418,9 +468,13 @@ fn event_loop_set_router<'a>(
     }
     // Named and served under the server's lock (then the core's, the
     // order every path takes): a `lose_server` of the previous server
-    // marks the loop down before or after, not between.
+    // marks the loop down before or after, not between. (A refused
+    // server's monitor stays: its `down` finds the loop not its own.)
     let wake = {
         let mut named = lock(&resource.host.server);
+        if exclusive && named.is_some_and(|pid| pid != server && env.is_process_alive(pid)) {
+            return error(env, served());
+        }
         *named = Some(server);
         resource.core.set_served()
     };
@@ -428,7 +482,7 @@ fn event_loop_set_router<'a>(
         loop_id = resource.host.loop_id,
         "worker attached to the loop"
     );
-    deliver_from_nif(env, &resource, wake);
+    deliver_from_nif(env, resource, wake);
     if !env.is_process_alive(server) {
         // Died since the monitor. Its `down` is still to come (the loop
         // still names it: done here instead), or it came before

@@ -684,6 +684,12 @@ impl LoopCore {
         self.lock().closed
     }
 
+    /// Open and never served: a loop still waiting for its first server.
+    pub fn needs_server(&self) -> bool {
+        let state = self.lock();
+        !state.served && !state.closed
+    }
+
     /// Closes the loop: every fd select is stopped, queued fd events
     /// dropped, waiters fail with `Closed`. Timers stay, fired or not, for
     /// their owner to take (`take_all_timers`): their ids may stand for
