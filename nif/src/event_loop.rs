@@ -496,7 +496,7 @@ fn attach<'a>(
             None => {
                 resource.core.server_down();
                 drop(current);
-                tell_watchers(env, &resource);
+                tell_watchers(env, resource);
             }
             Some(_) => {} // another router was set since
         }
