@@ -33,7 +33,8 @@
          python_loop_refuses_low_level_timers/1, routed_signals_reach_python_loops/1,
          routes_from_before_a_restart_leave_the_new_ones_alone/1,
          a_placement_lost_with_the_placer_is_asked_again/1,
-         the_placer_outlives_the_worker_supervisor/1]).
+         the_placer_outlives_the_worker_supervisor/1,
+         a_thread_s_loop_whose_worker_died_is_replaced/1]).
 
 -define(APP, erlang_python).
 
@@ -71,7 +72,8 @@ all() ->
      python_loop_refuses_low_level_timers, routed_signals_reach_python_loops,
      routes_from_before_a_restart_leave_the_new_ones_alone,
      a_placement_lost_with_the_placer_is_asked_again,
-     the_placer_outlives_the_worker_supervisor].
+     the_placer_outlives_the_worker_supervisor,
+     a_thread_s_loop_whose_worker_died_is_replaced].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -1106,6 +1108,31 @@ the_placer_outlives_the_worker_supervisor(_Config) ->
     exit(Sup, kill),
     receive {made, Made} -> ?assertEqual({ok, <<"ok">>}, Made) end,
     ?assertEqual(Placer, whereis(py_event_loops)).
+
+%% asyncio.get_event_loop() on a pool thread whose loop lost its worker
+%% (py_event_default killed and restarted by its supervisor) gives a new
+%% loop: calls that land on that thread work again, as on a fresh thread.
+-spec a_thread_s_loop_whose_worker_died_is_replaced(ct_suite:ct_config()) -> term().
+a_thread_s_loop_whose_worker_died_is_replaced(_Config) ->
+    ok = py:exec(<<"
+import asyncio, sys, threading, types
+def _sleep_on_the_thread_s_loop():
+    loop = asyncio.get_event_loop()
+    return [threading.get_ident(), loop.run_until_complete(asyncio.sleep(0.01, 'ok'))]
+sys.modules.setdefault('_thread_loops', types.ModuleType('_thread_loops'))
+sys.modules['_thread_loops'].sleep = _sleep_on_the_thread_s_loop
+">>),
+    Calls = fun() -> [py:call('_thread_loops', sleep, []) || _ <- lists:seq(1, 8)] end,
+    Before = Calls(),
+    Worker = whereis(py_event_default),
+    exit(Worker, kill),
+    wait_until(fun() -> whereis(py_event_default) end,
+               fun(Pid) -> is_pid(Pid) andalso Pid =/= Worker end, 10000),
+    After = Calls(),
+    [?assertMatch({ok, [_, <<"ok">>]}, Result) || Result <- Before ++ After],
+    Threads = fun(Results) -> sets:from_list([T || {ok, [T, _]} <- Results]) end,
+    %% Some calls landed on a thread whose loop had lost its worker.
+    ?assertNotEqual([], sets:to_list(sets:intersection(Threads(Before), Threads(After)))).
 
 %% A native loop Python drops without close() (ErlangEventLoop.__init__
 %% failing or interrupted after making it, a timed-out py:call say) closes

@@ -176,6 +176,12 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     def _write_to_self(self) -> None:
         self._native.wakeup()
 
+    def _worker_lost(self) -> bool:
+        """Whether the Erlang process serving this loop died: it can no
+        longer wait for anything (the policy replaces such a loop)."""
+        native = self.__dict__.get("_native")
+        return native is not None and native.server_lost()
+
     # -- transports: asyncio's, reading into the loop's buffer --
 
     def _make_socket_transport(

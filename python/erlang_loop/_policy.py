@@ -25,8 +25,14 @@ class ErlangEventLoopPolicy(unix_events._UnixDefaultEventLoopPolicy):  # type: i
         """This thread's loop, created on first use on any thread. As in
         CPython, a thread that explicitly set None (``asyncio.run`` does at
         its end) gets ``RuntimeError``; a call from Erlang always starts
-        afresh (the worker pool forgets that None between calls)."""
+        afresh (the worker pool forgets that None between calls). A loop
+        whose Erlang worker died (restarted by its supervisor, or with the
+        application) is closed and replaced: it could never wait again."""
         local = self._local
+        loop = local._loop
+        if isinstance(loop, ErlangEventLoop) and not loop.is_running() and loop._worker_lost():
+            loop.close()
+            self.set_event_loop(self.new_event_loop())
         if local._loop is None:
             if local._set_called:
                 raise RuntimeError(

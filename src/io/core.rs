@@ -684,6 +684,12 @@ impl LoopCore {
         self.lock().closed
     }
 
+    /// Served once, and that server died since.
+    pub fn server_lost(&self) -> bool {
+        let state = self.lock();
+        state.served && state.server_down
+    }
+
     /// Open and never served: a loop still waiting for its first server.
     pub fn needs_server(&self) -> bool {
         let state = self.lock();

@@ -356,6 +356,12 @@ impl NativeLoop {
         self.core.is_closed()
     }
 
+    /// Whether the Erlang process that served the loop died (the loop can
+    /// no longer wait for anything).
+    fn server_lost(&self) -> bool {
+        self.core.server_lost()
+    }
+
     /// The loop's counters.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
