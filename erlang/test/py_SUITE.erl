@@ -27,7 +27,7 @@
          namespace_not_leaked_by_short_lived_callers/1,
          register_function/1, erlang_function_crash/1, unregistered_function/1,
          erlang_function_killed/1, timeout_inside_erlang_call/1,
-         timeout_waiting_event_loop/1,
+         timeout_waiting_event_loop/1, a_dead_caller_s_job_is_cancelled/1,
          nested_call/1, erlang_send/1, erlang_send_from_python_thread/1,
          interpreter_is_the_built_one/1, extension_modules_load/1,
          sys_executable_is_python/1,
@@ -63,6 +63,7 @@ groups() ->
        namespace_not_leaked_by_short_lived_callers,
        register_function, erlang_function_crash, unregistered_function,
        erlang_function_killed, timeout_inside_erlang_call, timeout_waiting_event_loop,
+       a_dead_caller_s_job_is_cancelled,
        nested_call, erlang_send, erlang_send_from_python_thread,
        interpreter_is_the_built_one, extension_modules_load,
        sys_executable_is_python]},
@@ -720,6 +721,31 @@ timeout_waiting_event_loop(_Config) ->
     end,
     ?assertEqual([], py_results()),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
+
+%% A caller that dies while its call runs (killed, say) cancels it as a
+%% timeout does: the call gets its TimeoutError and its worker is free,
+%% instead of running on for nobody (an hour here) and holding the thread.
+-spec a_dead_caller_s_job_is_cancelled(ct_suite:ct_config()) -> term().
+a_dead_caller_s_job_is_cancelled(_Config) ->
+    Busy = busy_workers(),
+    Code = <<"import asyncio, erlang\n"
+             "async def main():\n"
+             "    erlang.send(p, 'running')\n"
+             "    await asyncio.sleep(3600)\n"
+             "try:\n"
+             "    asyncio.run(main())\n"
+             "except TimeoutError:\n"
+             "    erlang.send(p, 'TimeoutError')\n"
+             "    raise\n">>,
+    Self = self(),
+    Caller = spawn(fun() -> py:call(builtins, exec, [Code, #{<<"p">> => Self}]) end),
+    receive <<"running">> -> ok after 20000 -> ct:fail(not_running) end,
+    exit(Caller, kill),
+    receive
+        <<"TimeoutError">> -> ok
+    after 20000 -> ct:fail(call_not_cancelled)
+    end,
+    wait_until(fun() -> busy_workers() =< Busy end, 20000).
 
 -spec nested_call(ct_suite:ct_config()) -> term().
 nested_call(_Config) ->

@@ -13,7 +13,7 @@ use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term
 use crate::atoms;
 use crate::convert::{atom_text, py_to_term, term_to_py};
 use crate::errors::{error_result, panic_result};
-use crate::job::{CancelAction, Job};
+use crate::job::Job;
 use crate::namespace;
 
 /// What a job does with its data term.
@@ -101,11 +101,7 @@ fn exec<'a>(
 /// never runs; a running one gets a `TimeoutError` at its next bytecode.
 #[rustler::nif]
 fn cancel(job: ResourceArc<Job>) -> Atom {
-    if let CancelAction::Interrupt = job.request_cancel() {
-        // The interrupt needs the GIL, which may be busy for long: never wait
-        // for it on a scheduler.
-        std::thread::spawn(move || Python::attach(|py| job.interrupt(py)));
-    }
+    job.cancel();
     atoms::ok()
 }
 
@@ -126,6 +122,10 @@ fn submit<'a>(
         return Ok((atoms::error(), atoms::not_initialized()).encode(env));
     };
     let job = ResourceArc::new(Job::new());
+    if job.monitor(Some(env), &caller).is_none() {
+        // The caller is dead already: nobody will take the result.
+        job.cancel();
+    }
     let owned = OwnedEnv::new();
     let saved_ref = owned.save(reference);
     let saved_data = owned.save(data);

@@ -1,12 +1,13 @@
 //! One Python call submitted from Erlang: its life cycle, and cancellation
-//! when the caller gave up waiting (`py:call/5` timeout).
+//! when the caller gave up waiting (`py:call/5` timeout) or died.
 
 use std::cell::RefCell;
+use std::ops::Deref;
 use std::os::raw::{c_long, c_ulong};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
-use rustler::ResourceArc;
+use rustler::{Env, LocalPid, Monitor, ResourceArc};
 
 use crate::interrupt;
 
@@ -26,28 +27,66 @@ enum JobState {
     Done,
 }
 
-/// The Erlang handle of a submitted call (`py_nif:cancel/1` takes it).
+/// The Erlang handle of a submitted call (`py_nif:cancel/1` takes it). It
+/// monitors the caller: a caller that dies cancels its job, as one that
+/// timed out does (a killed `py:call` caller would otherwise hold a pool
+/// thread until the call ends, if ever).
 pub struct Job {
+    /// Shared with the thread that interrupts a running job (it needs the
+    /// GIL, never waited for on a scheduler).
+    shared: Arc<JobShared>,
+}
+
+/// A job's state, what the cancelling thread needs.
+pub struct JobShared {
     state: Mutex<JobState>,
 }
 
 #[rustler::resource_impl]
-impl rustler::Resource for Job {}
+impl rustler::Resource for Job {
+    const IMPLEMENTS_DOWN: bool = true;
 
-/// What `Job::request_cancel` asks the caller to do next.
-pub enum CancelAction {
-    Nothing,
-    /// The job is running: interrupt it from a thread that may take the GIL.
-    Interrupt,
+    fn down<'a>(&'a self, _env: Env<'a>, _caller: LocalPid, _monitor: Monitor) {
+        self.cancel();
+    }
+}
+
+impl Deref for Job {
+    type Target = JobShared;
+
+    fn deref(&self) -> &JobShared {
+        &self.shared
+    }
 }
 
 impl Job {
     pub fn new() -> Job {
         Job {
-            state: Mutex::new(JobState::Queued),
+            shared: Arc::new(JobShared {
+                state: Mutex::new(JobState::Queued),
+            }),
         }
     }
 
+    /// The caller no longer wants the result. A queued job never runs; a
+    /// running one gets a `TimeoutError` at its next bytecode, from another
+    /// thread (the interrupt needs the GIL, which may be busy for long).
+    pub fn cancel(&self) {
+        if let CancelAction::Interrupt = self.request_cancel() {
+            let shared = Arc::clone(&self.shared);
+            std::thread::spawn(move || Python::attach(|py| shared.interrupt(py)));
+        }
+    }
+}
+
+/// What `Job::request_cancel` asks the caller to do next.
+enum CancelAction {
+    Nothing,
+    /// The job is running: interrupt it from a thread that may take the GIL.
+    Interrupt,
+}
+
+impl JobShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -82,7 +121,7 @@ impl Job {
         *state = JobState::Done;
     }
 
-    pub fn request_cancel(&self) -> CancelAction {
+    fn request_cancel(&self) -> CancelAction {
         let mut state = self.lock();
         match *state {
             JobState::Queued => {
