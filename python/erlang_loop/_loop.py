@@ -87,6 +87,14 @@ class _ErlangTimerHandle(_erlang_loop.timer_handle_base()):  # type: ignore[misc
 
     _key: int | None
 
+    def _repr_info(self) -> list[str]:
+        # asyncio names the class first: a TimerHandle's repr, as the
+        # stdlib loop's (a subclass of it would show its own name).
+        info: list[str] = super()._repr_info()
+        if type(self) is _ErlangTimerHandle:
+            info[0] = "TimerHandle"
+        return info
+
     def __getstate__(self) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         # What object.__getstate__ gives for asyncio's slotted handles (it
         # refuses a class with native fields): a copy is asyncio's. The

@@ -390,6 +390,24 @@ def test_call_at_when_is_exactly_the_float_asked(loop: ErlangEventLoop) -> None:
         handle.cancel()
 
 
+def test_timer_handles_read_as_the_stdlib_loop_s(loop: ErlangEventLoop) -> None:
+    stdlib = asyncio.SelectorEventLoop()
+    try:
+        handles = [
+            each.call_at(12.5, print, "x", context=contextvars.copy_context())
+            for each in (loop, stdlib)
+        ]
+        ours, theirs = map(repr, handles)
+        assert ours == theirs, (ours, theirs)
+        assert ours.startswith("<TimerHandle when=12.5 print(")
+        handles[0].cancel()
+        handles[1].cancel()
+        assert repr(handles[0]) == repr(handles[1])
+        assert repr(handles[0]).startswith("<TimerHandle cancelled when=12.5>")
+    finally:
+        stdlib.close()
+
+
 def test_call_later_when_is_time_plus_delay(loop: ErlangEventLoop) -> None:
     before = loop.time()
     handle = loop.call_later(0.25, lambda: None)
