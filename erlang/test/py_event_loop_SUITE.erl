@@ -1114,25 +1114,29 @@ the_placer_outlives_the_worker_supervisor(_Config) ->
 %% loop: calls that land on that thread work again, as on a fresh thread.
 -spec a_thread_s_loop_whose_worker_died_is_replaced(ct_suite:ct_config()) -> term().
 a_thread_s_loop_whose_worker_died_is_replaced(_Config) ->
+    ok = py:register_function(restart_default_worker,
+                              fun() ->
+                                      Worker = whereis(py_event_default),
+                                      exit(Worker, kill),
+                                      wait_until(fun() -> whereis(py_event_default) end,
+                                                 fun(Pid) -> is_pid(Pid) andalso Pid =/= Worker end,
+                                                 10000),
+                                      ok
+                              end),
     ok = py:exec(<<"
-import asyncio, sys, threading, types
-def _sleep_on_the_thread_s_loop():
-    loop = asyncio.get_event_loop()
-    return [threading.get_ident(), loop.run_until_complete(asyncio.sleep(0.01, 'ok'))]
-sys.modules.setdefault('_thread_loops', types.ModuleType('_thread_loops'))
-sys.modules['_thread_loops'].sleep = _sleep_on_the_thread_s_loop
+import asyncio, erlang
+def _across_a_restart():
+    # One call: the same pool thread before and after the restart.
+    first = asyncio.get_event_loop()
+    before = first.run_until_complete(asyncio.sleep(0.01, 'before'))
+    erlang.call('restart_default_worker')
+    then = asyncio.get_event_loop()
+    after = then.run_until_complete(asyncio.sleep(0.01, 'after'))
+    return [before, after, then is not first, first.is_closed()]
 ">>),
-    Calls = fun() -> [py:call('_thread_loops', sleep, []) || _ <- lists:seq(1, 8)] end,
-    Before = Calls(),
-    Worker = whereis(py_event_default),
-    exit(Worker, kill),
-    wait_until(fun() -> whereis(py_event_default) end,
-               fun(Pid) -> is_pid(Pid) andalso Pid =/= Worker end, 10000),
-    After = Calls(),
-    [?assertMatch({ok, [_, <<"ok">>]}, Result) || Result <- Before ++ After],
-    Threads = fun(Results) -> sets:from_list([T || {ok, [T, _]} <- Results]) end,
-    %% Some calls landed on a thread whose loop had lost its worker.
-    ?assertNotEqual([], sets:to_list(sets:intersection(Threads(Before), Threads(After)))).
+    ?assertEqual({ok, [<<"before">>, <<"after">>, true, true]},
+                 py:eval(<<"_across_a_restart()">>)),
+    ok = py:unregister_function(restart_default_worker).
 
 %% A native loop Python drops without close() (ErlangEventLoop.__init__
 %% failing or interrupted after making it, a timed-out py:call say) closes
