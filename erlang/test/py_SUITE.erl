@@ -697,17 +697,9 @@ timeout_inside_erlang_call(_Config) ->
 -spec timeout_waiting_event_loop(ct_suite:ct_config()) -> term().
 timeout_waiting_event_loop(_Config) ->
     Busy = busy_workers(),
-    Code = <<"import asyncio, erlang\n"
-             "async def main():\n"
-             "    asyncio.get_running_loop().set_exception_handler(\n"
-             "        lambda loop, context: erlang.send(p, ('handled', repr(context))))\n"
-             "    erlang.send(p, type(asyncio.get_running_loop()).__name__)\n"
-             "    await asyncio.sleep(3600)\n"
-             "try:\n"
-             "    asyncio.run(main())\n"
-             "except TimeoutError:\n"
-             "    erlang.send(p, 'TimeoutError')\n"
-             "    raise\n">>,
+    Code = hour_sleep(<<"    asyncio.get_running_loop().set_exception_handler(\n"
+                        "        lambda loop, context: erlang.send(p, ('handled', repr(context))))\n"
+                        "    erlang.send(p, type(asyncio.get_running_loop()).__name__)\n">>),
     ?assertEqual({error, timeout},
                  py:call(builtins, exec, [Code, #{<<"p">> => self()}], #{}, 500)),
     receive Loop -> ?assertEqual(<<"ErlangEventLoop">>, Loop) after 10000 -> ct:fail(no_loop) end,
@@ -728,15 +720,7 @@ timeout_waiting_event_loop(_Config) ->
 -spec a_dead_caller_s_job_is_cancelled(ct_suite:ct_config()) -> term().
 a_dead_caller_s_job_is_cancelled(_Config) ->
     Busy = busy_workers(),
-    Code = <<"import asyncio, erlang\n"
-             "async def main():\n"
-             "    erlang.send(p, 'running')\n"
-             "    await asyncio.sleep(3600)\n"
-             "try:\n"
-             "    asyncio.run(main())\n"
-             "except TimeoutError:\n"
-             "    erlang.send(p, 'TimeoutError')\n"
-             "    raise\n">>,
+    Code = hour_sleep(<<"    erlang.send(p, 'running')\n">>),
     Self = self(),
     Caller = spawn(fun() -> py:call(builtins, exec, [Code, #{<<"p">> => Self}]) end),
     receive <<"running">> -> ok after 20000 -> ct:fail(not_running) end,
@@ -746,6 +730,18 @@ a_dead_caller_s_job_is_cancelled(_Config) ->
     after 20000 -> ct:fail(call_not_cancelled)
     end,
     wait_until(fun() -> busy_workers() =< Busy end, 20000).
+
+%% Python code that runs `main()' on an ErlangEventLoop: the lines `First',
+%% then a sleep of an hour; it tells `p' 'TimeoutError' when interrupted.
+hour_sleep(First) ->
+    <<"import asyncio, erlang\n"
+      "async def main():\n", First/binary,
+      "    await asyncio.sleep(3600)\n"
+      "try:\n"
+      "    asyncio.run(main())\n"
+      "except TimeoutError:\n"
+      "    erlang.send(p, 'TimeoutError')\n"
+      "    raise\n">>.
 
 -spec nested_call(ct_suite:ct_config()) -> term().
 nested_call(_Config) ->
