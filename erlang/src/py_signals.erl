@@ -13,9 +13,9 @@
 %% `handle' again and puts the forwarder back (the loops' handlers, in
 %% Python, outlive it). The application's stop forgets them: a route made
 %% before is unknown after a new start, and its `unroute' changes nothing
-%% (a handler added since keeps its signal). The BEAM's own signals (SIGINT, SIGTERM, SIGQUIT,
-%% SIGUSR1) are never routed; SIGCHLD is caught by the loops' library
-%% itself.
+%% (a handler added since keeps its signal). The BEAM's own signals
+%% (SIGINT, SIGTERM, SIGQUIT, SIGUSR1) are never routed; SIGCHLD is caught
+%% by the loops' library itself.
 -module(py_signals).
 -behaviour(gen_server).
 
@@ -50,7 +50,7 @@ new_table() ->
 %% @doc One more handler wants `Signal': its route, for `unroute/1'.
 %% `Signal' as Python passes it (`<<"sighup">>') or as an atom; any other
 %% signal is `{error, {not_routed, Signal}}'.
--spec route(signal() | binary(), true) -> {ok, route()} | {error, term()}.
+-spec route(signal() | binary(), term()) -> {ok, route()} | {error, term()}.
 route(Signal, true) ->
     case signal(Signal) of
         {ok, Name} -> gen_server:call(?MODULE, {route, Name});
