@@ -34,7 +34,8 @@
          routes_from_before_a_restart_leave_the_new_ones_alone/1,
          a_placement_lost_with_the_placer_is_asked_again/1,
          the_placer_outlives_the_worker_supervisor/1,
-         a_thread_s_loop_whose_worker_died_is_replaced/1]).
+         a_thread_s_loop_whose_worker_died_is_replaced/1,
+         a_placement_asked_twice_is_taken_once/1]).
 
 -define(APP, erlang_python).
 
@@ -73,7 +74,8 @@ all() ->
      routes_from_before_a_restart_leave_the_new_ones_alone,
      a_placement_lost_with_the_placer_is_asked_again,
      the_placer_outlives_the_worker_supervisor,
-     a_thread_s_loop_whose_worker_died_is_replaced].
+     a_thread_s_loop_whose_worker_died_is_replaced,
+     a_placement_asked_twice_is_taken_once].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -1137,6 +1139,35 @@ def _across_a_restart():
     ?assertEqual({ok, [<<"before">>, <<"after">>, true, true]},
                  py:eval(<<"_across_a_restart()">>)),
     ok = py:unregister_function(restart_default_worker).
+
+%% A default loop whose worker is slow asks to be placed again; the worker
+%% takes it once, however many of its requests it finds: one monitor of it
+%% (each taking re-armed the loop's fds and timer and added a monitor).
+-spec a_placement_asked_twice_is_taken_once(ct_suite:ct_config()) -> term().
+a_placement_asked_twice_is_taken_once(_Config) ->
+    Default = whereis(py_event_default),
+    Monitors = fun() ->
+                       {monitored_by, By} = process_info(Default, monitored_by),
+                       length(By)
+               end,
+    Before = Monitors(),
+    ok = sys:suspend(Default),
+    Self = self(),
+    Maker = spawn_link(fun() ->
+                       ok = py:exec(<<"import asyncio, erlang_loop\n"
+                                      "_twice = erlang_loop.ErlangEventLoop()\n">>),
+                       Self ! {made, py:eval(<<"_twice.run_until_complete("
+                                               "asyncio.sleep(0.01, 'ok'))">>)},
+                       receive close -> ok = py:exec(<<"_twice.close()">>) end,
+                       Self ! closed
+               end),
+    wait_until(fun() -> process_info(Default, message_queue_len) end,
+               fun({message_queue_len, N}) -> N >= 2 end, 10000),
+    ok = sys:resume(Default),
+    receive {made, Made} -> ?assertEqual({ok, <<"ok">>}, Made) end,
+    ?assertEqual(Before + 1, Monitors()),
+    Maker ! close,
+    receive closed -> ok end.
 
 %% A native loop Python drops without close() (ErlangEventLoop.__init__
 %% failing or interrupted after making it, a timed-out py:call say) closes

@@ -360,7 +360,8 @@ pub fn python_loop_factory(isolated: bool) -> std::io::Result<NativeLoop> {
         let _ = ask_placer();
     };
     if !served {
-        resource.core.close();
+        // A worker that took the loop at the last moment is told, and ends.
+        let _ = resource.core.host().deliver(resource.core.close());
         tracing::error!(
             loop_id = resource.host.loop_id,
             isolated,
@@ -463,6 +464,11 @@ fn attach<'a>(
     // Monitored first: a dead pid is refused before anything is sent to it
     // (the loop's wake-ups are coalesced: one sent to a dead pid is lost
     // and leaves the live router without its selects).
+    // A placement asked for again reaches the worker that took the loop
+    // already: nothing to do.
+    if exclusive && *lock(&resource.host.server) == Some(server) {
+        return atoms::ok().encode(env);
+    }
     if resource.monitor(Some(env), &server).is_none() {
         return error(env, noproc());
     }
@@ -474,6 +480,10 @@ fn attach<'a>(
         let mut named = lock(&resource.host.server);
         if exclusive && named.is_some_and(|pid| pid != server && env.is_process_alive(pid)) {
             return error(env, served());
+        }
+        // Given up on meanwhile (see `python_loop_factory`): not taken.
+        if exclusive && resource.core.is_closed() {
+            return error(env, atoms::closed());
         }
         *named = Some(server);
         resource.core.set_served()

@@ -48,14 +48,19 @@ pub fn set_factory(factory: LoopFactory) {
 /// loop's server, an Erlang call) would wait forever for threads the fork
 /// did not copy.
 pub fn ensure_in_node() -> PyResult<()> {
-    match NODE_PID.get() {
-        Some(&pid) if pid != std::process::id() => Err(PyRuntimeError::new_err(
+    if !in_node() {
+        return Err(PyRuntimeError::new_err(
             "this process was forked from the Erlang node (os.fork()): the BEAM did not \
              come with it, so it has no event loops or Erlang calls; start child \
              processes with multiprocessing's 'spawn' or subprocess",
-        )),
-        _ => Ok(()),
+        ));
     }
+    Ok(())
+}
+
+/// False in a process forked from the node (see `ensure_in_node`).
+fn in_node() -> bool {
+    NODE_PID.get().is_none_or(|&pid| pid == std::process::id())
 }
 
 /// How long `close()` waits for the serving process to stop the loop's
@@ -232,7 +237,11 @@ impl Drop for NativeLoop {
     fn drop(&mut self) {
         if !self.core.is_closed() {
             tracing::debug!(loop_id = self.loop_id, "python event loop dropped unclosed");
-            self.deliver(self.core.close());
+            let wake = self.core.close();
+            // In a forked child nobody is there to tell.
+            if in_node() {
+                self.deliver(wake);
+            }
         }
     }
 }
@@ -338,9 +347,10 @@ impl NativeLoop {
     fn close(&self, py: Python<'_>) {
         tracing::debug!(loop_id = self.loop_id, "python event loop closed");
         let (wake, stopping) = self.core.close_stopping();
-        // No live process told (the application stopping, say): nobody
-        // makes the stops before it starts again, no wait.
-        if !self.deliver(wake) || stopping.is_empty() {
+        // No live process told (the application stopping, say; or a child
+        // forked from the node, which has no BEAM): nobody makes the stops
+        // before it starts again, no wait.
+        if !in_node() || !self.deliver(wake) || stopping.is_empty() {
             return;
         }
         let host = self.core.host();
