@@ -10,6 +10,7 @@
 //! once from the classes' member descriptors and checked against the
 //! instance size, so a changed asyncio fails at start-up, not in memory.
 
+use std::cell::Cell;
 use std::ptr::{addr_of_mut, NonNull};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
@@ -551,34 +552,44 @@ impl HandleKinds {
                 Bound::from_borrowed_ptr(py, args.as_ptr()),
             )
         };
+        self.run_in_context(&context, &callback, &args)
+            .unwrap_or_else(|| self.run_in_python(handle))
+    }
+
+    /// `callback(*args)` in `context`, as `Handle._run` calls it; None if
+    /// `args` is not a tuple or `context` not a `Context` (the caller then
+    /// runs asyncio's own code).
+    pub fn run_in_context(
+        &self,
+        context: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyAny>,
+    ) -> Option<PyResult<Ran>> {
+        let py = callback.py();
         // SAFETY: type checks on live objects.
         let plain = unsafe {
             ffi::PyTuple_Check(args.as_ptr()) != 0
                 && ffi::Py_TYPE(context.as_ptr()) == addr_of_mut!(ffi::PyContext_Type)
         };
         if !plain {
-            return self.run_in_python(handle);
+            return None;
         }
-        // SAFETY: `context` is a Context, `args` a tuple; both owned above.
+        // SAFETY: `context` is a Context, `args` a tuple; both owned by the
+        // caller while this runs.
         let result = unsafe {
             if ffi::PyContext_Enter(context.as_ptr()) != 0 {
                 Err(PyErr::fetch(py))
             } else {
-                let outcome = self
-                    .resolve_sleep(&callback, &args, None)
-                    .unwrap_or_else(|| {
-                        let result = ffi::PyObject_Call(
-                            callback.as_ptr(),
-                            args.as_ptr(),
-                            std::ptr::null_mut(),
-                        );
-                        if result.is_null() {
-                            Err(PyErr::fetch(py))
-                        } else {
-                            ffi::Py_DECREF(result);
-                            Ok(())
-                        }
-                    });
+                let outcome = self.resolve_sleep(callback, args, None).unwrap_or_else(|| {
+                    let result =
+                        ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+                    if result.is_null() {
+                        Err(PyErr::fetch(py))
+                    } else {
+                        ffi::Py_DECREF(result);
+                        Ok(())
+                    }
+                });
                 if ffi::PyContext_Exit(context.as_ptr()) != 0 {
                     let exit_error = PyErr::fetch(py);
                     match outcome {
@@ -595,7 +606,7 @@ impl HandleKinds {
                 }
             }
         };
-        Self::ran(py, result)
+        Some(Self::ran(py, result))
     }
 
     /// What running a callback with `outcome` was: done, failed (reported
@@ -682,6 +693,9 @@ impl HandleKinds {
                     if cancelled {
                         Ok(())
                     } else {
+                        // Its loop's `call_soon` is the runner's (`of_loop`):
+                        // the wake-ups it schedules need no handles.
+                        let _bare = of_loop.map(|_| BareCalls::for_future(&future));
                         future
                             .call_method1(pyo3::intern!(py, "set_result"), (result,))
                             .map(drop)
@@ -699,6 +713,43 @@ impl HandleKinds {
         }
         handle.call_method0(pyo3::intern!(handle.py(), "_run"))?;
         Ok(Ran::Done)
+    }
+}
+
+thread_local! {
+    /// The future the runner is resolving on this thread, if its callbacks
+    /// may be queued without handles (`BareCalls`).
+    static BARE_CALLS_FOR: Cell<*mut ffi::PyObject> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// While alive, a `call_soon(callback, future, context=...)` of the runner
+/// whose one argument is `future` (what a C `Future` does for each of its
+/// callbacks when it completes, dropping the handle it gets) is queued
+/// without a `Handle` (`held::BareCall`) and returns None. Any other call
+/// (a finalizer run meanwhile, say) gets its handle as ever.
+pub(crate) struct BareCalls {
+    previous: *mut ffi::PyObject,
+}
+
+impl BareCalls {
+    pub(crate) fn for_future(future: &Bound<'_, PyAny>) -> BareCalls {
+        BareCalls {
+            previous: BARE_CALLS_FOR.replace(future.as_ptr()),
+        }
+    }
+
+    /// Is this `call_soon(callback, *args)` one to queue without a handle?
+    pub(crate) fn cover(args: &Bound<'_, PyTuple>) -> bool {
+        let future = BARE_CALLS_FOR.get();
+        !future.is_null()
+            && args.len() == 1
+            && args.get_item(0).is_ok_and(|arg| arg.as_ptr() == future)
+    }
+}
+
+impl Drop for BareCalls {
+    fn drop(&mut self) {
+        BARE_CALLS_FOR.set(self.previous);
     }
 }
 

@@ -26,9 +26,9 @@ use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::context_snapshot;
-use super::handles::{HandleKinds, Ran};
+use super::handles::{BareCalls, HandleKinds, Ran};
 use super::handling::Handling;
-use super::held::{Held, Item};
+use super::held::{BareCall, Held, Item};
 use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
 use super::once::cached_attr;
 use super::running_loop;
@@ -315,6 +315,81 @@ impl LoopRunner {
         Ok(())
     }
 
+    /// Queues a callback of a future being resolved without its handle
+    /// (see `BareCalls`); None stands for the handle nobody takes.
+    fn queue_bare<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        // As `new_handle`: None is a copy of the current context.
+        let context = if context.is_none() {
+            context_snapshot::copy_current(py)?
+        } else {
+            context.clone()
+        };
+        let mut this = slf.borrow_mut();
+        if this.closed || this.loop_.is_none() {
+            return Err(closed_error());
+        }
+        this.ready.push_back(Item::Call(BareCall {
+            callback: callback.clone().unbind(),
+            args: args.clone().into_any().unbind(),
+            context: context.unbind(),
+        }));
+        Ok(py.None().into_bound(py))
+    }
+
+    /// Runs a callback queued without its handle as `Handle._run` would; a
+    /// handle is made only to report its error or for a patched `_run`.
+    fn run_bare(slf: &Bound<'_, Self>, call: BareCall, stock_run: bool) -> PyResult<()> {
+        let py = slf.py();
+        let ran = if stock_run {
+            kinds().run_in_context(
+                call.context.bind(py),
+                call.callback.bind(py),
+                call.args.bind(py),
+            )
+        } else {
+            None
+        };
+        let (handle, ran) = match ran {
+            Some(ran) => (None, ran?),
+            None => {
+                let handle = Self::handle_of(slf, &call)?;
+                let ran = kinds().run(&handle, stock_run, || None)?;
+                (Some(handle), ran)
+            }
+        };
+        let Ran::Failed(error) = ran else {
+            return Ok(());
+        };
+        let handle = match handle {
+            Some(handle) => handle,
+            None => Self::handle_of(slf, &call)?,
+        };
+        let loop_ = Self::loop_object(slf)?;
+        let exception = error.into_value(py).into_bound(py);
+        let _handling = Handling::start(&exception);
+        loop_.call_method1(intern!(py, "_report_callback_error"), (&handle, exception))?;
+        Ok(())
+    }
+
+    /// The `Handle` a callback queued without one would have had.
+    fn handle_of<'py>(slf: &Bound<'py, Self>, call: &BareCall) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let loop_ = Self::loop_object(slf)?;
+        let args = call.args.bind(py).cast::<PyTuple>()?;
+        kinds().new_handle(
+            call.callback.bind(py),
+            args,
+            &loop_,
+            Some(call.context.bind(py)),
+        )
+    }
+
     /// Puts `item` in the wheel at `deadline` (ns); returns its key. A timer
     /// handle the runner made (`ours`) leaves the GC if the loop runs,
     /// decided here, under the same borrow as the closed check (as in
@@ -491,7 +566,7 @@ impl LoopRunner {
         // wheel's (insertion) order. The batch usually comes sorted.
         let float_when = |item: &Item| match item {
             Item::Handle(held) => kinds().float_when(held.handle.bind(py)),
-            Item::Future(_) => f64::NEG_INFINITY,
+            Item::Future(_) | Item::Call(_) => f64::NEG_INFINITY,
         };
         due.sort_by(|a, b| {
             a.0.cmp(&b.0)
@@ -513,7 +588,7 @@ impl LoopRunner {
                 // next iteration, after what the callbacks before it in this
                 // one scheduled, as with asyncio's sleep (`wait_for` of a
                 // sleep as long as its timeout times out).
-                Item::Future(future) => slf.borrow_mut().ready.push_back(Item::Future(future)),
+                other => slf.borrow_mut().ready.push_back(other),
             }
         }
         Ok(())
@@ -662,6 +737,7 @@ impl LoopRunner {
                 }
                 Ok(held.handle)
             }
+            Item::Call(call) => Self::handle_of(slf, &call).map(Bound::unbind),
             // Python's own dispatch (debug mode) runs what asyncio's sleep
             // would have made ready.
             Item::Future(future) => {
@@ -713,6 +789,9 @@ impl LoopRunner {
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(context) = context.filter(|_| BareCalls::cover(args)) {
+            return Self::queue_bare(slf, callback, args, context);
+        }
         let loop_ = Self::loop_object(slf)?;
         let handle = kinds().new_handle(callback, args, &loop_, context)?;
         Self::queue_new(slf, &handle)?;
@@ -870,7 +949,13 @@ impl LoopRunner {
             let held = match item {
                 Item::Handle(held) => held,
                 Item::Future(future) => {
-                    resolve_sleep(future.bind(py))?;
+                    let future = future.bind(py);
+                    let _bare = Self::call_soon_is_ours(slf).then(|| BareCalls::for_future(future));
+                    resolve_sleep(future)?;
+                    continue;
+                }
+                Item::Call(call) => {
+                    Self::run_bare(slf, call, stock_run)?;
                     continue;
                 }
             };

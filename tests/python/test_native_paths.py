@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import gc
 import os
 import socket
@@ -1216,3 +1217,142 @@ def test_a_finalizer_coming_back_during_a_first_use_does_not_hang(first_use: str
         )
         assert done.returncode == 0, (threshold, done.returncode, done.stderr[-2000:])
         assert done.stdout.strip().splitlines()[-1] == "survived", threshold
+
+
+# -- the callbacks a sleep's future schedules as the runner resolves it --
+
+
+def _fire_one_sleep(loop: ErlangEventLoop) -> asyncio.Future[Any]:
+    """A native sleep future (erlang_asyncio's) due at once, fired into the
+    ready queue and resolved there: its callbacks are then queued."""
+    _key, future = loop._sleep_future(0)
+    return future
+
+
+def test_a_resolved_sleep_s_callbacks_run_in_their_contexts_without_handles() -> None:
+    loop = ErlangEventLoop()  # native paths: not in debug mode
+    try:
+        _callbacks_run_in_their_contexts_without_handles(loop)
+    finally:
+        loop.close()
+
+
+def _callbacks_run_in_their_contexts_without_handles(loop: ErlangEventLoop) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="none")
+    seen: list[tuple[str, str]] = []
+
+    def record(_future: asyncio.Future[Any], name: str) -> None:
+        seen.append((name, var.get()))
+
+    future = _fire_one_sleep(loop)
+    for name in ("a", "b"):
+        context = contextvars.copy_context()
+        context.run(var.set, name)
+        future.add_done_callback(functools.partial(record, name=name), context=context)
+
+    def nothing(_future: asyncio.Future[Any]) -> None:
+        pass
+
+    for _ in range(200):
+        future.add_done_callback(nothing)
+    loop._stopping = True  # one iteration, no wait
+    gc.disable()
+    try:
+        # What 202 callbacks scheduled with handles cost the GC's count...
+        before = gc.get_count()[0]
+        context = contextvars.copy_context()
+        for _ in range(202):
+            loop.call_soon(nothing, future, context=context)
+        with_handles = gc.get_count()[0] - before
+        loop._ready.clear()
+        # ... and what the sleep's 202 cost: it fires, is resolved in its
+        # turn and its callbacks are queued, without a handle each.
+        before = gc.get_count()[0]
+        loop._run_once()
+        resolved = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    loop._run_once()  # they run
+    loop._stopping = False
+    assert seen == [("a", "a"), ("b", "b")]
+    assert resolved + 150 < with_handles, (resolved, with_handles)
+
+
+def test_a_failing_callback_of_a_resolved_sleep_is_reported_with_its_handle(
+    loop: ErlangEventLoop,
+) -> None:
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    def fails(future: asyncio.Future[Any]) -> None:
+        raise ValueError("from a done callback")
+
+    async def main() -> None:
+        future = _fire_one_sleep(loop)
+        future.add_done_callback(fails)
+        await future
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    assert len(reported) == 1, reported
+    context = reported[0]
+    assert isinstance(context["exception"], ValueError)
+    handle = context["handle"]
+    assert type(handle) is asyncio.Handle
+    assert handle._callback is fails and len(handle._args) == 1
+    assert context["message"].startswith("Exception in callback")
+
+
+def test_an_exit_from_a_callback_of_a_resolved_sleep_propagates(loop: ErlangEventLoop) -> None:
+    def exits(future: asyncio.Future[Any]) -> None:
+        raise SystemExit(7)
+
+    async def main() -> None:
+        _fire_one_sleep(loop).add_done_callback(exits)
+        await asyncio.sleep(3600)
+
+    with pytest.raises(SystemExit):
+        loop.run_until_complete(main())
+
+
+def test_the_ready_queue_gives_a_handle_for_a_resolved_sleep_s_callback(
+    loop: ErlangEventLoop,
+) -> None:
+    """`_ready.popleft()` (asyncio's own dispatch, tests that inspect the
+    queue) gets the Handle the callback would have had."""
+    done: list[object] = []
+    future = _fire_one_sleep(loop)
+    future.add_done_callback(done.append)
+    loop._stopping = True  # one iteration, no wait: fire, then resolve
+    loop._run_once()  # the sleep fires and is resolved: the callback is queued
+    handles = [loop._ready.popleft() for _ in range(len(loop._ready))]
+    loop._stopping = False
+    ours = [h for h in handles if getattr(h, "_callback", None) == done.append]
+    assert len(ours) == 1 and type(ours[0]) is asyncio.Handle, handles
+    assert ours[0]._args == (future,)
+    ours[0]._run()
+    assert done == [future]
+
+
+def test_a_patched_handle_run_sees_a_resolved_sleep_s_callbacks(
+    loop: ErlangEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profiler that wraps Handle._run still sees every callback run."""
+    ran: list[object] = []
+    stock = asyncio.Handle._run
+
+    def traced(self: asyncio.Handle) -> None:
+        ran.append(self._callback)
+        stock(self)
+
+    monkeypatch.setattr(asyncio.Handle, "_run", traced)
+    marker: list[object] = []
+
+    async def main() -> None:
+        future = _fire_one_sleep(loop)
+        future.add_done_callback(marker.append)
+        await future
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    assert marker and marker.append in ran
