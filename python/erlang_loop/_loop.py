@@ -295,7 +295,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     # before the class's), so that Tasks and Futures calling
     # `loop.call_soon` reach native code directly.
     _NATIVE_PATHS = {
-        "call_soon": "call_soon",
+        "call_soon": "call_soon_fast",
         "_call_soon": "push_new",
         "call_at": "call_at",
         "call_later": "call_later",

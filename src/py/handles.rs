@@ -552,7 +552,7 @@ impl HandleKinds {
                 Bound::from_borrowed_ptr(py, args.as_ptr()),
             )
         };
-        self.run_in_context(&context, &callback, &args)
+        self.run_in_context(&context, &callback, CallArgs::Tuple(&args))
             .unwrap_or_else(|| self.run_in_python(handle))
     }
 
@@ -563,13 +563,16 @@ impl HandleKinds {
         &self,
         context: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyAny>,
+        args: CallArgs<'_, '_>,
     ) -> Option<PyResult<Ran>> {
         let py = callback.py();
         // SAFETY: type checks on live objects.
         let plain = unsafe {
-            ffi::PyTuple_Check(args.as_ptr()) != 0
-                && ffi::Py_TYPE(context.as_ptr()) == addr_of_mut!(ffi::PyContext_Type)
+            ffi::Py_TYPE(context.as_ptr()) == addr_of_mut!(ffi::PyContext_Type)
+                && match args {
+                    CallArgs::Tuple(args) => ffi::PyTuple_Check(args.as_ptr()) != 0,
+                    CallArgs::One(_) => true,
+                }
         };
         if !plain {
             return None;
@@ -580,9 +583,21 @@ impl HandleKinds {
             if ffi::PyContext_Enter(context.as_ptr()) != 0 {
                 Err(PyErr::fetch(py))
             } else {
-                let outcome = self.resolve_sleep(callback, args, None).unwrap_or_else(|| {
-                    let result =
-                        ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+                let sleep = match args {
+                    CallArgs::Tuple(args) => self.resolve_sleep(callback, args, None),
+                    CallArgs::One(_) => None,
+                };
+                let outcome = sleep.unwrap_or_else(|| {
+                    let result = match args {
+                        CallArgs::Tuple(args) => ffi::PyObject_Call(
+                            callback.as_ptr(),
+                            args.as_ptr(),
+                            std::ptr::null_mut(),
+                        ),
+                        CallArgs::One(arg) => {
+                            ffi::PyObject_CallOneArg(callback.as_ptr(), arg.as_ptr())
+                        }
+                    };
                     if result.is_null() {
                         Err(PyErr::fetch(py))
                     } else {
@@ -716,6 +731,14 @@ impl HandleKinds {
     }
 }
 
+/// What a callback is called with: a tuple of arguments (a handle's), or
+/// one argument (a callback queued without its handle).
+#[derive(Clone, Copy)]
+pub enum CallArgs<'a, 'py> {
+    Tuple(&'a Bound<'py, PyAny>),
+    One(&'a Bound<'py, PyAny>),
+}
+
 thread_local! {
     /// The future the runner is resolving on this thread, if its callbacks
     /// may be queued without handles (`BareCalls`).
@@ -738,12 +761,11 @@ impl BareCalls {
         }
     }
 
-    /// Is this `call_soon(callback, *args)` one to queue without a handle?
-    pub(crate) fn cover(args: &Bound<'_, PyTuple>) -> bool {
+    /// Is `call_soon(callback, *args)` with these `args` one to queue
+    /// without a handle?
+    pub(crate) fn cover(args: &[*mut ffi::PyObject]) -> bool {
         let future = BARE_CALLS_FOR.get();
-        !future.is_null()
-            && args.len() == 1
-            && args.get_item(0).is_ok_and(|arg| arg.as_ptr() == future)
+        !future.is_null() && args.len() == 1 && args[0] == future
     }
 }
 

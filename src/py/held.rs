@@ -80,7 +80,8 @@ pub(crate) enum Item {
 /// error report, a patched `Handle._run`).
 pub(crate) struct BareCall {
     pub(crate) callback: Py<PyAny>,
-    pub(crate) args: Py<PyAny>,
+    /// Its one argument (the future): no tuple made for it either.
+    pub(crate) arg: Py<PyAny>,
     pub(crate) context: Py<PyAny>,
 }
 
@@ -111,7 +112,7 @@ impl Item {
             Item::Future(future) => visit.call(future),
             Item::Call(call) => {
                 visit.call(&call.callback)?;
-                visit.call(&call.args)?;
+                visit.call(&call.arg)?;
                 visit.call(&call.context)
             }
         }

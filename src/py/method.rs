@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 /// One entry of a method table, made once and never freed (the
 /// descriptors made from it point at it).
@@ -107,6 +107,22 @@ impl MethodDef {
             let method = raw as *mut ffi::PyCFunctionObject;
             std::ptr::eq((*method).m_ml, &self.def) && (*method).m_self == object.as_ptr()
         }
+    }
+
+    /// This entry as a builtin method bound to `object` (what reading a
+    /// method of a C type from its instance gives).
+    pub fn bind(&'static self, object: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        // SAFETY: `self` is 'static and CPython only reads it; `object` is
+        // live (the function takes its own reference).
+        let function = unsafe {
+            ffi::PyCFunction_NewEx(
+                &self.def as *const ffi::PyMethodDef as *mut ffi::PyMethodDef,
+                object.as_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: a new reference, or null with an exception set.
+        unsafe { Bound::from_owned_ptr_or_err(object.py(), function) }.map(Bound::unbind)
     }
 
     /// A method descriptor of this entry for instances of `cls`.
@@ -264,6 +280,41 @@ impl FastArgs<'_> {
     /// Whether any argument was given by keyword.
     pub fn has_keywords(&self) -> bool {
         !self.kwnames.is_null()
+    }
+
+    /// The positional arguments from `start` on (borrowed references, live
+    /// for the call).
+    pub fn positional_from(&self, start: usize) -> &[*mut ffi::PyObject] {
+        self.args[..self.nargs].get(start..).unwrap_or(&[])
+    }
+
+    /// The value of the keyword argument `name`, if given; any other
+    /// keyword is a TypeError worded as CPython words it for `method`.
+    pub fn only_keyword<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyString>,
+        method: &str,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if self.kwnames.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: `kwnames` is a live tuple of the keywords' names.
+        let names = unsafe { Bound::from_borrowed_ptr(py, self.kwnames) };
+        let mut value = None;
+        for (i, given) in names.try_iter()?.enumerate() {
+            let given = given?;
+            // Keyword names are interned as a rule: compared by identity first.
+            if given.is(name) || given.eq(name)? {
+                // SAFETY: the keyword values follow the positional ones.
+                value = Some(unsafe { Bound::from_borrowed_ptr(py, self.args[self.nargs + i]) });
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "{method}() got an unexpected keyword argument '{given}'"
+                )));
+            }
+        }
+        Ok(value)
     }
 
     /// The positional argument at `index`, if given.

@@ -26,9 +26,10 @@ use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::context_snapshot;
-use super::handles::{BareCalls, HandleKinds, Ran};
+use super::handles::{BareCalls, CallArgs, HandleKinds, Ran};
 use super::handling::Handling;
 use super::held::{BareCall, Held, Item};
+use super::method::{call_method_fastcall, FastArgs, MethodDef};
 use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
 use super::once::cached_attr;
 use super::running_loop;
@@ -320,7 +321,7 @@ impl LoopRunner {
     fn queue_bare<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
+        arg: &Bound<'py, PyAny>,
         context: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
@@ -336,7 +337,7 @@ impl LoopRunner {
         }
         this.ready.push_back(Item::Call(BareCall {
             callback: callback.clone().unbind(),
-            args: args.clone().into_any().unbind(),
+            arg: arg.clone().unbind(),
             context: context.unbind(),
         }));
         Ok(py.None().into_bound(py))
@@ -350,7 +351,7 @@ impl LoopRunner {
             kinds().run_in_context(
                 call.context.bind(py),
                 call.callback.bind(py),
-                call.args.bind(py),
+                CallArgs::One(call.arg.bind(py)),
             )
         } else {
             None
@@ -381,13 +382,42 @@ impl LoopRunner {
     fn handle_of<'py>(slf: &Bound<'py, Self>, call: &BareCall) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let loop_ = Self::loop_object(slf)?;
-        let args = call.args.bind(py).cast::<PyTuple>()?;
+        let args = PyTuple::new(py, [call.arg.bind(py)])?;
         kinds().new_handle(
             call.callback.bind(py),
-            args,
+            &args,
             &loop_,
             Some(call.context.bind(py)),
         )
+    }
+
+    /// `loop.call_soon(callback, *args, context=None)` outside debug mode,
+    /// as a builtin method of the runner (`call_soon_fast`): no argument
+    /// tuple made by a wrapper first, and a wake-up a future schedules as
+    /// the runner resolves it queued without a handle (`BareCalls`).
+    fn fast_call_soon(slf: &Bound<'_, PyAny>, args: &FastArgs<'_>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let slf = slf.cast::<Self>()?;
+        let context = args.only_keyword(py, intern!(py, "context"), "call_soon")?;
+        let Some(callback) = args.positional(py, 0) else {
+            return Err(PyTypeError::new_err(
+                "call_soon() missing 1 required positional argument: 'callback'",
+            ));
+        };
+        let rest = args.positional_from(1);
+        if let Some(context) = context.as_ref().filter(|c| !c.is_none()) {
+            if BareCalls::cover(rest) {
+                // SAFETY: a live argument of this call.
+                let arg = unsafe { Bound::from_borrowed_ptr(py, rest[0]) };
+                return Self::queue_bare(slf, &callback, &arg, context).map(Bound::unbind);
+            }
+        }
+        // SAFETY: live arguments of this call.
+        let rest = rest
+            .iter()
+            .map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) });
+        let args = PyTuple::new(py, rest)?;
+        Self::push_new(slf, &callback, &args, context.as_ref()).map(Bound::unbind)
     }
 
     /// Puts `item` in the wheel at `deadline` (ns); returns its key. A timer
@@ -626,6 +656,22 @@ fn set_result_unless_cancelled(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     )
 }
 
+static CALL_SOON: MethodDef = MethodDef::fastcall(
+    c"call_soon",
+    c"call_soon($self, callback, /, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible (native).",
+    call_soon_method,
+);
+
+unsafe extern "C" fn call_soon_method(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: CPython calls this FASTCALL|KEYWORDS method of ours.
+    unsafe { call_method_fastcall(slf, args, nargs, kwnames, LoopRunner::fast_call_soon) }
+}
+
 /// Resolves a fired `erlang_asyncio.sleep` future. One cancelled since (its
 /// sleep not yet told) refuses the result: the only error to ignore.
 fn resolve_sleep(future: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -713,6 +759,13 @@ impl LoopRunner {
         })
     }
 
+    /// `call_soon` as the loop installs it: a builtin method of this
+    /// runner (see `fast_call_soon`).
+    #[getter]
+    fn call_soon_fast(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        CALL_SOON.bind(slf.as_any())
+    }
+
     // -- the ready queue, as asyncio's `_ready` deque --
 
     fn append(&mut self, handle: Py<PyAny>) {
@@ -789,9 +842,6 @@ impl LoopRunner {
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(context) = context.filter(|_| BareCalls::cover(args)) {
-            return Self::queue_bare(slf, callback, args, context);
-        }
         let loop_ = Self::loop_object(slf)?;
         let handle = kinds().new_handle(callback, args, &loop_, context)?;
         Self::queue_new(slf, &handle)?;
