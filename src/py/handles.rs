@@ -345,6 +345,11 @@ impl HandleKinds {
         }
     }
 
+    /// Is `object` exactly a C `asyncio.Future` (no subclass)?
+    pub fn is_c_future(&self, object: &Bound<'_, PyAny>) -> bool {
+        object.get_type().is(self.c_future.bind(object.py()))
+    }
+
     /// Is `callback` the callback of `asyncio.sleep`'s timers?
     pub fn is_sleep_callback(&self, callback: &Bound<'_, PyAny>) -> bool {
         self.sleep_callback

@@ -288,33 +288,42 @@ impl FastArgs<'_> {
         self.args[..self.nargs].get(start..).unwrap_or(&[])
     }
 
-    /// The value of the keyword argument `name`, if given; any other
+    /// The values of the keyword arguments `names`, those given; any other
     /// keyword is a TypeError worded as CPython words it for `method`.
-    pub fn only_keyword<'py>(
+    /// Allocates nothing (no Python code can run meanwhile: see
+    /// `handles::BareCalls`).
+    pub fn keywords<'py, const N: usize>(
         &self,
         py: Python<'py>,
-        name: &Bound<'py, PyString>,
+        names: [&Bound<'py, PyString>; N],
         method: &str,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+    ) -> PyResult<[Option<Bound<'py, PyAny>>; N]> {
+        let mut values = [const { None }; N];
         if self.kwnames.is_null() {
-            return Ok(None);
+            return Ok(values);
         }
         // SAFETY: `kwnames` is a live tuple of the keywords' names.
-        let names = unsafe { Bound::from_borrowed_ptr(py, self.kwnames) };
-        let mut value = None;
-        for (i, given) in names.try_iter()?.enumerate() {
-            let given = given?;
+        let count = unsafe { ffi::PyTuple_GET_SIZE(self.kwnames) } as usize;
+        for i in 0..count {
+            // SAFETY: a borrowed item of a live tuple, `i` in range.
+            let given = unsafe {
+                Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(self.kwnames, i as isize))
+            };
             // Keyword names are interned as a rule: compared by identity first.
-            if given.is(name) || given.eq(name)? {
-                // SAFETY: the keyword values follow the positional ones.
-                value = Some(unsafe { Bound::from_borrowed_ptr(py, self.args[self.nargs + i]) });
-            } else {
+            let slot = names.iter().position(|name| given.is(*name)).or_else(|| {
+                names
+                    .iter()
+                    .position(|name| given.eq(*name).unwrap_or(false))
+            });
+            let Some(slot) = slot else {
                 return Err(PyTypeError::new_err(format!(
                     "{method}() got an unexpected keyword argument '{given}'"
                 )));
-            }
+            };
+            // SAFETY: the keyword values follow the positional ones.
+            values[slot] = Some(unsafe { Bound::from_borrowed_ptr(py, self.args[self.nargs + i]) });
         }
-        Ok(value)
+        Ok(values)
     }
 
     /// The positional argument at `index`, if given.

@@ -398,13 +398,25 @@ impl LoopRunner {
     fn fast_call_soon(slf: &Bound<'_, PyAny>, args: &FastArgs<'_>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let slf = slf.cast::<Self>()?;
-        let context = args.only_keyword(py, intern!(py, "context"), "call_soon")?;
-        let Some(callback) = args.positional(py, 0) else {
-            return Err(PyTypeError::new_err(
-                "call_soon() missing 1 required positional argument: 'callback'",
-            ));
+        let [by_name, context] = args.keywords(
+            py,
+            [intern!(py, "callback"), intern!(py, "context")],
+            "call_soon",
+        )?;
+        let (callback, rest) = match (args.positional(py, 0), by_name) {
+            (Some(callback), None) => (callback, args.positional_from(1)),
+            (None, Some(callback)) => (callback, args.positional_from(0)),
+            (Some(_), Some(_)) => {
+                return Err(PyTypeError::new_err(
+                    "call_soon() got multiple values for argument 'callback'",
+                ))
+            }
+            (None, None) => {
+                return Err(PyTypeError::new_err(
+                    "call_soon() missing 1 required positional argument: 'callback'",
+                ))
+            }
         };
-        let rest = args.positional_from(1);
         if let Some(context) = context.as_ref().filter(|c| !c.is_none()) {
             if BareCalls::cover(rest) {
                 // SAFETY: a live argument of this call.
@@ -658,7 +670,7 @@ fn set_result_unless_cancelled(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 static CALL_SOON: MethodDef = MethodDef::fastcall(
     c"call_soon",
-    c"call_soon($self, callback, /, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible (native).",
+    c"call_soon($self, callback, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible (native).",
     call_soon_method,
 );
 
@@ -1000,7 +1012,9 @@ impl LoopRunner {
                 Item::Handle(held) => held,
                 Item::Future(future) => {
                     let future = future.bind(py);
-                    let _bare = Self::call_soon_is_ours(slf).then(|| BareCalls::for_future(future));
+                    // Only a C `Future` runs no Python code as it completes.
+                    let _bare = (kinds().is_c_future(future) && Self::call_soon_is_ours(slf))
+                        .then(|| BareCalls::for_future(future));
                     resolve_sleep(future)?;
                     continue;
                 }

@@ -22,6 +22,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import erlang_asyncio
 import pytest
 
 from erlang_loop import ErlangEventLoop
@@ -1356,3 +1357,48 @@ def test_a_patched_handle_run_sees_a_resolved_sleep_s_callbacks(
 
     loop.run_until_complete(main())
     assert marker and marker.append in ran
+
+
+def test_call_soon_inside_a_future_subclass_s_set_result_gets_a_handle() -> None:
+    """A loop whose futures are a Python subclass: the runner resolving its
+    sleep future runs their Python `set_result`, whose `call_soon` gets its
+    handle (only a C Future's own wake-ups go without one)."""
+    handles: list[object] = []
+
+    class NotifyingFuture(asyncio.Future[Any]):
+        def set_result(self, result: Any) -> None:
+            super().set_result(result)
+            handle = self.get_loop().call_soon(
+                lambda _fut: None, self, context=contextvars.copy_context()
+            )
+            handles.append(handle)
+
+    class Loop(ErlangEventLoop):
+        def create_future(self) -> asyncio.Future[Any]:
+            return NotifyingFuture(loop=self)
+
+    async def main() -> None:
+        await erlang_asyncio.sleep(0.001)
+
+    loop = Loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert handles and all(type(h) is asyncio.Handle for h in handles), handles
+
+
+def test_call_soon_takes_its_callback_by_keyword(loop: ErlangEventLoop) -> None:
+    ran: list[str] = []
+    handle = loop.call_soon(callback=ran.append, context=None)
+    assert type(handle) is asyncio.Handle
+    with pytest.raises(TypeError, match="multiple values for argument 'callback'"):
+        loop.call_soon(print, callback=print)
+    with pytest.raises(TypeError, match="missing 1 required positional argument"):
+        loop.call_soon()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'when'"):
+        loop.call_soon(print, when=1)
+    handle.cancel()
+    loop.call_soon(callback=functools.partial(ran.append, "ran"), context=None)
+    run_soon(loop)
+    assert ran == ["ran"]
