@@ -317,7 +317,8 @@ impl LoopRunner {
     }
 
     /// Queues a callback of a future being resolved without its handle
-    /// (see `BareCalls`); None stands for the handle nobody takes.
+    /// (see `BareCalls`), in `context` (the future's own, never None); None
+    /// stands for the handle nobody takes.
     fn queue_bare<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
@@ -325,12 +326,6 @@ impl LoopRunner {
         context: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        // As `new_handle`: None is a copy of the current context.
-        let context = if context.is_none() {
-            context_snapshot::copy_current(py)?
-        } else {
-            context.clone()
-        };
         let mut this = slf.borrow_mut();
         if this.closed || this.loop_.is_none() {
             return Err(closed_error());
@@ -338,7 +333,7 @@ impl LoopRunner {
         this.ready.push_back(Item::Call(BareCall {
             callback: callback.clone().unbind(),
             arg: arg.clone().unbind(),
-            context: context.unbind(),
+            context: context.clone().unbind(),
         }));
         Ok(py.None().into_bound(py))
     }
@@ -835,17 +830,6 @@ impl LoopRunner {
     }
 
     // -- scheduling --
-
-    /// `loop.call_soon` outside debug mode.
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon<'py>(
-        slf: &Bound<'py, Self>,
-        callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        Self::push_new(slf, callback, args, context)
-    }
 
     /// `loop._call_soon(callback, args, context)` outside debug mode.
     fn push_new<'py>(
