@@ -317,9 +317,13 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         if runner is not None:
             # The runner uses them directly while they are still these:
             # erlang_asyncio.sleep (no loop method call), an asyncio.sleep
-            # timer resolving its future (no Python code runs).
+            # timer resolving its future (no Python code runs), run_forever's
+            # iterations (run_once runs the next ones itself).
             runner.set_native_paths(
-                self.__dict__, self.__dict__.get("_sleep_future"), self.__dict__.get("call_soon")
+                self.__dict__,
+                self.__dict__.get("_sleep_future"),
+                self.__dict__.get("call_soon"),
+                self.__dict__.get("_run_once"),
             )
 
     def _overrides(self, name: str) -> bool:

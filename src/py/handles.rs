@@ -12,6 +12,7 @@
 
 use std::cell::Cell;
 use std::ptr::{addr_of_mut, NonNull};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::ffi;
@@ -137,6 +138,10 @@ pub struct HandleKinds {
     /// Whether that `_run` is asyncio's own (patched before we started,
     /// by `sitecustomize` say, it is never run natively).
     stock_run_pristine: bool,
+    /// `Handle`'s type version tag when its `_run` was last found to be
+    /// `stock_run` (0: not yet): CPython gives a type a new tag whenever it
+    /// or a base changes, so the same tag means the same `_run`.
+    stock_run_tag: AtomicU32,
     /// `asyncio.futures._set_result_unless_cancelled`, the callback of every
     /// `asyncio.sleep` timer, if it is asyncio's own; and the C `Future`.
     sleep_callback: Option<Py<PyAny>>,
@@ -176,6 +181,7 @@ impl HandleKinds {
         Ok(HandleKinds {
             untrackable: untrackable(handle) && untrackable(timer),
             stock_run_pristine: defined_by_asyncio(&run, "_run")?,
+            stock_run_tag: AtomicU32::new(0),
             sleep_callback,
             c_future: futures.getattr("Future")?.cast_into::<PyType>()?.unbind(),
             stock_run: run.unbind(),
@@ -359,12 +365,23 @@ impl HandleKinds {
 
     /// Is `Handle._run` still asyncio's (not patched by a profiler)?
     pub fn stock_run_intact(&self, py: Python<'_>) -> bool {
-        self.stock_run_pristine
-            && self
-                .handle
-                .bind(py)
-                .getattr(pyo3::intern!(py, "_run"))
-                .is_ok_and(|run| run.is(self.stock_run.bind(py)))
+        if !self.stock_run_pristine {
+            return false;
+        }
+        let handle = self.handle.bind(py);
+        let tag = version_tag(handle);
+        if tag != 0 && tag == self.stock_run_tag.load(Ordering::Relaxed) {
+            return true;
+        }
+        let intact = handle
+            .getattr(pyo3::intern!(py, "_run"))
+            .is_ok_and(|run| run.is(self.stock_run.bind(py)));
+        if intact {
+            // Read after the look-up, which gives the type a tag if it had none.
+            self.stock_run_tag
+                .store(version_tag(handle), Ordering::Relaxed);
+        }
+        intact
     }
 
     /// Is `object` one of our timer handles? Its real type is checked
@@ -576,7 +593,7 @@ impl HandleKinds {
             ffi::Py_TYPE(context.as_ptr()) == addr_of_mut!(ffi::PyContext_Type)
                 && match args {
                     CallArgs::Tuple(args) => ffi::PyTuple_Check(args.as_ptr()) != 0,
-                    CallArgs::One(_) => true,
+                    CallArgs::One(_) | CallArgs::Nothing => true,
                 }
         };
         if !plain {
@@ -590,7 +607,7 @@ impl HandleKinds {
             } else {
                 let sleep = match args {
                     CallArgs::Tuple(args) => self.resolve_sleep(callback, args, None),
-                    CallArgs::One(_) => None,
+                    CallArgs::One(_) | CallArgs::Nothing => None,
                 };
                 let outcome = sleep.unwrap_or_else(|| {
                     let result = match args {
@@ -602,6 +619,7 @@ impl HandleKinds {
                         CallArgs::One(arg) => {
                             ffi::PyObject_CallOneArg(callback.as_ptr(), arg.as_ptr())
                         }
+                        CallArgs::Nothing => ffi::PyObject_CallNoArgs(callback.as_ptr()),
                     };
                     if result.is_null() {
                         Err(PyErr::fetch(py))
@@ -742,6 +760,7 @@ impl HandleKinds {
 pub enum CallArgs<'a, 'py> {
     Tuple(&'a Bound<'py, PyAny>),
     One(&'a Bound<'py, PyAny>),
+    Nothing,
 }
 
 thread_local! {
@@ -778,6 +797,47 @@ impl Drop for BareCalls {
     fn drop(&mut self) {
         BARE_CALLS_FOR.set(self.previous);
     }
+}
+
+/// `_asyncio`'s `TaskStepMethWrapper` type, once seen (it is not exported).
+static TASK_STEP_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Whether `callback`, the one positional argument of a `call_soon`, is a
+/// C `Task`'s next step that only the `Task` holds: what its
+/// `task_call_step_soon` passes, dropping the handle it gets back, and
+/// nothing else can. It makes the `TaskStepMethWrapper` (Python code cannot:
+/// the type has no constructor) and hands it to `call_soon` at once; Python
+/// code passing one it found (a handle's `_callback`) holds a reference of
+/// its own while it calls, as a CPython before 3.14 pushes owned references
+/// onto its stack.
+pub(crate) fn is_fresh_task_step(callback: *mut ffi::PyObject) -> bool {
+    // SAFETY: `callback` is a live argument of the current call; reading
+    // its reference count and type, and the type's flags and name.
+    unsafe {
+        if ffi::Py_REFCNT(callback) != 1 || !refcounts_tell_callers() {
+            return false;
+        }
+        let ty = ffi::Py_TYPE(callback);
+        let known = TASK_STEP_TYPE.load(Ordering::Relaxed);
+        if !known.is_null() {
+            return ty == known;
+        }
+        let is_step = (*ty).tp_flags & ffi::Py_TPFLAGS_HEAPTYPE == 0
+            && std::ffi::CStr::from_ptr((*ty).tp_name) == c"TaskStepMethWrapper";
+        if is_step {
+            TASK_STEP_TYPE.store(ty, Ordering::Relaxed);
+        }
+        is_step
+    }
+}
+
+/// Whether this CPython pushes owned references for a call's arguments
+/// (before 3.14), so that an argument with one reference has no holder
+/// but its caller's C code.
+fn refcounts_tell_callers() -> bool {
+    static BEFORE_3_14: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: a constant of the linked CPython.
+    *BEFORE_3_14.get_or_init(|| unsafe { ffi::Py_Version } < 0x030E_0000)
 }
 
 /// Whether `function` is the `name` function or method as asyncio's
@@ -866,4 +926,17 @@ fn allocate<'py>(ty: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
 unsafe fn new_ref(object: *mut ffi::PyObject) -> *mut ffi::PyObject {
     ffi::Py_INCREF(object);
     object
+}
+
+/// `cls`'s valid type version tag, 0 if it has none.
+fn version_tag(cls: &Bound<'_, PyType>) -> u32 {
+    // SAFETY: reading two fields of a live type object, with the GIL held.
+    unsafe {
+        let raw = cls.as_type_ptr();
+        if (*raw).tp_flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG != 0 {
+            (*raw).tp_version_tag
+        } else {
+            0
+        }
+    }
 }

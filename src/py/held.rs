@@ -73,15 +73,16 @@ pub(crate) enum Item {
 }
 
 /// `callback(*args)` to run in `context`, as a `Handle` would run it, with
-/// no `Handle` made: the C `Future` the runner resolves (a sleep's) drops
-/// the handle its `call_soon` returns, and each handle is an allocation
-/// the cyclic GC counts (a round of 10k wake-ups: 10k of them, about 14
-/// young collections). One is made if Python asks for it (`_ready`, an
-/// error report, a patched `Handle._run`).
+/// no `Handle` made: the C `Future` the runner resolves (a sleep's) and a C
+/// `Task` scheduling its next step drop the handle their `call_soon`
+/// returns, and each handle is an allocation the cyclic GC counts (a round
+/// of 10k wake-ups: 10k of them, about 14 young collections) and a
+/// deallocation. One is made if Python asks for it (`_ready`, an error
+/// report, a patched `Handle._run`).
 pub(crate) struct BareCall {
     pub(crate) callback: Py<PyAny>,
-    /// Its one argument (the future): no tuple made for it either.
-    pub(crate) arg: Py<PyAny>,
+    /// Its one argument (the future), if any: no tuple made for it either.
+    pub(crate) arg: Option<Py<PyAny>>,
     pub(crate) context: Py<PyAny>,
 }
 
@@ -112,7 +113,9 @@ impl Item {
             Item::Future(future) => visit.call(future),
             Item::Call(call) => {
                 visit.call(&call.callback)?;
-                visit.call(&call.arg)?;
+                if let Some(arg) = &call.arg {
+                    visit.call(arg)?;
+                }
                 visit.call(&call.context)
             }
         }

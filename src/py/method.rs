@@ -309,12 +309,13 @@ impl FastArgs<'_> {
             let given = unsafe {
                 Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(self.kwnames, i as isize))
             };
-            // Keyword names are interned as a rule: compared by identity first.
-            let slot = names.iter().position(|name| given.is(*name)).or_else(|| {
-                names
-                    .iter()
-                    .position(|name| given.eq(*name).unwrap_or(false))
-            });
+            // Keyword names are interned as a rule (CPython 3.11's own
+            // identifiers are not): by identity first, then by contents,
+            // comparing without making a bool.
+            let slot = names
+                .iter()
+                .position(|name| given.is(*name))
+                .or_else(|| names.iter().position(|name| same_str(&given, name)));
             let Some(slot) = slot else {
                 return Err(PyTypeError::new_err(format!(
                     "{method}() got an unexpected keyword argument '{given}'"
@@ -393,4 +394,16 @@ pub unsafe fn call_method_fastcall(
     };
     // SAFETY: as this function's contract.
     unsafe { call_method(slf, std::ptr::null_mut(), |slf, _| body(slf, &fast)) }
+}
+
+/// Whether `given` (a keyword name: a str, or a str subclass a caller
+/// passed) equals `name`, no error raised.
+fn same_str(given: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> bool {
+    // SAFETY: live references; `PyUnicode_Compare` only reads two strs.
+    unsafe {
+        if ffi::PyUnicode_Check(given.as_ptr()) == 0 {
+            return false;
+        }
+        ffi::PyUnicode_Compare(given.as_ptr(), name.as_ptr()) == 0
+    }
 }

@@ -26,7 +26,7 @@ use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::context_snapshot;
-use super::handles::{BareCalls, CallArgs, HandleKinds, Ran};
+use super::handles::{is_fresh_task_step, BareCalls, CallArgs, HandleKinds, Ran};
 use super::handling::Handling;
 use super::held::{BareCall, Held, Item};
 use super::method::{call_method_fastcall, FastArgs, MethodDef};
@@ -75,6 +75,11 @@ pub struct LoopRunner {
     /// that very object (see `path_is_ours`).
     installed_sleep_future: Option<Py<PyAny>>,
     installed_call_soon: Option<Py<PyAny>>,
+    /// The runner's `run_once` as the loop's `_run_once`.
+    installed_run_once: Option<Py<PyAny>>,
+    /// Inside `run_once` (see `run_once`: only the outermost call runs
+    /// more than one iteration).
+    in_run_once: bool,
     /// The loop's `__dict__`, where they are.
     loop_dict: Option<Py<PyDict>>,
     /// `{"loop": loop}`, the keyword arguments of every future this runner
@@ -138,6 +143,24 @@ fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
 
+/// Iterations one `run_once` runs at most inside `run_forever` before it
+/// returns to `run_forever`'s Python loop, whose backward jump lets a
+/// thread waiting for the GIL take it: iterations that run no bytecode
+/// (a busy loop of C callbacks) would otherwise never let it go.
+const ITERATIONS_PER_RUN_ONCE: u32 = 64;
+
+/// Marks the outermost `run_once` call left, however it ends.
+struct LeaveRunOnce<'a, 'py>(&'a Bound<'py, LoopRunner>);
+
+impl Drop for LeaveRunOnce<'_, '_> {
+    fn drop(&mut self) {
+        // No borrow is held where the call ends.
+        if let Ok(mut this) = self.0.try_borrow_mut() {
+            this.in_run_once = false;
+        }
+    }
+}
+
 impl LoopRunner {
     /// Whether the loop's attribute `name` is still `installed`, the native
     /// path the loop put in its `__dict__` (and not something set on the
@@ -166,15 +189,21 @@ impl LoopRunner {
     /// seen, or neither.
     fn poll_io(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
-        let (loop_, native, busy) = {
+        let (loop_, native, busy, loop_dict) = {
             let this = slf.borrow();
             let loop_ = match &this.loop_ {
                 Some(loop_) if !this.closed => loop_.bind(py).clone(),
                 _ => return Err(closed_error()),
             };
-            (loop_, this.native.clone_ref(py), !this.ready.is_empty())
+            let loop_dict = this.loop_dict.as_ref().map(|d| d.clone_ref(py));
+            (
+                loop_,
+                this.native.clone_ref(py),
+                !this.ready.is_empty(),
+                loop_dict,
+            )
         };
-        let no_wait = busy || loop_.getattr(intern!(py, "_stopping"))?.is_truthy()?;
+        let no_wait = busy || Self::stopping(&loop_, loop_dict)?;
         let timeout = no_wait.then_some(Duration::ZERO);
         let (fd_events, timers) = native.get().wait_events(py, timeout)?;
         let fds = if fd_events.is_empty() {
@@ -193,6 +222,21 @@ impl LoopRunner {
         Ok(native.get().take_interrupt())
     }
 
+    /// `loop._stopping`, read from the loop's `__dict__` (where
+    /// BaseEventLoop keeps it) when the runner has it.
+    fn stopping(loop_: &Bound<'_, PyAny>, loop_dict: Option<Py<PyDict>>) -> PyResult<bool> {
+        let py = loop_.py();
+        let name = intern!(py, "_stopping");
+        let found = match loop_dict {
+            Some(loop_dict) => loop_dict.bind(py).get_item(name)?,
+            None => None,
+        };
+        match found {
+            Some(stopping) => stopping.is_truthy(),
+            None => loop_.getattr(name)?.is_truthy(),
+        }
+    }
+
     /// Raises the exception set on this thread from outside (a timed-out
     /// call, Ctrl-C) for which the loop's wait was interrupted
     /// (`NativeLoop.interrupt`), if it is still pending, by running a
@@ -205,6 +249,32 @@ impl LoopRunner {
         cached_attr(py, &RAISE_PENDING, "erlang_loop._loop", "_raise_pending")?
             .call0()
             .map(drop)
+    }
+
+    /// Whether `run_once`, having run an iteration inside `run_forever`,
+    /// runs the next one too: the loop runs, is open, is not stopping, and
+    /// its `_run_once` is still this runner's (not debug mode's, or one set
+    /// on the loop since). Otherwise `run_forever`'s own loop goes on.
+    fn iterates_again(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let (loop_dict, installed) = {
+            let this = slf.borrow();
+            match (&this.loop_dict, &this.installed_run_once) {
+                (Some(loop_dict), Some(installed)) if this.running && !this.closed => {
+                    (loop_dict.clone_ref(py), installed.clone_ref(py))
+                }
+                _ => return Ok(false),
+            }
+        };
+        let loop_dict = loop_dict.bind(py);
+        if !holds_path(loop_dict, intern!(py, "_run_once"), &installed)? {
+            return Ok(false);
+        }
+        match loop_dict.get_item(intern!(py, "_stopping"))? {
+            Some(stopping) => Ok(!stopping.is_truthy()?),
+            // Not where BaseEventLoop keeps it: the Python loop looks.
+            None => Ok(false),
+        }
     }
 
     /// Whether the loop's `call_soon` is the runner's: resolving a future of
@@ -322,7 +392,7 @@ impl LoopRunner {
     fn queue_bare<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
-        arg: &Bound<'py, PyAny>,
+        arg: Option<&Bound<'py, PyAny>>,
         context: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
@@ -332,7 +402,7 @@ impl LoopRunner {
         }
         this.ready.push_back(Item::Call(BareCall {
             callback: callback.clone().unbind(),
-            arg: arg.clone().unbind(),
+            arg: arg.map(|arg| arg.clone().unbind()),
             context: context.clone().unbind(),
         }));
         Ok(py.None().into_bound(py))
@@ -346,7 +416,10 @@ impl LoopRunner {
             kinds().run_in_context(
                 call.context.bind(py),
                 call.callback.bind(py),
-                CallArgs::One(call.arg.bind(py)),
+                match &call.arg {
+                    Some(arg) => CallArgs::One(arg.bind(py)),
+                    None => CallArgs::Nothing,
+                },
             )
         } else {
             None
@@ -377,7 +450,10 @@ impl LoopRunner {
     fn handle_of<'py>(slf: &Bound<'py, Self>, call: &BareCall) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let loop_ = Self::loop_object(slf)?;
-        let args = PyTuple::new(py, [call.arg.bind(py)])?;
+        let args = match &call.arg {
+            Some(arg) => PyTuple::new(py, [arg.bind(py)])?,
+            None => PyTuple::empty(py),
+        };
         kinds().new_handle(
             call.callback.bind(py),
             &args,
@@ -392,6 +468,9 @@ impl LoopRunner {
     /// the runner resolves it queued without a handle (`BareCalls`).
     fn fast_call_soon(slf: &Bound<'_, PyAny>, args: &FastArgs<'_>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
+        // Looked at before anything takes a reference to the callback.
+        let task_step =
+            args.positional_count() == 1 && is_fresh_task_step(args.positional_from(0)[0]);
         let slf = slf.cast::<Self>()?;
         let [by_name, context] = args.keywords(
             py,
@@ -413,10 +492,13 @@ impl LoopRunner {
             }
         };
         if let Some(context) = context.as_ref().filter(|c| !c.is_none()) {
+            if task_step {
+                return Self::queue_bare(slf, &callback, None, context).map(Bound::unbind);
+            }
             if BareCalls::cover(rest) {
                 // SAFETY: a live argument of this call.
                 let arg = unsafe { Bound::from_borrowed_ptr(py, rest[0]) };
-                return Self::queue_bare(slf, &callback, &arg, context).map(Bound::unbind);
+                return Self::queue_bare(slf, &callback, Some(&arg), context).map(Bound::unbind);
             }
         }
         // SAFETY: live arguments of this call.
@@ -761,6 +843,8 @@ impl LoopRunner {
             last_context: None,
             installed_sleep_future: None,
             installed_call_soon: None,
+            installed_run_once: None,
+            in_run_once: false,
             loop_dict: None,
             future_kwargs: None,
         })
@@ -1037,13 +1121,15 @@ impl LoopRunner {
         Ok(())
     }
 
-    /// The loop's `__dict__` and the native paths `_sleep_future` and
-    /// `call_soon` as the loop put them there (None: not in use).
+    /// The loop's `__dict__` and the native paths `_sleep_future`,
+    /// `call_soon` and `_run_once` as the loop put them there (None: not in
+    /// use).
     fn set_native_paths(
         slf: &Bound<'_, Self>,
         loop_dict: Py<PyDict>,
         sleep_future: Option<Py<PyAny>>,
         call_soon: Option<Py<PyAny>>,
+        run_once: Option<Py<PyAny>>,
     ) {
         let replaced = {
             let mut this = slf.borrow_mut();
@@ -1051,6 +1137,7 @@ impl LoopRunner {
                 this.loop_dict.replace(loop_dict),
                 std::mem::replace(&mut this.installed_sleep_future, sleep_future),
                 std::mem::replace(&mut this.installed_call_soon, call_soon),
+                std::mem::replace(&mut this.installed_run_once, run_once),
             )
         };
         // Dropped with no borrow held.
@@ -1093,10 +1180,28 @@ impl LoopRunner {
         Self::fire(slf, fired)
     }
 
-    /// `loop._run_once` outside debug mode.
+    /// `loop._run_once` outside debug mode. Called by `run_forever`'s
+    /// `while True: self._run_once(); if self._stopping: break`, it runs
+    /// the next iterations of that loop itself, as long as nothing would
+    /// make the Python loop act otherwise (see `iterates_again`), and at
+    /// most `ITERATIONS_PER_RUN_ONCE`: an iteration costs no bytecode,
+    /// call and attribute look-up of Python's. A call made inside an
+    /// iteration (a callback calling `loop._run_once()`) runs one.
     fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let outermost = !std::mem::replace(&mut slf.borrow_mut().in_run_once, true);
+        let _leave = outermost.then(|| LeaveRunOnce(slf));
         Self::poll(slf)?;
-        Self::run_ready(slf)
+        Self::run_ready(slf)?;
+        if outermost {
+            for _ in 1..ITERATIONS_PER_RUN_ONCE {
+                if !Self::iterates_again(slf)? {
+                    break;
+                }
+                Self::poll(slf)?;
+                Self::run_ready(slf)?;
+            }
+        }
+        Ok(())
     }
 
     /// The loop closed: its timers are no longer scheduled; new work fails.
@@ -1144,9 +1249,13 @@ impl LoopRunner {
         if let Some(context) = &self.last_context {
             visit.call(context)?;
         }
-        for installed in [&self.installed_sleep_future, &self.installed_call_soon]
-            .into_iter()
-            .flatten()
+        for installed in [
+            &self.installed_sleep_future,
+            &self.installed_call_soon,
+            &self.installed_run_once,
+        ]
+        .into_iter()
+        .flatten()
         {
             visit.call(installed)?;
         }
@@ -1184,6 +1293,7 @@ impl LoopRunner {
         self.last_context = None;
         self.installed_sleep_future = None;
         self.installed_call_soon = None;
+        self.installed_run_once = None;
         self.loop_dict = None;
         self.future_kwargs = None;
         let ready = std::mem::take(&mut self.ready);
