@@ -12,7 +12,7 @@
 -export([call_stdlib/1, version/1,
          convert_integers/1, convert_floats/1, convert_special_atoms/1,
          convert_other_atoms/1, convert_binaries/1, convert_containers/1,
-         convert_map_keys/1, convert_python_only_types/1,
+         convert_map_keys/1, convert_large_dicts/1, convert_python_only_types/1,
          convert_pids_and_refs/1, convert_funs_and_ports/1,
          convert_deep_nesting/1,
          python_exception/1, python_exception_traceback/1, syntax_error/1,
@@ -49,7 +49,7 @@ groups() ->
       [call_stdlib, version,
        convert_integers, convert_floats, convert_special_atoms,
        convert_other_atoms, convert_binaries, convert_containers,
-       convert_map_keys, convert_python_only_types,
+       convert_map_keys, convert_large_dicts, convert_python_only_types,
        convert_pids_and_refs, convert_funs_and_ports, convert_deep_nesting,
        python_exception, python_exception_traceback, syntax_error,
        missing_module, unconvertible_result, int_too_large_for_erlang,
@@ -210,6 +210,32 @@ convert_map_keys(_Config) ->
     ?assertMatch({error, {'TypeError', _, _}}, roundtrip(#{#{} => 1})),
     %% Two Python keys that are the same Erlang term are refused, not merged.
     ?assertMatch({error, {'ValueError', _, _}}, py:eval(<<"{'a': 1, b'a': 2}">>)).
+
+-spec convert_large_dicts(ct_suite:ct_config()) -> term().
+convert_large_dicts(_Config) ->
+    %% Built off the schedulers, where OTP 25-27.2 crashed on a map of
+    %% more than 128 keys made at once (erlang/otp#8208).
+    [begin
+         Expected = maps:from_list([{I, -I} || I <- lists:seq(0, N - 1)]),
+         Code = iolist_to_binary(io_lib:format("{i: -i for i in range(~b)}", [N])),
+         ?assertEqual({ok, Expected}, py:eval(Code)),
+         ?assertEqual({ok, none},
+                      py:eval(<<"__import__('erlang').send(p, ", Code/binary, ")">>,
+                              #{<<"p">> => self()})),
+         receive Sent -> ?assertEqual(Expected, Sent)
+         after 10000 -> ct:fail({not_sent, N})
+         end
+     end || N <- [32, 33, 128, 129, 1000, 100000]],
+    ok = py:register_function(py_suite_size, fun(M) -> lists:seq(1, map_size(M)) end),
+    ?assertEqual({ok, 300}, py:eval(<<"len(__import__('erlang').call('py_suite_size', "
+                                      "{i: i for i in range(300)}))">>)),
+    ok = py:unregister_function(py_suite_size),
+    %% Keys that are the same term are refused at any size (past 32 keys,
+    %% OTP itself builds such a map instead of refusing it: otp#10975).
+    [?assertMatch({error, {'ValueError', _, _}}, py:eval(Code))
+     || Code <- [<<"{**{str(i): i for i in range(40)}, b'7': 0}">>,
+                 <<"{**{str(i): i for i in range(300)}, b'7': 0}">>,
+                 <<"{**{str(i): i for i in range(300)}, b'299': 0}">>]].
 
 -spec convert_python_only_types(ct_suite:ct_config()) -> term().
 convert_python_only_types(_Config) ->

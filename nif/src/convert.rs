@@ -224,8 +224,8 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<T
             keys.push(to_term(env, &key, depth + 1)?);
             values.push(to_term(env, &value, depth + 1)?);
         }
-        return Term::map_from_term_arrays(env, &keys, &values)
-            .map_err(|_| PyValueError::new_err("dict keys collide as Erlang terms"));
+        return map_term(env, &keys, &values)
+            .map_err(|()| PyValueError::new_err("dict keys collide as Erlang terms"));
     }
     // The sets' own iteration, not a subclass's `__iter__`: no Python code
     // runs while a container is being converted (pyo3 panics on a dict that
@@ -337,4 +337,27 @@ pub fn atom_or_binary<'a>(env: Env<'a>, name: &str) -> Term<'a> {
         }
     }
     binary_term(env, name.as_bytes())
+}
+
+/// Keys of a map built at once (`enif_make_map_from_arrays`); the rest
+/// are put one by one. Python's results are converted on threads of ours,
+/// where OTP before 27.3 crashes building a larger map at once
+/// (erlang/otp#8208: its sort of more keys needs a scheduler's data).
+const MAP_KEYS_AT_ONCE: usize = 128;
+
+/// The map of `keys` to `values`; `Err` if two keys are the same term.
+/// Checked by the map's size: from 33 keys on, OTP builds a map with
+/// duplicate keys instead of refusing them (erlang/otp#10975), and a put
+/// replaces.
+fn map_term<'a>(env: Env<'a>, keys: &[Term<'a>], values: &[Term<'a>]) -> Result<Term<'a>, ()> {
+    let at_once = keys.len().min(MAP_KEYS_AT_ONCE);
+    let mut map =
+        Term::map_from_term_arrays(env, &keys[..at_once], &values[..at_once]).map_err(drop)?;
+    for (&key, &value) in keys[at_once..].iter().zip(&values[at_once..]) {
+        map = map.map_put(key, value).map_err(drop)?;
+    }
+    match map.map_size() {
+        Ok(size) if size == keys.len() => Ok(map),
+        _ => Err(()),
+    }
 }
