@@ -228,8 +228,8 @@ import signal, subprocess, sys, time
 ASYNCIO = '''
 import asyncio
 async def main():
-    print('ready', flush=True)
     try:
+        print('ready', flush=True)  # inside: Ctrl-C may come at once
         await asyncio.sleep(60)
     finally:
         print('cleanup', flush=True)
@@ -257,7 +257,10 @@ def run(code, name, repeat):
     rest = node.stdout.read()
     err = node.stderr.read()
     return (name, ready, status, rest, 'KeyboardInterrupt' in err)
-results = [run(ASYNCIO, 'SIGINT', False), run(BLOCKED, 'SIGINT', True),
+# Blocked in C, the program sees the first Ctrl-C when the call returns
+# and the second ends the run; one that comes before the call starts is
+# raised at once (a traceback): either way 130.
+results = [run(ASYNCIO, 'SIGINT', False), run(BLOCKED, 'SIGINT', True)[:4],
            run(BLOCKED, 'SIGTERM', False)]
 # SIGKILL of the wrapper script, which cannot forward it: the node ends too.
 node = subprocess.Popen(
@@ -284,7 +287,7 @@ print(results)
     {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
     ct:log("helper status ~b:~n~ts", [Status, Out]),
     ?assertEqual({0, <<"[('SIGINT', 'ready', 130, 'cleanup\\n', True), "
-                       "('SIGINT', 'ready', 130, '', False), "
+                       "('SIGINT', 'ready', 130, ''), "
                        "('SIGTERM', 'ready', 143, '', False), "
                        "('SIGKILL of the wrapper', 'node gone')]\n">>},
                  {Status, Out}).
