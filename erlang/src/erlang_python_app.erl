@@ -7,6 +7,8 @@
 
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
+    %% Loaded, so that their atoms exist before any Python error.
+    _ = py_exception_names:known(),
     case py_nif:init(init_options()) of
         ok ->
             {ok, Sup} = erlang_python_sup:start_link(),

@@ -237,10 +237,10 @@ result(<<"cancelled">>, _) ->
 result(<<"error">>, {Name, Message, Traceback}) ->
     {error, {exception_name(Name), Message, Traceback}}.
 
-%% Exception class names are the only atoms made from Python data, as in
-%% `py:call'.
-exception_name(Name) when is_binary(Name), byte_size(Name) =< 255 ->
-    try binary_to_atom(Name, utf8) catch error:_ -> Name end;
+%% An exception class name is an atom if the node has it already, as in
+%% `py:call' (see py_exception_names): Python data never creates atoms.
+exception_name(Name) when is_binary(Name), byte_size(Name) =< 1020 ->
+    try binary_to_existing_atom(Name, utf8) catch error:_ -> Name end;
 exception_name(Name) ->
     Name.
 

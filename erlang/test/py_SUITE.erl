@@ -16,6 +16,7 @@
          convert_pids_and_refs/1, convert_funs_and_ports/1,
          convert_deep_nesting/1,
          python_exception/1, python_exception_traceback/1, syntax_error/1,
+         exception_names_make_no_atoms/1,
          missing_module/1, unconvertible_result/1, int_too_large_for_erlang/1,
          panic_answers_the_caller/1, exception_text_with_lone_surrogate/1,
          conversion_runs_no_python_code/1,
@@ -52,6 +53,7 @@ groups() ->
        convert_map_keys, convert_large_dicts, convert_python_only_types,
        convert_pids_and_refs, convert_funs_and_ports, convert_deep_nesting,
        python_exception, python_exception_traceback, syntax_error,
+       exception_names_make_no_atoms,
        missing_module, unconvertible_result, int_too_large_for_erlang,
        panic_answers_the_caller, exception_text_with_lone_surrogate,
        conversion_runs_no_python_code,
@@ -331,10 +333,34 @@ python_exception(_Config) ->
     ?assertEqual({error, {'MyError', <<"custom">>}},
                  strip_traceback(py:exec(<<"class MyError(Exception): pass\n"
                                            "raise MyError('custom')\n">>))),
-    %% Exception names beyond Latin-1 are atoms too.
+    %% Exception names beyond Latin-1 are atoms too (this one exists: it is
+    %% in this module).
     ?assertEqual({error, {'\x{41e}\x{448}', <<"x">>}},
                  strip_traceback(py:exec(<<"class \x{41e}\x{448}(Exception): pass\n"
                                            "raise \x{41e}\x{448}('x')\n"/utf8>>))).
+
+%% A name the node has no atom for comes as a binary: a program raising
+%% classes made on the fly would otherwise fill the atom table and stop the
+%% VM (it is never collected).
+-spec exception_names_make_no_atoms(ct_suite:ct_config()) -> term().
+exception_names_make_no_atoms(_Config) ->
+    ok = py:exec(<<"def raise_new(i):\n"
+                   "    raise type('PySuiteFresh%d' % i, (Exception,), {})('x')\n">>),
+    Atoms = erlang:system_info(atom_count),
+    Names = [begin
+                 {error, {Name, <<"x">>, _}} = py:eval(<<"raise_new(i)">>, #{<<"i">> => I}),
+                 Name
+             end || I <- lists:seq(1, 2000)],
+    ?assert(lists:all(fun is_binary/1, Names)),
+    ?assertEqual(<<"PySuiteFresh7">>, lists:nth(7, Names)),
+    ?assert(erlang:system_info(atom_count) - Atoms < 100),
+    %% Beyond Latin-1 too.
+    ?assertEqual({error, {<<"\x{416}\x{449}Fresh"/utf8>>, <<"x">>}},
+                 strip_traceback(py:exec(<<"class \x{416}\x{449}Fresh(Exception): pass\n"
+                                           "raise \x{416}\x{449}Fresh('x')\n"/utf8>>))),
+    %% Python's own exceptions are atoms in any node.
+    ?assertMatch({error, {'UnicodeTranslateError', _, _}},
+                 py:eval(<<"(_ for _ in ()).throw(UnicodeTranslateError('', 0, 1, 'r'))">>)).
 
 -spec python_exception_traceback(ct_suite:ct_config()) -> term().
 python_exception_traceback(_Config) ->

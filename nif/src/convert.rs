@@ -313,23 +313,22 @@ pub fn binary_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     Term::from(binary)
 }
 
-/// An atom for `name`, or the binary `name` when it cannot be an atom (more
-/// than 255 characters).
-pub fn atom_or_binary<'a>(env: Env<'a>, name: &str) -> Term<'a> {
-    if let Ok(atom) = Atom::from_str(env, name) {
+/// The atom `name` if the node has it already, else the binary `name`:
+/// names from Python never create atoms (the atom table is never
+/// collected, and a full one stops the VM).
+pub fn existing_atom_or_binary<'a>(env: Env<'a>, name: &str) -> Term<'a> {
+    if let Ok(atom) = Atom::existing_from_utf8_bytes(env, name.as_bytes()) {
         return atom.encode(env);
     }
-    // Before NIF 2.17 (OTP 26) rustler makes Latin-1 atoms only; any other
-    // name is read as an atom from its external format (ATOM_UTF8_EXT).
+    // Before NIF 2.17 (OTP 26) rustler looks up Latin-1 atoms only; any
+    // other name is read from its external format (ATOM_UTF8_EXT) by the
+    // checked decoder, which finds existing atoms and creates none.
     if let Ok(length) = u16::try_from(name.len()) {
         if name.chars().count() <= 255 {
             let mut external = vec![131, 118];
             external.extend_from_slice(&length.to_be_bytes());
             external.extend_from_slice(name.as_bytes());
-            // SAFETY: `external` is a well-formed ATOM_UTF8_EXT: valid UTF-8
-            // of at most 255 characters, its byte length in front. (The
-            // checked variant refuses to create atoms.)
-            if let Some((term, _)) = unsafe { env.binary_to_term_trusted(&external) } {
+            if let Some((term, _)) = env.binary_to_term(&external) {
                 if term.is_atom() {
                     return term;
                 }

@@ -7,7 +7,7 @@ use pyo3::types::PyString;
 use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
-use crate::convert::{atom_or_binary, binary_term};
+use crate::convert::{binary_term, existing_atom_or_binary};
 
 /// `{error, {'ValueError', <<"message">>, <<"Traceback ...">>}}`.
 pub fn error_result<'a>(env: Env<'a>, py: Python<'_>, error: &PyErr) -> Term<'a> {
@@ -30,10 +30,11 @@ pub fn exception_term<'a>(env: Env<'a>, py: Python<'_>, error: &PyErr) -> Term<'
     reason_term(env, &name, &message, &traceback)
 }
 
-/// `{Name, <<Message>>, <<Traceback>>}`, the name an atom when it can be.
+/// `{Name, <<Message>>, <<Traceback>>}`, the name an atom when the node
+/// has that atom (see `existing_atom_or_binary`).
 fn reason_term<'a>(env: Env<'a>, name: &str, message: &str, traceback: &str) -> Term<'a> {
     (
-        atom_or_binary(env, name),
+        existing_atom_or_binary(env, name),
         binary_term(env, message.as_bytes()),
         binary_term(env, traceback.as_bytes()),
     )
