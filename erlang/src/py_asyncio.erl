@@ -77,12 +77,17 @@ child_spec(Opts) when is_map(Opts) ->
 %% @doc Schedules `Module.Function(*Args)' on the loop and returns at once.
 %% `Function' is usually a coroutine function (a plain function's result is
 %% fine too) and may be a dotted path. The caller later receives
-%% `{py_result, Ref, result()}'. Like `erlang:send/2', this never fails: if
-%% the loop does not exist no answer comes (`call/5' watches the loop).
+%% `{py_result, Ref, result()}'; `{error, {loop_down, noproc}}' at once if
+%% the loop is not there. A loop that goes away later (killed) answers
+%% nothing: monitor it, or use `call/5', which does.
 -spec submit(loop(), py:name(), py:name(), list()) -> reference().
 submit(Loop, Module, Function, Args) when is_list(Args) ->
     Ref = make_ref(),
-    gen_server:cast(Loop, {submit, self(), Ref, text(Module), text(Function), Args}),
+    Submit = {submit, self(), Ref, text(Module), text(Function), Args},
+    case is_there(Loop) of
+        true -> gen_server:cast(Loop, Submit);
+        false -> self() ! {py_result, Ref, {error, {loop_down, noproc}}}
+    end,
     Ref;
 submit(_Loop, _Module, _Function, _Args) ->
     error(badarg).
@@ -129,6 +134,16 @@ cancel(Loop, Ref) ->
     erlang:error(badarg, [Loop, Ref]).
 
 %% Internal
+
+%% Whether a process answers to `Loop' now (on another node: assumed).
+is_there(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+    is_process_alive(Pid);
+is_there(Name) when is_atom(Name) ->
+    whereis(Name) =/= undefined;
+is_there({Name, Node}) when is_atom(Name), Node =:= node() ->
+    whereis(Name) =/= undefined;
+is_there(_) ->
+    true.
 
 %% A string is characters: hand Python its UTF-8 text, as `py' does.
 text(Text) when is_list(Text) ->

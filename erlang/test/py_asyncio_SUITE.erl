@@ -16,7 +16,7 @@
 -export([start_call_stop/1, loop_runs_in_its_own_thread/1,
          stop_cancels_running_tasks/1, named_loop/1, restart_after_stop/1,
          bad_options/1, child_spec_under_own_supervisor/1,
-         submit_results/1, submit_errors/1, cancel_task/1,
+         submit_results/1, submit_errors/1, cancel_task/1, submit_to_no_loop/1,
          call_timeout_cancels/1, caller_death_cancels_tasks/1,
          unconvertible_input_spoils_nothing_else/1, loop_gone/1,
          loop_worker_dies/1,
@@ -42,7 +42,7 @@ groups() ->
     [{loops, [],
       [start_call_stop, loop_runs_in_its_own_thread, stop_cancels_running_tasks,
        named_loop, restart_after_stop, bad_options, child_spec_under_own_supervisor,
-       submit_results, submit_errors, cancel_task, call_timeout_cancels,
+       submit_results, submit_errors, cancel_task, submit_to_no_loop, call_timeout_cancels,
        caller_death_cancels_tasks, unconvertible_input_spoils_nothing_else, loop_gone,
        loop_worker_dies,
        send_receive_round_trip, receive_timeout]},
@@ -748,3 +748,16 @@ no_more_messages() ->
 
 flush() ->
     receive _ -> flush() after 0 -> ok end.
+
+%% A loop that is not there answers at once, as `call' does.
+-spec submit_to_no_loop(ct_suite:ct_config()) -> term().
+submit_to_no_loop(_Config) ->
+    {ok, Pid} = py_asyncio:start_loop(#{}),
+    ok = py_asyncio:stop_loop(Pid),
+    [begin
+         Ref = py_asyncio:submit(Loop, operator, add, [1, 2]),
+         receive
+             {py_result, Ref, Result} -> ?assertEqual({error, {loop_down, noproc}}, Result)
+         after 10000 -> ct:fail({no_answer, Loop})
+         end
+     end || Loop <- [Pid, py_asyncio_suite_no_such_loop, {py_asyncio_suite_no_such_loop, node()}]].
