@@ -42,7 +42,9 @@ install_policy(false) ->
 
 init_options() ->
     Venv = venv(),
-    #{paths => [bin(P) || P <- [python_dir() | env(python_paths, [])] ++ site_packages(Venv)],
+    #{paths => [bin(P) || P <- [python_dir() | env(python_paths, [])]],
+      site_dirs => [bin(P) || P <- site_packages(Venv)],
+      system_site_packages => system_site_packages(Venv),
       executable => executable(Venv),
       max_workers => env(max_workers, 32),
       wheel_resolution_us => env(wheel_resolution_us, 1000)}.
@@ -64,6 +66,28 @@ venv() ->
 
 site_packages(undefined) -> [];
 site_packages(Venv) -> filelib:wildcard(filename:join([Venv, "lib", "python3*", "site-packages"])).
+
+%% As the venv's python decides it: `include-system-site-packages' in its
+%% pyvenv.cfg (false when absent, as in `venv').
+system_site_packages(undefined) ->
+    true;
+system_site_packages(Venv) ->
+    case file:read_file(filename:join(Venv, "pyvenv.cfg")) of
+        {ok, Cfg} ->
+            Lines = [string:trim(L) || L <- string:split(Cfg, "\n", all)],
+            lists:any(fun(Line) -> is_system_site_line(Line) end, Lines);
+        {error, _} ->
+            true
+    end.
+
+is_system_site_line(Line) ->
+    case string:split(Line, "=") of
+        [Key, Value] ->
+            string:trim(Key) =:= <<"include-system-site-packages">> andalso
+                string:lowercase(string:trim(Value)) =:= <<"true">>;
+        _ ->
+            false
+    end.
 
 executable(Venv) ->
     case {env(executable, undefined), Venv} of

@@ -461,10 +461,12 @@ bad_arguments(_Config) ->
     ?assertError(badarg, py_nif:init(not_a_map)),
     %% A field of the wrong type, or a NUL byte in a path (it would break
     %% every later import), is badarg; nothing is applied.
-    Init = #{paths => [], executable => nil, max_workers => 0, wheel_resolution_us => 1000},
+    Init = #{paths => [], site_dirs => [], system_site_packages => true, executable => nil,
+             max_workers => 0, wheel_resolution_us => 1000},
     [?assertError(badarg, py_nif:init(maps:merge(Init, Bad)))
      || Bad <- [#{paths => [foo]}, #{paths => foo}, #{paths => [<<255>>]},
                 #{paths => [<<"a", 0, "b">>]}, #{executable => <<"py", 0>>},
+                #{site_dirs => [<<"a", 0>>]}, #{site_dirs => foo}, #{system_site_packages => 1},
                 #{executable => 1}, #{max_workers => -1}, #{max_workers => 1 bsl 64},
                 #{wheel_resolution_us => 1 bsl 64}, #{wheel_resolution_us => 1.0}]],
     ?assertEqual({ok, false}, py:eval(<<"any('\\0' in p for p in __import__('sys').path)">>)),

@@ -39,12 +39,15 @@ fn adopt_python_thread() {
 #[derive(rustler::NifMap)]
 struct InitOptions {
     paths: Vec<String>,
+    site_dirs: Vec<String>,
+    system_site_packages: bool,
     executable: Option<String>,
     max_workers: usize,
     wheel_resolution_us: u64,
 }
 
-/// `init(#{paths := [binary()], executable := binary() | nil, max_workers := pos_integer()})`
+/// `init(#{paths := [binary()], site_dirs := [binary()], system_site_packages :=
+/// boolean(), executable := binary() | nil, max_workers := pos_integer(), ...})`
 /// -> `ok | {error, Reason}`. Starts CPython once; later calls add paths and
 /// raise the worker limit.
 #[rustler::nif(schedule = "DirtyCpu")]
@@ -54,7 +57,9 @@ fn init<'a>(env: Env<'a>, options: Term<'a>) -> NifResult<Term<'a>> {
     let options: InitOptions = options.decode().map_err(|_| rustler::Error::BadArg)?;
     // A NUL byte would go into `sys.path` and fail every import after.
     let has_nul = |text: &String| text.contains('\0');
-    if options.paths.iter().any(has_nul) || options.executable.as_ref().is_some_and(has_nul) {
+    if options.paths.iter().chain(&options.site_dirs).any(has_nul)
+        || options.executable.as_ref().is_some_and(has_nul)
+    {
         return Err(rustler::Error::BadArg);
     }
     let tick_ns = options.wheel_resolution_us.saturating_mul(1000);
@@ -69,6 +74,8 @@ fn init<'a>(env: Env<'a>, options: Term<'a>) -> NifResult<Term<'a>> {
     crate::event_loop::set_tick_ns(tick_ns);
     let config = InterpreterConfig {
         paths: options.paths.into_iter().map(PathBuf::from).collect(),
+        site_dirs: options.site_dirs.into_iter().map(PathBuf::from).collect(),
+        system_site_packages: options.system_site_packages,
         executable: options.executable.map(PathBuf::from),
     };
     let first_start = !interpreter::is_initialized();

@@ -11,9 +11,16 @@ use pyo3::types::PyList;
 /// What the host wants the interpreter to look like.
 #[derive(Debug, Clone, Default)]
 pub struct InterpreterConfig {
-    /// Folders put in front of `sys.path` (our `python/` sources, a venv's
-    /// site-packages), in this order.
+    /// Folders put in front of `sys.path` (our `python/` sources, the
+    /// host's own paths), in this order.
     pub paths: Vec<PathBuf>,
+    /// Site directories (a venv's site-packages): on `sys.path` where a
+    /// venv's python has them (after `PYTHONPATH` and the standard library,
+    /// before the base interpreter's site-packages), their `.pth` files read.
+    pub site_dirs: Vec<PathBuf>,
+    /// Whether the base interpreter's site-packages stay on `sys.path` (a
+    /// venv made without `--system-site-packages` leaves them out).
+    pub system_site_packages: bool,
     /// The Python interpreter `sys.executable` should name; `None` uses the one
     /// this crate was built against.
     pub executable: Option<PathBuf>,
@@ -81,6 +88,53 @@ fn sigint_handler() -> libc::sighandler_t {
     }
 }
 
+/// `config.site_dirs` on `sys.path` as a venv's python has them; the base
+/// interpreter's site-packages (and the user's) out of it unless
+/// `config.system_site_packages`.
+fn add_site_dirs(
+    py: Python<'_>,
+    path: &Bound<'_, PyList>,
+    config: &InterpreterConfig,
+) -> PyResult<()> {
+    if config.site_dirs.is_empty() {
+        return Ok(());
+    }
+    let site = py.import("site")?;
+    let mut base: Vec<String> = site.call_method0("getsitepackages")?.extract()?;
+    base.push(site.call_method0("getusersitepackages")?.extract()?);
+    let ours: Vec<String> = config
+        .site_dirs
+        .iter()
+        .map(|dir| dir.to_string_lossy().into_owned())
+        .collect();
+    if !config.system_site_packages {
+        for dir in base.iter().filter(|dir| !ours.contains(dir)) {
+            while path.contains(dir.as_str())? {
+                path.call_method1("remove", (dir.as_str(),))?;
+            }
+        }
+    }
+    for dir in &ours {
+        if path.contains(dir.as_str())? {
+            continue;
+        }
+        let mut position = path.len();
+        for (index, entry) in path.iter().enumerate() {
+            if entry
+                .extract::<String>()
+                .is_ok_and(|entry| base.contains(&entry))
+            {
+                position = index;
+                break;
+            }
+        }
+        path.insert(position, dir.as_str())?;
+        // Reads its `.pth` files (the folder itself is on the path already).
+        site.call_method1("addsitedir", (dir.as_str(),))?;
+    }
+    Ok(())
+}
+
 fn apply_config(py: Python<'_>, config: &InterpreterConfig) -> PyResult<()> {
     let sys = py.import("sys")?;
     let path = sys.getattr("path")?.cast_into::<PyList>()?;
@@ -90,6 +144,7 @@ fn apply_config(py: Python<'_>, config: &InterpreterConfig) -> PyResult<()> {
             path.insert(position, folder.as_ref())?;
         }
     }
+    add_site_dirs(py, &path, config)?;
     if let Some(executable) = config.executable.clone().or_else(build_executable) {
         sys.setattr("executable", executable.to_string_lossy().as_ref())?;
     }

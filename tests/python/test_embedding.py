@@ -4,10 +4,13 @@ pytest``, so every test here runs inside a BEAM node."""
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from types import ModuleType
 
 import erlang
@@ -208,3 +211,34 @@ def test_a_process_forked_from_the_node_is_refused_loops_and_calls_at_once() -> 
     assert len(outcomes) == 3 and outcomes[2] == "closed", outcomes
     refused = outcomes[:2]
     assert all(o.startswith("RuntimeError: this process was forked") for o in refused), outcomes
+
+
+SYS_PATH_REPORT = """
+import json, site, sys
+print(json.dumps({"path": sys.path, "base": site.getsitepackages(),
+                  "pth_read": "_distutils_hack" in sys.modules}))
+"""
+
+
+def test_sys_path_is_ordered_as_a_venv_s_python_orders_it(tmp_path: Path) -> None:
+    """PYTHONPATH before the venv's site-packages, which come after the
+    standard library; the base interpreter's site-packages left out (the
+    project's venv is made without --system-site-packages); the venv's
+    ``.pth`` files read."""
+    venv = Path(os.environ["ERLANG_PYTHON_VENV"])  # set by bin/erlang-python
+    (venv_site,) = venv.glob("lib/python3*/site-packages")
+    extra = tmp_path / "from_pythonpath"
+    extra.mkdir()
+    cli = str(Path(__file__).resolve().parents[2] / "bin" / "erlang-python")
+    env = {**os.environ, "PYTHONPATH": str(extra)}
+    done = subprocess.run(
+        [cli, "-c", SYS_PATH_REPORT], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done
+    report = json.loads(done.stdout)
+    path: list[str] = report["path"]
+    stdlib = next(p for p in path if p.endswith("lib-dynload"))
+    assert path.index(str(extra)) < path.index(stdlib) < path.index(str(venv_site)), path
+    assert not [p for p in report["base"] if p in path], path
+    if (venv_site / "distutils-precedence.pth").exists():  # setuptools' .pth
+        assert report["pth_read"]
