@@ -28,6 +28,7 @@
          namespace_not_leaked_by_short_lived_callers/1,
          register_function/1, erlang_function_crash/1, unregistered_function/1,
          erlang_function_killed/1, timeout_inside_erlang_call/1,
+         timeout_inside_erlang_call_raises_once/1,
          timeout_waiting_event_loop/1, a_dead_caller_s_job_is_cancelled/1,
          nested_call/1, erlang_send/1, erlang_send_from_python_thread/1,
          interpreter_is_the_built_one/1, extension_modules_load/1,
@@ -64,7 +65,8 @@ groups() ->
        namespace_per_process, namespace_dropped_on_exit,
        namespace_not_leaked_by_short_lived_callers,
        register_function, erlang_function_crash, unregistered_function,
-       erlang_function_killed, timeout_inside_erlang_call, timeout_waiting_event_loop,
+       erlang_function_killed, timeout_inside_erlang_call,
+       timeout_inside_erlang_call_raises_once, timeout_waiting_event_loop,
        a_dead_caller_s_job_is_cancelled,
        nested_call, erlang_send, erlang_send_from_python_thread,
        interpreter_is_the_built_one, extension_modules_load,
@@ -309,6 +311,15 @@ convert_deep_nesting(_Config) ->
     %% 1000 levels are fine.
     Ok = nest(list, 999),
     ?assertEqual({ok, Ok}, roundtrip(Ok)),
+    %% The same depth both ways: what Python sends it takes back as an
+    %% argument (the argument list, or eval's locals, is no level).
+    {ok, FromPython} =
+        py:eval(<<"__import__('functools').reduce(lambda a, _: [a], range(1000), 1)">>),
+    ?assertEqual({ok, 1}, py:call(builtins, len, [FromPython])),
+    ?assertEqual({ok, 1}, py:eval(<<"len(x)">>, #{<<"x">> => FromPython})),
+    ?assertEqual({ok, FromPython}, py:call(builtins, sum, [[]], #{<<"start">> => FromPython})),
+    ?assertEqual({ok, FromPython}, roundtrip(FromPython)),
+    ?assertMatch({error, {'ValueError', _, _}}, py:call(builtins, len, [[FromPython]])),
     %% Python -> Erlang.
     ok = py:exec(<<"deep = []\nfor _ in range(100000):\n    deep = [deep]\n">>),
     ?assertMatch({error, {'ValueError', _, _}}, py:eval(<<"deep">>)),
@@ -743,6 +754,30 @@ timeout_inside_erlang_call(_Config) ->
     wait_until(fun() -> not is_process_alive(Slow) end, 10000),
     ?assertEqual([], py_results()),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
+
+%% The code waiting in erlang.call gets one TimeoutError: its `except'
+%% runs to the end (a second one, the job's interrupt, used to hit it at
+%% its first bytecode).
+-spec timeout_inside_erlang_call_raises_once(ct_suite:ct_config()) -> term().
+timeout_inside_erlang_call_raises_once(_Config) ->
+    ok = py:register_function(py_suite_hang, fun() -> receive after 60000 -> ok end end),
+    ok = py:exec(<<"import builtins, erlang\n"
+                   "builtins._py_suite_seen = []\n"
+                   "def _py_suite_waits():\n"
+                   "    seen = builtins._py_suite_seen\n"
+                   "    try:\n"
+                   "        erlang.call('py_suite_hang')\n"
+                   "    except BaseException as e:\n"
+                   "        seen.append('except ' + type(e).__name__)\n"
+                   "        seen.append('handled')\n"
+                   "    finally:\n"
+                   "        seen.append('finally')\n"
+                   "builtins._py_suite_waits = _py_suite_waits\n">>),
+    ?assertEqual({error, timeout}, py:call(builtins, '_py_suite_waits', [], #{}, 300)),
+    Expected = [<<"except TimeoutError">>, <<"handled">>, <<"finally">>],
+    wait_until(fun() -> py:eval(<<"__import__('builtins')._py_suite_seen">>) =:= {ok, Expected} end,
+               10000),
+    ok = py:unregister_function(py_suite_hang).
 
 %% A call that times out while its thread waits in an ErlangEventLoop (for
 %% a timer an hour away, GIL released) is woken for its TimeoutError, which

@@ -6,12 +6,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::PyTuple;
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term, TermType};
 
 use crate::atoms;
-use crate::convert::{atom_text, py_to_term, term_to_py};
+use crate::convert::{args_to_py, atom_text, entries_to_py, py_to_term};
 use crate::errors::{error_result, panic_result};
 use crate::job::Job;
 use crate::namespace;
@@ -206,14 +206,14 @@ fn execute<'a>(
                 .decode()
                 .map_err(|_| pyo3::exceptions::PyValueError::new_err("bad call arguments"))?;
             let target = resolve(py, module, function)?;
-            let args = term_to_py(py, args)?.cast_into::<PyList>()?;
-            let kwargs = term_to_py(py, kwargs)?.cast_into::<PyDict>()?;
+            let args = args_to_py(py, args)?;
+            let kwargs = entries_to_py(py, kwargs)?;
             let result = target.call(PyTuple::new(py, args.iter())?, Some(&kwargs))?;
             py_to_term(env, &result)
         }
         Work::Eval { code } => {
             let globals = namespace::globals(py, caller)?;
-            let locals = term_to_py(py, data)?;
+            let locals = entries_to_py(py, data)?;
             let builtins = py.import("builtins")?;
             let compiled = builtins.call_method1("compile", (code, "<erlang>", "eval"))?;
             let result = builtins.call_method1("eval", (compiled, globals, locals))?;

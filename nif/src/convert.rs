@@ -22,6 +22,33 @@ pub fn term_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, P
     to_py(py, term, 0)
 }
 
+/// A call's argument list as a Python list, each argument converted as a
+/// value of its own: the list is no level of nesting (a value crosses as
+/// an argument as deep as it crosses back as a result).
+pub fn args_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    let mut rest = term;
+    while !rest.is_empty_list() {
+        let (head, tail) = rest
+            .list_get_cell()
+            .map_err(|_| PyTypeError::new_err("arguments must be a proper list"))?;
+        list.append(to_py(py, head, 0)?)?;
+        rest = tail;
+    }
+    Ok(list)
+}
+
+/// Keyword arguments, or `eval`'s locals, as a dict, each entry converted
+/// as a value of its own (as `args_to_py`).
+pub fn entries_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    let entries = MapIterator::new(term).ok_or_else(|| PyTypeError::new_err("bad map"))?;
+    for (key, value) in entries {
+        dict.set_item(to_py_key(py, key, 0)?, to_py(py, value, 0)?)?;
+    }
+    Ok(dict)
+}
+
 /// Converts a Python object into a term of `env`.
 pub fn py_to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>) -> PyResult<Term<'a>> {
     to_term(env, obj, 0)

@@ -125,6 +125,7 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
         // here, so the wait itself gives up, and the server stops the
         // function nobody waits for.
         Wait::Cancelled => {
+            crate::job::take_current_timeout(py);
             let mut env = OwnedEnv::new();
             let _ = env.send_and_clear(&server, |env| {
                 (atoms::py_callback_abandoned(), reply.clone()).encode(env)

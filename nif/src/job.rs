@@ -22,6 +22,9 @@ enum JobState {
     CancelRequested(c_ulong),
     /// A `TimeoutError` was injected into this thread.
     Interrupted(c_ulong),
+    /// A wait inside the job (`erlang.call`) gave up and raises the
+    /// `TimeoutError` itself: no interrupt is to come.
+    TimeoutRaised,
     /// Cancelled before it started: it will never run.
     Cancelled,
     Done,
@@ -141,8 +144,30 @@ impl JobShared {
     pub fn is_cancelled(&self) -> bool {
         matches!(
             *self.lock(),
-            JobState::CancelRequested(_) | JobState::Interrupted(_) | JobState::Cancelled
+            JobState::CancelRequested(_)
+                | JobState::Interrupted(_)
+                | JobState::TimeoutRaised
+                | JobState::Cancelled
         )
+    }
+
+    /// A wait inside the job saw it cancelled and raises the `TimeoutError`
+    /// itself (`erlang.call`): the interrupt still to come is called off,
+    /// one already set is cleared, so that the job's `except` sees one
+    /// exception, not a second at its first bytecode.
+    pub fn take_timeout(&self, _py: Python<'_>) {
+        let mut state = self.lock();
+        match *state {
+            JobState::CancelRequested(_) => *state = JobState::TimeoutRaised,
+            JobState::Interrupted(thread) => {
+                // SAFETY: GIL held; a NULL exception clears the pending one.
+                unsafe {
+                    pyo3::ffi::PyThreadState_SetAsyncExc(thread as c_long, std::ptr::null_mut())
+                };
+                *state = JobState::TimeoutRaised;
+            }
+            _ => {}
+        }
     }
 
     /// Raises `TimeoutError` inside the job's thread at its next bytecode, if
@@ -196,6 +221,15 @@ pub fn run_as_current<R>(job: &ResourceArc<Job>, work: impl FnOnce() -> R) -> R 
     CURRENT.with(|current| *current.borrow_mut() = Some(job.clone()));
     let _guard = CurrentGuard;
     work()
+}
+
+/// `JobShared::take_timeout` of this thread's job, if any.
+pub fn take_current_timeout(py: Python<'_>) {
+    CURRENT.with(|current| {
+        if let Some(job) = current.borrow().as_ref() {
+            job.take_timeout(py);
+        }
+    });
 }
 
 /// True when this thread runs a job whose caller gave up. A thread that runs
