@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import logging
 import subprocess
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +245,32 @@ def test_a_patched_handle_run_sees_task_steps(
 
     loop.run_until_complete(main())
     assert seen.count("TaskStepMethWrapper") >= 4, seen
+
+
+class _Box:
+    def __init__(self, loop: ErlangEventLoop) -> None:
+        self.handle = loop.call_soon(self.touch)
+
+    def touch(self) -> None:
+        pass
+
+
+def test_a_cycle_through_a_queued_callback_is_collected_once_it_ran(
+    loop: ErlangEventLoop,
+) -> None:
+    """While the loop runs the GC does not walk its ready queue (a look at
+    each queued handle costs a cache miss per collection); what a queued
+    callback holds in a cycle is collected once it ran."""
+
+    async def main() -> None:
+        box = _Box(loop)
+        alive = weakref.ref(box)
+        del box
+        gc.collect()
+        assert alive() is not None  # queued: kept
+        await asyncio.sleep(0)  # it runs
+        await asyncio.sleep(0)
+        gc.collect()
+        assert alive() is None
+
+    loop.run_until_complete(main())
