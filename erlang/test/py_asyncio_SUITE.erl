@@ -97,6 +97,24 @@ async def unconvertible():
     return object()
 
 
+WARNINGS = []
+
+
+def record_warnings():
+    import warnings
+
+    def show(message, category, *rest, **kwargs):
+        WARNINGS.append(str(message))
+
+    warnings.showwarning = show
+
+
+def never_awaited():
+    import gc
+    gc.collect()
+    return [w for w in WARNINGS if 'never awaited' in w]
+
+
 async def wait_forever(pid, tag):
     # Tells `pid` it runs, records how it ends.
     erlang.send(pid, (tag, 'started'))
@@ -367,10 +385,16 @@ cancel_task(_Config) ->
     ?assertEqual(ok, py_asyncio:cancel(Loop, Ref)),
     ?assertEqual({error, cancelled}, result(Ref)),
     ?assertEqual({ok, <<"cancelled">>}, py:call(?HELPERS, event, [Tag])),
-    %% Cancelled right after submit, before it ran.
+    %% Cancelled right after submit, before it ran: its coroutine is closed,
+    %% not reported as never awaited.
+    {ok, none} = py:call(?HELPERS, record_warnings, []),
     Ref2 = py_asyncio:submit(Loop, erlang_asyncio, sleep, [3600]),
     ok = py_asyncio:cancel(Loop, Ref2),
     ?assertEqual({error, cancelled}, result(Ref2)),
+    Ref3 = py_asyncio:submit(Loop, asyncio, sleep, [3600]),
+    ok = py_asyncio:cancel(Loop, Ref3),
+    ?assertEqual({error, cancelled}, result(Ref3)),
+    ?assertEqual({ok, []}, py:call(?HELPERS, never_awaited, [])),
     %% Cancelling what finished, or an unknown ref: nothing happens.
     {ok, 5} = py_asyncio:call(Loop, ?HELPERS, echo, [5], ?WAIT),
     ok = py_asyncio:cancel(Loop, Ref),
