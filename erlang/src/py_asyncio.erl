@@ -111,6 +111,8 @@ call(Loop, Module, Function, Args, Timeout)
             erlang:demonitor(Monitor, [flush]),
             Result;
         {'DOWN', Monitor, process, _, Reason} ->
+            %% `submit' answers at once for a loop that is not there.
+            receive {py_result, Ref, _} -> ok after 0 -> ok end,
             {error, {loop_down, Reason}}
     after Timeout ->
         %% Synchronous, so that any result sent before is in our mailbox now

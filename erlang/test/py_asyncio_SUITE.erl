@@ -784,4 +784,8 @@ submit_to_no_loop(_Config) ->
              {py_result, Ref, Result} -> ?assertEqual({error, {loop_down, noproc}}, Result)
          after 10000 -> ct:fail({no_answer, Loop})
          end
-     end || Loop <- [Pid, py_asyncio_suite_no_such_loop, {py_asyncio_suite_no_such_loop, node()}]].
+     end || Loop <- [Pid, py_asyncio_suite_no_such_loop, {py_asyncio_suite_no_such_loop, node()}]],
+    %% `call' answers so too, and leaves no message behind.
+    [?assertEqual({error, {loop_down, noproc}}, py_asyncio:call(Loop, operator, add, [1, 2], 1000))
+     || Loop <- [Pid, py_asyncio_suite_no_such_loop, {py_asyncio_suite_no_such_loop, node()}]],
+    no_more_messages().
