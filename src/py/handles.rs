@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::ptr::{addr_of_mut, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::ffi;
@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 
 use super::context_snapshot::copy_current;
+use super::task_steps::Stepping;
 use super::timer_handle::{self, timer_handle_base};
 
 /// Where one object-valued `__slots__` member lives in an instance.
@@ -610,6 +611,9 @@ impl HandleKinds {
                     CallArgs::One(_) | CallArgs::Nothing => None,
                 };
                 let outcome = sleep.unwrap_or_else(|| {
+                    // A C Task's step or wake-up: its own next step, which
+                    // it schedules meanwhile, goes without a handle.
+                    let _stepping = Stepping::run(callback.as_ptr());
                     let result = match args {
                         CallArgs::Tuple(args) => ffi::PyObject_Call(
                             callback.as_ptr(),
@@ -797,47 +801,6 @@ impl Drop for BareCalls {
     fn drop(&mut self) {
         BARE_CALLS_FOR.set(self.previous);
     }
-}
-
-/// `_asyncio`'s `TaskStepMethWrapper` type, once seen (it is not exported).
-static TASK_STEP_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Whether `callback`, the one positional argument of a `call_soon`, is a
-/// C `Task`'s next step that only the `Task` holds: what its
-/// `task_call_step_soon` passes, dropping the handle it gets back, and
-/// nothing else can. It makes the `TaskStepMethWrapper` (Python code cannot:
-/// the type has no constructor) and hands it to `call_soon` at once; Python
-/// code passing one it found (a handle's `_callback`) holds a reference of
-/// its own while it calls, as a CPython before 3.14 pushes owned references
-/// onto its stack.
-pub(crate) fn is_fresh_task_step(callback: *mut ffi::PyObject) -> bool {
-    // SAFETY: `callback` is a live argument of the current call; reading
-    // its reference count and type, and the type's flags and name.
-    unsafe {
-        if ffi::Py_REFCNT(callback) != 1 || !refcounts_tell_callers() {
-            return false;
-        }
-        let ty = ffi::Py_TYPE(callback);
-        let known = TASK_STEP_TYPE.load(Ordering::Relaxed);
-        if !known.is_null() {
-            return ty == known;
-        }
-        let is_step = (*ty).tp_flags & ffi::Py_TPFLAGS_HEAPTYPE == 0
-            && std::ffi::CStr::from_ptr((*ty).tp_name) == c"TaskStepMethWrapper";
-        if is_step {
-            TASK_STEP_TYPE.store(ty, Ordering::Relaxed);
-        }
-        is_step
-    }
-}
-
-/// Whether this CPython pushes owned references for a call's arguments
-/// (before 3.14), so that an argument with one reference has no holder
-/// but its caller's C code.
-fn refcounts_tell_callers() -> bool {
-    static BEFORE_3_14: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    // SAFETY: a constant of the linked CPython.
-    *BEFORE_3_14.get_or_init(|| unsafe { ffi::Py_Version } < 0x030E_0000)
 }
 
 /// Whether `function` is the `name` function or method as asyncio's

@@ -18,6 +18,7 @@ pub(crate) mod running_loop;
 pub mod sleep;
 pub mod socket_transport;
 pub mod sys_modules;
+pub(crate) mod task_steps;
 pub mod timer_cancel;
 pub mod timer_handle;
 pub mod transport_io;

@@ -26,13 +26,14 @@ use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::context_snapshot;
-use super::handles::{is_fresh_task_step, BareCalls, CallArgs, HandleKinds, Ran};
+use super::handles::{BareCalls, CallArgs, HandleKinds, Ran};
 use super::handling::Handling;
 use super::held::{BareCall, Held, Item};
 use super::method::{call_method_fastcall, FastArgs, MethodDef};
 use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
 use super::once::cached_attr;
 use super::running_loop;
+use super::task_steps::is_fresh_task_step;
 use crate::io::{Event, LoopCore};
 
 /// The handle classes, the same for every loop of the process.

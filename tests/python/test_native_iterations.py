@@ -226,6 +226,37 @@ def test_a_task_step_rescheduled_by_python_code_gets_a_handle(loop: ErlangEventL
     assert steps == [0, 1]
 
 
+def test_a_task_step_passed_on_as_a_temporary_gets_a_handle(loop: ErlangEventLoop) -> None:
+    """A step Python code takes out of a container and passes on at once has
+    one reference, as a C Task's own has: it is still Python's call (no
+    task is stepping, or another one), and gets its Handle."""
+    steps: list[int] = []
+
+    async def stepper() -> None:
+        for i in range(3):
+            steps.append(i)
+            await asyncio.sleep(0)
+
+    task = loop.create_task(stepper())
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    # Outside the loop's run: no task stepping.
+    handles: list[object] = [
+        loop.call_soon(loop._ready.popleft()._callback, context=contextvars.copy_context())
+    ]
+    parked: list[Any] = []
+
+    async def other() -> None:
+        # From another task's step.
+        parked.append(loop._ready.popleft()._callback)
+        handles.append(loop.call_soon(parked.pop(), context=contextvars.copy_context()))
+
+    loop.run_until_complete(other())
+    assert [type(h) for h in handles] == [asyncio.Handle, asyncio.Handle], handles
+    loop.run_until_complete(task)
+    assert steps == [0, 1, 2]
+
+
 def test_a_patched_handle_run_sees_task_steps(
     loop: ErlangEventLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
