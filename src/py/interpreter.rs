@@ -129,8 +129,36 @@ fn add_site_dirs(
             }
         }
         path.insert(position, dir.as_str())?;
-        // Reads its `.pth` files (the folder itself is on the path already).
+        // Reads its `.pth` files (the folder itself is on the path already),
+        // whose folders `addsitedir` appends: moved right after the site
+        // directory, where a venv's python has them (before the base
+        // interpreter's site-packages).
+        let before: Option<Vec<String>> = path.extract().ok();
         site.call_method1("addsitedir", (dir.as_str(),))?;
+        if let Some(before) = before {
+            // Best effort: a `sys.path` holding something else than text
+            // keeps the order `addsitedir` made.
+            if let Err(error) = move_after(path, dir, &before) {
+                tracing::warn!(%error, "could not order a site directory's .pth folders");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the `sys.path` entries that are not in `before` right after `dir`.
+fn move_after(path: &Bound<'_, PyList>, dir: &str, before: &[String]) -> PyResult<()> {
+    let after: Vec<String> = path.extract()?;
+    let added: Vec<&String> = after
+        .iter()
+        .filter(|entry| !before.contains(entry))
+        .collect();
+    for entry in &added {
+        path.call_method1("remove", (entry.as_str(),))?;
+    }
+    let at = path.index(dir)? + 1;
+    for (offset, entry) in added.iter().enumerate() {
+        path.insert(at + offset, entry.as_str())?;
     }
     Ok(())
 }

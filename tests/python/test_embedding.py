@@ -242,3 +242,27 @@ def test_sys_path_is_ordered_as_a_venv_s_python_orders_it(tmp_path: Path) -> Non
     assert not [p for p in report["base"] if p in path], path
     if (venv_site / "distutils-precedence.pth").exists():  # setuptools' .pth
         assert report["pth_read"]
+
+
+def test_a_venv_with_system_site_packages_keeps_its_pth_folders_first(tmp_path: Path) -> None:
+    """The folders a venv's ``.pth`` files add come right after its
+    site-packages, before the base interpreter's (which such a venv keeps),
+    as its own python orders them."""
+    venv = tmp_path / "venv"
+    site_dir = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    site_dir.mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr\ninclude-system-site-packages = true\n")
+    editable = tmp_path / "editable"
+    editable.mkdir()
+    (site_dir / "zz_editable.pth").write_text(f"{editable}\n")
+    cli = str(Path(__file__).resolve().parents[2] / "bin" / "erlang-python")
+    env = {**os.environ, "ERLANG_PYTHON_VENV": str(venv)}
+    done = subprocess.run(
+        [cli, "-c", SYS_PATH_REPORT], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done
+    report = json.loads(done.stdout)
+    path: list[str] = report["path"]
+    base = [p for p in report["base"] if p in path]
+    assert base, path  # kept: the venv includes them
+    assert path.index(str(site_dir)) < path.index(str(editable)) < path.index(base[0]), path
