@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import erlang
 import pytest
@@ -220,6 +221,21 @@ print(json.dumps({"path": sys.path, "base": site.getsitepackages(),
 """
 
 
+def _sys_path_report(**environ: str) -> dict[str, Any]:
+    """``SYS_PATH_REPORT`` of a fresh node started with ``environ`` added."""
+    cli = str(Path(__file__).resolve().parents[2] / "bin" / "erlang-python")
+    done = subprocess.run(
+        [cli, "-c", SYS_PATH_REPORT],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **environ},
+        timeout=120,
+    )
+    assert done.returncode == 0, done
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
 def test_sys_path_is_ordered_as_a_venv_s_python_orders_it(tmp_path: Path) -> None:
     """PYTHONPATH before the venv's site-packages, which come after the
     standard library; the base interpreter's site-packages left out (the
@@ -229,13 +245,7 @@ def test_sys_path_is_ordered_as_a_venv_s_python_orders_it(tmp_path: Path) -> Non
     (venv_site,) = venv.glob("lib/python3*/site-packages")
     extra = tmp_path / "from_pythonpath"
     extra.mkdir()
-    cli = str(Path(__file__).resolve().parents[2] / "bin" / "erlang-python")
-    env = {**os.environ, "PYTHONPATH": str(extra)}
-    done = subprocess.run(
-        [cli, "-c", SYS_PATH_REPORT], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert done.returncode == 0, done
-    report = json.loads(done.stdout)
+    report = _sys_path_report(PYTHONPATH=str(extra))
     path: list[str] = report["path"]
     stdlib = next(p for p in path if p.endswith("lib-dynload"))
     assert path.index(str(extra)) < path.index(stdlib) < path.index(str(venv_site)), path
@@ -255,13 +265,7 @@ def test_a_venv_with_system_site_packages_keeps_its_pth_folders_first(tmp_path: 
     editable = tmp_path / "editable"
     editable.mkdir()
     (site_dir / "zz_editable.pth").write_text(f"{editable}\n")
-    cli = str(Path(__file__).resolve().parents[2] / "bin" / "erlang-python")
-    env = {**os.environ, "ERLANG_PYTHON_VENV": str(venv)}
-    done = subprocess.run(
-        [cli, "-c", SYS_PATH_REPORT], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert done.returncode == 0, done
-    report = json.loads(done.stdout)
+    report = _sys_path_report(ERLANG_PYTHON_VENV=str(venv))
     path: list[str] = report["path"]
     base = [p for p in report["base"] if p in path]
     assert base, path  # kept: the venv includes them

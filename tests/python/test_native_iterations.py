@@ -174,20 +174,27 @@ def test_a_task_s_steps_run_in_the_task_s_context(loop: ErlangEventLoop) -> None
     assert var.get() == "outside"
 
 
-def test_the_ready_queue_gives_a_handle_for_a_task_s_next_step(loop: ErlangEventLoop) -> None:
-    """``_ready.popleft()`` (asyncio's own dispatch, tests that look at the
-    queue) gets the Handle the step would have had; running it goes on
-    with the task."""
-    steps: list[int] = []
+def _stepped_once(loop: ErlangEventLoop, rounds: int, steps: list[int]) -> asyncio.Task[None]:
+    """A task of ``rounds`` steps (each appends its number to ``steps``)
+    that ran its first and waits in the ready queue for its next."""
 
     async def stepper() -> None:
-        for i in range(3):
+        for i in range(rounds):
             steps.append(i)
             await asyncio.sleep(0)
 
     task = loop.create_task(stepper())
     loop.call_soon(loop.stop)
-    loop.run_forever()  # the task's first step: it queues its next one
+    loop.run_forever()
+    return task
+
+
+def test_the_ready_queue_gives_a_handle_for_a_task_s_next_step(loop: ErlangEventLoop) -> None:
+    """``_ready.popleft()`` (asyncio's own dispatch, tests that look at the
+    queue) gets the Handle the step would have had; running it goes on
+    with the task."""
+    steps: list[int] = []
+    task = _stepped_once(loop, 3, steps)
     assert steps == [0]
     handles = [loop._ready.popleft() for _ in range(len(loop._ready))]
     assert len(handles) == 1, handles
@@ -206,15 +213,7 @@ def test_a_task_step_rescheduled_by_python_code_gets_a_handle(loop: ErlangEventL
     """Python code that took a step from the queue holds it as it calls:
     its ``call_soon`` returns the Handle, which runs the step."""
     steps: list[int] = []
-
-    async def stepper() -> None:
-        for i in range(2):
-            steps.append(i)
-            await asyncio.sleep(0)
-
-    task = loop.create_task(stepper())
-    loop.call_soon(loop.stop)
-    loop.run_forever()
+    task = _stepped_once(loop, 2, steps)
     queued = loop._ready.popleft()
     callback, context = queued._callback, queued._context
     del queued
@@ -231,15 +230,7 @@ def test_a_task_step_passed_on_as_a_temporary_gets_a_handle(loop: ErlangEventLoo
     one reference, as a C Task's own has: it is still Python's call (no
     task is stepping, or another one), and gets its Handle."""
     steps: list[int] = []
-
-    async def stepper() -> None:
-        for i in range(3):
-            steps.append(i)
-            await asyncio.sleep(0)
-
-    task = loop.create_task(stepper())
-    loop.call_soon(loop.stop)
-    loop.run_forever()
+    task = _stepped_once(loop, 3, steps)
     # Outside the loop's run: no task stepping.
     handles: list[object] = [
         loop.call_soon(loop._ready.popleft()._callback, context=contextvars.copy_context())
