@@ -67,26 +67,32 @@ venv() ->
 site_packages(undefined) -> [];
 site_packages(Venv) -> filelib:wildcard(filename:join([Venv, "lib", "python3*", "site-packages"])).
 
-%% As the venv's python decides it: `include-system-site-packages' in its
-%% pyvenv.cfg (false when absent, as in `venv').
+%% As the venv's python decides it (site.py): the last
+%% `include-system-site-packages' line of its pyvenv.cfg, the key in any
+%% case, false when absent.
 system_site_packages(undefined) ->
     true;
 system_site_packages(Venv) ->
     case file:read_file(filename:join(Venv, "pyvenv.cfg")) of
         {ok, Cfg} ->
-            Lines = [string:trim(L) || L <- string:split(Cfg, "\n", all)],
-            lists:any(fun(Line) -> is_system_site_line(Line) end, Lines);
+            Values = [Value || Line <- string:split(Cfg, "\n", all),
+                               {ok, Value} <- [system_site_value(Line)]],
+            lists:last([false | Values]);
         {error, _} ->
             true
     end.
 
-is_system_site_line(Line) ->
+system_site_value(Line) ->
     case string:split(Line, "=") of
         [Key, Value] ->
-            string:trim(Key) =:= <<"include-system-site-packages">> andalso
-                string:lowercase(string:trim(Value)) =:= <<"true">>;
+            case string:lowercase(string:trim(Key)) of
+                <<"include-system-site-packages">> ->
+                    {ok, string:lowercase(string:trim(Value)) =:= <<"true">>};
+                _ ->
+                    skip
+            end;
         _ ->
-            false
+            skip
     end.
 
 executable(Venv) ->

@@ -261,7 +261,10 @@ def test_a_venv_with_system_site_packages_keeps_its_pth_folders_first(tmp_path: 
     venv = tmp_path / "venv"
     site_dir = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
     site_dir.mkdir(parents=True)
-    (venv / "pyvenv.cfg").write_text("home = /usr\ninclude-system-site-packages = true\n")
+    # Read as site.py reads it: the key in any case, the last line wins.
+    (venv / "pyvenv.cfg").write_text(
+        "home = /usr\ninclude-system-site-packages = false\nInclude-System-Site-Packages = True\n"
+    )
     editable = tmp_path / "editable"
     editable.mkdir()
     (site_dir / "zz_editable.pth").write_text(f"{editable}\n")
