@@ -73,13 +73,6 @@ async def _contained(awaitable: Awaitable[Any]) -> Any:
         raise _CallExited(exit) from exit
 
 
-def _close_if_never_started(awaitable: Awaitable[Any], _task: asyncio.Future[Any]) -> None:
-    # A task cancelled before its first step never awaited its coroutine:
-    # closed here, it is not reported as "never awaited" when collected.
-    if inspect.iscoroutine(awaitable) and inspect.getcoroutinestate(awaitable) == "CORO_CREATED":
-        awaitable.close()
-
-
 def _resolve(module: str, function: str) -> Callable[..., Any]:
     """``module.function``; ``function`` may be a dotted path, as in py:call."""
     target: Any = importlib.import_module(module)
@@ -208,10 +201,14 @@ class _LoopThread:
             self._report(key, "error", _error_info(error))
             return
         self.tasks[key] = task
-        task.add_done_callback(functools.partial(self._task_done, key))
-        task.add_done_callback(functools.partial(_close_if_never_started, result))
+        task.add_done_callback(functools.partial(self._task_done, key, result))
 
-    def _task_done(self, key: int, task: asyncio.Future[Any]) -> None:
+    def _task_done(self, key: int, awaitable: Awaitable[Any], task: asyncio.Future[Any]) -> None:
+        # A task cancelled before its first step never awaited `awaitable`:
+        # closed here, it is not reported as "never awaited" when collected.
+        if inspect.iscoroutine(awaitable):
+            if inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED:
+                awaitable.close()
         # Retrieved even when nobody waits any more (a caller told at the
         # loop's shutdown): no "exception was never retrieved" in the log.
         error = None if task.cancelled() else task.exception()

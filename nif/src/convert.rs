@@ -26,27 +26,13 @@ pub fn term_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, P
 /// value of its own: the list is no level of nesting (a value crosses as
 /// an argument as deep as it crosses back as a result).
 pub fn args_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyList>> {
-    let list = PyList::empty(py);
-    let mut rest = term;
-    while !rest.is_empty_list() {
-        let (head, tail) = rest
-            .list_get_cell()
-            .map_err(|_| PyTypeError::new_err("arguments must be a proper list"))?;
-        list.append(to_py(py, head, 0)?)?;
-        rest = tail;
-    }
-    Ok(list)
+    list_to_py(py, term, 0)
 }
 
 /// Keyword arguments, or `eval`'s locals, as a dict, each entry converted
 /// as a value of its own (as `args_to_py`).
 pub fn entries_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyDict>> {
-    let dict = PyDict::new(py);
-    let entries = MapIterator::new(term).ok_or_else(|| PyTypeError::new_err("bad map"))?;
-    for (key, value) in entries {
-        dict.set_item(to_py_key(py, key, 0)?, to_py(py, value, 0)?)?;
-    }
-    Ok(dict)
+    map_to_py(py, term, 0)
 }
 
 /// Converts a Python object into a term of `env`.
@@ -89,18 +75,7 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'
                 Err(_) => PyBytes::new(py, bytes).into_any(),
             })
         }
-        TermType::List => {
-            let list = PyList::empty(py);
-            let mut rest = term;
-            while !rest.is_empty_list() {
-                let (head, tail) = rest
-                    .list_get_cell()
-                    .map_err(|_| PyTypeError::new_err("improper lists cannot be converted"))?;
-                list.append(to_py(py, head, depth + 1)?)?;
-                rest = tail;
-            }
-            Ok(list.into_any())
-        }
+        TermType::List => Ok(list_to_py(py, term, depth + 1)?.into_any()),
         TermType::Tuple => {
             let elements = get_tuple(term).map_err(|_| PyTypeError::new_err("bad tuple"))?;
             let items = elements
@@ -109,21 +84,38 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'
                 .collect::<PyResult<Vec<_>>>()?;
             Ok(PyTuple::new(py, items)?.into_any())
         }
-        TermType::Map => {
-            let dict = PyDict::new(py);
-            let entries = MapIterator::new(term).ok_or_else(|| PyTypeError::new_err("bad map"))?;
-            for (key, value) in entries {
-                let key = to_py_key(py, key, depth + 1)?;
-                dict.set_item(key, to_py(py, value, depth + 1)?)?;
-            }
-            Ok(dict.into_any())
-        }
+        TermType::Map => Ok(map_to_py(py, term, depth + 1)?.into_any()),
         TermType::Pid => Ok(Bound::new(py, Pid::from_term(term))?.into_any()),
         TermType::Ref => Ok(Bound::new(py, Ref::from_term(term))?.into_any()),
         TermType::Fun | TermType::Port | TermType::Unknown => {
             Ok(Bound::new(py, OpaqueTerm::from_term(term))?.into_any())
         }
     }
+}
+
+/// A list, its elements converted at `depth`.
+fn list_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    let mut rest = term;
+    while !rest.is_empty_list() {
+        let (head, tail) = rest
+            .list_get_cell()
+            .map_err(|_| PyTypeError::new_err("improper lists cannot be converted"))?;
+        list.append(to_py(py, head, depth)?)?;
+        rest = tail;
+    }
+    Ok(list)
+}
+
+/// A map as a dict, its keys and values converted at `depth`.
+fn map_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    let entries = MapIterator::new(term).ok_or_else(|| PyTypeError::new_err("bad map"))?;
+    for (key, value) in entries {
+        let key = to_py_key(py, key, depth)?;
+        dict.set_item(key, to_py(py, value, depth)?)?;
+    }
+    Ok(dict)
 }
 
 /// A map key. Lists are unhashable: a list in a key, at any depth inside

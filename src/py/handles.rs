@@ -758,8 +758,9 @@ impl HandleKinds {
     }
 }
 
-/// What a callback is called with: a tuple of arguments (a handle's), or
-/// one argument (a callback queued without its handle).
+/// What a callback is called with: a tuple of arguments (a handle's), one
+/// argument (a future's callback queued without its handle), or none (a
+/// Task's step queued so).
 #[derive(Clone, Copy)]
 pub enum CallArgs<'a, 'py> {
     Tuple(&'a Bound<'py, PyAny>),

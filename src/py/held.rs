@@ -67,8 +67,9 @@ pub(crate) enum Item {
     /// resolved when its turn in the ready queue comes (as asyncio's
     /// `sleep` resolves its future from a ready handle).
     Future(Py<PyAny>),
-    /// A callback a future scheduled while the runner resolved it: queued
-    /// without its `Handle` (see `BareCall`). Never a timer.
+    /// A callback a future scheduled while the runner resolved it, or a C
+    /// Task's next step: queued without its `Handle` (see `BareCall`).
+    /// Never a timer.
     Call(BareCall),
 }
 

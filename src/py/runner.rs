@@ -258,24 +258,23 @@ impl LoopRunner {
     /// on the loop since). Otherwise `run_forever`'s own loop goes on.
     fn iterates_again(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
-        let (loop_dict, installed) = {
+        let (loop_, loop_dict, installed) = {
             let this = slf.borrow();
-            match (&this.loop_dict, &this.installed_run_once) {
-                (Some(loop_dict), Some(installed)) if this.running && !this.closed => {
-                    (loop_dict.clone_ref(py), installed.clone_ref(py))
+            match (&this.loop_, &this.loop_dict, &this.installed_run_once) {
+                (Some(loop_), Some(loop_dict), Some(installed)) if this.running && !this.closed => {
+                    (
+                        loop_.bind(py).clone(),
+                        loop_dict.clone_ref(py),
+                        installed.clone_ref(py),
+                    )
                 }
                 _ => return Ok(false),
             }
         };
-        let loop_dict = loop_dict.bind(py);
-        if !holds_path(loop_dict, intern!(py, "_run_once"), &installed)? {
+        if !holds_path(loop_dict.bind(py), intern!(py, "_run_once"), &installed)? {
             return Ok(false);
         }
-        match loop_dict.get_item(intern!(py, "_stopping"))? {
-            Some(stopping) => Ok(!stopping.is_truthy()?),
-            // Not where BaseEventLoop keeps it: the Python loop looks.
-            None => Ok(false),
-        }
+        Ok(!Self::stopping(&loop_, Some(loop_dict))?)
     }
 
     /// Whether the loop's `call_soon` is the runner's: resolving a future of
@@ -387,9 +386,9 @@ impl LoopRunner {
         Ok(())
     }
 
-    /// Queues a callback of a future being resolved without its handle
-    /// (see `BareCalls`), in `context` (the future's own, never None); None
-    /// stands for the handle nobody takes.
+    /// Queues a callback without its handle (a future's being resolved,
+    /// see `BareCalls`, or a C Task's next step, see `task_steps`), in
+    /// `context` (never None); None stands for the handle nobody takes.
     fn queue_bare<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
