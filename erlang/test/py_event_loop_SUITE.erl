@@ -24,7 +24,7 @@
          reader_and_writer/1, readiness_coalesced_not_dropped/1,
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
-         no_leaked_fds/1, worker_dies/1, python_worker_dies/1,
+         no_leaked_fds/1, tight_add_remove_piles_up_no_fds/1, worker_dies/1, python_worker_dies/1,
          isolated_loop_worker_stops_on_close/1,
          unclosed_native_loops_release_fds_and_workers/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
@@ -64,7 +64,7 @@ all() ->
      stray_messages_leave_the_worker_serving, dead_router_refusals_lose_no_wake_up,
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
-     no_leaked_fds, worker_dies, python_worker_dies,
+     no_leaked_fds, tight_add_remove_piles_up_no_fds, worker_dies, python_worker_dies,
      isolated_loop_worker_stops_on_close, unclosed_native_loops_release_fds_and_workers,
      get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
@@ -828,6 +828,39 @@ fd_count() ->
     {ok, Names} = file:list_dir("/proc/self/fd"),
     length(Names).
 
+%% A caller adding and removing a reader 100k times in a row, faster than
+%% the router applies selects: each registration removed before its select
+%% was made closes its duplicate fd at once, so the open fds stay few (they
+%% grew by one per pair until the router caught up: EMFILE at 50k pairs
+%% with 20k fds allowed). The fds are counted by another process meanwhile:
+%% a count by the caller would let the router catch up.
+-spec tight_add_remove_piles_up_no_fds(ct_suite:ct_config()) -> term().
+tight_add_remove_piles_up_no_fds(_Config) ->
+    Baseline = fd_count(),
+    Loop = new_loop(),
+    {Sock, Fd, _} = udp(),
+    Self = self(),
+    Counter = spawn_link(fun() -> count_fds(Self, Baseline) end),
+    [begin
+         {ok, Ref} = py_nif:add_reader(Loop, Fd, N),
+         ok = py_nif:remove_reader(Loop, Ref)
+     end || N <- lists:seq(1, 100000)],
+    Counter ! stop,
+    Most = receive {most_fds, Counter, M} -> M end,
+    ct:log("fds: baseline ~p, most while adding and removing ~p", [Baseline, Most]),
+    ?assert(Most < Baseline + 1000, {fds_piled_up, Most - Baseline}),
+    ?assertMatch(#{fds := 0, fds_closed_unselected := N} when N > 0, py_nif:loop_stats(Loop)),
+    ok = gen_udp:close(Sock),
+    Final = wait_until(fun() -> fd_count() end, fun(Count) -> Count =< Baseline end, 5000),
+    ?assert(Final =< Baseline, {leaked_fds, Final - Baseline}),
+    stop_loop(Loop).
+
+count_fds(Parent, Most) ->
+    receive
+        stop -> Parent ! {most_fds, self(), max(Most, fd_count())}
+    after 0 -> count_fds(Parent, max(Most, fd_count()))
+    end.
+
 %%--------------------------------------------------------------------
 %% Dead workers
 
@@ -1376,7 +1409,7 @@ loop_stats(_Config) ->
     S0 = py_nif:loop_stats(Loop),
     Keys = [timers_inserted, timers_cancelled, timers_fired, wakeups, spurious_wakeups,
             ticks, spurious_ticks, fd_events, events_coalesced, stale_events, timer_arms,
-            poller_rebuilds, pending, live_timers, fds, sleeping],
+            poller_rebuilds, fds_closed_unselected, pending, live_timers, fds, sleeping],
     [?assert(is_integer(maps:get(K, S0)) andalso maps:get(K, S0) >= 0, K) || K <- Keys],
     ?assertMatch(#{timers_inserted := 0, timers_fired := 0, fd_events := 0,
                    live_timers := 0, fds := 0, pending := 0, sleeping := 0}, S0),

@@ -153,6 +153,10 @@ impl LoopHost for NifHost {
     fn wait_closed(&self, handles: &[SelectHandle], timeout: Duration) -> bool {
         fd_resource::wait_closed(handles, timeout)
     }
+
+    fn close_unselected(&self, handle: &SelectHandle) -> bool {
+        fd_resource::downcast(handle).is_some_and(|handle| handle.close_if_never_selected())
+    }
 }
 
 /// `LoopRef`: one native loop.
@@ -188,10 +192,7 @@ impl rustler::Resource for LoopResource {
         // An fd that never entered the poll set needs no stop (nor a
         // placer, which a node without the application lacks): closed here.
         let mut stops = self.core.take_stop_requests();
-        stops.retain(|request| {
-            !fd_resource::downcast(&request.handle)
-                .is_some_and(|handle| handle.close_if_never_selected())
-        });
+        stops.retain(|request| !self.host.close_unselected(&request.handle));
         hand_to_placer(stops, |placer| env.send(placer, py_orphan_stops()).is_ok());
     }
 

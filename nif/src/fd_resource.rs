@@ -11,7 +11,7 @@
 
 use std::os::fd::RawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,17 +26,24 @@ use rustler::{Env, Term};
 
 static FD_RESOURCE_TYPE: AtomicPtr<ErlNifResourceType> = AtomicPtr::new(ptr::null_mut());
 
+/// No `enif_select` of the fd was made yet: it may be closed at once.
+const STATE_FRESH: u8 = 0;
+/// `enif_select` was (or is being) called: closing must wait for the stop.
+const STATE_SELECTED: u8 = 1;
+/// The duplicate is closed or being closed: set first, so that it is closed
+/// once, and no select is made after.
+const STATE_CLOSED: u8 = 2;
+
 /// The C-side object of one resource.
 struct FdResource {
     /// Our duplicate of the watched fd; -1 once closed.
     fd: RawFd,
     /// The registration token in the loop's registry.
     token: u64,
-    /// `enif_select` was called at least once: closing must wait for stop.
-    selected: AtomicBool,
-    /// The duplicate is being closed (by stop, or by the destructor): set
-    /// first, so that it is closed once.
-    closed: AtomicBool,
+    /// [`STATE_FRESH`], [`STATE_SELECTED`] or [`STATE_CLOSED`]; moves forward only, by
+    /// atomic exchanges, so that a select and a close of a never selected
+    /// fd, made on two threads at once, agree on which came first.
+    state: AtomicU8,
     /// The duplicate is closed: set after `close(2)` returned, under
     /// `CLOSES`, for [`wait_closed`].
     released: AtomicBool,
@@ -48,14 +55,39 @@ static CLOSES: Mutex<()> = Mutex::new(());
 static CLOSED: Condvar = Condvar::new();
 
 impl FdResource {
+    /// Closes the duplicate unless it is closed already (a stop, the
+    /// destructor: the fd is out of the poll set, or never entered it).
     fn close_once(&self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            // SAFETY: `fd` is our own duplicate, closed exactly once here.
-            unsafe { libc::close(self.fd) };
-            let _closes = CLOSES.lock().unwrap_or_else(|e| e.into_inner());
-            self.released.store(true, Ordering::Release);
-            CLOSED.notify_all();
+        if self.state.swap(STATE_CLOSED, Ordering::AcqRel) != STATE_CLOSED {
+            self.close_fd();
         }
+    }
+
+    /// Closes the duplicate if no select of it was made, and makes every
+    /// later select a no-op. True if it is closed (now or before).
+    fn close_if_fresh(&self) -> bool {
+        match self.state.compare_exchange(
+            STATE_FRESH,
+            STATE_CLOSED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                self.close_fd();
+                true
+            }
+            Err(state) => state == STATE_CLOSED,
+        }
+    }
+
+    /// For the one caller that moved `state` to `STATE_CLOSED`.
+    fn close_fd(&self) {
+        // SAFETY: `fd` is our own duplicate, closed exactly once: by whoever
+        // moved `state` to `STATE_CLOSED`.
+        unsafe { libc::close(self.fd) };
+        let _closes = CLOSES.lock().unwrap_or_else(|e| e.into_inner());
+        self.released.store(true, Ordering::Release);
+        CLOSED.notify_all();
     }
 }
 
@@ -157,17 +189,11 @@ impl FdHandle {
     }
 
     /// Closes the fd now if it never entered the BEAM's poll set, as a
-    /// `Stop` does then. False if it did: only a stop may close it. For
-    /// callers no `select` of this fd can run beside: a `Stop` (its
-    /// selects come from one process at a time), the destructor of its loop
-    /// (which every `select` call holds a reference to).
+    /// `Stop` does then. False if it did: only a stop may close it. Safe
+    /// beside a `select` of the fd on another thread: whichever of the two
+    /// comes first wins, and a select after this close is a no-op.
     pub fn close_if_never_selected(&self) -> bool {
-        let resource = self.resource();
-        if resource.selected.load(Ordering::Acquire) {
-            return false;
-        }
-        resource.close_once();
-        true
+        self.resource().close_if_fresh()
     }
 
     /// Makes `op` with the calling process's env (`pid` receives the
@@ -175,12 +201,19 @@ impl FdHandle {
     /// Returns the raw `enif_select` result (negative on failure).
     pub fn select(&self, env: Env<'_>, op: SelectOp, pid: &ErlNifPid, reference: Term<'_>) -> i32 {
         let resource = self.resource();
-        if resource.closed.load(Ordering::Acquire) {
-            return -1;
-        }
         let flags = match op {
             SelectOp::Arm { read, write } => {
-                resource.selected.store(true, Ordering::Release);
+                let marked = resource.state.compare_exchange(
+                    STATE_FRESH,
+                    STATE_SELECTED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if marked == Err(STATE_CLOSED) {
+                    // Its registration went before this arm was made (see
+                    // `LoopHost::close_unselected`): nothing to watch.
+                    return 0;
+                }
                 (if read { ERL_NIF_SELECT_READ } else { 0 })
                     | (if write { ERL_NIF_SELECT_WRITE } else { 0 })
             }
@@ -231,8 +264,7 @@ pub fn open(fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
             FdResource {
                 fd: duplicate,
                 token,
-                selected: AtomicBool::new(false),
-                closed: AtomicBool::new(false),
+                state: AtomicU8::new(STATE_FRESH),
                 released: AtomicBool::new(false),
             },
         )

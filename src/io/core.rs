@@ -272,7 +272,8 @@ impl LoopCore {
             state
                 .pending
                 .retain(|event| event.kind == EventKind::Timer || event.key != fd as u64);
-            wake = state.owe_selects(Some(stop));
+            let stop = self.withdraw(&mut state, stop);
+            wake = state.owe_selects(stop);
         }
         let host = Arc::clone(&self.host);
         let request = state
@@ -297,8 +298,25 @@ impl LoopCore {
                 .retain(|event| !(event.kind == kind && event.key == fd as u64));
         }
         state.stats.fds = state.fds.len() as u64;
+        let stop = stop.and_then(|stop| self.withdraw(&mut state, stop));
         let wake = state.owe_selects(stop);
         (had, wake)
+    }
+
+    /// A registration's stop, before it is queued: the arms of its handle
+    /// still queued go (they are void now), and a handle never selected is
+    /// closed at once instead of stopped. A caller adding and removing fds
+    /// in a tight loop would otherwise hold a duplicate fd open per
+    /// registration until the serving process caught up (EMFILE).
+    fn withdraw(&self, state: &mut State, stop: SelectRequest) -> Option<SelectRequest> {
+        state
+            .selects
+            .retain(|queued| !Arc::ptr_eq(&queued.handle, &stop.handle));
+        if self.host.close_unselected(&stop.handle) {
+            state.stats.fds_closed_unselected += 1;
+            return None;
+        }
+        Some(stop)
     }
 
     /// Readiness of `kind` for the registration `token`, reported by the

@@ -114,4 +114,13 @@ pub trait LoopHost: Send + Sync {
         let _ = (handles, timeout);
         true
     }
+
+    /// Closes the duplicate fd of `handle` now if no select of it was ever
+    /// made, and from then on refuses to select it; true if so (its stop is
+    /// then owed to nobody). False if a select was made: only a stop may
+    /// close it (LESSONS 17). May race with the serving process's selects.
+    fn close_unselected(&self, handle: &SelectHandle) -> bool {
+        let _ = handle;
+        false
+    }
 }

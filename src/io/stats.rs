@@ -27,6 +27,9 @@ pub struct LoopStats {
     /// Times a Python loop's epoll set was rebuilt to shed the registration
     /// of a socket closed while watched (see `io::poller`).
     pub poller_rebuilds: u64,
+    /// Watched fds removed before any select of them was made: closed at
+    /// once, with no stop for the serving process.
+    pub fds_closed_unselected: u64,
     pub pending: u64,
     pub live_timers: u64,
     pub fds: u64,
@@ -37,7 +40,7 @@ pub struct LoopStats {
 
 impl LoopStats {
     /// Name/value pairs, for maps and dicts.
-    pub fn fields(&self) -> [(&'static str, u64); 16] {
+    pub fn fields(&self) -> [(&'static str, u64); 17] {
         [
             ("timers_inserted", self.timers_inserted),
             ("timers_cancelled", self.timers_cancelled),
@@ -51,6 +54,7 @@ impl LoopStats {
             ("stale_events", self.stale_events),
             ("timer_arms", self.timer_arms),
             ("poller_rebuilds", self.poller_rebuilds),
+            ("fds_closed_unselected", self.fds_closed_unselected),
             ("pending", self.pending),
             ("live_timers", self.live_timers),
             ("fds", self.fds),

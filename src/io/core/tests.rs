@@ -10,6 +10,10 @@ use std::thread;
 #[derive(Default)]
 struct FakeHost {
     delivered: StdMutex<Vec<Wake>>,
+    /// Closes handles never selected when asked (as the NIF's host does):
+    /// the tokens of handles selected (by `apply_selects`) and of those
+    /// closed unselected.
+    closes_unselected: Option<StdMutex<(Vec<u64>, Vec<u64>)>>,
 }
 
 impl LoopHost for FakeHost {
@@ -20,6 +24,42 @@ impl LoopHost for FakeHost {
     fn deliver(&self, wake: Wake) -> bool {
         self.delivered.lock().unwrap().push(wake);
         true
+    }
+
+    fn close_unselected(&self, handle: &SelectHandle) -> bool {
+        let Some(tokens) = &self.closes_unselected else {
+            return false;
+        };
+        let token = *handle.downcast_ref::<u64>().unwrap();
+        let (selected, closed) = &mut *tokens.lock().unwrap();
+        if selected.contains(&token) {
+            return false;
+        }
+        closed.push(token);
+        true
+    }
+}
+
+impl FakeHost {
+    /// Makes the selects the core owes, as the serving process would.
+    fn apply_selects(&self, core: &LoopCore) -> Vec<SelectOp> {
+        let requests = core.take_select_requests();
+        if let Some(tokens) = &self.closes_unselected {
+            let selected = &mut tokens.lock().unwrap().0;
+            selected.extend(requests.iter().map(token_of));
+        }
+        requests.iter().map(|request| request.op).collect()
+    }
+
+    /// Tokens of the handles closed without a select.
+    fn closed_unselected(&self) -> Vec<u64> {
+        self.closes_unselected
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .1
+            .clone()
     }
 }
 
@@ -402,6 +442,38 @@ fn removing_interest_drops_a_queued_event_and_stops_the_select() {
     core.add_interest(4, EventKind::Read, 2).unwrap();
     let fresh = core.take_select_requests();
     assert_ne!(token_of(&fresh[0]), token);
+}
+
+/// A caller adding and removing fds faster than its serving process
+/// applies selects: each registration removed before its arm was applied is
+/// closed at once and its arm withdrawn, so nothing piles up.
+#[test]
+fn a_registration_removed_before_its_select_is_closed_at_once() {
+    let host = Arc::new(FakeHost {
+        closes_unselected: Some(StdMutex::default()),
+        ..FakeHost::default()
+    });
+    let core = LoopCore::new(1_000_000, host.clone()).unwrap();
+    core.set_served();
+    for id in 0..1000 {
+        core.add_interest(4, EventKind::Read, id).unwrap();
+        core.remove_interest(4, EventKind::Read);
+    }
+    assert_eq!(host.apply_selects(&core), [], "no arm or stop left owed");
+    assert_eq!(host.closed_unselected().len(), 1000);
+    assert_eq!(core.stats().fds_closed_unselected, 1000);
+    // Selected once, a registration needs its stop.
+    core.add_interest(4, EventKind::Read, 1).unwrap();
+    host.apply_selects(&core);
+    core.add_interest(4, EventKind::Write, 2).unwrap();
+    core.remove_interest(4, EventKind::Read);
+    core.remove_interest(4, EventKind::Write);
+    assert_eq!(
+        host.apply_selects(&core),
+        [SelectOp::Stop],
+        "the queued arm of the write direction is withdrawn, the stop stays"
+    );
+    assert_eq!(host.closed_unselected().len(), 1000);
 }
 
 #[test]
