@@ -2,7 +2,8 @@
 //! scope (the BEAM loads NIFs that way).
 
 use std::ffi::{c_void, CStr, CString};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
@@ -39,7 +40,13 @@ pub fn initialize(config: &InterpreterConfig) -> Result<(), String> {
         let sigint_before = sigint_handler();
         promote_libpython_to_global_scope()?;
         pre_initialize_utf8_mode_under_c_locale()?;
-        // pyo3: Py_InitializeEx(0) (the BEAM owns signals), then releases the GIL.
+        initialize_from_config(
+            config
+                .executable
+                .as_deref()
+                .filter(|path| is_venv_python(path)),
+        )?;
+        // Python is up: pyo3 only records it.
         Python::initialize();
         *started = true;
         // This thread initialised Python: it is Python's main thread, where
@@ -206,6 +213,81 @@ fn pre_initialize_utf8_mode_under_c_locale() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Starts CPython as the `python3` command would (PEP 587's Python
+/// configuration: `PYTHONPATH` and friends read), with its signal handlers
+/// off (the BEAM owns signals) and the VM's C stdio left as it is, then
+/// releases the GIL. With `executable` (a venv's python) CPython finds the
+/// venv as that python does: `sys.prefix` is the venv, its site-packages and
+/// only its `.pth` files are read, the base interpreter's site-packages only
+/// if its `pyvenv.cfg` says so.
+fn initialize_from_config(executable: Option<&Path>) -> Result<(), String> {
+    use pyo3::ffi;
+    let executable = executable
+        .map(|path| CString::new(path.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(|_| "the Python executable's path holds a NUL byte".to_string())?;
+    let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
+    // SAFETY: InitPythonConfig fills every field of the zeroed struct it is
+    // given; the fields set after it are plain ints or set through
+    // SetBytesString, which copies the string; the config is cleared once,
+    // after Py_InitializeFromConfig copied it. All of it runs once, before
+    // any other thread uses Python (under STARTUP), on this thread, which
+    // then holds the GIL until PyEval_SaveThread releases it.
+    unsafe {
+        ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
+        let config = config.assume_init_mut();
+        config.install_signal_handlers = 0;
+        config.parse_argv = 0;
+        config.configure_c_stdio = 0;
+        let mut status = match &executable {
+            Some(path) => {
+                ffi::PyConfig_SetBytesString(config, &mut config.executable, path.as_ptr())
+            }
+            None => ffi::PyStatus_Ok(),
+        };
+        if ffi::PyStatus_Exception(status) == 0 {
+            status = ffi::Py_InitializeFromConfig(config);
+        }
+        ffi::PyConfig_Clear(config);
+        if ffi::PyStatus_Exception(status) != 0 {
+            return Err(status_message(&status));
+        }
+        ffi::PyEval_SaveThread();
+    }
+    Ok(())
+}
+
+/// Whether `executable` is a venv's python (a `pyvenv.cfg` beside it or one
+/// folder up, where CPython looks). Any other executable only names
+/// `sys.executable`: CPython would take its prefix, the standard library of
+/// another installation maybe, from it.
+fn is_venv_python(executable: &Path) -> bool {
+    let Some(bin) = executable.parent() else {
+        return false;
+    };
+    bin.join("pyvenv.cfg").is_file()
+        || bin
+            .parent()
+            .is_some_and(|venv| venv.join("pyvenv.cfg").is_file())
+}
+
+/// What a failed start-up step says.
+fn status_message(status: &pyo3::ffi::PyStatus) -> String {
+    let text = |ptr: *const std::ffi::c_char| {
+        // SAFETY: a PyStatus's strings are null or static C strings.
+        (!ptr.is_null()).then(|| {
+            unsafe { CStr::from_ptr(ptr) }
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    match (text(status.func), text(status.err_msg)) {
+        (Some(func), Some(message)) => format!("CPython start-up failed: {func}: {message}"),
+        (_, Some(message)) => format!("CPython start-up failed: {message}"),
+        _ => "CPython start-up failed".to_string(),
+    }
 }
 
 fn build_executable() -> Option<PathBuf> {

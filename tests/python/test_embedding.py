@@ -215,9 +215,14 @@ def test_a_process_forked_from_the_node_is_refused_loops_and_calls_at_once() -> 
 
 
 SYS_PATH_REPORT = """
-import json, site, sys
-print(json.dumps({"path": sys.path, "base": site.getsitepackages(),
-                  "pth_read": "_distutils_hack" in sys.modules}))
+import json, site, sys, sysconfig
+print(json.dumps({"path": sys.path, "base": site.getsitepackages([sys.base_prefix]),
+                  "pth_read": "_distutils_hack" in sys.modules,
+                  "venv": {"prefix": sys.prefix, "exec_prefix": sys.exec_prefix,
+                           "base_prefix": sys.base_prefix,
+                           "site_packages": site.getsitepackages(),
+                           "user_site": site.ENABLE_USER_SITE,
+                           "purelib": sysconfig.get_paths()["purelib"]}}))
 """
 
 
@@ -252,6 +257,23 @@ def test_sys_path_is_ordered_as_a_venv_s_python_orders_it(tmp_path: Path) -> Non
     assert not [p for p in report["base"] if p in path], path
     if (venv_site / "distutils-precedence.pth").exists():  # setuptools' .pth
         assert report["pth_read"]
+
+
+def test_the_node_sees_its_venv_as_the_venv_s_python_does() -> None:
+    """``sys.prefix`` is the venv, ``site`` and ``sysconfig`` name its
+    site-packages, the user's site is off: CPython was started with the
+    venv's python as its executable, so only the venv's ``.pth`` files ran."""
+    venv = Path(os.environ["ERLANG_PYTHON_VENV"])  # set by bin/erlang-python
+    in_node = _sys_path_report()["venv"]
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", SYS_PATH_REPORT],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert in_node == json.loads(done.stdout)["venv"]
+    assert in_node["prefix"] == str(venv)
 
 
 def test_a_venv_with_system_site_packages_keeps_its_pth_folders_first(tmp_path: Path) -> None:
