@@ -14,7 +14,9 @@
          convert_other_atoms/1, convert_binaries/1, convert_containers/1,
          convert_map_keys/1, convert_large_dicts/1, convert_python_only_types/1,
          convert_pids_and_refs/1, convert_funs_and_ports/1,
-         convert_deep_nesting/1,
+         convert_deep_nesting/1, convert_on_a_small_stack/1,
+         map_keys_colliding_in_python/1, tuple_beyond_erlang_arity/1,
+         containers_changed_while_converted/1,
          python_exception/1, python_exception_traceback/1, syntax_error/1,
          exception_names_make_no_atoms/1,
          missing_module/1, unconvertible_result/1, int_too_large_for_erlang/1,
@@ -53,6 +55,8 @@ groups() ->
        convert_other_atoms, convert_binaries, convert_containers,
        convert_map_keys, convert_large_dicts, convert_python_only_types,
        convert_pids_and_refs, convert_funs_and_ports, convert_deep_nesting,
+       convert_on_a_small_stack, map_keys_colliding_in_python,
+       tuple_beyond_erlang_arity, containers_changed_while_converted,
        python_exception, python_exception_traceback, syntax_error,
        exception_names_make_no_atoms,
        missing_module, unconvertible_result, int_too_large_for_erlang,
@@ -328,6 +332,91 @@ convert_deep_nesting(_Config) ->
     ok = py:exec(<<"del deep, loop">>),
     %% The VM and the workers are fine afterwards.
     ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4])).
+
+%% A Python thread with a small stack converting a structure within the
+%% level limit: refused with ValueError where the stack would overflow (the
+%% VM was killed by SIGSEGV: ~1 KiB of stack a level).
+-spec convert_on_a_small_stack(ct_suite:ct_config()) -> term().
+convert_on_a_small_stack(_Config) ->
+    ok = py:register_function(py_suite_deep, fun(N) -> nest(list, N) end),
+    ok = py:exec(<<"import erlang, threading\n"
+                   "def _on_small_stack(work, size):\n"
+                   "    out = []\n"
+                   "    def run():\n"
+                   "        try:\n"
+                   "            work()\n"
+                   "            out.append('ok')\n"
+                   "        except BaseException as e:\n"
+                   "            out.append(repr(e))\n"
+                   "    old = threading.stack_size(size)\n"
+                   "    try:\n"
+                   "        t = threading.Thread(target=run)\n"
+                   "        t.start()\n"
+                   "    finally:\n"
+                   "        threading.stack_size(old)\n"
+                   "    t.join()\n"
+                   "    return out[0]\n"
+                   "deep = None\n"
+                   "for _ in range(990):\n"
+                   "    deep = [deep]\n"
+                   "def send_deep(p, size):\n"
+                   "    return _on_small_stack(lambda: erlang.send(p, deep), size)\n"
+                   "def call_deep(size):\n"
+                   "    return _on_small_stack(lambda: erlang.call('py_suite_deep', 990), size)\n">>),
+    {ok, Sent} = py:eval(<<"send_deep(p, 256 * 1024)">>, #{<<"p">> => self()}),
+    ?assertMatch({_, _}, binary:match(Sent, <<"structure nested too deeply for this thread's stack">>), Sent),
+    {ok, Received} = py:eval(<<"call_deep(256 * 1024)">>),
+    ?assertMatch({_, _}, binary:match(Received, <<"structure nested too deeply for this thread's stack">>), Received),
+    %% Where the stack has room, the same depth crosses.
+    ?assertEqual({ok, <<"ok">>}, py:eval(<<"send_deep(p, 8 << 20)">>, #{<<"p">> => self()})),
+    receive [_] -> ok after 10000 -> ct:fail(not_sent) end,
+    ?assertEqual({ok, <<"ok">>}, py:eval(<<"call_deep(8 << 20)">>)),
+    ok = py:unregister_function(py_suite_deep),
+    ok = py:exec(<<"del deep">>).
+
+%% Distinct Erlang keys that are one Python key (1 and 1.0, an atom and its
+%% binary, a list and its tuple) are refused, not merged (a value was lost).
+-spec map_keys_colliding_in_python(ct_suite:ct_config()) -> term().
+map_keys_colliding_in_python(_Config) ->
+    Colliding = [#{1 => a, 1.0 => b}, #{a => 1, <<"a">> => 2}, #{[1, 2] => a, {1, 2} => b},
+                 #{true => t, 1 => one}],
+    [?assertMatch({error, {'ValueError', <<"map keys collide as Python keys">>, _}},
+                  py:call(builtins, len, [M]), M) || M <- Colliding],
+    ?assertMatch({error, {'ValueError', _, _}}, py:call(builtins, dict, [], #{a => 1, <<"a">> => 2})),
+    ?assertMatch({error, {'ValueError', _, _}}, py:eval(<<"x">>, #{x => 1, <<"x">> => 2})),
+    ?assertEqual({ok, 2}, py:call(builtins, len, [#{1 => a, 2.0 => b}])).
+
+%% A tuple longer than the VM's largest (2^24 - 1 elements) is refused.
+-spec tuple_beyond_erlang_arity(ct_suite:ct_config()) -> term().
+tuple_beyond_erlang_arity(_Config) ->
+    ?assertMatch({error, {'OverflowError', _, _}}, py:eval(<<"(0,) * (2**24)">>)),
+    ?assertEqual({ok, 1000}, py:eval(<<"len(x)">>, #{<<"x">> => erlang:make_tuple(1000, 0)})).
+
+%% Python code can run while a result is converted (a gc.callbacks hook:
+%% converting a set makes its iterator, a GC object); a list or dict it
+%% empties meanwhile is refused with RuntimeError (a dict panicked, a list
+%% came back cut short).
+-spec containers_changed_while_converted(ct_suite:ct_config()) -> term().
+containers_changed_while_converted(_Config) ->
+    ok = py:exec(<<"import gc\n"
+                   "def _emptying(victim):\n"
+                   "    calls = [0]\n"
+                   "    def hook(phase, info):\n"
+                   "        calls[0] += 1\n"
+                   "        if calls[0] == 200:  # well into the conversion\n"
+                   "            victim.clear()\n"
+                   "    return hook\n">>),
+    [begin
+         ok = py:exec(<<"victim = ", Victim/binary, "\n"
+                        "hook = _emptying(victim)\n"
+                        "gc.callbacks.append(hook)\n"
+                        "gc.set_threshold(1)\n">>),
+         Result = py:eval(<<"victim">>),
+         ok = py:exec(<<"gc.callbacks.remove(hook)\ngc.set_threshold(700, 10, 10)\n">>),
+         ?assertMatch({error, {'RuntimeError', _, _}}, Result, Victim)
+     end || Victim <- [<<"[{i} for i in range(2000)]">>,
+                       <<"{i: {i} for i in range(2000)}">>]],
+    ?assertEqual({ok, 3}, py:eval(<<"len([1, 2, 3])">>)).
 
 %%--------------------------------------------------------------------
 %% Errors

@@ -1,7 +1,7 @@
 //! Erlang terms <-> Python objects. The table of rules is in the README
 //! ("Type conversion"); this file is its only implementation.
 
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
@@ -13,6 +13,7 @@ use rustler::{Atom, BigInt, Binary, Encoder, Env, NewBinary, Term, TermType};
 
 use crate::atoms;
 use crate::opaque::{OpaqueTerm, Pid, Ref};
+use erlang_python::py::stack;
 
 /// Deeper structures are refused rather than risking the thread's stack.
 pub const MAX_DEPTH: usize = 1000;
@@ -40,14 +41,28 @@ pub fn py_to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>) -> PyResult<Term<'a>
     to_term(env, obj, 0)
 }
 
-fn too_deep() -> PyErr {
-    PyValueError::new_err(format!("structure nested deeper than {MAX_DEPTH} levels"))
+/// Stack kept free below a level being converted: a level takes about
+/// 1 KiB, the conversion of a leaf and an error's creation a few more.
+const STACK_MARGIN: usize = 64 * 1024;
+
+/// Refuses a level past `MAX_DEPTH`, or one the thread's stack has no room
+/// for (a Python thread may have a small stack).
+fn enter_level(depth: usize) -> PyResult<()> {
+    if depth > MAX_DEPTH {
+        return Err(PyValueError::new_err(format!(
+            "structure nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    if !stack::has_room(STACK_MARGIN) {
+        return Err(PyValueError::new_err(format!(
+            "structure nested too deeply for this thread's stack ({depth} levels)"
+        )));
+    }
+    Ok(())
 }
 
 fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
-    if depth > MAX_DEPTH {
-        return Err(too_deep());
-    }
+    enter_level(depth)?;
     match term.get_type() {
         TermType::Integer => match term.decode::<i64>() {
             Ok(small) => Ok(small.into_pyobject(py)?.into_any()),
@@ -115,15 +130,18 @@ fn map_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bou
         let key = to_py_key(py, key, depth)?;
         dict.set_item(key, to_py(py, value, depth)?)?;
     }
+    // `1` and `1.0`, `a` and `<<"a">>`, `[1]` and `{1}` are one key in
+    // Python: a smaller dict would lose values without a word.
+    if term.map_size().is_ok_and(|size| size != dict.len()) {
+        return Err(PyValueError::new_err("map keys collide as Python keys"));
+    }
     Ok(dict)
 }
 
 /// A map key. Lists are unhashable: a list in a key, at any depth inside
 /// lists and tuples (`#{{"name", 1} => V}`), becomes a tuple.
 fn to_py_key<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
-    if depth > MAX_DEPTH {
-        return Err(too_deep());
-    }
+    enter_level(depth)?;
     let elements = match term.get_type() {
         TermType::Tuple => get_tuple(term).map_err(|_| PyTypeError::new_err("bad tuple"))?,
         TermType::List => {
@@ -184,9 +202,7 @@ pub fn atom_text(term: Term<'_>) -> Option<String> {
 }
 
 fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Term<'a>> {
-    if depth > MAX_DEPTH {
-        return Err(too_deep());
-    }
+    enter_level(depth)?;
     if obj.is_none() {
         return Ok(atoms::none().encode(env));
     }
@@ -222,14 +238,27 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<T
     if let Ok(bytes) = obj.cast::<PyByteArray>() {
         return Ok(binary_term(env, &bytes.to_vec()));
     }
+    // Python code can run while a container is converted (a `gc.callbacks`
+    // hook, when a conversion allocates): a container changed meanwhile is
+    // refused rather than converted in part.
     if let Ok(list) = obj.cast::<PyList>() {
+        let len = list.len();
         let items = list
             .iter()
             .map(|item| to_term(env, &item, depth + 1))
             .collect::<PyResult<Vec<_>>>()?;
+        if items.len() != len || list.len() != len {
+            return Err(changed_while_converted("list"));
+        }
         return Ok(items.encode(env));
     }
     if let Ok(tuple) = obj.cast::<PyTuple>() {
+        if tuple.len() > MAX_TUPLE_ARITY {
+            return Err(PyOverflowError::new_err(format!(
+                "a tuple of {} items is larger than an Erlang tuple can be ({MAX_TUPLE_ARITY})",
+                tuple.len()
+            )));
+        }
         let items = tuple
             .iter()
             .map(|item| to_term(env, &item, depth + 1))
@@ -237,18 +266,10 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<T
         return Ok(make_tuple(env, &items));
     }
     if let Ok(dict) = obj.cast::<PyDict>() {
-        let mut keys = Vec::with_capacity(dict.len());
-        let mut values = Vec::with_capacity(dict.len());
-        for (key, value) in dict.iter() {
-            keys.push(to_term(env, &key, depth + 1)?);
-            values.push(to_term(env, &value, depth + 1)?);
-        }
-        return map_term(env, &keys, &values)
-            .map_err(|()| PyValueError::new_err("dict keys collide as Erlang terms"));
+        return dict_term(env, dict, depth);
     }
-    // The sets' own iteration, not a subclass's `__iter__`: no Python code
-    // runs while a container is being converted (pyo3 panics on a dict that
-    // changes size under its iterator).
+    // The sets' own iteration, not a subclass's `__iter__` (which would be
+    // Python code); it raises if the set changes size.
     if obj.is_instance_of::<PySet>() {
         return set_term(env, obj.py().get_type::<PySet>(), obj, depth);
     }
@@ -268,6 +289,52 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<T
         "cannot convert {} to an Erlang term",
         obj.get_type().name()?
     )))
+}
+
+/// The largest tuple the VM makes (`MAX_ARITY` of erts).
+const MAX_TUPLE_ARITY: usize = (1 << 24) - 1;
+
+fn changed_while_converted(what: &str) -> PyErr {
+    PyRuntimeError::new_err(format!("{what} changed size while it was converted"))
+}
+
+/// A dict as a map. Iterated by `PyDict_Next`, which stays in bounds when
+/// the dict changes (pyo3's iterator panics then).
+fn dict_term<'a>(env: Env<'a>, dict: &Bound<'_, PyDict>, depth: usize) -> PyResult<Term<'a>> {
+    let py = dict.py();
+    let len = dict.len();
+    let mut keys = Vec::with_capacity(len);
+    let mut values = Vec::with_capacity(len);
+    let mut position: pyo3::ffi::Py_ssize_t = 0;
+    loop {
+        let mut key = std::ptr::null_mut();
+        let mut value = std::ptr::null_mut();
+        // SAFETY: `dict` is a live dict and we hold the GIL; PyDict_Next
+        // only reads it and writes the three out-parameters.
+        if unsafe { pyo3::ffi::PyDict_Next(dict.as_ptr(), &mut position, &mut key, &mut value) }
+            == 0
+        {
+            break;
+        }
+        // SAFETY: borrowed references the dict holds, owned here (increfed)
+        // before any Python code can run and change the dict.
+        let (key, value) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, key),
+                Bound::from_borrowed_ptr(py, value),
+            )
+        };
+        keys.push(to_term(env, &key, depth + 1)?);
+        values.push(to_term(env, &value, depth + 1)?);
+        if dict.len() != len {
+            return Err(changed_while_converted("dict"));
+        }
+    }
+    if keys.len() != len {
+        return Err(changed_while_converted("dict"));
+    }
+    map_term(env, &keys, &values)
+        .map_err(|()| PyValueError::new_err("dict keys collide as Erlang terms"))
 }
 
 /// The items of `set`, an instance of `base` (`set` or `frozenset`),

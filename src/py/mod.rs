@@ -17,6 +17,7 @@ pub mod runner;
 pub(crate) mod running_loop;
 pub mod sleep;
 pub mod socket_transport;
+pub mod stack;
 pub mod sys_modules;
 pub(crate) mod task_steps;
 pub mod timer_cancel;
