@@ -23,6 +23,7 @@
 
 -export([start_loop/1, stop_loop/1, child_spec/1,
          submit/4, call/4, call/5, cancel/2]).
+-export([is_local_loop/1]).
 
 -type loop() :: pid() | atom() | {atom(), node()}.
 %% A loop process, its local name, or `{Name, Node}' for a named loop on
@@ -55,10 +56,16 @@ start_loop(Opts) ->
 %% for good only if its restart type is `transient' or `temporary'.
 -spec stop_loop(loop()) -> ok | {error, not_found}.
 stop_loop(Loop) when is_pid(Loop); is_atom(Loop); is_tuple(Loop), tuple_size(Loop) =:= 2 ->
-    try gen_server:stop(Loop, normal, infinity)
-    catch
-        exit:noproc -> {error, not_found};
-        exit:{noproc, _} -> {error, not_found}
+    %% Any other process is not ours to stop (a plain one would never answer).
+    case is_loop(Loop) of
+        true ->
+            try gen_server:stop(Loop, normal, infinity)
+            catch
+                exit:noproc -> {error, not_found};
+                exit:{noproc, _} -> {error, not_found}
+            end;
+        false ->
+            {error, not_found}
     end;
 stop_loop(Loop) ->
     erlang:error(badarg, [Loop]).
@@ -83,14 +90,19 @@ child_spec(Opts) when is_map(Opts) ->
 -spec submit(loop(), py:name(), py:name(), list()) -> reference().
 submit(Loop, Module, Function, Args) when is_list(Args) ->
     Ref = make_ref(),
-    Submit = {submit, self(), Ref, text(Module), text(Function), Args},
-    case is_there(Loop) of
-        true -> gen_server:cast(Loop, Submit);
-        false -> self() ! {py_result, Ref, {error, {loop_down, noproc}}}
-    end,
+    submit(Loop, self(), Ref, Module, Function, Args),
     Ref;
 submit(_Loop, _Module, _Function, _Args) ->
     error(badarg).
+
+%% Submits a task whose result goes to `ReplyTo' (the caller, or an alias of
+%% its) as `{py_result, Ref, Result}'.
+submit(Loop, ReplyTo, Ref, Module, Function, Args) ->
+    Submit = {submit, self(), ReplyTo, Ref, text(Module), text(Function), Args},
+    case is_there(Loop) of
+        true -> gen_server:cast(Loop, Submit);
+        false -> self() ! {py_result, Ref, {error, {loop_down, noproc}}}
+    end.
 
 %% @equiv call(Loop, Module, Function, Args, infinity)
 -spec call(loop(), py:name(), py:name(), list()) -> result().
@@ -104,21 +116,24 @@ call(Loop, Module, Function, Args) ->
 call(Loop, Module, Function, Args, Timeout)
   when Timeout =:= infinity;
        is_integer(Timeout), Timeout >= 0, Timeout =< 16#ffffffff ->
-    Monitor = erlang:monitor(process, Loop),
-    Ref = submit(Loop, Module, Function, Args),
+    is_list(Args) orelse error(badarg, [Loop, Module, Function, Args, Timeout]),
+    {ModuleText, FunctionText} = {text(Module), text(Function)},
+    %% The monitor is also the alias the result is sent to: once it is
+    %% gone (timeout, or the loop's death) a result sent later is dropped
+    %% by the runtime, never left in our mailbox.
+    Ref = erlang:monitor(process, Loop, [{alias, demonitor}]),
+    submit(Loop, Ref, Ref, ModuleText, FunctionText, Args),
     receive
         {py_result, Ref, Result} ->
-            erlang:demonitor(Monitor, [flush]),
+            erlang:demonitor(Ref, [flush]),
             Result;
-        {'DOWN', Monitor, process, _, Reason} ->
+        {'DOWN', Ref, process, _, Reason} ->
             %% `submit' answers at once for a loop that is not there.
             receive {py_result, Ref, _} -> ok after 0 -> ok end,
             {error, {loop_down, Reason}}
     after Timeout ->
-        %% Synchronous, so that any result sent before is in our mailbox now
-        %% and none can follow.
-        _ = catch gen_server:call(Loop, {cancel_quietly, Ref}, 5000),
-        erlang:demonitor(Monitor, [flush]),
+        erlang:demonitor(Ref, [flush]),
+        gen_server:cast(Loop, {cancel_quietly, Ref}),
         receive {py_result, Ref, _} -> ok after 0 -> ok end,
         {error, timeout}
     end;
@@ -136,6 +151,40 @@ cancel(Loop, Ref) ->
     erlang:error(badarg, [Loop, Ref]).
 
 %% Internal
+
+%% Whether `Loop' names a `py_asyncio_loop' now.
+is_loop(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+    is_local_loop(Pid);
+is_loop(Pid) when is_pid(Pid) ->
+    remote_is_loop(node(Pid), Pid);
+is_loop(Name) when is_atom(Name) ->
+    is_local_loop(whereis(Name));
+is_loop({Name, Node}) when is_atom(Name), Node =:= node() ->
+    is_local_loop(whereis(Name));
+is_loop({Name, Node}) when is_atom(Name), is_atom(Node) ->
+    remote_is_loop(Node, Name);
+is_loop(_) ->
+    false.
+
+remote_is_loop(Node, Loop) ->
+    try erpc:call(Node, py_asyncio, is_local_loop, [Loop], 5000)
+    catch _:_ -> false
+    end.
+
+%% @private Whether the local process `Loop' (a pid or a registered name) is
+%% a `py_asyncio_loop' (for `stop_loop' from another node).
+-spec is_local_loop(pid() | atom() | undefined) -> boolean().
+is_local_loop(Name) when is_atom(Name), Name =/= undefined ->
+    is_local_loop(whereis(Name));
+is_local_loop(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+    case erlang:process_info(Pid, dictionary) of
+        {dictionary, Dictionary} ->
+            proplists:get_value('$initial_call', Dictionary) =:= {py_asyncio_loop, init, 1};
+        undefined ->
+            false
+    end;
+is_local_loop(_) ->
+    false.
 
 %% Whether a process answers to `Loop' now (on another node: assumed).
 is_there(Pid) when is_pid(Pid), node(Pid) =:= node() ->

@@ -34,6 +34,8 @@
 
 -record(task, {
     caller :: pid(),
+    %% Where the result goes: the caller, or an alias of its (`call/5').
+    reply_to :: pid() | reference(),
     %% The caller's reference, from `py_asyncio:submit/4'.
     ref :: reference()
 }).
@@ -109,20 +111,20 @@ init(Opts) ->
     end.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
-handle_call({cancel_quietly, Ref}, _From, State) ->
-    %% A caller that gave up (timeout): cancel, and forget it so no result
-    %% is sent.
-    case State#state.keys of
-        #{Ref := Key} -> {reply, ok, enqueue({cancel, Key}, forget(Key, State))};
-        _ -> {reply, ok, State}
-    end;
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_request}, State}.
 
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
-handle_cast({submit, Caller, Ref, Module, Function, Args}, State) ->
+handle_cast({submit, Caller, ReplyTo, Ref, Module, Function, Args}, State) ->
     {noreply, enqueue({submit, State#state.next_key, Module, Function, Args},
-                      add_task(Caller, Ref, State))};
+                      add_task(Caller, ReplyTo, Ref, State))};
+handle_cast({cancel_quietly, Ref}, State) ->
+    %% A caller that gave up (timeout): cancel, and forget the task (its
+    %% alias is gone anyway).
+    case State#state.keys of
+        #{Ref := Key} -> {noreply, enqueue({cancel, Key}, forget(Key, State))};
+        _ -> {noreply, State}
+    end;
 handle_cast({cancel, Ref}, State) ->
     case State#state.keys of
         #{Ref := Key} -> {noreply, enqueue({cancel, Key}, State)};
@@ -167,8 +169,8 @@ terminate(_Reason, State = #state{tag = Tag, stop_timeout = StopTimeout}) ->
                 end
             end,
     Left = Drain(State),
-    maps:foreach(fun(_, #task{caller = Caller, ref = Ref}) ->
-                         Caller ! {py_result, Ref, {error, cancelled}}
+    maps:foreach(fun(_, #task{reply_to = ReplyTo, ref = Ref}) ->
+                         ReplyTo ! {py_result, Ref, {error, cancelled}}
                  end, Left#state.tasks).
 
 %% Internal
@@ -190,7 +192,7 @@ start_reaper(Server, StopTimeout) ->
         end),
     ok.
 
-add_task(Caller, Ref, State = #state{next_key = Key, callers = Callers}) ->
+add_task(Caller, ReplyTo, Ref, State = #state{next_key = Key, callers = Callers}) ->
     Callers1 = case Callers of
                    #{Caller := {Monitor, Keys}} ->
                        Callers#{Caller := {Monitor, Keys#{Key => true}}};
@@ -198,7 +200,8 @@ add_task(Caller, Ref, State = #state{next_key = Key, callers = Callers}) ->
                        Callers#{Caller => {erlang:monitor(process, Caller), #{Key => true}}}
                end,
     State#state{next_key = Key + 1,
-                tasks = (State#state.tasks)#{Key => #task{caller = Caller, ref = Ref}},
+                tasks = (State#state.tasks)#{Key => #task{caller = Caller, reply_to = ReplyTo,
+                                                          ref = Ref}},
                 keys = (State#state.keys)#{Ref => Key},
                 callers = Callers1}.
 
@@ -223,8 +226,8 @@ forget(Key, State = #state{tasks = Tasks, keys = Keys, callers = Callers}) ->
 
 report(Key, Result, State) ->
     case State#state.tasks of
-        #{Key := #task{caller = Caller, ref = Ref}} ->
-            Caller ! {py_result, Ref, Result},
+        #{Key := #task{reply_to = ReplyTo, ref = Ref}} ->
+            ReplyTo ! {py_result, Ref, Result},
             forget(Key, State);
         _ ->
             State
@@ -266,8 +269,10 @@ dispatch(State = #state{queue = Queue}) ->
 
 send_ops(Ops, State) ->
     JobRef = make_ref(),
-    case py_nif:call(self(), JobRef, <<"erlang_python_loops">>, <<"dispatch">>,
-                     [self(), Ops], #{}) of
+    %% On the control lane: a worker pool busy with long calls does not
+    %% hold up a loop that has a thread of its own.
+    case py_nif:control_call(self(), JobRef, <<"erlang_python_loops">>, <<"dispatch">>,
+                             [self(), Ops], #{}) of
         {ok, _Job} -> State#state{inflight = {JobRef, Ops}};
         {error, _} = Error -> dispatch(dispatched(Ops, Error, State))
     end.

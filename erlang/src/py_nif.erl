@@ -3,7 +3,7 @@
 -module(py_nif).
 
 -export([init/1, python_version/0, pool_stats/0,
-         call/6, eval/4, exec/3, cancel/1, namespace_count/0,
+         call/6, control_call/6, eval/4, exec/3, cancel/1, namespace_count/0,
          set_callback_server/1, callback_reply/2,
          %% event loops, low level
          event_loop_new/0, event_loop_set_router/2, event_loop_destroy/1,
@@ -25,7 +25,7 @@
 -on_load(load/0).
 
 -nifs([init/1, python_version/0, pool_stats/0,
-       call/6, eval/4, exec/3, cancel/1, namespace_count/0,
+       call/6, control_call/6, eval/4, exec/3, cancel/1, namespace_count/0,
        set_callback_server/1, callback_reply/2,
        event_loop_new/0, event_loop_set_router/2, event_loop_destroy/1,
        event_loop_wakeup/1, loop_id/1, loop_stats/1,
@@ -73,6 +73,13 @@ pool_stats() -> ?NOT_LOADED.
 -spec call(pid(), reference(), py:name(), py:name(), list(), map()) ->
           {ok, job()} | {error, not_initialized}.
 call(_Caller, _Ref, _Module, _Function, _Args, _Kwargs) -> ?NOT_LOADED.
+
+%% @doc `call/6' on a lane of its own (two threads), for short jobs that hand
+%% work to a thread of its own (`py_asyncio' loops): they never wait behind
+%% the worker pool's long calls.
+-spec control_call(pid(), reference(), py:name(), py:name(), list(), map()) ->
+          {ok, job()} | {error, not_initialized}.
+control_call(_Caller, _Ref, _Module, _Function, _Args, _Kwargs) -> ?NOT_LOADED.
 
 -spec eval(pid(), reference(), iodata() | atom(), map()) -> {ok, job()} | {error, not_initialized}.
 eval(_Caller, _Ref, _Code, _Locals) -> ?NOT_LOADED.

@@ -21,6 +21,8 @@
          unconvertible_input_spoils_nothing_else/1, loop_gone/1,
          loop_worker_dies/1,
          send_receive_round_trip/1, receive_timeout/1,
+         call_timeout_while_stopping/1, stop_loop_of_another_process/1,
+         loop_serves_while_the_pool_is_busy/1,
          remote_node/1, ten_thousand_coroutines/1,
          app_stop_with_stuck_loop/1]).
 -export([init/1]).
@@ -45,7 +47,9 @@ groups() ->
        submit_results, submit_errors, cancel_task, submit_to_no_loop, call_timeout_cancels,
        caller_death_cancels_tasks, unconvertible_input_spoils_nothing_else, loop_gone,
        loop_worker_dies,
-       send_receive_round_trip, receive_timeout]},
+       send_receive_round_trip, receive_timeout,
+       call_timeout_while_stopping, stop_loop_of_another_process,
+       loop_serves_while_the_pool_is_busy]},
      {remote, [], [remote_node]},
      {load, [], [ten_thousand_coroutines]},
      %% Last: stops and restarts the application.
@@ -766,6 +770,73 @@ wait_until(Fun, Deadline) ->
         true -> true;
         Value -> Value
     end.
+
+%% A call timing out while its loop is busy stopping (a task blocking its
+%% thread) returns at its timeout and leaves no message behind (it waited 5 s
+%% for the loop, whose stop then sent it `{error, cancelled}').
+-spec call_timeout_while_stopping(ct_suite:ct_config()) -> term().
+call_timeout_while_stopping(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{stop_timeout => 10000}),
+    %% Longer than the 5 s the call waited for the stopping loop.
+    Blocker = py_asyncio:submit(Loop, ?HELPERS, block, [7]),
+    Self = self(),
+    Caller = spawn_link(fun() ->
+                                Self ! {call_returned, timer:tc(fun() ->
+                                    py_asyncio:call(Loop, asyncio, sleep, [60], 1000)
+                                end)},
+                                receive Stray -> Self ! {stray, Stray}
+                                after 4000 -> Self ! no_stray
+                                end
+                        end),
+    timer:sleep(300),
+    Stopper = spawn_link(fun() -> Self ! {stopped, py_asyncio:stop_loop(Loop)} end),
+    receive {call_returned, {Time, Result}} ->
+        ?assertEqual({error, timeout}, Result),
+        ?assert(Time < 3000000, Time)
+    after 10000 -> ct:fail(call_never_returned)
+    end,
+    receive {stopped, Stopped} -> ?assertEqual(ok, Stopped) after 20000 -> ct:fail(not_stopped) end,
+    receive no_stray -> ok; {stray, Stray} -> ct:fail({stray, Stray})
+    after 10000 -> ct:fail(caller_silent)
+    end,
+    _ = result(Blocker),
+    _ = {Caller, Stopper},
+    no_more_messages().
+
+%% stop_loop of a process that is not a loop: `{error, not_found}', the
+%% process untouched (a plain one hung the caller, a server was stopped).
+-spec stop_loop_of_another_process(ct_suite:ct_config()) -> term().
+stop_loop_of_another_process(_Config) ->
+    Plain = spawn(fun() -> receive after infinity -> ok end end),
+    ?assertEqual({error, not_found}, py_asyncio:stop_loop(Plain)),
+    ?assert(is_process_alive(Plain)),
+    exit(Plain, kill),
+    Signals = whereis(py_signals),
+    ?assertEqual({error, not_found}, py_asyncio:stop_loop(py_signals)),
+    ?assertEqual({error, not_found}, py_asyncio:stop_loop({py_signals, node()})),
+    ?assertEqual(Signals, whereis(py_signals)),
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    ?assertEqual(ok, py_asyncio:stop_loop(Loop)).
+
+%% Every worker of the pool busy with a long call: a loop, whose thread is
+%% its own, still takes and answers calls (its operations went through the
+%% pool's queue).
+-spec loop_serves_while_the_pool_is_busy(ct_suite:ct_config()) -> term().
+loop_serves_while_the_pool_is_busy(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    #{max_threads := Max} = py_nif:pool_stats(),
+    Self = self(),
+    Sleepers = [spawn_link(fun() -> Self ! {slept, py:call(time, sleep, [3])} end)
+                || _ <- lists:seq(1, Max + 1)],
+    wait_until(fun() ->
+                       case py_nif:pool_stats() of
+                           #{queued := Q} when Q > 0 -> true;
+                           _ -> false
+                       end
+               end),
+    ?assertEqual({ok, 42}, py_asyncio:call(Loop, ?HELPERS, echo, [42], 2000)),
+    [receive {slept, _} -> ok after 20000 -> ct:fail(sleepers) end || _ <- Sleepers],
+    ok = py_asyncio:stop_loop(Loop).
 
 no_more_messages() ->
     receive Any -> ct:fail({unexpected_message, Any}) after 100 -> ok end.

@@ -15,6 +15,7 @@ use crate::convert::{args_to_py, atom_text, entries_to_py, py_to_term};
 use crate::errors::{error_result, panic_result};
 use crate::job::Job;
 use crate::namespace;
+use erlang_python::py::pool::Pool;
 
 /// What a job does with its data term.
 enum Work {
@@ -52,6 +53,42 @@ fn call<'a>(
     positional: Term<'a>,
     kwargs: Term<'a>,
 ) -> NifResult<Term<'a>> {
+    let (work, data) = call_work(env, module, function, positional, kwargs)?;
+    submit(env, crate::runtime::pool(), caller, reference, work, data)
+}
+
+/// `control_call(CallerPid, Ref, Module, Function, Args, Kwargs)` ->
+/// `{ok, Job}`: `call` on the control lane, for jobs that only hand work
+/// over to a thread of its own (a `py_asyncio` loop's): they do not wait
+/// behind the worker pool's long calls.
+#[rustler::nif]
+fn control_call<'a>(
+    env: Env<'a>,
+    caller: LocalPid,
+    reference: Term<'a>,
+    module: Term<'a>,
+    function: Term<'a>,
+    positional: Term<'a>,
+    kwargs: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let (work, data) = call_work(env, module, function, positional, kwargs)?;
+    submit(
+        env,
+        crate::runtime::control_pool(),
+        caller,
+        reference,
+        work,
+        data,
+    )
+}
+
+fn call_work<'a>(
+    env: Env<'a>,
+    module: Term<'a>,
+    function: Term<'a>,
+    positional: Term<'a>,
+    kwargs: Term<'a>,
+) -> NifResult<(Work, Term<'a>)> {
     if !positional.is_list() || !kwargs.is_map() {
         return Err(rustler::Error::BadArg);
     }
@@ -59,8 +96,7 @@ fn call<'a>(
         module: decode_text(module)?,
         function: decode_text(function)?,
     };
-    let data = (positional, kwargs).encode(env);
-    submit(env, caller, reference, work, data)
+    Ok((work, (positional, kwargs).encode(env)))
 }
 
 /// `eval(CallerPid, Ref, Code, Locals)` -> `{ok, Job}`.
@@ -79,7 +115,7 @@ fn eval<'a>(
         code: decode_text(code)?,
     };
     namespace::watch(env, caller);
-    submit(env, caller, reference, work, locals)
+    submit(env, crate::runtime::pool(), caller, reference, work, locals)
 }
 
 /// `exec(CallerPid, Ref, Code)` -> `{ok, Job}`.
@@ -94,7 +130,14 @@ fn exec<'a>(
         code: decode_text(code)?,
     };
     namespace::watch(env, caller);
-    submit(env, caller, reference, work, atoms::none().encode(env))
+    submit(
+        env,
+        crate::runtime::pool(),
+        caller,
+        reference,
+        work,
+        atoms::none().encode(env),
+    )
 }
 
 /// `cancel(Job)` -> `ok`: the caller no longer wants the result. A queued job
@@ -113,12 +156,13 @@ fn namespace_count() -> usize {
 
 fn submit<'a>(
     env: Env<'a>,
+    pool: Option<&Pool>,
     caller: LocalPid,
     reference: Term<'a>,
     work: Work,
     data: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let Some(pool) = crate::runtime::pool() else {
+    let Some(pool) = pool else {
         return Ok((atoms::error(), atoms::not_initialized()).encode(env));
     };
     let job = ResourceArc::new(Job::new());

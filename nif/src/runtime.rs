@@ -17,6 +17,19 @@ const DEFAULT_MAX_WORKERS: usize = 32;
 
 static POOL: OnceLock<Pool> = OnceLock::new();
 
+/// Threads for short hand-off jobs (a `py_asyncio` loop's operations on their
+/// way to its thread), so that a worker pool busy with long calls does not
+/// hold up loops that have threads of their own.
+static CONTROL_POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Threads of the control lane: its jobs only hand work over.
+const CONTROL_THREADS: usize = 2;
+
+/// The pool of the control lane, once `init` ran.
+pub fn control_pool() -> Option<&'static Pool> {
+    CONTROL_POOL.get()
+}
+
 /// The worker pool, once `init/1` has run.
 pub fn pool() -> Option<&'static Pool> {
     POOL.get()
@@ -101,6 +114,7 @@ fn init<'a>(env: Env<'a>, options: Term<'a>) -> NifResult<Term<'a>> {
     };
     let pool = POOL.get_or_init(|| Pool::new("py-worker", max_workers, adopt_python_thread));
     pool.set_max_threads(max_workers);
+    CONTROL_POOL.get_or_init(|| Pool::new("py-control", CONTROL_THREADS, adopt_python_thread));
     crate::erlang_module::set_accepting_callbacks(true);
     Ok(atoms::ok().encode(env))
 }
