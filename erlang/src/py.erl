@@ -22,7 +22,7 @@
 -type code() :: binary() | string().
 -type py_error() :: {error, {atom() | binary(), binary(), binary()}
                          | timeout | not_initialized}.
--opaque async_ref() :: {py_async, reference(), py_nif:job()}.
+-opaque async_ref() :: {py_async, reference(), py_nif:job(), pid()}.
 -export_type([name/0, code/0, py_error/0, async_ref/0]).
 
 %% @equiv call(Module, Function, Args, #{})
@@ -51,12 +51,14 @@ call_async(Module, Function, Args) ->
     call_async(Module, Function, Args, #{}).
 
 %% @doc Starts a call and returns at once; collect the result with
-%% `await/1,2' from the same process.
+%% `await/1,2' from the same process (another process's `await' raises
+%% `badarg': the result is sent to the caller, and a timeout would cancel
+%% the caller's job).
 -spec call_async(name(), name(), list(), map()) -> async_ref() | py_error().
 call_async(Module, Function, Args, Kwargs) ->
     Ref = make_ref(),
     case py_nif:call(self(), Ref, text(Module), text(Function), Args, Kwargs) of
-        {ok, Job} -> {py_async, Ref, Job};
+        {ok, Job} -> {py_async, Ref, Job, self()};
         {error, _} = Error -> Error
     end.
 
@@ -66,7 +68,7 @@ await(AsyncRef) ->
     await(AsyncRef, infinity).
 
 -spec await(async_ref(), timeout()) -> {ok, term()} | py_error().
-await({py_async, Ref, Job} = AsyncRef, Timeout) ->
+await({py_async, Ref, Job, Owner} = AsyncRef, Timeout) when Owner =:= self() ->
     valid_timeout(Timeout, [AsyncRef, Timeout]),
     wait(Ref, Job, Timeout);
 await(AsyncRef, Timeout) ->

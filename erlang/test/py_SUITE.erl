@@ -695,6 +695,15 @@ call_async_await(_Config) ->
     ?assertEqual({ok, [3, 2, 1]}, py:await(B)),
     ?assertEqual({ok, 3.0}, py:await(A)),
     ?assertMatch({error, {'ValueError', _, _}}, py:await(py:call_async(builtins, int, [<<"x">>]))),
+    %% Only the caller awaits its call: another process's await is refused
+    %% (its timeout cancelled the caller's job).
+    D = py:call_async(time, sleep, [0.3]),
+    Self = self(),
+    spawn_link(fun() -> Self ! {other_await, catch py:await(D, 50)} end),
+    receive {other_await, Other} -> ?assertMatch({'EXIT', {badarg, _}}, Other)
+    after 10000 -> ct:fail(other_await)
+    end,
+    ?assertEqual({ok, none}, py:await(D, 10000)),
     ?assertEqual([], py_results()).
 
 -spec await_timeout(ct_suite:ct_config()) -> term().
