@@ -271,6 +271,23 @@ convert_pids_and_refs(_Config) ->
     ?assertEqual({ok, true}, py:eval(<<"a == b and hash(a) == hash(b) and len({a, b}) == 1">>,
                                      #{<<"a">> => Self, <<"b">> => Self})),
     ?assertEqual({ok, false}, py:eval(<<"a == b">>, #{<<"a">> => Self, <<"b">> => Other})),
+    %% A reference or fun kept by Python keeps what it refers to alive: an
+    %% `atomics' stored by a process that is gone since is still usable.
+    Store = <<"__import__('sys').__dict__.setdefault('_py_suite_kept', {}).update(x)">>,
+    {Creator, CreatorMonitor} =
+        spawn_monitor(fun() ->
+                              A = atomics:new(1, []),
+                              ok = atomics:put(A, 1, 42),
+                              F = fun() -> atomics:get(A, 1) end,
+                              {ok, none} = py:eval(Store, #{<<"x">> => #{<<"a">> => A, <<"f">> => F}})
+                      end),
+    receive {'DOWN', CreatorMonitor, process, Creator, normal} -> ok
+    after 10000 -> ct:fail(creator)
+    end,
+    {ok, #{<<"a">> := Atomics, <<"f">> := GetIt}} = py:eval(<<"__import__('sys')._py_suite_kept">>),
+    ?assertEqual(42, atomics:get(Atomics, 1)),
+    ?assertEqual(42, GetIt()),
+    ok = py:exec(<<"del __import__('sys')._py_suite_kept">>),
     %% Kept in Python across calls, still the same value.
     ok = py:exec(<<"import erlang">>),
     {ok, none} = py:eval(<<"globals().__setitem__('kept', x)">>, #{<<"x">> => {Self, Ref}}),

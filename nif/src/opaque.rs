@@ -6,26 +6,69 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use std::sync::Mutex;
+
+use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::{Env, Term};
 
+/// A copy of a term in an env of its own. It keeps alive what the term
+/// refers to (the NIF resource behind a reference such as an `atomics` or
+/// a LoopRef, a fun's captured values), which the external format alone
+/// does not: such a term comes back from Python as it went in, usable.
+struct KeptTerm(Mutex<(OwnedEnv, SavedTerm)>);
+
+impl KeptTerm {
+    fn new(term: Term<'_>) -> Self {
+        let owned = OwnedEnv::new();
+        let saved = owned.save(term);
+        KeptTerm(Mutex::new((owned, saved)))
+    }
+
+    fn copy_into<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (owned, saved) = &*kept;
+        owned.run(|own| saved.load(own).in_env(env))
+    }
+}
+
 macro_rules! opaque_class {
-    ($rust:ident, $python:literal, $doc:literal, $tags:expr) => {
+    ($rust:ident, $python:literal, $doc:literal, $tags:expr, keep = $keep:literal) => {
         #[doc = $doc]
         #[pyclass(module = "erlang", name = $python, frozen, eq, hash)]
-        #[derive(PartialEq, Eq, Hash)]
         pub struct $rust {
             /// `term_to_binary` of the value: self-contained and node-independent.
             external: Vec<u8>,
+            /// The term itself, for the kinds that may hold resources.
+            kept: Option<KeptTerm>,
+        }
+
+        // By the external format: a kept copy is the same term.
+        impl PartialEq for $rust {
+            fn eq(&self, other: &Self) -> bool {
+                self.external == other.external
+            }
+        }
+
+        impl Eq for $rust {}
+
+        impl std::hash::Hash for $rust {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.external.hash(state)
+            }
         }
 
         impl $rust {
             pub fn from_term(term: Term<'_>) -> Self {
                 $rust {
                     external: term.to_binary().as_slice().to_vec(),
+                    kept: $keep.then(|| KeptTerm::new(term)),
                 }
             }
 
             pub fn to_term<'a>(&self, env: Env<'a>) -> PyResult<Term<'a>> {
+                if let Some(kept) = &self.kept {
+                    return Ok(kept.copy_into(env));
+                }
                 env.binary_to_term(&self.external)
                     .map(|(term, _)| term)
                     .ok_or_else(|| PyValueError::new_err("corrupt Erlang term"))
@@ -39,7 +82,10 @@ macro_rules! opaque_class {
             #[new]
             fn new(external: Vec<u8>) -> PyResult<Self> {
                 match external.as_slice() {
-                    [131, tag, _, ..] if $tags.contains(tag) => Ok($rust { external }),
+                    [131, tag, _, ..] if $tags.contains(tag) => Ok($rust {
+                        external,
+                        kept: None,
+                    }),
                     _ => Err(PyValueError::new_err(concat!(
                         "not the external format of an Erlang ",
                         $python
@@ -77,13 +123,26 @@ macro_rules! opaque_class {
 // External format tags (erts' external.h): NEW_PID_EXT, PID_EXT;
 // NEWER_REFERENCE_EXT, NEW_REFERENCE_EXT, REFERENCE_EXT; NEW_FUN_EXT,
 // EXPORT_EXT, PORT_EXT, NEW_PORT_EXT, V4_PORT_EXT.
-opaque_class!(Pid, "Pid", "An Erlang process identifier.", [88, 103]);
-opaque_class!(Ref, "Ref", "An Erlang reference.", [90, 114, 101]);
+opaque_class!(
+    Pid,
+    "Pid",
+    "An Erlang process identifier.",
+    [88, 103],
+    keep = false
+);
+opaque_class!(
+    Ref,
+    "Ref",
+    "An Erlang reference.",
+    [90, 114, 101],
+    keep = true
+);
 opaque_class!(
     OpaqueTerm,
     "OpaqueTerm",
     "An Erlang fun or port, kept as it is.",
-    [112, 113, 102, 89, 120]
+    [112, 113, 102, 89, 120],
+    keep = true
 );
 
 /// A short, stable fingerprint of an external term for `repr`.
