@@ -52,8 +52,18 @@ _current = threading.local()
 
 
 def _error_info(error: BaseException) -> tuple[str, str, str]:
-    """``(ExceptionName, Message, Traceback)``, as py:call reports errors."""
-    return (type(error).__name__, str(error), "".join(traceback.format_exception(error)))
+    """``(ExceptionName, Message, Traceback)``, as py:call reports errors:
+    text that is no UTF-8 (a lone surrogate) is replaced, not the report."""
+    return (
+        _utf8(type(error).__name__),
+        _utf8(str(error)),
+        _utf8("".join(traceback.format_exception(error))),
+    )
+
+
+def _utf8(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold (lone surrogates) as U+FFFD."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 class _CallExited(Exception):

@@ -92,6 +92,10 @@ async def fail(message):
     raise ValueError(message)
 
 
+async def fail_with_lone_surrogate():
+    raise LookupError('bad \\ud800 text')
+
+
 async def exit_with(kind):
     await asyncio.sleep(0)
     raise {'SystemExit': SystemExit, 'KeyboardInterrupt': KeyboardInterrupt}[kind](kind)
@@ -366,6 +370,10 @@ submit_errors(_Config) ->
                  py_asyncio:call(Loop, ?HELPERS, echo, [1, 2, 3, 4], ?WAIT)),
     ?assertMatch({error, {'TypeError', _, _}},
                  py_asyncio:call(Loop, ?HELPERS, unconvertible, [], ?WAIT)),
+    %% Text UTF-8 cannot hold is replaced, the exception's class kept (it
+    %% came back as a UnicodeEncodeError of the report).
+    ?assertMatch({error, {'LookupError', <<"bad ", _/binary>>, _}},
+                 py_asyncio:call(Loop, ?HELPERS, fail_with_lone_surrogate, [], ?WAIT)),
     %% The loop is unharmed.
     ?assertEqual({ok, 1}, py_asyncio:call(Loop, ?HELPERS, echo, [1], ?WAIT)),
     %% A caller's SystemExit or KeyboardInterrupt ends its call, not the
