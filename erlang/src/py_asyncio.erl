@@ -88,7 +88,9 @@ child_spec(Opts) when is_map(Opts) ->
 %% the loop is not there. A loop that goes away later (killed) answers
 %% nothing: monitor it, or use `call/5', which does.
 -spec submit(loop(), py:name(), py:name(), list()) -> reference().
-submit(Loop, Module, Function, Args) when is_list(Args) ->
+submit(Loop, Module, Function, Args) when is_list(Args),
+                                          (is_pid(Loop) orelse is_atom(Loop) orelse
+                                           (is_tuple(Loop) andalso tuple_size(Loop) =:= 2)) ->
     Ref = make_ref(),
     submit(Loop, self(), Ref, Module, Function, Args),
     Ref;

@@ -401,7 +401,11 @@ map_keys_colliding_in_python(_Config) ->
                   py:call(builtins, len, [M]), M) || M <- Colliding],
     ?assertMatch({error, {'ValueError', _, _}}, py:call(builtins, dict, [], #{a => 1, <<"a">> => 2})),
     ?assertMatch({error, {'ValueError', _, _}}, py:eval(<<"x">>, #{x => 1, <<"x">> => 2})),
-    ?assertEqual({ok, 2}, py:call(builtins, len, [#{1 => a, 2.0 => b}])).
+    ?assertEqual({ok, 2}, py:call(builtins, len, [#{1 => a, 2.0 => b}])),
+    %% Keyword and local names may be Erlang strings (they became tuples).
+    ?assertEqual({ok, 2}, py:eval(<<"x + 1">>, #{"x" => 1})),
+    ?assertEqual({ok, [3, 2, 1]}, py:call(builtins, sorted, [[3, 1, 2]], #{"reverse" => true})),
+    ?assertMatch({error, {'ValueError', _, _}}, py:eval(<<"x">>, #{"x" => 1, <<"x">> => 2})).
 
 %% A tuple longer than the VM's largest (2^24 - 1 elements) is refused.
 -spec tuple_beyond_erlang_arity(ct_suite:ct_config()) -> term().

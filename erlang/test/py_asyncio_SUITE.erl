@@ -296,6 +296,7 @@ bad_options(_Config) ->
     ?assertError(badarg, py_asyncio:child_spec(#{restart => sometimes})),
     ?assertError(badarg, py_asyncio:submit(self(), m, f, not_a_list)),
     ?assertError(badarg, py_asyncio:submit(self(), {m}, f, [])),
+    ?assertError(badarg, py_asyncio:submit(42, m, f, [])),
     %% A bad timeout is refused before anything is submitted: the loop
     %% (here the caller itself) is sent nothing.
     [?assertError(badarg, py_asyncio:call(self(), m, f, [], Bad))

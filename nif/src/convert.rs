@@ -31,9 +31,28 @@ pub fn args_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, P
 }
 
 /// Keyword arguments, or `eval`'s locals, as a dict, each entry converted
-/// as a value of its own (as `args_to_py`).
+/// as a value of its own (as `args_to_py`). Their keys are names: an Erlang
+/// string (`"x"`, a list of characters) is one too.
 pub fn entries_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyDict>> {
-    map_to_py(py, term, 0)
+    map_with_keys(py, term, 0, |py, key, depth| match charlist(key) {
+        Some(name) => Ok(PyString::new(py, &name).into_any()),
+        None => to_py_key(py, key, depth),
+    })
+}
+
+/// The text of a non-empty list of Unicode characters.
+fn charlist(term: Term<'_>) -> Option<String> {
+    if !term.is_list() || term.is_empty_list() {
+        return None;
+    }
+    let mut text = String::new();
+    let mut rest = term;
+    while !rest.is_empty_list() {
+        let (head, tail) = rest.list_get_cell().ok()?;
+        text.push(char::from_u32(head.decode::<u32>().ok()?)?);
+        rest = tail;
+    }
+    Some(text)
 }
 
 /// Converts a Python object into a term of `env`.
@@ -124,10 +143,20 @@ fn list_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bo
 
 /// A map as a dict, its keys and values converted at `depth`.
 fn map_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'py, PyDict>> {
+    map_with_keys(py, term, depth, to_py_key)
+}
+
+/// A map as a dict, its keys converted by `key_to_py`.
+fn map_with_keys<'py>(
+    py: Python<'py>,
+    term: Term<'_>,
+    depth: usize,
+    key_to_py: impl for<'t> Fn(Python<'py>, Term<'t>, usize) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     let entries = MapIterator::new(term).ok_or_else(|| PyTypeError::new_err("bad map"))?;
     for (key, value) in entries {
-        let key = to_py_key(py, key, depth)?;
+        let key = key_to_py(py, key, depth)?;
         dict.set_item(key, to_py(py, value, depth)?)?;
     }
     // `1` and `1.0`, `a` and `<<"a">>`, `[1]` and `{1}` are one key in
