@@ -27,28 +27,44 @@ pub struct InterpreterConfig {
     pub executable: Option<PathBuf>,
 }
 
-/// Serialises start-up: `initialize` may be called again (an application
-/// restart) and must then only add what is new.
-static STARTUP: Mutex<bool> = Mutex::new(false);
+/// Where start-up is; serialises it: `initialize` may be called again (an
+/// application restart) and must then only add what is new.
+static STARTUP: Mutex<Startup> = Mutex::new(Startup::NotYet);
+
+enum Startup {
+    NotYet,
+    Started,
+    /// CPython's own start failed half-way (it cannot be started again in
+    /// this process): every later start gives this error.
+    Failed(String),
+}
 
 /// Initialises CPython once (signal handlers off, GIL released afterwards) and
 /// applies `config`. Calling it again keeps the running interpreter and only
 /// adds paths that are not on `sys.path` yet.
 pub fn initialize(config: &InterpreterConfig) -> Result<(), String> {
-    let mut started = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
-    if !*started {
+    let mut startup = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
+    if let Startup::Failed(reason) = &*startup {
+        return Err(format!(
+            "{reason} (CPython failed to start in this VM and cannot be started again)"
+        ));
+    }
+    if let Startup::NotYet = *startup {
         let sigint_before = sigint_handler();
         promote_libpython_to_global_scope()?;
-        pre_initialize_utf8_mode_under_c_locale()?;
-        initialize_from_config(
-            config
-                .executable
-                .as_deref()
-                .filter(|path| is_venv_python(path)),
-        )?;
+        let executable = config
+            .executable
+            .as_deref()
+            .filter(|path| is_venv_python(path) && is_venv_of_this_python(path));
+        let started = pre_initialize_utf8_mode_under_c_locale()
+            .and_then(|()| initialize_from_config(executable));
+        if let Err(reason) = started {
+            *startup = Startup::Failed(reason.clone());
+            return Err(reason);
+        }
         // Python is up: pyo3 only records it.
         Python::initialize();
-        *started = true;
+        *startup = Startup::Started;
         // This thread initialised Python: it is Python's main thread, where
         // `signal.signal` is allowed.
         Python::attach(|py| first_start_setup(py, sigint_before))
@@ -60,7 +76,10 @@ pub fn initialize(config: &InterpreterConfig) -> Result<(), String> {
 
 /// True once `initialize` has succeeded in this process.
 pub fn is_initialized() -> bool {
-    *STARTUP.lock().unwrap_or_else(|e| e.into_inner())
+    matches!(
+        *STARTUP.lock().unwrap_or_else(|e| e.into_inner()),
+        Startup::Started
+    )
 }
 
 /// What only the first start does, on Python's main thread.
@@ -271,6 +290,33 @@ fn is_venv_python(executable: &Path) -> bool {
         || bin
             .parent()
             .is_some_and(|venv| venv.join("pyvenv.cfg").is_file())
+}
+
+/// Whether the venv of `executable` was made from the interpreter this NIF
+/// is built against (its `pyvenv.cfg` `home` is that interpreter's folder):
+/// CPython takes its standard library from the venv's base, which must be
+/// the one matching the linked libpython (a venv of another installation
+/// of Python 3.11 would load that one's stdlib).
+fn is_venv_of_this_python(executable: &Path) -> bool {
+    let Some(built) = build_executable().and_then(|path| std::fs::canonicalize(path).ok()) else {
+        return false;
+    };
+    let Some(bin) = executable.parent() else {
+        return false;
+    };
+    let config = [bin.join("pyvenv.cfg"), bin.join("../pyvenv.cfg")]
+        .into_iter()
+        .find_map(|path| std::fs::read_to_string(path).ok());
+    let home = config.as_deref().and_then(|text| {
+        text.lines().rev().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("home")
+                .then(|| PathBuf::from(value.trim()))
+        })
+    });
+    home.and_then(|home| std::fs::canonicalize(home).ok())
+        .is_some_and(|home| built.parent() == Some(home.as_path()))
 }
 
 /// What a failed start-up step says.

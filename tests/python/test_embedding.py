@@ -276,6 +276,65 @@ def test_the_node_sees_its_venv_as_the_venv_s_python_does() -> None:
     assert in_node["prefix"] == str(venv)
 
 
+def test_a_failed_start_says_so_again_and_leaves_the_vm_running() -> None:
+    """CPython that cannot start (a bad PYTHONHOME) fails the application's
+    start with its reason, in a VM that runs on; a later start gives the
+    same reason (CPython cannot be started twice in a process), not an
+    error of a half-started interpreter."""
+    root = Path(__file__).resolve().parents[2]
+    ebin = root / "erlang" / "_build" / "default" / "lib" / "erlang_python" / "ebin"
+    script = (
+        "Reason = fun({error, {_, {{python_init_failed, Why}, _}}}) -> Why;"
+        ' (Other) -> io_lib:format("~p", [Other]) end,'
+        " R1 = Reason(application:ensure_all_started(erlang_python)),"
+        ' os:unsetenv("PYTHONHOME"),'
+        " R2 = Reason(application:ensure_all_started(erlang_python)),"
+        ' io:format("FIRST ~ts~nSECOND ~ts~n", [R1, R2]), halt(0).'
+    )
+    env = {**os.environ, "PYTHONHOME": "/nonexistent"}
+    done = subprocess.run(
+        ["erl", "-noinput", "-pa", str(ebin), "-eval", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done
+    lines = dict(
+        line.split(" ", 1)
+        for line in done.stdout.splitlines()
+        if line.startswith(("FIRST ", "SECOND "))
+    )
+    assert lines["FIRST"].startswith("CPython start-up failed: init_fs_encoding"), done.stdout
+    assert lines["SECOND"].startswith(lines["FIRST"]), done.stdout
+    assert "cannot be started again" in lines["SECOND"], done.stdout
+
+
+OTHER_PYTHON = Path("/usr/bin/python3.11")  # Debian's, beside the one we link
+
+
+@pytest.mark.skipif(
+    not OTHER_PYTHON.exists() or Path(sys.base_prefix) == Path("/usr"),
+    reason="needs a second installation of CPython 3.11",
+)
+def test_a_venv_of_another_python_installation_still_starts(tmp_path: Path) -> None:
+    """A venv made from another installation of the same Python version is
+    not what CPython starts as (it would load that installation's standard
+    library into our libpython: `No module named '_struct'`); its
+    site-packages still go on ``sys.path``."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(OTHER_PYTHON)
+    site_dir = venv / "lib" / "python3.11" / "site-packages"
+    site_dir.mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(
+        f"home = {OTHER_PYTHON.parent}\ninclude-system-site-packages = false\n"
+    )
+    report = _sys_path_report(ERLANG_PYTHON_VENV=str(venv))
+    assert str(site_dir) in report["path"], report["path"]
+    assert report["venv"]["base_prefix"] == sys.base_prefix
+
+
 def test_a_venv_with_system_site_packages_keeps_its_pth_folders_first(tmp_path: Path) -> None:
     """The folders a venv's ``.pth`` files add come right after its
     site-packages, before the base interpreter's (which such a venv keeps),
