@@ -33,6 +33,7 @@ import functools
 import importlib
 import inspect
 import math
+import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
@@ -280,13 +281,19 @@ def start(server: Pid, tag: Ref, timeout: float = 10.0) -> str:
     return "ok"
 
 
-def dispatch(server: Pid, ops: list[tuple[Any, ...]]) -> str:
-    """Hands ``ops`` to the loop thread of ``server``. Returns ``"ok"``, or
-    ``"closed"`` when that loop is gone (its submissions never ran)."""
+def dispatch(server: Pid, ops: list[tuple[Any, ...]], may_import: bool = True) -> str:
+    """Hands ``ops`` to the loop thread of ``server``. Returns ``"ok"``,
+    ``"closed"`` when that loop is gone (its submissions never ran), or,
+    unless ``may_import``, ``"import"`` when a submission's module is not
+    imported yet: nothing was done, the server sends the batch again to the
+    worker pool (the control lane, which calls with ``may_import=False``,
+    must not wait for an import: it serves every loop)."""
     with _runners_lock:
         runner = _runners.get(server)
     if runner is None:
         return "closed"
+    if not may_import and any(op[0] == "submit" and op[2] not in sys.modules for op in ops):
+        return "import"
     batch: list[tuple[Any, ...]] = []
     for op in ops:
         if op[0] == "submit":

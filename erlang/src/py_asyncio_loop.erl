@@ -140,6 +140,8 @@ handle_info({Tag, flush}, State = #state{tag = Tag}) ->
     {noreply, dispatch(State#state{flush_sent = false})};
 handle_info({Tag, <<"exit">>, Reason}, State = #state{tag = Tag}) ->
     {stop, {python_loop_exited, Reason}, State};
+handle_info({py_result, JobRef, {ok, <<"import">>}}, State = #state{inflight = {JobRef, Ops}}) ->
+    {noreply, send_ops(pool, Ops, State#state{inflight = undefined})};
 handle_info({py_result, JobRef, Result}, State = #state{inflight = {JobRef, Ops}}) ->
     State1 = dispatched(Ops, Result, State#state{inflight = undefined}),
     {noreply, dispatch(State1)};
@@ -268,11 +270,24 @@ dispatch(State = #state{queue = Queue}) ->
     send_ops(lists:reverse(Queue), State#state{queue = []}).
 
 send_ops(Ops, State) ->
+    send_ops(control, Ops, State).
+
+%% On the control lane first: a worker pool busy with long calls does not
+%% hold up a loop that has a thread of its own. A batch that needs an
+%% import comes back (`<<"import">>') and goes to the pool: an import may
+%% take long, and the lane serves every loop.
+send_ops(Lane, Ops, State) ->
     JobRef = make_ref(),
-    %% On the control lane: a worker pool busy with long calls does not
-    %% hold up a loop that has a thread of its own.
-    case py_nif:control_call(self(), JobRef, <<"erlang_python_loops">>, <<"dispatch">>,
-                             [self(), Ops], #{}) of
+    Started = case Lane of
+                  control ->
+                      py_nif:control_call(self(), JobRef, <<"erlang_python_loops">>,
+                                          <<"dispatch">>, [self(), Ops],
+                                          #{<<"may_import">> => false});
+                  pool ->
+                      py_nif:call(self(), JobRef, <<"erlang_python_loops">>, <<"dispatch">>,
+                                  [self(), Ops], #{})
+              end,
+    case Started of
         {ok, _Job} -> State#state{inflight = {JobRef, Ops}};
         {error, _} = Error -> dispatch(dispatched(Ops, Error, State))
     end.

@@ -22,7 +22,7 @@
          loop_worker_dies/1,
          send_receive_round_trip/1, receive_timeout/1,
          call_timeout_while_stopping/1, stop_loop_of_another_process/1,
-         loop_serves_while_the_pool_is_busy/1,
+         loop_serves_while_the_pool_is_busy/1, slow_imports_hold_up_no_other_loop/1,
          remote_node/1, ten_thousand_coroutines/1,
          app_stop_with_stuck_loop/1]).
 -export([init/1]).
@@ -49,7 +49,7 @@ groups() ->
        loop_worker_dies,
        send_receive_round_trip, receive_timeout,
        call_timeout_while_stopping, stop_loop_of_another_process,
-       loop_serves_while_the_pool_is_busy]},
+       loop_serves_while_the_pool_is_busy, slow_imports_hold_up_no_other_loop]},
      {remote, [], [remote_node]},
      {load, [], [ten_thousand_coroutines]},
      %% Last: stops and restarts the application.
@@ -846,6 +846,26 @@ loop_serves_while_the_pool_is_busy(_Config) ->
     ?assertEqual({ok, 42}, py_asyncio:call(Loop, ?HELPERS, echo, [42], 2000)),
     [receive {slept, _} -> ok after 20000 -> ct:fail(sleepers) end || _ <- Sleepers],
     ok = py_asyncio:stop_loop(Loop).
+
+%% Submissions whose modules take long to import (two: as many as the
+%% control lane has threads) do not hold up another loop's calls: the
+%% imports run on the worker pool.
+-spec slow_imports_hold_up_no_other_loop(ct_suite:ct_config()) -> term().
+slow_imports_hold_up_no_other_loop(Config) ->
+    Dir = ?config(priv_dir, Config),
+    Modules = [<<"py_asyncio_suite_slow_import_", (integer_to_binary(I))/binary>>
+               || I <- [1, 2]],
+    [ok = file:write_file(filename:join(Dir, <<M/binary, ".py">>),
+                          <<"import time\ntime.sleep(3)\n\ndef echo(x):\n    return x\n">>)
+     || M <- Modules],
+    {ok, _} = py:call(?HELPERS, event, [<<"imported">>]),
+    Loops = [begin {ok, L} = py_asyncio:start_loop(#{}), L end || _ <- [1, 2, 3]],
+    [Slow1, Slow2, Fast] = Loops,
+    Refs = [py_asyncio:submit(L, M, echo, [M]) || {L, M} <- lists:zip([Slow1, Slow2], Modules)],
+    timer:sleep(300),
+    ?assertEqual({ok, 42}, py_asyncio:call(Fast, ?HELPERS, echo, [42], 2000)),
+    [?assertEqual({ok, M}, result(R)) || {R, M} <- lists:zip(Refs, Modules)],
+    [ok = py_asyncio:stop_loop(L) || L <- Loops].
 
 no_more_messages() ->
     receive Any -> ct:fail({unexpected_message, Any}) after 100 -> ok end.
