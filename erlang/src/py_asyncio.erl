@@ -23,7 +23,6 @@
 
 -export([start_loop/1, stop_loop/1, child_spec/1,
          submit/4, call/4, call/5, cancel/2]).
--export([is_local_loop/1]).
 
 -type loop() :: pid() | atom() | {atom(), node()}.
 %% A loop process, its local name, or `{Name, Node}' for a named loop on
@@ -58,7 +57,7 @@ start_loop(Opts) ->
 stop_loop(Loop) when is_pid(Loop); is_atom(Loop); is_tuple(Loop), tuple_size(Loop) =:= 2 ->
     %% Any other process is not ours to stop (a plain one would never answer).
     case is_loop(Loop) of
-        true ->
+        Maybe when Maybe =:= true; Maybe =:= unknown ->
             try gen_server:stop(Loop, normal, infinity)
             catch
                 exit:noproc -> {error, not_found};
@@ -154,7 +153,8 @@ cancel(Loop, Ref) ->
 
 %% Internal
 
-%% Whether `Loop' names a `py_asyncio_loop' now.
+%% Whether `Loop' names a `py_asyncio_loop' now: `unknown' if its node
+%% could not tell (unreachable, busy): then it is stopped as any server.
 is_loop(Pid) when is_pid(Pid), node(Pid) =:= node() ->
     is_local_loop(Pid);
 is_loop(Pid) when is_pid(Pid) ->
@@ -168,24 +168,27 @@ is_loop({Name, Node}) when is_atom(Name), is_atom(Node) ->
 is_loop(_) ->
     false.
 
+%% Asked with plain BIFs, which any node running any release has.
 remote_is_loop(Node, Loop) ->
-    try erpc:call(Node, py_asyncio, is_local_loop, [Loop], 5000)
-    catch _:_ -> false
+    try
+        Pid = case Loop of
+                  Name when is_atom(Name) -> erpc:call(Node, erlang, whereis, [Name], 5000);
+                  Pid0 -> Pid0
+              end,
+        is_pid(Pid) andalso
+            is_loop_dictionary(erpc:call(Node, erlang, process_info, [Pid, dictionary], 5000))
+    catch
+        _:_ -> unknown
     end.
 
-%% @private Whether the local process `Loop' (a pid or a registered name) is
-%% a `py_asyncio_loop' (for `stop_loop' from another node).
--spec is_local_loop(pid() | atom() | undefined) -> boolean().
-is_local_loop(Name) when is_atom(Name), Name =/= undefined ->
-    is_local_loop(whereis(Name));
-is_local_loop(Pid) when is_pid(Pid), node(Pid) =:= node() ->
-    case erlang:process_info(Pid, dictionary) of
-        {dictionary, Dictionary} ->
-            proplists:get_value('$initial_call', Dictionary) =:= {py_asyncio_loop, init, 1};
-        undefined ->
-            false
-    end;
+is_local_loop(Pid) when is_pid(Pid) ->
+    is_loop_dictionary(erlang:process_info(Pid, dictionary));
 is_local_loop(_) ->
+    false.
+
+is_loop_dictionary({dictionary, Dictionary}) ->
+    proplists:get_value('$initial_call', Dictionary) =:= {py_asyncio_loop, init, 1};
+is_loop_dictionary(undefined) ->
     false.
 
 %% Whether a process answers to `Loop' now (on another node: assumed).

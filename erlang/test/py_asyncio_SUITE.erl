@@ -634,9 +634,15 @@ remote_node(Config) ->
                            erpc:call(Node, py, call, [?HELPERS, event, [Tag2]])
                                =:= {ok, <<"cancelled">>}
                    end),
-        %% Stopped from here.
+        %% A remote process that is not a loop is not stopped.
+        RemoteSignals = erpc:call(Node, erlang, whereis, [py_signals]),
+        ?assertEqual({error, not_found}, py_asyncio:stop_loop(RemoteSignals)),
+        ?assertEqual({error, not_found}, py_asyncio:stop_loop({py_signals, Node})),
+        ?assertEqual(RemoteSignals, erpc:call(Node, erlang, whereis, [py_signals])),
+        %% Stopped from here (by name, and the pid is then gone).
         Pending = py_asyncio:submit(Loop, erlang_asyncio, sleep, [3600]),
-        ?assertEqual(ok, py_asyncio:stop_loop(Loop)),
+        ?assertEqual(ok, py_asyncio:stop_loop({remote_loop, Node})),
+        ?assertEqual({error, not_found}, py_asyncio:stop_loop(Loop)),
         ?assertEqual({error, cancelled}, result(Pending)),
         ?assertEqual({ok, []}, erpc:call(Node, py, call, [?HELPERS, loop_threads, []]))
     after
