@@ -63,8 +63,8 @@ def _error_info(error: BaseException) -> tuple[str, str, str]:
 
 
 def _utf8(text: str) -> str:
-    """``text`` with what UTF-8 cannot hold (lone surrogates) as U+FFFD."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    """``text`` with what UTF-8 cannot hold (a lone surrogate) as U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class _CallExited(Exception):

@@ -12,7 +12,7 @@ use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, BigInt, Binary, Encoder, Env, NewBinary, Term, TermType};
 
 use crate::atoms;
-use crate::opaque::{OpaqueTerm, Pid, Ref};
+use crate::opaque::{conversion_scope, OpaqueTerm, Pid, Ref};
 use erlang_python::py::stack;
 
 /// Deeper structures are refused rather than risking the thread's stack.
@@ -20,23 +20,25 @@ pub const MAX_DEPTH: usize = 1000;
 
 /// Converts an Erlang term into a new Python object.
 pub fn term_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyAny>> {
-    to_py(py, term, 0)
+    conversion_scope(|| to_py(py, term, 0))
 }
 
 /// A call's argument list as a Python list, each argument converted as a
 /// value of its own: the list is no level of nesting (a value crosses as
 /// an argument as deep as it crosses back as a result).
 pub fn args_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyList>> {
-    list_to_py(py, term, 0)
+    conversion_scope(|| list_to_py(py, term, 0))
 }
 
 /// Keyword arguments, or `eval`'s locals, as a dict, each entry converted
 /// as a value of its own (as `args_to_py`). Their keys are names: an Erlang
 /// string (`"x"`, a list of characters) is one too.
 pub fn entries_to_py<'py>(py: Python<'py>, term: Term<'_>) -> PyResult<Bound<'py, PyDict>> {
-    map_with_keys(py, term, 0, |py, key, depth| match charlist(key) {
-        Some(name) => Ok(PyString::new(py, &name).into_any()),
-        None => to_py_key(py, key, depth),
+    conversion_scope(|| {
+        map_with_keys(py, term, 0, |py, key, depth| match charlist(key) {
+            Some(name) => Ok(PyString::new(py, &name).into_any()),
+            None => to_py_key(py, key, depth),
+        })
     })
 }
 

@@ -36,7 +36,7 @@ const STATE_CLOSED: u8 = 2;
 
 /// The C-side object of one resource.
 struct FdResource {
-    /// Our duplicate of the watched fd; -1 once closed.
+    /// Our duplicate of the watched fd (closed once `state` is `STATE_CLOSED`).
     fd: RawFd,
     /// The registration token in the loop's registry.
     token: u64,

@@ -6,29 +6,68 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use std::sync::Mutex;
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::{Env, Term};
 
-/// A copy of a term in an env of its own. It keeps alive what the term
+/// A copy of a term in an env kept with it. It keeps alive what the term
 /// refers to (the NIF resource behind a reference such as an `atomics` or
 /// a LoopRef, a fun's captured values), which the external format alone
-/// does not: such a term comes back from Python as it went in, usable.
-struct KeptTerm(Mutex<(OwnedEnv, SavedTerm)>);
+/// does not: such a term comes back from Python as it went in, usable. The
+/// terms of one conversion share one env (see [`conversion_scope`]).
+struct KeptTerm {
+    env: Arc<Mutex<OwnedEnv>>,
+    /// Behind a lock of its own only to be `Sync` (rustler's is not).
+    saved: Mutex<SavedTerm>,
+}
 
 impl KeptTerm {
     fn new(term: Term<'_>) -> Self {
-        let owned = OwnedEnv::new();
-        let saved = owned.save(term);
-        KeptTerm(Mutex::new((owned, saved)))
+        let env = SCOPE.with(|scope| {
+            let mut scope = scope.borrow_mut();
+            match &mut *scope {
+                Some(shared) => {
+                    Arc::clone(shared.get_or_insert_with(|| Arc::new(Mutex::new(OwnedEnv::new()))))
+                }
+                None => Arc::new(Mutex::new(OwnedEnv::new())),
+            }
+        });
+        let saved = Mutex::new(lock(&env).save(term));
+        KeptTerm { env, saved }
     }
 
     fn copy_into<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (owned, saved) = &*kept;
-        owned.run(|own| saved.load(own).in_env(env))
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        lock(&self.env).run(|own| saved.load(own).in_env(env))
     }
+}
+
+fn lock(env: &Mutex<OwnedEnv>) -> std::sync::MutexGuard<'_, OwnedEnv> {
+    env.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    // Inside a conversion: the env its kept terms share, once one is made.
+    static SCOPE: RefCell<Option<Option<Arc<Mutex<OwnedEnv>>>>> = const { RefCell::new(None) };
+}
+
+/// Runs one conversion of a term to Python: the references and funs it
+/// meets keep their copies in one env (an env each cost 4x the conversion
+/// of a list of references).
+pub fn conversion_scope<R>(convert: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Option<Arc<Mutex<OwnedEnv>>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SCOPE.with(|scope| *scope.borrow_mut() = previous);
+        }
+    }
+    // A conversion started inside another (Python code run by a GC hook)
+    // has a scope of its own.
+    let _restore = Restore(SCOPE.with(|scope| scope.replace(Some(None))));
+    convert()
 }
 
 macro_rules! opaque_class {
