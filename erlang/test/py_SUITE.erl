@@ -550,8 +550,9 @@ exception_text_with_lone_surrogate(_Config) ->
     ?assertMatch({_, _}, binary:match(Traceback, <<"Traceback (most recent call last)">>)),
     ?assertMatch({_, _}, binary:match(Traceback, <<"here">>)).
 
-%% Converting a result runs no Python code: a set subclass's `__iter__' that
-%% would grow the dict being converted is not called.
+%% Converting a result calls no method of the values' own classes: a set
+%% subclass's `__iter__' that would grow the dict being converted is not
+%% called (a GC hook can still run: containers_changed_while_converted).
 -spec conversion_runs_no_python_code(ct_suite:ct_config()) -> term().
 conversion_runs_no_python_code(_Config) ->
     ok = py:exec(<<"class Grow(set):\n"
