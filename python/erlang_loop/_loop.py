@@ -145,6 +145,9 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     between loops.
     """
 
+    # True while `close` drops the runner's queues (see `close`).
+    _dropping_queues = False
+
     def __init__(self, isolated: bool = False) -> None:
         # The pipe of this loop's SIGCHLD subscription, while it has handlers.
         self._signal_fd: int | None = None
@@ -393,10 +396,22 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             raise RuntimeError("Cannot close a running event loop")
         # The runner first: from here on nothing is scheduled (a finalizer
         # run by the closing could otherwise queue a callback into a
-        # dropped queue).
-        if self._runner is not None:
-            self._runner.close()
+        # dropped queue). Those finalizers see the loop closed, as the
+        # stdlib's see it while it clears its queues.
+        if self._runner is not None and not self._closed:
+            self._dropping_queues = True
+            try:
+                self._runner.close()
+            finally:
+                self._dropping_queues = False
         super().close()
+
+    def is_closed(self) -> bool:
+        return self._closed or self._dropping_queues
+
+    def _check_closed(self) -> None:
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
 
     # -- signals: the BEAM owns them; a loop gets SIGCHLD and what it routes --
 

@@ -472,6 +472,14 @@ impl LoopRunner {
         let task_step =
             args.positional_count() == 1 && is_fresh_task_step(args.positional_from(0)[0]);
         let slf = slf.cast::<Self>()?;
+        if slf.borrow().installed_call_soon.is_none() {
+            // A bound `call_soon` kept from before the native paths went
+            // (debug mode, a subclass's override): the loop's own, with
+            // asyncio's debug checks (thread, coroutine, source traceback).
+            let loop_ = Self::loop_object(slf)?;
+            let method = loop_.get_type().getattr(intern!(py, "call_soon"))?;
+            return args.call_with_first(&method, &loop_).map(Bound::unbind);
+        }
         let [by_name, context] = args.keywords(
             py,
             [intern!(py, "callback"), intern!(py, "context")],
@@ -859,11 +867,17 @@ impl LoopRunner {
 
     // -- the ready queue, as asyncio's `_ready` deque --
 
-    fn append(&mut self, handle: Py<PyAny>) {
+    fn append(&mut self, handle: Py<PyAny>) -> PyResult<()> {
+        // A finalizer run by `close` dropping the queue must not queue into
+        // it (the handle would never run, silently).
+        if self.closed {
+            return Err(closed_error());
+        }
         self.ready.push_back(Item::Handle(Held {
             handle,
             ours: false,
         }));
+        Ok(())
     }
 
     fn popleft(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {

@@ -1402,3 +1402,77 @@ def test_call_soon_takes_its_callback_by_keyword(loop: ErlangEventLoop) -> None:
     loop.call_soon(callback=functools.partial(ran.append, "ran"), context=None)
     run_soon(loop)
     assert ran == ["ran"]
+
+
+def test_a_call_soon_kept_from_before_debug_mode_does_its_checks() -> None:
+    """``loop.call_soon`` looked up before ``set_debug(True)`` is the native
+    one; called in debug mode it does asyncio's checks all the same (it
+    skipped them: a call from another thread was accepted)."""
+    loop = ErlangEventLoop()
+    try:
+        call_soon = loop.call_soon
+        loop.set_debug(True)
+        from_thread: list[str] = []
+
+        def other_thread() -> None:
+            try:
+                call_soon(print)
+                from_thread.append("accepted")
+            except RuntimeError:
+                from_thread.append("RuntimeError")
+            loop.call_soon_threadsafe(loop.stop)
+
+        loop.call_soon(lambda: threading.Thread(target=other_thread).start())
+        loop.run_forever()
+        assert from_thread == ["RuntimeError"]
+
+        async def coroutine_function() -> None:
+            pass
+
+        with pytest.raises(TypeError):
+            call_soon(coroutine_function)
+        assert call_soon(print)._source_traceback
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_finalizers_run_by_close_see_the_loop_closed(debug: bool) -> None:
+    """A callback's argument finalized as ``close()`` drops the queue sees
+    the loop closed, as the stdlib's finalizers do: ``call_soon`` and
+    ``create_task`` raise and make nothing (``is_closed()`` was False, a
+    Task was made and reported destroyed; in debug mode both were taken)."""
+    loop = ErlangEventLoop()
+    loop.set_debug(debug)
+    reports: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reports.append(context["message"]))
+    seen: list[object] = []
+
+    async def job() -> None:
+        pass
+
+    class OnDrop:
+        def __del__(self) -> None:
+            seen.append(loop.is_closed())
+            schedules = (lambda _coro: loop.call_soon(print), loop.create_task)
+            for schedule in schedules:
+                coro = job()
+                try:
+                    schedule(coro)
+                    seen.append("accepted")
+                except RuntimeError as error:
+                    seen.append(str(error))
+                finally:
+                    coro.close()
+
+    loop.call_soon(lambda _keep: None, OnDrop())
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        loop.close()
+        gc.collect()
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert seen == [True, "Event loop is closed", "Event loop is closed"]
+    assert reports == []
