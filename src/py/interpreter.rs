@@ -55,7 +55,7 @@ pub fn initialize(config: &InterpreterConfig) -> Result<(), String> {
         let executable = config
             .executable
             .as_deref()
-            .filter(|path| is_venv_python(path) && is_venv_of_this_python(path));
+            .filter(|path| is_venv_of_this_python(path));
         let started = pre_initialize_utf8_mode_under_c_locale()
             .and_then(|()| initialize_from_config(executable));
         if let Err(reason) = started {
@@ -278,25 +278,13 @@ fn initialize_from_config(executable: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `executable` is a venv's python (a `pyvenv.cfg` beside it or one
-/// folder up, where CPython looks). Any other executable only names
-/// `sys.executable`: CPython would take its prefix, the standard library of
-/// another installation maybe, from it.
-fn is_venv_python(executable: &Path) -> bool {
-    let Some(bin) = executable.parent() else {
-        return false;
-    };
-    bin.join("pyvenv.cfg").is_file()
-        || bin
-            .parent()
-            .is_some_and(|venv| venv.join("pyvenv.cfg").is_file())
-}
-
-/// Whether the venv of `executable` was made from the interpreter this NIF
-/// is built against (its `pyvenv.cfg` `home` is that interpreter's folder):
-/// CPython takes its standard library from the venv's base, which must be
-/// the one matching the linked libpython (a venv of another installation
-/// of Python 3.11 would load that one's stdlib).
+/// Whether `executable` is the python of a venv made from the interpreter
+/// this NIF is built against: a `pyvenv.cfg` beside it or one folder up
+/// (where CPython looks) whose `home` is that interpreter's folder. Only
+/// then does CPython start as it: it takes its prefix and standard library
+/// from the venv's base, which must match the linked libpython (a venv of
+/// another installation of Python 3.11 would load that one's stdlib). Any
+/// other executable only names `sys.executable`.
 fn is_venv_of_this_python(executable: &Path) -> bool {
     let Some(built) = build_executable().and_then(|path| std::fs::canonicalize(path).ok()) else {
         return false;
