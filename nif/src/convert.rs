@@ -47,14 +47,24 @@ fn charlist(term: Term<'_>) -> Option<String> {
     if !term.is_list() || term.is_empty_list() {
         return None;
     }
-    let mut text = String::new();
-    let mut rest = term;
-    while !rest.is_empty_list() {
-        let (head, tail) = rest.list_get_cell().ok()?;
-        text.push(char::from_u32(head.decode::<u32>().ok()?)?);
-        rest = tail;
-    }
-    Some(text)
+    list_elements(term)
+        .map(|head| char::from_u32(head.ok()?.decode::<u32>().ok()?))
+        .collect()
+}
+
+/// The elements of the list `term`, then an error if its tail is not `[]`.
+fn list_elements<'a>(term: Term<'a>) -> impl Iterator<Item = PyResult<Term<'a>>> {
+    let mut rest = Some(term);
+    std::iter::from_fn(move || {
+        let list = rest.take().filter(|list| !list.is_empty_list())?;
+        Some(match list.list_get_cell() {
+            Ok((head, tail)) => {
+                rest = Some(tail);
+                Ok(head)
+            }
+            Err(_) => Err(PyTypeError::new_err("improper lists cannot be converted")),
+        })
+    })
 }
 
 /// Converts a Python object into a term of `env`.
@@ -132,13 +142,8 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'
 /// A list, its elements converted at `depth`.
 fn list_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
-    let mut rest = term;
-    while !rest.is_empty_list() {
-        let (head, tail) = rest
-            .list_get_cell()
-            .map_err(|_| PyTypeError::new_err("improper lists cannot be converted"))?;
-        list.append(to_py(py, head, depth)?)?;
-        rest = tail;
+    for head in list_elements(term) {
+        list.append(to_py(py, head?, depth)?)?;
     }
     Ok(list)
 }
@@ -175,18 +180,7 @@ fn to_py_key<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> PyResult<Bou
     enter_level(depth)?;
     let elements = match term.get_type() {
         TermType::Tuple => get_tuple(term).map_err(|_| PyTypeError::new_err("bad tuple"))?,
-        TermType::List => {
-            let mut elements = Vec::new();
-            let mut rest = term;
-            while !rest.is_empty_list() {
-                let (head, tail) = rest
-                    .list_get_cell()
-                    .map_err(|_| PyTypeError::new_err("improper lists cannot be converted"))?;
-                elements.push(head);
-                rest = tail;
-            }
-            elements
-        }
+        TermType::List => list_elements(term).collect::<PyResult<Vec<_>>>()?,
         _ => return to_py(py, term, depth),
     };
     let items = elements
