@@ -155,36 +155,29 @@ cancel(Loop, Ref) ->
 
 %% Whether `Loop' names a `py_asyncio_loop' now: `unknown' if its node
 %% could not tell (unreachable, busy): then it is stopped as any server.
-is_loop(Pid) when is_pid(Pid), node(Pid) =:= node() ->
-    is_local_loop(Pid);
-is_loop(Pid) when is_pid(Pid) ->
-    remote_is_loop(node(Pid), Pid);
-is_loop(Name) when is_atom(Name) ->
-    is_local_loop(whereis(Name));
-is_loop({Name, Node}) when is_atom(Name), Node =:= node() ->
-    is_local_loop(whereis(Name));
-is_loop({Name, Node}) when is_atom(Name), is_atom(Node) ->
-    remote_is_loop(Node, Name);
-is_loop(_) ->
-    false.
-
 %% Asked with plain BIFs, which any node running any release has.
-remote_is_loop(Node, Loop) ->
-    try
-        Pid = case Loop of
-                  Name when is_atom(Name) -> erpc:call(Node, erlang, whereis, [Name], 5000);
-                  Pid0 -> Pid0
-              end,
-        is_pid(Pid) andalso
-            is_loop_dictionary(erpc:call(Node, erlang, process_info, [Pid, dictionary], 5000))
-    catch
-        _:_ -> unknown
+is_loop(Loop) ->
+    case where(Loop) of
+        {Node, Target} ->
+            try
+                Pid = case Target of
+                          Name when is_atom(Name) -> erpc:call(Node, erlang, whereis, [Name], 5000);
+                          Pid0 -> Pid0
+                      end,
+                is_pid(Pid) andalso
+                    is_loop_dictionary(erpc:call(Node, erlang, process_info, [Pid, dictionary], 5000))
+            catch
+                _:_ -> unknown
+            end;
+        nowhere ->
+            false
     end.
 
-is_local_loop(Pid) when is_pid(Pid) ->
-    is_loop_dictionary(erlang:process_info(Pid, dictionary));
-is_local_loop(_) ->
-    false.
+%% The node of `Loop' and the pid or name to ask it about.
+where(Pid) when is_pid(Pid) -> {node(Pid), Pid};
+where(Name) when is_atom(Name) -> {node(), Name};
+where({Name, Node}) when is_atom(Name), is_atom(Node) -> {Node, Name};
+where(_) -> nowhere.
 
 is_loop_dictionary({dictionary, Dictionary}) ->
     proplists:get_value('$initial_call', Dictionary) =:= {py_asyncio_loop, init, 1};

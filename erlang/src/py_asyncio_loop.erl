@@ -278,16 +278,11 @@ send_ops(Ops, State) ->
 %% take long, and the lane serves every loop.
 send_ops(Lane, Ops, State) ->
     JobRef = make_ref(),
-    Started = case Lane of
-                  control ->
-                      py_nif:control_call(self(), JobRef, <<"erlang_python_loops">>,
-                                          <<"dispatch">>, [self(), Ops],
-                                          #{<<"may_import">> => false});
-                  pool ->
-                      py_nif:call(self(), JobRef, <<"erlang_python_loops">>, <<"dispatch">>,
-                                  [self(), Ops], #{})
-              end,
-    case Started of
+    {Call, Kwargs} = case Lane of
+                         control -> {fun py_nif:control_call/6, #{<<"may_import">> => false}};
+                         pool -> {fun py_nif:call/6, #{}}
+                     end,
+    case Call(self(), JobRef, <<"erlang_python_loops">>, <<"dispatch">>, [self(), Ops], Kwargs) of
         {ok, _Job} -> State#state{inflight = {JobRef, Ops}};
         {error, _} = Error -> dispatch(dispatched(Ops, Error, State))
     end.
