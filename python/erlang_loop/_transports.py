@@ -52,10 +52,10 @@ for _name, _method in _erlang_loop.socket_transport_methods(_ErlangSocketTranspo
 
 
 class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
-    """A datagram transport whose ``_read_ready`` is native (up to 16
-    datagrams per readiness event, one loop iteration, read into the
-    thread's receive buffer) and ``sendto``'s fast path too (``bytes`` sent
-    at once to the connected peer or a numeric IPv4 address)
+    """A datagram transport whose ``_read_ready`` is native (one datagram
+    per readiness event, as asyncio's, read into the thread's receive
+    buffer) and ``sendto``'s fast path too (``bytes`` sent at once to the
+    connected peer or a numeric IPv4 address)
     (src/py/datagram_transport.rs); everything else is asyncio's. The
     attributes those read are slots of this class, as above."""
 
