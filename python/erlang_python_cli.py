@@ -14,11 +14,13 @@ import sys
 import threading
 import traceback
 import types
+import warnings
 
 import _erlang
 
 USAGE = (
-    "usage: erlang-python (SCRIPT | -m MODULE | -c CODE | conformance) [ARG ...]\n"
+    "usage: erlang-python [-W ARG] (SCRIPT | -m MODULE | -c CODE | conformance) [ARG ...]\n"
+    "  -W ARG  warning control, as python3's (also PYTHONWARNINGS)\n"
     "  conformance [--quick] [-v] [TEST ...]  CPython's asyncio tests on ErlangEventLoop"
 )
 
@@ -94,6 +96,10 @@ def _utf8_stdio() -> None:
 
 
 def _run(argv: list[str]) -> int:
+    argv, refused = _interpreter_options(argv)
+    if refused is not None:
+        print(f"erlang-python: {refused}\n{USAGE}", file=sys.stderr)
+        return 2
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
@@ -143,6 +149,37 @@ def _run(argv: list[str]) -> int:
         sys.excepthook(type(error), error, error.__traceback__)
         return 130 if isinstance(error, KeyboardInterrupt) else 1
     return 0
+
+
+def _interpreter_options(argv: list[str]) -> tuple[list[str], str | None]:
+    """Takes python3's interpreter options off the front of ``argv``: ``-W``
+    applies at once (the interpreter is already running, as after
+    ``PYTHONWARNINGS``); the others (``-X``, ``-O``, ``-u``, ...) act as
+    CPython starts, long before the program does here, and are refused
+    with a reason rather than taken for a script's name. Returns the rest
+    of ``argv`` and the refusal, if any."""
+    while argv and argv[0].startswith("-") and argv[0] not in ("-", "--", "-m", "-c", "-h"):
+        option, argv = argv[0], argv[1:]
+        if option == "--help":
+            return [option, *argv], None
+        if option.startswith("-W"):
+            value = option[2:]
+            if not value:
+                if not argv:
+                    return [], "-W needs an argument"
+                value, argv = argv[0], argv[1:]
+            sys.warnoptions.append(value)
+            # What CPython does with -W at start-up (an invalid one is
+            # reported and ignored, as there).
+            warnings._processoptions([value])  # type: ignore[attr-defined]
+            continue
+        if option.startswith("-X"):
+            return argv, (
+                "-X options take effect as CPython starts, with the node: use "
+                "their PYTHON* environment variables (PYTHONDEVMODE, PYTHONTRACEMALLOC, ...)"
+            )
+        return argv, f"unknown option {option}"
+    return argv, None
 
 
 def _program_frames(tb: types.TracebackType | None) -> types.TracebackType | None:

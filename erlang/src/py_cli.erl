@@ -7,6 +7,9 @@
 -spec main() -> no_return().
 main() ->
     ok = py_cli_signals:install(),
+    %% The VM ignores Ctrl-C and Ctrl-Z here (+Bi); the program's children
+    %% must not inherit that.
+    ok = py_nif:unignore_terminal_signals(),
     end_with_wrapper(os:getenv("ERLANG_PYTHON_WRAPPER")),
     Args = [argument(A) || A <- init:get_plain_arguments()],
     Status = case application:ensure_all_started(erlang_python) of

@@ -15,7 +15,7 @@
          event_loop_adopt/2, loop_needs_placing/1,
          sleep_done/1, apply_orphan_stops/0,
          %% used by py_cli
-         end_with_parent/1,
+         end_with_parent/1, unignore_terminal_signals/0,
          %% used by py_signal_forwarder
          deliver_signal/1,
          %% UDP helpers for tests (nif/src/test_udp.rs)
@@ -34,7 +34,8 @@
        get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
        event_loop_adopt/2, loop_needs_placing/1,
-       sleep_done/1, apply_orphan_stops/0, end_with_parent/1, deliver_signal/1,
+       sleep_done/1, apply_orphan_stops/0, end_with_parent/1, unignore_terminal_signals/0,
+       deliver_signal/1,
        create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
        set_udp_broadcast/2, close_test_fd/1]).
 
@@ -231,6 +232,12 @@ apply_orphan_stops() -> ?NOT_LOADED.
 %% has already.
 -spec end_with_parent(integer()) -> ok | {error, parent_gone | integer()}.
 end_with_parent(_ParentOsPid) -> ?NOT_LOADED.
+
+%% @doc SIGINT and SIGTSTP, if ignored, get a handler that does nothing: the
+%% node still ignores them, but the programs it starts get the default
+%% (an ignored signal stays ignored across `exec', a handler does not).
+-spec unignore_terminal_signals() -> ok | {error, integer()}.
+unignore_terminal_signals() -> ?NOT_LOADED.
 
 %% @doc Writes a signal the BEAM caught to the signal pipes of the Python
 %% loops (their handlers for it run; the others ignore it). Only the

@@ -9,7 +9,8 @@
          argv_forwarded/1, c_locale/1, not_started/1, sigint_stops_node/1, dash_m/1, script_path_and_main/1, usage/1,
          tracing_on_request/1, exit_status_as_python3/1, missing_script/1,
          argument_not_utf8/1, signals_end_the_run/1, threads_are_joined/1,
-         dash_c_runs_in_main/1, uncaught_as_python3/1]).
+         dash_c_runs_in_main/1, uncaught_as_python3/1,
+         children_get_terminal_signals/1, warning_options/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -24,7 +25,8 @@ all() ->
      dash_m, script_path_and_main, usage, not_started, sigint_stops_node,
      tracing_on_request, exit_status_as_python3, missing_script,
      argument_not_utf8, signals_end_the_run, threads_are_joined,
-     dash_c_runs_in_main, uncaught_as_python3].
+     dash_c_runs_in_main, uncaught_as_python3, children_get_terminal_signals,
+     warning_options].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -189,6 +191,38 @@ exit_status_as_python3(Config) ->
      || {Code, Status} <- [{"-1", 255}, {"-256", 0}, {"256", 0}, {"300", 44},
                            {"False", 0}, {"True", 1}, {"2**70", 255}, {"-2**70", 255}]],
     ?assertEqual([], filelib:wildcard(filename:join(?config(priv_dir, Config), "erl_crash.dump"))).
+
+%% The node ignores SIGINT and SIGTSTP (+Bi); the program's children must
+%% not inherit that (an ignored signal stays ignored across exec): Ctrl-C
+%% and send_signal(SIGINT) end them, as under python3.
+-spec children_get_terminal_signals(ct_suite:ct_config()) -> term().
+children_get_terminal_signals(Config) ->
+    Code = "import signal, subprocess, sys\n"
+           "ignored = subprocess.run(['sh', '-c', 'grep SigIgn /proc/self/status'],\n"
+           "                         capture_output=True, text=True, check=True).stdout\n"
+           "mask = int(ignored.split()[1], 16)\n"
+           "print(bool(mask & 1 << signal.SIGINT - 1), bool(mask & 1 << signal.SIGTSTP - 1))\n"
+           "child = subprocess.Popen([sys.executable, '-c',\n"
+           "    'import signal; print(signal.getsignal(signal.SIGINT).__name__, flush=True); input()'],\n"
+           "    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)\n"
+           "print(child.stdout.readline().strip())\n"
+           "child.send_signal(signal.SIGINT)\n"
+           "print(child.wait(timeout=30) != 0)\n"
+           "sleeper = subprocess.Popen(['sleep', '60'])\n"
+           "sleeper.send_signal(signal.SIGINT)\n"
+           "print(sleeper.wait(timeout=30))\n",
+    {Status, Out, Err} = run(Config, ["-c", Code]),
+    ct:log("stderr:~n~ts", [Err]),
+    ?assertEqual({0, <<"False False\ndefault_int_handler\nTrue\n-2\n">>}, {Status, Out}).
+
+%% python3's -W, before the program: here as the interpreter already runs.
+-spec warning_options(ct_suite:ct_config()) -> term().
+warning_options(Config) ->
+    Warn = "import sys, warnings; print(sys.warnoptions); warnings.warn('careful')",
+    {1, <<"['error']\n">>, Err} = run(Config, ["-W", "error", "-c", Warn]),
+    ?assertMatch({_, _}, binary:match(Err, <<"UserWarning: careful">>)),
+    ?assertMatch({0, <<"['ignore', 'default::DeprecationWarning']\n">>, <<>>},
+                 run(Config, ["-Wignore", "-W", "default::DeprecationWarning", "-c", Warn])).
 
 -spec missing_script(ct_suite:ct_config()) -> term().
 missing_script(Config) ->

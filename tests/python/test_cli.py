@@ -35,3 +35,19 @@ def test_conformance_subcommand_runs_the_conformance_module(
     out = capsys.readouterr().out
     assert "--quick" in out
     assert "erlang_python_conformance" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["-X", "dev", "-c", "pass"], "-X options take effect as CPython starts"),
+        (["-O", "script.py"], "unknown option -O"),
+        (["-W"], "-W needs an argument"),
+    ],
+)
+def test_interpreter_options_it_cannot_apply_are_refused(
+    argv: list[str], reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not taken for a script's name ("can't open file '-X'").
+    assert erlang_python_cli.main(argv) == 2
+    assert reason in capsys.readouterr().err
