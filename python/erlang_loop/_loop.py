@@ -420,11 +420,15 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         (caught by the loop's library itself; asyncio's SafeChildWatcher and
         FastChildWatcher use it) and SIGHUP, SIGALRM and SIGUSR2 (caught by
         the BEAM, set to ``handle`` while a loop has a handler for them, and
-        passed on). The BEAM's own signals (SIGINT, SIGTERM, SIGQUIT,
-        SIGUSR1) and the rest raise NotImplementedError."""
+        passed on). SIGKILL and SIGSTOP raise RuntimeError, as in asyncio
+        (no process can catch them); the BEAM's own signals (SIGINT,
+        SIGTERM, SIGQUIT, SIGUSR1) and the rest raise NotImplementedError."""
         if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            # asyncio's words: signal.signal() refuses them.
+            raise RuntimeError(f"sig {sig} cannot be caught")
         if sig not in _CAUGHT_SIGNALS and sig not in _ROUTED_SIGNALS:
             raise NotImplementedError(
                 f"signal {sig} belongs to the BEAM: inside the node a loop may handle "

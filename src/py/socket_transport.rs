@@ -19,7 +19,8 @@
 //!   is up and no EOF or sendfile is in progress, one `send`; sent in full,
 //!   done. Every other case (other types, a partial send, would-block, a
 //!   non-empty buffer, the error checks) is asyncio's own `write`, given
-//!   what is left to send; a send error goes to `self._fatal_error` as there.
+//!   what is left to send (a view of `data`, not a copy); a send error goes
+//!   to `self._fatal_error` as there.
 //!
 //! The native steps apply to a plain `socket.socket` only: a subclass (one
 //! that counts or throttles its `send`, say) gets asyncio's methods, which
@@ -41,7 +42,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyString, PyType};
+use pyo3::types::{PyBytes, PyDict, PyMemoryView, PySlice, PyString, PyType};
 
 use super::instance_attrs::{ClassSlots, InstanceAttrs};
 use super::method::{call_method, call_method_one_arg, methods_for, MethodDef};
@@ -245,7 +246,13 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
     };
     match usize::try_from(sent) {
         Ok(n) if n == bytes.len() => Ok(()),
-        Ok(n) => stock_write(transport, &PyBytes::new(py, &bytes[n..])),
+        // The rest as a view of `data`, not a copy: asyncio's `write` then
+        // copies it once, into its buffer (a copy here made 100 MB of
+        // pending data take 300 MB at the call's peak, the stdlib's 200).
+        Ok(n) => {
+            let rest = PySlice::new(py, n as isize, bytes.len() as isize, 1);
+            stock_write(transport, &PyMemoryView::from(data)?.get_item(rest)?)
+        }
         Err(_) => {
             let error = std::io::Error::last_os_error();
             if no_event(&error) {

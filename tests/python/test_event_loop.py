@@ -1463,6 +1463,12 @@ def test_the_beams_own_signals_are_refused(loop: ErlangEventLoop) -> None:
     async def coroutine() -> None:
         pass
 
+    # No process can catch these: asyncio's RuntimeError.
+    for sig in (signal.SIGKILL, signal.SIGSTOP):
+        with pytest.raises(RuntimeError, match=f"sig {sig} cannot be caught"):
+            loop.add_signal_handler(sig, lambda: None)
+        assert loop.remove_signal_handler(sig) is False
+
     with pytest.raises(TypeError):
         loop.add_signal_handler(signal.SIGCHLD, coroutine)
     with pytest.raises(ValueError):
