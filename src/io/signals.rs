@@ -28,11 +28,18 @@ pub const CAUGHT: [libc::c_int; 1] = [libc::SIGCHLD];
 /// and it has no use of its own for them).
 pub const ROUTED: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGALRM, libc::SIGUSR2];
 
-/// Most subscribers at once.
-const SLOTS: usize = 64;
+/// Most subscribers at once: more than the loops a process can have with a
+/// signal handler before its fds run out (a pipe each, as asyncio's loops
+/// have a socket pair each), so that limit is the OS's, as for asyncio. 64
+/// ran out first: loops dropped without `close()` keep theirs until the
+/// cyclic GC finds them (their handlers hold them).
+const SLOTS: usize = 4096;
 
 /// Write ends of the subscribers' pipes (-1 = free), read by the handler.
 static WRITE_FDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
+
+/// One past the highest slot ever taken: the handler looks no further.
+static SLOTS_USED: AtomicUsize = AtomicUsize::new(0);
 
 /// Calls of [`notify`] running now. An unsubscribe waits for none to run
 /// before it closes the pipe: a write end loaded by a `notify` must not be
@@ -59,7 +66,8 @@ extern "C" fn on_signal(signum: libc::c_int) {
 pub fn notify(signum: libc::c_int) {
     NOTIFYING.fetch_add(1, Ordering::SeqCst);
     let byte = signum as u8;
-    for slot in &WRITE_FDS {
+    let used = SLOTS_USED.load(Ordering::SeqCst);
+    for slot in &WRITE_FDS[..used] {
         let fd = slot.load(Ordering::SeqCst);
         if fd >= 0 {
             // SAFETY: write(2) of one byte from a local, to a pipe not closed
@@ -90,7 +98,8 @@ pub fn subscribe() -> io::Result<Subscription> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    WRITE_FDS[slot].store(fds[1], Ordering::Release);
+    SLOTS_USED.fetch_max(slot + 1, Ordering::SeqCst);
+    WRITE_FDS[slot].store(fds[1], Ordering::SeqCst);
     Ok(Subscription {
         read_fd: fds[0],
         slot,

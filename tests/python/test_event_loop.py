@@ -1509,6 +1509,25 @@ def test_a_sighup_to_the_node_runs_every_loops_handler(loop: ErlangEventLoop) ->
         other.close()
 
 
+def test_more_loops_than_64_handle_a_signal_at_once() -> None:
+    """Loops dropped without ``close()`` keep their signal pipe until the
+    cyclic GC finds them: a fixed 64 pipes made ``add_signal_handler`` fail
+    with EMFILE where asyncio's loops run on (a socket pair each, only the
+    OS's fd limit). 150 loops each handle a SIGHUP."""
+    loops = [ErlangEventLoop() for _ in range(150)]
+    seen: list[list[object]] = [[] for _ in loops]
+    try:
+        for each, seen_by in zip(loops, seen):
+            each.add_signal_handler(signal.SIGHUP, seen_by.append, "hup")
+        os.kill(os.getpid(), signal.SIGHUP)
+        for each, seen_by in zip(loops, seen):
+            _until(each, seen_by)
+        assert all(seen_by == ["hup"] for seen_by in seen)
+    finally:
+        for each in loops:
+            each.close()
+
+
 def test_signals_run_their_handlers_in_the_order_they_came(loop: ErlangEventLoop) -> None:
     """Each signal read from the loop's signal pipe runs its handler once,
     in arrival order, repeats included (asyncio's _process_self_data)."""
