@@ -1517,10 +1517,10 @@ def test_more_loops_than_64_handle_a_signal_at_once() -> None:
     loops = [ErlangEventLoop() for _ in range(150)]
     seen: list[list[object]] = [[] for _ in loops]
     try:
-        for each, seen_by in zip(loops, seen):
+        for each, seen_by in zip(loops, seen, strict=True):
             each.add_signal_handler(signal.SIGHUP, seen_by.append, "hup")
         os.kill(os.getpid(), signal.SIGHUP)
-        for each, seen_by in zip(loops, seen):
+        for each, seen_by in zip(loops, seen, strict=True):
             _until(each, seen_by)
         assert all(seen_by == ["hup"] for seen_by in seen)
     finally:
