@@ -32,6 +32,7 @@
          erlang_function_killed/1, timeout_inside_erlang_call/1,
          timeout_inside_erlang_call_raises_once/1,
          timeout_waiting_event_loop/1, a_dead_caller_s_job_is_cancelled/1,
+         finished_calls_stop_monitoring_the_caller/1,
          nested_call/1, erlang_send/1, erlang_send_from_python_thread/1,
          interpreter_is_the_built_one/1, extension_modules_load/1,
          sys_executable_is_python/1,
@@ -72,6 +73,7 @@ groups() ->
        erlang_function_killed, timeout_inside_erlang_call,
        timeout_inside_erlang_call_raises_once, timeout_waiting_event_loop,
        a_dead_caller_s_job_is_cancelled,
+       finished_calls_stop_monitoring_the_caller,
        nested_call, erlang_send, erlang_send_from_python_thread,
        interpreter_is_the_built_one, extension_modules_load,
        sys_executable_is_python]},
@@ -926,6 +928,55 @@ timeout_waiting_event_loop(_Config) ->
 %% A caller that dies while its call runs (killed, say) cancels it as a
 %% timeout does: the call gets its TimeoutError and its worker is free,
 %% instead of running on for nobody (an hour here) and holding the thread.
+%% A job monitors its caller (a dead caller cancels it) only until it ends.
+%% Every call left a monitor behind until the caller collected the job's
+%% handle: thousands on a busy caller, and `process_info(Caller,
+%% monitored_by)' (observer, recon) after a collection crashed the VM.
+-spec finished_calls_stop_monitoring_the_caller(ct_suite:ct_config()) -> term().
+finished_calls_stop_monitoring_the_caller(_Config) ->
+    Self = self(),
+    {Pid, MRef} = spawn_monitor(fun() ->
+        %% What watches a caller for good (its namespace): there after one
+        %% call, once that call's own monitor went.
+        {ok, 2} = py:call(operator, add, [1, 1]),
+        Settled = wait_for_monitors(self(), 1, 2000),
+        %% The handles kept: only the end of each job can drop its monitor.
+        Asyncs = [py:call_async(operator, add, [I, 1]) || I <- lists:seq(1, 500)],
+        Results = [py:await(Async, 30000) || Async <- Asyncs],
+        Expected = [{ok, I + 1} || I <- lists:seq(1, 500)],
+        Self ! {results, Results =:= Expected},
+        Self ! {monitors_left, wait_for_monitors(self(), Settled, 10000) - Settled},
+        %% The sequence that crashed the VM: many calls, a collection, the
+        %% query, the resources' destruction, another collection.
+        [{ok, _} = py:call(operator, add, [I, 1]) || I <- lists:seq(1, 20000)],
+        erlang:garbage_collect(),
+        {monitored_by, _} = process_info(self(), monitored_by),
+        timer:sleep(500),
+        erlang:garbage_collect(),
+        Self ! {survived, wait_for_monitors(self(), Settled, 10000) - Settled},
+        %% Kept until here: each job's handle too.
+        _ = length(Asyncs)
+    end),
+    Receive = fun(Tag) ->
+        receive
+            {Tag, Value} -> Value;
+            {'DOWN', MRef, process, Pid, Reason} -> ct:fail({caller_died, Reason})
+        after 60000 -> ct:fail({no, Tag})
+        end
+    end,
+    ?assert(Receive(results)),
+    ?assertEqual(0, Receive(monitors_left)),
+    ?assertEqual(0, Receive(survived)).
+
+%% How many monitors watch `Pid' once at most `Most' are left or `Ms'
+%% passed (a job drops its monitor just after it sends its result).
+wait_for_monitors(Pid, Most, Ms) ->
+    {monitored_by, By} = process_info(Pid, monitored_by),
+    case length(By) of
+        Count when Count =< Most; Ms =< 0 -> Count;
+        _ -> timer:sleep(20), wait_for_monitors(Pid, Most, Ms - 20)
+    end.
+
 -spec a_dead_caller_s_job_is_cancelled(ct_suite:ct_config()) -> term().
 a_dead_caller_s_job_is_cancelled(_Config) ->
     Busy = busy_workers(),

@@ -19,6 +19,7 @@
          timers_before_router/1,
          cancel_timer/1, poll_events_wakes/1, many_pollers_wait_in_erlang/1,
          poller_sees_news_from_other_processes/1, dead_router_changes_nothing/1,
+         set_router_again_keeps_one_monitor/1,
          foreign_refs_name_nothing/1, dropped_loops_leak_no_fds_without_a_placer/1,
          stray_messages_leave_the_worker_serving/1, dead_router_refusals_lose_no_wake_up/1,
          reader_and_writer/1, readiness_coalesced_not_dropped/1,
@@ -60,6 +61,7 @@ all() ->
     [timers_in_deadline_order, timers_never_fire_early, timers_before_router,
      cancel_timer, poll_events_wakes, many_pollers_wait_in_erlang,
      poller_sees_news_from_other_processes, dead_router_changes_nothing,
+     set_router_again_keeps_one_monitor,
      foreign_refs_name_nothing, dropped_loops_leak_no_fds_without_a_placer,
      stray_messages_leave_the_worker_serving, dead_router_refusals_lose_no_wake_up,
      reader_and_writer, readiness_coalesced_not_dropped,
@@ -301,6 +303,30 @@ poller_sees_news_from_other_processes(_Config) ->
     receive {polled, Down} -> ?assertEqual({error, server_down}, Down)
     after 10000 -> ct:fail(server_down_not_seen)
     end,
+    ok = py_nif:event_loop_destroy(Loop).
+
+%% A loop monitors the router it was given, and only that one: setting a
+%% router again (the same, or another and back) left a monitor behind per
+%% call, for as long as the loop lived (148 bytes each, without bound). The
+%% last router set still serves: its death is seen.
+-spec set_router_again_keeps_one_monitor(ct_suite:ct_config()) -> term().
+set_router_again_keeps_one_monitor(_Config) ->
+    Loop = new_loop(),
+    Router = spawn(fun() -> receive stop -> ok end end),
+    Other = spawn(fun() -> receive stop -> ok end end),
+    Monitors = fun(Pid) -> length(element(2, process_info(Pid, monitored_by))) end,
+    [ok = py_nif:event_loop_set_router(Loop, Router) || _ <- lists:seq(1, 1000)],
+    ?assertEqual(1, Monitors(Router)),
+    [ok = py_nif:event_loop_set_router(Loop, Pid) || _ <- lists:seq(1, 500), Pid <- [Other, Router]],
+    ?assertEqual({1, 0}, {Monitors(Router), Monitors(Other)}),
+    %% A refused adoption (another live process serves) keeps no monitor.
+    ?assertEqual({error, served}, py_nif:event_loop_adopt(Loop, Other)),
+    ?assertEqual(0, Monitors(Other)),
+    RouterMon = monitor(process, Router),
+    Router ! stop,
+    receive {'DOWN', RouterMon, process, Router, _} -> ok end,
+    ?assertEqual({error, server_down}, py_nif:poll_events(Loop, 10000)),
+    Other ! stop,
     ok = py_nif:event_loop_destroy(Loop).
 
 %% A router that is dead already is refused ({error, noproc}) and changes

@@ -166,7 +166,7 @@ fn submit<'a>(
         return Ok((atoms::error(), atoms::not_initialized()).encode(env));
     };
     let job = ResourceArc::new(Job::new());
-    if job.monitor(Some(env), &caller).is_none() {
+    if !Job::watch_caller(&job, env, &caller) {
         // The caller is dead already: nobody will take the result.
         job.cancel();
     }
@@ -189,6 +189,7 @@ fn run(
     work: Work,
 ) {
     if !job.start() {
+        Job::stop_watching_caller(&job);
         return;
     }
     // Current job of this thread: a wait inside it (`erlang.call`) ends when
@@ -218,6 +219,7 @@ fn run(
             });
         })
     });
+    Job::stop_watching_caller(&job);
 }
 
 /// A pool thread starts every call as a fresh thread would, whatever the

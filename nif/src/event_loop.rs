@@ -80,6 +80,10 @@ struct NifHost {
     /// The live process serving the loop (selects and its timer); `None`
     /// before one is set and after it died.
     server: Mutex<Option<LocalPid>>,
+    /// The monitor of `server`. Replaced, the old one ended, when another
+    /// server (or the same again) is set: one per `set_router` piled up
+    /// otherwise, until the loop was garbage.
+    server_monitor: Mutex<Option<Monitor>>,
     /// The loop's core (weak: the core owns this host).
     core: OnceLock<Weak<LoopCore>>,
     /// Processes waiting in `py_nif:poll_events/2`, by their token: each is
@@ -226,6 +230,7 @@ impl LoopResource {
         let host = Arc::new(NifHost {
             loop_id,
             server: Mutex::new(None),
+            server_monitor: Mutex::new(None),
             core: OnceLock::new(),
             watchers: Mutex::new(Vec::new()),
         });
@@ -470,23 +475,32 @@ fn attach<'a>(
     if exclusive && *lock(&resource.host.server) == Some(server) {
         return atoms::ok().encode(env);
     }
-    if resource.monitor(Some(env), &server).is_none() {
+    let Some(monitor) = resource.monitor(Some(env), &server) else {
         return error(env, noproc());
-    }
+    };
     // Named and served under the server's lock (then the core's, the
     // order every path takes): a `lose_server` of the previous server
-    // marks the loop down before or after, not between. (A refused
-    // server's monitor stays: its `down` finds the loop not its own.)
+    // marks the loop down before or after, not between.
     let wake = {
         let mut named = lock(&resource.host.server);
-        if exclusive && named.is_some_and(|pid| pid != server && env.is_process_alive(pid)) {
-            return error(env, served());
-        }
-        // Given up on meanwhile (see `python_loop_factory`): not taken.
-        if exclusive && resource.core.is_closed() {
-            return error(env, atoms::closed());
+        let refused =
+            if exclusive && named.is_some_and(|pid| pid != server && env.is_process_alive(pid)) {
+                Some(served())
+            } else if exclusive && resource.core.is_closed() {
+                // Given up on meanwhile (see `python_loop_factory`): not taken.
+                Some(atoms::closed())
+            } else {
+                None
+            };
+        if let Some(reason) = refused {
+            resource.demonitor(Some(env), &monitor);
+            return error(env, reason);
         }
         *named = Some(server);
+        // The previous server's monitor ends (false if its `down` came).
+        if let Some(previous) = lock(&resource.host.server_monitor).replace(monitor) {
+            resource.demonitor(Some(env), &previous);
+        }
         resource.core.set_served()
     };
     tracing::debug!(

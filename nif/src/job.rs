@@ -38,6 +38,9 @@ pub struct Job {
     /// Shared with the thread that interrupts a running job (it needs the
     /// GIL, never waited for on a scheduler).
     shared: Arc<JobShared>,
+    /// The monitor of the caller, until the job ends (see
+    /// [`Job::stop_watching_caller`]).
+    caller_monitor: Mutex<Option<Monitor>>,
 }
 
 /// A job's state, what the cancelling thread needs.
@@ -68,6 +71,30 @@ impl Job {
             shared: Arc::new(JobShared {
                 state: Mutex::new(JobState::Queued),
             }),
+            caller_monitor: Mutex::new(None),
+        }
+    }
+
+    /// Monitors `caller`: its death cancels the job. False when it is dead
+    /// already.
+    pub fn watch_caller(job: &ResourceArc<Job>, env: Env<'_>, caller: &LocalPid) -> bool {
+        let Some(monitor) = job.monitor(Some(env), caller) else {
+            return false;
+        };
+        *lock_monitor(&job.caller_monitor) = Some(monitor);
+        true
+    }
+
+    /// The job ended (or will never run): its caller's death no longer
+    /// matters. Called on the worker's thread (no process env). Without it
+    /// a caller collected one monitor per call until its job handles were
+    /// garbage (thousands on a busy caller), which `process_info(Caller,
+    /// monitored_by)` (observer, recon) then made the VM crash on.
+    pub fn stop_watching_caller(job: &ResourceArc<Job>) {
+        let monitor = lock_monitor(&job.caller_monitor).take();
+        if let Some(monitor) = monitor {
+            // False when the caller died meanwhile: its `down` came.
+            job.demonitor(None, &monitor);
         }
     }
 
@@ -80,6 +107,10 @@ impl Job {
             std::thread::spawn(move || Python::attach(|py| shared.interrupt(py)));
         }
     }
+}
+
+fn lock_monitor(monitor: &Mutex<Option<Monitor>>) -> std::sync::MutexGuard<'_, Option<Monitor>> {
+    monitor.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What `Job::request_cancel` asks the caller to do next.
