@@ -11,6 +11,7 @@
 //! SIGFPE (also ignored by the VM): a handler that returns from a fault
 //! would run the faulting instruction again, forever.
 
+use erlang_python::io::signals::disposition;
 use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
@@ -34,14 +35,8 @@ fn unignore_terminal_signals(env: Env<'_>) -> Term<'_> {
 }
 
 fn unignore(signal: libc::c_int) -> Result<(), i32> {
-    let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
-    // SAFETY: with a null new action, sigaction only writes the current one
-    // into `current`, zero-initialised and large enough.
-    if unsafe { libc::sigaction(signal, std::ptr::null(), current.as_mut_ptr()) } != 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: zero-initialised, then filled in by sigaction.
-    if unsafe { current.assume_init() }.sa_sigaction != libc::SIG_IGN {
+    let errno = |error: std::io::Error| error.raw_os_error().unwrap_or(0);
+    if disposition(signal).map_err(errno)? != libc::SIG_IGN {
         return Ok(());
     }
     // SAFETY: an all-zero sigaction is valid (an empty mask, no flags).
@@ -50,11 +45,7 @@ fn unignore(signal: libc::c_int) -> Result<(), i32> {
     action.sa_flags = libc::SA_RESTART;
     // SAFETY: `action` is a complete sigaction whose handler touches nothing.
     if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
-        return Err(last_errno());
+        return Err(errno(std::io::Error::last_os_error()));
     }
     Ok(())
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }

@@ -126,6 +126,18 @@ pub fn unsubscribe(subscription: Subscription) {
     }
 }
 
+/// The disposition of `signum` now: `SIG_DFL`, `SIG_IGN` or a handler.
+pub fn disposition(signum: libc::c_int) -> io::Result<libc::sighandler_t> {
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction only writes the current one
+    // into `current`, zero-initialised and large enough.
+    if unsafe { libc::sigaction(signum, std::ptr::null(), current.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigaction succeeded and filled `current`.
+    Ok(unsafe { current.assume_init() }.sa_sigaction)
+}
+
 /// Catches `signum` (one of [`CAUGHT`]; EINVAL otherwise) into the pipes:
 /// the first catch installs our handler, saving the disposition it
 /// replaces. Each catch is ended by one [`uncatch`].

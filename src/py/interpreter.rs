@@ -105,13 +105,8 @@ fn first_start_setup(py: Python<'_>, sigint_before: libc::sighandler_t) -> PyRes
 
 /// The current C-level handler of SIGINT.
 fn sigint_handler() -> libc::sighandler_t {
-    let mut action = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
-    // SAFETY: with a null new action, sigaction only writes the current one
-    // into `action`, which is zero-initialised and large enough.
-    unsafe {
-        libc::sigaction(libc::SIGINT, std::ptr::null(), action.as_mut_ptr());
-        action.assume_init().sa_sigaction
-    }
+    // SIGINT is a valid signal: this cannot fail.
+    crate::io::signals::disposition(libc::SIGINT).unwrap_or(libc::SIG_DFL)
 }
 
 /// `config.site_dirs` on `sys.path` as a venv's python has them; the base
