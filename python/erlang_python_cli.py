@@ -162,6 +162,9 @@ def _interpreter_options(argv: list[str]) -> tuple[list[str], str | None]:
         option, argv = argv[0], argv[1:]
         if option == "--help":
             return [option, *argv], None
+        if option[:2] in ("-m", "-c"):
+            # `-mpytest`, `-cCODE`: python3's joined forms.
+            return [option[:2], option[2:], *argv], None
         if option.startswith("-W"):
             value = option[2:]
             if not value:

@@ -24,6 +24,15 @@ def test_code_and_its_exit_status() -> None:
         sys.argv = argv
 
 
+def test_joined_option_values_as_python3_takes_them() -> None:
+    argv = sys.argv
+    try:
+        assert erlang_python_cli.main(["-cimport sys; sys.exit(4)"]) == 4
+        assert erlang_python_cli.main(["-merlang_python_conformance", "--help"]) == 0
+    finally:
+        sys.argv = argv
+
+
 def test_conformance_subcommand_runs_the_conformance_module(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
