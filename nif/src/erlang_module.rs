@@ -17,6 +17,7 @@ use erlang_python::py::sys_modules;
 use crate::atoms;
 use crate::convert::{binary_term, py_to_term, term_to_py};
 use crate::opaque::{OpaqueTerm, Pid, Ref};
+use crate::sync::lock;
 
 pyo3::create_exception!(
     erlang,
@@ -52,7 +53,7 @@ impl rustler::Resource for CallbackReply {}
 fn set_callback_server(server: Term<'_>) -> NifResult<Atom> {
     let pid = atoms::pid_or_undefined(server)?;
     set_accepting_callbacks(pid.is_some());
-    *CALLBACK_SERVER.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+    *lock(&CALLBACK_SERVER) = pid;
     Ok(atoms::ok())
 }
 
@@ -62,7 +63,7 @@ fn set_callback_server(server: Term<'_>) -> NifResult<Atom> {
 fn callback_reply(reply: ResourceArc<CallbackReply>, result: Term<'_>) -> Atom {
     let owned = OwnedEnv::new();
     let saved = owned.save(result);
-    *reply.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some((owned, saved));
+    *lock(&reply.reply) = Some((owned, saved));
     reply.ready.notify_all();
     atoms::ok()
 }
@@ -71,10 +72,7 @@ fn callback_server() -> PyResult<LocalPid> {
     if !ACCEPTING.load(Ordering::SeqCst) {
         return Err(PyRuntimeError::new_err("erlang_python is not running"));
     }
-    CALLBACK_SERVER
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .ok_or_else(|| PyRuntimeError::new_err("erlang_python is not running"))
+    lock(&CALLBACK_SERVER).ok_or_else(|| PyRuntimeError::new_err("erlang_python is not running"))
 }
 
 fn ensure_foreign_thread() -> PyResult<()> {
@@ -147,7 +145,7 @@ enum Wait {
 }
 
 fn wait_for_reply(reply: &CallbackReply) -> Wait {
-    let mut slot = reply.reply.lock().unwrap_or_else(|e| e.into_inner());
+    let mut slot = lock(&reply.reply);
     loop {
         if let Some((owned, saved)) = slot.take() {
             return Wait::Reply(owned, saved);

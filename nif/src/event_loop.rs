@@ -19,6 +19,7 @@ use erlang_python::wheel::DEFAULT_TICK_NS;
 use rustler::env::OwnedEnv;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
 
+use crate::sync::lock;
 use crate::{atoms, fd_resource};
 
 rustler::atoms! {
@@ -63,10 +64,6 @@ const PLACE_AGAIN_AFTER: Duration = Duration::from_millis(500);
 
 pub fn set_tick_ns(tick_ns: u64) {
     TICK_NS.store(tick_ns, Ordering::Relaxed);
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Select stops that no serving process will make (it died, or never came):

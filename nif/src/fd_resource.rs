@@ -24,6 +24,8 @@ use rustler::sys::{
 };
 use rustler::{Env, Term};
 
+use crate::sync::lock;
+
 static FD_RESOURCE_TYPE: AtomicPtr<ErlNifResourceType> = AtomicPtr::new(ptr::null_mut());
 
 /// No `enif_select` of the fd was made yet: it may be closed at once.
@@ -85,7 +87,7 @@ impl FdResource {
         // SAFETY: `fd` is our own duplicate, closed exactly once: by whoever
         // moved `state` to `STATE_CLOSED`.
         unsafe { libc::close(self.fd) };
-        let _closes = CLOSES.lock().unwrap_or_else(|e| e.into_inner());
+        let _closes = lock(&CLOSES);
         self.released.store(true, Ordering::Release);
         CLOSED.notify_all();
     }
@@ -95,7 +97,7 @@ impl FdResource {
 /// (by their stop callbacks). True if they all are.
 pub fn wait_closed(handles: &[SelectHandle], timeout: Duration) -> bool {
     let give_up = Instant::now() + timeout;
-    let mut closes = CLOSES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut closes = lock(&CLOSES);
     loop {
         // Looked at under the lock that `close_once` takes after closing:
         // a close after this look wakes the wait below.

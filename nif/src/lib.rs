@@ -16,6 +16,7 @@ mod parent;
 mod runtime;
 mod signals;
 mod sleep;
+mod sync;
 mod terminal_signals;
 mod test_panic;
 mod test_udp;

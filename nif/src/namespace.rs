@@ -9,6 +9,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use rustler::{Env, LocalPid, Monitor, ResourceArc};
 
+use crate::sync::lock;
+
 /// The globals dicts, only touched with the GIL held.
 static NAMESPACES: LazyLock<Mutex<HashMap<LocalPid, Py<PyDict>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -36,10 +38,6 @@ impl rustler::Resource for NamespaceOwner {
             }));
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Makes sure the namespace of `pid` will be dropped when it dies. Called in

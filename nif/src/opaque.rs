@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::{Env, Term};
 
+use crate::sync::lock;
+
 /// A copy of a term in an env kept with it. It keeps alive what the term
 /// refers to (the NIF resource behind a reference such as an `atomics` or
 /// a LoopRef, a fun's captured values), which the external format alone
@@ -39,13 +41,9 @@ impl KeptTerm {
     }
 
     fn copy_into<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let saved = lock(&self.saved);
         lock(&self.env).run(|own| saved.load(own).in_env(env))
     }
-}
-
-fn lock(env: &Mutex<OwnedEnv>) -> std::sync::MutexGuard<'_, OwnedEnv> {
-    env.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 thread_local! {

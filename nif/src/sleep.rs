@@ -14,6 +14,7 @@ use rustler::{Atom, Encoder, ResourceArc};
 use erlang_python::py::sys_modules;
 
 use crate::atoms;
+use crate::sync::lock;
 
 rustler::atoms! {
     py_sleep,
@@ -35,7 +36,7 @@ impl rustler::Resource for SleepWait {}
 /// `sleep_done(Wait)` -> `ok`: the Erlang timer of a sleep fired.
 #[rustler::nif]
 fn sleep_done(wait: ResourceArc<SleepWait>) -> Atom {
-    *wait.fired.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    *lock(&wait.fired) = true;
     wait.ring.notify_all();
     atoms::ok()
 }
@@ -72,7 +73,7 @@ fn _erlang_sleep(py: Python<'_>, ms: f64) -> PyResult<()> {
         .is_ok()
     });
     py.detach(|| {
-        let mut fired = wait.fired.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fired = lock(&wait.fired);
         loop {
             let now = Instant::now();
             if now >= deadline && (*fired || !asked || now >= deadline + ERLANG_GRACE) {

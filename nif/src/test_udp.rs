@@ -18,6 +18,7 @@ use rustler::types::binary::NewBinary;
 use rustler::{Binary, Encoder, Env, Error, NifResult, Term};
 
 use crate::atoms;
+use crate::sync::lock;
 
 rustler::atoms! {
     not_udp,
@@ -50,7 +51,7 @@ const MAX_RECV: usize = 65536;
 static OWN_FDS: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 
 fn own_fds() -> std::sync::MutexGuard<'static, BTreeSet<RawFd>> {
-    OWN_FDS.lock().unwrap_or_else(|e| e.into_inner())
+    lock(&OWN_FDS)
 }
 
 /// Why a call failed: an OS error, or an fd that is a socket but not UDP.
