@@ -928,10 +928,12 @@ timeout_waiting_event_loop(_Config) ->
 %% A caller that dies while its call runs (killed, say) cancels it as a
 %% timeout does: the call gets its TimeoutError and its worker is free,
 %% instead of running on for nobody (an hour here) and holding the thread.
-%% A job monitors its caller (a dead caller cancels it) only until it ends.
-%% Every call left a monitor behind until the caller collected the job's
-%% handle: thousands on a busy caller, and `process_info(Caller,
-%% monitored_by)' (observer, recon) after a collection crashed the VM.
+%% A caller is watched (its death cancels its jobs) by one monitor, however
+%% many calls it makes. Every call used to add a monitor until the caller
+%% collected the job's handle: thousands on a busy caller, and
+%% `process_info(Caller, monitored_by)' (observer, recon) after a collection
+%% crashed the VM (ending each job's monitor as the job ended still did,
+%% now and then: the demonitor reaches the process later, as a signal).
 -spec finished_calls_stop_monitoring_the_caller(ct_suite:ct_config()) -> term().
 finished_calls_stop_monitoring_the_caller(_Config) ->
     Self = self(),

@@ -165,11 +165,12 @@ fn submit<'a>(
     let Some(pool) = pool else {
         return Ok((atoms::error(), atoms::not_initialized()).encode(env));
     };
-    let job = ResourceArc::new(Job::new());
-    if !Job::watch_caller(&job, env, &caller) {
+    let job = Job::new(caller);
+    if !job.watch_caller(env) {
         // The caller is dead already: nobody will take the result.
         job.cancel();
     }
+    let job = ResourceArc::new(job);
     let owned = OwnedEnv::new();
     let saved_ref = owned.save(reference);
     let saved_data = owned.save(data);
@@ -189,7 +190,7 @@ fn run(
     work: Work,
 ) {
     if !job.start() {
-        Job::stop_watching_caller(&job);
+        job.stop_watching_caller();
         return;
     }
     // Current job of this thread: a wait inside it (`erlang.call`) ends when
@@ -219,7 +220,7 @@ fn run(
             });
         })
     });
-    Job::stop_watching_caller(&job);
+    job.stop_watching_caller();
 }
 
 /// A pool thread starts every call as a fresh thread would, whatever the

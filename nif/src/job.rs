@@ -2,14 +2,18 @@
 //! when the caller gave up waiting (`py:call/5` timeout) or died.
 
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::os::raw::{c_long, c_ulong};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use pyo3::prelude::*;
 use rustler::{Env, LocalPid, Monitor, ResourceArc};
 
 use crate::interrupt;
+use crate::sync::lock;
 
 /// Where a job is. Transitions happen under the job's lock; the ones that
 /// touch the Python thread state also hold the GIL.
@@ -30,17 +34,17 @@ enum JobState {
     Done,
 }
 
-/// The Erlang handle of a submitted call (`py_nif:cancel/1` takes it). It
-/// monitors the caller: a caller that dies cancels its job, as one that
-/// timed out does (a killed `py:call` caller would otherwise hold a pool
-/// thread until the call ends, if ever).
+/// The Erlang handle of a submitted call (`py_nif:cancel/1` takes it). Its
+/// caller is watched while it runs: a caller that dies cancels its job, as
+/// one that timed out does (a killed `py:call` caller would otherwise hold a
+/// pool thread until the call ends, if ever).
 pub struct Job {
     /// Shared with the thread that interrupts a running job (it needs the
-    /// GIL, never waited for on a scheduler).
+    /// GIL, never waited for on a scheduler) and with its caller's watcher.
     shared: Arc<JobShared>,
-    /// The monitor of the caller, until the job ends (see
-    /// [`Job::stop_watching_caller`]).
-    caller_monitor: Mutex<Option<Monitor>>,
+    /// The caller, and this job's number among its jobs (see [`CALLERS`]).
+    caller: LocalPid,
+    id: u64,
 }
 
 /// A job's state, what the cancelling thread needs.
@@ -49,13 +53,43 @@ pub struct JobShared {
 }
 
 #[rustler::resource_impl]
-impl rustler::Resource for Job {
+impl rustler::Resource for Job {}
+
+/// Receives the `DOWN` of a process with jobs: one per process, living as
+/// long as it does, rather than a monitor per job. A monitor per job left a
+/// busy caller with thousands, and a job resource freed while its monitor
+/// was still listed made `process_info(Caller, monitored_by)` (observer,
+/// recon) crash the VM, demonitored or not (the demonitor reaches the
+/// process later, as a signal).
+pub struct CallerWatcher;
+
+#[rustler::resource_impl]
+impl rustler::Resource for CallerWatcher {
     const IMPLEMENTS_DOWN: bool = true;
 
-    fn down<'a>(&'a self, _env: Env<'a>, _caller: LocalPid, _monitor: Monitor) {
-        self.cancel();
+    fn down<'a>(&'a self, _env: Env<'a>, pid: LocalPid, _monitor: Monitor) {
+        let Some(watched) = lock(&CALLERS).remove(&pid) else {
+            return;
+        };
+        for job in watched.jobs.into_values() {
+            job.cancel();
+        }
     }
 }
+
+/// A watched process: its watcher and its unfinished jobs.
+struct Caller {
+    /// Kept while the process lives: its `down` cancels `jobs`.
+    _watcher: ResourceArc<CallerWatcher>,
+    jobs: HashMap<u64, Arc<JobShared>>,
+}
+
+/// The processes with jobs, watched until they die.
+static CALLERS: LazyLock<Mutex<HashMap<LocalPid, Caller>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Numbers the jobs of one caller apart.
+static NEXT_JOB_ID: AtomicU64 = AtomicU64::new(0);
 
 impl Deref for Job {
     type Target = JobShared;
@@ -66,35 +100,43 @@ impl Deref for Job {
 }
 
 impl Job {
-    pub fn new() -> Job {
+    /// A queued job of `caller`.
+    pub fn new(caller: LocalPid) -> Job {
         Job {
             shared: Arc::new(JobShared {
                 state: Mutex::new(JobState::Queued),
             }),
-            caller_monitor: Mutex::new(None),
+            caller,
+            id: NEXT_JOB_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
-    /// Monitors `caller`: its death cancels the job. False when it is dead
-    /// already.
-    pub fn watch_caller(job: &ResourceArc<Job>, env: Env<'_>, caller: &LocalPid) -> bool {
-        let Some(monitor) = job.monitor(Some(env), caller) else {
-            return false;
+    /// Watches the caller: its death cancels the job, until
+    /// [`Job::stop_watching_caller`]. False when it is dead already.
+    pub fn watch_caller(&self, env: Env<'_>) -> bool {
+        let mut callers = lock(&CALLERS);
+        let watched = match callers.entry(self.caller) {
+            Entry::Occupied(watched) => watched.into_mut(),
+            Entry::Vacant(vacant) => {
+                let watcher = ResourceArc::new(CallerWatcher);
+                if watcher.monitor(Some(env), &self.caller).is_none() {
+                    return false;
+                }
+                vacant.insert(Caller {
+                    _watcher: watcher,
+                    jobs: HashMap::new(),
+                })
+            }
         };
-        *lock_monitor(&job.caller_monitor) = Some(monitor);
+        watched.jobs.insert(self.id, Arc::clone(&self.shared));
         true
     }
 
     /// The job ended (or will never run): its caller's death no longer
-    /// matters. Called on the worker's thread (no process env). Without it
-    /// a caller collected one monitor per call until its job handles were
-    /// garbage (thousands on a busy caller), which `process_info(Caller,
-    /// monitored_by)` (observer, recon) then made the VM crash on.
-    pub fn stop_watching_caller(job: &ResourceArc<Job>) {
-        let monitor = lock_monitor(&job.caller_monitor).take();
-        if let Some(monitor) = monitor {
-            // False when the caller died meanwhile: its `down` came.
-            job.demonitor(None, &monitor);
+    /// matters.
+    pub fn stop_watching_caller(&self) {
+        if let Some(watched) = lock(&CALLERS).get_mut(&self.caller) {
+            watched.jobs.remove(&self.id);
         }
     }
 
@@ -102,15 +144,8 @@ impl Job {
     /// running one gets a `TimeoutError` at its next bytecode, from another
     /// thread (the interrupt needs the GIL, which may be busy for long).
     pub fn cancel(&self) {
-        if let CancelAction::Interrupt = self.request_cancel() {
-            let shared = Arc::clone(&self.shared);
-            std::thread::spawn(move || Python::attach(|py| shared.interrupt(py)));
-        }
+        self.shared.cancel();
     }
-}
-
-fn lock_monitor(monitor: &Mutex<Option<Monitor>>) -> std::sync::MutexGuard<'_, Option<Monitor>> {
-    monitor.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What `Job::request_cancel` asks the caller to do next.
@@ -121,8 +156,16 @@ enum CancelAction {
 }
 
 impl JobShared {
+    /// See [`Job::cancel`].
+    fn cancel(self: &Arc<Self>) {
+        if let CancelAction::Interrupt = self.request_cancel() {
+            let shared = Arc::clone(self);
+            std::thread::spawn(move || Python::attach(|py| shared.interrupt(py)));
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Called by the worker before running; false when cancelled meanwhile.
