@@ -19,7 +19,8 @@ import warnings
 import _erlang
 
 USAGE = (
-    "usage: erlang-python [-W ARG] (SCRIPT | -m MODULE | -c CODE | conformance) [ARG ...]\n"
+    "usage: erlang-python [-W ARG] (SCRIPT | - | -m MODULE | -c CODE | conformance) [ARG ...]\n"
+    "  -       read the program from stdin (as with no arguments when stdin is not a terminal)\n"
     "  -W ARG  warning control, as python3's (also PYTHONWARNINGS)\n"
     "  conformance [--quick] [-v] [TEST ...]  CPython's asyncio tests on ErlangEventLoop"
 )
@@ -102,6 +103,11 @@ def _run(argv: list[str]) -> int:
         return 2
     if argv[:1] == ["--"]:
         argv = argv[1:]
+    # python3 reads its program from a stdin that is not a terminal, with
+    # an empty sys.argv[0].
+    from_piped_stdin = not argv and not _stdin_is_terminal()
+    if from_piped_stdin:
+        argv = ["-"]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr)
         return 2 if not argv else 0
@@ -111,7 +117,7 @@ def _run(argv: list[str]) -> int:
     if mode in ("-m", "-c") and not rest:
         print(USAGE, file=sys.stderr)
         return 2
-    if mode not in ("-m", "-c") and not os.path.exists(mode):
+    if mode not in ("-m", "-c", "-") and not os.path.exists(mode):
         # python3's own words and status for a script it cannot open.
         error = os.strerror(errno.ENOENT)
         print(
@@ -121,19 +127,18 @@ def _run(argv: list[str]) -> int:
         )
         return 2
     try:
-        if mode == "-m":
+        if mode == "-":
+            sys.argv = [""] if from_piped_stdin else ["-", *rest]
+            sys.path.insert(0, os.getcwd())
+            _run_source(sys.stdin.read(), "<stdin>")
+        elif mode == "-m":
             sys.argv = [rest[0], *rest[1:]]
             sys.path.insert(0, os.getcwd())
             runpy.run_module(rest[0], run_name="__main__", alter_sys=True)
         elif mode == "-c":
             sys.argv = ["-c", *rest[1:]]
             sys.path.insert(0, os.getcwd())
-            # A module of its own in sys.modules, as python3's __main__:
-            # pickle, enum and dataclasses look names up there.
-            main_module = types.ModuleType("__main__")
-            main_module.__dict__["__builtins__"] = builtins
-            sys.modules["__main__"] = main_module
-            exec(compile(rest[0], "<string>", "exec"), main_module.__dict__)
+            _run_source(rest[0], "<string>")
         else:
             sys.argv = [mode, *rest]
             path = os.path.abspath(mode)
@@ -149,6 +154,25 @@ def _run(argv: list[str]) -> int:
         sys.excepthook(type(error), error, error.__traceback__)
         return 130 if isinstance(error, KeyboardInterrupt) else 1
     return 0
+
+
+def _run_source(source: str, filename: str) -> None:
+    """Runs a program given as text, as python3's ``-c`` and stdin do: in a
+    module of its own in sys.modules, as python3's ``__main__`` (pickle,
+    enum and dataclasses look names up there)."""
+    main_module = types.ModuleType("__main__")
+    main_module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main_module
+    exec(compile(source, filename, "exec"), main_module.__dict__)
+
+
+def _stdin_is_terminal() -> bool:
+    """Is stdin a terminal (or absent)? python3 then starts its REPL, which
+    the node does not have: the usage is printed instead."""
+    try:
+        return sys.stdin is None or sys.stdin.isatty()
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 def _interpreter_options(argv: list[str]) -> tuple[list[str], str | None]:

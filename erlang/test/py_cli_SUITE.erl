@@ -10,7 +10,8 @@
          tracing_on_request/1, exit_status_as_python3/1, missing_script/1,
          argument_not_utf8/1, signals_end_the_run/1, threads_are_joined/1,
          dash_c_runs_in_main/1, uncaught_as_python3/1,
-         children_get_terminal_signals/1, warning_options/1]).
+         children_get_terminal_signals/1, warning_options/1,
+         program_from_stdin/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -26,7 +27,7 @@ all() ->
      tracing_on_request, exit_status_as_python3, missing_script,
      argument_not_utf8, signals_end_the_run, threads_are_joined,
      dash_c_runs_in_main, uncaught_as_python3, children_get_terminal_signals,
-     warning_options].
+     warning_options, program_from_stdin].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -132,9 +133,30 @@ script_path_and_main(Config) ->
 
 -spec usage(ct_suite:ct_config()) -> term().
 usage(Config) ->
-    {Status, _, Err} = run(Config, []),
+    {Status, _, Err} = run(Config, ["-c"]),
     ?assertEqual(2, Status),
-    ?assertMatch({_, _}, binary:match(Err, <<"usage">>)).
+    ?assertMatch({_, _}, binary:match(Err, <<"usage">>)),
+    {0, _, Help} = run(Config, ["--help"]),
+    ?assertMatch({_, _}, binary:match(Help, <<"usage">>)),
+    %% No arguments and a stdin that is not a terminal: an empty program,
+    %% as python3 reads one from /dev/null.
+    ?assertMatch({0, <<>>, _}, run(Config, [])).
+
+%% `-` and no arguments read the program from stdin, as python3 does; it
+%% runs on ErlangEventLoop like any other.
+-spec program_from_stdin(ct_suite:ct_config()) -> term().
+program_from_stdin(Config) ->
+    Program = write_script(Config, "from_stdin.py",
+                           "import asyncio, sys\n"
+                           "async def main():\n"
+                           "    await asyncio.sleep(0.01)\n"
+                           "    return type(asyncio.get_running_loop()).__name__\n"
+                           "print(asyncio.run(main()), __name__, sys.argv)\n"
+                           "sys.exit(4)\n"),
+    ?assertMatch({4, <<"ErlangEventLoop __main__ ['-', 'x']\n">>, _},
+                 run(Config, ["-", "x"], #{stdin => Program})),
+    ?assertMatch({4, <<"ErlangEventLoop __main__ ['']\n">>, _},
+                 run(Config, [], #{stdin => Program})).
 
 -spec not_started(ct_suite:ct_config()) -> term().
 not_started(_Config) ->
@@ -395,7 +417,8 @@ run(Config, Args) ->
     run(Config, Args, #{}).
 
 %% Runs the CLI: {ExitStatus, Stdout, Stderr}. Options: cwd (default: the
-%% case's priv_dir), env (changes to the environment, as open_port takes them).
+%% case's priv_dir), env (changes to the environment, as open_port takes
+%% them), stdin (a file to read stdin from; default /dev/null).
 -spec run(ct_suite:ct_config(), [string() | binary()], map()) -> {integer(), binary(), binary()}.
 run(Config, Args, Options) ->
     Cwd = maps:get(cwd, Options, ?config(priv_dir, Config)),
@@ -405,8 +428,9 @@ run(Config, Args, Options) ->
     %% sh sends stderr to a file, so that stdout and stderr stay apart.
     Port = open_port({spawn_executable, "/bin/sh"},
                      [exit_status, binary, stream, {cd, Cwd}, {env, Env},
-                      {args, ["-c", "err=$1; shift; exec \"$@\" 2>\"$err\" </dev/null",
-                              "sh", ErrFile, ?config(cli, Config) | Args]}]),
+                      {args, ["-c", "err=$1; in=$2; shift 2; exec \"$@\" 2>\"$err\" <\"$in\"",
+                              "sh", ErrFile, maps:get(stdin, Options, "/dev/null"),
+                              ?config(cli, Config) | Args]}]),
     Deadline = erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS,
     {Status, Out} = collect(Port, Deadline, []),
     {ok, Err} = file:read_file(ErrFile),

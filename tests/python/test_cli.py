@@ -3,6 +3,7 @@ this node."""
 
 from __future__ import annotations
 
+import io
 import sys
 
 import pytest
@@ -10,9 +11,35 @@ import pytest
 import erlang_python_cli
 
 
-def test_no_arguments_prints_the_usage(capsys: pytest.CaptureFixture[str]) -> None:
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_arguments_on_a_terminal_prints_the_usage(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", _Terminal())
     assert erlang_python_cli.main([]) == 2
     assert "usage: erlang-python" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected_argv"),
+    [(["-", "a", "b"], ["-", "a", "b"]), ([], [""])],
+)
+def test_a_program_read_from_stdin(
+    argv: list[str],
+    expected_argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    program = "import sys\nprint(__name__, sys.argv)\nsys.exit(6)\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(program))
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert erlang_python_cli.main(argv) == 6
+    assert capsys.readouterr().out == f"__main__ {expected_argv}\n"
 
 
 def test_code_and_its_exit_status() -> None:
