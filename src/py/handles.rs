@@ -291,12 +291,15 @@ impl HandleKinds {
     /// the runner tracks it again when it leaves the loop while someone else
     /// holds it, and all of them when the loop stops running. Runs no Python.
     ///
-    /// A timer handle's context leaves with it when the handle is its only
-    /// holder (a copy of the current context) or it is a snapshot shared by
-    /// timers (see `context_snapshot`; no code runs in one or sees it):
-    /// otherwise each pending timer may still put one object under the GC,
-    /// which then walks a million of them when a million timers are
-    /// pending. Only our timer class's. A context must be tracked when
+    /// Its context leaves with it when the handle is its only holder (a
+    /// copy of the current context) or, for our timer class, it is a
+    /// snapshot shared by timers (see `context_snapshot`; no code runs in
+    /// one or sees it): otherwise each pending handle still puts one object
+    /// under the GC, which then walks a million of them when a million
+    /// timers are pending, or a million `call_soon` callbacks queued (a
+    /// third of the time of each such `call_soon`: the collections that
+    /// the allocations set off walk every context still queued, over and
+    /// over as the queue grows). A context must be tracked when
     /// it is freed (its deallocation unlinks it from the GC's lists
     /// unconditionally, which crashes on one in none), so an untracked
     /// context holds one reference of its own, taken here and dropped by
@@ -305,28 +308,38 @@ impl HandleKinds {
     /// `_context` attribute replaces it (see `timer_handle`). A slot written
     /// past that attribute (asyncio's own member descriptor) leaves the
     /// context alive and untracked for good: a leak, never a crash.
-    pub fn untrack(&self, object: &Bound<'_, PyAny>) {
-        if self.untrackable && self.is_stock(object) {
-            // SAFETY: a live instance of one of our classes, a GC type
-            // (checked in `new`); a no-op for an untracked object. The
-            // context slot belongs to these classes; a context is a GC type.
-            unsafe {
-                ffi::PyObject_GC_UnTrack(object.as_ptr().cast());
-                if !self.is_timer(object) {
-                    return;
-                }
-                let context = self.context.get(object.as_ptr());
-                if !context.is_null()
-                    && ffi::PyContext_CheckExact(context) != 0
-                    && ffi::PyObject_GC_IsTracked(context) != 0
-                    && (ffi::Py_REFCNT(context) == 1
-                        || timer_handle::fields(object.as_ptr()).shares_context())
-                {
-                    ffi::PyObject_GC_UnTrack(context.cast());
-                    ffi::Py_INCREF(context);
+    ///
+    /// A plain `Handle`'s `_context` is asyncio's slot, which any code may
+    /// write: its context is returned, for the queue to keep beside the
+    /// handle and track again by that reference (`Held`).
+    pub fn untrack(&self, object: &Bound<'_, PyAny>) -> Option<Py<PyAny>> {
+        if !self.untrackable || !self.is_stock(object) {
+            return None;
+        }
+        // SAFETY: a live instance of one of our classes, a GC type (checked
+        // in `new`); a no-op for an untracked object. The context slot
+        // belongs to these classes; a context is a GC type.
+        unsafe {
+            let raw = object.as_ptr();
+            ffi::PyObject_GC_UnTrack(raw.cast());
+            let ty = ffi::Py_TYPE(raw) as *mut ffi::PyObject;
+            let (plain, ours_timer) = (ty == self.handle.as_ptr(), ty == self.timer.as_ptr());
+            let context = self.context.get(raw);
+            if (plain || ours_timer)
+                && !context.is_null()
+                && ffi::PyContext_CheckExact(context) != 0
+                && ffi::PyObject_GC_IsTracked(context) != 0
+                && (ffi::Py_REFCNT(context) == 1
+                    || ours_timer && timer_handle::fields(raw).shares_context())
+            {
+                ffi::PyObject_GC_UnTrack(context.cast());
+                ffi::Py_INCREF(context);
+                if plain {
+                    return Some(Bound::from_borrowed_ptr(object.py(), context).unbind());
                 }
             }
         }
+        None
     }
 
     /// Puts a handle the runner took out of the GC back under it, if it is
@@ -339,14 +352,12 @@ impl HandleKinds {
         self.track_context(object);
     }
 
-    /// Puts the context of one of our timer handles back under the GC if
-    /// `untrack` took it out (only timers' contexts are: other handles,
-    /// the ready queue's many, are left alone here). Comes before the
-    /// handle's last reference goes, so that the context's own reference is
-    /// dropped, not leaked.
+    /// Puts the context of a handle back under the GC if `untrack` took it
+    /// out. Comes before the handle's last reference goes, so that the
+    /// context's own reference is dropped, not leaked.
     pub fn track_context(&self, handle: &Bound<'_, PyAny>) {
-        if self.is_timer(handle) {
-            // SAFETY: our timer class has the context slot; the value is a
+        if self.is_stock(handle) || self.is_handle(handle) {
+            // SAFETY: every `Handle` has the context slot; the value is a
             // borrowed reference of a live handle, under the GIL.
             unsafe { track_if_context(self.context.get(handle.as_ptr())) };
         }
@@ -383,6 +394,18 @@ impl HandleKinds {
                 .store(version_tag(handle), Ordering::Relaxed);
         }
         intact
+    }
+
+    /// Is `object` an `asyncio.Handle` (a subclass's included)? Its real
+    /// type is checked, as in `is_timer`.
+    fn is_handle(&self, object: &Bound<'_, PyAny>) -> bool {
+        // SAFETY: type pointers of live objects.
+        unsafe {
+            ffi::PyType_IsSubtype(
+                ffi::Py_TYPE(object.as_ptr()),
+                self.handle.as_ptr() as *mut ffi::PyTypeObject,
+            ) != 0
+        }
     }
 
     /// Is `object` one of our timer handles? Its real type is checked

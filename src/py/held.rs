@@ -15,6 +15,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::handles::track_if_context;
 use super::runner::kinds;
 
 /// A handle in the loop's custody; `ours` if the runner made it, which
@@ -22,9 +23,23 @@ use super::runner::kinds;
 pub(crate) struct Held {
     pub(crate) handle: Py<PyAny>,
     pub(crate) ours: bool,
+    /// The context that left the GC with a handle of the ready queue (see
+    /// `HandleKinds::untrack`), put back under it by this reference even if
+    /// the handle's `_context` (asyncio's plain slot) was replaced since:
+    /// never left out, and alive, for good.
+    pub(crate) untracked_context: Option<Py<PyAny>>,
 }
 
 impl Held {
+    /// A handle the loop takes into its custody, under the GC for now.
+    pub(crate) fn new(handle: Py<PyAny>, ours: bool) -> Held {
+        Held {
+            handle,
+            ours,
+            untracked_context: None,
+        }
+    }
+
     /// The handle leaves the loop: tracked again if anyone else holds it.
     pub(crate) fn release(self, py: Python<'_>) {
         let handle = self.handle.into_bound(py);
@@ -36,12 +51,18 @@ impl Held {
                 kinds().track_context(&handle);
             }
         }
+        track_untracked_context(py, self.untracked_context);
     }
 
-    /// Back under the GC (the loop stopped running).
+    /// Back under the GC (the loop stopped running, or the handle goes to
+    /// Python code); with its context, if it left the GC with the handle.
     pub(crate) fn track(&self, py: Python<'_>) {
         if self.ours {
             kinds().track(self.handle.bind(py));
+        }
+        if let Some(context) = &self.untracked_context {
+            // SAFETY: a live object (held here), under the GIL.
+            unsafe { track_if_context(context.as_ptr()) };
         }
     }
 
@@ -51,11 +72,26 @@ impl Held {
     /// keeps it alive and never clears it early; the loop, on its thread's
     /// stack, is not garbage anyway.
     pub(crate) fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        // SAFETY: a live object; traverse runs with the GIL held.
+        // SAFETY: live objects; traverse runs with the GIL held.
         if !self.ours || unsafe { ffi::PyObject_GC_IsTracked(self.handle.as_ptr()) } != 0 {
             visit.call(&self.handle)?;
         }
+        if let Some(context) = &self.untracked_context {
+            // SAFETY: as above.
+            if unsafe { ffi::PyObject_GC_IsTracked(context.as_ptr()) } != 0 {
+                visit.call(context)?;
+            }
+        }
         Ok(())
+    }
+}
+
+/// Puts a context [`Held`] took out of the GC back under it (if nothing
+/// did since) and lets go of it.
+fn track_untracked_context(_py: Python<'_>, context: Option<Py<PyAny>>) {
+    if let Some(context) = context {
+        // SAFETY: a live object (held here), under the GIL.
+        unsafe { track_if_context(context.as_ptr()) };
     }
 }
 
@@ -126,7 +162,14 @@ impl Item {
     /// the id, to be taken back exactly once by [`Item::from_id`].
     pub(crate) fn into_id(self) -> u64 {
         let (object, tags) = match self {
-            Item::Handle(held) => (held.handle, if held.ours { OURS } else { 0 }),
+            Item::Handle(held) => {
+                // Only ready-queue handles take their context out with them.
+                debug_assert!(
+                    held.untracked_context.is_none(),
+                    "a timer's context left the GC"
+                );
+                (held.handle, if held.ours { OURS } else { 0 })
+            }
             Item::Future(future) => (future, FUTURE),
             Item::Call(_) => unreachable!("a bare call is never a timer"),
         };
@@ -148,10 +191,7 @@ impl Item {
         if id & FUTURE != 0 {
             Item::Future(object)
         } else {
-            Item::Handle(Held {
-                handle: object,
-                ours: id & OURS != 0,
-            })
+            Item::Handle(Held::new(object, id & OURS != 0))
         }
     }
 

@@ -376,12 +376,11 @@ impl LoopRunner {
             return Err(closed_error());
         }
         let ours = this.running && kinds().untrackable();
-        if ours {
-            kinds().untrack(handle);
-        }
+        let untracked_context = if ours { kinds().untrack(handle) } else { None };
         this.ready.push_back(Item::Handle(Held {
             handle: handle.clone().unbind(),
             ours,
+            untracked_context,
         }));
         Ok(())
     }
@@ -531,7 +530,9 @@ impl LoopRunner {
                 if let Item::Handle(held) = &mut item {
                     held.ours = held.ours && this.running && kinds().untrackable();
                     if held.ours {
-                        kinds().untrack(held.handle.bind(py));
+                        // A timer's context goes back with it (`timer_handle`).
+                        let context = kinds().untrack(held.handle.bind(py));
+                        debug_assert!(context.is_none(), "a timer's context was returned");
                     }
                 }
                 let id = item.into_id();
@@ -574,10 +575,8 @@ impl LoopRunner {
         let deadline = deadline_ns(seconds)?;
         let (context, shared) = Self::timer_context(slf, context, callback)?;
         let timer = kinds().new_timer(when, seconds, callback, args, &loop_, context, shared)?;
-        let held = Held {
-            handle: timer.clone().unbind(),
-            ours: true, // out of the GC if the loop runs: `schedule`
-        };
+        // Out of the GC if the loop runs: `schedule`.
+        let held = Held::new(timer.clone().unbind(), true);
         let key = Self::schedule(slf, deadline, Item::Handle(held))?;
         kinds().set_key(&timer, key);
         Ok(timer)
@@ -662,10 +661,7 @@ impl LoopRunner {
                 if kinds().is_cancelled(&handle)? {
                     loop_.call_method1(remove, (key.get_item(0)?,))?;
                 } else {
-                    let held = Held {
-                        handle: handle.unbind(),
-                        ours: false,
-                    };
+                    let held = Held::new(handle.unbind(), false);
                     slf.borrow_mut().ready.push_back(Item::Handle(held));
                 }
             }
@@ -873,10 +869,7 @@ impl LoopRunner {
         if self.closed {
             return Err(closed_error());
         }
-        self.ready.push_back(Item::Handle(Held {
-            handle,
-            ours: false,
-        }));
+        self.ready.push_back(Item::Handle(Held::new(handle, false)));
         Ok(())
     }
 
@@ -890,10 +883,8 @@ impl LoopRunner {
         match item {
             Item::Handle(held) => {
                 // Python code gets it: under the GC from now on.
-                if held.ours {
-                    kinds().track(held.handle.bind(py));
-                }
-                Ok(held.handle)
+                held.track(py);
+                Ok(held.handle.clone_ref(py))
             }
             Item::Call(call) => Self::handle_of(slf, &call).map(Bound::unbind),
             // Python's own dispatch (debug mode) runs what asyncio's sleep
@@ -1008,10 +999,7 @@ impl LoopRunner {
                 "not a timer handle of this loop class",
             ));
         }
-        let held = Held {
-            handle: timer,
-            ours: false,
-        };
+        let held = Held::new(timer, false);
         Self::insert(slf, seconds_of(when)?, Item::Handle(held))
     }
 
@@ -1105,8 +1093,7 @@ impl LoopRunner {
                     continue;
                 }
             };
-            let ours = held.ours;
-            let handle = held.handle.into_bound(py);
+            let handle = held.handle.bind(py).clone();
             let ran = kinds().run(&handle, stock_run, || {
                 Self::call_soon_is_ours(slf)
                     .then(|| slf.borrow().loop_.as_ref().map(|l| l.clone_ref(py)))
@@ -1114,9 +1101,8 @@ impl LoopRunner {
             });
             if let Ok(Ran::Failed(error)) = ran {
                 // The exception handler may keep the handle: under the GC.
-                if ours {
-                    kinds().track(&handle);
-                }
+                held.track(py);
+                drop(held);
                 let loop_ = Self::loop_object(slf)?;
                 let exception = error.into_value(py).into_bound(py);
                 // Reported from inside the `except`, as Handle._run does: the
@@ -1125,11 +1111,9 @@ impl LoopRunner {
                 loop_.call_method1(intern!(py, "_report_callback_error"), (&handle, exception))?;
                 continue;
             }
-            Held {
-                handle: handle.unbind(),
-                ours,
-            }
-            .release(py);
+            // `release` tells by its reference count whether others hold it.
+            drop(handle);
+            held.release(py);
             ran?;
         }
         Ok(())

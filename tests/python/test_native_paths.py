@@ -377,6 +377,8 @@ def test_handles_made_while_running_are_out_of_the_gc_until_they_leave() -> None
         later = loop.call_later(3600, lambda: None)
         pending = loop.call_later(3600, lambda: None)
         seen["soon"], seen["later"] = gc.is_tracked(soon), gc.is_tracked(later)
+        # Its own copy of the context leaves with it, as the timers' snapshot.
+        seen["soon context"] = gc.is_tracked(soon._context)
         # The context snapshot the timers share leaves with them (read from
         # the slot: reading `_context` gives the timer a context of its
         # own); a given one stays.
@@ -388,6 +390,7 @@ def test_handles_made_while_running_are_out_of_the_gc_until_they_leave() -> None
         seen["cancelled context"] = gc.is_tracked(context_slot(later))
         await asyncio.sleep(0)  # `soon` ran and left the loop while we hold it
         seen["ran"] = gc.is_tracked(soon)
+        seen["ran context"] = gc.is_tracked(soon._context)
         seen["pending"] = gc.is_tracked(pending)
         return soon, later, pending
 
@@ -396,12 +399,14 @@ def test_handles_made_while_running_are_out_of_the_gc_until_they_leave() -> None
         _, _, pending = loop.run_until_complete(main())
         assert seen == {
             "soon": False,
+            "soon context": False,
             "later": False,
             "later context": False,
             "given context": True,
             "cancelled": True,
             "cancelled context": True,
             "ran": True,
+            "ran context": True,
             "pending": False,
         }
         # The loop stopped: what it still holds is under the GC again.
@@ -471,6 +476,54 @@ def test_an_own_context_that_outlives_its_handle_goes_back_under_the_gc(
     assert (pending, after) == (loop.get_debug(), True)
     gc.collect()
     assert ref() is None  # the cycle through the context was collected
+
+
+def test_a_queued_handle_s_context_can_be_replaced(loop: ErlangEventLoop) -> None:
+    """A `call_soon` handle's context left the GC with it: replaced through
+    asyncio's own slot, it is still put back under the GC and freed, and
+    the callback runs in the new one."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    async def main() -> tuple[weakref.ref[contextvars.Context], bool]:
+        handle = loop.call_soon(lambda: seen.append(var.get()))
+        original = weakref.ref(handle._context)
+        untracked = not gc.is_tracked(handle._context)
+        given = contextvars.copy_context()
+        given.run(var.set, "given")
+        handle._context = given
+        del handle, given
+        await asyncio.sleep(0)
+        return original, untracked
+
+    original, untracked = loop.run_until_complete(main())
+    assert seen == ["given"]
+    assert untracked != loop.get_debug()  # debug mode: asyncio's own handles
+    assert original() is None  # freed, not kept by a reference of its own
+
+
+def test_a_cycle_through_a_queued_handle_s_context_is_collected(
+    loop: ErlangEventLoop,
+) -> None:
+    var: contextvars.ContextVar[_ContextBox] = contextvars.ContextVar("var")
+
+    async def main() -> tuple[weakref.ref[_ContextBox], bool]:
+        box = _ContextBox()
+        handle = loop.call_soon(lambda: None)
+        box.context = handle._context
+        box.context.run(var.set, box)
+        del handle  # only the loop holds it: freed once it ran
+        await asyncio.sleep(0)
+        return weakref.ref(box), gc.is_tracked(box.context)
+
+    gc.disable()
+    try:
+        ref, tracked = loop.run_until_complete(main())
+    finally:
+        gc.enable()
+    assert tracked
+    gc.collect()
+    assert ref() is None
 
 
 def test_a_pending_timer_s_context_can_be_replaced_and_deleted(loop: ErlangEventLoop) -> None:
