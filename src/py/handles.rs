@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyString, PyTuple, PyType};
 
 use super::context_snapshot::copy_current;
 use super::task_steps::Stepping;
@@ -147,6 +147,61 @@ pub struct HandleKinds {
     /// `asyncio.sleep` timer, if it is asyncio's own; and the C `Future`.
     sleep_callback: Option<Py<PyAny>>,
     c_future: Py<PyType>,
+    /// Its methods a fired sleep calls (see `resolve_sleep`).
+    future_methods: FutureMethods,
+}
+
+/// The C `Future`'s `get_loop`, `cancelled` and `set_result`, as its type
+/// defines them (a C type's methods cannot be replaced): called with the
+/// future as first argument, they skip the look-up of the name, which is
+/// most of the cost of such a call. Only on a future with no attributes of
+/// its own, which could hide them.
+struct FutureMethods {
+    get_loop: Py<PyAny>,
+    cancelled: Py<PyAny>,
+    set_result: Py<PyAny>,
+}
+
+impl FutureMethods {
+    fn of(future_type: &Bound<'_, PyType>) -> PyResult<FutureMethods> {
+        Ok(FutureMethods {
+            get_loop: future_type.getattr("get_loop")?.unbind(),
+            cancelled: future_type.getattr("cancelled")?.unbind(),
+            set_result: future_type.getattr("set_result")?.unbind(),
+        })
+    }
+}
+
+/// `future.name(arg)` (or without `arg`), through `method`, the type's
+/// own, if given.
+fn call_future<'py>(
+    future: &Bound<'py, PyAny>,
+    method: Option<&Py<PyAny>>,
+    name: &Bound<'py, PyString>,
+    arg: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = future.py();
+    match (method, arg) {
+        (Some(method), None) => method.bind(py).call1((future,)),
+        (Some(method), Some(arg)) => method.bind(py).call1((future, arg)),
+        (None, None) => future.call_method0(name),
+        (None, Some(arg)) => future.call_method1(name, (arg,)),
+    }
+}
+
+/// Does `object` have no instance attributes (no `__dict__`, or an empty
+/// one), so that a method name resolves to its type's method?
+fn no_instance_attributes(object: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: reading the dict offset of a live type and, at that positive
+    // offset inside the object, its dict pointer (null or a live dict).
+    unsafe {
+        let offset = (*ffi::Py_TYPE(object.as_ptr())).tp_dictoffset;
+        if offset <= 0 {
+            return offset == 0;
+        }
+        let dict = *((object.as_ptr() as *mut u8).offset(offset) as *mut *mut ffi::PyObject);
+        dict.is_null() || ffi::PyDict_Size(dict) == 0
+    }
 }
 
 impl HandleKinds {
@@ -184,6 +239,7 @@ impl HandleKinds {
             stock_run_pristine: defined_by_asyncio(&run, "_run")?,
             stock_run_tag: AtomicU32::new(0),
             sleep_callback,
+            future_methods: FutureMethods::of(&futures.getattr("Future")?.cast_into()?)?,
             c_future: futures.getattr("Future")?.cast_into::<PyType>()?.unbind(),
             stock_run: run.unbind(),
             callback: Slot::find(handle, "_callback")?,
@@ -725,11 +781,11 @@ impl HandleKinds {
     /// context (entered by the caller: the future's loop may be a subclass
     /// whose `call_soon` reads context variables). With `of_loop`, only a
     /// future of that loop. None: not that call, run it as any other.
-    fn resolve_sleep(
+    fn resolve_sleep<'py>(
         &self,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyAny>,
-        of_loop: Option<&Bound<'_, PyAny>>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyAny>,
+        of_loop: Option<&Bound<'py, PyAny>>,
     ) -> Option<PyResult<()>> {
         let py = callback.py();
         if !self.is_sleep_callback(callback) {
@@ -743,16 +799,23 @@ impl HandleKinds {
         if !future.get_type().is(self.c_future.bind(py)) {
             return None;
         }
+        // As `future.name(*args)`, without the look-up when it finds the
+        // type's method anyway.
+        let methods = &self.future_methods;
+        let direct = no_instance_attributes(&future);
+        let call =
+            |name: &Bound<'py, PyString>, method: &Py<PyAny>, arg: Option<&Bound<'py, PyAny>>| {
+                call_future(&future, direct.then_some(method), name, arg)
+            };
         if let Some(loop_) = of_loop {
-            let own_loop = future.call_method0(pyo3::intern!(py, "get_loop")).ok()?;
+            let own_loop = call(pyo3::intern!(py, "get_loop"), &methods.get_loop, None).ok()?;
             if !own_loop.is(loop_) {
                 return None;
             }
         }
         let result = args.get_item(1).ok()?;
         Some(
-            future
-                .call_method0(pyo3::intern!(py, "cancelled"))
+            call(pyo3::intern!(py, "cancelled"), &methods.cancelled, None)
                 .and_then(|cancelled| cancelled.is_truthy())
                 .and_then(|cancelled| {
                     if cancelled {
@@ -761,9 +824,12 @@ impl HandleKinds {
                         // Its loop's `call_soon` is the runner's (`of_loop`):
                         // the wake-ups it schedules need no handles.
                         let _bare = of_loop.map(|_| BareCalls::for_future(&future));
-                        future
-                            .call_method1(pyo3::intern!(py, "set_result"), (result,))
-                            .map(drop)
+                        call(
+                            pyo3::intern!(py, "set_result"),
+                            &methods.set_result,
+                            Some(&result),
+                        )
+                        .map(drop)
                     }
                 }),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from asyncio import futures
 import functools
 import gc
 import os
@@ -476,6 +477,25 @@ def test_an_own_context_that_outlives_its_handle_goes_back_under_the_gc(
     assert (pending, after) == (loop.get_debug(), True)
     gc.collect()
     assert ref() is None  # the cycle through the context was collected
+
+
+def test_a_sleep_s_future_resolves_through_its_own_attributes(loop: ErlangEventLoop) -> None:
+    """The runner resolves an `asyncio.sleep` timer's future itself; one
+    whose `set_result` is an attribute of its own gets that one called, as
+    `futures._set_result_unless_cancelled` would call it."""
+    seen: list[int] = []
+
+    async def main() -> bool:
+        future = loop.create_future()
+        future.set_result = seen.append  # type: ignore[method-assign]
+        loop.call_later(0, futures._set_result_unless_cancelled, future, 7)
+        plain = loop.create_future()
+        loop.call_later(0, futures._set_result_unless_cancelled, plain, 8)
+        await plain
+        return future.done()
+
+    assert loop.run_until_complete(main()) is False
+    assert seen == [7]
 
 
 def test_a_queued_handle_s_context_can_be_replaced(loop: ErlangEventLoop) -> None:
