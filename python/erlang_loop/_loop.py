@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 import weakref
 from asyncio import (
     Future,
@@ -115,6 +117,12 @@ for _name, _method in _erlang_loop.timer_handle_methods(_ErlangTimerHandle).item
 # Every ErlangEventLoop alive, for `native_loop_of`.
 _LOOPS: weakref.WeakSet[ErlangEventLoop] = weakref.WeakSet()
 
+# asyncio's own Handle, which the runner makes and runs natively, even if
+# `events.Handle` was replaced (by a tracer, say) before this import:
+# `TimerHandle` still derives from it. A loop made while `events.Handle` is
+# another class leaves `call_soon` to asyncio's Python, which makes that one.
+_STOCK_HANDLE: type[events.Handle] = events.TimerHandle.__bases__[0]
+
 
 def native_loop_of(ident: int) -> Any:
     """The native loop (``_erlang_loop.NativeLoop``) of the ErlangEventLoop
@@ -165,7 +173,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         # The ready queue, the timers in the wheel and one iteration are
         # native (LESSONS 27); `_ready` is the runner, deque-compatible.
         self._runner = _erlang_loop.LoopRunner(
-            self._native, self, events.Handle, _ErlangTimerHandle, self._selector._fd_to_key
+            self._native, self, _STOCK_HANDLE, _ErlangTimerHandle, self._selector._fd_to_key
         )
         self._ready = self._runner
         self._selector.on_timers_fired = self._runner.fire_timers
@@ -251,7 +259,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         timer = _ErlangTimerHandle(when, callback, args, self, context)
         if timer._source_traceback:
             del timer._source_traceback[-1]
-        timer._key = self._runner_or_closed().add_timer(when, timer)
+        timer._key = self._runner_or_closed().add_timer(self._wheel_time(when), timer)
         timer._scheduled = True
         return timer
 
@@ -271,12 +279,24 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             del timer._source_traceback[-1]
         return timer
 
+    def _wheel_time(self, when: float) -> float:
+        """``when``, a time of this loop's clock, on the wheel's clock
+        (CLOCK_MONOTONIC, which ``time()`` reads unless a subclass, or a
+        patch in debug mode, replaced it: its timers then fire when as much
+        time has passed as they were set for, as ``call_at`` says)."""
+        clock = self.time
+        if getattr(clock, "__func__", None) is base_events.BaseEventLoop.time or (
+            getattr(clock, "__self__", None) is self._runner and self._runner is not None
+        ):
+            return when
+        return when - clock() + time.monotonic()
+
     def _sleep_future(self, delay: float) -> tuple[int, Future[Any]]:
         """A future resolved `delay` seconds from now straight from the wheel
         (the erlang_asyncio.sleep fast path), and its wheel key."""
         self._check_closed()
         future = self.create_future()
-        key = self._runner_or_closed().add_future(self.time() + delay, future)
+        key = self._runner_or_closed().add_future(time.monotonic() + delay, future)
         return key, future
 
     def _cancel_sleep(self, key: int) -> None:
@@ -335,7 +355,30 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             return self._overrides("create_future") or self._overrides("time")
         if name == "call_later":  # it reads the clock as time() does
             return self._overrides("time") or self._overrides("call_at")
+        if name in ("call_soon", "_call_soon") and events.Handle is not _STOCK_HANDLE:
+            return True  # asyncio's makes whatever `events.Handle` is now
+        if name == "call_at" and self._overrides("time"):
+            return True  # its `when` is a time of time()'s clock
         return getattr(type(self), name) is not getattr(ErlangEventLoop, name)
+
+    # nest_asyncio patches a loop's class unless this says it has: it would
+    # replace `_run_once` and `run_until_complete` with code that reads the
+    # heap of `_scheduled`, where no timer of ours is, and, shadowed by the
+    # native paths, its patches would only half apply (a hang, not an
+    # error). Marked, the class stays ours and a nested run is refused.
+    _nest_patched = True
+
+    def _check_running(self) -> None:
+        try:
+            super()._check_running()
+        except RuntimeError as error:
+            if "nest_asyncio" not in sys.modules:
+                raise
+            # NotImplementedError is a RuntimeError, as asyncio's refusal.
+            raise NotImplementedError(
+                f"{error}: ErlangEventLoop cannot be made re-entrant (nest_asyncio); "
+                "await the coroutine instead of running the loop again"
+            ) from None
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)

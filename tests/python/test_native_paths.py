@@ -614,6 +614,40 @@ def test_a_pending_timer_s_context_written_past_its_attribute_does_not_crash(how
     assert done.stdout.strip().splitlines()[-1] == "survived"
 
 
+NESTED_RUN_UNDER_NEST_ASYNCIO = """
+import asyncio, nest_asyncio
+nest_asyncio.apply()
+
+async def inner():
+    await asyncio.sleep(0.01)
+    return 42
+
+async def outer():
+    try:
+        asyncio.run(inner())
+    except NotImplementedError as error:
+        print("refused:", error)
+    return await inner()
+
+print("awaited:", asyncio.run(outer()))
+"""
+
+
+def test_nest_asyncio_is_refused_at_the_nested_run_not_a_hang() -> None:
+    # Its own process: nest_asyncio patches asyncio itself.
+    done = subprocess.run(
+        [CLI, "-c", NESTED_RUN_UNDER_NEST_ASYNCIO],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    refused, awaited = done.stdout.strip().splitlines()
+    assert refused.startswith("refused: This event loop is already running")
+    assert "cannot be made re-entrant (nest_asyncio)" in refused
+    assert awaited == "awaited: 42"
+
+
 def test_an_unclosed_loop_held_through_a_pending_handle_stays_whole() -> None:
     holder = _Holder()
     loop = ErlangEventLoop()
@@ -668,11 +702,80 @@ def test_a_subclass_with_its_own_clock_keeps_python_call_later() -> None:
     loop = SlowClock()
     try:
         assert "call_later" not in vars(loop) and "_sleep_future" not in vars(loop)
+        assert "call_at" not in vars(loop)
         timer = loop.call_later(1, lambda: None)
         assert timer.when() > loop.time() - 10 > 900
         timer.cancel()
     finally:
         loop.close()
+
+
+class _TracingHandle(asyncio.Handle):
+    __slots__ = ()
+    ran: list[asyncio.Handle] = []
+
+    def _run(self) -> None:
+        _TracingHandle.ran.append(self)
+        super()._run()
+
+
+def test_a_loop_made_while_events_handle_is_replaced_makes_that_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the stdlib's `call_soon`, which makes whatever `events.Handle` is
+    (tracers replace it); no loop was refused for it."""
+    monkeypatch.setattr(asyncio.events, "Handle", _TracingHandle)
+    loop = ErlangEventLoop()
+    try:
+        handle = loop.call_soon(lambda: None)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert type(handle) is _TracingHandle and handle in _TracingHandle.ran
+    finally:
+        loop.close()
+    monkeypatch.undo()
+    loop = ErlangEventLoop()
+    try:
+        assert "call_soon" in vars(loop)  # the native path again
+        assert type(loop.call_soon(lambda: None)) is asyncio.Handle
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_timers_of_a_subclass_with_its_own_clock_fire_by_that_clock(debug: bool) -> None:
+    """Its `when`s are times of its clock: they fire when as much time has
+    passed as they were set for, never early by that clock (they would fire
+    1000 s late if taken as times of the wheel's)."""
+
+    class OffsetClock(ErlangEventLoop):
+        def time(self) -> float:
+            return time.monotonic() + 1000.0
+
+    loop = OffsetClock()
+    loop.set_debug(debug)
+    fired: list[tuple[str, float, float]] = []
+
+    def record(name: str, when: float) -> None:
+        fired.append((name, when, loop.time()))
+
+    async def main() -> None:
+        later = loop.call_later(0.02, lambda: record("later", later.when()))
+        at = loop.time() + 0.01
+        loop.call_at(at, record, "at", at)
+        await asyncio.sleep(0.03)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.sleep(3600), 0.02)
+
+    # A guard that needs no timer of the loop: a hang fails the test.
+    guard = threading.Timer(30, loop.call_soon_threadsafe, (loop.stop,))
+    guard.start()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        guard.cancel()
+        loop.close()
+    assert [name for name, _, _ in fired] == ["at", "later"]
+    assert all(now >= when for _, when, now in fired)
 
 
 def test_popleft_of_foreign_objects_leaves_them_alone(loop: ErlangEventLoop) -> None:
