@@ -25,6 +25,7 @@
          bad_arguments/1, unicode_code_strings/1,
          concurrent_calls/1, long_call_does_not_block/1,
          timeout_sleep/1, timeout_busy_loop/1, timeout_race_leaves_no_message/1,
+         timeout_while_starting_threads/1,
          call_async_await/1, await_timeout/1,
          namespace_per_process/1, namespace_dropped_on_exit/1,
          namespace_not_leaked_by_short_lived_callers/1,
@@ -66,6 +67,7 @@ groups() ->
        bad_arguments, unicode_code_strings,
        concurrent_calls, long_call_does_not_block,
        timeout_sleep, timeout_busy_loop, timeout_race_leaves_no_message,
+       timeout_while_starting_threads,
        call_async_await, await_timeout,
        namespace_per_process, namespace_dropped_on_exit,
        namespace_not_leaked_by_short_lived_callers,
@@ -696,6 +698,25 @@ timeout_busy_loop(_Config) ->
     ?assertEqual([], py_results()),
     %% No interrupt left over for the next jobs of those workers.
     [?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])) || _ <- lists:seq(1, 50)].
+
+%% A timeout landing while the job starts a thread: the new thread's state
+%% carries the job thread's identifier until it runs, and CPython marks the
+%% newest of the two; that thread died before it said it started and the job
+%% thread waited for it in C for good (a pool thread lost per such timeout).
+-spec timeout_while_starting_threads(ct_suite:ct_config()) -> term().
+timeout_while_starting_threads(_Config) ->
+    Busy = busy_workers(),
+    Code = <<"import threading\n"
+             "while True:\n"
+             "    t = threading.Thread(target=int)\n"
+             "    t.start()\n"
+             "    t.join()\n">>,
+    [?assertEqual({error, timeout},
+                  py:call(builtins, exec, [Code, #{}], #{}, 10 + rand:uniform(40)))
+     || _ <- lists:seq(1, 60)],
+    %% Every job ended by its TimeoutError: no worker left waiting.
+    wait_until(fun() -> busy_workers() =< Busy end, 30000),
+    ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
 
 -spec timeout_race_leaves_no_message(ct_suite:ct_config()) -> term().
 timeout_race_leaves_no_message(_Config) ->

@@ -12,6 +12,7 @@
 //! code in between, so that the loop's thread sees both or neither.
 
 use std::os::raw::{c_long, c_ulong};
+use std::time::Duration;
 
 use erlang_python::py::native_loop::NativeLoop;
 use pyo3::prelude::*;
@@ -25,7 +26,9 @@ use pyo3::types::PyDict;
 pub fn interrupt_thread(py: Python<'_>, ident: c_ulong) -> bool {
     let native = native_loop_of(py, ident);
     let exception = py.get_type::<pyo3::exceptions::PyKeyboardInterrupt>();
-    let marked = raise_in_thread(py, ident, exception.as_any(), native.as_ref());
+    let marked = retry_ambiguous(py, || {
+        raise_in_thread(py, ident, exception.as_any(), native.as_ref())
+    }) == Mark::Marked;
     if marked {
         interrupt_again(py, ident, native.as_ref());
     }
@@ -74,23 +77,92 @@ pub fn native_loop_of(py: Python<'_>, ident: c_ulong) -> Option<Py<NativeLoop>> 
     })
 }
 
+/// What [`raise_in_thread`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// The exception is pending in that thread.
+    Marked,
+    /// No Python thread has that identifier.
+    NoThread,
+    /// More than one thread state had it, and the marks were taken back:
+    /// try again once the GIL was let go (see [`raise_in_thread`]).
+    Ambiguous,
+}
+
+/// How many times [`retry_ambiguous`] tries, [`AMBIGUOUS_PAUSE`] apart.
+const AMBIGUOUS_TRIES: u32 = 2000;
+const AMBIGUOUS_PAUSE: Duration = Duration::from_millis(1);
+
 /// Marks `exception` pending in thread `ident` and interrupts the wait of
 /// `native`, its loop found by [`native_loop_of`], with nothing in between
-/// that could run Python code. True if that thread exists.
+/// that could run Python code.
+///
+/// A thread that `ident` is starting carries its creator's identifier
+/// until it runs (CPython 3.11 sets its own first thing, without the GIL),
+/// and CPython marks the first thread state it finds with it, the newest:
+/// the new thread would die before it says it started, and its creator
+/// would wait for that in C for good (a pool thread lost per timed-out
+/// `py:call` starting a thread). So nothing is marked while a thread is
+/// being started (`threading._limbo`, where `Thread.start` keeps it until
+/// it runs); the caller tries again. Several marks are taken back
+/// (CPython's documented way) and tried again too.
 pub fn raise_in_thread(
-    _py: Python<'_>,
+    py: Python<'_>,
     ident: c_ulong,
     exception: &Bound<'_, PyAny>,
     native: Option<&Py<NativeLoop>>,
-) -> bool {
-    // SAFETY: the GIL is held (`_py`); `exception` is a live object for the
-    // call, which only counts the thread states it marks.
+) -> Mark {
+    if threads_starting(py) {
+        return Mark::Ambiguous;
+    }
+    // SAFETY: the GIL is held (`py`); `exception` is a live object for the
+    // call, which only counts the thread states it marks; null takes the
+    // marks back.
     let marked =
-        unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(ident as c_long, exception.as_ptr()) == 1 };
-    if marked {
-        if let Some(native) = native {
-            native.get().interrupt_wait();
+        unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(ident as c_long, exception.as_ptr()) };
+    match marked {
+        0 => Mark::NoThread,
+        1 => {
+            if let Some(native) = native {
+                native.get().interrupt_wait();
+            }
+            Mark::Marked
+        }
+        _ => {
+            // SAFETY: as above.
+            unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(ident as c_long, std::ptr::null_mut()) };
+            Mark::Ambiguous
         }
     }
-    marked
+}
+
+/// Is a `threading.Thread` started but not yet running? Its thread state
+/// may still carry its creator's identifier. Runs no Python code (reads a
+/// module's dict); the GIL is held, so no thread starts meanwhile.
+fn threads_starting(py: Python<'_>) -> bool {
+    let starting = || -> PyResult<bool> {
+        let modules = py.import("sys")?.getattr("modules")?;
+        let Some(threading) = modules.cast::<PyDict>()?.get_item("threading")? else {
+            return Ok(false);
+        };
+        let limbo = threading.getattr("_limbo")?;
+        Ok(!limbo.cast::<PyDict>()?.is_empty())
+    };
+    // A threading without `_limbo` (another CPython): no such window known.
+    starting().unwrap_or(false)
+}
+
+/// Runs `attempt` (a [`raise_in_thread`] and what goes with it) until it is
+/// not [`Mark::Ambiguous`], letting the GIL go between tries so that the
+/// thread being started takes its own identifier (within microseconds,
+/// as a rule). Gives up after about 2 s (the thread is then not
+/// interrupted, as one blocked in C is not).
+pub fn retry_ambiguous(py: Python<'_>, mut attempt: impl FnMut() -> Mark) -> Mark {
+    for _ in 1..AMBIGUOUS_TRIES {
+        match attempt() {
+            Mark::Ambiguous => py.detach(|| std::thread::sleep(AMBIGUOUS_PAUSE)),
+            done => return done,
+        }
+    }
+    attempt()
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use pyo3::prelude::*;
 use rustler::{Env, LocalPid, Monitor, ResourceArc};
 
-use crate::interrupt;
+use crate::interrupt::{self, Mark};
 use crate::sync::lock;
 
 /// Where a job is. Transitions happen under the job's lock; the ones that
@@ -256,18 +256,29 @@ impl JobShared {
             return;
         };
         let native = interrupt::native_loop_of(py, thread);
-        {
+        let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
+        // Tried under the lock, and again with the lock free (and the GIL
+        // let go) while the thread's identifier is ambiguous.
+        let marked = interrupt::retry_ambiguous(py, || {
             let mut state = self.lock();
             let JobState::CancelRequested(thread) = *state else {
-                return;
+                return Mark::NoThread;
             };
-            let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
-            let marked =
-                interrupt::raise_in_thread(py, thread, exception.as_any(), native.as_ref());
-            *state = JobState::Interrupted(thread);
-            if !marked {
-                return;
+            let mark = interrupt::raise_in_thread(py, thread, exception.as_any(), native.as_ref());
+            if mark != Mark::Ambiguous {
+                *state = JobState::Interrupted(thread);
             }
+            mark
+        });
+        if marked == Mark::Ambiguous {
+            // Given up: left as a job blocked in C is.
+            let mut state = self.lock();
+            if let JobState::CancelRequested(thread) = *state {
+                *state = JobState::Interrupted(thread);
+            }
+        }
+        if marked != Mark::Marked {
+            return;
         }
         // The lookup ran Python code, during which the thread may have gone
         // on to wait in another loop: that one is woken too (a late mark is
