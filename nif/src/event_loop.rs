@@ -17,10 +17,10 @@ use erlang_python::io::{
 use erlang_python::py::native_loop::NativeLoop;
 use erlang_python::wheel::DEFAULT_TICK_NS;
 use rustler::env::OwnedEnv;
-use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
 
 use crate::sync::lock;
-use crate::{atoms, fd_resource};
+use crate::{atoms, fd_resource, server_watch};
 
 rustler::atoms! {
     py_loop,
@@ -77,10 +77,6 @@ struct NifHost {
     /// The live process serving the loop (selects and its timer); `None`
     /// before one is set and after it died.
     server: Mutex<Option<LocalPid>>,
-    /// The monitor of `server`. Replaced, the old one ended, when another
-    /// server (or the same again) is set: one per `set_router` piled up
-    /// otherwise, until the loop was garbage.
-    server_monitor: Mutex<Option<Monitor>>,
     /// The loop's core (weak: the core owns this host).
     core: OnceLock<Weak<LoopCore>>,
     /// Processes waiting in `py_nif:poll_events/2`, by their token: each is
@@ -181,7 +177,6 @@ pub struct LoopResource {
 
 #[rustler::resource_impl]
 impl rustler::Resource for LoopResource {
-    const IMPLEMENTS_DOWN: bool = true;
     const IMPLEMENTS_DESTRUCTOR: bool = true;
 
     /// The last reference is gone without `event_loop_destroy` (its owner
@@ -196,38 +191,41 @@ impl rustler::Resource for LoopResource {
         stops.retain(|request| !self.host.close_unselected(&request.handle));
         hand_to_placer(stops, |placer| env.send(placer, py_orphan_stops()).is_ok());
     }
+}
 
-    fn down<'a>(&'a self, env: Env<'a>, pid: LocalPid, _monitor: Monitor) {
-        self.lose_server(env, pid);
+impl server_watch::Served for NifHost {
+    fn server_lost(&self, env: Env<'_>, pid: LocalPid) {
+        if let Some(core) = self.core.get().and_then(Weak::upgrade) {
+            lose_server(env, self, &core, pid);
+        }
     }
 }
 
-impl LoopResource {
-    /// The loop's server `pid` died: the loop is told (`server_down`) if
-    /// `pid` still serves it. Whoever sees the death first does it.
-    fn lose_server(&self, env: Env<'_>, pid: LocalPid) {
-        let mut server = lock(&self.host.server);
-        if *server != Some(pid) {
-            return;
-        }
-        *server = None;
-        // Marked under the server's lock: a `set_router` naming a new server
-        // now comes before (and this finds it named) or after (and its
-        // `set_served` clears the mark), never in between.
-        self.core.server_down();
-        drop(server);
-        tracing::warn!(loop_id = self.host.loop_id, "the loop's Erlang worker died");
-        // Stops the dead server owed (a loop closed just before it died).
-        apply_stops(env, pid, self.core.take_stop_requests());
-        tell_watchers(env, self);
+/// The loop's server `pid` died: the loop is told (`server_down`) if `pid`
+/// still serves it. Whoever sees the death first does it.
+fn lose_server(env: Env<'_>, host: &NifHost, core: &LoopCore, pid: LocalPid) {
+    let mut server = lock(&host.server);
+    if *server != Some(pid) {
+        return;
     }
+    *server = None;
+    // Marked under the server's lock: a `set_router` naming a new server
+    // now comes before (and this finds it named) or after (and its
+    // `set_served` clears the mark), never in between.
+    core.server_down();
+    drop(server);
+    tracing::warn!(loop_id = host.loop_id, "the loop's Erlang worker died");
+    // Stops the dead server owed (a loop closed just before it died).
+    apply_stops(env, pid, core.take_stop_requests());
+    tell_host_watchers(env, host, core);
+}
 
+impl LoopResource {
     fn new(python: bool) -> std::io::Result<LoopResource> {
         let loop_id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
         let host = Arc::new(NifHost {
             loop_id,
             server: Mutex::new(None),
-            server_monitor: Mutex::new(None),
             core: OnceLock::new(),
             watchers: Mutex::new(Vec::new()),
         });
@@ -464,17 +462,18 @@ fn attach<'a>(
     if let Err(reason) = resource.open() {
         return error(env, reason);
     }
-    // Monitored first: a dead pid is refused before anything is sent to it
-    // (the loop's wake-ups are coalesced: one sent to a dead pid is lost
-    // and leaves the live router without its selects).
     // A placement asked for again reaches the worker that took the loop
     // already: nothing to do.
     if exclusive && *lock(&resource.host.server) == Some(server) {
         return atoms::ok().encode(env);
     }
-    let Some(monitor) = resource.monitor(Some(env), &server) else {
+    // Watched first: a dead pid is refused before anything is sent to it
+    // (the loop's wake-ups are coalesced: one sent to a dead pid is lost
+    // and leaves the live router without its selects). Listed with a
+    // server it ends up not having, the loop ignores that one's death.
+    if !server_watch::watch(env, server, &resource.host) {
         return error(env, noproc());
-    };
+    }
     // Named and served under the server's lock (then the core's, the
     // order every path takes): a `lose_server` of the previous server
     // marks the loop down before or after, not between.
@@ -490,14 +489,9 @@ fn attach<'a>(
                 None
             };
         if let Some(reason) = refused {
-            resource.demonitor(Some(env), &monitor);
             return error(env, reason);
         }
         *named = Some(server);
-        // The previous server's monitor ends (false if its `down` came).
-        if let Some(previous) = lock(&resource.host.server_monitor).replace(monitor) {
-            resource.demonitor(Some(env), &previous);
-        }
         resource.core.set_served()
     };
     tracing::debug!(
@@ -513,7 +507,7 @@ fn attach<'a>(
         match *current {
             Some(pid) if pid == server => {
                 drop(current);
-                resource.lose_server(env, server);
+                lose_server(env, &resource.host, &resource.core, server);
             }
             None => {
                 resource.core.server_down();
@@ -805,14 +799,23 @@ fn unwatch(resource: &LoopResource, token: u64) {
 /// have brought some (an event, a due timer, a wake-up, the close, the
 /// server's death). They look again, and watch again if another took it.
 fn tell_watchers(env: Env<'_>, resource: &LoopResource) {
-    if !lock(&resource.host.watchers).is_empty() && resource.core.has_news() {
-        tell_all_watchers(env, resource);
+    tell_host_watchers(env, &resource.host, &resource.core);
+}
+
+/// [`tell_watchers`] of the loop `host` and `core` make.
+fn tell_host_watchers(env: Env<'_>, host: &NifHost, core: &LoopCore) {
+    if !lock(&host.watchers).is_empty() && core.has_news() {
+        tell_all_host_watchers(env, host);
     }
 }
 
 /// Has every process watching the loop look again.
 fn tell_all_watchers(env: Env<'_>, resource: &LoopResource) {
-    let watchers = std::mem::take(&mut *lock(&resource.host.watchers));
+    tell_all_host_watchers(env, &resource.host);
+}
+
+fn tell_all_host_watchers(env: Env<'_>, host: &NifHost) {
+    let watchers = std::mem::take(&mut *lock(&host.watchers));
     for (token, pid) in watchers {
         let _ = env.send(&pid, (py_loop_ready(), token).encode(env));
     }

@@ -14,6 +14,7 @@ mod namespace;
 mod opaque;
 mod parent;
 mod runtime;
+mod server_watch;
 mod signals;
 mod sleep;
 mod sync;
