@@ -61,7 +61,11 @@ stop_loop(Loop) when is_pid(Loop); is_atom(Loop); is_tuple(Loop), tuple_size(Loo
             try gen_server:stop(Loop, normal, infinity)
             catch
                 exit:noproc -> {error, not_found};
-                exit:{noproc, _} -> {error, not_found}
+                exit:{noproc, _} -> {error, not_found};
+                %% Another process stopped it first: stopped, as asked.
+                exit:{normal, _} -> ok;
+                exit:{shutdown, _} -> ok;
+                exit:{{shutdown, _}, _} -> ok
             end;
         false ->
             {error, not_found}

@@ -22,6 +22,7 @@
          loop_worker_dies/1,
          send_receive_round_trip/1, receive_timeout/1,
          call_timeout_while_stopping/1, stop_loop_of_another_process/1,
+         stop_loop_twice_at_once/1,
          loop_serves_while_the_pool_is_busy/1, slow_imports_hold_up_no_other_loop/1,
          remote_node/1, ten_thousand_coroutines/1,
          app_stop_with_stuck_loop/1]).
@@ -48,7 +49,7 @@ groups() ->
        caller_death_cancels_tasks, unconvertible_input_spoils_nothing_else, loop_gone,
        loop_worker_dies,
        send_receive_round_trip, receive_timeout,
-       call_timeout_while_stopping, stop_loop_of_another_process,
+       call_timeout_while_stopping, stop_loop_of_another_process, stop_loop_twice_at_once,
        loop_serves_while_the_pool_is_busy, slow_imports_hold_up_no_other_loop]},
      {remote, [], [remote_node]},
      {load, [], [ten_thousand_coroutines]},
@@ -832,6 +833,21 @@ stop_loop_of_another_process(_Config) ->
     ?assertEqual(Signals, whereis(py_signals)),
     {ok, Loop} = py_asyncio:start_loop(#{}),
     ?assertEqual(ok, py_asyncio:stop_loop(Loop)).
+
+%% Two processes stopping one loop at once: both are answered (the second
+%% one's `gen_server:stop' saw the loop exit `normal' under it, and raised).
+-spec stop_loop_twice_at_once(ct_suite:ct_config()) -> term().
+stop_loop_twice_at_once(_Config) ->
+    Self = self(),
+    [begin
+         {ok, Loop} = py_asyncio:start_loop(#{}),
+         [spawn(fun() -> Self ! {stopped, catch py_asyncio:stop_loop(Loop)} end)
+          || _ <- [1, 2]],
+         Answers = [receive {stopped, Answer} -> Answer after ?WAIT -> timeout end
+                    || _ <- [1, 2]],
+         ?assertEqual([], [A || A <- Answers, A =/= ok, A =/= {error, not_found}]),
+         ?assert(lists:member(ok, Answers))
+     end || _ <- lists:seq(1, 10)].
 
 %% Every worker of the pool busy with a long call: a loop, whose thread is
 %% its own, still takes and answers calls (its operations went through the
