@@ -352,10 +352,10 @@ impl HandleKinds {
     /// snapshot shared by timers (see `context_snapshot`; no code runs in
     /// one or sees it): otherwise each pending handle still puts one object
     /// under the GC, which then walks a million of them when a million
-    /// timers are pending, or a million `call_soon` callbacks queued (a
-    /// third of the time of each such `call_soon`: the collections that
-    /// the allocations set off walk every context still queued, over and
-    /// over as the queue grows). A context must be tracked when
+    /// timers are pending, or a million `call_soon` callbacks queued (half
+    /// the time of each such `call_soon`: the collections that the
+    /// allocations set off walk every context still queued, over and over
+    /// as the queue grows). A context must be tracked when
     /// it is freed (its deallocation unlinks it from the GC's lists
     /// unconditionally, which crashes on one in none), so an untracked
     /// context holds one reference of its own, taken here and dropped by

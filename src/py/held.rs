@@ -42,6 +42,7 @@ impl Held {
 
     /// The handle leaves the loop: tracked again if anyone else holds it.
     pub(crate) fn release(self, py: Python<'_>) {
+        self.track_own_context();
         let handle = self.handle.into_bound(py);
         if self.ours {
             // SAFETY: reading the reference count of a live object.
@@ -51,7 +52,6 @@ impl Held {
                 kinds().track_context(&handle);
             }
         }
-        track_untracked_context(py, self.untracked_context);
     }
 
     /// Back under the GC (the loop stopped running, or the handle goes to
@@ -60,6 +60,12 @@ impl Held {
         if self.ours {
             kinds().track(self.handle.bind(py));
         }
+        self.track_own_context();
+    }
+
+    /// Puts the context that left the GC with the handle back under it,
+    /// if nothing did since (the GIL is held: a `Held` is only touched so).
+    fn track_own_context(&self) {
         if let Some(context) = &self.untracked_context {
             // SAFETY: a live object (held here), under the GIL.
             unsafe { track_if_context(context.as_ptr()) };
@@ -83,15 +89,6 @@ impl Held {
             }
         }
         Ok(())
-    }
-}
-
-/// Puts a context [`Held`] took out of the GC back under it (if nothing
-/// did since) and lets go of it.
-fn track_untracked_context(_py: Python<'_>, context: Option<Py<PyAny>>) {
-    if let Some(context) = context {
-        // SAFETY: a live object (held here), under the GIL.
-        unsafe { track_if_context(context.as_ptr()) };
     }
 }
 
