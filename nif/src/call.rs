@@ -16,6 +16,7 @@ use crate::errors::{error_result, panic_result};
 use crate::job::Job;
 use crate::namespace;
 use erlang_python::py::pool::Pool;
+use erlang_python::py::sys_modules::imported;
 
 /// What a job does with its data term.
 enum Work {
@@ -228,15 +229,12 @@ fn run(
 /// after which asyncio's policies refuse `get_event_loop()` on that thread.
 /// Only when `erlang_loop`'s policy is in use; costs a dict lookup otherwise.
 fn reset_thread_event_loop_state(py: Python<'_>) {
-    let reset = py
-        .import("sys")
-        .and_then(|sys| sys.getattr("modules"))
-        .and_then(|modules| modules.get_item("erlang_loop._policy"))
-        .and_then(|policy| policy.call_method0("forget_unset_loop"));
+    let reset = imported(py, "erlang_loop._policy").and_then(|policy| match policy {
+        Some(policy) => policy.call_method0("forget_unset_loop").map(drop),
+        None => Ok(()),
+    });
     if let Err(error) = reset {
-        if !error.is_instance_of::<pyo3::exceptions::PyKeyError>(py) {
-            tracing::warn!(%error, "cannot reset the thread's event loop state");
-        }
+        tracing::warn!(%error, "cannot reset the thread's event loop state");
     }
 }
 

@@ -15,6 +15,7 @@ use std::os::raw::{c_long, c_ulong};
 use std::time::Duration;
 
 use erlang_python::py::native_loop::NativeLoop;
+use erlang_python::py::sys_modules::imported;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -59,8 +60,7 @@ pub fn interrupt_again(py: Python<'_>, ident: c_ulong, interrupted: Option<&Py<N
 /// that the thread may need.
 pub fn native_loop_of(py: Python<'_>, ident: c_ulong) -> Option<Py<NativeLoop>> {
     let found = (|| -> PyResult<Option<Py<NativeLoop>>> {
-        let modules = py.import("sys")?.getattr("modules")?;
-        let Some(module) = modules.cast::<PyDict>()?.get_item("erlang_loop._loop")? else {
+        let Some(module) = imported(py, "erlang_loop._loop")? else {
             return Ok(None);
         };
         let native = module.call_method1("native_loop_of", (ident,))?;
@@ -84,8 +84,9 @@ pub enum Mark {
     Marked,
     /// No Python thread has that identifier.
     NoThread,
-    /// More than one thread state had it, and the marks were taken back:
-    /// try again once the GIL was let go (see [`raise_in_thread`]).
+    /// A thread was being started, whose state may still carry that
+    /// identifier, or more than one state had it (the marks were taken
+    /// back): try again once the GIL was let go (see [`raise_in_thread`]).
     Ambiguous,
 }
 
@@ -141,8 +142,7 @@ pub fn raise_in_thread(
 /// module's dict); the GIL is held, so no thread starts meanwhile.
 fn threads_starting(py: Python<'_>) -> bool {
     let starting = || -> PyResult<bool> {
-        let modules = py.import("sys")?.getattr("modules")?;
-        let Some(threading) = modules.cast::<PyDict>()?.get_item("threading")? else {
+        let Some(threading) = imported(py, "threading")? else {
             return Ok(false);
         };
         let limbo = threading.getattr("_limbo")?;

@@ -286,7 +286,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         time has passed as they were set for, as ``call_at`` says)."""
         clock = self.time
         if getattr(clock, "__func__", None) is base_events.BaseEventLoop.time or (
-            getattr(clock, "__self__", None) is self._runner and self._runner is not None
+            self._runner is not None and getattr(clock, "__self__", None) is self._runner
         ):
             return when
         return when - clock() + time.monotonic()

@@ -3,7 +3,15 @@
 //! a path.
 
 use pyo3::prelude::*;
-use pyo3::types::PyModule;
+use pyo3::types::{PyDict, PyModule};
+
+/// The module `name` if it was imported, without importing it.
+pub fn imported<'py>(py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    py.import("sys")?
+        .getattr("modules")?
+        .cast_into::<PyDict>()?
+        .get_item(name)
+}
 
 /// Makes the module `name`, has `fill` add its contents, and puts it in
 /// `sys.modules`. Idempotent: a module already there is left as it is.
