@@ -10,12 +10,11 @@
 -define(TABLE, py_callbacks).
 
 -record(state, {
-    %% The process running each `erlang.call' still unanswered, by its
-    %% reply slot, and that slot by the process's monitor: a call Python
-    %% stopped waiting for (its job timed out) is abandoned, its function
-    %% killed.
-    runs = #{} :: #{reference() => pid()},
-    replies = #{} :: #{reference() => reference()}
+    %% The process answering each `erlang.call' still unanswered, by the
+    %% call's id, and that id by the process: a call Python stopped waiting
+    %% for (its job timed out) is abandoned, its function killed.
+    runs = #{} :: #{non_neg_integer() => pid()},
+    calls = #{} :: #{pid() => non_neg_integer()}
 }).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
@@ -60,21 +59,22 @@ handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info({py_callback, Name, Args, Reply}, State = #state{runs = Runs, replies = Replies})
+handle_info({py_callback, Name, Args, Reply, Id}, State = #state{runs = Runs, calls = Calls})
   when is_binary(Name) ->
-    {Pid, Monitor} = spawn_monitor(
-                       fun() -> py_nif:callback_reply(Reply, run_monitored(Name, Args)) end),
-    {noreply, State#state{runs = Runs#{Reply => Pid}, replies = Replies#{Monitor => Reply}}};
-handle_info({py_callback_abandoned, Reply}, State = #state{runs = Runs}) ->
+    %% Linked: the call's processes end with this server, and with them
+    %% `Reply', whose end tells the waiting Python thread that no answer
+    %% will come (as for a request still in the mailbox when it dies).
+    Pid = spawn_link(fun() -> answer(Reply, Name, Args) end),
+    {noreply, State#state{runs = Runs#{Id => Pid}, calls = Calls#{Pid => Id}}};
+handle_info({py_callback_abandoned, Id}, State = #state{runs = Runs}) ->
     case Runs of
-        #{Reply := Pid} -> Pid ! abandon;
+        #{Id := Pid} -> Pid ! abandon;
         #{} -> ok
     end,
     {noreply, State};
-handle_info({'DOWN', Monitor, process, _Pid, _Reason},
-            State = #state{runs = Runs, replies = Replies}) ->
-    case maps:take(Monitor, Replies) of
-        {Reply, Left} -> {noreply, State#state{runs = maps:remove(Reply, Runs), replies = Left}};
+handle_info({'EXIT', Pid, _Reason}, State = #state{runs = Runs, calls = Calls}) ->
+    case maps:take(Pid, Calls) of
+        {Id, Left} -> {noreply, State#state{runs = maps:remove(Id, Runs), calls = Left}};
         error -> {noreply, State}
     end;
 handle_info({py_callback, Pid, Message}, State) when is_pid(Pid) ->
@@ -84,26 +84,27 @@ handle_info(_Info, State) ->
     {noreply, State}.
 
 -spec terminate(term(), #state{}) -> ok.
-terminate(_Reason, #state{runs = Runs}) ->
-    %% The Python threads waiting for these stop waiting with the server.
-    [Pid ! abandon || Pid <- maps:values(Runs)],
+terminate(_Reason, _State) ->
     py_nif:set_callback_server(undefined).
 
 %% Runs the function in a process of its own and watches it: the Python
 %% thread waiting in `erlang.call' gets an answer even when that process is
 %% killed (`exit(self(), kill)', a linked process dying, `exit/2' from
 %% elsewhere), which no `catch' sees.
-run_monitored(Name, Args) ->
-    {Pid, Monitor} = spawn_monitor(fun() -> exit({?MODULE, run(Name, Args)}) end),
+answer(Reply, Name, Args) ->
+    process_flag(trap_exit, true),
+    Runner = spawn_link(fun() -> exit({?MODULE, run(Name, Args)}) end),
     receive
-        {'DOWN', Monitor, process, Pid, {?MODULE, Result}} ->
-            Result;
-        {'DOWN', Monitor, process, Pid, Reason} ->
-            {error, iolist_to_binary(io_lib:format("exit:~p", [Reason]))};
+        {'EXIT', Runner, {?MODULE, Result}} ->
+            py_nif:callback_reply(Reply, Result);
+        {'EXIT', Runner, Reason} ->
+            py_nif:callback_reply(Reply, {error, iolist_to_binary(io_lib:format("exit:~p", [Reason]))});
+        {'EXIT', _Server, _Reason} ->
+            %% The server ended: so does the call, unanswered.
+            exit(Runner, kill);
         abandon ->
             %% Nobody waits for the answer any more: no reply either.
-            exit(Pid, kill),
-            exit(normal)
+            exit(Runner, kill)
     end.
 
 run(Name, Args) ->

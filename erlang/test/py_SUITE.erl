@@ -31,6 +31,7 @@
          namespace_not_leaked_by_short_lived_callers/1,
          register_function/1, erlang_function_crash/1, unregistered_function/1,
          erlang_function_killed/1, timeout_inside_erlang_call/1,
+         erlang_call_when_its_server_dies/1,
          timeout_inside_erlang_call_raises_once/1,
          timeout_waiting_event_loop/1, a_dead_caller_s_job_is_cancelled/1,
          finished_calls_stop_monitoring_the_caller/1,
@@ -73,6 +74,7 @@ groups() ->
        namespace_not_leaked_by_short_lived_callers,
        register_function, erlang_function_crash, unregistered_function,
        erlang_function_killed, timeout_inside_erlang_call,
+       erlang_call_when_its_server_dies,
        timeout_inside_erlang_call_raises_once, timeout_waiting_event_loop,
        a_dead_caller_s_job_is_cancelled,
        finished_calls_stop_monitoring_the_caller,
@@ -878,6 +880,47 @@ erlang_function_killed(_Config) ->
     ?assertMatch({_, _}, binary:match(Killed, <<"killed">>)),
     {error, {'ErlangError', Crashed, _}} = Call(<<"linked_crash">>),
     ?assertMatch({_, _}, binary:match(Crashed, <<"crashed">>)).
+
+%% The calls in flight when `py_callback' dies, running or still in its
+%% mailbox, raise ErlangError at once (they used to wait forever), and
+%% the functions they ran end with the server instead of running on.
+-spec erlang_call_when_its_server_dies(ct_suite:ct_config()) -> term().
+erlang_call_when_its_server_dies(_Config) ->
+    Parent = self(),
+    ok = py:register_function(py_suite_blocks, fun() ->
+                                                       Parent ! {blocking, self()},
+                                                       receive after 60000 -> ok end
+                                               end),
+    Call = fun() ->
+                   Code = <<"__import__('erlang').call('py_suite_blocks')">>,
+                   spawn_link(fun() ->
+                                      Parent ! {called, py:call(builtins, eval, [Code, #{}], #{}, 30000)}
+                              end)
+           end,
+    Running = 3,
+    [Call() || _ <- lists:seq(1, Running)],
+    Functions = [receive {blocking, Pid} -> Pid after 10000 -> ct:fail(not_called) end
+                 || _ <- lists:seq(1, Running)],
+    Server = whereis(py_callback),
+    ok = sys:suspend(Server),
+    Queued = 3,
+    [Call() || _ <- lists:seq(1, Queued)],
+    wait_until(fun() ->
+                       {message_queue_len, Len} = process_info(Server, message_queue_len),
+                       Len >= Queued
+               end, 10000),
+    exit(Server, kill),
+    Results = [receive {called, Result} -> Result after 25000 -> ct:fail(call_not_answered) end
+               || _ <- lists:seq(1, Running + Queued)],
+    [?assertMatch({error, {'ErlangError', _, _}}, Result) || Result <- Results],
+    [?assertMatch({_, _}, binary:match(Text, <<"no answer">>))
+     || {error, {_, Text, _}} <- Results],
+    [wait_dead(Pid) || Pid <- Functions],
+    ok = wait_until(fun() -> is_pid(whereis(py_callback)) end, 5000),
+    ok = py:register_function(py_suite_answers, fun() -> answered end),
+    ?assertEqual({ok, <<"answered">>}, py:eval(<<"__import__('erlang').call('py_suite_answers')">>)),
+    ok = py:unregister_function(py_suite_answers),
+    ok = py:unregister_function(py_suite_blocks).
 
 -spec timeout_inside_erlang_call(ct_suite:ct_config()) -> term().
 timeout_inside_erlang_call(_Config) ->

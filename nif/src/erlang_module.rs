@@ -2,8 +2,8 @@
 //! calling back into the node. `call` runs a function registered with
 //! `py:register_function/2`; `send` sends a message to a pid.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError};
@@ -39,11 +39,43 @@ pub fn set_accepting_callbacks(accepting: bool) {
     ACCEPTING.store(accepting, Ordering::SeqCst);
 }
 
-/// The reply slot of one `erlang.call`: Erlang fills it, Python waits on it.
-pub struct CallbackReply {
-    reply: Mutex<Option<(OwnedEnv, SavedTerm)>>,
+/// Where one `erlang.call`'s answer lands: Erlang fills it, the waiting
+/// Python thread takes it.
+struct ReplySlot {
+    answer: Mutex<Answer>,
     ready: Condvar,
 }
+
+enum Answer {
+    Pending,
+    Given(OwnedEnv, SavedTerm),
+    /// Erlang let go of the call without answering.
+    Lost,
+}
+
+/// Erlang's handle on one `erlang.call`, carried by the request. When the
+/// last Erlang reference goes without an answer (the server died with the
+/// request in its mailbox, or the process running the function was
+/// killed), the waiting thread learns at once that none will come: it
+/// holds the slot, never this handle, or it would wait for itself.
+pub struct CallbackReply {
+    slot: Arc<ReplySlot>,
+}
+
+impl Drop for CallbackReply {
+    // Runs wherever Erlang frees the term: takes no GIL, only the slot.
+    fn drop(&mut self) {
+        let mut answer = lock(&self.slot.answer);
+        if matches!(*answer, Answer::Pending) {
+            *answer = Answer::Lost;
+            self.slot.ready.notify_all();
+        }
+    }
+}
+
+/// Names each call for `py_callback_abandoned`, which must not hold the
+/// handle itself.
+static NEXT_CALL_ID: AtomicU64 = AtomicU64::new(0);
 
 #[rustler::resource_impl]
 impl rustler::Resource for CallbackReply {}
@@ -63,8 +95,11 @@ fn set_callback_server(server: Term<'_>) -> NifResult<Atom> {
 fn callback_reply(reply: ResourceArc<CallbackReply>, result: Term<'_>) -> Atom {
     let owned = OwnedEnv::new();
     let saved = owned.save(result);
-    *lock(&reply.reply) = Some((owned, saved));
-    reply.ready.notify_all();
+    let mut answer = lock(&reply.slot.answer);
+    if matches!(*answer, Answer::Pending) {
+        *answer = Answer::Given(owned, saved);
+        reply.slot.ready.notify_all();
+    }
     atoms::ok()
 }
 
@@ -92,10 +127,11 @@ fn ensure_foreign_thread() -> PyResult<()> {
 fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
     ensure_foreign_thread()?;
     let server = callback_server()?;
-    let reply = ResourceArc::new(CallbackReply {
-        reply: Mutex::new(None),
+    let slot = Arc::new(ReplySlot {
+        answer: Mutex::new(Answer::Pending),
         ready: Condvar::new(),
     });
+    let id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
     let mut message_env = OwnedEnv::new();
     let message = message_env.run(|env| -> PyResult<SavedTerm> {
         let args = args
@@ -106,7 +142,8 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
             atoms::py_callback(),
             binary_term(env, name.as_bytes()),
             args,
-            reply.clone(),
+            ResourceArc::new(CallbackReply { slot: slot.clone() }),
+            id,
         );
         Ok(message_env.save(message))
     })?;
@@ -114,8 +151,12 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
         .send_and_clear(&server, |env| message.load(env))
         .map_err(|_| PyRuntimeError::new_err("erlang_python is not running"))?;
 
-    match py.detach(|| wait_for_reply(&reply)) {
+    match py.detach(|| wait_for_reply(&slot)) {
         Wait::Reply(owned, saved) => owned.run(|env| decode_reply(py, env, saved.load(env))),
+        Wait::Lost => Err(ErlangError::new_err(format!(
+            "erlang.call('{name}') got no answer: the Erlang process handling it ended \
+             (py_callback restarted, or that process was killed)"
+        ))),
         Wait::Stopped => Err(PyRuntimeError::new_err(
             "erlang_python stopped while waiting for an Erlang reply",
         )),
@@ -126,7 +167,7 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
             crate::job::take_current_timeout(py);
             let mut env = OwnedEnv::new();
             let _ = env.send_and_clear(&server, |env| {
-                (atoms::py_callback_abandoned(), reply.clone()).encode(env)
+                (atoms::py_callback_abandoned(), id).encode(env)
             });
             Err(PyTimeoutError::new_err(
                 "the Erlang caller gave up waiting while erlang.call was running",
@@ -138,17 +179,21 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
 /// How a wait for an Erlang reply ended.
 enum Wait {
     Reply(OwnedEnv, SavedTerm),
+    /// Erlang let go of the call without answering.
+    Lost,
     /// The application stopped.
     Stopped,
     /// The job running this code timed out.
     Cancelled,
 }
 
-fn wait_for_reply(reply: &CallbackReply) -> Wait {
-    let mut slot = lock(&reply.reply);
+fn wait_for_reply(slot: &ReplySlot) -> Wait {
+    let mut answer = lock(&slot.answer);
     loop {
-        if let Some((owned, saved)) = slot.take() {
-            return Wait::Reply(owned, saved);
+        match std::mem::replace(&mut *answer, Answer::Pending) {
+            Answer::Given(owned, saved) => return Wait::Reply(owned, saved),
+            Answer::Lost => return Wait::Lost,
+            Answer::Pending => {}
         }
         if !ACCEPTING.load(Ordering::SeqCst) {
             return Wait::Stopped;
@@ -156,9 +201,9 @@ fn wait_for_reply(reply: &CallbackReply) -> Wait {
         if crate::job::current_job_cancelled() {
             return Wait::Cancelled;
         }
-        slot = reply
+        answer = slot
             .ready
-            .wait_timeout(slot, SHUTDOWN_POLL)
+            .wait_timeout(answer, SHUTDOWN_POLL)
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }
