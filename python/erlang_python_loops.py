@@ -8,9 +8,12 @@ a ``threading.Thread`` of its own running ``run_forever`` on an
 - ``start(server, tag)`` starts the thread and returns once the loop runs;
 - ``dispatch(server, ops)`` hands a batch of operations to the loop thread
   with ``call_soon_threadsafe`` and returns at once;
-- ``stop(server, timeout)`` stops the loop as ``asyncio.Runner`` closes one
-  (tasks cancelled, async generators and the default executor shut down, loop
-  closed) and joins the thread, never longer than ``timeout``.
+- ``stop(server, timeout)`` asks the loop to stop as ``asyncio.Runner``
+  closes one (tasks cancelled, async generators and the default executor
+  shut down, loop closed, each step within a share of ``timeout``) and
+  returns at once; the thread says ``(tag, "stopped")`` when it is done.
+  It runs on the control lane: a pool busy with long calls must not keep a
+  loop running that was asked to stop.
 
 An operation is ``("submit", key, module, function, args)``,
 ``("cancel", key)`` or ``("message", term)``; ``key`` is the server's integer
@@ -146,7 +149,9 @@ class _LoopThread:
             with _runners_lock:
                 if _runners.get(self.server) is self:
                     del _runners[self.server]
-            if not self.stopping:
+            if self.stopping:
+                self._send_quietly((self.tag, "stopped"))
+            else:
                 self._send_quietly((self.tag, "exit", reason))
 
     def _running(self) -> None:
@@ -251,15 +256,14 @@ class _LoopThread:
 
     # -- the server's side --
 
-    def stop(self, timeout: float) -> str:
+    def stop(self, timeout: float) -> None:
+        """Asks the loop thread to end; returns at once."""
         self.stopping = True
         self.grace = max(timeout / 4, 0.01)
         try:
             self.loop.call_soon_threadsafe(self.loop.stop)
         except RuntimeError:
             pass  # already closed
-        self.thread.join(timeout)
-        return "timeout" if self.thread.is_alive() else "ok"
 
 
 def start(server: Pid, tag: Ref, timeout: float = 10.0) -> str:
@@ -274,6 +278,7 @@ def start(server: Pid, tag: Ref, timeout: float = 10.0) -> str:
     runner.thread.start()
     if not runner.started.wait(timeout) or not runner.running:
         runner.stop(timeout)
+        runner.thread.join(timeout)
         with _runners_lock:
             _runners.pop(server, None)
         raise RuntimeError("the loop thread did not start")
@@ -313,13 +318,15 @@ def dispatch(server: Pid, ops: list[tuple[Any, ...]], may_import: bool = True) -
 
 
 def stop(server: Pid, timeout: float) -> str:
-    """Stops the loop of ``server``: ``"ok"``, ``"timeout"`` (the thread is
-    stuck and left behind) or ``"unknown"`` (no such loop, or stopped)."""
+    """Asks the loop of ``server`` to stop: ``"stopping"`` (its thread sends
+    ``(tag, "stopped")`` when done) or ``"unknown"`` (no such loop, or it
+    ended by itself)."""
     with _runners_lock:
         runner = _runners.pop(server, None)
     if runner is None:
         return "unknown"
-    return runner.stop(timeout)
+    runner.stop(timeout)
+    return "stopping"
 
 
 def _this_loop(what: str) -> _LoopThread:

@@ -20,7 +20,8 @@
 
 %% How long starting the Python thread may take.
 -define(START_TIMEOUT, 10000).
-%% Added to `stop_timeout' for the pool call that stops the loop.
+%% Added to `stop_timeout' for the whole stop (asking, then waiting for the
+%% loop thread's "stopped").
 -define(STOP_MARGIN, 2000).
 -define(DEFAULT_STOP_TIMEOUT, 5000).
 -define(MAX_STOP_TIMEOUT, 20000).
@@ -160,8 +161,16 @@ handle_info(Info, State) ->
 %% the reports Python sent while stopping, else `{error, cancelled}'.
 -spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, State = #state{tag = Tag, stop_timeout = StopTimeout}) ->
-    _ = py:call(erlang_python_loops, stop, [self(), StopTimeout / 1000], #{},
-                StopTimeout + ?STOP_MARGIN),
+    Deadline = erlang:monotonic_time(millisecond) + StopTimeout + ?STOP_MARGIN,
+    case stop_python_loop(self(), StopTimeout) of
+        {ok, <<"stopping">>} ->
+            %% Sent by the loop thread after its last report.
+            receive {Tag, <<"stopped">>} -> ok
+            after max(0, Deadline - erlang:monotonic_time(millisecond)) -> ok
+            end;
+        _ ->
+            ok
+    end,
     Drain = fun Drain(S) ->
                 receive
                     {Tag, Key, Status, Value} when is_integer(Key) ->
@@ -188,11 +197,25 @@ start_reaper(Server, StopTimeout) ->
             Monitor = erlang:monitor(process, Server),
             receive
                 {'DOWN', Monitor, process, Server, _} ->
-                    _ = py:call(erlang_python_loops, stop, [Server, StopTimeout / 1000], #{},
-                                StopTimeout + ?STOP_MARGIN)
+                    _ = stop_python_loop(Server, StopTimeout)
             end
         end),
     ok.
+
+%% Asks the loop thread of `Server' to stop, on the control lane: a pool busy
+%% with long calls must not keep running a loop that was asked to stop (the
+%% stop used to wait in the pool's queue, time out, and leave it running).
+stop_python_loop(Server, StopTimeout) ->
+    JobRef = make_ref(),
+    case py_nif:control_call(self(), JobRef, <<"erlang_python_loops">>, <<"stop">>,
+                             [Server, StopTimeout / 1000], #{}) of
+        {ok, _Job} ->
+            receive {py_result, JobRef, Result} -> Result
+            after ?STOP_MARGIN -> {error, timeout}
+            end;
+        {error, _} = Error ->
+            Error
+    end.
 
 add_task(Caller, ReplyTo, Ref, State = #state{next_key = Key, callers = Callers}) ->
     Callers1 = case Callers of

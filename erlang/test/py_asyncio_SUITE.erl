@@ -23,7 +23,7 @@
          send_receive_round_trip/1, receive_timeout/1,
          call_timeout_while_stopping/1, stop_loop_of_another_process/1,
          stop_loop_twice_at_once/1,
-         loop_serves_while_the_pool_is_busy/1, slow_imports_hold_up_no_other_loop/1,
+         loop_serves_while_the_pool_is_busy/1, stop_loop_while_the_pool_is_busy/1, slow_imports_hold_up_no_other_loop/1,
          remote_node/1, ten_thousand_coroutines/1,
          app_stop_with_stuck_loop/1]).
 -export([init/1]).
@@ -50,7 +50,8 @@ groups() ->
        loop_worker_dies,
        send_receive_round_trip, receive_timeout,
        call_timeout_while_stopping, stop_loop_of_another_process, stop_loop_twice_at_once,
-       loop_serves_while_the_pool_is_busy, slow_imports_hold_up_no_other_loop]},
+       loop_serves_while_the_pool_is_busy, stop_loop_while_the_pool_is_busy,
+       slow_imports_hold_up_no_other_loop]},
      {remote, [], [remote_node]},
      {load, [], [ten_thousand_coroutines]},
      %% Last: stops and restarts the application.
@@ -133,6 +134,15 @@ async def wait_forever(pid, tag):
         EVENTS[tag] = 'cancelled'
         raise
     EVENTS[tag] = 'finished'
+
+
+async def say_when_cancelled(pid, tag):
+    erlang.send(pid, (tag, 'started'))
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        erlang.send(pid, (tag, 'cancelled'))
+        raise
 
 
 async def ticker(pid, tag):
@@ -868,6 +878,33 @@ loop_serves_while_the_pool_is_busy(_Config) ->
     ?assertEqual({ok, 42}, py_asyncio:call(Loop, ?HELPERS, echo, [42], 2000)),
     [receive {slept, _} -> ok after 20000 -> ct:fail(sleepers) end || _ <- Sleepers],
     ok = py_asyncio:stop_loop(Loop).
+
+%% Every worker of the pool busy with a long call: stopping a loop stops its
+%% Python loop (its task is cancelled in Python) before the pool is free.
+%% The stop used to wait in the pool's queue, time out, and leave the loop
+%% running, its thread and tasks with it.
+-spec stop_loop_while_the_pool_is_busy(ct_suite:ct_config()) -> term().
+stop_loop_while_the_pool_is_busy(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{stop_timeout => 1000}),
+    Self = self(),
+    Ref = py_asyncio:submit(Loop, ?HELPERS, say_when_cancelled, [Self, <<"busy_stop">>]),
+    receive {<<"busy_stop">>, <<"started">>} -> ok after ?WAIT -> ct:fail(not_started) end,
+    #{max_threads := Max} = py_nif:pool_stats(),
+    %% Longer than the stop and the wait below together.
+    Sleepers = [spawn_link(fun() -> Self ! {slept, py:call(time, sleep, [12], #{}, 60000)} end)
+                || _ <- lists:seq(1, Max + 1)],
+    wait_until(fun() ->
+                       case py_nif:pool_stats() of
+                           #{queued := Q} when Q > 0 -> true;
+                           _ -> false
+                       end
+               end),
+    ?assertEqual(ok, py_asyncio:stop_loop(Loop)),
+    receive {<<"busy_stop">>, <<"cancelled">>} -> ok
+    after 5000 -> ct:fail(python_loop_still_running)
+    end,
+    ?assertEqual({error, cancelled}, result(Ref)),
+    [receive {slept, _} -> ok after 30000 -> ct:fail(sleepers) end || _ <- Sleepers].
 
 %% Submissions whose modules take long to import (two: as many as the
 %% control lane has threads) do not hold up another loop's calls: the
