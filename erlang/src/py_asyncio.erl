@@ -58,14 +58,23 @@ stop_loop(Loop) when is_pid(Loop); is_atom(Loop); is_tuple(Loop), tuple_size(Loo
     %% Any other process is not ours to stop (a plain one would never answer).
     case is_loop(Loop) of
         Maybe when Maybe =:= true; Maybe =:= unknown ->
-            try gen_server:stop(Loop, normal, infinity)
+            Monitor = erlang:monitor(process, Loop),
+            try gen_server:stop(Loop, normal, infinity) of
+                ok -> erlang:demonitor(Monitor, [flush]), ok
             catch
-                exit:noproc -> {error, not_found};
-                exit:{noproc, _} -> {error, not_found};
-                %% Another process stopped it first: stopped, as asked.
-                exit:{normal, _} -> ok;
-                exit:{shutdown, _} -> ok;
-                exit:{{shutdown, _}, _} -> ok
+                exit:Reason:Stack ->
+                    %% It ended some other way under us (another process
+                    %% stopped it, or it failed by itself): stopped, as
+                    %% asked, unless it was never there or is out of reach.
+                    receive
+                        {'DOWN', Monitor, process, _, noproc} -> {error, not_found};
+                        {'DOWN', Monitor, process, _, noconnection} ->
+                            erlang:raise(exit, Reason, Stack);
+                        {'DOWN', Monitor, process, _, _} -> ok
+                    after 5000 ->
+                        erlang:demonitor(Monitor, [flush]),
+                        erlang:raise(exit, Reason, Stack)
+                    end
             end;
         false ->
             {error, not_found}

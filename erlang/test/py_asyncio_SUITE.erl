@@ -22,7 +22,7 @@
          loop_worker_dies/1,
          send_receive_round_trip/1, receive_timeout/1,
          call_timeout_while_stopping/1, stop_loop_of_another_process/1,
-         stop_loop_twice_at_once/1,
+         stop_loop_twice_at_once/1, stop_loop_of_a_loop_ending_by_itself/1,
          loop_serves_while_the_pool_is_busy/1, stop_loop_while_the_pool_is_busy/1, slow_imports_hold_up_no_other_loop/1,
          remote_node/1, ten_thousand_coroutines/1,
          app_stop_with_stuck_loop/1]).
@@ -50,6 +50,7 @@ groups() ->
        loop_worker_dies,
        send_receive_round_trip, receive_timeout,
        call_timeout_while_stopping, stop_loop_of_another_process, stop_loop_twice_at_once,
+       stop_loop_of_a_loop_ending_by_itself,
        loop_serves_while_the_pool_is_busy, stop_loop_while_the_pool_is_busy,
        slow_imports_hold_up_no_other_loop]},
      {remote, [], [remote_node]},
@@ -143,6 +144,13 @@ async def say_when_cancelled(pid, tag):
     except asyncio.CancelledError:
         erlang.send(pid, (tag, 'cancelled'))
         raise
+
+
+def stop_own_loop(pid, tag):
+    # Ends run_forever as if the loop failed by itself.
+    loop = asyncio.get_running_loop()
+    loop.call_soon(loop.stop)
+    erlang.send(pid, (tag, 'started'))
 
 
 async def ticker(pid, tag):
@@ -858,6 +866,36 @@ stop_loop_twice_at_once(_Config) ->
          ?assertEqual([], [A || A <- Answers, A =/= ok, A =/= {error, not_found}]),
          ?assert(lists:member(ok, Answers))
      end || _ <- lists:seq(1, 10)].
+
+%% A loop that ends by itself while `stop_loop/1' waits for it: stopped, as
+%% asked (stop_loop raised the loop's own exit reason).
+-spec stop_loop_of_a_loop_ending_by_itself(ct_suite:ct_config()) -> term().
+stop_loop_of_a_loop_ending_by_itself(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    Monitor = erlang:monitor(process, Loop),
+    %% Held, so that the loop thread's "exit" report is in its mailbox
+    %% before the stop, and taken first.
+    true = erlang:suspend_process(Loop),
+    Tag = tag(),
+    Self = self(),
+    {ok, _} = py:call(erlang_python_loops, dispatch,
+                      [Loop, [{submit, 1, ?HELPERS, stop_own_loop, [Self, Tag]}]]),
+    started(Tag),
+    HasMessage = fun(Match) ->
+                         fun() ->
+                                 {messages, Messages} = process_info(Loop, messages),
+                                 lists:any(Match, Messages)
+                         end
+                 end,
+    wait_until(HasMessage(fun({_, <<"exit">>, _}) -> true; (_) -> false end)),
+    spawn_link(fun() -> Self ! {stopped, catch py_asyncio:stop_loop(Loop)} end),
+    wait_until(HasMessage(fun({system, _, {terminate, _}}) -> true; (_) -> false end)),
+    true = erlang:resume_process(Loop),
+    receive {'DOWN', Monitor, process, Loop, Reason} ->
+            ?assertMatch({python_loop_exited, _}, Reason)
+    after ?WAIT -> ct:fail(loop_still_running)
+    end,
+    receive {stopped, Stopped} -> ?assertEqual(ok, Stopped) after ?WAIT -> ct:fail(not_stopped) end.
 
 %% Every worker of the pool busy with a long call: a loop, whose thread is
 %% its own, still takes and answers calls (its operations went through the
