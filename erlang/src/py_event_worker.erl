@@ -26,8 +26,9 @@
     dedicated :: boolean()
 }).
 
-%% @doc A worker serving `Loops' (LoopRefs), not registered.
--spec start_link([py_nif:loop_ref()]) -> {ok, pid()} | {error, term()}.
+%% @doc A worker serving `Loops' (LoopRefs), not registered; `ignore' if
+%% every one of them is closed.
+-spec start_link([py_nif:loop_ref()]) -> {ok, pid()} | ignore | {error, term()}.
 start_link(Loops) ->
     gen_server:start_link(?MODULE, {dedicated, Loops}, []).
 
@@ -64,7 +65,13 @@ init({Kind, Loops}) ->
     %% `event_loop_destroy' would otherwise hold the loop, and its fds, for
     %% good.
     process_flag(trap_exit, true),
-    {ok, lists:foldl(fun serve/2, #state{dedicated = Kind =:= dedicated}, Loops)}.
+    case lists:foldl(fun serve/2, #state{dedicated = Kind =:= dedicated}, Loops) of
+        %% Given only closed loops: nothing to serve, ever.
+        #state{dedicated = true, loops = Served} when map_size(Served) =:= 0, Loops =/= [] ->
+            ignore;
+        State ->
+            {ok, State}
+    end.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
 handle_call(loops, _From, State) ->
@@ -128,11 +135,11 @@ format_status(Status) ->
 %% Internal
 
 serve(Ref, State) ->
-    Id = py_nif:loop_id(Ref),
-    Loops = (State#state.loops)#{Id => #loop{ref = Ref}},
     %% May send us {py_loop, Id, ...} at once (timers or fds added before).
-    _ = py_nif:event_loop_set_router(Ref, self()),
-    State#state{loops = Loops}.
+    case py_nif:event_loop_set_router(Ref, self()) of
+        ok -> State#state{loops = (State#state.loops)#{py_nif:loop_id(Ref) => #loop{ref = Ref}}};
+        {error, _Closed} -> State
+    end.
 
 %% A Python loop, served unless another live worker serves it.
 adopt_loop(Ref, State) ->
@@ -165,7 +172,8 @@ apply_signal(Id, {arm, Ms}, Loop, State) when is_integer(Ms), Ms >= 0, Ms =< 1 b
     cancel(Loop#loop.timer),
     Timer = erlang:start_timer(Ms, self(), {py_tick, Id}),
     State#state{loops = (State#state.loops)#{Id := Loop#loop{timer = Timer}}};
-apply_signal(Id, closed, Loop, State) ->
+%% Closed, or served by another router now.
+apply_signal(Id, Gone, Loop, State) when Gone =:= closed; Gone =:= released ->
     cancel(Loop#loop.timer),
     State#state{loops = maps:remove(Id, State#state.loops)};
 apply_signal(_Id, _Unknown, _Loop, State) ->

@@ -45,7 +45,7 @@
 -type fd_ref() :: {integer(), pos_integer()}.
 %% One fd registration of a loop: `{Fd, RegistrationToken}'.
 -type callback_id() :: non_neg_integer().
--type loop_signal() :: {arm, non_neg_integer()} | selects | closed.
+-type loop_signal() :: {arm, non_neg_integer()} | selects | closed | released.
 -export_type([job/0, loop_ref/0, fd_ref/0, callback_id/0, loop_signal/0]).
 
 -spec load() -> ok | {error, term()}.

@@ -26,6 +26,7 @@
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
          no_leaked_fds/1, tight_add_remove_piles_up_no_fds/1, worker_dies/1, python_worker_dies/1,
+         router_replaced_or_for_a_closed_loop/1,
          isolated_loop_worker_stops_on_close/1,
          unclosed_native_loops_release_fds_and_workers/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
@@ -67,6 +68,7 @@ all() ->
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, tight_add_remove_piles_up_no_fds, worker_dies, python_worker_dies,
+     router_replaced_or_for_a_closed_loop,
      isolated_loop_worker_stops_on_close, unclosed_native_loops_release_fds_and_workers,
      get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
@@ -918,6 +920,29 @@ count_fds(Parent, Most) ->
 
 %%--------------------------------------------------------------------
 %% Dead workers
+
+%% A router for a loop destroyed already is refused (it lived on, serving
+%% nothing); a router replaced by another lets go of the loop and, serving
+%% nothing else, stops (it held the loop, and its fds, for good).
+-spec router_replaced_or_for_a_closed_loop(ct_suite:ct_config()) -> term().
+router_replaced_or_for_a_closed_loop(_Config) ->
+    {ok, Closed} = py_nif:event_loop_new(),
+    ok = py_nif:event_loop_destroy(Closed),
+    ?assertEqual({error, closed}, py_event_router:start_link(Closed)),
+    {ok, Loop} = py_nif:event_loop_new(),
+    {ok, First} = py_event_router:start_link(Loop),
+    unlink(First),
+    Monitor = monitor(process, First),
+    {ok, _} = py_nif:call_later(Loop, 3600000, 1),
+    {ok, Second} = py_event_router:start_link(Loop),
+    remember(Loop, Second),
+    receive {'DOWN', Monitor, process, First, Reason} -> ?assertEqual(normal, Reason)
+    after 10000 -> ct:fail(replaced_router_still_running)
+    end,
+    ?assertEqual([py_nif:loop_id(Loop)], gen_server:call(Second, loops)),
+    {ok, _} = py_nif:call_later(Loop, 10, 2),
+    ?assertEqual([{2, timer}], collect(Loop, 1, 5000)),
+    stop_loop(Loop).
 
 %% The router of a loop dies: a poll fails with an error instead of hanging;
 %% a new router can serve the loop again; a new loop works.

@@ -40,6 +40,7 @@ rustler::atoms! {
     noproc,
     ebadf,
     served,
+    released,
 }
 
 static NEXT_LOOP_ID: AtomicU64 = AtomicU64::new(1);
@@ -477,7 +478,7 @@ fn attach<'a>(
     // Named and served under the server's lock (then the core's, the
     // order every path takes): a `lose_server` of the previous server
     // marks the loop down before or after, not between.
-    let wake = {
+    let (wake, replaced) = {
         let mut named = lock(&resource.host.server);
         let refused =
             if exclusive && named.is_some_and(|pid| pid != server && env.is_process_alive(pid)) {
@@ -491,9 +492,17 @@ fn attach<'a>(
         if let Some(reason) = refused {
             return error(env, reason);
         }
-        *named = Some(server);
-        resource.core.set_served()
+        let replaced = named.replace(server).filter(|&previous| previous != server);
+        (resource.core.set_served(), replaced)
     };
+    // The router it replaces lets go of the loop (a worker of its own then
+    // stops), instead of holding it, and its fds, for as long as it lives.
+    if let Some(previous) = replaced {
+        let _ = env.send(
+            &previous,
+            (py_loop(), resource.host.loop_id, vec![released()]).encode(env),
+        );
+    }
     tracing::debug!(
         loop_id = resource.host.loop_id,
         "worker attached to the loop"
