@@ -192,6 +192,8 @@ fn wait_for_reply(slot: &ReplySlot) -> Wait {
     loop {
         match std::mem::replace(&mut *answer, Answer::Pending) {
             Answer::Given(owned, saved) => return Wait::Reply(owned, saved),
+            // The server ends its calls after saying it stops.
+            Answer::Lost if !ACCEPTING.load(Ordering::SeqCst) => return Wait::Stopped,
             Answer::Lost => return Wait::Lost,
             Answer::Pending => {}
         }
