@@ -172,13 +172,21 @@ apply_signal(Id, {arm, Ms}, Loop, State) when is_integer(Ms), Ms >= 0, Ms =< 1 b
     cancel(Loop#loop.timer),
     Timer = erlang:start_timer(Ms, self(), {py_tick, Id}),
     State#state{loops = (State#state.loops)#{Id := Loop#loop{timer = Timer}}};
-%% Closed, or served by another router now.
-apply_signal(Id, Gone, Loop, State) when Gone =:= closed; Gone =:= released ->
-    cancel(Loop#loop.timer),
-    State#state{loops = maps:remove(Id, State#state.loops)};
+apply_signal(Id, closed, Loop, State) ->
+    forget(Id, Loop, State);
+apply_signal(Id, released, Loop = #loop{ref = Ref}, State) ->
+    %% Served by another router now, unless set back to us since.
+    case py_nif:loop_router(Ref) =:= self() of
+        true -> State;
+        false -> forget(Id, Loop, State)
+    end;
 apply_signal(_Id, _Unknown, _Loop, State) ->
     %% Not one the NIF sends: a stray message, ignored.
     State.
+
+forget(Id, Loop, State) ->
+    cancel(Loop#loop.timer),
+    State#state{loops = maps:remove(Id, State#state.loops)}.
 
 cancel(undefined) -> ok;
 cancel(Timer) -> _ = erlang:cancel_timer(Timer, [{async, true}, {info, false}]), ok.

@@ -26,7 +26,8 @@
          two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
          far_timers/1,
          no_leaked_fds/1, tight_add_remove_piles_up_no_fds/1, worker_dies/1, python_worker_dies/1,
-         router_replaced_or_for_a_closed_loop/1,
+         router_replaced_or_for_a_closed_loop/1, supervised_router_of_a_destroyed_loop/1,
+         init/1, sibling/1,
          isolated_loop_worker_stops_on_close/1,
          unclosed_native_loops_release_fds_and_workers/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
@@ -68,7 +69,7 @@ all() ->
      reader_and_writer, readiness_coalesced_not_dropped,
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, tight_add_remove_piles_up_no_fds, worker_dies, python_worker_dies,
-     router_replaced_or_for_a_closed_loop,
+     router_replaced_or_for_a_closed_loop, supervised_router_of_a_destroyed_loop,
      isolated_loop_worker_stops_on_close, unclosed_native_loops_release_fds_and_workers,
      get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
@@ -921,28 +922,81 @@ count_fds(Parent, Most) ->
 %%--------------------------------------------------------------------
 %% Dead workers
 
-%% A router for a loop destroyed already is refused (it lived on, serving
+%% A router for a loop destroyed already is `ignore' (it lived on, serving
 %% nothing); a router replaced by another lets go of the loop and, serving
-%% nothing else, stops (it held the loop, and its fds, for good).
+%% nothing else, stops (it held the loop, and its fds, for good), unless it
+%% was set back before it read that it was replaced.
 -spec router_replaced_or_for_a_closed_loop(ct_suite:ct_config()) -> term().
 router_replaced_or_for_a_closed_loop(_Config) ->
     {ok, Closed} = py_nif:event_loop_new(),
     ok = py_nif:event_loop_destroy(Closed),
-    ?assertEqual({error, closed}, py_event_router:start_link(Closed)),
+    ?assertEqual(ignore, py_event_router:start_link(Closed)),
     {ok, Loop} = py_nif:event_loop_new(),
     {ok, First} = py_event_router:start_link(Loop),
     unlink(First),
     Monitor = monitor(process, First),
     {ok, _} = py_nif:call_later(Loop, 3600000, 1),
     {ok, Second} = py_event_router:start_link(Loop),
-    remember(Loop, Second),
+    unlink(Second),
     receive {'DOWN', Monitor, process, First, Reason} -> ?assertEqual(normal, Reason)
     after 10000 -> ct:fail(replaced_router_still_running)
     end,
     ?assertEqual([py_nif:loop_id(Loop)], gen_server:call(Second, loops)),
     {ok, _} = py_nif:call_later(Loop, 10, 2),
     ?assertEqual([{2, timer}], collect(Loop, 1, 5000)),
+    %% Replaced, then set back before it reads so: it keeps the loop.
+    true = erlang:suspend_process(Second),
+    {ok, Third} = py_event_router:start_link(Loop),
+    unlink(Third),
+    ThirdMonitor = monitor(process, Third),
+    ok = py_nif:event_loop_set_router(Loop, Second),
+    true = erlang:resume_process(Second),
+    receive {'DOWN', ThirdMonitor, process, Third, normal} -> ok
+    after 10000 -> ct:fail(replaced_router_still_running)
+    end,
+    ?assertEqual([py_nif:loop_id(Loop)], gen_server:call(Second, loops)),
+    ?assertEqual(Second, py_nif:loop_router(Loop)),
+    {ok, _} = py_nif:call_later(Loop, 10, 3),
+    ?assertEqual([{3, timer}], collect(Loop, 1, 5000)),
+    remember(Loop, Second),
     stop_loop(Loop).
+
+%% A router under a supervisor (restart `permanent', the default) whose loop
+%% is destroyed: restarted, it is `ignore', which the supervisor takes; the
+%% supervisor and its other children live on (an error there used it up).
+-spec supervised_router_of_a_destroyed_loop(ct_suite:ct_config()) -> term().
+supervised_router_of_a_destroyed_loop(_Config) ->
+    {ok, Loop} = py_nif:event_loop_new(),
+    {ok, Sup} = supervisor:start_link(?MODULE, {routers, Loop}),
+    unlink(Sup),
+    [{sibling, Sibling, _, _}] = [C || {sibling, _, _, _} = C <- supervisor:which_children(Sup)],
+    [{router, Router, _, _}] = [C || {router, _, _, _} = C <- supervisor:which_children(Sup)],
+    Monitor = monitor(process, Router),
+    ok = py_nif:event_loop_destroy(Loop),
+    receive {'DOWN', Monitor, process, Router, normal} -> ok
+    after 10000 -> ct:fail(router_still_running)
+    end,
+    ?assert(wait_until(fun() ->
+                               lists:keyfind(router, 1, supervisor:which_children(Sup)) =:=
+                                   {router, undefined, worker, [py_event_worker]}
+                       end, fun(Done) -> Done end, 10000)),
+    ?assert(is_process_alive(Sup)),
+    ?assert(is_process_alive(Sibling)),
+    exit(Sup, shutdown).
+
+%% The supervisor of `supervised_router_of_a_destroyed_loop'.
+-spec init({routers, py_nif:loop_ref()}) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init({routers, Loop}) ->
+    {ok, {#{strategy => one_for_one, intensity => 3, period => 10},
+          [#{id => sibling, start => {proc_lib, start_link, [?MODULE, sibling, [self()]]}},
+           #{id => router, start => {py_event_router, start_link, [Loop]},
+             modules => [py_event_worker]}]}}.
+
+%% A child that only lives.
+-spec sibling(pid()) -> no_return().
+sibling(_Parent) ->
+    proc_lib:init_ack({ok, self()}),
+    receive after infinity -> ok end.
 
 %% The router of a loop dies: a poll fails with an error instead of hanging;
 %% a new router can serve the loop again; a new loop works.

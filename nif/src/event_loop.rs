@@ -445,6 +445,16 @@ fn event_loop_adopt<'a>(
     attach(env, &resource, server, true)
 }
 
+/// `loop_router(LoopRef)` -> the process serving the loop, or `undefined`:
+/// how a worker told it was replaced sees that it was set again since.
+#[rustler::nif]
+fn loop_router(env: Env<'_>, resource: ResourceArc<LoopResource>) -> Term<'_> {
+    match *lock(&resource.host.server) {
+        Some(pid) => pid.encode(env),
+        None => crate::atoms::undefined().encode(env),
+    }
+}
+
 /// `loop_needs_placing(LoopRef)` -> whether no worker ever served the loop
 /// and it is open: a placement request for any other is left.
 #[rustler::nif]
