@@ -10,10 +10,11 @@
 -define(TABLE, py_callbacks).
 
 -record(state, {
-    %% The process answering each `erlang.call' still unanswered, by the
-    %% call's id, and that id by the process: a call Python stopped waiting
-    %% for (its job timed out) is abandoned, its function killed.
-    runs = #{} :: #{non_neg_integer() => pid()},
+    %% The process answering each `erlang.call' still unanswered, with the
+    %% call's reply handle, by the call's id, and that id by the process: a
+    %% call Python stopped waiting for (its job timed out) is abandoned, its
+    %% function killed.
+    runs = #{} :: #{non_neg_integer() => {pid(), reference()}},
     calls = #{} :: #{pid() => non_neg_integer()}
 }).
 
@@ -65,17 +66,27 @@ handle_info({py_callback, Name, Args, Reply, Id}, State = #state{runs = Runs, ca
     %% `Reply', whose end tells the waiting Python thread that no answer
     %% will come (as for a request still in the mailbox when it dies).
     Pid = spawn_link(fun() -> answer(Reply, Name, Args) end),
-    {noreply, State#state{runs = Runs#{Id => Pid}, calls = Calls#{Pid => Id}}};
+    {noreply, State#state{runs = Runs#{Id => {Pid, Reply}}, calls = Calls#{Pid => Id}}};
 handle_info({py_callback_abandoned, Id}, State = #state{runs = Runs}) ->
     case Runs of
-        #{Id := Pid} -> Pid ! abandon;
+        #{Id := {Pid, _}} -> Pid ! abandon;
         #{} -> ok
     end,
     {noreply, State};
-handle_info({'EXIT', Pid, _Reason}, State = #state{runs = Runs, calls = Calls}) ->
+handle_info({'EXIT', Pid, Reason}, State = #state{runs = Runs, calls = Calls}) ->
     case maps:take(Pid, Calls) of
-        {Id, Left} -> {noreply, State#state{runs = maps:remove(Id, Runs), calls = Left}};
-        error -> {noreply, State}
+        {Id, Left} ->
+            {{Pid, Reply}, Running} = maps:take(Id, Runs),
+            %% Killed before it answered: answered here, at once (the
+            %% request's copy of `Reply' lives in this heap until a garbage
+            %% collection, so its end would tell the caller late).
+            _ = case Reason of
+                    normal -> ok;
+                    _ -> py_nif:callback_reply(Reply, exit_error(Reason))
+                end,
+            {noreply, State#state{runs = Running, calls = Left}};
+        error ->
+            {noreply, State}
     end;
 handle_info({py_callback, Pid, Message}, State) when is_pid(Pid) ->
     Pid ! Message,
@@ -83,9 +94,12 @@ handle_info({py_callback, Pid, Message}, State) when is_pid(Pid) ->
 handle_info(_Info, State) ->
     {noreply, State}.
 
+%% The application's `prep_stop' tells the waiting Python threads that it
+%% stops; a restart of this server alone is not a stop (its calls in
+%% flight raise ErlangError, not RuntimeError).
 -spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, _State) ->
-    py_nif:set_callback_server(undefined).
+    ok.
 
 %% Runs the function in a process of its own and watches it: the Python
 %% thread waiting in `erlang.call' gets an answer even when that process is
@@ -93,12 +107,15 @@ terminate(_Reason, _State) ->
 %% elsewhere), which no `catch' sees.
 answer(Reply, Name, Args) ->
     process_flag(trap_exit, true),
-    Runner = spawn_link(fun() -> exit({?MODULE, run(Name, Args)}) end),
+    Answer = self(),
+    %% The result comes as a message and the runner ends `normal': an exit
+    %% reason carrying it would kill the processes the function linked to.
+    Runner = spawn_link(fun() -> Answer ! {self(), ?MODULE, run(Name, Args)} end),
     receive
-        {'EXIT', Runner, {?MODULE, Result}} ->
+        {Runner, ?MODULE, Result} ->
             py_nif:callback_reply(Reply, Result);
         {'EXIT', Runner, Reason} ->
-            py_nif:callback_reply(Reply, {error, iolist_to_binary(io_lib:format("exit:~p", [Reason]))});
+            py_nif:callback_reply(Reply, exit_error(Reason));
         {'EXIT', _Server, _Reason} ->
             %% The server ended: so does the call, unanswered.
             exit(Runner, kill);
@@ -119,6 +136,9 @@ run(Name, Args) ->
         [] ->
             {error, <<"no Erlang function registered as ", Name/binary>>}
     end.
+
+exit_error(Reason) ->
+    {error, iolist_to_binary(io_lib:format("exit:~p", [Reason]))}.
 
 to_key(Name) when is_atom(Name) -> atom_to_binary(Name, utf8);
 to_key(Name) when is_binary(Name) -> Name.

@@ -31,7 +31,8 @@
          namespace_not_leaked_by_short_lived_callers/1,
          register_function/1, erlang_function_crash/1, unregistered_function/1,
          erlang_function_killed/1, timeout_inside_erlang_call/1,
-         erlang_call_when_its_server_dies/1,
+         erlang_call_when_its_server_dies/1, erlang_call_when_its_server_restarts/1,
+         erlang_call_answer_killed/1, erlang_function_linked_to_its_caller/1,
          timeout_inside_erlang_call_raises_once/1,
          timeout_waiting_event_loop/1, a_dead_caller_s_job_is_cancelled/1,
          finished_calls_stop_monitoring_the_caller/1,
@@ -74,7 +75,8 @@ groups() ->
        namespace_not_leaked_by_short_lived_callers,
        register_function, erlang_function_crash, unregistered_function,
        erlang_function_killed, timeout_inside_erlang_call,
-       erlang_call_when_its_server_dies,
+       erlang_call_when_its_server_dies, erlang_call_when_its_server_restarts,
+       erlang_call_answer_killed, erlang_function_linked_to_its_caller,
        timeout_inside_erlang_call_raises_once, timeout_waiting_event_loop,
        a_dead_caller_s_job_is_cancelled,
        finished_calls_stop_monitoring_the_caller,
@@ -921,6 +923,74 @@ erlang_call_when_its_server_dies(_Config) ->
     ?assertEqual({ok, <<"answered">>}, py:eval(<<"__import__('erlang').call('py_suite_answers')">>)),
     ok = py:unregister_function(py_suite_answers),
     ok = py:unregister_function(py_suite_blocks).
+
+%% A restart of `py_callback' through its supervisor (its `terminate'
+%% runs) is not the application stopping: the calls in flight raise
+%% ErlangError, every one (some raised RuntimeError, "stopped").
+-spec erlang_call_when_its_server_restarts(ct_suite:ct_config()) -> term().
+erlang_call_when_its_server_restarts(_Config) ->
+    Parent = self(),
+    ok = py:register_function(py_suite_blocks, fun() ->
+                                                       Parent ! {blocking, self()},
+                                                       receive after 60000 -> ok end
+                                               end),
+    Code = <<"__import__('erlang').call('py_suite_blocks')">>,
+    Calls = 4,
+    [spawn_link(fun() -> Parent ! {called, py:call(builtins, eval, [Code, #{}], #{}, 30000)} end)
+     || _ <- lists:seq(1, Calls)],
+    [receive {blocking, _} -> ok after 10000 -> ct:fail(not_called) end || _ <- lists:seq(1, Calls)],
+    ok = supervisor:terminate_child(erlang_python_sup, py_callback),
+    {ok, _} = supervisor:restart_child(erlang_python_sup, py_callback),
+    Results = [receive {called, Result} -> Result after 25000 -> ct:fail(call_not_answered) end
+               || _ <- lists:seq(1, Calls)],
+    ?assertEqual([], [R || R <- Results, not is_erlang_error(R)]),
+    ?assertEqual({ok, <<"answered">>}, in_process(fun() ->
+        ok = py:register_function(py_suite_answers, fun() -> answered end),
+        py:eval(<<"__import__('erlang').call('py_suite_answers')">>)
+    end)),
+    ok = py:unregister_function(py_suite_answers),
+    ok = py:unregister_function(py_suite_blocks).
+
+is_erlang_error({error, {'ErlangError', _, _}}) -> true;
+is_erlang_error(_) -> false.
+
+%% The process answering a call killed by another (it is linked to the
+%% function's): the caller gets ErlangError at once (it waited until the
+%% callback server happened to collect its garbage).
+-spec erlang_call_answer_killed(ct_suite:ct_config()) -> term().
+erlang_call_answer_killed(_Config) ->
+    Parent = self(),
+    ok = py:register_function(py_suite_blocks, fun() ->
+                                                       {links, Links} = process_info(self(), links),
+                                                       Parent ! {blocking, Links},
+                                                       receive after 60000 -> ok end
+                                               end),
+    Code = <<"__import__('erlang').call('py_suite_blocks')">>,
+    spawn_link(fun() -> Parent ! {called, py:call(builtins, eval, [Code, #{}], #{}, 30000)} end),
+    [Answer] = receive {blocking, Links} -> Links after 10000 -> ct:fail(not_called) end,
+    exit(Answer, kill),
+    receive {called, Result} ->
+            {error, {'ErlangError', Text, _}} = Result,
+            ?assertMatch({_, _}, binary:match(Text, <<"killed">>))
+    after 10000 -> ct:fail(call_not_answered)
+    end,
+    ok = py:unregister_function(py_suite_blocks).
+
+%% A function that links to a process (the caller here) returns without
+%% killing it: the result used to travel as the function process's exit
+%% reason, an abnormal one.
+-spec erlang_function_linked_to_its_caller(ct_suite:ct_config()) -> term().
+erlang_function_linked_to_its_caller(_Config) ->
+    ok = py:register_function(py_suite_links, fun(Pid) -> true = link(Pid), linked end),
+    {Caller, Monitor} = spawn_monitor(fun() ->
+        Result = py:eval(<<"__import__('erlang').call('py_suite_links', p)">>, #{<<"p">> => self()}),
+        exit({returned, Result})
+    end),
+    receive {'DOWN', Monitor, process, Caller, Reason} ->
+            ?assertEqual({returned, {ok, <<"linked">>}}, Reason)
+    after 20000 -> ct:fail(no_answer)
+    end,
+    ok = py:unregister_function(py_suite_links).
 
 -spec timeout_inside_erlang_call(ct_suite:ct_config()) -> term().
 timeout_inside_erlang_call(_Config) ->

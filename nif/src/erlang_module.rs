@@ -105,9 +105,9 @@ fn callback_reply(reply: ResourceArc<CallbackReply>, result: Term<'_>) -> Atom {
 
 fn callback_server() -> PyResult<LocalPid> {
     if !ACCEPTING.load(Ordering::SeqCst) {
-        return Err(PyRuntimeError::new_err("erlang_python is not running"));
+        return Err(not_running());
     }
-    lock(&CALLBACK_SERVER).ok_or_else(|| PyRuntimeError::new_err("erlang_python is not running"))
+    lock(&CALLBACK_SERVER).ok_or_else(not_running)
 }
 
 fn ensure_foreign_thread() -> PyResult<()> {
@@ -147,16 +147,21 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
         );
         Ok(message_env.save(message))
     })?;
-    message_env
+    if message_env
         .send_and_clear(&server, |env| message.load(env))
-        .map_err(|_| PyRuntimeError::new_err("erlang_python is not running"))?;
+        .is_err()
+    {
+        // A server that died and is not replaced yet: as if it had died
+        // with the request in its mailbox.
+        return Err(match ACCEPTING.load(Ordering::SeqCst) {
+            true => lost_error(name),
+            false => not_running(),
+        });
+    }
 
     match py.detach(|| wait_for_reply(&slot)) {
         Wait::Reply(owned, saved) => owned.run(|env| decode_reply(py, env, saved.load(env))),
-        Wait::Lost => Err(ErlangError::new_err(format!(
-            "erlang.call('{name}') got no answer: the Erlang process handling it ended \
-             (py_callback restarted, or that process was killed)"
-        ))),
+        Wait::Lost => Err(lost_error(name)),
         Wait::Stopped => Err(PyRuntimeError::new_err(
             "erlang_python stopped while waiting for an Erlang reply",
         )),
@@ -174,6 +179,17 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
             ))
         }
     }
+}
+
+fn lost_error(name: &str) -> PyErr {
+    ErlangError::new_err(format!(
+        "erlang.call('{name}') got no answer: the Erlang process handling it ended \
+         (py_callback restarted, or that process was killed)"
+    ))
+}
+
+fn not_running() -> PyErr {
+    PyRuntimeError::new_err("erlang_python is not running")
 }
 
 /// How a wait for an Erlang reply ended.
