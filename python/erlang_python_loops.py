@@ -87,6 +87,15 @@ async def _contained(awaitable: Awaitable[Any]) -> Any:
         raise _CallExited(exit) from exit
 
 
+def _imported(name: str) -> bool:
+    """Whether the module ``name`` is imported: in ``sys.modules`` and not
+    still being imported by another thread (``import_module`` would wait
+    for that import, holding a thread of the control lane)."""
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    return module is not None and not getattr(spec, "_initializing", False)
+
+
 def _resolve(module: str, function: str) -> Callable[..., Any]:
     """``module.function``; ``function`` may be a dotted path, as in py:call."""
     target: Any = importlib.import_module(module)
@@ -113,11 +122,13 @@ class _LoopThread:
         #: Set once ``run_forever`` runs (or the thread ended before that).
         self.started = threading.Event()
         self.running = False
-        #: ``stop()`` asked for the end: no "exit" report then.
+        #: The end was asked for (``stop``, or a start not finished): a
+        #: "stopped" report then, not "exit". Written and read under
+        #: ``_runners_lock``, but by ``start`` before the thread runs.
         self.stopping = False
         #: The loop thread is shutting down: submissions are refused.
         self.closing = False
-        #: How long each shutdown step may take (set by ``stop``).
+        #: How long each shutdown step may take (set by ``ask_to_stop``).
         self.grace = 1.0
         self.thread = threading.Thread(
             target=self._main, name=f"py_asyncio loop {server!r}", daemon=True
@@ -146,10 +157,13 @@ class _LoopThread:
             self._shutdown(broken)
             asyncio.set_event_loop(None)
             _current.runner = None
+            # Read under the lock that `stop` sets it under: a stop that
+            # found us registered gets its "stopped".
             with _runners_lock:
                 if _runners.get(self.server) is self:
                     del _runners[self.server]
-            if self.stopping:
+                stopping = self.stopping
+            if stopping:
                 self._send_quietly((self.tag, "stopped"))
             else:
                 self._send_quietly((self.tag, "exit", reason))
@@ -256,9 +270,9 @@ class _LoopThread:
 
     # -- the server's side --
 
-    def stop(self, timeout: float) -> None:
-        """Asks the loop thread to end; returns at once."""
-        self.stopping = True
+    def ask_to_stop(self, timeout: float) -> None:
+        """Asks the loop thread to end; returns at once. ``stopping`` is
+        set by the caller."""
         self.grace = max(timeout / 4, 0.01)
         try:
             self.loop.call_soon_threadsafe(self.loop.stop)
@@ -277,12 +291,15 @@ def start(server: Pid, tag: Ref, timeout: float = 10.0) -> str:
     runner.stopping = True  # no "exit" report unless the start succeeds
     runner.thread.start()
     if not runner.started.wait(timeout) or not runner.running:
-        runner.stop(timeout)
+        runner.ask_to_stop(timeout)
         runner.thread.join(timeout)
         with _runners_lock:
             _runners.pop(server, None)
         raise RuntimeError("the loop thread did not start")
-    runner.stopping = False
+    with _runners_lock:
+        if _runners.get(server) is not runner:
+            raise RuntimeError("the loop thread ended as it started")
+        runner.stopping = False
     return "ok"
 
 
@@ -297,7 +314,7 @@ def dispatch(server: Pid, ops: list[tuple[Any, ...]], may_import: bool = True) -
         runner = _runners.get(server)
     if runner is None:
         return "closed"
-    if not may_import and any(op[0] == "submit" and op[2] not in sys.modules for op in ops):
+    if not may_import and any(op[0] == "submit" and not _imported(op[2]) for op in ops):
         return "import"
     batch: list[tuple[Any, ...]] = []
     for op in ops:
@@ -323,9 +340,11 @@ def stop(server: Pid, timeout: float) -> str:
     ended by itself)."""
     with _runners_lock:
         runner = _runners.pop(server, None)
+        if runner is not None:
+            runner.stopping = True
     if runner is None:
         return "unknown"
-    runner.stop(timeout)
+    runner.ask_to_stop(timeout)
     return "stopping"
 
 

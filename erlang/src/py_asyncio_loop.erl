@@ -25,6 +25,9 @@
 -define(STOP_MARGIN, 2000).
 -define(DEFAULT_STOP_TIMEOUT, 5000).
 -define(MAX_STOP_TIMEOUT, 20000).
+%% How long the reaper of a killed loop process waits for Python to take
+%% its stop.
+-define(REAPER_PATIENCE, 60000).
 
 -type key() :: pos_integer().
 %% This process's name for a task, the one Python sees.
@@ -162,7 +165,7 @@ handle_info(Info, State) ->
 -spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, State = #state{tag = Tag, stop_timeout = StopTimeout}) ->
     Deadline = erlang:monotonic_time(millisecond) + StopTimeout + ?STOP_MARGIN,
-    case stop_python_loop(self(), StopTimeout) of
+    case stop_python_loop(self(), StopTimeout, Deadline) of
         {ok, <<"stopping">>} ->
             %% Sent by the loop thread after its last report.
             receive {Tag, <<"stopped">>} -> ok
@@ -197,7 +200,11 @@ start_reaper(Server, StopTimeout) ->
             Monitor = erlang:monitor(process, Server),
             receive
                 {'DOWN', Monitor, process, Server, _} ->
-                    _ = stop_python_loop(Server, StopTimeout)
+                    %% Nothing waits for us: a stop held up (the GIL
+                    %% taken by a long call) is still made, not cancelled
+                    %% with its caller.
+                    Deadline = erlang:monotonic_time(millisecond) + ?REAPER_PATIENCE,
+                    _ = stop_python_loop(Server, StopTimeout, Deadline)
             end
         end),
     ok.
@@ -205,13 +212,15 @@ start_reaper(Server, StopTimeout) ->
 %% Asks the loop thread of `Server' to stop, on the control lane: a pool busy
 %% with long calls must not keep running a loop that was asked to stop (the
 %% stop used to wait in the pool's queue, time out, and leave it running).
-stop_python_loop(Server, StopTimeout) ->
+%% Waits for the answer until `Deadline' (monotonic ms): a job whose caller
+%% gives up is cancelled, and the loop would run on.
+stop_python_loop(Server, StopTimeout, Deadline) ->
     JobRef = make_ref(),
     case py_nif:control_call(self(), JobRef, <<"erlang_python_loops">>, <<"stop">>,
                              [Server, StopTimeout / 1000], #{}) of
         {ok, _Job} ->
             receive {py_result, JobRef, Result} -> Result
-            after ?STOP_MARGIN -> {error, timeout}
+            after max(0, Deadline - erlang:monotonic_time(millisecond)) -> {error, timeout}
             end;
         {error, _} = Error ->
             Error

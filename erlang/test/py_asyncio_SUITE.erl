@@ -23,7 +23,8 @@
          send_receive_round_trip/1, receive_timeout/1,
          call_timeout_while_stopping/1, stop_loop_of_another_process/1,
          stop_loop_twice_at_once/1, stop_loop_of_a_loop_ending_by_itself/1,
-         loop_serves_while_the_pool_is_busy/1, stop_loop_while_the_pool_is_busy/1, slow_imports_hold_up_no_other_loop/1,
+         loop_serves_while_the_pool_is_busy/1, stop_loop_while_the_pool_is_busy/1,
+         stop_loop_while_the_gil_is_held/1, imports_under_way_hold_up_no_other_loop/1, slow_imports_hold_up_no_other_loop/1,
          remote_node/1, ten_thousand_coroutines/1,
          app_stop_with_stuck_loop/1]).
 -export([init/1]).
@@ -52,6 +53,7 @@ groups() ->
        call_timeout_while_stopping, stop_loop_of_another_process, stop_loop_twice_at_once,
        stop_loop_of_a_loop_ending_by_itself,
        loop_serves_while_the_pool_is_busy, stop_loop_while_the_pool_is_busy,
+       stop_loop_while_the_gil_is_held, imports_under_way_hold_up_no_other_loop,
        slow_imports_hold_up_no_other_loop]},
      {remote, [], [remote_node]},
      {load, [], [ten_thousand_coroutines]},
@@ -943,6 +945,53 @@ stop_loop_while_the_pool_is_busy(_Config) ->
     end,
     ?assertEqual({error, cancelled}, result(Ref)),
     [receive {slept, _} -> ok after 30000 -> ct:fail(sleepers) end || _ <- Sleepers].
+
+%% A call holding the GIL (a C function that does not let it go) longer
+%% than the stop's and the reaper's old 2 s waits for Python: the stop is
+%% still made once the GIL is free (both gave up, and the loop ran on for
+%% good).
+-spec stop_loop_while_the_gil_is_held(ct_suite:ct_config()) -> term().
+stop_loop_while_the_gil_is_held(_Config) ->
+    {ok, Loop} = py_asyncio:start_loop(#{}),
+    Self = self(),
+    Ref = py_asyncio:submit(Loop, ?HELPERS, say_when_cancelled, [Self, <<"gil_stop">>]),
+    receive {<<"gil_stop">>, <<"started">>} -> ok after ?WAIT -> ct:fail(not_started) end,
+    spawn_link(fun() ->
+                       Self ! {held, py:eval(<<"__import__('ctypes').PyDLL(None).sleep(5)">>)}
+               end),
+    wait_until(fun() -> maps:get(threads, py_nif:pool_stats()) > maps:get(idle, py_nif:pool_stats()) end),
+    timer:sleep(200),
+    ?assertEqual(ok, py_asyncio:stop_loop(Loop)),
+    receive {<<"gil_stop">>, <<"cancelled">>} -> ok
+    after 10000 -> ct:fail(python_loop_still_running)
+    end,
+    ?assertEqual({error, cancelled}, result(Ref)),
+    receive {held, _} -> ok after 20000 -> ct:fail(gil_never_free) end.
+
+%% Submissions to modules another thread is still importing (in
+%% `sys.modules' already) go to the worker pool too: on the control lane
+%% they waited for that import, holding its two threads, and every other
+%% loop with them.
+-spec imports_under_way_hold_up_no_other_loop(ct_suite:ct_config()) -> term().
+imports_under_way_hold_up_no_other_loop(Config) ->
+    Dir = ?config(priv_dir, Config),
+    Module = <<"py_asyncio_suite_import_under_way">>,
+    ok = file:write_file(filename:join(Dir, <<Module/binary, ".py">>),
+                         <<"import time\ntime.sleep(4)\n\ndef echo(x):\n    return x\n">>),
+    Self = self(),
+    spawn_link(fun() -> Self ! {imported, py:call(importlib, import_module, [Module])} end),
+    wait_until(fun() ->
+                       {ok, In} = py:eval(<<"m in __import__('sys').modules">>, #{<<"m">> => Module}),
+                       In
+               end),
+    Loops = [begin {ok, L} = py_asyncio:start_loop(#{}), L end || _ <- [1, 2, 3]],
+    [Slow1, Slow2, Fast] = Loops,
+    Refs = [py_asyncio:submit(L, Module, echo, [L]) || L <- [Slow1, Slow2]],
+    timer:sleep(300),
+    ?assertEqual({ok, 42}, py_asyncio:call(Fast, ?HELPERS, echo, [42], 2000)),
+    [?assertEqual({ok, L}, result(R)) || {R, L} <- lists:zip(Refs, [Slow1, Slow2])],
+    receive {imported, _} -> ok after 20000 -> ct:fail(not_imported) end,
+    [ok = py_asyncio:stop_loop(L) || L <- Loops].
 
 %% Submissions whose modules take long to import (two: as many as the
 %% control lane has threads) do not hold up another loop's calls: the
