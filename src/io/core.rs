@@ -264,6 +264,13 @@ impl LoopCore {
         if let Some(poller) = &mut state.poller {
             poller.add_interest(fd, kind, id)?;
             state.stats.fds = poller.len() as u64;
+            // Added from another thread (the stdlib loop allows it) while
+            // the loop thread sleeps, which arms the epoll fd's select only
+            // before a sleep: armed now, or the fd is seen at the next timer.
+            if state.waiters > 0 {
+                let arm = state.poller.as_mut().and_then(FdPoller::arm_before_sleep);
+                return Ok(state.owe_selects(arm));
+            }
             return Ok(Wake::default());
         }
         let mut wake = Wake::default();

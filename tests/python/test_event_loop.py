@@ -1203,6 +1203,36 @@ def test_reader_is_level_triggered_and_stops_after_remove(
     assert loop.stats()["fds"] == 0
 
 
+@pytest.mark.parametrize("direction", ["reader", "writer"])
+def test_an_fd_watched_from_another_thread_wakes_the_sleeping_loop(
+    loop: ErlangEventLoop, pair: tuple[socket.socket, socket.socket], direction: str
+) -> None:
+    """add_reader/add_writer from another thread while the loop sleeps with
+    no fd watched (the stdlib loop allows it: its epoll set is the kernel's):
+    the loop wakes for the fd, not at its next timer (``run``'s DEADLINE)."""
+    rsock, wsock = pair
+    done = asyncio.Event()
+
+    def ready() -> None:
+        getattr(loop, f"remove_{direction}")(rsock)
+        done.set()
+
+    def watch() -> None:
+        wait_for_sleeping(loop)
+        getattr(loop, f"add_{direction}")(rsock, ready)
+        wsock.send(b"x")
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    fired = loop.stats()["timers_fired"]
+    try:
+        run(loop, done.wait())
+    finally:
+        thread.join()
+    # Woken by the fd: the run's timeout timer never fired.
+    assert loop.stats()["timers_fired"] == fired
+
+
 def test_reader_fires_on_data_only(
     loop: ErlangEventLoop, pair: tuple[socket.socket, socket.socket]
 ) -> None:
