@@ -25,6 +25,10 @@ USAGE = (
     "  conformance [--quick] [-v] [TEST ...]  CPython's asyncio tests on ErlangEventLoop"
 )
 
+# What erl's launcher and bin/erlang-python set for the node, put back as
+# the user's shell had them (see `_restore_environment`).
+LAUNCHER_VARIABLES = ("PATH", "BINDIR", "ROOTDIR", "EMU", "PROGNAME", "ERLANG_PYTHON_VENV")
+
 # Subcommands: a word for a module of ours that `-m` also runs.
 SUBCOMMANDS = {"conformance": "erlang_python_conformance"}
 
@@ -41,6 +45,7 @@ def main(argv: list[str | bytes], *, exiting: bool = False) -> int:
     next (``bin/erlang-python``), so first do what python3 does before it
     exits (see ``_wait_for_threads``)."""
     _utf8_stdio()
+    _restore_environment()
     # This thread plays python3's main thread: the threads the program
     # starts are not daemons (a thread's default is its creator's flag, and
     # a thread Python did not start, as this one, is a daemon to threading).
@@ -78,6 +83,26 @@ def interrupt() -> bool:
     with _program_lock:
         ident = _program_thread
         return ident is not None and _erlang.interrupt_thread(ident)
+
+
+def _restore_environment() -> None:
+    """Gives the program (and its children) the environment
+    ``bin/erlang-python`` was started with, as python3 would: without the
+    variables erl's launcher sets (BINDIR, ROOTDIR, EMU, PROGNAME), its
+    PATH prefix (erts' bin directories, whose ``erl`` or ``start`` a child
+    would run) and the script's own. The script saved the originals; a
+    run without it (``main`` called in a node) changes nothing."""
+    saved = os.environ.pop("ERLANG_PYTHON_SAVED", None)
+    if saved is None:
+        return
+    present = saved.split()
+    for name in LAUNCHER_VARIABLES:
+        value = os.environ.pop(f"ERLANG_PYTHON_SAVED_{name}", None)
+        if name in present and value is not None:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
+    os.environ.pop("ERLANG_PYTHON_WRAPPER", None)
 
 
 def _utf8_stdio() -> None:

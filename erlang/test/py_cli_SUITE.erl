@@ -11,7 +11,7 @@
          argument_not_utf8/1, signals_end_the_run/1, threads_are_joined/1,
          dash_c_runs_in_main/1, uncaught_as_python3/1,
          children_get_terminal_signals/1, warning_options/1,
-         program_from_stdin/1]).
+         program_from_stdin/1, environment_as_started/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -27,7 +27,7 @@ all() ->
      tracing_on_request, exit_status_as_python3, missing_script,
      argument_not_utf8, signals_end_the_run, threads_are_joined,
      dash_c_runs_in_main, uncaught_as_python3, children_get_terminal_signals,
-     warning_options, program_from_stdin].
+     warning_options, program_from_stdin, environment_as_started].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -236,6 +236,25 @@ children_get_terminal_signals(Config) ->
     {Status, Out, Err} = run(Config, ["-c", Code]),
     ct:log("stderr:~n~ts", [Err]),
     ?assertEqual({0, <<"False False\ndefault_int_handler\nTrue\n-2\n">>}, {Status, Out}).
+
+%% The program and its children get the environment the CLI was started
+%% with, as under python3: not erl's launcher variables (BINDIR, ROOTDIR,
+%% PROGNAME), its PATH prefix, or the CLI's own; one the user set is theirs.
+-spec environment_as_started(ct_suite:ct_config()) -> term().
+environment_as_started(Config) ->
+    Path = "/usr/local/bin:/usr/bin:/bin",
+    Env = [{"PATH", Path}, {"EMU", "mine"}, {"BINDIR", false}, {"ROOTDIR", false},
+           {"PROGNAME", false}, {"ERLANG_PYTHON_VENV", false}],
+    Code = "import os, subprocess\n"
+           "print(os.environ['PATH'], os.environ.get('EMU'))\n"
+           "print(sorted(k for k in os.environ if k in ('BINDIR', 'ROOTDIR', 'PROGNAME')\n"
+           "             or k.startswith('ERLANG_PYTHON_') and k != 'ERLANG_PYTHON_ROOT'))\n"
+           "print(subprocess.run(['sh', '-c', 'echo $PATH $EMU'], capture_output=True,\n"
+           "                     text=True, check=True).stdout, end='')\n",
+    {Status, Out, Err} = run(Config, ["-c", Code], #{env => Env}),
+    ct:log("stderr:~n~ts", [Err]),
+    Line = list_to_binary(Path ++ " mine\n"),
+    ?assertEqual({0, <<Line/binary, "[]\n", Line/binary>>}, {Status, Out}).
 
 %% python3's -W, before the program: here as the interpreter already runs.
 -spec warning_options(ct_suite:ct_config()) -> term().
