@@ -25,9 +25,9 @@ USAGE = (
     "  conformance [--quick] [-v] [TEST ...]  CPython's asyncio tests on ErlangEventLoop"
 )
 
-# What erl's launcher and bin/erlang-python set for the node, put back as
-# the user's shell had them (see `_restore_environment`).
-LAUNCHER_VARIABLES = ("PATH", "BINDIR", "ROOTDIR", "EMU", "PROGNAME", "ERLANG_PYTHON_VENV")
+# What erl's launcher sets for the node, put back as the user's shell had
+# them (see `_restore_environment`).
+LAUNCHER_VARIABLES = ("PATH", "BINDIR", "ROOTDIR", "EMU", "PROGNAME")
 
 # Subcommands: a word for a module of ours that `-m` also runs.
 SUBCOMMANDS = {"conformance": "erlang_python_conformance"}
@@ -90,8 +90,10 @@ def _restore_environment() -> None:
     ``bin/erlang-python`` was started with, as python3 would: without the
     variables erl's launcher sets (BINDIR, ROOTDIR, EMU, PROGNAME), its
     PATH prefix (erts' bin directories, whose ``erl`` or ``start`` a child
-    would run) and the script's own. The script saved the originals; a
-    run without it (``main`` called in a node) changes nothing."""
+    would run) and the script's own bookkeeping (``ERLANG_PYTHON_VENV``
+    stays: it names the venv the node runs). The script saved the
+    originals; a run without it (``main`` called in a node) changes
+    nothing."""
     saved = os.environ.pop("ERLANG_PYTHON_SAVED", None)
     if saved is None:
         return

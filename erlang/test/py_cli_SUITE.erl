@@ -239,7 +239,8 @@ children_get_terminal_signals(Config) ->
 
 %% The program and its children get the environment the CLI was started
 %% with, as under python3: not erl's launcher variables (BINDIR, ROOTDIR,
-%% PROGNAME), its PATH prefix, or the CLI's own; one the user set is theirs.
+%% PROGNAME), its PATH prefix, or the CLI's bookkeeping; one the user set
+%% is theirs.
 -spec environment_as_started(ct_suite:ct_config()) -> term().
 environment_as_started(Config) ->
     Path = "/usr/local/bin:/usr/bin:/bin",
@@ -248,7 +249,7 @@ environment_as_started(Config) ->
     Code = "import os, subprocess\n"
            "print(os.environ['PATH'], os.environ.get('EMU'))\n"
            "print(sorted(k for k in os.environ if k in ('BINDIR', 'ROOTDIR', 'PROGNAME')\n"
-           "             or k.startswith('ERLANG_PYTHON_') and k != 'ERLANG_PYTHON_ROOT'))\n"
+           "             or k == 'ERLANG_PYTHON_WRAPPER' or k.startswith('ERLANG_PYTHON_SAVED')))\n"
            "print(subprocess.run(['sh', '-c', 'echo $PATH $EMU'], capture_output=True,\n"
            "                     text=True, check=True).stdout, end='')\n",
     {Status, Out, Err} = run(Config, ["-c", Code], #{env => Env}),
