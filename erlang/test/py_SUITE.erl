@@ -35,6 +35,7 @@
          erlang_call_answer_killed/1, erlang_function_linked_to_its_caller/1,
          timeout_inside_erlang_call_raises_once/1,
          timeout_waiting_event_loop/1, a_dead_caller_s_job_is_cancelled/1,
+         timeout_in_a_loop_callback/1,
          finished_calls_stop_monitoring_the_caller/1,
          nested_call/1, erlang_send/1, erlang_send_from_python_thread/1,
          interpreter_is_the_built_one/1, extension_modules_load/1,
@@ -78,6 +79,7 @@ groups() ->
        erlang_call_when_its_server_dies, erlang_call_when_its_server_restarts,
        erlang_call_answer_killed, erlang_function_linked_to_its_caller,
        timeout_inside_erlang_call_raises_once, timeout_waiting_event_loop,
+       timeout_in_a_loop_callback,
        a_dead_caller_s_job_is_cancelled,
        finished_calls_stop_monitoring_the_caller,
        nested_call, erlang_send, erlang_send_from_python_thread,
@@ -1111,6 +1113,80 @@ wait_for_monitors(Pid, Most, Ms) ->
     case length(By) of
         Count when Count =< Most; Ms =< 0 -> Count;
         _ -> timer:sleep(20), wait_for_monitors(Pid, Most, Ms - 20)
+    end.
+
+%% A call cancelled while its thread is busy in a callback of an
+%% ErlangEventLoop: `asyncio.run''s task is cancelled once that callback
+%% returns, as asyncio answers Ctrl-C, and `asyncio.run' raises TimeoutError
+%% (raised inside the callback, it went to the loop's exception handler, the
+%% callback's work half done, and `asyncio.run' slept on for an hour,
+%% holding the worker). A callback still busy after the grace (2 s) gets it
+%% inside, at its next bytecode: here a task's step, which the task then
+%% ends with. A loop in `run_forever' raises it out of it between two
+%% callbacks.
+-spec timeout_in_a_loop_callback(ct_suite:ct_config()) -> term().
+timeout_in_a_loop_callback(_Config) ->
+    Busy = busy_workers(),
+    Self = self(),
+    Run = fun(Seconds, Where) ->
+                  Code = hour_sleep(<<"    loop = asyncio.get_running_loop()\n"
+                                      "    loop.set_exception_handler(\n"
+                                      "        lambda loop, context: erlang.send(p, ('handled', repr(context))))\n"
+                                      "    def busy():\n"
+                                      "        import time\n"
+                                      "        erlang.send(p, 'busy')\n"
+                                      "        end = time.monotonic() + ", Seconds/binary, "\n"
+                                      "        while time.monotonic() < end:\n"
+                                      "            pass\n"
+                                      "        erlang.send(p, 'finished')\n",
+                                      Where/binary>>),
+                  Caller = spawn(fun() -> py:call(builtins, exec, [Code, #{<<"p">> => Self}]) end),
+                  receive <<"busy">> -> ok after 20000 -> ct:fail(not_busy) end,
+                  exit(Caller, kill)
+          end,
+    %% A plain callback, done within the grace.
+    Run(<<"0.5">>, <<"    loop.call_soon(busy)\n">>),
+    receive <<"finished">> -> ok after 20000 -> ct:fail(callback_cut_short) end,
+    receive <<"TimeoutError">> -> ok after 20000 -> ct:fail(loop_not_interrupted) end,
+    wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    receive {<<"handled">>, Context} -> ct:fail({exception_handler_called, Context})
+    after 0 -> ok
+    end,
+    %% A task's step busy for longer than the grace.
+    Run(<<"600">>, <<"    async def step():\n"
+                     "        busy()\n"
+                     "    await asyncio.create_task(step())\n">>),
+    receive <<"TimeoutError">> -> ok after 20000 -> ct:fail(step_not_interrupted) end,
+    wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    receive <<"finished">> -> ct:fail(step_not_interrupted) after 0 -> ok end,
+    %% A loop run by `run_forever' (no future to cancel): it raises the
+    %% TimeoutError out of it once the callback returns.
+    Code = <<"import asyncio, erlang, time\n"
+             "loop = asyncio.new_event_loop()\n"
+             "loop.set_exception_handler(\n"
+             "    lambda loop, context: erlang.send(p, ('handled', repr(context))))\n"
+             "def busy():\n"
+             "    erlang.send(p, 'busy')\n"
+             "    end = time.monotonic() + 0.5\n"
+             "    while time.monotonic() < end:\n"
+             "        pass\n"
+             "    erlang.send(p, 'finished')\n"
+             "loop.call_soon(busy)\n"
+             "loop.call_later(3600, print)\n"
+             "try:\n"
+             "    loop.run_forever()\n"
+             "except TimeoutError:\n"
+             "    erlang.send(p, 'TimeoutError')\n"
+             "finally:\n"
+             "    loop.close()\n">>,
+    Caller = spawn(fun() -> py:call(builtins, exec, [Code, #{<<"p">> => Self}]) end),
+    receive <<"busy">> -> ok after 20000 -> ct:fail(not_busy) end,
+    exit(Caller, kill),
+    receive <<"finished">> -> ok after 20000 -> ct:fail(callback_cut_short) end,
+    receive <<"TimeoutError">> -> ok after 20000 -> ct:fail(loop_not_interrupted) end,
+    wait_until(fun() -> busy_workers() =< Busy end, 20000),
+    receive {<<"handled">>, Context2} -> ct:fail({exception_handler_called, Context2})
+    after 0 -> ok
     end.
 
 -spec a_dead_caller_s_job_is_cancelled(ct_suite:ct_config()) -> term().

@@ -77,6 +77,23 @@ pub fn native_loop_of(py: Python<'_>, ident: c_ulong) -> Option<Py<NativeLoop>> 
     })
 }
 
+/// Asks the ErlangEventLoop that thread `ident` runs in
+/// `run_until_complete` (`asyncio.run`) to cancel the future it runs, as
+/// asyncio answers Ctrl-C (`erlang_loop._loop.cancel_main_of`): whether it
+/// was asked. Runs Python code, as [`native_loop_of`].
+pub fn cancel_main_of(py: Python<'_>, ident: c_ulong) -> bool {
+    let asked = (|| -> PyResult<bool> {
+        let Some(module) = imported(py, "erlang_loop._loop")? else {
+            return Ok(false);
+        };
+        module.call_method1("cancel_main_of", (ident,))?.is_truthy()
+    })();
+    asked.unwrap_or_else(|error| {
+        tracing::warn!(%error, thread = ident, "could not cancel the interrupted loop's future");
+        false
+    })
+}
+
 /// What [`raise_in_thread`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mark {

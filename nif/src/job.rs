@@ -8,8 +8,12 @@ use std::ops::Deref;
 use std::os::raw::{c_long, c_ulong};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
+use erlang_python::py::boundary_raise::BoundaryRaise;
+use erlang_python::py::native_loop::NativeLoop;
 use pyo3::prelude::*;
+use pyo3::types::PyType;
 use rustler::{Env, LocalPid, Monitor, ResourceArc};
 
 use crate::interrupt::{self, Mark};
@@ -24,6 +28,10 @@ enum JobState {
     Running(c_ulong),
     /// The caller gave up; an interrupt for this thread is on its way.
     CancelRequested(c_ulong),
+    /// The ErlangEventLoop this thread runs was asked to end the job (see
+    /// `interrupt_by_its_loop`); the `TimeoutError` is injected after
+    /// [`LOOP_GRACE`] if it has not.
+    LoopAsked(c_ulong),
     /// A `TimeoutError` was injected into this thread.
     Interrupted(c_ulong),
     /// A wait inside the job (`erlang.call`) gave up and raises the
@@ -50,7 +58,16 @@ pub struct Job {
 /// A job's state, what the cancelling thread needs.
 pub struct JobShared {
     state: Mutex<JobState>,
+    /// The loop asked for a raise between callbacks, and the request: taken
+    /// back when the job ends, so that a loop the thread keeps (its default
+    /// loop) does not raise in a later job. Locked after `state`.
+    boundary: Mutex<Option<(Py<NativeLoop>, Arc<BoundaryRaise>)>>,
 }
+
+/// How long a job's loop has to end it (see `interrupt_by_its_loop`)
+/// before its `TimeoutError` is injected into the code still running, at
+/// its next bytecode.
+const LOOP_GRACE: Duration = Duration::from_secs(2);
 
 #[rustler::resource_impl]
 impl rustler::Resource for Job {}
@@ -105,6 +122,7 @@ impl Job {
         Job {
             shared: Arc::new(JobShared {
                 state: Mutex::new(JobState::Queued),
+                boundary: Mutex::new(None),
             }),
             caller,
             id: NEXT_JOB_ID.fetch_add(1, Ordering::Relaxed),
@@ -188,6 +206,9 @@ impl JobShared {
     /// thread's next job.
     pub fn finish(&self, _py: Python<'_>, deliver: impl FnOnce()) {
         let mut state = self.lock();
+        if let Some((native, raise)) = lock(&self.boundary).take() {
+            native.get().retract_boundary_raise(&raise);
+        }
         if let JobState::Interrupted(thread) = *state {
             // SAFETY: GIL held; a NULL exception clears the pending one.
             unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as c_long, std::ptr::null_mut()) };
@@ -219,6 +240,7 @@ impl JobShared {
         matches!(
             *self.lock(),
             JobState::CancelRequested(_)
+                | JobState::LoopAsked(_)
                 | JobState::Interrupted(_)
                 | JobState::TimeoutRaised
                 | JobState::Cancelled
@@ -232,7 +254,11 @@ impl JobShared {
     pub fn take_timeout(&self, _py: Python<'_>) {
         let mut state = self.lock();
         match *state {
-            JobState::CancelRequested(_) => *state = JobState::TimeoutRaised,
+            // The loop still raises at its next callback boundary: the
+            // wait's own TimeoutError may be handled inside a callback.
+            JobState::CancelRequested(_) | JobState::LoopAsked(_) => {
+                *state = JobState::TimeoutRaised
+            }
             JobState::Interrupted(thread) => {
                 // SAFETY: GIL held; a NULL exception clears the pending one.
                 unsafe {
@@ -247,7 +273,8 @@ impl JobShared {
     /// Raises `TimeoutError` inside the job's thread at its next bytecode, if
     /// the job is still running. A job blocked in C (a `time.sleep`) sees it
     /// when it returns to Python; one waiting in an ErlangEventLoop is woken
-    /// for it (see `interrupt.rs`).
+    /// for it (see `interrupt.rs`); one running an ErlangEventLoop gets it
+    /// from the loop (see `interrupt_by_its_loop`).
     pub fn interrupt(&self, py: Python<'_>) {
         // The loop is looked up first, the lock free: the lookup runs Python
         // code, which may let the job's thread take the GIL and `finish`,
@@ -257,6 +284,11 @@ impl JobShared {
         };
         let native = interrupt::native_loop_of(py, thread);
         let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
+        if let Some(native) = &native {
+            if self.interrupt_by_its_loop(py, thread, native, &exception) {
+                return;
+            }
+        }
         // Tried under the lock, and again with the lock free (and the GIL
         // let go) while the thread's identifier is ambiguous.
         let marked = interrupt::retry_ambiguous(py, || {
@@ -284,6 +316,56 @@ impl JobShared {
         // on to wait in another loop: that one is woken too (a late mark is
         // harmless, see `LoopRunner.poll`).
         interrupt::interrupt_again(py, thread, native.as_ref());
+    }
+}
+
+impl JobShared {
+    /// A job's thread running an ErlangEventLoop is interrupted by its loop
+    /// rather than at its next bytecode, where a plain callback's error
+    /// would go to the loop's exception handler and the loop would run on
+    /// with that callback's work half done (a transport never closed: an
+    /// `asyncio.run` waiting forever on a pool thread). The future of a
+    /// `run_until_complete` (`asyncio.run`) is cancelled, as asyncio answers
+    /// Ctrl-C (its `run_until_complete` then raises `TimeoutError`);
+    /// otherwise the loop raises `TimeoutError` out of `run_forever` before
+    /// its next callback (see `boundary_raise`). True if the job ended
+    /// within [`LOOP_GRACE`] (or a wait inside it raised its own timeout);
+    /// otherwise the request is taken back and the job is left to the
+    /// injection at the next bytecode.
+    fn interrupt_by_its_loop(
+        &self,
+        py: Python<'_>,
+        thread: c_ulong,
+        native: &Py<NativeLoop>,
+        exception: &Bound<'_, PyType>,
+    ) -> bool {
+        // Runs Python code: the job's lock free (see `interrupt`). A future
+        // cancelled late is a finished one, or one nobody runs.
+        let cancelled = interrupt::cancel_main_of(py, thread);
+        let raise = BoundaryRaise::new(exception.clone().unbind());
+        {
+            // Under the job's lock: a job that finishes meanwhile takes the
+            // boundary request back.
+            let mut state = self.lock();
+            if *state != JobState::CancelRequested(thread) {
+                return true;
+            }
+            if !cancelled {
+                native.get().request_boundary_raise(Arc::clone(&raise));
+                *lock(&self.boundary) = Some((native.clone_ref(py), Arc::clone(&raise)));
+            }
+            *state = JobState::LoopAsked(thread);
+        }
+        py.detach(|| std::thread::sleep(LOOP_GRACE));
+        let mut state = self.lock();
+        if *state != JobState::LoopAsked(thread)
+            || (!cancelled && !native.get().retract_boundary_raise(&raise))
+        {
+            return true;
+        }
+        lock(&self.boundary).take();
+        *state = JobState::CancelRequested(thread);
+        false
     }
 }
 

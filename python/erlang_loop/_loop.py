@@ -16,8 +16,11 @@ from asyncio import (
     constants,
     coroutines,
     events,
+    exceptions,
     format_helpers,
+    futures,
     sslproto,
+    tasks,
     unix_events,
 )
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
@@ -137,6 +140,25 @@ def native_loop_of(ident: int) -> Any:
     return None
 
 
+def cancel_main_of(ident: int) -> bool:
+    """For a timed-out ``py:call`` whose thread ``ident`` runs an
+    ErlangEventLoop in ``run_until_complete`` (``asyncio.run``): cancels the
+    future it runs, from the loop's thread, as ``asyncio.Runner`` answers
+    Ctrl-C, so the program unwinds through its own ``except`` and ``finally``
+    and asyncio's transports and subprocesses finish what they started;
+    ``run_until_complete`` then raises ``TimeoutError``. False when that
+    thread runs no such loop (the exception is then raised out of
+    ``run_forever`` between two callbacks)."""
+    for loop in list(_LOOPS):
+        if loop._thread_id == ident and not loop.is_closed():  # type: ignore[attr-defined]
+            main = loop._main_future
+            if main is None or main.done():
+                return False
+            loop.call_soon_threadsafe(loop._cancel_main_for_timeout, main)
+            return True
+    return False
+
+
 def _raise_pending() -> None:
     """Nothing but the start of a Python function, where CPython raises an
     exception set on this thread from outside: what the native loop calls
@@ -155,6 +177,10 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
 
     # True while `close` drops the runner's queues (see `close`).
     _dropping_queues = False
+    # The future `run_until_complete` runs, and the one it runs that a
+    # timed-out py:call cancelled (see `cancel_main_of`).
+    _main_future: futures.Future[Any] | None = None
+    _timed_out_main: futures.Future[Any] | None = None
 
     def __init__(self, isolated: bool = False) -> None:
         # The pipe of this loop's SIGCHLD subscription, while it has handlers.
@@ -421,6 +447,33 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             finally:
                 self._current_handle = None
         handle = None  # Needed to break cycles when an exception occurs.
+
+    def run_until_complete(self, future: Any) -> Any:
+        # As asyncio's, which it calls, but the future it runs is known to
+        # `cancel_main_of`.
+        self._check_closed()
+        self._check_running()
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            future._log_destroy_pending = False
+        outer = self._main_future
+        self._main_future = future
+        try:
+            return super().run_until_complete(future)
+        except exceptions.CancelledError:
+            if self._timed_out_main is future:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._main_future = outer
+            if self._timed_out_main is future:
+                self._timed_out_main = None
+
+    def _cancel_main_for_timeout(self, main: futures.Future[Any]) -> None:
+        if not main.done():
+            self._timed_out_main = main
+            main.cancel()
 
     def run_forever(self) -> None:
         runner = self._runner

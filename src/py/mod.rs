@@ -1,6 +1,7 @@
 //! The embedded CPython: start-up of the interpreter inside the BEAM and the
 //! threads that run Python off the Erlang schedulers.
 
+pub mod boundary_raise;
 pub mod context_snapshot;
 pub mod datagram_transport;
 pub mod handles;

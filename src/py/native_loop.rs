@@ -13,6 +13,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::boundary_raise::{BoundaryRaise, BoundarySlot};
 use super::os_error::{io_error_err, os_error_err};
 use crate::io::{Event, EventKind, LoopCore, WaitError, Wake};
 use crate::wheel::NEVER;
@@ -87,6 +88,8 @@ pub struct NativeLoop {
     any_fired: AtomicBool,
     /// A `LoopRunner` owns the loop's timers: at most one may ever.
     claimed: AtomicBool,
+    /// An exception the runner raises before its next callback.
+    boundary: BoundarySlot,
 }
 
 impl NativeLoop {
@@ -104,6 +107,7 @@ impl NativeLoop {
             fired: Mutex::new(Vec::new()),
             any_fired: AtomicBool::new(false),
             claimed: AtomicBool::new(false),
+            boundary: BoundarySlot::default(),
         }
     }
 
@@ -160,6 +164,25 @@ impl NativeLoop {
     /// between, so that the runner sees both or neither.
     pub fn interrupt_wait(&self) {
         self.core.interrupt();
+    }
+
+    /// Asks the loop's runner to raise `raise`'s exception out of
+    /// `run_forever` before it runs another callback, and wakes its wait
+    /// (thread-safe; see `boundary_raise`).
+    pub fn request_boundary_raise(&self, raise: Arc<BoundaryRaise>) {
+        self.boundary.request(raise);
+        self.core.wakeup();
+    }
+
+    /// Takes back a [`request_boundary_raise`](Self::request_boundary_raise)
+    /// the runner has not acted on: whether it was still pending.
+    pub fn retract_boundary_raise(&self, raise: &Arc<BoundaryRaise>) -> bool {
+        self.boundary.retract(raise)
+    }
+
+    /// For the runner, between callbacks: the exception asked for, if any.
+    pub(crate) fn take_boundary_raise(&self, py: Python<'_>) -> Option<PyErr> {
+        self.boundary.take(py)
     }
 
     /// Whether `interrupt` was called since the last look (see

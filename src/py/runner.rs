@@ -1072,9 +1072,22 @@ impl LoopRunner {
     /// `Handle._run` would, errors to the loop's exception handler.
     fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let todo = slf.borrow().ready.len();
+        let (todo, native) = {
+            let this = slf.borrow();
+            (this.ready.len(), this.native.clone_ref(py))
+        };
         let stock_run = kinds().stock_run_intact(py);
+        if todo == 0 {
+            if let Some(raised) = native.get().take_boundary_raise(py) {
+                return Err(raised);
+            }
+        }
         for _ in 0..todo {
+            // Out of `run_forever` between two callbacks, the ready queue
+            // whole (see `boundary_raise`).
+            if let Some(raised) = native.get().take_boundary_raise(py) {
+                return Err(raised);
+            }
             let Some(item) = slf.borrow_mut().ready.pop_front() else {
                 break;
             };
