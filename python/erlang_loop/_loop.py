@@ -500,7 +500,16 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
                 self._runner.close()
             finally:
                 self._dropping_queues = False
-        super().close()
+        try:
+            super().close()
+        finally:
+            # asyncio's close removes the signal handlers after closing the
+            # selector, which waits for the BEAM: an exception meanwhile (a
+            # timed-out py:call's, raised at any bytecode) left them, their
+            # pipe and their catch, for good.
+            if self._signal_handlers and not sys.is_finalizing():
+                for sig in list(self._signal_handlers):
+                    self.remove_signal_handler(sig)
 
     def is_closed(self) -> bool:
         return self._closed or self._dropping_queues

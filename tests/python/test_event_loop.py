@@ -1615,6 +1615,34 @@ def test_a_signal_the_beam_will_not_route_leaves_no_pipe_behind(
     loop_module._leave_signal(signal.SIGUSR2, route)
 
 
+def test_a_close_interrupted_halfway_still_removes_the_signal_handlers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception inside asyncio's close (a timed-out py:call's
+    TimeoutError, raised at any bytecode, lands most often while the
+    selector's close waits for the BEAM) still removes the loop's signal
+    handlers: their pipe, its subscription and the catch of SIGCHLD were
+    left for good (asyncio removes them after the selector's close)."""
+    from asyncio import selector_events
+
+    baseline = _open_fds()
+    loop = ErlangEventLoop()
+    loop.add_signal_handler(signal.SIGCHLD, lambda: None)
+    assert _open_fds() >= baseline + 2  # the pipe's two ends
+    real_close = selector_events.BaseSelectorEventLoop.close
+
+    def interrupted(self: asyncio.AbstractEventLoop) -> None:
+        real_close(self)
+        raise TimeoutError
+
+    monkeypatch.setattr(selector_events.BaseSelectorEventLoop, "close", interrupted)
+    with pytest.raises(TimeoutError):
+        loop.close()
+    assert loop._signal_handlers == {}
+    assert loop._signal_fd is None
+    assert _open_fds() <= baseline
+
+
 def test_a_sigalrm_handler_runs_while_the_loop_sleeps(loop: ErlangEventLoop) -> None:
     """setitimer's SIGALRM, routed by the BEAM, wakes a loop asleep in
     run_forever (asyncio's test_signal_handling_while_selecting)."""
