@@ -65,7 +65,8 @@ handle_info({py_callback, Name, Args, Reply, Id}, State = #state{runs = Runs, ca
     %% Linked: the call's processes end with this server, and with them
     %% `Reply', whose end tells the waiting Python thread that no answer
     %% will come (as for a request still in the mailbox when it dies).
-    Pid = spawn_link(fun() -> answer(Reply, Name, Args) end),
+    Server = self(),
+    Pid = spawn_link(fun() -> answer(Server, Reply, Name, Args) end),
     {noreply, State#state{runs = Runs#{Id => {Pid, Reply}}, calls = Calls#{Pid => Id}}};
 handle_info({py_callback_abandoned, Id}, State = #state{runs = Runs}) ->
     case Runs of
@@ -77,13 +78,11 @@ handle_info({'EXIT', Pid, Reason}, State = #state{runs = Runs, calls = Calls}) -
     case maps:take(Pid, Calls) of
         {Id, Left} ->
             {{Pid, Reply}, Running} = maps:take(Id, Runs),
-            %% Killed before it answered: answered here, at once (the
+            %% Ended without answering (killed): answered here, at once (the
             %% request's copy of `Reply' lives in this heap until a garbage
-            %% collection, so its end would tell the caller late).
-            _ = case Reason of
-                    normal -> ok;
-                    _ -> py_nif:callback_reply(Reply, exit_error(Reason))
-                end,
+            %% collection, so its end would tell the caller late). A call
+            %% answered, or abandoned, takes no second answer.
+            ok = py_nif:callback_reply(Reply, exit_error(Reason)),
             {noreply, State#state{runs = Running, calls = Left}};
         error ->
             {noreply, State}
@@ -105,7 +104,7 @@ terminate(_Reason, _State) ->
 %% thread waiting in `erlang.call' gets an answer even when that process is
 %% killed (`exit(self(), kill)', a linked process dying, `exit/2' from
 %% elsewhere), which no `catch' sees.
-answer(Reply, Name, Args) ->
+answer(Server, Reply, Name, Args) ->
     process_flag(trap_exit, true),
     Answer = self(),
     %% The result comes as a message and the runner ends `normal': an exit
@@ -116,7 +115,7 @@ answer(Reply, Name, Args) ->
             py_nif:callback_reply(Reply, Result);
         {'EXIT', Runner, Reason} ->
             py_nif:callback_reply(Reply, exit_error(Reason));
-        {'EXIT', _Server, _Reason} ->
+        {'EXIT', Server, _Reason} ->
             %% The server ended: so does the call, unanswered.
             exit(Runner, kill);
         abandon ->

@@ -958,19 +958,34 @@ is_erlang_error(_) -> false.
 
 %% The process answering a call killed by another (it is linked to the
 %% function's): the caller gets ErlangError at once (it waited until the
-%% callback server happened to collect its garbage).
+%% callback server happened to collect its garbage). An exit signal that
+%% is not a kill leaves the call alone (it was taken for the server's end:
+%% the call was dropped, unanswered).
 -spec erlang_call_answer_killed(ct_suite:ct_config()) -> term().
 erlang_call_answer_killed(_Config) ->
     Parent = self(),
     ok = py:register_function(py_suite_blocks, fun() ->
                                                        {links, Links} = process_info(self(), links),
-                                                       Parent ! {blocking, Links},
-                                                       receive after 60000 -> ok end
+                                                       Parent ! {blocking, self(), Links},
+                                                       receive go -> done after 60000 -> late end
                                                end),
     Code = <<"__import__('erlang').call('py_suite_blocks')">>,
-    spawn_link(fun() -> Parent ! {called, py:call(builtins, eval, [Code, #{}], #{}, 30000)} end),
-    [Answer] = receive {blocking, Links} -> Links after 10000 -> ct:fail(not_called) end,
-    exit(Answer, kill),
+    Call = fun() ->
+                   spawn_link(fun() ->
+                                      Parent ! {called, py:call(builtins, eval, [Code, #{}], #{}, 30000)}
+                              end),
+                   receive {blocking, Function, [Answer]} -> {Function, Answer}
+                   after 10000 -> ct:fail(not_called)
+                   end
+           end,
+    {Function, Answer} = Call(),
+    [exit(Answer, Reason) || Reason <- [shutdown, normal, boom]],
+    Function ! go,
+    receive {called, Done} -> ?assertEqual({ok, <<"done">>}, Done)
+    after 10000 -> ct:fail(call_not_answered)
+    end,
+    {_, Killed} = Call(),
+    exit(Killed, kill),
     receive {called, Result} ->
             {error, {'ErlangError', Text, _}} = Result,
             ?assertMatch({_, _}, binary:match(Text, <<"killed">>))

@@ -51,6 +51,9 @@ enum Answer {
     Given(OwnedEnv, SavedTerm),
     /// Erlang let go of the call without answering.
     Lost,
+    /// The waiting thread took its answer, or gave up: nothing more is
+    /// taken.
+    Over,
 }
 
 /// Erlang's handle on one `erlang.call`, carried by the request. When the
@@ -206,17 +209,19 @@ enum Wait {
 fn wait_for_reply(slot: &ReplySlot) -> Wait {
     let mut answer = lock(&slot.answer);
     loop {
-        match std::mem::replace(&mut *answer, Answer::Pending) {
+        match std::mem::replace(&mut *answer, Answer::Over) {
             Answer::Given(owned, saved) => return Wait::Reply(owned, saved),
             // The server ends its calls after saying it stops.
             Answer::Lost if !ACCEPTING.load(Ordering::SeqCst) => return Wait::Stopped,
-            Answer::Lost => return Wait::Lost,
-            Answer::Pending => {}
+            Answer::Lost | Answer::Over => return Wait::Lost,
+            Answer::Pending => *answer = Answer::Pending,
         }
         if !ACCEPTING.load(Ordering::SeqCst) {
+            *answer = Answer::Over;
             return Wait::Stopped;
         }
         if crate::job::current_job_cancelled() {
+            *answer = Answer::Over;
             return Wait::Cancelled;
         }
         answer = slot
