@@ -39,6 +39,7 @@ import math
 import sys
 import threading
 import traceback
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -94,6 +95,24 @@ def _imported(name: str) -> bool:
     module = sys.modules.get(name)
     spec = getattr(module, "__spec__", None)
     return module is not None and not getattr(spec, "_initializing", False)
+
+
+def _resolvable_at_once(module: str, function: str) -> bool:
+    """Whether ``_resolve(module, function)`` runs no import: the module is
+    imported and each part of ``function`` is found without running code
+    (a package's ``__getattr__``, PEP 562, or a lazily loaded module may
+    import a submodule on first touch)."""
+    if not _imported(module):
+        return False
+    target: Any = sys.modules[module]
+    for part in function.split("."):
+        if isinstance(target, types.ModuleType) and type(target) is not types.ModuleType:
+            return False  # importlib.util.LazyLoader's _LazyModule, and the like
+        try:
+            target = inspect.getattr_static(target, part)
+        except AttributeError:
+            return False
+    return True
 
 
 def _resolve(module: str, function: str) -> Callable[..., Any]:
@@ -312,9 +331,11 @@ def dispatch(server: Pid, ops: list[tuple[Any, ...]], may_import: bool = True) -
     must not wait for an import: it serves every loop)."""
     with _runners_lock:
         runner = _runners.get(server)
-    if runner is None:
+    if runner is None or runner.stopping:
         return "closed"
-    if not may_import and any(op[0] == "submit" and not _imported(op[2]) for op in ops):
+    if not may_import and any(
+        op[0] == "submit" and not _resolvable_at_once(op[2], op[3]) for op in ops
+    ):
         return "import"
     batch: list[tuple[Any, ...]] = []
     for op in ops:
@@ -338,8 +359,10 @@ def stop(server: Pid, timeout: float) -> str:
     """Asks the loop of ``server`` to stop: ``"stopping"`` (its thread sends
     ``(tag, "stopped")`` when done) or ``"unknown"`` (no such loop, or it
     ended by itself)."""
+    # The thread unregisters itself when done: a stop cut short here (its
+    # caller gave up) is found again by the next one (the reaper's).
     with _runners_lock:
-        runner = _runners.pop(server, None)
+        runner = _runners.get(server)
         if runner is not None:
             runner.stopping = True
     if runner is None:

@@ -50,8 +50,8 @@ start_loop(Opts) ->
 
 %% @doc Stops a loop: its tasks are cancelled (their callers get
 %% `{error, cancelled}'), its async generators and default executor shut down,
-%% the Python loop closed and its thread joined. Never waits for Python longer
-%% than the loop's `stop_timeout'. A loop under your own supervisor is stopped
+%% the Python loop closed and its thread joined. Waits for Python at most the
+%% loop's `stop_timeout' plus 2 s. A loop under your own supervisor is stopped
 %% for good only if its restart type is `transient' or `temporary'.
 -spec stop_loop(loop()) -> ok | {error, not_found}.
 stop_loop(Loop) when is_pid(Loop); is_atom(Loop); is_tuple(Loop), tuple_size(Loop) =:= 2 ->

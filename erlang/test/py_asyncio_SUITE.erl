@@ -24,7 +24,8 @@
          call_timeout_while_stopping/1, stop_loop_of_another_process/1,
          stop_loop_twice_at_once/1, stop_loop_of_a_loop_ending_by_itself/1,
          loop_serves_while_the_pool_is_busy/1, stop_loop_while_the_pool_is_busy/1,
-         stop_loop_while_the_gil_is_held/1, imports_under_way_hold_up_no_other_loop/1, slow_imports_hold_up_no_other_loop/1,
+         stop_loop_while_the_gil_is_held/1, imports_under_way_hold_up_no_other_loop/1,
+         lazy_submodules_hold_up_no_other_loop/1, slow_imports_hold_up_no_other_loop/1,
          remote_node/1, ten_thousand_coroutines/1,
          app_stop_with_stuck_loop/1]).
 -export([init/1]).
@@ -54,6 +55,7 @@ groups() ->
        stop_loop_of_a_loop_ending_by_itself,
        loop_serves_while_the_pool_is_busy, stop_loop_while_the_pool_is_busy,
        stop_loop_while_the_gil_is_held, imports_under_way_hold_up_no_other_loop,
+       lazy_submodules_hold_up_no_other_loop,
        slow_imports_hold_up_no_other_loop]},
      {remote, [], [remote_node]},
      {load, [], [ten_thousand_coroutines]},
@@ -991,6 +993,27 @@ imports_under_way_hold_up_no_other_loop(Config) ->
     ?assertEqual({ok, 42}, py_asyncio:call(Fast, ?HELPERS, echo, [42], 2000)),
     [?assertEqual({ok, L}, result(R)) || {R, L} <- lists:zip(Refs, [Slow1, Slow2])],
     receive {imported, _} -> ok after 20000 -> ct:fail(not_imported) end,
+    [ok = py_asyncio:stop_loop(L) || L <- Loops].
+
+%% Submissions to a function of a package that imports its submodules
+%% when first asked (PEP 562's module `__getattr__'): the import runs on
+%% the worker pool, not on the control lane, whose two threads it held.
+-spec lazy_submodules_hold_up_no_other_loop(ct_suite:ct_config()) -> term().
+lazy_submodules_hold_up_no_other_loop(Config) ->
+    Package = filename:join(?config(priv_dir, Config), "py_asyncio_suite_lazy"),
+    ok = filelib:ensure_dir(filename:join(Package, "x")),
+    ok = file:write_file(filename:join(Package, "__init__.py"),
+                         <<"import importlib\n\ndef __getattr__(name):\n"
+                           "    return importlib.import_module(__name__ + '.' + name)\n">>),
+    ok = file:write_file(filename:join(Package, "slow.py"),
+                         <<"import time\ntime.sleep(4)\n\ndef echo(x):\n    return x\n">>),
+    ok = py:exec(<<"import py_asyncio_suite_lazy">>),
+    Loops = [begin {ok, L} = py_asyncio:start_loop(#{}), L end || _ <- [1, 2, 3]],
+    [Slow1, Slow2, Fast] = Loops,
+    Refs = [py_asyncio:submit(L, py_asyncio_suite_lazy, 'slow.echo', [L]) || L <- [Slow1, Slow2]],
+    timer:sleep(300),
+    ?assertEqual({ok, 42}, py_asyncio:call(Fast, ?HELPERS, echo, [42], 2000)),
+    [?assertEqual({ok, L}, result(R)) || {R, L} <- lists:zip(Refs, [Slow1, Slow2])],
     [ok = py_asyncio:stop_loop(L) || L <- Loops].
 
 %% Submissions whose modules take long to import (two: as many as the
