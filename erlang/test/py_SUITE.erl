@@ -891,10 +891,7 @@ erlang_function_killed(_Config) ->
 -spec erlang_call_when_its_server_dies(ct_suite:ct_config()) -> term().
 erlang_call_when_its_server_dies(_Config) ->
     Parent = self(),
-    ok = py:register_function(py_suite_blocks, fun() ->
-                                                       Parent ! {blocking, self()},
-                                                       receive after 60000 -> ok end
-                                               end),
+    ok = register_blocking_function(py_suite_blocks),
     Call = fun() ->
                    Code = <<"__import__('erlang').call('py_suite_blocks')">>,
                    spawn_link(fun() ->
@@ -932,10 +929,7 @@ erlang_call_when_its_server_dies(_Config) ->
 -spec erlang_call_when_its_server_restarts(ct_suite:ct_config()) -> term().
 erlang_call_when_its_server_restarts(_Config) ->
     Parent = self(),
-    ok = py:register_function(py_suite_blocks, fun() ->
-                                                       Parent ! {blocking, self()},
-                                                       receive after 60000 -> ok end
-                                               end),
+    ok = register_blocking_function(py_suite_blocks),
     Code = <<"__import__('erlang').call('py_suite_blocks')">>,
     Calls = 4,
     [spawn_link(fun() -> Parent ! {called, py:call(builtins, eval, [Code, #{}], #{}, 30000)} end)
@@ -952,6 +946,15 @@ erlang_call_when_its_server_restarts(_Config) ->
     end)),
     ok = py:unregister_function(py_suite_answers),
     ok = py:unregister_function(py_suite_blocks).
+
+%% Registers `Name' as a function that tells the caller `{blocking, Pid}'
+%% and waits a minute.
+register_blocking_function(Name) ->
+    Parent = self(),
+    py:register_function(Name, fun() ->
+                                       Parent ! {blocking, self()},
+                                       receive after 60000 -> ok end
+                               end).
 
 is_erlang_error({error, {'ErlangError', _, _}}) -> true;
 is_erlang_error(_) -> false.

@@ -907,16 +907,9 @@ stop_loop_of_a_loop_ending_by_itself(_Config) ->
 -spec loop_serves_while_the_pool_is_busy(ct_suite:ct_config()) -> term().
 loop_serves_while_the_pool_is_busy(_Config) ->
     {ok, Loop} = py_asyncio:start_loop(#{}),
-    #{max_threads := Max} = py_nif:pool_stats(),
-    Self = self(),
-    Sleepers = [spawn_link(fun() -> Self ! {slept, py:call(time, sleep, [3])} end)
-                || _ <- lists:seq(1, Max + 1)],
-    wait_until(fun() ->
-                       case py_nif:pool_stats() of
-                           #{queued := Q} when Q > 0 -> true;
-                           _ -> false
-                       end
-               end),
+    %% The helpers imported (an import runs on the pool), as by the cases before.
+    {ok, 0} = py_asyncio:call(Loop, ?HELPERS, echo, [0], ?WAIT),
+    Sleepers = fill_the_pool(3),
     ?assertEqual({ok, 42}, py_asyncio:call(Loop, ?HELPERS, echo, [42], 2000)),
     [receive {slept, _} -> ok after 20000 -> ct:fail(sleepers) end || _ <- Sleepers],
     ok = py_asyncio:stop_loop(Loop).
@@ -931,16 +924,8 @@ stop_loop_while_the_pool_is_busy(_Config) ->
     Self = self(),
     Ref = py_asyncio:submit(Loop, ?HELPERS, say_when_cancelled, [Self, <<"busy_stop">>]),
     receive {<<"busy_stop">>, <<"started">>} -> ok after ?WAIT -> ct:fail(not_started) end,
-    #{max_threads := Max} = py_nif:pool_stats(),
     %% Longer than the stop and the wait below together.
-    Sleepers = [spawn_link(fun() -> Self ! {slept, py:call(time, sleep, [12], #{}, 60000)} end)
-                || _ <- lists:seq(1, Max + 1)],
-    wait_until(fun() ->
-                       case py_nif:pool_stats() of
-                           #{queued := Q} when Q > 0 -> true;
-                           _ -> false
-                       end
-               end),
+    Sleepers = fill_the_pool(12),
     ?assertEqual(ok, py_asyncio:stop_loop(Loop)),
     receive {<<"busy_stop">>, <<"cancelled">>} -> ok
     after 5000 -> ct:fail(python_loop_still_running)
@@ -1035,6 +1020,21 @@ slow_imports_hold_up_no_other_loop(Config) ->
     ?assertEqual({ok, 42}, py_asyncio:call(Fast, ?HELPERS, echo, [42], 2000)),
     [?assertEqual({ok, M}, result(R)) || {R, M} <- lists:zip(Refs, Modules)],
     [ok = py_asyncio:stop_loop(L) || L <- Loops].
+
+%% Every worker of the pool busy sleeping `Seconds', and a call queued: the
+%% sleepers, each of which sends the caller `{slept, Result}'.
+fill_the_pool(Seconds) ->
+    #{max_threads := Max} = py_nif:pool_stats(),
+    Self = self(),
+    Sleepers = [spawn_link(fun() -> Self ! {slept, py:call(time, sleep, [Seconds], #{}, 60000)} end)
+                || _ <- lists:seq(1, Max + 1)],
+    wait_until(fun() ->
+                       case py_nif:pool_stats() of
+                           #{queued := Q} when Q > 0 -> true;
+                           _ -> false
+                       end
+               end),
+    Sleepers.
 
 no_more_messages() ->
     receive Any -> ct:fail({unexpected_message, Any}) after 100 -> ok end.
