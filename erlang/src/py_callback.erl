@@ -78,11 +78,14 @@ handle_info({'EXIT', Pid, Reason}, State = #state{runs = Runs, calls = Calls}) -
     case maps:take(Pid, Calls) of
         {Id, Left} ->
             {{Pid, Reply}, Running} = maps:take(Id, Runs),
-            %% Ended without answering (killed): answered here, at once (the
+            %% Killed before it answered: answered here, at once (the
             %% request's copy of `Reply' lives in this heap until a garbage
-            %% collection, so its end would tell the caller late). A call
-            %% answered, or abandoned, takes no second answer.
-            ok = py_nif:callback_reply(Reply, exit_error(Reason)),
+            %% collection, so its end would tell the caller late). It ends
+            %% `normal' only once it answered or the call was abandoned.
+            _ = case Reason of
+                    normal -> ok;
+                    _ -> py_nif:callback_reply(Reply, exit_error(Reason))
+                end,
             {noreply, State#state{runs = Running, calls = Left}};
         error ->
             {noreply, State}

@@ -58,7 +58,7 @@ pub struct Job {
 /// A job's state, what the cancelling thread needs.
 pub struct JobShared {
     state: Mutex<JobState>,
-    /// The loop asked for a raise between callbacks, and the request: taken
+    /// The loop asked to raise between callbacks, and the request: taken
     /// back when the job ends, so that a loop the thread keeps (its default
     /// loop) does not raise in a later job. Locked after `state`.
     boundary: Mutex<Option<(Py<NativeLoop>, Arc<BoundaryRaise>)>>,
@@ -254,8 +254,8 @@ impl JobShared {
     pub fn take_timeout(&self, _py: Python<'_>) {
         let mut state = self.lock();
         match *state {
-            // The loop still raises at its next callback boundary: the
-            // wait's own TimeoutError may be handled inside a callback.
+            // The loop still ends the job (see `interrupt_by_its_loop`):
+            // the wait's own TimeoutError may be handled inside a callback.
             JobState::CancelRequested(_) | JobState::LoopAsked(_) => {
                 *state = JobState::TimeoutRaised
             }
