@@ -35,7 +35,7 @@
          erlang_call_answer_killed/1, erlang_function_linked_to_its_caller/1,
          timeout_inside_erlang_call_raises_once/1,
          timeout_waiting_event_loop/1, a_dead_caller_s_job_is_cancelled/1,
-         timeout_in_a_loop_callback/1,
+         timeout_in_a_loop_callback/1, one_timeout_for_asyncio_run/1,
          finished_calls_stop_monitoring_the_caller/1,
          nested_call/1, erlang_send/1, erlang_send_from_python_thread/1,
          interpreter_is_the_built_one/1, extension_modules_load/1,
@@ -79,7 +79,7 @@ groups() ->
        erlang_call_when_its_server_dies, erlang_call_when_its_server_restarts,
        erlang_call_answer_killed, erlang_function_linked_to_its_caller,
        timeout_inside_erlang_call_raises_once, timeout_waiting_event_loop,
-       timeout_in_a_loop_callback,
+       timeout_in_a_loop_callback, one_timeout_for_asyncio_run,
        a_dead_caller_s_job_is_cancelled,
        finished_calls_stop_monitoring_the_caller,
        nested_call, erlang_send, erlang_send_from_python_thread,
@@ -1206,6 +1206,30 @@ timeout_in_a_loop_callback(_Config) ->
     receive {<<"handled">>, Context2} -> ct:fail({exception_handler_called, Context2})
     after 0 -> ok
     end.
+
+%% A timed-out `asyncio.run' raises TimeoutError once: the program's
+%% `except' that handles it runs to its end (the 2 s fallback injected a
+%% second one there).
+-spec one_timeout_for_asyncio_run(ct_suite:ct_config()) -> term().
+one_timeout_for_asyncio_run(_Config) ->
+    Busy = busy_workers(),
+    Code = <<"import asyncio, erlang, time\n"
+             "try:\n"
+             "    asyncio.run(asyncio.sleep(3600))\n"
+             "except TimeoutError:\n"
+             "    erlang.send(p, 'first')\n"
+             "    try:\n"
+             "        end = time.monotonic() + 3\n"
+             "        while time.monotonic() < end:\n"
+             "            time.sleep(0.05)\n"
+             "        erlang.send(p, 'cleaned up')\n"
+             "    except TimeoutError:\n"
+             "        erlang.send(p, 'second')\n">>,
+    ?assertEqual({error, timeout},
+                 py:call(builtins, exec, [Code, #{<<"p">> => self()}], #{}, 300)),
+    receive <<"first">> -> ok after 20000 -> ct:fail(not_interrupted) end,
+    receive Next -> ?assertEqual(<<"cleaned up">>, Next) after 20000 -> ct:fail(no_end) end,
+    wait_until(fun() -> busy_workers() =< Busy end, 20000).
 
 -spec a_dead_caller_s_job_is_cancelled(ct_suite:ct_config()) -> term().
 a_dead_caller_s_job_is_cancelled(_Config) ->

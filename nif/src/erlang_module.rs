@@ -245,6 +245,17 @@ fn decode_reply(py: Python<'_>, _env: Env<'_>, result: Term<'_>) -> PyResult<Py<
     }
 }
 
+/// `_erlang.timeout_raised()`: code running a timed-out job raised its
+/// `TimeoutError` itself (an ErlangEventLoop's `run_until_complete`, whose
+/// future the timeout cancelled): no other is injected later. Nothing for a
+/// thread running no job, or one not timed out.
+#[pyfunction]
+fn timeout_raised(py: Python<'_>) {
+    if crate::job::current_job_cancelled() {
+        crate::job::take_current_timeout(py);
+    }
+}
+
 /// `erlang.send(pid, term)`: sends `term` to the process `pid`.
 #[pyfunction]
 fn send(pid: &Bound<'_, PyAny>, term: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -280,6 +291,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
             crate::interrupt::interrupt_thread,
             module
         )?)?;
+        module.add_function(wrap_pyfunction!(timeout_raised, module)?)?;
         module.add_class::<Pid>()?;
         module.add_class::<Ref>()?;
         module.add_class::<OpaqueTerm>()?;

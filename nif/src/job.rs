@@ -342,7 +342,7 @@ impl JobShared {
         // Runs Python code: the job's lock free (see `interrupt`). A future
         // cancelled late is a finished one, or one nobody runs.
         let cancelled = interrupt::cancel_main_of(py, thread);
-        let raise = BoundaryRaise::new(exception.clone().unbind());
+        let raise = BoundaryRaise::new(exception.clone().unbind(), thread);
         {
             // Under the job's lock: a job that finishes meanwhile takes the
             // boundary request back.

@@ -159,6 +159,15 @@ def cancel_main_of(ident: int) -> bool:
     return False
 
 
+def _timeout_raised() -> None:
+    """Tells the node that the TimeoutError of the timed-out ``py:call``
+    this thread runs is raised (by ``run_until_complete``): no second one
+    is injected later."""
+    erlang_module = sys.modules.get("_erlang")
+    if erlang_module is not None:
+        erlang_module.timeout_raised()
+
+
 def _raise_pending() -> None:
     """Nothing but the start of a Python function, where CPython raises an
     exception set on this thread from outside: what the native loop calls
@@ -463,7 +472,14 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             return super().run_until_complete(future)
         except exceptions.CancelledError:
             if self._timed_out_main is future:
+                _timeout_raised()
                 raise TimeoutError from None
+            raise
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                # As asyncio's: the caller cannot see the task, whose
+                # exception would be logged as never retrieved.
+                future.exception()
             raise
         finally:
             self._main_future = outer

@@ -7,22 +7,27 @@
 //! a transport whose `connection_lost` was never called, an `asyncio.run`
 //! waiting on it forever, its pool thread lost.
 
+use std::os::raw::c_ulong;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-/// One request: the exception's class, and whether the runner took it.
+/// One request: the exception's class, the thread it is for (a
+/// `threading.get_ident()`: a loop run by another thread meanwhile leaves
+/// it), and whether the runner took it.
 pub struct BoundaryRaise {
     exception: Py<PyType>,
+    thread: c_ulong,
     taken: AtomicBool,
 }
 
 impl BoundaryRaise {
-    pub fn new(exception: Py<PyType>) -> Arc<BoundaryRaise> {
+    pub fn new(exception: Py<PyType>, thread: c_ulong) -> Arc<BoundaryRaise> {
         Arc::new(BoundaryRaise {
             exception,
+            thread,
             taken: AtomicBool::new(false),
         })
     }
@@ -69,7 +74,14 @@ impl BoundarySlot {
         if !self.requested.load(Ordering::Acquire) {
             return None;
         }
-        let raise = self.lock().take()?;
+        let mut request = self.lock();
+        // SAFETY: reads the calling thread's identifier; nothing is touched.
+        let here = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
+        if request.as_ref()?.thread != here {
+            return None;
+        }
+        let raise = request.take()?;
+        drop(request);
         self.requested.store(false, Ordering::Release);
         raise.taken.store(true, Ordering::Release);
         Some(PyErr::from_type(raise.exception.bind(py).clone(), ()))

@@ -1203,6 +1203,24 @@ def test_reader_is_level_triggered_and_stops_after_remove(
     assert loop.stats()["fds"] == 0
 
 
+@pytest.mark.parametrize("exception", [KeyboardInterrupt, SystemExit])
+def test_run_until_complete_consumes_the_base_exception_of_its_own_task(
+    loop: ErlangEventLoop, exception: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A coroutine given to run_until_complete that raises KeyboardInterrupt
+    or SystemExit: raised, and its task (which the caller never sees) is not
+    logged as "exception was never retrieved", as with asyncio's loop."""
+
+    async def fails() -> None:
+        raise exception
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with pytest.raises(exception):
+            loop.run_until_complete(fails())
+        gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
 @pytest.mark.parametrize("direction", ["reader", "writer"])
 def test_an_fd_watched_from_another_thread_wakes_the_sleeping_loop(
     loop: ErlangEventLoop, pair: tuple[socket.socket, socket.socket], direction: str
