@@ -15,7 +15,10 @@
     %% call Python stopped waiting for (its job timed out) is abandoned, its
     %% function killed.
     runs = #{} :: #{non_neg_integer() => {pid(), reference()}},
-    calls = #{} :: #{pid() => non_neg_integer()}
+    calls = #{} :: #{pid() => non_neg_integer()},
+    %% The process running each call's function, by its answer process:
+    %% killed with it (a function that traps exits would outlive it).
+    runners = #{} :: #{pid() => pid()}
 }).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
@@ -74,7 +77,14 @@ handle_info({py_callback_abandoned, Id}, State = #state{runs = Runs}) ->
         #{} -> ok
     end,
     {noreply, State};
+handle_info({py_callback_runner, Pid, Runner}, State = #state{calls = Calls, runners = Runners})
+  when is_map_key(Pid, Calls) ->
+    {noreply, State#state{runners = Runners#{Pid => Runner}}};
 handle_info({'EXIT', Pid, Reason}, State = #state{runs = Runs, calls = Calls}) ->
+    {Runner, Runners} = case maps:take(Pid, State#state.runners) of
+                            error -> {undefined, State#state.runners};
+                            Taken -> Taken
+                        end,
     case maps:take(Pid, Calls) of
         {Id, Left} ->
             {{Pid, Reply}, Running} = maps:take(Id, Runs),
@@ -84,11 +94,13 @@ handle_info({'EXIT', Pid, Reason}, State = #state{runs = Runs, calls = Calls}) -
             %% `normal' only once it answered or the call was abandoned.
             _ = case Reason of
                     normal -> ok;
-                    _ -> py_nif:callback_reply(Reply, exit_error(Reason))
+                    _ ->
+                        is_pid(Runner) andalso exit(Runner, kill),
+                        py_nif:callback_reply(Reply, exit_error(Reason))
                 end,
-            {noreply, State#state{runs = Running, calls = Left}};
+            {noreply, State#state{runs = Running, calls = Left, runners = Runners}};
         error ->
-            {noreply, State}
+            {noreply, State#state{runners = Runners}}
     end;
 handle_info({py_callback, Pid, Message}, State) when is_pid(Pid) ->
     Pid ! Message,
@@ -113,6 +125,9 @@ answer(Server, Reply, Name, Args) ->
     %% The result comes as a message and the runner ends `normal': an exit
     %% reason carrying it would kill the processes the function linked to.
     Runner = spawn_link(fun() -> Answer ! {self(), ?MODULE, run(Name, Args)} end),
+    %% Before anything else: the server kills the runner if this process is
+    %% killed (until the function runs, the link does).
+    Server ! {py_callback_runner, self(), Runner},
     receive
         {Runner, ?MODULE, Result} ->
             py_nif:callback_reply(Reply, Result);

@@ -970,7 +970,17 @@ erlang_call_answer_killed(_Config) ->
     ok = py:register_function(py_suite_blocks, fun() ->
                                                        {links, Links} = process_info(self(), links),
                                                        Parent ! {blocking, self(), Links},
-                                                       receive go -> done after 60000 -> late end
+                                                       Wait = fun Wait() ->
+                                                                  receive
+                                                                      go -> done;
+                                                                      trap ->
+                                                                          process_flag(trap_exit, true),
+                                                                          Parent ! trapping,
+                                                                          Wait()
+                                                                  after 60000 -> late
+                                                                  end
+                                                              end,
+                                                       Wait()
                                                end),
     Code = <<"__import__('erlang').call('py_suite_blocks')">>,
     Call = fun() ->
@@ -987,13 +997,17 @@ erlang_call_answer_killed(_Config) ->
     receive {called, Done} -> ?assertEqual({ok, <<"done">>}, Done)
     after 10000 -> ct:fail(call_not_answered)
     end,
-    {_, Killed} = Call(),
+    %% A function that traps exits ends with it too (it ran on).
+    {Trapping, Killed} = Call(),
+    Trapping ! trap,
+    receive trapping -> ok after 10000 -> ct:fail(not_trapping) end,
     exit(Killed, kill),
     receive {called, Result} ->
             {error, {'ErlangError', Text, _}} = Result,
             ?assertMatch({_, _}, binary:match(Text, <<"killed">>))
     after 10000 -> ct:fail(call_not_answered)
     end,
+    wait_dead(Trapping),
     ok = py:unregister_function(py_suite_blocks).
 
 %% A function that links to a process (the caller here) returns without
