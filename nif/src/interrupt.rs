@@ -59,20 +59,34 @@ pub fn interrupt_again(py: Python<'_>, ident: c_ulong, interrupted: Option<&Py<N
 /// `erlang_loop` is imported. Runs Python code: call it with no lock held
 /// that the thread may need.
 pub fn native_loop_of(py: Python<'_>, ident: c_ulong) -> Option<Py<NativeLoop>> {
-    let found = (|| -> PyResult<Option<Py<NativeLoop>>> {
-        let Some(module) = imported(py, "erlang_loop._loop")? else {
-            return Ok(None);
-        };
-        let native = module.call_method1("native_loop_of", (ident,))?;
+    // Nobody to report an error to: the thread is still interrupted, at its
+    // next bytecode, without its loop woken.
+    call_loop_module(py, "native_loop_of", ident, |native| {
         if native.is_none() {
             return Ok(None);
         }
         Ok(Some(native.cast_into::<NativeLoop>()?.unbind()))
+    })
+    .flatten()
+}
+
+/// `erlang_loop._loop.<function>(ident)`, its result read by `read`; None
+/// before `erlang_loop` is imported (no loop exists then), or on an error,
+/// logged.
+fn call_loop_module<T>(
+    py: Python<'_>,
+    function: &str,
+    ident: c_ulong,
+    read: impl FnOnce(Bound<'_, PyAny>) -> PyResult<T>,
+) -> Option<T> {
+    let result = (|| -> PyResult<Option<T>> {
+        let Some(module) = imported(py, "erlang_loop._loop")? else {
+            return Ok(None);
+        };
+        read(module.call_method1(function, (ident,))?).map(Some)
     })();
-    found.unwrap_or_else(|error| {
-        // Nobody to report it to: the thread is still interrupted, at its
-        // next bytecode, without its loop woken.
-        tracing::warn!(%error, thread = ident, "could not find the interrupted thread's event loop");
+    result.unwrap_or_else(|error| {
+        tracing::warn!(%error, thread = ident, function, "could not reach the interrupted thread's event loop");
         None
     })
 }
@@ -82,16 +96,7 @@ pub fn native_loop_of(py: Python<'_>, ident: c_ulong) -> Option<Py<NativeLoop>> 
 /// asyncio answers Ctrl-C (`erlang_loop._loop.cancel_main_of`): whether it
 /// was asked. Runs Python code, as [`native_loop_of`].
 pub fn cancel_main_of(py: Python<'_>, ident: c_ulong) -> bool {
-    let asked = (|| -> PyResult<bool> {
-        let Some(module) = imported(py, "erlang_loop._loop")? else {
-            return Ok(false);
-        };
-        module.call_method1("cancel_main_of", (ident,))?.is_truthy()
-    })();
-    asked.unwrap_or_else(|error| {
-        tracing::warn!(%error, thread = ident, "could not cancel the interrupted loop's future");
-        false
-    })
+    call_loop_module(py, "cancel_main_of", ident, |asked| asked.is_truthy()).unwrap_or(false)
 }
 
 /// What [`raise_in_thread`] did.

@@ -134,10 +134,8 @@ def native_loop_of(ident: int) -> Any:
     interrupt (``NativeLoop.interrupt``) for the exception they set on that
     thread, which CPython raises at its next bytecode and a loop waiting for
     events would not run."""
-    for loop in list(_LOOPS):
-        if loop._thread_id == ident and not loop.is_closed():  # type: ignore[attr-defined]
-            return loop._native
-    return None
+    loop = _loop_running_in(ident)
+    return None if loop is None else loop._native
 
 
 def cancel_main_of(ident: int) -> bool:
@@ -149,14 +147,20 @@ def cancel_main_of(ident: int) -> bool:
     ``run_until_complete`` then raises ``TimeoutError``. False when that
     thread runs no such loop (the exception is then raised out of
     ``run_forever`` between two callbacks)."""
+    loop = _loop_running_in(ident)
+    main = None if loop is None else loop._main_future
+    if loop is None or main is None or main.done():
+        return False
+    loop.call_soon_threadsafe(loop._cancel_main_for_timeout, main)
+    return True
+
+
+def _loop_running_in(ident: int) -> ErlangEventLoop | None:
+    """The open ErlangEventLoop running in thread ``ident``, if any."""
     for loop in list(_LOOPS):
         if loop._thread_id == ident and not loop.is_closed():  # type: ignore[attr-defined]
-            main = loop._main_future
-            if main is None or main.done():
-                return False
-            loop.call_soon_threadsafe(loop._cancel_main_for_timeout, main)
-            return True
-    return False
+            return loop
+    return None
 
 
 def _timeout_raised() -> None:
