@@ -15,6 +15,8 @@ import threading
 import traceback
 import types
 import warnings
+import zipfile
+from importlib.util import MAGIC_NUMBER
 
 import _erlang
 
@@ -168,10 +170,7 @@ def _run(argv: list[str]) -> int:
             _run_source(rest[0], "<string>")
         else:
             sys.argv = [mode, *rest]
-            path = os.path.abspath(mode)
-            sys.path.insert(0, os.path.dirname(path))
-            # `__file__` absolute, as python3 gives it since 3.9.
-            runpy.run_path(path, run_name="__main__")
+            _run_script(mode)
     except SystemExit as exit_:
         return _exit_status(exit_.code)
     except BaseException as error:  # noqa: BLE001 - report anything the program raised
@@ -183,12 +182,33 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
-def _run_source(source: str, filename: str) -> None:
-    """Runs a program given as text, as python3's ``-c`` and stdin do: in a
-    module of its own in sys.modules, as python3's ``__main__`` (pickle,
+def _run_script(typed: str) -> None:
+    """Runs the script python3 would run for ``typed``: ``sys.argv[0]`` as
+    typed, ``__file__`` and the code's file name absolute (as python3 gives
+    them since 3.9), its directory first on ``sys.path``. A directory or a
+    zip file (run by its ``__main__.py``) and compiled code go to ``runpy``,
+    which gives ``sys.argv[0]`` absolute."""
+    path = os.path.abspath(typed)
+    with io.open_code(path) if os.path.isfile(path) else io.BytesIO() as script:
+        source = script.read()
+    if os.path.isdir(path) or zipfile.is_zipfile(path):
+        # runpy puts the directory or zip file first on sys.path.
+        runpy.run_path(path, run_name="__main__")
+        return
+    sys.path.insert(0, os.path.dirname(path))
+    if source[:4] == MAGIC_NUMBER:
+        runpy.run_path(path, run_name="__main__")
+    else:
+        _run_source(source, path, __file__=path, __cached__=None)
+
+
+def _run_source(source: str | bytes, filename: str, **module_globals: object) -> None:
+    """Runs a program given as text, as python3 runs a script, ``-c`` or
+    stdin: in a module of its own in sys.modules, as python3's ``__main__`` (pickle,
     enum and dataclasses look names up there)."""
     main_module = types.ModuleType("__main__")
     main_module.__dict__["__builtins__"] = builtins
+    main_module.__dict__.update(module_globals)
     sys.modules["__main__"] = main_module
     exec(compile(source, filename, "exec"), main_module.__dict__)
 

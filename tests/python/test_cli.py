@@ -4,6 +4,7 @@ this node."""
 from __future__ import annotations
 
 import io
+import pathlib
 import sys
 
 import pytest
@@ -87,3 +88,22 @@ def test_interpreter_options_it_cannot_apply_are_refused(
     # Not taken for a script's name ("can't open file '-X'").
     assert erlang_python_cli.main(argv) == 2
     assert reason in capsys.readouterr().err
+
+
+def test_a_script_sees_argv_as_typed_and_its_file_absolute(
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        "print(sys.argv, __file__, sys.path[0])\n"
+        "print(sys.modules['__main__'].__dict__ is globals())\n"
+        "sys.exit(5)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert erlang_python_cli.main(["script.py", "a"]) == 5
+    assert capsys.readouterr().out == f"['script.py', 'a'] {script} {tmp_path}\nTrue\n"
