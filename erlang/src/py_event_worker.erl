@@ -159,9 +159,21 @@ order(Signals) ->
     [S || S <- Signals, S =:= selects] ++ [S || S <- Signals, S =/= selects].
 
 signal(Id, Signal, State = #state{loops = Loops}) ->
-    case Loops of
-        #{Id := Loop} -> apply_signal(Id, Signal, Loop, State);
+    case {Loops, Signal} of
+        {#{Id := Loop}, _} -> apply_signal(Id, Signal, Loop, State);
+        {_, {attached, Ref}} -> take_up(Id, Ref, State);
         _ -> State
+    end.
+
+%% Made our loop's router by another process (`event_loop_set_router'): one
+%% we do not serve (let go of when it was given to another router, then set
+%% back to us) is served again, unless given to yet another meanwhile.
+take_up(Id, Ref, State) ->
+    try py_nif:loop_id(Ref) =:= Id andalso py_nif:loop_router(Ref) =:= self() of
+        true -> State#state{loops = (State#state.loops)#{Id => #loop{ref = Ref}}};
+        false -> State
+    catch
+        error:badarg -> State
     end.
 
 apply_signal(_Id, selects, #loop{ref = Ref}, State) ->
@@ -180,6 +192,9 @@ apply_signal(Id, released, Loop = #loop{ref = Ref}, State) ->
         true -> State;
         false -> forget(Id, Loop, State)
     end;
+apply_signal(_Id, {attached, _Ref}, _Loop, State) ->
+    %% Served already.
+    State;
 apply_signal(_Id, _Unknown, _Loop, State) ->
     %% Not one the NIF sends: a stray message, ignored.
     State.

@@ -27,6 +27,7 @@
          far_timers/1,
          no_leaked_fds/1, tight_add_remove_piles_up_no_fds/1, worker_dies/1, python_worker_dies/1,
          router_replaced_or_for_a_closed_loop/1, supervised_router_of_a_destroyed_loop/1,
+         router_set_back_serves_again/1,
          init/1, sibling/1,
          isolated_loop_worker_stops_on_close/1,
          unclosed_native_loops_release_fds_and_workers/1, get_event_loop_on_any_pool_thread/1,
@@ -70,6 +71,7 @@ all() ->
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, tight_add_remove_piles_up_no_fds, worker_dies, python_worker_dies,
      router_replaced_or_for_a_closed_loop, supervised_router_of_a_destroyed_loop,
+     router_set_back_serves_again,
      isolated_loop_worker_stops_on_close, unclosed_native_loops_release_fds_and_workers,
      get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
@@ -960,6 +962,35 @@ router_replaced_or_for_a_closed_loop(_Config) ->
     ?assertEqual([{3, timer}], collect(Loop, 1, 5000)),
     remember(Loop, Second),
     stop_loop(Loop).
+
+%% A router that let go of a loop (given to another) and keeps serving
+%% others takes the loop up again when it is set back to it.
+-spec router_set_back_serves_again(ct_suite:ct_config()) -> term().
+router_set_back_serves_again(_Config) ->
+    {ok, A} = py_nif:event_loop_new(),
+    {ok, B} = py_nif:event_loop_new(),
+    {ok, First} = py_event_worker:start_link([A, B]),
+    unlink(First),
+    {ok, Second} = py_event_router:start_link(A),
+    unlink(Second),
+    SecondMonitor = monitor(process, Second),
+    OnlyB = [py_nif:loop_id(B)],
+    ?assertEqual(OnlyB, wait_until(fun() -> gen_server:call(First, loops) end,
+                                   fun(Loops) -> Loops =:= OnlyB end, 10000)),
+    ok = py_nif:event_loop_set_router(A, First),
+    receive {'DOWN', SecondMonitor, process, Second, normal} -> ok
+    after 10000 -> ct:fail(replaced_router_still_running)
+    end,
+    ?assertEqual(lists:sort([py_nif:loop_id(A) | OnlyB]),
+                 lists:sort(gen_server:call(First, loops))),
+    {ok, _} = py_nif:call_later(A, 10, 1),
+    ?assertEqual([{1, timer}], collect(A, 1, 5000)),
+    {ok, _} = py_nif:call_later(B, 10, 2),
+    ?assertEqual([{2, timer}], collect(B, 1, 5000)),
+    remember(A, First),
+    remember(B, First),
+    stop_loop(A),
+    stop_loop(B).
 
 %% A router under a supervisor (restart `permanent', the default) whose loop
 %% is destroyed: restarted, it is `ignore', which the supervisor takes; the

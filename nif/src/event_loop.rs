@@ -41,6 +41,7 @@ rustler::atoms! {
     ebadf,
     served,
     released,
+    attached,
 }
 
 static NEXT_LOOP_ID: AtomicU64 = AtomicU64::new(1);
@@ -488,7 +489,7 @@ fn attach<'a>(
     // Named and served under the server's lock (then the core's, the
     // order every path takes): a `lose_server` of the previous server
     // marks the loop down before or after, not between.
-    let (wake, replaced) = {
+    let (wake, replaced, changed) = {
         let mut named = lock(&resource.host.server);
         let refused =
             if exclusive && named.is_some_and(|pid| pid != server && env.is_process_alive(pid)) {
@@ -502,8 +503,9 @@ fn attach<'a>(
         if let Some(reason) = refused {
             return error(env, reason);
         }
-        let replaced = named.replace(server).filter(|&previous| previous != server);
-        (resource.core.set_served(), replaced)
+        let previous = named.replace(server);
+        let replaced = previous.filter(|&previous| previous != server);
+        (resource.core.set_served(), replaced, previous != Some(server))
     };
     // The router it replaces lets go of the loop (a worker of its own then
     // stops), instead of holding it, and its fds, for as long as it lives.
@@ -511,6 +513,16 @@ fn attach<'a>(
         let _ = env.send(
             &previous,
             (py_loop(), resource.host.loop_id, vec![released()]).encode(env),
+        );
+    }
+    // Set by another process: the router is told which loop it serves now
+    // (before the loop's own messages), so that one which had let go of it
+    // (`released` above, then set back to it) takes it up again.
+    if changed && env.pid() != server {
+        let attached = (attached(), resource.clone()).encode(env);
+        let _ = env.send(
+            &server,
+            (py_loop(), resource.host.loop_id, vec![attached]).encode(env),
         );
     }
     tracing::debug!(
