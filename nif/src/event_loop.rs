@@ -505,7 +505,11 @@ fn attach<'a>(
         }
         let previous = named.replace(server);
         let replaced = previous.filter(|&previous| previous != server);
-        (resource.core.set_served(), replaced, previous != Some(server))
+        (
+            resource.core.set_served(),
+            replaced,
+            previous != Some(server),
+        )
     };
     // The router it replaces lets go of the loop (a worker of its own then
     // stops), instead of holding it, and its fds, for as long as it lives.
