@@ -4,12 +4,16 @@ Returns the exit status instead of exiting (the VM owns the process)."""
 
 from __future__ import annotations
 
+import _thread
+import atexit
 import builtins
 import codecs
 import errno
+import gc
 import io
 import os
 import runpy
+import signal
 import sys
 import threading
 import traceback
@@ -55,16 +59,20 @@ def main(argv: list[str | bytes], *, exiting: bool = False) -> int:
     daemonic = this.daemon
     this._daemonic = False  # type: ignore[attr-defined]
     global _program_thread
+    interrupt_main = _thread.interrupt_main
     try:
         with _program_lock:
             _program_thread = threading.get_ident()
+        _thread.interrupt_main = _interrupt_main
         try:
             status = _run([arg if isinstance(arg, str) else os.fsdecode(arg) for arg in argv])
         finally:
+            _thread.interrupt_main = interrupt_main
             with _program_lock:
                 _program_thread = None
         if exiting:
             _wait_for_threads()
+            _finalize()
         return status
     finally:
         this._daemonic = daemonic  # type: ignore[attr-defined]
@@ -85,6 +93,18 @@ def interrupt() -> bool:
     with _program_lock:
         ident = _program_thread
         return ident is not None and _erlang.interrupt_thread(ident)
+
+
+def _interrupt_main(signum: int = signal.SIGINT, /) -> None:
+    """``_thread.interrupt_main`` while a program runs: the program's
+    thread plays CPython's main thread, so SIGINT raises KeyboardInterrupt
+    there, as Ctrl-C does (``interrupt``). Another signal has no Python
+    handler (``signal.signal`` works only on CPython's main thread, which
+    no program code runs on), and python3 then does nothing either."""
+    if not 0 < signum < signal.NSIG:
+        raise ValueError("signal number out of range")
+    if signum == signal.SIGINT:
+        interrupt()
 
 
 def _restore_environment() -> None:
@@ -257,9 +277,19 @@ def _interpreter_options(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def _program_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
-    """``tb`` without its leading frames of this module and of runpy."""
+    """``tb`` without its leading frames of this module and of runpy, and
+    without its last ones of this module (a KeyboardInterrupt the program
+    raised in itself by ``_thread.interrupt_main`` comes in ``interrupt``)."""
     while tb is not None and tb.tb_frame.f_globals.get("__name__") in (__name__, "runpy"):
         tb = tb.tb_next
+    last_of_program = None
+    frame = tb
+    while frame is not None:
+        if frame.tb_frame.f_globals.get("__name__") != __name__:
+            last_of_program = frame
+        frame = frame.tb_next
+    if last_of_program is not None:
+        last_of_program.tb_next = None
     return tb
 
 
@@ -272,6 +302,39 @@ def _exit_status(code: object) -> int:
         return int(code) & 0xFF if -(2**63) <= code < 2**63 else 0xFF
     print(code, file=sys.stderr)
     return 1
+
+
+def _finalize() -> None:
+    """What python3 does after joining its threads, as it finalises: the
+    ``atexit`` handlers (``logging.shutdown`` flushes the log handlers
+    there), then the program's module is cleared and collected, which
+    reports what it left behind (a task's exception never retrieved, a
+    coroutine never awaited). Skipped while a daemon thread of the program
+    still runs: it may use the module's names (CPython stops such threads
+    first)."""
+    atexit._run_exitfuncs()
+    if any(
+        thread.is_alive() and thread is not threading.current_thread()
+        for thread in threading.enumerate()
+        if not isinstance(thread, threading._DummyThread)  # type: ignore[attr-defined]
+        and thread is not threading.main_thread()
+    ):
+        return
+    main_module = sys.modules.get("__main__")
+    if isinstance(main_module, types.ModuleType):
+        # Run as code of a file named "sys": python3 reports what the
+        # module's objects warn of as they go at "sys:1" (no frame runs
+        # then), not at a line of ours.
+        exec(compile(_CLEAR_MODULE, "sys", "exec"), {"names": main_module.__dict__})
+    gc.collect()
+
+
+# As CPython clears a module as it finalises: `_`-names first, then the
+# others. One line: everything it reports is at "sys:1".
+_CLEAR_MODULE = (
+    "for name in sorted(names, key=lambda name: not name.startswith('_')):"
+    " names[name] = names[name] if name == '__builtins__' else None"
+)
 
 
 def _wait_for_threads() -> None:

@@ -11,7 +11,8 @@
          argument_not_utf8/1, signals_end_the_run/1, threads_are_joined/1,
          dash_c_runs_in_main/1, uncaught_as_python3/1,
          children_get_terminal_signals/1, warning_options/1,
-         program_from_stdin/1, environment_as_started/1]).
+         program_from_stdin/1, environment_as_started/1,
+         finalized_as_python3/1, interrupt_main_in_the_program/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -27,7 +28,8 @@ all() ->
      tracing_on_request, exit_status_as_python3, missing_script,
      argument_not_utf8, signals_end_the_run, threads_are_joined,
      dash_c_runs_in_main, uncaught_as_python3, children_get_terminal_signals,
-     warning_options, program_from_stdin, environment_as_started].
+     warning_options, program_from_stdin, environment_as_started,
+     finalized_as_python3, interrupt_main_in_the_program].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -41,6 +43,59 @@ end_per_suite(_Config) ->
     ok.
 
 %%--------------------------------------------------------------------
+
+%% As python3 ends: atexit handlers run (logging's flushes a buffered
+%% handler there) after the threads are joined, with the program's exit
+%% status kept; then what the program's module held is collected and
+%% reports what was left behind.
+-spec finalized_as_python3(ct_suite:ct_config()) -> term().
+finalized_as_python3(Config) ->
+    Program =
+        "import asyncio, atexit, logging, logging.handlers, sys, threading, time\n"
+        "target = logging.StreamHandler(sys.stdout)\n"
+        "logging.getLogger('app').addHandler(logging.handlers.MemoryHandler(100, target=target))\n"
+        "logging.getLogger('app').warning('buffered record')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "async def fail(): raise ValueError('left behind')\n"
+        "loop = asyncio.new_event_loop()\n"
+        "task = loop.create_task(fail())\n"
+        "loop.run_until_complete(asyncio.sleep(0.01))\n"
+        "loop.close()\n"
+        "sys.exit(4)\n",
+    Script = write_script(Config, "finalized.py", Program),
+    {Status, Out, Err} = run(Config, [Script]),
+    ?assertEqual(4, Status),
+    ?assertEqual(<<"thread done\natexit ran\nbuffered record\n">>, Out),
+    [?assertMatch({_, _}, binary:match(Err, Part))
+     || Part <- [<<"Task exception was never retrieved">>, <<"ValueError: left behind">>]].
+
+%% `_thread.interrupt_main()' raises KeyboardInterrupt in the program, as in
+%% python3's main thread: an asyncio.run waiting in its loop ends with its
+%% task cancelled, and a second one in plain code ends the run with 130.
+-spec interrupt_main_in_the_program(ct_suite:ct_config()) -> term().
+interrupt_main_in_the_program(Config) ->
+    Program =
+        "import asyncio, _thread, time\n"
+        "async def main():\n"
+        "    asyncio.get_running_loop().call_later(0.05, _thread.interrupt_main)\n"
+        "    try:\n"
+        "        await asyncio.sleep(30)\n"
+        "    except asyncio.CancelledError:\n"
+        "        print('main cancelled')\n"
+        "        raise\n"
+        "try:\n"
+        "    asyncio.run(main())\n"
+        "except KeyboardInterrupt:\n"
+        "    print('out of asyncio.run')\n"
+        "_thread.interrupt_main()\n"
+        "time.sleep(30)\n",
+    Script = write_script(Config, "interrupt_main.py", Program),
+    {Status, Out, Err} = run(Config, [Script]),
+    ?assertEqual(130, Status),
+    ?assertEqual(<<"main cancelled\nout of asyncio.run\n">>, Out),
+    ?assertMatch({_, _}, binary:match(Err, <<"KeyboardInterrupt">>)),
+    ?assertEqual(nomatch, binary:match(Err, <<"erlang_python_cli">>)).
 
 -spec exit_status(ct_suite:ct_config()) -> term().
 exit_status(Config) ->
