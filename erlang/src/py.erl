@@ -111,17 +111,37 @@ version() ->
     end.
 
 %% @doc Makes `Fun' callable from Python as `erlang.call(Name, *Args)'.
--spec register_function(atom() | binary(), function()) -> ok.
-register_function(Name, Fun) when (is_atom(Name) orelse is_binary(Name)), is_function(Fun) ->
-    py_callback:register(Name, Fun);
+-spec register_function(name(), function()) -> ok.
+register_function(Name, Fun) when is_function(Fun) ->
+    case function_name(Name) of
+        {ok, Key} -> py_callback:register(Key, Fun);
+        error -> erlang:error(badarg, [Name, Fun])
+    end;
 register_function(Name, Fun) ->
     erlang:error(badarg, [Name, Fun]).
 
--spec unregister_function(atom() | binary()) -> ok.
-unregister_function(Name) when is_atom(Name); is_binary(Name) ->
-    py_callback:unregister(Name);
+-spec unregister_function(name()) -> ok.
 unregister_function(Name) ->
-    erlang:error(badarg, [Name]).
+    case function_name(Name) of
+        {ok, Key} -> py_callback:unregister(Key);
+        error -> erlang:error(badarg, [Name])
+    end.
+
+%% Internal
+
+%% A function's name as the registry takes it: an atom or a binary, or an
+%% Erlang string as the binary Python's `str' of it matches.
+function_name(Name) when is_atom(Name); is_binary(Name) ->
+    {ok, Name};
+function_name(Name) when is_list(Name) ->
+    try unicode:characters_to_binary(Name) of
+        Binary when is_binary(Binary) -> {ok, Binary};
+        _Invalid -> error
+    catch
+        error:badarg -> error
+    end;
+function_name(_Name) ->
+    error.
 
 %% Internal
 

@@ -37,5 +37,7 @@ known() ->
      'SSLCertVerificationError', 'SSLZeroReturnError', 'SSLWantReadError',
      'SSLWantWriteError', 'SSLEOFError', 'gaierror', 'herror', 'Empty', 'Full',
      'QueueEmpty', 'QueueFull', 'error',
+     %% Ours: an Erlang function's error, raised by `erlang.call'.
+     'ErlangError',
      %% A Rust panic in a call, as pyo3 names it.
      'PanicException'].

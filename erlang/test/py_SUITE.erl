@@ -836,11 +836,19 @@ register_function(_Config) ->
                     end, 5000),
     ?assertEqual({ok, Term}, py:eval(<<"__import__('erlang').call('echo', x)">>, #{<<"x">> => Term})),
     ok = py:unregister_function(echo),
-    %% Names are atoms or binaries, functions funs: anything else is badarg.
+    %% A name may be a string too, as in `py:call'.
+    ok = py:register_function("echo_\x{e9}", fun(X) -> X end),
+    ?assertEqual({ok, 5}, py:eval(<<"__import__('erlang').call('echo_\xc3\xa9', 5)">>)),
+    ok = py:unregister_function("echo_\x{e9}"),
+    ?assertMatch({error, {'ErlangError', _, _}},
+                 py:eval(<<"__import__('erlang').call('echo_\xc3\xa9', 5)">>)),
+    %% Names are atoms, binaries or strings, functions funs: anything else
+    %% is badarg.
     [?assertError(badarg, py:register_function(Name, Fun))
-     || {Name, Fun} <- [{"echo", fun(X) -> X end}, {1, fun(X) -> X end}, {echo, 1},
-                        {echo, {m, f}}]],
-    ?assertError(badarg, py:unregister_function("echo")).
+     || {Name, Fun} <- [{[-1], fun(X) -> X end}, {[$a | b], fun(X) -> X end},
+                        {1, fun(X) -> X end}, {echo, 1}, {echo, {m, f}}]],
+    ?assertError(badarg, py:unregister_function([$a | b])),
+    ?assertError(badarg, py:unregister_function(1)).
 
 -spec erlang_function_crash(ct_suite:ct_config()) -> term().
 erlang_function_crash(_Config) ->

@@ -12,7 +12,8 @@
          dash_c_runs_in_main/1, uncaught_as_python3/1,
          children_get_terminal_signals/1, warning_options/1,
          program_from_stdin/1, environment_as_started/1,
-         finalized_as_python3/1, interrupt_main_in_the_program/1]).
+         finalized_as_python3/1, interrupt_main_in_the_program/1,
+         conformance_typo_fails/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -29,7 +30,7 @@ all() ->
      argument_not_utf8, signals_end_the_run, threads_are_joined,
      dash_c_runs_in_main, uncaught_as_python3, children_get_terminal_signals,
      warning_options, program_from_stdin, environment_as_started,
-     finalized_as_python3, interrupt_main_in_the_program].
+     finalized_as_python3, interrupt_main_in_the_program, conformance_typo_fails].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -96,6 +97,18 @@ interrupt_main_in_the_program(Config) ->
     ?assertEqual(<<"main cancelled\nout of asyncio.run\n">>, Out),
     ?assertMatch({_, _}, binary:match(Err, <<"KeyboardInterrupt">>)),
     ?assertEqual(nomatch, binary:match(Err, <<"erlang_python_cli">>)).
+
+%% A test named to the conformance runner that names none fails the run
+%% (it passed, as nothing failed); one that names a test runs it.
+-spec conformance_typo_fails(ct_suite:ct_config()) -> term().
+conformance_typo_fails(Config) ->
+    Real = "test_events.ErlangEventLoopTests.test_call_soon",
+    {Status, Out, Err} = run(Config, ["conformance", Real, "test_events.NoSuchTests"]),
+    ?assertEqual(2, Status),
+    ?assertMatch({_, _}, binary:match(Out, <<"1 passed, 0 failed">>)),
+    ?assertMatch({_, _}, binary:match(Err, <<"no test is named test_events.NoSuchTests">>)),
+    ?assertEqual(nomatch, binary:match(Err, list_to_binary(Real))),
+    ?assertMatch({0, _, _}, run(Config, ["conformance", Real])).
 
 -spec exit_status(ct_suite:ct_config()) -> term().
 exit_status(Config) ->

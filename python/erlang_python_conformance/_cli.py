@@ -113,7 +113,24 @@ def main(argv: list[str]) -> int:
         report = run_module(module, entries, excluded, known, args.timeout, tracker, args.trace)
         reports.append(report)
         _print_module(report, known)
-    return _print_summary(reports, known, time.monotonic() - started, args.verbose)
+    status = _print_summary(reports, known, time.monotonic() - started, args.verbose)
+    unknown = _naming_no_test(args.tests, reports, excluded)
+    for test in unknown:
+        print(f"conformance: no test is named {test}", file=sys.stderr)
+    return 2 if unknown else status
+
+
+def _naming_no_test(tests: list[str], reports: list[ModuleReport], excluded: TestList) -> list[str]:
+    """The tests named on the command line (below a module) that select no
+    test, run or excluded: a typo would otherwise pass as nothing failed."""
+    selectors = [Entry(test, "", 0) for test in tests if "." in test]
+    ran = [outcome.test_id for report in reports for outcome in report.outcomes]
+    return [
+        selector.pattern
+        for selector in selectors
+        if not any(selector.matches(test_id) for test_id in ran)
+        and excluded.match(selector.pattern) is None
+    ]
 
 
 def _row(*cells: object) -> str:
