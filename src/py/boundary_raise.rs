@@ -70,10 +70,18 @@ impl BoundarySlot {
 
     /// For the runner, between callbacks: the exception to raise now, if
     /// one was asked for.
+    #[inline(always)]
     pub fn take(&self, py: Python<'_>) -> Option<PyErr> {
         if !self.requested.load(Ordering::Acquire) {
             return None;
         }
+        self.take_requested(py)
+    }
+
+    /// `take` once a request was seen: out of line, as it is rare.
+    #[cold]
+    #[inline(never)]
+    fn take_requested(&self, py: Python<'_>) -> Option<PyErr> {
         let mut request = self.lock();
         // SAFETY: reads the calling thread's identifier; nothing is touched.
         let here = unsafe { pyo3::ffi::PyThread_get_thread_ident() };

@@ -181,6 +181,7 @@ impl NativeLoop {
     }
 
     /// For the runner, between callbacks: the exception asked for, if any.
+    #[inline]
     pub(crate) fn take_boundary_raise(&self, py: Python<'_>) -> Option<PyErr> {
         self.boundary.take(py)
     }
