@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import unittest.mock
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -182,6 +183,21 @@ def test_is_running_and_is_closed(loop: ErlangEventLoop) -> None:
     loop.close()
     assert loop.is_closed()
     assert not loop.is_running()
+
+
+def test_scheduling_reads_the_closed_state_not_a_patched_is_closed(
+    loop: ErlangEventLoop,
+) -> None:
+    # As asyncio's `_check_closed`: janus's tests patch `is_closed` to fake
+    # what their own code sees, and count its calls.
+    async def main() -> str:
+        with unittest.mock.patch.object(loop, "is_closed", return_value=True) as is_closed:
+            task = loop.create_task(asyncio.sleep(0, "ran"))
+            result = await task
+        assert is_closed.call_count == 0
+        return result
+
+    assert run(loop, main()) == "ran"
 
 
 # ---------------------------------------------------------------- ordering
