@@ -37,6 +37,7 @@ def test_a_program_read_from_stdin(
 ) -> None:
     program = "import sys\nprint(__name__, sys.argv)\nsys.exit(6)\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(program))
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
     monkeypatch.setattr(sys, "argv", sys.argv)
     monkeypatch.setattr(sys, "path", list(sys.path))
     assert erlang_python_cli.main(argv) == 6
@@ -103,6 +104,9 @@ def test_a_script_sees_argv_as_typed_and_its_file_absolute(
         "sys.exit(5)\n"
     )
     monkeypatch.chdir(tmp_path)
+    # The script becomes `__main__`, which multiprocessing's spawn would
+    # run again in the children of later tests.
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
     monkeypatch.setattr(sys, "argv", sys.argv)
     monkeypatch.setattr(sys, "path", list(sys.path))
     assert erlang_python_cli.main(["script.py", "a"]) == 5
