@@ -371,9 +371,12 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
 
     def _use_native_paths(self, native: bool) -> None:
         runner = self._runner
+        clock_replaced = self._clock_replaced()
         for name, native_name in self._NATIVE_PATHS.items():
+            if name == "time" and clock_replaced:
+                continue  # the instance's own
             if native and runner is not None and not self._overrides(name):
-                setattr(self, name, getattr(runner, native_name))
+                self.__dict__[name] = getattr(runner, native_name)
             else:
                 self.__dict__.pop(name, None)
         if runner is not None:
@@ -389,7 +392,10 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             )
 
     def _overrides(self, name: str) -> bool:
-        """Does a subclass replace what the native path ``name`` does?"""
+        """Does a subclass, or a clock replaced on the instance, replace what
+        the native path ``name`` does?"""
+        if name in ("time", "_run_once") and self._clock_replaced():
+            return True  # `_run_once` then fires by that clock too
         if name == "_sleep_future":  # it makes its future as create_future does
             return self._overrides("create_future") or self._overrides("time")
         if name == "call_later":  # it reads the clock as time() does
@@ -419,6 +425,27 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
                 "await the coroutine instead of running the loop again"
             ) from None
 
+    def _clock_replaced(self) -> bool:
+        """Is ``time`` replaced on the instance (``mock.patch.object(loop,
+        "time", ...)``, a test faking the clock)?"""
+        clock = self.__dict__.get("time")
+        runner = self.__dict__.get("_runner")
+        return clock is not None and not (runner is not None and clock == runner.time)
+
+    # A clock set on or deleted from the instance takes the paths that read
+    # it (the native ones read CLOCK_MONOTONIC), and timers then fire by it
+    # as asyncio's do: a test moving its fake clock past a timer's `when`
+    # sees the timer run (aiohttp's do).
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "time" and "_runner" in self.__dict__:
+            self._use_native_paths(not self._debug)
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        if name == "time" and "_runner" in self.__dict__:
+            self._use_native_paths(not self._debug)
+
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
         self._use_native_paths(not enabled)
@@ -438,14 +465,32 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     # -- one iteration, in CPython's order --
 
     def _run_once(self) -> None:
-        """One iteration in debug mode (the native ``run_once`` otherwise):
-        the runner's wait and timers, then asyncio's own dispatch with its
-        slow-callback warnings."""
+        """One iteration in debug mode, or with a clock replaced on the
+        instance (the native ``run_once`` otherwise): the timers due by that
+        clock, the runner's wait and timers, then asyncio's own dispatch
+        with its slow-callback warnings in debug mode."""
         runner = self._runner_or_closed()
-        runner.poll()
+        wake_key = None
+        if self._clock_replaced():
+            # As asyncio's `_run_once`: what is due by `time()` runs now,
+            # and the wait ends when the next one is due by that clock.
+            now = self.time()
+            fired, earliest = runner.fire_due_by(now + self._clock_resolution)
+            if not fired and earliest is not None:
+                wake_key = runner.add_future(
+                    time.monotonic() + max(0.0, earliest - now), self.create_future()
+                )
+        try:
+            runner.poll()
+        finally:
+            if wake_key is not None:
+                runner.cancel(wake_key)
         for _ in range(len(runner)):
             handle = runner.popleft()
             if handle._cancelled:
+                continue
+            if not self._debug:
+                handle._run()
                 continue
             try:
                 self._current_handle = handle

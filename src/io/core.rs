@@ -202,6 +202,33 @@ impl LoopCore {
         cancelled
     }
 
+    /// Takes out of the wheel, as fired, the live timers whose id `due`
+    /// accepts (called under the loop's lock: it must not call back into
+    /// the loop): for an owner firing by a clock of its own rather than by
+    /// the wheel's deadlines. O(timers).
+    pub fn take_timers_where(&self, mut due: impl FnMut(u64) -> bool) -> Vec<Event> {
+        let mut state = self.lock();
+        let chosen: Vec<(TimerKey, u64)> = state
+            .wheel
+            .iter()
+            .filter(|&(_, &id)| due(id))
+            .map(|(key, &id)| (key, id))
+            .collect();
+        chosen
+            .into_iter()
+            .filter_map(|(key, id)| {
+                let deadline = state.wheel.deadline(key)?;
+                state.wheel.cancel(key)?;
+                Some(Event {
+                    kind: EventKind::Timer,
+                    id,
+                    key: key.to_u64(),
+                    deadline,
+                })
+            })
+            .collect()
+    }
+
     /// Calls `visit` with the id of every timer the loop holds: live in the
     /// wheel, or fired and still queued. (An owner whose ids stand for
     /// objects it owns walks them this way; nothing else is locked meanwhile.)

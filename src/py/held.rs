@@ -192,6 +192,15 @@ impl Item {
         }
     }
 
+    /// The timer handle a live id stands for (`None` for a future).
+    ///
+    /// # Safety
+    /// `id` is live (in the wheel or queued as fired): its object is alive.
+    pub(crate) unsafe fn handle_of_id(py: Python<'_>, id: u64) -> Option<Bound<'_, PyAny>> {
+        // SAFETY: by the contract, a live object; a new reference is made.
+        (id & FUTURE == 0).then(|| unsafe { Bound::from_borrowed_ptr(py, object_of(id)) })
+    }
+
     /// Does `id` stand for the timer handle `handle`?
     pub(crate) fn is_handle(id: u64, handle: &Bound<'_, PyAny>) -> bool {
         id & FUTURE == 0 && object_of(id) == handle.as_ptr()

@@ -142,6 +142,11 @@ impl NativeLoop {
         self.core.cancel_timer_if(key, ours)
     }
 
+    /// See [`LoopCore::take_timers_where`].
+    pub(crate) fn take_timers_where(&self, due: impl FnMut(u64) -> bool) -> Vec<Event> {
+        self.core.take_timers_where(due)
+    }
+
     /// Calls `visit` with the id of every timer the loop holds: live, or
     /// fired and not yet taken.
     pub(crate) fn for_each_timer_id(&self, mut visit: impl FnMut(u64)) {

@@ -1185,6 +1185,34 @@ impl LoopRunner {
         }
     }
 
+    /// Makes ready the timer handles whose `when` is at most `when`, out of
+    /// the wheel: a loop whose `time` was replaced on the instance (a test
+    /// faking the clock) fires by that clock, as asyncio's `_run_once`
+    /// does, besides the wheel's own deadlines. Returns how many, and the
+    /// earliest `when` of those left (`None`: none). O(timers).
+    fn fire_due_by(slf: &Bound<'_, Self>, when: f64) -> PyResult<(usize, Option<f64>)> {
+        let py = slf.py();
+        let mut earliest_left = f64::INFINITY;
+        let due = slf.borrow().native.get().take_timers_where(|id| {
+            // SAFETY: a live id, read under the loop's lock (the GIL held).
+            let Some(handle) = (unsafe { Item::handle_of_id(py, id) }) else {
+                return false;
+            };
+            if !kinds().is_timer(&handle) {
+                return false;
+            }
+            let handle_when = kinds().float_when(&handle);
+            if handle_when <= when {
+                return true;
+            }
+            earliest_left = earliest_left.min(handle_when);
+            false
+        });
+        let count = due.len();
+        Self::fire(slf, due)?;
+        Ok((count, earliest_left.is_finite().then_some(earliest_left)))
+    }
+
     /// Makes the timers a direct `selector.select()` fired ready.
     fn fire_timers(slf: &Bound<'_, Self>) -> PyResult<()> {
         let fired = slf.borrow().native.get().take_fired();

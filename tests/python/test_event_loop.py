@@ -393,6 +393,36 @@ def test_loop_time_is_the_wheel_clock(loop: ErlangEventLoop) -> None:
         assert before <= native <= after
 
 
+def test_a_clock_replaced_on_the_instance_fires_timers_by_it(loop: ErlangEventLoop) -> None:
+    # aiohttp's keep-alive test moves a patched `loop.time` past a timer's
+    # `when` and expects it to run in the next iterations, as asyncio's
+    # `_run_once` fires by `time()`. (No `wait_for` around it: its timeout
+    # is a timer too.)
+    fired: list[str] = []
+    native_time = loop.time
+
+    async def main() -> None:
+        now = loop.time()
+        due = loop.call_at(now + 3600, fired.append, "due by the fake clock")
+        later = loop.call_later(7200, fired.append, "still ahead")
+        with unittest.mock.patch.object(loop, "time", return_value=now + 3601):
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert fired == ["due by the fake clock"]
+            assert not due.cancelled()
+            # Set by the fake clock, 50 ms ahead of it: run 50 ms later.
+            loop.call_at(now + 3601.05, fired.append, "50 ms later")
+            deadline = time.monotonic() + 30
+            while len(fired) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        assert fired == ["due by the fake clock", "50 ms later"]
+        assert loop.time == native_time  # the native paths are back
+        assert not later.cancelled()
+        later.cancel()
+
+    loop.run_until_complete(main())
+
+
 def test_call_at_when_is_exactly_the_float_asked(loop: ErlangEventLoop) -> None:
     for when in (
         loop.time() + 0.123456789,
