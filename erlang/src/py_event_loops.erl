@@ -31,27 +31,32 @@ handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info({py_loop_new, Loop, Isolated}, State) ->
+handle_info({py_loop_new, Loop, Isolated}, State) when is_boolean(Isolated) ->
     %% The loop asks again every half second while no worker serves it (a
     %% request may be lost with a placer or worker that died): a loop
-    %% placed since, or given up on, is left.
-    _ = py_nif:loop_needs_placing(Loop) andalso place(Loop, Isolated),
+    %% placed since, or given up on, is left. Not a LoopRef: a stray
+    %% message, ignored as any other.
+    _ = needs_placing(Loop) andalso place(Loop, Isolated),
     {noreply, State};
 handle_info(py_orphan_stops, State) ->
     %% Fds of loops whose worker died: take them out of the poll set.
     ok = py_nif:apply_orphan_stops(),
     {noreply, State};
-handle_info({py_sleep, Ms, Wait}, State) when Ms =< 16#FFFFFFFF ->
+handle_info({py_sleep, Ms, Wait}, State) when is_integer(Ms), Ms >= 0, Ms =< 16#FFFFFFFF ->
     _ = erlang:send_after(Ms, self(), {py_sleep_done, Wait}),
     {noreply, State};
-handle_info({py_sleep, _TooFar, _Wait}, State) ->
+handle_info({py_sleep, TooFar, _Wait}, State) when is_integer(TooFar) ->
     %% Beyond Erlang's timer range: the sleeper wakes on its own deadline.
     {noreply, State};
 handle_info({py_sleep_done, Wait}, State) ->
-    ok = py_nif:sleep_done(Wait),
+    %% Not a sleep's resource: a stray message, ignored.
+    try py_nif:sleep_done(Wait) catch error:badarg -> ok end,
     {noreply, State};
 handle_info(_Info, State) ->
     {noreply, State}.
+
+needs_placing(Loop) ->
+    try py_nif:loop_needs_placing(Loop) catch error:badarg -> false end.
 
 %% Placing fails only with the worker or its supervisor being restarted:
 %% nothing to do but wait for the loop's next request.

@@ -30,11 +30,13 @@
 %% every one of them is closed.
 -spec start_link([py_nif:loop_ref()]) -> {ok, pid()} | ignore | {error, term()}.
 start_link(Loops) ->
+    ok = check_loops(Loops),
     gen_server:start_link(?MODULE, {dedicated, Loops}, []).
 
 %% @doc A worker registered as `Name' serving `Loops'.
 -spec start_link(atom(), [py_nif:loop_ref()]) -> {ok, pid()} | {error, term()}.
 start_link(Name, Loops) ->
+    ok = check_loops(Loops),
     gen_server:start_link({local, Name}, ?MODULE, {shared, Loops}, []).
 
 %% @doc A worker of its own for the Python loop `Loop' (an isolated one),
@@ -42,12 +44,15 @@ start_link(Name, Loops) ->
 %% placement was asked for again meanwhile).
 -spec start_placed(py_nif:loop_ref()) -> {ok, pid()} | ignore | {error, term()}.
 start_placed(Loop) ->
+    ok = check_loops([Loop]),
     gen_server:start_link(?MODULE, {placed, Loop}, []).
 
 %% @doc Makes `Worker' serve the Python loop `Loop' too, unless another live
-%% worker does already.
+%% worker does already. `badarg' if `Loop' is not a LoopRef (checked here:
+%% the worker, serving other loops, must not crash on it).
 -spec adopt(pid() | atom(), py_nif:loop_ref()) -> ok.
 adopt(Worker, Loop) ->
+    _ = py_nif:loop_id(Loop),
     gen_server:cast(Worker, {adopt, Loop}).
 
 -spec init({dedicated | shared, [py_nif:loop_ref()]} | {placed, py_nif:loop_ref()}) ->
@@ -134,6 +139,16 @@ format_status(Status) ->
 
 %% Internal
 
+%% `badarg' in the caller for anything but a list of LoopRefs, rather than
+%% a worker crashing in its `init'.
+check_loops([]) ->
+    ok;
+check_loops([Loop | Loops]) ->
+    _ = py_nif:loop_id(Loop),
+    check_loops(Loops);
+check_loops(_NotAList) ->
+    erlang:error(badarg).
+
 serve(Ref, State) ->
     %% May send us {py_loop, Id, ...} at once (timers or fds added before).
     case py_nif:event_loop_set_router(Ref, self()) of
@@ -141,14 +156,17 @@ serve(Ref, State) ->
         {error, _Closed} -> State
     end.
 
-%% A Python loop, served unless another live worker serves it.
+%% A Python loop, served unless another live worker serves it (a cast
+%% that is not a LoopRef: ignored).
 adopt_loop(Ref, State) ->
-    case py_nif:event_loop_adopt(Ref, self()) of
+    try py_nif:event_loop_adopt(Ref, self()) of
         ok ->
             Loops = (State#state.loops)#{py_nif:loop_id(Ref) => #loop{ref = Ref}},
             State#state{loops = Loops};
         {error, _} ->
             State
+    catch
+        error:badarg -> State
     end.
 
 signals(Id, Signals, State) ->

@@ -407,8 +407,19 @@ stray_messages_leave_the_worker_serving(_Config) ->
     ?assert(is_process_alive(Router)),
     Default = whereis(py_event_default),
     [Default ! Stray || Stray <- Strays],
+    %% Casts of what is not a LoopRef: refused in the caller, or ignored.
+    ?assertError(badarg, py_event_worker:adopt(Default, not_a_loop)),
+    [gen_server:cast(Default, {adopt, Junk}) || Junk <- [not_a_loop, make_ref(), Loop]],
+    ?assertError(badarg, py_event_router:start_link(not_a_loop)),
+    ?assertError(badarg, py_event_worker:start_link([Loop | not_a_loop])),
+    %% The placer's messages, with what is not what the NIF sends.
+    Placer = whereis(py_event_loops),
+    [Placer ! Stray || Stray <- [{py_loop_new, not_a_loop, true}, {py_loop_new, Loop, maybe},
+                                 {py_sleep_done, not_a_sleep}, {py_sleep, 1.5, x},
+                                 {py_sleep, -1, x}, {py_sleep, infinity, x}]],
     ?assertEqual({ok, none}, py:eval(<<"__import__('asyncio').run(__import__('asyncio').sleep(0.01))">>)),
     ?assertEqual(Default, whereis(py_event_default)),
+    ?assertEqual(Placer, whereis(py_event_loops)),
     stop_loop(Loop).
 
 %% Refusing dead routers again and again while the loop's fds come and go
