@@ -510,7 +510,11 @@ impl LoopCore {
         // A look without a wait (every iteration of a busy loop) reads no
         // clock for its limit.
         let no_wait = timeout == Some(Duration::ZERO);
-        let give_up = timeout.filter(|_| !no_wait).map(|t| Instant::now() + t);
+        // A timeout beyond what the clock can add (Python's 1e19 s) waits
+        // as long as none.
+        let give_up = timeout
+            .filter(|_| !no_wait)
+            .and_then(|t| Instant::now().checked_add(t));
         let mut slept = false;
         // When a timer less than a tick away may end the wait (see below).
         let mut tick_floor: Option<u64> = None;

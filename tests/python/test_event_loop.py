@@ -423,6 +423,17 @@ def test_a_clock_replaced_on_the_instance_fires_timers_by_it(loop: ErlangEventLo
     loop.run_until_complete(main())
 
 
+def test_a_wait_longer_than_the_clock_counts_waits_until_woken(loop: ErlangEventLoop) -> None:
+    # 1e20 s is past what the clock can add (a Rust panic, once): as the
+    # stdlib's select with a huge timeout, it waits for an event.
+    waker = threading.Timer(0.05, loop.call_soon_threadsafe, (lambda: None,))
+    waker.start()
+    try:
+        assert loop._selector.select(1e20) == []  # type: ignore[attr-defined]
+    finally:
+        waker.join()
+
+
 def test_call_at_when_is_exactly_the_float_asked(loop: ErlangEventLoop) -> None:
     for when in (
         loop.time() + 0.123456789,
