@@ -597,6 +597,7 @@ bad_arguments(_Config) ->
              max_workers => 0, wheel_resolution_us => 1000},
     [?assertError(badarg, py_nif:init(maps:merge(Init, Bad)))
      || Bad <- [#{paths => [foo]}, #{paths => foo}, #{paths => [<<255>>]},
+                #{paths => [<<"a">> | b]}, #{site_dirs => [<<"a">> | b]},
                 #{paths => [<<"a", 0, "b">>]}, #{executable => <<"py", 0>>},
                 #{site_dirs => [<<"a", 0>>]}, #{site_dirs => foo}, #{system_site_packages => 1},
                 #{executable => 1}, #{max_workers => -1}, #{max_workers => 1 bsl 64},

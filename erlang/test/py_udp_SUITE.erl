@@ -220,7 +220,7 @@ bad_arguments(_Config) ->
     [?assertError(badarg, py_nif:sendto_test_udp(Fd, BadData, "127.0.0.1", Port))
      || BadData <- [data, 42, [256], {<<"x">>}]],
     [?assertError(badarg, py_nif:sendto_test_udp(Fd, <<"x">>, BadHost, Port))
-     || BadHost <- [localhost, 127001, {127, 0, 0}, {127, 0, 0, 256}, [-1]]],
+     || BadHost <- [localhost, 127001, {127, 0, 0}, {127, 0, 0, 256}, [-1], [$1 | foo]]],
     [?assertError(badarg, py_nif:sendto_test_udp(Fd, <<"x">>, "127.0.0.1", BadPort))
      || BadPort <- [-1, 65536, "80"]],
     [?assertError(badarg, py_nif:close_test_fd(Bad)) || Bad <- [fd, <<>>]],

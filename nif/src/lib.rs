@@ -13,6 +13,7 @@ mod job;
 mod namespace;
 mod opaque;
 mod parent;
+mod proper_list;
 mod runtime;
 mod server_watch;
 mod signals;

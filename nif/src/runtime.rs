@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use rustler::{Encoder, Env, NifResult, Term};
 
 use crate::atoms;
+use crate::proper_list::ProperList;
 
 /// Default for `max_workers` when the application env says nothing.
 const DEFAULT_MAX_WORKERS: usize = 32;
@@ -51,8 +52,8 @@ fn adopt_python_thread() {
 
 #[derive(rustler::NifMap)]
 struct InitOptions {
-    paths: Vec<String>,
-    site_dirs: Vec<String>,
+    paths: ProperList<String>,
+    site_dirs: ProperList<String>,
     system_site_packages: bool,
     executable: Option<String>,
     max_workers: usize,
@@ -70,7 +71,12 @@ fn init<'a>(env: Env<'a>, options: Term<'a>) -> NifResult<Term<'a>> {
     let options: InitOptions = options.decode().map_err(|_| rustler::Error::BadArg)?;
     // A NUL byte would go into `sys.path` and fail every import after.
     let has_nul = |text: &String| text.contains('\0');
-    if options.paths.iter().chain(&options.site_dirs).any(has_nul)
+    if options
+        .paths
+        .0
+        .iter()
+        .chain(&options.site_dirs.0)
+        .any(has_nul)
         || options.executable.as_ref().is_some_and(has_nul)
     {
         return Err(rustler::Error::BadArg);
@@ -86,8 +92,8 @@ fn init<'a>(env: Env<'a>, options: Term<'a>) -> NifResult<Term<'a>> {
     }
     crate::event_loop::set_tick_ns(tick_ns);
     let config = InterpreterConfig {
-        paths: options.paths.into_iter().map(PathBuf::from).collect(),
-        site_dirs: options.site_dirs.into_iter().map(PathBuf::from).collect(),
+        paths: options.paths.0.into_iter().map(PathBuf::from).collect(),
+        site_dirs: options.site_dirs.0.into_iter().map(PathBuf::from).collect(),
         system_site_packages: options.system_site_packages,
         executable: options.executable.map(PathBuf::from),
     };

@@ -18,6 +18,7 @@ use rustler::types::binary::NewBinary;
 use rustler::{Binary, Encoder, Env, Error, NifResult, Term};
 
 use crate::atoms;
+use crate::proper_list::ProperList;
 use crate::sync::lock;
 
 rustler::atoms! {
@@ -307,8 +308,9 @@ fn decode_host(term: Term<'_>) -> NifResult<Option<Ipv4Addr>> {
     let text: Vec<u8> = if term.is_binary() {
         Binary::from_term(term)?.as_slice().to_vec()
     } else if term.is_list() {
-        let chars: Vec<Term<'_>> = term.decode()?;
+        let chars: ProperList<Term<'_>> = term.decode()?;
         chars
+            .0
             .into_iter()
             .map(decode_in_range::<u8>)
             .collect::<NifResult<_>>()?
