@@ -27,8 +27,8 @@
          far_timers/1,
          no_leaked_fds/1, tight_add_remove_piles_up_no_fds/1, worker_dies/1, python_worker_dies/1,
          router_replaced_or_for_a_closed_loop/1, supervised_router_of_a_destroyed_loop/1,
-         router_set_back_serves_again/1,
-         init/1, sibling/1,
+         router_set_back_serves_again/1, selects_of_one_fd_from_many_processes/1,
+         init/1, sibling/1, log/2,
          isolated_loop_worker_stops_on_close/1,
          unclosed_native_loops_release_fds_and_workers/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
@@ -71,7 +71,7 @@ all() ->
      two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
      no_leaked_fds, tight_add_remove_piles_up_no_fds, worker_dies, python_worker_dies,
      router_replaced_or_for_a_closed_loop, supervised_router_of_a_destroyed_loop,
-     router_set_back_serves_again,
+     router_set_back_serves_again, selects_of_one_fd_from_many_processes,
      isolated_loop_worker_stops_on_close, unclosed_native_loops_release_fds_and_workers,
      get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
@@ -1002,6 +1002,57 @@ router_set_back_serves_again(_Config) ->
     remember(B, First),
     stop_loop(A),
     stop_loop(B).
+
+%% The router's entry points called by many processes at once (each its
+%% own router, or none) on one fd: each arm's `enif_select' is made before a
+%% stop closes the duplicate, so ERTS never sees a closed or reused fd (it
+%% complained of fds "stolen" and "bad input fd" in erts_poll).
+-spec selects_of_one_fd_from_many_processes(ct_suite:ct_config()) -> term().
+selects_of_one_fd_from_many_processes(_Config) ->
+    ok = logger:add_handler(py_select_complaints, ?MODULE, #{config => #{pid => self()}}),
+    {S, Fd, _Port} = udp(),
+    {ok, Loop} = py_nif:event_loop_new(),
+    Self = self(),
+    Churn = fun(SetRouter, Rounds) ->
+                    fun() ->
+                            [begin
+                                 {ok, Ref} = py_nif:add_reader(Loop, Fd, 1),
+                                 _ = SetRouter andalso py_nif:event_loop_set_router(Loop, self()),
+                                 ok = py_nif:loop_apply_selects(Loop),
+                                 %% Another's add or remove of the fd
+                                 %% may have taken this registration.
+                                 _ = py_nif:remove_reader(Loop, Ref),
+                                 ok = py_nif:loop_apply_selects(Loop)
+                             end || _ <- lists:seq(1, Rounds)],
+                            Self ! {churned, self()}
+                    end
+            end,
+    try
+        Churners = [spawn_link(Churn(false, 5000)) || _ <- lists:seq(1, 3)]
+            ++ [spawn_link(Churn(true, 1000)) || _ <- lists:seq(1, 4)],
+        [receive {churned, Pid} -> ok end || Pid <- Churners],
+        receive {erts_complaint, Text} -> ct:fail({erts_complaint, Text})
+        after 500 -> ok
+        end
+    after
+        ok = logger:remove_handler(py_select_complaints),
+        ok = py_nif:event_loop_destroy(Loop),
+        ok = gen_udp:close(S)
+    end.
+
+%% Logger handler of `selects_of_one_fd_from_many_processes': ERTS's
+%% complaints about selects go to the test process.
+-spec log(logger:log_event(), logger:handler_config()) -> ok.
+log(#{msg := Msg}, #{config := #{pid := Pid}}) ->
+    Text = case Msg of
+               {string, String} -> unicode:characters_to_list(String);
+               {report, Report} -> io_lib:format("~p", [Report]);
+               {Format, Args} -> io_lib:format(Format, Args)
+           end,
+    case re:run(Text, "stealing control|Bad input fd") of
+        nomatch -> ok;
+        _ -> Pid ! {erts_complaint, lists:flatten(Text)}, ok
+    end.
 
 %% A router under a supervisor (restart `permanent', the default) whose loop
 %% is destroyed: restarted, it is `ignore', which the supervisor takes; the

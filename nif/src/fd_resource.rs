@@ -49,6 +49,13 @@ struct FdResource {
     /// The duplicate is closed: set after `close(2)` returned, under
     /// `CLOSES`, for [`wait_closed`].
     released: AtomicBool,
+    /// Held across a select's state change and its `enif_select`: two
+    /// processes selecting one fd at once (routers swapped, or the router's
+    /// entry points called by others) would otherwise let a stop, seeing it
+    /// selected, close the duplicate before the arm's `enif_select` ran,
+    /// which then watched a closed (or reused) fd number. No contention in
+    /// the usual case: one router makes a loop's selects.
+    selecting: Mutex<()>,
 }
 
 /// Taken by `close_once` after a close and by [`wait_closed`] around its
@@ -167,7 +174,7 @@ pub struct FdHandle {
     object: *mut FdResource,
 }
 
-// SAFETY: the object is immutable apart from atomics, and the VM's resource
+// SAFETY: the object is immutable apart from atomics and a mutex, and the VM's resource
 // reference counting is thread-safe.
 unsafe impl Send for FdHandle {}
 // SAFETY: as above.
@@ -203,6 +210,10 @@ impl FdHandle {
     /// Returns the raw `enif_select` result (negative on failure).
     pub fn select(&self, env: Env<'_>, op: SelectOp, pid: &ErlNifPid, reference: Term<'_>) -> i32 {
         let resource = self.resource();
+        let _serial = resource
+            .selecting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let flags = match op {
             SelectOp::Arm { read, write } => {
                 let marked = resource.state.compare_exchange(
@@ -268,6 +279,7 @@ pub fn open(fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
                 token,
                 state: AtomicU8::new(STATE_FRESH),
                 released: AtomicBool::new(false),
+                selecting: Mutex::new(()),
             },
         )
     };
