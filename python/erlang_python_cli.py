@@ -9,8 +9,8 @@ import atexit
 import builtins
 import codecs
 import errno
-import gc
 import io
+import operator
 import os
 import runpy
 import signal
@@ -60,19 +60,22 @@ def main(argv: list[str | bytes], *, exiting: bool = False) -> int:
     this._daemonic = False  # type: ignore[attr-defined]
     global _program_thread
     interrupt_main = _thread.interrupt_main
+    node_main = sys.modules.get("__main__")
     try:
         with _program_lock:
             _program_thread = threading.get_ident()
         _thread.interrupt_main = _interrupt_main
         try:
             status = _run([arg if isinstance(arg, str) else os.fsdecode(arg) for arg in argv])
+            # Still the program's thread: a Ctrl-C while its threads are
+            # joined or its atexit handlers run is raised there, as python3's.
+            if exiting:
+                _wait_for_threads()
+                _finalize(node_main)
         finally:
             _thread.interrupt_main = interrupt_main
             with _program_lock:
                 _program_thread = None
-        if exiting:
-            _wait_for_threads()
-            _finalize()
         return status
     finally:
         this._daemonic = daemonic  # type: ignore[attr-defined]
@@ -98,12 +101,17 @@ def interrupt() -> bool:
 def _interrupt_main(signum: int = signal.SIGINT, /) -> None:
     """``_thread.interrupt_main`` while a program runs: the program's
     thread plays CPython's main thread, so SIGINT raises KeyboardInterrupt
-    there, as Ctrl-C does (``interrupt``). Another signal has no Python
-    handler (``signal.signal`` works only on CPython's main thread, which
-    no program code runs on), and python3 then does nothing either."""
-    if not 0 < signum < signal.NSIG:
+    there, as Ctrl-C does (``interrupt``). Another valid signal number has
+    no Python handler (``signal.signal`` works only on CPython's main
+    thread, which no program code runs on), and python3 then does nothing
+    either. Arguments are checked as python3's are."""
+    # Its errors for what is not an int (TypeError) or not a C long.
+    number = operator.index(signum)
+    if not -(2**63) <= number < 2**63:
+        raise OverflowError("Python int too large to convert to C long")
+    if not 0 < number < signal.NSIG:
         raise ValueError("signal number out of range")
-    if signum == signal.SIGINT:
+    if number == signal.SIGINT:
         interrupt()
 
 
@@ -205,17 +213,22 @@ def _run(argv: list[str]) -> int:
 def _run_script(typed: str) -> None:
     """Runs the script python3 would run for ``typed``: ``sys.argv[0]`` as
     typed, ``__file__`` and the code's file name absolute (as python3 gives
-    them since 3.9), its directory first on ``sys.path``. A directory or a
-    zip file (run by its ``__main__.py``) and compiled code go to ``runpy``,
-    which gives ``sys.argv[0]`` absolute."""
+    them since 3.9), the directory of the file it names (symlinks resolved)
+    first on ``sys.path``. A directory or a zip file (run by its
+    ``__main__.py``) and compiled code go to ``runpy``, which gives
+    ``sys.argv[0]`` absolute. Any other file is read once, so that a pipe
+    (``<(...)``, a FIFO) runs too."""
     path = os.path.abspath(typed)
-    with io.open_code(path) if os.path.isfile(path) else io.BytesIO() as script:
-        source = script.read()
-    if os.path.isdir(path) or zipfile.is_zipfile(path):
-        # runpy puts the directory or zip file first on sys.path.
+    if os.path.isdir(path):
+        # runpy puts the directory first on sys.path.
         runpy.run_path(path, run_name="__main__")
         return
-    sys.path.insert(0, os.path.dirname(path))
+    with io.open_code(path) as script:
+        source = script.read()
+    if zipfile.is_zipfile(io.BytesIO(source)):
+        runpy.run_path(path, run_name="__main__")
+        return
+    sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
     if source[:4] == MAGIC_NUMBER:
         runpy.run_path(path, run_name="__main__")
     else:
@@ -304,37 +317,20 @@ def _exit_status(code: object) -> int:
     return 1
 
 
-def _finalize() -> None:
+def _finalize(node_main: object) -> None:
     """What python3 does after joining its threads, as it finalises: the
     ``atexit`` handlers (``logging.shutdown`` flushes the log handlers
-    there), then the program's module is cleared and collected, which
+    there), then the program's ``__main__`` leaves ``sys.modules`` and is
+    collected, its objects' finalizers seeing its names as they were, which
     reports what it left behind (a task's exception never retrieved, a
-    coroutine never awaited). Skipped while a daemon thread of the program
-    still runs: it may use the module's names (CPython stops such threads
-    first)."""
+    coroutine never awaited). ``node_main``: the node's own ``__main__``,
+    which stays (``-m`` puts it back)."""
     atexit._run_exitfuncs()
-    if any(
-        thread.is_alive() and thread is not threading.current_thread()
-        for thread in threading.enumerate()
-        if not isinstance(thread, threading._DummyThread)  # type: ignore[attr-defined]
-        and thread is not threading.main_thread()
-    ):
-        return
-    main_module = sys.modules.get("__main__")
-    if isinstance(main_module, types.ModuleType):
-        # Run as code of a file named "sys": python3 reports what the
-        # module's objects warn of as they go at "sys:1" (no frame runs
-        # then), not at a line of ours.
-        exec(compile(_CLEAR_MODULE, "sys", "exec"), {"names": main_module.__dict__})
-    gc.collect()
-
-
-# As CPython clears a module as it finalises: `_`-names first, then the
-# others. One line: everything it reports is at "sys:1".
-_CLEAR_MODULE = (
-    "for name in sorted(names, key=lambda name: not name.startswith('_')):"
-    " names[name] = names[name] if name == '__builtins__' else None"
-)
+    if sys.modules.get("__main__") is not node_main:
+        sys.modules.pop("__main__", None)
+    # Collected in code of a file named "sys": python3 reports what goes
+    # then at "sys:1" (no frame runs as it finalises), not at a line of ours.
+    exec(compile("__import__('gc').collect()", "sys", "exec"), {})
 
 
 def _wait_for_threads() -> None:

@@ -188,8 +188,15 @@ signal(Id, Signal, State = #state{loops = Loops}) ->
 %% back to us) is served again, unless given to yet another meanwhile.
 take_up(Id, Ref, State) ->
     try py_nif:loop_id(Ref) =:= Id andalso py_nif:loop_router(Ref) =:= self() of
-        true -> State#state{loops = (State#state.loops)#{Id => #loop{ref = Ref}}};
-        false -> State
+        true ->
+            %% Its wake-ups may have come before this message (sent from
+            %% another thread, and ignored then): its selects and its
+            %% timer are done now, as its router's next look would.
+            Served = State#state{loops = (State#state.loops)#{Id => #loop{ref = Ref}}},
+            ok = py_nif:loop_apply_selects(Ref),
+            signals(Id, py_nif:loop_tick(Ref), Served);
+        false ->
+            State
     catch
         error:badarg -> State
     end.

@@ -13,7 +13,7 @@
          children_get_terminal_signals/1, warning_options/1,
          program_from_stdin/1, environment_as_started/1,
          finalized_as_python3/1, interrupt_main_in_the_program/1,
-         conformance_typo_fails/1]).
+         conformance_typo_fails/1, ctrl_c_in_an_atexit_handler/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -30,7 +30,8 @@ all() ->
      argument_not_utf8, signals_end_the_run, threads_are_joined,
      dash_c_runs_in_main, uncaught_as_python3, children_get_terminal_signals,
      warning_options, program_from_stdin, environment_as_started,
-     finalized_as_python3, interrupt_main_in_the_program, conformance_typo_fails].
+     finalized_as_python3, interrupt_main_in_the_program, conformance_typo_fails,
+     ctrl_c_in_an_atexit_handler].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -63,13 +64,63 @@ finalized_as_python3(Config) ->
         "task = loop.create_task(fail())\n"
         "loop.run_until_complete(asyncio.sleep(0.01))\n"
         "loop.close()\n"
+        "class Scratch:\n"
+        "    def __del__(self): print('finalizer sees sys:', sys is not None)\n"
+        "scratch = Scratch()\n"
         "sys.exit(4)\n",
     Script = write_script(Config, "finalized.py", Program),
     {Status, Out, Err} = run(Config, [Script]),
     ?assertEqual(4, Status),
-    ?assertEqual(<<"thread done\natexit ran\nbuffered record\n">>, Out),
+    ?assertEqual(<<"thread done\natexit ran\nbuffered record\nfinalizer sees sys: True\n">>, Out),
     [?assertMatch({_, _}, binary:match(Err, Part))
-     || Part <- [<<"Task exception was never retrieved">>, <<"ValueError: left behind">>]].
+     || Part <- [<<"Task exception was never retrieved">>, <<"ValueError: left behind">>]],
+    %% A module run with -m: what it leaves is reported where python3 does.
+    _ = write_script(Config, "s22_never.py", "async def never(): pass\nco = never()\n"),
+    {0, _, ModuleErr} = run(Config, ["-m", "s22_never"]),
+    ?assertMatch({_, _}, binary:match(ModuleErr, <<"sys:1: RuntimeWarning: coroutine 'never' was never awaited">>)).
+
+%% A Ctrl-C while an atexit handler runs is raised in that handler, as
+%% python3 raises it; the other handlers run and the run ends with its
+%% status (it halted the node at once, the handlers left undone).
+-spec ctrl_c_in_an_atexit_handler(ct_suite:ct_config()) -> term().
+ctrl_c_in_an_atexit_handler(Config) ->
+    Helper = write_script(Config, "atexit_helper.py", "
+import signal, subprocess, sys
+PROGRAM = '''
+import atexit, time
+def second():
+    print('second handler ran', flush=True)
+def first():
+    print('ready', flush=True)
+    try:
+        # Short sleeps: one long call in C sees a Ctrl-C only as it returns.
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        print('handler got KeyboardInterrupt', flush=True)
+atexit.register(second)
+atexit.register(first)
+'''
+node = subprocess.Popen(
+    [sys.argv[1], '-c', PROGRAM], stdout=subprocess.PIPE, text=True,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+ready = node.stdout.readline().strip()
+node.send_signal(signal.SIGINT)
+try:
+    status = node.wait(timeout=30)
+except subprocess.TimeoutExpired:
+    node.kill()
+    status = 'still running'
+print(ready, status, node.stdout.read().splitlines())
+"),
+    Port = open_port({spawn_executable, os:find_executable("python3")},
+                     [exit_status, binary, stream, stderr_to_stdout,
+                      {args, [Helper, ?config(cli, Config)]}]),
+    {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
+    ct:log("helper status ~b:~n~ts", [Status, Out]),
+    ?assertEqual({0, <<"ready 0 ['handler got KeyboardInterrupt', 'second handler ran']\n">>},
+                 {Status, Out}).
 
 %% `_thread.interrupt_main()' raises KeyboardInterrupt in the program, as in
 %% python3's main thread: an asyncio.run waiting in its loop ends with its

@@ -320,9 +320,10 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
 
     def _wheel_time(self, when: float) -> float:
         """``when``, a time of this loop's clock, on the wheel's clock
-        (CLOCK_MONOTONIC, which ``time()`` reads unless a subclass, or a
-        patch in debug mode, replaced it: its timers then fire when as much
-        time has passed as they were set for, as ``call_at`` says)."""
+        (CLOCK_MONOTONIC, which ``time()`` reads unless a subclass or a
+        patch of the instance replaced it: its timers then fire when as
+        much time has passed as they were set for, as ``call_at`` says, or
+        earlier if the replaced clock reaches their ``when`` first)."""
         clock = self.time
         if getattr(clock, "__func__", None) is base_events.BaseEventLoop.time or (
             self._runner is not None and getattr(clock, "__self__", None) is self._runner

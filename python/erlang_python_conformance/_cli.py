@@ -122,8 +122,10 @@ def main(argv: list[str]) -> int:
 
 def _naming_no_test(tests: list[str], reports: list[ModuleReport], excluded: TestList) -> list[str]:
     """The tests named on the command line (below a module) that select no
-    test, run or excluded: a typo would otherwise pass as nothing failed."""
-    selectors = [Entry(test, "", 0) for test in tests if "." in test]
+    test, run or excluded: a typo would otherwise pass as nothing failed.
+    Patterns (``*``, ``?``, ``[``) are left out: one may select excluded
+    tests only, which are not listed here."""
+    selectors = [Entry(test, "", 0) for test in tests if "." in test and not set("*?[") & set(test)]
     ran = [outcome.test_id for report in reports for outcome in report.outcomes]
     return [
         selector.pattern

@@ -4,8 +4,10 @@ this node."""
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import sys
+import threading
 
 import pytest
 
@@ -111,3 +113,57 @@ def test_a_script_sees_argv_as_typed_and_its_file_absolute(
     monkeypatch.setattr(sys, "path", list(sys.path))
     assert erlang_python_cli.main(["script.py", "a"]) == 5
     assert capsys.readouterr().out == f"['script.py', 'a'] {script} {tmp_path}\nTrue\n"
+
+
+def test_a_script_from_a_pipe_runs(
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `bin/erlang-python <(...)`: a FIFO, which is no regular file.
+    fifo = tmp_path / "program"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=("print('from a pipe')\n",))
+    writer.start()
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        assert erlang_python_cli.main([str(fifo)]) == 0
+    finally:
+        writer.join()
+    assert capsys.readouterr().out == "from a pipe\n"
+
+
+def test_a_symlinked_script_imports_beside_the_file_it_names(
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "s22_sibling.py").write_text("NAME = 'sibling'\n")
+    (real / "script.py").write_text("import s22_sibling\nprint(s22_sibling.NAME)\n")
+    (tmp_path / "link.py").symlink_to(real / "script.py")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
+    monkeypatch.delitem(sys.modules, "s22_sibling", raising=False)
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert erlang_python_cli.main(["link.py"]) == 0
+    assert capsys.readouterr().out == "sibling\n"
+
+
+@pytest.mark.parametrize(
+    ("signum", "error"),
+    [
+        (2.0, TypeError),
+        ("2", TypeError),
+        (10**30, OverflowError),
+        (0, ValueError),
+        (65, ValueError),
+    ],
+)
+def test_interrupt_main_checks_its_argument_as_python3(signum: object, error: type) -> None:
+    with pytest.raises(error):
+        erlang_python_cli._interrupt_main(signum)  # type: ignore[arg-type]
