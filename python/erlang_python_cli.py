@@ -225,11 +225,14 @@ def _run_script(typed: str) -> None:
         return
     with io.open_code(path) as script:
         source = script.read()
-    if zipfile.is_zipfile(io.BytesIO(source)):
+    # runpy opens the file again: a pipe's code is compiled from what was
+    # read (a zip or compiled code there is a SyntaxError, as in python3).
+    regular = os.path.isfile(path)
+    if regular and zipfile.is_zipfile(io.BytesIO(source)):
         runpy.run_path(path, run_name="__main__")
         return
     sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
-    if source[:4] == MAGIC_NUMBER:
+    if regular and source[:4] == MAGIC_NUMBER:
         runpy.run_path(path, run_name="__main__")
     else:
         _run_source(source, path, __file__=path, __cached__=None)
@@ -337,13 +340,23 @@ def _wait_for_threads() -> None:
     """What python3 does before it exits (``threading._shutdown``): the
     hooks of ``threading._register_atexit`` (an executor's workers end
     there), then every thread that is not a daemon is joined. Not
-    `_shutdown` itself: it ends CPython's main thread, not this one."""
-    for hook in reversed(getattr(threading, "_threading_atexits", [])):
-        try:
-            hook()
-        except Exception:  # noqa: BLE001 - as CPython: reported, the rest still run
-            traceback.print_exc()
-    current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not current and not thread.daemon and thread is not threading.main_thread():
-            thread.join()
+    `_shutdown` itself: it ends CPython's main thread, not this one.
+    A Ctrl-C meanwhile ends the waiting, reported as python3 reports it,
+    and the run goes on to its atexit handlers."""
+    try:
+        for hook in reversed(getattr(threading, "_threading_atexits", [])):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - as CPython: reported, the rest still run
+                traceback.print_exc()
+        current = threading.current_thread()
+        for thread in threading.enumerate():
+            if thread is current or thread.daemon or thread is threading.main_thread():
+                continue
+            # Short joins: a KeyboardInterrupt is raised between two, not
+            # once the thread ends (a join waits in C).
+            while thread.is_alive():
+                thread.join(0.05)
+    except KeyboardInterrupt:
+        print("Exception ignored in: <module 'threading'>", file=sys.stderr)
+        traceback.print_exc()

@@ -85,7 +85,7 @@ finalized_as_python3(Config) ->
 -spec ctrl_c_in_an_atexit_handler(ct_suite:ct_config()) -> term().
 ctrl_c_in_an_atexit_handler(Config) ->
     Helper = write_script(Config, "atexit_helper.py", "
-import signal, subprocess, sys
+import signal, subprocess, sys, time
 PROGRAM = '''
 import atexit, time
 def second():
@@ -113,13 +113,34 @@ except subprocess.TimeoutExpired:
     node.kill()
     status = 'still running'
 print(ready, status, node.stdout.read().splitlines())
+# A Ctrl-C while a thread that never ends is joined at exit: the waiting
+# ends, the atexit handlers run, status 0 (as python3).
+JOINED = '''
+import atexit, threading
+atexit.register(lambda: print('atexit ran', flush=True))
+threading.Thread(target=threading.Event().wait).start()
+print('ready', flush=True)
+'''
+node = subprocess.Popen(
+    [sys.argv[1], '-c', JOINED], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+ready = node.stdout.readline().strip()
+time.sleep(0.5)
+node.send_signal(signal.SIGINT)
+try:
+    status = node.wait(timeout=30)
+except subprocess.TimeoutExpired:
+    node.kill()
+    status = 'still running'
+print(ready, status, node.stdout.read().splitlines())
 "),
     Port = open_port({spawn_executable, os:find_executable("python3")},
                      [exit_status, binary, stream, stderr_to_stdout,
                       {args, [Helper, ?config(cli, Config)]}]),
     {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
     ct:log("helper status ~b:~n~ts", [Status, Out]),
-    ?assertEqual({0, <<"ready 0 ['handler got KeyboardInterrupt', 'second handler ran']\n">>},
+    ?assertEqual({0, <<"ready 0 ['handler got KeyboardInterrupt', 'second handler ran']\n"
+                       "ready 0 ['atexit ran']\n">>},
                  {Status, Out}).
 
 %% `_thread.interrupt_main()' raises KeyboardInterrupt in the program, as in
