@@ -86,7 +86,20 @@ finalized_as_python3(Config) ->
 ctrl_c_in_an_atexit_handler(Config) ->
     Helper = write_script(Config, "atexit_helper.py", "
 import signal, subprocess, sys, time
-PROGRAM = '''
+def interrupted(program, delay):
+    node = subprocess.Popen(
+        [sys.argv[1], '-c', program], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ready = node.stdout.readline().strip()
+    time.sleep(delay)
+    node.send_signal(signal.SIGINT)
+    try:
+        status = node.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        status = 'still running'
+    print(ready, status, node.stdout.read().splitlines())
+HANDLERS = '''
 import atexit, time
 def second():
     print('second handler ran', flush=True)
@@ -102,17 +115,7 @@ def first():
 atexit.register(second)
 atexit.register(first)
 '''
-node = subprocess.Popen(
-    [sys.argv[1], '-c', PROGRAM], stdout=subprocess.PIPE, text=True,
-    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-ready = node.stdout.readline().strip()
-node.send_signal(signal.SIGINT)
-try:
-    status = node.wait(timeout=30)
-except subprocess.TimeoutExpired:
-    node.kill()
-    status = 'still running'
-print(ready, status, node.stdout.read().splitlines())
+interrupted(HANDLERS, 0)
 # A Ctrl-C while a thread that never ends is joined at exit: the waiting
 # ends, the atexit handlers run, status 0 (as python3).
 JOINED = '''
@@ -121,18 +124,7 @@ atexit.register(lambda: print('atexit ran', flush=True))
 threading.Thread(target=threading.Event().wait).start()
 print('ready', flush=True)
 '''
-node = subprocess.Popen(
-    [sys.argv[1], '-c', JOINED], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-ready = node.stdout.readline().strip()
-time.sleep(0.5)
-node.send_signal(signal.SIGINT)
-try:
-    status = node.wait(timeout=30)
-except subprocess.TimeoutExpired:
-    node.kill()
-    status = 'still running'
-print(ready, status, node.stdout.read().splitlines())
+interrupted(JOINED, 0.5)
 "),
     Port = open_port({spawn_executable, os:find_executable("python3")},
                      [exit_status, binary, stream, stderr_to_stdout,
