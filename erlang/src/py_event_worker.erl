@@ -52,7 +52,7 @@ start_placed(Loop) ->
 %% the worker, serving other loops, must not crash on it).
 -spec adopt(pid() | atom(), py_nif:loop_ref()) -> ok.
 adopt(Worker, Loop) ->
-    _ = py_nif:loop_id(Loop),
+    ok = check_loops([Loop]),
     gen_server:cast(Worker, {adopt, Loop}).
 
 -spec init({dedicated | shared, [py_nif:loop_ref()]} | {placed, py_nif:loop_ref()}) ->

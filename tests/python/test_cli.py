@@ -14,6 +14,16 @@ import pytest
 import erlang_python_cli
 
 
+@pytest.fixture
+def program_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Puts back what running a program changes in this node: ``__main__``
+    (a script's module there would be run again by multiprocessing's
+    spawn in the children of later tests), ``sys.argv`` and ``sys.path``."""
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -36,42 +46,28 @@ def test_a_program_read_from_stdin(
     expected_argv: list[str],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    program_state: None,
 ) -> None:
     program = "import sys\nprint(__name__, sys.argv)\nsys.exit(6)\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(program))
-    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
-    monkeypatch.setattr(sys, "argv", sys.argv)
-    monkeypatch.setattr(sys, "path", list(sys.path))
     assert erlang_python_cli.main(argv) == 6
     assert capsys.readouterr().out == f"__main__ {expected_argv}\n"
 
 
-def test_code_and_its_exit_status() -> None:
-    argv = sys.argv
-    try:
-        assert erlang_python_cli.main(["-c", "import sys; sys.exit(3)"]) == 3
-        assert erlang_python_cli.main(["-c", "raise ValueError('boom')"]) == 1
-    finally:
-        sys.argv = argv
+def test_code_and_its_exit_status(program_state: None) -> None:
+    assert erlang_python_cli.main(["-c", "import sys; sys.exit(3)"]) == 3
+    assert erlang_python_cli.main(["-c", "raise ValueError('boom')"]) == 1
 
 
-def test_joined_option_values_as_python3_takes_them() -> None:
-    argv = sys.argv
-    try:
-        assert erlang_python_cli.main(["-cimport sys; sys.exit(4)"]) == 4
-        assert erlang_python_cli.main(["-merlang_python_conformance", "--help"]) == 0
-    finally:
-        sys.argv = argv
+def test_joined_option_values_as_python3_takes_them(program_state: None) -> None:
+    assert erlang_python_cli.main(["-cimport sys; sys.exit(4)"]) == 4
+    assert erlang_python_cli.main(["-merlang_python_conformance", "--help"]) == 0
 
 
 def test_conformance_subcommand_runs_the_conformance_module(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], program_state: None
 ) -> None:
-    argv = sys.argv
-    try:
-        assert erlang_python_cli.main(["conformance", "--help"]) == 0
-    finally:
-        sys.argv = argv
+    assert erlang_python_cli.main(["conformance", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--quick" in out
     assert "erlang_python_conformance" in out
@@ -97,6 +93,7 @@ def test_a_script_sees_argv_as_typed_and_its_file_absolute(
     tmp_path: pathlib.Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    program_state: None,
 ) -> None:
     script = tmp_path / "script.py"
     script.write_text(
@@ -106,11 +103,6 @@ def test_a_script_sees_argv_as_typed_and_its_file_absolute(
         "sys.exit(5)\n"
     )
     monkeypatch.chdir(tmp_path)
-    # The script becomes `__main__`, which multiprocessing's spawn would
-    # run again in the children of later tests.
-    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
-    monkeypatch.setattr(sys, "argv", sys.argv)
-    monkeypatch.setattr(sys, "path", list(sys.path))
     assert erlang_python_cli.main(["script.py", "a"]) == 5
     assert capsys.readouterr().out == f"['script.py', 'a'] {script} {tmp_path}\nTrue\n"
 
@@ -118,16 +110,13 @@ def test_a_script_sees_argv_as_typed_and_its_file_absolute(
 def test_a_script_from_a_pipe_runs(
     tmp_path: pathlib.Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    program_state: None,
 ) -> None:
     # `bin/erlang-python <(...)`: a FIFO, which is no regular file.
     fifo = tmp_path / "program"
     os.mkfifo(fifo)
     writer = threading.Thread(target=fifo.write_text, args=("print('from a pipe')\n",))
     writer.start()
-    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
-    monkeypatch.setattr(sys, "argv", sys.argv)
-    monkeypatch.setattr(sys, "path", list(sys.path))
     try:
         assert erlang_python_cli.main([str(fifo)]) == 0
     finally:
@@ -139,6 +128,7 @@ def test_a_symlinked_script_imports_beside_the_file_it_names(
     tmp_path: pathlib.Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    program_state: None,
 ) -> None:
     real = tmp_path / "real"
     real.mkdir()
@@ -146,10 +136,7 @@ def test_a_symlinked_script_imports_beside_the_file_it_names(
     (real / "script.py").write_text("import s22_sibling\nprint(s22_sibling.NAME)\n")
     (tmp_path / "link.py").symlink_to(real / "script.py")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
     monkeypatch.delitem(sys.modules, "s22_sibling", raising=False)
-    monkeypatch.setattr(sys, "argv", sys.argv)
-    monkeypatch.setattr(sys, "path", list(sys.path))
     assert erlang_python_cli.main(["link.py"]) == 0
     assert capsys.readouterr().out == "sibling\n"
 
