@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import platform
 import random
@@ -772,14 +773,44 @@ def bench_asgi(seconds: float, connections: int, repeat: int) -> None:
         label = f"uvicorn+Starlette GET {path}, wrk -c{connections}"
         print(f"{label}, {seconds:g} s, best of {repeat}")
         values: dict[str, Values] = {}
+        errors = {name: 0 for name in LOOPS}
         for _ in range(repeat):
             for name in LOOPS:
-                with asgi_app.serve_in_thread(UVICORN_LOOPS[name]) as port:
+                served = asgi_app.serve_in_thread(UVICORN_LOOPS[name])
+                with AppErrors() as app_errors, served as port:
                     figures = run_wrk(wrk, f"http://{HOST}:{port}{path}", seconds, connections)
+                errors[name] += app_errors.count
                 for metric, value in figures.items():
                     values.setdefault(metric, {}).setdefault(name, []).append(value)
         for metric, per_loop in values.items():
             record(label, metric, *ECHO_METRICS[metric], per_loop)
+        # Summed over the runs, not the best of them.
+        record(label, "app errors", False, "{:,.0f}", {k: [v] for k, v in errors.items()})
+
+
+class AppErrors(logging.Filter):
+    """Counts, and keeps out of the output, the errors uvicorn logs while the
+    block runs ("Exception in ASGI application": rloop's transports raise
+    h11 LocalProtocolErrors under load). uvicorn's logging setup at the
+    server's start replaces a logger's handlers but keeps its filters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.logger = logging.getLogger("uvicorn.error")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.count += 1
+            return False
+        return True
+
+    def __enter__(self) -> AppErrors:
+        self.logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeFilter(self)
 
 
 def run_wrk(wrk: str, url: str, seconds: float, connections: int) -> dict[str, float]:
