@@ -47,7 +47,7 @@ use due::{fires_before, DueKey, DueQueue};
 use entry::{Entry, Location};
 use level::{Expiration, Level, SLOT_BITS, SLOT_MASK};
 use list::List;
-use overflow::{migration_tick, within_reach, Overflow};
+use overflow::{ahead_in_reach, migration_tick, within_reach, Overflow};
 use slab::Slab;
 use sort::Bounds;
 use tick::Resolution;
@@ -915,7 +915,7 @@ impl<T> Wheel<T> {
     #[inline(always)]
     fn place(&mut self, index: u32, deadline: u64) -> Location {
         let when = self.resolution.tick_of(deadline);
-        if when > self.elapsed && within_reach(self.elapsed, when) && deadline != NEVER {
+        if ahead_in_reach(self.elapsed, when) && deadline != NEVER {
             let level = level_for(self.elapsed, when);
             let shift = SLOT_BITS * level as u32;
             let digits = when >> shift;

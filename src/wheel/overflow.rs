@@ -98,6 +98,14 @@ pub(crate) const fn within_reach(elapsed: u64, when: u64) -> bool {
     (when >> TOP_SHIFT) - (elapsed >> TOP_SHIFT) < SLOTS as u64
 }
 
+/// Whether tick `when` is after `elapsed` and [`within_reach`] of it. An
+/// insert's usual case takes one compare: up to one top-level slot's span
+/// ahead is always in reach (the top digits differ by at most one).
+#[inline(always)]
+pub(crate) const fn ahead_in_reach(elapsed: u64, when: u64) -> bool {
+    when > elapsed && (when - elapsed <= 1 << TOP_SHIFT || within_reach(elapsed, when))
+}
+
 /// The first tick at which tick `when` is [`within_reach`]: the start of the
 /// top-level slot 63 slots before its own.
 #[inline]
@@ -122,6 +130,31 @@ mod tests {
         let e = 64 * TOP_SLOT - 1;
         assert!(within_reach(e, 127 * TOP_SLOT - 1));
         assert!(!within_reach(e, 127 * TOP_SLOT));
+    }
+
+    #[test]
+    fn ahead_in_reach_is_after_and_within_reach() {
+        let edges = |t: u64| [t.saturating_sub(1), t, t.saturating_add(1)];
+        let ticks: Vec<u64> = [0, 1, TOP_SLOT, 63 * TOP_SLOT, 64 * TOP_SLOT, 127 * TOP_SLOT]
+            .into_iter()
+            .chain([1 << 50, u64::MAX - TOP_SLOT, u64::MAX])
+            .flat_map(edges)
+            .collect();
+        for &elapsed in &ticks {
+            for &when in ticks.iter().chain(
+                &ticks
+                    .iter()
+                    .map(|t| t.wrapping_add(elapsed))
+                    .collect::<Vec<_>>(),
+            ) {
+                let expected = when > elapsed && within_reach(elapsed, when);
+                assert_eq!(
+                    ahead_in_reach(elapsed, when),
+                    expected,
+                    "elapsed {elapsed} when {when}"
+                );
+            }
+        }
     }
 
     #[test]
