@@ -47,7 +47,8 @@ init_options() ->
       system_site_packages => system_site_packages(Venv),
       executable => executable(Venv),
       max_workers => env(max_workers, 32),
-      wheel_resolution_us => env(wheel_resolution_us, 1000)}.
+      wheel_resolution_us => env(wheel_resolution_us, 1000),
+      cancel_grace_ms => env(cancel_grace_ms, 2000)}.
 
 python_dir() ->
     filename:join(code:priv_dir(erlang_python), "python").

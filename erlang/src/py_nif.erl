@@ -60,9 +60,11 @@ load() ->
 
 -define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE})).
 
--spec init(#{paths := [binary()], executable := binary() | nil,
+-spec init(#{paths := [binary()], site_dirs := [binary()],
+             system_site_packages := boolean(), executable := binary() | nil,
              max_workers := non_neg_integer(),
-             wheel_resolution_us := pos_integer()}) -> ok | {error, term()}.
+             wheel_resolution_us := pos_integer(),
+             cancel_grace_ms := non_neg_integer()}) -> ok | {error, term()}.
 init(_Options) -> ?NOT_LOADED.
 
 -spec python_version() -> {ok, binary()} | {error, not_initialized}.

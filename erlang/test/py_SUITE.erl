@@ -9,7 +9,8 @@
 -export([all/0, groups/0, suite/0,
          init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
--export([call_stdlib/1, version/1,
+-export([call_stdlib/1, version/1, withdrawn_calls_leave_the_queue/1,
+         interrupting_threads_end_with_their_job/1,
          convert_integers/1, convert_floats/1, convert_special_atoms/1,
          convert_other_atoms/1, convert_binaries/1, convert_containers/1,
          convert_map_keys/1, convert_large_dicts/1, convert_python_only_types/1,
@@ -70,7 +71,7 @@ groups() ->
        bad_arguments, unicode_code_strings,
        concurrent_calls, long_call_does_not_block,
        timeout_sleep, timeout_busy_loop, timeout_race_leaves_no_message,
-       timeout_while_starting_threads,
+       timeout_while_starting_threads, withdrawn_calls_leave_the_queue,
        call_async_await, await_timeout,
        namespace_per_process, namespace_dropped_on_exit,
        namespace_not_leaked_by_short_lived_callers,
@@ -86,7 +87,7 @@ groups() ->
        interpreter_is_the_built_one, extension_modules_load,
        sys_executable_is_python]},
      %% Last: stops and restarts the application.
-     {stop, [], [stop_while_python_is_stuck]}].
+     {stop, [], [interrupting_threads_end_with_their_job, stop_while_python_is_stuck]}].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -594,14 +595,15 @@ bad_arguments(_Config) ->
     %% A field of the wrong type, or a NUL byte in a path (it would break
     %% every later import), is badarg; nothing is applied.
     Init = #{paths => [], site_dirs => [], system_site_packages => true, executable => nil,
-             max_workers => 0, wheel_resolution_us => 1000},
+             max_workers => 0, wheel_resolution_us => 1000, cancel_grace_ms => 2000},
     [?assertError(badarg, py_nif:init(maps:merge(Init, Bad)))
      || Bad <- [#{paths => [foo]}, #{paths => foo}, #{paths => [<<255>>]},
                 #{paths => [<<"a">> | b]}, #{site_dirs => [<<"a">> | b]},
                 #{paths => [<<"a", 0, "b">>]}, #{executable => <<"py", 0>>},
                 #{site_dirs => [<<"a", 0>>]}, #{site_dirs => foo}, #{system_site_packages => 1},
                 #{executable => 1}, #{max_workers => -1}, #{max_workers => 1 bsl 64},
-                #{wheel_resolution_us => 1 bsl 64}, #{wheel_resolution_us => 1.0}]],
+                #{wheel_resolution_us => 1 bsl 64}, #{wheel_resolution_us => 1.0},
+                #{cancel_grace_ms => -1}, #{cancel_grace_ms => infinity}]],
     ?assertEqual({ok, false}, py:eval(<<"any('\\0' in p for p in __import__('sys').path)">>)),
     %% The callback server is a pid or undefined.
     [?assertError(badarg, py_nif:set_callback_server(Bad))
@@ -680,6 +682,31 @@ long_call_does_not_block(_Config) ->
      || N <- lists:seq(1, 20)],
     ?assertEqual({ok, 5}, py:eval(<<"2 + 3">>)),
     ?assertEqual({error, timeout}, py:await(Long, 100)).
+
+%% Calls that time out while queued behind a busy pool are dropped from
+%% its queue, not kept (with their arguments) until a worker is free.
+-spec withdrawn_calls_leave_the_queue(ct_suite:ct_config()) -> term().
+withdrawn_calls_leave_the_queue(_Config) ->
+    Busy = busy_workers(),
+    #{max_threads := Max} = py_nif:pool_stats(),
+    %% Every worker busy, in code a timeout interrupts at once.
+    Code = <<"import erlang, time\n"
+             "erlang.send(p, 'busy')\n"
+             "end = time.monotonic() + 60\n"
+             "while time.monotonic() < end:\n"
+             "    time.sleep(0.02)\n">>,
+    Busies = [py:call_async(builtins, exec, [Code, #{<<"p">> => self()}])
+              || _ <- lists:seq(1, Max - Busy)],
+    [receive <<"busy">> -> ok after 20000 -> ct:fail(not_busy) end || _ <- Busies],
+    Payload = binary:copy(<<"x">>, 4096),
+    [?assertEqual({error, timeout}, py:call(builtins, len, [Payload], #{}, 0))
+     || _ <- lists:seq(1, 1000)],
+    Queued = queued(),
+    ct:log("~b queued after 1000 withdrawn calls", [Queued]),
+    ?assert(Queued =< 64),
+    [?assertEqual({error, timeout}, py:await(B, 0)) || B <- Busies],
+    wait_until(fun() -> busy_workers() =< Busy andalso queued() =:= 0 end, 30000),
+    ?assertEqual({ok, 3}, py:call(builtins, len, [<<"abc">>])).
 
 -spec timeout_sleep(ct_suite:ct_config()) -> term().
 timeout_sleep(_Config) ->
@@ -1375,6 +1402,30 @@ sys_executable_is_python(_Config) ->
 
 %%--------------------------------------------------------------------
 %% Stopping
+
+%% A cancelled job running an ErlangEventLoop is interrupted by its loop; the
+%% thread that asked the loop ends when the job does, not when the grace
+%% (here longer than the test) runs out: one such thread per cancel, each
+%% holding the loop, piled up under a stream of timeouts.
+-spec interrupting_threads_end_with_their_job(ct_suite:ct_config()) -> term().
+interrupting_threads_end_with_their_job(_Config) ->
+    ok = application:stop(?APP),
+    ok = application:set_env(?APP, cancel_grace_ms, 600000),
+    try
+        {ok, _} = application:ensure_all_started(?APP),
+        #{graces_run_out := RunOut} = py_nif:pool_stats(),
+        Busy = busy_workers(),
+        Code = <<"import asyncio\nasyncio.run(asyncio.sleep(3600))\n">>,
+        [?assertEqual({error, timeout}, py:call(builtins, exec, [Code, #{}], #{}, 200))
+         || _ <- lists:seq(1, 5)],
+        wait_until(fun() -> busy_workers() =< Busy end, 30000),
+        wait_until(fun() -> maps:get(interrupting, py_nif:pool_stats()) =:= 0 end, 30000),
+        ?assertMatch(#{graces_run_out := RunOut}, py_nif:pool_stats())
+    after
+        ok = application:stop(?APP),
+        ok = application:unset_env(?APP, cancel_grace_ms),
+        {ok, _} = application:ensure_all_started(?APP)
+    end.
 
 -spec stop_while_python_is_stuck(ct_suite:ct_config()) -> term().
 stop_while_python_is_stuck(_Config) ->

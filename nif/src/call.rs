@@ -166,7 +166,7 @@ fn submit<'a>(
     let Some(pool) = pool else {
         return Ok((atoms::error(), atoms::not_initialized()).encode(env));
     };
-    let job = Job::new(caller);
+    let job = Job::new(caller, pool);
     if !job.watch_caller(env) {
         // The caller is dead already: nobody will take the result.
         job.cancel();
@@ -176,9 +176,10 @@ fn submit<'a>(
     let saved_ref = owned.save(reference);
     let saved_data = owned.save(data);
     let worker_job = job.clone();
-    pool.submit(Box::new(move || {
-        run(worker_job, owned, caller, saved_ref, saved_data, work)
-    }));
+    pool.submit_withdrawable(
+        Box::new(move || run(worker_job, owned, caller, saved_ref, saved_data, work)),
+        job.withdrawn_check(),
+    );
     Ok((atoms::ok(), job).encode(env))
 }
 

@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::os::raw::{c_long, c_ulong};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::Duration;
 
 use erlang_python::py::boundary_raise::BoundaryRaise;
 use erlang_python::py::native_loop::NativeLoop;
+use erlang_python::py::pool::{Pool, Withdrawn};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 use rustler::{Env, LocalPid, Monitor, ResourceArc};
@@ -30,7 +31,7 @@ enum JobState {
     CancelRequested(c_ulong),
     /// The ErlangEventLoop this thread runs was asked to end the job (see
     /// `interrupt_by_its_loop`); the `TimeoutError` is injected after
-    /// [`LOOP_GRACE`] if it has not.
+    /// the grace ([`LOOP_GRACE_MS`]) if it has not.
     LoopAsked(c_ulong),
     /// A `TimeoutError` was injected into this thread.
     Interrupted(c_ulong),
@@ -58,6 +59,12 @@ pub struct Job {
 /// A job's state, what the cancelling thread needs.
 pub struct JobShared {
     state: Mutex<JobState>,
+    /// The pool it is queued on: told when it is withdrawn.
+    pool: Pool,
+    /// Notified when the job leaves `LoopAsked` (it ended, or a wait inside
+    /// it raised its own timeout): the interrupting thread waits on it for
+    /// at most the grace ([`LOOP_GRACE_MS`]), and ends as soon as the job does.
+    left_loop_asked: Condvar,
     /// The loop asked to raise between callbacks, and the request: taken
     /// back when the job ends, so that a loop the thread keeps (its default
     /// loop) does not raise in a later job. Locked after `state`.
@@ -66,8 +73,27 @@ pub struct JobShared {
 
 /// How long a job's loop has to end it (see `interrupt_by_its_loop`)
 /// before its `TimeoutError` is injected into the code still running, at
-/// its next bytecode.
-const LOOP_GRACE: Duration = Duration::from_secs(2);
+/// its next bytecode, in ms: the application's `cancel_grace_ms`.
+static LOOP_GRACE_MS: AtomicU64 = AtomicU64::new(2000);
+
+/// Threads interrupting a cancelled job now, and the jobs whose loop did
+/// not end them within the grace (`py_nif:pool_stats()`).
+static INTERRUPTING: AtomicU64 = AtomicU64::new(0);
+static GRACES_RUN_OUT: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the grace of the jobs cancelled from now on (`init`).
+pub fn set_loop_grace(grace: Duration) {
+    let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    LOOP_GRACE_MS.store(ms, Ordering::Relaxed);
+}
+
+/// `(interrupting, graces_run_out)`, see [`INTERRUPTING`].
+pub fn interrupt_counts() -> (u64, u64) {
+    (
+        INTERRUPTING.load(Ordering::Relaxed),
+        GRACES_RUN_OUT.load(Ordering::Relaxed),
+    )
+}
 
 #[rustler::resource_impl]
 impl rustler::Resource for Job {}
@@ -117,11 +143,13 @@ impl Deref for Job {
 }
 
 impl Job {
-    /// A queued job of `caller`.
-    pub fn new(caller: LocalPid) -> Job {
+    /// A job of `caller` to be queued on `pool`.
+    pub fn new(caller: LocalPid, pool: &Pool) -> Job {
         Job {
             shared: Arc::new(JobShared {
                 state: Mutex::new(JobState::Queued),
+                pool: pool.clone(),
+                left_loop_asked: Condvar::new(),
                 boundary: Mutex::new(None),
             }),
             caller,
@@ -158,28 +186,62 @@ impl Job {
         }
     }
 
-    /// The caller no longer wants the result. A queued job never runs; a
-    /// running one gets a `TimeoutError` at its next bytecode, from another
-    /// thread (the interrupt needs the GIL, which may be busy for long).
+    /// The caller no longer wants the result. A queued job never runs (and
+    /// is no longer watched for); a running one gets a `TimeoutError` at its
+    /// next bytecode, from another thread (the interrupt needs the GIL,
+    /// which may be busy for long).
     pub fn cancel(&self) {
-        self.shared.cancel();
+        if self.shared.cancel() {
+            self.stop_watching_caller();
+        }
+    }
+
+    /// What the pool checks to drop the job unrun.
+    pub fn withdrawn_check(&self) -> Arc<dyn Withdrawn> {
+        Arc::clone(&self.shared) as Arc<dyn Withdrawn>
+    }
+}
+
+impl Withdrawn for JobShared {
+    fn withdrawn(&self) -> bool {
+        *self.lock() == JobState::Cancelled
     }
 }
 
 /// What `Job::request_cancel` asks the caller to do next.
 enum CancelAction {
     Nothing,
+    /// The job was queued: it never runs, and its pool is told.
+    Withdraw,
     /// The job is running: interrupt it from a thread that may take the GIL.
     Interrupt,
 }
 
 impl JobShared {
-    /// See [`Job::cancel`].
-    fn cancel(self: &Arc<Self>) {
-        if let CancelAction::Interrupt = self.request_cancel() {
-            let shared = Arc::clone(self);
-            std::thread::spawn(move || Python::attach(|py| shared.interrupt(py)));
+    /// See [`Job::cancel`]. True when the job was queued, and now never runs.
+    fn cancel(self: &Arc<Self>) -> bool {
+        let action = self.request_cancel();
+        if let CancelAction::Withdraw = action {
+            self.pool.withdrawn();
+            return true;
         }
+        if let CancelAction::Interrupt = action {
+            let shared = Arc::clone(self);
+            INTERRUPTING.fetch_add(1, Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name("py-cancel".into())
+                .spawn(move || {
+                    Python::attach(|py| shared.interrupt(py));
+                    INTERRUPTING.fetch_sub(1, Ordering::Relaxed);
+                });
+            if let Err(error) = spawned {
+                INTERRUPTING.fetch_sub(1, Ordering::Relaxed);
+                // Runs on a scheduler (the cancel NIF, a caller's DOWN): no
+                // GIL to take here. The job runs on, as one blocked in C.
+                tracing::error!(%error, "cannot start a thread to interrupt a cancelled job");
+            }
+        }
+        false
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
@@ -217,6 +279,7 @@ impl JobShared {
             deliver();
         }
         *state = JobState::Done;
+        self.left_loop_asked.notify_all();
     }
 
     fn request_cancel(&self) -> CancelAction {
@@ -224,7 +287,7 @@ impl JobShared {
         match *state {
             JobState::Queued => {
                 *state = JobState::Cancelled;
-                CancelAction::Nothing
+                CancelAction::Withdraw
             }
             JobState::Running(thread) => {
                 *state = JobState::CancelRequested(thread);
@@ -257,7 +320,8 @@ impl JobShared {
             // The loop still ends the job (see `interrupt_by_its_loop`):
             // the wait's own TimeoutError may be handled inside a callback.
             JobState::CancelRequested(_) | JobState::LoopAsked(_) => {
-                *state = JobState::TimeoutRaised
+                *state = JobState::TimeoutRaised;
+                self.left_loop_asked.notify_all();
             }
             JobState::Interrupted(thread) => {
                 // SAFETY: GIL held; a NULL exception clears the pending one.
@@ -329,7 +393,7 @@ impl JobShared {
     /// Ctrl-C (its `run_until_complete` then raises `TimeoutError`);
     /// otherwise the loop raises `TimeoutError` out of `run_forever` before
     /// its next callback (see `boundary_raise`). True if the job ended
-    /// within [`LOOP_GRACE`] (or a wait inside it raised its own timeout);
+    /// within the grace ([`LOOP_GRACE_MS`]) (or a wait inside it raised its own timeout);
     /// otherwise the request is taken back and the job is left to the
     /// injection at the next bytecode.
     fn interrupt_by_its_loop(
@@ -356,7 +420,16 @@ impl JobShared {
             }
             *state = JobState::LoopAsked(thread);
         }
-        py.detach(|| std::thread::sleep(LOOP_GRACE));
+        let grace = Duration::from_millis(LOOP_GRACE_MS.load(Ordering::Relaxed));
+        // Without the GIL, which the job needs to end; the lock is let go
+        // before the GIL is taken back (`finish` takes them the other way).
+        py.detach(|| {
+            let asked = self.lock();
+            let waited = self
+                .left_loop_asked
+                .wait_timeout_while(asked, grace, |state| *state == JobState::LoopAsked(thread));
+            drop(waited.unwrap_or_else(|e| e.into_inner()));
+        });
         let mut state = self.lock();
         if *state != JobState::LoopAsked(thread)
             || (!cancelled && !native.get().retract_boundary_raise(&raise))
@@ -365,6 +438,7 @@ impl JobShared {
         }
         lock(&self.boundary).take();
         *state = JobState::CancelRequested(thread);
+        GRACES_RUN_OUT.fetch_add(1, Ordering::Relaxed);
         false
     }
 }

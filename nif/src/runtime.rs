@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use erlang_python::py::interpreter::{self, InterpreterConfig};
 use erlang_python::py::pool::Pool;
@@ -58,6 +59,7 @@ struct InitOptions {
     executable: Option<String>,
     max_workers: usize,
     wheel_resolution_us: u64,
+    cancel_grace_ms: u64,
 }
 
 /// `init(#{paths := [binary()], site_dirs := [binary()], system_site_packages :=
@@ -118,6 +120,7 @@ fn init<'a>(env: Env<'a>, options: Term<'a>) -> NifResult<Term<'a>> {
     } else {
         options.max_workers
     };
+    crate::job::set_loop_grace(Duration::from_millis(options.cancel_grace_ms));
     let pool = POOL.get_or_init(|| Pool::new("py-worker", max_workers, adopt_python_thread));
     pool.set_max_threads(max_workers);
     CONTROL_POOL.get_or_init(|| Pool::new("py-control", CONTROL_THREADS, adopt_python_thread));
@@ -152,16 +155,32 @@ fn python_version(env: Env<'_>) -> Term<'_> {
     (atoms::ok(), version).encode(env)
 }
 
-/// `pool_stats()` -> `#{threads, idle, queued, max_threads}`.
+/// `pool_stats()` -> `#{threads, idle, queued, max_threads, interrupting,
+/// graces_run_out}`.
 #[rustler::nif]
 fn pool_stats(env: Env<'_>) -> Term<'_> {
     let Some(pool) = pool() else {
         return (atoms::error(), atoms::not_initialized()).encode(env);
     };
     let stats = pool.stats();
-    let keys = ["threads", "idle", "queued", "max_threads"]
-        .map(|k| rustler::Atom::from_str(env, k).unwrap().encode(env));
-    let values =
-        [stats.threads, stats.idle, stats.queued, stats.max_threads].map(|v| v.encode(env));
+    let (interrupting, graces_run_out) = crate::job::interrupt_counts();
+    let keys = [
+        "threads",
+        "idle",
+        "queued",
+        "max_threads",
+        "interrupting",
+        "graces_run_out",
+    ]
+    .map(|k| rustler::Atom::from_str(env, k).unwrap().encode(env));
+    let values = [
+        stats.threads as u64,
+        stats.idle as u64,
+        stats.queued as u64,
+        stats.max_threads as u64,
+        interrupting,
+        graces_run_out,
+    ]
+    .map(|v| v.encode(env));
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| atoms::error().encode(env))
 }

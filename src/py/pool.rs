@@ -10,6 +10,23 @@ use std::thread;
 /// One unit of work. It takes the GIL itself when it needs Python.
 pub type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// Whether a queued job was withdrawn (its caller gave up before it
+/// started): the pool may then drop it unrun.
+pub trait Withdrawn: Send + Sync {
+    fn withdrawn(&self) -> bool;
+}
+
+/// Withdrawn jobs stay queued, unrun when popped, until they are this many
+/// and at least half the queue: then they are dropped in one pass, so that
+/// a queue that cannot move (every thread busy for long) holds at most as
+/// many of them as live jobs, and each withdrawal costs O(1) amortised.
+const WITHDRAWN_KEPT: usize = 64;
+
+struct Queued {
+    job: Job,
+    withdrawn: Option<Arc<dyn Withdrawn>>,
+}
+
 /// Deep term conversions recurse; give every worker room for them.
 const WORKER_STACK_BYTES: usize = 16 * 1024 * 1024;
 
@@ -35,7 +52,9 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Job>,
+    queue: VecDeque<Queued>,
+    /// Jobs of `queue` reported withdrawn (see [`Pool::withdrawn`]).
+    withdrawn: usize,
     /// Threads started so far (they never exit).
     threads: usize,
     /// Threads waiting for work right now.
@@ -68,8 +87,46 @@ impl Pool {
     /// Queues `job`; starts a thread when every existing one is busy and the
     /// limit allows. Jobs beyond the limit wait in FIFO order.
     pub fn submit(&self, job: Job) {
+        self.enqueue(Queued {
+            job,
+            withdrawn: None,
+        });
+    }
+
+    /// [`submit`](Self::submit) of a job that may be withdrawn while it
+    /// waits: `withdrawn` tells, and [`withdrawn`](Self::withdrawn) is to
+    /// be called when it becomes true.
+    pub fn submit_withdrawable(&self, job: Job, withdrawn: Arc<dyn Withdrawn>) {
+        self.enqueue(Queued {
+            job,
+            withdrawn: Some(withdrawn),
+        });
+    }
+
+    /// A job submitted with [`submit_withdrawable`](Self::submit_withdrawable)
+    /// was withdrawn before it started. Once such jobs are most of a long
+    /// queue they are dropped, unrun, after the lock is let go (dropping
+    /// one frees what it captured).
+    pub fn withdrawn(&self) {
+        let dropped: VecDeque<Queued> = {
+            let mut state = self.inner.lock_state();
+            state.withdrawn += 1;
+            if state.withdrawn < WITHDRAWN_KEPT || state.withdrawn * 2 < state.queue.len() {
+                return;
+            }
+            let (dropped, kept) = std::mem::take(&mut state.queue)
+                .into_iter()
+                .partition(|queued| queued.withdrawn.as_ref().is_some_and(|w| w.withdrawn()));
+            state.queue = kept;
+            state.withdrawn = 0;
+            dropped
+        };
+        drop(dropped);
+    }
+
+    fn enqueue(&self, queued: Queued) {
         let mut state = self.inner.lock_state();
-        state.queue.push_back(job);
+        state.queue.push_back(queued);
         let max = self.inner.max_threads.load(Ordering::Relaxed);
         if state.queue.len() > state.idle && state.threads < max {
             state.threads += 1;
@@ -124,8 +181,11 @@ impl Inner {
             let job = {
                 let mut state = self.lock_state();
                 loop {
-                    if let Some(job) = state.queue.pop_front() {
-                        break job;
+                    if let Some(queued) = state.queue.pop_front() {
+                        if queued.withdrawn.as_ref().is_some_and(|w| w.withdrawn()) {
+                            state.withdrawn = state.withdrawn.saturating_sub(1);
+                        }
+                        break queued.job;
                     }
                     state.idle += 1;
                     state = self
@@ -188,6 +248,56 @@ mod tests {
             .collect();
         assert_eq!(order, (0..50).collect::<Vec<_>>());
         assert_eq!(pool.stats().threads, 1);
+    }
+
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl Withdrawn for Flag {
+        fn withdrawn(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn withdrawn_jobs_are_dropped_once_they_are_most_of_the_queue() {
+        let pool = Pool::new("test", 1, no_setup);
+        let (release, blocked) = mpsc::channel::<()>();
+        let (started, blocking) = mpsc::channel::<()>();
+        pool.submit(Box::new(move || {
+            started.send(()).unwrap();
+            let _ = blocked.recv();
+        }));
+        blocking.recv_timeout(Duration::from_secs(10)).unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(());
+        let flags: Vec<Arc<Flag>> = (0..300).map(|_| Arc::new(Flag(false.into()))).collect();
+        for flag in &flags {
+            let (ran, dropped) = (Arc::clone(&ran), Arc::clone(&dropped));
+            pool.submit_withdrawable(
+                Box::new(move || {
+                    let _held = dropped;
+                    ran.fetch_add(1, Ordering::SeqCst);
+                }),
+                Arc::clone(flag) as Arc<dyn Withdrawn>,
+            );
+        }
+        // Withdraw all but every tenth.
+        for (_, flag) in flags.iter().enumerate().filter(|(i, _)| i % 10 != 0) {
+            flag.0.store(true, Ordering::SeqCst);
+            pool.withdrawn();
+        }
+        let queued = pool.stats().queued;
+        assert!(queued < 30 + WITHDRAWN_KEPT, "{queued} queued");
+        // The dropped jobs freed what they captured, unrun.
+        assert!(Arc::strong_count(&dropped) <= queued + 1);
+        release.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pool.stats().queued > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        // What was left queued ran, the 30 kept among them (the pool runs
+        // what it pops: a withdrawn job checks its own state).
+        assert_eq!(ran.load(Ordering::SeqCst), queued);
     }
 
     #[test]
