@@ -209,8 +209,13 @@ apply_signal(Id, {arm, Ms}, Loop, State) when is_integer(Ms), Ms >= 0, Ms =< 1 b
     cancel(Loop#loop.timer),
     Timer = erlang:start_timer(Ms, self(), {py_tick, Id}),
     State#state{loops = (State#state.loops)#{Id := Loop#loop{timer = Timer}}};
-apply_signal(Id, closed, Loop, State) ->
-    forget(Id, Loop, State);
+apply_signal(Id, closed, Loop = #loop{ref = Ref}, State) ->
+    %% Only when it is: a stray `closed' must not drop a live loop, whose
+    %% Python thread would then wait for its selects and timer forever.
+    case py_nif:loop_is_closed(Ref) of
+        true -> forget(Id, Loop, State);
+        false -> State
+    end;
 apply_signal(Id, released, Loop = #loop{ref = Ref}, State) ->
     %% Served by another router now, unless set back to us since.
     case py_nif:loop_router(Ref) =:= self() of

@@ -12,7 +12,7 @@
          call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
          %% used by py_event_worker / py_event_loops
          loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
-         event_loop_adopt/2, loop_needs_placing/1, loop_router/1,
+         event_loop_adopt/2, loop_needs_placing/1, loop_router/1, loop_is_closed/1,
          sleep_done/1, apply_orphan_stops/0,
          %% used by py_cli
          end_with_parent/1, unignore_terminal_signals/0,
@@ -33,7 +33,7 @@
        call_later/3, cancel_timer/2, poll_events_watch/3, poll_events_unwatch/3,
        get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
-       event_loop_adopt/2, loop_needs_placing/1, loop_router/1,
+       event_loop_adopt/2, loop_needs_placing/1, loop_router/1, loop_is_closed/1,
        sleep_done/1, apply_orphan_stops/0, end_with_parent/1, unignore_terminal_signals/0,
        deliver_signal/1,
        create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
@@ -226,6 +226,10 @@ loop_needs_placing(_Loop) -> ?NOT_LOADED.
 %% @doc The process serving the loop, or `undefined'.
 -spec loop_router(loop_ref()) -> pid() | undefined.
 loop_router(_Loop) -> ?NOT_LOADED.
+
+%% @doc Whether the loop is closed.
+-spec loop_is_closed(loop_ref()) -> boolean().
+loop_is_closed(_Loop) -> ?NOT_LOADED.
 
 -spec sleep_done(reference()) -> ok.
 sleep_done(_Wait) -> ?NOT_LOADED.

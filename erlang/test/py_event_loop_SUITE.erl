@@ -399,6 +399,8 @@ stray_messages_leave_the_worker_serving(_Config) ->
     Strays = [{py_loop, Id, not_a_list}, {py_loop, Id, [selects | improper]},
               {py_loop, Id, [{arm, -1}]},
               {py_loop, Id, [{arm, 1 bsl 50}]}, {py_loop, Id, [bogus]},
+              %% A live loop is not dropped for a `closed' the NIF did not send.
+              {py_loop, Id, [closed]},
               {select, not_a_resource, Id, ready_input},
               {select, make_ref(), Id, ready_output}, {select, Loop, Id, sideways}],
     [Router ! Stray || Stray <- Strays],
@@ -420,7 +422,9 @@ stray_messages_leave_the_worker_serving(_Config) ->
     ?assertEqual({ok, none}, py:eval(<<"__import__('asyncio').run(__import__('asyncio').sleep(0.01))">>)),
     ?assertEqual(Default, whereis(py_event_default)),
     ?assertEqual(Placer, whereis(py_event_loops)),
-    stop_loop(Loop).
+    ?assertNot(py_nif:loop_is_closed(Loop)),
+    stop_loop(Loop),
+    ?assert(py_nif:loop_is_closed(Loop)).
 
 %% Refusing dead routers again and again while the loop's fds come and go
 %% loses no wake-up of the live router: an fd added afterwards reports.
@@ -781,6 +785,7 @@ bad_arguments(_Config) ->
     [?assertError(badarg, py_nif:loop_tick(Bad)) || Bad <- NotResources],
     [?assertError(badarg, py_nif:loop_apply_selects(Bad)) || Bad <- NotResources],
     [?assertError(badarg, py_nif:loop_id(Bad)) || Bad <- NotResources],
+    [?assertError(badarg, py_nif:loop_is_closed(Bad)) || Bad <- NotResources],
     ?assertError(badarg, py_nif:event_loop_set_router(Other, not_a_pid)),
     ?assertError(badarg, py_nif:event_loop_set_router(not_a_loop, self())),
     %% The placer is a pid or undefined: a typo must not unset it.

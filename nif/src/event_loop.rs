@@ -456,6 +456,13 @@ fn loop_router(env: Env<'_>, resource: ResourceArc<LoopResource>) -> Term<'_> {
     }
 }
 
+/// `loop_is_closed(LoopRef)` -> whether the loop is closed: how a worker
+/// told `closed` checks that the NIF said so, not a stray message.
+#[rustler::nif]
+fn loop_is_closed(resource: ResourceArc<LoopResource>) -> bool {
+    resource.core.is_closed()
+}
+
 /// `loop_needs_placing(LoopRef)` -> whether no worker ever served the loop
 /// and it is open: a placement request for any other is left.
 #[rustler::nif]
