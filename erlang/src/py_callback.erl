@@ -64,7 +64,7 @@ handle_cast(_Msg, State) ->
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({py_callback, Name, Args, Reply, Id}, State = #state{runs = Runs, calls = Calls})
-  when is_binary(Name) ->
+  when is_binary(Name), is_list(Args), is_reference(Reply), not is_map_key(Id, Runs) ->
     %% Linked: the call's processes end with this server, and with them
     %% `Reply', whose end tells the waiting Python thread that no answer
     %% will come (as for a request still in the mailbox when it dies).
@@ -96,7 +96,7 @@ handle_info({'EXIT', Pid, Reason}, State = #state{runs = Runs, calls = Calls}) -
                     normal -> ok;
                     _ ->
                         is_pid(Runner) andalso exit(Runner, kill),
-                        py_nif:callback_reply(Reply, exit_error(Reason))
+                        reply(Reply, exit_error(Reason))
                 end,
             {noreply, State#state{runs = Running, calls = Left, runners = Runners}};
         error ->
@@ -137,8 +137,20 @@ answer(Server, Reply, Name, Args) ->
             %% The server ended: so does the call, unanswered.
             exit(Runner, kill);
         abandon ->
-            %% Nobody waits for the answer any more: no reply either.
-            exit(Runner, kill)
+            %% Nobody waits for the answer any more (the first reply to a
+            %% call is the one taken: this one only reaches a caller still
+            %% waiting, told by a message that was not the NIF's).
+            exit(Runner, kill),
+            py_nif:callback_reply(Reply, {error, <<"the call was abandoned">>})
+    end.
+
+%% A reply from this server: `Reply' came in a message, so it may not be
+%% one of the NIF's (a message shaped like its requests, sent by anyone).
+reply(Reply, Result) ->
+    try
+        py_nif:callback_reply(Reply, Result)
+    catch
+        error:badarg -> ok
     end.
 
 run(Name, Args) ->

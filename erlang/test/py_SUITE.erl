@@ -10,6 +10,7 @@
          init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
 -export([call_stdlib/1, version/1, withdrawn_calls_leave_the_queue/1,
+         stray_callback_messages_are_ignored/1,
          interrupting_threads_end_with_their_job/1,
          convert_integers/1, convert_floats/1, convert_special_atoms/1,
          convert_other_atoms/1, convert_binaries/1, convert_containers/1,
@@ -76,7 +77,8 @@ groups() ->
        namespace_per_process, namespace_dropped_on_exit,
        namespace_not_leaked_by_short_lived_callers,
        register_function, erlang_function_crash, unregistered_function,
-       erlang_function_killed, timeout_inside_erlang_call,
+       erlang_function_killed, stray_callback_messages_are_ignored,
+       timeout_inside_erlang_call,
        erlang_call_when_its_server_dies, erlang_call_when_its_server_restarts,
        erlang_call_answer_killed, erlang_function_linked_to_its_caller,
        timeout_inside_erlang_call_raises_once, timeout_waiting_event_loop,
@@ -920,6 +922,37 @@ erlang_function_killed(_Config) ->
     ?assertMatch({_, _}, binary:match(Killed, <<"killed">>)),
     {error, {'ErlangError', Crashed, _}} = Call(<<"linked_crash">>),
     ?assertMatch({_, _}, binary:match(Crashed, <<"crashed">>)).
+
+%% Messages shaped like the NIF's requests but not from it: a reply handle
+%% that is not one (the server crashed on each; six stopped the
+%% application), and the abandonment of a call still waited for (its
+%% Python caller waited for a garbage collection of the server).
+-spec stray_callback_messages_are_ignored(ct_suite:ct_config()) -> term().
+stray_callback_messages_are_ignored(_Config) ->
+    Server = whereis(py_callback),
+    Parent = self(),
+    ok = py:register_function(py_suite_waits, fun() ->
+                                                      Parent ! waiting,
+                                                      receive never -> ok after 60000 -> late end
+                                              end),
+    Code = <<"__import__('erlang').call('py_suite_waits')">>,
+    _ = spawn_link(fun() -> Parent ! {called, py:call(builtins, eval, [Code, #{}], #{}, 60000)} end),
+    receive waiting -> ok after 10000 -> ct:fail(not_waiting) end,
+    [Server ! {py_callback, Name, [], Reply, Id}
+     || Name <- [<<"py_suite_nothing">>, <<"py_suite_waits">>],
+        Reply <- [make_ref(), not_a_reply], Id <- [1 bsl 62, 1 bsl 62 + 1, -1, x]],
+    _ = sys:get_state(Server),
+    ?assertEqual(Server, whereis(py_callback)),
+    {state, Runs, _, _} = sys:get_state(Server),
+    [Server ! {py_callback_abandoned, Id} || Id <- maps:keys(Runs)],
+    receive
+        {called, Called} ->
+            ?assertMatch({error, {'ErlangError', <<"the call was abandoned">>, _}}, Called)
+    after 10000 -> ct:fail(abandoned_call_not_answered)
+    end,
+    ?assertEqual(Server, whereis(py_callback)),
+    ok = py:register_function(py_suite_add, fun(A, B) -> A + B end),
+    ?assertEqual({ok, 3}, py:eval(<<"__import__('erlang').call('py_suite_add', 1, 2)">>)).
 
 %% The calls in flight when `py_callback' dies, running or still in its
 %% mailbox, raise ErlangError at once (they used to wait forever), and
