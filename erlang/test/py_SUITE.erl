@@ -10,7 +10,7 @@
          init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
 -export([call_stdlib/1, version/1, withdrawn_calls_leave_the_queue/1,
-         stray_callback_messages_are_ignored/1,
+         stray_callback_messages_are_ignored/1, timeout_in_the_str_of_an_exception/1,
          interrupting_threads_end_with_their_job/1,
          convert_integers/1, convert_floats/1, convert_special_atoms/1,
          convert_other_atoms/1, convert_binaries/1, convert_containers/1,
@@ -73,6 +73,7 @@ groups() ->
        concurrent_calls, long_call_does_not_block,
        timeout_sleep, timeout_busy_loop, timeout_race_leaves_no_message,
        timeout_while_starting_threads, withdrawn_calls_leave_the_queue,
+       timeout_in_the_str_of_an_exception,
        call_async_await, await_timeout,
        namespace_per_process, namespace_dropped_on_exit,
        namespace_not_leaked_by_short_lived_callers,
@@ -709,6 +710,21 @@ withdrawn_calls_leave_the_queue(_Config) ->
     [?assertEqual({error, timeout}, py:await(B, 0)) || B <- Busies],
     wait_until(fun() -> busy_workers() =< Busy andalso queued() =:= 0 end, 30000),
     ?assertEqual({ok, 3}, py:call(builtins, len, [<<"abc">>])).
+
+%% A timeout that lands in the `str()' of the exception a call raised (an
+%% endless `__str__') ends the call's work: the traceback, which calls it
+%% again, is not formatted for a caller who is gone.
+-spec timeout_in_the_str_of_an_exception(ct_suite:ct_config()) -> term().
+timeout_in_the_str_of_an_exception(_Config) ->
+    Busy = busy_workers(),
+    Code = <<"class Endless(Exception):\n"
+             "    def __str__(self):\n"
+             "        while True:\n"
+             "            pass\n"
+             "raise Endless()\n">>,
+    ?assertEqual({error, timeout}, py:call(builtins, exec, [Code, #{}], #{}, 300)),
+    wait_until(fun() -> busy_workers() =< Busy end, 30000),
+    ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
 
 -spec timeout_sleep(ct_suite:ct_config()) -> term().
 timeout_sleep(_Config) ->
