@@ -10,7 +10,7 @@
          init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
 -export([call_stdlib/1, version/1, withdrawn_calls_leave_the_queue/1,
-         stray_callback_messages_are_ignored/1, timeout_in_the_str_of_an_exception/1,
+         stray_callback_messages_are_ignored/1, nested_calls_beyond_the_pool_limit/1, timeout_in_the_str_of_an_exception/1,
          interrupting_threads_end_with_their_job/1,
          convert_integers/1, convert_floats/1, convert_special_atoms/1,
          convert_other_atoms/1, convert_binaries/1, convert_containers/1,
@@ -86,7 +86,7 @@ groups() ->
        timeout_in_a_loop_callback, one_timeout_for_asyncio_run,
        a_dead_caller_s_job_is_cancelled,
        finished_calls_stop_monitoring_the_caller,
-       nested_call, erlang_send, erlang_send_from_python_thread,
+       nested_call, nested_calls_beyond_the_pool_limit, erlang_send, erlang_send_from_python_thread,
        interpreter_is_the_built_one, extension_modules_load,
        sys_executable_is_python]},
      %% Last: stops and restarts the application.
@@ -1368,6 +1368,35 @@ nested_call(_Config) ->
                                              Y
                                      end),
     ?assertEqual({ok, 22}, py:eval(<<"__import__('erlang').call('twice', 10)">>)).
+
+%% More concurrent Python -> Erlang -> Python calls than the pool has
+%% threads, and a chain deeper than that: a thread waiting in `erlang.call'
+%% lends its place, so the inner calls get threads (they waited forever:
+%% every thread waited for an inner call that waited for a thread).
+-spec nested_calls_beyond_the_pool_limit(ct_suite:ct_config()) -> term().
+nested_calls_beyond_the_pool_limit(_Config) ->
+    #{max_threads := Max} = py_nif:pool_stats(),
+    ok = py:register_function(py_suite_square, fun(X) ->
+                                                       {ok, Y} = py:call(operator, mul, [X, X]),
+                                                       Y
+                                               end),
+    Parent = self(),
+    Callers = [spawn_link(fun() ->
+                                  Parent ! {squared, I, py:call(erlang, call, [<<"py_suite_square">>, I])}
+                          end)
+               || I <- lists:seq(1, Max + 8)],
+    [receive {squared, I, Result} -> ?assertEqual({ok, I * I}, Result)
+     after 60000 -> ct:fail({no_answer, I})
+     end || I <- lists:seq(1, length(Callers))],
+    ok = py:register_function(py_suite_depth, fun(0) -> 0;
+                                                 (N) ->
+                                                      {ok, D} = py:call(erlang, call,
+                                                                        [<<"py_suite_depth">>, N - 1]),
+                                                      D + 1
+                                              end),
+    Depth = Max + 8,
+    ?assertEqual({ok, Depth}, py:call(erlang, call, [<<"py_suite_depth">>, Depth], #{}, 60000)),
+    ?assertMatch(#{waiting_for_erlang := 0}, py_nif:pool_stats()).
 
 -spec erlang_send(ct_suite:ct_config()) -> term().
 erlang_send(_Config) ->

@@ -12,6 +12,7 @@ use pyo3::types::PyTuple;
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
 
+use erlang_python::py::pool::Pool;
 use erlang_python::py::sys_modules;
 
 use crate::atoms;
@@ -162,7 +163,9 @@ fn call(py: Python<'_>, name: &str, args: &Bound<'_, PyTuple>) -> PyResult<Py<Py
         });
     }
 
-    match py.detach(|| wait_for_reply(&slot)) {
+    // A pool thread lends its place while it waits: the function may call
+    // Python back (`py:call`) and wait for that.
+    match py.detach(|| Pool::while_waiting_for_erlang(|| wait_for_reply(&slot))) {
         Wait::Reply(owned, saved) => owned.run(|env| decode_reply(py, env, saved.load(env))),
         Wait::Lost => Err(lost_error(name)),
         Wait::Stopped => Err(PyRuntimeError::new_err(

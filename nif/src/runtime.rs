@@ -155,8 +155,8 @@ fn python_version(env: Env<'_>) -> Term<'_> {
     (atoms::ok(), version).encode(env)
 }
 
-/// `pool_stats()` -> `#{threads, idle, queued, max_threads, interrupting,
-/// graces_run_out}`.
+/// `pool_stats()` -> `#{threads, idle, queued, max_threads,
+/// waiting_for_erlang, interrupting, graces_run_out}`.
 #[rustler::nif]
 fn pool_stats(env: Env<'_>) -> Term<'_> {
     let Some(pool) = pool() else {
@@ -169,6 +169,7 @@ fn pool_stats(env: Env<'_>) -> Term<'_> {
         "idle",
         "queued",
         "max_threads",
+        "waiting_for_erlang",
         "interrupting",
         "graces_run_out",
     ]
@@ -178,6 +179,7 @@ fn pool_stats(env: Env<'_>) -> Term<'_> {
         stats.idle as u64,
         stats.queued as u64,
         stats.max_threads as u64,
+        stats.lent as u64,
         interrupting,
         graces_run_out,
     ]

@@ -1,7 +1,14 @@
 //! Threads of our own that run Python jobs, so that Python never runs on an
 //! Erlang scheduler (LESSONS 6, 7d). The pool grows on demand up to a limit:
 //! a call that runs for minutes holds one thread, the others keep serving.
+//!
+//! A job waiting for Erlang ([`Pool::while_waiting_for_erlang`]: an
+//! `erlang.call`) lends its place under the limit while it waits: the
+//! Erlang side may be calling Python back and waiting for that call, which
+//! would otherwise never run once every thread waited so (a deadlock of the
+//! whole pool, at any nesting depth, from `max_threads` such calls on).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -59,6 +66,14 @@ struct State {
     threads: usize,
     /// Threads waiting for work right now.
     idle: usize,
+    /// Threads whose job waits for Erlang right now (their places under
+    /// the limit lent, see the module's doc).
+    lent: usize,
+}
+
+thread_local! {
+    /// The pool of this worker thread (None on other threads).
+    static WORKER_OF: RefCell<Option<Arc<Inner>>> = const { RefCell::new(None) };
 }
 
 /// A snapshot of the pool, for stats and tests.
@@ -68,6 +83,8 @@ pub struct PoolStats {
     pub idle: usize,
     pub queued: usize,
     pub max_threads: usize,
+    /// Threads whose job waits for Erlang (see the module's doc).
+    pub lent: usize,
 }
 
 impl Pool {
@@ -127,16 +144,41 @@ impl Pool {
     fn enqueue(&self, queued: Queued) {
         let mut state = self.inner.lock_state();
         state.queue.push_back(queued);
-        let max = self.inner.max_threads.load(Ordering::Relaxed);
-        if state.queue.len() > state.idle && state.threads < max {
-            state.threads += 1;
-            let index = state.threads;
-            drop(state);
+        let spawn = self.inner.claim_new_thread(&mut state);
+        drop(state);
+        if let Some(index) = spawn {
             self.spawn_worker(index);
-        } else {
-            drop(state);
         }
         self.inner.work_ready.notify_one();
+    }
+
+    /// Runs `wait` (a wait for Erlang, GIL released) with this thread's
+    /// place under the limit lent, if it is a worker of a pool: a queued
+    /// job gets a thread meanwhile, beyond the limit if need be.
+    pub fn while_waiting_for_erlang<R>(wait: impl FnOnce() -> R) -> R {
+        let Some(inner) = WORKER_OF.with(|worker| worker.borrow().clone()) else {
+            return wait();
+        };
+        let spawn = {
+            let mut state = inner.lock_state();
+            state.lent += 1;
+            inner.claim_new_thread(&mut state)
+        };
+        if let Some(index) = spawn {
+            Pool {
+                inner: Arc::clone(&inner),
+            }
+            .spawn_worker(index);
+        }
+        /// Takes the place back even if `wait` panics.
+        struct Lent(Arc<Inner>);
+        impl Drop for Lent {
+            fn drop(&mut self) {
+                self.0.lock_state().lent -= 1;
+            }
+        }
+        let _lent = Lent(inner);
+        wait()
     }
 
     /// Changes the thread limit; threads above a lowered limit stay.
@@ -152,6 +194,7 @@ impl Pool {
             threads: state.threads,
             idle: state.idle,
             queued: state.queue.len(),
+            lent: state.lent,
             max_threads: self.inner.max_threads.load(Ordering::Relaxed),
         }
     }
@@ -174,7 +217,20 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn run_worker(&self) {
+    /// The index of a thread to start, counted in `state`, when a queued
+    /// job finds no idle thread and the limit (less the lent places) allows.
+    fn claim_new_thread(&self, state: &mut State) -> Option<usize> {
+        let max = self.max_threads.load(Ordering::Relaxed);
+        if state.queue.len() > state.idle && state.threads - state.lent < max {
+            state.threads += 1;
+            Some(state.threads)
+        } else {
+            None
+        }
+    }
+
+    fn run_worker(self: Arc<Self>) {
+        WORKER_OF.with(|worker| *worker.borrow_mut() = Some(Arc::clone(&self)));
         (self.thread_setup)();
         tracing::debug!(pool = %self.name, "worker thread started");
         loop {
@@ -298,6 +354,28 @@ mod tests {
         // What was left queued ran, the 30 kept among them (the pool runs
         // what it pops: a withdrawn job checks its own state).
         assert_eq!(ran.load(Ordering::SeqCst), queued);
+    }
+
+    #[test]
+    fn a_job_waiting_for_erlang_lends_its_place() {
+        // One thread at most; its job waits (as for Erlang) on a second
+        // job, which gets a thread of its own meanwhile.
+        let pool = Pool::new("test", 1, no_setup);
+        let (done, finished) = mpsc::channel();
+        let inner_pool = pool.clone();
+        pool.submit(Box::new(move || {
+            let (answer, answered) = mpsc::channel();
+            inner_pool.submit(Box::new(move || answer.send(6 * 7).unwrap()));
+            let got = Pool::while_waiting_for_erlang(|| {
+                answered.recv_timeout(Duration::from_secs(20))
+            });
+            done.send(got).unwrap();
+        }));
+        assert_eq!(finished.recv_timeout(Duration::from_secs(30)).unwrap(), Ok(42));
+        let stats = pool.stats();
+        assert_eq!((stats.threads, stats.lent), (2, 0));
+        // Not a worker thread: nothing lent, `wait` just runs.
+        assert_eq!(Pool::while_waiting_for_erlang(|| 5), 5);
     }
 
     #[test]
