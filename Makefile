@@ -63,6 +63,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	.venv/bin/ruff check python tests examples
 	.venv/bin/ruff format --check python tests examples
+	cd erlang && rebar3 dialyzer
 
 clean:
 	cargo clean

@@ -9,15 +9,26 @@
 start(_Type, _Args) ->
     %% Loaded, so that their atoms exist before any Python error.
     _ = py_exception_names:known(),
-    case py_nif:init(init_options()) of
-        ok ->
-            {ok, Sup} = erlang_python_sup:start_link(),
-            case install_policy(env(install_event_loop_policy, true)) of
-                ok -> {ok, Sup};
-                {error, Reason} -> {error, {event_loop_policy, Reason}}
-            end;
-        {error, Reason} ->
-            {error, {python_init_failed, Reason}}
+    try init_options() of
+        Options -> start_with(Options)
+    catch
+        throw:{not_unicode, _} = Reason -> {error, {bad_config, Reason}}
+    end.
+
+start_with(Options) ->
+    %% badarg: a setting of the wrong type (`max_workers => -1').
+    try py_nif:init(Options) of
+        ok -> start_tree();
+        {error, Reason} -> {error, {python_init_failed, Reason}}
+    catch
+        error:badarg -> {error, {bad_config, Options}}
+    end.
+
+start_tree() ->
+    {ok, Sup} = erlang_python_sup:start_link(),
+    case install_policy(env(install_event_loop_policy, true)) of
+        ok -> {ok, Sup};
+        {error, Reason} -> {error, {event_loop_policy, Reason}}
     end.
 
 %% Wake every Python thread waiting on Erlang before the tree goes away, so
@@ -111,5 +122,10 @@ executable(Venv) ->
 env(Key, Default) ->
     application:get_env(erlang_python, Key, Default).
 
-bin(Value) when is_binary(Value) -> Value;
-bin(Value) -> unicode:characters_to_binary(Value).
+%% A path as the NIF takes it; one that is not Unicode text is refused by
+%% name (`{bad_config, {not_unicode, Value}}' from `start/2').
+bin(Value) ->
+    case unicode:characters_to_binary(Value) of
+        Binary when is_binary(Binary) -> Binary;
+        _ -> throw({not_unicode, Value})
+    end.

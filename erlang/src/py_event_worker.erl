@@ -131,7 +131,7 @@ terminate(_Reason, _State) ->
 %% Crash reports and `sys:get_status' show the loops' ids, not their
 %% LoopRefs: a report kept by a log handler would keep the loops (and the
 %% fds they watch) alive.
--spec format_status(map()) -> map().
+-spec format_status(gen_server:format_status()) -> gen_server:format_status().
 format_status(Status = #{state := #state{loops = Loops, dedicated = Dedicated}}) ->
     Status#{state := #{loops => maps:keys(Loops), dedicated => Dedicated}};
 format_status(Status) ->

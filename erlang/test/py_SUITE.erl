@@ -10,7 +10,7 @@
          init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
 -export([call_stdlib/1, version/1, withdrawn_calls_leave_the_queue/1,
-         stray_callback_messages_are_ignored/1, nested_calls_beyond_the_pool_limit/1, timeout_in_the_str_of_an_exception/1,
+         stray_callback_messages_are_ignored/1, bad_config_is_a_clear_start_error/1, nested_calls_beyond_the_pool_limit/1, timeout_in_the_str_of_an_exception/1,
          interrupting_threads_end_with_their_job/1,
          convert_integers/1, convert_floats/1, convert_special_atoms/1,
          convert_other_atoms/1, convert_binaries/1, convert_containers/1,
@@ -90,7 +90,8 @@ groups() ->
        interpreter_is_the_built_one, extension_modules_load,
        sys_executable_is_python]},
      %% Last: stops and restarts the application.
-     {stop, [], [interrupting_threads_end_with_their_job, stop_while_python_is_stuck]}].
+     {stop, [], [bad_config_is_a_clear_start_error, interrupting_threads_end_with_their_job,
+                 stop_while_python_is_stuck]}].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -1480,6 +1481,33 @@ sys_executable_is_python(_Config) ->
 
 %%--------------------------------------------------------------------
 %% Stopping
+
+%% Settings the NIF cannot take fail the start with an error naming them,
+%% not a crash of `start/2'; good settings start it again.
+-spec bad_config_is_a_clear_start_error(ct_suite:ct_config()) -> term().
+bad_config_is_a_clear_start_error(_Config) ->
+    ok = application:stop(?APP),
+    try
+        ok = application:set_env(?APP, python_paths, [[16#110000]]),
+        ?assertMatch({error, {bad_config, {not_unicode, [16#110000]}}}, start_app()),
+        ok = application:set_env(?APP, python_paths, [<<255, 254>>]),
+        ?assertMatch({error, {bad_config, {not_unicode, <<255, 254>>}}}, start_app()),
+        ok = application:unset_env(?APP, python_paths),
+        ok = application:set_env(?APP, max_workers, -1),
+        ?assertMatch({error, {bad_config, #{max_workers := -1}}}, start_app())
+    after
+        ok = application:unset_env(?APP, python_paths),
+        ok = application:unset_env(?APP, max_workers),
+        {ok, _} = application:ensure_all_started(?APP)
+    end,
+    ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
+
+%% The reason `application:start' gives, unwrapped.
+start_app() ->
+    case application:start(?APP) of
+        {error, {Reason, {erlang_python_app, start, _}}} -> {error, Reason};
+        Other -> Other
+    end.
 
 %% A cancelled job running an ErlangEventLoop is interrupted by its loop; the
 %% thread that asked the loop ends when the job does, not when the grace
