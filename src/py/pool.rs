@@ -366,12 +366,14 @@ mod tests {
         pool.submit(Box::new(move || {
             let (answer, answered) = mpsc::channel();
             inner_pool.submit(Box::new(move || answer.send(6 * 7).unwrap()));
-            let got = Pool::while_waiting_for_erlang(|| {
-                answered.recv_timeout(Duration::from_secs(20))
-            });
+            let got =
+                Pool::while_waiting_for_erlang(|| answered.recv_timeout(Duration::from_secs(20)));
             done.send(got).unwrap();
         }));
-        assert_eq!(finished.recv_timeout(Duration::from_secs(30)).unwrap(), Ok(42));
+        assert_eq!(
+            finished.recv_timeout(Duration::from_secs(30)).unwrap(),
+            Ok(42)
+        );
         let stats = pool.stats();
         assert_eq!((stats.threads, stats.lent), (2, 0));
         // Not a worker thread: nothing lent, `wait` just runs.
