@@ -7,6 +7,8 @@
 //! Erlang side may be calling Python back and waiting for that call, which
 //! would otherwise never run once every thread waited so (a deadlock of the
 //! whole pool, at any nesting depth, from `max_threads` such calls on).
+//! Threads started on lent places stay, but a thread takes a job only while
+//! fewer than `max_threads` jobs run that are not waiting so.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -66,6 +68,8 @@ struct State {
     threads: usize,
     /// Threads waiting for work right now.
     idle: usize,
+    /// Threads running a job right now.
+    busy: usize,
     /// Threads whose job waits for Erlang right now (their places under
     /// the limit lent, see the module's doc).
     lent: usize,
@@ -170,6 +174,8 @@ impl Pool {
             }
             .spawn_worker(index);
         }
+        // An idle thread held back by the limit may take a job now.
+        inner.work_ready.notify_one();
         /// Takes the place back even if `wait` panics.
         struct Lent(Arc<Inner>);
         impl Drop for Lent {
@@ -237,10 +243,13 @@ impl Inner {
             let job = {
                 let mut state = self.lock_state();
                 loop {
-                    if let Some(queued) = state.queue.pop_front() {
+                    let max = self.max_threads.load(Ordering::Relaxed);
+                    let admitted = state.busy - state.lent < max;
+                    if let Some(queued) = admitted.then(|| state.queue.pop_front()).flatten() {
                         if queued.withdrawn.as_ref().is_some_and(|w| w.withdrawn()) {
                             state.withdrawn = state.withdrawn.saturating_sub(1);
                         }
+                        state.busy += 1;
                         break queued.job;
                     }
                     state.idle += 1;
@@ -255,6 +264,7 @@ impl Inner {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                 tracing::error!(pool = %self.name, "a job panicked");
             }
+            self.lock_state().busy -= 1;
         }
     }
 }
@@ -378,6 +388,19 @@ mod tests {
         assert_eq!((stats.threads, stats.lent), (2, 0));
         // Not a worker thread: nothing lent, `wait` just runs.
         assert_eq!(Pool::while_waiting_for_erlang(|| 5), 5);
+        // Two threads now, but one job at a time again: the second waits.
+        let (release, blocked) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        pool.submit(Box::new(move || {
+            started.send(()).unwrap();
+            let _ = blocked.recv();
+        }));
+        running.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (done, second) = mpsc::channel();
+        pool.submit(Box::new(move || done.send(()).unwrap()));
+        assert_eq!(pool.stats().queued, 1);
+        release.send(()).unwrap();
+        second.recv_timeout(Duration::from_secs(10)).unwrap();
     }
 
     #[test]
