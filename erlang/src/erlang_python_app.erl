@@ -12,7 +12,7 @@ start(_Type, _Args) ->
     try init_options() of
         Options -> start_with(Options)
     catch
-        throw:{not_unicode, _} = Reason -> {error, {bad_config, Reason}}
+        throw:{bad_config, _} = Bad -> {error, Bad}
     end.
 
 start_with(Options) ->
@@ -53,8 +53,8 @@ install_policy(false) ->
 
 init_options() ->
     Venv = venv(),
-    #{paths => [bin(P) || P <- [python_dir() | env(python_paths, [])]],
-      site_dirs => [bin(P) || P <- site_packages(Venv)],
+    #{paths => [text(python_dir()) | python_paths()],
+      site_dirs => [text(P) || P <- site_packages(Venv)],
       system_site_packages => system_site_packages(Venv),
       executable => executable(Venv),
       max_workers => env(max_workers, 32),
@@ -63,6 +63,15 @@ init_options() ->
 
 python_dir() ->
     filename:join(code:priv_dir(erlang_python), "python").
+
+%% `{bad_config, {python_paths, Value}}' unless a list of paths.
+python_paths() ->
+    Paths = env(python_paths, []),
+    try
+        [text(P) || P <- Paths]
+    catch
+        _:_ -> throw({bad_config, {python_paths, Paths}})
+    end.
 
 venv() ->
     case env(venv, undefined) of
@@ -73,6 +82,7 @@ venv() ->
                 Dir -> Dir
             end;
         Dir ->
+            _ = setting_text(venv, Dir),
             Dir
     end.
 
@@ -113,19 +123,25 @@ executable(Venv) ->
         {undefined, _} ->
             Python = filename:join([Venv, "bin", "python"]),
             case filelib:is_file(Python) of
-                true -> bin(Python);
+                true -> text(Python);
                 false -> nil
             end;
-        {Path, _} -> bin(Path)
+        {Path, _} -> setting_text(executable, Path)
     end.
 
 env(Key, Default) ->
     application:get_env(erlang_python, Key, Default).
 
-%% A path as the NIF takes it; one that is not Unicode text is refused by
-%% name (`{bad_config, {not_unicode, Value}}' from `start/2').
-bin(Value) ->
+%% A path as the NIF takes it: Unicode text as a binary (else an error).
+text(Value) ->
     case unicode:characters_to_binary(Value) of
-        Binary when is_binary(Binary) -> Binary;
-        _ -> throw({not_unicode, Value})
+        Binary when is_binary(Binary) -> Binary
+    end.
+
+%% `text/1' of the setting `Key', or `{bad_config, {Key, Value}}'.
+setting_text(Key, Value) ->
+    try
+        text(Value)
+    catch
+        _:_ -> throw({bad_config, {Key, Value}})
     end.

@@ -130,9 +130,9 @@ answer(Server, Reply, Name, Args) ->
     Server ! {py_callback_runner, self(), Runner},
     receive
         {Runner, ?MODULE, Result} ->
-            py_nif:callback_reply(Reply, Result);
+            reply(Reply, Result);
         {'EXIT', Runner, Reason} ->
-            py_nif:callback_reply(Reply, exit_error(Reason));
+            reply(Reply, exit_error(Reason));
         {'EXIT', Server, _Reason} ->
             %% The server ended: so does the call, unanswered.
             exit(Runner, kill);
@@ -141,7 +141,7 @@ answer(Server, Reply, Name, Args) ->
             %% call is the one taken: this one only reaches a caller still
             %% waiting, told by a message that was not the NIF's).
             exit(Runner, kill),
-            py_nif:callback_reply(Reply, {error, <<"the call was abandoned">>})
+            reply(Reply, {error, <<"the call was abandoned">>})
     end.
 
 %% A reply from this server: `Reply' came in a message, so it may not be

@@ -51,6 +51,19 @@ fn adopt_python_thread() {
     }
 }
 
+/// Runs on a worker thread that ends: its Python thread state goes (the
+/// GIL taken with it, then `PyGILState_Release` clears and deletes it as
+/// the last release of the `Ensure` above).
+fn release_python_thread() {
+    // SAFETY: this thread ran `adopt_python_thread` and holds no GIL now;
+    // its state is the one `Ensure` made, with a counter of one.
+    unsafe {
+        let state = pyo3::ffi::PyGILState_GetThisThreadState();
+        pyo3::ffi::PyEval_RestoreThread(state);
+        pyo3::ffi::PyGILState_Release(pyo3::ffi::PyGILState_STATE::PyGILState_UNLOCKED);
+    }
+}
+
 #[derive(rustler::NifMap)]
 struct InitOptions {
     paths: ProperList<String>,
@@ -121,9 +134,23 @@ fn init<'a>(env: Env<'a>, options: Term<'a>) -> NifResult<Term<'a>> {
         options.max_workers
     };
     crate::job::set_loop_grace(Duration::from_millis(options.cancel_grace_ms));
-    let pool = POOL.get_or_init(|| Pool::new("py-worker", max_workers, adopt_python_thread));
+    let pool = POOL.get_or_init(|| {
+        Pool::new(
+            "py-worker",
+            max_workers,
+            adopt_python_thread,
+            release_python_thread,
+        )
+    });
     pool.set_max_threads(max_workers);
-    CONTROL_POOL.get_or_init(|| Pool::new("py-control", CONTROL_THREADS, adopt_python_thread));
+    CONTROL_POOL.get_or_init(|| {
+        Pool::new(
+            "py-control",
+            CONTROL_THREADS,
+            adopt_python_thread,
+            release_python_thread,
+        )
+    });
     crate::erlang_module::set_accepting_callbacks(true);
     Ok(atoms::ok().encode(env))
 }

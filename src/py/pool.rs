@@ -7,8 +7,11 @@
 //! Erlang side may be calling Python back and waiting for that call, which
 //! would otherwise never run once every thread waited so (a deadlock of the
 //! whole pool, at any nesting depth, from `max_threads` such calls on).
-//! Threads started on lent places stay, but a thread takes a job only while
-//! fewer than `max_threads` jobs run that are not waiting so.
+//! A thread takes a new job only while fewer than `max_threads` jobs run
+//! that are not waiting so; a job whose wait ends runs on, even past that
+//! (holding it back could deadlock: the jobs run meanwhile may wait for
+//! something it holds). Threads beyond `max_threads` plus the lent places
+//! end once they have nothing to run.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -57,6 +60,10 @@ struct Inner {
     name: String,
     /// Runs once on each new thread before its first job (Python thread state).
     thread_setup: fn(),
+    /// Runs on a thread that ends (a surplus one), after its last job.
+    thread_teardown: fn(),
+    /// A pass dropping withdrawn jobs is under way (see `Pool::withdrawn`).
+    compacting: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -64,7 +71,7 @@ struct State {
     queue: VecDeque<Queued>,
     /// Jobs of `queue` reported withdrawn (see [`Pool::withdrawn`]).
     withdrawn: usize,
-    /// Threads started so far (they never exit).
+    /// Threads started and not ended.
     threads: usize,
     /// Threads waiting for work right now.
     idle: usize,
@@ -93,7 +100,7 @@ pub struct PoolStats {
 
 impl Pool {
     /// A pool that starts no thread until the first job arrives.
-    pub fn new(name: &str, max_threads: usize, thread_setup: fn()) -> Pool {
+    pub fn new(name: &str, max_threads: usize, thread_setup: fn(), thread_teardown: fn()) -> Pool {
         Pool {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
@@ -101,6 +108,8 @@ impl Pool {
                 max_threads: AtomicUsize::new(max_threads.max(1)),
                 name: name.to_owned(),
                 thread_setup,
+                thread_teardown,
+                compacting: Default::default(),
             }),
         }
     }
@@ -126,23 +135,34 @@ impl Pool {
 
     /// A job submitted with [`submit_withdrawable`](Self::submit_withdrawable)
     /// was withdrawn before it started. Once such jobs are most of a long
-    /// queue they are dropped, unrun, after the lock is let go (dropping
-    /// one frees what it captured).
+    /// queue they are dropped, unrun, by a thread of its own (this runs on
+    /// Erlang schedulers: a pass over 200k jobs takes milliseconds), with
+    /// the queue out of the lock meanwhile.
     pub fn withdrawn(&self) {
-        let dropped: VecDeque<Queued> = {
+        let taken = {
             let mut state = self.inner.lock_state();
             state.withdrawn += 1;
-            if state.withdrawn < WITHDRAWN_KEPT || state.withdrawn * 2 < state.queue.len() {
+            if state.withdrawn < WITHDRAWN_KEPT
+                || state.withdrawn * 2 < state.queue.len()
+                || self.inner.compacting.swap(true, Ordering::AcqRel)
+            {
                 return;
             }
-            let (dropped, kept) = std::mem::take(&mut state.queue)
-                .into_iter()
-                .partition(|queued| queued.withdrawn.as_ref().is_some_and(|w| w.withdrawn()));
-            state.queue = kept;
             state.withdrawn = 0;
-            dropped
+            std::mem::take(&mut state.queue)
         };
-        drop(dropped);
+        let inner = Arc::clone(&self.inner);
+        let spawned = thread::Builder::new()
+            .name(format!("{}-compact", self.inner.name))
+            .spawn({
+                let inner = Arc::clone(&inner);
+                move || inner.put_back_kept(taken)
+            });
+        if let Err(error) = spawned {
+            // The pass never started: its queue went with the closure.
+            tracing::error!(%error, "cannot start a thread to drop withdrawn jobs");
+            inner.compacting.store(false, Ordering::Release);
+        }
     }
 
     fn enqueue(&self, queued: Queued) {
@@ -176,18 +196,21 @@ impl Pool {
         }
         // An idle thread held back by the limit may take a job now.
         inner.work_ready.notify_one();
-        /// Takes the place back even if `wait` panics.
+        /// Takes the place back even if `wait` panics; a thread now beyond
+        /// the limit, idle, is woken to end.
         struct Lent(Arc<Inner>);
         impl Drop for Lent {
             fn drop(&mut self) {
                 self.0.lock_state().lent -= 1;
+                self.0.work_ready.notify_one();
             }
         }
         let _lent = Lent(inner);
         wait()
     }
 
-    /// Changes the thread limit; threads above a lowered limit stay.
+    /// Changes the thread limit; threads above a lowered limit end once
+    /// they have nothing to run.
     pub fn set_max_threads(&self, max_threads: usize) {
         self.inner
             .max_threads
@@ -223,6 +246,36 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Puts the jobs of `taken` (the queue, taken out by `withdrawn`) that
+    /// were not withdrawn back in front of those queued since, and drops
+    /// the others.
+    /// Again while more were withdrawn meanwhile than it leaves queued.
+    fn put_back_kept(&self, mut taken: VecDeque<Queued>) {
+        loop {
+            let (dropped, mut kept): (VecDeque<Queued>, VecDeque<Queued>) = taken
+                .into_iter()
+                .partition(|queued| queued.withdrawn.as_ref().is_some_and(|w| w.withdrawn()));
+            let again = {
+                let mut state = self.lock_state();
+                kept.append(&mut state.queue);
+                state.queue = kept;
+                let due =
+                    state.withdrawn >= WITHDRAWN_KEPT && state.withdrawn * 2 >= state.queue.len();
+                due.then(|| {
+                    state.withdrawn = 0;
+                    std::mem::take(&mut state.queue)
+                })
+            };
+            self.work_ready.notify_all();
+            drop(dropped);
+            match again {
+                Some(next) => taken = next,
+                None => break,
+            }
+        }
+        self.compacting.store(false, Ordering::Release);
+    }
+
     /// The index of a thread to start, counted in `state`, when a queued
     /// job finds no idle thread and the limit (less the lent places) allows.
     fn claim_new_thread(&self, state: &mut State) -> Option<usize> {
@@ -250,7 +303,12 @@ impl Inner {
                             state.withdrawn = state.withdrawn.saturating_sub(1);
                         }
                         state.busy += 1;
-                        break queued.job;
+                        break Some(queued.job);
+                    }
+                    // Beyond the limit and the lent places: end.
+                    if state.threads > max + state.lent {
+                        state.threads -= 1;
+                        break None;
                     }
                     state.idle += 1;
                     state = self
@@ -259,6 +317,11 @@ impl Inner {
                         .unwrap_or_else(|e| e.into_inner());
                     state.idle -= 1;
                 }
+            };
+            let Some(job) = job else {
+                tracing::debug!(pool = %self.name, "surplus worker thread ends");
+                (self.thread_teardown)();
+                return;
             };
             // A panicking job must not take the thread (and its queue) with it.
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
@@ -280,7 +343,7 @@ mod tests {
     #[test]
     fn runs_jobs_in_parallel_up_to_the_limit() {
         use std::sync::atomic::AtomicUsize;
-        let pool = Pool::new("test", 4, no_setup);
+        let pool = Pool::new("test", 4, no_setup, no_setup);
         let running = Arc::new(AtomicUsize::new(0));
         let (done, finished) = mpsc::channel();
         for _ in 0..4 {
@@ -303,7 +366,7 @@ mod tests {
 
     #[test]
     fn never_exceeds_the_limit_and_keeps_fifo_order() {
-        let pool = Pool::new("test", 1, no_setup);
+        let pool = Pool::new("test", 1, no_setup, no_setup);
         let (done, finished) = mpsc::channel();
         for i in 0..50 {
             let done = done.clone();
@@ -326,7 +389,7 @@ mod tests {
 
     #[test]
     fn withdrawn_jobs_are_dropped_once_they_are_most_of_the_queue() {
-        let pool = Pool::new("test", 1, no_setup);
+        let pool = Pool::new("test", 1, no_setup, no_setup);
         let (release, blocked) = mpsc::channel::<()>();
         let (started, blocking) = mpsc::channel::<()>();
         pool.submit(Box::new(move || {
@@ -352,6 +415,11 @@ mod tests {
             flag.0.store(true, Ordering::SeqCst);
             pool.withdrawn();
         }
+        // The pass runs on a thread of its own.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pool.inner.compacting.load(Ordering::Acquire) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
         let queued = pool.stats().queued;
         assert!(queued < 30 + WITHDRAWN_KEPT, "{queued} queued");
         // The dropped jobs freed what they captured, unrun.
@@ -370,7 +438,7 @@ mod tests {
     fn a_job_waiting_for_erlang_lends_its_place() {
         // One thread at most; its job waits (as for Erlang) on a second
         // job, which gets a thread of its own meanwhile.
-        let pool = Pool::new("test", 1, no_setup);
+        let pool = Pool::new("test", 1, no_setup, no_setup);
         let (done, finished) = mpsc::channel();
         let inner_pool = pool.clone();
         pool.submit(Box::new(move || {
@@ -384,28 +452,25 @@ mod tests {
             finished.recv_timeout(Duration::from_secs(30)).unwrap(),
             Ok(42)
         );
+        // The thread started on the lent place ends once it is past the
+        // limit with nothing to run.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pool.stats().threads > 1 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
         let stats = pool.stats();
-        assert_eq!((stats.threads, stats.lent), (2, 0));
+        assert_eq!((stats.threads, stats.lent), (1, 0));
         // Not a worker thread: nothing lent, `wait` just runs.
         assert_eq!(Pool::while_waiting_for_erlang(|| 5), 5);
-        // Two threads now, but one job at a time again: the second waits.
-        let (release, blocked) = mpsc::channel::<()>();
-        let (started, running) = mpsc::channel::<()>();
-        pool.submit(Box::new(move || {
-            started.send(()).unwrap();
-            let _ = blocked.recv();
-        }));
-        running.recv_timeout(Duration::from_secs(10)).unwrap();
-        let (done, second) = mpsc::channel();
+        // The pool still serves.
+        let (done, again) = mpsc::channel();
         pool.submit(Box::new(move || done.send(()).unwrap()));
-        assert_eq!(pool.stats().queued, 1);
-        release.send(()).unwrap();
-        second.recv_timeout(Duration::from_secs(10)).unwrap();
+        again.recv_timeout(Duration::from_secs(10)).unwrap();
     }
 
     #[test]
     fn a_panicking_job_does_not_kill_the_worker() {
-        let pool = Pool::new("test", 1, no_setup);
+        let pool = Pool::new("test", 1, no_setup, no_setup);
         pool.submit(Box::new(|| panic!("boom")));
         let (done, finished) = mpsc::channel();
         pool.submit(Box::new(move || done.send(7).unwrap()));
