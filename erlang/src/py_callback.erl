@@ -9,6 +9,9 @@
 
 -define(TABLE, py_callbacks).
 
+%% Most characters of an error's text (see `describe/2').
+-define(ERROR_CHARS, 4000).
+
 -record(state, {
     %% The process answering each `erlang.call' still unanswered, with the
     %% call's reply handle, by the call's id, and that id by the process: a
@@ -160,14 +163,22 @@ run(Name, Args) ->
                 {ok, apply(Fun, Args)}
             catch
                 Class:Reason ->
-                    {error, iolist_to_binary(io_lib:format("~p:~p", [Class, Reason]))}
+                    {error, describe("~p:~p", [Class, Reason])}
             end;
         [] ->
             {error, <<"no Erlang function registered as ", Name/binary>>}
     end.
 
 exit_error(Reason) ->
-    {error, iolist_to_binary(io_lib:format("exit:~p", [Reason]))}.
+    {error, describe("exit:~p", [Reason])}.
+
+%% An error's text for Python, bounded: a reason that carries a Python
+%% error (`{badmatch, {error, {Type, Message, Traceback}}}' of a nested
+%% `py:call') quotes its text, which the next level up quotes again, four
+%% times the size at each level (a chain of a dozen failing levels took
+%% gigabytes).
+describe(Format, Args) ->
+    unicode:characters_to_binary(io_lib:format(Format, Args, [{chars_limit, ?ERROR_CHARS}])).
 
 to_key(Name) when is_atom(Name) -> atom_to_binary(Name, utf8);
 to_key(Name) when is_binary(Name) -> Name.

@@ -10,7 +10,7 @@
          init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
 -export([call_stdlib/1, version/1, withdrawn_calls_leave_the_queue/1,
-         stray_callback_messages_are_ignored/1, bad_config_is_a_clear_start_error/1, nested_calls_beyond_the_pool_limit/1, timeout_in_the_str_of_an_exception/1,
+         stray_callback_messages_are_ignored/1, failing_nested_chain_error_stays_small/1, bad_config_is_a_clear_start_error/1, nested_calls_beyond_the_pool_limit/1, timeout_in_the_str_of_an_exception/1,
          interrupting_threads_end_with_their_job/1,
          convert_integers/1, convert_floats/1, convert_special_atoms/1,
          convert_other_atoms/1, convert_binaries/1, convert_containers/1,
@@ -86,7 +86,8 @@ groups() ->
        timeout_in_a_loop_callback, one_timeout_for_asyncio_run,
        a_dead_caller_s_job_is_cancelled,
        finished_calls_stop_monitoring_the_caller,
-       nested_call, nested_calls_beyond_the_pool_limit, erlang_send, erlang_send_from_python_thread,
+       nested_call, nested_calls_beyond_the_pool_limit,
+       failing_nested_chain_error_stays_small, erlang_send, erlang_send_from_python_thread,
        interpreter_is_the_built_one, extension_modules_load,
        sys_executable_is_python]},
      %% Last: stops and restarts the application.
@@ -1400,6 +1401,25 @@ nested_calls_beyond_the_pool_limit(_Config) ->
     ?assertMatch(#{waiting_for_erlang := 0}, py_nif:pool_stats()),
     %% The threads started beyond the limit end, idle.
     wait_until(fun() -> maps:get(threads, py_nif:pool_stats()) =< Max end, 20000).
+
+%% A failure deep in a Python -> Erlang -> Python chain: each level's error
+%% text quotes the one below, bounded (it grew fourfold per level: a dozen
+%% levels took the node's memory).
+-spec failing_nested_chain_error_stays_small(ct_suite:ct_config()) -> term().
+failing_nested_chain_error_stays_small(_Config) ->
+    ok = py:register_function(py_suite_fail_chain,
+                              fun(0) -> error(boom);
+                                 (N) ->
+                                      {ok, R} = py:call(erlang, call,
+                                                        [<<"py_suite_fail_chain">>, N - 1]),
+                                      R
+                              end),
+    {error, {'ErlangError', Message, Traceback}} =
+        py:call(erlang, call, [<<"py_suite_fail_chain">>, 10], #{}, 60000),
+    ct:log("~b bytes of message, ~b of traceback", [byte_size(Message), byte_size(Traceback)]),
+    ?assert(byte_size(Message) < 20000),
+    ?assert(byte_size(Traceback) < 40000),
+    ?assertMatch({_, _}, binary:match(Message, <<"badmatch">>)).
 
 -spec erlang_send(ct_suite:ct_config()) -> term().
 erlang_send(_Config) ->
