@@ -10,7 +10,9 @@
          init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
 -export([call_stdlib/1, version/1, withdrawn_calls_leave_the_queue/1,
-         stray_callback_messages_are_ignored/1, failing_nested_chain_error_stays_small/1, bad_config_is_a_clear_start_error/1, nested_calls_beyond_the_pool_limit/1, timeout_in_the_str_of_an_exception/1,
+         stray_callback_messages_are_ignored/1, timeout_seen_first_by_erlang_call_in_a_loop/1,
+         failing_nested_chain_error_stays_small/1, bad_config_is_a_clear_start_error/1,
+         nested_calls_beyond_the_pool_limit/1, timeout_in_the_str_of_an_exception/1,
          interrupting_threads_end_with_their_job/1,
          convert_integers/1, convert_floats/1, convert_special_atoms/1,
          convert_other_atoms/1, convert_binaries/1, convert_containers/1,
@@ -84,7 +86,7 @@ groups() ->
        erlang_call_answer_killed, erlang_function_linked_to_its_caller,
        timeout_inside_erlang_call_raises_once, timeout_waiting_event_loop,
        timeout_in_a_loop_callback, one_timeout_for_asyncio_run,
-       a_dead_caller_s_job_is_cancelled,
+       timeout_seen_first_by_erlang_call_in_a_loop, a_dead_caller_s_job_is_cancelled,
        finished_calls_stop_monitoring_the_caller,
        nested_call, nested_calls_beyond_the_pool_limit,
        failing_nested_chain_error_stays_small, erlang_send, erlang_send_from_python_thread,
@@ -1331,6 +1333,45 @@ one_timeout_for_asyncio_run(_Config) ->
     receive <<"first">> -> ok after 20000 -> ct:fail(not_interrupted) end,
     receive Next -> ?assertEqual(<<"cleaned up">>, Next) after 20000 -> ct:fail(no_end) end,
     wait_until(fun() -> busy_workers() =< Busy end, 20000).
+
+%% Timed-out calls running `asyncio.run' whose plain callback waits in
+%% `erlang.call', with other Python threads contending for the GIL: when
+%% the wait saw the timeout before the interrupting thread got the GIL, its
+%% TimeoutError went to the loop's exception handler and nothing asked the
+%% loop to end the job, which ran its full minute (several of 20, each
+%% run). The loop is asked either way.
+-spec timeout_seen_first_by_erlang_call_in_a_loop(ct_suite:ct_config()) -> term().
+timeout_seen_first_by_erlang_call_in_a_loop(_Config) ->
+    Busy = busy_workers(),
+    ok = py:register_function(py_suite_slow_reply, fun(Ms) -> timer:sleep(Ms), ok end),
+    Spin = <<"import builtins, threading, time\n"
+             "builtins._py_suite_spinning = True\n"
+             "def spin():\n"
+             "    end = time.monotonic() + 60\n"
+             "    while time.monotonic() < end and builtins._py_suite_spinning:\n"
+             "        pass\n"
+             "for _ in range(12):\n"
+             "    threading.Thread(target=spin, daemon=True).start()\n">>,
+    ok = py:exec(Spin),
+    Code = <<"import asyncio, erlang\n"
+             "async def main():\n"
+             "    asyncio.get_running_loop().call_soon(\n"
+             "        lambda: erlang.call('py_suite_slow_reply', 3000))\n"
+             "    await asyncio.sleep(60)\n"
+             "asyncio.run(main())\n">>,
+    Parent = self(),
+    Callers = [spawn_link(fun() -> Parent ! {timed_out, py:call(builtins, exec, [Code, #{}], #{}, 300)} end)
+               || _ <- lists:seq(1, 20)],
+    try
+        [receive {timed_out, R} -> ?assertEqual({error, timeout}, R)
+         after 30000 -> ct:fail(no_timeout)
+         end || _ <- Callers],
+        %% Every job ends within the grace (2 s) and the 3 s reply, not its
+        %% minute.
+        wait_until(fun() -> busy_workers() =< Busy end, 20000)
+    after
+        ok = py:exec(<<"import builtins\nbuiltins._py_suite_spinning = False\n">>)
+    end.
 
 -spec a_dead_caller_s_job_is_cancelled(ct_suite:ct_config()) -> term().
 a_dead_caller_s_job_is_cancelled(_Config) ->

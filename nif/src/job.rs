@@ -35,9 +35,12 @@ enum JobState {
     LoopAsked(c_ulong),
     /// A `TimeoutError` was injected into this thread.
     Interrupted(c_ulong),
-    /// A wait inside the job (`erlang.call`) gave up and raises the
-    /// `TimeoutError` itself: no interrupt is to come.
-    TimeoutRaised,
+    /// A wait inside the job (`erlang.call`) on this thread gave up and
+    /// raised the `TimeoutError` itself: no interrupt at a bytecode is to
+    /// come, but a loop the thread runs is still asked to end the job (a
+    /// plain callback's error goes to the loop's handler, and the loop runs
+    /// on).
+    TimeoutRaised(c_ulong),
     /// Cancelled before it started: it will never run.
     Cancelled,
     Done,
@@ -61,8 +64,8 @@ pub struct JobShared {
     state: Mutex<JobState>,
     /// The pool it is queued on: told when it is withdrawn.
     pool: Pool,
-    /// Notified when the job leaves `LoopAsked` (it ended, or a wait inside
-    /// it raised its own timeout): the interrupting thread waits on it for
+    /// Notified when the job ends (and so leaves `LoopAsked`): the
+    /// interrupting thread waits on it for
     /// at most the grace ([`LOOP_GRACE_MS`]), and ends as soon as the job does.
     left_loop_asked: Condvar,
     /// The loop asked to raise between callbacks, and the request: taken
@@ -305,7 +308,7 @@ impl JobShared {
             JobState::CancelRequested(_)
                 | JobState::LoopAsked(_)
                 | JobState::Interrupted(_)
-                | JobState::TimeoutRaised
+                | JobState::TimeoutRaised(_)
                 | JobState::Cancelled
         )
     }
@@ -317,18 +320,17 @@ impl JobShared {
     pub fn take_timeout(&self, _py: Python<'_>) {
         let mut state = self.lock();
         match *state {
-            // The loop still ends the job (see `interrupt_by_its_loop`):
-            // the wait's own TimeoutError may be handled inside a callback.
-            JobState::CancelRequested(_) | JobState::LoopAsked(_) => {
-                *state = JobState::TimeoutRaised;
-                self.left_loop_asked.notify_all();
-            }
+            // The interrupt to come still has the thread's loop end the
+            // job (see `interrupt`): the wait's own TimeoutError may be
+            // handled inside a callback. A loop asked already goes on
+            // ending it, within the grace.
+            JobState::CancelRequested(thread) => *state = JobState::TimeoutRaised(thread),
             JobState::Interrupted(thread) => {
                 // SAFETY: GIL held; a NULL exception clears the pending one.
                 unsafe {
                     pyo3::ffi::PyThreadState_SetAsyncExc(thread as c_long, std::ptr::null_mut())
                 };
-                *state = JobState::TimeoutRaised;
+                *state = JobState::TimeoutRaised(thread);
             }
             _ => {}
         }
@@ -343,15 +345,22 @@ impl JobShared {
         // The loop is looked up first, the lock free: the lookup runs Python
         // code, which may let the job's thread take the GIL and `finish`,
         // which takes the lock. A job that ends meanwhile is left alone.
-        let JobState::CancelRequested(thread) = *self.lock() else {
-            return;
+        let (thread, raised) = match *self.lock() {
+            JobState::CancelRequested(thread) => (thread, false),
+            JobState::TimeoutRaised(thread) => (thread, true),
+            _ => return,
         };
         let native = interrupt::native_loop_of(py, thread);
         let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
-        if let Some(native) = &native {
-            if self.interrupt_by_its_loop(py, thread, native, &exception) {
-                return;
+        match &native {
+            Some(native) => {
+                if self.interrupt_by_its_loop(py, thread, native, &exception) {
+                    return;
+                }
             }
+            // The wait's own TimeoutError was the interrupt.
+            None if raised => return,
+            None => {}
         }
         // Tried under the lock, and again with the lock free (and the GIL
         // let go) while the thread's identifier is ambiguous.
@@ -393,9 +402,8 @@ impl JobShared {
     /// Ctrl-C (its `run_until_complete` then raises `TimeoutError`);
     /// otherwise the loop raises `TimeoutError` out of `run_forever` before
     /// its next callback (see `boundary_raise`). True if the job ended
-    /// within the grace ([`LOOP_GRACE_MS`]) (or a wait inside it raised its own timeout);
-    /// otherwise the request is taken back and the job is left to the
-    /// injection at the next bytecode.
+    /// within the grace ([`LOOP_GRACE_MS`]); otherwise the request is taken
+    /// back and the job is left to the injection at the next bytecode.
     fn interrupt_by_its_loop(
         &self,
         py: Python<'_>,
@@ -411,7 +419,9 @@ impl JobShared {
             // Under the job's lock: a job that finishes meanwhile takes the
             // boundary request back.
             let mut state = self.lock();
-            if *state != JobState::CancelRequested(thread) {
+            let askable = *state == JobState::CancelRequested(thread)
+                || *state == JobState::TimeoutRaised(thread);
+            if !askable {
                 return true;
             }
             if !cancelled {
