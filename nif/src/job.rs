@@ -352,15 +352,13 @@ impl JobShared {
         };
         let native = interrupt::native_loop_of(py, thread);
         let exception = py.get_type::<pyo3::exceptions::PyTimeoutError>();
-        match &native {
-            Some(native) => {
-                if self.interrupt_by_its_loop(py, thread, native, &exception) {
-                    return;
-                }
+        if let Some(native) = &native {
+            if self.interrupt_by_its_loop(py, thread, native, &exception) {
+                return;
             }
-            // The wait's own TimeoutError was the interrupt.
-            None if raised => return,
-            None => {}
+        } else if raised {
+            // No loop: the wait's own TimeoutError was the interrupt.
+            return;
         }
         // Tried under the lock, and again with the lock free (and the GIL
         // let go) while the thread's identifier is ambiguous.
