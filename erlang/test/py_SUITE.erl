@@ -86,7 +86,7 @@ groups() ->
        erlang_call_answer_killed, erlang_function_linked_to_its_caller,
        timeout_inside_erlang_call_raises_once, timeout_waiting_event_loop,
        timeout_in_a_loop_callback, one_timeout_for_asyncio_run,
-       timeout_seen_first_by_erlang_call_in_a_loop, a_dead_caller_s_job_is_cancelled,
+       a_dead_caller_s_job_is_cancelled,
        finished_calls_stop_monitoring_the_caller,
        nested_call, nested_calls_beyond_the_pool_limit,
        failing_nested_chain_error_stays_small, erlang_send, erlang_send_from_python_thread,
@@ -94,6 +94,7 @@ groups() ->
        sys_executable_is_python]},
      %% Last: stops and restarts the application.
      {stop, [], [bad_config_is_a_clear_start_error, interrupting_threads_end_with_their_job,
+                 timeout_seen_first_by_erlang_call_in_a_loop,
                  stop_while_python_is_stuck]}].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
@@ -1334,45 +1335,6 @@ one_timeout_for_asyncio_run(_Config) ->
     receive Next -> ?assertEqual(<<"cleaned up">>, Next) after 20000 -> ct:fail(no_end) end,
     wait_until(fun() -> busy_workers() =< Busy end, 20000).
 
-%% Timed-out calls running `asyncio.run' whose plain callback waits in
-%% `erlang.call', with other Python threads contending for the GIL: when
-%% the wait saw the timeout before the interrupting thread got the GIL, its
-%% TimeoutError went to the loop's exception handler and nothing asked the
-%% loop to end the job, which ran its full minute (several of 20, each
-%% run). The loop is asked either way.
--spec timeout_seen_first_by_erlang_call_in_a_loop(ct_suite:ct_config()) -> term().
-timeout_seen_first_by_erlang_call_in_a_loop(_Config) ->
-    Busy = busy_workers(),
-    ok = py:register_function(py_suite_slow_reply, fun(Ms) -> timer:sleep(Ms), ok end),
-    Spin = <<"import builtins, threading, time\n"
-             "builtins._py_suite_spinning = True\n"
-             "def spin():\n"
-             "    end = time.monotonic() + 60\n"
-             "    while time.monotonic() < end and builtins._py_suite_spinning:\n"
-             "        pass\n"
-             "for _ in range(12):\n"
-             "    threading.Thread(target=spin, daemon=True).start()\n">>,
-    ok = py:exec(Spin),
-    Code = <<"import asyncio, erlang\n"
-             "async def main():\n"
-             "    asyncio.get_running_loop().call_soon(\n"
-             "        lambda: erlang.call('py_suite_slow_reply', 3000))\n"
-             "    await asyncio.sleep(60)\n"
-             "asyncio.run(main())\n">>,
-    Parent = self(),
-    Callers = [spawn_link(fun() -> Parent ! {timed_out, py:call(builtins, exec, [Code, #{}], #{}, 300)} end)
-               || _ <- lists:seq(1, 20)],
-    try
-        [receive {timed_out, R} -> ?assertEqual({error, timeout}, R)
-         after 30000 -> ct:fail(no_timeout)
-         end || _ <- Callers],
-        %% Every job ends within the grace (2 s) and the 3 s reply, not its
-        %% minute.
-        wait_until(fun() -> busy_workers() =< Busy end, 20000)
-    after
-        ok = py:exec(<<"import builtins\nbuiltins._py_suite_spinning = False\n">>)
-    end.
-
 -spec a_dead_caller_s_job_is_cancelled(ct_suite:ct_config()) -> term().
 a_dead_caller_s_job_is_cancelled(_Config) ->
     Busy = busy_workers(),
@@ -1544,6 +1506,56 @@ sys_executable_is_python(_Config) ->
 
 %%--------------------------------------------------------------------
 %% Stopping
+
+%% Timed-out calls running `asyncio.run' whose plain callback waits in
+%% `erlang.call', with other Python threads contending for the GIL: when
+%% the wait saw the timeout before the interrupting thread got the GIL, its
+%% TimeoutError went to the loop's exception handler and nothing asked the
+%% loop to end the job, which ran its full minute (several of 20, each
+%% run). The loop is asked either way. A grace longer than the test: the
+%% loop alone ends each job.
+-spec timeout_seen_first_by_erlang_call_in_a_loop(ct_suite:ct_config()) -> term().
+timeout_seen_first_by_erlang_call_in_a_loop(_Config) ->
+    ok = application:stop(?APP),
+    ok = application:set_env(?APP, cancel_grace_ms, 600000),
+    {ok, _} = application:ensure_all_started(?APP),
+    Busy = busy_workers(),
+    ok = py:register_function(py_suite_slow_reply, fun(Ms) -> timer:sleep(Ms), ok end),
+    Spin = <<"import builtins, threading, time\n"
+             "builtins._py_suite_spinning = True\n"
+             "def spin():\n"
+             "    end = time.monotonic() + 60\n"
+             "    while time.monotonic() < end and builtins._py_suite_spinning:\n"
+             "        pass\n"
+             "for _ in range(12):\n"
+             "    threading.Thread(target=spin, daemon=True).start()\n">>,
+    %% Imported first: a timeout landing in an import can leave its
+    %% module lock held (see Known limits), which is not this test's matter.
+    ok = py:exec(<<"import asyncio, erlang, tracemalloc\n">>),
+    ok = py:exec(Spin),
+    Code = <<"import asyncio, erlang\n"
+             "async def main():\n"
+             "    asyncio.get_running_loop().call_soon(\n"
+             "        lambda: erlang.call('py_suite_slow_reply', 3000))\n"
+             "    await asyncio.sleep(60)\n"
+             "asyncio.run(main())\n">>,
+    Parent = self(),
+    Callers = [spawn_link(fun() -> Parent ! {timed_out, py:call(builtins, exec, [Code, #{}], #{}, 300)} end)
+               || _ <- lists:seq(1, 20)],
+    try
+        [receive {timed_out, R} -> ?assertEqual({error, timeout}, R)
+         after 30000 -> ct:fail(no_timeout)
+         end || _ <- Callers],
+        %% Every job ends within the grace (2 s) and the 3 s reply, not its
+        %% minute.
+        wait_until(fun() -> busy_workers() =< Busy end, 20000),
+        ?assertMatch(#{graces_run_out := 0}, py_nif:pool_stats())
+    after
+        ok = py:exec(<<"import builtins\nbuiltins._py_suite_spinning = False\n">>),
+        ok = application:stop(?APP),
+        ok = application:unset_env(?APP, cancel_grace_ms),
+        {ok, _} = application:ensure_all_started(?APP)
+    end.
 
 %% Settings the NIF cannot take fail the start with an error naming them,
 %% not a crash of `start/2'; good settings start it again.

@@ -64,8 +64,8 @@ pub struct JobShared {
     state: Mutex<JobState>,
     /// The pool it is queued on: told when it is withdrawn.
     pool: Pool,
-    /// Notified when the job ends (and so leaves `LoopAsked`): the
-    /// interrupting thread waits on it for
+    /// Notified when the job leaves `LoopAsked` (it ended, or raised its
+    /// `TimeoutError`): the interrupting thread waits on it for
     /// at most the grace ([`LOOP_GRACE_MS`]), and ends as soon as the job does.
     left_loop_asked: Condvar,
     /// The loop asked to raise between callbacks, and the request: taken
@@ -322,9 +322,14 @@ impl JobShared {
         match *state {
             // The interrupt to come still has the thread's loop end the
             // job (see `interrupt`): the wait's own TimeoutError may be
-            // handled inside a callback. A loop asked already goes on
-            // ending it, within the grace.
+            // handled inside a callback.
             JobState::CancelRequested(thread) => *state = JobState::TimeoutRaised(thread),
+            // The loop asked raised it (or a wait did, the loop asked
+            // already): no injection after the grace.
+            JobState::LoopAsked(thread) => {
+                *state = JobState::TimeoutRaised(thread);
+                self.left_loop_asked.notify_all();
+            }
             JobState::Interrupted(thread) => {
                 // SAFETY: GIL held; a NULL exception clears the pending one.
                 unsafe {
