@@ -163,20 +163,21 @@ run(Name, Args) ->
                 {ok, apply(Fun, Args)}
             catch
                 Class:Reason ->
-                    {error, describe("~p:~p", [Class, Reason])}
+                    {error, describe("~tp:~tp", [Class, Reason])}
             end;
         [] ->
             {error, <<"no Erlang function registered as ", Name/binary>>}
     end.
 
 exit_error(Reason) ->
-    {error, describe("exit:~p", [Reason])}.
+    {error, describe("exit:~tp", [Reason])}.
 
 %% An error's text for Python, bounded: a reason that carries a Python
 %% error (`{badmatch, {error, {Type, Message, Traceback}}}' of a nested
 %% `py:call') quotes its text, which the next level up quotes again, four
 %% times the size at each level (a chain of a dozen failing levels took
-%% gigabytes).
+%% gigabytes). `~tp': a UTF-8 binary prints as its characters, which go to
+%% Python as they were (`~p' gave their bytes as Latin-1 characters).
 describe(Format, Args) ->
     unicode:characters_to_binary(io_lib:format(Format, Args, [{chars_limit, ?ERROR_CHARS}])).
 

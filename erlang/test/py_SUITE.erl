@@ -1411,7 +1411,7 @@ nested_calls_beyond_the_pool_limit(_Config) ->
 -spec failing_nested_chain_error_stays_small(ct_suite:ct_config()) -> term().
 failing_nested_chain_error_stays_small(_Config) ->
     ok = py:register_function(py_suite_fail_chain,
-                              fun(0) -> error(boom);
+                              fun(0) -> error({boom, <<"café"/utf8>>});
                                  (N) ->
                                       {ok, R} = py:call(erlang, call,
                                                         [<<"py_suite_fail_chain">>, N - 1]),
@@ -1422,7 +1422,11 @@ failing_nested_chain_error_stays_small(_Config) ->
     ct:log("~b bytes of message, ~b of traceback", [byte_size(Message), byte_size(Traceback)]),
     ?assert(byte_size(Message) < 20000),
     ?assert(byte_size(Traceback) < 40000),
-    ?assertMatch({_, _}, binary:match(Message, <<"badmatch">>)).
+    ?assertMatch({_, _}, binary:match(Message, <<"badmatch">>)),
+    %% Text from Erlang arrives as its characters, at every level.
+    {error, {'ErlangError', Inner, _}} =
+        py:call(erlang, call, [<<"py_suite_fail_chain">>, 0], #{}, 60000),
+    ?assertMatch({_, _}, binary:match(Inner, <<"café"/utf8>>)).
 
 -spec erlang_send(ct_suite:ct_config()) -> term().
 erlang_send(_Config) ->

@@ -414,6 +414,14 @@ impl JobShared {
         native: &Py<NativeLoop>,
         exception: &Bound<'_, PyType>,
     ) -> bool {
+        // The job may have ended while the loop was looked up (Python code):
+        // its thread may run another job's loop by now.
+        let askable = |state: &JobState| {
+            *state == JobState::CancelRequested(thread) || *state == JobState::TimeoutRaised(thread)
+        };
+        if !askable(&self.lock()) {
+            return true;
+        }
         // Runs Python code: the job's lock free (see `interrupt`). A future
         // cancelled late is a finished one, or one nobody runs.
         let cancelled = interrupt::cancel_main_of(py, thread);
@@ -422,9 +430,7 @@ impl JobShared {
             // Under the job's lock: a job that finishes meanwhile takes the
             // boundary request back.
             let mut state = self.lock();
-            let askable = *state == JobState::CancelRequested(thread)
-                || *state == JobState::TimeoutRaised(thread);
-            if !askable {
+            if !askable(&state) {
                 return true;
             }
             if !cancelled {

@@ -62,8 +62,6 @@ struct Inner {
     thread_setup: fn(),
     /// Runs on a thread that ends (a surplus one), after its last job.
     thread_teardown: fn(),
-    /// A pass dropping withdrawn jobs is under way (see `Pool::withdrawn`).
-    compacting: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -109,7 +107,6 @@ impl Pool {
                 name: name.to_owned(),
                 thread_setup,
                 thread_teardown,
-                compacting: Default::default(),
             }),
         }
     }
@@ -135,34 +132,24 @@ impl Pool {
 
     /// A job submitted with [`submit_withdrawable`](Self::submit_withdrawable)
     /// was withdrawn before it started. Once such jobs are most of a long
-    /// queue they are dropped, unrun, by a thread of its own (this runs on
-    /// Erlang schedulers: a pass over 200k jobs takes milliseconds), with
-    /// the queue out of the lock meanwhile.
+    /// queue they are dropped, unrun, in one pass (O(1) per withdrawal,
+    /// amortised; the pass is O(queued), under the lock), and freed after
+    /// the lock is let go (dropping one frees what it captured).
     pub fn withdrawn(&self) {
-        let taken = {
+        let dropped: VecDeque<Queued> = {
             let mut state = self.inner.lock_state();
             state.withdrawn += 1;
-            if state.withdrawn < WITHDRAWN_KEPT
-                || state.withdrawn * 2 < state.queue.len()
-                || self.inner.compacting.swap(true, Ordering::AcqRel)
-            {
+            if state.withdrawn < WITHDRAWN_KEPT || state.withdrawn * 2 < state.queue.len() {
                 return;
             }
+            let (dropped, kept) = std::mem::take(&mut state.queue)
+                .into_iter()
+                .partition(|queued| queued.withdrawn.as_ref().is_some_and(|w| w.withdrawn()));
+            state.queue = kept;
             state.withdrawn = 0;
-            std::mem::take(&mut state.queue)
+            dropped
         };
-        let inner = Arc::clone(&self.inner);
-        let spawned = thread::Builder::new()
-            .name(format!("{}-compact", self.inner.name))
-            .spawn({
-                let inner = Arc::clone(&inner);
-                move || inner.put_back_kept(taken)
-            });
-        if let Err(error) = spawned {
-            // The pass never started: its queue went with the closure.
-            tracing::error!(%error, "cannot start a thread to drop withdrawn jobs");
-            inner.compacting.store(false, Ordering::Release);
-        }
+        drop(dropped);
     }
 
     fn enqueue(&self, queued: Queued) {
@@ -244,36 +231,6 @@ impl Pool {
 impl Inner {
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Puts the jobs of `taken` (the queue, taken out by `withdrawn`) that
-    /// were not withdrawn back in front of those queued since, and drops
-    /// the others.
-    /// Again while more were withdrawn meanwhile than it leaves queued.
-    fn put_back_kept(&self, mut taken: VecDeque<Queued>) {
-        loop {
-            let (dropped, mut kept): (VecDeque<Queued>, VecDeque<Queued>) = taken
-                .into_iter()
-                .partition(|queued| queued.withdrawn.as_ref().is_some_and(|w| w.withdrawn()));
-            let again = {
-                let mut state = self.lock_state();
-                kept.append(&mut state.queue);
-                state.queue = kept;
-                let due =
-                    state.withdrawn >= WITHDRAWN_KEPT && state.withdrawn * 2 >= state.queue.len();
-                due.then(|| {
-                    state.withdrawn = 0;
-                    std::mem::take(&mut state.queue)
-                })
-            };
-            self.work_ready.notify_all();
-            drop(dropped);
-            match again {
-                Some(next) => taken = next,
-                None => break,
-            }
-        }
-        self.compacting.store(false, Ordering::Release);
     }
 
     /// The index of a thread to start, counted in `state`, when a queued
@@ -414,11 +371,6 @@ mod tests {
         for (_, flag) in flags.iter().enumerate().filter(|(i, _)| i % 10 != 0) {
             flag.0.store(true, Ordering::SeqCst);
             pool.withdrawn();
-        }
-        // The pass runs on a thread of its own.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while pool.inner.compacting.load(Ordering::Acquire) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(1));
         }
         let queued = pool.stats().queued;
         assert!(queued < 30 + WITHDRAWN_KEPT, "{queued} queued");
