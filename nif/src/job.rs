@@ -223,28 +223,35 @@ enum CancelAction {
 impl JobShared {
     /// See [`Job::cancel`]. True when the job was queued, and now never runs.
     fn cancel(self: &Arc<Self>) -> bool {
-        let action = self.request_cancel();
-        if let CancelAction::Withdraw = action {
-            self.pool.withdrawn();
-            return true;
-        }
-        if let CancelAction::Interrupt = action {
-            let shared = Arc::clone(self);
-            INTERRUPTING.fetch_add(1, Ordering::Relaxed);
-            let spawned = std::thread::Builder::new()
-                .name("py-cancel".into())
-                .spawn(move || {
-                    Python::attach(|py| shared.interrupt(py));
-                    INTERRUPTING.fetch_sub(1, Ordering::Relaxed);
-                });
-            if let Err(error) = spawned {
-                INTERRUPTING.fetch_sub(1, Ordering::Relaxed);
-                // Runs on a scheduler (the cancel NIF, a caller's DOWN): no
-                // GIL to take here. The job runs on, as one blocked in C.
-                tracing::error!(%error, "cannot start a thread to interrupt a cancelled job");
+        match self.request_cancel() {
+            CancelAction::Nothing => false,
+            CancelAction::Withdraw => {
+                self.pool.withdrawn();
+                true
+            }
+            CancelAction::Interrupt => {
+                self.spawn_interrupter();
+                false
             }
         }
-        false
+    }
+
+    /// Interrupts the running job from a thread that may take the GIL.
+    fn spawn_interrupter(self: &Arc<Self>) {
+        let shared = Arc::clone(self);
+        INTERRUPTING.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("py-cancel".into())
+            .spawn(move || {
+                Python::attach(|py| shared.interrupt(py));
+                INTERRUPTING.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(error) = spawned {
+            INTERRUPTING.fetch_sub(1, Ordering::Relaxed);
+            // Runs on a scheduler (the cancel NIF, a caller's DOWN): no
+            // GIL to take here. The job runs on, as one blocked in C.
+            tracing::error!(%error, "cannot start a thread to interrupt a cancelled job");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {

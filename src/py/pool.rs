@@ -39,6 +39,12 @@ struct Queued {
     withdrawn: Option<Arc<dyn Withdrawn>>,
 }
 
+impl Queued {
+    fn is_withdrawn(&self) -> bool {
+        self.withdrawn.as_ref().is_some_and(|w| w.withdrawn())
+    }
+}
+
 /// Deep term conversions recurse; give every worker room for them.
 const WORKER_STACK_BYTES: usize = 16 * 1024 * 1024;
 
@@ -144,7 +150,7 @@ impl Pool {
             }
             let (dropped, kept) = std::mem::take(&mut state.queue)
                 .into_iter()
-                .partition(|queued| queued.withdrawn.as_ref().is_some_and(|w| w.withdrawn()));
+                .partition(Queued::is_withdrawn);
             state.queue = kept;
             state.withdrawn = 0;
             dropped
@@ -158,7 +164,7 @@ impl Pool {
         let spawn = self.inner.claim_new_thread(&mut state);
         drop(state);
         if let Some(index) = spawn {
-            self.spawn_worker(index);
+            Inner::spawn_worker(&self.inner, index);
         }
         self.inner.work_ready.notify_one();
     }
@@ -176,10 +182,7 @@ impl Pool {
             inner.claim_new_thread(&mut state)
         };
         if let Some(index) = spawn {
-            Pool {
-                inner: Arc::clone(&inner),
-            }
-            .spawn_worker(index);
+            Inner::spawn_worker(&inner, index);
         }
         // An idle thread held back by the limit may take a job now.
         inner.work_ready.notify_one();
@@ -214,21 +217,23 @@ impl Pool {
             max_threads: self.inner.max_threads.load(Ordering::Relaxed),
         }
     }
+}
 
-    fn spawn_worker(&self, index: usize) {
-        let inner = Arc::clone(&self.inner);
+impl Inner {
+    /// Starts thread `index`, counted already in `threads` (uncounted if
+    /// it cannot start).
+    fn spawn_worker(self: &Arc<Self>, index: usize) {
+        let inner = Arc::clone(self);
         let spawned = thread::Builder::new()
             .name(format!("{}-{index}", inner.name))
             .stack_size(WORKER_STACK_BYTES)
             .spawn(move || inner.run_worker());
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start a worker thread");
-            self.inner.lock_state().threads -= 1;
+            self.lock_state().threads -= 1;
         }
     }
-}
 
-impl Inner {
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -256,7 +261,7 @@ impl Inner {
                     let max = self.max_threads.load(Ordering::Relaxed);
                     let admitted = state.busy - state.lent < max;
                     if let Some(queued) = admitted.then(|| state.queue.pop_front()).flatten() {
-                        if queued.withdrawn.as_ref().is_some_and(|w| w.withdrawn()) {
+                        if queued.is_withdrawn() {
                             state.withdrawn = state.withdrawn.saturating_sub(1);
                         }
                         state.busy += 1;
