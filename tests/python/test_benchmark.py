@@ -19,7 +19,6 @@ WORKLOADS = [
     "wait_for",
     "memory",
     "idle",
-    "erlang_asyncio",
 ]
 
 
