@@ -9,7 +9,10 @@
 start(_Type, _Args) ->
     %% Loaded, so that their atoms exist before any Python error.
     _ = py_exception_names:known(),
-    try init_options() of
+    try
+        ok = check_settings(),
+        init_options()
+    of
         Options -> start_with(Options)
     catch
         throw:{bad_config, _} = Bad -> {error, Bad}
@@ -50,6 +53,25 @@ install_policy(true) ->
     end;
 install_policy(false) ->
     ok.
+
+%% Throws `{bad_config, {Key, Value}}' for the first number or flag setting
+%% out of its range: the start fails naming it, not in the NIF, Python or
+%% the first `py:call' (a `call_timeout' of `foo').
+check_settings() ->
+    Checks = [{max_workers, fun(V) -> is_integer(V) andalso V >= 0 end},
+              {wheel_resolution_us, fun(V) -> is_integer(V) andalso V >= 100 andalso V =< 100000 end},
+              {cancel_grace_ms, fun(V) -> is_integer(V) andalso V >= 0 andalso V < 1 bsl 64 end},
+              {call_timeout, fun(V) -> V =:= infinity orelse
+                                           (is_integer(V) andalso V >= 0 andalso V =< 16#ffffffff) end},
+              {install_event_loop_policy, fun is_boolean/1}],
+    lists:foreach(
+      fun({Key, Valid}) ->
+              case application:get_env(erlang_python, Key) of
+                  undefined -> ok;
+                  {ok, Value} ->
+                      Valid(Value) orelse throw({bad_config, {Key, Value}})
+              end
+      end, Checks).
 
 init_options() ->
     Venv = venv(),

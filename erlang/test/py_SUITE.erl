@@ -1578,10 +1578,23 @@ bad_config_is_a_clear_start_error(_Config) ->
              ?assertEqual({error, {bad_config, {Key, 42}}}, start_app()),
              ok = application:unset_env(?APP, Key)
          end || Key <- [venv, executable]],
-        ok = application:set_env(?APP, max_workers, -1),
-        ?assertMatch({error, {bad_config, #{max_workers := -1}}}, start_app())
+        [begin
+             ok = application:set_env(?APP, Key, Value),
+             ?assertEqual({error, {bad_config, {Key, Value}}}, start_app()),
+             ok = application:unset_env(?APP, Key)
+         end || {Key, Value} <- [{max_workers, -1}, {max_workers, foo},
+                                 {wheel_resolution_us, 50}, {wheel_resolution_us, 100001},
+                                 {wheel_resolution_us, 1.5}, {cancel_grace_ms, -5},
+                                 {call_timeout, foo}, {call_timeout, -1},
+                                 {call_timeout, 1 bsl 32}, {install_event_loop_policy, yes}]],
+        %% A value of the right type that the NIF still refuses: the
+        %% options are named.
+        ok = application:set_env(?APP, max_workers, 1 bsl 70),
+        ?assertMatch({error, {bad_config, #{max_workers := _}}}, start_app())
     after
-        [ok = application:unset_env(?APP, Key) || Key <- [python_paths, max_workers, venv, executable]],
+        [ok = application:unset_env(?APP, Key)
+         || Key <- [python_paths, max_workers, venv, executable, wheel_resolution_us,
+                    cancel_grace_ms, call_timeout, install_event_loop_policy]],
         {ok, _} = application:ensure_all_started(?APP)
     end,
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).

@@ -8,7 +8,7 @@
 -export([exit_status/1, clean_exit/1, uncaught_exception/1, dash_c/1,
          argv_forwarded/1, c_locale/1, not_started/1, sigint_stops_node/1, dash_m/1, script_path_and_main/1, usage/1,
          tracing_on_request/1, exit_status_as_python3/1, missing_script/1,
-         argument_not_utf8/1, signals_end_the_run/1, threads_are_joined/1,
+         argument_not_utf8/1, signals_end_the_run/1, routed_signals_reach_the_program/1, threads_are_joined/1,
          dash_c_runs_in_main/1, uncaught_as_python3/1,
          children_get_terminal_signals/1, warning_options/1,
          program_from_stdin/1, environment_as_started/1,
@@ -27,7 +27,7 @@ all() ->
     [exit_status, clean_exit, uncaught_exception, dash_c, argv_forwarded, c_locale,
      dash_m, script_path_and_main, usage, not_started, sigint_stops_node,
      tracing_on_request, exit_status_as_python3, missing_script,
-     argument_not_utf8, signals_end_the_run, threads_are_joined,
+     argument_not_utf8, signals_end_the_run, routed_signals_reach_the_program, threads_are_joined,
      dash_c_runs_in_main, uncaught_as_python3, children_get_terminal_signals,
      warning_options, program_from_stdin, environment_as_started,
      finalized_as_python3, interrupt_main_in_the_program, conformance_typo_fails,
@@ -498,6 +498,49 @@ print(results)
                        "('SIGINT', 'ready', 130, ''), "
                        "('SIGTERM', 'ready', 143, '', False), "
                        "('SIGKILL of the wrapper', 'node gone')]\n">>},
+                 {Status, Out}).
+
+%% SIGHUP, SIGUSR2 and SIGALRM sent to the run reach a handler the program's
+%% loop added for them; without one they end the run as they end python3
+%% (128 + the signal's number).
+-spec routed_signals_reach_the_program(ct_suite:ct_config()) -> term().
+routed_signals_reach_the_program(Config) ->
+    Helper = write_script(Config, "routed_signal_helper.py", "
+import signal, subprocess, sys
+HANDLED = '''
+import asyncio, signal, sys
+async def main():
+    loop = asyncio.get_running_loop()
+    got = loop.create_future()
+    loop.add_signal_handler(getattr(signal, sys.argv[1]), got.set_result, sys.argv[1])
+    print('ready', flush=True)
+    print('got', await asyncio.wait_for(got, 30), flush=True)
+asyncio.run(main())
+'''
+UNHANDLED = 'import time; print(\"ready\", flush=True); time.sleep(30)'
+def run(code, name):
+    node = subprocess.Popen([sys.argv[1], '-c', code, name], stdout=subprocess.PIPE, text=True)
+    ready = node.stdout.readline().strip()
+    node.send_signal(getattr(signal, name))
+    try:
+        status = node.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        status = 'still running'
+    return (name, ready, status, node.stdout.read())
+print([run(HANDLED, name) for name in ('SIGHUP', 'SIGUSR2', 'SIGALRM')]
+      + [run(UNHANDLED, name) for name in ('SIGHUP', 'SIGUSR2')])
+"),
+    Port = open_port({spawn_executable, os:find_executable("python3")},
+                     [exit_status, binary, stream, stderr_to_stdout,
+                      {args, [Helper, ?config(cli, Config)]}]),
+    {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
+    ct:log("helper status ~b:~n~ts", [Status, Out]),
+    ?assertEqual({0, <<"[('SIGHUP', 'ready', 0, 'got SIGHUP\\n'), "
+                       "('SIGUSR2', 'ready', 0, 'got SIGUSR2\\n'), "
+                       "('SIGALRM', 'ready', 0, 'got SIGALRM\\n'), "
+                       "('SIGHUP', 'ready', 129, ''), "
+                       "('SIGUSR2', 'ready', 140, '')]\n">>},
                  {Status, Out}).
 
 %% As python3 before it exits: the threads the program started that are not
