@@ -360,6 +360,13 @@ def test_subclasses_that_override_a_path_keep_their_python() -> None:
         loop.close()
 
 
+def fill_the_ready_queue(loop: ErlangEventLoop) -> None:
+    """Queues callbacks until the next `call_soon` handle leaves the GC
+    while it waits (a short queue stays under it)."""
+    for _ in range(128):
+        loop.call_soon(lambda: None)
+
+
 class _Holder:
     """Holds a handle whose callback is its own method: a reference cycle."""
 
@@ -374,6 +381,11 @@ def test_handles_made_while_running_are_out_of_the_gc_until_they_leave() -> None
     seen: dict[str, bool] = {}
 
     async def main() -> tuple[asyncio.Handle, asyncio.TimerHandle, asyncio.TimerHandle]:
+        # A short ready queue stays under the GC; from 128 queued
+        # callbacks on, new ones leave it.
+        short = loop.call_soon(lambda: None)
+        seen["short queue"] = gc.is_tracked(short) and gc.is_tracked(short._context)
+        fill_the_ready_queue(loop)
         soon = loop.call_soon(lambda: None)
         later = loop.call_later(3600, lambda: None)
         pending = loop.call_later(3600, lambda: None)
@@ -399,6 +411,7 @@ def test_handles_made_while_running_are_out_of_the_gc_until_they_leave() -> None
     try:
         _, _, pending = loop.run_until_complete(main())
         assert seen == {
+            "short queue": True,
             "soon": False,
             "soon context": False,
             "later": False,
@@ -506,6 +519,7 @@ def test_a_queued_handle_s_context_can_be_replaced(loop: ErlangEventLoop) -> Non
     seen: list[str] = []
 
     async def main() -> tuple[weakref.ref[contextvars.Context], bool]:
+        fill_the_ready_queue(loop)
         handle = loop.call_soon(lambda: seen.append(var.get()))
         original = weakref.ref(handle._context)
         untracked = not gc.is_tracked(handle._context)
