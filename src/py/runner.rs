@@ -479,7 +479,16 @@ impl LoopRunner {
         let task_step =
             args.positional_count() == 1 && is_fresh_task_step(args.positional_from(0)[0]);
         let slf = slf.cast::<Self>()?;
-        if slf.borrow().installed_call_soon.is_none() {
+        // The loop (None once closed), read under the same borrow.
+        let (native, loop_) = {
+            let this = slf.borrow();
+            let loop_ = this.loop_.as_ref().filter(|_| !this.closed);
+            (
+                this.installed_call_soon.is_some(),
+                loop_.map(|l| l.clone_ref(py)),
+            )
+        };
+        if !native {
             // A bound `call_soon` kept from before the native paths went
             // (debug mode, a subclass's override): the loop's own, with
             // asyncio's debug checks (thread, coroutine, source traceback).
@@ -516,12 +525,19 @@ impl LoopRunner {
                 return Self::queue_bare(slf, &callback, Some(&arg), context).map(Bound::unbind);
             }
         }
-        // SAFETY: live arguments of this call.
-        let rest = rest
-            .iter()
-            .map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) });
-        let args = PyTuple::new(py, rest)?;
-        Self::push_new(slf, &callback, &args, context.as_ref()).map(Bound::unbind)
+        let args = if rest.is_empty() {
+            PyTuple::empty(py)
+        } else {
+            // SAFETY: live arguments of this call.
+            let rest = rest
+                .iter()
+                .map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) });
+            PyTuple::new(py, rest)?
+        };
+        let loop_ = loop_.ok_or_else(closed_error)?.into_bound(py);
+        let handle = kinds().new_handle(&callback, &args, &loop_, context.as_ref())?;
+        Self::queue_new(slf, &handle)?;
+        Ok(handle.unbind())
     }
 
     /// Puts `item` in the wheel at `deadline` (ns); returns its key. A timer
