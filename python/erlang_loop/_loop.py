@@ -372,6 +372,10 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
 
     def _use_native_paths(self, native: bool) -> None:
         runner = self._runner
+        if self._closed:
+            # A closed loop's runner holds nothing of it (see `close`): no
+            # path goes back, whatever `set_debug` says.
+            native, runner = False, None
         clock_replaced = self._clock_replaced()
         for name, native_name in self._NATIVE_PATHS.items():
             if name == "time" and clock_replaced:
@@ -576,6 +580,13 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             if self._signal_handlers and not sys.is_finalizing():
                 for sig in list(self._signal_handlers):
                     self.remove_signal_handler(sig)
+            if self._closed and self._runner is not None:
+                # The loop and its runner hold each other (the runner its
+                # loop and `__dict__`, the dict the runner's methods): closed,
+                # they let go, so that the loop is freed with its last
+                # reference, as the stdlib's closed loop is.
+                self._use_native_paths(False)
+                self._runner.detach()
 
     def is_closed(self) -> bool:
         return self._closed or self._dropping_queues

@@ -1291,6 +1291,29 @@ impl LoopRunner {
         }
     }
 
+    /// Lets go of the loop, its `__dict__` and the native paths put there
+    /// (the loop's `close()`, once the loop is closed): the loop and its
+    /// runner hold each other, and a closed loop is then freed when its
+    /// last reference goes, as asyncio's is, not at the next collection.
+    /// Everything after this answers as a closed loop.
+    fn detach(slf: &Bound<'_, Self>) {
+        let released = {
+            let mut this = slf.borrow_mut();
+            this.closed = true;
+            (
+                this.loop_.take(),
+                this.loop_dict.take(),
+                this.installed_sleep_future.take(),
+                this.installed_call_soon.take(),
+                this.installed_run_once.take(),
+                this.future_kwargs.take(),
+                this.last_context.take(),
+            )
+        };
+        // Dropped with no borrow held: the loop's finalizer may run now.
+        drop(released);
+    }
+
     /// How many timer handles and futures this runner has in the wheel.
     fn scheduled(&self) -> (usize, usize) {
         let (mut handles, mut futures) = (0, 0);

@@ -9,6 +9,7 @@ import asyncio
 import gc
 import socket
 import tracemalloc
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -180,3 +181,38 @@ def test_no_python_memory_kept_per_operation(name: str) -> None:
     finally:
         loop.close()
     assert grown < ALLOWED, f"{name}: {grown} bytes kept over {ROUNDS} rounds"
+
+
+class _Big:
+    """Something a loop holds (through its exception handler)."""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_closed_loop_is_freed_with_its_last_reference(debug: bool) -> None:
+    """The loop and its native runner hold each other while the loop is
+    open; closed, they let go, so that the loop and what it holds go with
+    its last reference, as the stdlib's closed loop does, not at the next
+    collection (tornado and anyio check that they do)."""
+
+    async def main() -> tuple[weakref.ref[asyncio.AbstractEventLoop], weakref.ref[_Big]]:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(print)  # the runner's ready queue was used
+        await asyncio.sleep(0.001)  # and its wheel
+        big = _Big()
+        loop.set_exception_handler(lambda _loop, _context, big=big: None)
+        return weakref.ref(loop), weakref.ref(big)
+
+    gc.disable()
+    try:
+        loop_ref, big_ref = erlang_asyncio.run(main(), debug=debug)
+        assert (loop_ref(), big_ref()) == (None, None)
+        loop = ErlangEventLoop()
+        loop.close()
+        loop.set_debug(not debug)  # no native path goes back on a closed loop
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            loop.call_soon(print)
+        ref = weakref.ref(loop)
+        del loop
+        assert ref() is None
+    finally:
+        gc.enable()
