@@ -98,9 +98,9 @@ class Figure:
         if ours is None or not others:
             return None
         best = max(others) if self.higher_is_better else min(others)
-        if self.higher_is_better:
-            return ours / best if best else None
-        return best / ours if ours else None
+        if not ours or not best:
+            return None  # no ratio to a zero (a count of wake-ups, say)
+        return ours / best if self.higher_is_better else best / ours
 
     def cell(self, loop: str) -> str:
         value = self.values.get(loop)
