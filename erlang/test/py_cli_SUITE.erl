@@ -126,11 +126,7 @@ print('ready', flush=True)
 '''
 interrupted(JOINED, 0.5)
 "),
-    Port = open_port({spawn_executable, os:find_executable("python3")},
-                     [exit_status, binary, stream, stderr_to_stdout,
-                      {args, [Helper, ?config(cli, Config)]}]),
-    {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
-    ct:log("helper status ~b:~n~ts", [Status, Out]),
+    {Status, Out} = run_helper(Config, Helper),
     ?assertEqual({0, <<"ready 0 ['handler got KeyboardInterrupt', 'second handler ran']\n"
                        "ready 0 ['atexit ran']\n">>},
                  {Status, Out}).
@@ -489,11 +485,7 @@ while running(beam) and time.monotonic() < give_up:
 results.append(('SIGKILL of the wrapper', 'node running' if running(beam) else 'node gone'))
 print(results)
 "),
-    Port = open_port({spawn_executable, os:find_executable("python3")},
-                     [exit_status, binary, stream, stderr_to_stdout,
-                      {args, [Helper, ?config(cli, Config)]}]),
-    {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
-    ct:log("helper status ~b:~n~ts", [Status, Out]),
+    {Status, Out} = run_helper(Config, Helper),
     ?assertEqual({0, <<"[('SIGINT', 'ready', 130, 'cleanup\\n', True), "
                        "('SIGINT', 'ready', 130, ''), "
                        "('SIGTERM', 'ready', 143, '', False), "
@@ -531,11 +523,7 @@ def run(code, name):
 print([run(HANDLED, name) for name in ('SIGHUP', 'SIGUSR2', 'SIGALRM')]
       + [run(UNHANDLED, name) for name in ('SIGHUP', 'SIGUSR2')])
 "),
-    Port = open_port({spawn_executable, os:find_executable("python3")},
-                     [exit_status, binary, stream, stderr_to_stdout,
-                      {args, [Helper, ?config(cli, Config)]}]),
-    {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
-    ct:log("helper status ~b:~n~ts", [Status, Out]),
+    {Status, Out} = run_helper(Config, Helper),
     ?assertEqual({0, <<"[('SIGHUP', 'ready', 0, 'got SIGHUP\\n'), "
                        "('SIGUSR2', 'ready', 0, 'got SIGUSR2\\n'), "
                        "('SIGALRM', 'ready', 0, 'got SIGALRM\\n'), "
@@ -586,6 +574,16 @@ parse(Text) ->
     {ok, Term} = erl_parse:parse_term(Tokens),
     Term.
 
+
+%% Runs the python3 script `Helper' with the CLI's path as its argument:
+%% its exit status and output.
+run_helper(Config, Helper) ->
+    Port = open_port({spawn_executable, os:find_executable("python3")},
+                     [exit_status, binary, stream, stderr_to_stdout,
+                      {args, [Helper, ?config(cli, Config)]}]),
+    {Status, Out} = collect(Port, erlang:monotonic_time(millisecond) + ?RUN_TIMEOUT_MS, []),
+    ct:log("helper status ~b:~n~ts", [Status, Out]),
+    {Status, Out}.
 
 %% The checkout: $ERLANG_PYTHON_ROOT (set by the Makefile), else the folder
 %% that holds erlang/_build, found from where this application's code is.
