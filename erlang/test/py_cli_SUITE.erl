@@ -8,7 +8,8 @@
 -export([exit_status/1, clean_exit/1, uncaught_exception/1, dash_c/1,
          argv_forwarded/1, c_locale/1, not_started/1, sigint_stops_node/1, dash_m/1, script_path_and_main/1, usage/1,
          tracing_on_request/1, exit_status_as_python3/1, missing_script/1,
-         argument_not_utf8/1, signals_end_the_run/1, routed_signals_reach_the_program/1, threads_are_joined/1,
+         argument_not_utf8/1, signals_end_the_run/1, routed_signals_reach_the_program/1,
+         early_sigterm_ends_the_run/1, threads_are_joined/1,
          dash_c_runs_in_main/1, uncaught_as_python3/1,
          children_get_terminal_signals/1, warning_options/1,
          program_from_stdin/1, environment_as_started/1,
@@ -27,7 +28,8 @@ all() ->
     [exit_status, clean_exit, uncaught_exception, dash_c, argv_forwarded, c_locale,
      dash_m, script_path_and_main, usage, not_started, sigint_stops_node,
      tracing_on_request, exit_status_as_python3, missing_script,
-     argument_not_utf8, signals_end_the_run, routed_signals_reach_the_program, threads_are_joined,
+     argument_not_utf8, signals_end_the_run, routed_signals_reach_the_program,
+     early_sigterm_ends_the_run, threads_are_joined,
      dash_c_runs_in_main, uncaught_as_python3, children_get_terminal_signals,
      warning_options, program_from_stdin, environment_as_started,
      finalized_as_python3, interrupt_main_in_the_program, conformance_typo_fails,
@@ -491,6 +493,30 @@ print(results)
                        "('SIGTERM', 'ready', 143, '', False), "
                        "('SIGKILL of the wrapper', 'node gone')]\n">>},
                  {Status, Out}).
+
+%% A SIGTERM that comes while the node boots, before it handles signals,
+%% still ends the run (it was lost: the program ran to its end with 0).
+-spec early_sigterm_ends_the_run(ct_suite:ct_config()) -> term().
+early_sigterm_ends_the_run(Config) ->
+    Helper = write_script(Config, "early_term_helper.py", "
+import subprocess, sys, time
+CODE = 'import time; time.sleep(20); print(\"ran to the end\")'
+ended = []
+for delay in range(0, 400, 40):
+    node = subprocess.Popen([sys.argv[1], '-c', CODE], stdout=subprocess.PIPE, text=True)
+    time.sleep(delay / 1000)
+    node.terminate()
+    try:
+        status = node.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        status = 'still running'
+    # Killed before its trap is set, the wrapper dies of the signal (-15).
+    ended.append(status in (143, -15) and 'ran to the end' not in node.stdout.read())
+print(all(ended), ended)
+"),
+    {Status, Out} = run_helper(Config, Helper),
+    ?assertMatch({0, <<"True ", _/binary>>}, {Status, Out}).
 
 %% SIGHUP, SIGUSR2 and SIGALRM sent to the run reach a handler the program's
 %% loop added for them; without one they end the run as they end python3

@@ -22,7 +22,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyIndexError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple, PyType, PyWeakrefReference};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::context_snapshot;
@@ -47,8 +47,11 @@ fn future_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 /// From how many queued callbacks on a new handle leaves the GC while it
 /// waits (see `queue_new`): a million queued ones, walked by every
-/// collection their allocations set off, made `call_soon` half GC.
-const UNTRACK_QUEUED_FROM: usize = 128;
+/// collection their allocations set off, made `call_soon` half GC. Below
+/// it a collection set off meanwhile walks at most this many handles and
+/// their contexts, and a steady loop sets off none (as many handles go as
+/// come).
+const UNTRACK_QUEUED_FROM: usize = 1024;
 
 pub(crate) fn kinds() -> &'static HandleKinds {
     KINDS
@@ -91,6 +94,9 @@ pub struct LoopRunner {
     /// `{"loop": loop}`, the keyword arguments of every future this runner
     /// makes: made once (`Future.__init__` only reads them).
     future_kwargs: Option<Py<PyDict>>,
+    /// The loop, weakly, once `detach` let go of it: a `create_future`
+    /// kept from before the loop closed still makes its futures.
+    detached_loop: Option<Py<PyWeakrefReference>>,
 }
 
 /// `erlang_loop.ErlangEventLoop`.
@@ -344,10 +350,17 @@ impl LoopRunner {
             if let Some(kwargs) = &this.future_kwargs {
                 return Ok(kwargs.clone_ref(py).into_bound(py));
             }
-            this.loop_
-                .as_ref()
-                .map(|loop_| loop_.clone_ref(py))
-                .ok_or_else(closed_error)?
+            match (&this.loop_, &this.detached_loop) {
+                (Some(loop_), _) => loop_.clone_ref(py),
+                (None, Some(weak)) => {
+                    // Not kept: the dict would hold the loop again.
+                    let loop_ = weak.bind(py).upgrade().ok_or_else(closed_error)?;
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item(intern!(py, "loop"), loop_)?;
+                    return Ok(kwargs);
+                }
+                (None, None) => return Err(closed_error()),
+            }
         };
         let kwargs = PyDict::new(py);
         kwargs.set_item(intern!(py, "loop"), loop_)?;
@@ -875,6 +888,7 @@ impl LoopRunner {
             in_run_once: false,
             loop_dict: None,
             future_kwargs: None,
+            detached_loop: None,
         })
     }
 
@@ -1297,9 +1311,20 @@ impl LoopRunner {
     /// last reference goes, as asyncio's is, not at the next collection.
     /// Everything after this answers as a closed loop.
     fn detach(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let weak = {
+            let this = slf.borrow();
+            this.loop_
+                .as_ref()
+                .and_then(|loop_| PyWeakrefReference::new(loop_.bind(py)).ok())
+                .map(Bound::unbind)
+        };
         let released = {
             let mut this = slf.borrow_mut();
             this.closed = true;
+            if weak.is_some() {
+                this.detached_loop = weak;
+            }
             (
                 this.loop_.take(),
                 this.loop_dict.take(),

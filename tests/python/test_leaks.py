@@ -207,12 +207,17 @@ def test_a_closed_loop_is_freed_with_its_last_reference(debug: bool) -> None:
         loop_ref, big_ref = erlang_asyncio.run(main(), debug=debug)
         assert (loop_ref(), big_ref()) == (None, None)
         loop = ErlangEventLoop()
+        create_future = loop.create_future  # kept from before the close
         loop.close()
         loop.set_debug(not debug)  # no native path goes back on a closed loop
         with pytest.raises(RuntimeError, match="Event loop is closed"):
             loop.call_soon(print)
+        # A closed loop still makes futures, as asyncio's does.
+        assert create_future().get_loop() is loop
         ref = weakref.ref(loop)
         del loop
         assert ref() is None
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            create_future()  # its loop is gone
     finally:
         gc.enable()

@@ -363,7 +363,7 @@ def test_subclasses_that_override_a_path_keep_their_python() -> None:
 def fill_the_ready_queue(loop: ErlangEventLoop) -> None:
     """Queues callbacks until the next `call_soon` handle leaves the GC
     while it waits (a short queue stays under it)."""
-    for _ in range(128):
+    for _ in range(1024):
         loop.call_soon(lambda: None)
 
 
@@ -381,7 +381,7 @@ def test_handles_made_while_running_are_out_of_the_gc_until_they_leave() -> None
     seen: dict[str, bool] = {}
 
     async def main() -> tuple[asyncio.Handle, asyncio.TimerHandle, asyncio.TimerHandle]:
-        # A short ready queue stays under the GC; from 128 queued
+        # A short ready queue stays under the GC; from 1024 queued
         # callbacks on, new ones leave it.
         short = loop.call_soon(lambda: None)
         seen["short queue"] = gc.is_tracked(short) and gc.is_tracked(short._context)
