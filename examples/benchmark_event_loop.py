@@ -4,23 +4,27 @@ run, inside the BEAM node.
     bin/erlang-python examples/benchmark_event_loop.py [--quick] [--only NAME ...]
 
 Each workload runs on a fresh loop of each kind, the kinds taking turns in
-this process: the same interpreter, the same machine load. The short
-workloads run twice per loop and keep the best run (the machine is shared);
-memory and ``wait_for`` run in a fresh node per loop, so that no loop reuses
-a heap another one grew. Every figure is printed with its ratio to the best
-other loop ("x1.20" = ErlangEventLoop is 1.2 times better, whichever way
-better points), and a Markdown table closes the run. ``--quick`` scales every
+this process: the same interpreter, the same machine load. Each workload
+but memory and idle runs twice per loop, the loops taking turns in
+alternating order, and keeps each loop's best run (the machine is shared),
+all of a row's figures from that run; memory and ``wait_for`` run in a
+fresh node per loop, so that no loop reuses a heap another one grew.
+Every figure is printed with its ratio to the best other loop ("x1.20" =
+ErlangEventLoop is 1.2 times better, whichever way better points), and a
+Markdown table closes the run. ``--quick`` scales every
 count down (seconds in all). Clients run on the same loop as their servers,
 except wrk.
 
-The workloads: call_soon dispatch; timers firing with 10k and 1M pending;
+The workloads: call_soon dispatch (a million queued at once, and 100 in
+flight), with the seconds each loop spent in Python's GC; timers firing with 10k and 1M pending;
 schedule + cancel (90% cancelled); ``sleep(0)`` round trips; 10k tasks x 100
 ``sleep(1 ms)``; 1000 sequential ``sleep(1 ms)`` (early returns counted);
 TCP echo (Protocols and streams, 10 and 100 connections, 1 KiB); UDP echo;
 10k tasks in ``wait_for(fast_future, 30)``; memory per pending timer; idle CPU
-and wake-ups with 10k timers an hour away; the sleep workloads again through
-``erlang_asyncio.sleep``; and uvicorn + Starlette under ``wrk`` (when
-``wrk`` is installed: ``scripts/bench-deps.sh``).
+and wake-ups with 10k timers an hour away; the sleep workloads also through
+``erlang_asyncio.sleep`` on ErlangEventLoop, in the same rounds; and
+uvicorn + Starlette under ``wrk`` (when ``wrk`` is installed:
+``scripts/bench-deps.sh``).
 """
 
 from __future__ import annotations
