@@ -56,7 +56,7 @@ start_loop(Opts) ->
 -spec stop_loop(loop()) -> ok | {error, not_found}.
 stop_loop(Loop) when is_pid(Loop); is_atom(Loop); is_tuple(Loop), tuple_size(Loop) =:= 2 ->
     %% Any other process is not ours to stop (a plain one would never answer).
-    case is_loop(Loop) of
+    case reachable(Loop) andalso is_loop(Loop) of
         Maybe when Maybe =:= true; Maybe =:= unknown ->
             Monitor = erlang:monitor(process, Loop),
             try gen_server:stop(Loop, normal, infinity) of
@@ -132,6 +132,15 @@ call(Loop, Module, Function, Args, Timeout)
        is_integer(Timeout), Timeout >= 0, Timeout =< 16#ffffffff ->
     is_list(Args) orelse error(badarg, [Loop, Module, Function, Args, Timeout]),
     {ModuleText, FunctionText} = {text(Module), text(Function)},
+    case reachable(Loop) of
+        true -> call_reachable(Loop, ModuleText, FunctionText, Args, Timeout);
+        false -> {error, {loop_down, noconnection}}
+    end;
+call(Loop, Module, Function, Args, Timeout) ->
+    %% Refused before anything is submitted (`after' would fail later).
+    erlang:error(badarg, [Loop, Module, Function, Args, Timeout]).
+
+call_reachable(Loop, ModuleText, FunctionText, Args, Timeout) ->
     %% The monitor is also the alias the result is sent to: once it is
     %% gone (timeout, or the loop's death) a result sent later is dropped
     %% by the runtime, never left in our mailbox.
@@ -150,10 +159,7 @@ call(Loop, Module, Function, Args, Timeout)
         gen_server:cast(Loop, {cancel_quietly, Ref}),
         receive {py_result, Ref, _} -> ok after 0 -> ok end,
         {error, timeout}
-    end;
-call(Loop, Module, Function, Args, Timeout) ->
-    %% Refused before anything is submitted (`after' would fail later).
-    erlang:error(badarg, [Loop, Module, Function, Args, Timeout]).
+    end.
 
 %% @doc Cancels the task `Ref' (from `submit/4'); its caller gets
 %% `{py_result, Ref, {error, cancelled}}' unless it had finished already (or
@@ -197,14 +203,25 @@ is_loop_dictionary({dictionary, Dictionary}) ->
 is_loop_dictionary(undefined) ->
     false.
 
-%% Whether a process answers to `Loop' now (on another node: assumed).
-is_there(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+%% False for a loop on another node while this node is not distributed
+%% (where `erlang:monitor/2' of it raises `badarg').
+reachable({_Name, Node}) when Node =/= node() -> erlang:is_alive();
+reachable(_Loop) -> true.
+
+%% Whether a process answers to `Loop' now (on another node: assumed,
+%% unless it cannot be reached at all).
+is_there(Loop) when is_tuple(Loop) ->
+    reachable(Loop) andalso is_there_here(Loop);
+is_there(Loop) ->
+    is_there_here(Loop).
+
+is_there_here(Pid) when is_pid(Pid), node(Pid) =:= node() ->
     is_process_alive(Pid);
-is_there(Name) when is_atom(Name) ->
+is_there_here(Name) when is_atom(Name) ->
     whereis(Name) =/= undefined;
-is_there({Name, Node}) when is_atom(Name), Node =:= node() ->
+is_there_here({Name, Node}) when is_atom(Name), Node =:= node() ->
     whereis(Name) =/= undefined;
-is_there(_) ->
+is_there_here(_) ->
     true.
 
 %% A string is characters: hand Python its UTF-8 text, as `py' does.

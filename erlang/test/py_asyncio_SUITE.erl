@@ -1057,4 +1057,13 @@ submit_to_no_loop(_Config) ->
     %% `call' answers so too, and leaves no message behind.
     [?assertEqual({error, {loop_down, noproc}}, py_asyncio:call(Loop, operator, add, [1, 2], 1000))
      || Loop <- [Pid, py_asyncio_suite_no_such_loop, {py_asyncio_suite_no_such_loop, node()}]],
+    %% A loop on another node while this one is not distributed (the remote
+    %% group, later, makes it so): an error, not `erlang:monitor''s badarg.
+    false = erlang:is_alive(),
+    Remote = {py_asyncio_suite_no_such_loop, 'nowhere@nohost'},
+    ?assertEqual({error, {loop_down, noconnection}},
+                 py_asyncio:call(Remote, operator, add, [1, 2], 1000)),
+    ?assertEqual({error, not_found}, py_asyncio:stop_loop(Remote)),
+    RemoteRef = py_asyncio:submit(Remote, operator, add, [1, 2]),
+    ?assertEqual({error, {loop_down, noproc}}, result(RemoteRef)),
     no_more_messages().
