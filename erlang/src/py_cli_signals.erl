@@ -67,7 +67,8 @@ interrupt_program() ->
         _NoProgram -> stop(?SIGINT_STATUS)
     end.
 
-%% Without flushing: a full stdout pipe must not keep a killed run alive.
--spec stop(non_neg_integer()) -> no_return().
+%% Without flushing (a full stdout pipe must not keep a killed run alive)
+%% and without `exit()''s handlers, which could crash under a Python thread.
+-spec stop(0..255) -> no_return().
 stop(Status) ->
-    erlang:halt(Status, [{flush, false}]).
+    py_nif:exit_now(Status).

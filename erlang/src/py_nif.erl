@@ -15,7 +15,7 @@
          event_loop_adopt/2, loop_needs_placing/1, loop_router/1, loop_is_closed/1,
          sleep_done/1, apply_orphan_stops/0,
          %% used by py_cli
-         end_with_parent/1, unignore_terminal_signals/0,
+         end_with_parent/1, exit_now/1, unignore_terminal_signals/0,
          %% used by py_signal_forwarder
          deliver_signal/1,
          %% UDP helpers for tests (nif/src/test_udp.rs)
@@ -34,7 +34,7 @@
        get_pending/1,
        loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
        event_loop_adopt/2, loop_needs_placing/1, loop_router/1, loop_is_closed/1,
-       sleep_done/1, apply_orphan_stops/0, end_with_parent/1, unignore_terminal_signals/0,
+       sleep_done/1, apply_orphan_stops/0, end_with_parent/1, exit_now/1, unignore_terminal_signals/0,
        deliver_signal/1,
        create_test_udp_socket/1, sendto_test_udp/4, recvfrom_test_udp/2,
        set_udp_broadcast/2, close_test_fd/1]).
@@ -242,6 +242,13 @@ apply_orphan_stops() -> ?NOT_LOADED.
 %% has already.
 -spec end_with_parent(integer()) -> ok | {error, parent_gone | integer()}.
 end_with_parent(_ParentOsPid) -> ?NOT_LOADED.
+
+%% @doc Ends this OS process at once with `Status', as a signal would: no
+%% exit handler or library destructor runs (`erlang:halt/2''s `exit()' ran
+%% them under CPython starting on another thread: a segmentation fault).
+%% For `bin/erlang-python''s end on a signal only.
+-spec exit_now(0..255) -> no_return().
+exit_now(_Status) -> ?NOT_LOADED.
 
 %% @doc SIGINT and SIGTSTP, if ignored, get a handler that does nothing: the
 %% node still ignores them, but the programs it starts get the default

@@ -7,6 +7,7 @@ mod convert;
 mod erlang_module;
 mod errors;
 mod event_loop;
+mod exit_now;
 mod fd_resource;
 mod interrupt;
 mod job;
