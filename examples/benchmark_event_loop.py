@@ -122,23 +122,21 @@ Values = dict[str, list[float]]
 Metrics = dict[str, tuple[bool, str]]
 
 
-def record(
-    workload: str, metric: str, higher: bool, fmt: str, runs: Values, compare: bool = True
-) -> None:
+#: Figures printed for what they tell, not ranked: no ratio.
+UNRANKED = {"GC s", "Python heap bytes/timer"}
+
+
+def record(workload: str, metric: str, higher: bool, fmt: str, runs: Values) -> None:
     """Prints and keeps one figure: the best of each loop's runs (a single
     run per loop, as :func:`record_runs` picks them, is kept as it is)."""
     best = max if higher else min
     values = {loop: best(runs[loop]) for loop in LOOPS if loop in runs}
-    figure = Figure(workload, metric, higher, values, fmt, compare)
+    figure = Figure(workload, metric, higher, values, fmt, metric not in UNRANKED)
     FIGURES.append(figure)
     ratio = figure.ratio()
     cells = "  ".join(f"{loop} {figure.cell(loop):>12}" for loop in values)
     shown = f"x{ratio:.2f}" if ratio is not None else ""
     print(f"  {metric:<28} {cells}   {shown}", flush=True)
-
-
-#: Figures printed for what they tell, not ranked: no ratio.
-UNRANKED = {"GC s"}
 
 
 def record_runs(
@@ -158,7 +156,7 @@ def record_runs(
     for metric, (higher, fmt) in metrics.items():
         if metric in by_metric:
             runs = {loop: [by_metric[metric][loop][chosen[loop]]] for loop in chosen}
-            record(workload, metric, higher, fmt, runs, metric not in UNRANKED)
+            record(workload, metric, higher, fmt, runs)
 
 
 def markdown_table() -> str:
@@ -849,7 +847,7 @@ def bench_timer_memory(n: int) -> None:
     for metric, values in on_each_loop_fresh("timer_memory", n).items():
         record(label, metric, False, "{:.0f}", values)
     for metric, values in on_each_loop_fresh("timer_python_heap", n).items():
-        record(label, metric, False, "{:.0f}", values, compare=False)
+        record(label, metric, False, "{:.0f}", values)
 
 
 def process_sleeps() -> int:

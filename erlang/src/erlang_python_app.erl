@@ -61,8 +61,7 @@ check_settings() ->
     Checks = [{max_workers, fun(V) -> is_integer(V) andalso V >= 0 end},
               {wheel_resolution_us, fun(V) -> is_integer(V) andalso V >= 100 andalso V =< 100000 end},
               {cancel_grace_ms, fun(V) -> is_integer(V) andalso V >= 0 andalso V < 1 bsl 64 end},
-              {call_timeout, fun(V) -> V =:= infinity orelse
-                                           (is_integer(V) andalso V >= 0 andalso V =< 16#ffffffff) end},
+              {call_timeout, fun py:is_timeout/1},
               {install_event_loop_policy, fun is_boolean/1}],
     lists:foreach(
       fun({Key, Valid}) ->

@@ -15,7 +15,8 @@
          call_async/3, call_async/4, await/1, await/2,
          eval/1, eval/2, exec/1, exec/2,
          version/0,
-         register_function/2, unregister_function/1]).
+         register_function/2, unregister_function/1,
+         is_timeout/1]).
 
 -type name() :: atom() | binary() | string().
 %% A module, function or registered name.
@@ -148,9 +149,16 @@ function_name(_Name) ->
 %% Checked before anything is submitted: a bad timeout would only fail in
 %% `receive ... after' (which takes at most 2^32-1 ms), with the job already
 %% running.
-valid_timeout(infinity, _Args) -> ok;
-valid_timeout(Timeout, _Args) when is_integer(Timeout), Timeout >= 0, Timeout =< 16#ffffffff -> ok;
-valid_timeout(_Timeout, Args) -> erlang:error(badarg, Args).
+valid_timeout(Timeout, Args) ->
+    is_timeout(Timeout) orelse erlang:error(badarg, Args),
+    ok.
+
+%% @doc Whether `Timeout' is one `call', `eval' and `exec' take: `infinity'
+%% or 0..2^32-1 ms (what `receive ... after' takes); the application checks
+%% its `call_timeout' setting by it.
+-spec is_timeout(term()) -> boolean().
+is_timeout(infinity) -> true;
+is_timeout(Timeout) -> is_integer(Timeout) andalso Timeout >= 0 andalso Timeout =< 16#ffffffff.
 
 submitted({ok, Job}, Ref, Timeout) -> wait(Ref, Job, Timeout);
 submitted({error, _} = Error, _Ref, _Timeout) -> Error.

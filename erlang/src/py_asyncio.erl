@@ -210,19 +210,14 @@ reachable(_Loop) -> true.
 
 %% Whether a process answers to `Loop' now (on another node: assumed,
 %% unless it cannot be reached at all).
-is_there(Loop) when is_tuple(Loop) ->
-    reachable(Loop) andalso is_there_here(Loop);
-is_there(Loop) ->
-    is_there_here(Loop).
-
-is_there_here(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+is_there(Pid) when is_pid(Pid), node(Pid) =:= node() ->
     is_process_alive(Pid);
-is_there_here(Name) when is_atom(Name) ->
+is_there(Name) when is_atom(Name) ->
     whereis(Name) =/= undefined;
-is_there_here({Name, Node}) when is_atom(Name), Node =:= node() ->
+is_there({Name, Node}) when is_atom(Name), Node =:= node() ->
     whereis(Name) =/= undefined;
-is_there_here(_) ->
-    true.
+is_there(Loop) ->
+    reachable(Loop).
 
 %% A string is characters: hand Python its UTF-8 text, as `py' does.
 text(Text) when is_list(Text) ->

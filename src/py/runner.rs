@@ -406,6 +406,19 @@ impl LoopRunner {
         Ok(())
     }
 
+    /// A new `Handle(callback, args, loop_, context)`, queued.
+    fn queue_new_handle<'py>(
+        slf: &Bound<'py, Self>,
+        loop_: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let handle = kinds().new_handle(callback, args, loop_, context)?;
+        Self::queue_new(slf, &handle)?;
+        Ok(handle)
+    }
+
     /// Queues a callback without its handle (a future's being resolved,
     /// see `BareCalls`, or a C Task's next step, see `task_steps`), in
     /// `context` (never None); None stands for the handle nobody takes.
@@ -548,9 +561,7 @@ impl LoopRunner {
             PyTuple::new(py, rest)?
         };
         let loop_ = loop_.ok_or_else(closed_error)?.into_bound(py);
-        let handle = kinds().new_handle(&callback, &args, &loop_, context.as_ref())?;
-        Self::queue_new(slf, &handle)?;
-        Ok(handle.unbind())
+        Self::queue_new_handle(slf, &loop_, &callback, &args, context.as_ref()).map(Bound::unbind)
     }
 
     /// Puts `item` in the wheel at `deadline` (ns); returns its key. A timer
@@ -966,9 +977,7 @@ impl LoopRunner {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let loop_ = Self::loop_object(slf)?;
-        let handle = kinds().new_handle(callback, args, &loop_, context)?;
-        Self::queue_new(slf, &handle)?;
-        Ok(handle)
+        Self::queue_new_handle(slf, &loop_, callback, args, context)
     }
 
     /// `loop.call_at` outside debug mode.
