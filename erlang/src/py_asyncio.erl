@@ -219,13 +219,14 @@ is_there({Name, Node}) when is_atom(Name), Node =:= node() ->
 is_there(Loop) ->
     reachable(Loop).
 
-%% A string is characters: hand Python its UTF-8 text, as `py' does.
-text(Text) when is_list(Text) ->
+%% A string is characters: hand Python its UTF-8 text, as `py' does. A
+%% binary must be UTF-8 already (`py''s NIF refuses one that is not).
+text(Text) when is_list(Text); is_binary(Text) ->
     case unicode:characters_to_binary(Text) of
         Binary when is_binary(Binary) -> Binary;
         _ -> error(badarg)
     end;
-text(Text) when is_atom(Text); is_binary(Text) ->
+text(Text) when is_atom(Text) ->
     Text;
 text(_) ->
     error(badarg).

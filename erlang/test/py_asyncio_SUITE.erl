@@ -320,6 +320,10 @@ bad_options(_Config) ->
     ?assertError(badarg, py_asyncio:submit(self(), m, f, not_a_list)),
     ?assertError(badarg, py_asyncio:submit(self(), {m}, f, [])),
     ?assertError(badarg, py_asyncio:submit(42, m, f, [])),
+    %% Names are text: a binary that is not UTF-8 is refused here, as
+    %% `py:call' refuses it, not sent to fail in Python.
+    ?assertError(badarg, py_asyncio:submit(self(), <<255>>, f, [])),
+    ?assertError(badarg, py_asyncio:call(self(), m, <<"f", 192>>, [], 1000)),
     %% A bad timeout is refused before anything is submitted: the loop
     %% (here the caller itself) is sent nothing.
     [?assertError(badarg, py_asyncio:call(self(), m, f, [], Bad))
