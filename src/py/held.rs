@@ -52,6 +52,7 @@ impl Held {
                 kinds().track_context(&handle);
             }
         }
+        kinds().dispose(handle);
     }
 
     /// Back under the GC (the loop stopped running, or the handle goes to

@@ -393,6 +393,13 @@ impl LoopRunner {
         if this.closed {
             return Err(closed_error());
         }
+        Self::push_handle(&mut this, handle);
+        Ok(())
+    }
+
+    /// Queues a handle the runner made, in the borrow that checked the
+    /// loop open. Runs no Python.
+    fn push_handle(this: &mut Self, handle: &Bound<'_, PyAny>) {
         // A short queue stays under the GC: its few handles cost a young
         // collection little, and taking each out and back costs every
         // callback of a busy loop (~5% of a steady `call_soon`'s samples).
@@ -403,7 +410,6 @@ impl LoopRunner {
             ours,
             untracked_context,
         }));
-        Ok(())
     }
 
     /// A new `Handle(callback, args, loop_, context)`, queued.
@@ -500,6 +506,72 @@ impl LoopRunner {
     /// tuple made by a wrapper first, and a wake-up a future schedules as
     /// the runner resolves it queued without a handle (`BareCalls`).
     fn fast_call_soon(slf: &Bound<'_, PyAny>, args: &FastArgs<'_>) -> PyResult<Py<PyAny>> {
+        // `call_soon(callback, *args)`, no keywords, no C Task's next step:
+        // the handle made first, then read the loop and queue it under one
+        // borrow (see `queue_soon`).
+        let positional = args.positional_from(0);
+        if let Some((&callback, rest)) = positional.split_first() {
+            // Looked at before anything takes a reference to the callback.
+            let task_step = rest.is_empty() && is_fresh_task_step(callback);
+            if !args.has_keywords() && !task_step {
+                let runner = slf.cast::<Self>()?;
+                if let Some(queued) = Self::queue_soon(runner, callback, rest)? {
+                    return Ok(queued);
+                }
+            }
+        }
+        Self::call_soon_with(slf, args)
+    }
+
+    /// The handle of `callback(*rest)` in a copy of the current context,
+    /// queued; None if the loop's `call_soon` is not the runner's any more
+    /// (see `call_soon_with`). The handle is built before the borrow (its
+    /// allocations may run the GC's finalizers, which may call back into
+    /// the runner); its loop is set and it is queued under one borrow,
+    /// with the checks that must see the same state (as `queue_new`).
+    fn queue_soon(
+        slf: &Bound<'_, Self>,
+        callback: *mut pyo3::ffi::PyObject,
+        rest: &[*mut pyo3::ffi::PyObject],
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        // SAFETY: live arguments of this call.
+        let callback = unsafe { Bound::from_borrowed_ptr(py, callback) };
+        let args = if rest.is_empty() {
+            PyTuple::empty(py)
+        } else {
+            // SAFETY: as above.
+            let rest = rest
+                .iter()
+                .map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) });
+            PyTuple::new(py, rest)?
+        };
+        let handle = kinds().new_handle_unlooped(&callback, &args)?;
+        let mut this = slf.borrow_mut();
+        let loop_ = match &this.loop_ {
+            _ if this.installed_call_soon.is_none() => None,
+            Some(loop_) if !this.closed => Some(loop_.as_ptr()),
+            _ => {
+                drop(this);
+                // Freed with no borrow held (its last reference).
+                drop(handle);
+                return Err(closed_error());
+            }
+        };
+        let Some(loop_) = loop_ else {
+            drop(this);
+            drop(handle);
+            return Ok(None);
+        };
+        // SAFETY: the handle was just made so; the runner holds the loop.
+        unsafe { kinds().set_loop(&handle, loop_) };
+        Self::push_handle(&mut this, &handle);
+        Ok(Some(handle.unbind()))
+    }
+
+    /// `fast_call_soon` for any other call (keywords, a task's step, a loop
+    /// whose `call_soon` is Python's again).
+    fn call_soon_with(slf: &Bound<'_, PyAny>, args: &FastArgs<'_>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         // Looked at before anything takes a reference to the callback.
         let task_step =
@@ -1153,8 +1225,7 @@ impl LoopRunner {
                     continue;
                 }
             };
-            let handle = held.handle.bind(py).clone();
-            let ran = kinds().run(&handle, stock_run, || {
+            let ran = kinds().run(held.handle.bind(py), stock_run, || {
                 Self::call_soon_is_ours(slf)
                     .then(|| slf.borrow().loop_.as_ref().map(|l| l.clone_ref(py)))
                     .flatten()
@@ -1162,6 +1233,7 @@ impl LoopRunner {
             if let Ok(Ran::Failed(error)) = ran {
                 // The exception handler may keep the handle: under the GC.
                 held.track(py);
+                let handle = held.handle.bind(py).clone();
                 drop(held);
                 let loop_ = Self::loop_object(slf)?;
                 let exception = error.into_value(py).into_bound(py);
@@ -1172,7 +1244,6 @@ impl LoopRunner {
                 continue;
             }
             // `release` tells by its reference count whether others hold it.
-            drop(handle);
             held.release(py);
             ran?;
         }

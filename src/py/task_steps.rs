@@ -11,6 +11,7 @@
 
 use std::cell::Cell;
 use std::ffi::CStr;
+use std::ptr::addr_of_mut;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
@@ -32,7 +33,10 @@ thread_local! {
 /// While alive, the runner is running `callback`: if it steps or wakes a
 /// C `Task`, that task is the one stepping.
 pub(crate) struct Stepping {
-    previous: *mut ffi::PyObject,
+    /// What to put back; None: nothing was changed (no task's callback,
+    /// while none was stepping: most callbacks), as the guards of the
+    /// callbacks run meanwhile put back what they changed.
+    previous: Option<*mut ffi::PyObject>,
 }
 
 impl Stepping {
@@ -41,15 +45,22 @@ impl Stepping {
     pub(crate) unsafe fn run(callback: *mut ffi::PyObject) -> Stepping {
         // SAFETY: per the contract.
         let task = unsafe { task_of(callback) };
-        Stepping {
-            previous: STEPPING.replace(task),
-        }
+        STEPPING.with(|stepping| {
+            let previous = if task.is_null() && stepping.get().is_null() {
+                None
+            } else {
+                Some(stepping.replace(task))
+            };
+            Stepping { previous }
+        })
     }
 }
 
 impl Drop for Stepping {
     fn drop(&mut self) {
-        STEPPING.set(self.previous);
+        if let Some(previous) = self.previous {
+            STEPPING.set(previous);
+        }
     }
 }
 
@@ -81,7 +92,11 @@ unsafe fn task_of(callback: *mut ffi::PyObject) -> *mut ffi::PyObject {
         if is_step_wrapper(callback) {
             return step_task(callback);
         }
-        if ffi::PyCFunction_Check(callback) == 0 {
+        // A builtin method's type is exactly one of these two (neither can
+        // be subclassed): `PyCFunction_Check` without its subtype walk,
+        // which every Python function callback would take.
+        let ty = ffi::Py_TYPE(callback);
+        if ty != addr_of_mut!(ffi::PyCFunction_Type) && ty != addr_of_mut!(ffi::PyCMethod_Type) {
             return null_mut();
         }
         let method = callback as *mut ffi::PyCFunctionObject;
