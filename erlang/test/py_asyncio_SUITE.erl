@@ -762,6 +762,9 @@ ensure_distributed() ->
     case node() of
         nonode@nohost ->
             _ = os:cmd("epmd -daemon"),
+            %% A daemon just started may not listen yet: distribution
+            %% started before it does fails (`nodistribution').
+            ok = wait_for_epmd(200),
             Name = list_to_atom("py_asyncio_ct_" ++ os:getpid()),
             case net_kernel:start([Name, shortnames]) of
                 {ok, _} -> ok;
@@ -769,6 +772,13 @@ ensure_distributed() ->
             end;
         _ ->
             ok
+    end.
+
+wait_for_epmd(Tries) ->
+    case erl_epmd:names() of
+        {ok, _} -> ok;
+        {error, _} when Tries > 0 -> timer:sleep(50), wait_for_epmd(Tries - 1);
+        {error, Reason} -> {error, {epmd, Reason}}
     end.
 
 loop_threads() ->
