@@ -42,7 +42,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyMemoryView, PySlice, PyString, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyString, PyType};
 
 use super::instance_attrs::{ClassSlots, InstanceAttrs};
 use super::method::{call_method, call_method_one_arg, methods_for, MethodDef};
@@ -246,12 +246,12 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
     };
     match usize::try_from(sent) {
         Ok(n) if n == bytes.len() => Ok(()),
-        // The rest as a view of `data`, not a copy: asyncio's `write` then
-        // copies it once, into its buffer (a copy here made 100 MB of
-        // pending data take 300 MB at the call's peak, the stdlib's 200).
+        // The rest as a view of `data`, not a copy: the buffer copies it
+        // once (a copy here made 100 MB of pending data take 300 MB at the
+        // call's peak, the stdlib's 200).
         Ok(n) => {
             let rest = PySlice::new(py, n as isize, bytes.len() as isize, 1);
-            stock_write(transport, &PyMemoryView::from(data)?.get_item(rest)?)
+            buffer_rest(transport, &PyMemoryView::from(data)?.get_item(rest)?)
         }
         Err(_) => {
             let error = std::io::Error::last_os_error();
@@ -262,6 +262,28 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
             fatal_error(transport, os_error(py, &error)?, message)
         }
     }
+}
+
+/// asyncio's `write` after its one send took part of the data: the rest
+/// waits in the buffer for the writer (`_write_ready`), and the protocol
+/// may be paused. No second send now: asyncio's `write` would make one,
+/// and a peer gone since the first would end the transport inside
+/// `write()`, with no `pause_writing` and its EOF never read.
+fn buffer_rest(transport: &Bound<'_, PyAny>, rest: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let loop_ = transport.getattr(intern!(py, "_loop"))?;
+    let fd = transport.getattr(intern!(py, "_sock_fd"))?;
+    let write_ready = transport.getattr(intern!(py, "_write_ready"))?;
+    loop_.call_method1(intern!(py, "_add_writer"), (fd, write_ready))?;
+    let buffer = transport.getattr(intern!(py, "_buffer"))?;
+    if buffer.is_instance_of::<PyByteArray>() {
+        buffer.call_method1(intern!(py, "extend"), (rest,))?;
+    } else {
+        // A deque of views (asyncio 3.12 on).
+        buffer.call_method1(intern!(py, "append"), (rest,))?;
+    }
+    transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+    Ok(())
 }
 
 /// `data`'s bytes if the fast path applies: exactly `bytes`, not empty,

@@ -20,6 +20,7 @@ import gc
 import hashlib
 import os
 import random
+import select
 import shutil
 import socket
 import ssl
@@ -565,6 +566,55 @@ def test_write_buffer_back_pressure(loop: ErlangEventLoop) -> None:
     assert [kind for kind, _ in events] == ["pause", "resume"]
     assert events[1][1] <= 64 * 1024
     assert received == chunk * (writers[0].sent // len(chunk))
+
+
+def test_a_partial_write_buffers_the_rest_for_a_peer_gone_meanwhile(
+    loop: ErlangEventLoop,
+) -> None:
+    """As asyncio's: one send, the rest buffered for the writer, the
+    protocol paused. The peer closed before: its reset comes with the first
+    send, so a second send at once (what the native `write` made) failed
+    inside `write()`, with no `pause_writing` and the peer's EOF unread."""
+    events: list[str] = []
+    server_side: asyncio.Future[asyncio.Transport] = loop.create_future()
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.pause_reading()  # type: ignore[attr-defined]
+            server_side.set_result(transport)  # type: ignore[arg-type]
+
+        def pause_writing(self) -> None:
+            events.append("pause_writing")
+
+        def eof_received(self) -> None:
+            events.append("eof_received")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            events.append(f"connection_lost({type(exc).__name__})")
+
+    async def main() -> None:
+        server = await loop.create_server(Server, LOCALHOST, 0)
+        peer = socket.create_connection(server.sockets[0].getsockname())
+        transport = await server_side
+        peer.close()
+        sock = transport.get_extra_info("socket")
+        # The peer's FIN has arrived (reading is paused: nothing reads it).
+        await wait_for_condition(lambda: bool(select.select([sock], [], [], 0)[0]))
+        transport.write(b"x" * 8_000_000)  # more than the socket takes at once
+        assert events == ["pause_writing"]
+        assert not transport.is_closing()
+        assert transport.get_write_buffer_size() > 0
+        transport.resume_reading()
+        await wait_for_condition(lambda: events[-1].startswith("connection_lost"))
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert events[:2] == ["pause_writing", "eof_received"]
+    assert events[2] in {
+        "connection_lost(BrokenPipeError)",
+        "connection_lost(ConnectionResetError)",
+    }
 
 
 def test_writelines_and_write_types(loop: ErlangEventLoop) -> None:
