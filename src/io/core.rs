@@ -72,6 +72,10 @@ pub struct LoopCore {
     interrupted: AtomicBool,
 }
 
+/// What an emptied wheel or event queue keeps of its allocation (a few
+/// thousand entries); above it, the memory goes back once they drain.
+pub(crate) const KEEP_DRAINED_BYTES: usize = 64 * 1024;
+
 struct State {
     /// Timers; payload = the caller's callback id.
     wheel: Wheel<u64>,
@@ -199,6 +203,7 @@ impl LoopCore {
         }
         let cancelled = state.wheel.cancel(key);
         state.stats.timers_cancelled += 1;
+        state.release_drained_wheel();
         cancelled
     }
 
@@ -260,6 +265,10 @@ impl LoopCore {
             }
             !timer
         });
+        // At a loop's close: its wheel's memory goes now, not when the
+        // last reference to the core (an Erlang term in a process that
+        // may not collect for long) goes.
+        state.wheel.release_memory();
         ids
     }
 
@@ -797,6 +806,7 @@ impl LoopCore {
             timers_fired: wheel.fired,
             pending: state.pending.len() as u64,
             live_timers: wheel.live,
+            timer_memory: state.wheel.allocated_bytes() as u64,
             ..state.stats
         }
     }
@@ -846,8 +856,20 @@ impl State {
             }
             self.expired = expired;
             if !more {
+                if fired > 0 {
+                    self.release_drained_wheel();
+                }
                 return fired;
             }
+        }
+    }
+
+    /// Gives back the memory a burst of timers left in the wheel once it
+    /// has emptied, so that a long-lived loop does not keep its largest
+    /// burst's for good. O(1) unless it releases (O(the burst), once).
+    fn release_drained_wheel(&mut self) {
+        if self.wheel.is_empty() && self.wheel.allocated_bytes() > KEEP_DRAINED_BYTES {
+            self.wheel.release_memory();
         }
     }
 

@@ -2,7 +2,7 @@
 //! Python (`loop.stats()`).
 
 /// Everything is counted since the loop was created, except the gauges
-/// `pending`, `live_timers`, `fds` and `sleeping`.
+/// `pending`, `live_timers`, `fds`, `timer_memory` and `sleeping`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoopStats {
     pub timers_inserted: u64,
@@ -33,6 +33,9 @@ pub struct LoopStats {
     pub pending: u64,
     pub live_timers: u64,
     pub fds: u64,
+    /// Bytes the timer wheel holds for entries and sort keys, live or free
+    /// for reuse: its largest burst's until it empties again.
+    pub timer_memory: u64,
     /// Threads asleep in the loop's wait now (0 or 1 but for the low-level
     /// API's waits).
     pub sleeping: u64,
@@ -40,7 +43,7 @@ pub struct LoopStats {
 
 impl LoopStats {
     /// Name/value pairs, for maps and dicts.
-    pub fn fields(&self) -> [(&'static str, u64); 17] {
+    pub fn fields(&self) -> [(&'static str, u64); 18] {
         [
             ("timers_inserted", self.timers_inserted),
             ("timers_cancelled", self.timers_cancelled),
@@ -58,6 +61,7 @@ impl LoopStats {
             ("pending", self.pending),
             ("live_timers", self.live_timers),
             ("fds", self.fds),
+            ("timer_memory", self.timer_memory),
             ("sleeping", self.sleeping),
         ]
     }

@@ -34,6 +34,7 @@ use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
 use super::once::cached_attr;
 use super::running_loop;
 use super::task_steps::is_fresh_task_step;
+use crate::io::core::KEEP_DRAINED_BYTES;
 use crate::io::{Event, LoopCore};
 
 /// The handle classes, the same for every loop of the process.
@@ -1192,7 +1193,14 @@ impl LoopRunner {
     fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let (todo, native) = {
-            let this = slf.borrow();
+            let mut this = slf.borrow_mut();
+            if this.ready.is_empty()
+                && this.ready.capacity() * std::mem::size_of::<Item>() > KEEP_DRAINED_BYTES
+            {
+                // Drained after a burst: its memory goes back (empty, the
+                // queue frees no item here).
+                this.ready = VecDeque::new();
+            }
             (this.ready.len(), this.native.clone_ref(py))
         };
         let stock_run = kinds().stock_run_intact(py);

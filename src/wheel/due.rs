@@ -75,6 +75,12 @@ pub(crate) struct DueQueue {
 }
 
 impl DueQueue {
+    /// Bytes held for keys (queued, gathered or sort scratch).
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        (self.keys.capacity() + self.gathered.capacity()) * std::mem::size_of::<DueKey>()
+            + self.scratch.allocated_bytes()
+    }
+
     /// Deadline of the first entry: the earliest due in the whole wheel.
     #[inline]
     pub(crate) fn first_deadline(&self) -> Option<u64> {

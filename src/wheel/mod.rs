@@ -291,6 +291,31 @@ impl<T> Wheel<T> {
         self.slab.len() == 0
     }
 
+    /// Bytes the wheel holds beyond its fixed part (the levels): entry
+    /// storage, live or free for reuse, and the due queues' sort keys.
+    /// Grows with the largest burst of timers; see `release_memory`.
+    pub fn allocated_bytes(&self) -> usize {
+        self.slab.allocated_bytes() + self.due.allocated_bytes() + self.ahead.allocated_bytes()
+    }
+
+    /// Gives back the memory of a wheel with no live timer (its entry
+    /// storage and queues, as large as its largest burst), so that a
+    /// long-lived loop does not keep a spike's memory for good. Keys
+    /// handed out before stay stale. O(entries the storage had room for):
+    /// for an owner that calls it when the wheel has just emptied, not on
+    /// every operation. False, nothing changed, if a timer is live (or,
+    /// after 2^31 timers in one slot, never: see `Slab::release_memory`).
+    pub fn release_memory(&mut self) -> bool {
+        if !self.slab.release_memory() {
+            return false;
+        }
+        // No entry is live: what the queues hold are tombstones.
+        self.due = DueQueue::default();
+        self.ahead = DueQueue::default();
+        self.queued_min = NEVER;
+        true
+    }
+
     /// The counters.
     pub fn stats(&self) -> WheelStats {
         let live = self.slab.len() as u64;

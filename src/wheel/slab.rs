@@ -98,6 +98,11 @@ pub(crate) struct Slab<T> {
     free_head: u32,
     /// Number of occupied slots, for `Wheel::len`.
     len: usize,
+    /// The generation a slot gets when `push` adds it: 1, and after
+    /// [`release_memory`](Self::release_memory) the highest generation any
+    /// dropped slot had reached, so that no key of a dropped slot matches
+    /// the slot made anew at its index.
+    first_generation: u32,
 }
 
 impl<T> Slab<T> {
@@ -106,6 +111,7 @@ impl<T> Slab<T> {
             slots: Vec::new(),
             free_head: NIL,
             len: 0,
+            first_generation: 1,
         }
     }
 
@@ -175,13 +181,46 @@ impl<T> Slab<T> {
             self.slots.len()
         );
         let index = self.slots.len() as u32;
-        entry.generation = 1;
+        let generation = self.first_generation;
+        entry.generation = generation;
         self.slots.push(Slot::Occupied(entry));
         self.len += 1;
-        TimerKey {
-            index,
-            generation: 1,
+        TimerKey { index, generation }
+    }
+
+    /// Bytes held for slots, occupied or free.
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot<T>>()
+    }
+
+    /// Drops every slot of an empty slab, giving back what its largest
+    /// burst of timers took; false, nothing changed, if an entry is live or
+    /// the generations would not stay apart (a retired slot, or one at the
+    /// last generation). O(slots). A key of a dropped slot had a generation
+    /// below that slot's next one, and every slot made anew starts at the
+    /// highest of those: stale keys stay stale.
+    pub(crate) fn release_memory(&mut self) -> bool {
+        if self.len != 0 {
+            return false;
         }
+        let mut first = self.first_generation;
+        for slot in &self.slots {
+            match *slot {
+                Slot::Vacant { generation, .. } if generation != 0 => {
+                    first = first.max(generation);
+                }
+                // Retired (generation 0): its old keys reach the last
+                // generation. Occupied: not with `len` 0.
+                _ => return false,
+            }
+        }
+        if first > MAX_GENERATION {
+            return false;
+        }
+        self.first_generation = first;
+        self.slots = Vec::new();
+        self.free_head = NIL;
+        true
     }
 
     /// The live entry `key` names, if any. Any key is safe here.

@@ -61,6 +61,14 @@ pub(crate) struct Scratch {
     starts: Vec<u32>,
 }
 
+impl Scratch {
+    /// Bytes held.
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.keys.capacity() * std::mem::size_of::<DueKey>()
+            + self.starts.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
 /// Sorts `run` by deadline, then by insertion number `seq_of(index)`. A run
 /// already in order (one entry, or deadlines inserted in order) costs one
 /// pass.

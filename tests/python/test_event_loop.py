@@ -490,6 +490,40 @@ def test_cancel_before_firing(loop: ErlangEventLoop) -> None:
     assert ran == ["later"]
 
 
+# What an emptied wheel keeps of its allocation (KEEP_DRAINED_BYTES).
+KEEP_DRAINED_BYTES = 64 * 1024
+
+
+@pytest.mark.parametrize("end", ["fired", "cancelled", "loop closed"])
+def test_a_burst_of_timers_gives_its_memory_back(end: str) -> None:
+    """A loop that once had 20k timers pending does not keep their memory
+    for as long as it lives (or, closed, until the BEAM collects the term
+    that refers to it): once its wheel empties it goes back."""
+    loop = ErlangEventLoop()
+    try:
+        ran: list[int] = []
+        handles = [loop.call_later(0.001 * (i % 10), ran.append, i) for i in range(20_000)]
+        assert loop.stats()["timer_memory"] > 20_000 * 40
+        if end == "fired":
+            run_until(loop, lambda: len(ran) == 20_000)
+        elif end == "cancelled":
+            for handle in handles:
+                handle.cancel()
+        else:
+            loop.close()
+        assert loop.stats()["live_timers"] == 0
+        assert loop.stats()["timer_memory"] <= KEEP_DRAINED_BYTES
+        if end != "loop closed":
+            # Stale handles stay stale for the timers made anew.
+            later = loop.call_later(0.001, ran.append, -1)
+            for handle in handles:
+                handle.cancel()
+            run_until(loop, lambda: ran[-1:] == [-1])
+            assert not later.cancelled()
+    finally:
+        loop.close()
+
+
 def test_cancel_after_firing_and_double_cancel_are_harmless(
     loop: ErlangEventLoop,
 ) -> None:
