@@ -442,3 +442,33 @@ fn get_and_iter_see_exactly_the_live_timers_wherever_they_are() {
     assert_eq!(wheel.get(near), None);
     assert_eq!(wheel.iter().count(), 2);
 }
+
+#[test]
+fn an_emptied_wheel_gives_its_memory_back_and_old_keys_stay_stale() {
+    let mut wheel = Wheel::new(START);
+    let old: Vec<TimerKey> = (0..10_000u64)
+        .map(|i| wheel.insert(START + (i % 500) * MS, i))
+        .collect();
+    assert!(!wheel.release_memory(), "timers are live");
+    let burst = wheel.allocated_bytes();
+    assert!(burst >= 10_000 * 40, "{burst} bytes for 10k timers");
+    // Half fire (through the due queue), half are cancelled.
+    for key in &old[..5_000] {
+        wheel.cancel(*key);
+    }
+    assert_eq!(fire_all(&mut wheel, START + 500 * MS).len(), 5_000);
+    assert!(wheel.release_memory());
+    assert_eq!(wheel.allocated_bytes(), 0);
+    // The slots made anew are not the ones the old keys named.
+    let new: Vec<TimerKey> = (0..10_000u64)
+        .map(|i| wheel.insert(START + 600 * MS, 100_000 + i))
+        .collect();
+    for key in &old {
+        assert!(!wheel.contains(*key), "{key:?}");
+        assert_eq!(wheel.cancel(*key), None, "{key:?}");
+        assert!(!new.contains(key), "{key:?} handed out again");
+    }
+    assert_eq!(wheel.len(), 10_000);
+    let fired = fire_all(&mut wheel, START + 600 * MS);
+    assert_eq!(values(&fired), (100_000..110_000).collect::<Vec<u64>>());
+}
