@@ -30,14 +30,16 @@ handle_call(_Request, _From, State) ->
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
--spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+-spec handle_info(term(), #state{}) -> {noreply, #state{}} | {noreply, #state{}, hibernate}.
 handle_info({py_loop_new, Loop, Isolated}, State) when is_boolean(Isolated) ->
     %% The loop asks again every half second while no worker serves it (a
     %% request may be lost with a placer or worker that died): a loop
     %% placed since, or given up on, is left. Not a LoopRef: a stray
-    %% message, ignored as any other.
+    %% message, ignored as any other. Hibernating drops the message's
+    %% reference to the loop now: it would keep a closed loop's memory
+    %% until this mostly idle process next collected.
     _ = needs_placing(Loop) andalso place(Loop, Isolated),
-    {noreply, State};
+    {noreply, State, hibernate};
 handle_info(py_orphan_stops, State) ->
     %% Fds of loops whose worker died: take them out of the poll set.
     ok = py_nif:apply_orphan_stops(),

@@ -90,12 +90,19 @@ handle_cast({adopt, Loop}, State) ->
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
--spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
+-spec handle_info(term(), #state{}) ->
+          {noreply, #state{}} | {noreply, #state{}, hibernate} | {stop, normal, #state{}}.
 %% `length/1' fails (and the guard with it) on an improper list.
 handle_info({py_loop, Id, Signals}, State) when length(Signals) >= 0 ->
     case signals(Id, Signals, State) of
         #state{dedicated = true, loops = Loops} = Done when map_size(Loops) =:= 0 ->
             {stop, normal, Done};
+        #state{loops = Loops} = Serving when map_size(Loops) < map_size(State#state.loops) ->
+            %% A loop it served is gone: hibernating collects this
+            %% process's references to it now, and with the last one the
+            %% loop's native memory goes, rather than at a collection that
+            %% an idle worker may not make for long.
+            {noreply, Serving, hibernate};
         Serving ->
             {noreply, Serving}
     end;

@@ -39,7 +39,8 @@
          a_placement_lost_with_the_placer_is_asked_again/1,
          the_placer_outlives_the_worker_supervisor/1,
          a_thread_s_loop_whose_worker_died_is_replaced/1,
-         a_placement_asked_twice_is_taken_once/1]).
+         a_placement_asked_twice_is_taken_once/1,
+         closed_python_loops_are_freed_at_once/1]).
 
 -define(APP, erlang_python).
 
@@ -82,7 +83,7 @@ all() ->
      a_placement_lost_with_the_placer_is_asked_again,
      the_placer_outlives_the_worker_supervisor,
      a_thread_s_loop_whose_worker_died_is_replaced,
-     a_placement_asked_twice_is_taken_once].
+     a_placement_asked_twice_is_taken_once, closed_python_loops_are_freed_at_once].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -1477,6 +1478,25 @@ get_event_loop_on_any_pool_thread(_Config) ->
     [receive {ran, Pid, Result} -> ?assertEqual({ok, none}, Result) end || Pid <- Pids],
     Get = <<"type(__import__('asyncio').get_event_loop()).__name__">>,
     [?assertEqual({ok, <<"ErlangEventLoop">>}, py:eval(Get)) || _ <- lists:seq(1, 64)].
+
+%% A closed Python loop's native core (its wheel, queues, fd tables) goes
+%% with the last reference to it: the Python object's, dropped here, and
+%% the terms of the processes that placed and served it, which let go of
+%% theirs when it closes (they hibernate) rather than at a collection that
+%% an idle process may not make for long.
+-spec closed_python_loops_are_freed_at_once(ct_suite:ct_config()) -> term().
+closed_python_loops_are_freed_at_once(_Config) ->
+    Live = fun() -> maps:get(event_loops, py_nif:pool_stats()) end,
+    Before = Live(),
+    ok = py:exec(<<"
+import asyncio, erlang_loop
+for _ in range(20):
+    _loop = erlang_loop.ErlangEventLoop()
+    _loop.run_until_complete(asyncio.sleep(0.001))
+    _loop.close()
+del _loop
+">>),
+    ?assert(wait_until(Live, fun(N) -> N =< Before end, 10000) =< Before).
 
 -spec python_worker_dies(ct_suite:ct_config()) -> term().
 python_worker_dies(_Config) ->

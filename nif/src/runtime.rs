@@ -199,6 +199,7 @@ fn pool_stats(env: Env<'_>) -> Term<'_> {
         "waiting_for_erlang",
         "interrupting",
         "graces_run_out",
+        "event_loops",
     ]
     .map(|k| rustler::Atom::from_str(env, k).unwrap().encode(env));
     let values = [
@@ -209,6 +210,7 @@ fn pool_stats(env: Env<'_>) -> Term<'_> {
         stats.lent as u64,
         interrupting,
         graces_run_out,
+        erlang_python::io::LoopCore::live_count() as u64,
     ]
     .map(|v| v.encode(env));
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| atoms::error().encode(env))

@@ -6,7 +6,7 @@
 //! serving process, `call_soon_threadsafe`, `stop` and `close` wake it.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,9 @@ pub struct LoopCore {
     interrupted: AtomicBool,
 }
 
+/// `LoopCore::live_count`.
+static LIVE_CORES: AtomicUsize = AtomicUsize::new(0);
+
 /// What an emptied wheel or event queue keeps of its allocation (a few
 /// thousand entries); above it, the memory goes back once they drain.
 pub(crate) const KEEP_DRAINED_BYTES: usize = 64 * 1024;
@@ -114,7 +117,7 @@ struct State {
 impl LoopCore {
     /// A loop with a wheel of `tick_ns` resolution.
     pub fn new(tick_ns: u64, host: Arc<dyn LoopHost>) -> Result<LoopCore, WheelError> {
-        Ok(LoopCore {
+        let core = LoopCore {
             state: Mutex::new(State {
                 wheel: Wheel::with_tick(tick_ns, now_monotonic_ns())?,
                 pending: PendingQueue::default(),
@@ -137,7 +140,16 @@ impl LoopCore {
             ready: Condvar::new(),
             interrupted: AtomicBool::new(false),
             host,
-        })
+        };
+        LIVE_CORES.fetch_add(1, Ordering::Relaxed);
+        Ok(core)
+    }
+
+    /// Loop cores alive in the process: open, or closed and still referred
+    /// to (by a Python loop object, or an Erlang term a process has not
+    /// collected yet).
+    pub fn live_count() -> usize {
+        LIVE_CORES.load(Ordering::Relaxed)
     }
 
     /// A loop whose fds are in an epoll set of its own, polled by the
@@ -809,6 +821,12 @@ impl LoopCore {
             timer_memory: state.wheel.allocated_bytes() as u64,
             ..state.stats
         }
+    }
+}
+
+impl Drop for LoopCore {
+    fn drop(&mut self) {
+        LIVE_CORES.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
