@@ -256,7 +256,7 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
         Err(_) => {
             let error = std::io::Error::last_os_error();
             if no_event(&error) {
-                return stock_write(transport, data);
+                return buffer_rest(transport, data);
             }
             let message = "Fatal write error on socket transport";
             fatal_error(transport, os_error(py, &error)?, message)
@@ -264,7 +264,8 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
     }
 }
 
-/// asyncio's `write` after its one send took part of the data: the rest
+/// asyncio's `write` after its one send took part of the data (or none:
+/// EAGAIN, EINTR): the rest
 /// waits in the buffer for the writer (`_write_ready`), and the protocol
 /// may be paused. No second send now: asyncio's `write` would make one,
 /// and a peer gone since the first would end the transport inside

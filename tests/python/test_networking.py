@@ -617,6 +617,40 @@ def test_a_partial_write_buffers_the_rest_for_a_peer_gone_meanwhile(
     }
 
 
+def test_a_write_to_a_full_socket_is_buffered_and_sent_later(loop: ErlangEventLoop) -> None:
+    """Nothing buffered, but the socket takes nothing (EAGAIN): the data
+    waits in the buffer for the writer, as asyncio's `write` has it."""
+    server_side: asyncio.Future[asyncio.Transport] = loop.create_future()
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            server_side.set_result(transport)  # type: ignore[arg-type]
+
+    async def main() -> tuple[int, bytes]:
+        server = await loop.create_server(Server, LOCALHOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        peer, client = await loop.create_connection(lambda: Recorder(loop), LOCALHOST, port)
+        peer.pause_reading()
+        transport = await server_side
+        fd = transport.get_extra_info("socket").fileno()
+        filled = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                filled += os.write(fd, b"f" * 65536)
+        transport.write(b"tail")
+        assert transport.get_write_buffer_size() == 4
+        peer.resume_reading()
+        await wait_for_condition(lambda: len(client.data) == filled + 4)
+        transport.close()
+        peer.close()
+        server.close()
+        await server.wait_closed()
+        return filled, client.data
+
+    filled, data = run(loop, main())
+    assert data == b"f" * filled + b"tail"
+
+
 def test_writelines_and_write_types(loop: ErlangEventLoop) -> None:
     async def main() -> bytes:
         server = await asyncio.start_server(echo_until_eof, LOCALHOST, 0)
