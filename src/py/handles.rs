@@ -420,15 +420,8 @@ impl HandleKinds {
         let object = allocate(self.handle.bind(py))?;
         let raw = object.as_ptr();
         // SAFETY: `object` is a new, zeroed instance of the class the slots
-        // were found on; every value is a new strong reference.
-        unsafe {
-            self.context.init(raw, context.into_ptr());
-            self.callback.init(raw, new_ref(callback.as_ptr()));
-            self.args.init(raw, new_ref(args.as_ptr()));
-            self.cancelled.init(raw, new_ref(ffi::Py_False()));
-            self.repr.init(raw, new_ref(ffi::Py_None()));
-            self.source_traceback.init(raw, new_ref(ffi::Py_None()));
-        }
+        // were found on.
+        unsafe { self.init_unlooped(raw, callback, args, context) };
         Ok(object)
     }
 
@@ -489,13 +482,34 @@ impl HandleKinds {
         loop_: &Bound<'_, PyAny>,
         context: Bound<'_, PyAny>,
     ) {
-        self.context.init(object, context.into_ptr());
-        self.loop_.init(object, new_ref(loop_.as_ptr()));
-        self.callback.init(object, new_ref(callback.as_ptr()));
-        self.args.init(object, new_ref(args.as_ptr()));
-        self.cancelled.init(object, new_ref(ffi::Py_False()));
-        self.repr.init(object, new_ref(ffi::Py_None()));
-        self.source_traceback.init(object, new_ref(ffi::Py_None()));
+        // SAFETY: by this function's contract.
+        unsafe {
+            self.init_unlooped(object, callback, args, context);
+            self.loop_.init(object, new_ref(loop_.as_ptr()));
+        }
+    }
+
+    /// `init_handle` but for the `_loop` slot, left null.
+    ///
+    /// # Safety
+    /// As `init_handle`.
+    unsafe fn init_unlooped(
+        &self,
+        object: *mut ffi::PyObject,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Bound<'_, PyAny>,
+    ) {
+        // SAFETY: by this function's contract; every value is a new strong
+        // reference.
+        unsafe {
+            self.context.init(object, context.into_ptr());
+            self.callback.init(object, new_ref(callback.as_ptr()));
+            self.args.init(object, new_ref(args.as_ptr()));
+            self.cancelled.init(object, new_ref(ffi::Py_False()));
+            self.repr.init(object, new_ref(ffi::Py_None()));
+            self.source_traceback.init(object, new_ref(ffi::Py_None()));
+        }
     }
 
     /// Can the handles made here leave the cyclic GC?

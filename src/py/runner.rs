@@ -152,6 +152,22 @@ fn holds_path(
         .is_some_and(|path| path.is(installed)))
 }
 
+/// The arguments after a callback, as the handle's `_args` tuple (the
+/// empty tuple shared, for a callback without arguments).
+fn args_tuple<'py>(
+    py: Python<'py>,
+    rest: &[*mut pyo3::ffi::PyObject],
+) -> PyResult<Bound<'py, PyTuple>> {
+    if rest.is_empty() {
+        return Ok(PyTuple::empty(py));
+    }
+    // SAFETY: `rest` are live arguments of the current call.
+    let rest = rest
+        .iter()
+        .map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) });
+    PyTuple::new(py, rest)
+}
+
 fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
@@ -538,15 +554,7 @@ impl LoopRunner {
         let py = slf.py();
         // SAFETY: live arguments of this call.
         let callback = unsafe { Bound::from_borrowed_ptr(py, callback) };
-        let args = if rest.is_empty() {
-            PyTuple::empty(py)
-        } else {
-            // SAFETY: as above.
-            let rest = rest
-                .iter()
-                .map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) });
-            PyTuple::new(py, rest)?
-        };
+        let args = args_tuple(py, rest)?;
         let handle = kinds().new_handle_unlooped(&callback, &args)?;
         let mut this = slf.borrow_mut();
         let loop_ = match &this.loop_ {
@@ -624,15 +632,7 @@ impl LoopRunner {
                 return Self::queue_bare(slf, &callback, Some(&arg), context).map(Bound::unbind);
             }
         }
-        let args = if rest.is_empty() {
-            PyTuple::empty(py)
-        } else {
-            // SAFETY: live arguments of this call.
-            let rest = rest
-                .iter()
-                .map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) });
-            PyTuple::new(py, rest)?
-        };
+        let args = args_tuple(py, rest)?;
         let loop_ = loop_.ok_or_else(closed_error)?.into_bound(py);
         Self::queue_new_handle(slf, &loop_, &callback, &args, context.as_ref()).map(Bound::unbind)
     }
