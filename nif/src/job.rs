@@ -74,6 +74,33 @@ pub struct JobShared {
     boundary: Mutex<Option<(Py<NativeLoop>, Arc<BoundaryRaise>)>>,
 }
 
+/// After a job an exception was injected into (its timeout): the import
+/// locks this thread still holds, let go. The exception fires at a
+/// bytecode, which may be inside importlib between its taking a lock and
+/// the `try` that gives it back: CPython's global import lock left held
+/// made every later import of a new module in the node wait forever (a
+/// race hunt, 8 callers timing out 1-4 ms into a module's first import,
+/// hit it within 100 rounds). The job is over, so whatever import lock its
+/// thread holds now is such a leftover. Best effort: what fails is left.
+fn release_leaked_import_locks(py: Python<'_>) {
+    const RELEASE: &std::ffi::CStr = c"
+import _imp, _thread, _frozen_importlib as _bootstrap
+_me = _thread.get_ident()
+for _ref in list(_bootstrap._module_locks.values()):
+    _lock = _ref()
+    while _lock is not None and getattr(_lock, 'owner', None) == _me:
+        _lock.release()
+while True:
+    try:
+        _imp.release_lock()
+    except RuntimeError:
+        break
+";
+    if let Err(error) = py.run(RELEASE, Some(&pyo3::types::PyDict::new(py)), None) {
+        tracing::warn!(%error, "cannot release the import locks of an interrupted job");
+    }
+}
+
 /// How long a job's loop has to end it (see `interrupt_by_its_loop`)
 /// before its `TimeoutError` is injected into the code still running, at
 /// its next bytecode, in ms: the application's `cancel_grace_ms`.
@@ -276,11 +303,12 @@ impl JobShared {
     /// caller can then drop a late result with a `receive ... after 0`.
     /// Clears an interrupt that arrived too late to fire, so it cannot hit the
     /// thread's next job.
-    pub fn finish(&self, _py: Python<'_>, deliver: impl FnOnce()) {
+    pub fn finish(&self, py: Python<'_>, deliver: impl FnOnce()) {
         let mut state = self.lock();
         if let Some((native, raise)) = lock(&self.boundary).take() {
             native.get().retract_boundary_raise(&raise);
         }
+        let interrupted = matches!(*state, JobState::Interrupted(_));
         if let JobState::Interrupted(thread) = *state {
             // SAFETY: GIL held; a NULL exception clears the pending one.
             unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as c_long, std::ptr::null_mut()) };
@@ -290,6 +318,10 @@ impl JobShared {
         }
         *state = JobState::Done;
         self.left_loop_asked.notify_all();
+        drop(state);
+        if interrupted {
+            release_leaked_import_locks(py);
+        }
     }
 
     fn request_cancel(&self) -> CancelAction {
