@@ -308,11 +308,13 @@ impl JobShared {
         if let Some((native, raise)) = lock(&self.boundary).take() {
             native.get().retract_boundary_raise(&raise);
         }
-        let interrupted = matches!(*state, JobState::Interrupted(_));
-        if let JobState::Interrupted(thread) = *state {
+        let interrupted = if let JobState::Interrupted(thread) = *state {
             // SAFETY: GIL held; a NULL exception clears the pending one.
             unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as c_long, std::ptr::null_mut()) };
-        }
+            true
+        } else {
+            false
+        };
         if matches!(*state, JobState::Running(_)) {
             deliver();
         }

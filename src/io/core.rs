@@ -5,6 +5,7 @@
 //! owner waits on a condvar (the GIL released by the Python layer); the
 //! serving process, `call_soon_threadsafe`, `stop` and `close` wake it.
 
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -78,6 +79,15 @@ static LIVE_CORES: AtomicUsize = AtomicUsize::new(0);
 /// What an emptied wheel or event queue keeps of its allocation (a few
 /// thousand entries); above it, the memory goes back once they drain.
 pub(crate) const KEEP_DRAINED_BYTES: usize = 64 * 1024;
+
+/// Gives back the allocation of `queue` if it is empty and holds more than
+/// [`KEEP_DRAINED_BYTES`]: drained after a burst, it would keep the burst's
+/// memory for the life of its loop. Drops no item.
+pub(crate) fn release_if_drained<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() * std::mem::size_of::<T>() > KEEP_DRAINED_BYTES {
+        *queue = VecDeque::new();
+    }
+}
 
 struct State {
     /// Timers; payload = the caller's callback id.

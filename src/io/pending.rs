@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::core::KEEP_DRAINED_BYTES;
+use super::core::release_if_drained;
 use super::Event;
 
 /// Ready events in arrival order.
@@ -30,12 +30,7 @@ impl PendingQueue {
     pub fn drain_into(&mut self, out: &mut Vec<Event>, max: usize) -> bool {
         let take = self.events.len().min(max);
         out.extend(self.events.drain(..take));
-        if self.events.is_empty()
-            && self.events.capacity() * std::mem::size_of::<Event>() > KEEP_DRAINED_BYTES
-        {
-            // Drained after a burst: its memory goes back.
-            self.events = VecDeque::new();
-        }
+        release_if_drained(&mut self.events);
         !self.events.is_empty()
     }
 

@@ -258,10 +258,8 @@ impl PlainFree {
                 let value = std::mem::replace(&mut *place, std::ptr::null_mut());
                 ffi::Py_XDECREF(value);
             }
-            match (*ty).tp_free {
-                Some(free) => free(raw.cast()),
-                None => ffi::PyObject_GC_Del(raw.cast()),
-            }
+            // The class's `tp_free` (`of` accepts no other).
+            ffi::PyObject_GC_Del(raw.cast());
             ffi::Py_DECREF(ty.cast());
         }
     }
@@ -350,7 +348,7 @@ impl HandleKinds {
             "_set_result_unless_cancelled",
         )?
         .then(|| sleep_callback.unbind());
-        let slots = [
+        let slots @ [callback, args, cancelled, loop_, source_traceback, repr, context] = [
             Slot::find(handle, "_callback")?,
             Slot::find(handle, "_args")?,
             Slot::find(handle, "_cancelled")?,
@@ -369,13 +367,13 @@ impl HandleKinds {
             future_methods: FutureMethods::of(&futures.getattr("Future")?.cast_into()?)?,
             c_future: futures.getattr("Future")?.cast_into::<PyType>()?.unbind(),
             stock_run: run.unbind(),
-            callback: Slot::find(handle, "_callback")?,
-            args: Slot::find(handle, "_args")?,
-            cancelled: Slot::find(handle, "_cancelled")?,
-            loop_: Slot::find(handle, "_loop")?,
-            source_traceback: Slot::find(handle, "_source_traceback")?,
-            repr: Slot::find(handle, "_repr")?,
-            context: Slot::find(handle, "_context")?,
+            callback,
+            args,
+            cancelled,
+            loop_,
+            source_traceback,
+            repr,
+            context,
             scheduled: Slot::find(timer, "_scheduled")?,
             handle: handle.clone().unbind(),
             timer: timer.clone().unbind(),

@@ -34,7 +34,7 @@ use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
 use super::once::cached_attr;
 use super::running_loop;
 use super::task_steps::is_fresh_task_step;
-use crate::io::core::KEEP_DRAINED_BYTES;
+use crate::io::core::release_if_drained;
 use crate::io::{Event, LoopCore};
 
 /// The handle classes, the same for every loop of the process.
@@ -557,20 +557,20 @@ impl LoopRunner {
         let args = args_tuple(py, rest)?;
         let handle = kinds().new_handle_unlooped(&callback, &args)?;
         let mut this = slf.borrow_mut();
-        let loop_ = match &this.loop_ {
-            _ if this.installed_call_soon.is_none() => None,
-            Some(loop_) if !this.closed => Some(loop_.as_ptr()),
-            _ => {
-                drop(this);
-                // Freed with no borrow held (its last reference).
-                drop(handle);
-                return Err(closed_error());
-            }
-        };
-        let Some(loop_) = loop_ else {
+        let open_loop = this.loop_.as_ref().filter(|_| !this.closed);
+        let (native, loop_) = (
+            this.installed_call_soon.is_some(),
+            open_loop.map(Py::as_ptr),
+        );
+        let Some(loop_) = loop_.filter(|_| native) else {
             drop(this);
+            // Freed with no borrow held (its last reference).
             drop(handle);
-            return Ok(None);
+            return if native {
+                Err(closed_error())
+            } else {
+                Ok(None)
+            };
         };
         // SAFETY: the handle was just made so; the runner holds the loop.
         unsafe { kinds().set_loop(&handle, loop_) };
@@ -1194,13 +1194,7 @@ impl LoopRunner {
         let py = slf.py();
         let (todo, native) = {
             let mut this = slf.borrow_mut();
-            if this.ready.is_empty()
-                && this.ready.capacity() * std::mem::size_of::<Item>() > KEEP_DRAINED_BYTES
-            {
-                // Drained after a burst: its memory goes back (empty, the
-                // queue frees no item here).
-                this.ready = VecDeque::new();
-            }
+            release_if_drained(&mut this.ready);
             (this.ready.len(), this.native.clone_ref(py))
         };
         let stock_run = kinds().stock_run_intact(py);

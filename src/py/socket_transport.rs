@@ -265,9 +265,8 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
 }
 
 /// asyncio's `write` after its one send took part of the data (or none:
-/// EAGAIN, EINTR): the rest
-/// waits in the buffer for the writer (`_write_ready`), and the protocol
-/// may be paused. No second send now: asyncio's `write` would make one,
+/// EAGAIN, EINTR): the rest waits in the buffer for the writer
+/// (`_write_ready`), and the protocol may be paused. No second send now: asyncio's `write` would make one,
 /// and a peer gone since the first would end the transport inside
 /// `write()`, with no `pause_writing` and its EOF never read.
 fn buffer_rest(transport: &Bound<'_, PyAny>, rest: &Bound<'_, PyAny>) -> PyResult<()> {

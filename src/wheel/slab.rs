@@ -190,7 +190,7 @@ impl<T> Slab<T> {
 
     /// Bytes held for slots, occupied or free.
     pub(crate) fn allocated_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot<T>>()
+        self.slots.capacity() * slot_bytes::<T>()
     }
 
     /// Drops every slot of an empty slab, giving back what its largest
