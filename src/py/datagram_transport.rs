@@ -1,13 +1,20 @@
 //! `_read_ready` and `sendto` of `_ErlangDatagramTransport`, native.
 //!
-//! One datagram per readiness event, as asyncio reads them: what
-//! `datagram_received` schedules runs before the next datagram is read (a
-//! protocol may count on that: a future per datagram). Nothing once the
+//! Datagrams are read as asyncio reads them, one per readiness event, as
+//! far as anyone can tell: what `datagram_received` schedules runs before
+//! the next datagram is read (a protocol may count on that: a future per
+//! datagram). But a callback that scheduled nothing on the loop, and
+//! neither stopped it nor paused or closed the transport, leaves nothing
+//! to run first: then the next datagram waiting is read at once, up to
+//! `DATAGRAM_BATCH` per event (an echo server's `sendto` schedules
+//! nothing), instead of an iteration of the loop (a poll of the epoll set
+//! and the handle's run) each. Nothing once the
 //! transport lost its connection, is closing or is paused. One `recvfrom`
 //! into the thread's receive buffer (at most `max_size` bytes):
-//! would-block or EINTR reads nothing; another error goes to
-//! `protocol.error_received` (ICMP errors on a connected endpoint), as in
-//! asyncio; a datagram goes to `protocol.datagram_received` with the
+//! would-block or EINTR reads nothing (and ends the batch); another error
+//! goes to `protocol.error_received` (ICMP errors on a connected
+//! endpoint), as in asyncio, and ends the batch; a datagram goes to
+//! `protocol.datagram_received` with the
 //! sender's address as the socket module gives it, `(host, port)` or
 //! `(host, port, flowinfo, scope_id)`; what that callback raises reaches
 //! the loop's exception handler, as from asyncio's `_read_ready`.
@@ -27,6 +34,8 @@
 //! is asyncio's own `sendto`, which the socket module's address parsing
 //! (about a fifth of an echo's time) otherwise costs every datagram.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::mem::{size_of, zeroed};
 
@@ -42,14 +51,15 @@ use super::instance_attrs::{ClassSlots, InstanceAttrs};
 use super::method::{call_method, call_method_fastcall, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::{os_error, os_error_err};
+use super::runner::ReadyWatch;
 use super::transport_io::{
-    audit_sendto, call_stock, fatal_error, is_exit, native_read_size, no_event, PlainSocket,
-    RECV_BUFFER,
+    audit_sendto, call_stock, fatal_error, is_exit, native_read_size, no_event, plain_socket_fd,
+    PlainSocket, RECV_BUFFER,
 };
 
 static READ_READY: MethodDef = MethodDef::noargs(
     c"_read_ready",
-    c"_read_ready($self)\n--\n\nReads one datagram and hands it to the protocol (native).",
+    c"_read_ready($self)\n--\n\nReads a datagram and hands it to the protocol, and the next ones waiting while it schedules nothing (native).",
     read_ready_method,
 );
 
@@ -102,7 +112,7 @@ unsafe extern "C" fn read_ready_method(
     // SAFETY: CPython calls this METH_NOARGS method of ours.
     unsafe {
         call_method(slf, no_arg, |transport, _| {
-            read_one(&SLOTS.attrs_of(transport)).map(|()| transport.py().None())
+            read_batch(&SLOTS.attrs_of(transport)).map(|()| transport.py().None())
         })
     }
 }
@@ -306,11 +316,118 @@ fn ipv4_peer(addr: &Bound<'_, PyAny>) -> Option<libc::sockaddr_in> {
     Some(peer)
 }
 
-fn read_one(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
+/// Datagrams read per readiness event at most: a busy socket leaves the
+/// loop's other fds and timers their turn.
+const DATAGRAM_BATCH: usize = 16;
+
+/// The longest run of readiness events on which a socket whose looks for
+/// a further datagram found none is read once only: a client waiting for
+/// one reply at a time would otherwise pay a `recvfrom` failing with
+/// EAGAIN per reply.
+const MAX_SINGLE_READS: u32 = 63;
+
+/// How a transport's socket was found lately: after a look for a further
+/// datagram that found none, the next `left` events read one datagram
+/// only; each look that finds none again doubles the run (to
+/// `MAX_SINGLE_READS`), one that finds one ends it.
+#[derive(Clone, Copy)]
+struct SingleReads {
+    /// The transport's address: an entry of another transport (the fd
+    /// closed and its number reused) is not its.
+    transport: usize,
+    left: u32,
+    next: u32,
+}
+
+thread_local! {
+    /// fd -> its transport's run of single reads. A guess: a wrong one
+    /// reads one datagram where more were waiting, as asyncio always does.
+    static SINGLE_READS: RefCell<HashMap<i32, SingleReads>> = RefCell::new(HashMap::new());
+}
+
+/// Whether this event of `fd` (of `transport`) may look for a further
+/// datagram.
+fn may_read_more(fd: i32, transport: usize) -> bool {
+    SINGLE_READS.with_borrow_mut(|runs| match runs.get_mut(&fd) {
+        Some(run) if run.transport == transport && run.left > 0 => {
+            run.left -= 1;
+            false
+        }
+        _ => true,
+    })
+}
+
+/// Records what the look for a further datagram of `fd` found.
+fn looked_for_more(fd: i32, transport: usize, found: bool) {
+    SINGLE_READS.with_borrow_mut(|runs| {
+        if found {
+            runs.remove(&fd);
+            return;
+        }
+        let next = match runs.get(&fd) {
+            Some(run) if run.transport == transport => run.next,
+            _ => 1,
+        };
+        runs.insert(
+            fd,
+            SingleReads {
+                transport,
+                left: next,
+                next: (next * 2 + 1).min(MAX_SINGLE_READS),
+            },
+        );
+    });
+}
+
+/// One datagram, and more while the protocol schedules nothing (see the
+/// module).
+fn read_batch(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
+    let transport = attrs.object();
+    let address = transport.as_ptr() as usize;
+    let Some(fd) = plain_socket_fd(attrs)?.filter(|&fd| fd >= 0 && may_read_more(fd, address))
+    else {
+        return read_one(attrs).map(drop);
+    };
+    let loop_ = transport.getattr(intern!(transport.py(), "_loop"))?;
+    let mut watch = ReadyWatch::of(&loop_)?;
+    if read_one(attrs)? != Read::Datagram {
+        return Ok(());
+    }
+    for read in 1..DATAGRAM_BATCH {
+        match &watch {
+            Some(watch) if watch.quiet()? => {}
+            _ => break,
+        }
+        watch = ReadyWatch::of(&loop_)?;
+        let outcome = read_one(attrs)?;
+        if read == 1 && outcome != Read::Other {
+            looked_for_more(fd, address, outcome == Read::Datagram);
+        }
+        if outcome != Read::Datagram {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What [`read_one`] did.
+#[derive(PartialEq, Eq)]
+enum Read {
+    /// A datagram went to `datagram_received`, which returned.
+    Datagram,
+    /// None was waiting (would-block, EINTR).
+    Empty,
+    /// Anything else: not read (the transport stopped), an error to
+    /// `error_received`, asyncio's own method.
+    Other,
+}
+
+fn read_one(attrs: &InstanceAttrs<'_, '_>) -> PyResult<Read> {
     let transport = attrs.object();
     let py = transport.py();
-    let stock =
-        |name: &Bound<'_, PyString>| call_stock(selector_transport(py)?, transport, name, ());
+    let stock = |name: &Bound<'_, PyString>| {
+        call_stock(selector_transport(py)?, transport, name, ()).map(|()| Read::Other)
+    };
     let Some(sock) = PlainSocket::of(attrs)? else {
         return stock(intern!(py, "_read_ready"));
     };
@@ -322,24 +439,25 @@ fn read_one(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
         return stock(intern!(py, "_read_ready"));
     };
     if stopped(attrs)? {
-        return Ok(());
+        return Ok(Read::Other);
     }
     match receive(py, fd, max_size)? {
         Ok((data, addr)) => {
             attrs
                 .get(intern!(py, "_protocol"))?
                 .call_method1(intern!(py, "datagram_received"), (data, addr))?;
+            Ok(Read::Datagram)
         }
-        Err(error) if no_event(&error) => {}
+        Err(error) if no_event(&error) => Ok(Read::Empty),
         Err(error) => {
             let exc = os_error(py, &error)?;
             let _handling = Handling::start(&exc);
             attrs
                 .get(intern!(py, "_protocol"))?
                 .call_method1(intern!(py, "error_received"), (exc,))?;
+            Ok(Read::Other)
         }
     }
-    Ok(())
 }
 
 /// Lost, closing or paused: read no more now.

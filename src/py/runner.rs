@@ -129,6 +129,53 @@ pub(crate) fn running_runner(
         .map(|runner| (runner, loop_)))
 }
 
+/// What a transport reading more than once per readiness event watches
+/// between two reads (see `datagram_transport`): asyncio reads once and
+/// runs what the protocol scheduled before it reads again, so a further
+/// read is allowed only while the callback just run scheduled nothing on
+/// this loop (its ready queue is as long as before: `call_soon`,
+/// `call_soon_threadsafe`, a future's callbacks all go there) and did not
+/// stop or close the loop.
+pub(crate) struct ReadyWatch<'py> {
+    runner: Bound<'py, LoopRunner>,
+    loop_: Bound<'py, PyAny>,
+    len: usize,
+}
+
+impl<'py> ReadyWatch<'py> {
+    /// Watches `loop_`'s ready queue from now, if `loop_` has a runner.
+    pub(crate) fn of(loop_: &Bound<'py, PyAny>) -> PyResult<Option<Self>> {
+        let py = loop_.py();
+        let Some(runner) = loop_.getattr_opt(intern!(py, "_runner"))? else {
+            return Ok(None);
+        };
+        let Ok(runner) = runner.cast_into::<LoopRunner>() else {
+            return Ok(None);
+        };
+        let len = runner.borrow().ready.len();
+        Ok(Some(ReadyWatch {
+            runner,
+            loop_: loop_.clone(),
+            len,
+        }))
+    }
+
+    /// Whether nothing was scheduled since the watch began, and the loop
+    /// is open and not stopping.
+    pub(crate) fn quiet(&self) -> PyResult<bool> {
+        let loop_dict = {
+            let this = self.runner.borrow();
+            if this.closed || this.ready.len() != self.len {
+                return Ok(false);
+            }
+            this.loop_dict
+                .as_ref()
+                .map(|d| d.clone_ref(self.runner.py()))
+        };
+        Ok(!LoopRunner::stopping(&self.loop_, loop_dict)?)
+    }
+}
+
 /// How `erlang_asyncio.sleep` goes on the running loop's runner.
 pub(crate) enum RunnerSleep<'py> {
     /// Not through the runner (see `LoopRunner::sleep_on`).

@@ -997,6 +997,65 @@ def test_each_datagram_s_callbacks_run_before_the_next_is_read(loop: ErlangEvent
     assert order == ["d0", "cb0", "d1", "cb1", "d2", "cb2", "d3", "cb3"]
 
 
+def test_datagrams_whose_protocol_schedules_nothing_are_read_on_one_event(
+    loop: ErlangEventLoop,
+) -> None:
+    """A ``datagram_received`` that schedules nothing leaves nothing to run
+    before the next datagram: those waiting are read on the same readiness
+    event (an echo server's ``sendto`` schedules nothing), not one loop
+    iteration each."""
+    events: list[int] = []
+
+    class Counting(Datagrams):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            events.append(loop.stats()["fd_events"])
+
+    async def main() -> Datagrams:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Counting(loop), local_addr=(LOCALHOST, 0)
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            # All four wait in the socket before the loop looks at it.
+            for i in range(4):
+                sender.sendto(str(i).encode(), transport.get_extra_info("sockname"))
+            await wait_for_condition(lambda: len(events) == 4)
+        transport.close()
+        return protocol
+
+    protocol = run(loop, main())
+    assert [data for data, _ in protocol.received] == [b"0", b"1", b"2", b"3"]
+    assert len(set(events)) == 1, events
+
+
+def test_a_loop_stopped_in_datagram_received_reads_no_further_datagram(
+    loop: ErlangEventLoop,
+) -> None:
+    """``stop()`` from ``datagram_received`` ends the iteration as on
+    asyncio's loop: the datagrams still waiting are read by the next
+    ``run_forever``, one each here."""
+
+    class Stopping(Datagrams):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            loop.stop()
+
+    transport, protocol = loop.run_until_complete(
+        loop.create_datagram_endpoint(lambda: Stopping(loop), local_addr=(LOCALHOST, 0))
+    )
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(3):
+                sender.sendto(str(i).encode(), transport.get_extra_info("sockname"))
+            loop.run_forever()
+            assert [data for data, _ in protocol.received] == [b"0"]
+            loop.run_forever()
+            assert [data for data, _ in protocol.received] == [b"0", b"1"]
+    finally:
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0))
+
+
 def test_a_bad_max_size_is_a_fatal_read_error(loop: ErlangEventLoop) -> None:
     async def main() -> BaseException | None:
         transport, protocol = await recording_endpoint(loop)
