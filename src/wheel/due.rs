@@ -147,6 +147,34 @@ impl DueQueue {
         None
     }
 
+    /// Whether the key after the first (live or not) is due at `now`.
+    #[inline]
+    pub(crate) fn second_due(&self, now: u64) -> bool {
+        self.keys
+            .get(self.head + 1)
+            .is_some_and(|key| key.deadline <= now)
+    }
+
+    /// Pops the first entry if its deadline is at or before `now`, and
+    /// returns its slab index (the entry is still in the slab). One
+    /// [`fire_due`](Self::fire_due) step without the set-up of its loop,
+    /// for the usual advance of a sparse wheel: one timer. The first key is
+    /// live (see `head`), so it is not looked up.
+    #[inline(always)]
+    pub(crate) fn pop_first_due<T>(&mut self, slab: &Slab<T>, now: u64) -> Option<u32> {
+        let key = *self.keys.get(self.head)?;
+        if key.deadline > now {
+            return None;
+        }
+        debug_assert!(
+            slab.holds(key.index, key.generation, key.deadline),
+            "first key {key:?} is a tombstone"
+        );
+        self.head += 1;
+        self.settle(slab);
+        Some(key.index)
+    }
+
     /// Pops every live entry due at `now`, up to `max`, handing each
     /// index to `fire`, which must free it from the slab; returns how many.
     /// [`take_due`](Self::take_due) in a loop, with the cursor and the

@@ -3,6 +3,42 @@
 //! list).
 
 use super::list::NIL;
+use super::NUM_LEVELS;
+
+/// A level's number as an entry's [`Location`] records it. An enum rather
+/// than a `u8`: the compiler then knows it is below `NUM_LEVELS`, and a
+/// cancel indexes the levels with it without a bounds check (the unused
+/// values also give `Location` and the slab's vacant slots their tags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum LevelId {
+    L0,
+    L1,
+    L2,
+    L3,
+    L4,
+    L5,
+    L6,
+}
+
+impl LevelId {
+    /// Every level, finest first: `ALL[l]` is level `l`.
+    pub(crate) const ALL: [LevelId; NUM_LEVELS] = [
+        LevelId::L0,
+        LevelId::L1,
+        LevelId::L2,
+        LevelId::L3,
+        LevelId::L4,
+        LevelId::L5,
+        LevelId::L6,
+    ];
+
+    /// The level's number.
+    #[inline(always)]
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// Which list an entry is linked into.
 ///
@@ -15,7 +51,7 @@ pub(crate) enum Location {
     /// A slot of a wheel level.
     Slot {
         /// The level, 0 the finest.
-        level: u8,
+        level: LevelId,
         /// The slot within the level.
         slot: u8,
     },
@@ -81,6 +117,20 @@ impl<T> Entry<T> {
             location: Location::Due,
         }
     }
+
+    /// A fresh entry linked after `prev` at `location`, for a list's tail.
+    #[inline(always)]
+    pub(crate) fn linked(deadline: u64, seq: u64, value: T, prev: u32, location: Location) -> Self {
+        Entry {
+            deadline,
+            seq,
+            value,
+            prev,
+            next: NIL,
+            generation: 0,
+            location,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +141,7 @@ mod tests {
     fn entry_is_small() {
         // 8 deadline + 8 seq + 8 payload + 3 * 4 links/generation + location.
         assert_eq!(std::mem::size_of::<Entry<u64>>(), 40);
-        assert_eq!(std::mem::size_of::<Location>(), 3);
+        // The level byte holds the tag of the other variants.
+        assert_eq!(std::mem::size_of::<Location>(), 2);
     }
 }

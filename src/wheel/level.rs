@@ -7,7 +7,7 @@
 //! current slot, and the next slot to process is found by rotating the bitmap
 //! to the current slot and counting trailing zeros.
 
-use super::entry::Location;
+use super::entry::{LevelId, Location};
 use super::list::List;
 use super::slab::Slab;
 
@@ -27,6 +27,9 @@ pub(crate) struct Level {
     /// This level's number, 0 being the finest. Fixes which bits of a tick
     /// select the slot and how many ticks a slot spans.
     level: usize,
+
+    /// `level` as an entry's location records it.
+    id: LevelId,
 
     /// Bit `s` is set iff `slots[s]` is not empty. Finding the next entry is
     /// then a rotate and a `trailing_zeros` instead of a scan of 64 lists;
@@ -67,6 +70,7 @@ impl Level {
     pub(crate) fn new(level: usize) -> Self {
         Level {
             level,
+            id: LevelId::ALL[level],
             occupied: 0,
             slots: [List::EMPTY; SLOTS],
             mins: [EMPTY_MIN; SLOTS],
@@ -130,12 +134,37 @@ impl Level {
             self.level
         );
         let location = Location::Slot {
-            level: self.level as u8,
+            level: self.id,
             slot: slot as u8,
         };
         self.slots[slot].push_back(slab, index, location);
         self.occupied |= 1 << slot;
         // An unknown minimum (0) stays unknown.
+        self.mins[slot] = self.mins[slot].min(deadline);
+    }
+
+    /// The newest entry of `slot`: the predecessor of an entry about to be
+    /// stored and pushed there with [`push_stored`](Self::push_stored).
+    #[inline(always)]
+    pub(crate) fn tail(&self, slot: usize) -> u32 {
+        self.slots[slot].tail()
+    }
+
+    /// [`push`](Self::push) of an entry stored with its links already set:
+    /// `prev` the slot's [`tail`](Self::tail) (passed again here), `next`
+    /// `NIL`, and its location this level and `slot`.
+    #[inline(always)]
+    pub(crate) fn push_stored<T>(
+        &mut self,
+        slab: &mut Slab<T>,
+        slot: usize,
+        index: u32,
+        prev: u32,
+        deadline: u64,
+    ) {
+        debug_assert_ne!(deadline, UNKNOWN_MIN, "entry {index} with deadline 0");
+        self.slots[slot].push_back_stored(slab, index, prev);
+        self.occupied |= 1 << slot;
         self.mins[slot] = self.mins[slot].min(deadline);
     }
 
@@ -274,7 +303,13 @@ mod tests {
         level.push(&mut slab, 3, a, 200);
         level.push(&mut slab, 3, b, 210);
         assert_eq!(level.slot_min(3), Some(200));
-        assert_eq!(slab.entry(a).location, Location::Slot { level: 1, slot: 3 });
+        assert_eq!(
+            slab.entry(a).location,
+            Location::Slot {
+                level: LevelId::L1,
+                slot: 3
+            }
+        );
         assert_eq!(
             level.next_expiration(70),
             Some(Expiration {

@@ -50,7 +50,7 @@ impl List {
     }
 
     /// The newest entry, or `NIL`.
-    #[cfg(test)]
+    #[inline]
     pub(crate) fn tail(&self) -> u32 {
         self.tail
     }
@@ -67,6 +67,25 @@ impl List {
             self.head = index;
         } else {
             slab.entry_mut(tail).next = index;
+        }
+        self.tail = index;
+    }
+
+    /// Appends `index`, an entry stored with `prev` the list's
+    /// [`tail`](Self::tail) as read before storing it (passed back here, not
+    /// read again: the store may have moved it, as far as the compiler
+    /// knows), `next` `NIL` and its location: an insert writes its new
+    /// entry whole instead of storing it and then relinking.
+    #[inline(always)]
+    pub(crate) fn push_back_stored<T>(&mut self, slab: &mut Slab<T>, index: u32, prev: u32) {
+        debug_assert!(
+            prev == self.tail && slab.entry(index).prev == prev && slab.entry(index).next == NIL,
+            "entry {index} not stored as the list's new tail"
+        );
+        if prev == NIL {
+            self.head = index;
+        } else {
+            slab.entry_mut(prev).next = index;
         }
         self.tail = index;
     }

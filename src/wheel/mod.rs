@@ -44,10 +44,10 @@ pub use clock::now_monotonic_ns;
 pub use slab::TimerKey;
 
 use due::{fires_before, DueKey, DueQueue};
-use entry::{Entry, Location};
+use entry::{Entry, LevelId, Location};
 use level::{Expiration, Level, SLOT_BITS, SLOT_MASK};
 use list::List;
-use overflow::{ahead_in_reach, migration_tick, within_reach, Overflow};
+use overflow::{ahead_in_reach, ahead_near, migration_tick, within_reach, Overflow};
 use slab::Slab;
 use sort::Bounds;
 use tick::Resolution;
@@ -342,9 +342,44 @@ impl<T> Wheel<T> {
     pub fn insert(&mut self, deadline_ns: u64, value: T) -> TimerKey {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.next_cache.set(self.next_cache.get().min(deadline_ns));
+        // The usual deadline (not `NEVER`, later than the wheel's tick, not
+        // years away) goes to a level slot with its entry written whole,
+        // links and location included, rather than stored and relinked.
+        let elapsed = self.elapsed;
+        match self.resolution.tick_of_usual(deadline_ns) {
+            Some(when) if ahead_near(elapsed, when) => {
+                let (id, slot, reached_at) = slot_of(elapsed, when);
+                let level = id.index();
+                let prev = self.levels[level].tail(slot);
+                let location = Location::Slot {
+                    level: id,
+                    slot: slot as u8,
+                };
+                let key = self
+                    .slab
+                    .insert(Entry::linked(deadline_ns, seq, value, prev, location));
+                self.levels[level].push_stored(
+                    &mut self.slab,
+                    slot,
+                    key.index(),
+                    prev,
+                    deadline_ns,
+                );
+                self.occupied_levels |= 1 << level;
+                self.next_process_tick = self.next_process_tick.min(reached_at);
+                key
+            }
+            _ => self.insert_elsewhere(deadline_ns, seq, value),
+        }
+    }
+
+    /// `insert` of a deadline that is due, `NEVER`, or too far for the
+    /// one-compare test.
+    #[inline(never)]
+    fn insert_elsewhere(&mut self, deadline_ns: u64, seq: u64, value: T) -> TimerKey {
         let key = self.slab.insert(Entry::new(deadline_ns, seq, value));
         self.place(key.index(), deadline_ns);
-        self.next_cache.set(self.next_cache.get().min(deadline_ns));
         key
     }
 
@@ -361,8 +396,11 @@ impl<T> Wheel<T> {
         let Location::Slot { level, slot } = location else {
             return Some(self.cancel_outside_levels(index, location));
         };
-        let level = level as usize;
-        if self.levels[level].remove(&mut self.slab, slot as usize, index, deadline) {
+        let level = level.index();
+        // A slot number is below 64: the mask tells the compiler so, in
+        // place of a bounds check.
+        let slot = slot as usize % level::SLOTS;
+        if self.levels[level].remove(&mut self.slab, slot, index, deadline) {
             self.occupied_levels &= !(1 << level);
         }
         // Live: `get` found it above.
@@ -555,13 +593,31 @@ impl<T> Wheel<T> {
     #[inline(always)]
     fn fire_ahead(&mut self, now: u64, out: &mut Vec<Expired<T>>, max: usize) -> usize {
         debug_assert!(self.due.is_empty(), "fire_ahead with a due queue");
-        let fired = self
-            .ahead
-            .fire_due(&mut self.slab, now, max, |slab, index| {
-                hand_out(slab, index, now, out)
-            });
+        // A sparse wheel's advance fires one timer: popped alone, without
+        // the set-up of `fire_due`'s loop, when the key after it is not due
+        // (nor any later one, the keys being in order).
+        let fired = if max != 0 && !self.ahead.second_due(now) {
+            let Some(index) = self.ahead.pop_first_due(&self.slab, now) else {
+                return 0;
+            };
+            hand_out(&mut self.slab, index, now, out);
+            1
+        } else {
+            self.fire_ahead_many(now, out, max)
+        };
         self.stats.fired += fired as u64;
         fired
+    }
+
+    /// `fire_ahead` of more than one timer: `fire_due`'s loop, out of line
+    /// to have the registers to itself (inlined in the caller's loop, it
+    /// kept the payload and the slab's free list on the stack).
+    #[inline(never)]
+    fn fire_ahead_many(&mut self, now: u64, out: &mut Vec<Expired<T>>, max: usize) -> usize {
+        self.ahead
+            .fire_due(&mut self.slab, now, max, |slab, index| {
+                hand_out(slab, index, now, out)
+            })
     }
 
     /// Whether `queued_min` is due at `now`. No queued deadline is `NEVER`
@@ -864,7 +920,7 @@ impl<T> Wheel<T> {
                 "entry {index} (deadline {deadline}) in {exp:?} out of reach of {elapsed}"
             );
             if when > elapsed {
-                let level = level_for(elapsed, when);
+                let level = level_for(elapsed, when).index();
                 debug_assert!(
                     level < exp.level,
                     "entry {index} cascaded from {exp:?} to level {level} (elapsed {elapsed})"
@@ -941,18 +997,13 @@ impl<T> Wheel<T> {
     fn place(&mut self, index: u32, deadline: u64) -> Location {
         let when = self.resolution.tick_of(deadline);
         if ahead_in_reach(self.elapsed, when) && deadline != NEVER {
-            let level = level_for(self.elapsed, when);
-            let shift = SLOT_BITS * level as u32;
-            let digits = when >> shift;
-            let slot = (digits & SLOT_MASK) as usize;
+            let (id, slot, reached_at) = slot_of(self.elapsed, when);
+            let level = id.index();
             self.levels[level].push(&mut self.slab, slot, index, deadline);
             self.occupied_levels |= 1 << level;
-            // The wheel reaches this slot at its first tick: `when` with the
-            // digits below the level cleared (later than `elapsed`, as the
-            // level's digit of `when` is the higher one).
-            self.next_process_tick = self.next_process_tick.min(digits << shift);
+            self.next_process_tick = self.next_process_tick.min(reached_at);
             return Location::Slot {
-                level: level as u8,
+                level: id,
                 slot: slot as u8,
             };
         }
@@ -1002,30 +1053,42 @@ fn hand_out<T>(slab: &mut Slab<T>, index: u32, now: u64, out: &mut Vec<Expired<T
     });
 }
 
+/// Where tick `when` (after `elapsed`, within reach) is linked: its level,
+/// its slot there, and the tick at which the wheel reaches that slot (its
+/// first: `when` with the digits below the level cleared, later than
+/// `elapsed` as the level's digit of `when` is the higher one).
+#[inline(always)]
+fn slot_of(elapsed: u64, when: u64) -> (LevelId, usize, u64) {
+    let id = level_for(elapsed, when);
+    let shift = SLOT_BITS * id.index() as u32;
+    let digits = when >> shift;
+    (id, (digits & SLOT_MASK) as usize, digits << shift)
+}
+
 /// The level for tick `when` seen from tick `elapsed` (`when > elapsed`,
 /// within reach): the level of the highest base-64 digit where they differ.
 /// Past the top level (a top-level slot that wrapped around) it is the top
 /// level.
 #[inline]
-fn level_for(elapsed: u64, when: u64) -> usize {
+fn level_for(elapsed: u64, when: u64) -> LevelId {
     // OR-ing in the slot mask maps "differ only in digit 0" to level 0.
     let masked = (elapsed ^ when) | SLOT_MASK;
     let significant = (u64::BITS - 1 - masked.leading_zeros()) as usize;
-    LEVEL_OF_BIT[significant] as usize
+    LEVEL_OF_BIT[significant]
 }
 
 /// The level of the digit holding each bit of a tick, capped at the top
 /// level: one load on every insert instead of a division and a compare.
-const LEVEL_OF_BIT: [u8; 64] = {
-    let mut levels = [0; 64];
+const LEVEL_OF_BIT: [LevelId; 64] = {
+    let mut levels = [LevelId::L0; 64];
     let mut bit = 0;
     while bit < 64 {
         let level = bit / SLOT_BITS as usize;
-        levels[bit] = if level < NUM_LEVELS {
+        levels[bit] = LevelId::ALL[if level < NUM_LEVELS {
             level
         } else {
             NUM_LEVELS - 1
-        } as u8;
+        }];
         bit += 1;
     }
     levels
@@ -1037,17 +1100,17 @@ mod tests {
 
     #[test]
     fn level_for_picks_the_highest_differing_digit() {
-        assert_eq!(level_for(0, 1), 0);
-        assert_eq!(level_for(0, 63), 0);
-        assert_eq!(level_for(0, 64), 1);
-        assert_eq!(level_for(63, 64), 1);
-        assert_eq!(level_for(64, 127), 0);
-        assert_eq!(level_for(0, 4095), 1);
-        assert_eq!(level_for(4095, 4096), 2);
-        assert_eq!(level_for(0, (1 << 36) - 1), 5);
-        assert_eq!(level_for(0, 1 << 36), 6);
+        assert_eq!(level_for(0, 1).index(), 0);
+        assert_eq!(level_for(0, 63).index(), 0);
+        assert_eq!(level_for(0, 64).index(), 1);
+        assert_eq!(level_for(63, 64).index(), 1);
+        assert_eq!(level_for(64, 127).index(), 0);
+        assert_eq!(level_for(0, 4095).index(), 1);
+        assert_eq!(level_for(4095, 4096).index(), 2);
+        assert_eq!(level_for(0, (1 << 36) - 1).index(), 5);
+        assert_eq!(level_for(0, 1 << 36).index(), 6);
         // Wrapped top slot: digit 7 differs, still the top level.
-        assert_eq!(level_for((1 << 42) - 1, (1 << 42) + 5), 6);
+        assert_eq!(level_for((1 << 42) - 1, (1 << 42) + 5).index(), 6);
     }
 
     #[test]

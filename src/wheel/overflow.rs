@@ -106,6 +106,17 @@ pub(crate) const fn ahead_in_reach(elapsed: u64, when: u64) -> bool {
     when > elapsed && (when - elapsed <= 1 << TOP_SHIFT || within_reach(elapsed, when))
 }
 
+/// Whether tick `when` is after `elapsed` by at most one top-level slot's
+/// span: [`ahead_in_reach`] for certain, in one compare (an insert's usual
+/// case; the other deadlines in reach take the longer test). For an
+/// `elapsed` at least that span below `u64::MAX`, as every tick is (a
+/// nanosecond count divided by 100 µs or more).
+#[inline(always)]
+pub(crate) const fn ahead_near(elapsed: u64, when: u64) -> bool {
+    debug_assert!(elapsed <= u64::MAX - (1 << TOP_SHIFT));
+    when.wrapping_sub(elapsed).wrapping_sub(1) < 1 << TOP_SHIFT
+}
+
 /// The first tick at which tick `when` is [`within_reach`]: the start of the
 /// top-level slot 63 slots before its own.
 #[inline]
@@ -153,6 +164,17 @@ mod tests {
                     expected,
                     "elapsed {elapsed} when {when}"
                 );
+                if elapsed <= u64::MAX - TOP_SLOT {
+                    assert!(
+                        !ahead_near(elapsed, when) || expected,
+                        "near but not in reach: elapsed {elapsed} when {when}"
+                    );
+                    assert_eq!(
+                        ahead_near(elapsed, when),
+                        when > elapsed && when - elapsed <= TOP_SLOT,
+                        "elapsed {elapsed} when {when}"
+                    );
+                }
             }
         }
     }

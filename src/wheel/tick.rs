@@ -25,9 +25,12 @@ pub(crate) struct Resolution {
     shift: u32,
 }
 
-/// Below this, `tick_of` divides with the reciprocal: `ns + tick_ns - 1`
-/// stays below `2^63`. Above it (292 years of uptime) it divides for real.
-const FAST_LIMIT: u64 = (1 << 63) - (1 << 32);
+/// `ns - 1` below this (`ns` from 1 to `2^63`, 292 years of uptime),
+/// `tick_of` divides with the reciprocal, as `floor((ns - 1) / tick_ns) + 1`;
+/// otherwise (0 and the far end, `NEVER` among them) it divides for real.
+/// Taking 1 off rather than adding `tick_ns - 1` makes the test one on the
+/// sign bit of the number the division needs anyway.
+const FAST_LIMIT: u64 = 1 << 63;
 
 impl Resolution {
     /// `tick_ns` must be in `2..2^32` (the wheel allows 100 µs to 100 ms).
@@ -57,10 +60,22 @@ impl Resolution {
     /// `ceil(ns / tick_ns)`.
     #[inline]
     pub(crate) const fn tick_of(&self, ns: u64) -> u64 {
-        if ns < FAST_LIMIT {
-            self.fast_div(ns + self.tick_ns - 1)
+        match self.tick_of_usual(ns) {
+            Some(tick) => tick,
+            None => ns.div_ceil(self.tick_ns),
+        }
+    }
+
+    /// [`tick_of`](Self::tick_of) of a deadline from 1 ns to 292 years of
+    /// uptime, `None` outside (0, and `NEVER`): an insert's one compare for
+    /// both its division's limit and its `NEVER` check.
+    #[inline(always)]
+    pub(crate) const fn tick_of_usual(&self, ns: u64) -> Option<u64> {
+        let below = ns.wrapping_sub(1);
+        if below < FAST_LIMIT {
+            Some(self.fast_div(below) + 1)
         } else {
-            ns.div_ceil(self.tick_ns)
+            None
         }
     }
 
@@ -144,7 +159,7 @@ mod tests {
         assert_eq!(r.tick_of(MS + 1), 2);
         assert_eq!(r.tick_of(u64::MAX), u64::MAX / MS + 1);
         assert_eq!(r.tick_of(u64::MAX - u64::MAX % MS), u64::MAX / MS);
-        for ns in [FAST_LIMIT - 1, FAST_LIMIT, 1 << 63, 12_345 * MS + 1] {
+        for ns in [FAST_LIMIT - 1, FAST_LIMIT, FAST_LIMIT + 1, 12_345 * MS + 1] {
             assert_eq!(r.tick_of(ns), ns.div_ceil(MS), "{ns}");
         }
     }
