@@ -5,6 +5,7 @@ timer armed for the next deadline)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -178,6 +179,68 @@ def _raise_pending() -> None:
     when its wait was interrupted for one (see ``native_loop_of``)."""
 
 
+class _InstanceClock:
+    """``ErlangEventLoop.time``: the clock set on the instance (the runner's
+    native ``time`` while the native paths are in, or a test's fake), else
+    asyncio's. A clock set on or deleted from the instance recomputes the
+    native paths (see ``ErlangEventLoop.__init_subclass__``). A descriptor
+    rather than a ``__setattr__`` watching for ``time``: that one ran as
+    Python code for every attribute the loop's own code sets, some sixty
+    per ``asyncio.run``."""
+
+    def __get__(self, loop: Any, owner: type | None = None) -> Any:
+        if loop is None:
+            return base_events.BaseEventLoop.time
+        try:
+            return loop.__dict__["time"]
+        except KeyError:
+            return base_events.BaseEventLoop.time.__get__(loop, owner)
+
+    def __set__(self, loop: Any, value: Any) -> None:
+        loop.__dict__["time"] = value
+        _clock_changed(loop)
+
+    def __delete__(self, loop: Any) -> None:
+        try:
+            del loop.__dict__["time"]
+        except KeyError:
+            raise AttributeError("time") from None
+        _clock_changed(loop)
+
+
+def _clock_changed(loop: Any) -> None:
+    if "_runner" in loop.__dict__:
+        loop._use_native_paths(not loop._debug)
+
+
+def _watch_the_clock(cls: type) -> None:
+    """Hooks on ``cls``, a subclass whose own ``time`` hides the
+    descriptor, that recompute the native paths when ``time`` is set on or
+    deleted from an instance (around the class's own hooks, if it has any)."""
+    own_set = cls.__dict__.get("__setattr__")
+    own_del = cls.__dict__.get("__delattr__")
+
+    def __setattr__(loop: Any, name: str, value: Any) -> None:
+        if own_set is not None:
+            own_set(loop, name, value)
+        else:
+            super(cls, loop).__setattr__(name, value)
+        if name == "time":
+            _clock_changed(loop)
+
+    def __delattr__(loop: Any, name: str) -> None:
+        if own_del is not None:
+            own_del(loop, name)
+        else:
+            super(cls, loop).__delattr__(name)
+        if name == "time":
+            _clock_changed(loop)
+
+    __setattr__._watches_the_clock = True  # type: ignore[attr-defined]
+    cls.__setattr__ = __setattr__  # type: ignore[method-assign,assignment]
+    cls.__delattr__ = __delattr__  # type: ignore[method-assign,assignment]
+
+
 class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]
     """An asyncio event loop driven by the BEAM.
 
@@ -187,6 +250,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     Either way the loop has its own timers and event queue: events never cross
     between loops.
     """
+
+    time = _InstanceClock()  # type: ignore[assignment]
 
     # True while `close` drops the runner's queues (see `close`).
     _dropping_queues = False
@@ -377,13 +442,28 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             # path goes back, whatever `set_debug` says.
             native, runner = False, None
         clock_replaced = self._clock_replaced()
-        for name, native_name in self._NATIVE_PATHS.items():
-            if name == "time" and clock_replaced:
-                continue  # the instance's own
-            if native and runner is not None and not self._overrides(name):
-                self.__dict__[name] = getattr(runner, native_name)
-            else:
-                self.__dict__.pop(name, None)
+        loop_dict = self.__dict__
+        if (
+            native
+            and runner is not None
+            and type(self) is ErlangEventLoop
+            and not clock_replaced
+            and events.Handle is _STOCK_HANDLE
+        ):
+            # What the loop below decides then, quicker: this class itself
+            # overrides nothing (a patch of its attributes is its own), and
+            # with asyncio's clock and Handle every path is native. Most
+            # loops are made so (`asyncio.run`), each looking once.
+            for name, native_name in self._NATIVE_PATHS.items():
+                loop_dict[name] = getattr(runner, native_name)
+        else:
+            for name, native_name in self._NATIVE_PATHS.items():
+                if name == "time" and clock_replaced:
+                    continue  # the instance's own
+                if native and runner is not None and not self._overrides(name):
+                    loop_dict[name] = getattr(runner, native_name)
+                else:
+                    loop_dict.pop(name, None)
         if runner is not None:
             # The runner uses them directly while they are still these:
             # erlang_asyncio.sleep (no loop method call), an asyncio.sleep
@@ -440,20 +520,22 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     # A clock set on or deleted from the instance takes the paths that read
     # it (the native ones read CLOCK_MONOTONIC), and timers then fire by it
     # as asyncio's do: a test moving its fake clock past a timer's `when`
-    # sees the timer run (aiohttp's do).
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name == "time" and "_runner" in self.__dict__:
-            self._use_native_paths(not self._debug)
-
-    def __delattr__(self, name: str) -> None:
-        super().__delattr__(name)
-        if name == "time" and "_runner" in self.__dict__:
-            self._use_native_paths(not self._debug)
+    # sees the timer run (aiohttp's do). `time` is a data descriptor for
+    # that (see `_InstanceClock`); a subclass that defines its own `time`
+    # hides it, and gets these hooks instead.
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not isinstance(inspect.getattr_static(cls, "time"), _InstanceClock) and not getattr(
+            cls.__setattr__, "_watches_the_clock", False
+        ):
+            _watch_the_clock(cls)
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
-        self._use_native_paths(not enabled)
+        # BaseEventLoop.__init__ calls it before the runner exists, when no
+        # native path is installed yet: nothing to do then.
+        if self.__dict__.get("_runner") is not None:
+            self._use_native_paths(not enabled)
 
     def _report_callback_error(self, handle: events.Handle, exc: BaseException) -> None:
         # What Handle._run reports when its callback raises.

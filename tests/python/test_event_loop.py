@@ -423,6 +423,55 @@ def test_a_clock_replaced_on_the_instance_fires_timers_by_it(loop: ErlangEventLo
     loop.run_until_complete(main())
 
 
+def test_a_subclass_clock_replaced_on_the_instance_fires_timers_by_it() -> None:
+    # A subclass's own `time` hides the loop's clock descriptor: a clock
+    # patched on its instance still takes the loop off the native paths
+    # that fire by CLOCK_MONOTONIC, and back when the patch goes.
+    class OwnClock(ErlangEventLoop):
+        def time(self) -> float:
+            return super().time()
+
+    class Grandchild(OwnClock):
+        pass
+
+    async def main(loop: ErlangEventLoop) -> None:
+        fired: list[str] = []
+        now = loop.time()
+        loop.call_at(now + 3600, fired.append, "due by the fake clock")
+        with unittest.mock.patch.object(loop, "time", return_value=now + 3601):
+            assert "_run_once" not in loop.__dict__, "still native"
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        assert fired == ["due by the fake clock"]
+        assert "time" not in loop.__dict__
+
+    for cls in (OwnClock, Grandchild):
+        loop = cls()
+        try:
+            loop.run_until_complete(main(loop))
+            assert "_run_once" in loop.__dict__, "native again"
+        finally:
+            loop.close()
+
+
+def test_the_loop_s_clock_is_asyncio_s_on_the_class_and_the_runner_s_on_the_instance(
+    loop: ErlangEventLoop,
+) -> None:
+    assert ErlangEventLoop.time is asyncio.BaseEventLoop.time
+    if loop.get_debug():
+        assert loop.time.__func__ is asyncio.BaseEventLoop.time  # type: ignore[attr-defined]
+    else:
+        assert loop.time == loop._runner.time  # type: ignore[attr-defined]
+    # Writing any other attribute leaves the native paths alone.
+    paths = dict(loop.__dict__)
+    loop.some_attribute = 1  # type: ignore[attr-defined]
+    del loop.some_attribute  # type: ignore[attr-defined]
+    assert loop.__dict__ == paths
+    # Deleted, the clock is asyncio's again: the runner's is put back.
+    del loop.time
+    assert loop.__dict__ == paths
+
+
 def test_a_wait_longer_than_the_clock_counts_waits_until_woken(loop: ErlangEventLoop) -> None:
     # 1e20 s is past what the clock can add (a Rust panic, once): as the
     # stdlib's select with a huge timeout, it waits for an event.
