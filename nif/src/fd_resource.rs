@@ -8,10 +8,18 @@
 //! whenever it likes and the OS may hand the number out again at once: our
 //! duplicate keeps a different number until the stop callback closes it, so a
 //! reused number never meets a stale poll-set entry.
+//!
+//! The duplicate is made when the handle is opened, the resource only when
+//! the fd is first selected (by the serving process, on a scheduler): a
+//! resource whose last reference goes on a thread of ours has its
+//! destructor scheduled on an Erlang scheduler, which is woken for it (a
+//! write to the poller's wake-up pipe and a scheduler's wake-up), and a
+//! Python loop's epoll fd, opened with the loop, is never selected by most
+//! loops made per call.
 
 use std::os::fd::RawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,8 +102,23 @@ impl FdResource {
         // SAFETY: `fd` is our own duplicate, closed exactly once: by whoever
         // moved `state` to `STATE_CLOSED`.
         unsafe { libc::close(self.fd) };
-        let _closes = lock(&CLOSES);
         self.released.store(true, Ordering::Release);
+        notify_closed();
+    }
+}
+
+/// Threads in [`wait_closed`] now: with none, a close wakes nobody (a
+/// condvar's notify is a syscall each time).
+static CLOSE_WAITERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Wakes [`wait_closed`]'s waiters after a duplicate was closed.
+fn notify_closed() {
+    // A fence on each side (the waiter's after it counts itself): either
+    // this load sees the waiter, which is then woken under `CLOSES` after
+    // its look, or the waiter's look comes after the close and sees it.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if CLOSE_WAITERS.load(Ordering::SeqCst) > 0 {
+        let _closes = lock(&CLOSES);
         CLOSED.notify_all();
     }
 }
@@ -105,24 +128,28 @@ impl FdResource {
 pub fn wait_closed(handles: &[SelectHandle], timeout: Duration) -> bool {
     let give_up = Instant::now() + timeout;
     let mut closes = lock(&CLOSES);
-    loop {
-        // Looked at under the lock that `close_once` takes after closing:
-        // a close after this look wakes the wait below.
-        let all_closed = handles.iter().all(|handle| {
-            downcast(handle).is_none_or(|fd| fd.resource().released.load(Ordering::Acquire))
-        });
+    CLOSE_WAITERS.fetch_add(1, Ordering::SeqCst);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let closed = loop {
+        // Looked at under the lock that `notify_closed` takes after a
+        // close: a close after this look wakes the wait below.
+        let all_closed = handles
+            .iter()
+            .all(|handle| downcast(handle).is_none_or(FdHandle::released));
         if all_closed {
-            return true;
+            break true;
         }
         let left = give_up.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return false;
+            break false;
         }
         closes = CLOSED
             .wait_timeout(closes, left)
             .unwrap_or_else(|e| e.into_inner())
             .0;
-    }
+    };
+    CLOSE_WAITERS.fetch_sub(1, Ordering::SeqCst);
+    closed
 }
 
 /// Registers the resource type; called from the NIF `load`.
@@ -169,32 +196,89 @@ unsafe extern "C" fn fd_stop(
     resource.close_once();
 }
 
-/// One counted reference to an fd resource, usable from any thread.
-pub struct FdHandle {
-    object: *mut FdResource,
+/// What an [`FdHandle`] holds.
+enum Held {
+    /// The duplicate, before any select: no resource made yet.
+    Fd(RawFd),
+    /// One counted reference to the resource, which owns the duplicate.
+    Resource(*mut FdResource),
+    /// The duplicate was closed before any select.
+    Closed,
 }
 
-// SAFETY: the object is immutable apart from atomics and a mutex, and the VM's resource
-// reference counting is thread-safe.
+/// One handle on a watched fd's duplicate, usable from any thread: the
+/// duplicate alone until the fd is first selected, then a counted
+/// reference to its resource.
+pub struct FdHandle {
+    token: u64,
+    held: Mutex<Held>,
+}
+
+// SAFETY: the resource object is immutable apart from atomics and a mutex,
+// the VM's resource reference counting is thread-safe, and `held` is only
+// read or changed under its lock.
 unsafe impl Send for FdHandle {}
 // SAFETY: as above.
 unsafe impl Sync for FdHandle {}
 
 impl Drop for FdHandle {
     fn drop(&mut self) {
-        // SAFETY: we hold one reference, released exactly once.
-        unsafe { enif_release_resource(self.object as *mut _) };
+        match *self.held.get_mut().unwrap_or_else(|e| e.into_inner()) {
+            // SAFETY: our duplicate, never selected, closed once: here.
+            Held::Fd(fd) => unsafe {
+                libc::close(fd);
+            },
+            // SAFETY: we hold one reference, released exactly once.
+            Held::Resource(object) => unsafe { enif_release_resource(object as *mut _) },
+            Held::Closed => {}
+        }
     }
 }
 
 impl FdHandle {
-    fn resource(&self) -> &FdResource {
-        // SAFETY: our reference keeps the object alive.
-        unsafe { &*self.object }
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The resource, if the fd was selected.
+    fn resource(&self) -> Option<&FdResource> {
+        match *self.held() {
+            // SAFETY: our reference keeps the object alive as long as we
+            // live, and `held` never leaves `Resource` once there.
+            Held::Resource(object) => Some(unsafe { &*object }),
+            _ => None,
+        }
+    }
+
+    /// The resource, made now (owning the duplicate) if the fd was never
+    /// selected; `None` if the duplicate was closed unselected.
+    fn resource_for_select(&self) -> Option<&FdResource> {
+        let mut held = self.held();
+        let object = match *held {
+            Held::Resource(object) => object,
+            Held::Closed => return None,
+            Held::Fd(fd) => {
+                let object = alloc_resource(fd, self.token);
+                *held = Held::Resource(object);
+                object
+            }
+        };
+        // SAFETY: as in `resource`.
+        Some(unsafe { &*object })
     }
 
     pub fn token(&self) -> u64 {
-        self.resource().token
+        self.token
+    }
+
+    /// Whether the duplicate is closed (see [`wait_closed`]).
+    fn released(&self) -> bool {
+        match *self.held() {
+            Held::Fd(_) => false,
+            Held::Closed => true,
+            // SAFETY: as in `resource`.
+            Held::Resource(object) => unsafe { &*object }.released.load(Ordering::Acquire),
+        }
     }
 
     /// Closes the fd now if it never entered the BEAM's poll set, as a
@@ -202,14 +286,37 @@ impl FdHandle {
     /// beside a `select` of the fd on another thread: whichever of the two
     /// comes first wins, and a select after this close is a no-op.
     pub fn close_if_never_selected(&self) -> bool {
-        self.resource().close_if_fresh()
+        let mut held = self.held();
+        match *held {
+            Held::Fd(fd) => {
+                *held = Held::Closed;
+                drop(held);
+                // SAFETY: our duplicate, never selected, closed once: here
+                // (`held` no longer names it).
+                unsafe { libc::close(fd) };
+                notify_closed();
+                true
+            }
+            Held::Closed => true,
+            // SAFETY: as in `resource`.
+            Held::Resource(object) => unsafe { &*object }.close_if_fresh(),
+        }
     }
 
     /// Makes `op` with the calling process's env (`pid` receives the
     /// `{select, Resource, Ref, ready_input | ready_output}` messages).
     /// Returns the raw `enif_select` result (negative on failure).
     pub fn select(&self, env: Env<'_>, op: SelectOp, pid: &ErlNifPid, reference: Term<'_>) -> i32 {
-        let resource = self.resource();
+        if op == SelectOp::Stop && self.resource().is_none() {
+            // Never selected: closed here, as the stop callback would.
+            self.close_if_never_selected();
+            return 0;
+        }
+        let Some(resource) = self.resource_for_select() else {
+            // Closed unselected (see `LoopHost::close_unselected`): nothing
+            // to watch.
+            return 0;
+        };
         let _serial = resource
             .selecting
             .lock()
@@ -231,7 +338,7 @@ impl FdHandle {
                     | (if write { ERL_NIF_SELECT_WRITE } else { 0 })
             }
             SelectOp::Stop => {
-                if self.close_if_never_selected() {
+                if resource.close_if_fresh() {
                     return 0;
                 }
                 ERL_NIF_SELECT_STOP
@@ -244,7 +351,7 @@ impl FdHandle {
                 env.as_c_arg(),
                 resource.fd,
                 flags,
-                self.object as *mut _,
+                resource as *const FdResource as *mut _,
                 pid,
                 reference.as_c_arg(),
             )
@@ -252,10 +359,10 @@ impl FdHandle {
     }
 }
 
-/// A new resource owning a duplicate of `fd`.
+/// A new handle owning a duplicate of `fd` (its resource is made at its
+/// first select).
 pub fn open(fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
-    let resource_type = FD_RESOURCE_TYPE.load(Ordering::Acquire);
-    if resource_type.is_null() {
+    if FD_RESOURCE_TYPE.load(Ordering::Acquire).is_null() {
         return Err(std::io::Error::other("py_nif is not loaded"));
     }
     if fd < 0 {
@@ -266,7 +373,17 @@ pub fn open(fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
     if duplicate < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: the type is registered; the size is our struct's.
+    Ok(Arc::new(FdHandle {
+        token,
+        held: Mutex::new(Held::Fd(duplicate)),
+    }))
+}
+
+/// A resource owning the duplicate `fd`, with one reference: the caller's.
+fn alloc_resource(fd: RawFd, token: u64) -> *mut FdResource {
+    let resource_type = FD_RESOURCE_TYPE.load(Ordering::Acquire);
+    // SAFETY: the type is registered (checked when the handle was opened);
+    // the size is our struct's.
     let object = unsafe { enif_alloc_resource(resource_type, std::mem::size_of::<FdResource>()) }
         as *mut FdResource;
     // SAFETY: freshly allocated, suitably sized memory (the VM aligns resource
@@ -275,7 +392,7 @@ pub fn open(fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
         ptr::write(
             object,
             FdResource {
-                fd: duplicate,
+                fd,
                 token,
                 state: AtomicU8::new(STATE_FRESH),
                 released: AtomicBool::new(false),
@@ -283,7 +400,7 @@ pub fn open(fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
             },
         )
     };
-    Ok(Arc::new(FdHandle { object }))
+    object
 }
 
 /// The handle behind a resource term (for readiness messages), or `None`
@@ -305,8 +422,11 @@ pub fn from_term(term: Term<'_>) -> Option<FdHandle> {
     }
     // SAFETY: a live object; the new handle takes its own reference.
     unsafe { enif_keep_resource(object) };
+    let object = object as *mut FdResource;
     Some(FdHandle {
-        object: object as *mut FdResource,
+        // SAFETY: a live object of our type, kept by the reference above.
+        token: unsafe { &*object }.token,
+        held: Mutex::new(Held::Resource(object)),
     })
 }
 
