@@ -37,6 +37,7 @@
          python_loop_refuses_low_level_timers/1, routed_signals_reach_python_loops/1,
          routes_from_before_a_restart_leave_the_new_ones_alone/1,
          a_placement_lost_with_the_placer_is_asked_again/1,
+         a_default_loop_is_placed_when_it_first_needs_a_worker/1,
          the_placer_outlives_the_worker_supervisor/1,
          a_thread_s_loop_whose_worker_died_is_replaced/1,
          a_placement_asked_twice_is_taken_once/1,
@@ -81,6 +82,7 @@ all() ->
      python_loop_refuses_low_level_timers, routed_signals_reach_python_loops,
      routes_from_before_a_restart_leave_the_new_ones_alone,
      a_placement_lost_with_the_placer_is_asked_again,
+     a_default_loop_is_placed_when_it_first_needs_a_worker,
      the_placer_outlives_the_worker_supervisor,
      a_thread_s_loop_whose_worker_died_is_replaced,
      a_placement_asked_twice_is_taken_once, closed_python_loops_are_freed_at_once].
@@ -1354,8 +1356,67 @@ a_placement_lost_with_the_placer_is_asked_again(_Config) ->
          wait_until(fun() -> process_info(Placer, message_queue_len) end,
                     fun({message_queue_len, N}) -> N > 0 end, 10000),
          exit(Placer, kill),
-         receive {made, Made} -> ?assertEqual({ok, <<"ok">>}, Made, Isolated) end
+         receive {made, Made} -> ?assertEqual({ok, <<"ok">>}, Made, Isolated) end,
+         %% The kill is a signal: the next round's placer is the new one.
+         wait_until(fun() -> whereis(py_event_loops) end,
+                    fun(Now) -> is_pid(Now) andalso Now =/= Placer end, 10000)
      end || Isolated <- [false, true]].
+
+%% A default loop is placed when it first sets a timer or sleeps: one that
+%% does neither (`asyncio.run` of a coroutine that awaits nothing slow)
+%% needs no Erlang process at all, here with the placer and the shared
+%% worker both suspended; one that sleeps while its placement is lost
+%% with the placer asks the next placer, and is served (its Erlang timer
+%% armed) before its sleep ends.
+-spec a_default_loop_is_placed_when_it_first_needs_a_worker(ct_suite:ct_config()) -> term().
+a_default_loop_is_placed_when_it_first_needs_a_worker(_Config) ->
+    Placer = whereis(py_event_loops),
+    Default = whereis(py_event_default),
+    erlang:suspend_process(Placer),
+    ok = sys:suspend(Default),
+    try
+        ok = py:exec(<<"
+import asyncio, erlang_loop
+async def _nothing_slow():
+    await asyncio.sleep(0)
+    return 'ok'
+def _cycles():
+    for _ in range(50):
+        loop = erlang_loop.ErlangEventLoop()
+        try:
+            assert loop.run_until_complete(_nothing_slow()) == 'ok'
+        finally:
+            loop.close()
+    return [asyncio.run(_nothing_slow()) for _ in range(50)] == ['ok'] * 50
+">>),
+        ?assertEqual({ok, true}, py:eval(<<"_cycles()">>)),
+        ?assertEqual({message_queue_len, 0}, process_info(Placer, message_queue_len)),
+        ?assertEqual({message_queue_len, 0}, process_info(Default, message_queue_len))
+    after
+        ok = sys:resume(Default),
+        erlang:resume_process(Placer)
+    end,
+    erlang:suspend_process(Placer),
+    Self = self(),
+    spawn_link(fun() ->
+                       ok = py:exec(<<"
+import asyncio, erlang_loop
+def _sleeps_unplaced():
+    loop = erlang_loop.ErlangEventLoop()
+    try:
+        loop.run_until_complete(asyncio.sleep(1.5))
+        return loop.stats()['timer_arms'] > 0
+    finally:
+        loop.close()
+">>),
+                       Self ! {slept, py:eval(<<"_sleeps_unplaced()">>)}
+               end),
+    wait_until(fun() -> process_info(Placer, message_queue_len) end,
+               fun({message_queue_len, N}) -> N > 0 end, 10000),
+    exit(Placer, kill),
+    receive {slept, Slept} -> ?assertEqual({ok, true}, Slept) end,
+    wait_until(fun() -> whereis(py_event_loops) end,
+               fun(Now) -> is_pid(Now) andalso Now =/= Placer end, 10000).
 
 %% The placer waiting on the isolated workers' supervisor when that dies
 %% lives on (it was taken down with it: two restarts of the top

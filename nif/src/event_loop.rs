@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use erlang_python::io::core::{ASK_SERVER_AGAIN_AFTER, SERVER_TIMEOUT};
 use erlang_python::io::{
     Event, EventKind, Look, LoopCore, LoopHost, SelectHandle, SelectRequest, WaitError, Wake,
 };
@@ -56,14 +57,6 @@ static LOOP_PLACER: Mutex<Option<LocalPid>> = Mutex::new(None);
 /// another registers (see `poll_events_watch`).
 const WATCHERS_PRUNED_AT: usize = 64;
 
-/// How long a new Python loop waits for its Erlang worker.
-const SERVED_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How often a new Python loop that no worker serves yet asks to be placed
-/// again: the request may have been lost with a placer or a worker that
-/// died (placing is done once however many requests arrive).
-const PLACE_AGAIN_AFTER: Duration = Duration::from_millis(500);
-
 pub fn set_tick_ns(tick_ns: u64) {
     TICK_NS.store(tick_ns, Ordering::Relaxed);
 }
@@ -85,9 +78,53 @@ struct NifHost {
     /// sent `{py_loop_ready, Token}` once when the loop has news for them
     /// (see `tell_watchers`).
     watchers: Mutex<Vec<(u64, LocalPid)>>,
+    /// A Python loop's resource (see [`PythonResource`]).
+    resource: Mutex<PythonResource>,
+    /// This host, for a resource made later.
+    me: Weak<NifHost>,
+}
+
+/// The `LoopRef` of a Python loop, which only its placement and its
+/// worker need: made when the loop is placed (an isolated one when it is
+/// made, a default one when it first sets a timer or sleeps), so that a
+/// loop made, run and closed without either makes no Erlang resource, whose last
+/// reference, let go of on a Python thread, would wake a scheduler to run
+/// its destructor.
+enum PythonResource {
+    /// Not needed yet (and never for a loop of the low-level API).
+    Unmade,
+    /// Made: held until the loop closes, as its worker holds it while it
+    /// serves the loop. A reference to the resource that owns this host,
+    /// let go of when the loop closes, which every Python loop does
+    /// (`close()`, or its drop).
+    Made(ResourceArc<LoopResource>),
+    /// The loop closed: none is made any more.
+    Released,
 }
 
 impl NifHost {
+    /// A Python loop's `LoopRef`, made now if it was not yet; `None` once
+    /// the loop closed.
+    fn python_resource(&self) -> Option<ResourceArc<LoopResource>> {
+        let mut held = lock(&self.resource);
+        match &*held {
+            PythonResource::Made(resource) => Some(resource.clone()),
+            PythonResource::Released => None,
+            PythonResource::Unmade => {
+                let core = self.core.get().and_then(Weak::upgrade)?;
+                let host = self.me.upgrade()?;
+                let resource = ResourceArc::new(LoopResource {
+                    core,
+                    host,
+                    python: true,
+                    timer_salt: timer_salt(self.loop_id),
+                });
+                *held = PythonResource::Made(resource.clone());
+                Some(resource)
+            }
+        }
+    }
+
     /// The stops the core owes, for a process other than the (gone) server.
     fn take_orphan_stops(&self) -> Vec<SelectRequest> {
         self.core
@@ -126,6 +163,12 @@ impl LoopHost for NifHost {
     }
 
     fn deliver(&self, wake: Wake) -> bool {
+        if wake.closed {
+            // Dropped with no lock of ours held: it may be the last
+            // reference, whose destructor locks the loop.
+            let resource = std::mem::replace(&mut *lock(&self.resource), PythonResource::Released);
+            drop(resource);
+        }
         if rustler::thread::is_scheduler_thread() {
             // An OwnedEnv cannot send from there.
             tracing::error!(
@@ -151,6 +194,11 @@ impl LoopHost for NifHost {
 
     fn wait_closed(&self, handles: &[SelectHandle], timeout: Duration) -> bool {
         fd_resource::wait_closed(handles, timeout)
+    }
+
+    fn request_server(&self) -> bool {
+        self.python_resource()
+            .is_some_and(|resource| ask_placer(&resource, false).is_ok())
     }
 
     fn close_unselected(&self, handle: &SelectHandle) -> bool {
@@ -225,11 +273,13 @@ fn lose_server(env: Env<'_>, host: &NifHost, core: &LoopCore, pid: LocalPid) {
 impl LoopResource {
     fn new(python: bool) -> std::io::Result<LoopResource> {
         let loop_id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
-        let host = Arc::new(NifHost {
+        let host = Arc::new_cyclic(|me| NifHost {
             loop_id,
             server: Mutex::new(None),
             core: OnceLock::new(),
             watchers: Mutex::new(Vec::new()),
+            resource: Mutex::new(PythonResource::Unmade),
+            me: me.clone(),
         });
         let tick_ns = TICK_NS.load(Ordering::Relaxed);
         let core = if python {
@@ -331,57 +381,75 @@ fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
 fn wait_error_atom(error: WaitError) -> Atom {
     match error {
         WaitError::Closed => atoms::closed(),
-        WaitError::ServerDown => server_down(),
+        // Only Python loops are placed lazily; the low-level API never
+        // sees it.
+        WaitError::ServerDown | WaitError::NoServer => server_down(),
     }
 }
 
 // ---- Python-created loops ----
 
+fn not_running() -> std::io::Error {
+    std::io::Error::other("erlang_python is not running")
+}
+
+/// Asks `py_event_loops` to place the Python loop `resource`.
+fn ask_placer(resource: &ResourceArc<LoopResource>, isolated: bool) -> std::io::Result<()> {
+    let placer = placer().ok_or_else(not_running)?;
+    OwnedEnv::new()
+        .send_and_clear(&placer, |env| {
+            (py_loop_new(), resource.clone(), isolated).encode(env)
+        })
+        .map_err(|_| not_running())
+}
+
 /// The factory behind `_erlang_loop.new_loop`: a loop resource, placed on an
-/// Erlang worker by `py_event_loops` (shared for default loops, its own for
-/// isolated ones). Runs on a Python thread with the GIL released.
+/// Erlang worker by `py_event_loops`. A default loop (on the shared worker)
+/// asks for it when it first sets a timer or sleeps
+/// (`LoopCore::defer_server`): many loops
+/// made per call never do, and placing one, and then waiting in `close()`
+/// for its worker, were cross-thread round trips that cost more than the
+/// stdlib loop's whole life. An isolated loop is placed now (a worker of its
+/// own, started under `py_event_worker_sup`). Runs on a Python thread with
+/// the GIL released.
 pub fn python_loop_factory(isolated: bool) -> std::io::Result<NativeLoop> {
-    let not_running = || std::io::Error::other("erlang_python is not running");
-    let resource = ResourceArc::new(LoopResource::new(true)?);
-    let ask_placer = || {
-        let placer = lock(&LOOP_PLACER).ok_or_else(not_running)?;
-        OwnedEnv::new()
-            .send_and_clear(&placer, |env| {
-                (py_loop_new(), resource.clone(), isolated).encode(env)
-            })
-            .map_err(|_| not_running())
-    };
-    ask_placer()?;
-    let give_up = Instant::now() + SERVED_TIMEOUT;
+    if placer().is_none() {
+        return Err(not_running());
+    }
+    let LoopResource { core, host, .. } = LoopResource::new(true)?;
+    if isolated {
+        let resource = host.python_resource().ok_or_else(not_running)?;
+        place_now(&resource)?;
+    } else {
+        core.defer_server();
+    }
+    let loop_id = host.loop_id;
+    tracing::debug!(loop_id, isolated, "python event loop created");
+    Ok(NativeLoop::new(core, Box::new(host), loop_id, isolated))
+}
+
+/// Has an isolated loop placed, and waits until its worker serves it.
+fn place_now(resource: &ResourceArc<LoopResource>) -> std::io::Result<()> {
+    ask_placer(resource, true)?;
+    let give_up = Instant::now() + SERVER_TIMEOUT;
     let served = loop {
         let left = give_up.saturating_duration_since(Instant::now());
-        let served = resource.core.wait_served(PLACE_AGAIN_AFTER.min(left));
+        let served = resource.core.wait_served(ASK_SERVER_AGAIN_AFTER.min(left));
         if served || left.is_zero() || resource.core.is_closed() {
             break served;
         }
         // A placer restarting is registered again in a moment.
-        let _ = ask_placer();
+        let _ = ask_placer(resource, true);
     };
-    if !served {
-        // A worker that took the loop at the last moment is told, and ends.
-        let _ = resource.core.host().deliver(resource.core.close());
-        tracing::error!(
-            loop_id = resource.host.loop_id,
-            isolated,
-            "no worker took the loop"
-        );
-        return Err(std::io::Error::other(
-            "no Erlang worker took the event loop",
-        ));
+    if served {
+        return Ok(());
     }
-    tracing::debug!(
-        loop_id = resource.host.loop_id,
-        isolated,
-        "python event loop created"
-    );
-    let core = Arc::clone(&resource.core);
-    let loop_id = resource.host.loop_id;
-    Ok(NativeLoop::new(core, Box::new(resource), loop_id, isolated))
+    // A worker that took the loop at the last moment is told, and ends.
+    let _ = resource.core.host().deliver(resource.core.close());
+    tracing::error!(loop_id = resource.host.loop_id, "no worker took the loop");
+    Err(std::io::Error::other(
+        "no Erlang worker took the event loop",
+    ))
 }
 
 /// The `py_event_loops` server, if the application runs.
@@ -436,7 +504,7 @@ fn event_loop_set_router<'a>(
 /// `event_loop_adopt(LoopRef, Pid)` -> `ok`: `event_loop_set_router`, unless
 /// another live process serves the loop already: `{error, served}`, and
 /// nothing changes. How the workers take a Python loop, whose placement
-/// may be asked for more than once (see `PLACE_AGAIN_AFTER`).
+/// may be asked for more than once (see `ASK_SERVER_AGAIN_AFTER`).
 #[rustler::nif]
 fn event_loop_adopt<'a>(
     env: Env<'a>,

@@ -29,6 +29,10 @@ pub enum WaitError {
     /// The Erlang process serving the loop died: no timer or fd event can
     /// arrive any more.
     ServerDown,
+    /// A loop placed lazily (see [`LoopCore::defer_server`]) found no
+    /// process to ask, or none took it within about [`SERVER_TIMEOUT`] of
+    /// its sleeps.
+    NoServer,
 }
 
 impl std::fmt::Display for WaitError {
@@ -38,6 +42,10 @@ impl std::fmt::Display for WaitError {
             WaitError::ServerDown => {
                 write!(f, "the Erlang process serving this event loop died")
             }
+            WaitError::NoServer => write!(
+                f,
+                "no Erlang worker took the event loop (is erlang_python running?)"
+            ),
         }
     }
 }
@@ -89,6 +97,39 @@ pub(crate) fn release_if_drained<T>(queue: &mut VecDeque<T>) {
     }
 }
 
+/// How a loop comes by its serving process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Its creator attaches one ([`LoopCore::set_served`]); the loop asks
+    /// for nothing.
+    ByCreator,
+    /// Asked for from the host when the loop first sets a timer or sleeps,
+    /// not before: a loop that does neither (made, run to a result without
+    /// waiting, and closed, as `asyncio.run` of a coroutine that awaits
+    /// nothing slow) has no use for one, and each placement is a round trip
+    /// through Erlang processes. See [`LoopCore::defer_server`].
+    Deferred,
+    /// Asked for `asks` times, last at `last`, and not served yet.
+    Asked { asks: u32, last: Instant },
+    /// Nobody could be asked, or nobody took the loop in time: its waits fail
+    /// with [`WaitError::NoServer`].
+    Failed,
+}
+
+/// How often a sleeping loop that no process serves yet asks its host again:
+/// a request may be lost with a placer or a worker that died (one placement
+/// is made however many requests arrive).
+pub const ASK_SERVER_AGAIN_AFTER: Duration = Duration::from_millis(500);
+
+/// How long a loop asks for a serving process before giving up.
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests a lazily placed loop makes before it gives up: asked again
+/// only while it sleeps, about [`SERVER_TIMEOUT`] of sleeping unserved
+/// (however long it ran busy since its first request).
+const ASKS_BEFORE_GIVING_UP: u32 =
+    (SERVER_TIMEOUT.as_millis() / ASK_SERVER_AGAIN_AFTER.as_millis()) as u32;
+
 struct State {
     /// Timers; payload = the caller's callback id.
     wheel: Wheel<u64>,
@@ -113,6 +154,7 @@ struct State {
     arm_slack_ns: u64,
     /// A serving process exists (timers are armed only then).
     served: bool,
+    placement: Placement,
     server_down: bool,
     wakeup_requested: bool,
     closed: bool,
@@ -140,6 +182,7 @@ impl LoopCore {
                 armed_deadline: None,
                 arm_slack_ns: 0,
                 served: false,
+                placement: Placement::ByCreator,
                 server_down: false,
                 wakeup_requested: false,
                 closed: false,
@@ -205,6 +248,12 @@ impl LoopCore {
             self.notify(&state);
         }
         let wake = state.arm_timer(now_monotonic_ns);
+        // A loop placed lazily is placed with its first timer, whose
+        // backstop (and the tick that queues it while the loop's thread
+        // is busy) is an Erlang timer.
+        if state.placement == Placement::Deferred && !state.served {
+            drop(self.ask_for_server(state, 0));
+        }
         Ok((key, wake))
     }
 
@@ -625,6 +674,32 @@ impl LoopCore {
                 state = self.deliver_unlocked(state, wake);
                 continue;
             }
+            // A loop placed lazily needs its server now: its fds reach it
+            // through the BEAM while it sleeps, and its timer's backstop is
+            // an Erlang timer. Not waited for: the sleep is bounded by the
+            // wheel's deadline, and the server makes the selects owed when
+            // it comes; asked again while it does not.
+            match state.placement {
+                Placement::Deferred if !state.served => {
+                    state = self.ask_for_server(state, 0);
+                    continue;
+                }
+                Placement::Asked { asks, last } if !state.served => {
+                    let now = Instant::now();
+                    let again_at = last + ASK_SERVER_AGAIN_AFTER;
+                    if now >= again_at {
+                        if asks >= ASKS_BEFORE_GIVING_UP {
+                            state.placement = Placement::Failed;
+                        } else {
+                            state = self.ask_for_server(state, asks);
+                        }
+                        continue;
+                    }
+                    let until_again = again_at - now;
+                    limit = Some(limit.map_or(until_again, |l| l.min(until_again)));
+                }
+                _ => {}
+            }
             slept = true;
             state.waiters += 1;
             state.stats.sleeping += 1;
@@ -653,6 +728,36 @@ impl LoopCore {
         drop(state);
         let _ = self.host.deliver(wake);
         self.lock()
+    }
+
+    /// Asks the host for a serving process, with the loop unlocked; locks
+    /// it again (the caller looks at the state anew). `asks`: how many
+    /// times the loop asked before.
+    fn ask_for_server<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        asks: u32,
+    ) -> MutexGuard<'a, State> {
+        drop(state);
+        let asked = self.host.request_server();
+        let mut state = self.lock();
+        if !state.served {
+            let now = Instant::now();
+            state.placement = if asked {
+                Placement::Asked {
+                    asks: asks + 1,
+                    last: now,
+                }
+            } else {
+                tracing::warn!("a loop found no Erlang process to serve it");
+                Placement::Failed
+            };
+            // Woken by a failure, the other waiters see it.
+            if !asked {
+                self.ready.notify_all();
+            }
+        }
+        state
     }
 
     /// A new epoll set for the loop, without the leftover registration a
@@ -759,6 +864,9 @@ impl LoopCore {
             }
         }
         state.served = true;
+        if state.placement != Placement::ByCreator {
+            state.placement = Placement::Deferred;
+        }
         state.server_down = false;
         state.armed_deadline = None;
         self.ready.notify_all();
@@ -768,6 +876,17 @@ impl LoopCore {
             wake.apply_selects = true;
         }
         wake
+    }
+
+    /// Makes the loop ask its host for a serving process
+    /// ([`LoopHost::request_server`]) only when it first sets a timer or
+    /// sleeps, instead of being given one by its creator. Call it before the
+    /// loop is used.
+    pub fn defer_server(&self) {
+        let mut state = self.lock();
+        if !state.served && state.placement == Placement::ByCreator {
+            state.placement = Placement::Deferred;
+        }
     }
 
     /// The serving process died: waiters fail with `ServerDown`.
@@ -781,10 +900,11 @@ impl LoopCore {
         self.lock().closed
     }
 
-    /// Served once, and that server died since.
+    /// Served once, and that server died since; or never served, and never
+    /// will be (see [`WaitError::NoServer`]).
     pub fn server_lost(&self) -> bool {
         let state = self.lock();
-        state.served && state.server_down
+        (state.served && state.server_down) || state.placement == Placement::Failed
     }
 
     /// Open and never served: a loop still waiting for its first server.
@@ -813,16 +933,23 @@ impl LoopCore {
         let mut stops = state.fds.remove_all();
         // The epoll fd closes now, not when the last reference to the core
         // (an Erlang term, say) is collected; the BEAM's duplicate of it
-        // leaves the poll set with the stop.
+        // leaves the poll set with the stop, or closes here if it never
+        // entered it (a loop that never slept with fds watched): then
+        // nothing is owed to the server, and `close()` waits for nobody.
         if let Some(stop) = state.poller.take().and_then(|mut poller| poller.stop()) {
-            stops.push(stop);
+            state
+                .selects
+                .retain(|queued| !Arc::ptr_eq(&queued.handle, &stop.handle));
+            if !self.host.close_unselected(&stop.handle) {
+                stops.push(stop);
+            }
         }
         let stopping = stops.iter().map(|stop| stop.handle.clone()).collect();
         state.selects.extend(stops);
         state.polled.clear();
         state.pending.retain(|event| event.kind == EventKind::Timer);
         state.stats.fds = 0;
-        self.ready.notify_all();
+        self.notify(&state);
         let wake = Wake {
             arm_timer_ms: None,
             apply_selects: !state.selects.is_empty(),
@@ -872,6 +999,8 @@ impl State {
             Err(WaitError::Closed)
         } else if self.server_down {
             Err(WaitError::ServerDown)
+        } else if self.placement == Placement::Failed {
+            Err(WaitError::NoServer)
         } else {
             Ok(())
         }

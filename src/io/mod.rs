@@ -115,6 +115,15 @@ pub trait LoopHost: Send + Sync {
         true
     }
 
+    /// Asks for a process to serve the loop (a loop made with
+    /// [`LoopCore::defer_server`], setting its first timer or about to
+    /// sleep), without waiting for it:
+    /// it attaches later ([`LoopCore::set_served`]). False if nobody can be
+    /// asked. May be called again while none came (a request may be lost).
+    fn request_server(&self) -> bool {
+        false
+    }
+
     /// Closes the duplicate fd of `handle` now if no select of it was ever
     /// made, and from then on refuses to select it; true if so (its stop is
     /// then owed to nobody). False if a select was made: only a stop may

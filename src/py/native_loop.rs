@@ -73,8 +73,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 #[pyclass(module = "_erlang_loop", name = "NativeLoop", frozen)]
 pub struct NativeLoop {
     core: Arc<LoopCore>,
-    /// The host's object for this loop (the NIF resource), kept alive for as
-    /// long as Python holds the loop.
+    /// The host's object for this loop (the NIF's host, which makes the
+    /// loop's Erlang resource when it is placed), kept alive for as long as
+    /// Python holds the loop.
     _host_object: Box<dyn Any + Send + Sync>,
     loop_id: u64,
     isolated: bool,
@@ -372,7 +373,8 @@ impl NativeLoop {
     /// Closes the native loop: fd selects stop, waiters fail. Returns once
     /// the BEAM's duplicate of the loop's epoll fd is closed (its serving
     /// process makes the stop; at most `CLOSE_WAIT`), so that the loop's
-    /// fds are released when `close()` returns, as a stdlib loop's are.
+    /// fds are released when `close()` returns, as a stdlib loop's are; at
+    /// once if that fd never entered the BEAM's poll set (closed here).
     /// Idempotent.
     fn close(&self, py: Python<'_>) {
         tracing::debug!(loop_id = self.loop_id, "python event loop closed");

@@ -14,6 +14,9 @@ struct FakeHost {
     /// the tokens of handles selected (by `apply_selects`) and of those
     /// closed unselected.
     closes_unselected: Option<StdMutex<(Vec<u64>, Vec<u64>)>>,
+    /// `request_server` calls, and whether they find someone to ask.
+    server_requests: std::sync::atomic::AtomicUsize,
+    refuses_requests: bool,
 }
 
 impl LoopHost for FakeHost {
@@ -24,6 +27,11 @@ impl LoopHost for FakeHost {
     fn deliver(&self, wake: Wake) -> bool {
         self.delivered.lock().unwrap().push(wake);
         true
+    }
+
+    fn request_server(&self) -> bool {
+        self.server_requests.fetch_add(1, Ordering::SeqCst);
+        !self.refuses_requests
     }
 
     fn close_unselected(&self, handle: &SelectHandle) -> bool {
@@ -942,4 +950,138 @@ fn poll_ready_looks_without_waiting() {
         core.poll_ready(true, false),
         Err(WaitError::Closed)
     ));
+}
+
+/// A loop placed lazily, on a host that closes handles never selected.
+fn new_deferred_loop(refuses_requests: bool) -> (Arc<LoopCore>, Arc<FakeHost>) {
+    let host = Arc::new(FakeHost {
+        closes_unselected: Some(StdMutex::default()),
+        refuses_requests,
+        ..FakeHost::default()
+    });
+    let core = LoopCore::with_own_poller(1_000_000, host.clone()).unwrap();
+    core.defer_server();
+    (Arc::new(core), host)
+}
+
+fn server_requests(host: &FakeHost) -> usize {
+    host.server_requests.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_deferred_loop_asks_for_its_server_when_it_first_sleeps_and_not_before() {
+    let (core, host) = new_deferred_loop(false);
+    let mut out = Vec::new();
+    // Busy iterations (looks without a wait) and fds: no server.
+    let (a, _b) = UnixStream::pair().unwrap();
+    core.add_interest(a.as_raw_fd(), EventKind::Read, 1)
+        .unwrap();
+    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16, true)
+        .unwrap();
+    assert_eq!(server_requests(&host), 0);
+    // Its first sleep asks, and is not held up by it.
+    core.prepare_and_wait(Some(Duration::from_millis(2)), &mut out, 16, true)
+        .unwrap();
+    assert_eq!(server_requests(&host), 1);
+    assert_eq!(arms_delivered(&host), 0, "nobody to tell yet");
+    // The server that comes makes the epoll fd's select owed meanwhile.
+    let wake = core.set_served();
+    assert!(wake.apply_selects);
+    assert_eq!(
+        host.apply_selects(&core),
+        [SelectOp::Arm {
+            read: true,
+            write: false
+        }]
+    );
+    // Served: later sleeps ask nothing more.
+    core.insert_timer(now_monotonic_ns() + ms(2), 3).unwrap();
+    out.clear();
+    while out.is_empty() {
+        core.prepare_and_wait(Some(Duration::from_secs(30)), &mut out, 16, true)
+            .unwrap();
+    }
+    assert_eq!(server_requests(&host), 1);
+    // Its epoll fd was selected: its close owes the stop.
+    let (wake, stopping) = core.close_stopping();
+    assert!(wake.apply_selects && wake.closed);
+    assert_eq!(stopping.len(), 1);
+}
+
+#[test]
+fn a_deferred_loop_asks_for_its_server_with_its_first_timer() {
+    let (core, host) = new_deferred_loop(false);
+    let deadline = now_monotonic_ns() + ms(5);
+    let (_, wake) = core.insert_timer(deadline, 1).unwrap();
+    assert!(wake.is_empty(), "no timer armed without a server");
+    assert_eq!(server_requests(&host), 1);
+    core.insert_timer(deadline + ms(1), 2).unwrap();
+    // Asked already: its sleeps ask no more meanwhile, and its timers fire
+    // on time with nobody serving yet.
+    let mut out = Vec::new();
+    while out.len() < 2 {
+        core.prepare_and_wait(Some(Duration::from_secs(30)), &mut out, 16, true)
+            .unwrap();
+    }
+    assert!(now_monotonic_ns() >= deadline + ms(1), "fired early");
+    assert_eq!(server_requests(&host), 1);
+    // The server that comes arms the next timer.
+    core.insert_timer(now_monotonic_ns() + ms(50), 3).unwrap();
+    assert!(core.set_served().arm_timer_ms.is_some());
+}
+
+#[test]
+fn a_deferred_loop_never_placed_closes_its_epoll_fd_itself() {
+    let (core, host) = new_deferred_loop(false);
+    let (a, _b) = UnixStream::pair().unwrap();
+    core.add_interest(a.as_raw_fd(), EventKind::Read, 1)
+        .unwrap();
+    let mut out = Vec::new();
+    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16, true)
+        .unwrap();
+    // Nothing owed to anybody: `close()` has nobody to wait for.
+    let (wake, stopping) = core.close_stopping();
+    assert_eq!(
+        wake,
+        Wake {
+            closed: true,
+            ..Wake::default()
+        }
+    );
+    assert!(stopping.is_empty());
+    assert!(core.take_select_requests().is_empty());
+    assert_eq!(host.closed_unselected(), [POLLER_TOKEN]);
+    assert_eq!(server_requests(&host), 0);
+}
+
+#[test]
+fn a_deferred_loop_asleep_before_its_server_came_drops_the_epoll_fd_s_arm_at_close() {
+    // Slept with fds (the epoll fd's arm queued for a server that never
+    // came), then closed: the arm is void, the fd closed unselected.
+    let (core, host) = new_deferred_loop(false);
+    let (a, _b) = UnixStream::pair().unwrap();
+    core.add_interest(a.as_raw_fd(), EventKind::Read, 1)
+        .unwrap();
+    let mut out = Vec::new();
+    core.prepare_and_wait(Some(Duration::from_millis(5)), &mut out, 16, true)
+        .unwrap();
+    assert_eq!(server_requests(&host), 1);
+    let (wake, stopping) = core.close_stopping();
+    assert!(!wake.apply_selects);
+    assert!(stopping.is_empty());
+    assert!(core.take_select_requests().is_empty());
+    assert_eq!(host.closed_unselected(), [POLLER_TOKEN]);
+}
+
+#[test]
+fn a_deferred_loop_nobody_can_serve_fails_its_sleep_and_counts_as_lost() {
+    let (core, host) = new_deferred_loop(true);
+    let mut out = Vec::new();
+    assert!(!core.server_lost());
+    assert_eq!(
+        core.prepare_and_wait(Some(Duration::from_millis(5)), &mut out, 16, true),
+        Err(WaitError::NoServer)
+    );
+    assert_eq!(server_requests(&host), 1);
+    assert!(core.server_lost(), "its owner replaces it");
 }
