@@ -489,27 +489,18 @@ impl LoopCore {
     /// `prepare_wait` then `wait`, under one lock unless the preparation
     /// has something to tell the server: a busy loop looks once per
     /// iteration, and each lock is an atomic round trip.
-    ///
-    /// `look_at_fds` false skips the look into the epoll set, for a look
-    /// without a wait only (`timeout` zero): a wait always looks.
     pub fn prepare_and_wait(
         &self,
         timeout: Option<Duration>,
         out: &mut Vec<Event>,
         max: usize,
-        look_at_fds: bool,
     ) -> Result<Waited, WaitError> {
         let mut state = self.lock();
         let wake = state.prepare();
         if !wake.is_empty() {
             state = self.deliver_unlocked(state, wake);
         }
-        let io_room = if look_at_fds || timeout != Some(Duration::ZERO) {
-            max
-        } else {
-            0
-        };
-        self.wait_locked(state, timeout, out, max, io_room)
+        self.wait_locked(state, timeout, out, max)
     }
 
     /// Waits until an event is queued, a wake-up is requested, or `timeout`
@@ -521,7 +512,7 @@ impl LoopCore {
         out: &mut Vec<Event>,
         max: usize,
     ) -> Result<Waited, WaitError> {
-        self.wait_locked(self.lock(), timeout, out, max, max)
+        self.wait_locked(self.lock(), timeout, out, max)
     }
 
     /// `wait` with the state already locked.
@@ -531,9 +522,8 @@ impl LoopCore {
         timeout: Option<Duration>,
         out: &mut Vec<Event>,
         max: usize,
-        io_room: usize,
     ) -> Result<Waited, WaitError> {
-        let (mut state, slept, timed_out) = self.block(state, timeout, io_room)?;
+        let (mut state, slept, timed_out) = self.block(state, timeout, max)?;
         let woken = std::mem::take(&mut state.wakeup_requested);
         let before = out.len();
         let more = state.drain(out, max);

@@ -53,8 +53,8 @@ use super::once::cached_attr;
 use super::os_error::{os_error, os_error_err};
 use super::runner::ReadyWatch;
 use super::transport_io::{
-    audit_sendto, call_stock, count_send, fatal_error, is_exit, native_read_size, no_event,
-    plain_socket_fd, PlainSocket, RECV_BUFFER,
+    audit_sendto, call_stock, fatal_error, is_exit, native_read_size, no_event, plain_socket_fd,
+    PlainSocket, RECV_BUFFER,
 };
 
 static READ_READY: MethodDef = MethodDef::noargs(
@@ -220,7 +220,6 @@ fn sent_now(
         }
     };
     if sent >= 0 {
-        count_send();
         return Ok(true);
     }
     let error = std::io::Error::last_os_error();

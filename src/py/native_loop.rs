@@ -225,14 +225,13 @@ impl NativeLoop {
         &self,
         py: Python<'_>,
         timeout: Option<Duration>,
-        look_at_fds: bool,
     ) -> PyResult<(FdEvents, Vec<Event>)> {
         let core = &self.core;
         let mut events: Vec<Event> = Vec::new();
         let waited = if timeout == Some(Duration::ZERO) {
-            core.prepare_and_wait(timeout, &mut events, MAX_EVENTS_PER_WAIT, look_at_fds)
+            core.prepare_and_wait(timeout, &mut events, MAX_EVENTS_PER_WAIT)
         } else {
-            py.detach(|| core.prepare_and_wait(timeout, &mut events, MAX_EVENTS_PER_WAIT, true))
+            py.detach(|| core.prepare_and_wait(timeout, &mut events, MAX_EVENTS_PER_WAIT))
         };
         let mut timers = self.take_fired();
         if let Err(error) = waited {
@@ -348,7 +347,7 @@ impl NativeLoop {
             Some(t) if t <= 0.0 => Some(Duration::ZERO),
             Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
         };
-        let (fds, timers) = self.wait_events(py, timeout, true)?;
+        let (fds, timers) = self.wait_events(py, timeout)?;
         // Python code runs next: an interrupt of the wait needs nothing
         // more (see `interrupt`).
         self.core.take_interrupt();

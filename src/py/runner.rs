@@ -34,7 +34,6 @@ use super::native_loop::{deadline_ns, NativeLoop, EVENT_READ, EVENT_WRITE};
 use super::once::cached_attr;
 use super::running_loop;
 use super::task_steps::is_fresh_task_step;
-use super::transport_io;
 use crate::io::core::release_if_drained;
 use crate::io::{Event, LoopCore};
 
@@ -91,11 +90,6 @@ pub struct LoopRunner {
     /// Inside `run_once` (see `run_once`: only the outermost call runs
     /// more than one iteration).
     in_run_once: bool,
-    /// This thread's count of native sends when the last iteration's
-    /// callbacks began (see `poll_io`).
-    sends_seen: u64,
-    /// The last iteration left its look into the epoll set out.
-    skipped_look: bool,
     /// The loop's `__dict__`, where they are.
     loop_dict: Option<Py<PyDict>>,
     /// `{"loop": loop}`, the keyword arguments of every future this runner
@@ -271,38 +265,23 @@ impl LoopRunner {
     /// seen, or neither.
     fn poll_io(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
-        let (loop_, native, busy, loop_dict, quiet) = {
-            let mut this = slf.borrow_mut();
+        let (loop_, native, busy, loop_dict) = {
+            let this = slf.borrow();
             let loop_ = match &this.loop_ {
                 Some(loop_) if !this.closed => loop_.bind(py).clone(),
                 _ => return Err(closed_error()),
             };
             let loop_dict = this.loop_dict.as_ref().map(|d| d.clone_ref(py));
-            let sends = transport_io::sends();
-            let quiet = sends == std::mem::replace(&mut this.sends_seen, sends);
             (
                 loop_,
                 this.native.clone_ref(py),
                 !this.ready.is_empty(),
                 loop_dict,
-                quiet,
             )
         };
-        let stopping = Self::stopping(&loop_, loop_dict)?;
-        let timeout = (busy || stopping).then_some(Duration::ZERO);
-        // A look without a wait right after an iteration whose callbacks
-        // sent nothing (they only read, or woke tasks: a stream's reader)
-        // would most likely find nothing new: left out, once in a row at
-        // most, as if the fds' readiness had come a moment later (the
-        // next iteration looks). A stopping loop always looks: asyncio
-        // promises one look to a `stop()` before `run_forever()`.
-        let look = {
-            let mut this = slf.borrow_mut();
-            let look = !busy || stopping || !quiet || this.skipped_look;
-            this.skipped_look = !look;
-            look
-        };
-        let (fd_events, timers) = native.get().wait_events(py, timeout, look)?;
+        let no_wait = busy || Self::stopping(&loop_, loop_dict)?;
+        let timeout = no_wait.then_some(Duration::ZERO);
+        let (fd_events, timers) = native.get().wait_events(py, timeout)?;
         let fds = if fd_events.is_empty() {
             Ok(())
         } else {
@@ -1038,8 +1017,6 @@ impl LoopRunner {
             installed_call_soon: None,
             installed_run_once: None,
             in_run_once: false,
-            sends_seen: 0,
-            skipped_look: false,
             loop_dict: None,
             future_kwargs: None,
             detached_loop: None,

@@ -49,8 +49,7 @@ use super::method::{call_method, call_method_one_arg, methods_for, MethodDef};
 use super::once::cached_attr;
 use super::os_error::os_error;
 use super::transport_io::{
-    call_stock, count_send, fatal_error, is_exit, native_read_size, no_event, plain_socket_fd,
-    RECV_BUFFER,
+    call_stock, fatal_error, is_exit, native_read_size, no_event, plain_socket_fd, RECV_BUFFER,
 };
 
 static READ_READY: MethodDef = MethodDef::noargs(
@@ -245,9 +244,6 @@ fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> 
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
     };
-    if sent > 0 {
-        count_send();
-    }
     match usize::try_from(sent) {
         Ok(n) if n == bytes.len() => Ok(()),
         // The rest as a view of `data`, not a copy: the buffer copies it

@@ -25,22 +25,6 @@ thread_local! {
     pub(super) static RECV_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; RECV_BUFFER_SIZE].into_boxed_slice());
 }
 
-thread_local! {
-    /// Sends the native transport methods made on this thread (what a
-    /// loop's runner reads to tell whether its callbacks wrote anything).
-    static SENDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// Counts a send of a native transport method.
-pub(super) fn count_send() {
-    SENDS.with(|sends| sends.set(sends.get().wrapping_add(1)));
-}
-
-/// The sends counted on this thread so far.
-pub(crate) fn sends() -> u64 {
-    SENDS.with(std::cell::Cell::get)
-}
-
 /// The transport's `max_size` when a native read can honour it: an int
 /// from 0 to the receive buffer's size. None otherwise (a bigger one, a
 /// negative one, not an int): asyncio's code then reads, as large as asked

@@ -400,7 +400,7 @@ fn prepare_and_wait_tells_the_server_and_returns_what_is_due() {
     let token = token_of(&core.take_select_requests()[0]);
     core.fd_ready(token, EventKind::Read);
     let mut out = Vec::new();
-    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16, true)
+    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
         .unwrap();
     assert_eq!(out.len(), 1, "the fd event");
     // The next look re-arms the fd (told to the server, the loop unlocked
@@ -408,7 +408,7 @@ fn prepare_and_wait_tells_the_server_and_returns_what_is_due() {
     let told = host.delivered.lock().unwrap().len();
     let (key, _) = core.insert_timer(now_monotonic_ns(), 7).unwrap();
     out.clear();
-    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16, true)
+    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
         .unwrap();
     let delivered = host.delivered.lock().unwrap()[told..].to_vec();
     assert!(
@@ -425,7 +425,7 @@ fn prepare_and_wait_tells_the_server_and_returns_what_is_due() {
     assert_eq!(out.iter().map(|event| event.key).collect::<Vec<_>>(), [key]);
     core.close();
     assert_eq!(
-        core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16, true),
+        core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16),
         Err(WaitError::Closed)
     );
 }
