@@ -569,6 +569,19 @@ impl LoopCore {
         Ok(Look::Idle { next_deadline_in })
     }
 
+    /// Whether a timer is due now or an event waits in the queue: what the
+    /// loop's next iteration runs before it reads a watched fd again (see
+    /// the runner's `ReadyWatch`). Conservative: a deadline the wheel only
+    /// bounds from below counts as due.
+    pub fn has_due_work(&self) -> bool {
+        let state = self.lock();
+        !state.pending.is_empty()
+            || state
+                .wheel
+                .next_deadline()
+                .is_some_and(|deadline| deadline <= Self::now_ns())
+    }
+
     /// Whether a `poll_ready` caller waiting in Erlang should look again:
     /// events queued, a wake-up requested, or the loop closed or without
     /// its server (the look then fails).

@@ -389,7 +389,7 @@ fn read_batch(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
         return read_one(attrs).map(drop);
     };
     let loop_ = transport.getattr(intern!(transport.py(), "_loop"))?;
-    let mut watch = ReadyWatch::of(&loop_)?;
+    let mut watch = ReadyWatch::of(&loop_, fd)?;
     if read_one(attrs)? != Read::Datagram {
         return Ok(());
     }
@@ -398,7 +398,12 @@ fn read_batch(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
             Some(watch) if watch.quiet()? => {}
             _ => break,
         }
-        watch = ReadyWatch::of(&loop_)?;
+        // The socket closed (or its fd changed) in the callback: asyncio
+        // would not have called the reader again.
+        if plain_socket_fd(attrs)? != Some(fd) {
+            break;
+        }
+        watch = ReadyWatch::of(&loop_, fd)?;
         let outcome = read_one(attrs)?;
         if read == 1 && outcome != Read::Other {
             looked_for_more(fd, address, outcome == Read::Datagram);

@@ -198,6 +198,12 @@ impl NativeLoop {
         self.core.take_interrupt()
     }
 
+    /// Whether a timer is due, fired and not run yet, or an event waits:
+    /// work the next iteration does before it reads a watched fd again.
+    pub(crate) fn has_due_work(&self) -> bool {
+        self.any_fired.load(Ordering::Acquire) || self.core.has_due_work()
+    }
+
     /// The timers a direct `wait` fired, taken.
     pub(crate) fn take_fired(&self) -> Vec<Event> {
         if !self.any_fired.load(Ordering::Acquire) {

@@ -130,21 +130,27 @@ pub(crate) fn running_runner(
 }
 
 /// What a transport reading more than once per readiness event watches
-/// between two reads (see `datagram_transport`): asyncio reads once and
-/// runs what the protocol scheduled before it reads again, so a further
-/// read is allowed only while the callback just run scheduled nothing on
-/// this loop (its ready queue is as long as before: `call_soon`,
-/// `call_soon_threadsafe`, a future's callbacks all go there) and did not
-/// stop or close the loop.
+/// between two reads (see `datagram_transport`): asyncio reads once per
+/// iteration, so everything queued when the next read would have been its
+/// turn runs first. A further read is allowed only while the ready queue
+/// is empty (the reader was the iteration's last callback and scheduled
+/// nothing: `call_soon`, `call_soon_threadsafe` and a future's callbacks
+/// all go there), no timer is due and no event waits in the loop's queue
+/// (asyncio runs a timer due now, `call_later(0)` among them, before its
+/// second next read), the loop is open and not stopping, and the fd's
+/// reader is still the handle that began the batch (not removed, replaced
+/// or cancelled).
 pub(crate) struct ReadyWatch<'py> {
     runner: Bound<'py, LoopRunner>,
     loop_: Bound<'py, PyAny>,
-    len: usize,
+    fd: RawFd,
+    reader: Bound<'py, PyAny>,
 }
 
 impl<'py> ReadyWatch<'py> {
-    /// Watches `loop_`'s ready queue from now, if `loop_` has a runner.
-    pub(crate) fn of(loop_: &Bound<'py, PyAny>) -> PyResult<Option<Self>> {
+    /// Watches `loop_`'s ready queue from now, if `loop_` has a runner,
+    /// nothing waits in its ready queue and `fd` has a reader.
+    pub(crate) fn of(loop_: &Bound<'py, PyAny>, fd: RawFd) -> PyResult<Option<Self>> {
         let py = loop_.py();
         let Some(runner) = loop_.getattr_opt(intern!(py, "_runner"))? else {
             return Ok(None);
@@ -152,28 +158,63 @@ impl<'py> ReadyWatch<'py> {
         let Ok(runner) = runner.cast_into::<LoopRunner>() else {
             return Ok(None);
         };
-        let len = runner.borrow().ready.len();
+        let fd_to_key = {
+            let this = runner.borrow();
+            if this.closed || !this.ready.is_empty() {
+                return Ok(None);
+            }
+            this.fd_to_key.clone_ref(py)
+        };
+        let Some(reader) = reader_of(fd_to_key.bind(py), fd)? else {
+            return Ok(None);
+        };
         Ok(Some(ReadyWatch {
             runner,
             loop_: loop_.clone(),
-            len,
+            fd,
+            reader,
         }))
     }
 
-    /// Whether nothing was scheduled since the watch began, and the loop
-    /// is open and not stopping.
+    /// Whether nothing was scheduled since the watch began, the loop is
+    /// open and not stopping, and the fd's reader is the same live handle.
     pub(crate) fn quiet(&self) -> PyResult<bool> {
-        let loop_dict = {
+        let py = self.runner.py();
+        let (loop_dict, fd_to_key) = {
             let this = self.runner.borrow();
-            if this.closed || this.ready.len() != self.len {
+            if this.closed || !this.ready.is_empty() || this.native.get().has_due_work() {
                 return Ok(false);
             }
-            this.loop_dict
-                .as_ref()
-                .map(|d| d.clone_ref(self.runner.py()))
+            (
+                this.loop_dict.as_ref().map(|d| d.clone_ref(py)),
+                this.fd_to_key.clone_ref(py),
+            )
         };
-        Ok(!LoopRunner::stopping(&self.loop_, loop_dict)?)
+        if LoopRunner::stopping(&self.loop_, loop_dict)? {
+            return Ok(false);
+        }
+        match reader_of(fd_to_key.bind(py), self.fd)? {
+            Some(reader) if reader.is(&self.reader) => Ok(!kinds().is_cancelled(&reader)?),
+            _ => Ok(false),
+        }
     }
+}
+
+/// The reader handle the selector's key of `fd` holds, if any.
+fn reader_of<'py>(
+    fd_to_key: &Bound<'py, PyDict>,
+    fd: RawFd,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let Some(key) = fd_to_key.get_item(fd)? else {
+        return Ok(None);
+    };
+    let Ok(key) = key.cast_into::<PyTuple>() else {
+        return Ok(None);
+    };
+    let Ok((reader, _)) = key.get_item(3)?.extract::<(Bound<PyAny>, Bound<PyAny>)>() else {
+        return Ok(None);
+    };
+    Ok((!reader.is_none()).then_some(reader))
 }
 
 /// How `erlang_asyncio.sleep` goes on the running loop's runner.

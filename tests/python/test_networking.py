@@ -831,6 +831,62 @@ def test_a_socket_subclass_gets_its_own_send_and_recv_called(loop: ErlangEventLo
     assert "send" in _CountingSocket.calls and "recv" in _CountingSocket.calls
 
 
+def test_a_busy_loop_looks_at_its_fds_at_least_every_other_iteration(
+    loop: ErlangEventLoop,
+) -> None:
+    """After an iteration whose callbacks sent nothing the loop may leave
+    out its look into the epoll set (it would most likely find nothing
+    new), but never twice in a row: a reader whose socket turns readable
+    under a chain of callbacks runs within two iterations."""
+    a, b = socket.socketpair()
+    ticks = 0
+    sent_at: list[int] = []
+    read_at: list[int] = []
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks == 5:
+            b.send(b"x")
+            sent_at.append(ticks)
+        if not read_at and ticks < 100:
+            loop.call_soon(tick)
+
+    def readable() -> None:
+        read_at.append(ticks)
+        loop.remove_reader(a)
+        loop.stop()
+
+    try:
+        loop.add_reader(a, readable)
+        loop.call_soon(tick)
+        loop.run_forever()
+    finally:
+        a.close()
+        b.close()
+    assert sent_at == [5]
+    assert read_at and read_at[0] - sent_at[0] <= 2, (sent_at, read_at)
+
+
+def test_stop_before_run_forever_still_looks_at_the_fds(loop: ErlangEventLoop) -> None:
+    """asyncio's promise: ``stop()`` before ``run_forever()`` polls the
+    selector once, runs what was scheduled and the callbacks of the I/O
+    found, and exits (busy with a callback, the loop still looks)."""
+    a, b = socket.socketpair()
+    calls: list[str] = []
+    try:
+        loop.add_reader(a, lambda: calls.append("read"))
+        b.send(b"x")
+        loop.call_soon(calls.append, "soon")
+        loop.stop()
+        loop.run_forever()
+        loop.remove_reader(a)
+    finally:
+        a.close()
+        b.close()
+    assert calls == ["soon", "read"]
+
+
 def test_max_size_bounds_one_read(loop: ErlangEventLoop) -> None:
     a, b = socket.socketpair()
 
@@ -1667,3 +1723,37 @@ def test_sendfile_over_a_transport(
         assert await send(True, 5, None) == data[5:]
 
     run(loop, main(), timeout=60)
+
+
+def test_readiness_a_callback_made_is_seen_by_the_next_iteration(
+    loop: ErlangEventLoop,
+) -> None:
+    """A task that writes to a socket pair (not through a transport) and
+    yields twice finds the loop's reader run meanwhile, as on asyncio's
+    loop: the first iteration after the write looks at the fds."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    got: list[bytes] = []
+
+    async def main() -> list[bytes]:
+        loop.add_reader(a, lambda: got.append(a.recv(10)))
+        try:
+            for attempt in range(2):
+                # Either parity of the iteration the write falls in.
+                if attempt:
+                    await asyncio.sleep(0)
+                got.clear()
+                b.send(b"x")
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                if got != [b"x"]:
+                    return got
+            return got
+        finally:
+            loop.remove_reader(a)
+
+    try:
+        assert run(loop, main()) == [b"x"]
+    finally:
+        a.close()
+        b.close()

@@ -13,6 +13,7 @@ import errno
 import inspect
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -997,37 +998,6 @@ def test_each_datagram_s_callbacks_run_before_the_next_is_read(loop: ErlangEvent
     assert order == ["d0", "cb0", "d1", "cb1", "d2", "cb2", "d3", "cb3"]
 
 
-def test_datagrams_whose_protocol_schedules_nothing_are_read_on_one_event(
-    loop: ErlangEventLoop,
-) -> None:
-    """A ``datagram_received`` that schedules nothing leaves nothing to run
-    before the next datagram: those waiting are read on the same readiness
-    event (an echo server's ``sendto`` schedules nothing), not one loop
-    iteration each."""
-    events: list[int] = []
-
-    class Counting(Datagrams):
-        def datagram_received(self, data: bytes, addr: Any) -> None:
-            super().datagram_received(data, addr)
-            events.append(loop.stats()["fd_events"])
-
-    async def main() -> Datagrams:
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: Counting(loop), local_addr=(LOCALHOST, 0)
-        )
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            # All four wait in the socket before the loop looks at it.
-            for i in range(4):
-                sender.sendto(str(i).encode(), transport.get_extra_info("sockname"))
-            await wait_for_condition(lambda: len(events) == 4)
-        transport.close()
-        return protocol
-
-    protocol = run(loop, main())
-    assert [data for data, _ in protocol.received] == [b"0", b"1", b"2", b"3"]
-    assert len(set(events)) == 1, events
-
-
 def test_a_loop_stopped_in_datagram_received_reads_no_further_datagram(
     loop: ErlangEventLoop,
 ) -> None:
@@ -1054,6 +1024,120 @@ def test_a_loop_stopped_in_datagram_received_reads_no_further_datagram(
     finally:
         transport.close()
         loop.run_until_complete(asyncio.sleep(0))
+
+
+def _queued_datagrams(
+    loop: ErlangEventLoop, count: int, protocol: Any, setup: Any = None
+) -> list[str]:
+    """Runs ``loop`` once ``count`` datagrams wait in an endpoint's socket
+    (``setup(order)`` first, nothing ready: the first iteration polls);
+    what the protocol and the callbacks appended."""
+    order: list[str] = []
+    transport, _ = loop.run_until_complete(
+        loop.create_datagram_endpoint(lambda: protocol(order), local_addr=(LOCALHOST, 0))
+    )
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(count):
+                sender.sendto(f"d{i}".encode(), transport.get_extra_info("sockname"))
+        time.sleep(0.05)
+        if setup is not None:
+            setup(order)
+        loop.call_later(0.1, loop.stop)
+        loop.run_forever()
+    finally:
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0))
+    return order
+
+
+class _Appending(asyncio.DatagramProtocol):
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.order.append(data.decode())
+
+
+def test_datagrams_whose_protocol_schedules_nothing_are_read_on_one_event(
+    loop: ErlangEventLoop,
+) -> None:
+    """A ``datagram_received`` that schedules nothing, its reader the
+    iteration's last callback, leaves nothing to run before the next
+    datagram: those waiting are read on the same readiness event (an echo
+    server's ``sendto`` schedules nothing), not one loop iteration each."""
+    events: list[int] = []
+
+    class Counting(_Appending):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            events.append(loop.stats()["fd_events"])
+
+    # All four wait in the socket before the loop looks at it, nothing else
+    # ready or due meanwhile.
+    assert _queued_datagrams(loop, 4, Counting) == ["d0", "d1", "d2", "d3"]
+    assert len(set(events)) == 1, events
+
+
+def test_what_was_queued_behind_the_reader_runs_before_the_next_datagram(
+    loop: ErlangEventLoop,
+) -> None:
+    """asyncio reads one datagram per iteration: a callback already queued
+    behind the reader (a timer due in the same iteration, a task's step)
+    runs before the next datagram, as on the stdlib loop."""
+    order = _queued_datagrams(
+        loop, 3, _Appending, lambda order: loop.call_at(loop.time() - 1, order.append, "T")
+    )
+    assert order == ["d0", "T", "d1", "d2"]
+
+
+def test_a_due_timer_datagram_received_schedules_runs_before_the_second_next_datagram(
+    loop: ErlangEventLoop,
+) -> None:
+    """``call_later(0)`` goes to the timers, not the ready queue: on the
+    stdlib loop it runs after the next datagram, before the one after."""
+
+    class Later(_Appending):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            loop.call_later(0, self.order.append, "cb" + data.decode()[1:])
+
+    order = _queued_datagrams(loop, 4, Later)
+    assert order == ["d0", "d1", "cb0", "d2", "cb1", "d3", "cb2", "cb3"]
+
+
+def test_a_reader_removed_in_datagram_received_reads_no_further_datagram(
+    loop: ErlangEventLoop,
+) -> None:
+    """``loop._remove_reader`` of the transport's fd (what pause_reading
+    does, without the flag) ends the reads at once, as on the stdlib loop."""
+
+    class Removing(_Appending):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            loop._remove_reader(self.transport.get_extra_info("socket").fileno())
+
+    assert _queued_datagrams(loop, 3, Removing) == ["d0"]
+
+
+def test_a_socket_closed_in_datagram_received_is_not_read_again(
+    loop: ErlangEventLoop,
+) -> None:
+    """The callback closes the transport's socket: asyncio does not call
+    the reader again (no ``error_received`` of EBADF from a further read)."""
+
+    class Closing(_Appending):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            super().datagram_received(data, addr)
+            self.transport._sock.close()
+
+        def error_received(self, exc: Exception) -> None:
+            self.order.append(f"error {exc!r}")
+
+    assert _queued_datagrams(loop, 3, Closing) == ["d0"]
 
 
 def test_a_bad_max_size_is_a_fatal_read_error(loop: ErlangEventLoop) -> None:

@@ -976,11 +976,11 @@ fn a_deferred_loop_asks_for_its_server_when_it_first_sleeps_and_not_before() {
     let (a, _b) = UnixStream::pair().unwrap();
     core.add_interest(a.as_raw_fd(), EventKind::Read, 1)
         .unwrap();
-    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16, true)
+    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
         .unwrap();
     assert_eq!(server_requests(&host), 0);
     // Its first sleep asks, and is not held up by it.
-    core.prepare_and_wait(Some(Duration::from_millis(2)), &mut out, 16, true)
+    core.prepare_and_wait(Some(Duration::from_millis(2)), &mut out, 16)
         .unwrap();
     assert_eq!(server_requests(&host), 1);
     assert_eq!(arms_delivered(&host), 0, "nobody to tell yet");
@@ -998,7 +998,7 @@ fn a_deferred_loop_asks_for_its_server_when_it_first_sleeps_and_not_before() {
     core.insert_timer(now_monotonic_ns() + ms(2), 3).unwrap();
     out.clear();
     while out.is_empty() {
-        core.prepare_and_wait(Some(Duration::from_secs(30)), &mut out, 16, true)
+        core.prepare_and_wait(Some(Duration::from_secs(30)), &mut out, 16)
             .unwrap();
     }
     assert_eq!(server_requests(&host), 1);
@@ -1020,7 +1020,7 @@ fn a_deferred_loop_asks_for_its_server_with_its_first_timer() {
     // on time with nobody serving yet.
     let mut out = Vec::new();
     while out.len() < 2 {
-        core.prepare_and_wait(Some(Duration::from_secs(30)), &mut out, 16, true)
+        core.prepare_and_wait(Some(Duration::from_secs(30)), &mut out, 16)
             .unwrap();
     }
     assert!(now_monotonic_ns() >= deadline + ms(1), "fired early");
@@ -1037,7 +1037,7 @@ fn a_deferred_loop_never_placed_closes_its_epoll_fd_itself() {
     core.add_interest(a.as_raw_fd(), EventKind::Read, 1)
         .unwrap();
     let mut out = Vec::new();
-    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16, true)
+    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
         .unwrap();
     // Nothing owed to anybody: `close()` has nobody to wait for.
     let (wake, stopping) = core.close_stopping();
@@ -1063,7 +1063,7 @@ fn a_deferred_loop_asleep_before_its_server_came_drops_the_epoll_fd_s_arm_at_clo
     core.add_interest(a.as_raw_fd(), EventKind::Read, 1)
         .unwrap();
     let mut out = Vec::new();
-    core.prepare_and_wait(Some(Duration::from_millis(5)), &mut out, 16, true)
+    core.prepare_and_wait(Some(Duration::from_millis(5)), &mut out, 16)
         .unwrap();
     assert_eq!(server_requests(&host), 1);
     let (wake, stopping) = core.close_stopping();
@@ -1079,7 +1079,7 @@ fn a_deferred_loop_nobody_can_serve_fails_its_sleep_and_counts_as_lost() {
     let mut out = Vec::new();
     assert!(!core.server_lost());
     assert_eq!(
-        core.prepare_and_wait(Some(Duration::from_millis(5)), &mut out, 16, true),
+        core.prepare_and_wait(Some(Duration::from_millis(5)), &mut out, 16),
         Err(WaitError::NoServer)
     );
     assert_eq!(server_requests(&host), 1);
