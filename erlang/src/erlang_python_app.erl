@@ -43,7 +43,10 @@ prep_stop(State) ->
 
 -spec stop(term()) -> ok.
 stop(_State) ->
-    ok.
+    %% A placer killed (its `terminate' not run) and not restarted (the
+    %% supervisor gave up) is left registered by the NIF: loops asking for
+    %% a worker from now on give up at once, not after their 10 s.
+    ok = py_nif:set_loop_placer(undefined).
 
 %% Makes plain `asyncio.run' inside the node use ErlangEventLoop.
 install_policy(true) ->

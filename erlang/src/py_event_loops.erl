@@ -76,5 +76,12 @@ place(Loop, true) ->
     end.
 
 -spec terminate(term(), #state{}) -> ok.
-terminate(_Reason, _State) ->
-    py_nif:set_loop_placer(undefined).
+terminate(Reason, _State) when Reason =:= normal; Reason =:= shutdown;
+                               element(1, Reason) =:= shutdown ->
+    %% Stopped with the application: loops asking for a worker now give
+    %% up at once.
+    py_nif:set_loop_placer(undefined);
+terminate(_Crashed, _State) ->
+    %% Restarted by the supervisor in a moment: left registered (dead), so
+    %% that a loop asking meanwhile asks again rather than giving up.
+    ok.

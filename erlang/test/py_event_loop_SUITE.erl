@@ -38,6 +38,7 @@
          routes_from_before_a_restart_leave_the_new_ones_alone/1,
          a_placement_lost_with_the_placer_is_asked_again/1,
          a_default_loop_is_placed_when_it_first_needs_a_worker/1,
+         a_loop_asking_while_the_placer_restarts_is_placed/1,
          the_placer_outlives_the_worker_supervisor/1,
          a_thread_s_loop_whose_worker_died_is_replaced/1,
          a_placement_asked_twice_is_taken_once/1,
@@ -85,7 +86,9 @@ all() ->
      a_default_loop_is_placed_when_it_first_needs_a_worker,
      the_placer_outlives_the_worker_supervisor,
      a_thread_s_loop_whose_worker_died_is_replaced,
-     a_placement_asked_twice_is_taken_once, closed_python_loops_are_freed_at_once].
+     a_placement_asked_twice_is_taken_once, closed_python_loops_are_freed_at_once,
+     %% Last: it kills the placer (see its first line).
+     a_loop_asking_while_the_placer_restarts_is_placed].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -1414,6 +1417,44 @@ def _sleeps_unplaced():
     wait_until(fun() -> process_info(Placer, message_queue_len) end,
                fun({message_queue_len, N}) -> N > 0 end, 10000),
     exit(Placer, kill),
+    receive {slept, Slept} -> ?assertEqual({ok, true}, Slept) end,
+    wait_until(fun() -> whereis(py_event_loops) end,
+               fun(Now) -> is_pid(Now) andalso Now =/= Placer end, 10000).
+
+%% A default loop sleeps unserved; its request is lost with the placer,
+%% killed, whose restart takes a while (its supervisor busy, here
+%% suspended): the loop's next request, made while no live placer is
+%% registered, is lost too, and the one after is served. It was fatal
+%% (`NoServer' at once, though the placer came back 0.5 s later).
+-spec a_loop_asking_while_the_placer_restarts_is_placed(ct_suite:ct_config()) -> term().
+a_loop_asking_while_the_placer_restarts_is_placed(_Config) ->
+    %% A fresh supervisor: the restarts of the cases before count against
+    %% its intensity (5 in 10 s), and the kill below would pass it.
+    ok = application:stop(erlang_python),
+    {ok, _} = application:ensure_all_started(erlang_python),
+    Sup = whereis(erlang_python_sup),
+    Placer = whereis(py_event_loops),
+    erlang:suspend_process(Placer),
+    Self = self(),
+    spawn_link(fun() ->
+                       ok = py:exec(<<"
+import asyncio, erlang_loop
+def _sleeps_while_the_placer_restarts():
+    loop = erlang_loop.ErlangEventLoop()
+    try:
+        loop.run_until_complete(asyncio.sleep(2.0))
+        return loop.stats()['timer_arms'] > 0
+    finally:
+        loop.close()
+">>),
+                       Self ! {slept, py:eval(<<"_sleeps_while_the_placer_restarts()">>)}
+               end),
+    wait_until(fun() -> process_info(Placer, message_queue_len) end,
+               fun({message_queue_len, N}) -> N > 0 end, 10000),
+    true = erlang:suspend_process(Sup),
+    exit(Placer, kill),
+    timer:sleep(900),
+    true = erlang:resume_process(Sup),
     receive {slept, Slept} -> ?assertEqual({ok, true}, Slept) end,
     wait_until(fun() -> whereis(py_event_loops) end,
                fun(Now) -> is_pid(Now) andalso Now =/= Placer end, 10000).

@@ -197,8 +197,15 @@ impl LoopHost for NifHost {
     }
 
     fn request_server(&self) -> bool {
-        self.python_resource()
-            .is_some_and(|resource| ask_placer(&resource, false).is_ok())
+        let Some(resource) = self.python_resource() else {
+            return false;
+        };
+        // A placer registered but dead (killed: its successor registers
+        // in a moment) loses the request as one killed with it in its
+        // queue does: asked again in `ASK_SERVER_AGAIN_AFTER`, up to
+        // `SERVER_TIMEOUT`. Only without any placer (the application
+        // stopped) does the loop give up at once.
+        ask_placer(&resource, false).is_ok() || placer().is_some()
     }
 
     fn close_unselected(&self, handle: &SelectHandle) -> bool {
