@@ -790,11 +790,29 @@ timeout_during_a_first_import_leaks_no_import_lock(Config) ->
     ok = filelib:ensure_path(Dir),
     Path = unicode:characters_to_binary(Dir),
     {ok, _} = py:call(sys, 'path.insert', [0, Path]),
+    Busy = busy_workers(),
     try
         lists:foreach(fun(N) -> first_import_round(Dir, N) end, lists:seq(1, 1000))
     after
         py:call(sys, 'path.remove', [Path])
-    end.
+    end,
+    %% No caller left waiting for good on a module's lock: a TimeoutError
+    %% landing in `_ModuleLock.acquire' between its taking the lock's
+    %% `wakeup' and giving it back left `wakeup' taken with no waiter
+    %% counted, and every later importer of that module (the other callers
+    %% of its round) waited in C for good, its pool thread lost (30 of 32
+    %% after this case; later suites ran on two threads).
+    wait_until(fun() -> busy_workers() =< Busy end, 10000),
+    ?assertEqual([], wedged_module_locks()).
+
+%% Names of the modules whose import lock is free (no owner) while its
+%% `wakeup' is taken and nobody is counted waiting for it: nobody will
+%% ever give it back.
+wedged_module_locks() ->
+    {ok, Wedged} = py:eval(<<"[n for n, r in list(__import__('_frozen_importlib')._module_locks.items())"
+                             " if (l := r()) is not None and l.count == 0 and l.waiters == 0"
+                             " and l.wakeup.locked()]">>),
+    Wedged.
 
 first_import_round(Dir, N) ->
     Slow = "slow_first_import_" ++ integer_to_list(N),

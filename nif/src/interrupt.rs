@@ -108,7 +108,9 @@ pub enum Mark {
     NoThread,
     /// A thread was being started, whose state may still carry that
     /// identifier, or more than one state had it (the marks were taken
-    /// back): try again once the GIL was let go (see [`raise_in_thread`]).
+    /// back), or the thread runs importlib's lock code (see
+    /// `in_import_locking`): try again once the GIL was let go (see
+    /// [`raise_in_thread`]).
     Ambiguous,
 }
 
@@ -135,7 +137,7 @@ pub fn raise_in_thread(
     exception: &Bound<'_, PyAny>,
     native: Option<&Py<NativeLoop>>,
 ) -> Mark {
-    if threads_starting(py) {
+    if threads_starting(py) || in_import_locking(py, ident) {
         return Mark::Ambiguous;
     }
     // SAFETY: the GIL is held (`py`); `exception` is a live object for the
@@ -157,6 +159,30 @@ pub fn raise_in_thread(
             Mark::Ambiguous
         }
     }
+}
+
+/// Does thread `ident` run importlib's own code (`<frozen
+/// importlib._bootstrap>`, its innermost Python frame) now? An exception
+/// raised there at a bytecode can break a module's import lock for good:
+/// landing in `_ModuleLock.acquire` between its taking the lock's `wakeup`
+/// and giving it back, it left `wakeup` taken with no waiter counted, and
+/// every later importer of that module waited for it in C, forever (a pool
+/// thread lost each; 30 of 32 after a race hunt of timed-out first
+/// imports). Such a thread is marked once it has left that code (the
+/// caller tries again): its next bytecode is then its own code's, or the
+/// entry of an importlib function, before any lock is taken. Code a module
+/// runs while it is imported is its own, interrupted as any. Runs no
+/// Python code; the GIL is held, so the thread stays where it is.
+fn in_import_locking(py: Python<'_>, ident: c_ulong) -> bool {
+    let inside = || -> PyResult<bool> {
+        let frames = py.import("sys")?.call_method0("_current_frames")?;
+        let Some(frame) = frames.cast::<PyDict>()?.get_item(ident)? else {
+            return Ok(false);
+        };
+        let file = frame.getattr("f_code")?.getattr("co_filename")?;
+        Ok(file.extract::<&str>()? == "<frozen importlib._bootstrap>")
+    };
+    inside().unwrap_or(false)
 }
 
 /// Is a `threading.Thread` started but not yet running? Its thread state
