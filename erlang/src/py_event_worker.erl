@@ -168,8 +168,13 @@ serve(Ref, State) ->
 adopt_loop(Ref, State) ->
     try py_nif:event_loop_adopt(Ref, self()) of
         ok ->
-            Loops = (State#state.loops)#{py_nif:loop_id(Ref) => #loop{ref = Ref}},
-            State#state{loops = Loops};
+            Id = py_nif:loop_id(Ref),
+            case State#state.loops of
+                %% Asked again after we took it (the placer looked before
+                %% our attach): its entry, and the timer armed since, stay.
+                #{Id := _} -> State;
+                Loops -> State#state{loops = Loops#{Id => #loop{ref = Ref}}}
+            end;
         {error, _} ->
             State
     catch

@@ -42,6 +42,7 @@
          the_placer_outlives_the_worker_supervisor/1,
          a_thread_s_loop_whose_worker_died_is_replaced/1,
          a_placement_asked_twice_is_taken_once/1,
+         a_second_adopt_keeps_the_armed_timer/1,
          closed_python_loops_are_freed_at_once/1]).
 
 -define(APP, erlang_python).
@@ -86,7 +87,8 @@ all() ->
      a_default_loop_is_placed_when_it_first_needs_a_worker,
      the_placer_outlives_the_worker_supervisor,
      a_thread_s_loop_whose_worker_died_is_replaced,
-     a_placement_asked_twice_is_taken_once, closed_python_loops_are_freed_at_once,
+     a_placement_asked_twice_is_taken_once, a_second_adopt_keeps_the_armed_timer,
+     closed_python_loops_are_freed_at_once,
      %% Last: it kills the placer (see its first line).
      a_loop_asking_while_the_placer_restarts_is_placed].
 
@@ -1538,6 +1540,40 @@ a_placement_asked_twice_is_taken_once(_Config) ->
     ?assert(Before =< 1),
     Maker ! close,
     receive closed -> ok end.
+
+%% A placement the worker finds again after it armed the loop's timer (the
+%% placer looked before the worker's attach) keeps the loop's entry: it
+%% was overwritten, the armed timer forgotten, and that timer's tick then
+%% ignored.
+-spec a_second_adopt_keeps_the_armed_timer(ct_suite:ct_config()) -> term().
+a_second_adopt_keeps_the_armed_timer(_Config) ->
+    Default = whereis(py_event_default),
+    %% The loops of the default worker with a timer armed (its state is
+    %% `#state{loops = #{Id => #loop{ref, timer}}, dedicated}').
+    Armed = fun() ->
+                    {state, Loops, _Dedicated} = sys:get_state(Default),
+                    lists:sort([{Id, Ref, Timer} || {Id, {loop, Ref, Timer}} <- maps:to_list(Loops),
+                                                   Timer =/= undefined])
+            end,
+    Before = Armed(),
+    Self = self(),
+    spawn_link(fun() ->
+                       ok = py:exec(<<"import asyncio, erlang_loop
+"
+                                      "_adopted = erlang_loop.ErlangEventLoop()
+">>),
+                       Slept = py:eval(<<"_adopted.run_until_complete("
+                                         "asyncio.sleep(2, 'ok'))">>),
+                       ok = py:exec(<<"_adopted.close()">>),
+                       Self ! {slept, Slept}
+               end),
+    [{Id, Ref, Timer}] = wait_until(fun() -> Armed() -- Before end,
+                                    fun(New) -> length(New) =:= 1 end, 10000),
+    gen_server:cast(Default, {adopt, Ref}),
+    ?assert(lists:member({Id, Ref, Timer}, Armed())),
+    receive {slept, Slept} -> ?assertEqual({ok, <<"ok">>}, Slept)
+    after 10000 -> ct:fail(not_slept)
+    end.
 
 %% A native loop Python drops without close() (ErlangEventLoop.__init__
 %% failing or interrupted after making it, a timed-out py:call say) closes
