@@ -443,27 +443,24 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             native, runner = False, None
         clock_replaced = self._clock_replaced()
         loop_dict = self.__dict__
-        if (
-            native
-            and runner is not None
+        on = native and runner is not None
+        # This class itself overrides nothing (a patch of its attributes is
+        # its own), and with asyncio's clock and Handle every path is
+        # native: what `_overrides` would say of each, without asking. Most
+        # loops are made so (`asyncio.run`), each looking once.
+        every = (
+            on
             and type(self) is ErlangEventLoop
             and not clock_replaced
             and events.Handle is _STOCK_HANDLE
-        ):
-            # What the loop below decides then, quicker: this class itself
-            # overrides nothing (a patch of its attributes is its own), and
-            # with asyncio's clock and Handle every path is native. Most
-            # loops are made so (`asyncio.run`), each looking once.
-            for name, native_name in self._NATIVE_PATHS.items():
+        )
+        for name, native_name in self._NATIVE_PATHS.items():
+            if name == "time" and clock_replaced:
+                continue  # the instance's own
+            if every or (on and not self._overrides(name)):
                 loop_dict[name] = getattr(runner, native_name)
-        else:
-            for name, native_name in self._NATIVE_PATHS.items():
-                if name == "time" and clock_replaced:
-                    continue  # the instance's own
-                if native and runner is not None and not self._overrides(name):
-                    loop_dict[name] = getattr(runner, native_name)
-                else:
-                    loop_dict.pop(name, None)
+            else:
+                loop_dict.pop(name, None)
         if runner is not None:
             # The runner uses them directly while they are still these:
             # erlang_asyncio.sleep (no loop method call), an asyncio.sleep

@@ -389,23 +389,24 @@ fn read_batch(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
         return read_one(attrs).map(drop);
     };
     let loop_ = transport.getattr(intern!(transport.py(), "_loop"))?;
-    let mut watch = ReadyWatch::of(&loop_, fd)?;
+    // Made once: while it stays quiet, one made anew would watch the same
+    // runner and reader.
+    let watch = ReadyWatch::of(&loop_, fd)?;
     if read_one(attrs)? != Read::Datagram {
         return Ok(());
     }
+    let Some(watch) = watch else {
+        return Ok(());
+    };
     for read in 1..DATAGRAM_BATCH {
-        match &watch {
-            Some(watch) if watch.quiet()? => {}
-            _ => break,
-        }
         // The socket closed (or its fd changed) in the callback: asyncio
         // would not have called the reader again.
-        if plain_socket_fd(attrs)? != Some(fd) {
+        if !watch.quiet()? || plain_socket_fd(attrs)? != Some(fd) {
             break;
         }
-        watch = ReadyWatch::of(&loop_, fd)?;
         let outcome = read_one(attrs)?;
-        if read == 1 && outcome != Read::Other {
+        let first_look_for_more = read == 1;
+        if first_look_for_more && outcome != Read::Other {
             looked_for_more(fd, address, outcome == Read::Datagram);
         }
         if outcome != Read::Datagram {

@@ -211,10 +211,19 @@ fn reader_of<'py>(
     let Ok(key) = key.cast_into::<PyTuple>() else {
         return Ok(None);
     };
-    let Ok((reader, _)) = key.get_item(3)?.extract::<(Bound<PyAny>, Bound<PyAny>)>() else {
+    let Some((reader, _)) = loop_handles(&key)? else {
         return Ok(None);
     };
     Ok((!reader.is_none()).then_some(reader))
+}
+
+/// The `(reader, writer)` handles of a SelectorKey, `(fileobj, fd, events,
+/// (reader, writer))`, that the loop registered (either may be `None`);
+/// `None` for a registration of other data.
+fn loop_handles<'py>(
+    key: &Bound<'py, PyTuple>,
+) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+    Ok(key.get_item(3)?.extract().ok())
 }
 
 /// How `erlang_asyncio.sleep` goes on the running loop's runner.
@@ -849,11 +858,9 @@ impl LoopRunner {
             let Some(key) = fd_to_key.get_item(fd)? else {
                 continue;
             };
-            // A SelectorKey: (fileobj, fd, events, (reader, writer)).
             let key = key.cast_into::<PyTuple>()?;
             let mask = mask & key.get_item(2)?.extract::<u8>()?;
-            let data = key.get_item(3)?;
-            let Ok((reader, writer)) = data.extract::<(Bound<PyAny>, Bound<PyAny>)>() else {
+            let Some((reader, writer)) = loop_handles(&key)? else {
                 // Not a loop registration: asyncio's code decides.
                 let list = PyList::new(py, [(key, mask)])?;
                 loop_.call_method1(intern!(py, "_process_events"), (list,))?;
