@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import types
 import weakref
 from asyncio import (
     Future,
@@ -179,38 +180,18 @@ def _raise_pending() -> None:
     when its wait was interrupted for one (see ``native_loop_of``)."""
 
 
-class _InstanceClock:
-    """``ErlangEventLoop.time``: the clock set on the instance (the runner's
-    native ``time`` while the native paths are in, or a test's fake), else
-    asyncio's. A clock set on or deleted from the instance recomputes the
-    native paths (see ``ErlangEventLoop.__init_subclass__``). A descriptor
-    rather than a ``__setattr__`` watching for ``time``: that one ran as
-    Python code for every attribute the loop's own code sets, some sixty
-    per ``asyncio.run``."""
-
-    def __get__(self, loop: Any, owner: type | None = None) -> Any:
-        if loop is None:
-            return base_events.BaseEventLoop.time
-        try:
-            return loop.__dict__["time"]
-        except KeyError:
-            return base_events.BaseEventLoop.time.__get__(loop, owner)
-
-    def __set__(self, loop: Any, value: Any) -> None:
-        loop.__dict__["time"] = value
-        _clock_changed(loop)
-
-    def __delete__(self, loop: Any) -> None:
-        try:
-            del loop.__dict__["time"]
-        except KeyError:
-            raise AttributeError("time") from None
-        _clock_changed(loop)
-
-
 def _clock_changed(loop: Any) -> None:
     if "_runner" in loop.__dict__:
         loop._use_native_paths(not loop._debug)
+
+
+# ``ErlangEventLoop.time``: the clock set on the instance (the runner's
+# native ``time`` while the native paths are in, or a test's fake), else
+# asyncio's; a clock set on or deleted from the instance recomputes the
+# native paths. A data descriptor rather than a ``__setattr__`` watching for
+# ``time``, which ran as Python code for every attribute the loop's own code
+# sets; native, as a Python ``__get__`` made every ``loop.time()`` slower.
+_InstanceClock = _erlang_loop.InstanceClock
 
 
 def _watch_the_clock(cls: type) -> None:
@@ -251,7 +232,7 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
     between loops.
     """
 
-    time = _InstanceClock()  # type: ignore[assignment]
+    time = _InstanceClock(base_events.BaseEventLoop.time, types.MethodType, _clock_changed)  # type: ignore[assignment]
 
     # True while `close` drops the runner's queues (see `close`).
     _dropping_queues = False

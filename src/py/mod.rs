@@ -8,6 +8,7 @@ pub mod handles;
 pub(crate) mod handling;
 pub mod held;
 pub(crate) mod instance_attrs;
+pub mod instance_clock;
 pub mod interpreter;
 pub mod method;
 pub mod native_loop;

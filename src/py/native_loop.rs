@@ -492,6 +492,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         module.add_class::<super::runner::LoopRunner>()?;
         module.add_class::<super::sleep::Sleep>()?;
         module.add_class::<super::sleep::SleepFunction>()?;
+        module.add_class::<super::instance_clock::InstanceClock>()?;
         module.add_function(wrap_pyfunction!(new_loop, module)?)?;
         module.add_function(wrap_pyfunction!(
             super::timer_handle::timer_handle_base,

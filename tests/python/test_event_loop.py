@@ -472,6 +472,20 @@ def test_the_loop_s_clock_is_asyncio_s_on_the_class_and_the_runner_s_on_the_inst
     assert loop.__dict__ == paths
 
 
+def test_a_loop_without_a_clock_of_its_own_reads_asyncio_s() -> None:
+    loop = ErlangEventLoop()
+    loop.close()  # the native paths, the runner's clock among them, leave
+    assert "time" not in loop.__dict__
+    assert loop.time.__func__ is asyncio.BaseEventLoop.time  # type: ignore[attr-defined]
+    assert abs(loop.time() - time.monotonic()) < 60
+    with pytest.raises(AttributeError, match="time"):
+        del loop.time
+    loop.time = lambda: 42.0  # type: ignore[method-assign]
+    assert loop.time() == 42.0
+    del loop.time
+    assert loop.time.__func__ is asyncio.BaseEventLoop.time  # type: ignore[attr-defined]
+
+
 def test_a_wait_longer_than_the_clock_counts_waits_until_woken(loop: ErlangEventLoop) -> None:
     # 1e20 s is past what the clock can add (a Rust panic, once): as the
     # stdlib's select with a huge timeout, it waits for an event.
