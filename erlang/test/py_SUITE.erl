@@ -31,6 +31,8 @@
          timeout_sleep/1, timeout_busy_loop/1, timeout_race_leaves_no_message/1,
          timeout_while_starting_threads/1,
          timeout_during_a_first_import_leaks_no_import_lock/1,
+         timeout_after_taking_the_import_lock_leaks_it_not/1,
+         timeout_waiting_for_another_import_comes_after_it/1,
          call_async_await/1, await_timeout/1,
          namespace_per_process/1, namespace_dropped_on_exit/1,
          namespace_not_leaked_by_short_lived_callers/1,
@@ -76,6 +78,8 @@ groups() ->
        concurrent_calls, long_call_does_not_block,
        timeout_sleep, timeout_busy_loop, timeout_race_leaves_no_message,
        timeout_while_starting_threads, timeout_during_a_first_import_leaks_no_import_lock,
+       timeout_after_taking_the_import_lock_leaks_it_not,
+       timeout_waiting_for_another_import_comes_after_it,
        withdrawn_calls_leave_the_queue,
        timeout_in_the_str_of_an_exception,
        call_async_await, await_timeout,
@@ -829,6 +833,115 @@ first_import_round(Dir, N) ->
     Probe = "probe_first_import_" ++ integer_to_list(N),
     ok = file:write_file(filename:join(Dir, Probe ++ ".py"), <<"def f(): return 1\n">>),
     ?assertEqual({N, {ok, 1}}, {N, py:call(list_to_atom(Probe), f, [], #{}, 10000)}).
+
+%% Code outside importlib that takes CPython's global import lock itself
+%% (`_imp.acquire_lock()', as pkg_resources' `declare_namespace' and
+%% cffi do) and is interrupted just as it has it, before its `try': the
+%% TimeoutError fires as `acquire_lock' returns, and the lock's release
+%% never runs. The job's thread holding it once the job is over made every
+%% later first import in the node wait for good; it is given back when the
+%% job ends. Deterministic: the lock is held by another call, so the
+%% cancelled job waits in `acquire_lock' (its own code's frame, marked at
+%% once) and takes the lock with its TimeoutError pending. The outer
+%% `try' only reports; the lock's own `try' is not reached.
+-spec timeout_after_taking_the_import_lock_leaks_it_not(ct_suite:ct_config()) -> term().
+timeout_after_taking_the_import_lock_leaks_it_not(_Config) ->
+    Self = self(),
+    Holder = py:call_async(builtins, exec,
+                           [<<"import _imp, builtins, erlang, time\n"
+                              "_imp.acquire_lock()\n"
+                              "try:\n"
+                              "    erlang.send(p, 'held')\n"
+                              "    end = time.monotonic() + 60\n"
+                              "    while not getattr(builtins, '_py_suite_let_go', False):\n"
+                              "        assert time.monotonic() < end\n"
+                              "        time.sleep(0.01)\n"
+                              "finally:\n"
+                              "    _imp.release_lock()\n">>, #{<<"p">> => Self}]),
+    receive <<"held">> -> ok after 10000 -> ct:fail(import_lock_not_held) end,
+    Taker = spawn(fun() ->
+                          py:call(builtins, exec,
+                                  [<<"import _imp, erlang\n"
+                                     "py_suite_taker = True\n"
+                                     "try:\n"
+                                     "    erlang.send(p, 'taking')\n"
+                                     "    _imp.acquire_lock()\n"
+                                     "    try:\n"
+                                     "        erlang.send(p, 'took')\n"
+                                     "    finally:\n"
+                                     "        _imp.release_lock()\n"
+                                     "except BaseException as e:\n"
+                                     "    erlang.send(p, ('raised', type(e).__name__, _imp.lock_held()))\n"
+                                     "    raise\n">>, #{<<"p">> => Self}])
+                  end),
+    receive <<"taking">> -> ok after 10000 -> ct:fail(not_taking) end,
+    %% Waiting in C for the holder, on the line of its `acquire_lock'.
+    wait_until(fun() -> py:eval(<<"any(f.f_globals.get('py_suite_taker') and f.f_lineno == 5 "
+                                   "for f in __import__('sys')._current_frames().values())">>)
+                             =:= {ok, true} end, 10000),
+    exit(Taker, kill),
+    %% The mark is set within milliseconds of the kill; the lock is let go
+    %% well after it.
+    timer:sleep(1000),
+    ok = py:exec(<<"import builtins; builtins._py_suite_let_go = True">>),
+    ?assertEqual({ok, none}, py:await(Holder, 10000)),
+    ok = py:exec(<<"import builtins; del builtins._py_suite_let_go">>),
+    %% The window was hit: the TimeoutError came with the lock taken.
+    receive
+        {<<"raised">>, <<"TimeoutError">>, Held} -> ?assert(Held);
+        Other -> ct:fail({taker_not_interrupted, Other})
+    after 10000 -> ct:fail(taker_not_interrupted)
+    end,
+    wait_until(fun() -> py:eval(<<"__import__('_imp').lock_held()">>) =:= {ok, false} end, 5000).
+
+%% A call that times out while it waits for another thread's import of a
+%% module (in importlib's lock code, where it is not interrupted) gets its
+%% TimeoutError once that import is done and it runs its own code again,
+%% however long the wait: after the first 2 s of tries it used to run on
+%% uninterrupted, for good.
+-spec timeout_waiting_for_another_import_comes_after_it(ct_suite:ct_config()) -> term().
+timeout_waiting_for_another_import_comes_after_it(Config) ->
+    Dir = filename:join(?config(priv_dir, Config), "waited_imports"),
+    ok = filelib:ensure_path(Dir),
+    Path = unicode:characters_to_binary(Dir),
+    %% A module of its own each run: one already imported is not waited for.
+    Module = "py_suite_slow_body_" ++ integer_to_list(erlang:unique_integer([positive])),
+    ok = file:write_file(filename:join(Dir, Module ++ ".py"),
+                         <<"import builtins, erlang, time\n"
+                           "erlang.send(builtins._py_suite_importer, 'importing')\n"
+                           "time.sleep(6)\n">>),
+    {ok, _} = py:call(sys, 'path.insert', [0, Path]),
+    Self = self(),
+    try
+        Importer = py:call_async(builtins, exec,
+                                 [<<"import builtins\n"
+                                    "builtins._py_suite_importer = p\n"
+                                    "import ", (list_to_binary(Module))/binary, "\n">>,
+                                  #{<<"p">> => Self}]),
+        receive <<"importing">> -> ok after 10000 -> ct:fail(not_importing) end,
+        Code = <<"import erlang, time\n"
+                 "try:\n"
+                 "    import ", (list_to_binary(Module))/binary, "\n"
+                 "    erlang.send(p, 'imported')\n"
+                 "    end = time.monotonic() + 30\n"
+                 "    while time.monotonic() < end:\n"
+                 "        time.sleep(0.01)\n"
+                 "    erlang.send(p, 'ran on')\n"
+                 "except TimeoutError:\n"
+                 "    erlang.send(p, 'TimeoutError')\n">>,
+        ?assertEqual({error, timeout},
+                     py:call(builtins, exec, [Code, #{<<"p">> => Self}], #{}, 300)),
+        ?assertEqual({ok, none}, py:await(Importer, 20000)),
+        %% `imported' is sent unless the TimeoutError came first, on the
+        %% bytecode after the import.
+        receive
+            <<"TimeoutError">> -> ok;
+            <<"ran on">> -> ct:fail(ran_on_uninterrupted)
+        after 10000 -> ct:fail(not_interrupted_after_the_import)
+        end
+    after
+        py:call(sys, 'path.remove', [Path])
+    end.
 
 -spec timeout_race_leaves_no_message(ct_suite:ct_config()) -> term().
 timeout_race_leaves_no_message(_Config) ->

@@ -108,10 +108,13 @@ pub enum Mark {
     NoThread,
     /// A thread was being started, whose state may still carry that
     /// identifier, or more than one state had it (the marks were taken
-    /// back), or the thread runs importlib's lock code (see
-    /// `in_import_locking`): try again once the GIL was let go (see
-    /// [`raise_in_thread`]).
+    /// back): try again once the GIL was let go (see [`raise_in_thread`]).
     Ambiguous,
+    /// The thread runs importlib's lock code (see `in_import_locking`):
+    /// try again once the GIL was let go. Unlike [`Mark::Ambiguous`], this
+    /// may last as long as another thread's import of a module the thread
+    /// waits for, seconds or more.
+    Importing,
 }
 
 /// How many times [`retry_ambiguous`] tries, [`AMBIGUOUS_PAUSE`] apart.
@@ -137,8 +140,11 @@ pub fn raise_in_thread(
     exception: &Bound<'_, PyAny>,
     native: Option<&Py<NativeLoop>>,
 ) -> Mark {
-    if threads_starting(py) || in_import_locking(py, ident) {
+    if threads_starting(py) {
         return Mark::Ambiguous;
+    }
+    if in_import_locking(py, ident) {
+        return Mark::Importing;
     }
     // SAFETY: the GIL is held (`py`); `exception` is a live object for the
     // call, which only counts the thread states it marks; null takes the
@@ -201,16 +207,43 @@ fn threads_starting(py: Python<'_>) -> bool {
 }
 
 /// Runs `attempt` (a [`raise_in_thread`] and what goes with it) until it is
-/// not [`Mark::Ambiguous`], letting the GIL go between tries so that the
-/// thread being started takes its own identifier (within microseconds,
-/// as a rule). Gives up after about 2 s (the thread is then not
-/// interrupted, as one blocked in C is not).
+/// neither [`Mark::Ambiguous`] nor [`Mark::Importing`], letting the GIL go
+/// between tries so that the thread being started takes its own
+/// identifier (within microseconds, as a rule), or the importing thread
+/// leaves importlib's lock code. Gives up after about 2 s, returning the
+/// last mark (the thread is then not interrupted, as one blocked in C is
+/// not; see [`retry_while_importing`] for a caller that can wait longer).
 pub fn retry_ambiguous(py: Python<'_>, mut attempt: impl FnMut() -> Mark) -> Mark {
     for _ in 1..AMBIGUOUS_TRIES {
         match attempt() {
-            Mark::Ambiguous => py.detach(|| std::thread::sleep(AMBIGUOUS_PAUSE)),
+            Mark::Ambiguous | Mark::Importing => py.detach(|| std::thread::sleep(AMBIGUOUS_PAUSE)),
             done => return done,
         }
     }
     attempt()
+}
+
+/// How often [`retry_while_importing`] looks again: the most a timeout
+/// comes late once its thread has left importlib's lock code (plus a GIL
+/// switch), for a cost of one look at the threads' frames per pause.
+const IMPORTING_PAUSE: Duration = Duration::from_millis(10);
+
+/// After [`retry_ambiguous`] gave up on a thread still in importlib's lock
+/// code (`mark`, its last answer): tries `attempt` again, less often, for
+/// as long as it answers [`Mark::Importing`]. Such a thread waits, as a
+/// rule, for another thread's import of a module, which may take any
+/// time; giving up left it to run on uninterrupted once that import was
+/// done. `attempt` is to answer [`Mark::NoThread`] once the exception is
+/// no longer wanted (its job ended). Not for a caller that holds up
+/// Python code while it waits (`interrupt_thread`).
+pub fn retry_while_importing(
+    py: Python<'_>,
+    mut mark: Mark,
+    mut attempt: impl FnMut() -> Mark,
+) -> Mark {
+    while mark == Mark::Importing {
+        py.detach(|| std::thread::sleep(IMPORTING_PAUSE));
+        mark = attempt();
+    }
+    mark
 }

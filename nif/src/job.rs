@@ -76,12 +76,16 @@ pub struct JobShared {
 
 /// After a job an exception was injected into (its timeout): the import
 /// locks this thread still holds, let go. The exception fires at a
-/// bytecode, which may be inside importlib between its taking a lock and
-/// the `try` that gives it back: CPython's global import lock left held
-/// made every later import of a new module in the node wait forever (a
-/// race hunt, 8 callers timing out 1-4 ms into a module's first import,
-/// hit it within 100 rounds). The job is over, so whatever import lock its
-/// thread holds now is such a leftover. Best effort: what fails is left.
+/// bytecode, which may be between code's taking an import lock and the
+/// `try` that gives it back: CPython's global import lock left held made
+/// every later import of a new module in the node wait forever. Importlib's
+/// own code is not interrupted (see `interrupt::raise_in_thread`),
+/// but code outside it takes that lock too (`_imp.acquire_lock()`:
+/// pkg_resources' `declare_namespace`, cffi), and its `acquire_lock` may
+/// return with the exception pending (CT
+/// `timeout_after_taking_the_import_lock_leaks_it_not`). The job is over,
+/// so whatever import lock its thread holds now is such a leftover. Best
+/// effort: what fails is left.
 fn release_leaked_import_locks(py: Python<'_>) {
     const RELEASE: &std::ffi::CStr = c"
 import _imp, _thread, _frozen_importlib as _bootstrap
@@ -407,18 +411,22 @@ impl JobShared {
             return;
         }
         // Tried under the lock, and again with the lock free (and the GIL
-        // let go) while the thread's identifier is ambiguous.
-        let marked = interrupt::retry_ambiguous(py, || {
+        // let go) while the thread's identifier is ambiguous or it runs
+        // importlib's lock code; the latter for as long as the job runs:
+        // the job is still cancelled when its thread leaves importlib.
+        let mut attempt = || {
             let mut state = self.lock();
             let JobState::CancelRequested(thread) = *state else {
                 return Mark::NoThread;
             };
             let mark = interrupt::raise_in_thread(py, thread, exception.as_any(), native.as_ref());
-            if mark != Mark::Ambiguous {
+            if mark != Mark::Ambiguous && mark != Mark::Importing {
                 *state = JobState::Interrupted(thread);
             }
             mark
-        });
+        };
+        let marked = interrupt::retry_ambiguous(py, &mut attempt);
+        let marked = interrupt::retry_while_importing(py, marked, &mut attempt);
         if marked == Mark::Ambiguous {
             // Given up: left as a job blocked in C is.
             let mut state = self.lock();
