@@ -58,12 +58,17 @@ _current = threading.local()
 
 def _error_info(error: BaseException) -> tuple[str, str, str]:
     """``(ExceptionName, Message, Traceback)``, as py:call reports errors:
-    text that is no UTF-8 (a lone surrogate) is replaced, not the report."""
-    return (
-        _utf8(type(error).__name__),
-        _utf8(str(error)),
-        _utf8("".join(traceback.format_exception(error))),
-    )
+    text that is no UTF-8 (a lone surrogate) is replaced, not the report.
+    Never raises: a report lost here is a caller that waits forever."""
+    try:
+        message = str(error)
+    except Exception:  # noqa: BLE001 - a failing __str__: no message, as py:call
+        message = ""
+    try:
+        text = "".join(traceback.format_exception(error))
+    except Exception:  # noqa: BLE001 - as py:call, a report without its traceback
+        text = ""
+    return (_utf8(type(error).__name__), _utf8(message), _utf8(text))
 
 
 def _utf8(text: str) -> str:

@@ -40,6 +40,10 @@
                         | cancelled | timeout | {loop_down, term()}}.
 -export_type([loop/0, options/0, result/0]).
 
+%% How long `call' waits for a result before it checks, once, that its
+%% `Loop' is a loop at all.
+-define(LOOP_CHECK_AFTER, 1000).
+
 %% @doc Starts a loop under `py_asyncio_sup' (stopped with the application).
 -spec start_loop(options()) -> {ok, pid()} | {error, term()}.
 start_loop(Opts) when is_map(Opts) ->
@@ -100,9 +104,8 @@ child_spec(Opts) when is_map(Opts) ->
 %% the loop is not there. A loop that goes away later (killed) answers
 %% nothing: monitor it, or use `call/5', which does.
 -spec submit(loop(), py:name(), py:name(), list()) -> reference().
-submit(Loop, Module, Function, Args) when is_list(Args),
-                                          (is_pid(Loop) orelse is_atom(Loop) orelse
-                                           (is_tuple(Loop) andalso tuple_size(Loop) =:= 2)) ->
+submit(Loop, Module, Function, Args) when is_list(Args) ->
+    is_loop_name(Loop) orelse error(badarg),
     Ref = make_ref(),
     submit(Loop, self(), Ref, Module, Function, Args),
     Ref;
@@ -146,6 +149,40 @@ call_reachable(Loop, ModuleText, FunctionText, Args, Timeout) ->
     %% by the runtime, never left in our mailbox.
     Ref = erlang:monitor(process, Loop, [{alias, demonitor}]),
     submit(Loop, Ref, Ref, ModuleText, FunctionText, Args),
+    Started = erlang:monotonic_time(millisecond),
+    %% `min': a number is less than `infinity'.
+    case wait_result(Ref, min(Timeout, ?LOOP_CHECK_AFTER)) of
+        waiting when Timeout =:= infinity; Timeout > ?LOOP_CHECK_AFTER ->
+            %% A process that is not a loop (a pid or name given by
+            %% mistake) never answers: looked at once, here, rather than on
+            %% every call (`process_info' of another process costs a
+            %% signal's round trip, about 5 us).
+            case is_loop(Loop) of
+                false ->
+                    %% Its answer or death may have come during the look.
+                    case wait_result(Ref, 0) of
+                        waiting ->
+                            erlang:demonitor(Ref, [flush]),
+                            receive {py_result, Ref, _} -> ok after 0 -> ok end,
+                            {error, {loop_down, noproc}};
+                        Result ->
+                            Result
+                    end;
+                _LoopOrUnknown ->
+                    Spent = erlang:monotonic_time(millisecond) - Started,
+                    case wait_result(Ref, left(Timeout, Spent)) of
+                        waiting -> give_up(Loop, Ref);
+                        Result -> Result
+                    end
+            end;
+        waiting ->
+            give_up(Loop, Ref);
+        Result ->
+            Result
+    end.
+
+%% The result of the call `Ref', or `waiting' after `Timeout' ms.
+wait_result(Ref, Timeout) ->
     receive
         {py_result, Ref, Result} ->
             erlang:demonitor(Ref, [flush]),
@@ -155,17 +192,25 @@ call_reachable(Loop, ModuleText, FunctionText, Args, Timeout) ->
             receive {py_result, Ref, _} -> ok after 0 -> ok end,
             {error, {loop_down, Reason}}
     after Timeout ->
-        erlang:demonitor(Ref, [flush]),
-        gen_server:cast(Loop, {cancel_quietly, Ref}),
-        receive {py_result, Ref, _} -> ok after 0 -> ok end,
-        {error, timeout}
+        waiting
     end.
+
+left(infinity, _Spent) -> infinity;
+left(Timeout, Spent) -> max(0, Timeout - Spent).
+
+%% The call timed out: its task is cancelled, its result dropped.
+give_up(Loop, Ref) ->
+    erlang:demonitor(Ref, [flush]),
+    gen_server:cast(Loop, {cancel_quietly, Ref}),
+    receive {py_result, Ref, _} -> ok after 0 -> ok end,
+    {error, timeout}.
 
 %% @doc Cancels the task `Ref' (from `submit/4'); its caller gets
 %% `{py_result, Ref, {error, cancelled}}' unless it had finished already (or
 %% the coroutine chose to return despite the cancellation).
 -spec cancel(loop(), reference()) -> ok.
 cancel(Loop, Ref) when is_reference(Ref) ->
+    is_loop_name(Loop) orelse erlang:error(badarg, [Loop, Ref]),
     gen_server:cast(Loop, {cancel, Ref});
 cancel(Loop, Ref) ->
     erlang:error(badarg, [Loop, Ref]).
@@ -191,6 +236,11 @@ is_loop(Loop) ->
         nowhere ->
             false
     end.
+
+%% Whether `Loop' has the shape of a loop (`gen_server:cast' raises
+%% `function_clause' for any other, `{1, 2}' included).
+is_loop_name(Loop) ->
+    where(Loop) =/= nowhere.
 
 %% The node of `Loop' and the pid or name to ask it about.
 where(Pid) when is_pid(Pid) -> {node(Pid), Pid};

@@ -103,6 +103,20 @@ async def fail_with_lone_surrogate():
     raise LookupError('bad \\ud800 text')
 
 
+class TextFails(Exception):
+    def __str__(self):
+        raise ValueError('no text for this one')
+
+
+def fail_without_text():
+    raise TextFails()
+
+
+async def fail_without_text_in_a_task():
+    await asyncio.sleep(0)
+    raise TextFails()
+
+
 async def exit_with(kind):
     await asyncio.sleep(0)
     raise {'SystemExit': SystemExit, 'KeyboardInterrupt': KeyboardInterrupt}[kind](kind)
@@ -331,7 +345,12 @@ bad_options(_Config) ->
     ?assertEqual({messages, []}, process_info(self(), messages)),
     ?assertError(badarg, py_asyncio:start_loop([{name, x}])),
     ?assertError(badarg, py_asyncio:stop_loop(1.5)),
-    ?assertError(badarg, py_asyncio:cancel(self(), not_a_ref)).
+    ?assertError(badarg, py_asyncio:cancel(self(), not_a_ref)),
+    %% A loop that is no pid, name or {Name, Node}: badarg, as submit has it
+    %% (gen_server:cast raised function_clause).
+    [?assertError(badarg, py_asyncio:cancel(Bad, make_ref()))
+     || Bad <- [42, 1.5, <<"loop">>, [], {1, 2}, {x, y, z}, hd(erlang:ports())]],
+    ?assertError(badarg, py_asyncio:submit({1, 2}, m, f, [])).
 
 -spec child_spec_under_own_supervisor(ct_suite:ct_config()) -> term().
 child_spec_under_own_supervisor(_Config) ->
@@ -402,6 +421,21 @@ submit_errors(_Config) ->
     %% came back as a UnicodeEncodeError of the report).
     ?assertMatch({error, {'LookupError', <<"bad \x{FFFD} text"/utf8>>, _}},
                  py_asyncio:call(Loop, ?HELPERS, fail_with_lone_surrogate, [], ?WAIT)),
+    %% An exception whose str() raises is reported as py:call reports it
+    %% (no message), not lost with its report: the caller waited forever.
+    [?assertMatch({error, {<<"TextFails">>, <<>>, _}},
+                  py_asyncio:call(Loop, ?HELPERS, Failing, [], ?WAIT))
+     || Failing <- [fail_without_text, fail_without_text_in_a_task]],
+    ?assertMatch({error, {<<"TextFails">>, <<>>, _}},
+                 py:call(?HELPERS, fail_without_text, [])),
+    %% Nor does it take the rest of its batch with it (submitted at once,
+    %% they go in one: the two echoes never ran, never answered).
+    [First, Failing, Last] = [py_asyncio:submit(Loop, ?HELPERS, F, A)
+                              || {F, A} <- [{echo, [first]}, {fail_without_text, []},
+                                            {echo, [last]}]],
+    ?assertEqual({ok, <<"first">>}, result(First)),
+    ?assertMatch({error, {<<"TextFails">>, <<>>, _}}, result(Failing)),
+    ?assertEqual({ok, <<"last">>}, result(Last)),
     %% The loop is unharmed.
     ?assertEqual({ok, 1}, py_asyncio:call(Loop, ?HELPERS, echo, [1], ?WAIT)),
     %% A caller's SystemExit or KeyboardInterrupt ends its call, not the
@@ -1092,4 +1126,23 @@ submit_to_no_loop(_Config) ->
     ?assertEqual({error, not_found}, py_asyncio:stop_loop(Remote)),
     RemoteRef = py_asyncio:submit(Remote, operator, add, [1, 2]),
     ?assertEqual({error, {loop_down, noproc}}, result(RemoteRef)),
+    %% A process that is not a loop never answers a submission: `call'
+    %% without a timeout waited for good. No loop is there, as for
+    %% `stop_loop'.
+    Plain = spawn_link(fun() -> receive stop -> ok end end),
+    register(py_asyncio_suite_not_a_loop, Plain),
+    NotLoops = [Plain, py_asyncio_suite_not_a_loop, {py_asyncio_suite_not_a_loop, node()},
+                whereis(py_callback)],
+    Callers = [spawn_monitor(fun() -> exit({called, py_asyncio:call(NotLoop, operator, add, [1, 2])}) end)
+               || NotLoop <- NotLoops],
+    [receive
+         {'DOWN', Monitor, process, Caller, {called, Called}} ->
+             ?assertEqual({error, {loop_down, noproc}}, Called)
+     after 10000 ->
+         exit(Caller, kill),
+         ct:fail({no_answer, NotLoop})
+     end || {NotLoop, {Caller, Monitor}} <- lists:zip(NotLoops, Callers)],
+    %% A call with a timeout shorter than the look times out as before.
+    ?assertEqual({error, timeout}, py_asyncio:call(Plain, operator, add, [1, 2], 100)),
+    Plain ! stop,
     no_more_messages().
