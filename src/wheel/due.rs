@@ -68,9 +68,10 @@ pub(crate) struct DueQueue {
     dead: usize,
     /// Memory for sorting runs.
     scratch: Scratch,
-    /// Keys of the next run, gathered in arrival order by
-    /// [`gather`](Self::gather) and sorted straight into `keys` by
-    /// [`append_gathered`](Self::append_gathered).
+    /// Memory kept for the keys of the next run, which the caller gathers
+    /// in arrival order (see [`take_gathered`](Self::take_gathered)) and
+    /// [`append_gathered`](Self::append_gathered) sorts straight into
+    /// `keys`.
     gathered: Vec<DueKey>,
 }
 
@@ -275,20 +276,27 @@ impl DueQueue {
         );
     }
 
-    /// Adds a key to the run [`append_gathered`](Self::append_gathered)
-    /// appends; the same contract as [`push`](Self::push). Gathering apart
-    /// and sorting into place saves `end_run`'s copy back: for a large run
-    /// (a whole slot of a higher level) that copy is a good part of the sort.
+    /// An empty vector to gather the keys of the next run into, for
+    /// [`append_gathered`](Self::append_gathered): the same contract as
+    /// [`push`](Self::push). Gathering apart and sorting into place saves
+    /// `end_run`'s copy back: for a large run (a whole slot of a higher
+    /// level) that copy is a good part of the sort.
     #[inline]
-    pub(crate) fn gather(&mut self, key: DueKey) {
-        self.gathered.push(key);
+    pub(crate) fn take_gathered(&mut self) -> Vec<DueKey> {
+        std::mem::take(&mut self.gathered)
     }
 
-    /// Appends the keys gathered since the last call, sorted; `bounds` are
-    /// their least and greatest deadline, which the caller kept as it
-    /// gathered them (the sort needs them, and would otherwise read every
-    /// key once more).
-    pub(crate) fn append_gathered<T>(&mut self, slab: &Slab<T>, bounds: Bounds) {
+    /// Appends the keys of `gathered` (from
+    /// [`take_gathered`](Self::take_gathered)), sorted; `bounds` hold every
+    /// deadline among them (the range of the slot they came from: the sort
+    /// needs a range, and would otherwise read every key once more).
+    pub(crate) fn append_gathered<T>(
+        &mut self,
+        gathered: Vec<DueKey>,
+        slab: &Slab<T>,
+        bounds: Bounds,
+    ) {
+        self.gathered = gathered;
         let start = self.keys.len();
         self.keys
             .resize(start + self.gathered.len(), DueKey::default());

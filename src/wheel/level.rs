@@ -178,23 +178,32 @@ impl Level {
         index: u32,
         deadline: u64,
     ) -> bool {
-        let list = &mut self.slots[slot];
-        list.remove(slab, index);
-        if list.is_empty() {
+        if self.slots[slot].remove(slab, index) {
             self.occupied &= !(1 << slot);
             self.mins[slot] = EMPTY_MIN;
-        } else if deadline == self.mins[slot] {
+            return self.occupied == 0;
+        }
+        if deadline == self.mins[slot] {
             self.mins[slot] = UNKNOWN_MIN;
         }
-        self.occupied == 0
+        false
     }
 
-    /// Empties `slot` and returns its entries, still linked, in FIFO order.
+    /// Empties `slot` and returns its entries, still linked, in FIFO order,
+    /// for a [`drain`](List::drain).
     #[inline]
-    pub(crate) fn take_slot(&mut self, slot: usize) -> List {
+    pub(crate) fn take_slot<T>(&mut self, slab: &mut Slab<T>, slot: usize) -> List {
         self.occupied &= !(1 << slot);
         self.mins[slot] = EMPTY_MIN;
-        self.slots[slot].take()
+        self.slots[slot].take(slab)
+    }
+
+    /// Empties `slot`, whose entries the caller frees without a walk.
+    #[inline]
+    pub(crate) fn clear_slot(&mut self, slot: usize) {
+        self.occupied &= !(1 << slot);
+        self.mins[slot] = EMPTY_MIN;
+        self.slots[slot] = List::EMPTY;
     }
 }
 
@@ -322,7 +331,7 @@ mod tests {
         assert_eq!(level.next_expiration(70).map(|e| e.slot), Some(3));
         // The earliest entry left: its successor's deadline is not tracked.
         assert_eq!(level.slot_min(3), None);
-        let taken = level.take_slot(3);
+        let taken = level.take_slot(&mut slab, 3);
         assert_eq!(taken.head(), b);
         assert_eq!(level.next_expiration(70), None);
     }
@@ -353,7 +362,7 @@ mod slot_min_tests {
         let i = slab.insert(Entry::new(5, 5, ())).index();
         level.push(&mut slab, 5, i, 5);
         assert_eq!(level.slot_min(5), None, "stays unknown");
-        level.take_slot(5);
+        level.take_slot(&mut slab, 5);
         assert_eq!(level.slot_min(5), None);
         level.push(&mut slab, 5, ids[2], 20);
         assert_eq!(level.slot_min(5), Some(20), "known again once emptied");

@@ -3,6 +3,13 @@
 //! The links live in the entries (see `Entry::prev`/`next`), so a list is just
 //! its two ends and costs nothing per element. Every wheel slot and the
 //! overflow lists are one of these.
+//!
+//! The head's `prev` is `NIL`, but the tail's `next` may name anything: the
+//! list knows its tail, so an unlink of the tail (the usual cancel, of the
+//! newest entry of its slot) writes the list alone, not its predecessor. A
+//! walk in place stops at the tail ([`iter`](List::iter)); a list
+//! [`take`](List::take)n for draining gets its tail's `next` set to `NIL`
+//! once, so its drain stays one load and one compare a step.
 
 use super::entry::{Entry, Location};
 use super::slab::Slab;
@@ -32,7 +39,7 @@ impl List {
         tail: NIL,
     };
 
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.head == NIL
     }
@@ -90,42 +97,71 @@ impl List {
         self.tail = index;
     }
 
-    /// Unlinks `index`, which must be in this list.
+    /// Unlinks `index`, which must be in this list; true when that left
+    /// the list empty. The tail's predecessor keeps its `next`, pointing out
+    /// of the list now.
     #[inline(always)]
-    pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, index: u32) {
+    pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, index: u32) -> bool {
         let Entry { prev, next, .. } = *slab.entry(index);
-        if prev == NIL {
-            debug_assert_eq!(
-                self.head, index,
-                "entry {index} has no prev but is not the head"
-            );
-            self.head = next;
-        } else {
-            slab.entry_mut(prev).next = next;
-        }
-        if next == NIL {
-            debug_assert_eq!(
-                self.tail, index,
-                "entry {index} has no next but is not the tail"
-            );
+        if index == self.tail {
             self.tail = prev;
+            if prev == NIL {
+                debug_assert_eq!(
+                    self.head, index,
+                    "entry {index} has no prev but is not the head"
+                );
+                self.head = NIL;
+                return true;
+            }
         } else {
             slab.entry_mut(next).prev = prev;
+            if prev == NIL {
+                debug_assert_eq!(
+                    self.head, index,
+                    "entry {index} has no prev but is not the head"
+                );
+                self.head = next;
+            } else {
+                slab.entry_mut(prev).next = next;
+            }
         }
+        false
     }
 
-    /// Empties the list and returns what it held. The entries keep their
-    /// links, so the caller can walk the returned list with [`Drain`].
+    /// Empties the list and returns what it held, its tail's `next` set to
+    /// `NIL` so that the caller can walk it with [`Drain`] while relinking
+    /// its entries.
     #[inline]
-    pub(crate) fn take(&mut self) -> List {
+    pub(crate) fn take<T>(&mut self, slab: &mut Slab<T>) -> List {
+        if self.tail != NIL {
+            slab.entry_mut(self.tail).next = NIL;
+        }
         std::mem::replace(self, List::EMPTY)
     }
 
-    /// Walks the list from head to tail; the current entry may be relinked
-    /// elsewhere (its `next` is read before it is yielded).
+    /// Walks a [`take`](Self::take)n list from head to tail; the current
+    /// entry may be relinked elsewhere (its `next` is read before it is
+    /// yielded).
     #[inline]
     pub(crate) fn drain(self) -> Drain {
         Drain { next: self.head }
+    }
+
+    /// The entries of a list left in place, head to tail.
+    pub(crate) fn iter<'a, T>(&self, slab: &'a Slab<T>) -> impl Iterator<Item = u32> + 'a {
+        let (mut next, tail) = (self.head, self.tail);
+        std::iter::from_fn(move || {
+            let index = next;
+            if index == NIL {
+                return None;
+            }
+            next = if index == tail {
+                NIL
+            } else {
+                slab.entry(index).next
+            };
+            Some(index)
+        })
     }
 }
 
@@ -153,12 +189,7 @@ mod tests {
     use super::*;
 
     fn collect(list: &List, slab: &Slab<u64>) -> Vec<u64> {
-        let mut out = Vec::new();
-        let mut drain = list.drain();
-        while let Some(i) = drain.next(slab) {
-            out.push(slab.entry(i).value);
-        }
-        out
+        list.iter(slab).map(|i| slab.entry(i).value).collect()
     }
 
     fn slab_with(n: u64) -> (Slab<u64>, Vec<u32>) {
@@ -188,25 +219,37 @@ mod tests {
         for &i in &ids {
             list.push_back(&mut slab, i, Location::Far);
         }
-        list.remove(&mut slab, ids[1]);
+        assert!(!list.remove(&mut slab, ids[1]));
         assert_eq!(collect(&list, &slab), [0, 2, 3]);
-        list.remove(&mut slab, ids[0]);
+        assert!(!list.remove(&mut slab, ids[0]));
         assert_eq!(collect(&list, &slab), [2, 3]);
-        list.remove(&mut slab, ids[3]);
+        assert!(!list.remove(&mut slab, ids[3]));
         assert_eq!(collect(&list, &slab), [2]);
-        list.remove(&mut slab, ids[2]);
+        list.push_back(&mut slab, ids[3], Location::Far);
+        assert_eq!(collect(&list, &slab), [2, 3]);
+        assert!(!list.remove(&mut slab, ids[3]));
+        assert!(list.remove(&mut slab, ids[2]));
         assert!(list.is_empty());
         assert_eq!(list.tail(), NIL);
     }
 
     #[test]
     fn take_leaves_the_list_empty() {
-        let (mut slab, ids) = slab_with(2);
+        let (mut slab, ids) = slab_with(3);
         let mut list = List::EMPTY;
         list.push_back(&mut slab, ids[0], Location::Never);
         list.push_back(&mut slab, ids[1], Location::Never);
-        let taken = list.take();
+        list.push_back(&mut slab, ids[2], Location::Never);
+        list.remove(&mut slab, ids[2]);
+        let taken = list.take(&mut slab);
         assert!(list.is_empty());
         assert_eq!(collect(&taken, &slab), [0, 1]);
+        // The tail's stale `next` was cut: a drain ends there too.
+        let mut drain = taken.drain();
+        let mut drained = Vec::new();
+        while let Some(i) = drain.next(&slab) {
+            drained.push(slab.entry(i).value);
+        }
+        assert_eq!(drained, [0, 1]);
     }
 }

@@ -224,8 +224,10 @@ pub struct Wheel<T> {
     /// Whether `next_cache` is the current answer.
     next_cache_valid: Cell<bool>,
 
-    /// Counters of fired, cascaded and spurious; `stats()` derives the
-    /// others (`inserted` is `next_seq`), so the hot paths count nothing.
+    /// Counters of fired, cancelled, cascaded and spurious; `stats()`
+    /// derives the others (`inserted` is `next_seq`, `live` what is neither
+    /// fired nor cancelled): the live count is kept by nobody, so an insert
+    /// counts nothing and a firing only its batch.
     stats: WheelStats,
 }
 
@@ -283,12 +285,12 @@ impl<T> Wheel<T> {
 
     /// Number of live timers (including `NEVER` ones).
     pub fn len(&self) -> usize {
-        self.slab.len()
+        (self.next_seq - self.stats.fired - self.stats.cancelled) as usize
     }
 
     /// True when no timer is live.
     pub fn is_empty(&self) -> bool {
-        self.slab.len() == 0
+        self.len() == 0
     }
 
     /// Bytes the wheel holds beyond its fixed part (the levels): entry
@@ -306,7 +308,7 @@ impl<T> Wheel<T> {
     /// every operation. False, nothing changed, if a timer is live (or,
     /// after 2^31 timers in one slot, never: see `Slab::release_memory`).
     pub fn release_memory(&mut self) -> bool {
-        if !self.slab.release_memory() {
+        if !self.is_empty() || !self.slab.release_memory() {
             return false;
         }
         // No entry is live: what the queues hold are tombstones.
@@ -318,18 +320,16 @@ impl<T> Wheel<T> {
 
     /// The counters.
     pub fn stats(&self) -> WheelStats {
-        let live = self.slab.len() as u64;
         WheelStats {
             inserted: self.next_seq,
-            cancelled: self.next_seq - self.stats.fired - live,
-            live,
+            live: self.len() as u64,
             ..self.stats
         }
     }
 
     /// Makes room for `additional` more live timers without reallocating.
     pub fn reserve(&mut self, additional: usize) {
-        self.slab.reserve(additional);
+        self.slab.reserve(additional, self.len());
     }
 
     /// Schedules `value` at `deadline_ns` (CLOCK_MONOTONIC nanoseconds;
@@ -393,6 +393,7 @@ impl<T> Wheel<T> {
         if self.next_cache.get() == deadline {
             self.next_cache_valid.set(false);
         }
+        self.stats.cancelled += 1;
         let Location::Slot { level, slot } = location else {
             return Some(self.cancel_outside_levels(index, location));
         };
@@ -702,7 +703,7 @@ impl<T> Wheel<T> {
         if self.slab.entry(index).deadline > now {
             return false;
         }
-        self.levels[0].take_slot(exp.slot);
+        self.levels[0].clear_slot(exp.slot);
         if self.levels[0].is_empty() {
             self.occupied_levels &= !1;
         }
@@ -746,10 +747,9 @@ impl<T> Wheel<T> {
     /// The earliest deadline in the slot of `exp`, or `None` if the slot has
     /// more than `limit` entries.
     fn slot_min_deadline(&self, exp: Expiration, limit: usize) -> Option<u64> {
-        let mut drain = self.levels[exp.level].slot(exp.slot).drain();
         let mut min = u64::MAX;
         let mut seen = 0;
-        while let Some(index) = drain.next(&self.slab) {
+        for index in self.levels[exp.level].slot(exp.slot).iter(&self.slab) {
             seen += 1;
             if seen > limit {
                 return None;
@@ -826,12 +826,12 @@ impl<T> Wheel<T> {
             self.elapsed
         );
         self.elapsed = self.elapsed.max(exp.tick);
-        let list = self.levels[exp.level].take_slot(exp.slot);
+        let list = self.levels[exp.level].take_slot(&mut self.slab, exp.slot);
         if self.levels[exp.level].is_empty() {
             self.occupied_levels &= !(1 << exp.level);
         }
         if exp.level != 0 && exp.level <= AHEAD_LEVELS && self.ahead_takes(exp.tick) {
-            self.sort_ahead(list);
+            self.sort_ahead(exp, list);
             return;
         }
         let run = self.due.run_start();
@@ -866,25 +866,33 @@ impl<T> Wheel<T> {
             .is_none_or(|last| last < self.resolution.first_ns_of(tick))
     }
 
-    /// Moves every entry of `list`, a higher-level slot just taken, into
-    /// `ahead` as one sorted run.
-    fn sort_ahead(&mut self, list: List) {
-        let mut moved = 0u64;
-        let mut bounds = Bounds::EMPTY;
+    /// Moves every entry of `list`, the slot of `exp` (a higher level) just
+    /// taken, into `ahead` as one sorted run. Out of line: its walk then
+    /// has the registers to itself.
+    #[inline(never)]
+    fn sort_ahead(&mut self, exp: Expiration, list: List) {
+        // Every deadline of the slot lies in the slot's own ticks: the sort's
+        // range is known without a min and a max kept through the walk.
+        let end = exp.tick + level::slot_range(exp.level);
+        let bounds = Bounds {
+            min: self.resolution.first_ns_of(exp.tick),
+            max: self.resolution.first_ns_of(end) - 1,
+        };
+        // A local vector, not the queue's: the stores into the entries would
+        // otherwise have its length reloaded and stored again every step.
+        let mut gathered = self.ahead.take_gathered();
         let mut drain = list.drain();
         while let Some(index) = drain.next(&self.slab) {
-            moved += 1;
             let entry = self.slab.entry_mut(index);
             entry.location = Location::Ahead;
-            bounds.take_in(entry.deadline);
-            self.ahead.gather(DueKey {
+            gathered.push(DueKey {
                 deadline: entry.deadline,
                 index,
                 generation: entry.generation,
             });
         }
-        self.ahead.append_gathered(&self.slab, bounds);
-        self.stats.cascaded += moved;
+        self.stats.cascaded += gathered.len() as u64;
+        self.ahead.append_gathered(gathered, &self.slab, bounds);
     }
 
     /// Appends entry `index` to the current run of the due queue.
@@ -982,7 +990,7 @@ impl<T> Wheel<T> {
             self.elapsed
         );
         self.elapsed = self.elapsed.max(tick);
-        let mut drain = self.overflow.take_far().drain();
+        let mut drain = self.overflow.take_far(&mut self.slab).drain();
         while let Some(index) = drain.next(&self.slab) {
             let deadline = self.slab.entry(index).deadline;
             if self.place(index, deadline) != Location::Far {

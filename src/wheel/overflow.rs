@@ -61,7 +61,9 @@ impl Overflow {
     /// Unlinks entry `index` (a cancel) from the list `location` names.
     pub(crate) fn remove<T>(&mut self, slab: &mut Slab<T>, index: u32, location: Location) {
         match location {
-            Location::Never => self.never.remove(slab, index),
+            Location::Never => {
+                self.never.remove(slab, index);
+            }
             Location::Far => {
                 let deadline = slab.entry(index).deadline;
                 self.far.remove(slab, index);
@@ -74,19 +76,18 @@ impl Overflow {
     }
 
     /// Empties the far list and returns it, for migration into the levels.
-    pub(crate) fn take_far(&mut self) -> List {
+    pub(crate) fn take_far<T>(&mut self, slab: &mut Slab<T>) -> List {
         self.far_min = u64::MAX;
-        self.far.take()
+        self.far.take(slab)
     }
 
     /// The earliest deadline in `far`, by a full scan.
     fn scan_far_min<T>(&self, slab: &Slab<T>) -> u64 {
-        let mut min = u64::MAX;
-        let mut drain = self.far.drain();
-        while let Some(i) = drain.next(slab) {
-            min = min.min(slab.entry(i).deadline);
-        }
-        min
+        self.far
+            .iter(slab)
+            .map(|i| slab.entry(i).deadline)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -205,7 +206,7 @@ mod tests {
         assert_eq!(overflow.far_min(), Some(20));
         overflow.remove(&mut slab, ids[0], Location::Far);
         assert_eq!(overflow.far_min(), Some(20));
-        let taken = overflow.take_far();
+        let taken = overflow.take_far(&mut slab);
         assert_eq!(taken.head(), ids[2]);
         assert_eq!(overflow.far_min(), None);
     }

@@ -96,8 +96,6 @@ pub(crate) struct Slab<T> {
     /// Most recently freed slot, or `NIL`. LIFO reuse keeps the hot part of
     /// `slots` small and cached.
     free_head: u32,
-    /// Number of occupied slots, for `Wheel::len`.
-    len: usize,
     /// The generation a slot gets when `push` adds it: 1, and after
     /// [`release_memory`](Self::release_memory) the highest generation any
     /// dropped slot had reached, so that no key of a dropped slot matches
@@ -110,23 +108,18 @@ impl<T> Slab<T> {
         Slab {
             slots: Vec::new(),
             free_head: NIL,
-            len: 0,
             first_generation: 1,
         }
     }
 
-    /// Number of live entries.
-    #[inline]
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Makes room for `additional` more entries without reallocating. A
-    /// free slot out of generations still counts as free here until `insert`
-    /// meets and retires it: after 2^31 reuses of one slot, an insert after
-    /// a `reserve` may reallocate once (never a wrong key).
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        let free = self.slots.len() - self.len;
+    /// Makes room for `additional` more entries without reallocating,
+    /// `live` of them being live now (the wheel counts them: the slab does
+    /// not, which spares every insert and removal a count). A free slot out
+    /// of generations still counts as free here until `insert` meets and
+    /// retires it: after 2^31 reuses of one slot, an insert after a
+    /// `reserve` may reallocate once (never a wrong key).
+    pub(crate) fn reserve(&mut self, additional: usize, live: usize) {
+        let free = self.slots.len() - live;
         self.slots.reserve(additional.saturating_sub(free));
     }
 
@@ -154,7 +147,6 @@ impl<T> Slab<T> {
         }
         entry.generation = generation;
         *slot = Slot::Occupied(entry);
-        self.len += 1;
         TimerKey { index, generation }
     }
 
@@ -184,7 +176,6 @@ impl<T> Slab<T> {
         let generation = self.first_generation;
         entry.generation = generation;
         self.slots.push(Slot::Occupied(entry));
-        self.len += 1;
         TimerKey { index, generation }
     }
 
@@ -200,9 +191,6 @@ impl<T> Slab<T> {
     /// below that slot's next one, and every slot made anew starts at the
     /// highest of those: stale keys stay stale.
     pub(crate) fn release_memory(&mut self) -> bool {
-        if self.len != 0 {
-            return false;
-        }
         let mut first = self.first_generation;
         for slot in &self.slots {
             match *slot {
@@ -210,7 +198,7 @@ impl<T> Slab<T> {
                     first = first.max(generation);
                 }
                 // Retired (generation 0): its old keys reach the last
-                // generation. Occupied: not with `len` 0.
+                // generation. Occupied: a live entry.
                 _ => return false,
             }
         }
@@ -316,7 +304,6 @@ impl<T> Slab<T> {
             unsafe { std::hint::unreachable_unchecked() }
         };
         self.free_head = index;
-        self.len -= 1;
         entry
     }
 
@@ -339,7 +326,6 @@ impl<T> Slab<T> {
             unreachable!("slot {index} checked occupied above");
         };
         self.free_head = index;
-        self.len -= 1;
         entry
     }
 }
@@ -390,7 +376,6 @@ mod tests {
             assert!(slab.get(TimerKey::new(first.index(), generation)).is_none());
         }
         assert!(!slab.holds(first.index(), 1, 1));
-        assert_eq!(slab.len(), 1);
         assert_eq!(slab.iter().count(), 1);
         slab.remove(next.index());
         assert_eq!(slab.insert(entry(4)).index(), next.index());
@@ -417,7 +402,7 @@ mod tests {
         assert_eq!(b.generation(), 2);
         assert!(slab.get(a).is_none());
         assert_eq!(slab.get(b).map(|e| e.value), Some(2));
-        assert_eq!(slab.len(), 1);
+        assert_eq!(slab.iter().count(), 1);
     }
 
     #[test]

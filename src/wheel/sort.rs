@@ -101,8 +101,9 @@ pub(crate) fn sort_run(run: &mut [DueKey], scratch: &mut Scratch, seq_of: impl F
 /// Writes the keys of `src` into `dst` (of the same length) in the order of
 /// [`sort_run`]. For a run gathered apart from its destination: the keys
 /// are scattered straight into place, without `sort_run`'s copy back.
-/// `bounds` are the least and greatest deadline of `src`, known to a caller
-/// that gathered it (a pass over the keys fewer).
+/// `bounds` hold every deadline of `src`: its least and greatest, or a
+/// range known to the caller without a pass over the keys (the span of the
+/// slot they came from), wider by little.
 pub(crate) fn sort_into(
     src: &[DueKey],
     bounds: Bounds,
@@ -131,7 +132,10 @@ fn bucket_sort_into(
     seq_of: &impl Fn(u32) -> u64,
 ) {
     debug_assert_eq!(src.len(), dst.len());
-    debug_assert_eq!(Bounds::of(src), Bounds { min, max }, "wrong bounds");
+    debug_assert!(
+        src.iter().all(|key| (min..=max).contains(&key.deadline)),
+        "keys outside {min}..={max}"
+    );
     let span = max - min;
     if span == 0 {
         dst.copy_from_slice(src);
@@ -260,6 +264,20 @@ mod tests {
             &mut Scratch::default(),
             seq_of,
         );
+        // Bounds wider than the keys' (a slot's range) sort alike.
+        let mut wide = vec![DueKey::default(); src.len()];
+        let bounds = Bounds::of(&src);
+        sort_into(
+            &src,
+            Bounds {
+                min: bounds.min.saturating_sub(1_000_000),
+                max: bounds.max.saturating_add(1_000_000),
+            },
+            &mut wide,
+            &mut Scratch::default(),
+            seq_of,
+        );
+        assert_eq!(into, wide, "wider bounds sort otherwise");
         let mut run = src;
         sort_run(&mut run, &mut Scratch::default(), seq_of);
         assert_eq!(into, run, "sort_into and sort_run disagree");
