@@ -83,7 +83,9 @@ start_link(Opts) ->
 -spec check_options(py_asyncio:options()) -> ok.
 check_options(Opts) ->
     Valid = fun
-        (name, Name) -> is_atom(Name);
+        %% `register/2' refuses `undefined' (it was reported as a loop
+        %% already started under that name).
+        (name, Name) -> is_atom(Name) andalso Name =/= undefined;
         (stop_timeout, T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_STOP_TIMEOUT;
         (id, _) -> true;
         (restart, R) -> lists:member(R, [permanent, transient, temporary]);

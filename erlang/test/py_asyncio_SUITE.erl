@@ -350,7 +350,8 @@ bad_options(_Config) ->
     %% (gen_server:cast raised function_clause).
     [?assertError(badarg, py_asyncio:cancel(Bad, make_ref()))
      || Bad <- [42, 1.5, <<"loop">>, [], {1, 2}, {x, y, z}, hd(erlang:ports())]],
-    ?assertError(badarg, py_asyncio:submit({1, 2}, m, f, [])).
+    ?assertError(badarg, py_asyncio:submit({1, 2}, m, f, [])),
+    ?assertError(badarg, py_asyncio:start_loop(#{name => undefined})).
 
 -spec child_spec_under_own_supervisor(ct_suite:ct_config()) -> term().
 child_spec_under_own_supervisor(_Config) ->
