@@ -43,6 +43,8 @@
 %% How long `call' waits for a result before it checks, once, that its
 %% `Loop' is a loop at all.
 -define(LOOP_CHECK_AFTER, 1000).
+%% The longest a look at whether a process is a loop waits for its node.
+-define(LOOK_TIMEOUT, 5000).
 
 %% @doc Starts a loop under `py_asyncio_sup' (stopped with the application).
 -spec start_loop(options()) -> {ok, pid()} | {error, term()}.
@@ -157,7 +159,10 @@ call_reachable(Loop, ModuleText, FunctionText, Args, Timeout) ->
             %% mistake) never answers: looked at once, here, rather than on
             %% every call (`process_info' of another process costs a
             %% signal's round trip, about 5 us).
-            case is_loop(Loop) of
+            %% Its node may be slow to answer (stopped, cut off before the
+            %% net tick says so): asked for no longer than the call has left.
+            Asked = erlang:monotonic_time(millisecond),
+            case is_loop(Loop, min(?LOOK_TIMEOUT, left(Timeout, Asked - Started))) of
                 false ->
                     %% Its answer or death may have come during the look.
                     case wait_result(Ref, 0) of
@@ -221,21 +226,32 @@ cancel(Loop, Ref) ->
 %% could not tell (unreachable, busy): then it is stopped as any server.
 %% Asked with plain BIFs, which any node running any release has.
 is_loop(Loop) ->
+    is_loop(Loop, ?LOOK_TIMEOUT).
+
+%% As is_loop/1, answering within about `Timeout' ms (`unknown' then).
+is_loop(Loop, Timeout) ->
+    Deadline = erlang:monotonic_time(millisecond) + Timeout,
     case where(Loop) of
         {Node, Target} ->
             try
                 Pid = case Target of
-                          Name when is_atom(Name) -> erpc:call(Node, erlang, whereis, [Name], 5000);
+                          Name when is_atom(Name) ->
+                              erpc:call(Node, erlang, whereis, [Name], until(Deadline));
                           Pid0 -> Pid0
                       end,
                 is_pid(Pid) andalso
-                    is_loop_dictionary(erpc:call(Node, erlang, process_info, [Pid, dictionary], 5000))
+                    is_loop_dictionary(erpc:call(Node, erlang, process_info, [Pid, dictionary],
+                                                 until(Deadline)))
             catch
                 _:_ -> unknown
             end;
         nowhere ->
             false
     end.
+
+%% The ms left until `Deadline' (monotonic ms).
+until(Deadline) ->
+    max(0, Deadline - erlang:monotonic_time(millisecond)).
 
 %% Whether `Loop' has the shape of a loop (`gen_server:cast' raises
 %% `function_clause' for any other, `{1, 2}' included).

@@ -33,6 +33,8 @@
          timeout_during_a_first_import_leaks_no_import_lock/1,
          timeout_after_taking_the_import_lock_leaks_it_not/1,
          timeout_waiting_for_another_import_comes_after_it/1,
+         timeout_waiting_for_an_import_while_threads_start/1,
+         timeout_under_an_import_hook_deadlocks_not/1,
          call_async_await/1, await_timeout/1,
          namespace_per_process/1, namespace_dropped_on_exit/1,
          namespace_not_leaked_by_short_lived_callers/1,
@@ -80,6 +82,8 @@ groups() ->
        timeout_while_starting_threads, timeout_during_a_first_import_leaks_no_import_lock,
        timeout_after_taking_the_import_lock_leaks_it_not,
        timeout_waiting_for_another_import_comes_after_it,
+       timeout_waiting_for_an_import_while_threads_start,
+       timeout_under_an_import_hook_deadlocks_not,
        withdrawn_calls_leave_the_queue,
        timeout_in_the_str_of_an_exception,
        call_async_await, await_timeout,
@@ -941,6 +945,106 @@ timeout_waiting_for_another_import_comes_after_it(Config) ->
         end
     after
         py:call(sys, 'path.remove', [Path])
+    end.
+
+%% As timeout_waiting_for_another_import_comes_after_it, while other
+%% threads are being started meanwhile (an executor growing, say): a look
+%% that finds one starting (an ambiguous identifier) is tried again, not
+%% taken for the end of the wait on the import, which left the call to run
+%% on uninterrupted once the import was done.
+-spec timeout_waiting_for_an_import_while_threads_start(ct_suite:ct_config()) -> term().
+timeout_waiting_for_an_import_while_threads_start(Config) ->
+    Dir = filename:join(?config(priv_dir, Config), "waited_imports_threads"),
+    ok = filelib:ensure_path(Dir),
+    Path = unicode:characters_to_binary(Dir),
+    Module = "py_suite_slow_body_" ++ integer_to_list(erlang:unique_integer([positive])),
+    ok = file:write_file(filename:join(Dir, Module ++ ".py"),
+                         <<"import builtins, erlang, time\n"
+                           "erlang.send(builtins._py_suite_importer, 'importing')\n"
+                           "time.sleep(5)\n">>),
+    {ok, _} = py:call(sys, 'path.insert', [0, Path]),
+    Self = self(),
+    Starter = py:call_async(builtins, exec,
+                            [<<"import builtins, threading, time\n"
+                               "builtins._py_suite_starting = True\n"
+                               "end = time.monotonic() + 60\n"
+                               "while builtins._py_suite_starting and time.monotonic() < end:\n"
+                               "    t = threading.Thread(target=int)\n"
+                               "    t.start()\n"
+                               "    t.join()\n">>, #{}]),
+    try
+        Importer = py:call_async(builtins, exec,
+                                 [<<"import builtins\n"
+                                    "builtins._py_suite_importer = p\n"
+                                    "import ", (list_to_binary(Module))/binary, "\n">>,
+                                  #{<<"p">> => Self}]),
+        receive <<"importing">> -> ok after 10000 -> ct:fail(not_importing) end,
+        Code = <<"import erlang, time\n"
+                 "try:\n"
+                 "    import ", (list_to_binary(Module))/binary, "\n"
+                 "    end = time.monotonic() + 20\n"
+                 "    while time.monotonic() < end:\n"
+                 "        time.sleep(0.01)\n"
+                 "    erlang.send(p, 'ran on')\n"
+                 "except TimeoutError:\n"
+                 "    erlang.send(p, 'TimeoutError')\n">>,
+        ?assertEqual({error, timeout},
+                     py:call(builtins, exec, [Code, #{<<"p">> => Self}], #{}, 300)),
+        ?assertEqual({ok, none}, py:await(Importer, 20000)),
+        receive
+            <<"TimeoutError">> -> ok;
+            <<"ran on">> -> ct:fail(ran_on_uninterrupted)
+        after 30000 -> ct:fail(not_interrupted_after_the_import)
+        end
+    after
+        py:exec(<<"import builtins; builtins._py_suite_starting = False">>),
+        py:await(Starter, 70000),
+        py:call(sys, 'path.remove', [Path])
+    end.
+
+%% The interrupt of a call waiting for another thread's import looks, under
+%% the job's lock, at where the call's thread is. That look ran
+%% `builtins.__import__' (pyo3's `import'), which a debugger or an import
+%% tracer replaces with Python code: code that let the GIL go (here a
+%% sleep; any Python code does, at a switch) let the job end meanwhile,
+%% and its thread then waited for the lock with the GIL held: every Python
+%% call of the node hung for good.
+-spec timeout_under_an_import_hook_deadlocks_not(ct_suite:ct_config()) -> term().
+timeout_under_an_import_hook_deadlocks_not(Config) ->
+    Dir = filename:join(?config(priv_dir, Config), "hooked_imports"),
+    ok = filelib:ensure_path(Dir),
+    Path = unicode:characters_to_binary(Dir),
+    Module = "py_suite_hooked_" ++ integer_to_list(erlang:unique_integer([positive])),
+    ok = file:write_file(filename:join(Dir, Module ++ ".py"),
+                         <<"import builtins, erlang, time\n"
+                           "erlang.send(builtins._py_suite_importer, 'importing')\n"
+                           "time.sleep(3)\n">>),
+    {ok, _} = py:call(sys, 'path.insert', [0, Path]),
+    %% Slows the imports called from native code with no Python frame (the
+    %% interrupting thread's) so that the job ends during one.
+    ok = py:exec(<<"import builtins, sys, time\n"
+                   "builtins._py_suite_import = builtins.__import__\n"
+                   "def _hook(name, *args, _original=builtins.__import__, **kwargs):\n"
+                   "    if sys._getframe().f_back is None:\n"
+                   "        time.sleep(0.008)\n"
+                   "    return _original(name, *args, **kwargs)\n"
+                   "builtins.__import__ = _hook\n">>),
+    Self = self(),
+    try
+        Importer = py:call_async(builtins, exec,
+                                 [<<"import builtins\n"
+                                    "builtins._py_suite_importer = p\n"
+                                    "import ", (list_to_binary(Module))/binary, "\n">>,
+                                  #{<<"p">> => Self}]),
+        receive <<"importing">> -> ok after 10000 -> ct:fail(not_importing) end,
+        ?assertEqual({error, timeout},
+                     py:call(builtins, exec, [<<"import ", (list_to_binary(Module))/binary>>, #{}],
+                             #{}, 300)),
+        ?assertEqual({ok, none}, py:await(Importer, 20000)),
+        ?assertEqual({ok, 2}, py:call(operator, add, [1, 1], #{}, 5000))
+    after
+        py:exec(<<"import builtins; builtins.__import__ = builtins._py_suite_import">>, 5000),
+        py:call(sys, 'path.remove', [Path], #{}, 5000)
     end.
 
 -spec timeout_race_leaves_no_message(ct_suite:ct_config()) -> term().

@@ -26,7 +26,8 @@
          loop_serves_while_the_pool_is_busy/1, stop_loop_while_the_pool_is_busy/1,
          stop_loop_while_the_gil_is_held/1, imports_under_way_hold_up_no_other_loop/1,
          lazy_submodules_hold_up_no_other_loop/1, slow_imports_hold_up_no_other_loop/1,
-         remote_node/1, ten_thousand_coroutines/1,
+         remote_node/1, call_timeout_bounds_the_look_at_a_remote_process/1,
+         ten_thousand_coroutines/1,
          app_stop_with_stuck_loop/1]).
 -export([init/1]).
 
@@ -57,7 +58,7 @@ groups() ->
        stop_loop_while_the_gil_is_held, imports_under_way_hold_up_no_other_loop,
        lazy_submodules_hold_up_no_other_loop,
        slow_imports_hold_up_no_other_loop]},
-     {remote, [], [remote_node]},
+     {remote, [], [remote_node, call_timeout_bounds_the_look_at_a_remote_process]},
      {load, [], [ten_thousand_coroutines]},
      %% Last: stops and restarts the application.
      {stop, [], [app_stop_with_stuck_loop]}].
@@ -710,6 +711,31 @@ remote_node(Config) ->
     after
         peer:stop(Peer)
     end.
+
+%% The look at 1 s whether a call's target is a loop asks its node, which
+%% may not answer (stopped, overloaded, cut off before the net tick says
+%% so): the call still ends within its timeout, not 5 s per question
+%% later.
+-spec call_timeout_bounds_the_look_at_a_remote_process(ct_suite:ct_config()) -> term().
+call_timeout_bounds_the_look_at_a_remote_process(_Config) ->
+    ok = ensure_distributed(),
+    {ok, Peer, Node} = peer:start(#{name => peer:random_name(?MODULE)}),
+    OsPid = erpc:call(Node, os, getpid, []),
+    Remote = erpc:call(Node, erlang, spawn, [timer, sleep, [infinity]]),
+    true = erpc:call(Node, erlang, register, [py_asyncio_suite_remote, Remote]),
+    try
+        _ = os:cmd("kill -STOP " ++ OsPid),
+        [begin
+             T0 = erlang:monotonic_time(millisecond),
+             ?assertEqual({error, timeout}, py_asyncio:call(Target, operator, add, [1, 2], 1500)),
+             Took = erlang:monotonic_time(millisecond) - T0,
+             ?assert(Took < 4500, {Target, Took})
+         end || Target <- [Remote, {py_asyncio_suite_remote, Node}]]
+    after
+        _ = os:cmd("kill -CONT " ++ OsPid),
+        peer:stop(Peer)
+    end,
+    no_more_messages().
 
 %%--------------------------------------------------------------------
 %% Load

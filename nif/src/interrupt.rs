@@ -15,7 +15,7 @@ use std::os::raw::{c_long, c_ulong};
 use std::time::Duration;
 
 use erlang_python::py::native_loop::NativeLoop;
-use erlang_python::py::sys_modules::imported;
+use erlang_python::py::sys_modules::{imported, sys_attribute};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -178,10 +178,15 @@ pub fn raise_in_thread(
 /// caller tries again): its next bytecode is then its own code's, or the
 /// entry of an importlib function, before any lock is taken. Code a module
 /// runs while it is imported is its own, interrupted as any. Runs no
-/// Python code; the GIL is held, so the thread stays where it is.
+/// Python code (the caller holds the job's lock, which a thread holding
+/// the GIL waits for in `JobShared::finish`: Python code here letting the
+/// GIL go was a deadlock of the whole interpreter); the GIL is held, so
+/// the thread stays where it is.
 fn in_import_locking(py: Python<'_>, ident: c_ulong) -> bool {
     let inside = || -> PyResult<bool> {
-        let frames = py.import("sys")?.call_method0("_current_frames")?;
+        // Not `py.import`, which runs `builtins.__import__` (Python code
+        // under the job's lock: see `sys_attribute`).
+        let frames = sys_attribute(py, c"_current_frames")?.call0()?;
         let Some(frame) = frames.cast::<PyDict>()?.get_item(ident)? else {
             return Ok(false);
         };
@@ -228,22 +233,36 @@ pub fn retry_ambiguous(py: Python<'_>, mut attempt: impl FnMut() -> Mark) -> Mar
 /// switch), for a cost of one look at the threads' frames per pause.
 const IMPORTING_PAUSE: Duration = Duration::from_millis(10);
 
-/// After [`retry_ambiguous`] gave up on a thread still in importlib's lock
-/// code (`mark`, its last answer): tries `attempt` again, less often, for
-/// as long as it answers [`Mark::Importing`]. Such a thread waits, as a
-/// rule, for another thread's import of a module, which may take any
-/// time; giving up left it to run on uninterrupted once that import was
-/// done. `attempt` is to answer [`Mark::NoThread`] once the exception is
-/// no longer wanted (its job ended). Not for a caller that holds up
-/// Python code while it waits (`interrupt_thread`).
-pub fn retry_while_importing(
-    py: Python<'_>,
-    mut mark: Mark,
-    mut attempt: impl FnMut() -> Mark,
-) -> Mark {
-    while mark == Mark::Importing {
-        py.detach(|| std::thread::sleep(IMPORTING_PAUSE));
-        mark = attempt();
+/// Runs `attempt` as [`retry_ambiguous`] does, but gives up only on
+/// [`Mark::Ambiguous`] answered [`AMBIGUOUS_TRIES`] times in a row: a
+/// thread in importlib's lock code ([`Mark::Importing`]) is tried again
+/// for as long as it is there, every [`AMBIGUOUS_PAUSE`] for the first
+/// 2 s, then every [`IMPORTING_PAUSE`]. Such a thread waits, as a rule,
+/// for another thread's import of a module, which may take any time;
+/// giving up left it to run on uninterrupted once that import was done.
+/// The count of ambiguous answers starts again after each other one:
+/// other threads being started now and then (an executor growing) say
+/// nothing of this one's import, and one of them seen at the 2 s mark, or
+/// at any later look, gave the job up for good. `attempt` is to answer
+/// [`Mark::NoThread`] once the exception is no longer wanted (its job
+/// ended). Not for a caller that holds up Python code while it waits
+/// (`interrupt_thread`).
+pub fn retry_while_importing(py: Python<'_>, mut attempt: impl FnMut() -> Mark) -> Mark {
+    let mut tries: u32 = 0;
+    let mut ambiguous_in_a_row: u32 = 0;
+    loop {
+        let mark = attempt();
+        match mark {
+            Mark::Ambiguous if ambiguous_in_a_row + 1 < AMBIGUOUS_TRIES => ambiguous_in_a_row += 1,
+            Mark::Importing => ambiguous_in_a_row = 0,
+            done => return done,
+        }
+        tries = tries.saturating_add(1);
+        let pause = if tries < AMBIGUOUS_TRIES || mark == Mark::Ambiguous {
+            AMBIGUOUS_PAUSE
+        } else {
+            IMPORTING_PAUSE
+        };
+        py.detach(|| std::thread::sleep(pause));
     }
-    mark
 }

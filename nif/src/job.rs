@@ -414,7 +414,7 @@ impl JobShared {
         // let go) while the thread's identifier is ambiguous or it runs
         // importlib's lock code; the latter for as long as the job runs:
         // the job is still cancelled when its thread leaves importlib.
-        let mut attempt = || {
+        let attempt = || {
             let mut state = self.lock();
             let JobState::CancelRequested(thread) = *state else {
                 return Mark::NoThread;
@@ -425,8 +425,7 @@ impl JobShared {
             }
             mark
         };
-        let marked = interrupt::retry_ambiguous(py, &mut attempt);
-        let marked = interrupt::retry_while_importing(py, marked, &mut attempt);
+        let marked = interrupt::retry_while_importing(py, attempt);
         if marked == Mark::Ambiguous {
             // Given up: left as a job blocked in C is.
             let mut state = self.lock();

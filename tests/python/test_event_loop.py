@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import unittest.mock
 import warnings
 import weakref
@@ -35,6 +36,7 @@ import pytest
 
 import erlang_loop
 from erlang_loop import ErlangEventLoop
+from erlang_loop._loop import _InstanceClock
 
 T = TypeVar("T")
 
@@ -484,6 +486,21 @@ def test_a_loop_without_a_clock_of_its_own_reads_asyncio_s() -> None:
     assert loop.time() == 42.0
     del loop.time
     assert loop.time.__func__ is asyncio.BaseEventLoop.time  # type: ignore[attr-defined]
+
+
+def test_the_clock_descriptor_s_cycles_are_collected() -> None:
+    # Its change hook reaches back to the class that holds it, as
+    # ErlangEventLoop.time's does through its module's globals.
+    def make_class() -> weakref.ref[type]:
+        clock_class = type("WithClock", (), {})
+        clock_class.time = _InstanceClock(  # type: ignore[attr-defined]
+            asyncio.BaseEventLoop.time, types.MethodType, lambda loop: clock_class
+        )
+        return weakref.ref(clock_class)
+
+    made = make_class()
+    gc.collect()
+    assert made() is None
 
 
 def test_a_wait_longer_than_the_clock_counts_waits_until_woken(loop: ErlangEventLoop) -> None:
