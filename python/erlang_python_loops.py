@@ -38,6 +38,7 @@ import inspect
 import math
 import sys
 import threading
+import time
 import traceback
 import types
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,15 @@ _runners_lock = threading.Lock()
 
 #: ``runner``: the _LoopThread of the current thread, on loop threads only.
 _current = threading.local()
+
+#: Servers that died while their ``start`` may still run, by the
+#: ``time.monotonic()`` of their stop: that start must not leave a loop
+#: running for nobody (its caller's death interrupts it at a bytecode, which
+#: may come only after it returned). Under ``_runners_lock``; an entry no
+#: start took is dropped after ``_UNBORN_TTL`` s, by when its start (a job
+#: of at most 10 s whose caller is dead) has long ended.
+_unborn: dict[Pid, float] = {}
+_UNBORN_TTL = 120.0
 
 
 def _error_info(error: BaseException) -> tuple[str, str, str]:
@@ -308,6 +318,10 @@ def start(server: Pid, tag: Ref, timeout: float = 10.0) -> str:
     """Starts the loop thread of ``server``; returns ``"ok"`` once it runs."""
     runner = _LoopThread(server, tag)
     with _runners_lock:
+        _forget_unborn(time.monotonic())
+        if _unborn.pop(server, None) is not None:
+            runner.loop.close()
+            raise RuntimeError(f"{server!r} was stopped before its loop started")
         if server in _runners:
             runner.loop.close()
             raise RuntimeError(f"{server!r} already has a loop")
@@ -360,20 +374,32 @@ def dispatch(server: Pid, ops: list[tuple[Any, ...]], may_import: bool = True) -
     return "ok"
 
 
-def stop(server: Pid, timeout: float) -> str:
+def stop(server: Pid, timeout: float, before_start: bool = False) -> str:
     """Asks the loop of ``server`` to stop: ``"stopping"`` (its thread sends
     ``(tag, "stopped")`` when done) or ``"unknown"`` (no such loop, or it
-    ended by itself)."""
+    ended by itself). ``before_start``: the server died before its
+    ``start`` returned; a ``start`` for it still to come then fails."""
     # The thread unregisters itself when done: a stop cut short here (its
     # caller gave up) is found again by the next one (the reaper's).
     with _runners_lock:
         runner = _runners.get(server)
         if runner is not None:
             runner.stopping = True
+        elif before_start:
+            now = time.monotonic()
+            _forget_unborn(now)
+            _unborn[server] = now
     if runner is None:
         return "unknown"
     runner.ask_to_stop(timeout)
     return "stopping"
+
+
+def _forget_unborn(now: float) -> None:
+    """Drops the stops kept for starts that never came; under ``_runners_lock``."""
+    for server, since in list(_unborn.items()):
+        if now - since > _UNBORN_TTL:
+            del _unborn[server]
 
 
 def _this_loop(what: str) -> _LoopThread:

@@ -17,6 +17,8 @@
 
 -export([start_link/1, check_options/1, shutdown_time/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+%% The reaper's wait, called as `?MODULE:reap/4' when it wakes (see start_reaper/2).
+-export([reap/4]).
 
 %% How long starting the Python thread may take.
 -define(START_TIMEOUT, 10000).
@@ -107,13 +109,16 @@ init(Opts) ->
     process_flag(trap_exit, true),
     StopTimeout = stop_timeout(Opts),
     %% First, so that the Python side goes even if we are killed.
-    start_reaper(self(), StopTimeout),
+    Reaper = start_reaper(self(), StopTimeout),
     Tag = make_ref(),
     %% Python gives up first; if we time out anyway the reaper cleans up.
     case py:call(erlang_python_loops, start, [self(), Tag, ?START_TIMEOUT / 2000], #{},
                  ?START_TIMEOUT) of
-        {ok, _} -> {ok, #state{tag = Tag, stop_timeout = StopTimeout}};
-        {error, Reason} -> {stop, {python_loop, Reason}}
+        {ok, _} ->
+            Reaper ! {started, self()},
+            {ok, #state{tag = Tag, stop_timeout = StopTimeout}};
+        {error, Reason} ->
+            {stop, {python_loop, Reason}}
     end.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
@@ -167,7 +172,7 @@ handle_info(Info, State) ->
 -spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, State = #state{tag = Tag, stop_timeout = StopTimeout}) ->
     Deadline = erlang:monotonic_time(millisecond) + StopTimeout + ?STOP_MARGIN,
-    case stop_python_loop(self(), StopTimeout, Deadline) of
+    case stop_python_loop(self(), StopTimeout, Deadline, false) of
         {ok, <<"stopping">>} ->
             %% Sent by the loop thread after its last report.
             receive {Tag, <<"stopped">>} -> ok
@@ -196,30 +201,47 @@ stop_timeout(Opts) ->
 
 %% A process that stops the Python loop if we die without `terminate/2'
 %% (killed): the loop thread must not outlive us. After a clean stop its
-%% call finds nothing to do.
+%% call finds nothing to do. It waits hibernated, in no code of this
+%% module: a process waiting in a module's code is killed when that code is
+%% purged (a second `code:load_file', an upgrade), and the loops whose
+%% reapers died then ran on for good once killed.
+-spec start_reaper(pid(), non_neg_integer()) -> pid().
 start_reaper(Server, StopTimeout) ->
-    _ = proc_lib:spawn(fun() ->
+    proc_lib:spawn(fun() ->
             Monitor = erlang:monitor(process, Server),
-            receive
-                {'DOWN', Monitor, process, Server, _} ->
-                    %% Nothing waits for us: a stop held up (the GIL
-                    %% taken by a long call) is still made, not cancelled
-                    %% with its caller.
-                    Deadline = erlang:monotonic_time(millisecond) + ?REAPER_PATIENCE,
-                    _ = stop_python_loop(Server, StopTimeout, Deadline)
-            end
-        end),
-    ok.
+            erlang:hibernate(?MODULE, reap, [Server, Monitor, StopTimeout, starting])
+        end).
+
+%% `starting' until the server's start call returned: a server dying before
+%% that may leave a start job running on, whose caller's death does not
+%% always interrupt it in time (the interrupting thread waits for the GIL
+%% while the job ends), and whose loop is not registered yet when our stop
+%% comes. Such a stop is kept by Python for the start to find.
+-spec reap(pid(), reference(), non_neg_integer(), starting | started) -> ok.
+reap(Server, Monitor, StopTimeout, Phase) ->
+    receive
+        {started, Server} ->
+            erlang:hibernate(?MODULE, reap, [Server, Monitor, StopTimeout, started]);
+        {'DOWN', Monitor, process, Server, _} ->
+            %% Nothing waits for us: a stop held up (the GIL
+            %% taken by a long call) is still made, not cancelled
+            %% with its caller.
+            Deadline = erlang:monotonic_time(millisecond) + ?REAPER_PATIENCE,
+            _ = stop_python_loop(Server, StopTimeout, Deadline, Phase =:= starting),
+            ok
+    end.
 
 %% Asks the loop thread of `Server' to stop, on the control lane: a pool busy
 %% with long calls must not keep running a loop that was asked to stop (the
 %% stop used to wait in the pool's queue, time out, and leave it running).
 %% Waits for the answer until `Deadline' (monotonic ms): a job whose caller
-%% gives up is cancelled, and the loop would run on.
-stop_python_loop(Server, StopTimeout, Deadline) ->
+%% gives up is cancelled, and the loop would run on. `BeforeStart': the
+%% server died before its start returned (see `reap/4').
+stop_python_loop(Server, StopTimeout, Deadline, BeforeStart) ->
     JobRef = make_ref(),
     case py_nif:control_call(self(), JobRef, <<"erlang_python_loops">>, <<"stop">>,
-                             [Server, StopTimeout / 1000], #{}) of
+                             [Server, StopTimeout / 1000],
+                             #{<<"before_start">> => BeforeStart}) of
         {ok, _Job} ->
             receive {py_result, JobRef, Result} -> Result
             after max(0, Deadline - erlang:monotonic_time(millisecond)) -> {error, timeout}
