@@ -140,11 +140,17 @@ pub fn raise_in_thread(
     exception: &Bound<'_, PyAny>,
     native: Option<&Py<NativeLoop>>,
 ) -> Mark {
-    if threads_starting(py) {
-        return Mark::Ambiguous;
-    }
-    if in_import_locking(py, ident) {
-        return Mark::Importing;
+    {
+        // The looks allocate; a collection there could run a finalizer's
+        // Python code, which may let the GIL go while our caller holds the
+        // job's lock (the import hook's deadlock, see `in_import_locking`).
+        let _paused = GcPaused::new();
+        if threads_starting(py) {
+            return Mark::Ambiguous;
+        }
+        if in_import_locking(py, ident) {
+            return Mark::Importing;
+        }
     }
     // SAFETY: the GIL is held (`py`); `exception` is a live object for the
     // call, which only counts the thread states it marks; null takes the
@@ -194,6 +200,30 @@ fn in_import_locking(py: Python<'_>, ident: c_ulong) -> bool {
         Ok(file.extract::<&str>()? == "<frozen importlib._bootstrap>")
     };
     inside().unwrap_or(false)
+}
+
+/// Python's cyclic GC held off while it lives (if it was on), so that
+/// what runs meanwhile runs no finalizer. The GIL must be held.
+struct GcPaused {
+    was_enabled: bool,
+}
+
+impl GcPaused {
+    fn new() -> Self {
+        // SAFETY: called with the GIL held (our only caller holds `py`);
+        // returns the previous state, sets no error.
+        let was_enabled = unsafe { pyo3::ffi::PyGC_Disable() } != 0;
+        GcPaused { was_enabled }
+    }
+}
+
+impl Drop for GcPaused {
+    fn drop(&mut self) {
+        if self.was_enabled {
+            // SAFETY: as in `new`: dropped in the same scope, GIL held.
+            unsafe { pyo3::ffi::PyGC_Enable() };
+        }
+    }
 }
 
 /// Is a `threading.Thread` started but not yet running? Its thread state
