@@ -289,6 +289,23 @@ impl JobShared {
         lock(&self.state)
     }
 
+    /// The job's lock, for a thread that holds the GIL: while another holds
+    /// the lock, waits for it with the GIL let go. That other is the
+    /// interrupting thread, looking at where the job's thread is with the
+    /// GIL (`interrupt::raise_in_thread`): if anything in its look lets the
+    /// GIL go (Python code: an `__import__` hook, a finalizer), waiting for
+    /// the lock with the GIL held would stop both threads, and every other
+    /// Python thread, for good.
+    fn lock_holding_gil(&self, py: Python<'_>) -> std::sync::MutexGuard<'_, JobState> {
+        loop {
+            match self.state.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => py.detach(|| drop(self.lock())),
+            }
+        }
+    }
+
     /// Called by the worker before running; false when cancelled meanwhile.
     pub fn start(&self) -> bool {
         let mut state = self.lock();
@@ -308,7 +325,7 @@ impl JobShared {
     /// Clears an interrupt that arrived too late to fire, so it cannot hit the
     /// thread's next job.
     pub fn finish(&self, py: Python<'_>, deliver: impl FnOnce()) {
-        let mut state = self.lock();
+        let mut state = self.lock_holding_gil(py);
         if let Some((native, raise)) = lock(&self.boundary).take() {
             native.get().retract_boundary_raise(&raise);
         }
@@ -362,8 +379,8 @@ impl JobShared {
     /// itself (`erlang.call`): the interrupt still to come is called off,
     /// one already set is cleared, so that the job's `except` sees one
     /// exception, not a second at its first bytecode.
-    pub fn take_timeout(&self, _py: Python<'_>) {
-        let mut state = self.lock();
+    pub fn take_timeout(&self, py: Python<'_>) {
+        let mut state = self.lock_holding_gil(py);
         match *state {
             // The interrupt to come still has the thread's loop end the
             // job (see `interrupt`): the wait's own TimeoutError may be
