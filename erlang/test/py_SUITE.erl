@@ -905,47 +905,60 @@ timeout_after_taking_the_import_lock_leaks_it_not(_Config) ->
 %% uninterrupted, for good.
 -spec timeout_waiting_for_another_import_comes_after_it(ct_suite:ct_config()) -> term().
 timeout_waiting_for_another_import_comes_after_it(Config) ->
-    Dir = filename:join(?config(priv_dir, Config), "waited_imports"),
+    {Module, Path, Importer} = start_a_slow_import(Config, "waited_imports", 6),
+    try
+        time_out_an_import_of(Module, Importer)
+    after
+        py:call(sys, 'path.remove', [Path])
+    end.
+
+%% A call that imports `Module', under way in `Importer', and runs on
+%% for 30 s once it has it, timed out at 300 ms: its TimeoutError must come
+%% once the import is done, not never.
+-spec time_out_an_import_of(binary(), py:async_ref()) -> ok.
+time_out_an_import_of(Module, Importer) ->
+    Code = <<"import erlang, time\n"
+             "try:\n"
+             "    import ", Module/binary, "\n"
+             "    end = time.monotonic() + 30\n"
+             "    while time.monotonic() < end:\n"
+             "        time.sleep(0.01)\n"
+             "    erlang.send(p, 'ran on')\n"
+             "except TimeoutError:\n"
+             "    erlang.send(p, 'TimeoutError')\n">>,
+    ?assertEqual({error, timeout},
+                 py:call(builtins, exec, [Code, #{<<"p">> => self()}], #{}, 300)),
+    ?assertEqual({ok, none}, py:await(Importer, 20000)),
+    receive
+        <<"TimeoutError">> -> ok;
+        <<"ran on">> -> ct:fail(ran_on_uninterrupted)
+    after 30000 -> ct:fail(not_interrupted_after_the_import)
+    end.
+
+%% Writes a module whose body sleeps `Seconds' into a folder of its own
+%% (a module of its own each run: one already imported is not waited for)
+%% and has a call import it; returns once the import is under way, with
+%% the module's name, the folder (on `sys.path' until the caller removes
+%% it) and the importing call.
+-spec start_a_slow_import(ct_suite:ct_config(), string(), pos_integer()) ->
+          {binary(), binary(), py:async_ref()}.
+start_a_slow_import(Config, Folder, Seconds) ->
+    Dir = filename:join(?config(priv_dir, Config), Folder),
     ok = filelib:ensure_path(Dir),
     Path = unicode:characters_to_binary(Dir),
-    %% A module of its own each run: one already imported is not waited for.
     Module = "py_suite_slow_body_" ++ integer_to_list(erlang:unique_integer([positive])),
     ok = file:write_file(filename:join(Dir, Module ++ ".py"),
                          <<"import builtins, erlang, time\n"
                            "erlang.send(builtins._py_suite_importer, 'importing')\n"
-                           "time.sleep(6)\n">>),
+                           "time.sleep(", (integer_to_binary(Seconds))/binary, ")\n">>),
     {ok, _} = py:call(sys, 'path.insert', [0, Path]),
-    Self = self(),
-    try
-        Importer = py:call_async(builtins, exec,
-                                 [<<"import builtins\n"
-                                    "builtins._py_suite_importer = p\n"
-                                    "import ", (list_to_binary(Module))/binary, "\n">>,
-                                  #{<<"p">> => Self}]),
-        receive <<"importing">> -> ok after 10000 -> ct:fail(not_importing) end,
-        Code = <<"import erlang, time\n"
-                 "try:\n"
-                 "    import ", (list_to_binary(Module))/binary, "\n"
-                 "    erlang.send(p, 'imported')\n"
-                 "    end = time.monotonic() + 30\n"
-                 "    while time.monotonic() < end:\n"
-                 "        time.sleep(0.01)\n"
-                 "    erlang.send(p, 'ran on')\n"
-                 "except TimeoutError:\n"
-                 "    erlang.send(p, 'TimeoutError')\n">>,
-        ?assertEqual({error, timeout},
-                     py:call(builtins, exec, [Code, #{<<"p">> => Self}], #{}, 300)),
-        ?assertEqual({ok, none}, py:await(Importer, 20000)),
-        %% `imported' is sent unless the TimeoutError came first, on the
-        %% bytecode after the import.
-        receive
-            <<"TimeoutError">> -> ok;
-            <<"ran on">> -> ct:fail(ran_on_uninterrupted)
-        after 10000 -> ct:fail(not_interrupted_after_the_import)
-        end
-    after
-        py:call(sys, 'path.remove', [Path])
-    end.
+    Importer = py:call_async(builtins, exec,
+                             [<<"import builtins\n"
+                                "builtins._py_suite_importer = p\n"
+                                "import ", (list_to_binary(Module))/binary, "\n">>,
+                              #{<<"p">> => self()}]),
+    receive <<"importing">> -> ok after 10000 -> ct:fail(not_importing) end,
+    {list_to_binary(Module), Path, Importer}.
 
 %% As timeout_waiting_for_another_import_comes_after_it, while other
 %% threads are being started meanwhile (an executor growing, say): a look
@@ -954,16 +967,6 @@ timeout_waiting_for_another_import_comes_after_it(Config) ->
 %% on uninterrupted once the import was done.
 -spec timeout_waiting_for_an_import_while_threads_start(ct_suite:ct_config()) -> term().
 timeout_waiting_for_an_import_while_threads_start(Config) ->
-    Dir = filename:join(?config(priv_dir, Config), "waited_imports_threads"),
-    ok = filelib:ensure_path(Dir),
-    Path = unicode:characters_to_binary(Dir),
-    Module = "py_suite_slow_body_" ++ integer_to_list(erlang:unique_integer([positive])),
-    ok = file:write_file(filename:join(Dir, Module ++ ".py"),
-                         <<"import builtins, erlang, time\n"
-                           "erlang.send(builtins._py_suite_importer, 'importing')\n"
-                           "time.sleep(5)\n">>),
-    {ok, _} = py:call(sys, 'path.insert', [0, Path]),
-    Self = self(),
     Starter = py:call_async(builtins, exec,
                             [<<"import builtins, threading, time\n"
                                "builtins._py_suite_starting = True\n"
@@ -972,30 +975,9 @@ timeout_waiting_for_an_import_while_threads_start(Config) ->
                                "    t = threading.Thread(target=int)\n"
                                "    t.start()\n"
                                "    t.join()\n">>, #{}]),
+    {Module, Path, Importer} = start_a_slow_import(Config, "waited_imports_threads", 5),
     try
-        Importer = py:call_async(builtins, exec,
-                                 [<<"import builtins\n"
-                                    "builtins._py_suite_importer = p\n"
-                                    "import ", (list_to_binary(Module))/binary, "\n">>,
-                                  #{<<"p">> => Self}]),
-        receive <<"importing">> -> ok after 10000 -> ct:fail(not_importing) end,
-        Code = <<"import erlang, time\n"
-                 "try:\n"
-                 "    import ", (list_to_binary(Module))/binary, "\n"
-                 "    end = time.monotonic() + 20\n"
-                 "    while time.monotonic() < end:\n"
-                 "        time.sleep(0.01)\n"
-                 "    erlang.send(p, 'ran on')\n"
-                 "except TimeoutError:\n"
-                 "    erlang.send(p, 'TimeoutError')\n">>,
-        ?assertEqual({error, timeout},
-                     py:call(builtins, exec, [Code, #{<<"p">> => Self}], #{}, 300)),
-        ?assertEqual({ok, none}, py:await(Importer, 20000)),
-        receive
-            <<"TimeoutError">> -> ok;
-            <<"ran on">> -> ct:fail(ran_on_uninterrupted)
-        after 30000 -> ct:fail(not_interrupted_after_the_import)
-        end
+        time_out_an_import_of(Module, Importer)
     after
         py:exec(<<"import builtins; builtins._py_suite_starting = False">>),
         py:await(Starter, 70000),
@@ -1011,15 +993,7 @@ timeout_waiting_for_an_import_while_threads_start(Config) ->
 %% call of the node hung for good.
 -spec timeout_under_an_import_hook_deadlocks_not(ct_suite:ct_config()) -> term().
 timeout_under_an_import_hook_deadlocks_not(Config) ->
-    Dir = filename:join(?config(priv_dir, Config), "hooked_imports"),
-    ok = filelib:ensure_path(Dir),
-    Path = unicode:characters_to_binary(Dir),
-    Module = "py_suite_hooked_" ++ integer_to_list(erlang:unique_integer([positive])),
-    ok = file:write_file(filename:join(Dir, Module ++ ".py"),
-                         <<"import builtins, erlang, time\n"
-                           "erlang.send(builtins._py_suite_importer, 'importing')\n"
-                           "time.sleep(3)\n">>),
-    {ok, _} = py:call(sys, 'path.insert', [0, Path]),
+    {Module, Path, Importer} = start_a_slow_import(Config, "hooked_imports", 3),
     %% Slows the imports called from native code with no Python frame (the
     %% interrupting thread's) so that the job ends during one.
     ok = py:exec(<<"import builtins, sys, time\n"
@@ -1029,17 +1003,9 @@ timeout_under_an_import_hook_deadlocks_not(Config) ->
                    "        time.sleep(0.008)\n"
                    "    return _original(name, *args, **kwargs)\n"
                    "builtins.__import__ = _hook\n">>),
-    Self = self(),
     try
-        Importer = py:call_async(builtins, exec,
-                                 [<<"import builtins\n"
-                                    "builtins._py_suite_importer = p\n"
-                                    "import ", (list_to_binary(Module))/binary, "\n">>,
-                                  #{<<"p">> => Self}]),
-        receive <<"importing">> -> ok after 10000 -> ct:fail(not_importing) end,
         ?assertEqual({error, timeout},
-                     py:call(builtins, exec, [<<"import ", (list_to_binary(Module))/binary>>, #{}],
-                             #{}, 300)),
+                     py:call(builtins, exec, [<<"import ", Module/binary>>, #{}], #{}, 300)),
         ?assertEqual({ok, none}, py:await(Importer, 20000)),
         ?assertEqual({ok, 2}, py:call(operator, add, [1, 1], #{}, 5000))
     after
