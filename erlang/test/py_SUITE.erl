@@ -32,6 +32,7 @@
          timeout_while_starting_threads/1,
          timeout_during_a_first_import_leaks_no_import_lock/1,
          timeout_after_taking_the_import_lock_leaks_it_not/1,
+         timeout_lost_in_a_finalizer_ends_the_loop_run_after/1,
          timeout_waiting_for_another_import_comes_after_it/1,
          timeout_waiting_for_an_import_while_threads_start/1,
          timeout_under_an_import_hook_deadlocks_not/1,
@@ -81,6 +82,7 @@ groups() ->
        timeout_sleep, timeout_busy_loop, timeout_race_leaves_no_message,
        timeout_while_starting_threads, timeout_during_a_first_import_leaks_no_import_lock,
        timeout_after_taking_the_import_lock_leaks_it_not,
+       timeout_lost_in_a_finalizer_ends_the_loop_run_after,
        timeout_waiting_for_another_import_comes_after_it,
        timeout_waiting_for_an_import_while_threads_start,
        timeout_under_an_import_hook_deadlocks_not,
@@ -837,6 +839,43 @@ first_import_round(Dir, N) ->
     Probe = "probe_first_import_" ++ integer_to_list(N),
     ok = file:write_file(filename:join(Dir, Probe ++ ".py"), <<"def f(): return 1\n">>),
     ?assertEqual({N, {ok, 1}}, {N, py:call(list_to_atom(Probe), f, [], #{}, 10000)}).
+
+%% The one TimeoutError injected into a call whose caller died (or that
+%% timed out) may land in a finalizer run at that bytecode (a collection
+%% freeing a Task of another loop, which logs; logging's handleError and
+%% CPython's "Exception ignored" swallow it). An ErlangEventLoop the call
+%% runs afterwards (asyncio.run, uvicorn) then ran on for as long as its
+%% coroutine did, holding a pool thread, the loop, its fds and timers (the
+%% soak's killed callers: one in ~100 isolated loops kept for good). Its
+%% run_until_complete now ends the call at once. The coroutine below sleeps
+%% 5 s: without the fix the call ends normally then ('ended', 'none').
+-spec timeout_lost_in_a_finalizer_ends_the_loop_run_after(ct_suite:ct_config()) -> term().
+timeout_lost_in_a_finalizer_ends_the_loop_run_after(_Config) ->
+    Self = self(),
+    Loops = maps:get(event_loops, py_nif:pool_stats()),
+    Code = <<"import asyncio, erlang, time\n"
+             "class Swallower:\n"
+             "    def __del__(self):\n"
+             "        erlang.send(p, 'in_finalizer')\n"
+             "        while True:\n"
+             "            time.sleep(0.005)\n"
+             "s = Swallower()\n"
+             "del s\n"
+             "erlang.send(p, 'finalizer_done')\n"
+             "try:\n"
+             "    asyncio.run(asyncio.sleep(5))\n"
+             "except BaseException as e:\n"
+             "    erlang.send(p, ('ended', type(e).__name__))\n"
+             "    raise\n"
+             "erlang.send(p, ('ended', 'none'))\n">>,
+    Caller = spawn(fun() -> py:call(builtins, exec, [Code, #{<<"p">> => Self}]) end),
+    receive <<"in_finalizer">> -> ok after 10000 -> ct:fail(no_finalizer) end,
+    exit(Caller, kill),
+    receive <<"finalizer_done">> -> ok after 10000 -> ct:fail(finalizer_not_interrupted) end,
+    Ended = receive {<<"ended">>, _} = E -> E after 30000 -> no_end end,
+    ?assertEqual({<<"ended">>, <<"TimeoutError">>}, Ended),
+    %% Its loop is gone too (no pool thread, loop or fds kept).
+    wait_until(fun() -> maps:get(event_loops, py_nif:pool_stats()) =< Loops end, 10000).
 
 %% Code outside importlib that takes CPython's global import lock itself
 %% (`_imp.acquire_lock()', as pkg_resources' `declare_namespace' and

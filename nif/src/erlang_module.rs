@@ -259,6 +259,18 @@ fn timeout_raised(py: Python<'_>) {
     }
 }
 
+/// `_erlang.job_cancelled()`: whether this thread runs a job whose caller
+/// gave up (timed out or died) and whose `TimeoutError` was at most
+/// injected. That one may have been lost (raised inside a finalizer or a
+/// logging handler run by a collection, which swallow it): an
+/// ErlangEventLoop's `run_until_complete` started after that asks here and
+/// ends the job itself, as `erlang.call` does, instead of running on for
+/// as long as its future does (a pool thread, the loop and its fds held).
+#[pyfunction]
+fn job_cancelled() -> bool {
+    crate::job::current_job_timeout_unraised()
+}
+
 /// `erlang.send(pid, term)`: sends `term` to the process `pid`.
 #[pyfunction]
 fn send(pid: &Bound<'_, PyAny>, term: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -295,6 +307,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
             module
         )?)?;
         module.add_function(wrap_pyfunction!(timeout_raised, module)?)?;
+        module.add_function(wrap_pyfunction!(job_cancelled, module)?)?;
         module.add_class::<Pid>()?;
         module.add_class::<Ref>()?;
         module.add_class::<OpaqueTerm>()?;

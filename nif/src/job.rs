@@ -567,3 +567,18 @@ pub fn current_job_cancelled() -> bool {
             .is_some_and(|job| job.is_cancelled())
     })
 }
+
+/// True when this thread runs a job whose caller gave up and whose
+/// `TimeoutError` nothing of ours raised yet (no loop asked, no wait raised
+/// it): at most injected, which a finalizer or a logging handler run at that
+/// bytecode swallows. See `_erlang.job_cancelled`.
+pub fn current_job_timeout_unraised() -> bool {
+    CURRENT.with(|current| {
+        current.borrow().as_ref().is_some_and(|job| {
+            matches!(
+                *job.lock(),
+                JobState::CancelRequested(_) | JobState::Interrupted(_)
+            )
+        })
+    })
+}

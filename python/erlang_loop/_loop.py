@@ -174,6 +174,14 @@ def _timeout_raised() -> None:
         erlang_module.timeout_raised()
 
 
+def _job_cancelled() -> bool:
+    """Whether the ``py:call`` this thread runs timed out or lost its caller
+    (``_erlang.job_cancelled``); False on a thread running no call."""
+    erlang_module = sys.modules.get("_erlang")
+    job_cancelled = getattr(erlang_module, "job_cancelled", None)
+    return job_cancelled is not None and job_cancelled()
+
+
 def _raise_pending() -> None:
     """Nothing but the start of a Python function, where CPython raises an
     exception set on this thread from outside: what the native loop calls
@@ -582,6 +590,13 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             future._log_destroy_pending = False
         outer = self._main_future
         self._main_future = future
+        if _job_cancelled():
+            # The py:call running us timed out (or its caller died) before
+            # this loop ran, and its TimeoutError was lost on the way (raised
+            # in a finalizer or a logging handler run by a collection, which
+            # swallow it): cancelled at once, as `cancel_main_of` would,
+            # rather than run on for as long as the future does.
+            self.call_soon(self._cancel_main_for_timeout, future)
         try:
             return super().run_until_complete(future)
         except exceptions.CancelledError:
