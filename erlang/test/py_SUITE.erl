@@ -875,7 +875,11 @@ timeout_lost_in_a_finalizer_ends_the_loop_run_after(_Config) ->
     Ended = receive {<<"ended">>, _} = E -> E after 30000 -> no_end end,
     ?assertEqual({<<"ended">>, <<"TimeoutError">>}, Ended),
     %% Its loop is gone too (no pool thread, loop or fds kept).
-    wait_until(fun() -> maps:get(event_loops, py_nif:pool_stats()) =< Loops end, 10000).
+    %% Collected: the traceback of its TimeoutError holds its frames.
+    wait_until(fun() ->
+                       ok = py:exec(<<"import gc; gc.collect()">>),
+                       maps:get(event_loops, py_nif:pool_stats()) =< Loops
+               end, 10000).
 
 %% Code outside importlib that takes CPython's global import lock itself
 %% (`_imp.acquire_lock()', as pkg_resources' `declare_namespace' and
