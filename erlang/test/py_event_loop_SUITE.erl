@@ -1402,26 +1402,36 @@ def _cycles():
         erlang:resume_process(Placer)
     end,
     erlang:suspend_process(Placer),
-    Self = self(),
-    spawn_link(fun() ->
-                       ok = py:exec(<<"
-import asyncio, erlang_loop
-def _sleeps_unplaced():
-    loop = erlang_loop.ErlangEventLoop()
-    try:
-        loop.run_until_complete(asyncio.sleep(1.5))
-        return loop.stats()['timer_arms'] > 0
-    finally:
-        loop.close()
-">>),
-                       Self ! {slept, py:eval(<<"_sleeps_unplaced()">>)}
-               end),
-    wait_until(fun() -> process_info(Placer, message_queue_len) end,
-               fun({message_queue_len, N}) -> N > 0 end, 10000),
+    sleep_on_a_default_loop(Placer, 1.5),
     exit(Placer, kill),
     receive {slept, Slept} -> ?assertEqual({ok, true}, Slept) end,
     wait_until(fun() -> whereis(py_event_loops) end,
                fun(Now) -> is_pid(Now) andalso Now =/= Placer end, 10000).
+
+%% Has a linked process sleep `Seconds' on a new default loop, then send
+%% `{slept, {ok, Armed}}' (Armed: the loop armed an Erlang timer, so a
+%% worker served it); returns once the loop has asked the suspended
+%% `Placer' for its worker.
+-spec sleep_on_a_default_loop(pid(), float()) -> ok.
+sleep_on_a_default_loop(Placer, Seconds) ->
+    Self = self(),
+    spawn_link(fun() ->
+                       ok = py:exec(<<"
+import asyncio, erlang_loop
+def _sleeps_on_a_default_loop(seconds):
+    loop = erlang_loop.ErlangEventLoop()
+    try:
+        loop.run_until_complete(asyncio.sleep(seconds))
+        return loop.stats()['timer_arms'] > 0
+    finally:
+        loop.close()
+">>),
+                       Self ! {slept, py:eval(<<"_sleeps_on_a_default_loop(seconds)">>,
+                                              #{<<"seconds">> => Seconds})}
+               end),
+    _ = wait_until(fun() -> process_info(Placer, message_queue_len) end,
+                   fun({message_queue_len, N}) -> N > 0 end, 10000),
+    ok.
 
 %% A default loop sleeps unserved; its request is lost with the placer,
 %% killed, whose restart takes a while (its supervisor busy, here
@@ -1437,22 +1447,7 @@ a_loop_asking_while_the_placer_restarts_is_placed(_Config) ->
     Sup = whereis(erlang_python_sup),
     Placer = whereis(py_event_loops),
     erlang:suspend_process(Placer),
-    Self = self(),
-    spawn_link(fun() ->
-                       ok = py:exec(<<"
-import asyncio, erlang_loop
-def _sleeps_while_the_placer_restarts():
-    loop = erlang_loop.ErlangEventLoop()
-    try:
-        loop.run_until_complete(asyncio.sleep(2.0))
-        return loop.stats()['timer_arms'] > 0
-    finally:
-        loop.close()
-">>),
-                       Self ! {slept, py:eval(<<"_sleeps_while_the_placer_restarts()">>)}
-               end),
-    wait_until(fun() -> process_info(Placer, message_queue_len) end,
-               fun({message_queue_len, N}) -> N > 0 end, 10000),
+    sleep_on_a_default_loop(Placer, 2.0),
     true = erlang:suspend_process(Sup),
     exit(Placer, kill),
     timer:sleep(900),

@@ -254,7 +254,7 @@ fn decode_reply(py: Python<'_>, _env: Env<'_>, result: Term<'_>) -> PyResult<Py<
 /// thread running no job, or one not timed out.
 #[pyfunction]
 fn timeout_raised(py: Python<'_>) {
-    if crate::job::current_job_cancelled() {
+    if crate::job::current_job_cancelled_holding_gil(py) {
         crate::job::take_current_timeout(py);
     }
 }
@@ -267,8 +267,8 @@ fn timeout_raised(py: Python<'_>) {
 /// ends the job itself, as `erlang.call` does, instead of running on for
 /// as long as its future does (a pool thread, the loop and its fds held).
 #[pyfunction]
-fn job_cancelled() -> bool {
-    crate::job::current_job_timeout_unraised()
+fn job_cancelled(py: Python<'_>) -> bool {
+    crate::job::current_job_timeout_unraised(py)
 }
 
 /// `erlang.send(pid, term)`: sends `term` to the process `pid`.

@@ -26,7 +26,7 @@ pub fn exception_term<'a>(env: Env<'a>, py: Python<'_>, error: &PyErr) -> Term<'
         .str()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if crate::job::current_job_cancelled() {
+    if crate::job::current_job_cancelled_holding_gil(py) {
         // Nobody takes this result. And the job's one interrupt may have
         // been spent in that `str()` (an endless `__str__`): formatting the
         // traceback would call it again, with no interrupt to come.

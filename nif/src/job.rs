@@ -46,6 +46,30 @@ enum JobState {
     Done,
 }
 
+impl JobState {
+    /// The caller gave up (timed out or died).
+    fn cancelled(self) -> bool {
+        matches!(
+            self,
+            JobState::CancelRequested(_)
+                | JobState::LoopAsked(_)
+                | JobState::Interrupted(_)
+                | JobState::TimeoutRaised(_)
+                | JobState::Cancelled
+        )
+    }
+
+    /// The caller gave up and nothing of ours raised the `TimeoutError`
+    /// yet (no loop asked, no wait raised it): at most injected, which a
+    /// finalizer or a logging handler run at that bytecode swallows.
+    fn timeout_unraised(self) -> bool {
+        matches!(
+            self,
+            JobState::CancelRequested(_) | JobState::Interrupted(_)
+        )
+    }
+}
+
 /// The Erlang handle of a submitted call (`py_nif:cancel/1` takes it). Its
 /// caller is watched while it runs: a caller that dies cancels its job, as
 /// one that timed out does (a killed `py:call` caller would otherwise hold a
@@ -365,14 +389,7 @@ impl JobShared {
     /// True once the caller gave up on the job (timeout): waits inside it
     /// that no interrupt can reach (`erlang.call`) should end.
     pub fn is_cancelled(&self) -> bool {
-        matches!(
-            *self.lock(),
-            JobState::CancelRequested(_)
-                | JobState::LoopAsked(_)
-                | JobState::Interrupted(_)
-                | JobState::TimeoutRaised(_)
-                | JobState::Cancelled
-        )
+        self.lock().cancelled()
     }
 
     /// A wait inside the job saw it cancelled and raises the `TimeoutError`
@@ -558,7 +575,8 @@ pub fn take_current_timeout(py: Python<'_>) {
 }
 
 /// True when this thread runs a job whose caller gave up. A thread that runs
-/// no job (a Python thread of the user's) is never cancelled.
+/// no job (a Python thread of the user's) is never cancelled. For a thread
+/// that let the GIL go; one holding it asks [`current_job_cancelled_holding_gil`].
 pub fn current_job_cancelled() -> bool {
     CURRENT.with(|current| {
         current
@@ -568,17 +586,26 @@ pub fn current_job_cancelled() -> bool {
     })
 }
 
+/// [`current_job_cancelled`] for a thread holding the GIL: the job's lock is
+/// waited for with the GIL let go (see `JobShared::lock_holding_gil`).
+pub fn current_job_cancelled_holding_gil(py: Python<'_>) -> bool {
+    current_job_state_is(py, JobState::cancelled)
+}
+
 /// True when this thread runs a job whose caller gave up and whose
-/// `TimeoutError` nothing of ours raised yet (no loop asked, no wait raised
-/// it): at most injected, which a finalizer or a logging handler run at that
-/// bytecode swallows. See `_erlang.job_cancelled`.
-pub fn current_job_timeout_unraised() -> bool {
+/// `TimeoutError` may have been swallowed (see `JobState::timeout_unraised`;
+/// `_erlang.job_cancelled`).
+pub fn current_job_timeout_unraised(py: Python<'_>) -> bool {
+    current_job_state_is(py, JobState::timeout_unraised)
+}
+
+/// Whether this thread runs a job whose state `holds`, read by a thread
+/// holding the GIL.
+fn current_job_state_is(py: Python<'_>, holds: fn(JobState) -> bool) -> bool {
     CURRENT.with(|current| {
-        current.borrow().as_ref().is_some_and(|job| {
-            matches!(
-                *job.lock(),
-                JobState::CancelRequested(_) | JobState::Interrupted(_)
-            )
-        })
+        current
+            .borrow()
+            .as_ref()
+            .is_some_and(|job| holds(*job.lock_holding_gil(py)))
     })
 }

@@ -178,8 +178,7 @@ def _job_cancelled() -> bool:
     """Whether the ``py:call`` this thread runs timed out or lost its caller
     (``_erlang.job_cancelled``); False on a thread running no call."""
     erlang_module = sys.modules.get("_erlang")
-    job_cancelled = getattr(erlang_module, "job_cancelled", None)
-    return job_cancelled is not None and job_cancelled()
+    return erlang_module is not None and erlang_module.job_cancelled()
 
 
 def _raise_pending() -> None:
