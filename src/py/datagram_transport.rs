@@ -437,7 +437,7 @@ fn read_one(attrs: &InstanceAttrs<'_, '_>) -> PyResult<Read> {
     let Some(sock) = PlainSocket::of(attrs)? else {
         return stock(intern!(py, "_read_ready"));
     };
-    let (fd, family) = (sock.fd()?, sock.family()?);
+    let family = sock.family()?;
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return stock(intern!(py, "_read_ready"));
     }
@@ -447,6 +447,10 @@ fn read_one(attrs: &InstanceAttrs<'_, '_>) -> PyResult<Read> {
     if stopped(attrs)? {
         return Ok(Read::Other);
     }
+    // The fd is read last, as `recvfrom(max_size)` reads it: the code run
+    // above (`max_size`'s `__index__`, the flags' truth) may have closed
+    // the socket, whose number another socket may hold by now.
+    let fd = sock.fd()?;
     match receive(py, fd, max_size)? {
         Ok((data, addr)) => {
             attrs

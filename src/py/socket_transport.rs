@@ -169,10 +169,13 @@ fn read_once(attrs: &InstanceAttrs<'_, '_>) -> PyResult<()> {
     if attrs.is_true(intern!(py, "_conn_lost"))? {
         return Ok(());
     }
-    let Some(fd) = plain_socket_fd(attrs)? else {
+    let Some(max_size) = native_read_size(transport)? else {
         return stock_method(transport, intern!(py, "_read_ready__data_received"), ());
     };
-    let Some(max_size) = native_read_size(transport)? else {
+    // The fd is read after `max_size`, as `recv(max_size)` reads it: its
+    // `__index__` may have closed the socket, whose number another socket
+    // may hold by now.
+    let Some(fd) = plain_socket_fd(attrs)? else {
         return stock_method(transport, intern!(py, "_read_ready__data_received"), ());
     };
     // The buffer is borrowed only for the read and the copy, not while the

@@ -938,6 +938,46 @@ def test_a_max_size_beyond_the_native_buffer_is_read_as_asked(loop: ErlangEventL
     assert max(map(len, chunks)) > 256 << 10, list(map(len, chunks))
 
 
+def test_a_socket_a_max_size_closes_is_not_read_through(loop: ErlangEventLoop) -> None:
+    """asyncio's ``recv(max_size)`` reads the fd after ``max_size``'s
+    ``__index__``: one that closes the socket (its number handed to another
+    socket) fails the read with EBADF, and what waits on that other socket
+    stays there, unread by the transport."""
+    a, b = socket.socketpair()
+    others: list[socket.socket] = []
+
+    class ClosesTheSocket:
+        def __index__(self) -> int:
+            if not others:
+                number = a.fileno()
+                a.close()
+                for _ in range(64):
+                    others.extend(socket.socketpair())
+                    if others[-2].fileno() == number:
+                        others[-1].sendall(b"not yours")
+                        break
+            return 16
+
+    async def main() -> BaseException | None:
+        transport, client = await loop.create_connection(lambda: Recorder(loop), sock=a)
+        transport.max_size = ClosesTheSocket()
+        b.sendall(b"x")
+        return await client.lost
+
+    try:
+        exc = run(loop, main())
+        taken_over = [sock for sock in others[::2] if sock.fileno() >= 0]
+        assert others, "max_size was never read"
+        waiting = [sock.recv(100, socket.MSG_DONTWAIT) for sock in others[-2:-1]]
+    finally:
+        b.close()
+        for sock in others:
+            sock.close()
+    assert taken_over
+    assert isinstance(exc, OSError) and exc.errno == errno.EBADF, repr(exc)
+    assert waiting == [b"not yours"]
+
+
 def test_a_negative_max_size_fails_the_read_as_asyncio_s(loop: ErlangEventLoop) -> None:
     a, b = socket.socketpair()
 

@@ -711,6 +711,45 @@ def test_a_socket_the_audit_hook_closes_is_not_sent_through(
     run(loop, main())
 
 
+def test_a_socket_a_max_size_closes_is_not_read_through(loop: ErlangEventLoop) -> None:
+    """asyncio's ``recvfrom(max_size)`` reads the fd after ``max_size``'s
+    ``__index__``: one that closes the socket (its number handed to another)
+    makes the read fail with EBADF, for error_received, and the datagram
+    waiting on that other socket stays there."""
+    taken: list[Any] = []
+    waiting: list[bytes] = []
+
+    async def main() -> None:
+        transport, protocol = await recording_endpoint(loop)
+        address = transport.get_extra_info("sockname")
+
+        class ClosesTheSocket:
+            def __index__(self) -> int:
+                if not taken:
+                    taken.append(fd_number_taken_over(transport._sock))
+                    other = taken[0].__enter__()
+                    other.bind((LOCALHOST, 0))
+                    other.sendto(b"not yours", other.getsockname())
+                    taken.append(other)
+                return 64
+
+        transport.max_size = ClosesTheSocket()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"to the transport", address)
+            await wait_for_condition(lambda: bool(protocol.errors or protocol.received))
+        waiting.append(taken[1].recv(100, socket.MSG_DONTWAIT))
+        transport.abort()
+        assert protocol.received == []
+        assert protocol.errors and protocol.errors[0].errno == errno.EBADF, protocol.errors
+
+    try:
+        run(loop, main())
+    finally:
+        if taken:
+            taken[0].__exit__(None, None, None)
+    assert waiting == [b"not yours"]
+
+
 def test_sendto_arguments_as_asyncio_takes_and_refuses_them(loop: ErlangEventLoop) -> None:
     """Keywords and wrong counts go to asyncio's sendto: `data=` and `addr=`
     by keyword arrive; no data, a third argument and an unknown keyword
