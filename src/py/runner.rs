@@ -1491,13 +1491,12 @@ impl LoopRunner {
     /// `detached_loop`).
     fn detach(slf: &Bound<'_, Self>) {
         let py = slf.py();
-        let weak = {
-            let this = slf.borrow();
-            this.loop_
-                .as_ref()
-                .and_then(|loop_| PyWeakrefReference::new(loop_.bind(py)).ok())
-                .map(Bound::unbind)
-        };
+        // The weak reference is made with no borrow held: its allocation
+        // may run the GC, whose finalizers may call back into the runner.
+        let loop_ = slf.borrow().loop_.as_ref().map(|loop_| loop_.clone_ref(py));
+        let weak = loop_
+            .and_then(|loop_| PyWeakrefReference::new(loop_.bind(py)).ok())
+            .map(Bound::unbind);
         let released = {
             let mut this = slf.borrow_mut();
             this.closed = true;

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1666,3 +1667,62 @@ def test_finalizers_run_by_close_see_the_loop_closed(debug: bool) -> None:
             gc.enable()
     assert seen == [True, "Event loop is closed", "Event loop is closed"]
     assert reports == []
+
+
+class _CollectionAtEachAllocation:
+    """A GC callback that runs ``action`` at the start of each collection
+    and leaves the young generation over its threshold of 1, so that the
+    next allocation of a GC object (native code's too, on 3.11) collects
+    again. Enter to install, exit to remove."""
+
+    # Live objects left per collection: frees in between count down.
+    LEFT_OVER = 50
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.action = action
+        self.left_over: list[list[object]] = []
+        self.inside = False
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if self.inside:
+            return
+        self.inside = True
+        try:
+            if phase == "start":
+                self.action()
+            else:
+                self.left_over.extend([] for _ in range(self.LEFT_OVER))
+        finally:
+            self.inside = False
+
+    def __enter__(self) -> None:
+        self.threshold = gc.get_threshold()
+        gc.callbacks.append(self)
+        gc.set_threshold(1)
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.set_threshold(*self.threshold)
+        gc.callbacks.remove(self)
+        self.left_over.clear()
+
+
+def test_collections_as_close_lets_go_of_the_loop_find_the_runner_free() -> None:
+    """A finalizer run by a collection anywhere in ``close()`` that calls a
+    ``call_soon`` kept from before is told the loop is closed, as the
+    stdlib's is (the runner made the loop's weak reference while it held
+    itself borrowed: "a native method panicked", Already borrowed)."""
+    loop = ErlangEventLoop()
+    kept_call_soon = loop.call_soon
+    answers: set[str] = set()
+
+    def schedule_once_closed() -> None:
+        if loop.is_closed():
+            try:
+                kept_call_soon(print)
+                answers.add("accepted")
+            except Exception as error:
+                answers.add(str(error))
+
+    with _CollectionAtEachAllocation(schedule_once_closed):
+        loop.close()
+    assert answers == {"Event loop is closed"}
