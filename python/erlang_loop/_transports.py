@@ -66,6 +66,15 @@ class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # t
         transport._sock = None  # asyncio's class default, as above
         return transport
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The native _read_ready reads _paused on every event. Later 3.11
+        # releases set it in _SelectorTransport.__init__; earlier ones
+        # (3.11.2, Debian 12's python3) set it for stream transports only,
+        # and an unset slot raises AttributeError there.
+        if not hasattr(self, "_paused"):
+            self._paused = False
+
 
 for _name, _method in _erlang_loop.datagram_transport_methods(_ErlangDatagramTransport).items():
     setattr(_ErlangDatagramTransport, _name, _method)

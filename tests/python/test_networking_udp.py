@@ -14,6 +14,7 @@ import inspect
 import socket
 import sys
 import time
+from asyncio import selector_events
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,6 +142,40 @@ def test_udp_echo_docs_example(any_loop: ErlangEventLoop) -> None:
         return protocol.received
 
     assert run(any_loop, main()) == ["Hello World!"]
+
+
+def test_udp_echo_on_a_base_class_that_sets_no_paused(
+    loop: ErlangEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CPython 3.11.2 (Debian 12's python3) sets _paused for stream transports
+    # only: its datagram transports have none, which the native _read_ready
+    # reads on every event (every datagram was lost to an AttributeError).
+    base_init = selector_events._SelectorTransport.__init__
+
+    def init_without_paused(self: Any, *args: Any, **kwargs: Any) -> None:
+        base_init(self, *args, **kwargs)
+        if isinstance(self, selector_events._SelectorDatagramTransport):
+            del self._paused
+
+    monkeypatch.setattr(selector_events._SelectorTransport, "__init__", init_without_paused)
+
+    async def main() -> list[str]:
+        server, _ = await loop.create_datagram_endpoint(
+            EchoServerProtocol, local_addr=(LOCALHOST, 0)
+        )
+        on_con_lost = loop.create_future()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: EchoClientProtocol("Hello World!", on_con_lost),
+            remote_addr=server.get_extra_info("sockname"),
+        )
+        try:
+            await asyncio.wait_for(on_con_lost, 10)
+        finally:
+            transport.close()
+            server.close()
+        return protocol.received
+
+    assert run(loop, main()) == ["Hello World!"]
 
 
 # ---------------------------------------------------------------- endpoints
