@@ -75,6 +75,21 @@ class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # t
         if not hasattr(self, "_paused"):
             self._paused = False
 
+    if "pause_reading" not in selector_events._SelectorTransport.__dict__:
+        # Those earlier releases also give flow control of reads to stream
+        # transports only (a datagram transport's pause_reading raises
+        # NotImplementedError); later ones give every selector transport the
+        # same code: a datagram transport pauses and resumes on all of them.
+        pause_reading = selector_events._SelectorSocketTransport.pause_reading
+        resume_reading = selector_events._SelectorSocketTransport.resume_reading
+        is_reading = selector_events._SelectorSocketTransport.is_reading
+
+        def _add_reader(self, fd: int, callback: Any, *args: Any) -> None:
+            # As later releases: a transport paused before its first read
+            # (in connection_made) is not watched by the read scheduled then.
+            if self.is_reading():
+                self._loop._add_reader(fd, callback, *args)
+
 
 for _name, _method in _erlang_loop.datagram_transport_methods(_ErlangDatagramTransport).items():
     setattr(_ErlangDatagramTransport, _name, _method)

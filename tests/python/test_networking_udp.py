@@ -449,6 +449,37 @@ def test_pause_reading_in_datagram_received_stops_at_once(loop: ErlangEventLoop)
     run(loop, main())
 
 
+def test_an_endpoint_paused_in_connection_made_reads_once_resumed(
+    loop: ErlangEventLoop,
+) -> None:
+    """The first read is scheduled with ``connection_made``: a pause made
+    there holds it (on every 3.11 release; the earlier ones have no flow
+    control of datagram reads of their own)."""
+
+    class PausedAtOnce(Datagrams):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.transport.pause_reading()
+
+    async def main() -> None:
+        receiver, protocol = await loop.create_datagram_endpoint(
+            lambda: PausedAtOnce(loop), local_addr=(LOCALHOST, 0)
+        )
+        assert not receiver.is_reading()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"held", receiver.get_extra_info("sockname"))
+            # Paused: nothing comes, however long we wait.
+            await asyncio.sleep(0.05)
+            assert protocol.received == []
+            receiver.resume_reading()
+            assert receiver.is_reading()
+            await wait_for_condition(lambda: bool(protocol.received))
+        assert [data for data, _ in protocol.received] == [b"held"]
+        receiver.close()
+
+    run(loop, main())
+
+
 def test_abort_loses_the_endpoint(loop: ErlangEventLoop) -> None:
     async def main() -> None:
         transport, protocol = await recording_endpoint(loop)
