@@ -23,8 +23,26 @@ if [ "$shared" != 1 ]; then
     exit 1
 fi
 
+# Debian's own python3 ships CPython's test package (the conformance run's
+# test.test_asyncio) apart, as libpython3.X-testsuite.
+if ! "$python" -c 'import test.test_asyncio' 2>/dev/null; then
+    version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if [ "$(dirname "$(readlink -f "$(command -v "$python")")")" = /usr/bin ]; then
+        debian_install setup "libpython$version-testsuite"
+    else
+        echo "setup: $python has no test.test_asyncio (make conformance needs it)" >&2
+    fi
+fi
+
 venv="$root/.venv"
 stamp="$venv/.requirements-installed"
+# A venv made from another interpreter (an earlier PYTHON=) is made anew.
+identity='import sys; print(sys.base_prefix, sys.version)'
+if [ -x "$venv/bin/python" ] &&
+    [ "$("$venv/bin/python" -c "$identity" 2>/dev/null)" != "$("$python" -c "$identity")" ]; then
+    echo "setup: .venv was made from another python; making it again from $python"
+    rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
