@@ -19,7 +19,7 @@
          submit_results/1, submit_errors/1, cancel_task/1, submit_to_no_loop/1,
          call_timeout_cancels/1, caller_death_cancels_tasks/1,
          unconvertible_input_spoils_nothing_else/1, loop_gone/1,
-         loop_worker_dies/1,
+         loop_worker_dies/1, killed_while_starting_leaves_no_loop/1,
          killed_after_a_code_reload_leaves_no_loop/1,
          send_receive_round_trip/1, receive_timeout/1,
          call_timeout_while_stopping/1, stop_loop_of_another_process/1,
@@ -51,7 +51,7 @@ groups() ->
        named_loop, restart_after_stop, bad_options, child_spec_under_own_supervisor,
        submit_results, submit_errors, cancel_task, submit_to_no_loop, call_timeout_cancels,
        caller_death_cancels_tasks, unconvertible_input_spoils_nothing_else, loop_gone,
-       loop_worker_dies,
+       loop_worker_dies, killed_while_starting_leaves_no_loop,
        killed_after_a_code_reload_leaves_no_loop,
        send_receive_round_trip, receive_timeout,
        call_timeout_while_stopping, stop_loop_of_another_process, stop_loop_twice_at_once,
@@ -886,6 +886,41 @@ wait_until(Fun, Deadline) ->
         Value -> Value
     end.
 
+%% A loop process killed while its start call runs leaves no loop thread
+%% behind: the start job may outlive its dead caller (the interrupt comes
+%% after it returned), and the reaper's stop used to find no loop yet, so
+%% the loop ran for good, with its worker and fds (about one kill in ten
+%% here left one). Each round waits for its loop process's death, not only
+%% its starter's: a start that ended before the kill ends the starter at
+%% once, the name still held by the dying process, and the next round's
+%% look-up found that one, killed it again and left its own loop running
+%% (the "1 kill in 150" this case was removed for: a live, registered loop).
+-spec killed_while_starting_leaves_no_loop(ct_suite:ct_config()) -> term().
+killed_while_starting_leaves_no_loop(_Config) ->
+    lists:foreach(fun(_) -> kill_while_starting(doomed_loop) end, lists:seq(1, 150)),
+    wait_until(fun() -> loop_threads() =:= [] end).
+
+%% Starts a loop named `Name', kills it 0-3 ms after it registered, and
+%% returns once both it and its starter are gone.
+kill_while_starting(Name) ->
+    {Starter, StarterMonitor} =
+        spawn_monitor(fun() -> exit({started, py_asyncio:start_loop(#{name => Name})}) end),
+    Server = registered(Name),
+    ServerMonitor = erlang:monitor(process, Server),
+    spin(rand:uniform(3000)),
+    exit(Server, kill),
+    %% Its name is free once it is dead: the next round's look-up finds
+    %% the next loop, not this one.
+    receive {'DOWN', ServerMonitor, process, Server, _} -> ok
+    after ?WAIT -> ct:fail(loop_process_lives_on)
+    end,
+    receive {'DOWN', StarterMonitor, process, Starter, {started, Started}} ->
+        %% Killed during its start, or right after it: the loop killed is
+        %% the loop started.
+        ?assert(Started =:= {ok, Server} orelse Started =:= {error, killed}, Started)
+    after ?WAIT -> ct:fail(start_loop_hangs)
+    end.
+
 %% A reload of py_asyncio_loop (an upgrade: its old code purged) kills no
 %% process, and a loop killed after it still has its Python side stopped:
 %% the reaper, waiting in that module's code, was killed by the purge.
@@ -903,6 +938,20 @@ killed_after_a_code_reload_leaves_no_loop(_Config) ->
     ?assert(is_process_alive(Loop)),
     exit(Loop, kill),
     wait_until(fun() -> loop_threads() -- Before =:= [] end).
+
+%% The pid of `Name' once registered, looked for without sleeping (its
+%% start is over within milliseconds).
+registered(Name) ->
+    case whereis(Name) of
+        undefined -> erlang:yield(), registered(Name);
+        Pid -> Pid
+    end.
+
+%% Busy for `Us' microseconds (a sleep's grain is a millisecond).
+spin(Us) ->
+    Until = erlang:monotonic_time(microsecond) + Us,
+    Spin = fun Spin() -> erlang:monotonic_time(microsecond) >= Until orelse Spin() end,
+    Spin().
 
 %% A call timing out while its loop is busy stopping (a task blocking its
 %% thread) returns at its timeout and leaves no message behind (it waited 5 s
