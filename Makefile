@@ -16,9 +16,9 @@ setup:
 build: setup nif erlang
 
 nif:
-	cargo build --release -p py_nif
+	cargo build --profile nif -p py_nif
 	mkdir -p erlang/priv
-	cp target/release/libpy_nif.so $(NIF_SO).tmp && mv $(NIF_SO).tmp $(NIF_SO)
+	cp target/nif/libpy_nif.so $(NIF_SO).tmp && mv $(NIF_SO).tmp $(NIF_SO)
 
 erlang:
 	cd erlang && rebar3 compile
