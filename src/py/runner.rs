@@ -1262,7 +1262,7 @@ impl LoopRunner {
 
     /// `loop._timer_handle_cancelled(handle)`: our scheduled timer handles
     /// leave the wheel; anything else is ignored.
-    fn timer_cancelled(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> bool {
+    pub(crate) fn timer_cancelled(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> bool {
         let Some(key) = kinds().unschedule(handle) else {
             return false;
         };

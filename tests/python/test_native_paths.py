@@ -1026,6 +1026,61 @@ def test_a_loop_overriding_timer_handle_cancelled_is_told() -> None:
         loop.close()
 
 
+def test_timer_cancel_calls_the_runner_s_paths_without_asking_the_loop() -> None:
+    # While the loop's `_timer_handle_cancelled` and `get_debug` are its
+    # runner's, a cancel calls the runner directly: no look-up on the loop.
+    asked: list[str] = []
+
+    class AskedLoop(ErlangEventLoop):
+        def __getattribute__(self, name: str) -> Any:
+            if name in ("_timer_handle_cancelled", "get_debug"):
+                asked.append(name)
+            return super().__getattribute__(name)
+
+    loop = AskedLoop()
+    try:
+        assert loop._runner is not None
+        pending = loop.call_later(10, print, "never")
+        fired = loop.call_later(0, lambda: None)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        asked.clear()
+        pending.cancel()
+        fired.cancel()
+        assert asked == []
+        assert pending.cancelled() and fired.cancelled()
+        assert pending._callback is None and pending._args is None
+        assert loop._runner.scheduled()[0] == 0
+    finally:
+        loop.close()
+
+
+def test_timer_cancel_honours_paths_replaced_on_the_loop() -> None:
+    told: list[asyncio.TimerHandle] = []
+    loop = ErlangEventLoop()
+    try:
+        runner = loop._runner
+        assert runner is not None
+        native_cancelled = vars(loop)["_timer_handle_cancelled"]
+
+        def telling(handle: asyncio.TimerHandle) -> None:
+            told.append(handle)
+            native_cancelled(handle)
+
+        loop._timer_handle_cancelled = telling  # type: ignore[method-assign]
+        handle = loop.call_later(10, lambda: None)
+        handle.cancel()
+        assert told == [handle] and runner.scheduled()[0] == 0
+        loop._timer_handle_cancelled = native_cancelled  # type: ignore[method-assign]
+        loop.get_debug = lambda: True  # type: ignore[method-assign]
+        handle = loop.call_later(10, lambda: None)
+        handle.cancel()
+        # Debug mode as the loop now says: asyncio records the repr.
+        assert handle._repr is not None and "cancelled" in handle._repr
+        assert told == [told[0]] and runner.scheduled()[0] == 0
+    finally:
+        loop.close()
+
+
 def test_an_error_in_the_loop_s_bookkeeping_propagates_from_cancel() -> None:
     class FailingLoop(ErlangEventLoop):
         def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
