@@ -472,7 +472,11 @@ impl<T> Wheel<T> {
             self.next_cache_valid.set(true);
             next
         };
-        self.armed.set(next);
+        // Asked again before an advance, the answer is mostly the same:
+        // no store then (a store a call was half the cost of a call).
+        if self.armed.get() != next {
+            self.armed.set(next);
+        }
         (next != NEVER).then_some(next)
     }
 
