@@ -620,6 +620,11 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
             main.cancel()
 
     def run_forever(self) -> None:
+        # Refused before asyncio's run_forever begins: CPython 3.13.0 checks
+        # inside its `try`, whose `finally` then clears the running loop of
+        # the loop that is running (gh-130145, fixed in later releases).
+        self._check_closed()
+        self._check_running()
         runner = self._runner
         if runner is None or self.is_running():
             return super().run_forever()  # raises as asyncio's does
