@@ -384,14 +384,38 @@ pub(crate) unsafe fn own_context(object: *mut ffi::PyObject) -> PyResult<()> {
 /// # Safety
 /// `object` is a live object; the GIL is held.
 unsafe fn no_context(object: *mut ffi::PyObject) {
-    // SAFETY: by the contract; `tp_name` of a live type is a C string.
-    let name = unsafe { CStr::from_ptr((*ffi::Py_TYPE(object)).tp_name) };
-    let message = format!(
-        "'{}' object has no attribute '_context'",
-        name.to_string_lossy()
-    );
+    // SAFETY: by the contract.
+    let name = unsafe { member_error_type_name(object) };
+    let message = format!("'{name}' object has no attribute '_context'");
     // SAFETY: the GIL is held.
     PyAttributeError::new_err(message).restore(unsafe { Python::assume_attached() });
+}
+
+/// The name of `object`'s type as a member descriptor's error gives it:
+/// `tp_name` before 3.13, the fully qualified name since (`%T`, PEP 737:
+/// `asyncio.events.TimerHandle`, no module for `builtins` and `__main__`).
+///
+/// # Safety
+/// `object` is a live object; the GIL is held.
+unsafe fn member_error_type_name(object: *mut ffi::PyObject) -> String {
+    #[cfg(Py_3_13)]
+    {
+        // SAFETY: by the contract: the GIL is held, and an object's type is
+        // a live type object, borrowed while the object lives.
+        let ty = unsafe {
+            let py = Python::assume_attached();
+            Bound::from_borrowed_ptr(py, ffi::Py_TYPE(object).cast())
+                .cast_into_unchecked::<PyType>()
+        };
+        ty.fully_qualified_name()
+            .map_or_else(|_| String::from("?"), |name| name.to_string())
+    }
+    #[cfg(not(Py_3_13))]
+    {
+        // SAFETY: by the contract; `tp_name` of a live type is a C string.
+        let name = unsafe { CStr::from_ptr((*ffi::Py_TYPE(object)).tp_name) };
+        name.to_string_lossy().into_owned()
+    }
 }
 
 /// Replaces (or, `value` null, deletes) the slot as asyncio's member would.
