@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -157,6 +158,11 @@ def test_a_key_with_the_top_bit_set_is_refused() -> None:
         loop.close()
 
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="since 3.12 the cyclic GC runs between bytecodes (gh-97922), never inside "
+    "the allocation of call_later's native context copy",
+)
 def test_a_closed_loop_caches_no_snapshot() -> None:
     held: contextvars.ContextVar[_Value] = contextvars.ContextVar("held")
     loop = ErlangEventLoop()
