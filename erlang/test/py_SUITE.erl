@@ -450,6 +450,16 @@ tuple_beyond_erlang_arity(_Config) ->
 %% came back cut short).
 -spec containers_changed_while_converted(ct_suite:ct_config()) -> term().
 containers_changed_while_converted(_Config) ->
+    case py:eval(<<"__import__('sys').version_info >= (3, 12)">>) of
+        {ok, true} ->
+            %% The GC callback is how Python code runs inside the conversion.
+            {skip, "since 3.12 the cyclic GC runs between bytecodes (gh-97922), "
+                   "never inside a conversion"};
+        {ok, false} ->
+            containers_emptied_by_a_collection_while_converted()
+    end.
+
+containers_emptied_by_a_collection_while_converted() ->
     ok = py:exec(<<"import gc\n"
                    "def _emptying(victim):\n"
                    "    calls = [0]\n"
@@ -1745,15 +1755,20 @@ erlang_send_from_python_thread(_Config) ->
 
 -spec interpreter_is_the_built_one(ct_suite:ct_config()) -> term().
 interpreter_is_the_built_one(_Config) ->
-    Expected = string:trim(os:cmd("python3 -c 'import sys;print(sys.version.split()[0])'")),
-    ct:log("python3 on PATH: ~ts; embedded: ~ts", [Expected, py:version()]),
+    %% The interpreter the NIF was built for (`sys.executable`, see
+    %% sys_executable_is_python), not python3 on PATH: a build for another
+    %% version (PYTHON=python3.12 make build) runs these suites too.
+    {ok, Built} = py:eval(<<"__import__('sys').executable">>),
+    Python = "'" ++ binary_to_list(Built) ++ "'",
+    Expected = string:trim(os:cmd(Python ++ " -c 'import sys;print(sys.version.split()[0])'")),
+    ct:log("built for ~ts: ~ts; embedded: ~ts", [Built, Expected, py:version()]),
     ?assertMatch([$3, $. | _], Expected),
     [Running | _] = string:split(py:version(), <<" ">>),
     ?assertEqual(list_to_binary(Expected), Running),
     {ok, Prefix} = py:eval(<<"__import__('sys').prefix">>),
     {ok, BasePrefix} = py:eval(<<"__import__('sys').base_prefix">>),
-    ExpectedPrefix = string:trim(os:cmd("python3 -c 'import sys;print(sys.base_prefix)'")),
-    ct:log("sys.prefix: ~ts; python3 on PATH: ~ts", [Prefix, ExpectedPrefix]),
+    ExpectedPrefix = string:trim(os:cmd(Python ++ " -c 'import sys;print(sys.base_prefix)'")),
+    ct:log("sys.prefix: ~ts; built for: ~ts", [Prefix, ExpectedPrefix]),
     ?assertEqual(list_to_binary(ExpectedPrefix), BasePrefix),
     %% Debian's libpython (prefix /usr) must not win over the one we built
     %% against, unless that one is Debian's.
