@@ -626,8 +626,8 @@ class ErlangEventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-
         self._check_closed()
         self._check_running()
         runner = self._runner
-        if runner is None or self.is_running():
-            return super().run_forever()  # raises as asyncio's does
+        if runner is None:  # an __init__ that failed before making it
+            return super().run_forever()
         # While the loop runs, the handles its runner makes stay out of the
         # cyclic GC (a running loop is never garbage).
         runner.set_running(True)
