@@ -6,11 +6,46 @@
 
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::addr_of_mut;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+
+/// The parts of a builtin method (what reading a method of a C type from
+/// an instance gives): its method definition and the object it is bound
+/// to. None for any other object.
+///
+/// # Safety
+/// `callable` is a live object, with the GIL held; the parts are valid
+/// while it lives.
+#[inline]
+pub unsafe fn builtin_method_parts(
+    callable: *mut ffi::PyObject,
+) -> Option<(*mut ffi::PyMethodDef, *mut ffi::PyObject)> {
+    // SAFETY: per the contract. A builtin method's type is exactly one of
+    // these two (neither can be subclassed): `PyCFunction_Check` without its
+    // subtype walk, which every Python function passed here would take.
+    unsafe {
+        let ty = ffi::Py_TYPE(callable);
+        if ty != addr_of_mut!(ffi::PyCFunction_Type) && ty != addr_of_mut!(ffi::PyCMethod_Type) {
+            return None;
+        }
+        let method = callable.cast::<ffi::PyCFunctionObject>();
+        Some(((*method).m_ml, (*method).m_self))
+    }
+}
+
+/// Whether the method definition `def` (from [`builtin_method_parts`]) is
+/// named `name`.
+///
+/// # Safety
+/// `def` is null or a live method definition.
+pub unsafe fn def_is_named(def: *const ffi::PyMethodDef, name: &CStr) -> bool {
+    // SAFETY: per the contract; a definition's name is a C string or null.
+    unsafe { !def.is_null() && !(*def).ml_name.is_null() && CStr::from_ptr((*def).ml_name) == name }
+}
 
 /// One entry of a method table, made once and never freed (the
 /// descriptors made from it point at it).
@@ -97,15 +132,10 @@ impl MethodDef {
         callable: &Bound<'_, PyAny>,
         object: &Bound<'_, PyAny>,
     ) -> bool {
-        // SAFETY: type check first; a builtin method's `m_ml` and `m_self`
-        // are readable while we hold it.
-        unsafe {
-            let raw = callable.as_ptr();
-            if ffi::PyCFunction_Check(raw) == 0 {
-                return false;
-            }
-            let method = raw as *mut ffi::PyCFunctionObject;
-            std::ptr::eq((*method).m_ml, &self.def) && (*method).m_self == object.as_ptr()
+        // SAFETY: a live object, under the GIL (we hold `callable`).
+        match unsafe { builtin_method_parts(callable.as_ptr()) } {
+            Some((def, bound)) => std::ptr::eq(def, &self.def) && bound == object.as_ptr(),
+            None => false,
         }
     }
 

@@ -11,10 +11,10 @@
 
 use std::cell::Cell;
 use std::ffi::CStr;
-use std::ptr::addr_of_mut;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
+use super::method::{builtin_method_parts, def_is_named};
 use pyo3::ffi;
 
 /// `_asyncio`'s `TaskStepMethWrapper` type, once seen (it is not exported).
@@ -92,29 +92,16 @@ unsafe fn task_of(callback: *mut ffi::PyObject) -> *mut ffi::PyObject {
         if is_step_wrapper(callback) {
             return step_task(callback);
         }
-        // A builtin method's type is exactly one of these two (neither can
-        // be subclassed): `PyCFunction_Check` without its subtype walk,
-        // which every Python function callback would take.
-        let ty = ffi::Py_TYPE(callback);
-        if ty != addr_of_mut!(ffi::PyCFunction_Type) && ty != addr_of_mut!(ffi::PyCMethod_Type) {
+        let Some((def, bound)) = builtin_method_parts(callback) else {
             return null_mut();
-        }
-        let method = callback as *mut ffi::PyCFunctionObject;
-        let def = (*method).m_ml;
+        };
         let known = TASK_WAKEUP_DEF.load(Ordering::Relaxed);
         if !known.is_null() {
-            return if def == known {
-                (*method).m_self
-            } else {
-                null_mut()
-            };
+            return if def == known { bound } else { null_mut() };
         }
-        if def.is_null() || (*def).ml_name.is_null() {
-            return null_mut();
-        }
-        if CStr::from_ptr((*def).ml_name) == c"task_wakeup" && is_c_task((*method).m_self) {
+        if def_is_named(def, c"task_wakeup") && is_c_task(bound) {
             TASK_WAKEUP_DEF.store(def, Ordering::Relaxed);
-            (*method).m_self
+            bound
         } else {
             null_mut()
         }

@@ -36,7 +36,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
 
 use super::handles::defined_by_asyncio;
-use super::method::{call_method, methods_for, MethodDef};
+use super::method::{builtin_method_parts, call_method, def_is_named, methods_for, MethodDef};
 use super::once::get_or_make;
 use super::runner::{handle_kinds, LoopRunner};
 
@@ -217,24 +217,16 @@ fn bound_runner_method<'py>(
     method: &Bound<'py, PyAny>,
     name: &std::ffi::CStr,
 ) -> Option<Bound<'py, LoopRunner>> {
-    let py = method.py();
-    // SAFETY: reading the fields of a live builtin function object (type
-    // checked first), under the GIL; its method definition is static.
+    // SAFETY: a live object, under the GIL (we hold `method`); its parts
+    // live while it does.
     unsafe {
-        let raw = method.as_ptr();
-        if ffi::PyCFunction_Check(raw) == 0 {
+        let (def, bound) = builtin_method_parts(method.as_ptr())?;
+        if !def_is_named(def, name) {
             return None;
         }
-        let function = raw.cast::<ffi::PyCFunctionObject>();
-        let def = (*function).m_ml;
-        if def.is_null()
-            || (*def).ml_name.is_null()
-            || std::ffi::CStr::from_ptr((*def).ml_name) != name
-        {
-            return None;
-        }
-        let bound = Bound::from_borrowed_ptr_or_opt(py, (*function).m_self)?;
-        bound.cast_into_exact::<LoopRunner>().ok()
+        Bound::from_borrowed_ptr_or_opt(method.py(), bound)?
+            .cast_into_exact::<LoopRunner>()
+            .ok()
     }
 }
 
