@@ -1,7 +1,9 @@
 # erlang_python: one entry point for cargo, rebar3 and pytest.
 #   make run    install what is missing, build, run the examples inside a BEAM node
 #   make test   install what is missing, build, run every test and lint
-PYTHON ?= python3
+# The interpreter to build for: PYTHON= if given, else the one .venv was
+# made from (so a `PYTHON=... make build` is remembered), else python3.
+PYTHON ?= $(or $(shell sed -n 's/^executable = //p' .venv/pyvenv.cfg 2>/dev/null),python3)
 export PYO3_PYTHON := $(shell command -v $(PYTHON))
 NIF_SO := erlang/priv/py_nif.so
 CLI := bin/erlang-python
