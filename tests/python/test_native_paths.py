@@ -1301,7 +1301,7 @@ def test_native_methods_are_only_made_for_strict_subclasses() -> None:
         (
             _erlang_loop.socket_transport_methods,
             selector_events._SelectorSocketTransport,
-            {"_read_ready", "_read_ready__data_received", "write"},
+            {"_read_ready", "_read_ready__data_received", "write", "is_closing"},
         ),
         (
             _erlang_loop.datagram_transport_methods,

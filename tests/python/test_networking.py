@@ -681,9 +681,34 @@ async def echo_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 
 
 def test_the_per_event_transport_methods_are_native() -> None:
-    for name in ("_read_ready", "_read_ready__data_received", "write"):
+    for name in ("_read_ready", "_read_ready__data_received", "write", "is_closing"):
         method = vars(_ErlangSocketTransport)[name]
         assert type(method).__name__ == "method_descriptor", name
+
+
+def test_is_closing_follows_close_and_abort(loop: ErlangEventLoop) -> None:
+    async def main() -> list[object]:
+        server = await asyncio.start_server(echo_until_eof, LOCALHOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        seen: list[object] = []
+        for end in ("close", "abort"):
+            transport, client = await loop.create_connection(
+                lambda: Recorder(loop), LOCALHOST, port
+            )
+            seen.append(transport.is_closing())
+            getattr(transport, end)()
+            seen.append(transport.is_closing())
+            await client.lost
+            seen.append(transport.is_closing())
+        server.close()
+        await server.wait_closed()
+        return seen
+
+    # The attribute itself, as asyncio's `return self._closing`.
+    assert run(loop, main()) == [False, True, True] * 2
+    # Before __init__ set it: AttributeError, as asyncio's.
+    with pytest.raises(AttributeError):
+        _ErlangSocketTransport.__new__(_ErlangSocketTransport).is_closing()
 
 
 def test_a_failing_data_received_is_a_fatal_error(loop: ErlangEventLoop) -> None:
