@@ -557,11 +557,16 @@ class PingClient(asyncio.Protocol):
             self.done.set_result(None)
 
 
-def echo_result(rtts: list[float], seconds: float) -> dict[str, float]:
+def echo_result(rtts: list[float], seconds: float, cpu_seconds: float) -> dict[str, float]:
+    """``cpu_seconds``: the loop thread's CPU time over the ``seconds``
+    (user and kernel: most of a request is its sends and receives). Per
+    request it is what the loop costs, steady where req/s moves with the
+    loop thread's share of a core on a busy machine."""
     return {
         "req/s": len(rtts) / seconds,
         "p50 us": percentile(rtts, 0.5) * 1e6,
         "p99 us": percentile(rtts, 0.99) * 1e6,
+        "CPU us/req": cpu_seconds / max(len(rtts), 1) * 1e6,
     }
 
 
@@ -569,6 +574,7 @@ ECHO_METRICS: Metrics = {
     "req/s": (True, "{:,.0f}"),
     "p50 us": (False, "{:,.0f}"),
     "p99 us": (False, "{:,.0f}"),
+    "CPU us/req": (False, "{:,.2f}"),
 }
 
 
@@ -581,16 +587,18 @@ def tcp_protocols(loop: asyncio.AbstractEventLoop, conns: int, seconds: float) -
             *(loop.create_connection(lambda: PingClient(rtts), HOST, port) for _ in range(conns))
         )
         clients = [client for _, client in connected]
+        cpu = time.thread_time()
         start = time.perf_counter()
         for client in clients:
             client.start(start + seconds)
         await asyncio.gather(*(client.done for client in clients))
         elapsed = time.perf_counter() - start
+        cpu = time.thread_time() - cpu
         for transport, _ in connected:
             transport.close()
         server.close()
         await server.wait_closed()
-        return echo_result(rtts, elapsed)
+        return echo_result(rtts, elapsed, cpu)
 
     return complete(loop, main())
 
@@ -639,14 +647,16 @@ def tcp_streams(loop: asyncio.AbstractEventLoop, conns: int, seconds: float) -> 
         stop_at = [0.0]
         clients = [asyncio.create_task(client(c, go, rtts, stop_at)) for c in connected]
         await asyncio.sleep(0)
+        cpu = time.thread_time()
         start = time.perf_counter()
         stop_at[0] = start + seconds
         go.set()
         await asyncio.gather(*clients)
         elapsed = time.perf_counter() - start
+        cpu = time.thread_time() - cpu
         server.close()
         await server.wait_closed()
-        return echo_result(rtts, elapsed)
+        return echo_result(rtts, elapsed, cpu)
 
     return complete(loop, main())
 
@@ -694,16 +704,18 @@ def udp_echo(loop: asyncio.AbstractEventLoop, clients: int, seconds: float) -> d
             await loop.create_datagram_endpoint(lambda: UdpPingClient(rtts), remote_addr=addr)
             for _ in range(clients)
         ]
+        cpu = time.thread_time()
         start = time.perf_counter()
         for _, client in pairs:
             client.start(start + seconds)
         # A lost datagram would stall its client: bound the wait.
         await asyncio.wait([client.done for _, client in pairs], timeout=seconds + 5)
         elapsed = time.perf_counter() - start
+        cpu = time.thread_time() - cpu
         for transport, _ in pairs:
             transport.close()
         server.close()
-        return echo_result(rtts, elapsed)
+        return echo_result(rtts, elapsed, cpu)
 
     return complete(loop, main())
 
