@@ -88,7 +88,8 @@ Coroutine.register(_erlang_loop.Sleep)
 
 def get_event_loop() -> asyncio.AbstractEventLoop:
     """The running loop, else the policy's loop for this thread (an
-    ErlangEventLoop inside the node), created on demand on any thread."""
+    ErlangEventLoop inside the node), created on demand on any thread (on
+    CPython 3.12+ with asyncio's DeprecationWarning, pointing at the caller)."""
     try:
         return get_running_loop()
     except RuntimeError:

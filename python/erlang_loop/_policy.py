@@ -5,7 +5,9 @@ here depends on it (LESSONS 5)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+import warnings
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -15,6 +17,35 @@ from ._loop import ErlangEventLoop
 
 _T = TypeVar("_T")
 
+# CPython 3.12 deprecated get_event_loop() making a loop when none is set
+# (gh-93453): its policy warns where it makes one. Ours makes one on any
+# thread, and warns there too on 3.12+, as the stdlib's does on its main
+# thread (3.11's makes it silently).
+WARNS_IMPLICIT_LOOP = sys.version_info >= (3, 12)
+
+# Modules whose frames the warning skips, so that it points at the caller's
+# line as the stdlib's does (asyncio's own, and ours that wrap it).
+_WRAPPER_MODULES = ("asyncio", "erlang_loop", "erlang_asyncio")
+
+
+def _is_wrapper(module: object) -> bool:
+    return isinstance(module, str) and any(
+        module == name or module.startswith(name + ".") for name in _WRAPPER_MODULES
+    )
+
+
+def _warn_implicit_loop() -> None:
+    """The stdlib's DeprecationWarning of 3.12+ for a loop made implicitly,
+    attached to the first frame outside asyncio and our wrappers."""
+    if not WARNS_IMPLICIT_LOOP:
+        return
+    stacklevel = 1  # this function
+    frame: Any = sys._getframe(0)
+    while frame is not None and _is_wrapper(frame.f_globals.get("__name__")):
+        frame = frame.f_back
+        stacklevel += 1
+    warnings.warn("There is no current event loop", DeprecationWarning, stacklevel=stacklevel)
+
 
 class ErlangEventLoopPolicy(unix_events._UnixDefaultEventLoopPolicy):  # type: ignore[name-defined,misc]
     """Creates ``ErlangEventLoop`` on every thread, on demand."""
@@ -22,7 +53,8 @@ class ErlangEventLoopPolicy(unix_events._UnixDefaultEventLoopPolicy):  # type: i
     _loop_factory = ErlangEventLoop
 
     def get_event_loop(self) -> asyncio.AbstractEventLoop:
-        """This thread's loop, created on first use on any thread. As in
+        """This thread's loop, created on first use on any thread (on CPython
+        3.12+ with the stdlib's DeprecationWarning). As in
         CPython, a thread that explicitly set None (``asyncio.run`` does at
         its end) gets ``RuntimeError``; a call from Erlang always starts
         afresh (the worker pool forgets that None between calls). A loop
@@ -39,6 +71,7 @@ class ErlangEventLoopPolicy(unix_events._UnixDefaultEventLoopPolicy):  # type: i
                     f"There is no current event loop in thread "
                     f"{threading.current_thread().name!r}."
                 )
+            _warn_implicit_loop()
             self.set_event_loop(self.new_event_loop())
         assert local._loop is not None
         return local._loop  # type: ignore[no-any-return]

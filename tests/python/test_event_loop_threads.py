@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -410,6 +411,87 @@ def test_get_event_loop_after_set_none_follows_cpython_until_the_pool_resets() -
     assert len(outcome) == 2, outcome
     assert "no current event loop" in str(outcome[0])
     assert outcome[1] == "ErlangEventLoop"
+
+
+# CPython 3.12 deprecated get_event_loop() making a loop when none is set:
+# the stdlib's policy warns where it makes one (3.11's is silent).
+IMPLICIT_LOOP_WARNS = sys.version_info >= (3, 12)
+
+
+def _get_on_a_fresh_thread(
+    get: Callable[[], asyncio.AbstractEventLoop],
+) -> tuple[type, list[warnings.WarningMessage]]:
+    """Calls ``get`` on a new thread, where no loop is set yet: the type of
+    the loop it returns and the warnings it raised."""
+
+    def body() -> tuple[type, list[warnings.WarningMessage]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loop = get()
+        asyncio.set_event_loop(None)
+        loop.close()
+        return type(loop), list(caught)
+
+    return in_threads([body])[0]  # type: ignore[no-any-return]
+
+
+def _implicit_getters() -> list[Callable[[], asyncio.AbstractEventLoop]]:
+    import erlang_asyncio
+
+    return [
+        lambda: asyncio.get_event_loop_policy().get_event_loop(),
+        lambda: asyncio.get_event_loop(),
+        lambda: erlang_asyncio.get_event_loop(),
+    ]
+
+
+@pytest.mark.skipif(
+    not IMPLICIT_LOOP_WARNS, reason="CPython 3.11's get_event_loop makes a loop without a warning"
+)
+@pytest.mark.parametrize("which", range(3), ids=["policy", "asyncio", "erlang_asyncio"])
+def test_get_event_loop_warns_where_it_makes_a_loop_on_3_12(which: int) -> None:
+    """As the stdlib's policy on 3.12+: a DeprecationWarning that points at the
+    caller's line (asyncio's frames and ours skipped); the loop is still made,
+    on any thread."""
+    kind, caught = _get_on_a_fresh_thread(_implicit_getters()[which])
+    assert kind is ErlangEventLoop
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (DeprecationWarning, "There is no current event loop")
+    ]
+    assert caught[0].filename == __file__
+
+
+@pytest.mark.skipif(IMPLICIT_LOOP_WARNS, reason="CPython 3.12+ warns (gh-93453): the test above")
+@pytest.mark.parametrize("which", range(3), ids=["policy", "asyncio", "erlang_asyncio"])
+def test_get_event_loop_makes_a_loop_silently_on_3_11(which: int) -> None:
+    kind, caught = _get_on_a_fresh_thread(_implicit_getters()[which])
+    assert kind is ErlangEventLoop
+    assert caught == []
+
+
+def test_get_event_loop_does_not_warn_for_a_set_loop_or_after_set_none() -> None:
+    """Only a loop made implicitly warns; a set loop is returned, and an
+    explicit set_event_loop(None) refuses (RuntimeError), as in the stdlib."""
+
+    def body() -> tuple[bool, str, list[warnings.WarningMessage]]:
+        loop = asyncio.new_event_loop()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            asyncio.set_event_loop(loop)
+            same = asyncio.get_event_loop() is loop
+            asyncio.set_event_loop(None)
+            try:
+                asyncio.get_event_loop()
+                refusal = ""
+            except RuntimeError as error:
+                refusal = str(error)
+        loop.close()
+        return same, refusal, list(caught)
+
+    same, refusal, caught = in_threads([body])[0]
+    assert same
+    assert "There is no current event loop" in refusal
+    assert caught == []
 
 
 def test_an_interrupted_thread_leaves_its_waiting_loop_with_keyboard_interrupt() -> None:
