@@ -83,6 +83,9 @@ def test_policy_new_event_loop_on_a_non_main_thread() -> None:
     assert ran is True
 
 
+# On CPython 3.12+ a loop that get_event_loop() makes warns (the tests of
+# that warning are below); these tests are about the loop it makes.
+@pytest.mark.filterwarnings("ignore:There is no current event loop:DeprecationWarning")
 def test_policy_get_event_loop_creates_one_on_a_non_main_thread() -> None:
     """The stdlib policy only creates a loop on ``threading.main_thread()``;
     inside the BEAM that thread means nothing (LESSONS 5)."""
@@ -384,6 +387,9 @@ def test_loops_on_two_threads_never_see_each_others_fds(
         assert got == [str(i).encode() for i in range(rounds)]
 
 
+# On CPython 3.12+ a loop that get_event_loop() makes warns (the tests of
+# that warning are below); these tests are about the loop it makes.
+@pytest.mark.filterwarnings("ignore:There is no current event loop:DeprecationWarning")
 def test_get_event_loop_after_set_none_follows_cpython_until_the_pool_resets() -> None:
     """asyncio.run ends with set_event_loop(None); then, as in CPython,
     get_event_loop() refuses on that thread. The py worker pool forgets that
