@@ -14,7 +14,8 @@
          children_get_terminal_signals/1, warning_options/1,
          program_from_stdin/1, environment_as_started/1,
          finalized_as_python3/1, interrupt_main_in_the_program/1,
-         conformance_typo_fails/1, ctrl_c_in_an_atexit_handler/1]).
+         conformance_typo_fails/1, ctrl_c_in_an_atexit_handler/1,
+         unflushed_output_is_written_at_exit/1]).
 
 %% A run of the CLI boots a VM and Python: give it room on a loaded machine.
 -define(RUN_TIMEOUT_MS, 60000).
@@ -33,7 +34,7 @@ all() ->
      dash_c_runs_in_main, uncaught_as_python3, children_get_terminal_signals,
      warning_options, program_from_stdin, environment_as_started,
      finalized_as_python3, interrupt_main_in_the_program, conformance_typo_fails,
-     ctrl_c_in_an_atexit_handler].
+     ctrl_c_in_an_atexit_handler, unflushed_output_is_written_at_exit].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -80,6 +81,22 @@ finalized_as_python3(Config) ->
     _ = write_script(Config, "s22_never.py", "async def never(): pass\nco = never()\n"),
     {0, _, ModuleErr} = run(Config, ["-m", "s22_never"]),
     ?assertMatch({_, _}, binary:match(ModuleErr, <<"sys:1: RuntimeWarning: coroutine 'never' was never awaited">>)).
+
+%% Python is never finalised in the VM, so nothing flushes the program's
+%% stdio at exit but the CLI itself (LESSONS 7c). With stdout and stderr
+%% pipes (block- and line-buffered once PYTHONUNBUFFERED, set in some
+%% environments, is removed), what the program wrote without a newline or
+%% a flush is all there.
+-spec unflushed_output_is_written_at_exit(ct_suite:ct_config()) -> term().
+unflushed_output_is_written_at_exit(Config) ->
+    Script = write_script(Config, "unflushed.py",
+                          "import sys\n"
+                          "sys.stdout.write('out, no newline')\n"
+                          "sys.stderr.write('err, no newline')\n"),
+    {Status, Out, Err} = run(Config, [Script], #{env => [{"PYTHONUNBUFFERED", false}]}),
+    ?assertEqual(0, Status),
+    ?assertEqual(<<"out, no newline">>, Out),
+    ?assertMatch({_, _}, binary:match(Err, <<"err, no newline">>)).
 
 %% A Ctrl-C while an atexit handler runs is raised in that handler, as
 %% python3 raises it; the other handlers run and the run ends with its
