@@ -338,6 +338,35 @@ def test_io_callbacks_run_before_timers_due_in_the_same_iteration(
         wsock.close()
 
 
+def test_an_iteration_runs_its_io_callbacks_before_its_due_timers(
+    loop: ErlangEventLoop,
+) -> None:
+    """LESSONS 14, 22: as CPython's ``_run_once``, an iteration makes the
+    callbacks of the fds found ready first and those of the timers due
+    after them. A reader made readable and a timer made due by one
+    callback are both found by the next iteration's poll."""
+    order: list[str] = []
+    rsock, wsock = socket.socketpair()
+    try:
+
+        def on_read() -> None:
+            rsock.recv(100)
+            loop.remove_reader(rsock)
+            order.append("io")
+
+        def make_both_ready() -> None:
+            wsock.send(b"x")
+            loop.call_later(0, order.append, "timer")
+
+        loop.add_reader(rsock, on_read)
+        loop.call_soon(make_both_ready)
+        run_until(loop, lambda: len(order) == 2)
+    finally:
+        rsock.close()
+        wsock.close()
+    assert order == ["io", "timer"]
+
+
 def test_an_iteration_runs_only_the_callbacks_ready_when_it_began(
     loop: ErlangEventLoop,
 ) -> None:
