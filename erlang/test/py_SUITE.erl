@@ -39,6 +39,7 @@
          call_async_await/1, await_timeout/1,
          namespace_per_process/1, namespace_dropped_on_exit/1,
          namespace_not_leaked_by_short_lived_callers/1,
+         namespace_drop_takes_no_gil_on_a_scheduler/1,
          register_function/1, erlang_function_crash/1, unregistered_function/1,
          erlang_function_killed/1, timeout_inside_erlang_call/1,
          erlang_call_when_its_server_dies/1, erlang_call_when_its_server_restarts/1,
@@ -91,6 +92,7 @@ groups() ->
        call_async_await, await_timeout,
        namespace_per_process, namespace_dropped_on_exit,
        namespace_not_leaked_by_short_lived_callers,
+       namespace_drop_takes_no_gil_on_a_scheduler,
        register_function, erlang_function_crash, unregistered_function,
        erlang_function_killed, stray_callback_messages_are_ignored,
        timeout_inside_erlang_call,
@@ -1140,6 +1142,52 @@ namespace_dropped_on_exit(_Config) ->
     wait_until(fun() -> py_nif:namespace_count() =:= Before end, 10000),
     %% Ours survives.
     ?assertEqual({ok, 1}, py:eval(<<"mine">>)).
+
+%% The namespace of a dead process is dropped without taking the GIL in the
+%% VM's callback (LESSONS 4): that callback runs on a scheduler, which would
+%% wait there for as long as Python holds the GIL. With one scheduler
+%% online and Python holding the GIL in one C call for seconds (`sum' of a
+%% long range lets it go nowhere), an owner's death leaves the scheduler
+%% free: this process and another exchange messages on it before that
+%% Python call ends. Checked by order, not by time.
+-spec namespace_drop_takes_no_gil_on_a_scheduler(ct_suite:ct_config()) -> term().
+namespace_drop_takes_no_gil_on_a_scheduler(_Config) ->
+    Before = settled_namespace_count(),
+    Parent = self(),
+    Owner = spawn(fun() ->
+                          Parent ! {executed, self(), py:exec(<<"owned = 1">>)},
+                          receive stop -> ok end
+                  end),
+    receive {executed, Owner, Result} -> ?assertEqual(ok, Result)
+    after 10000 -> ct:fail(exec_timeout)
+    end,
+    Code = <<"import erlang\n"
+             "erlang.send(p, 'holding')\n"
+             "sum(range(300_000_000))\n"
+             "erlang.send(p, 'done')\n">>,
+    Online = erlang:system_flag(schedulers_online, 1),
+    try
+        Long = py:call_async(builtins, exec, [Code, #{<<"p">> => self()}]),
+        receive <<"holding">> -> ok after 20000 -> ct:fail(not_holding) end,
+        Monitor = monitor(process, Owner),
+        exit(Owner, kill),
+        receive {'DOWN', Monitor, process, Owner, killed} -> ok
+        after 30000 -> ct:fail(owner_not_down)
+        end,
+        %% Round trips with another process on the only scheduler, while
+        %% the owner's exit (and its namespace's drop) completes.
+        Echo = spawn_link(fun Echo() -> receive {ping, From} -> From ! pong, Echo() end end),
+        [begin Echo ! {ping, self()}, receive pong -> ok end end || _ <- lists:seq(1, 1000)],
+        unlink(Echo),
+        exit(Echo, kill),
+        %% Python still holds the GIL: nothing waited for it on the scheduler.
+        receive <<"done">> -> ct:fail(scheduler_waited_for_the_gil) after 0 -> ok end,
+        receive <<"done">> -> ok after 60000 -> ct:fail(long_call_not_done) end,
+        ?assertMatch({ok, _}, py:await(Long, 60000))
+    after
+        erlang:system_flag(schedulers_online, Online)
+    end,
+    wait_until(fun() -> py_nif:namespace_count() =:= Before end, 10000).
 
 -spec namespace_not_leaked_by_short_lived_callers(ct_suite:ct_config()) -> term().
 namespace_not_leaked_by_short_lived_callers(_Config) ->
