@@ -1085,3 +1085,38 @@ fn a_deferred_loop_nobody_can_serve_fails_its_sleep_and_counts_as_lost() {
     assert_eq!(server_requests(&host), 1);
     assert!(core.server_lost(), "its owner replaces it");
 }
+
+/// LESSONS 20: the readiness of many fds reported at once, far more than a
+/// batch, is all delivered (coalesced per fd and direction while queued,
+/// never dropped by a cap on the queue), each fd's once.
+#[test]
+fn readiness_of_many_fds_at_once_is_never_dropped() {
+    const FDS: usize = 300;
+    let (core, _) = new_loop();
+    core.set_served();
+    let pairs: Vec<(UnixStream, UnixStream)> =
+        (0..FDS).map(|_| UnixStream::pair().unwrap()).collect();
+    for (id, (a, _)) in pairs.iter().enumerate() {
+        core.add_interest(a.as_raw_fd(), EventKind::Read, id as u64)
+            .unwrap();
+    }
+    let requests = core.take_select_requests();
+    assert_eq!(requests.len(), FDS);
+    // Every fd reports twice before the owner looks.
+    for request in requests.iter().chain(&requests) {
+        core.fd_ready(token_of(request), EventKind::Read);
+    }
+    assert_eq!(core.stats().events_coalesced, FDS as u64);
+    let mut out = Vec::new();
+    // Taken in batches of 16; a dropped event would never come.
+    for _ in 0..FDS {
+        core.wait(Some(Duration::ZERO), &mut out, 16).unwrap();
+        if core.pending_len() == 0 {
+            break;
+        }
+    }
+    let mut ids: Vec<u64> = out.iter().map(|event| event.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..FDS as u64).collect::<Vec<_>>());
+    assert!(out.iter().all(|event| event.kind == EventKind::Read));
+}
