@@ -19,6 +19,7 @@ mod runtime;
 mod server_watch;
 mod signals;
 mod sleep;
+mod small_int;
 mod sync;
 mod terminal_signals;
 mod test_panic;

@@ -19,6 +19,7 @@ use rustler::{Binary, Encoder, Env, Error, NifResult, Term};
 
 use crate::atoms;
 use crate::proper_list::ProperList;
+use crate::small_int::decode_in_range;
 use crate::sync::lock;
 
 rustler::atoms! {
@@ -284,13 +285,6 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 // ---- terms ----
-
-/// An integer in `T`'s range. rustler's own decoders for u8/u16 truncate
-/// (`65536` becomes port 0), so small types go through u32 and a check.
-fn decode_in_range<T: TryFrom<u32>>(term: Term<'_>) -> NifResult<T> {
-    let wide: u32 = term.decode()?;
-    T::try_from(wide).map_err(|_| Error::BadArg)
-}
 
 /// `Host`: an IPv4 literal as a binary or a string, or a 4-tuple.
 /// `Ok(None)` for text that is not an IPv4 literal; `Err(BadArg)` for any
