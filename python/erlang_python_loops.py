@@ -69,16 +69,34 @@ _UNBORN_TTL = 120.0
 def _error_info(error: BaseException) -> tuple[str, str, str]:
     """``(ExceptionName, Message, Traceback)``, as py:call reports errors:
     text that is no UTF-8 (a lone surrogate) is replaced, not the report.
-    Never raises: a report lost here is a caller that waits forever."""
+    Never raises, not even a ``SystemExit`` or ``KeyboardInterrupt`` from
+    the error's ``__str__`` (the traceback module lets those through too):
+    out of ``run_forever``, it would end the loop every caller shares, and a
+    report lost here is a caller that waits forever."""
     try:
         message = str(error)
-    except Exception:  # noqa: BLE001 - a failing __str__: no message, as py:call
+    except BaseException:  # noqa: BLE001 - a failing __str__: no message, as py:call
         message = ""
     try:
         text = "".join(traceback.format_exception(error))
-    except Exception:  # noqa: BLE001 - as py:call, a report without its traceback
+    except BaseException:  # noqa: BLE001 - as py:call, a report without its traceback
         text = ""
-    return (_utf8(type(error).__name__), _utf8(message), _utf8(text))
+    return (_utf8(_type_name(error)), _utf8(message), _utf8(text))
+
+
+def _type_name(error: BaseException) -> str:
+    """The name of ``error``'s class, as py:call reports it: the type's own
+    slot, which a metaclass's ``__name__`` property (that may raise) does
+    not hide."""
+    try:
+        name = _TYPE_NAME.__get__(type(error))
+    except BaseException:  # noqa: BLE001 - never expected; a report still goes
+        return "Exception"
+    return name if isinstance(name, str) else "Exception"
+
+
+#: ``type``'s own ``__name__`` descriptor (reads the C slot ``tp_name``).
+_TYPE_NAME = type.__dict__["__name__"]
 
 
 def _utf8(text: str) -> str:
