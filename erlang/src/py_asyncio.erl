@@ -97,7 +97,9 @@ child_spec(Opts) when is_map(Opts) ->
       restart => maps:get(restart, Opts, transient),
       shutdown => py_asyncio_loop:shutdown_time(Opts),
       type => worker,
-      modules => [py_asyncio_loop]}.
+      modules => [py_asyncio_loop]};
+child_spec(Opts) ->
+    erlang:error(badarg, [Opts]).
 
 %% @doc Schedules `Module.Function(*Args)' on the loop and returns at once.
 %% `Function' is usually a coroutine function (a plain function's result is

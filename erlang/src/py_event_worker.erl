@@ -51,9 +51,12 @@ start_placed(Loop) ->
 %% worker does already. `badarg' if `Loop' is not a LoopRef (checked here:
 %% the worker, serving other loops, must not crash on it).
 -spec adopt(pid() | atom(), py_nif:loop_ref()) -> ok.
-adopt(Worker, Loop) ->
+adopt(Worker, Loop) when is_pid(Worker); is_atom(Worker) ->
     ok = check_loops([Loop]),
-    gen_server:cast(Worker, {adopt, Loop}).
+    gen_server:cast(Worker, {adopt, Loop});
+adopt(_Worker, _Loop) ->
+    %% Not gen_server:cast's function_clause.
+    erlang:error(badarg).
 
 -spec init({dedicated | shared, [py_nif:loop_ref()]} | {placed, py_nif:loop_ref()}) ->
           {ok, #state{}} | ignore.
