@@ -471,9 +471,11 @@ wait_fds(Baseline, Deadline) ->
             end
     end.
 
+%% The fds the NIFs and Python make (sockets, pipes, epoll and timer fds):
+%% files by path are left out, as Common Test opens and closes its own log
+%% files in this node while the cases run.
 fd_count() ->
-    {ok, Fds} = file:list_dir("/proc/self/fd"),
-    length(Fds).
+    length([Fd || {Fd, {ok, Link}} <- fds(), not lists:prefix("/", Link)]).
 
 fds() ->
     {ok, Fds} = file:list_dir("/proc/self/fd"),
