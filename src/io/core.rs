@@ -483,7 +483,7 @@ impl LoopCore {
     /// Work to do before a wait: queue timers already due, re-arm fds whose
     /// events were taken. Returns what to tell the server.
     pub fn prepare_wait(&self) -> Wake {
-        self.lock().prepare()
+        self.lock().prepare().0
     }
 
     /// `prepare_wait` then `wait`, under one lock unless the preparation
@@ -496,11 +496,13 @@ impl LoopCore {
         max: usize,
     ) -> Result<Waited, WaitError> {
         let mut state = self.lock();
-        let wake = state.prepare();
+        let (wake, mut now) = state.prepare();
         if !wake.is_empty() {
             state = self.deliver_unlocked(state, wake);
+            // Read before the delivery: stale now.
+            now = None;
         }
-        self.wait_locked(state, timeout, out, max)
+        self.wait_locked(state, timeout, out, max, now)
     }
 
     /// Waits until an event is queued, a wake-up is requested, or `timeout`
@@ -512,18 +514,20 @@ impl LoopCore {
         out: &mut Vec<Event>,
         max: usize,
     ) -> Result<Waited, WaitError> {
-        self.wait_locked(self.lock(), timeout, out, max)
+        self.wait_locked(self.lock(), timeout, out, max, None)
     }
 
-    /// `wait` with the state already locked.
+    /// `wait` with the state already locked; `now`: the clock as read
+    /// under this lock just before, if it was (see `block`).
     fn wait_locked<'a>(
         &'a self,
         state: MutexGuard<'a, State>,
         timeout: Option<Duration>,
         out: &mut Vec<Event>,
         max: usize,
+        now: Option<u64>,
     ) -> Result<Waited, WaitError> {
-        let (mut state, slept, timed_out) = self.block(state, timeout, max)?;
+        let (mut state, slept, timed_out) = self.block(state, timeout, max, now)?;
         let woken = std::mem::take(&mut state.wakeup_requested);
         let before = out.len();
         let more = state.drain(out, max);
@@ -549,7 +553,7 @@ impl LoopCore {
     /// `wait` counts them: spurious if it finds nothing and its wait did not
     /// just time out (`timed_out`).
     pub fn poll_ready(&self, slept: bool, timed_out: bool) -> Result<Look, WaitError> {
-        let (mut state, _, _) = self.block(self.lock(), Some(Duration::ZERO), 0)?;
+        let (mut state, _, _) = self.block(self.lock(), Some(Duration::ZERO), 0, None)?;
         let woken = std::mem::take(&mut state.wakeup_requested);
         let ready = woken || !state.pending.is_empty();
         if slept {
@@ -594,11 +598,16 @@ impl LoopCore {
     /// timeout passes; looks into the loop's own epoll set (up to `io_room`
     /// events, into `polled`) before each sleep. Returns the locked state,
     /// whether it slept, and whether the timeout ended the wait.
+    /// `read_now`: the clock as `prepare` read it under this very lock,
+    /// used by the first look instead of a second read (a clock read is a
+    /// good part of a busy iteration); older than the true time, it can
+    /// only make a due timer wait for the next look, never fire early.
     fn block<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
         timeout: Option<Duration>,
         io_room: usize,
+        mut read_now: Option<u64>,
     ) -> Result<(MutexGuard<'a, State>, bool, bool), WaitError> {
         // A look without a wait (every iteration of a busy loop) reads no
         // clock for its limit.
@@ -639,7 +648,7 @@ impl LoopCore {
             // it may have ended with the caller's limit (see below).
             let mut until_timer = None;
             if let Some(deadline) = state.wheel.next_deadline() {
-                let now_ns = now_monotonic_ns();
+                let now_ns = read_now.take().unwrap_or_else(now_monotonic_ns);
                 if deadline <= now_ns {
                     state.advance(now_ns);
                     if state.pending.is_empty() {
@@ -981,20 +990,31 @@ impl Drop for LoopCore {
 }
 
 impl State {
-    /// Work to do before a wait (see `LoopCore::prepare_wait`).
-    fn prepare(&mut self) -> Wake {
+    /// Work to do before a wait (see `LoopCore::prepare_wait`); returns it
+    /// and the clock if it was read. An empty wheel has nothing to fire or
+    /// arm: the clock is not read then (it was a good part of a busy
+    /// iteration without timers). The wheel's time stays where it was,
+    /// as while the loop sleeps without timers: its next insert places
+    /// the timer against that time and the next advance catches up.
+    fn prepare(&mut self) -> (Wake, Option<u64>) {
         if self.closed {
-            return Wake::default();
+            return (Wake::default(), None);
         }
-        let now = now_monotonic_ns();
-        self.advance(now);
+        let now = (!self.wheel.is_empty()).then(|| {
+            let now = now_monotonic_ns();
+            self.advance(now);
+            now
+        });
         let mut wake = Wake::default();
         for fd in std::mem::take(&mut self.rearm) {
             if let Some(request) = self.fds.rearm(fd) {
                 wake = wake.merge(self.owe_selects(Some(request)));
             }
         }
-        wake.merge(self.arm_timer(|| now))
+        let Some(now) = now else {
+            return (wake, None);
+        };
+        (wake.merge(self.arm_timer(|| now)), Some(now))
     }
 
     fn check_open(&self) -> Result<(), WaitError> {

@@ -1120,3 +1120,33 @@ fn readiness_of_many_fds_at_once_is_never_dropped() {
     assert_eq!(ids, (0..FDS as u64).collect::<Vec<_>>());
     assert!(out.iter().all(|event| event.kind == EventKind::Read));
 }
+
+#[test]
+fn busy_looks_without_timers_leave_later_timers_on_time() {
+    // Looks at an empty wheel read no clock and leave the wheel's time
+    // behind: a timer inserted after a while of them must still fire at
+    // its deadline, not before, and not later than the first look after.
+    let (core, _host) = new_loop();
+    core.set_served();
+    let mut out = Vec::new();
+    let busy_until = now_monotonic_ns() + 30_000_000;
+    while now_monotonic_ns() < busy_until {
+        core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
+            .unwrap();
+    }
+    assert!(out.is_empty());
+    let deadline = now_monotonic_ns() + 5_000_000;
+    let (key, _) = core.insert_timer(deadline, 9).unwrap();
+    loop {
+        core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
+            .unwrap();
+        let now = now_monotonic_ns();
+        if let Some(event) = out.first() {
+            assert!(now >= deadline, "fired {} ns early", deadline - now);
+            assert_eq!(event.key, key);
+            assert_eq!(event.deadline, deadline);
+            break;
+        }
+        assert!(now < deadline + 5_000_000_000, "never fired");
+    }
+}
