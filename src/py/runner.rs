@@ -98,6 +98,30 @@ pub struct LoopRunner {
     /// The loop, weakly, once `detach` let go of it: a `create_future`
     /// kept from before the loop closed still makes its futures.
     detached_loop: Option<Py<PyWeakrefReference>>,
+    /// The version of the loop's `__dict__` at which `iterates_again` last
+    /// found `_run_once` the runner's and `_stopping` false (0: none): while
+    /// the dict has it still, nothing was written to it since (see
+    /// `dict_version`), and the two look-ups are not made again.
+    iterating_at_version: u64,
+}
+
+/// The version tag of `dict`: CPython gives it a value no dict had before
+/// on every write to any dict, so an unchanged tag means an unchanged
+/// dict. 0 (never trusted) from 3.13 on, where a materialised instance
+/// `__dict__` that shares its object's inline values may be written
+/// without a new tag, and where the tag is on its way out.
+#[cfg(not(Py_3_13))]
+fn dict_version(dict: &Bound<'_, PyDict>) -> u64 {
+    // SAFETY: a field of a live dict, read with the GIL held.
+    #[allow(deprecated)]
+    unsafe {
+        (*dict.as_ptr().cast::<pyo3::ffi::PyDictObject>()).ma_version_tag
+    }
+}
+
+#[cfg(Py_3_13)]
+fn dict_version(_dict: &Bound<'_, PyDict>) -> u64 {
+    0
 }
 
 /// `erlang_loop.ErlangEventLoop`.
@@ -383,14 +407,19 @@ impl LoopRunner {
     /// on the loop since). Otherwise `run_forever`'s own loop goes on.
     fn iterates_again(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
-        let (loop_, loop_dict, installed) = {
+        let (loop_, loop_dict, installed, version) = {
             let this = slf.borrow();
             match (&this.loop_, &this.loop_dict, &this.installed_run_once) {
                 (Some(loop_), Some(loop_dict), Some(installed)) if this.running && !this.closed => {
+                    let version = dict_version(loop_dict.bind(py));
+                    if version != 0 && version == this.iterating_at_version {
+                        return Ok(true);
+                    }
                     (
                         loop_.bind(py).clone(),
                         loop_dict.clone_ref(py),
                         installed.clone_ref(py),
+                        version,
                     )
                 }
                 _ => return Ok(false),
@@ -399,7 +428,15 @@ impl LoopRunner {
         if !holds_path(loop_dict.bind(py), intern!(py, "_run_once"), &installed)? {
             return Ok(false);
         }
-        Ok(!Self::stopping(&loop_, Some(loop_dict))?)
+        if Self::stopping(&loop_, Some(loop_dict.clone_ref(py)))? {
+            return Ok(false);
+        }
+        // Remembered only if the look-ups changed nothing (a key's
+        // `__eq__` may run Python code).
+        if dict_version(loop_dict.bind(py)) == version {
+            slf.borrow_mut().iterating_at_version = version;
+        }
+        Ok(true)
     }
 
     /// Whether the loop's `call_soon` is the runner's: resolving a future of
@@ -1068,6 +1105,7 @@ impl LoopRunner {
             loop_dict: None,
             future_kwargs: None,
             detached_loop: None,
+            iterating_at_version: 0,
         })
     }
 
