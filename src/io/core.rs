@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,15 @@ pub struct LoopCore {
     host: Arc<dyn LoopHost>,
     /// `interrupt` was called and `take_interrupt` has not seen it yet.
     interrupted: AtomicBool,
+    /// Bumped each time the state is locked (a lock that changes nothing
+    /// counts too), written only under the lock: unchanged, nobody has
+    /// locked the state since it was read.
+    locks: AtomicU64,
+    /// The value of `locks` when a look without a wait last found nothing
+    /// to do and nothing that a later look must do (`u64::MAX`: none; see
+    /// `quiet_look`): while `locks` still has it, the state is as that look
+    /// left it, and the next such look answers without the lock.
+    quiet_at: AtomicU64,
 }
 
 /// `LoopCore::live_count`.
@@ -192,6 +201,8 @@ impl LoopCore {
             }),
             ready: Condvar::new(),
             interrupted: AtomicBool::new(false),
+            locks: AtomicU64::new(0),
+            quiet_at: AtomicU64::new(u64::MAX),
             host,
         };
         LIVE_CORES.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +235,17 @@ impl LoopCore {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.count_lock();
+        state
+    }
+
+    /// Bumps `locks`: called with the state locked, by every locker (a
+    /// condvar's waiter too, once it has the lock back), so a load and a
+    /// store do (no read-modify-write: lockers come one at a time).
+    fn count_lock(&self) {
+        let locks = self.locks.load(Ordering::Relaxed).wrapping_add(1);
+        self.locks.store(locks, Ordering::Release);
     }
 
     /// The loop's clock: CLOCK_MONOTONIC in ns, shared with the wheel.
@@ -495,6 +516,12 @@ impl LoopCore {
         out: &mut Vec<Event>,
         max: usize,
     ) -> Result<Waited, WaitError> {
+        if timeout == Some(Duration::ZERO) && self.still_quiet() {
+            return Ok(Waited {
+                more: false,
+                woken: false,
+            });
+        }
         let mut state = self.lock();
         let (wake, mut now) = state.prepare();
         if !wake.is_empty() {
@@ -541,7 +568,40 @@ impl LoopCore {
                 state.stats.spurious_wakeups += 1;
             }
         }
+        if timeout == Some(Duration::ZERO) && out.len() == before && !woken && !more {
+            self.note_if_quiet(&state);
+        }
         Ok(Waited { more, woken })
+    }
+
+    /// Whether the state is as a look without a wait left it when it found
+    /// nothing to do (see `note_if_quiet`): no one has locked it since.
+    /// Such a look would find nothing again: the answer is the one a
+    /// locked look made just before any locker still at work would give.
+    fn still_quiet(&self) -> bool {
+        self.quiet_at.load(Ordering::Acquire) == self.locks.load(Ordering::Acquire)
+    }
+
+    /// After a look without a wait that found nothing (no event, no
+    /// wake-up, nothing more), with the state still locked: if the next
+    /// such look, the state unchanged, must find nothing either and do
+    /// nothing on the way, lets it answer without the lock. That holds
+    /// when no timer is in the wheel (else time alone makes one due),
+    /// no fd waits to be re-armed, no fd is watched by the loop's own
+    /// epoll set (each look polls it), and the loop is open and served
+    /// as it was (a failed check is reported by every look).
+    fn note_if_quiet(&self, state: &State) {
+        let quiet = state.wheel.is_empty()
+            && state.pending.is_empty()
+            && state.polled.is_empty()
+            && state.rearm.is_empty()
+            && !state.wakeup_requested
+            && state.poller.as_ref().is_none_or(FdPoller::is_empty)
+            && state.check_open().is_ok();
+        if quiet {
+            self.quiet_at
+                .store(self.locks.load(Ordering::Relaxed), Ordering::Release);
+        }
     }
 
     /// A look without a wait for the low-level `poll_events`, whose caller
@@ -724,6 +784,7 @@ impl LoopCore {
                         .0
                 }
             };
+            self.count_lock();
             state.waiters -= 1;
             state.stats.sleeping -= 1;
         }
@@ -806,6 +867,7 @@ impl LoopCore {
                 .wait_timeout(state, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            self.count_lock();
             state.waiters -= 1;
         }
         state.served

@@ -1150,3 +1150,68 @@ fn busy_looks_without_timers_leave_later_timers_on_time() {
         assert!(now < deadline + 5_000_000_000, "never fired");
     }
 }
+
+/// Looks without a wait until one finds nothing (the later ones then
+/// answer without the lock), then runs `news` on another thread and
+/// returns what the next look finds.
+fn look_after_quiet_looks(
+    core: &Arc<LoopCore>,
+    news: impl FnOnce(&LoopCore) + Send + 'static,
+) -> (Result<Waited, WaitError>, Vec<Event>) {
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
+            .unwrap();
+    }
+    assert!(out.is_empty());
+    let other = Arc::clone(core);
+    thread::spawn(move || news(&other)).join().unwrap();
+    let waited = core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16);
+    (waited, out)
+}
+
+#[test]
+fn a_look_after_quiet_looks_sees_a_wakeup_from_another_thread() {
+    let (core, _host) = new_loop();
+    core.set_served();
+    let (waited, _) = look_after_quiet_looks(&core, |core| core.wakeup());
+    assert!(waited.unwrap().woken);
+}
+
+#[test]
+fn a_look_after_quiet_looks_sees_a_due_timer_inserted_by_another_thread() {
+    let (core, _host) = new_loop();
+    core.set_served();
+    let (waited, out) = look_after_quiet_looks(&core, |core| {
+        core.insert_timer(now_monotonic_ns(), 5).unwrap();
+    });
+    waited.unwrap();
+    assert_eq!(out.iter().map(|event| event.id).collect::<Vec<_>>(), [5]);
+}
+
+#[test]
+fn a_look_after_quiet_looks_sees_an_fd_event_from_another_thread() {
+    let (core, _host) = new_loop();
+    core.set_served();
+    core.add_interest(4, EventKind::Read, 100).unwrap();
+    let token = token_of(&core.take_select_requests()[0]);
+    let (waited, out) = look_after_quiet_looks(&core, move |core| {
+        core.fd_ready(token, EventKind::Read);
+    });
+    waited.unwrap();
+    assert_eq!(out.iter().map(|event| event.id).collect::<Vec<_>>(), [100]);
+}
+
+#[test]
+fn a_look_after_quiet_looks_sees_the_loop_closed_or_its_server_gone() {
+    let (core, _host) = new_loop();
+    core.set_served();
+    let (waited, _) = look_after_quiet_looks(&core, |core| {
+        core.close();
+    });
+    assert_eq!(waited, Err(WaitError::Closed));
+    let (core, _host) = new_loop();
+    core.set_served();
+    let (waited, _) = look_after_quiet_looks(&core, |core| core.server_down());
+    assert_eq!(waited, Err(WaitError::ServerDown));
+}
