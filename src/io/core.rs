@@ -85,9 +85,12 @@ pub struct LoopCore {
     locks: AtomicU64,
     /// The value of `locks` when a look without a wait last found nothing
     /// to do and nothing that a later look must do (`u64::MAX`: none; see
-    /// `quiet_look`): while `locks` still has it, the state is as that look
+    /// `note_if_quiet`): while `locks` still has it, the state is as that look
     /// left it, and the next such look answers without the lock.
     quiet_at: AtomicU64,
+    /// The wheel's next deadline as that look saw it (`u64::MAX`: none):
+    /// until then, time alone makes nothing due (see `still_quiet`).
+    quiet_until: AtomicU64,
 }
 
 /// `LoopCore::live_count`.
@@ -203,6 +206,7 @@ impl LoopCore {
             interrupted: AtomicBool::new(false),
             locks: AtomicU64::new(0),
             quiet_at: AtomicU64::new(u64::MAX),
+            quiet_until: AtomicU64::new(u64::MAX),
             host,
         };
         LIVE_CORES.fetch_add(1, Ordering::Relaxed);
@@ -579,26 +583,35 @@ impl LoopCore {
     /// Such a look would find nothing again: the answer is the one a
     /// locked look made just before any locker still at work would give.
     fn still_quiet(&self) -> bool {
-        self.quiet_at.load(Ordering::Acquire) == self.locks.load(Ordering::Acquire)
+        // In this order: a `quiet_until` written by a later look is seen
+        // only with that look's bump of `locks` (made before it).
+        let quiet_at = self.quiet_at.load(Ordering::Acquire);
+        let until = self.quiet_until.load(Ordering::Acquire);
+        quiet_at == self.locks.load(Ordering::Acquire)
+            && (until == u64::MAX || now_monotonic_ns() < until)
     }
 
     /// After a look without a wait that found nothing (no event, no
     /// wake-up, nothing more), with the state still locked: if the next
     /// such look, the state unchanged, must find nothing either and do
-    /// nothing on the way, lets it answer without the lock. That holds
-    /// when no timer is in the wheel (else time alone makes one due),
-    /// no fd waits to be re-armed, no fd is watched by the loop's own
-    /// epoll set (each look polls it), and the loop is open and served
-    /// as it was (a failed check is reported by every look).
+    /// nothing on the way, lets it answer without the lock, until the
+    /// wheel's next deadline (a lower bound of its earliest timer, or the
+    /// time a cascade is due: before it, a look fires and arms nothing
+    /// new; after it, the lock is taken again, so a timer is neither
+    /// early nor starved). That holds when no fd waits to be re-armed, no
+    /// fd is watched by the loop's own epoll set (each look polls it), and
+    /// the loop is open and served as it was (a failed check is reported
+    /// by every look).
     fn note_if_quiet(&self, state: &State) {
-        let quiet = state.wheel.is_empty()
-            && state.pending.is_empty()
+        let until = state.wheel.next_deadline().unwrap_or(u64::MAX);
+        let quiet = state.pending.is_empty()
             && state.polled.is_empty()
             && state.rearm.is_empty()
             && !state.wakeup_requested
             && state.poller.as_ref().is_none_or(FdPoller::is_empty)
             && state.check_open().is_ok();
         if quiet {
+            self.quiet_until.store(until, Ordering::Release);
             self.quiet_at
                 .store(self.locks.load(Ordering::Relaxed), Ordering::Release);
         }

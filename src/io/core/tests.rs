@@ -1215,3 +1215,26 @@ fn a_look_after_quiet_looks_sees_the_loop_closed_or_its_server_gone() {
     let (waited, _) = look_after_quiet_looks(&core, |core| core.server_down());
     assert_eq!(waited, Err(WaitError::ServerDown));
 }
+
+#[test]
+fn quiet_looks_fire_a_pending_timer_at_its_deadline() {
+    // Looks that answer without the lock while a timer is pending must
+    // still fire it once due: not before its deadline, and not never.
+    let (core, _host) = new_loop();
+    core.set_served();
+    let deadline = now_monotonic_ns() + 20_000_000;
+    let (key, _) = core.insert_timer(deadline, 3).unwrap();
+    let give_up = now_monotonic_ns() + 5_000_000_000;
+    let mut out = Vec::new();
+    loop {
+        core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
+            .unwrap();
+        let now = now_monotonic_ns();
+        if let Some(event) = out.first() {
+            assert!(now >= deadline, "fired {} ns early", deadline - now);
+            assert_eq!(event.key, key);
+            break;
+        }
+        assert!(now < give_up, "never fired");
+    }
+}
