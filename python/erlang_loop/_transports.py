@@ -18,6 +18,7 @@ src/io/poller.rs).
 
 from __future__ import annotations
 
+import sys
 from asyncio import selector_events
 from typing import Any
 
@@ -74,6 +75,16 @@ class _ErlangDatagramTransport(selector_events._SelectorDatagramTransport):  # t
         # and an unset slot raises AttributeError there.
         if not hasattr(self, "_paused"):
             self._paused = False
+
+    if sys.version_info >= (3, 13) and not hasattr(
+        selector_events._SelectorDatagramTransport, "_header_size"
+    ):
+        # 3.13's sendto counts a datagram it buffers as its length plus 8
+        # header bytes, written as a literal; later releases name it
+        # `_header_size`. The native sendto adds this attribute where it is
+        # set, so a buffered datagram counts in get_write_buffer_size() (and
+        # against the high-water mark) as on the stdlib loop.
+        _header_size = 8
 
     if "pause_reading" not in selector_events._SelectorTransport.__dict__:
         # Those earlier releases also give flow control of reads to stream

@@ -260,7 +260,10 @@ fn send_raised(
 }
 
 /// asyncio's `sendto` after a would-block: the writer callback set, then
-/// the datagram (`bytes`, immutable already) queued with its address.
+/// the datagram (`bytes`, immutable already) queued with its address and
+/// counted in the buffer's size as asyncio counts it: its length, plus the
+/// transport's `_header_size` where the stdlib adds one per datagram
+/// (3.13 on; see `_ErlangDatagramTransport`).
 fn buffer_datagram(
     attrs: &InstanceAttrs<'_, '_>,
     data: &Bound<'_, PyAny>,
@@ -279,9 +282,14 @@ fn buffer_datagram(
     attrs
         .get(intern!(py, "_buffer"))?
         .call_method1(intern!(py, "append"), ((data, addr),))?;
+    let header = match transport.getattr_opt(intern!(py, "_header_size"))? {
+        Some(header) => header,
+        None => 0_usize.into_pyobject(py)?.into_any(),
+    };
     let size = transport
         .getattr(intern!(py, "_buffer_size"))?
-        .add(data.len()?)?;
+        .add(data.len()?)?
+        .add(header)?;
     transport.setattr(intern!(py, "_buffer_size"), size)?;
     transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
     Ok(())

@@ -654,6 +654,48 @@ def test_sendto_queues_behind_what_is_buffered(loop: ErlangEventLoop) -> None:
     run(loop, main())
 
 
+async def buffered_size_after_a_would_block(
+    loop: asyncio.AbstractEventLoop, path: str
+) -> tuple[int, int]:
+    """Sends 100-byte datagrams from an endpoint connected to a paused Unix
+    datagram endpoint at ``path`` until one waits in the buffer (the
+    receiver's queue is full: the send would block). That datagram is the
+    first buffered, so it took the native sendto's path on our loop. Gives
+    how many datagrams went out before it and the buffer's size then."""
+    server_transport, _ = await loop.create_datagram_endpoint(
+        lambda: Datagrams(loop), local_addr=path, family=socket.AF_UNIX
+    )
+    server_transport.pause_reading()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: Datagrams(loop), remote_addr=path, family=socket.AF_UNIX
+    )
+    try:
+        for sent in range(100_000):
+            transport.sendto(b"x" * 100)
+            if transport.get_write_buffer_size():
+                return sent, transport.get_write_buffer_size()
+        raise AssertionError("the receiver's queue never filled")
+    finally:
+        transport.abort()
+        server_transport.close()
+        await asyncio.sleep(0)
+
+
+def test_a_datagram_buffered_after_a_would_block_counts_as_on_the_stdlib_loop(
+    loop: ErlangEventLoop, tmp_path: Any
+) -> None:
+    """A datagram the native sendto buffers (the socket would block) counts
+    in get_write_buffer_size(), and so against the high-water mark, as
+    asyncio's sendto counts it: on 3.13 and later its length plus the
+    header bytes the stdlib adds per datagram, its length alone before."""
+    stdlib = asyncio.SelectorEventLoop()
+    try:
+        expected = run(stdlib, buffered_size_after_a_would_block(stdlib, str(tmp_path / "stdlib")))
+    finally:
+        stdlib.close()
+    assert run(loop, buffered_size_after_a_would_block(loop, str(tmp_path / "ours"))) == expected
+
+
 # What the audit hook below does with `socket.sendto` events: None, nothing
 # (hooks stay for the life of the process); True, record them; an
 # exception class, record and raise it; a function, record and call it
