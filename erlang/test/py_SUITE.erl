@@ -1129,14 +1129,7 @@ namespace_per_process(_Config) ->
 namespace_dropped_on_exit(_Config) ->
     ok = py:exec(<<"mine = 1">>),
     Before = settled_namespace_count(),
-    Parent = self(),
-    Owner = spawn(fun() ->
-                          Parent ! {executed, self(), py:exec(<<"owned = 1">>)},
-                          receive stop -> ok end
-                  end),
-    receive {executed, Owner, Result} -> ?assertEqual(ok, Result)
-    after 10000 -> ct:fail(exec_timeout)
-    end,
+    Owner = spawn_namespace_owner(),
     ?assertEqual(Before + 1, py_nif:namespace_count()),
     exit(Owner, kill),
     wait_until(fun() -> py_nif:namespace_count() =:= Before end, 10000),
@@ -1153,14 +1146,7 @@ namespace_dropped_on_exit(_Config) ->
 -spec namespace_drop_takes_no_gil_on_a_scheduler(ct_suite:ct_config()) -> term().
 namespace_drop_takes_no_gil_on_a_scheduler(_Config) ->
     Before = settled_namespace_count(),
-    Parent = self(),
-    Owner = spawn(fun() ->
-                          Parent ! {executed, self(), py:exec(<<"owned = 1">>)},
-                          receive stop -> ok end
-                  end),
-    receive {executed, Owner, Result} -> ?assertEqual(ok, Result)
-    after 10000 -> ct:fail(exec_timeout)
-    end,
+    Owner = spawn_namespace_owner(),
     Code = <<"import erlang\n"
              "erlang.send(p, 'holding')\n"
              "sum(range(300_000_000))\n"
@@ -2053,6 +2039,19 @@ sleeping_call(Seconds) ->
     end.
 
 %% The namespace count once the drops of earlier test processes are done.
+-spec spawn_namespace_owner() -> pid().
+%% A process that has run code in its own namespace and waits to be killed.
+spawn_namespace_owner() ->
+    Parent = self(),
+    Owner = spawn(fun() ->
+                          Parent ! {executed, self(), py:exec(<<"owned = 1">>)},
+                          receive stop -> ok end
+                  end),
+    receive {executed, Owner, Result} -> ?assertEqual(ok, Result)
+    after 10000 -> ct:fail(exec_timeout)
+    end,
+    Owner.
+
 -spec settled_namespace_count() -> non_neg_integer().
 settled_namespace_count() ->
     wait_until(fun() -> queued() =:= 0 end, 10000),
