@@ -1238,3 +1238,173 @@ fn quiet_looks_fire_a_pending_timer_at_its_deadline() {
         assert!(now < give_up, "never fired");
     }
 }
+
+/// What the other thread of `quiet_looks_under_news_from_another_thread`
+/// did last: its number (0: nothing yet), kind and timer deadline, and
+/// when it was done (after the call returned).
+#[derive(Default)]
+struct News {
+    done: std::sync::atomic::AtomicU64,
+    kind: std::sync::atomic::AtomicU64,
+    deadline: std::sync::atomic::AtomicU64,
+    done_at: std::sync::atomic::AtomicU64,
+    /// The last news the loop's thread saw; the other thread waits for it
+    /// before making the next.
+    seen: std::sync::atomic::AtomicU64,
+}
+
+const WOKEN: u64 = 0;
+const FD: u64 = 1;
+const DUE_TIMER: u64 = 2;
+const LATER_TIMER: u64 = 3;
+
+/// Busy looks (most answered without the lock) and an occasional wait on
+/// one thread, wake-ups, fd events and timers (due or a few hundred µs
+/// away, a far timer pending or not) from another at random moments:
+/// each piece of news is seen by the first look that starts after it
+/// was made (a timer: after it was made and due), never before it is
+/// due, and a wait never sleeps through it. `QUIET_STRESS_NEWS` sets how
+/// many (a few thousand by default).
+#[test]
+fn quiet_looks_under_news_from_another_thread() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let count: u64 = std::env::var("QUIET_STRESS_NEWS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3_000);
+    let (core, _host) = new_loop();
+    core.set_served();
+    core.add_interest(4, EventKind::Read, 100).unwrap();
+    let token = token_of(&core.take_select_requests()[0]);
+    let news = Arc::new(News::default());
+    let maker = {
+        let core = Arc::clone(&core);
+        let news = Arc::clone(&news);
+        thread::spawn(move || {
+            let mut rng = SmallRng::seed_from_u64(7);
+            let mut far = None;
+            for n in 1..=count {
+                while news.seen.load(Ordering::Acquire) < n - 1 {
+                    thread::yield_now();
+                }
+                // A far timer pending makes quiet looks end at the wheel's
+                // next deadline rather than never.
+                if rng.random_ratio(1, 8) {
+                    match far.take() {
+                        Some(key) => {
+                            core.cancel_timer(key);
+                        }
+                        None => {
+                            far = Some(
+                                core.insert_timer(now_monotonic_ns() + 3_600_000_000_000, u64::MAX)
+                                    .unwrap()
+                                    .0,
+                            )
+                        }
+                    }
+                }
+                for _ in 0..rng.random_range(0..20_000) {
+                    std::hint::spin_loop();
+                }
+                let kind = rng.random_range(0..4);
+                news.kind.store(kind, Ordering::Relaxed);
+                match kind {
+                    WOKEN => core.wakeup(),
+                    FD => core.fd_ready(token, EventKind::Read),
+                    DUE_TIMER => {
+                        let deadline = now_monotonic_ns();
+                        news.deadline.store(deadline, Ordering::Relaxed);
+                        core.insert_timer(deadline, n).unwrap();
+                    }
+                    _ => {
+                        let deadline = now_monotonic_ns() + rng.random_range(0..300_000);
+                        news.deadline.store(deadline, Ordering::Relaxed);
+                        core.insert_timer(deadline, n).unwrap();
+                    }
+                }
+                news.done_at.store(now_monotonic_ns(), Ordering::Relaxed);
+                news.done.store(n, Ordering::Release);
+            }
+        })
+    };
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut out = Vec::new();
+    let (mut looks, mut unlocked) = (0u64, 0u64);
+    let give_up = now_monotonic_ns() + 600_000_000_000;
+    let mut seen = 0;
+    while seen < count {
+        let next = seen + 1;
+        let done = news.done.load(Ordering::Acquire);
+        let started = now_monotonic_ns();
+        let wait = rng.random_ratio(1, 4096);
+        let timeout = if wait {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        let locks = core.locks.load(Ordering::Relaxed);
+        out.clear();
+        let waited = core.prepare_and_wait(Some(timeout), &mut out, 16).unwrap();
+        let ended = now_monotonic_ns();
+        looks += 1;
+        unlocked += u64::from(core.locks.load(Ordering::Relaxed) == locks);
+        let (kind, deadline) = if done >= next || !out.is_empty() || waited.woken {
+            (
+                news.kind.load(Ordering::Relaxed),
+                news.deadline.load(Ordering::Relaxed),
+            )
+        } else {
+            (u64::MAX, 0)
+        };
+        let mut got = waited.woken;
+        assert!(
+            !waited.woken || kind == WOKEN,
+            "news {next}: woken for {kind}"
+        );
+        for event in &out {
+            match event.kind {
+                EventKind::Timer => {
+                    assert_eq!(event.id, next, "news {next}: timer {event:?}");
+                    assert!(ended >= event.deadline, "news {next} early");
+                    assert_eq!(event.deadline, deadline);
+                }
+                _ => assert_eq!((event.id, kind), (100, FD), "news {next}"),
+            }
+            got = true;
+        }
+        assert!(out.len() <= 1, "news {next}: {out:?}");
+        let due = match kind {
+            LATER_TIMER => started >= deadline,
+            _ => true,
+        };
+        assert!(
+            got || done < next || !due,
+            "news {next} ({kind}) missed by a look started after it (done {done})"
+        );
+        if wait {
+            // Woken well after the news was made (and due): it slept
+            // through it, to its time limit.
+            let done_now = news.done.load(Ordering::Acquire);
+            let kind = news.kind.load(Ordering::Relaxed);
+            let made = news.done_at.load(Ordering::Relaxed);
+            let due_at = match kind {
+                LATER_TIMER | DUE_TIMER => made.max(news.deadline.load(Ordering::Relaxed)),
+                _ => made,
+            };
+            assert!(
+                done_now < next || ended < due_at.max(started) + 50_000_000,
+                "news {next} ({kind}) slept through, {} ns",
+                ended - due_at.max(started)
+            );
+        }
+        if got {
+            seen = next;
+            news.seen.store(seen, Ordering::Release);
+        }
+        assert!(ended < give_up, "stuck at news {next}");
+    }
+    maker.join().unwrap();
+    eprintln!("{looks} looks, {unlocked} without the lock, {count} news");
+    assert!(unlocked > 0, "the shortcut was never taken");
+}
