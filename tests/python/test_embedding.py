@@ -180,6 +180,8 @@ def test_child_processes_are_spawned_never_forked_from_the_vm() -> None:
         assert list(pool.map(abs, [-1, -2, 3], timeout=60)) == [1, 2, 3]
 
 
+# The fork is this test's subject: 3.12+ warns of it in a threaded process.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_process_forked_from_the_node_is_refused_loops_and_calls_at_once() -> None:
     """os.fork() copies the calling thread only, not the BEAM: a loop made
     in the child (whose server is the node's) or an Erlang call would wait
