@@ -23,7 +23,7 @@
          foreign_refs_name_nothing/1, dropped_loops_leak_no_fds_without_a_placer/1,
          stray_messages_leave_the_worker_serving/1, dead_router_refusals_lose_no_wake_up/1,
          reader_and_writer/1, readiness_coalesced_not_dropped/1,
-         two_loops_isolated/1, destroy_one_loop/1, bad_arguments/1,
+         two_loops_isolated/1, destroy_one_loop/1, destroy_frees_timers/1, bad_arguments/1,
          far_timers/1,
          no_leaked_fds/1, tight_add_remove_piles_up_no_fds/1, worker_dies/1, python_worker_dies/1,
          router_replaced_or_for_a_closed_loop/1, supervised_router_of_a_destroyed_loop/1,
@@ -72,7 +72,7 @@ all() ->
      foreign_refs_name_nothing, dropped_loops_leak_no_fds_without_a_placer,
      stray_messages_leave_the_worker_serving, dead_router_refusals_lose_no_wake_up,
      reader_and_writer, readiness_coalesced_not_dropped,
-     two_loops_isolated, destroy_one_loop, bad_arguments, far_timers,
+     two_loops_isolated, destroy_one_loop, destroy_frees_timers, bad_arguments, far_timers,
      no_leaked_fds, tight_add_remove_piles_up_no_fds, worker_dies, python_worker_dies,
      router_replaced_or_for_a_closed_loop, supervised_router_of_a_destroyed_loop,
      router_set_back_serves_again, selects_of_one_fd_from_many_processes,
@@ -685,6 +685,23 @@ check_own_timers(Loop, Ids) ->
     ?assertEqual(length(Ids), length(Events)),
     ?assertEqual(Ids, lists:sort([I || {I, timer} <- Events])),
     ?assertEqual([], collect(Loop, 1, 100)).
+
+%% event_loop_destroy lets go of the loop's timers, pending and fired, and
+%% of the wheel's memory at once: nothing can take them from a closed loop,
+%% and its LoopRef may live on in a process that seldom collects.
+-spec destroy_frees_timers(ct_suite:ct_config()) -> term().
+destroy_frees_timers(_Config) ->
+    Loop = new_loop(),
+    [{ok, _} = py_nif:call_later(Loop, 3600000, I) || I <- lists:seq(1, 3000)],
+    {ok, _} = py_nif:call_later(Loop, 0, 0),
+    ?assertMatch(#{pending := 1},
+                 wait_until(fun() -> py_nif:loop_stats(Loop) end,
+                            fun(#{pending := Pending}) -> Pending =:= 1 end, 10000)),
+    #{live_timers := 3000, timer_memory := Held} = py_nif:loop_stats(Loop),
+    ?assert(Held > 64 * 1024, Held),
+    ok = py_nif:event_loop_destroy(Loop),
+    ?assertMatch(#{live_timers := 0, timer_memory := 0, pending := 0},
+                 py_nif:loop_stats(Loop)).
 
 %% After event_loop_destroy(L1): calls on L1 return `{error, closed}' (a
 %% blocked poll too), L2 keeps working, and a second destroy is harmless.

@@ -983,6 +983,13 @@ fn get_pending<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a
 fn event_loop_destroy<'a>(env: Env<'a>, resource: ResourceArc<LoopResource>) -> Term<'a> {
     tracing::debug!(loop_id = resource.host.loop_id, "loop destroyed");
     let wake = resource.core.close();
+    if !resource.python {
+        // The low-level API's timer ids are plain integers that nobody can
+        // take from a closed loop: the wheel's memory goes now, not when
+        // the last copy of the LoopRef is collected. (A Python loop's ids
+        // are objects its runner releases.)
+        drop(resource.core.take_all_timers());
+    }
     deliver_from_nif(env, &resource, wake);
     tell_watchers(env, &resource);
     atoms::ok().encode(env)
