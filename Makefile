@@ -4,7 +4,10 @@
 # The interpreter to build for: PYTHON= if given, else the one .venv was
 # made from (so a `PYTHON=... make build` is remembered), else python3.
 PYTHON ?= $(or $(shell sed -n 's/^executable = //p' .venv/pyvenv.cfg 2>/dev/null),python3)
-export PYO3_PYTHON := $(shell command -v $(PYTHON))
+# Resolved to the real file, so that python3 (a shim or a link) and the
+# venv's record of it name one interpreter: pyo3 rebuilds when the name
+# changes.
+export PYO3_PYTHON := $(or $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable))' 2>/dev/null),$(shell command -v $(PYTHON)))
 NIF_SO := erlang/priv/py_nif.so
 CLI := bin/erlang-python
 
