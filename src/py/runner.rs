@@ -99,9 +99,10 @@ pub struct LoopRunner {
     /// kept from before the loop closed still makes its futures.
     detached_loop: Option<Py<PyWeakrefReference>>,
     /// The version of the loop's `__dict__` at which `iterates_again` last
-    /// found `_run_once` the runner's and `_stopping` false (0: none): while
-    /// the dict has it still, nothing was written to it since (see
-    /// `dict_version`), and the two look-ups are not made again.
+    /// found `_run_once` the runner's and `_stopping` false, both in the
+    /// dict (0: none): while the dict has it still, nothing was written to
+    /// it since (see `dict_version`), and the two look-ups are not made
+    /// again.
     iterating_at_version: u64,
 }
 
@@ -432,8 +433,10 @@ impl LoopRunner {
             return Ok(false);
         }
         // Remembered only if the look-ups changed nothing (a key's
-        // `__eq__` may run Python code).
-        if dict_version(loop_dict.bind(py)) == version {
+        // `__eq__` may run Python code) and `_stopping` is the dict's: one
+        // the class gives (a property) changes while the dict does not.
+        let loop_dict = loop_dict.bind(py);
+        if loop_dict.contains(intern!(py, "_stopping"))? && dict_version(loop_dict) == version {
             slf.borrow_mut().iterating_at_version = version;
         }
         Ok(true)

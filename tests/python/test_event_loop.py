@@ -992,6 +992,39 @@ def test_stop_before_run_forever_runs_one_iteration(loop: ErlangEventLoop) -> No
     assert ran == [1]
 
 
+def test_stop_ends_run_forever_when_stopping_is_no_instance_attribute() -> None:
+    """A subclass may keep ``_stopping`` out of the instance ``__dict__`` (a
+    property): ``stop()`` then changes no dict entry, and the iterations
+    the runner makes inside one ``_run_once`` still end with the one that
+    called it, as asyncio's ``run_forever`` ends."""
+    stopping = [False]
+
+    class StoppingElsewhere(ErlangEventLoop):
+        @property  # type: ignore[override]
+        def _stopping(self) -> bool:
+            return stopping[0]
+
+        @_stopping.setter
+        def _stopping(self, value: bool) -> None:
+            stopping[0] = value
+
+    loop = StoppingElsewhere()
+    ticks: list[int] = []
+
+    def tick() -> None:
+        ticks.append(len(ticks))
+        if len(ticks) == 5:
+            loop.stop()
+        loop.call_soon(tick)
+
+    try:
+        loop.call_soon(tick)
+        loop.run_forever()
+    finally:
+        loop.close()
+    assert ticks == [0, 1, 2, 3, 4]
+
+
 def test_nested_run_is_refused(loop: ErlangEventLoop) -> None:
     async def inner() -> None:
         pass
