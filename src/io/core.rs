@@ -702,6 +702,8 @@ impl LoopCore {
                     let wake = self.rebuild_poller(&mut state);
                     if !wake.is_empty() {
                         state = self.deliver_unlocked(state, wake);
+                        // Read before the unlock: stale now.
+                        read_now = None;
                         continue;
                     }
                 }

@@ -17,6 +17,8 @@ struct FakeHost {
     /// `request_server` calls, and whether they find someone to ask.
     server_requests: std::sync::atomic::AtomicUsize,
     refuses_requests: bool,
+    /// How long each `deliver` takes, in ms (a send held up).
+    deliver_ms: std::sync::atomic::AtomicU64,
 }
 
 impl LoopHost for FakeHost {
@@ -25,6 +27,9 @@ impl LoopHost for FakeHost {
     }
 
     fn deliver(&self, wake: Wake) -> bool {
+        thread::sleep(Duration::from_millis(
+            self.deliver_ms.load(Ordering::Relaxed),
+        ));
         self.delivered.lock().unwrap().push(wake);
         true
     }
@@ -852,6 +857,35 @@ fn a_leftover_registration_makes_the_loop_rebuild_its_set_and_stop_the_old_selec
     core.wait(Some(Duration::from_millis(5)), &mut out, 16)
         .unwrap();
     assert_eq!(core.stats().poller_rebuilds, 1, "shed for good");
+    drop(alive);
+}
+
+#[test]
+fn a_timer_due_while_a_rebuild_is_delivered_is_seen_by_the_same_look() {
+    // The look unlocks to tell the server of the rebuilt set: the clock
+    // read before that (by `prepare`) is stale once it locks again, and a
+    // timer that became due meanwhile must not wait for another look.
+    let (core, host) = new_polled_loop();
+    core.set_served();
+    // Watched, so that the look polls the set.
+    let (idle, _idle_peer) = UnixStream::pair().unwrap();
+    core.add_interest(idle.as_raw_fd(), EventKind::Read, 1)
+        .unwrap();
+    let (a, mut peer) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    core.add_interest(fd, EventKind::Read, 2).unwrap();
+    let alive = a.try_clone().unwrap();
+    drop(a);
+    core.remove_interest(fd, EventKind::Read);
+    peer.write_all(b"x").unwrap();
+    let (key, _) = core.insert_timer(now_monotonic_ns() + ms(20), 7).unwrap();
+    core.take_select_requests();
+    host.deliver_ms.store(100, Ordering::Relaxed);
+    let mut out = Vec::new();
+    core.prepare_and_wait(Some(Duration::ZERO), &mut out, 16)
+        .unwrap();
+    assert_eq!(core.stats().poller_rebuilds, 1);
+    assert_eq!(out.iter().map(|event| event.key).collect::<Vec<_>>(), [key]);
     drop(alive);
 }
 
