@@ -2038,9 +2038,8 @@ sleeping_call(Seconds) ->
     after 10000 -> ct:fail(sleeping_call_not_started)
     end.
 
-%% The namespace count once the drops of earlier test processes are done.
--spec spawn_namespace_owner() -> pid().
 %% A process that has run code in its own namespace and waits to be killed.
+-spec spawn_namespace_owner() -> pid().
 spawn_namespace_owner() ->
     Parent = self(),
     Owner = spawn(fun() ->
@@ -2052,6 +2051,7 @@ spawn_namespace_owner() ->
     end,
     Owner.
 
+%% The namespace count once the drops of earlier test processes are done.
 -spec settled_namespace_count() -> non_neg_integer().
 settled_namespace_count() ->
     wait_until(fun() -> queued() =:= 0 end, 10000),
