@@ -1192,10 +1192,14 @@ impl State {
             let event = out[index];
             if event.kind != EventKind::Timer {
                 let fd = event.key as RawFd;
+                // Re-armed even when the event is not wanted: its interest
+                // got a new id while it was queued (`add_reader` again),
+                // and that id waits for the fd's readiness too; the
+                // one-shot select was spent on this event.
+                self.rearm.push(fd);
                 if !self.fds.taken(fd, event.kind, event.id) {
                     continue;
                 }
-                self.rearm.push(fd);
             }
             out[kept] = event;
             kept += 1;

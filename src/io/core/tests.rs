@@ -1445,3 +1445,35 @@ fn quiet_looks_under_news_from_another_thread() {
     eprintln!("{looks} looks, {unlocked} without the lock, {count} news");
     assert!(unlocked > 0, "the shortcut was never taken");
 }
+
+/// asyncio's `add_reader` of an fd already read replaces the callback. An
+/// event queued for the old callback is not the new one's, but the fd's
+/// readiness must still reach the new one: the fd is selected again.
+#[test]
+fn a_reader_replaced_while_its_event_is_queued_is_selected_again() {
+    let (core, _) = new_loop();
+    core.set_served();
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    core.add_interest(fd, EventKind::Read, 1).unwrap();
+    let token = token_of(&core.take_select_requests()[0]);
+    core.fd_ready(token, EventKind::Read);
+    core.add_interest(fd, EventKind::Read, 2).unwrap();
+    let mut out = Vec::new();
+    core.wait(Some(Duration::ZERO), &mut out, 16).unwrap();
+    assert!(
+        out.iter().all(|event| event.id != 1),
+        "the old reader's event must not run: {out:?}"
+    );
+    if out.is_empty() {
+        core.prepare_wait();
+        assert_eq!(
+            select_ops(&core),
+            [SelectOp::Arm {
+                read: true,
+                write: false
+            }],
+            "the new reader is never told of the fd's readiness"
+        );
+    }
+}
