@@ -566,6 +566,14 @@ reader_and_writer(_Config) ->
     ?assertEqual([{14, read}], collect(Loop, 1, 5000)),
     ?assertEqual({ok, Ref2}, py_nif:add_reader(Loop, Fd, 12)),
     ?assertEqual([{12, read}], collect(Loop, 1, 5000)),
+    %% Replaced while its event is queued: the old id's event is dropped,
+    %% and the still-unread fd is told to the new id (its select was spent
+    %% on the dropped event).
+    ok = wait_pending(Loop, 1, 5000),
+    ?assertEqual({ok, Ref2}, py_nif:add_reader(Loop, Fd, 15)),
+    ?assertEqual([{15, read}], collect(Loop, 1, 5000)),
+    ?assertEqual({ok, Ref2}, py_nif:add_reader(Loop, Fd, 12)),
+    ?assertEqual([{12, read}], collect(Loop, 1, 5000)),
     {ok, {_, _, <<"a">>}} = gen_udp:recv(S, 0, 1000),
     ok = gen_udp:send(Tx, ?LOCALHOST, Port, <<"b">>),
     ?assertEqual([{12, read}], collect(Loop, 1, 5000)),
