@@ -33,7 +33,8 @@
          unclosed_native_loops_release_fds_and_workers/1, get_event_loop_on_any_pool_thread/1,
          loop_stats/1, idle_loop_does_not_tick/1,
          dead_worker_leaks_no_fds/1, owner_gone_leaks_no_fds/1,
-         fd_number_reused_without_remove/1, get_pending_rearms_fds/1,
+         fd_number_reused_without_remove/1, closed_fd_added_again_loses_no_selects/1,
+         get_pending_rearms_fds/1,
          python_loop_refuses_low_level_timers/1, routed_signals_reach_python_loops/1,
          routes_from_before_a_restart_leave_the_new_ones_alone/1,
          a_placement_lost_with_the_placer_is_asked_again/1,
@@ -80,7 +81,8 @@ all() ->
      get_event_loop_on_any_pool_thread,
      loop_stats, idle_loop_does_not_tick,
      dead_worker_leaks_no_fds, owner_gone_leaks_no_fds,
-     fd_number_reused_without_remove, get_pending_rearms_fds,
+     fd_number_reused_without_remove, closed_fd_added_again_loses_no_selects,
+     get_pending_rearms_fds,
      python_loop_refuses_low_level_timers, routed_signals_reach_python_loops,
      routes_from_before_a_restart_leave_the_new_ones_alone,
      a_placement_lost_with_the_placer_is_asked_again,
@@ -1339,6 +1341,35 @@ fd_number_reused_without_remove(_Config) ->
     ok = gen_udp:send(Tx, ?LOCALHOST, Port2, <<"x">>),
     ?assertEqual([{2, read}], collect(Loop, 1, 5000)),
     ?assertMatch(#{fds := 1}, py_nif:loop_stats(Loop)),
+    ok = gen_udp:close(S2),
+    ok = gen_udp:close(Tx),
+    stop_loop(Loop).
+
+%% An fd closed without a remove and added again is `{error, ebadf}', and
+%% the loop's later selects are still made: another fd's reader is told,
+%% and the old registration's FdRef still removes it.
+-spec closed_fd_added_again_loses_no_selects(ct_suite:ct_config()) -> term().
+closed_fd_added_again_loses_no_selects(_Config) ->
+    Loop = new_loop(),
+    Tx = sender(),
+    {S1, Fd1, _} = udp(),
+    {ok, Ref1} = py_nif:add_reader(Loop, Fd1, 1),
+    [_] = gen_server:call(router_of(Loop), loops),
+    ok = gen_udp:close(S1),
+    %% (Unless another process took the number at once: then it names
+    %% that socket now, and the add makes it a new registration.)
+    Again = py_nif:add_reader(Loop, Fd1, 2),
+    ct:log("add of the closed fd ~p: ~p", [Fd1, Again]),
+    {S2, Fd2, Port2} = udp(),
+    {ok, _} = py_nif:add_reader(Loop, Fd2, 3),
+    ok = gen_udp:send(Tx, ?LOCALHOST, Port2, <<"x">>),
+    ?assertEqual([{3, read}], collect(Loop, 1, 5000)),
+    case Again of
+        {error, ebadf} when Fd2 =/= Fd1 ->
+            ?assertEqual(ok, py_nif:remove_reader(Loop, Ref1));
+        _ ->
+            ok
+    end,
     ok = gen_udp:close(S2),
     ok = gen_udp:close(Tx),
     stop_loop(Loop).

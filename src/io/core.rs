@@ -406,7 +406,14 @@ impl LoopCore {
             return Ok(Wake::default());
         }
         let mut wake = Wake::default();
-        if let Some(stop) = state.fds.forget_if_reopened(fd) {
+        let host = Arc::clone(&self.host);
+        // Fails (EBADF for a number closed since) before anything changed:
+        // an error after a stop was owed would leave it, and every select
+        // owed after it, untold (`selects_signalled` set, no wake sent).
+        let replaced = state
+            .fds
+            .replace_if_reopened(fd, |token| host.open_fd(fd, token))?;
+        if let Some(stop) = replaced {
             // The old file's queued readiness is not the new one's.
             state
                 .pending
@@ -414,7 +421,7 @@ impl LoopCore {
             let stop = self.withdraw(&mut state, stop);
             wake = state.owe_selects(stop);
         }
-        let host = Arc::clone(&self.host);
+        // Cannot fail after a replacement: the registration exists.
         let request = state
             .fds
             .add_interest(fd, kind, id, |token| host.open_fd(fd, token))?;

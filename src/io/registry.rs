@@ -122,21 +122,7 @@ impl FdRegistry {
         if !self.by_fd.contains_key(&fd) {
             let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
             let handle = open(token)?;
-            self.fd_of_token.insert(token, fd);
-            self.by_fd.insert(
-                fd,
-                FdEntry {
-                    handle,
-                    file: file_of(fd),
-                    token,
-                    read_id: None,
-                    write_id: None,
-                    armed_read: false,
-                    armed_write: false,
-                    pending_read: false,
-                    pending_write: false,
-                },
-            );
+            self.insert(fd, token, handle, file_of(fd));
         }
         let entry = self.by_fd.get_mut(&fd).expect("inserted above");
         match kind {
@@ -175,15 +161,48 @@ impl FdRegistry {
         (had, self.remove(fd))
     }
 
+    /// A new registration of `fd`, without interest yet.
+    fn insert(&mut self, fd: RawFd, token: u64, handle: SelectHandle, file: Option<FileId>) {
+        self.fd_of_token.insert(token, fd);
+        self.by_fd.insert(
+            fd,
+            FdEntry {
+                handle,
+                file,
+                token,
+                read_id: None,
+                write_id: None,
+                armed_read: false,
+                armed_write: false,
+                pending_read: false,
+                pending_write: false,
+            },
+        );
+    }
+
     /// When `fd` is registered but now names another open file than the
-    /// registration's (closed and reused without a remove): forgets the old
-    /// registration and returns its stop.
-    pub fn forget_if_reopened(&mut self, fd: RawFd) -> Option<SelectRequest> {
-        let entry = self.by_fd.get(&fd)?;
-        if file_of(fd) == entry.file {
-            return None;
+    /// registration's (closed and reused without a remove): a new
+    /// registration without interest, its handle made by `open`, replaces
+    /// the old one, whose stop is returned. The handle is made first: when
+    /// `open` fails (the number is closed now: EBADF), nothing changes, and
+    /// no stop is owed that the caller's error would leave untold.
+    pub fn replace_if_reopened(
+        &mut self,
+        fd: RawFd,
+        open: impl FnOnce(u64) -> std::io::Result<SelectHandle>,
+    ) -> std::io::Result<Option<SelectRequest>> {
+        let Some(entry) = self.by_fd.get(&fd) else {
+            return Ok(None);
+        };
+        let file = file_of(fd);
+        if file == entry.file {
+            return Ok(None);
         }
-        self.remove(fd)
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        let handle = open(token)?;
+        let stop = self.remove(fd);
+        self.insert(fd, token, handle, file);
+        Ok(stop)
     }
 
     /// Forgets `fd` entirely; returns its stop request.

@@ -19,10 +19,16 @@ struct FakeHost {
     refuses_requests: bool,
     /// How long each `deliver` takes, in ms (a send held up).
     deliver_ms: std::sync::atomic::AtomicU64,
+    /// `open_fd` fails with EBADF for an fd not open, as the NIF's `dup`.
+    checks_fds: bool,
 }
 
 impl LoopHost for FakeHost {
-    fn open_fd(&self, _fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
+    fn open_fd(&self, fd: RawFd, token: u64) -> std::io::Result<SelectHandle> {
+        // SAFETY: F_GETFD only reads the fd's flags; a bad fd gives -1.
+        if self.checks_fds && unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(Arc::new(token))
     }
 
@@ -1476,4 +1482,33 @@ fn a_reader_replaced_while_its_event_is_queued_is_selected_again() {
             "the new reader is never told of the fd's readiness"
         );
     }
+}
+
+/// An fd closed without a remove and added again fails (EBADF). Whatever
+/// that add did to the old registration, the serving process must still
+/// be told of every select owed: a later fd's arm is signalled.
+#[test]
+fn an_add_of_a_closed_fd_leaves_later_selects_signalled() {
+    let host = Arc::new(FakeHost {
+        checks_fds: true,
+        ..FakeHost::default()
+    });
+    let core = LoopCore::new(1_000_000, host.clone()).unwrap();
+    core.set_served();
+    let (a, _peer_a) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    core.add_interest(fd, EventKind::Read, 1).unwrap();
+    host.apply_selects(&core);
+    drop(a);
+    let failed = core.add_interest(fd, EventKind::Read, 2);
+    assert_eq!(failed.unwrap_err().raw_os_error(), Some(libc::EBADF));
+    let (b, _peer_b) = UnixStream::pair().unwrap();
+    let wake = core
+        .add_interest(b.as_raw_fd(), EventKind::Read, 3)
+        .unwrap();
+    assert!(
+        wake.apply_selects,
+        "the arm of a new fd is never signalled: {wake:?}, owed {:?}",
+        select_ops(&core)
+    );
 }
