@@ -8,7 +8,7 @@
 -export([suite/0, all/0, init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
 -export([killed_tree_processes_recover_and_leak_nothing/1,
-         stopped_application_leaves_no_loop_fds/1]).
+         stopped_application_gives_loop_fds_back_at_its_next_start/1]).
 
 -define(APP, erlang_python).
 -define(WAIT, 10000).
@@ -19,7 +19,8 @@ suite() ->
 
 -spec all() -> [atom()].
 all() ->
-    [killed_tree_processes_recover_and_leak_nothing].
+    [killed_tree_processes_recover_and_leak_nothing,
+     stopped_application_gives_loop_fds_back_at_its_next_start].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -69,7 +70,7 @@ kill_while_busy(Name) ->
                || {M, F, A} <- Calls],
     {ok, Loop} = py_asyncio:start_loop(#{stop_timeout => 1000}),
     Task = py_asyncio:submit(Loop, app_helpers, sleeper, [1.0]),
-    timer:sleep(300),
+    wait_holding(2),
     Victim = whereis(Name),
     exit(Victim, kill),
     [receive {answer, Caller, _Answer} -> ok after ?WAIT -> ct:fail({no_answer, Name}) end
@@ -93,27 +94,34 @@ with_asyncio_loop(Fun) ->
     {ok, Loop} = py_asyncio:start_loop(#{}),
     try Fun(Loop) after ok = py_asyncio:stop_loop(Loop) end.
 
-%% Not in all(): fails (see the report). Loops running when the application
-%% stops lose their worker and close afterwards, with no placer left to
-%% make their select stops: each keeps its epoll fd open until the
-%% application starts again (or the next py_nif:event_loop_new/0).
--spec stopped_application_leaves_no_loop_fds(ct_suite:ct_config()) -> term().
-stopped_application_leaves_no_loop_fds(_Config) ->
+%% Loops running when the application stops lose their worker and close
+%% afterwards, with no process of the application left to take their epoll
+%% fds out of the VM's poll set (LESSONS 17: only then may they close): each
+%% keeps one fd until the application starts again (README, Known limits).
+%% The next start gives them all back.
+-spec stopped_application_gives_loop_fds_back_at_its_next_start(ct_suite:ct_config()) -> term().
+stopped_application_gives_loop_fds_back_at_its_next_start(_Config) ->
     {ok, _} = py:call(app_helpers, default_loop, [0.05]),
     {ok, _} = py:call(app_helpers, isolated_loop, [0.05]),
+    {ok, 0} = py:call(app_helpers, holding, []),
     Baseline = fd_count(),
     Self = self(),
-    Callers = [spawn_link(fun() -> Self ! {answer, self(), py:call(app_helpers, F, [5.0])} end)
+    Callers = [spawn_link(fun() -> Self ! {answer, self(), py:call(app_helpers, F, [30.0])} end)
                || F <- [default_loop, default_loop, isolated_loop, isolated_loop]],
-    timer:sleep(500),
+    ?assertEqual(4, wait_holding(4)),
     ok = application:stop(?APP),
     [receive {answer, Caller, _} -> ok after ?WAIT -> ct:fail(no_answer) end || Caller <- Callers],
+    {ok, _} = application:ensure_all_started(?APP),
     Final = wait_until(fun() ->
                                {ok, _} = py:call(app_helpers, collect, []),
-                               [erlang:garbage_collect(P) || P <- processes()],
                                fd_count()
                        end, fun(Count) -> Count =< Baseline end),
     ?assert(Final =< Baseline, {leaked_fds, Final - Baseline}).
+
+%% Until N loops (or more) hold their socket: how many do.
+wait_holding(N) ->
+    wait_until(fun() -> {ok, H} = py:call(app_helpers, holding, []), H end,
+               fun(H) -> H >= N end).
 
 counts() ->
     #{processes => erlang:system_info(process_count), ports => length(erlang:ports()),

@@ -8,11 +8,20 @@ import time
 
 from erlang_loop import ErlangEventLoop
 
+# How many `_hold`s have their socket in their loop now.
+_holding = 0
+
+
+def holding() -> int:
+    return _holding
+
 
 async def _hold(secs: float) -> int:
     # A connected socket in the loop's poll set for the whole run.
+    global _holding
     a, b = socket.socketpair()
     _reader, writer = await asyncio.open_connection(sock=a)
+    _holding += 1
     ticks = 0
     end = time.monotonic() + secs
     try:
@@ -20,6 +29,7 @@ async def _hold(secs: float) -> int:
             await asyncio.sleep(0.01)
             ticks += 1
     finally:
+        _holding -= 1
         writer.close()
         b.close()
     return ticks
