@@ -29,6 +29,8 @@ start_with(Options) ->
 
 start_tree() ->
     {ok, Sup} = erlang_python_sup:start_link(),
+    %% `py_event_loops' makes the stops of closing loops again.
+    ok = py_orphan_stopper:stop(),
     case install_policy(env(install_event_loop_policy, true)) of
         ok -> {ok, Sup};
         {error, Reason} -> {error, {event_loop_policy, Reason}}
@@ -46,7 +48,10 @@ stop(_State) ->
     %% A placer killed (its `terminate' not run) and not restarted (the
     %% supervisor gave up) is left registered by the NIF: loops asking for
     %% a worker from now on give up at once, not after their 10 s.
-    ok = py_nif:set_loop_placer(undefined).
+    ok = py_nif:set_loop_placer(undefined),
+    %% The loops still running close later, with no process of ours left
+    %% to take their fds out of the poll set.
+    py_orphan_stopper:start().
 
 %% Makes plain `asyncio.run' inside the node use ErlangEventLoop.
 install_policy(true) ->

@@ -11,7 +11,7 @@
          add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
          call_later/3, cancel_timer/2, poll_events/2, get_pending/1,
          %% used by py_event_worker / py_event_loops
-         loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
+         loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1, set_orphan_stopper/1,
          event_loop_adopt/2, loop_needs_placing/1, loop_router/1, loop_is_closed/1,
          sleep_done/1, apply_orphan_stops/0,
          %% used by py_cli
@@ -32,7 +32,7 @@
        add_reader/3, remove_reader/2, add_writer/3, remove_writer/2,
        call_later/3, cancel_timer/2, poll_events_watch/3, poll_events_unwatch/3,
        get_pending/1,
-       loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1,
+       loop_apply_selects/1, loop_fd_ready/3, loop_tick/1, set_loop_placer/1, set_orphan_stopper/1,
        event_loop_adopt/2, loop_needs_placing/1, loop_router/1, loop_is_closed/1,
        sleep_done/1, apply_orphan_stops/0, end_with_parent/1, exit_now/1, unignore_terminal_signals/0,
        deliver_signal/1,
@@ -213,6 +213,10 @@ loop_tick(_Loop) -> ?NOT_LOADED.
 
 -spec set_loop_placer(pid() | undefined) -> ok.
 set_loop_placer(_Pid) -> ?NOT_LOADED.
+
+%% @doc Who makes the select stops of loops that close while no placer runs.
+-spec set_orphan_stopper(pid() | undefined) -> ok.
+set_orphan_stopper(_Pid) -> ?NOT_LOADED.
 
 %% @doc `event_loop_set_router/2', unless another live process serves the
 %% loop: how a worker takes a Python loop (asked for again while unserved).

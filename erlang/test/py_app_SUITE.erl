@@ -8,7 +8,7 @@
 -export([suite/0, all/0, init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
 -export([killed_tree_processes_recover_and_leak_nothing/1,
-         stopped_application_gives_loop_fds_back_at_its_next_start/1]).
+         stopped_application_leaves_no_loop_fds/1]).
 
 -define(APP, erlang_python).
 -define(WAIT, 10000).
@@ -20,7 +20,7 @@ suite() ->
 -spec all() -> [atom()].
 all() ->
     [killed_tree_processes_recover_and_leak_nothing,
-     stopped_application_gives_loop_fds_back_at_its_next_start].
+     stopped_application_leaves_no_loop_fds].
 
 -spec init_per_suite(ct_suite:ct_config()) -> ct_suite:ct_config().
 init_per_suite(Config) ->
@@ -95,12 +95,11 @@ with_asyncio_loop(Fun) ->
     try Fun(Loop) after ok = py_asyncio:stop_loop(Loop) end.
 
 %% Loops running when the application stops lose their worker and close
-%% afterwards, with no process of the application left to take their epoll
-%% fds out of the VM's poll set (LESSONS 17: only then may they close): each
-%% keeps one fd until the application starts again (README, Known limits).
-%% The next start gives them all back.
--spec stopped_application_gives_loop_fds_back_at_its_next_start(ct_suite:ct_config()) -> term().
-stopped_application_gives_loop_fds_back_at_its_next_start(_Config) ->
+%% afterwards, with no process of the application left: `py_orphan_stopper'
+%% takes their epoll fds out of the VM's poll set (LESSONS 17: only then
+%% may they close), and the application's next start stops it.
+-spec stopped_application_leaves_no_loop_fds(ct_suite:ct_config()) -> term().
+stopped_application_leaves_no_loop_fds(_Config) ->
     {ok, _} = py:call(app_helpers, default_loop, [0.05]),
     {ok, _} = py:call(app_helpers, isolated_loop, [0.05]),
     {ok, 0} = py:call(app_helpers, holding, []),
@@ -111,12 +110,16 @@ stopped_application_gives_loop_fds_back_at_its_next_start(_Config) ->
     ?assertEqual(4, wait_holding(4)),
     ok = application:stop(?APP),
     [receive {answer, Caller, _} -> ok after ?WAIT -> ct:fail(no_answer) end || Caller <- Callers],
-    {ok, _} = application:ensure_all_started(?APP),
     Final = wait_until(fun() ->
                                {ok, _} = py:call(app_helpers, collect, []),
                                fd_count()
                        end, fun(Count) -> Count =< Baseline end),
-    ?assert(Final =< Baseline, {leaked_fds, Final - Baseline}).
+    ?assert(Final =< Baseline, {leaked_fds, Final - Baseline}),
+    Stopper = whereis(py_orphan_stopper),
+    ?assert(is_pid(Stopper)),
+    {ok, _} = application:ensure_all_started(?APP),
+    ?assertEqual(undefined, whereis(py_orphan_stopper)),
+    ?assertNot(is_process_alive(Stopper)).
 
 %% Until N loops (or more) hold their socket: how many do.
 wait_holding(N) ->

@@ -260,6 +260,7 @@ nif_table() ->
      {py_nif, loop_fd_ready, [loop, fd_resource, direction], fun is_ok/1},
      {py_nif, loop_tick, [loop], fun is_list/1},
      {py_nif, set_loop_placer, [pid_or_undefined], fun is_ok/1},
+     {py_nif, set_orphan_stopper, [pid_or_undefined], fun is_ok/1},
      {py_nif, event_loop_adopt, [loop, pid], fun ok_or_error/1},
      {py_nif, loop_needs_placing, [loop], fun is_boolean/1},
      {py_nif, loop_router, [loop], fun(R) -> is_pid(R) orelse R =:= undefined end},
@@ -421,6 +422,8 @@ after_call(py_nif, set_callback_server, _, _, _Ctx) ->
     ok = py_nif:set_callback_server(whereis(py_callback));
 after_call(py_nif, set_loop_placer, _, _, _Ctx) ->
     ok = py_nif:set_loop_placer(whereis(py_event_loops));
+after_call(py_nif, set_orphan_stopper, _, _, _Ctx) ->
+    ok = py_nif:set_orphan_stopper(whereis(py_orphan_stopper));
 after_call(py, register_function, [Name | _], {returned, ok}, _Ctx) ->
     ok = py:unregister_function(Name);
 after_call(py_asyncio, start_loop, _, {returned, {ok, Pid}}, _Ctx) ->

@@ -53,6 +53,11 @@ static TICK_NS: AtomicU64 = AtomicU64::new(DEFAULT_TICK_NS);
 /// The `py_event_loops` server that gives Python-created loops a worker.
 static LOOP_PLACER: Mutex<Option<LocalPid>> = Mutex::new(None);
 
+/// Makes the select stops of loops that close while no placer runs (the
+/// application stopped: `py_orphan_stopper`), so that their fds leave the
+/// poll set and close then, not at the application's next start.
+static ORPHAN_STOPPER: Mutex<Option<LocalPid>> = Mutex::new(None);
+
 /// Watchers of one loop past which those no longer alive are dropped when
 /// another registers (see `poll_events_watch`).
 const WATCHERS_PRUNED_AT: usize = 64;
@@ -135,15 +140,18 @@ impl NifHost {
     }
 }
 
-/// Queues `stops` for `py_event_loops` and has `notify` tell it (with
-/// whichever env the caller may send from).
+/// Queues `stops` for `py_event_loops` (or, while the application is
+/// stopped, `py_orphan_stopper`) and has `notify` tell it (with whichever
+/// env the caller may send from).
 fn hand_to_placer(stops: Vec<SelectRequest>, notify: impl FnOnce(&LocalPid) -> bool) -> bool {
     if stops.is_empty() {
         // Taken already, by whoever makes them.
         return true;
     }
     lock(&ORPHAN_STOPS).extend(stops);
-    placer().is_some_and(|placer| notify(&placer))
+    placer()
+        .or_else(|| *lock(&ORPHAN_STOPPER))
+        .is_some_and(|maker| notify(&maker))
 }
 
 /// Makes select stops with the env of whichever process or callback calls
@@ -468,6 +476,14 @@ pub fn placer() -> Option<LocalPid> {
 #[rustler::nif]
 fn set_loop_placer(placer: Term<'_>) -> NifResult<Atom> {
     *lock(&LOOP_PLACER) = atoms::pid_or_undefined(placer)?;
+    Ok(atoms::ok())
+}
+
+/// `set_orphan_stopper(Pid | undefined)` -> `ok`: who makes the select
+/// stops of loops that close while no placer runs.
+#[rustler::nif]
+fn set_orphan_stopper(stopper: Term<'_>) -> NifResult<Atom> {
+    *lock(&ORPHAN_STOPPER) = atoms::pid_or_undefined(stopper)?;
     Ok(atoms::ok())
 }
 
