@@ -830,11 +830,18 @@ fn a_new_server_selects_an_own_poller_loop_s_epoll_fd_at_once() {
     assert_eq!(token_of(&requests[0]), crate::io::poller::POLLER_TOKEN);
 }
 
-#[test]
-fn a_leftover_registration_makes_the_loop_rebuild_its_set_and_stop_the_old_select() {
-    let (core, _) = new_polled_loop();
-    core.set_served();
-    let (idle, _idle_peer) = UnixStream::pair().unwrap();
+/// The sockets of `leave_a_ready_registration`, kept open while held.
+struct Leftover {
+    _idle: [UnixStream; 2],
+    _alive: UnixStream,
+    _peer: UnixStream,
+}
+
+/// A watched idle socket (so that a look polls the loop's set), and a
+/// readable socket whose fd was closed and its interest removed while
+/// another descriptor of it lives: its registration is left in the set.
+fn leave_a_ready_registration(core: &LoopCore) -> Leftover {
+    let (idle, idle_peer) = UnixStream::pair().unwrap();
     core.add_interest(idle.as_raw_fd(), EventKind::Read, 1)
         .unwrap();
     let (a, mut peer) = UnixStream::pair().unwrap();
@@ -844,6 +851,18 @@ fn a_leftover_registration_makes_the_loop_rebuild_its_set_and_stop_the_old_selec
     drop(a);
     core.remove_interest(fd, EventKind::Read);
     peer.write_all(b"x").unwrap();
+    Leftover {
+        _idle: [idle, idle_peer],
+        _alive: alive,
+        _peer: peer,
+    }
+}
+
+#[test]
+fn a_leftover_registration_makes_the_loop_rebuild_its_set_and_stop_the_old_select() {
+    let (core, _) = new_polled_loop();
+    core.set_served();
+    let _leftover = leave_a_ready_registration(&core);
     let mut out = Vec::new();
     core.wait(Some(Duration::from_millis(5)), &mut out, 16)
         .unwrap();
@@ -863,7 +882,6 @@ fn a_leftover_registration_makes_the_loop_rebuild_its_set_and_stop_the_old_selec
     core.wait(Some(Duration::from_millis(5)), &mut out, 16)
         .unwrap();
     assert_eq!(core.stats().poller_rebuilds, 1, "shed for good");
-    drop(alive);
 }
 
 #[test]
@@ -873,17 +891,7 @@ fn a_timer_due_while_a_rebuild_is_delivered_is_seen_by_the_same_look() {
     // timer that became due meanwhile must not wait for another look.
     let (core, host) = new_polled_loop();
     core.set_served();
-    // Watched, so that the look polls the set.
-    let (idle, _idle_peer) = UnixStream::pair().unwrap();
-    core.add_interest(idle.as_raw_fd(), EventKind::Read, 1)
-        .unwrap();
-    let (a, mut peer) = UnixStream::pair().unwrap();
-    let fd = a.as_raw_fd();
-    core.add_interest(fd, EventKind::Read, 2).unwrap();
-    let alive = a.try_clone().unwrap();
-    drop(a);
-    core.remove_interest(fd, EventKind::Read);
-    peer.write_all(b"x").unwrap();
+    let _leftover = leave_a_ready_registration(&core);
     let (key, _) = core.insert_timer(now_monotonic_ns() + ms(20), 7).unwrap();
     core.take_select_requests();
     host.deliver_ms.store(100, Ordering::Relaxed);
@@ -892,7 +900,6 @@ fn a_timer_due_while_a_rebuild_is_delivered_is_seen_by_the_same_look() {
         .unwrap();
     assert_eq!(core.stats().poller_rebuilds, 1);
     assert_eq!(out.iter().map(|event| event.key).collect::<Vec<_>>(), [key]);
-    drop(alive);
 }
 
 #[test]
