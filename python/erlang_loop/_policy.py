@@ -114,5 +114,10 @@ def new_event_loop() -> ErlangEventLoop:
 
 def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
     """Runs ``main`` on a new ErlangEventLoop, like ``asyncio.run``."""
+    if asyncio.events._get_running_loop() is not None:
+        # Before the Runner, as asyncio.run: entering it makes a loop, whose
+        # clean-up would fail on the running one too (a second RuntimeError
+        # hiding this one, its shutdown_asyncgens never awaited).
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     with asyncio.Runner(loop_factory=new_event_loop, debug=debug) as runner:
         return runner.run(main)

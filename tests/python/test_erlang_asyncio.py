@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import math
 import random
 import threading
 import time
+import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -351,6 +353,27 @@ def test_a_refused_nested_run_leaves_the_running_loop_in_charge() -> None:
         return on_the_native_path(task), sleepers(), await task
 
     assert run(main) == (True, 1, "outer")
+
+
+def test_run_inside_a_running_loop_is_refused_as_asyncio_run_refuses_it() -> None:
+    """asyncio.run fails fast there, before making a loop. Entered first,
+    the Runner made one whose clean-up (``shutdown_asyncgens``) then failed
+    on the running loop too: a second RuntimeError hiding the first, and a
+    "never awaited" warning for that coroutine."""
+
+    async def main() -> list[str]:
+        inner = asyncio.sleep(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(RuntimeError) as refused:
+                erlang_asyncio.run(inner)
+            inner.close()
+            gc.collect()
+        assert refused.value.__context__ is None
+        assert str(refused.value) == "asyncio.run() cannot be called from a running event loop"
+        return [str(warning.message) for warning in caught]
+
+    assert run(main) == []
 
 
 def test_loops_run_one_after_another_on_a_thread_get_their_own_sleeps() -> None:
