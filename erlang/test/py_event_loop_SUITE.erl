@@ -31,6 +31,7 @@
          init/1, sibling/1, log/2,
          isolated_loop_worker_stops_on_close/1,
          unclosed_native_loops_release_fds_and_workers/1, get_event_loop_on_any_pool_thread/1,
+         get_event_loop_after_a_timeout_pending_at_return/1,
          loop_stats/1, idle_loop_does_not_tick/1,
          dead_worker_leaks_no_fds/1, owner_gone_leaks_no_fds/1,
          fd_number_reused_without_remove/1, closed_fd_added_again_loses_no_selects/1,
@@ -78,7 +79,7 @@ all() ->
      router_replaced_or_for_a_closed_loop, supervised_router_of_a_destroyed_loop,
      router_set_back_serves_again, selects_of_one_fd_from_many_processes,
      isolated_loop_worker_stops_on_close, unclosed_native_loops_release_fds_and_workers,
-     get_event_loop_on_any_pool_thread,
+     get_event_loop_on_any_pool_thread, get_event_loop_after_a_timeout_pending_at_return,
      loop_stats, idle_loop_does_not_tick,
      dead_worker_leaks_no_fds, owner_gone_leaks_no_fds,
      fd_number_reused_without_remove, closed_fd_added_again_loses_no_selects,
@@ -1667,6 +1668,38 @@ get_event_loop_on_any_pool_thread(_Config) ->
     [receive {ran, Pid, Result} -> ?assertEqual({ok, none}, Result) end || Pid <- Pids],
     Get = <<"type(__import__('asyncio').get_event_loop()).__name__">>,
     [?assertEqual({ok, <<"ErlangEventLoop">>}, py:eval(Get)) || _ <- lists:seq(1, 64)].
+
+%% A timed-out call's TimeoutError is injected at its next bytecode: one
+%% set while the call is in C that returns to the worker with no bytecode
+%% run (a `time.sleep` called from `map`, itself called from C) is still
+%% pending when the call ends. It fired in the worker's own reset of the
+%% thread's loop state, which it skipped, so the next call on that thread
+%% got `RuntimeError` from asyncio.get_event_loop() after an asyncio.run.
+-spec get_event_loop_after_a_timeout_pending_at_return(ct_suite:ct_config()) -> term().
+get_event_loop_after_a_timeout_pending_at_return(_Config) ->
+    ok = py:exec(<<"
+import asyncio, functools, operator, sys, time, types
+async def _main():
+    return 1
+def _run():
+    asyncio.run(_main())
+_m = types.ModuleType('pending_timeout_at_return')
+sys.modules[_m.__name__] = _m
+def _arm():
+    # Python code around the sleep would take the TimeoutError itself.
+    _m.go = functools.partial(
+        list, map(operator.call, [_run, functools.partial(time.sleep, 0.3)]))
+_m.arm = _arm
+">>),
+    Get = <<"type(__import__('asyncio').get_event_loop()).__name__">>,
+    lists:foreach(
+      fun(_) ->
+              {ok, none} = py:call(pending_timeout_at_return, arm, []),
+              {error, timeout} = py:call(pending_timeout_at_return, go, [], #{}, 50),
+              timer:sleep(400),
+              [?assertEqual({ok, <<"ErlangEventLoop">>}, py:eval(Get))
+               || _ <- lists:seq(1, 40)]
+      end, lists:seq(1, 3)).
 
 %% A closed Python loop's native core (its wheel, queues, fd tables) goes
 %% with the last reference to it: the Python object's, dropped here, and

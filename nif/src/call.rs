@@ -213,13 +213,18 @@ fn run(
                 };
                 owned.save((atoms::py_result(), saved_ref.load(env), result))
             });
-            reset_thread_event_loop_state(py);
             // Sent under the job's lock (see `Job::finish`): a cancel that
             // returned before this point means the result is never sent.
             job.finish(py, || {
                 // A dead caller is not an error: nobody is waiting any more.
                 let _ = owned.send_and_clear(&caller, |env| message.load(env));
             });
+            // After `finish`, which clears a timeout's TimeoutError still
+            // pending (one set while the call was in C, returning to us with
+            // no bytecode run): before it, that error fired in the reset's
+            // Python code, which it cut short, and the thread's next call
+            // found the loop state of an `asyncio.run` gone.
+            reset_thread_event_loop_state(py);
         })
     });
     job.stop_watching_caller();
