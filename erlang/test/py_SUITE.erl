@@ -645,6 +645,8 @@ bad_arguments(_Config) ->
     ok = py:unregister_function(py_suite_add),
     ?assertError(badarg, py_nif:callback_reply(make_ref(), {ok, 1})),
     ?assertError(badarg, py:call(math, sqrt, not_a_list)),
+    ?assertError(badarg, py:call(math, sqrt, [1 | 2])),
+    ?assertError(badarg, py:call_async(math, sqrt, [1 | 2])),
     ?assertError(badarg, py:call(math, sqrt, [1], not_a_map)),
     ?assertError(badarg, py:call(42, sqrt, [1])),
     ?assertError(badarg, py:call_async(math, sqrt, not_a_list)),

@@ -90,7 +90,8 @@ fn call_work<'a>(
     positional: Term<'a>,
     kwargs: Term<'a>,
 ) -> NifResult<(Work, Term<'a>)> {
-    if !positional.is_list() || !kwargs.is_map() {
+    // An improper list (`[1 | 2]`) is not a list of arguments either.
+    if positional.list_length().is_err() || !kwargs.is_map() {
         return Err(rustler::Error::BadArg);
     }
     let work = Work::Call {
