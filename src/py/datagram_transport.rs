@@ -282,14 +282,12 @@ fn buffer_datagram(
     attrs
         .get(intern!(py, "_buffer"))?
         .call_method1(intern!(py, "append"), ((data, addr),))?;
-    let header = match transport.getattr_opt(intern!(py, "_header_size"))? {
-        Some(header) => header,
-        None => 0_usize.into_pyobject(py)?.into_any(),
-    };
-    let size = transport
+    let mut size = transport
         .getattr(intern!(py, "_buffer_size"))?
-        .add(data.len()?)?
-        .add(header)?;
+        .add(data.len()?)?;
+    if let Some(header) = transport.getattr_opt(intern!(py, "_header_size"))? {
+        size = size.add(header)?;
+    }
     transport.setattr(intern!(py, "_buffer_size"), size)?;
     transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
     Ok(())

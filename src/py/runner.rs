@@ -432,11 +432,15 @@ impl LoopRunner {
         if Self::stopping(&loop_, Some(loop_dict.clone_ref(py)))? {
             return Ok(false);
         }
-        // Remembered only if the look-ups changed nothing (a key's
+        // Remembered only where tags are trusted (not 0: no look-up is
+        // spent on it then), if the look-ups changed nothing (a key's
         // `__eq__` may run Python code) and `_stopping` is the dict's: one
         // the class gives (a property) changes while the dict does not.
         let loop_dict = loop_dict.bind(py);
-        if loop_dict.contains(intern!(py, "_stopping"))? && dict_version(loop_dict) == version {
+        if version != 0
+            && loop_dict.contains(intern!(py, "_stopping"))?
+            && dict_version(loop_dict) == version
+        {
             slf.borrow_mut().iterating_at_version = version;
         }
         Ok(true)
